@@ -1,0 +1,167 @@
+"""livetag settings: one frozen object, read once in entry points and passed down.
+
+Sources, highest priority first: keyword arguments, ``LIVETAG_*`` environment variables,
+the TOML file named by ``LIVETAG_CONFIG`` (or ``livetag.toml`` in the working directory),
+then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_FILE_ENV = "LIVETAG_CONFIG"
+DEFAULT_CONFIG_FILE = Path("livetag.toml")
+
+
+def _config_file() -> Path | None:
+    named = os.environ.get(CONFIG_FILE_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise FileNotFoundError(f"{CONFIG_FILE_ENV}={named!r}: no such settings file")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "livetag"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "livetag"
+
+
+class Settings(BaseSettings):
+    """Every knob of a livetag deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LIVETAG_",
+        frozen=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # --- Kafka ---
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description=(
+            "host:port[,host:port...] of an existing Kafka cluster. When set, the "
+            "embedded broker is never started."
+        ),
+    )
+    broker_host: str = Field(
+        default="127.0.0.1", description="Address the embedded broker listens on."
+    )
+    broker_port: int = Field(
+        default=9092, ge=0, le=65535, description="Embedded broker port; 0 picks a free one."
+    )
+    broker_start_timeout_s: float = Field(default=10.0, gt=0)
+    embedded_fetch_wait_ms: int = Field(
+        default=20,
+        ge=1,
+        le=1500,
+        description=(
+            "Consumer fetch wait used with the embedded broker, which answers long-poll "
+            "fetches only when the wait runs out."
+        ),
+    )
+    cluster_fetch_wait_ms: int = Field(
+        default=500, ge=1, description="Consumer fetch wait used with a real Kafka cluster."
+    )
+    partitions: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description=(
+            "Partitions of every topic keyed by session/performer. One number for all of "
+            "them keeps a performer's media, features, tags and labels on the same "
+            "partition number."
+        ),
+    )
+    replication_factor: int = Field(default=1, ge=1)
+    session_topic_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Real clusters only: keep session topics under retention for this long instead "
+            "of deleting them once archived. The embedded broker ignores retention."
+        ),
+    )
+
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    # --- files ---
+    state_dir: Path = Field(
+        default_factory=_default_state_dir, description="Logs, secrets and pid files."
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir, description="Downloaded model files."
+    )
+    face_model_path: Path | None = Field(
+        default=None,
+        description="face_landmarker.task to use instead of the one in the cache folder.",
+    )
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value.strip()
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Where Kafka clients connect: the cluster, else the embedded broker."""
+        if self.kafka_bootstrap is not None:
+            return self.kafka_bootstrap
+        return f"{self.broker_host}:{self.broker_port}"
+
+    @property
+    def consumer_fetch_wait_ms(self) -> int:
+        if self.uses_embedded_broker:
+            return self.embedded_fetch_wait_ms
+        return self.cluster_fetch_wait_ms
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings once; entry points call this and pass the result down."""
+    return Settings(**overrides)

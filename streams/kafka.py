@@ -1,0 +1,125 @@
+"""The one place Kafka clients are built from settings: producers, consumers, admin, faust.
+
+The embedded broker (tansu 0.6.0) does not answer a waiting fetch when data arrives: a
+consumer always waits out its ``fetch_max_wait_ms``. Consumers built here use a short
+wait with the embedded broker and an ordinary one with a real cluster. faust hardcodes
+1500 ms in its aiokafka driver, so faust apps made here use a transport that shortens it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiokafka
+import faust
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from infra.settings import Settings
+
+#: faust transport scheme registered by this distribution (pyproject entry point
+#: ``faust.transports``) for the embedded broker.
+EMBEDDED_TRANSPORT_SCHEME = "livetag-embedded"
+
+CLIENT_ID = "livetag"
+
+
+def _common(settings: Settings) -> dict[str, Any]:
+    return {"bootstrap_servers": settings.bootstrap_servers, "client_id": CLIENT_ID}
+
+
+def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """A producer that waits for the broker's acknowledgement of every record.
+
+    No idempotent producer and no transactions: the embedded broker supports neither, so
+    livetag is at-least-once and every record has an identity consumers dedupe on.
+    """
+    options: dict[str, Any] = {
+        **_common(settings),
+        "acks": "all",
+        "linger_ms": 0,
+        "max_request_size": 4 * 1024 * 1024,
+        "request_timeout_ms": 15_000,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any
+) -> AIOKafkaConsumer:
+    """A consumer with the fetch wait that suits the broker in use."""
+    options: dict[str, Any] = {
+        **_common(settings),
+        "group_id": group_id,
+        "fetch_max_wait_ms": settings.consumer_fetch_wait_ms,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+def make_admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**_common(settings), request_timeout_ms=15_000)
+
+
+@asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+class LivetagFaustApp(faust.App):
+    """A faust app that knows the consumer fetch wait its settings ask for."""
+
+    consumer_fetch_wait_ms: int = 1500
+
+
+def make_faust_app(settings: Settings, app_id: str, **conf: Any) -> LivetagFaustApp:
+    """A faust app on the configured broker (at-least-once: no transactions on tansu)."""
+    scheme = EMBEDDED_TRANSPORT_SCHEME if settings.uses_embedded_broker else "kafka"
+    brokers = ";".join(f"{scheme}://{server}" for server in settings.bootstrap_servers.split(","))
+    options: dict[str, Any] = {
+        "broker": brokers,
+        "processing_guarantee": "at_least_once",
+        "producer_acks": -1,
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "web_enabled": False,
+        "consumer_auto_offset_reset": "earliest",
+    }
+    options.update(conf)
+    app = LivetagFaustApp(app_id, **options)
+    app.consumer_fetch_wait_ms = settings.consumer_fetch_wait_ms
+    return app
+
+
+class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # faust passes fetch_max_wait_ms=1500 with no setting to change it; aiokafka
+        # keeps the value in this attribute until start() builds the fetcher.
+        # tests/unit/test_kafka.py fails if either library changes this.
+        consumer._fetch_max_wait_ms = getattr(self.app, "consumer_fetch_wait_ms", 1500)
+        return consumer
+
+
+class _ShortFetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+    def _new_consumer_thread(self) -> _ShortFetchWaitConsumerThread:
+        return _ShortFetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class EmbeddedBrokerTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+    """faust's aiokafka transport with the short fetch wait the embedded broker needs."""
+
+    Consumer = _ShortFetchWaitConsumer
+    default_port = 9092

@@ -1,0 +1,568 @@
+"""The data contract: every payload of every livetag topic, and its one wire format.
+
+Every record carries ``ts_us``: the instant the thing happened, on the session clock (the
+capture server's wall clock, integer microseconds). Processing time never replaces it.
+
+Wire format (one path for all records, :func:`encode` / :func:`decode`):
+
+- JSON records (session, prosody, face, tag, label, dead letter): the Kafka value is the
+  record as UTF-8 JSON.
+- Media records (audio chunk, video frame): the Kafka value is the raw payload (PCM or
+  JPEG) and the header record is JSON in the Kafka record header ``livetag-header``.
+- Every message also has the header ``livetag-record: <record type>/<schema version>``.
+  Decoding accepts a JSON record without it, so any Kafka client can produce one.
+- Keys: ``session_id`` on ``livetag.sessions``, ``session_id/performer_id`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+RECORD_HEADER = "livetag-record"
+MEDIA_HEADER = "livetag-header"
+
+# Ids end up in topic names and in `session/performer` keys: keep them to characters
+# that are legal in Kafka topic names and never contain the key separator.
+SessionId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$")]
+ParticipantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+TimestampUs = Annotated[StrictInt, Field(ge=0, description="Session clock, microseconds.")]
+DurationUs = Annotated[StrictInt, Field(ge=0, description="Microseconds.")]
+Number = StrictFloat | StrictInt
+Unit = Annotated[Number, Field(ge=0.0, le=1.0)]
+Label = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+Colour = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
+TagId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+
+Role = Literal["performer", "observer", "director"]
+Intensity = Literal["normal", "strong"]
+TimingSource = Literal["sender_report", "abs_capture_time", "arrival_fit"]
+
+MAX_DEAD_LETTER_PAYLOAD = 4096
+
+
+class RecordError(ValueError):
+    """A payload could not be decoded or validated. ``reason`` says why, for humans."""
+
+    def __init__(self, reason: str, *, record_type: str | None = None) -> None:
+        self.reason = reason
+        self.record_type = record_type
+        prefix = f"{record_type}: " if record_type else ""
+        super().__init__(prefix + reason)
+
+    @classmethod
+    def from_validation(cls, error: ValidationError, record_type: str) -> RecordError:
+        problems = []
+        for item in error.errors(include_url=False):
+            where = ".".join(str(part) for part in item["loc"]) or "(record)"
+            problems.append(f"{where}: {item['msg']}")
+        return cls("; ".join(problems), record_type=record_type)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Record(_Model):
+    """Base of every topic payload."""
+
+    record_type: ClassVar[str]
+    schema_version: Literal[1] = SCHEMA_VERSION
+    ts_us: TimestampUs
+
+
+class PerformerRecord(Record):
+    """A record about one performer of one session; keyed ``session_id/performer_id``."""
+
+    session_id: SessionId
+    performer_id: ParticipantId
+
+    @property
+    def key(self) -> bytes:
+        return performer_key(self.session_id, self.performer_id)
+
+
+def performer_key(session_id: str, performer_id: str) -> bytes:
+    return f"{session_id}/{performer_id}".encode()
+
+
+# ---------------------------------------------------------------- livetag.sessions
+
+
+class Performer(_Model):
+    performer_id: ParticipantId
+    display_name: Annotated[str, StringConstraints(min_length=1, max_length=80)]
+
+
+class VocabularyEntry(_Model):
+    label: Label
+    hotkey: Annotated[str, StringConstraints(min_length=1, max_length=16)]
+    colour: Colour
+    description: Annotated[str, StringConstraints(max_length=200)] = ""
+
+
+class Take(_Model):
+    take_id: Annotated[StrictInt, Field(ge=1)]
+    start_ts_us: TimestampUs
+    end_ts_us: TimestampUs | None = None
+
+
+class SessionTopics(_Model):
+    audio: str
+    video: str
+    prosody: str
+    face: str
+
+
+class SessionRecord(Record):
+    """The state of one session; the latest record per key is the current state."""
+
+    record_type: ClassVar[str] = "session"
+    session_id: SessionId
+    created_ts_us: TimestampUs
+    prompt: Annotated[str, StringConstraints(max_length=4000)]
+    roster: Annotated[list[Performer], Field(min_length=1)]
+    vocabulary: list[VocabularyEntry]
+    state: Literal["created", "live", "ended", "archived"]
+    takes: list[Take] = []
+    topics: SessionTopics
+
+    @property
+    def key(self) -> bytes:
+        return self.session_id.encode()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SessionRecord:
+        _require_unique("roster performer_id", (p.performer_id for p in self.roster))
+        _require_unique("vocabulary label", (v.label for v in self.vocabulary))
+        _require_unique("vocabulary hotkey", (v.hotkey for v in self.vocabulary))
+        return self
+
+
+def _require_unique(what: str, values: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}")
+        seen.add(value)
+
+
+# ---------------------------------------------------------------- media topics
+
+
+class MediaHeader(PerformerRecord):
+    seq: Annotated[StrictInt, Field(ge=0, description="Per performer and stream, from 0.")]
+    timing: TimingSource = Field(
+        description="How ts_us was obtained; arrival_fit only until the first sender report."
+    )
+    rtp_timestamp: Annotated[StrictInt, Field(ge=0, lt=2**32)] | None = None
+    replayed: StrictBool = False
+
+
+class AudioChunkHeader(MediaHeader):
+    """Header of a PCM chunk on ``livetag.media.audio.SID``; ts_us = first sample."""
+
+    record_type: ClassVar[str] = "audio_chunk"
+    sample_rate: Literal[16000] = 16000
+    channels: Literal[1] = 1
+    sample_format: Literal["s16le"] = "s16le"
+    sample_count: Annotated[StrictInt, Field(gt=0, le=16000)]
+
+
+class VideoFrameHeader(MediaHeader):
+    """Header of a JPEG frame on ``livetag.media.video.SID``; ts_us = capture instant."""
+
+    record_type: ClassVar[str] = "video_frame"
+    encoding: Literal["jpeg"] = "jpeg"
+    width: Annotated[StrictInt, Field(gt=0, le=8192)]
+    height: Annotated[StrictInt, Field(gt=0, le=8192)]
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    header: AudioChunkHeader
+    pcm: bytes
+
+    record_type: ClassVar[str] = AudioChunkHeader.record_type
+
+    def __post_init__(self) -> None:
+        expected = self.header.sample_count * 2
+        if len(self.pcm) != expected:
+            raise RecordError(
+                f"payload has {len(self.pcm)} bytes, header says {self.header.sample_count} "
+                f"s16le samples ({expected} bytes)",
+                record_type=self.record_type,
+            )
+
+    @property
+    def key(self) -> bytes:
+        return self.header.key
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    header: VideoFrameHeader
+    jpeg: bytes
+
+    record_type: ClassVar[str] = VideoFrameHeader.record_type
+
+    def __post_init__(self) -> None:
+        if not self.jpeg.startswith(b"\xff\xd8"):
+            raise RecordError("payload is not a JPEG image", record_type=self.record_type)
+
+    @property
+    def key(self) -> bytes:
+        return self.header.key
+
+
+# ---------------------------------------------------------------- feature topics
+
+
+class VoiceQuality(_Model):
+    window_us: DurationUs = 500_000
+    hnr_db: Number | None
+    jitter_local: Annotated[Number, Field(ge=0)] | None
+    shimmer_local: Annotated[Number, Field(ge=0)] | None
+
+
+class ProsodyFrame(PerformerRecord):
+    """One 10 ms analysis hop; ts_us = start of the hop. Identity: key + ts_us."""
+
+    record_type: ClassVar[str] = "prosody_frame"
+    hop_us: Annotated[StrictInt, Field(gt=0)] = 10_000
+    f0_hz: Annotated[Number, Field(gt=0)] | None = Field(description="null when unvoiced")
+    voicing_probability: Unit
+    voiced: StrictBool
+    loudness_db: Number
+    voice_quality: VoiceQuality | None = Field(
+        default=None, description="Every 100 ms, over the window ending at this hop."
+    )
+
+
+LANDMARK_ENCODING = "f16le-base64"
+
+
+class Landmarks(_Model):
+    """Face landmarks as x, y, z triples, packed: base64 of little-endian float16.
+
+    Read with ``numpy.frombuffer(base64.b64decode(data), "<f2").reshape(count, 3)``.
+    """
+
+    encoding: Literal["f16le-base64"] = LANDMARK_ENCODING
+    count: Annotated[StrictInt, Field(gt=0, le=1000)]
+    data: str
+
+    @model_validator(mode="after")
+    def _check_size(self) -> Landmarks:
+        try:
+            raw = base64.b64decode(self.data, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"data is not base64: {exc}") from None
+        if len(raw) != self.count * 3 * 2:
+            raise ValueError(f"data has {len(raw)} bytes, expected {self.count * 6}")
+        return self
+
+    @classmethod
+    def from_xyz(cls, xyz: Sequence[Sequence[float]] | np.ndarray) -> Landmarks:
+        array = np.asarray(xyz, dtype="<f2")
+        if array.ndim != 2 or array.shape[1] != 3:
+            raise ValueError(f"expected an (n, 3) array, got shape {array.shape}")
+        return cls(count=array.shape[0], data=base64.b64encode(array.tobytes()).decode())
+
+    def xyz(self) -> np.ndarray:
+        return np.frombuffer(base64.b64decode(self.data), dtype="<f2").reshape(self.count, 3)
+
+
+class HeadPose(_Model):
+    yaw_deg: Number
+    pitch_deg: Number
+    roll_deg: Number
+
+
+class FaceFrame(PerformerRecord):
+    """One analysed video frame; ts_us = the frame's capture instant."""
+
+    record_type: ClassVar[str] = "face_frame"
+    video_seq: Annotated[StrictInt, Field(ge=0)]
+    face_present: StrictBool
+    landmarks: Landmarks | None = None
+    blendshapes: dict[str, Unit] = {}
+    head_pose: HeadPose | None = None
+
+    @model_validator(mode="after")
+    def _absent_face_is_empty(self) -> FaceFrame:
+        if not self.face_present and (self.landmarks or self.blendshapes or self.head_pose):
+            raise ValueError("a frame without a face carries no landmarks, blendshapes or pose")
+        return self
+
+
+# ---------------------------------------------------------------- livetag.tags
+
+
+class TagTiming(_Model):
+    """How a tag's ts_us was derived, kept so a consumer can audit or redo it."""
+
+    client_press_ts_us: StrictInt = Field(description="Key press on the client's own clock.")
+    clock_offset_us: StrictInt = Field(description="Session clock minus client clock.")
+    rtt_us: DurationUs
+    clock_uncertainty_us: DurationUs
+    reaction_lag_us: DurationUs = 0
+    media_rtp_timestamp: Annotated[StrictInt, Field(ge=0, lt=2**32)] | None = None
+    media_capture_ts_us: TimestampUs | None = Field(
+        default=None, description="Capture instant of the frame on the rater's screen."
+    )
+    basis: Literal["key_press", "frame_on_screen"] = "key_press"
+
+
+class TagEvent(PerformerRecord):
+    """A rater's tag on a performer (performer_id is the target). Idempotent by tag_id."""
+
+    record_type: ClassVar[str] = "tag"
+    tag_id: TagId
+    rater_id: ParticipantId
+    rater_role: Role
+    action: Literal["onset", "offset", "point", "undo"]
+    label: Label | None = None
+    intensity: Intensity = "normal"
+    span_us: DurationUs | None = Field(default=None, description="Span of a point tag.")
+    undoes_tag_id: TagId | None = None
+    timing: TagTiming
+    received_ts_us: TimestampUs = Field(description="Server receipt, for audit only.")
+
+    @model_validator(mode="after")
+    def _action_fields(self) -> TagEvent:
+        if self.action == "undo":
+            if self.undoes_tag_id is None:
+                raise ValueError("an undo names undoes_tag_id")
+        elif self.label is None:
+            raise ValueError(f"a {self.action} tag needs a label")
+        if self.action == "point" and self.span_us is None:
+            raise ValueError("a point tag needs span_us")
+        return self
+
+
+# ---------------------------------------------------------------- livetag.labels
+
+
+class WindowFeatures(_Model):
+    f0_mean_hz: Number | None = None
+    loudness_mean_db: Number | None = None
+    voiced_fraction: Unit | None = None
+    face_present_fraction: Unit | None = None
+    top_blendshapes: dict[str, Unit] = {}
+    head_pose: HeadPose | None = None
+
+
+class ActiveLabel(_Model):
+    label: Label
+    intensity: Intensity
+    tag_id: TagId
+
+
+class RaterLabels(_Model):
+    rater_id: ParticipantId
+    rater_role: Role
+    labels: list[ActiveLabel]
+
+
+class LabelWindow(PerformerRecord):
+    """One window of the labeled stream; ts_us = window start. Identity: key + ts_us."""
+
+    record_type: ClassVar[str] = "label_window"
+    window_us: Annotated[StrictInt, Field(gt=0)]
+    features: WindowFeatures
+    raters: list[RaterLabels]
+    consensus: Label | None
+    consensus_agreement: Unit | None = None
+    correction: StrictBool = False
+    revision: Annotated[StrictInt, Field(ge=0)] = 0
+
+
+# ---------------------------------------------------------------- livetag.deadletter
+
+
+class DeadLetter(Record):
+    """What could not be decoded or validated; ts_us = when it was rejected."""
+
+    record_type: ClassVar[str] = "dead_letter"
+    source_topic: str
+    source_partition: StrictInt | None = None
+    source_offset: StrictInt | None = None
+    source_key: str | None = None
+    service: str
+    reason: str
+    payload_size: Annotated[StrictInt, Field(ge=0)]
+    payload_head_b64: str = Field(
+        description=f"The first {MAX_DEAD_LETTER_PAYLOAD} bytes of the payload, base64."
+    )
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        ts_us: int,
+        source_topic: str,
+        service: str,
+        reason: str,
+        payload: bytes,
+        key: bytes | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> DeadLetter:
+        head = payload[:MAX_DEAD_LETTER_PAYLOAD]
+        return cls(
+            ts_us=ts_us,
+            source_topic=source_topic,
+            source_partition=partition,
+            source_offset=offset,
+            source_key=None if key is None else key.decode("utf-8", errors="replace"),
+            service=service,
+            reason=reason,
+            payload_size=len(payload),
+            payload_head_b64=base64.b64encode(head).decode(),
+        )
+
+    @property
+    def key(self) -> bytes:
+        return self.source_topic.encode()
+
+
+# ---------------------------------------------------------------- encode / decode
+
+JsonRecord = SessionRecord | ProsodyFrame | FaceFrame | TagEvent | LabelWindow | DeadLetter
+AnyRecord = JsonRecord | AudioChunk | VideoFrame
+R = TypeVar("R", bound=AnyRecord)
+
+JSON_RECORD_TYPES: tuple[type[Record], ...] = (
+    SessionRecord,
+    ProsodyFrame,
+    FaceFrame,
+    TagEvent,
+    LabelWindow,
+    DeadLetter,
+)
+MEDIA_RECORD_TYPES: tuple[type[AudioChunk] | type[VideoFrame], ...] = (AudioChunk, VideoFrame)
+MEDIA_HEADER_TYPES: dict[str, type[MediaHeader]] = {
+    "audio_chunk": AudioChunkHeader,
+    "video_frame": VideoFrameHeader,
+}
+
+#: Every payload with a JSON Schema: the JSON records and the media headers.
+SCHEMA_MODELS: tuple[type[Record], ...] = (
+    *JSON_RECORD_TYPES,
+    AudioChunkHeader,
+    VideoFrameHeader,
+)
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class KafkaMessage:
+    """A record in wire form, ready for any producer."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def _type_header(record_type: str) -> tuple[str, bytes]:
+    return (RECORD_HEADER, f"{record_type}/{SCHEMA_VERSION}".encode())
+
+
+def encode(record: AnyRecord) -> KafkaMessage:
+    """The one way a record becomes a Kafka message."""
+    if isinstance(record, AudioChunk | VideoFrame):
+        payload = record.pcm if isinstance(record, AudioChunk) else record.jpeg
+        return KafkaMessage(
+            key=record.key,
+            value=payload,
+            headers=[
+                _type_header(record.record_type),
+                (MEDIA_HEADER, record.header.model_dump_json().encode()),
+            ],
+        )
+    return KafkaMessage(
+        key=record.key,
+        value=record.model_dump_json().encode(),
+        headers=[_type_header(record.record_type)],
+    )
+
+
+def _header(headers: Headers | None, name: str) -> bytes | None:
+    for header_name, header_value in headers or ():
+        if header_name == name:
+            return header_value
+    return None
+
+
+def _check_type_header(headers: Headers | None, record_type: str) -> None:
+    raw = _header(headers, RECORD_HEADER)
+    if raw is None:
+        return
+    expected = f"{record_type}/{SCHEMA_VERSION}"
+    if raw != expected.encode():
+        found = raw.decode("utf-8", errors="replace")
+        raise RecordError(f"header {RECORD_HEADER} is {found!r}, expected {expected!r}")
+
+
+def _parse_json(data: bytes, record_type: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"not UTF-8: {exc}", record_type=record_type) from None
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc}", record_type=record_type) from None
+
+
+def _validate(model: type[Record], data: bytes) -> Any:
+    parsed = _parse_json(data, model.record_type)
+    if not isinstance(parsed, dict):
+        raise RecordError("expected a JSON object", record_type=model.record_type)
+    try:
+        return model.model_validate(parsed)
+    except ValidationError as exc:
+        raise RecordError.from_validation(exc, model.record_type) from None
+
+
+def decode(record_class: type[R], value: bytes | None, headers: Headers | None = None) -> R:
+    """Decode one Kafka message as ``record_class``; raises :class:`RecordError`."""
+    record_type = record_class.record_type
+    if value is None:
+        raise RecordError("empty message (null value)", record_type=record_type)
+    try:
+        _check_type_header(headers, record_type)
+    except RecordError as exc:
+        raise RecordError(exc.reason, record_type=record_type) from None
+    if record_class is AudioChunk or record_class is VideoFrame:
+        header_json = _header(headers, MEDIA_HEADER)
+        if header_json is None:
+            raise RecordError(f"missing header {MEDIA_HEADER}", record_type=record_type)
+        header = _validate(MEDIA_HEADER_TYPES[record_type], header_json)
+        return record_class(header, value)  # type: ignore[call-arg,return-value]
+    return _validate(record_class, value)  # type: ignore[arg-type,no-any-return]
+
+
+def json_schema(model: type[Record]) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    schema["$id"] = f"urn:livetag:{model.record_type}:{SCHEMA_VERSION}"
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -1,0 +1,206 @@
+"""The topic catalogue: every livetag topic name and config lives here, and only here.
+
+Shared topics hold what is small and long-lived. Session topics hold a session's bulk
+(media and features): created with the session, deleted once it is archived, because the
+embedded broker keeps every byte in memory and ignores retention.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+from infra.settings import Settings
+from streams import records
+
+log = logging.getLogger(__name__)
+
+PREFIX = "livetag."
+SESSIONS = "livetag.sessions"
+TAGS = "livetag.tags"
+LABELS = "livetag.labels"
+DEADLETTER = "livetag.deadletter"
+
+SessionStream = Literal["audio", "video", "prosody", "face"]
+SESSION_STREAMS: tuple[SessionStream, ...] = ("audio", "video", "prosody", "face")
+_SESSION_TOPIC_FORMATS: dict[SessionStream, str] = {
+    "audio": "livetag.media.audio.{session_id}",
+    "video": "livetag.media.video.{session_id}",
+    "prosody": "livetag.features.prosody.{session_id}",
+    "face": "livetag.features.face.{session_id}",
+}
+_SESSION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    record_type: type[records.AnyRecord]
+    partitions: int
+    configs: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+
+def shared_topics(settings: Settings) -> list[TopicSpec]:
+    keyed = settings.partitions
+    return [
+        TopicSpec(
+            SESSIONS,
+            records.SessionRecord,
+            # One partition: the session list is small and read whole, in order.
+            1,
+            {"cleanup.policy": "compact"},
+            "session records keyed by session id; the latest per key is the state",
+        ),
+        TopicSpec(
+            TAGS,
+            records.TagEvent,
+            keyed,
+            {"cleanup.policy": "delete", "retention.ms": "-1"},
+            "tag events keyed session/performer (the target), idempotent by tag_id",
+        ),
+        TopicSpec(
+            LABELS,
+            records.LabelWindow,
+            keyed,
+            {"cleanup.policy": "delete", "retention.ms": "-1"},
+            "the labeled stream: feature window + active tags per rater",
+        ),
+        TopicSpec(
+            DEADLETTER,
+            records.DeadLetter,
+            1,
+            {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+            "what could not be decoded or validated, with the reason",
+        ),
+    ]
+
+
+def check_session_id(session_id: str) -> str:
+    if not _SESSION_ID.match(session_id):
+        raise ValueError(
+            f"invalid session id {session_id!r}: use 1-48 of a-z, 0-9 and '-', "
+            "starting with a letter or digit"
+        )
+    return session_id
+
+
+def session_topic(stream: SessionStream, session_id: str) -> str:
+    return _SESSION_TOPIC_FORMATS[stream].format(session_id=check_session_id(session_id))
+
+
+def session_topic_names(session_id: str) -> records.SessionTopics:
+    return records.SessionTopics(
+        **{stream: session_topic(stream, session_id) for stream in SESSION_STREAMS}
+    )
+
+
+_SESSION_RECORD_TYPES: dict[SessionStream, type[records.AnyRecord]] = {
+    "audio": records.AudioChunk,
+    "video": records.VideoFrame,
+    "prosody": records.ProsodyFrame,
+    "face": records.FaceFrame,
+}
+
+
+def session_topics(settings: Settings, session_id: str) -> list[TopicSpec]:
+    configs = {"cleanup.policy": "delete"}
+    if settings.session_topic_retention_days is not None:
+        configs["retention.ms"] = str(int(settings.session_topic_retention_days * DAY_MS))
+    return [
+        TopicSpec(
+            session_topic(stream, session_id),
+            _SESSION_RECORD_TYPES[stream],
+            settings.partitions,
+            dict(configs),
+        )
+        for stream in SESSION_STREAMS
+    ]
+
+
+def record_type_of(topic: str) -> type[records.AnyRecord]:
+    """The record type a topic carries; raises ValueError for a non-livetag topic."""
+    shared = {
+        SESSIONS: records.SessionRecord,
+        TAGS: records.TagEvent,
+        LABELS: records.LabelWindow,
+        DEADLETTER: records.DeadLetter,
+    }
+    if topic in shared:
+        return shared[topic]
+    for stream, pattern in _SESSION_TOPIC_FORMATS.items():
+        prefix = pattern.removesuffix("{session_id}")
+        if topic.startswith(prefix) and _SESSION_ID.match(topic.removeprefix(prefix)):
+            return _SESSION_RECORD_TYPES[stream]
+    raise ValueError(f"{topic!r} is not a livetag topic")
+
+
+def resolve_topic(name: str, session_id: str | None = None) -> str:
+    """Accept a full topic name, or a short one: sessions, tags, labels, deadletter,
+    or audio/video/prosody/face together with a session id."""
+    short_shared = {"sessions": SESSIONS, "tags": TAGS, "labels": LABELS, "deadletter": DEADLETTER}
+    if name in short_shared:
+        return short_shared[name]
+    if name in _SESSION_TOPIC_FORMATS:
+        if session_id is None:
+            raise ValueError(f"topic {name!r} is per session: give the session id")
+        return session_topic(name, session_id)  # type: ignore[arg-type]
+    record_type_of(name)
+    return name
+
+
+# ---------------------------------------------------------------- administration
+
+
+async def _create(admin: AIOKafkaAdminClient, specs: Iterable[TopicSpec], rf: int) -> list[str]:
+    """Create the topics that do not exist yet; returns the names it created."""
+    existing = set(await admin.list_topics())
+    missing = [spec for spec in specs if spec.name not in existing]
+    created: list[str] = []
+    for spec in missing:
+        try:
+            await admin.create_topics(
+                [NewTopic(spec.name, spec.partitions, rf, topic_configs=spec.configs)]
+            )
+            created.append(spec.name)
+        except TopicAlreadyExistsError:
+            # Another process created it between our listing and our request.
+            log.debug("topic %s appeared concurrently", spec.name)
+    return created
+
+
+async def ensure_shared_topics(admin: AIOKafkaAdminClient, settings: Settings) -> list[str]:
+    """Create the shared topics that are missing; safe to call at every start."""
+    return await _create(admin, shared_topics(settings), settings.replication_factor)
+
+
+async def create_session_topics(
+    admin: AIOKafkaAdminClient, settings: Settings, session_id: str
+) -> records.SessionTopics:
+    await _create(admin, session_topics(settings, session_id), settings.replication_factor)
+    return session_topic_names(session_id)
+
+
+async def delete_session_topics(admin: AIOKafkaAdminClient, session_id: str) -> list[str]:
+    """Delete a session's topics (frees the embedded broker's memory); returns what went."""
+    wanted = {session_topic(stream, session_id) for stream in SESSION_STREAMS}
+    present = sorted(wanted & set(await admin.list_topics()))
+    if not present:
+        return []
+    try:
+        await admin.delete_topics(present)
+    except UnknownTopicOrPartitionError:
+        log.debug("session %s topics were deleted concurrently", session_id)
+    return present
+
+
+async def list_livetag_topics(admin: AIOKafkaAdminClient) -> list[str]:
+    return sorted(name for name in await admin.list_topics() if name.startswith(PREFIX))
