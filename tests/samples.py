@@ -1,0 +1,144 @@
+"""One valid record of every type, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+
+import numpy as np
+from PIL import Image
+
+from streams import records, topics
+
+TS_US = 1_764_115_200_123_456
+
+
+def pcm_tone(sample_count: int = 320, hz: float = 220.0) -> bytes:
+    samples = (
+        int(8000 * math.sin(2 * math.pi * hz * n / 16_000)) for n in range(sample_count)
+    )
+    return struct.pack(f"<{sample_count}h", *samples)
+
+
+def jpeg_frame(width: int = 64, height: int = 36) -> bytes:
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, : width // 2] = (200, 80, 40)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[records.AnyRecord]:
+    """Every record type, one each, in the order of records.JSON_RECORD_TYPES + media."""
+    common = {"session_id": session_id, "performer_id": performer_id}
+    landmarks = np.random.default_rng(7).random((478, 3)).astype(np.float32)
+    return [
+        records.SessionRecord(
+            ts_us=TS_US,
+            session_id=session_id,
+            created_ts_us=TS_US - 1_000_000,
+            prompt="Two old friends meet at a funeral; one of them is late.",
+            roster=[
+                records.Performer(performer_id=performer_id, display_name="Alice"),
+                records.Performer(performer_id="bob", display_name="Bob"),
+            ],
+            vocabulary=[
+                records.VocabularyEntry(label="laughter", hotkey="l", colour="#f5b700"),
+                records.VocabularyEntry(label="hesitation", hotkey="h", colour="#7a7a7a"),
+            ],
+            state="live",
+            takes=[records.Take(take_id=1, start_ts_us=TS_US - 500_000)],
+            topics=topics.session_topic_names(session_id),
+        ),
+        records.ProsodyFrame(
+            ts_us=TS_US,
+            **common,
+            f0_hz=212.5,
+            voicing_probability=0.93,
+            voiced=True,
+            loudness_db=-23.4,
+            voice_quality=records.VoiceQuality(hnr_db=14.2, jitter_local=0.011, shimmer_local=0.04),
+        ),
+        records.FaceFrame(
+            ts_us=TS_US,
+            **common,
+            video_seq=42,
+            face_present=True,
+            landmarks=records.Landmarks.from_xyz(landmarks),
+            blendshapes={"mouthSmileLeft": 0.81, "mouthSmileRight": 0.77, "eyeBlinkLeft": 0.02},
+            head_pose=records.HeadPose(yaw_deg=-4.0, pitch_deg=2.5, roll_deg=0.3),
+        ),
+        records.TagEvent(
+            ts_us=TS_US,
+            **common,
+            tag_id="0f8e2c1a-9b7d-4e21-8a11-5f3c2d1e0b9a",
+            rater_id="director",
+            rater_role="director",
+            action="onset",
+            label="laughter",
+            intensity="strong",
+            timing=records.TagTiming(
+                client_press_ts_us=TS_US - 12_345_678,
+                clock_offset_us=12_345_678,
+                rtt_us=900,
+                clock_uncertainty_us=450,
+                reaction_lag_us=0,
+                media_rtp_timestamp=3_000_000_000,
+                media_capture_ts_us=TS_US,
+                basis="frame_on_screen",
+            ),
+            received_ts_us=TS_US + 60_000,
+        ),
+        records.LabelWindow(
+            ts_us=TS_US,
+            **common,
+            window_us=100_000,
+            features=records.WindowFeatures(
+                f0_mean_hz=208.0,
+                loudness_mean_db=-24.0,
+                voiced_fraction=0.8,
+                face_present_fraction=1.0,
+                top_blendshapes={"mouthSmileLeft": 0.8},
+                head_pose=records.HeadPose(yaw_deg=-4.0, pitch_deg=2.5, roll_deg=0.3),
+            ),
+            raters=[
+                records.RaterLabels(
+                    rater_id="director",
+                    rater_role="director",
+                    labels=[
+                        records.ActiveLabel(
+                            label="laughter",
+                            intensity="strong",
+                            tag_id="0f8e2c1a-9b7d-4e21-8a11-5f3c2d1e0b9a",
+                        )
+                    ],
+                )
+            ],
+            consensus="laughter",
+            consensus_agreement=1.0,
+        ),
+        records.DeadLetter.of(
+            ts_us=TS_US,
+            source_topic=topics.session_topic("prosody", session_id),
+            service="tests",
+            reason="prosody_frame: not JSON",
+            payload=b"\xff\xfe garbage",
+            key=f"{session_id}/{performer_id}".encode(),
+            partition=0,
+            offset=17,
+        ),
+        records.AudioChunk(
+            records.AudioChunkHeader(
+                ts_us=TS_US, **common, seq=3, timing="sender_report", sample_count=320,
+                rtp_timestamp=123_456,
+            ),
+            pcm_tone(320),
+        ),
+        records.VideoFrame(
+            records.VideoFrameHeader(
+                ts_us=TS_US, **common, seq=5, timing="arrival_fit", width=64, height=36
+            ),
+            jpeg_frame(),
+        ),
+    ]
