@@ -169,9 +169,9 @@ def schema(ctx: click.Context, out_dir: Path) -> None:
             "schema": f"{spec.record_type.record_type}.schema.json",
             "partitions": spec.partitions,
             "configs": spec.configs,
-            "key": "session_id" if spec.name == topics.SESSIONS else (
-                "source topic" if spec.name == topics.DEADLETTER else "session_id/performer_id"
-            ),
+            "key": "session_id"
+            if spec.name == topics.SESSIONS
+            else ("source topic" if spec.name == topics.DEADLETTER else "session_id/performer_id"),
         }
         for kind, specs in (
             ("shared", topics.shared_topics(settings)),
@@ -189,8 +189,13 @@ def schema(ctx: click.Context, out_dir: Path) -> None:
 @click.option("--session", "session_id", default=None, help="Only this session's records.")
 @click.option("--performer", "performer_id", default=None, help="Only this performer's records.")
 @click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the end.")
-@click.option("--max", "max_records", type=click.IntRange(min=1), default=None,
-              help="Stop after printing N records.")
+@click.option(
+    "--max",
+    "max_records",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after printing N records.",
+)
 @bootstrap_option
 @click.pass_context
 def tail(

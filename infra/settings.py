@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     cluster_fetch_wait_ms: int = Field(
         default=500, ge=1, description="Consumer fetch wait used with a real Kafka cluster."
     )
+    producer_linger_ms: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="How long a producer waits to batch records before sending.",
+    )
     partitions: int = Field(
         default=4,
         ge=1,

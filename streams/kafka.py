@@ -40,7 +40,7 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     options: dict[str, Any] = {
         **_common(settings),
         "acks": "all",
-        "linger_ms": 0,
+        "linger_ms": settings.producer_linger_ms,
         "max_request_size": 4 * 1024 * 1024,
         "request_timeout_ms": 15_000,
     }
@@ -103,7 +103,7 @@ def make_faust_app(settings: Settings, app_id: str, **conf: Any) -> LivetagFaust
     return app
 
 
-class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
+class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # faust passes fetch_max_wait_ms=1500 with no setting to change it; aiokafka
@@ -113,12 +113,12 @@ class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # t
         return consumer
 
 
-class _ShortFetchWaitConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
+class _ShortFetchWaitConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> _ShortFetchWaitConsumerThread:
         return _ShortFetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
-class EmbeddedBrokerTransport(faust_aiokafka.Transport):  # type: ignore[misc]
+class EmbeddedBrokerTransport(faust_aiokafka.Transport):
     """faust's aiokafka transport with the short fetch wait the embedded broker needs."""
 
     Consumer = _ShortFetchWaitConsumer

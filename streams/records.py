@@ -21,7 +21,7 @@ import binascii
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 import numpy as np
 from pydantic import (
@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 RECORD_HEADER = "livetag-record"
 MEDIA_HEADER = "livetag-header"
 
@@ -257,7 +257,7 @@ class ProsodyFrame(PerformerRecord):
     )
 
 
-LANDMARK_ENCODING = "f16le-base64"
+LANDMARK_ENCODING: Final = "f16le-base64"
 
 
 class Landmarks(_Model):
@@ -557,8 +557,8 @@ def decode(record_class: type[R], value: bytes | None, headers: Headers | None =
         if header_json is None:
             raise RecordError(f"missing header {MEDIA_HEADER}", record_type=record_type)
         header = _validate(MEDIA_HEADER_TYPES[record_type], header_json)
-        return record_class(header, value)  # type: ignore[call-arg,return-value]
-    return _validate(record_class, value)  # type: ignore[arg-type,no-any-return]
+        return record_class(header, value)  # type: ignore[call-arg]
+    return _validate(record_class, value)  # type: ignore[arg-type]
 
 
 def json_schema(model: type[Record]) -> dict[str, Any]:

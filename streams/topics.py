@@ -138,7 +138,7 @@ def _session_specs(settings: Settings, session_id: str) -> list[TopicSpec]:
 
 def record_type_of(topic: str) -> type[records.AnyRecord]:
     """The record type a topic carries; raises ValueError for a non-livetag topic."""
-    shared = {
+    shared: dict[str, type[records.AnyRecord]] = {
         SESSIONS: records.SessionRecord,
         TAGS: records.TagEvent,
         LABELS: records.LabelWindow,
@@ -162,7 +162,7 @@ def resolve_topic(name: str, session_id: str | None = None) -> str:
     if name in _SESSION_TOPIC_FORMATS:
         if session_id is None:
             raise ValueError(f"topic {name!r} is per session: give the session id")
-        return session_topic(name, session_id)  # type: ignore[arg-type]
+        return session_topic(name, session_id)
     record_type_of(name)
     return name
 

@@ -15,9 +15,7 @@ TS_US = 1_764_115_200_123_456
 
 
 def pcm_tone(sample_count: int = 320, hz: float = 220.0) -> bytes:
-    samples = (
-        int(8000 * math.sin(2 * math.pi * hz * n / 16_000)) for n in range(sample_count)
-    )
+    samples = (int(8000 * math.sin(2 * math.pi * hz * n / 16_000)) for n in range(sample_count))
     return struct.pack(f"<{sample_count}h", *samples)
 
 
@@ -130,7 +128,11 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
         ),
         records.AudioChunk(
             records.AudioChunkHeader(
-                ts_us=TS_US, **common, seq=3, timing="sender_report", sample_count=320,
+                ts_us=TS_US,
+                **common,
+                seq=3,
+                timing="sender_report",
+                sample_count=320,
                 rtp_timestamp=123_456,
             ),
             pcm_tone(320),

@@ -81,8 +81,9 @@ async def test_tail_prints_an_error_line_for_a_malformed_record_and_goes_on(
     try:
         # Same key, so one partition and a fixed order: good, malformed, wrong type, good.
         first = records.encode(good[0])
-        await producer.send_and_wait(session_topics.prosody, first.value, key=key,
-                                     headers=first.headers)
+        await producer.send_and_wait(
+            session_topics.prosody, first.value, key=key, headers=first.headers
+        )
         await producer.send_and_wait(session_topics.prosody, b"\xff{not json", key=key)
         await producer.send_and_wait(session_topics.prosody, b'{"ts_us": "soon"}', key=key)
         await producer.send_and_wait(session_topics.prosody, first.value, key=key)
@@ -91,8 +92,20 @@ async def test_tail_prints_an_error_line_for_a_malformed_record_and_goes_on(
 
     result = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "infra", "tail", "prosody", "--session", session_id,
-         "--performer", "alice", "--from-beginning", "--max", "4"],
+        [
+            sys.executable,
+            "-m",
+            "infra",
+            "tail",
+            "prosody",
+            "--session",
+            session_id,
+            "--performer",
+            "alice",
+            "--from-beginning",
+            "--max",
+            "4",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

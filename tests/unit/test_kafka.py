@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 
 from infra.settings import Settings
@@ -19,7 +21,7 @@ async def test_consumers_get_the_short_wait_on_the_embedded_broker() -> None:
 
 async def _faust_worker_fetch_wait(settings: Settings) -> int:
     app = kafka.make_faust_app(settings, "livetag-test-fetch-wait")
-    thread = app.consumer._thread
+    thread = cast(Any, app.consumer)._thread
     created = thread._create_worker_consumer(app.consumer.transport)
     wait: int = created._fetch_max_wait_ms
     await created.stop()
