@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TEST_APT_PACKAGES :=
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint typecheck pytest bench clean
+.PHONY: install system-packages up test lint typecheck pytest bench clean
 
 install: $(STAMP)
 	$(BIN)/livetag models fetch
