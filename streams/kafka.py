@@ -92,6 +92,7 @@ def make_faust_app(settings: Settings, app_id: str, **conf: Any) -> LivetagFaust
         "broker": brokers,
         "processing_guarantee": "at_least_once",
         "producer_acks": -1,
+        "producer_linger": settings.producer_linger_ms / 1000,
         "topic_partitions": settings.partitions,
         "topic_replication_factor": settings.replication_factor,
         "web_enabled": False,

@@ -31,6 +31,12 @@ HEADER = struct.Struct(">qq")  # sequence number, send time (ns since the epoch)
 WARMUP_SEQ = -1
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -59,7 +65,9 @@ async def read_latencies(
     complete.set()
 
 
-async def run(settings: Settings, *, rate: int, seconds: float, size: int) -> dict[str, object]:
+async def run(
+    settings: Settings, *, rate: int, seconds: float, size: int, broker_pid: int | None
+) -> dict[str, object]:
     run_id = uuid.uuid4().hex[:8]
     source, sink = f"bench.source.{run_id}", f"bench.sink.{run_id}"
     async with kafka.admin_client(settings) as admin:
@@ -100,6 +108,8 @@ async def run(settings: Settings, *, rate: int, seconds: float, size: int) -> di
             await asyncio.sleep(0.2)
         await asyncio.sleep(1.0)
         pending = []
+        watched = {"broker": broker_pid, "faust_worker": forwarder.pid, "bench": os.getpid()}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items() if pid}
         t0 = time.monotonic()
         for seq in range(total):
             delay = t0 + seq / rate - time.monotonic()
@@ -108,6 +118,11 @@ async def run(settings: Settings, *, rate: int, seconds: float, size: int) -> di
             value = HEADER.pack(seq, time.time_ns()) + padding
             pending.append(await producer.send(source, value, key=keys[seq % len(keys)]))
         await asyncio.gather(*pending)
+        elapsed = time.monotonic() - t0
+        cpu_cores = {
+            f"{name}_cpu_cores": round((cpu_seconds(watched[name]) - used) / elapsed, 2)  # type: ignore[arg-type]
+            for name, used in cpu_before.items()
+        }
         # Whatever has not arrived 15 s after the last send counts as lost.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(15):
@@ -135,6 +150,7 @@ async def run(settings: Settings, *, rate: int, seconds: float, size: int) -> di
         "faust_hop_ms_p50": percentile(list(hop_ms.values()), 0.50),
         "faust_hop_ms_p99": percentile(list(hop_ms.values()), 0.99),
         "records_lost": lost,
+        **cpu_cores,
     }
 
 
@@ -153,7 +169,13 @@ def main() -> None:
             settings = settings.model_copy(update={"broker_port": broker.port})
         try:
             result = asyncio.run(
-                run(settings, rate=args.rate, seconds=args.seconds, size=args.size)
+                run(
+                    settings,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                    size=args.size,
+                    broker_pid=broker.pid if broker else None,
+                )
             )
         finally:
             if broker is not None:
