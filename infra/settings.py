@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -110,6 +110,36 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- capture server ---
+    capture_host: str = Field(default="127.0.0.1", description="Capture server listen address.")
+    capture_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL printed in join links (default http://capture_host:capture_port).",
+    )
+    ice_addresses: list[str] = Field(
+        default=["127.0.0.1"],
+        description="The only addresses the server advertises as ICE host candidates.",
+    )
+    ice_servers: list[str] = Field(
+        default=[], description="STUN/TURN URLs for the server's ICE agent (none by default)."
+    )
+    token_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs join tokens; default: generated once into state_dir.",
+    )
+    token_ttl_s: int = Field(default=12 * 3600, gt=0, description="How long join links last.")
+    video_width: int = Field(default=640, gt=0, le=3840, description="Analysis frame width.")
+    video_height: int = Field(default=360, gt=0, le=2160, description="Analysis frame height.")
+    video_fps: float = Field(default=15.0, gt=0, le=60, description="Analysis frame rate.")
+    jpeg_quality: int = Field(default=80, ge=10, le=95)
+    video_queue_frames: int = Field(
+        default=8, ge=1, le=256, description="Video frames buffered per performer before drops."
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="Largest signaling message (SDP included)."
+    )
+
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     # --- files ---
@@ -151,6 +181,12 @@ class Settings(BaseSettings):
         if self.uses_embedded_broker:
             return self.embedded_fetch_wait_ms
         return self.cluster_fetch_wait_ms
+
+    @property
+    def capture_base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.capture_host}:{self.capture_port}"
 
     @property
     def log_dir(self) -> Path:

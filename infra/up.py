@@ -31,12 +31,22 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
 
 
 async def run_up(settings: Settings, *, say: Say = print) -> None:
+    await run_services(settings, embedded_broker=settings.uses_embedded_broker, say=say)
+
+
+async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = print) -> None:
+    """Start the broker (if embedded), the shared topics and every service; stop them in
+    reverse order on SIGINT/SIGTERM."""
+    from capture.server import CaptureServer
+    from taggers.tokens import load_secret
+
     stop = asyncio.Event()
     broker: EmbeddedBroker | None = None
+    capture: CaptureServer | None = None
     # Handlers first: a Ctrl-C while starting still stops what was started, in order.
     with _stop_on_signals(stop):
         try:
-            if settings.uses_embedded_broker:
+            if embedded_broker:
                 broker = EmbeddedBroker.from_settings(settings)
                 broker.start()
                 settings = settings.model_copy(update={"broker_port": broker.port})
@@ -47,17 +57,22 @@ async def run_up(settings: Settings, *, say: Say = print) -> None:
                 async with kafka.admin_client(settings) as admin:
                     created = await topics.ensure_shared_topics(admin, settings)
                 names = ", ".join(spec.name for spec in topics.shared_topics(settings))
-                say(
-                    f"shared topics    {names}" + (f"  (created {len(created)})" if created else "")
-                )
+                note = f"  (created {len(created)})" if created else ""
+                say(f"shared topics    {names}{note}")
                 try:
                     say(f"face model       {face_model.resolve(settings)}")
                 except face_model.FaceModelError as exc:
                     say(f"face model       MISSING: {exc}")
+            if not stop.is_set():
+                capture = CaptureServer(settings, secret=load_secret(settings))
+                await capture.start()
+                say(f"capture server   {capture.url}  (join links: livetag session create)")
                 say("livetag is up; press Ctrl-C to stop.")
             await stop.wait()
             say("stopping...")
         finally:
+            if capture is not None:
+                await capture.stop()
             if broker is not None:
                 broker.stop()
             say("stopped.")

@@ -125,6 +125,15 @@ class Take(_Model):
     end_ts_us: TimestampUs | None = None
 
 
+class Presence(_Model):
+    """Whether a participant is in the call, since when (joins and leaves)."""
+
+    participant_id: ParticipantId
+    role: Role
+    connected: StrictBool
+    since_ts_us: TimestampUs
+
+
 class SessionTopics(_Model):
     audio: str
     video: str
@@ -144,6 +153,7 @@ class SessionRecord(Record):
     state: Literal["created", "live", "ended", "archived"]
     takes: list[Take] = []
     topics: SessionTopics
+    presence: list[Presence] = []
 
     @property
     def key(self) -> bytes:

@@ -33,6 +33,7 @@ def test_up_starts_the_broker_and_topics_and_stops_on_ctrl_c(tmp_path: Path) -> 
         "LIVETAG_BROKER_PORT": str(port),
         "LIVETAG_STATE_DIR": str(tmp_path / "state"),
         "LIVETAG_CACHE_DIR": str(tmp_path / "cache"),
+        "LIVETAG_CAPTURE_PORT": "0",
     }
     env.pop("LIVETAG_KAFKA_BOOTSTRAP", None)
     process = subprocess.Popen(

@@ -1,0 +1,263 @@
+"""The fork: one performer's received audio and video, timestamped and produced to Kafka.
+
+- Audio: resampled to 16 kHz mono s16le, cut into 20 ms chunks, not dropped (the fork
+  waits for Kafka behind a queue of a minute of audio; the call itself never waits).
+- Video: thinned to the analysis rate, scaled and JPEG-encoded in a thread pool; when Kafka
+  or the encoder falls behind, frames are dropped from a bounded queue and counted.
+
+``ts_us`` of every record is the capture instant on the session clock (capture.timing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import io
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+from aiokafka import AIOKafkaProducer
+
+from capture.timing import Stamp
+from infra.settings import Settings
+from streams import records
+
+log = logging.getLogger(__name__)
+
+AUDIO_RATE = 16_000
+AUDIO_CHUNK_SAMPLES = 320  # 20 ms
+_REANCHOR_US = 15_000  # a jump larger than this (loss, sender restart) re-anchors audio time
+AUDIO_QUEUE_FRAMES = 3000  # 60 s of 20 ms frames: only a long Kafka outage fills it
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class ForkStats:
+    """Counters for one performer's fork, read by metrics, logs and benchmarks."""
+
+    video_frames_in: int = 0
+    video_frames_out: int = 0
+    video_frames_dropped: int = 0
+    video_frames_skipped: int = 0  # thinned to the analysis rate, not a drop
+    audio_chunks_out: int = 0
+    audio_chunks_dropped: int = 0
+    produce_errors: int = 0
+    # frame arrival at the server -> record acknowledged by the broker
+    fork_latency_ms: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=4096)
+    )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "video_frames_in": self.video_frames_in,
+            "video_frames_out": self.video_frames_out,
+            "video_frames_dropped": self.video_frames_dropped,
+            "audio_chunks_out": self.audio_chunks_out,
+            "audio_chunks_dropped": self.audio_chunks_dropped,
+            "produce_errors": self.produce_errors,
+        }
+
+
+def encode_jpeg(frame: av.VideoFrame, width: int, height: int, quality: int) -> bytes:
+    """Scale and JPEG-encode one frame (runs in the thread pool: both release the GIL)."""
+    image = frame.to_image(width=width, height=height)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+class PerformerFork:
+    """Produces one performer's media records; ``run_audio``/``run_video`` consume tracks."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        session: records.SessionRecord,
+        performer_id: str,
+        jpeg_pool: Executor,
+    ) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._session_id = session.session_id
+        self._performer_id = performer_id
+        self._audio_topic = session.topics.audio
+        self._video_topic = session.topics.video
+        self._pool = jpeg_pool
+        self.stats = ForkStats()
+        self._audio_seq = 0
+        self._video_seq = 0
+        self._video_queue: asyncio.Queue[tuple[av.VideoFrame, Stamp, int]] = asyncio.Queue(
+            maxsize=settings.video_queue_frames
+        )
+        self._acks: asyncio.Queue[tuple[asyncio.Future[Any], int]] = asyncio.Queue(maxsize=256)
+        self._audio_queue: asyncio.Queue[tuple[av.AudioFrame, Stamp]] = asyncio.Queue(
+            maxsize=AUDIO_QUEUE_FRAMES
+        )
+        self._video_period_us = round(1_000_000 / settings.video_fps)
+        self._next_video_due_us: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._encode_video(), name=f"jpeg-{self._performer_id}"),
+                asyncio.create_task(self._cut_audio(), name=f"audio-{self._performer_id}"),
+                asyncio.create_task(self._await_acks(), name=f"acks-{self._performer_id}"),
+            ]
+
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ intake
+    # Called for every received frame by the timestamping track, before the relay hands
+    # the frame to the call's encoders (which rewrite pts in place). Never blocks.
+
+    def offer_audio(self, frame: av.AudioFrame, stamp: Stamp) -> None:
+        try:
+            self._audio_queue.put_nowait((frame, stamp))
+        except asyncio.QueueFull:
+            # Only when Kafka has been unreachable for a minute: counted and shouted about.
+            self.stats.audio_chunks_dropped += (
+                frame.samples * AUDIO_RATE // (frame.sample_rate * AUDIO_CHUNK_SAMPLES) or 1
+            )
+            log.error("%s/%s: audio fork full, audio lost", self._session_id, self._performer_id)
+
+    def offer_video(self, frame: av.VideoFrame, stamp: Stamp, arrival_us: int) -> None:
+        self.stats.video_frames_in += 1
+        # Thin to the analysis rate on capture time, so network jitter does not change it.
+        if self._next_video_due_us is not None and (
+            stamp.ts_us < self._next_video_due_us - self._video_period_us // 4
+        ):
+            self.stats.video_frames_skipped += 1
+            return
+        self._next_video_due_us = max(
+            (self._next_video_due_us or stamp.ts_us) + self._video_period_us, stamp.ts_us
+        )
+        try:
+            self._video_queue.put_nowait((frame, stamp, arrival_us))
+        except asyncio.QueueFull:
+            self.stats.video_frames_dropped += 1
+            if self.stats.video_frames_dropped % 50 == 1:
+                log.warning(
+                    "%s/%s: video fork behind, %d frames dropped so far",
+                    self._session_id,
+                    self._performer_id,
+                    self.stats.video_frames_dropped,
+                )
+
+    # ------------------------------------------------------------------ audio
+
+    async def _cut_audio(self) -> None:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+        pending = bytearray()
+        # Output sample n of the current run was captured at anchor.ts_us + n / 16 kHz.
+        anchor: Stamp | None = None
+        samples_in = 0  # input samples since the anchor
+        input_rate = 0
+        samples_out = 0  # output samples since the anchor that left in chunks
+        while True:
+            frame, stamp = await self._audio_queue.get()
+            if anchor is not None and input_rate == frame.sample_rate:
+                expected = anchor.ts_us + samples_in * 1_000_000 // input_rate
+                if abs(stamp.ts_us - expected) > _REANCHOR_US or stamp.timing != anchor.timing:
+                    anchor = None
+            if anchor is None:
+                # New timeline (first frame, a gap, or sender reports took over): start
+                # clean rather than smear one timeline into the other.
+                anchor, samples_in, samples_out, input_rate = stamp, 0, 0, frame.sample_rate
+                pending.clear()
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
+            samples_in += frame.samples
+            for resampled in resampler.resample(frame):
+                pending += resampled.to_ndarray().tobytes()
+            while len(pending) >= AUDIO_CHUNK_SAMPLES * 2:
+                pcm = bytes(pending[: AUDIO_CHUNK_SAMPLES * 2])
+                del pending[: AUDIO_CHUNK_SAMPLES * 2]
+                ts_us = anchor.ts_us + samples_out * 1_000_000 // AUDIO_RATE
+                samples_out += AUDIO_CHUNK_SAMPLES
+                await self._produce_audio(pcm, ts_us, anchor)
+
+    async def _produce_audio(self, pcm: bytes, ts_us: int, anchor: Stamp) -> None:
+        chunk = records.AudioChunk(
+            records.AudioChunkHeader(
+                ts_us=ts_us,
+                session_id=self._session_id,
+                performer_id=self._performer_id,
+                seq=self._audio_seq,
+                timing=anchor.timing,
+                sample_count=AUDIO_CHUNK_SAMPLES,
+            ),
+            pcm,
+        )
+        self._audio_seq += 1
+        message = records.encode(chunk)
+        created = _now_us()
+        # Awaiting here is the backpressure: audio waits for Kafka, it is not dropped.
+        future = await self._producer.send(
+            self._audio_topic, message.value, key=message.key, headers=message.headers
+        )
+        self.stats.audio_chunks_out += 1
+        await self._acks.put((future, created))
+
+    # ------------------------------------------------------------------ video
+
+    async def _encode_video(self) -> None:
+        loop = asyncio.get_running_loop()
+        width, height = self._settings.video_width, self._settings.video_height
+        quality = self._settings.jpeg_quality
+        while True:
+            frame, stamp, arrival = await self._video_queue.get()
+            try:
+                jpeg = await loop.run_in_executor(
+                    self._pool, encode_jpeg, frame, width, height, quality
+                )
+            except (ValueError, av.error.FFmpegError) as exc:
+                log.warning("cannot encode a video frame: %s", exc)
+                self.stats.video_frames_dropped += 1
+                continue
+            record = records.VideoFrame(
+                records.VideoFrameHeader(
+                    ts_us=stamp.ts_us,
+                    session_id=self._session_id,
+                    performer_id=self._performer_id,
+                    seq=self._video_seq,
+                    timing=stamp.timing,
+                    rtp_timestamp=stamp.rtp_timestamp,
+                    width=width,
+                    height=height,
+                ),
+                jpeg,
+            )
+            self._video_seq += 1
+            message = records.encode(record)
+            future = await self._producer.send(
+                self._video_topic, message.value, key=message.key, headers=message.headers
+            )
+            self.stats.video_frames_out += 1
+            await self._acks.put((future, arrival))
+
+    async def _await_acks(self) -> None:
+        while True:
+            future, arrival = await self._acks.get()
+            try:
+                await future
+            except Exception as exc:  # any Kafka error: counted and logged, never fatal
+                self.stats.produce_errors += 1
+                log.warning("a media record was not acknowledged: %s", exc)
+                continue
+            self.stats.fork_latency_ms.append((_now_us() - arrival) / 1000)

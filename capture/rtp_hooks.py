@@ -1,0 +1,158 @@
+"""Hooks into aiortc's RTP receiver: the ONLY module that touches aiortc private internals.
+
+aiortc parses RTCP sender reports but keeps only their NTP time, and hands decoded frames
+out with ``pts = rtp - first_rtp`` instead of the RTP timestamp (FACTS.md, "Time"). The
+capture-time mapping needs both, so this module wraps one receiver instance's packet
+handlers and reads its timestamp mapper. It was written against aiortc==1.16.0 (pinned in
+pyproject.toml); when an internal it needs is gone it raises :class:`AiortcChangedError`
+instead of degrading to arrival or processing time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+from aiortc import RTCRtpReceiver
+from aiortc.rtp import AnyRtcpPacket, RtcpSenderInfo, RtcpSrPacket, RtpPacket
+
+from capture.media_clock import RTP_TIMESTAMP_MODULUS, StreamClock
+
+logger = logging.getLogger(__name__)
+
+PINNED_AIORTC = "1.16.0"
+# Private names used below (aiortc/rtcrtpreceiver.py in aiortc 1.16.0).
+_RTCP_HANDLER = "_handle_rtcp_packet"  # async (packet) -> None, called by the DTLS transport
+_RTP_HANDLER = "_handle_rtp_packet"  # async (packet, arrival_time_ms) -> None, same
+_TIMESTAMP_MAPPER = "_RTCRtpReceiver__timestamp_mapper"  # TimestampMapper: pts = rtp - _origin
+_MAPPER_ORIGIN = "_origin"
+_RTX_SSRCS = "_RTCRtpReceiver__rtx_ssrc"  # {rtx ssrc: media ssrc}
+_ATTACHED = "_livetag_stream_clock"  # our own marker: one clock per receiver
+
+RtcpHandler = Callable[[AnyRtcpPacket], Awaitable[None]]
+RtpHandler = Callable[..., Awaitable[None]]
+
+
+class AiortcChangedError(RuntimeError):
+    """aiortc no longer has a private attribute these hooks rely on."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"aiortc changed: {what}. livetag's RTP hooks (capture/rtp_hooks.py) were written "
+            f"for aiortc=={PINNED_AIORTC}; update them before changing the pin."
+        )
+
+
+def _private(obj: object, name: str, what: str) -> Any:
+    try:
+        return getattr(obj, name)
+    except AttributeError:
+        raise AiortcChangedError(f"{type(obj).__name__} has no {what} ({name!r})") from None
+
+
+def _check_handler(receiver: RTCRtpReceiver, name: str, params: tuple[str, ...]) -> Any:
+    handler = _private(receiver, name, "packet handler")
+    if not inspect.iscoroutinefunction(handler):
+        raise AiortcChangedError(f"RTCRtpReceiver.{name} is no longer a coroutine function")
+    found = tuple(inspect.signature(handler).parameters)
+    if found != params:
+        raise AiortcChangedError(
+            f"RTCRtpReceiver.{name} takes {found}, expected {params} (the DTLS transport "
+            "calls it with these names)"
+        )
+    return handler
+
+
+def _timestamp_mapper(receiver: RTCRtpReceiver) -> object:
+    mapper = _private(receiver, _TIMESTAMP_MAPPER, "timestamp mapper")
+    if not hasattr(mapper, _MAPPER_ORIGIN):
+        raise AiortcChangedError(f"the receiver's TimestampMapper has no {_MAPPER_ORIGIN!r}")
+    return cast(object, mapper)
+
+
+def _rtx_ssrcs(receiver: RTCRtpReceiver) -> Mapping[int, int]:
+    rtx = _private(receiver, _RTX_SSRCS, "RTX SSRC map")
+    if not isinstance(rtx, dict):
+        raise AiortcChangedError(f"RTCRtpReceiver.{_RTX_SSRCS} is no longer a dict")
+    return cast(Mapping[int, int], rtx)
+
+
+class _SourceFilter:
+    """Feeds the clock from one media SSRC only.
+
+    Retransmissions (RTX) reuse old RTP timestamps and arrive late, and padding-only packets
+    carry no media: neither says when anything was captured. A second media SSRC would be
+    another RTP timeline that this clock cannot mix in, so it is ignored with a warning.
+    """
+
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        self._rtx = _rtx_ssrcs(receiver)  # filled in place by receiver.receive()
+        self._ssrc: int | None = None
+        self._warned: set[int] = set()
+
+    def accepts(self, ssrc: int) -> bool:
+        if ssrc in self._rtx:
+            return False
+        if self._ssrc is None:
+            self._ssrc = ssrc
+        if ssrc == self._ssrc:
+            return True
+        if ssrc not in self._warned:
+            self._warned.add(ssrc)
+            logger.warning(
+                "RTP receiver got SSRC %d after %d; its timestamps are not mapped", ssrc, self._ssrc
+            )
+        return False
+
+
+def attach(receiver: RTCRtpReceiver, clock: StreamClock) -> None:
+    """Feed this receiver's sender reports and packet arrivals into ``clock``.
+
+    Wraps the handlers of this receiver instance only (not the class); call it before media
+    flows, e.g. right after setRemoteDescription. Raises AiortcChangedError when aiortc's
+    internals differ from the pinned version, ValueError when already attached.
+    """
+    if getattr(receiver, _ATTACHED, None) is not None:
+        raise ValueError("a StreamClock is already attached to this receiver")
+    original_rtcp: RtcpHandler = _check_handler(receiver, _RTCP_HANDLER, ("packet",))
+    original_rtp: RtpHandler = _check_handler(receiver, _RTP_HANDLER, ("packet", "arrival_time_ms"))
+    _timestamp_mapper(receiver)  # fail now, not on the first frame
+    sender_info_fields = {field.name for field in dataclasses.fields(RtcpSenderInfo)}
+    if not {"ntp_timestamp", "rtp_timestamp"} <= sender_info_fields:
+        raise AiortcChangedError(f"RtcpSenderInfo fields are {sorted(sender_info_fields)}")
+    source = _SourceFilter(receiver)
+
+    async def handle_rtcp_packet(packet: AnyRtcpPacket) -> None:
+        if isinstance(packet, RtcpSrPacket) and source.accepts(packet.ssrc):
+            info = packet.sender_info
+            clock.on_sender_report(info.rtp_timestamp, info.ntp_timestamp)
+        await original_rtcp(packet)
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        # aiortc's arrival_time_ms has only millisecond resolution: stamp our own µs.
+        arrival_us = time.time_ns() // 1000
+        if packet.payload and source.accepts(packet.ssrc):
+            clock.on_packet_arrival(packet.timestamp, arrival_us)
+        await original_rtp(packet, arrival_time_ms=arrival_time_ms)
+
+    setattr(receiver, _RTCP_HANDLER, handle_rtcp_packet)
+    setattr(receiver, _RTP_HANDLER, handle_rtp_packet)
+    setattr(receiver, _ATTACHED, clock)
+
+
+def rtp_timestamp_of_frame(receiver: RTCRtpReceiver, frame_pts: int) -> int:
+    """The RTP timestamp of a frame this receiver decoded, from the frame's ``pts``.
+
+    aiortc sets ``pts = rtp - origin`` (unwrapped); the origin only ever moves by whole
+    multiples of 2**32, so adding the current origin back modulo 2**32 is exact.
+    """
+    origin = getattr(_timestamp_mapper(receiver), _MAPPER_ORIGIN)
+    if origin is None:
+        raise ValueError("this receiver has not decoded any frame yet")
+    if not isinstance(origin, int):
+        raise AiortcChangedError(f"TimestampMapper.{_MAPPER_ORIGIN} is {type(origin).__name__}")
+    return (frame_pts + origin) % RTP_TIMESTAMP_MODULUS

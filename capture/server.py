@@ -1,0 +1,315 @@
+"""The capture server: serves the call page, signals WebRTC, runs each scene's call.
+
+HTTP routes
+  GET /join?token=T      the performer page      GET /direct?token=T  the director's view
+  GET /ws/call?token=T   the signaling websocket GET /metrics         fork counters (JSON)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from capture import signaling
+from capture.call import CallError, SceneCall
+from capture.ice import restrict_host_addresses
+from capture.sessions import SessionDirectory, now_us, publish
+from infra.settings import Settings
+from streams import kafka, records, topics
+from taggers import tokens
+from taggers.clock import ClockReply, ClockSync
+
+log = logging.getLogger(__name__)
+
+PAGES = Path(str(resources.files("capture") / "static"))
+_WS_HARD_LIMIT = 4 * 1024 * 1024  # above our own limit, so we can answer instead of drop
+
+
+class CaptureServer:
+    """Idempotent ``start``/``stop``; ``url`` is where pages are served."""
+
+    def __init__(self, settings: Settings, *, secret: bytes) -> None:
+        self.settings = settings
+        self._secret = secret
+        self._producer = kafka.make_producer(settings)
+        self._directory = SessionDirectory(settings)
+        self._jpeg_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg")
+        self.calls: dict[str, SceneCall] = {}
+        self._connections: dict[str, set[CallConnection]] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = settings.capture_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.capture_host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        restrict_host_addresses(self.settings.ice_addresses)
+        # The directory follows livetag.sessions from the start: it must exist first.
+        async with kafka.admin_client(self.settings) as admin:
+            await topics.ensure_shared_topics(admin, self.settings)
+        await self._producer.start()
+        await self._directory.start()
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/", self._index),
+                web.get("/join", self._page),
+                web.get("/direct", self._page),
+                web.get("/ws/call", self._websocket),
+                web.get("/metrics", self._metrics),
+                web.static("/static", PAGES),
+            ]
+        )
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.capture_host, self.settings.capture_port)
+        await site.start()
+        # With port 0 the OS chose the port: read it back for the URL and the join links.
+        self.port = int(self._runner.addresses[0][1])
+        log.info("capture server on %s", self.url)
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        for connections in self._connections.values():
+            for connection in list(connections):
+                await connection.close()
+        for call in self.calls.values():
+            await call.close()
+        self.calls.clear()
+        await runner.cleanup()
+        await self._directory.stop()
+        await self._producer.stop()
+        self._jpeg_pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.json_response({"service": "livetag capture", "join": "/join?token=..."})
+
+    async def _page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(PAGES / "call.html")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {session_id: call.stats() for session_id, call in self.calls.items()}
+        )
+
+    def _refuse(self, status: int, code: str, message: str) -> web.Response:
+        return web.json_response(signaling.error(code, message), status=status)
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        try:
+            claims = tokens.verify(self._secret, request.query.get("token"))
+        except tokens.TokenError as exc:
+            return self._refuse(401, "bad_token", exc.reason)
+        session = self._directory.get(claims.session_id)
+        if session is None:
+            with contextlib.suppress(TimeoutError):
+                session = await self._directory.wait_for(claims.session_id, timeout_s=2.0)
+        if session is None:
+            return self._refuse(404, "unknown_session", f"no session {claims.session_id!r}")
+        roster = {performer.performer_id for performer in session.roster}
+        if claims.role == "performer" and claims.participant_id not in roster:
+            return self._refuse(403, "not_in_roster", "this performer is not in the session")
+        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=_WS_HARD_LIMIT)
+        await ws.prepare(request)
+        call = self._call_for(session)
+        connection = CallConnection(self, call, ws, claims)
+        self._connections.setdefault(session.session_id, set()).add(connection)
+        try:
+            await connection.run()
+        finally:
+            self._connections[session.session_id].discard(connection)
+            await connection.close()
+        return ws
+
+    # ------------------------------------------------------------------ scene state
+
+    def _call_for(self, session: records.SessionRecord) -> SceneCall:
+        call = self.calls.get(session.session_id)
+        if call is None:
+            session_id = session.session_id
+
+            async def on_live_change() -> None:
+                await self.broadcast_live(session_id)
+
+            call = SceneCall(
+                settings=self.settings,
+                session=session,
+                producer=self._producer,
+                jpeg_pool=self._jpeg_pool,
+                on_live_change=on_live_change,
+            )
+            self.calls[session_id] = call
+        return call
+
+    async def broadcast_live(self, session_id: str) -> None:
+        call = self.calls.get(session_id)
+        if call is None:
+            return
+        message = {"type": "performers", "live": call.live_performers()}
+        for connection in list(self._connections.get(session_id, ())):
+            await connection.send(message)
+
+    async def record_presence(
+        self, session_id: str, claims: tokens.JoinToken, connected: bool
+    ) -> None:
+        """Joins and leaves go on livetag.sessions as a new version of the session."""
+        current = self._directory.get(session_id)
+        if current is None:
+            return
+        stamp = now_us()
+        presence = [p for p in current.presence if p.participant_id != claims.participant_id]
+        presence.append(
+            records.Presence(
+                participant_id=claims.participant_id,
+                role=claims.role,
+                connected=connected,
+                since_ts_us=stamp,
+            )
+        )
+        state = "live" if current.state == "created" and connected else current.state
+        updated = current.model_copy(
+            update={"ts_us": max(stamp, current.ts_us + 1), "presence": presence, "state": state}
+        )
+        try:
+            await publish(self._producer, updated)
+        except Exception as exc:  # presence is bookkeeping: never break the call for it
+            log.warning("could not record presence of %s: %s", claims.participant_id, exc)
+
+
+class CallConnection:
+    """One page's signaling websocket: its subscriptions and its clock sync."""
+
+    def __init__(
+        self,
+        server: CaptureServer,
+        call: SceneCall,
+        ws: web.WebSocketResponse,
+        claims: tokens.JoinToken,
+    ) -> None:
+        self.server = server
+        self.call = call
+        self.ws = ws
+        self.claims = claims
+        self.clock = ClockSync()
+        self._subscriptions: dict[str, Any] = {}
+        self._published_generation: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def sender_offset_us(self) -> int | None:
+        estimate = self.clock.estimate
+        return None if estimate is None else estimate.offset_us
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.ws.closed:
+            return
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await self.ws.send_str(json.dumps(message))
+
+    async def run(self) -> None:
+        session = self.call.session
+        await self.send(
+            {
+                "type": "welcome",
+                "session_id": session.session_id,
+                "prompt": session.prompt,
+                "roster": [p.model_dump() for p in session.roster],
+                "vocabulary": [v.model_dump() for v in session.vocabulary],
+                "you": {"participant_id": self.claims.participant_id, "role": self.claims.role},
+                "live": self.call.live_performers(),
+            }
+        )
+        self._tasks.append(asyncio.create_task(self._probe_clock(), name="clock-probes"))
+        await self.server.record_presence(session.session_id, self.claims, connected=True)
+        async for message in self.ws:
+            if message.type == WSMsgType.TEXT:
+                await self._handle(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await self.send(signaling.error("malformed", "binary messages are not accepted"))
+            elif message.type == WSMsgType.ERROR:
+                break
+
+    async def _handle(self, raw: str) -> None:
+        try:
+            message = signaling.parse_page_message(
+                raw, max_bytes=self.server.settings.max_message_bytes
+            )
+        except signaling.SignalingError as exc:
+            await self.send(signaling.error(exc.code, exc.message))
+            return
+        try:
+            if isinstance(message, ClockReply):
+                self.clock.on_reply(message, received_us=now_us())
+            elif isinstance(message, signaling.Publish):
+                if self.claims.role != "performer":
+                    raise CallError("forbidden", "only performers publish media")
+                answer, self._published_generation = await self.call.publish(
+                    self.claims.participant_id, message.sdp, self.sender_offset_us
+                )
+                await self.send({"type": "publish_answer", "sdp": answer})
+            else:
+                if message.performer_id == self.claims.participant_id:
+                    raise CallError("forbidden", "you cannot subscribe to yourself")
+                old = self._subscriptions.pop(message.performer_id, None)
+                if old is not None:
+                    await self.call.unsubscribe(old)
+                answer, pc = await self.call.subscribe(message.performer_id, message.sdp)
+                self._subscriptions[message.performer_id] = pc
+                await self.send(
+                    {
+                        "type": "subscribe_answer",
+                        "performer_id": message.performer_id,
+                        "sdp": answer,
+                    }
+                )
+        except CallError as exc:
+            await self.send(signaling.error(exc.code, exc.message))
+
+    async def _probe_clock(self) -> None:
+        while not self.ws.closed:
+            probe = self.clock.next_probe(now_us())
+            await self.send(probe.model_dump())
+            await asyncio.sleep(self.clock.probe_interval_s)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for pc in self._subscriptions.values():
+            await self.call.unsubscribe(pc)
+        self._subscriptions.clear()
+        if self._published_generation is not None:
+            await self.call.leave(self.claims.participant_id, self._published_generation)
+        await self.server.record_presence(self.call.session.session_id, self.claims, False)
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the capture server until ``stop`` is set."""
+    server = CaptureServer(settings, secret=tokens.load_secret(settings))
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

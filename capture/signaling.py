@@ -1,0 +1,77 @@
+"""Signaling messages between a call page and the capture server (JSON over a websocket).
+
+page -> server
+  {"type": "publish", "sdp": OFFER}                       send my camera and microphone
+  {"type": "subscribe", "performer_id": P, "sdp": OFFER}  receive performer P (recvonly)
+  {"type": "clock_reply", ...}                           see taggers.clock
+server -> page
+  {"type": "welcome", ...}    session prompt, roster, vocabulary, who you are
+  {"type": "publish_answer", "sdp": ANSWER}
+  {"type": "subscribe_answer", "performer_id": P, "sdp": ANSWER}
+  {"type": "performers", "live": [P, ...]}  performers whose media the server has now
+  {"type": "clock_probe", ...}
+  {"type": "error", "code": C, "message": M}  the connection stays open
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+from streams.records import ParticipantId
+from taggers.clock import ClockReply
+
+MAX_SDP_CHARS = 32_000
+
+
+class SignalingError(ValueError):
+    """A message the server cannot act on; ``code`` is machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Sdp = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SDP_CHARS)]
+
+
+class Publish(_Message):
+    type: Literal["publish"]
+    sdp: Sdp
+
+
+class Subscribe(_Message):
+    type: Literal["subscribe"]
+    performer_id: ParticipantId
+    sdp: Sdp
+
+
+PageMessage = Annotated[Publish | Subscribe | ClockReply, Field(discriminator="type")]
+_page_message: TypeAdapter[Publish | Subscribe | ClockReply] = TypeAdapter(PageMessage)
+
+
+def parse_page_message(raw: str | bytes, *, max_bytes: int) -> Publish | Subscribe | ClockReply:
+    """Validate one message from a page; raises :class:`SignalingError` with the reason."""
+    if len(raw) > max_bytes:
+        raise SignalingError("too_large", f"message of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        document: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SignalingError("malformed", f"not JSON: {exc}") from None
+    try:
+        return _page_message.validate_python(document)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "(message)"
+        raise SignalingError("malformed", f"{where}: {first['msg']}") from None
+
+
+def error(code: str, message: str) -> dict[str, str]:
+    return {"type": "error", "code": code, "message": message}

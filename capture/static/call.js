@@ -1,0 +1,218 @@
+// livetag call page: publish my camera + mic (performers), watch the other performers,
+// answer clock-sync probes, and rejoin by myself after a blip or a server restart.
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const token = params.get("token");
+const statusEl = document.getElementById("status");
+const tiles = document.getElementById("tiles");
+
+const state = {
+  role: null,
+  me: null,
+  ws: null,
+  localStream: null,
+  publishPc: null,
+  subscriptions: new Map(), // performer_id -> {pc, generation, tile}
+  roster: new Map(),
+  retryMs: 500,
+  connects: 0,
+  errors: [],
+};
+window.livetag = state; // tests and the tagging widget read this
+
+function setStatus(kind, text) {
+  statusEl.dataset.state = kind;
+  statusEl.textContent = text;
+}
+
+function clientNowUs() {
+  return Math.round((performance.timeOrigin + performance.now()) * 1000);
+}
+
+function send(message) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
+}
+
+function newPeerConnection() {
+  // No STUN/TURN: the server advertises the addresses it was configured with.
+  return new RTCPeerConnection({ iceServers: [] });
+}
+
+function gatheringComplete(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const check = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", check);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+async function offerFor(pc) {
+  await pc.setLocalDescription(await pc.createOffer());
+  await gatheringComplete(pc);
+  return pc.localDescription.sdp;
+}
+
+async function publish() {
+  if (!state.localStream) {
+    state.localStream = await navigator.mediaDevices.getUserMedia({
+      // Prosody is measured on this audio: no automatic gain or noise suppression that
+      // would reshape loudness. Echo cancellation stays on, for performers on speakers.
+      audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false },
+      video: { width: 640, height: 360, frameRate: 30 },
+    });
+    const selfTile = document.getElementById("self-tile");
+    selfTile.hidden = false;
+    document.getElementById("self-video").srcObject = state.localStream;
+  }
+  if (state.publishPc) state.publishPc.close();
+  const pc = newPeerConnection();
+  state.publishPc = pc;
+  for (const track of state.localStream.getTracks()) {
+    pc.addTransceiver(track, { direction: "sendonly", streams: [state.localStream] });
+  }
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc !== state.publishPc) return;
+    if (pc.connectionState === "connected") setStatus("live", "live");
+    if (pc.connectionState === "failed") reconnectSoon("media connection failed");
+  });
+  send({ type: "publish", sdp: await offerFor(pc) });
+}
+
+function tileFor(performerId) {
+  const figure = document.createElement("figure");
+  figure.className = "tile";
+  figure.dataset.performer = performerId;
+  const video = document.createElement("video");
+  video.autoplay = true;
+  video.playsInline = true;
+  const caption = document.createElement("figcaption");
+  caption.textContent = state.roster.get(performerId) || performerId;
+  figure.append(video, caption);
+  tiles.append(figure);
+  return figure;
+}
+
+async function subscribe(performerId, generation) {
+  unsubscribe(performerId);
+  const pc = newPeerConnection();
+  pc.addTransceiver("audio", { direction: "recvonly" });
+  pc.addTransceiver("video", { direction: "recvonly" });
+  const tile = tileFor(performerId);
+  const stream = new MediaStream();
+  tile.querySelector("video").srcObject = stream;
+  pc.addEventListener("track", (event) => stream.addTrack(event.track));
+  state.subscriptions.set(performerId, { pc, generation, tile });
+  send({ type: "subscribe", performer_id: performerId, sdp: await offerFor(pc) });
+}
+
+function unsubscribe(performerId) {
+  const subscription = state.subscriptions.get(performerId);
+  if (!subscription) return;
+  subscription.pc.close();
+  subscription.tile.remove();
+  state.subscriptions.delete(performerId);
+}
+
+function onLive(live) {
+  const wanted = new Map(live.filter((p) => p.performer_id !== state.me).map((p) => [p.performer_id, p.generation]));
+  for (const performerId of [...state.subscriptions.keys()]) {
+    if (!wanted.has(performerId)) unsubscribe(performerId);
+  }
+  for (const [performerId, generation] of wanted) {
+    const current = state.subscriptions.get(performerId);
+    if (!current || current.generation !== generation) subscribe(performerId, generation);
+  }
+}
+
+async function onMessage(event) {
+  const message = JSON.parse(event.data);
+  switch (message.type) {
+    case "clock_probe":
+      send({ type: "clock_reply", probe_id: message.probe_id, server_send_us: message.server_send_us, client_time_us: clientNowUs() });
+      break;
+    case "welcome":
+      state.role = message.you.role;
+      state.me = message.you.participant_id;
+      state.sessionId = message.session_id;
+      state.vocabulary = message.vocabulary;
+      for (const performer of message.roster) state.roster.set(performer.performer_id, performer.display_name);
+      document.getElementById("prompt").textContent = message.prompt;
+      document.getElementById("who").textContent = `${state.roster.get(state.me) || state.me} (${state.role})`;
+      state.retryMs = 500;
+      if (state.role === "performer") await publish();
+      else setStatus("live", "watching");
+      onLive(message.live);
+      break;
+    case "publish_answer":
+      await state.publishPc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      break;
+    case "subscribe_answer": {
+      const subscription = state.subscriptions.get(message.performer_id);
+      if (subscription) await subscription.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      break;
+    }
+    case "performers":
+      onLive(message.live);
+      break;
+    case "error":
+      state.errors.push(message);
+      console.warn("livetag:", message.code, message.message);
+      break;
+  }
+}
+
+let reconnectTimer = null;
+function reconnectSoon(reason) {
+  if (reconnectTimer) return;
+  setStatus("reconnecting", `reconnecting (${reason})…`);
+  if (state.ws) state.ws.close();
+  for (const performerId of [...state.subscriptions.keys()]) unsubscribe(performerId);
+  if (state.publishPc) state.publishPc.close();
+  state.publishPc = null;
+  reconnectTimer = setTimeout(() => {
+    reconnectTimer = null;
+    connect();
+  }, state.retryMs);
+  state.retryMs = Math.min(state.retryMs * 2, 5000);
+}
+
+function connect() {
+  if (!token) {
+    setStatus("error", "no token in the link");
+    return;
+  }
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/ws/call?token=${encodeURIComponent(token)}`);
+  state.ws = ws;
+  state.connects += 1;
+  ws.addEventListener("message", (event) => onMessage(event).catch((error) => console.error(error)));
+  ws.addEventListener("close", () => {
+    if (ws === state.ws) reconnectSoon("connection lost");
+  });
+}
+
+// For tests and health views: frames and audio received per watched performer.
+state.receiveStats = async function receiveStats() {
+  const result = {};
+  for (const [performerId, { pc }] of state.subscriptions) {
+    const report = await pc.getStats();
+    const entry = { framesDecoded: 0, audioSamples: 0, audioEnergy: 0 };
+    report.forEach((stat) => {
+      if (stat.type === "inbound-rtp" && stat.kind === "video") entry.framesDecoded = stat.framesDecoded || 0;
+      if (stat.type === "inbound-rtp" && stat.kind === "audio") {
+        entry.audioSamples = stat.totalSamplesReceived || 0;
+        entry.audioEnergy = stat.totalAudioEnergy || 0;
+      }
+    });
+    result[performerId] = entry;
+  }
+  return result;
+};
+
+connect();

@@ -1,0 +1,129 @@
+"""Signed join tokens: who may join which session, in which role, until when.
+
+A token is a JWT (HS256) signed with the deployment's secret. It names the session, the
+role and the participant: for a performer, the performer they are; for an observer or a
+director, the rater id their tags carry.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from infra.settings import Settings
+from streams.records import ParticipantId, Role, SessionId
+
+_ALGORITHM = "HS256"
+_AUDIENCE = "livetag"
+SECRET_FILE = "token_secret"
+
+
+class TokenError(ValueError):
+    """A token is missing, forged, expired or malformed; ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class JoinToken(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    session_id: SessionId
+    role: Role
+    participant_id: ParticipantId
+    expires_at_s: int
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The signing key: from settings, else generated once into the state folder (0600)."""
+    if settings.token_secret is not None:
+        return settings.token_secret.get_secret_value().encode()
+    path = settings.state_dir / SECRET_FILE
+    if path.is_file():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48).encode()
+    _write_private(path, key)
+    return key
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    # O_EXCL: two processes starting at once keep whichever secret was written first.
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(descriptor, "wb") as secret_file:
+        secret_file.write(data)
+
+
+def issue(
+    secret: bytes,
+    *,
+    session_id: str,
+    role: Role,
+    participant_id: str,
+    ttl_s: int,
+    now_s: float | None = None,
+) -> str:
+    issued = int(time.time() if now_s is None else now_s)
+    claims = JoinToken(
+        session_id=session_id,
+        role=role,
+        participant_id=participant_id,
+        expires_at_s=issued + ttl_s,
+    )
+    payload: dict[str, Any] = {
+        "sid": claims.session_id,
+        "role": claims.role,
+        "sub": claims.participant_id,
+        "exp": claims.expires_at_s,
+        "iat": issued,
+        "aud": _AUDIENCE,
+    }
+    return jwt.encode(payload, secret, algorithm=_ALGORITHM)
+
+
+def verify(secret: bytes, token: str | None, *, now_s: float | None = None) -> JoinToken:
+    """The token's claims, or :class:`TokenError` with a reason a person can act on."""
+    if not token:
+        raise TokenError("missing token: open the join link you were given")
+    if len(token) > 2048:
+        raise TokenError("token too long")
+    now = time.time() if now_s is None else now_s
+    try:
+        payload = jwt.decode(
+            token,
+            secret,
+            algorithms=[_ALGORITHM],
+            audience=_AUDIENCE,
+            # Expiry is checked below against the caller's clock (testable, one place).
+            options={
+                "require": ["exp", "sid", "role", "sub", "aud"],
+                "verify_exp": False,
+                "verify_iat": False,
+            },
+        )
+    except jwt.InvalidSignatureError:
+        raise TokenError("token signature is invalid (forged or for another deployment)") from None
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"malformed token: {exc}") from None
+    try:
+        claims = JoinToken(
+            session_id=payload["sid"],
+            role=payload["role"],
+            participant_id=payload["sub"],
+            expires_at_s=payload["exp"],
+        )
+    except ValidationError as exc:
+        raise TokenError(f"malformed token claims: {exc.errors()[0]['msg']}") from None
+    if claims.expires_at_s <= now:
+        raise TokenError("token expired: ask the director for a new link")
+    return claims

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from capture import signaling
+
+
+def test_valid_messages_parse() -> None:
+    publish = signaling.parse_page_message('{"type": "publish", "sdp": "v=0"}', max_bytes=1000)
+    assert isinstance(publish, signaling.Publish)
+    subscribe = signaling.parse_page_message(
+        json.dumps({"type": "subscribe", "performer_id": "bob", "sdp": "v=0"}), max_bytes=1000
+    )
+    assert isinstance(subscribe, signaling.Subscribe)
+    assert subscribe.performer_id == "bob"
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "detail"),
+    [
+        ("x" * 2000, "too_large", "exceeds 1000"),
+        ("{not json", "malformed", "not JSON"),
+        (b"\xff\xfe", "malformed", "not JSON"),
+        ('{"type": "dance"}', "malformed", "type"),
+        ('{"type": "publish"}', "malformed", "publish.sdp: Field required"),
+        ('{"type": "publish", "sdp": 5}', "malformed", "publish.sdp"),
+        (
+            '{"type": "subscribe", "performer_id": "../x", "sdp": "v=0"}',
+            "malformed",
+            "performer_id",
+        ),
+        ('{"type": "publish", "sdp": "v=0", "extra": 1}', "malformed", "extra"),
+        ("[]", "malformed", ""),
+    ],
+)
+def test_bad_messages_get_a_code_and_a_reason(raw: str | bytes, code: str, detail: str) -> None:
+    with pytest.raises(signaling.SignalingError) as caught:
+        signaling.parse_page_message(raw, max_bytes=1000)
+    assert caught.value.code == code
+    assert detail in caught.value.message
