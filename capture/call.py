@@ -222,10 +222,10 @@ class SceneCall:
             await pc.close()
         self._subscriptions.clear()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, *, samples: bool = False) -> dict[str, Any]:
         return {
             performer_id: {
-                **media.fork.stats.snapshot(),
+                **media.fork.stats.snapshot(samples=samples),
                 "unstamped_frames": sum(t.unstamped for t in media.timers.values()),
                 "connection": media.pc.connectionState,
             }

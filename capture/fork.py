@@ -55,15 +55,28 @@ class ForkStats:
         default_factory=lambda: collections.deque(maxlen=4096)
     )
 
-    def snapshot(self) -> dict[str, Any]:
-        return {
+    def snapshot(self, *, samples: bool = False) -> dict[str, Any]:
+        latencies = sorted(self.fork_latency_ms)
+        snapshot: dict[str, Any] = {
             "video_frames_in": self.video_frames_in,
             "video_frames_out": self.video_frames_out,
+            "video_frames_skipped": self.video_frames_skipped,
             "video_frames_dropped": self.video_frames_dropped,
             "audio_chunks_out": self.audio_chunks_out,
             "audio_chunks_dropped": self.audio_chunks_dropped,
             "produce_errors": self.produce_errors,
+            "fork_latency_ms_p50": _percentile(latencies, 0.50),
+            "fork_latency_ms_p99": _percentile(latencies, 0.99),
         }
+        if samples:
+            snapshot["fork_latency_ms"] = [round(value, 3) for value in self.fork_latency_ms]
+        return snapshot
+
+
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    return round(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))], 2)
 
 
 def encode_jpeg(frame: av.VideoFrame, width: int, height: int, quality: int) -> bytes:

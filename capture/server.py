@@ -103,8 +103,10 @@ class CaptureServer:
         return web.FileResponse(PAGES / "call.html")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        """Fork counters per session and performer; ``?samples=1`` adds raw latencies."""
+        samples = request.query.get("samples") == "1"
         return web.json_response(
-            {session_id: call.stats() for session_id, call in self.calls.items()}
+            {session_id: call.stats(samples=samples) for session_id, call in self.calls.items()}
         )
 
     def _refuse(self, status: int, code: str, message: str) -> web.Response:

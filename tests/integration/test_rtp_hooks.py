@@ -1,7 +1,7 @@
 """The RTP hooks against real aiortc peer connections over loopback.
 
 The sender's video frames carry their own index as black/white luma stripes, and the
-sender records when it produced each one, so the receiver can check the mapped capture
+sender records each one's capture instant, so the receiver can check the mapped capture
 time of every decoded frame against the true one.
 """
 
