@@ -9,6 +9,7 @@ own relay copy, so producing to Kafka never stalls what the other pages see.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -26,9 +27,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.frame import Frame
 from av.packet import Packet
 
+from capture import rtp_hooks
 from capture.fork import PerformerFork
 from capture.ice import rtc_configuration
-from capture.timing import CaptureTimer, OffsetProvider
+from capture.media_clock import RTP_TIMESTAMP_MODULUS
+from capture.timing import CaptureTimer, OffsetProvider, Stamp
 from infra.settings import Settings
 from streams import records
 
@@ -36,6 +39,7 @@ log = logging.getLogger(__name__)
 
 AUDIO_CLOCK_RATE = 48_000  # Opus
 VIDEO_CLOCK_RATE = 90_000
+RECENT_FRAMES = 300
 _generations = itertools.count(1)
 
 Notify = Callable[[], Awaitable[None]]
@@ -57,7 +61,7 @@ class PublishedMedia:
     fork: PerformerFork
     generation: int = field(default_factory=lambda: next(_generations))
     relay: MediaRelay = field(default_factory=MediaRelay)
-    tracks: dict[str, MediaStreamTrack] = field(default_factory=dict)
+    tracks: dict[str, TimestampingTrack] = field(default_factory=dict)
     timers: dict[str, CaptureTimer] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -103,6 +107,7 @@ class SceneCall:
         self._on_live_change = on_live_change
         self.published: dict[str, PublishedMedia] = {}
         self._subscriptions: set[RTCPeerConnection] = set()
+        self._relayed: dict[RTCPeerConnection, tuple[PublishedMedia, rtp_hooks.SentTimeline]] = {}
 
     def live_performers(self) -> list[dict[str, Any]]:
         return [
@@ -186,9 +191,10 @@ class SceneCall:
             pc.addTrack(media.relay.subscribe(media.tracks["audio"], buffered=True))
             # Video keeps only the latest frame per watcher: a slow page skips frames
             # instead of growing a queue.
-            pc.addTrack(media.relay.subscribe(media.tracks["video"], buffered=False))
+            video_sender = pc.addTrack(media.relay.subscribe(media.tracks["video"], buffered=False))
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
+            timeline = rtp_hooks.watch_sender(video_sender)
         except Exception as exc:
             self._subscriptions.discard(pc)
             await pc.close()
@@ -197,13 +203,26 @@ class SceneCall:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
-                self._subscriptions.discard(pc)
-                await pc.close()
+                await self.unsubscribe(pc)
 
+        self._relayed[pc] = (media, timeline)
         return pc.localDescription.sdp, pc
+
+    def relayed_frame_stamp(self, pc: RTCPeerConnection, rtp_timestamp: int) -> Stamp | None:
+        """When the frame a watcher saw (its RTP timestamp on this subscription, e.g. from
+        requestVideoFrameCallback) was captured: the observer-side time map."""
+        relayed = self._relayed.get(pc)
+        if relayed is None:
+            return None
+        media, timeline = relayed
+        encoder_timestamp = timeline.encoder_timestamp(rtp_timestamp)
+        if encoder_timestamp is None:
+            return None
+        return media.tracks["video"].stamp_of_encoder_timestamp(encoder_timestamp)
 
     async def unsubscribe(self, pc: RTCPeerConnection) -> None:
         self._subscriptions.discard(pc)
+        self._relayed.pop(pc, None)
         await pc.close()
 
     async def leave(self, performer_id: str, generation: int) -> None:
@@ -244,12 +263,19 @@ class TimestampingTrack(MediaStreamTrack):
         self._source = source
         self._timer = timer
         self._fork = fork
+        # pts (the encoder timestamp relays will send) -> capture stamp, for mapping what
+        # a watcher saw back to when it was captured. Ten seconds of video.
+        self.recent: collections.OrderedDict[int, Stamp] = collections.OrderedDict()
 
     async def recv(self) -> Frame | Packet:
         frame = await self._source.recv()
         arrival_us = time.time_ns() // 1000
         stamp = self._timer.stamp(frame.pts)
         if stamp is not None:
+            if isinstance(frame, av.VideoFrame) and frame.pts is not None:
+                self.recent[frame.pts % RTP_TIMESTAMP_MODULUS] = stamp
+                while len(self.recent) > RECENT_FRAMES:
+                    self.recent.popitem(last=False)
             if isinstance(frame, av.AudioFrame):
                 self._fork.offer_audio(frame, stamp)
             elif isinstance(frame, av.VideoFrame):
@@ -259,6 +285,15 @@ class TimestampingTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self._source.stop()
+
+    def stamp_of_encoder_timestamp(self, encoder_timestamp: int) -> Stamp | None:
+        """The capture stamp of the frame a relay encoded with this 90 kHz timestamp
+        (aiortc's VP8 encoder may truncate it by a tick)."""
+        for candidate in (encoder_timestamp, encoder_timestamp + 1, encoder_timestamp - 1):
+            stamp = self.recent.get(candidate % RTP_TIMESTAMP_MODULUS)
+            if stamp is not None:
+                return stamp
+        return None
 
 
 async def _drain(track: MediaStreamTrack) -> None:

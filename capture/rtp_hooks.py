@@ -156,3 +156,69 @@ def rtp_timestamp_of_frame(receiver: RTCRtpReceiver, frame_pts: int) -> int:
     if not isinstance(origin, int):
         raise AiortcChangedError(f"TimestampMapper.{_MAPPER_ORIGIN} is {type(origin).__name__}")
     return (frame_pts + origin) % RTP_TIMESTAMP_MODULUS
+
+
+# ---------------------------------------------------------------- sender side
+# A relayed frame is re-encoded by an RTCRtpSender whose RTP timestamps are
+# ``random origin + encoder timestamp`` (aiortc/rtcrtpsender.py, ``_run_rtp``). The origin
+# is a local variable there, so it is learned from the first packet the sender puts on
+# the wire after an encoded frame: both happen in one coroutine, in that order.
+_NEXT_ENCODED_FRAME = "_next_encoded_frame"  # async (codec) -> RTCEncodedFrame | None
+_SEND_RTP = "_send_rtp"  # RTCDtlsTransport: async (data: bytes) -> None
+_SENDER_SSRC = "_ssrc"
+_WATCHED = "_livetag_sent_timeline"
+
+
+@dataclasses.dataclass
+class SentTimeline:
+    """Maps the RTP timestamps one sender puts on the wire back to encoder timestamps."""
+
+    origin: int | None = None
+    last_encoded: int | None = None
+
+    def encoder_timestamp(self, rtp_timestamp: int) -> int | None:
+        """The encoder timestamp (90 kHz for video) of a sent RTP timestamp, mod 2**32."""
+        if self.origin is None:
+            return None
+        return (rtp_timestamp - self.origin) % RTP_TIMESTAMP_MODULUS
+
+
+def watch_sender(sender: Any) -> SentTimeline:
+    """Learn the RTP timestamp origin of one RTCRtpSender (call after setLocalDescription,
+    before media flows). Raises AiortcChangedError if the internals differ."""
+    existing = getattr(sender, _WATCHED, None)
+    if isinstance(existing, SentTimeline):
+        return existing
+    timeline = SentTimeline()
+    next_encoded = _private(sender, _NEXT_ENCODED_FRAME, "encoded-frame source")
+    ssrc = _private(sender, _SENDER_SSRC, "SSRC")
+    transport = _private(sender, "transport", "DTLS transport")
+    send_rtp = _private(transport, _SEND_RTP, "RTP send method")
+    if not inspect.iscoroutinefunction(next_encoded) or not inspect.iscoroutinefunction(send_rtp):
+        raise AiortcChangedError("RTCRtpSender/RTCDtlsTransport methods are no longer coroutines")
+
+    async def next_encoded_frame(codec: Any) -> Any:
+        encoded = await next_encoded(codec)
+        if encoded is not None:
+            timeline.last_encoded = int(encoded.timestamp)
+        return encoded
+
+    async def send(data: bytes) -> None:
+        # RTP header: byte 1 low 7 bits = payload type (RTCP uses 200-207 there), then
+        # sequence (2-3), timestamp (4-7), SSRC (8-11).
+        if (
+            timeline.origin is None
+            and timeline.last_encoded is not None
+            and len(data) >= 12
+            and not 72 <= (data[1] & 0x7F) <= 79
+            and int.from_bytes(data[8:12], "big") == ssrc
+        ):
+            rtp_timestamp = int.from_bytes(data[4:8], "big")
+            timeline.origin = (rtp_timestamp - timeline.last_encoded) % RTP_TIMESTAMP_MODULUS
+        await send_rtp(data)
+
+    setattr(sender, _NEXT_ENCODED_FRAME, next_encoded_frame)
+    # The transport is shared by the connection's senders: wrap it once, chain the rest.
+    setattr(transport, _SEND_RTP, send)
+    setattr(sender, _WATCHED, timeline)
+    return timeline

@@ -22,6 +22,7 @@ from capture import signaling
 from capture.call import CallError, SceneCall
 from capture.ice import restrict_host_addresses
 from capture.sessions import SessionDirectory, now_us, publish
+from capture.timing import Stamp
 from infra.settings import Settings
 from streams import kafka, records, topics
 from taggers import tokens
@@ -212,6 +213,12 @@ class CallConnection:
         self._published_generation: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+
+    def frame_on_screen(self, performer_id: str, rtp_timestamp: int) -> Stamp | None:
+        """Capture stamp of the frame of ``performer_id`` this page showed with this RTP
+        timestamp (requestVideoFrameCallback's rtpTimestamp); None if unknown or too old."""
+        pc = self._subscriptions.get(performer_id)
+        return None if pc is None else self.call.relayed_frame_stamp(pc, rtp_timestamp)
 
     def sender_offset_us(self) -> int | None:
         estimate = self.clock.estimate

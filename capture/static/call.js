@@ -105,11 +105,38 @@ async function subscribe(performerId, generation) {
   pc.addTransceiver("video", { direction: "recvonly" });
   const tile = tileFor(performerId);
   const stream = new MediaStream();
-  tile.querySelector("video").srcObject = stream;
+  const video = tile.querySelector("video");
+  video.srcObject = stream;
   pc.addEventListener("track", (event) => stream.addTrack(event.track));
-  state.subscriptions.set(performerId, { pc, generation, tile });
+  const subscription = { pc, generation, tile, frames: [] };
+  state.subscriptions.set(performerId, subscription);
+  watchFrames(video, subscription);
   send({ type: "subscribe", performer_id: performerId, sdp: await offerFor(pc) });
 }
+
+// Which frame is on screen, per watched performer: its RTP timestamp on this page's
+// subscription and when it was presented (Unix ms). A tag pressed while watching carries
+// the frame on screen, which the server maps back to that frame's capture instant.
+function watchFrames(video, subscription) {
+  if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
+  const onFrame = (_now, metadata) => {
+    if (metadata.rtpTimestamp !== undefined) {
+      subscription.frames.push({
+        rtpTimestamp: metadata.rtpTimestamp,
+        presentedUnixMs: performance.timeOrigin + metadata.presentationTime,
+      });
+      if (subscription.frames.length > 300) subscription.frames.shift();
+    }
+    if (subscription.tile.isConnected) video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+}
+
+state.frameOnScreen = function frameOnScreen(performerId) {
+  const subscription = state.subscriptions.get(performerId);
+  if (!subscription || subscription.frames.length === 0) return null;
+  return subscription.frames[subscription.frames.length - 1];
+};
 
 function unsubscribe(performerId) {
   const subscription = state.subscriptions.get(performerId);

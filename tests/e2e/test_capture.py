@@ -280,3 +280,42 @@ async def test_page_rejoins_after_a_server_restart(
         await server.stop()
         if restarted is not None:
             await restarted.stop()
+
+
+async def test_director_watches_and_frames_on_screen_map_to_capture_instants(
+    capture_settings: Settings,
+    capture_server: CaptureServer,
+    open_page: LaunchPage,
+    media: test_media.MediaSet,
+) -> None:
+    session, links = await new_session(capture_settings, capture_server, ["alice", "bob"])
+    async with (
+        open_page(links["alice"], video=media.wolfgang_y4m, audio=media.speech_low_wav),
+        open_page(links["director"], video=None, audio=None) as director,
+    ):
+        await wait_for_remote_media(director, "alice")
+        await asyncio.sleep(2.0)
+        frames = await director.evaluate(
+            "window.livetag.subscriptions.get('alice').frames.slice(-60)"
+        )
+        connections = capture_server._connections[session.session_id]
+        watcher = next(c for c in connections if c.claims.role == "director")
+        stamps = [watcher.frame_on_screen("alice", frame["rtpTimestamp"]) for frame in frames]
+        # Joins are on livetag.sessions: both pages connected, the session went live.
+        record = capture_server._directory.get(session.session_id)
+    assert len(frames) >= 30, frames
+    mapped = [(f, s) for f, s in zip(frames, stamps, strict=True) if s is not None]
+    assert len(mapped) >= 0.9 * len(frames), f"{len(mapped)} of {len(frames)} frames mapped"
+    for frame, stamp in mapped:
+        shown_after_ms = frame["presentedUnixMs"] - stamp.ts_us / 1000
+        # Captured, relayed, re-encoded, decoded and shown: later, but not by much.
+        assert 0 < shown_after_ms < 500, shown_after_ms
+    # Consecutive frames on screen map to capture instants as far apart as their RTP times.
+    for (f1, s1), (f2, s2) in itertools.pairwise(mapped):
+        rtp_ms = ((f2["rtpTimestamp"] - f1["rtpTimestamp"]) % 2**32) / 90
+        assert abs((s2.ts_us - s1.ts_us) / 1000 - rtp_ms) < 2, (rtp_ms, s1, s2)
+    assert record is not None
+    assert record.state == "live"
+    presence = {p.participant_id: p for p in record.presence}
+    assert presence["alice"].connected
+    assert presence["director"].role == "director"
