@@ -1,0 +1,123 @@
+"""The fork's backpressure rules, with a fake producer (the e2e tests use the real one)."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from capture.fork import AUDIO_CHUNK_SAMPLES, PerformerFork
+from capture.timing import Stamp
+from infra.settings import Settings
+from streams import records
+from tests.samples import all_records
+
+SESSION = next(r for r in all_records("s-1") if isinstance(r, records.SessionRecord))
+T0 = 1_800_000_000_000_000
+
+
+class SlowProducer:
+    """Acknowledges each record only when the test releases it, like a stalled broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, list[tuple[str, bytes]]]] = []
+        self.release = asyncio.Event()
+
+    async def send(self, topic: str, value: bytes, *, key: bytes, headers: Any) -> Any:
+        await self.release.wait()
+        self.sent.append((topic, value, headers))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def audio_frame(index: int) -> av.AudioFrame:
+    samples = (np.sin(np.arange(960) / 10.0) * 8000).astype(np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(
+        np.repeat(samples, 2, axis=0).reshape(1, -1), format="s16", layout="stereo"
+    )
+    frame.sample_rate = 48_000
+    frame.pts = index * 960
+    frame.time_base = fractions.Fraction(1, 48_000)
+    return frame
+
+
+def video_frame() -> av.VideoFrame:
+    return av.VideoFrame.from_ndarray(np.zeros((360, 640, 3), dtype=np.uint8), format="rgb24")
+
+
+@pytest.fixture
+def fork_and_producer() -> tuple[PerformerFork, SlowProducer]:
+    producer = SlowProducer()
+    fork = PerformerFork(
+        settings=Settings(video_fps=15.0, video_queue_frames=4),
+        producer=producer,  # type: ignore[arg-type]
+        session=SESSION,
+        performer_id="alice",
+        jpeg_pool=ThreadPoolExecutor(max_workers=1),
+    )
+    return fork, producer
+
+
+async def test_stalled_kafka_drops_video_counted_and_keeps_all_audio(
+    fork_and_producer: tuple[PerformerFork, SlowProducer],
+) -> None:
+    fork, producer = fork_and_producer
+    fork.start()
+    try:
+        # Two seconds of a 30 fps camera and 50 audio frames/s while Kafka is stalled.
+        for index in range(60):
+            ts = T0 + index * 33_333
+            fork.offer_video(video_frame(), Stamp(ts, "sender_report", index * 3000), ts)
+        for index in range(100):
+            ts = T0 + index * 20_000
+            fork.offer_audio(audio_frame(index), Stamp(ts, "sender_report", index * 960))
+        await asyncio.sleep(0.2)
+        stats = fork.stats
+        assert stats.video_frames_in == 60
+        assert stats.video_frames_skipped == 30  # thinned to 15 fps, not a drop
+        # The queue holds 4 (+1 being encoded): everything else is dropped and counted.
+        assert 20 <= stats.video_frames_dropped <= 26
+        assert stats.audio_chunks_dropped == 0
+        producer.release.set()
+        await asyncio.sleep(0.5)
+    finally:
+        await fork.stop()
+    audio = [
+        records.decode(records.AudioChunk, value, headers)
+        for topic, value, headers in producer.sent
+        if topic == SESSION.topics.audio
+    ]
+    # 2 s of 48 kHz stereo -> 16 kHz mono, all of it, in 20 ms chunks with exact times.
+    assert len(audio) >= 99
+    assert all(chunk.header.sample_count == AUDIO_CHUNK_SAMPLES for chunk in audio)
+    assert [chunk.header.seq for chunk in audio] == list(range(len(audio)))
+    assert [chunk.header.ts_us for chunk in audio] == [T0 + n * 20_000 for n in range(len(audio))]
+
+
+async def test_audio_time_reanchors_after_a_gap(
+    fork_and_producer: tuple[PerformerFork, SlowProducer],
+) -> None:
+    fork, producer = fork_and_producer
+    producer.release.set()
+    fork.start()
+    try:
+        for index in range(10):
+            fork.offer_audio(audio_frame(index), Stamp(T0 + index * 20_000, "arrival_fit", 0))
+        # Half a second of lost packets, then sender reports take over.
+        for index in range(10, 20):
+            ts = T0 + 500_000 + index * 20_000
+            fork.offer_audio(audio_frame(index), Stamp(ts, "sender_report", 0))
+        await asyncio.sleep(0.3)
+    finally:
+        await fork.stop()
+    chunks = [records.decode(records.AudioChunk, v, h) for _, v, h in producer.sent]
+    later = [c for c in chunks if c.header.timing == "sender_report"]
+    assert later, "no chunk after the gap"
+    assert later[0].header.ts_us == T0 + 500_000 + 10 * 20_000
+    assert all(c.header.ts_us < T0 + 200_000 for c in chunks if c.header.timing == "arrival_fit")
