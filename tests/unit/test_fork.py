@@ -56,7 +56,7 @@ def fork_and_producer() -> tuple[PerformerFork, SlowProducer]:
     producer = SlowProducer()
     fork = PerformerFork(
         settings=Settings(video_fps=15.0, video_queue_frames=4),
-        producer=producer,  # type: ignore[arg-type]
+        producer=producer,
         session=SESSION,
         performer_id="alice",
         jpeg_pool=ThreadPoolExecutor(max_workers=1),
