@@ -79,13 +79,15 @@ class PublishedMedia:
         )
 
     async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.fork.stop()
-        await self.pc.close()
+        try:
+            for task in self.tasks:
+                task.cancel()
+            for task in self.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.fork.stop()
+        finally:
+            await self.pc.close()
 
 
 class SceneCall:
@@ -168,13 +170,13 @@ class SceneCall:
             fork.start()
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
-        except CallError:
-            self.published.pop(performer_id, None)
-            await media.close()
-            raise
         except Exception as exc:  # aiortc raises many types on a bad SDP
-            self.published.pop(performer_id, None)
+            # Remove only this publication: a newer one may have replaced it meanwhile.
+            if self.published.get(performer_id) is media:
+                del self.published[performer_id]
             await media.close()
+            if isinstance(exc, CallError):
+                raise
             raise CallError("bad_sdp", f"cannot use this offer: {exc}") from None
         await self._on_live_change()
         return pc.localDescription.sdp, media.generation

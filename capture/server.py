@@ -3,6 +3,7 @@
 HTTP routes
   GET /join?token=T      the performer page      GET /direct?token=T  the director's view
   GET /ws/call?token=T   the signaling websocket GET /metrics         fork counters (JSON)
+  GET /api/token?token=T whether a link is valid, and if not why
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ PAGES = Path(str(resources.files("capture") / "static"))
 _WS_HARD_LIMIT = 4 * 1024 * 1024  # above our own limit, so we can answer instead of drop
 
 
+class CaptureServerError(RuntimeError):
+    """The capture server cannot start; the message says what to change."""
+
+
 class CaptureServer:
     """Idempotent ``start``/``stop``; ``url`` is where pages are served."""
 
@@ -45,6 +50,9 @@ class CaptureServer:
         self._jpeg_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg")
         self.calls: dict[str, SceneCall] = {}
         self._connections: dict[str, set[CallConnection]] = {}
+        self._presence_lock = asyncio.Lock()
+        self._open_pages: dict[str, dict[str, int]] = {}
+        self._published_sessions: dict[str, records.SessionRecord] = {}
         self._runner: web.AppRunner | None = None
         self.port = settings.capture_port
 
@@ -68,6 +76,7 @@ class CaptureServer:
                 web.get("/join", self._page),
                 web.get("/direct", self._page),
                 web.get("/ws/call", self._websocket),
+                web.get("/api/token", self._token),
                 web.get("/metrics", self._metrics),
                 web.static("/static", PAGES),
             ]
@@ -75,7 +84,18 @@ class CaptureServer:
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.capture_host, self.settings.capture_port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            await self._directory.stop()
+            await self._producer.stop()
+            raise CaptureServerError(
+                f"the capture server cannot listen on {self.settings.capture_host}:"
+                f"{self.settings.capture_port}: {exc.strerror}. Free the port or set "
+                "LIVETAG_CAPTURE_PORT."
+            ) from None
         # With port 0 the OS chose the port: read it back for the URL and the join links.
         self.port = int(self._runner.addresses[0][1])
         log.info("capture server on %s", self.url)
@@ -84,10 +104,10 @@ class CaptureServer:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        for connections in self._connections.values():
+        for connections in list(self._connections.values()):
             for connection in list(connections):
                 await connection.close()
-        for call in self.calls.values():
+        for call in list(self.calls.values()):
             await call.close()
         self.calls.clear()
         await runner.cleanup()
@@ -113,7 +133,10 @@ class CaptureServer:
     def _refuse(self, status: int, code: str, message: str) -> web.Response:
         return web.json_response(signaling.error(code, message), status=status)
 
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+    async def _admit(
+        self, request: web.Request
+    ) -> tuple[tokens.JoinToken, records.SessionRecord] | web.Response:
+        """The caller's claims and session, or the refusal to send them."""
         try:
             claims = tokens.verify(self._secret, request.query.get("token"))
         except tokens.TokenError as exc:
@@ -127,6 +150,21 @@ class CaptureServer:
         roster = {performer.performer_id for performer in session.roster}
         if claims.role == "performer" and claims.participant_id not in roster:
             return self._refuse(403, "not_in_roster", "this performer is not in the session")
+        return claims, session
+
+    async def _token(self, request: web.Request) -> web.Response:
+        """Why a link is refused (pages cannot read a refused websocket handshake)."""
+        admitted = await self._admit(request)
+        if isinstance(admitted, web.Response):
+            return admitted
+        claims, _session = admitted
+        return web.json_response({"session_id": claims.session_id, "role": claims.role})
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        admitted = await self._admit(request)
+        if isinstance(admitted, web.Response):
+            return admitted
+        claims, session = admitted
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=_WS_HARD_LIMIT)
         await ws.prepare(request)
         call = self._call_for(session)
@@ -137,6 +175,7 @@ class CaptureServer:
         finally:
             self._connections[session.session_id].discard(connection)
             await connection.close()
+            await self.forget_if_idle(session.session_id)
         return ws
 
     # ------------------------------------------------------------------ scene state
@@ -170,28 +209,54 @@ class CaptureServer:
     async def record_presence(
         self, session_id: str, claims: tokens.JoinToken, connected: bool
     ) -> None:
-        """Joins and leaves go on livetag.sessions as a new version of the session."""
-        current = self._directory.get(session_id)
-        if current is None:
-            return
-        stamp = now_us()
-        presence = [p for p in current.presence if p.participant_id != claims.participant_id]
-        presence.append(
-            records.Presence(
+        """Joins and leaves go on livetag.sessions as a new version of the session.
+
+        A participant counts as connected while any of their pages is (a reconnect opens
+        the new websocket before the old one is noticed closed). Updates are serialized
+        and built on the newest record this server knows, so two joins a few ms apart do
+        not overwrite each other.
+        """
+        async with self._presence_lock:
+            counts = self._open_pages.setdefault(session_id, {})
+            pages = counts.get(claims.participant_id, 0) + (1 if connected else -1)
+            counts[claims.participant_id] = max(pages, 0)
+            current = self._directory.get(session_id)
+            ours = self._published_sessions.get(session_id)
+            if ours is not None and (current is None or ours.ts_us >= current.ts_us):
+                current = ours
+            if current is None:
+                return
+            now_connected = pages > 0
+            previous = {p.participant_id: p for p in current.presence}
+            known = previous.get(claims.participant_id)
+            if known is not None and known.connected == now_connected:
+                return
+            stamp = max(now_us(), current.ts_us + 1)
+            previous[claims.participant_id] = records.Presence(
                 participant_id=claims.participant_id,
                 role=claims.role,
-                connected=connected,
+                connected=now_connected,
                 since_ts_us=stamp,
             )
-        )
-        state = "live" if current.state == "created" and connected else current.state
-        updated = current.model_copy(
-            update={"ts_us": max(stamp, current.ts_us + 1), "presence": presence, "state": state}
-        )
-        try:
-            await publish(self._producer, updated)
-        except Exception as exc:  # presence is bookkeeping: never break the call for it
-            log.warning("could not record presence of %s: %s", claims.participant_id, exc)
+            state = "live" if current.state == "created" and now_connected else current.state
+            updated = current.model_copy(
+                update={"ts_us": stamp, "presence": list(previous.values()), "state": state}
+            )
+            try:
+                await publish(self._producer, updated)
+            except Exception as exc:  # presence is bookkeeping: never break the call for it
+                log.warning("could not record presence of %s: %s", claims.participant_id, exc)
+                return
+            self._published_sessions[session_id] = updated
+
+    async def forget_if_idle(self, session_id: str) -> None:
+        """Drop a scene's call state once nobody is connected to it."""
+        if self._connections.get(session_id):
+            return
+        self._connections.pop(session_id, None)
+        call = self.calls.pop(session_id, None)
+        if call is not None:
+            await call.close()
 
 
 class CallConnection:
@@ -222,7 +287,8 @@ class CallConnection:
 
     def sender_offset_us(self) -> int | None:
         estimate = self.clock.estimate
-        return None if estimate is None else estimate.offset_us
+        # Extrapolated to now with the estimated drift, like tag times are.
+        return None if estimate is None else estimate.offset_at(now_us())
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -284,6 +350,7 @@ class CallConnection:
                         "type": "subscribe_answer",
                         "performer_id": message.performer_id,
                         "sdp": answer,
+                        "request_id": message.request_id,
                     }
                 )
         except CallError as exc:
@@ -304,7 +371,7 @@ class CallConnection:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for pc in self._subscriptions.values():
+        for pc in list(self._subscriptions.values()):
             await self.call.unsubscribe(pc)
         self._subscriptions.clear()
         if self._published_generation is not None:

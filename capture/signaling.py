@@ -2,12 +2,13 @@
 
 page -> server
   {"type": "publish", "sdp": OFFER}                       send my camera and microphone
-  {"type": "subscribe", "performer_id": P, "sdp": OFFER}  receive performer P (recvonly)
+  {"type": "subscribe", "performer_id": P, "sdp": OFFER, "request_id": N}
+                                                          receive performer P (recvonly)
   {"type": "clock_reply", ...}                           see taggers.clock
 server -> page
   {"type": "welcome", ...}    session prompt, roster, vocabulary, who you are
   {"type": "publish_answer", "sdp": ANSWER}
-  {"type": "subscribe_answer", "performer_id": P, "sdp": ANSWER}
+  {"type": "subscribe_answer", "performer_id": P, "sdp": ANSWER, "request_id": N}
   {"type": "performers", "live": [P, ...]}  performers whose media the server has now
   {"type": "clock_probe", ...}
   {"type": "error", "code": C, "message": M}  the connection stays open
@@ -51,6 +52,8 @@ class Subscribe(_Message):
     type: Literal["subscribe"]
     performer_id: ParticipantId
     sdp: Sdp
+    #: Echoed in the answer, so a page never applies an old answer to a newer connection.
+    request_id: Annotated[int, Field(ge=0, le=2**53)] = 0
 
 
 PageMessage = Annotated[Publish | Subscribe | ClockReply, Field(discriminator="type")]
@@ -65,8 +68,12 @@ def parse_page_message(raw: str | bytes, *, max_bytes: int) -> Publish | Subscri
         document: Any = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SignalingError("malformed", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise SignalingError("malformed", "JSON nested too deeply") from None
     try:
         return _page_message.validate_python(document)
+    except RecursionError:
+        raise SignalingError("malformed", "JSON nested too deeply") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "(message)"

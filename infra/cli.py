@@ -47,7 +47,7 @@ def main(ctx: click.Context) -> None:
     """livetag: live emotion labeling for performer sessions over Kafka."""
     try:
         settings = load_settings()
-    except (ValidationError, FileNotFoundError) as exc:
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(f"bad settings: {exc}") from None
     logging.basicConfig(
         level=settings.log_level,
@@ -62,12 +62,13 @@ def main(ctx: click.Context) -> None:
 def up(ctx: click.Context) -> None:
     """Start the embedded broker (unless LIVETAG_KAFKA_BOOTSTRAP is set), create the shared
     topics and start every livetag service; Ctrl-C stops everything."""
+    from capture.server import CaptureServerError
     from infra.broker import BrokerError
     from infra.up import run_up
 
     try:
         asyncio.run(run_up(_settings(ctx)))
-    except BrokerError as exc:
+    except (BrokerError, CaptureServerError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -299,9 +300,13 @@ def session_create(
 @click.pass_context
 def capture(ctx: click.Context) -> None:
     """Run the capture server alone (livetag up runs it too)."""
+    from capture.server import CaptureServerError
     from infra.up import run_services
 
-    asyncio.run(run_services(_settings(ctx), embedded_broker=False))
+    try:
+        asyncio.run(run_services(_settings(ctx), embedded_broker=False))
+    except CaptureServerError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.group()

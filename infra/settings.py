@@ -208,6 +208,19 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+#: LIVETAG_* variables that are not settings fields.
+_OTHER_VARIABLES = {CONFIG_FILE_ENV, "LIVETAG_TEST_MEDIA", "LIVETAG_CHROMIUM"}
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings once; entry points call this and pass the result down."""
+    """Read the settings once; entry points call this and pass the result down.
+
+    A mistyped LIVETAG_* variable is an error, as an unknown key in the TOML file is.
+    """
+    known = {f"LIVETAG_{name.upper()}" for name in Settings.model_fields} | _OTHER_VARIABLES
+    unknown = sorted(
+        name for name in os.environ if name.startswith("LIVETAG_") and name not in known
+    )
+    if unknown:
+        raise ValueError(f"unknown livetag settings in the environment: {', '.join(unknown)}")
     return Settings(**overrides)

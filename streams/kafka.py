@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiokafka
@@ -97,8 +98,12 @@ def make_faust_app(settings: Settings, app_id: str, **conf: Any) -> LivetagFaust
         "topic_replication_factor": settings.replication_factor,
         "web_enabled": False,
         "consumer_auto_offset_reset": "earliest",
+        # faust keeps table state on disk; under the state folder, not the working directory.
+        "datadir": str(settings.state_dir / "faust" / app_id),
     }
     options.update(conf)
+    # faust creates the app's own folder but not its parents.
+    Path(options["datadir"]).parent.mkdir(parents=True, exist_ok=True)
     app = LivetagFaustApp(app_id, **options)
     app.consumer_fetch_wait_ms = settings.consumer_fetch_wait_ms
     return app

@@ -46,7 +46,8 @@ SessionId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,47}$
 ParticipantId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 TimestampUs = Annotated[StrictInt, Field(ge=0, description="Session clock, microseconds.")]
 DurationUs = Annotated[StrictInt, Field(ge=0, description="Microseconds.")]
-Number = StrictFloat | StrictInt
+# Finite numbers only: JSON has no inf/NaN (they would encode as null and not decode back).
+Number = Annotated[StrictFloat, Field(allow_inf_nan=False)] | StrictInt
 Unit = Annotated[Number, Field(ge=0.0, le=1.0)]
 Label = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 Colour = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
@@ -541,6 +542,8 @@ def _parse_json(data: bytes, record_type: str) -> Any:
         raise RecordError(f"not UTF-8: {exc}", record_type=record_type) from None
     except json.JSONDecodeError as exc:
         raise RecordError(f"not JSON: {exc}", record_type=record_type) from None
+    except RecursionError:
+        raise RecordError("JSON nested too deeply", record_type=record_type) from None
 
 
 def _validate(model: type[Record], data: bytes) -> Any:
@@ -551,6 +554,8 @@ def _validate(model: type[Record], data: bytes) -> Any:
         return model.model_validate(parsed)
     except ValidationError as exc:
         raise RecordError.from_validation(exc, model.record_type) from None
+    except RecursionError:
+        raise RecordError("JSON nested too deeply", record_type=model.record_type) from None
 
 
 def decode(record_class: type[R], value: bytes | None, headers: Headers | None = None) -> R:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from infra.settings import Settings
 from streams import records
@@ -170,20 +169,35 @@ def resolve_topic(name: str, session_id: str | None = None) -> str:
 # ---------------------------------------------------------------- administration
 
 
+_TOPIC_ALREADY_EXISTS = 36
+_UNKNOWN_TOPIC = 3
+
+
+class TopicAdminError(RuntimeError):
+    """The broker refused to create or delete a topic; the message has its reason."""
+
+
 async def _create(admin: AIOKafkaAdminClient, specs: Iterable[TopicSpec], rf: int) -> list[str]:
     """Create the topics that do not exist yet; returns the names it created."""
     existing = set(await admin.list_topics())
     missing = [spec for spec in specs if spec.name not in existing]
+    if not missing:
+        return []
+    response = await admin.create_topics(
+        [NewTopic(spec.name, spec.partitions, rf, topic_configs=spec.configs) for spec in missing]
+    )
     created: list[str] = []
-    for spec in missing:
-        try:
-            await admin.create_topics(
-                [NewTopic(spec.name, spec.partitions, rf, topic_configs=spec.configs)]
-            )
-            created.append(spec.name)
-        except TopicAlreadyExistsError:
-            # Another process created it between our listing and our request.
-            log.debug("topic %s appeared concurrently", spec.name)
+    failures: list[str] = []
+    # aiokafka reports per-topic errors in the response instead of raising.
+    for name, code, message in response.topic_errors:
+        if code == 0:
+            created.append(name)
+        elif code == _TOPIC_ALREADY_EXISTS:
+            log.debug("topic %s appeared concurrently", name)
+        else:
+            failures.append(f"{name}: error {code} {message or ''}".strip())
+    if failures:
+        raise TopicAdminError("could not create topics: " + "; ".join(failures))
     return created
 
 
@@ -205,11 +219,16 @@ async def delete_session_topics(admin: AIOKafkaAdminClient, session_id: str) -> 
     present = sorted(wanted & set(await admin.list_topics()))
     if not present:
         return []
-    try:
-        await admin.delete_topics(present)
-    except UnknownTopicOrPartitionError:
-        log.debug("session %s topics were deleted concurrently", session_id)
-    return present
+    response = await admin.delete_topics(present)
+    deleted, failures = [], []
+    for name, code, *_ in response.topic_error_codes:
+        if code in (0, _UNKNOWN_TOPIC):  # gone, or deleted concurrently
+            deleted.append(name)
+        else:
+            failures.append(f"{name}: error {code}")
+    if failures:
+        raise TopicAdminError("could not delete topics: " + "; ".join(failures))
+    return sorted(deleted)
 
 
 async def list_livetag_topics(admin: AIOKafkaAdminClient) -> list[str]:

@@ -7,6 +7,7 @@ director, the rater id their tags carry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -46,22 +47,28 @@ def load_secret(settings: Settings) -> bytes:
     if settings.token_secret is not None:
         return settings.token_secret.get_secret_value().encode()
     path = settings.state_dir / SECRET_FILE
-    if path.is_file():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48).encode()
-    _write_private(path, key)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_once(path, secrets.token_urlsafe(48).encode())
+    key = path.read_bytes().strip()
+    if len(key) < 32:
+        raise TokenError(f"{path} holds no usable key: delete it and restart to make a new one")
     return key
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    # O_EXCL: two processes starting at once keep whichever secret was written first.
+def _create_once(path: Path, data: bytes) -> None:
+    # Written whole to a private temporary file, then linked into place: a process that
+    # reads the path sees all of one key, and of two processes starting at once, the
+    # first link wins and both use its key.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(descriptor, "wb") as secret_file:
-        secret_file.write(data)
+        with os.fdopen(descriptor, "wb") as secret_file:
+            secret_file.write(data)
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def issue(

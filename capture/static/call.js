@@ -7,6 +7,9 @@ const token = params.get("token");
 const statusEl = document.getElementById("status");
 const tiles = document.getElementById("tiles");
 
+// ?watch=0: publish only, watch nobody (the capture benchmark measures the fork alone).
+const watchOthers = params.get("watch") !== "0";
+
 const state = {
   role: null,
   me: null,
@@ -17,6 +20,7 @@ const state = {
   roster: new Map(),
   retryMs: 500,
   connects: 0,
+  lastRequestId: 0,
   errors: [],
 };
 window.livetag = state; // tests and the tagging widget read this
@@ -108,10 +112,17 @@ async function subscribe(performerId, generation) {
   const video = tile.querySelector("video");
   video.srcObject = stream;
   pc.addEventListener("track", (event) => stream.addTrack(event.track));
-  const subscription = { pc, generation, tile, frames: [] };
+  const requestId = ++state.lastRequestId;
+  const subscription = { pc, generation, tile, frames: [], requestId };
   state.subscriptions.set(performerId, subscription);
   watchFrames(video, subscription);
-  send({ type: "subscribe", performer_id: performerId, sdp: await offerFor(pc) });
+  pc.addEventListener("connectionstatechange", () => {
+    // A watched performer that fails (not one we dropped) is asked for again.
+    if (pc.connectionState === "failed" && state.subscriptions.get(performerId) === subscription) {
+      subscribe(performerId, generation);
+    }
+  });
+  send({ type: "subscribe", performer_id: performerId, sdp: await offerFor(pc), request_id: requestId });
 }
 
 // Which frame is on screen, per watched performer: its RTP timestamp on this page's
@@ -147,6 +158,7 @@ function unsubscribe(performerId) {
 }
 
 function onLive(live) {
+  if (!watchOthers) return;
   const wanted = new Map(live.filter((p) => p.performer_id !== state.me).map((p) => [p.performer_id, p.generation]));
   for (const performerId of [...state.subscriptions.keys()]) {
     if (!wanted.has(performerId)) unsubscribe(performerId);
@@ -181,7 +193,9 @@ async function onMessage(event) {
       break;
     case "subscribe_answer": {
       const subscription = state.subscriptions.get(message.performer_id);
-      if (subscription) await subscription.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      if (subscription && subscription.requestId === message.request_id) {
+        await subscription.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
+      }
       break;
     }
     case "performers":
@@ -219,8 +233,21 @@ function connect() {
   state.ws = ws;
   state.connects += 1;
   ws.addEventListener("message", (event) => onMessage(event).catch((error) => console.error(error)));
-  ws.addEventListener("close", () => {
-    if (ws === state.ws) reconnectSoon("connection lost");
+  ws.addEventListener("close", async () => {
+    if (ws !== state.ws) return;
+    // A refused handshake looks like any lost connection: ask why, and stop retrying
+    // when the link itself is bad (expired, forged, unknown session).
+    try {
+      const response = await fetch(`/api/token?token=${encodeURIComponent(token)}`);
+      if (response.status === 401 || response.status === 403 || response.status === 404) {
+        const reason = await response.json();
+        setStatus("error", reason.message);
+        return;
+      }
+    } catch (error) {
+      // The server is away: keep retrying below.
+    }
+    reconnectSoon("connection lost");
   });
 }
 

@@ -42,6 +42,7 @@ async def test_a_faust_agent_forwards_every_record_on_the_embedded_broker(
         await producer.flush()
         async with asyncio.timeout(90):
             while len(received) < len(sent):
+                assert worker.returncode is None, "the faust worker died"
                 batches = await consumer.getmany(timeout_ms=200)
                 for batch in batches.values():
                     for message in batch:
@@ -50,8 +51,9 @@ async def test_a_faust_agent_forwards_every_record_on_the_embedded_broker(
                         received[message.value] = message.key or b""
     finally:
         await asyncio.gather(producer.stop(), consumer.stop())
-        worker.terminate()
-        await worker.wait()
+        if worker.returncode is None:
+            worker.terminate()
+            await worker.wait()
         async with kafka.admin_client(settings) as admin:
             await admin.delete_topics([source, sink])
     # Every record arrived once, under its own key (so on its performer's partition).

@@ -121,3 +121,22 @@ async def test_audio_time_reanchors_after_a_gap(
     assert later, "no chunk after the gap"
     assert later[0].header.ts_us == T0 + 500_000 + 10 * 20_000
     assert all(c.header.ts_us < T0 + 200_000 for c in chunks if c.header.timing == "arrival_fit")
+
+
+def test_jpeg_encoder_keeps_aspect_and_ignores_rebased_frame_times() -> None:
+    import io
+
+    from PIL import Image
+
+    from capture.fork import JpegEncoder, analysis_size
+
+    assert analysis_size(640, 480, 640, 360) == (480, 360)  # 4:3 camera: not stretched
+    assert analysis_size(320, 180, 640, 360) == (640, 360)  # a browser's lowered size
+    encoder = JpegEncoder(quality=80)
+    for index in range(5):
+        frame = video_frame()
+        # As a relay's encoder leaves a shared frame: pts rebased to microseconds.
+        frame.time_base = fractions.Fraction(1, 1_000_000)
+        frame.pts = index * 33
+        jpeg = encoder.encode(frame, 640, 360)
+        assert Image.open(io.BytesIO(jpeg)).size == (640, 360)

@@ -164,3 +164,17 @@ def test_dead_letter_keeps_only_the_payload_head() -> None:
     )
     assert letter.payload_size == 100_000
     assert len(base64.b64decode(letter.payload_head_b64)) == records.MAX_DEAD_LETTER_PAYLOAD
+
+
+def test_infinite_numbers_are_rejected_not_encoded_as_null() -> None:
+    prosody = next(r for r in ALL if isinstance(r, records.ProsodyFrame))
+    document = json.loads(prosody.model_dump_json())
+    document["loudness_db"] = float("-inf")
+    with pytest.raises(records.RecordError, match="loudness_db"):
+        records.decode(records.ProsodyFrame, json.dumps(document).encode())
+
+
+def test_deeply_nested_json_is_a_record_error() -> None:
+    nested = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    with pytest.raises(records.RecordError, match=r"nested too deeply|not JSON"):
+        records.decode(records.TagEvent, nested)

@@ -58,3 +58,11 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError, match="frozen"):
         settings.partitions = 9  # type: ignore[misc]
+
+
+def test_a_mistyped_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra.settings import load_settings
+
+    monkeypatch.setenv("LIVETAG_BROKR_PORT", "1")
+    with pytest.raises(ValueError, match="LIVETAG_BROKR_PORT"):
+        load_settings()

@@ -40,3 +40,10 @@ def test_bad_messages_get_a_code_and_a_reason(raw: str | bytes, code: str, detai
         signaling.parse_page_message(raw, max_bytes=1000)
     assert caught.value.code == code
     assert detail in caught.value.message
+
+
+def test_deeply_nested_json_is_malformed() -> None:
+    nested = '{"a":' * 100_000 + "1" + "}" * 100_000
+    with pytest.raises(signaling.SignalingError) as caught:
+        signaling.parse_page_message(nested, max_bytes=10_000_000)
+    assert caught.value.code == "malformed"
