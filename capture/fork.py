@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import fractions
 import logging
 import time
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 AUDIO_RATE = 16_000
 AUDIO_CHUNK_SAMPLES = 320  # 20 ms
 _REANCHOR_US = 15_000  # a jump larger than this (loss, sender restart) re-anchors audio time
+# Decoded Opus lags its RTP timestamps by the encoder's lookahead: 312 samples at 48 kHz
+# for libopus in the VoIP mode browsers use (measured through aiortc: 313 samples).
+OPUS_DECODER_DELAY_US = 6_500
 AUDIO_QUEUE_FRAMES = 3000  # 60 s of 20 ms frames: only a long Kafka outage fills it
 
 
@@ -188,6 +192,8 @@ class PerformerFork:
     # the frame to the call's encoders (which rewrite pts in place). Never blocks.
 
     def offer_audio(self, frame: av.AudioFrame, stamp: Stamp) -> None:
+        # The first decoded sample was captured a codec lookahead before its RTP time.
+        stamp = dataclasses.replace(stamp, ts_us=stamp.ts_us - OPUS_DECODER_DELAY_US)
         try:
             self._audio_queue.put_nowait((frame, stamp))
         except asyncio.QueueFull:

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from capture.fork import AUDIO_CHUNK_SAMPLES, PerformerFork
+from capture.fork import AUDIO_CHUNK_SAMPLES, OPUS_DECODER_DELAY_US, PerformerFork
 from capture.timing import Stamp
 from infra.settings import Settings
 from streams import records
@@ -97,7 +97,11 @@ async def test_stalled_kafka_drops_video_counted_and_keeps_all_audio(
     assert len(audio) >= 99
     assert all(chunk.header.sample_count == AUDIO_CHUNK_SAMPLES for chunk in audio)
     assert [chunk.header.seq for chunk in audio] == list(range(len(audio)))
-    assert [chunk.header.ts_us for chunk in audio] == [T0 + n * 20_000 for n in range(len(audio))]
+    # Exact times, moved back by the Opus decoder's lookahead.
+    start = T0 - OPUS_DECODER_DELAY_US
+    assert [chunk.header.ts_us for chunk in audio] == [
+        start + n * 20_000 for n in range(len(audio))
+    ]
 
 
 async def test_audio_time_reanchors_after_a_gap(
@@ -119,7 +123,7 @@ async def test_audio_time_reanchors_after_a_gap(
     chunks = [records.decode(records.AudioChunk, v, h) for _, v, h in producer.sent]
     later = [c for c in chunks if c.header.timing == "sender_report"]
     assert later, "no chunk after the gap"
-    assert later[0].header.ts_us == T0 + 500_000 + 10 * 20_000
+    assert later[0].header.ts_us == T0 + 500_000 + 10 * 20_000 - OPUS_DECODER_DELAY_US
     assert all(c.header.ts_us < T0 + 200_000 for c in chunks if c.header.timing == "arrival_fit")
 
 
