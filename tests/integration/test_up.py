@@ -80,6 +80,7 @@ def test_up_with_a_cluster_setting_never_starts_the_embedded_broker(
         "LIVETAG_KAFKA_BOOTSTRAP": settings.bootstrap_servers,
         "LIVETAG_BROKER_PORT": str(port),
         "LIVETAG_STATE_DIR": str(tmp_path / "state"),
+        "LIVETAG_CAPTURE_PORT": "0",
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "infra", "up"],
