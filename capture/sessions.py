@@ -129,6 +129,17 @@ class SessionDirectory:
     def get(self, session_id: str) -> records.SessionRecord | None:
         return self._sessions.get(session_id)
 
+    def sessions(self) -> list[records.SessionRecord]:
+        return list(self._sessions.values())
+
+    async def changed(self, timeout_s: float) -> None:
+        """Return when a session record arrives, or after ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait()
+        except TimeoutError:
+            return
+
     async def start(self) -> None:
         if self._task is not None:
             return

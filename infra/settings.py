@@ -7,6 +7,7 @@ then the defaults below.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,19 @@ def load_settings(**overrides: Any) -> Settings:
     if unknown:
         raise ValueError(f"unknown livetag settings in the environment: {', '.join(unknown)}")
     return Settings(**overrides)
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """The settings as LIVETAG_* variables, for a child process to load the same ones."""
+    environment: dict[str, str] = {}
+    for name, value in settings:
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, list):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        environment[f"LIVETAG_{name.upper()}"] = text
+    return environment

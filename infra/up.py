@@ -38,11 +38,13 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
     """Start the broker (if embedded), the shared topics and every service; stop them in
     reverse order on SIGINT/SIGTERM."""
     from capture.server import CaptureServer
+    from infra.worker import ProcessorWorker
     from taggers.tokens import load_secret
 
     stop = asyncio.Event()
     broker: EmbeddedBroker | None = None
     capture: CaptureServer | None = None
+    processors: asyncio.Task[None] | None = None
     # Handlers first: a Ctrl-C while starting still stops what was started, in order.
     with _stop_on_signals(stop):
         try:
@@ -67,12 +69,26 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 capture = CaptureServer(settings, secret=load_secret(settings))
                 await capture.start()
                 say(f"capture server   {capture.url}  (join links: livetag session create)")
+                processors = asyncio.create_task(ProcessorWorker(settings).run(stop))
+                say("processor worker running (prosody, face) for every live session")
                 say("livetag is up; press Ctrl-C to stop.")
             await stop.wait()
             say("stopping...")
         finally:
+            stop.set()
+            if processors is not None:
+                await processors
             if capture is not None:
                 await capture.stop()
             if broker is not None:
                 broker.stop()
             say("stopped.")
+
+
+async def run_worker(settings: Settings, *, only_sessions: set[str] | None = None) -> None:
+    """``livetag worker``: the processor worker alone, until SIGINT/SIGTERM."""
+    from infra.worker import ProcessorWorker
+
+    stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        await ProcessorWorker(settings, only_sessions=only_sessions).run(stop)

@@ -31,11 +31,8 @@ def broker(state_dir: Path) -> Iterator[EmbeddedBroker]:
 
 @pytest.fixture(scope="session")
 def settings(broker: EmbeddedBroker, state_dir: Path) -> Settings:
-    return Settings(
-        broker_port=broker.port,
-        state_dir=state_dir,
-        cache_dir=state_dir / "cache",
-    )
+    # The cache folder stays the real one: it holds the face model make install fetched.
+    return Settings(broker_port=broker.port, state_dir=state_dir)
 
 
 @pytest.fixture

@@ -1,0 +1,111 @@
+"""``livetag worker``: runs the feature processors of every live session.
+
+It follows livetag.sessions and keeps one processor process (streams.processors) per
+session that is created or live, and stops it when the session ends. Every worker runs
+every session: the processes of one session form one Kafka consumer group, so N workers
+split each session's partitions, and a worker that dies has its partitions taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+from capture.sessions import SessionDirectory
+from infra.settings import Settings, to_environment
+from streams import records
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("created", "live")
+_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class _Child:
+    process: asyncio.subprocess.Process
+    started: float
+    failures: int = 0
+
+
+class ProcessorWorker:
+    """Starts and stops session processor processes as sessions come and go."""
+
+    def __init__(self, settings: Settings, *, only_sessions: set[str] | None = None) -> None:
+        self.settings = settings
+        self._only = only_sessions
+        self._directory = SessionDirectory(settings)
+        self.children: dict[str, _Child] = {}
+        self._not_before: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._directory.start()
+        try:
+            while not stop.is_set():
+                await self._reconcile()
+                waiter = asyncio.ensure_future(stop.wait())
+                await asyncio.wait(
+                    [waiter, asyncio.ensure_future(self._directory.changed(1.0))],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+        finally:
+            for session_id in list(self.children):
+                await self._stop_child(session_id)
+            await self._directory.stop()
+
+    async def _reconcile(self) -> None:
+        for session in self._directory.sessions():
+            if self._only is not None and session.session_id not in self._only:
+                continue
+            running = self.children.get(session.session_id)
+            if running is not None and running.process.returncode is not None:
+                # Died: count it, and restart with a growing delay (e.g. no face model).
+                del self.children[session.session_id]
+                failures = self._failures.get(session.session_id, 0) + 1
+                self._failures[session.session_id] = failures
+                delay = _RESTART_BACKOFF_S[min(failures, len(_RESTART_BACKOFF_S)) - 1]
+                self._not_before[session.session_id] = time.monotonic() + delay
+                log.error(
+                    "processors of session %s exited with %s; restarting in %.0f s",
+                    session.session_id,
+                    running.process.returncode,
+                    delay,
+                )
+                running = None
+            if session.state in ACTIVE_STATES and running is None:
+                if time.monotonic() >= self._not_before.get(session.session_id, 0.0):
+                    await self._start_child(session)
+            elif session.state not in ACTIVE_STATES and running is not None:
+                log.info("session %s is %s: releasing it", session.session_id, session.state)
+                await self._stop_child(session.session_id)
+
+    async def _start_child(self, session: records.SessionRecord) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "streams.processors",
+            session.model_dump_json(),
+            env={**os.environ, **to_environment(self.settings)},
+        )
+        self.children[session.session_id] = _Child(process, time.monotonic())
+        log.info("processing session %s (pid %s)", session.session_id, process.pid)
+
+    async def _stop_child(self, session_id: str) -> None:
+        child = self.children.pop(session_id, None)
+        if child is None or child.process.returncode is not None:
+            return
+        child.process.terminate()
+        try:
+            async with asyncio.timeout(15):
+                await child.process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+            await child.process.wait()

@@ -1,0 +1,171 @@
+"""The feature processors of one session: a faust app with a prosody and a face agent.
+
+One app (one consumer group, ``livetag-processors-SID``) per session, bound to that
+session's topics by name: faust binds topics when the app is defined and cannot follow
+pattern topics. Every ``livetag worker`` runs one such process per live session, so N
+workers share each session's partitions, and when one dies the group gives its partitions
+to the others (at-least-once: a feature record's identity is its key + ``ts_us``).
+
+Each agent handles its partitions in order, so each performer's tracker and landmarker see
+their stream in capture order; the CPU work runs in a thread pool (numpy and mediapipe
+release the GIL), so the event loop and the group heartbeat never wait for it.
+Undecodable records go to ``livetag.deadletter`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+
+from infra.settings import Settings, load_settings
+from streams import face_model, records, topics
+from streams.face import FaceAnalysisError, FaceAnalyzer
+from streams.kafka import make_faust_app
+from streams.prosody import ProsodyTracker
+
+log = logging.getLogger(__name__)
+
+SERVICE = "livetag-processors"
+
+
+def app_id(session_id: str) -> str:
+    return f"{SERVICE}-{session_id}"
+
+
+def _headers(
+    raw: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None,
+) -> list[tuple[str, bytes]]:
+    if raw is None:
+        return []
+    if isinstance(raw, Mapping):
+        return list(raw.items())
+    return list(raw)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class SessionProcessors:
+    """Per-performer state of one session's processors (trackers, landmarkers)."""
+
+    def __init__(self, settings: Settings, session: records.SessionRecord) -> None:
+        self.session = session
+        self.model_path = face_model.resolve(settings)
+        self.trackers: dict[str, ProsodyTracker] = {}
+        self.analyzers: dict[str, FaceAnalyzer] = {}
+        # Landmarkers take 0.3-0.6 s to create: make them now, not on the first frame.
+        for performer in session.roster:
+            self.analyzer(performer.performer_id)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="features")
+
+    def tracker(self, performer_id: str) -> ProsodyTracker:
+        tracker = self.trackers.get(performer_id)
+        if tracker is None:
+            tracker = ProsodyTracker(self.session.session_id, performer_id)
+            self.trackers[performer_id] = tracker
+        return tracker
+
+    def analyzer(self, performer_id: str) -> FaceAnalyzer:
+        analyzer = self.analyzers.get(performer_id)
+        if analyzer is None:
+            analyzer = FaceAnalyzer(self.model_path, self.session.session_id, performer_id)
+            self.analyzers[performer_id] = analyzer
+        return analyzer
+
+    def close(self) -> None:
+        for analyzer in self.analyzers.values():
+            analyzer.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def build_app(settings: Settings, session: records.SessionRecord) -> Any:
+    """The faust app of one session's processors."""
+    app = make_faust_app(
+        settings,
+        app_id(session.session_id),
+        # A restarted worker must not wait a minute for its dead predecessor's session.
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        stream_wait_empty=False,
+    )
+    state = SessionProcessors(settings, session)
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "value_serializer": "raw"}
+    audio_topic = app.topic(session.topics.audio, **raw)
+    video_topic = app.topic(session.topics.video, **raw)
+    prosody_topic = app.topic(session.topics.prosody, **raw)
+    face_topic = app.topic(session.topics.face, **raw)
+    deadletter_topic = app.topic(topics.DEADLETTER, **raw)
+
+    async def dead_letter(event: Any, source: str, reason: str) -> None:
+        message = event.message
+        letter = records.DeadLetter.of(
+            ts_us=_now_us(),
+            source_topic=source,
+            service=SERVICE,
+            reason=reason,
+            payload=message.value or b"",
+            key=message.key,
+            partition=message.partition,
+            offset=message.offset,
+        )
+        encoded = records.encode(letter)
+        await deadletter_topic.send(key=encoded.key, value=encoded.value, headers=encoded.headers)
+
+    async def emit(topic: Any, record: records.AnyRecord) -> None:
+        encoded = records.encode(record)
+        await topic.send(key=encoded.key, value=encoded.value, headers=encoded.headers)
+
+    @app.agent(audio_topic)
+    async def prosody(stream: faust.StreamT) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            try:
+                chunk = records.decode(records.AudioChunk, event.value, _headers(event.headers))
+            except records.RecordError as exc:
+                await dead_letter(event, session.topics.audio, str(exc))
+                yield None
+                continue
+            tracker = state.tracker(chunk.header.performer_id)
+            frames = await loop.run_in_executor(state.pool, tracker.push, chunk)
+            for frame in frames:
+                await emit(prosody_topic, frame)
+            yield None
+
+    @app.agent(video_topic)
+    async def face(stream: faust.StreamT) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            try:
+                frame = records.decode(records.VideoFrame, event.value, _headers(event.headers))
+                analyzer = state.analyzer(frame.header.performer_id)
+                result = await loop.run_in_executor(state.pool, analyzer.analyze, frame)
+            except (records.RecordError, FaceAnalysisError) as exc:
+                await dead_letter(event, session.topics.video, str(exc))
+                yield None
+                continue
+            await emit(face_topic, result)
+            yield None
+
+    return app
+
+
+def main() -> None:
+    """``python -m streams.processors SESSION_JSON``: run one session's processors."""
+    settings = load_settings()
+    session = records.SessionRecord.model_validate_json(sys.argv[1])
+    logging.basicConfig(level=settings.log_level)
+    app = build_app(settings, session)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The session processors end to end: media records in, feature records out, real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import av
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from capture.fork import JpegEncoder
+from capture.sessions import create_session
+from infra.settings import Settings
+from infra.worker import ProcessorWorker
+from streams import kafka, records, topics
+from taggers.vocabulary import load_vocabulary
+from tests import media as test_media
+
+pytestmark = pytest.mark.integration
+
+
+def speech_chunks(media: test_media.MediaSet, session_id: str, t0: int) -> list[records.AudioChunk]:
+    container = av.open(str(media.speech_low_wav))
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
+    pcm = b"".join(
+        out.to_ndarray().tobytes()
+        for frame in container.decode(audio=0)
+        for out in resampler.resample(frame)
+    )
+    container.close()
+    chunks = []
+    for n in range(len(pcm) // 640):
+        header = records.AudioChunkHeader(
+            ts_us=t0 + n * 20_000,
+            session_id=session_id,
+            performer_id="alice",
+            seq=n,
+            timing="sender_report",
+            sample_count=320,
+        )
+        chunks.append(records.AudioChunk(header, pcm[n * 640 : (n + 1) * 640]))
+    return chunks
+
+
+def face_frames(media: test_media.MediaSet, session_id: str, t0: int) -> list[records.VideoFrame]:
+    container = av.open(str(media.single_face_mp4))
+    encoder = JpegEncoder(quality=80)
+    frames: list[records.VideoFrame] = []
+    for index, frame in enumerate(container.decode(video=0)):
+        if index % 2:
+            continue  # 15 fps, as the capture server forks
+        header = records.VideoFrameHeader(
+            ts_us=t0 + len(frames) * 66_667,
+            session_id=session_id,
+            performer_id="alice",
+            seq=len(frames),
+            timing="sender_report",
+            width=640,
+            height=360,
+        )
+        frames.append(records.VideoFrame(header, encoder.encode(frame, 640, 360)))
+    container.close()
+    return frames
+
+
+async def send(producer: AIOKafkaProducer, topic: str, record: records.AnyRecord) -> None:
+    message = records.encode(record)
+    await producer.send(topic, message.value, key=message.key, headers=message.headers)
+
+
+async def test_media_records_become_feature_records(settings: Settings) -> None:
+    media = test_media.prepare(test_media.default_dir())
+    session = await create_session(
+        settings,
+        prompt="processors",
+        performer_names=["alice", "bob"],
+        vocabulary=load_vocabulary(None),
+    )
+    t0 = time.time_ns() // 1000
+    audio = speech_chunks(media, session.session_id, t0)
+    video = face_frames(media, session.session_id, t0)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        ProcessorWorker(settings, only_sessions={session.session_id}).run(stop)
+    )
+    producer = kafka.make_producer(settings)
+    consumer = kafka.make_consumer(
+        settings, session.topics.prosody, session.topics.face, topics.DEADLETTER
+    )
+    found: dict[str, list[records.AnyRecord]] = defaultdict(list)
+    dead: list[records.DeadLetter] = []
+    await asyncio.gather(producer.start(), consumer.start())
+    try:
+        for chunk in audio:
+            await send(producer, session.topics.audio, chunk)
+        for frame in video:
+            await send(producer, session.topics.video, frame)
+        # A record that is not a video frame at all: dead-lettered, the rest flows.
+        await producer.send(session.topics.video, b"\xff\xfe not a frame", key=b"x/alice")
+        await producer.flush()
+        wanted_prosody = len(audio) * 2 - 10  # 10 ms hops; the tail waits for more audio
+        async with asyncio.timeout(120):
+            while (
+                len(found["prosody"]) < wanted_prosody
+                or len(found["face"]) < len(video)
+                or not dead
+            ):
+                batches = await consumer.getmany(timeout_ms=300)
+                for batch in batches.values():
+                    for message in batch:
+                        record_type = topics.record_type_of(message.topic)
+                        record = records.decode(record_type, message.value, message.headers)
+                        if isinstance(record, records.DeadLetter):
+                            if record.source_topic == session.topics.video:
+                                dead.append(record)
+                        elif isinstance(record, records.ProsodyFrame):
+                            found["prosody"].append(record)
+                        else:
+                            found["face"].append(record)
+    finally:
+        stop.set()
+        await worker
+        await asyncio.gather(producer.stop(), consumer.stop())
+        async with kafka.admin_client(settings) as admin:
+            await topics.delete_session_topics(admin, session.session_id)
+
+    prosody = [r for r in found["prosody"] if isinstance(r, records.ProsodyFrame)]
+    faces = [r for r in found["face"] if isinstance(r, records.FaceFrame)]
+    # Identity = key + ts_us: hops on the 10 ms grid of the audio's own capture times.
+    stamps = sorted({r.ts_us for r in prosody})
+    assert stamps[0] == t0
+    assert all((s - t0) % 10_000 == 0 for s in stamps)
+    assert {r.performer_id for r in prosody} == {"alice"}
+    voiced = [r.f0_hz for r in prosody if r.f0_hz is not None]
+    assert len(voiced) > 50
+    assert 60 < float(np.median(voiced)) < 300
+    # Every video frame gave a face record, on the frame's own capture time.
+    assert sorted({r.ts_us for r in faces}) == [f.header.ts_us for f in video]
+    assert sum(r.face_present for r in faces) >= 0.95 * len(video)
+    assert dead[0].reason.startswith("video_frame:")
+    assert dead[0].source_key == "x/alice"
