@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import io
 import json
 import os
 import shutil
@@ -39,9 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import numpy as np
 from aiokafka import TopicPartition
-from PIL import Image
 from playwright.async_api import BrowserContext, Page, Route
 
 from capture.sessions import create_session, join_links
@@ -52,6 +49,7 @@ from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.broker import cpu_seconds
 from tests.browser import launch_chromium, only_loopback
+from tests.lipsync import beep_onsets, flash_onsets
 
 ROOT = Path(__file__).resolve().parents[2]
 # Fixed so the bench and the server subprocess sign and check the same join tokens.
@@ -157,38 +155,6 @@ def new_samples(before: list[float], after: list[float]) -> list[float]:
 
 
 # ---------------------------------------------------------------- onsets
-
-
-def flash_onsets(frames: Iterable[records.VideoFrame]) -> list[int]:
-    """Capture instants of frames that turn bright (same rule as the e2e lip-sync test)."""
-    onsets, previous = [], False
-    for frame in frames:
-        image = Image.open(io.BytesIO(frame.jpeg))
-        # JPEG DCT scaling: decode at 1/8 size in grey, enough for a mean luma and ~20x
-        # cheaper than a full decode of thousands of frames.
-        image.draft("L", (image.width // 8, image.height // 8))
-        bright = float(np.asarray(image.convert("L"), dtype=np.float32).mean()) > 150
-        if bright and not previous:
-            onsets.append(frame.header.ts_us)
-        previous = bright
-    return onsets
-
-
-def beep_onsets(chunks: Iterable[records.AudioChunk]) -> list[int]:
-    """Capture instants of beep starts: a loud sample after >= 100 ms of quiet."""
-    onsets: list[int] = []
-    last_loud_us: int | None = None
-    for chunk in chunks:
-        samples = np.frombuffer(chunk.pcm, dtype="<i2").astype(np.float32)
-        loud = np.flatnonzero(np.abs(samples) > 4000)
-        if not loud.size:
-            continue
-        rate = chunk.header.sample_rate
-        first_us = chunk.header.ts_us + int(loud[0]) * 1_000_000 // rate
-        if last_loud_us is None or first_us - last_loud_us > 100_000:
-            onsets.append(first_us)
-        last_loud_us = chunk.header.ts_us + int(loud[-1]) * 1_000_000 // rate
-    return onsets
 
 
 def sync_errors_ms(flashes: list[int], beeps: list[int], start_us: int, end_us: int) -> list[float]:

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -21,6 +20,7 @@ from infra.settings import Settings
 from streams import kafka, records, topics
 from tests import media as test_media
 from tests.e2e.conftest import LaunchPage, new_session, receive_stats
+from tests.lipsync import beep_onsets, flash_onsets
 
 pytestmark = pytest.mark.e2e
 
@@ -103,33 +103,6 @@ async def test_two_performers_see_each_other_and_are_forked(
         assert stats[performer]["audio_chunks_dropped"] == 0
 
 
-def _flash_onsets(frames: list[records.VideoFrame]) -> list[int]:
-    onsets, previous = [], False
-    for frame in frames:
-        luma = np.asarray(Image.open(io.BytesIO(frame.jpeg)).convert("L"), dtype=np.float32)
-        bright = float(luma.mean()) > 150
-        if bright and not previous:
-            onsets.append(frame.header.ts_us)
-        previous = bright
-    return onsets
-
-
-def _beep_onsets(chunks: list[records.AudioChunk]) -> list[int]:
-    """Capture instants of beep starts: a loud sample after >= 100 ms of quiet."""
-    onsets: list[int] = []
-    last_loud_us: int | None = None
-    for chunk in chunks:
-        samples = np.frombuffer(chunk.pcm, dtype="<i2").astype(np.float32)
-        loud = np.flatnonzero(np.abs(samples) > 4000)
-        if not loud.size:
-            continue
-        first_us = chunk.header.ts_us + int(loud[0]) * 1_000_000 // 16_000
-        if last_loud_us is None or first_us - last_loud_us > 100_000:
-            onsets.append(first_us)
-        last_loud_us = chunk.header.ts_us + int(loud[-1]) * 1_000_000 // 16_000
-    return onsets
-
-
 async def test_lip_sync_flash_and_beep_land_together(
     capture_settings: Settings,
     open_page: LaunchPage,
@@ -158,7 +131,7 @@ async def test_lip_sync_flash_and_beep_land_together(
     audio = [r for r in found[("audio_chunk", "alice")] if isinstance(r, records.AudioChunk)]
     video = [r for r in video if r.header.timing == "sender_report"]
     audio = [r for r in audio if r.header.timing == "sender_report"]
-    flashes, beeps = _flash_onsets(video), _beep_onsets(audio)
+    flashes, beeps = flash_onsets(video), beep_onsets(audio)
     assert len(flashes) >= 4, flashes
     assert len(beeps) >= 4, beeps
     errors_ms = []
