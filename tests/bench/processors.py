@@ -24,6 +24,7 @@ and the median latency of the last 10 s exceeds that of the first 10 s by <= 200
 Last line: one JSON object, ``max_realtime_performers``, ``feature_latency_ms_p50_at_4``,
 ``feature_latency_ms_p99_at_4`` (the worse of face and prosody), ``frames_lost`` (at 4)
 and ``runs`` (per N: latencies, losses, CPU cores used by broker, processor and feeder).
+When the smallest count fails, it halves it until one passes (or reaches 1).
 """
 
 from __future__ import annotations
@@ -405,6 +406,23 @@ async def search(
         if not result["realtime"]:
             break
         best = count
+    lower = counts[0] // 2
+    while best == 0 and lower >= 1:
+        # Not even the smallest count keeps up: halve it until one does.
+        result = await measure(
+            settings,
+            count=lower,
+            seconds=seconds,
+            video=video,
+            audio=audio,
+            broker_pid=broker_pid,
+            log_path=log_path,
+        )
+        print(json.dumps(result), flush=True)
+        runs.append(result)
+        if result["realtime"]:
+            best = lower
+        lower //= 2
     at_4 = next((r for r in runs if r["performers"] == 4), runs[0])
     return {
         "max_realtime_performers": best,
