@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -33,6 +33,7 @@ from streams.prosody import ProsodyTracker
 log = logging.getLogger(__name__)
 
 SERVICE = "livetag-processors"
+LANE_FRAMES = 8  # video frames waiting per performer
 
 
 def app_id(session_id: str) -> str:
@@ -141,18 +142,47 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
 
     @app.agent(video_topic)
     async def face(stream: faust.StreamT) -> AsyncIterator[None]:
+        # One lane per performer: frames of one performer stay in capture order (its
+        # landmarker needs increasing timestamps), performers run in parallel on the pool.
+        # Events are acked when their face record is out; faust commits an offset only
+        # when everything before it is acked, so a crash never skips a frame.
         loop = asyncio.get_running_loop()
-        async for event in stream.events():
-            try:
-                frame = records.decode(records.VideoFrame, event.value, _headers(event.headers))
+        lanes: dict[str, tuple[asyncio.Queue[tuple[Any, records.VideoFrame]], asyncio.Task[None]]]
+        lanes = {}
+
+        async def lane(queue: asyncio.Queue[tuple[Any, records.VideoFrame]]) -> None:
+            while True:
+                event, frame = await queue.get()
                 analyzer = state.analyzer(frame.header.performer_id)
-                result = await loop.run_in_executor(state.pool, analyzer.analyze, frame)
-            except (records.RecordError, FaceAnalysisError) as exc:
-                await dead_letter(event, session.topics.video, str(exc))
+                try:
+                    result = await loop.run_in_executor(state.pool, analyzer.analyze, frame)
+                except FaceAnalysisError as exc:
+                    await dead_letter(event, session.topics.video, str(exc))
+                else:
+                    await emit(face_topic, result)
+                event.ack()
+
+        try:
+            async for event in cast(Any, stream).noack().events():
+                try:
+                    frame = records.decode(records.VideoFrame, event.value, _headers(event.headers))
+                except records.RecordError as exc:
+                    await dead_letter(event, session.topics.video, str(exc))
+                    event.ack()
+                    yield None
+                    continue
+                performer_id = frame.header.performer_id
+                if performer_id not in lanes:
+                    queue: asyncio.Queue[tuple[Any, records.VideoFrame]] = asyncio.Queue(
+                        maxsize=LANE_FRAMES
+                    )
+                    lanes[performer_id] = (queue, asyncio.create_task(lane(queue)))
+                # A full lane holds the stream back: backpressure, not an unbounded queue.
+                await lanes[performer_id][0].put((event, frame))
                 yield None
-                continue
-            await emit(face_topic, result)
-            yield None
+        finally:
+            for _, task in lanes.values():
+                task.cancel()
 
     return app
 
