@@ -155,15 +155,26 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         lanes = {}
 
         async def lane(queue: asyncio.Queue[tuple[Any, records.VideoFrame]]) -> None:
+            # A lane must outlive any one bad frame: if it died, its performer's queue
+            # would fill and hold the whole agent back.
             while True:
                 event, frame = await queue.get()
-                analyzer = state.analyzer(frame.header.performer_id)
                 try:
+                    analyzer = state.analyzer(frame.header.performer_id)
                     result = await loop.run_in_executor(state.pool, analyzer.analyze, frame)
                 except FaceAnalysisError as exc:
                     await dead_letter(event, session.topics.video, str(exc))
+                except Exception as exc:  # mediapipe or anything else: recorded, not fatal
+                    log.exception("face analysis failed")
+                    await dead_letter(event, session.topics.video, f"analysis failed: {exc}")
                 else:
-                    await emit(face_topic, result)
+                    try:
+                        await emit(face_topic, result)
+                    except Exception:
+                        # Not acked: the offset is not committed past it, so a restart
+                        # redoes this frame (at-least-once).
+                        log.exception("could not produce a face record")
+                        continue
                 event.ack()
 
         try:
