@@ -276,6 +276,7 @@ class CallConnection:
         self.clock = ClockSync()
         self._subscriptions: dict[str, Any] = {}
         self._published_generation: int | None = None
+        self._joined = False
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -311,6 +312,7 @@ class CallConnection:
         )
         self._tasks.append(asyncio.create_task(self._probe_clock(), name="clock-probes"))
         await self.server.record_presence(session.session_id, self.claims, connected=True)
+        self._joined = True
         async for message in self.ws:
             if message.type == WSMsgType.TEXT:
                 await self._handle(message.data)
@@ -376,7 +378,8 @@ class CallConnection:
         self._subscriptions.clear()
         if self._published_generation is not None:
             await self.call.leave(self.claims.participant_id, self._published_generation)
-        await self.server.record_presence(self.call.session.session_id, self.claims, False)
+        if self._joined:  # a page that never counted as joined must not count as leaving
+            await self.server.record_presence(self.call.session.session_id, self.claims, False)
         with contextlib.suppress(Exception):
             await self.ws.close()
 

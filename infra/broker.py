@@ -94,9 +94,9 @@ def _recv_exactly(conn: socket.socket, count: int) -> bytes | None:
     return data
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if livetag is killed outright, the broker
-    # must not outlive it holding the port.
+def die_with_parent() -> None:
+    # Runs in a child between fork and exec: if livetag is killed outright, its children
+    # (the broker holding the port, processor processes) must not outlive it.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -170,7 +170,7 @@ class EmbeddedBroker:
                     # Own process group: Ctrl-C reaches livetag, which stops services
                     # before the broker they depend on.
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             except OSError as exc:
                 raise BrokerError(

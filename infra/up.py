@@ -70,19 +70,25 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 await capture.start()
                 say(f"capture server   {capture.url}  (join links: livetag session create)")
                 processors = asyncio.create_task(ProcessorWorker(settings).run(stop))
+                # If the worker fails, livetag stops whole rather than run without it.
+                processors.add_done_callback(lambda _: stop.set())
                 say("processor worker running (prosody, face) for every live session")
                 say("livetag is up; press Ctrl-C to stop.")
             await stop.wait()
             say("stopping...")
         finally:
             stop.set()
-            if processors is not None:
-                await processors
-            if capture is not None:
-                await capture.stop()
-            if broker is not None:
-                broker.stop()
-            say("stopped.")
+            try:
+                if processors is not None:
+                    await processors
+            finally:
+                try:
+                    if capture is not None:
+                        await capture.stop()
+                finally:
+                    if broker is not None:
+                        broker.stop()
+                    say("stopped.")
 
 
 async def run_worker(settings: Settings, *, only_sessions: set[str] | None = None) -> None:

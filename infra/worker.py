@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 
 from capture.sessions import SessionDirectory
+from infra.broker import die_with_parent
 from infra.settings import Settings, to_environment
-from streams import records
+from streams import face_model, records
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,7 @@ class ProcessorWorker:
                 )
                 waiter.cancel()
         finally:
-            for session_id in list(self.children):
-                await self._stop_child(session_id)
+            await asyncio.gather(*(self._stop_child(sid) for sid in list(self.children)))
             await self._directory.stop()
 
     async def _reconcile(self) -> None:
@@ -66,8 +66,11 @@ class ProcessorWorker:
                 continue
             running = self.children.get(session.session_id)
             if running is not None and running.process.returncode is not None:
-                # Died: count it, and restart with a growing delay (e.g. no face model).
+                # Died: count it, and restart with a growing delay; a child that ran for a
+                # minute starts the count again.
                 del self.children[session.session_id]
+                if time.monotonic() - running.started > 60.0:
+                    self._failures[session.session_id] = 0
                 failures = self._failures.get(session.session_id, 0) + 1
                 self._failures[session.session_id] = failures
                 delay = _RESTART_BACKOFF_S[min(failures, len(_RESTART_BACKOFF_S)) - 1]
@@ -87,12 +90,22 @@ class ProcessorWorker:
                 await self._stop_child(session.session_id)
 
     async def _start_child(self, session: records.SessionRecord) -> None:
+        try:
+            face_model.resolve(self.settings)
+        except face_model.FaceModelError as exc:
+            # Restarting cannot fix a missing model: say so, and look again later.
+            self._not_before[session.session_id] = time.monotonic() + 60.0
+            log.error("cannot process session %s: %s", session.session_id, exc)
+            return
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "streams.processors",
             session.model_dump_json(),
             env={**os.environ, **to_environment(self.settings)},
+            # A processor must not outlive its worker (killed or not): it would go on
+            # consuming for a session nobody manages.
+            preexec_fn=die_with_parent,
         )
         self.children[session.session_id] = _Child(process, time.monotonic())
         log.info("processing session %s (pid %s)", session.session_id, process.pid)

@@ -196,8 +196,11 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                 await lanes[performer_id][0].put((event, frame))
                 yield None
         finally:
-            for _, task in lanes.values():
+            tasks = [task for _, task in lanes.values()]
+            for task in tasks:
                 task.cancel()
+            # Wait for them: their unacked events stay uncommitted and are redone.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     return app
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.broker import answers_kafka
+from infra.broker import EmbeddedBroker, answers_kafka
 from infra.settings import Settings
 from streams import topics
 from tests.integration.test_topics import livetag
@@ -70,9 +70,12 @@ def test_up_starts_the_broker_and_topics_and_stops_on_ctrl_c(tmp_path: Path) -> 
     assert not answers_kafka("127.0.0.1", port, timeout_s=0.2), "the broker outlived up"
 
 
-def test_up_with_a_cluster_setting_never_starts_the_embedded_broker(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_up_with_a_cluster_setting_never_starts_the_embedded_broker(tmp_path: Path) -> None:
+    # A broker of its own: the session broker holds other tests' sessions, whose
+    # processors `up` would start.
+    cluster = EmbeddedBroker(port=0, log_path=tmp_path / "cluster.log")
+    cluster.start()
+    settings = Settings(broker_port=cluster.port)
     port = _free_port()
     env = {
         **os.environ,
@@ -101,4 +104,5 @@ def test_up_with_a_cluster_setting_never_starts_the_embedded_broker(
         if process.poll() is None:
             process.kill()
             process.wait()
+        cluster.stop()
     assert process.returncode == 0
