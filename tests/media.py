@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import av
 import numpy as np
 import numpy.typing as npt
 
@@ -273,6 +274,20 @@ def read_y4m_luma(path: Path) -> Iterator[npt.NDArray[np.uint8]]:
             plane = np.frombuffer(f.read(y_bytes), dtype=np.uint8)
             f.seek(info.frame_bytes - y_bytes, os.SEEK_CUR)
             yield plane.reshape(info.height, info.width)
+
+
+def speech_pcm_16k(path: Path) -> bytes:
+    """A speech WAV as the capture server forks audio: 16 kHz mono s16le (PyAV's resampler)."""
+    container = av.open(str(path))
+    try:
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
+        return b"".join(
+            out.to_ndarray().tobytes()
+            for frame in container.decode(audio=0)
+            for out in resampler.resample(frame)
+        )
+    finally:
+        container.close()
 
 
 def read_wav(path: Path) -> tuple[int, npt.NDArray[np.int16]]:

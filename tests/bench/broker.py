@@ -23,18 +23,12 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import NewTopic
 
-from infra.broker import EmbeddedBroker
 from infra.settings import Settings, load_settings
 from streams import kafka
+from tests.bench.common import bench_broker, cpu_seconds
 
 HEADER = struct.Struct(">qq")  # sequence number, send time (ns since the epoch)
 WARMUP_SEQ = -1
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -161,25 +155,19 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024)
     args = parser.parse_args()
     settings = load_settings()
-    with tempfile.TemporaryDirectory(prefix="livetag-bench-") as state:
-        broker = None
-        if settings.uses_embedded_broker:
-            broker = EmbeddedBroker(port=0, log_path=Path(state) / "broker.log")
-            broker.start()
-            settings = settings.model_copy(update={"broker_port": broker.port})
-        try:
-            result = asyncio.run(
-                run(
-                    settings,
-                    rate=args.rate,
-                    seconds=args.seconds,
-                    size=args.size,
-                    broker_pid=broker.pid if broker else None,
-                )
+    with (
+        tempfile.TemporaryDirectory(prefix="livetag-bench-") as state,
+        bench_broker(settings, Path(state)) as broker,
+    ):
+        result = asyncio.run(
+            run(
+                broker.settings,
+                rate=args.rate,
+                seconds=args.seconds,
+                size=args.size,
+                broker_pid=broker.pid,
             )
-        finally:
-            if broker is not None:
-                broker.stop()
+        )
     print(json.dumps(result))
 
 

@@ -47,7 +47,7 @@ from infra.settings import Settings, load_settings
 from streams import kafka, records, topics
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
-from tests.bench.broker import cpu_seconds
+from tests.bench.common import cpu_seconds
 from tests.browser import launch_chromium, only_loopback
 from tests.lipsync import beep_onsets, flash_onsets
 

@@ -47,12 +47,12 @@ import av
 
 from capture.fork import JpegEncoder
 from capture.sessions import create_session
-from infra.broker import EmbeddedBroker
 from infra.settings import Settings, load_settings, to_environment
 from streams import kafka, records, topics
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
-from tests.bench.broker import cpu_seconds, percentile
+from tests.bench.broker import percentile
+from tests.bench.common import bench_broker, cpu_seconds
 
 WIDTH, HEIGHT = 640, 360
 FPS = 15
@@ -94,14 +94,7 @@ def load_audio(media: test_media.MediaSet) -> list[list[bytes]]:
     """Both espeak wavs as 16 kHz mono s16le 20 ms chunks."""
     voices: list[list[bytes]] = []
     for path in (media.speech_low_wav, media.speech_high_wav):
-        container = av.open(str(path))
-        resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
-        pcm = b"".join(
-            out.to_ndarray().tobytes()
-            for frame in container.decode(audio=0)
-            for out in resampler.resample(frame)
-        )
-        container.close()
+        pcm = test_media.speech_pcm_16k(path)
         size = CHUNK_SAMPLES * 2
         voices.append([pcm[n : n + size] for n in range(0, len(pcm) - size + 1, size)])
     return voices
@@ -443,20 +436,18 @@ def main() -> None:
         parser.error(f"--seconds must be at least {2 * GROWTH_SPAN_S:.0f}")
     counts = [int(n) for n in args.performers.split(",")]
     settings = load_settings()
-    with tempfile.TemporaryDirectory(prefix="livetag-bench-") as state:
+    with (
+        tempfile.TemporaryDirectory(prefix="livetag-bench-") as state,
+        bench_broker(settings, Path(state)) as broker,
+    ):
         log_path = Path(state) / "processors.log"
-        broker = None
-        if settings.uses_embedded_broker:
-            broker = EmbeddedBroker(port=0, log_path=Path(state) / "broker.log")
-            broker.start()
-            settings = settings.model_copy(update={"broker_port": broker.port})
         try:
             result = asyncio.run(
                 search(
-                    settings,
+                    broker.settings,
                     counts,
                     args.seconds,
-                    broker_pid=broker.pid if broker else None,
+                    broker_pid=broker.pid,
                     log_path=log_path,
                 )
             )
@@ -464,9 +455,6 @@ def main() -> None:
             with contextlib.suppress(OSError):
                 sys.stderr.write(log_path.read_text()[-4000:])
             raise
-        finally:
-            if broker is not None:
-                broker.stop()
     print(json.dumps(result))
 
 

@@ -23,14 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def speech_chunks(media: test_media.MediaSet, session_id: str, t0: int) -> list[records.AudioChunk]:
-    container = av.open(str(media.speech_low_wav))
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=16_000)
-    pcm = b"".join(
-        out.to_ndarray().tobytes()
-        for frame in container.decode(audio=0)
-        for out in resampler.resample(frame)
-    )
-    container.close()
+    pcm = test_media.speech_pcm_16k(media.speech_low_wav)
     chunks = []
     for n in range(len(pcm) // 640):
         header = records.AudioChunkHeader(
