@@ -18,6 +18,7 @@ from PIL import Image
 from capture.server import CaptureServer
 from infra.settings import Settings
 from streams import kafka, records, topics
+from taggers.tokens import load_secret
 from tests import media as test_media
 from tests.e2e.conftest import LaunchPage, new_session, receive_stats
 from tests.lipsync import beep_onsets, flash_onsets
@@ -110,17 +111,11 @@ async def test_lip_sync_flash_and_beep_land_together(
 ) -> None:
     # Every frame forked (30 fps), so a one-frame flash is never thinned away.
     settings = capture_settings.model_copy(update={"video_fps": 30.0})
-    server = CaptureServer(settings, secret=b"lip-sync test key, 32 bytes or more!")
+    server = CaptureServer(settings, secret=load_secret(settings))
     await server.start()
     try:
-        from capture.sessions import create_session, join_links
-        from taggers.vocabulary import load_vocabulary
-
-        session = await create_session(
-            settings, prompt="flash", performer_names=["alice"], vocabulary=load_vocabulary(None)
-        )
-        linked = settings.model_copy(update={"capture_port": server.port})
-        link = join_links(linked, session, b"lip-sync test key, 32 bytes or more!")[0].url
+        session, links = await new_session(settings, server, ["alice"])
+        link = links["alice"]
         sync = media.lipsync
         async with open_page(link, video=sync.video, audio=sync.audio):
             # Audio sender reports come every ~5 s: wait for both streams' first one.
@@ -217,23 +212,14 @@ async def test_page_rejoins_after_a_server_restart(
     open_page: LaunchPage,
     media: test_media.MediaSet,
 ) -> None:
-    secret = b"restart test key, 32 bytes or more!!"
+    secret = load_secret(capture_settings)
     server = CaptureServer(capture_settings, secret=secret)
     await server.start()
     port = server.port
     restarted: CaptureServer | None = None
     try:
-        from capture.sessions import create_session, join_links
-        from taggers.vocabulary import load_vocabulary
-
-        session = await create_session(
-            capture_settings,
-            prompt="restart",
-            performer_names=["alice"],
-            vocabulary=load_vocabulary(None),
-        )
-        linked = capture_settings.model_copy(update={"capture_port": port})
-        link = join_links(linked, session, secret)[0].url
+        session, links = await new_session(capture_settings, server, ["alice"])
+        link = links["alice"]
         async with open_page(link, video=media.wolfgang_y4m, audio=media.speech_low_wav) as page:
             first = await collect(capture_settings, session, seconds=4.0)
             assert len(first[("video_frame", "alice")]) > 10
