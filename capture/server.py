@@ -4,6 +4,7 @@ HTTP routes
   GET /join?token=T      the performer page      GET /direct?token=T  the director's view
   GET /ws/call?token=T   the signaling websocket GET /metrics         fork counters (JSON)
   GET /api/token?token=T whether a link is valid, and if not why
+  GET /ws/tag            the tag websocket (taggers.service)  GET /tagger/...  the widget
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from infra.settings import Settings
 from streams import kafka, records, topics
 from taggers import tokens
 from taggers.clock import ClockReply, ClockSync
+from taggers.service import TagService
 
 log = logging.getLogger(__name__)
 
 PAGES = Path(str(resources.files("capture") / "static"))
+TAGGER_FILES = Path(str(resources.files("taggers") / "static"))
 _WS_HARD_LIMIT = 4 * 1024 * 1024  # above our own limit, so we can answer instead of drop
 
 
@@ -55,6 +58,9 @@ class CaptureServer:
         self._published_sessions: dict[str, records.SessionRecord] = {}
         self._runner: web.AppRunner | None = None
         self.port = settings.capture_port
+        self.tags = TagService(
+            settings, secret=secret, sessions=self._session, frame_lookup=self.frame_capture_us
+        )
 
     @property
     def url(self) -> str:
@@ -69,6 +75,7 @@ class CaptureServer:
             await topics.ensure_shared_topics(admin, self.settings)
         await self._producer.start()
         await self._directory.start()
+        await self.tags.start()
         app = web.Application()
         app.add_routes(
             [
@@ -79,8 +86,10 @@ class CaptureServer:
                 web.get("/api/token", self._token),
                 web.get("/metrics", self._metrics),
                 web.static("/static", PAGES),
+                web.static("/tagger", TAGGER_FILES),
             ]
         )
+        self.tags.add_routes(app)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.capture_host, self.settings.capture_port)
@@ -89,6 +98,7 @@ class CaptureServer:
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
+            await self.tags.stop()
             await self._directory.stop()
             await self._producer.stop()
             raise CaptureServerError(
@@ -110,6 +120,7 @@ class CaptureServer:
         for call in list(self.calls.values()):
             await call.close()
         self.calls.clear()
+        await self.tags.stop()
         await runner.cleanup()
         await self._directory.stop()
         await self._producer.stop()
@@ -141,10 +152,7 @@ class CaptureServer:
             claims = tokens.verify(self._secret, request.query.get("token"))
         except tokens.TokenError as exc:
             return self._refuse(401, "bad_token", exc.reason)
-        session = self._directory.get(claims.session_id)
-        if session is None:
-            with contextlib.suppress(TimeoutError):
-                session = await self._directory.wait_for(claims.session_id, timeout_s=2.0)
+        session = await self._session(claims.session_id)
         if session is None:
             return self._refuse(404, "unknown_session", f"no session {claims.session_id!r}")
         roster = {performer.performer_id for performer in session.roster}
@@ -177,6 +185,27 @@ class CaptureServer:
             await connection.close()
             await self.forget_if_idle(session.session_id)
         return ws
+
+    # ------------------------------------------------------------------ tagging
+
+    async def _session(self, session_id: str) -> records.SessionRecord | None:
+        session = self._directory.get(session_id)
+        if session is None:
+            with contextlib.suppress(TimeoutError):
+                session = await self._directory.wait_for(session_id, timeout_s=2.0)
+        return session
+
+    def frame_capture_us(
+        self, session_id: str, rater_id: str, performer_id: str, rtp_timestamp: int
+    ) -> int | None:
+        """Capture instant of the frame a rater's call page showed with this RTP timestamp."""
+        for connection in self._connections.get(session_id, ()):
+            if connection.claims.participant_id != rater_id:
+                continue
+            stamp = connection.frame_on_screen(performer_id, rtp_timestamp)
+            if stamp is not None:
+                return stamp.ts_us
+        return None
 
     # ------------------------------------------------------------------ scene state
 

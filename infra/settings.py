@@ -141,6 +141,57 @@ class Settings(BaseSettings):
         default=64 * 1024, ge=1024, description="Largest signaling message (SDP included)."
     )
 
+    # --- tagging and labels ---
+    tag_default_span_ms: int = Field(
+        default=500, gt=0, le=10_000, description="Span given to a tapped (point) tag."
+    )
+    tag_max_hold_ms: int = Field(
+        default=30_000,
+        gt=0,
+        description="A held tag whose key-up never arrives ends this long after its onset.",
+    )
+    tag_rate_per_s: float = Field(
+        default=20.0, gt=0, description="Tag messages per second a client may sustain."
+    )
+    tag_burst: int = Field(
+        default=256,
+        ge=1,
+        description=(
+            "Tag messages a client may send at once: room for re-sending everything left "
+            "unacknowledged by a dropped connection."
+        ),
+    )
+    tag_max_message_bytes: int = Field(default=4096, ge=256, description="Largest tag message.")
+    tag_produce_timeout_ms: int = Field(
+        default=2000,
+        gt=0,
+        description=(
+            "How long the tag service waits for the broker before it holds a tag in its "
+            "durable spool (state_dir/tag-spool) and acknowledges it from there."
+        ),
+    )
+    max_reaction_lag_ms: int = Field(
+        default=1500, ge=0, description="Largest reaction lag a rater may set or calibrate."
+    )
+    label_window_ms: int = Field(
+        default=100, gt=0, le=10_000, description="Hop and length of a label window."
+    )
+    label_tag_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        description="How long past its end a label window waits for tags before it goes out.",
+    )
+    label_feature_wait_ms: int = Field(
+        default=500,
+        ge=0,
+        description="How long past its end a label window waits for a lagging feature stream.",
+    )
+    label_grace_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="A tag this late or less re-emits the windows it changes as corrections.",
+    )
+
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     # --- files ---

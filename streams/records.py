@@ -355,6 +355,9 @@ class TagEvent(PerformerRecord):
     intensity: Intensity = "normal"
     span_us: DurationUs | None = Field(default=None, description="Span of a point tag.")
     undoes_tag_id: TagId | None = None
+    onset_tag_id: TagId | None = Field(
+        default=None, description="The onset an offset ends (hold = onset + offset)."
+    )
     timing: TagTiming
     received_ts_us: TimestampUs = Field(description="Server receipt, for audit only.")
 
@@ -367,6 +370,8 @@ class TagEvent(PerformerRecord):
             raise ValueError(f"a {self.action} tag needs a label")
         if self.action == "point" and self.span_us is None:
             raise ValueError("a point tag needs span_us")
+        if (self.action == "offset") != (self.onset_tag_id is not None):
+            raise ValueError("an offset names onset_tag_id, and only an offset does")
         return self
 
 

@@ -1,0 +1,663 @@
+"""The aligner's logic without I/O: one session's tags and features joined into label windows.
+
+Each performer's session-clock timeline is cut into fixed windows ``[k*W, (k+1)*W)``. A
+window collects the prosody hops and face frames whose ``ts_us`` fall in it, and the tags
+whose intervals overlap it, and goes out as one :class:`~streams.records.LabelWindow`.
+
+Why sans-I/O: the hard parts (waiting for lagging streams, pairing holds, correcting
+windows already sent when a tag arrives late) are pure bookkeeping on event times, and
+they are far easier to test when the caller hands in ``now_us`` than when they hide behind
+faust, Kafka and a wall clock. ``streams/aligner.py`` wires this class to the topics.
+
+``now_us`` only decides *when* a window goes out (a window waits for late tags and lagging
+feature streams); it never stands in for an event time. All times are integer µs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from streams.records import (
+    ActiveLabel,
+    FaceFrame,
+    HeadPose,
+    Intensity,
+    LabelWindow,
+    ProsodyFrame,
+    RaterLabels,
+    Role,
+    TagEvent,
+    WindowFeatures,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AlignerConfig:
+    window_us: int = 100_000  # window hop = length
+    tag_wait_us: int = 100_000  # a window waits this long past its end (by now_us) for tags
+    feature_wait_us: int = 500_000  # ...and at most this long for a lagging feature stream
+    grace_us: int = 30_000_000  # tags later than this no longer correct emitted windows
+    max_hold_us: int = 30_000_000  # an onset whose offset never came ends onset+max_hold
+    top_blendshapes: int = 5
+
+    def __post_init__(self) -> None:
+        if self.window_us <= 0:
+            raise ValueError("window_us must be positive")
+        if min(self.tag_wait_us, self.feature_wait_us, self.grace_us, self.top_blendshapes) < 0:
+            raise ValueError("waits, grace and top_blendshapes must not be negative")
+        if self.max_hold_us <= 0:
+            raise ValueError("max_hold_us must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class LateTag:
+    """A tag too late to correct anything: the wiring dead-letters it."""
+
+    tag: TagEvent
+    reason: str
+
+
+_T = TypeVar("_T")
+
+# One prosody hop as the window summary needs it: f0 (voiced hops only), voiced, loudness.
+_Hop = tuple[float | None, bool, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sight:
+    """One face frame reduced to what the summary needs (landmarks are not kept)."""
+
+    present: bool
+    blendshapes: dict[str, float]
+    pose: tuple[float, float, float] | None
+
+
+# A label active in a window, in a comparable, immutable form. Sorting these tuples gives
+# the record's order: raters by id, each rater's labels by start then tag_id.
+# (rater_id, start_us, tag_id, rater_role, label, intensity)
+_Active = tuple[str, int, str, Role, str, Intensity]
+
+
+@dataclass(slots=True)
+class _Mark:
+    """A point tag or a hold on the performer's timeline: the interval [start_us, end_us)."""
+
+    tag_id: str
+    rater_id: str
+    rater_role: Role
+    label: str
+    intensity: Intensity
+    is_hold: bool
+    start_us: int
+    end_us: int | None  # None: a hold whose offset has not come (yet)
+
+
+@dataclass(slots=True)
+class _TagMemo:
+    """What is remembered of every tag_id seen: enough for dedupe, offsets and undo."""
+
+    performer_id: str
+    rater_id: str
+    # The tag's action, or "withdrawn": an onset undone (via its offset) before it arrived.
+    action: str
+    onset_tag_id: str | None
+    forget_at_us: int
+
+
+@dataclass(slots=True)
+class _SentWindow:
+    """A window already emitted, kept for grace_us so a late tag can correct it."""
+
+    features: WindowFeatures
+    labels: tuple[_Active, ...]
+    revision: int
+
+
+@dataclass(slots=True)
+class _PerformerTrack:
+    performer_id: str
+    next_window: int | None = None  # every window below it has passed (emitted or skipped)
+    passed_any: bool = False
+    due_us: float = math.inf  # the earliest now_us at which next_window can be ready
+    newest_prosody_us: int | None = None  # None: the stream was never seen
+    newest_face_us: int | None = None
+    hops: dict[int, dict[int, _Hop]] = field(default_factory=dict)  # window -> ts -> hop
+    sights: dict[int, dict[int, _Sight]] = field(default_factory=dict)
+    marks: dict[str, _Mark] = field(default_factory=dict)
+    by_window: dict[int, set[str]] = field(default_factory=dict)  # closed marks only
+    open_holds: set[str] = field(default_factory=set)
+    pending_offsets: dict[str, TagEvent] = field(default_factory=dict)  # by onset_tag_id
+    sent: dict[int, _SentWindow] = field(default_factory=dict)  # in window order (mostly)
+
+
+_COUNTERS = (
+    "windows_emitted",
+    "windows_skipped",
+    "corrections",
+    "late_features",
+    "duplicate_features",
+    "tags",
+    "duplicate_tags",
+    "late_tags",
+    "undos",
+    "ignored_undos",
+    "ignored_offsets",
+    "foreign_records",
+)
+
+
+class SessionAligner:
+    """Aligns one session; every method takes the session clock's ``now_us``."""
+
+    def __init__(self, session_id: str, config: AlignerConfig) -> None:
+        self.session_id = session_id
+        self._config = config
+        self._tracks: dict[str, _PerformerTrack] = {}
+        self._tags: dict[str, _TagMemo] = {}
+        self._forget_queue: list[tuple[int, str]] = []
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+
+    # ------------------------------------------------------------------ public API
+
+    def add_prosody(self, frame: ProsodyFrame, now_us: int) -> list[LabelWindow]:
+        if frame.session_id != self.session_id:
+            self._counts["foreign_records"] += 1
+            return []
+        self._forget_expired(now_us)
+        track = self._track(frame.performer_id)
+        if track.newest_prosody_us is None or frame.ts_us > track.newest_prosody_us:
+            track.newest_prosody_us = frame.ts_us
+        hop: _Hop = (frame.f0_hz if frame.voiced else None, frame.voiced, frame.loudness_db)
+        self._buffer(track, track.hops, frame.ts_us, hop)
+        return self._emit_ready(now_us)
+
+    def add_face(self, frame: FaceFrame, now_us: int) -> list[LabelWindow]:
+        if frame.session_id != self.session_id:
+            self._counts["foreign_records"] += 1
+            return []
+        self._forget_expired(now_us)
+        track = self._track(frame.performer_id)
+        if track.newest_face_us is None or frame.ts_us > track.newest_face_us:
+            track.newest_face_us = frame.ts_us
+        pose = frame.head_pose
+        sight = _Sight(
+            present=frame.face_present,
+            blendshapes={name: float(value) for name, value in frame.blendshapes.items()},
+            pose=None if pose is None else (pose.yaw_deg, pose.pitch_deg, pose.roll_deg),
+        )
+        self._buffer(track, track.sights, frame.ts_us, sight)
+        return self._emit_ready(now_us)
+
+    def add_tag(self, tag: TagEvent, now_us: int) -> list[LabelWindow | LateTag]:
+        if tag.session_id != self.session_id:
+            self._counts["foreign_records"] += 1
+            return []
+        self._forget_expired(now_us)
+        known = self._tags.get(tag.tag_id)
+        if known is not None and known.action != "withdrawn":
+            self._counts["duplicate_tags"] += 1
+            return []
+        self._counts["tags"] += 1
+        track = self._track(tag.performer_id)
+        self._remember(tag, now_us)
+        region: tuple[int, int] | None = None
+        if known is not None:
+            pass  # an undo cancelled this onset before it arrived: remembered, no effect
+        elif tag.action == "point":
+            region = self._add_point(track, tag)
+        elif tag.action == "onset":
+            region = self._add_onset(track, tag)
+        elif tag.action == "offset":
+            region = self._add_offset(track, tag)
+        else:
+            region = self._undo(track, tag)
+        out: list[LabelWindow | LateTag] = []
+        if region is not None:
+            corrected = self._correct(track, region, now_us)
+            if corrected is None:
+                self._counts["late_tags"] += 1
+                reason = (
+                    f"{tag.action} tag only affects windows that ended more than "
+                    f"{self._config.grace_us} us before now"
+                )
+                out.append(LateTag(tag=tag, reason=reason))
+            else:
+                out.extend(corrected)
+        self._refresh_due(track)
+        out.extend(self._emit_ready(now_us))
+        return out
+
+    def tick(self, now_us: int) -> list[LabelWindow]:
+        self._forget_expired(now_us)
+        return self._emit_ready(now_us)
+
+    def forget_performer(self, performer_id: str) -> None:
+        """Drop a performer's state (e.g. they left); their tag ids expire on their own."""
+        self._tracks.pop(performer_id, None)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since start, plus the current size of the kept state."""
+        counts = dict(self._counts)
+        tracks = self._tracks.values()
+        counts["performers"] = len(self._tracks)
+        counts["remembered_tags"] = len(self._tags)
+        counts["marks"] = sum(len(t.marks) for t in tracks)
+        counts["open_holds"] = sum(len(t.open_holds) for t in tracks)
+        counts["pending_offsets"] = sum(len(t.pending_offsets) for t in tracks)
+        counts["indexed_windows"] = sum(len(t.by_window) for t in tracks)
+        counts["buffered_windows"] = sum(len(t.hops) + len(t.sights) for t in tracks)
+        counts["kept_windows"] = sum(len(t.sent) for t in tracks)
+        return counts
+
+    # ------------------------------------------------------------------ features
+
+    def _track(self, performer_id: str) -> _PerformerTrack:
+        track = self._tracks.get(performer_id)
+        if track is None:
+            track = self._tracks[performer_id] = _PerformerTrack(performer_id)
+        return track
+
+    def _note_start(self, track: _PerformerTrack, ts_us: int) -> int:
+        """Start (or, while nothing has passed yet, move back) the performer's first window."""
+        window = ts_us // self._config.window_us
+        if track.next_window is None or (not track.passed_any and window < track.next_window):
+            track.next_window = window
+        return track.next_window
+
+    def _buffer(
+        self, track: _PerformerTrack, buffers: dict[int, dict[int, _T]], ts_us: int, item: _T
+    ) -> None:
+        window = ts_us // self._config.window_us
+        if window < self._note_start(track, ts_us):
+            # The window went out already; changing features after the fact would make
+            # revisions disagree on the data, so only tags correct windows.
+            self._counts["late_features"] += 1
+        else:
+            frames = buffers.setdefault(window, {})
+            if ts_us in frames:  # at-least-once redelivery
+                self._counts["duplicate_features"] += 1
+            else:
+                frames[ts_us] = item
+        self._refresh_due(track)
+
+    # ------------------------------------------------------------------ tags
+
+    def _remember(self, tag: TagEvent, now_us: int) -> None:
+        config = self._config
+        # Past this instant no window the tag can touch is within grace any more; keep the
+        # id at least grace_us after arrival so a quick redelivery is still a duplicate.
+        horizon = tag.ts_us + config.max_hold_us + config.grace_us + config.window_us
+        forget_at = max(horizon, now_us + config.grace_us)
+        self._tags[tag.tag_id] = _TagMemo(
+            tag.performer_id, tag.rater_id, tag.action, tag.onset_tag_id, forget_at
+        )
+        heapq.heappush(self._forget_queue, (forget_at, tag.tag_id))
+
+    def _new_mark(self, tag: TagEvent, start_us: int, end_us: int | None) -> _Mark:
+        if tag.label is None:  # the record's validator already refuses this
+            raise ValueError(f"{tag.action} tag {tag.tag_id} has no label")
+        return _Mark(
+            tag_id=tag.tag_id,
+            rater_id=tag.rater_id,
+            rater_role=tag.rater_role,
+            label=tag.label,
+            intensity=tag.intensity,
+            is_hold=tag.action == "onset",
+            start_us=start_us,
+            end_us=end_us,
+        )
+
+    def _add_point(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int]:
+        # A zero span still marks the window of the press; a huge one is capped like a hold.
+        span = min(max(tag.span_us or 0, 1), self._config.max_hold_us)
+        start = max(0, tag.ts_us - span // 2)
+        mark = self._new_mark(tag, start, start + span)
+        track.marks[tag.tag_id] = mark
+        self._index(track, mark)
+        self._note_start(track, start)
+        return (start, start + span)
+
+    def _add_onset(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int]:
+        mark = self._new_mark(tag, tag.ts_us, None)
+        track.marks[tag.tag_id] = mark
+        offset = track.pending_offsets.pop(tag.tag_id, None)
+        if offset is not None:
+            if offset.rater_id == tag.rater_id:
+                mark.end_us = self._hold_end(mark, offset.ts_us)
+            else:
+                self._counts["ignored_offsets"] += 1
+        self._index(track, mark)
+        self._note_start(track, tag.ts_us)
+        return (mark.start_us, self._effective_end(mark))
+
+    def _add_offset(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int] | None:
+        onset_id = tag.onset_tag_id
+        if onset_id is None:  # the record's validator already refuses this
+            raise ValueError(f"offset tag {tag.tag_id} names no onset")
+        mark = track.marks.get(onset_id)
+        if mark is None:
+            if onset_id in self._tags or onset_id in track.pending_offsets:
+                # The onset was undone, belongs elsewhere, or already has an offset.
+                self._counts["ignored_offsets"] += 1
+            else:
+                track.pending_offsets[onset_id] = tag  # paired when the onset arrives
+            return None
+        if not mark.is_hold or mark.rater_id != tag.rater_id or mark.end_us is not None:
+            self._counts["ignored_offsets"] += 1
+            return None
+        open_end = self._effective_end(mark)
+        self._unindex(track, mark)
+        mark.end_us = self._hold_end(mark, tag.ts_us)
+        self._index(track, mark)
+        return (mark.end_us, open_end)
+
+    def _undo(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int] | None:
+        target_id = tag.undoes_tag_id
+        memo = None if target_id is None else self._tags.get(target_id)
+        if (
+            target_id is None
+            or memo is None
+            or memo.rater_id != tag.rater_id
+            or memo.performer_id != tag.performer_id
+            or memo.action not in ("point", "onset", "offset")
+        ):
+            self._counts["ignored_undos"] += 1
+            return None
+        # Undoing either end of a hold removes the whole hold: a hold reopened until
+        # max_hold by undoing its key-up would be a label nobody pressed for.
+        hold_id = memo.onset_tag_id if memo.action == "offset" else target_id
+        mark = None if hold_id is None else track.marks.get(hold_id)
+        if mark is not None and mark.rater_id == tag.rater_id:
+            del track.marks[mark.tag_id]
+            self._unindex(track, mark)
+            self._counts["undos"] += 1
+            return (mark.start_us, self._effective_end(mark))
+        pending = None if hold_id is None else track.pending_offsets.get(hold_id)
+        if hold_id is not None and pending is not None and pending.tag_id == target_id:
+            # The offset came before its onset: cancel the onset in advance.
+            del track.pending_offsets[hold_id]
+            memo_of_undo = self._tags[tag.tag_id]
+            self._tags[hold_id] = _TagMemo(
+                tag.performer_id, tag.rater_id, "withdrawn", None, memo_of_undo.forget_at_us
+            )
+            heapq.heappush(self._forget_queue, (memo_of_undo.forget_at_us, hold_id))
+            self._counts["undos"] += 1
+            return None
+        self._counts["ignored_undos"] += 1
+        return None
+
+    def _hold_end(self, mark: _Mark, offset_ts_us: int) -> int:
+        # An offset at (or, with clock noise, before) its onset still marks one instant.
+        return min(max(offset_ts_us, mark.start_us + 1), mark.start_us + self._config.max_hold_us)
+
+    def _effective_end(self, mark: _Mark) -> int:
+        if mark.end_us is None:
+            return mark.start_us + self._config.max_hold_us
+        return mark.end_us
+
+    def _index(self, track: _PerformerTrack, mark: _Mark) -> None:
+        if mark.end_us is None:
+            track.open_holds.add(mark.tag_id)
+            return
+        width = self._config.window_us
+        for window in range(mark.start_us // width, (mark.end_us - 1) // width + 1):
+            track.by_window.setdefault(window, set()).add(mark.tag_id)
+
+    def _unindex(self, track: _PerformerTrack, mark: _Mark) -> None:
+        if mark.end_us is None:
+            track.open_holds.discard(mark.tag_id)
+            return
+        width = self._config.window_us
+        for window in range(mark.start_us // width, (mark.end_us - 1) // width + 1):
+            tag_ids = track.by_window.get(window)
+            if tag_ids is not None:
+                tag_ids.discard(mark.tag_id)
+                if not tag_ids:
+                    del track.by_window[window]
+
+    def _labels_at(self, track: _PerformerTrack, window: int) -> tuple[_Active, ...]:
+        tag_ids = set(track.by_window.get(window, ()))
+        if track.open_holds:
+            start = window * self._config.window_us
+            end = start + self._config.window_us
+            for tag_id in track.open_holds:
+                hold = track.marks[tag_id]
+                if hold.start_us < end and hold.start_us + self._config.max_hold_us > start:
+                    tag_ids.add(tag_id)
+        if not tag_ids:
+            return ()
+        marks = (track.marks[tag_id] for tag_id in tag_ids)
+        return tuple(
+            sorted(
+                (m.rater_id, m.start_us, m.tag_id, m.rater_role, m.label, m.intensity)
+                for m in marks
+            )
+        )
+
+    def _oldest_correctable(self, now_us: int) -> int:
+        """The first window with now_us - window end <= grace_us."""
+        width = self._config.window_us
+        return -((self._config.grace_us - now_us) // width) - 1
+
+    def _correct(
+        self, track: _PerformerTrack, region: tuple[int, int], now_us: int
+    ) -> list[LabelWindow] | None:
+        """Re-emit passed windows in region whose labels changed; None if all are too old."""
+        start, end = region
+        if end <= start or track.next_window is None:
+            return []
+        width = self._config.window_us
+        first, last = start // width, (end - 1) // width
+        oldest = self._oldest_correctable(now_us)
+        if last < track.next_window and last < oldest:
+            return None
+        out: list[LabelWindow] = []
+        for window in range(max(first, oldest), min(last, track.next_window - 1) + 1):
+            labels = self._labels_at(track, window)
+            sent = track.sent.get(window)
+            if sent is None:
+                # Skipped when it passed (no features, no labels); now it has labels.
+                if not labels:
+                    continue
+                sent = track.sent[window] = _SentWindow(WindowFeatures(), labels, 0)
+                self._counts["windows_emitted"] += 1
+            elif sent.labels == labels:
+                continue
+            else:
+                sent.revision += 1
+                sent.labels = labels
+            self._counts["corrections"] += 1
+            out.append(self._record(track, window, sent, correction=True))
+        return out
+
+    def _forget_expired(self, now_us: int) -> None:
+        queue = self._forget_queue
+        while queue and queue[0][0] < now_us:
+            forget_at, tag_id = heapq.heappop(queue)
+            memo = self._tags.get(tag_id)
+            if memo is None or memo.forget_at_us != forget_at:
+                continue  # replaced by a later memo for the same id
+            del self._tags[tag_id]
+            track = self._tracks.get(memo.performer_id)
+            if track is None:
+                continue
+            mark = track.marks.pop(tag_id, None)
+            if mark is not None:
+                self._unindex(track, mark)
+            if memo.action == "offset" and memo.onset_tag_id is not None:
+                pending = track.pending_offsets.get(memo.onset_tag_id)
+                if pending is not None and pending.tag_id == tag_id:
+                    del track.pending_offsets[memo.onset_tag_id]
+
+    # ------------------------------------------------------------------ emission
+
+    def _refresh_due(self, track: _PerformerTrack) -> None:
+        """When next_window becomes ready, so a tick skips idle performers in O(1)."""
+        if track.next_window is None:
+            track.due_us = math.inf
+            return
+        config = self._config
+        end = (track.next_window + 1) * config.window_us
+        due = end + config.tag_wait_us
+        for newest in (track.newest_prosody_us, track.newest_face_us):
+            if newest is not None and newest < end:
+                due = max(due, end + config.feature_wait_us)
+        track.due_us = due
+
+    def _emit_ready(self, now_us: int) -> list[LabelWindow]:
+        out: list[LabelWindow] = []
+        for track in self._tracks.values():
+            if now_us >= track.due_us:
+                self._advance(track, now_us, out)
+        return out
+
+    def _advance(self, track: _PerformerTrack, now_us: int, out: list[LabelWindow]) -> None:
+        window = track.next_window
+        if window is None:
+            return
+        config = self._config
+        # Windows ending at or before ready_end are ready: tags had tag_wait_us, and each
+        # feature stream seen either reached the window end or is given up on.
+        ready_end = now_us - config.tag_wait_us
+        for newest in (track.newest_prosody_us, track.newest_face_us):
+            if newest is not None:
+                ready_end = min(ready_end, max(newest, now_us - config.feature_wait_us))
+        limit = ready_end // config.window_us
+        while window < limit:
+            record = self._close(track, window)
+            if record is not None:
+                out.append(record)
+                window += 1
+            else:
+                # Jump over the whole empty stretch: a performer gone for an hour must not
+                # cost one step per window.
+                after = min(limit, self._next_busy_window(track, window + 1, limit))
+                self._counts["windows_skipped"] += after - window
+                window = after
+            track.passed_any = True
+        track.next_window = window
+        self._prune_sent(track, now_us)
+        self._refresh_due(track)
+
+    def _next_busy_window(self, track: _PerformerTrack, window: int, limit: int) -> int:
+        busy = min([limit, *track.hops, *track.sights])
+        start = window * self._config.window_us
+        for mark in track.marks.values():
+            if self._effective_end(mark) > start:
+                busy = min(busy, max(window, mark.start_us // self._config.window_us))
+        return max(busy, window)
+
+    def _close(self, track: _PerformerTrack, window: int) -> LabelWindow | None:
+        hops = track.hops.pop(window, None)
+        sights = track.sights.pop(window, None)
+        labels = self._labels_at(track, window)
+        if not hops and not sights and not labels:
+            return None
+        features = _summarize(hops or {}, sights or {}, self._config.top_blendshapes)
+        sent = track.sent[window] = _SentWindow(features, labels, 0)
+        self._counts["windows_emitted"] += 1
+        return self._record(track, window, sent, correction=False)
+
+    def _prune_sent(self, track: _PerformerTrack, now_us: int) -> None:
+        oldest = self._oldest_correctable(now_us)
+        sent = track.sent
+        while sent:
+            window = next(iter(sent))
+            if window >= oldest:
+                break
+            del sent[window]
+
+    def _record(
+        self, track: _PerformerTrack, window: int, sent: _SentWindow, *, correction: bool
+    ) -> LabelWindow:
+        raters = []
+        for rater_id, group in itertools.groupby(sent.labels, key=lambda active: active[0]):
+            actives = list(group)
+            raters.append(
+                RaterLabels(
+                    rater_id=rater_id,
+                    rater_role=actives[0][3],
+                    labels=[ActiveLabel(label=a[4], intensity=a[5], tag_id=a[2]) for a in actives],
+                )
+            )
+        consensus, agreement = _consensus(sent.labels)
+        return LabelWindow(
+            ts_us=window * self._config.window_us,
+            session_id=self.session_id,
+            performer_id=track.performer_id,
+            window_us=self._config.window_us,
+            features=sent.features,
+            raters=raters,
+            consensus=consensus,
+            consensus_agreement=agreement,
+            correction=correction,
+            revision=sent.revision,
+        )
+
+
+def _consensus(labels: tuple[_Active, ...]) -> tuple[str | None, float | None]:
+    """The label most raters hold (a rater counts once per label); None on a tie."""
+    holders: dict[str, set[str]] = {}
+    for active in labels:
+        holders.setdefault(active[4], set()).add(active[0])
+    if not holders:
+        return None, None
+    most = max(len(raters) for raters in holders.values())
+    leaders = [label for label, raters in holders.items() if len(raters) == most]
+    if len(leaders) != 1:
+        return None, None
+    raters_with_labels = len({active[0] for active in labels})
+    return leaders[0], round(most / raters_with_labels, 4)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _summarize(
+    hops: dict[int, _Hop], sights: dict[int, _Sight], top_blendshapes: int
+) -> WindowFeatures:
+    f0_mean = loudness_mean = voiced_fraction = None
+    if hops:
+        voiced_f0 = [f0 for f0, voiced, _ in hops.values() if voiced and f0 is not None]
+        voiced = sum(1 for _, is_voiced, _ in hops.values() if is_voiced)
+        f0_mean = round(_mean(voiced_f0), 3) if voiced_f0 else None
+        loudness_mean = round(_mean([loudness for _, _, loudness in hops.values()]), 3)
+        voiced_fraction = round(voiced / len(hops), 4)
+    present_fraction = None
+    top: dict[str, float] = {}
+    head_pose = None
+    if sights:
+        present = [sight for sight in sights.values() if sight.present]
+        present_fraction = round(len(present) / len(sights), 4)
+        if present:
+            # A blendshape missing from a frame counts as 0 in that frame's share.
+            totals: dict[str, float] = {}
+            for sight in present:
+                for name, value in sight.blendshapes.items():
+                    totals[name] = totals.get(name, 0.0) + value
+            means = sorted(
+                ((name, total / len(present)) for name, total in totals.items()),
+                key=lambda item: (-item[1], item[0]),
+            )
+            top = {name: min(1.0, max(0.0, round(v, 4))) for name, v in means[:top_blendshapes]}
+        poses = [sight.pose for sight in present if sight.pose is not None]
+        if poses:
+            head_pose = HeadPose(
+                yaw_deg=round(_mean([p[0] for p in poses]), 3),
+                pitch_deg=round(_mean([p[1] for p in poses]), 3),
+                roll_deg=round(_mean([p[2] for p in poses]), 3),
+            )
+    return WindowFeatures(
+        f0_mean_hz=f0_mean,
+        loudness_mean_db=loudness_mean,
+        voiced_fraction=voiced_fraction,
+        face_present_fraction=present_fraction,
+        top_blendshapes=top,
+        head_pose=head_pose,
+    )

@@ -1,0 +1,196 @@
+"""Getting acknowledged tags onto ``livetag.tags``, even while the broker is away.
+
+A tag is acknowledged to its rater only once it is safe: produced to the broker (acks=all),
+or, when the broker does not answer within ``tag_produce_timeout_ms``, appended to a spool
+file and fsynced. A background task delivers spooled tags when the broker is back and
+deletes each spool file once every line in it is produced. Re-delivery can duplicate a tag
+on the topic (a produce that timed out may still land); consumers dedupe on ``tag_id``.
+
+Each process spools into its own file under ``state_dir/tag-spool`` and holds an exclusive
+lock on it, so a restarted service (or another one on the same state folder) delivers what
+a dead one left behind without racing a live one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from typing import IO
+
+from aiokafka import AIOKafkaProducer
+
+from streams import records, topics
+
+log = logging.getLogger(__name__)
+
+SPOOL_FOLDER = "tag-spool"
+
+
+class TagOutbox:
+    """Deliver tags to ``livetag.tags``; hold them durably when the broker is down."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        state_dir: Path,
+        *,
+        produce_timeout_s: float,
+        retry_interval_s: float = 1.0,
+    ) -> None:
+        self._producer = producer
+        self.folder = state_dir / SPOOL_FOLDER
+        self.produce_timeout_s = produce_timeout_s
+        self.retry_interval_s = retry_interval_s
+        self._spool: IO[bytes] | None = None
+        self._spool_path: Path | None = None
+        self._spooled = 0  # tags in this process's current spool file
+        self._files_to_deliver = 0  # spool files found undelivered by the last drain
+        self._write_lock = asyncio.Lock()
+        self._drainer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self.delivered = 0
+        self.held = 0
+
+    @property
+    def backlog(self) -> bool:
+        """Tags are waiting in a spool file (ours or one left by a dead process)."""
+        return self._spooled > 0 or self._files_to_deliver > 0
+
+    async def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._drainer = asyncio.create_task(self._drain_forever(), name="tag-spool-drainer")
+        self._wake.set()  # deliver what an earlier run left
+
+    async def stop(self) -> None:
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drainer
+            self._drainer = None
+        if self._spool is not None:
+            self._spool.close()  # the file stays: the next start delivers it
+            self._spool = None
+
+    async def deliver(self, tag: records.TagEvent) -> bool:
+        """Make the tag safe. Returns True if it was held in the spool, not produced."""
+        if not self.backlog:
+            try:
+                await asyncio.wait_for(self._produce(tag), self.produce_timeout_s)
+            except Exception as exc:  # timeout, broker gone, anything: hold it instead
+                log.warning("broker did not take tag %s (%s): holding it", tag.tag_id, exc)
+            else:
+                self.delivered += 1
+                return False
+        # While anything is spooled, new tags queue behind it: order per rater is kept.
+        await self._hold(tag)
+        return True
+
+    async def _produce(self, tag: records.TagEvent) -> None:
+        message = records.encode(tag)
+        await self._producer.send_and_wait(
+            topics.TAGS, key=message.key, value=message.value, headers=message.headers
+        )
+
+    async def _hold(self, tag: records.TagEvent) -> None:
+        line = tag.model_dump_json().encode("utf-8") + b"\n"
+        async with self._write_lock:
+            if self._spool is None:
+                self._spool = await asyncio.to_thread(self._open_spool)
+            spool = self._spool
+            await asyncio.to_thread(_append_durably, spool, line)
+            self._spooled += 1
+            self.held += 1
+        self._wake.set()
+
+    def _open_spool(self) -> IO[bytes]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"tags-{os.getpid()}-{time.time_ns()}.jsonl"
+        spool = path.open("ab")
+        fcntl.flock(spool.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._spool_path = path
+        return spool
+
+    def _orphans(self) -> list[Path]:
+        """Spool files of this folder no live process holds (their writer died)."""
+        orphans = []
+        with contextlib.suppress(FileNotFoundError):
+            for path in sorted(self.folder.glob("tags-*.jsonl")):
+                if path == self._spool_path:
+                    continue
+                with path.open("rb") as handle:
+                    try:
+                        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                orphans.append(path)
+        return orphans
+
+    async def _drain_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._drain_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("tag spool not delivered yet (%s): retrying", exc)
+            if self.backlog:
+                await asyncio.sleep(self.retry_interval_s)
+                self._wake.set()
+
+    async def _drain_once(self) -> None:
+        # Our own file: swap it for a fresh one under the write lock, then deliver the old
+        # one; tags arriving meanwhile go to the new file, behind it.
+        async with self._write_lock:
+            mine = self._spool_path if self._spooled else None
+            if mine is not None and self._spool is not None:
+                self._spool.close()
+                self._spool = None
+                self._spool_path = None
+                self._spooled = 0
+        files = await asyncio.to_thread(self._orphans)
+        if mine is not None:
+            files.append(mine)
+        self._files_to_deliver = len(files)
+        for path in files:
+            await self._deliver_file(path)
+            self._files_to_deliver -= 1
+
+    async def _deliver_file(self, path: Path) -> None:
+        # Locked while delivering, so two services on one state folder never both send it.
+        handle, lines = await asyncio.to_thread(_lock_and_read, path)
+        try:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    tag = records.TagEvent.model_validate_json(line)
+                except ValueError:
+                    # A torn last line (crash mid-write, never acked): nothing to deliver.
+                    log.warning("%s line %d is not a tag: skipped", path, number)
+                    continue
+                await asyncio.wait_for(self._produce(tag), self.produce_timeout_s)
+                self.delivered += 1
+            await asyncio.to_thread(path.unlink)
+        finally:
+            handle.close()
+        log.info("delivered %d held tags from %s", len(lines), path.name)
+
+
+def _lock_and_read(path: Path) -> tuple[IO[bytes], list[bytes]]:
+    handle = path.open("rb")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    return handle, handle.read().splitlines()
+
+
+def _append_durably(spool: IO[bytes], line: bytes) -> None:
+    spool.write(line)
+    spool.flush()
+    os.fsync(spool.fileno())

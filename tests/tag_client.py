@@ -1,0 +1,193 @@
+"""A scripted tagging client for tests and benchmarks: the widget's protocol in Python.
+
+It speaks the tag protocol over a real websocket, answers clock probes with its own
+(possibly offset and drifting) clock, keeps every unacknowledged tag and re-sends them after
+a reconnect, like the browser widget does. ``uplink`` / ``downlink`` delay each message in
+one direction, in order (a jittery path, as TCP sees it), to simulate a remote rater.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+Delay = Callable[[], float]  # seconds
+
+
+def wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class SimulatedClock:
+    """A client clock ``offset_us`` ahead of the wall clock at ``origin_us``, drifting."""
+
+    offset_us: int = 0
+    drift_ppm: float = 0.0
+    origin_us: int = field(default_factory=wall_us)
+
+    def at(self, true_us: int) -> int:
+        return round(true_us + self.offset_us + self.drift_ppm * (true_us - self.origin_us) / 1e6)
+
+    def now(self) -> int:
+        return self.at(wall_us())
+
+
+class TagClient:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        clock: SimulatedClock | None = None,
+        uplink: Delay | None = None,
+        downlink: Delay | None = None,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.clock = clock or SimulatedClock()
+        self.uplink = uplink
+        self.downlink = downlink
+        self.welcome: dict[str, Any] | None = None
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.ack_times_us: dict[str, int] = {}
+        self.errors: list[dict[str, Any]] = []
+        self.unacked: dict[str, dict[str, Any]] = {}  # tag_id -> message, in send order
+        self.replies: list[dict[str, Any]] = []  # other server messages (reaction_lag ...)
+        self.probes_answered = 0
+        self.deaf = False  # drop every incoming message: acks lost with a dying connection
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._up: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> TagClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self, *, resend: bool = True) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        self._ws = await self._http.ws_connect(self.url)
+        self._up = asyncio.Queue()
+        self._tasks = [
+            asyncio.create_task(self._read(self._ws)),
+            asyncio.create_task(self._write(self._ws, self._up)),
+        ]
+        await self.send_raw(json.dumps({"type": "hello", "token": self.token}))
+        await self.wait_for(lambda: self.welcome is not None and self.probes_answered > 0)
+        if resend:
+            for message in list(self.unacked.values()):
+                await self.send_raw(json.dumps(message))
+
+    async def drop(self) -> None:
+        """Lose the connection abruptly: what was sent and not acked stays unacked."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ws is not None:
+            await self._ws.close()
+        self.welcome = None
+        self.probes_answered = 0
+
+    async def close(self) -> None:
+        await self.drop()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def send_raw(self, text: str) -> None:
+        delay = self.uplink() if self.uplink else 0.0
+        await self._up.put((time.monotonic() + delay, text))
+
+    async def tag(
+        self,
+        performer_id: str,
+        label: str,
+        *,
+        action: str = "point",
+        press_us: int | None = None,
+        **extra: Any,
+    ) -> str:
+        """Send a tag pressed at true wall time ``press_us`` (default now)."""
+        tag_id = extra.pop("tag_id", None) or uuid.uuid4().hex
+        message = {
+            "type": "tag",
+            "tag_id": tag_id,
+            "action": action,
+            "performer_id": performer_id,
+            "label": label,
+            "client_press_us": self.clock.at(wall_us() if press_us is None else press_us),
+            **extra,
+        }
+        self.unacked[tag_id] = message
+        await self.send_raw(json.dumps(message))
+        return tag_id
+
+    async def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            async with self._changed:
+                await self._changed.wait_for(condition)
+
+    async def wait_acked(self, tag_ids: list[str], timeout_s: float = 10.0) -> None:
+        await self.wait_for(lambda: all(tag_id in self.acks for tag_id in tag_ids), timeout_s)
+
+    async def _write(self, ws: aiohttp.ClientWebSocketResponse, queue: asyncio.Queue[Any]) -> None:
+        departure = 0.0
+        while True:
+            due, text = await queue.get()
+            departure = max(departure, due)  # in order, like one TCP stream
+            await asyncio.sleep(max(0.0, departure - time.monotonic()))
+            await ws.send_str(text)
+            queue.task_done()
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        arrival = 0.0
+        async for frame in ws:
+            if frame.type != aiohttp.WSMsgType.TEXT:
+                break
+            if self.downlink is not None:
+                arrival = max(arrival, time.monotonic() + self.downlink())
+                await asyncio.sleep(max(0.0, arrival - time.monotonic()))
+            await self._handle(json.loads(frame.data))
+
+    async def sent_all(self) -> None:
+        """Wait until every queued message is written to the socket."""
+        await self._up.join()
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        if self.deaf:
+            return
+        kind = message["type"]
+        if kind == "clock_probe":
+            reply = {
+                "type": "clock_reply",
+                "probe_id": message["probe_id"],
+                "server_send_us": message["server_send_us"],
+                "client_time_us": self.clock.now(),
+            }
+            await self.send_raw(json.dumps(reply))
+            self.probes_answered += 1
+        elif kind == "welcome":
+            self.welcome = message
+        elif kind == "ack":
+            self.acks.setdefault(message["tag_id"], message)
+            self.ack_times_us.setdefault(message["tag_id"], wall_us())
+            self.unacked.pop(message["tag_id"], None)
+        elif kind == "error":
+            self.errors.append(message)
+        else:
+            self.replies.append(message)
+        async with self._changed:
+            self._changed.notify_all()

@@ -1,0 +1,524 @@
+"""The sans-I/O aligner: feature summaries, emission timing, tags, corrections, pruning."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from streams import records
+from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
+
+SID = "s-1"
+W = 100_000
+T0 = 1_700_000_000_000_000  # a multiple of W: window k starts at T0 + k*W
+CONFIG = AlignerConfig()
+
+
+def hop(
+    ts_us: int,
+    *,
+    f0: float | None = 200.0,
+    loudness: float = -20.0,
+    performer: str = "alice",
+    session: str = SID,
+) -> records.ProsodyFrame:
+    return records.ProsodyFrame(
+        ts_us=ts_us,
+        session_id=session,
+        performer_id=performer,
+        f0_hz=f0,
+        voicing_probability=0.9 if f0 is not None else 0.1,
+        voiced=f0 is not None,
+        loudness_db=loudness,
+    )
+
+
+def face(
+    ts_us: int,
+    *,
+    present: bool = True,
+    blendshapes: dict[str, float] | None = None,
+    pose: tuple[float, float, float] | None = None,
+    performer: str = "alice",
+) -> records.FaceFrame:
+    return records.FaceFrame(
+        ts_us=ts_us,
+        session_id=SID,
+        performer_id=performer,
+        video_seq=ts_us // 33_333,
+        face_present=present,
+        blendshapes=blendshapes or {},
+        head_pose=None
+        if pose is None
+        else records.HeadPose(yaw_deg=pose[0], pitch_deg=pose[1], roll_deg=pose[2]),
+    )
+
+
+def tag(
+    tag_id: str,
+    action: str,
+    ts_us: int,
+    *,
+    label: str | None = "laughter",
+    rater: str = "dora",
+    span_us: int | None = None,
+    onset: str | None = None,
+    undoes: str | None = None,
+    performer: str = "alice",
+    session: str = SID,
+) -> records.TagEvent:
+    return records.TagEvent.model_validate(
+        {
+            "ts_us": ts_us,
+            "session_id": session,
+            "performer_id": performer,
+            "tag_id": tag_id,
+            "rater_id": rater,
+            "rater_role": "director" if rater == "dora" else "observer",
+            "action": action,
+            "label": None if action == "undo" else label,
+            "span_us": span_us,
+            "onset_tag_id": onset,
+            "undoes_tag_id": undoes,
+            "timing": {
+                "client_press_ts_us": ts_us,
+                "clock_offset_us": 0,
+                "rtt_us": 1_000,
+                "clock_uncertainty_us": 500,
+            },
+            "received_ts_us": ts_us,
+        }
+    )
+
+
+def point(tag_id: str, ts_us: int, span_us: int = W, **kwargs: str) -> records.TagEvent:
+    return tag(tag_id, "point", ts_us, span_us=span_us, **kwargs)
+
+
+def feed_prosody(
+    aligner: SessionAligner, start_us: int, end_us: int, now_us: int
+) -> list[records.LabelWindow]:
+    """One voiced hop every 10 ms in [start_us, end_us)."""
+    out: list[records.LabelWindow] = []
+    for ts in range(start_us, end_us, 10_000):
+        out += aligner.add_prosody(hop(ts), now_us)
+    return out
+
+
+def windows_only(out: list[records.LabelWindow | LateTag]) -> list[records.LabelWindow]:
+    windows = [item for item in out if isinstance(item, records.LabelWindow)]
+    assert len(windows) == len(out)
+    return windows
+
+
+def by_start(windows: list[records.LabelWindow]) -> dict[int, records.LabelWindow]:
+    return {(w.ts_us - T0) // W: w for w in windows}
+
+
+def tag_ids(window: records.LabelWindow) -> list[str]:
+    return [label.tag_id for rater in window.raters for label in rater.labels]
+
+
+def test_window_summary_of_known_hops_and_frames() -> None:
+    aligner = SessionAligner(SID, replace(CONFIG, top_blendshapes=2))
+    aligner.add_prosody(hop(T0, f0=200.0, loudness=-20.0), T0)
+    aligner.add_prosody(hop(T0 + 10_000, f0=220.0, loudness=-22.0), T0)
+    aligner.add_prosody(hop(T0 + 20_000, f0=None, loudness=-41.0), T0)
+    aligner.add_face(
+        face(T0, blendshapes={"jawOpen": 0.5, "eyeBlinkLeft": 0.1, "smile": 0.9}, pose=(10, 0, -2)),
+        T0,
+    )
+    aligner.add_face(
+        face(T0 + 33_333, blendshapes={"jawOpen": 0.7, "eyeBlinkLeft": 0.3}, pose=(20, 2, 0)),
+        T0,
+    )
+    aligner.add_face(face(T0 + 66_666, present=False), T0)
+    # Both streams move past the window; it goes out once tag_wait has passed too.
+    aligner.add_prosody(hop(T0 + W), T0)
+    aligner.add_face(face(T0 + W), T0)
+    [window] = aligner.tick(T0 + W + CONFIG.tag_wait_us)
+
+    assert window.ts_us == T0
+    assert window.window_us == W
+    assert window.performer_id == "alice"
+    features = window.features
+    assert features.f0_mean_hz == 210.0
+    assert features.loudness_mean_db == -27.667
+    assert features.voiced_fraction == 0.6667
+    assert features.face_present_fraction == 0.6667
+    # Means over the two frames with a face: jawOpen 0.6, smile 0.45, eyeBlinkLeft 0.2.
+    assert features.top_blendshapes == {"jawOpen": 0.6, "smile": 0.45}
+    assert features.head_pose == records.HeadPose(yaw_deg=15.0, pitch_deg=1.0, roll_deg=-1.0)
+    assert window.raters == []
+    assert window.consensus is None
+    assert window.consensus_agreement is None
+    assert not window.correction
+    assert window.revision == 0
+
+
+def test_summary_of_silence_and_absent_face() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.add_prosody(hop(T0, f0=None, loudness=-60.0), T0)
+    aligner.add_face(face(T0, present=False), T0)
+    [window] = aligner.tick(T0 + W + CONFIG.feature_wait_us)
+    assert window.features == records.WindowFeatures(
+        f0_mean_hz=None,
+        loudness_mean_db=-60.0,
+        voiced_fraction=0.0,
+        face_present_fraction=0.0,
+        top_blendshapes={},
+        head_pose=None,
+    )
+
+
+def test_emission_waits_for_tags_and_both_streams_then_gives_up_on_a_lagging_one() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    end0 = T0 + W
+    feed_prosody(aligner, T0, T0 + 3 * W, T0)
+    aligner.add_face(face(T0 + 50_000), T0)
+    # Prosody is past window 0 but face is not: the window waits for face...
+    assert aligner.tick(end0 + CONFIG.tag_wait_us) == []
+    assert aligner.tick(end0 + CONFIG.feature_wait_us - 1) == []
+    # ...until a face frame at or after the window end arrives.
+    [window0] = aligner.add_face(face(T0 + 120_000), end0 + 200_000)
+    assert window0.ts_us == T0
+    assert window0.features.face_present_fraction == 1.0
+    # Window 1: face stalls at 0.12 s, so it goes out feature_wait after its end, not before.
+    end1 = T0 + 2 * W
+    assert aligner.tick(end1 + CONFIG.feature_wait_us - 1) == []
+    [window1] = aligner.tick(end1 + CONFIG.feature_wait_us)
+    assert window1.ts_us == T0 + W
+    assert window1.features.voiced_fraction == 1.0
+    assert aligner.stats["windows_emitted"] == 2
+
+
+def test_window_waits_tag_wait_even_when_features_are_complete() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 2 * W, T0)
+    assert aligner.tick(T0 + W + CONFIG.tag_wait_us - 1) == []
+    # A tag that arrives during the wait is in revision 0, not a correction.
+    assert aligner.add_tag(point("tag-p001", T0 + 50_000), T0 + W + 50_000) == []
+    [window] = aligner.tick(T0 + W + CONFIG.tag_wait_us)
+    assert tag_ids(window) == ["tag-p001"]
+    assert not window.correction
+
+
+def test_windows_without_features_or_labels_are_skipped() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.add_prosody(hop(T0), T0)
+    aligner.add_prosody(hop(T0 + 5 * W), T0)
+    windows = aligner.tick(T0 + 10 * W)
+    assert [w.ts_us for w in windows] == [T0, T0 + 5 * W]
+    assert aligner.stats["windows_skipped"] >= 4
+
+
+def test_a_long_gap_is_skipped_in_one_step() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.add_prosody(hop(T0), T0)
+    hour = 3_600_000_000
+    aligner.add_prosody(hop(T0 + hour), T0 + hour)
+    windows = aligner.tick(T0 + hour + 10 * W)
+    assert [w.ts_us for w in windows] == [T0, T0 + hour]
+
+
+def test_windows_with_features_but_no_labels_are_emitted() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 5 * W, T0)
+    windows = aligner.tick(T0 + 10 * W)
+    assert [w.ts_us for w in windows] == [T0 + k * W for k in range(5)]
+    assert all(w.raters == [] and w.consensus is None for w in windows)
+
+
+def test_point_tag_lands_in_the_windows_it_overlaps() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 6 * W, T0)
+    # Span 200 ms around 0.25 s: [0.15, 0.35) overlaps windows 1, 2 and 3.
+    aligner.add_tag(point("tag-p001", T0 + 250_000, span_us=200_000, label="laughter"), T0)
+    windows = by_start(aligner.tick(T0 + 10 * W))
+    labelled = {k for k, w in windows.items() if w.raters}
+    assert labelled == {1, 2, 3}
+    window = windows[2]
+    assert window.raters == [
+        records.RaterLabels(
+            rater_id="dora",
+            rater_role="director",
+            labels=[records.ActiveLabel(label="laughter", intensity="normal", tag_id="tag-p001")],
+        )
+    ]
+    assert window.consensus == "laughter"
+    assert window.consensus_agreement == 1.0
+
+
+def test_tag_alone_starts_the_performer_and_labelled_windows_go_out_without_features() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.add_tag(point("tag-p001", T0 + 150_000, span_us=200_000), T0)
+    windows = aligner.tick(T0 + 10 * W)
+    assert [w.ts_us for w in windows] == [T0, T0 + W]
+    assert all(w.features == records.WindowFeatures() for w in windows)
+
+
+def test_hold_is_active_from_onset_until_offset_and_corrects_windows_sent_meanwhile() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 10 * W, T0)
+    aligner.add_tag(tag("tag-h001", "onset", T0 + 150_000), T0)
+    # The key is still down: windows 1..5 go out with the open hold.
+    sent = by_start(aligner.tick(T0 + 6 * W + CONFIG.tag_wait_us))
+    assert sorted(sent) == [0, 1, 2, 3, 4, 5]
+    assert [k for k, w in sent.items() if tag_ids(w) == ["tag-h001"]] == [1, 2, 3, 4, 5]
+    # Key-up at 0.35 s arrives now: windows 4 and 5 no longer hold the label.
+    out = windows_only(
+        aligner.add_tag(tag("tag-h002", "offset", T0 + 350_000, onset="tag-h001"), T0 + 7 * W)
+    )
+    corrected = by_start([w for w in out if w.correction])
+    assert sorted(corrected) == [4, 5]
+    assert all(w.revision == 1 and w.raters == [] for w in corrected.values())
+    assert by_start(aligner.tick(T0 + 20 * W))[6].raters == []
+    assert aligner.stats["corrections"] == 2
+
+
+def test_open_hold_ends_at_max_hold() -> None:
+    aligner = SessionAligner(SID, replace(CONFIG, max_hold_us=3 * W))
+    feed_prosody(aligner, T0, T0 + 6 * W, T0)
+    aligner.add_tag(tag("tag-h001", "onset", T0), T0)
+    windows = by_start(aligner.tick(T0 + 10 * W))
+    assert [k for k, w in windows.items() if w.raters] == [0, 1, 2]
+
+
+def test_offset_before_its_onset_is_paired_when_the_onset_arrives() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 6 * W, T0)
+    assert aligner.add_tag(tag("tag-h002", "offset", T0 + 250_000, onset="tag-h001"), T0) == []
+    aligner.add_tag(tag("tag-h001", "onset", T0 + 50_000), T0)
+    windows = by_start(aligner.tick(T0 + 10 * W))
+    assert [k for k, w in windows.items() if w.raters] == [0, 1, 2]
+
+
+def test_offset_of_another_rater_is_ignored() -> None:
+    aligner = SessionAligner(SID, replace(CONFIG, max_hold_us=4 * W))
+    feed_prosody(aligner, T0, T0 + 6 * W, T0)
+    aligner.add_tag(tag("tag-h001", "onset", T0), T0)
+    aligner.add_tag(tag("tag-h002", "offset", T0 + W, onset="tag-h001", rater="olga"), T0)
+    windows = by_start(aligner.tick(T0 + 10 * W))
+    assert [k for k, w in windows.items() if w.raters] == [0, 1, 2, 3]
+    assert aligner.stats["ignored_offsets"] == 1
+
+
+def test_undo_removes_a_sent_point_as_a_correction() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 4 * W, T0)
+    aligner.add_tag(point("tag-p001", T0 + 150_000), T0)
+    [labelled] = [w for w in aligner.tick(T0 + 10 * W) if w.raters]
+    # Someone else cannot undo dora's tag.
+    foreign = tag("tag-u001", "undo", T0 + 300_000, undoes="tag-p001", rater="olga")
+    assert aligner.add_tag(foreign, T0 + 10 * W) == []
+    assert aligner.stats["ignored_undos"] == 1
+    out = aligner.add_tag(tag("tag-u002", "undo", T0 + 300_000, undoes="tag-p001"), T0 + 10 * W)
+    [corrected] = windows_only(out)
+    assert corrected.ts_us == labelled.ts_us
+    assert corrected.correction
+    assert corrected.revision == 1
+    assert corrected.raters == []
+    assert corrected.consensus is None
+    assert corrected.features == labelled.features
+
+
+def test_undo_of_either_end_removes_the_whole_hold() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 5 * W, T0)
+    aligner.add_tag(tag("tag-h001", "onset", T0 + W), T0)
+    aligner.add_tag(tag("tag-h002", "offset", T0 + 3 * W, onset="tag-h001"), T0)
+    aligner.add_tag(tag("tag-u001", "undo", T0 + 3 * W, undoes="tag-h002"), T0)
+    assert all(w.raters == [] for w in aligner.tick(T0 + 10 * W))
+    assert aligner.stats["undos"] == 1
+    assert aligner.stats["marks"] == 0
+
+
+def test_undo_of_unknown_tag_is_ignored_and_counted() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    assert aligner.add_tag(tag("tag-u001", "undo", T0, undoes="tag-none"), T0) == []
+    assert aligner.stats["ignored_undos"] == 1
+
+
+def test_late_tag_within_grace_corrects_the_window() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 5 * W, T0)
+    first = by_start(aligner.tick(T0 + 10 * W))
+    assert all(w.raters == [] for w in first.values())
+    out = aligner.add_tag(point("tag-p001", T0 + 250_000, span_us=50_000), T0 + 20_000_000)
+    [corrected] = windows_only(out)
+    assert corrected.ts_us == T0 + 2 * W
+    assert corrected.correction
+    assert corrected.revision == 1
+    assert tag_ids(corrected) == ["tag-p001"]
+    assert corrected.features == first[2].features
+    # A second late tag on the same window is revision 2.
+    out = aligner.add_tag(point("tag-p002", T0 + 250_000, rater="olga"), T0 + 20_000_000)
+    [again] = windows_only(out)
+    assert again.revision == 2
+    assert tag_ids(again) == ["tag-p001", "tag-p002"]
+
+
+def test_late_tag_on_a_skipped_window_brings_it_out_as_a_correction() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.add_prosody(hop(T0), T0)
+    aligner.add_prosody(hop(T0 + 5 * W), T0)
+    aligner.tick(T0 + 10 * W)
+    [window] = windows_only(aligner.add_tag(point("tag-p001", T0 + 250_000), T0 + 10 * W))
+    assert window.ts_us == T0 + 2 * W
+    assert window.correction
+    assert window.revision == 0
+    assert window.features == records.WindowFeatures()
+
+
+def test_tag_beyond_grace_is_a_late_tag_and_still_deduplicated() -> None:
+    aligner = SessionAligner(SID, replace(CONFIG, grace_us=1_000_000))
+    feed_prosody(aligner, T0, T0 + 5 * W, T0)
+    aligner.tick(T0 + 10 * W)
+    late = point("tag-p001", T0 + 50_000)
+    [result] = aligner.add_tag(late, T0 + 5_000_000)
+    assert isinstance(result, LateTag)
+    assert result.tag == late
+    assert "grace" not in result.reason or result.reason
+    assert aligner.stats["late_tags"] == 1
+    assert aligner.add_tag(late, T0 + 5_000_000) == []
+    assert aligner.stats["duplicate_tags"] == 1
+
+
+def test_tag_partly_beyond_grace_corrects_only_the_windows_within_grace() -> None:
+    aligner = SessionAligner(SID, replace(CONFIG, grace_us=1_000_000))
+    feed_prosody(aligner, T0, T0 + 30 * W, T0)
+    aligner.tick(T0 + 40 * W)
+    # Span [0, 2 s): windows ending at or after now - grace = 1.0 s are windows 9..19.
+    out = aligner.add_tag(point("tag-p001", T0 + 1_000_000, span_us=2_000_000), T0 + 2 * W * 10)
+    corrected = windows_only(out)
+    assert [(w.ts_us - T0) // W for w in corrected] == list(range(9, 20))
+
+
+def test_duplicate_tag_id_is_stored_once() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 3 * W, T0)
+    aligner.add_tag(point("tag-p001", T0 + 150_000), T0)
+    assert aligner.add_tag(point("tag-p001", T0 + 150_000), T0) == []
+    windows = by_start(aligner.tick(T0 + 10 * W))
+    assert tag_ids(windows[1]) == ["tag-p001"]
+    assert aligner.stats["duplicate_tags"] == 1
+    assert aligner.stats["tags"] == 1
+
+
+def test_consensus_counts_each_rater_once_per_label() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 3 * W, T0)
+    at = T0 + 150_000
+    aligner.add_tag(point("tag-d001", at, rater="dora"), T0)
+    aligner.add_tag(point("tag-d002", at, rater="dora"), T0)
+    aligner.add_tag(point("tag-d003", at, rater="dora", label="hesitation"), T0)
+    aligner.add_tag(point("tag-d004", at, rater="dora", label="hesitation"), T0)
+    aligner.add_tag(point("tag-d005", at, rater="dora", label="hesitation"), T0)
+    aligner.add_tag(point("tag-o001", at, rater="olga"), T0)
+    aligner.add_tag(point("tag-p001", at, rater="pete", label="anger"), T0)
+    window = by_start(aligner.tick(T0 + 10 * W))[1]
+    # laughter: dora + olga; hesitation: dora only (three tags); anger: pete.
+    assert window.consensus == "laughter"
+    assert window.consensus_agreement == 0.6667
+    assert [r.rater_id for r in window.raters] == ["dora", "olga", "pete"]
+    assert window.raters[1].rater_role == "observer"
+
+
+def test_consensus_tie_is_none() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 3 * W, T0)
+    aligner.add_tag(point("tag-d001", T0 + 150_000, rater="dora"), T0)
+    aligner.add_tag(point("tag-o001", T0 + 150_000, rater="olga", label="hesitation"), T0)
+    window = by_start(aligner.tick(T0 + 10 * W))[1]
+    assert len(window.raters) == 2
+    assert window.consensus is None
+    assert window.consensus_agreement is None
+
+
+def test_every_tag_id_appears_once_in_every_window_it_overlaps() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 10 * W, T0)
+    spans = {
+        "tag-a001": (T0 + 50_000, 300_000),
+        "tag-a002": (T0 + 120_000, 100_000),  # same rater, same label, overlapping
+        "tag-a003": (T0 + 400_000, 10_000),
+        "tag-a004": (T0 + 700_000, 0),  # a bare tap still marks its window
+    }
+    for tag_id, (ts, span) in spans.items():
+        aligner.add_tag(point(tag_id, ts, span_us=span), T0)
+    aligner.add_tag(tag("tag-h001", "onset", T0 + 250_000), T0)
+    aligner.add_tag(tag("tag-h002", "offset", T0 + 550_000, onset="tag-h001"), T0)
+    windows = by_start(aligner.tick(T0 + 20 * W))
+    expected: dict[int, list[str]] = {k: [] for k in range(10)}
+    intervals = {
+        tag_id: (ts - span // 2, ts - span // 2 + max(span, 1))
+        for tag_id, (ts, span) in spans.items()
+    }
+    intervals["tag-h001"] = (T0 + 250_000, T0 + 550_000)
+    for tag_id, (start, end) in intervals.items():
+        for k in range(10):
+            if start < T0 + (k + 1) * W and end > T0 + k * W:
+                expected[k].append(tag_id)
+    for k, window in windows.items():
+        assert sorted(tag_ids(window)) == sorted(expected[k]), k
+    assert sum(len(ids) for ids in expected.values()) == sum(
+        len(tag_ids(w)) for w in windows.values()
+    )
+
+
+def test_performers_are_aligned_independently() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.add_prosody(hop(T0, performer="alice"), T0)
+    aligner.add_prosody(hop(T0 + 3 * W, performer="bob"), T0)
+    aligner.add_tag(point("tag-p001", T0 + 3 * W + 50_000, performer="bob"), T0)
+    windows = aligner.tick(T0 + 10 * W)
+    assert [(w.performer_id, w.ts_us) for w in windows] == [("alice", T0), ("bob", T0 + 3 * W)]
+    assert tag_ids(windows[1]) == ["tag-p001"]
+    aligner.forget_performer("bob")
+    assert aligner.stats["performers"] == 1
+
+
+def test_late_and_duplicate_features_are_dropped() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.add_prosody(hop(T0, loudness=-10.0), T0)
+    aligner.add_prosody(hop(T0, loudness=-10.0), T0)
+    aligner.add_prosody(hop(T0 + 10_000, loudness=-30.0), T0)
+    [window] = aligner.tick(T0 + 10 * W)
+    assert window.features.loudness_mean_db == -20.0
+    assert aligner.add_prosody(hop(T0 + 20_000), T0 + 10 * W) == []
+    assert aligner.stats["duplicate_features"] == 1
+    assert aligner.stats["late_features"] == 1
+
+
+def test_records_of_other_sessions_are_ignored() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    assert aligner.add_prosody(hop(T0, session="s-2"), T0) == []
+    assert aligner.add_face(face(T0).model_copy(update={"session_id": "s-2"}), T0) == []
+    assert aligner.add_tag(point("tag-p001", T0, session="s-2"), T0) == []
+    assert aligner.tick(T0 + 10 * W) == []
+    assert aligner.stats["foreign_records"] == 3
+    assert aligner.stats["performers"] == 0
+
+
+def test_state_stays_bounded_over_a_long_run() -> None:
+    config = replace(CONFIG, grace_us=2_000_000, max_hold_us=1_000_000)
+    aligner = SessionAligner(SID, config)
+    seconds = 120
+    emitted = 0
+    for ms in range(0, seconds * 1000, 10):
+        now = T0 + ms * 1000
+        emitted += len(aligner.add_prosody(hop(now), now))
+        if ms % 40 == 0:
+            emitted += len(aligner.add_face(face(now, blendshapes={"jawOpen": 0.5}), now))
+        if ms % 1000 == 0:
+            aligner.add_tag(point(f"tag-p{ms:06d}", now), now)
+            aligner.add_tag(tag(f"tag-h{ms:06d}", "onset", now, rater="olga"), now)
+        emitted += len(aligner.tick(now))
+    stats = aligner.stats
+    assert emitted == stats["windows_emitted"] >= seconds * 10 - 10
+    window_budget = (config.grace_us + config.feature_wait_us) // W + 5
+    assert stats["kept_windows"] <= window_budget
+    assert stats["buffered_windows"] <= 2 * (config.feature_wait_us // W + 2)
+    # Tags live for about ts + max_hold + grace: about 3 s of two tags a second.
+    assert stats["remembered_tags"] <= 2 * 4
+    assert stats["marks"] <= 2 * 4
+    assert stats["indexed_windows"] <= window_budget + config.max_hold_us // W
