@@ -8,7 +8,7 @@ wait with the embedded broker and an ordinary one with a real cluster. faust har
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -129,3 +129,14 @@ class EmbeddedBrokerTransport(faust_aiokafka.Transport):
 
     Consumer = _ShortFetchWaitConsumer
     default_port = 9092
+
+
+def event_headers(
+    raw: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None,
+) -> list[tuple[str, bytes]]:
+    """A faust event's headers (a mapping or pairs, depending on the path) as pairs."""
+    if raw is None:
+        return []
+    if isinstance(raw, Mapping):
+        return list(raw.items())
+    return list(raw)

@@ -1,4 +1,4 @@
-"""The feature processors of one session: a faust app with a prosody and a face agent.
+"""The processors of one session: a faust app with prosody and face agents and the aligner.
 
 One app (one consumer group, ``livetag-processors-SID``) per session, bound to that
 session's topics by name: faust binds topics when the app is defined and cannot follow
@@ -18,7 +18,7 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -26,8 +26,9 @@ import faust
 
 from infra.settings import Settings, load_settings
 from streams import face_model, records, topics
+from streams.aligner import add_aligner
 from streams.face import FaceAnalysisError, FaceAnalyzer
-from streams.kafka import make_faust_app
+from streams.kafka import event_headers, make_faust_app
 from streams.prosody import ProsodyTracker
 
 log = logging.getLogger(__name__)
@@ -38,16 +39,6 @@ LANE_FRAMES = 8  # video frames waiting per performer
 
 def app_id(session_id: str) -> str:
     return f"{SERVICE}-{session_id}"
-
-
-def _headers(
-    raw: Mapping[str, bytes] | Sequence[tuple[str, bytes]] | None,
-) -> list[tuple[str, bytes]]:
-    if raw is None:
-        return []
-    if isinstance(raw, Mapping):
-        return list(raw.items())
-    return list(raw)
 
 
 def _now_us() -> int:
@@ -133,7 +124,9 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         loop = asyncio.get_running_loop()
         async for event in stream.events():
             try:
-                chunk = records.decode(records.AudioChunk, event.value, _headers(event.headers))
+                chunk = records.decode(
+                    records.AudioChunk, event.value, event_headers(event.headers)
+                )
             except records.RecordError as exc:
                 await dead_letter(event, session.topics.audio, str(exc))
                 yield None
@@ -180,7 +173,9 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         try:
             async for event in cast(Any, stream).noack().events():
                 try:
-                    frame = records.decode(records.VideoFrame, event.value, _headers(event.headers))
+                    frame = records.decode(
+                        records.VideoFrame, event.value, event_headers(event.headers)
+                    )
                 except records.RecordError as exc:
                     await dead_letter(event, session.topics.video, str(exc))
                     event.ack()
@@ -202,6 +197,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             # Wait for them: their unacked events stay uncommitted and are redone.
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    add_aligner(app, settings, session, emit=emit, dead_letter=dead_letter)
     return app
 
 
