@@ -169,6 +169,42 @@ function onLive(live) {
   }
 }
 
+// The tagging widget (taggers/static/tagger.js), created once after the first welcome.
+// ?tagger=0: no widget. Someone watching a performer tags the frame on screen at the press.
+function frameAtPress(performerId, pressUnixMs) {
+  const subscription = state.subscriptions.get(performerId);
+  if (!subscription || subscription.frames.length === 0) return null;
+  const frames = subscription.frames;
+  let frame = frames[frames.length - 1];
+  for (let i = frames.length - 1; i >= 0; i -= 1) {
+    if (frames[i].presentedUnixMs <= pressUnixMs) {
+      frame = frames[i];
+      break;
+    }
+  }
+  return { rtp_timestamp: frame.rtpTimestamp };
+}
+
+function startTagger() {
+  if (state.tagger || params.get("tagger") === "0") return;
+  if (typeof LivetagTagger === "undefined") {
+    console.warn("livetag: tagging widget not loaded");
+    return;
+  }
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  try {
+    state.tagger = new LivetagTagger({
+      url: `${scheme}://${location.host}/ws/tag`,
+      token,
+      mount: document.getElementById("tagger"),
+      targetMode: state.role === "performer" ? "self" : "choose",
+      frameSource: state.role !== "performer" ? frameAtPress : undefined,
+    });
+  } catch (error) {
+    console.error("livetag: tagging widget failed", error);
+  }
+}
+
 async function onMessage(event) {
   const message = JSON.parse(event.data);
   switch (message.type) {
@@ -184,6 +220,7 @@ async function onMessage(event) {
       document.getElementById("prompt").textContent = message.prompt;
       document.getElementById("who").textContent = `${state.roster.get(state.me) || state.me} (${state.role})`;
       state.retryMs = 500;
+      startTagger();
       if (state.role === "performer") await publish();
       else setStatus("live", "watching");
       onLive(message.live);

@@ -471,7 +471,8 @@
     _sendUndo(press) {
       for (let i = this.history.length - 1; i >= 0; i -= 1) {
         const entry = this.history[i];
-        if (entry.action === "undo" || entry.undone || entry.state === "failed") continue;
+        // A hold is one tag: undoing its onset retracts it whole, so its offset is skipped.
+        if (entry.action === "undo" || entry.action === "offset" || entry.undone || entry.state === "failed") continue;
         return this._enqueue(
           {
             type: "undo",
