@@ -445,7 +445,12 @@
       this.outbox.set(message.tag_id, message);
       this._persistOutbox();
       this._remember(message);
-      this.lastPresses.push({ tag_id: message.tag_id, action: message.type === "undo" ? "undo" : message.action, press_unix_us_true: press.trueUs });
+      this.lastPresses.push({
+        tag_id: message.tag_id,
+        action: message.type === "undo" ? "undo" : message.action,
+        press_unix_us_true: press.trueUs,
+        frame: message.frame || null,
+      });
       if (this.lastPresses.length > HISTORY_KEEP) this.lastPresses.shift();
       if (this.ready) this._sendRaw(message);
       this._render();
