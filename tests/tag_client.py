@@ -12,11 +12,19 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
+
+from infra.settings import Settings
+from streams import kafka, records, topics
+from taggers import tokens
+from taggers.service import TagService
+from taggers.vocabulary import DEFAULT_VOCABULARY
 
 Delay = Callable[[], float]  # seconds
 
@@ -191,3 +199,70 @@ class TagClient:
             self.replies.append(message)
         async with self._changed:
             self._changed.notify_all()
+
+
+# ---------------------------------------------------------------- a tag service to test
+
+
+SECRET = b"test-secret-that-is-long-enough-for-hs256-signatures"
+
+
+def session_record(
+    session_id: str, performers: tuple[str, ...] = ("ana", "ben")
+) -> records.SessionRecord:
+    now = wall_us()
+    return records.SessionRecord(
+        ts_us=now,
+        session_id=session_id,
+        created_ts_us=now,
+        prompt="Two strangers share an umbrella.",
+        roster=[records.Performer(performer_id=p, display_name=p.title()) for p in performers],
+        vocabulary=list(DEFAULT_VOCABULARY),
+        state="live",
+        topics=topics.session_topic_names(session_id),
+    )
+
+
+def token_for(session_id: str, participant: str, role: records.Role) -> str:
+    return tokens.issue(
+        SECRET, session_id=session_id, role=role, participant_id=participant, ttl_s=3600
+    )
+
+
+@dataclass
+class ServedTags:
+    service: TagService
+    url: str
+    session: records.SessionRecord
+
+    def client(
+        self, participant: str = "dir", role: records.Role = "director", **options: Any
+    ) -> TagClient:
+        token = token_for(self.session.session_id, participant, role)
+        return TagClient(self.url, token, **options)
+
+
+@asynccontextmanager
+async def serve_tags(
+    settings: Settings, session: records.SessionRecord
+) -> AsyncIterator[ServedTags]:
+    """A tag service for ``session`` alone, on a free loopback port."""
+
+    async def lookup(session_id: str) -> records.SessionRecord | None:
+        return session if session_id == session.session_id else None
+
+    async with kafka.admin_client(settings) as admin:
+        await topics.ensure_shared_topics(admin, settings)
+    service = TagService(settings, secret=SECRET, sessions=lookup)
+    await service.start()
+    app = web.Application()
+    service.add_routes(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        yield ServedTags(service, f"http://127.0.0.1:{port}/ws/tag", session)
+    finally:
+        await service.stop()
+        await runner.cleanup()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ from infra.settings import Settings
 from infra.worker import ProcessorWorker
 from streams import kafka, records, topics
 from taggers.vocabulary import load_vocabulary
+from tests.tag_client import serve_tags
 
 pytestmark = pytest.mark.integration
 
@@ -205,3 +208,73 @@ async def test_features_and_tags_become_label_windows_and_a_late_tag_corrects(
     }
     assert corrected.consensus is None  # one rater each: a tie
     assert corrected.features == first[t0 + W].features
+
+
+async def test_200_tags_through_a_dropped_connection_are_each_in_the_labels_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    session = await create_session(
+        settings, prompt="zero loss", performer_names=["alice"], vocabulary=load_vocabulary(None)
+    )
+    sid = session.session_id
+    stop = asyncio.Event()
+    worker = asyncio.create_task(ProcessorWorker(settings, only_sessions={sid}).run(stop))
+    tag_settings = settings.model_copy(update={"state_dir": tmp_path / "state"})
+    try:
+        async with serve_tags(tag_settings, session) as served:
+            client = served.client(participant="obs", role="observer")
+            await client.connect()
+            try:
+                # The connection dies with 100 tags stored but their acks lost, and 100
+                # more just sent into it. A 1 µs span puts each tag in exactly one window.
+                client.deaf = True
+                sent = []
+                for n in range(200):
+                    sent.append(await client.tag("alice", "confusion", span_us=1))
+                    await asyncio.sleep(0.005)
+                    if n == 99:
+                        await client.sent_all()
+                        await asyncio.sleep(0.5)
+                await client.sent_all()
+                await client.drop()
+                assert set(client.unacked) == set(sent)
+                client.deaf = False
+                await client.connect()
+                await client.wait_acked(sent, timeout_s=20)
+            finally:
+                await client.close()
+        latest: dict[int, records.LabelWindow] = {}
+        consumer = kafka.make_consumer(settings, topics.LABELS, auto_offset_reset="earliest")
+        await consumer.start()
+
+        def labelled() -> Counter[str]:
+            return Counter(
+                active.tag_id
+                for window in latest.values()
+                for rater in window.raters
+                for active in rater.labels
+            )
+
+        try:
+            async with asyncio.timeout(90):
+                while set(labelled()) != set(sent):
+                    batches = await consumer.getmany(timeout_ms=200)
+                    for batch in batches.values():
+                        for message in batch:
+                            if not (message.key or b"").startswith(f"{sid}/".encode()):
+                                continue
+                            window = records.decode(
+                                records.LabelWindow, message.value, message.headers
+                            )
+                            known = latest.get(window.ts_us)
+                            if known is None or window.revision >= known.revision:
+                                latest[window.ts_us] = window
+        finally:
+            await consumer.stop()
+    finally:
+        stop.set()
+        await worker
+        async with kafka.admin_client(settings) as admin:
+            await topics.delete_session_topics(admin, sid)
+    # The consumer's view (newest revision of each window): every tag, in one window, once.
+    assert labelled() == Counter(dict.fromkeys(sent, 1))

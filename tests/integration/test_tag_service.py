@@ -11,86 +11,23 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from infra.broker import EmbeddedBroker
 from infra.settings import Settings
 from streams import kafka, records, topics
-from taggers import tokens
-from taggers.service import TagService, session_now_us
+from taggers.service import session_now_us
 from taggers.vocabulary import DEFAULT_VOCABULARY
-from tests.tag_client import SimulatedClock, TagClient
+from tests.tag_client import ServedTags as Served
+from tests.tag_client import SimulatedClock, serve_tags, session_record, token_for
 
 pytestmark = pytest.mark.integration
-
-SECRET = b"integration-secret-that-is-long-enough-for-hs256"
-
-
-def session_record(session_id: str) -> records.SessionRecord:
-    now = session_now_us()
-    return records.SessionRecord(
-        ts_us=now,
-        session_id=session_id,
-        created_ts_us=now,
-        prompt="Two strangers share an umbrella.",
-        roster=[
-            records.Performer(performer_id="ana", display_name="Ana"),
-            records.Performer(performer_id="ben", display_name="Ben"),
-        ],
-        vocabulary=list(DEFAULT_VOCABULARY),
-        state="live",
-        topics=topics.session_topic_names(session_id),
-    )
-
-
-def token_for(session_id: str, participant: str, role: records.Role) -> str:
-    return tokens.issue(
-        SECRET, session_id=session_id, role=role, participant_id=participant, ttl_s=600
-    )
-
-
-class Served:
-    def __init__(self, service: TagService, url: str, session: records.SessionRecord) -> None:
-        self.service = service
-        self.url = url
-        self.session = session
-
-    def client(
-        self, participant: str = "dir", role: records.Role = "director", **kw: Any
-    ) -> TagClient:
-        return TagClient(self.url, token_for(self.session.session_id, participant, role), **kw)
-
-
-async def serve(
-    settings: Settings, session: records.SessionRecord
-) -> tuple[TagService, web.AppRunner, str]:
-    async def lookup(session_id: str) -> records.SessionRecord | None:
-        return session if session_id == session.session_id else None
-
-    service = TagService(settings, secret=SECRET, sessions=lookup)
-    await service.start()
-    app = web.Application()
-    service.add_routes(app)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return service, runner, f"http://127.0.0.1:{port}/ws/tag"
 
 
 @pytest.fixture
 async def served(settings: Settings, session_id: str, tmp_path: Path) -> AsyncIterator[Served]:
-    async with kafka.admin_client(settings) as admin:
-        await topics.ensure_shared_topics(admin, settings)
     tag_settings = settings.model_copy(update={"state_dir": tmp_path / "state"})
-    session = session_record(session_id)
-    service, runner, url = await serve(tag_settings, session)
-    try:
-        yield Served(service, url, session)
-    finally:
-        await service.stop()
-        await runner.cleanup()
+    async with serve_tags(tag_settings, session_record(session_id)) as running:
+        yield running
 
 
 async def tags_on_topic(
@@ -334,32 +271,29 @@ async def test_tags_are_held_durably_while_the_broker_is_down_then_delivered(
     )
     async with kafka.admin_client(own) as admin:
         await topics.ensure_shared_topics(admin, own)
-    session = session_record("held-1")
-    service, runner, url = await serve(own, session)
     try:
-        client = TagClient(url, token_for("held-1", "dir", "director"))
-        async with client:
-            before = await client.tag("ana", "disgust")
-            await client.wait_acked([before])
-            assert client.acks[before]["held"] is False
-            broker.stop()
-            during = [await client.tag("ben", "confusion") for _ in range(3)]
-            await client.wait_acked(during, timeout_s=10)
-            assert all(client.acks[t]["held"] for t in during)
-            spooled = list((own.state_dir / "tag-spool").glob("*.jsonl"))
-            assert spooled, "held tags must be on disk"
-            # The memory broker comes back empty, on the same port: the tags arrive late.
-            broker = EmbeddedBroker(port=own.broker_port, log_path=tmp_path / "broker2.log")
-            broker.start()
-            async with kafka.admin_client(own) as admin:
-                await topics.ensure_shared_topics(admin, own)
-            stored = await tags_on_topic(own, "held-1", expected=3, timeout_s=40)
-            assert {t.tag_id for t in stored} >= set(during)
-            async with asyncio.timeout(10):
-                while service.outbox.backlog:  # noqa: ASYNC110 (polling a plain flag)
-                    await asyncio.sleep(0.1)
-            assert not list((own.state_dir / "tag-spool").glob("*.jsonl"))
+        async with serve_tags(own, session_record("held-1")) as served:
+            client = served.client()
+            async with client:
+                before = await client.tag("ana", "disgust")
+                await client.wait_acked([before])
+                assert client.acks[before]["held"] is False
+                broker.stop()
+                during = [await client.tag("ben", "confusion") for _ in range(3)]
+                await client.wait_acked(during, timeout_s=10)
+                assert all(client.acks[t]["held"] for t in during)
+                spooled = list((own.state_dir / "tag-spool").glob("*.jsonl"))
+                assert spooled, "held tags must be on disk"
+                # The memory broker comes back empty on the same port: the tags arrive late.
+                broker = EmbeddedBroker(port=own.broker_port, log_path=tmp_path / "broker2.log")
+                broker.start()
+                async with kafka.admin_client(own) as admin:
+                    await topics.ensure_shared_topics(admin, own)
+                stored = await tags_on_topic(own, "held-1", expected=3, timeout_s=40)
+                assert {t.tag_id for t in stored} >= set(during)
+                async with asyncio.timeout(10):
+                    while served.service.outbox.backlog:  # noqa: ASYNC110 (a plain flag)
+                        await asyncio.sleep(0.1)
+                assert not list((own.state_dir / "tag-spool").glob("*.jsonl"))
     finally:
-        await service.stop()
-        await runner.cleanup()
         broker.stop()
