@@ -114,7 +114,9 @@ class ClockSync:
     samples the estimate uses. ``max_drift_ppm``: the largest drift believed (crystal
     clocks are within ~100 ppm); a client beyond it looks like a clock jump. Probes go out
     every ``fast_interval_s`` until ``fast_samples`` samples are in, then every
-    ``interval_s``.
+    ``interval_s``. ``bucket_s``: keep only the tightest sample of each such span of time,
+    so the window reaches back far enough to measure drift even when probes are frequent
+    (frequent probes find tight round trips; a long baseline pins the drift).
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class ClockSync:
         fast_samples: int = 8,
         fast_interval_s: float = 0.2,
         interval_s: float = 2.0,
+        bucket_s: float | None = None,
     ) -> None:
         if min(max_rtt_s, max_age_s, fast_interval_s, interval_s) <= 0:
             raise ValueError("clock sync durations must be positive")
@@ -135,6 +138,9 @@ class ClockSync:
             raise ValueError("clock sync counts out of range")
         if max_drift_ppm <= 0:
             raise ValueError("max_drift_ppm must be positive")
+        if bucket_s is not None and bucket_s <= 0:
+            raise ValueError("bucket_s must be positive")
+        self.bucket_us = None if bucket_s is None else round(bucket_s * 1e6)
         self.max_rtt_us = round(max_rtt_s * 1e6)
         self.max_outstanding = max_outstanding
         self.max_age_us = round(max_age_s * 1e6)
@@ -149,6 +155,7 @@ class ClockSync:
         self._next_id = 1
         self._outstanding: dict[int, int] = {}  # probe id -> server_send_us, oldest first
         self._window: deque[_Sample] = deque(maxlen=window_samples)
+        self._accepted = 0  # samples accepted since the window last restarted
         self._estimate: ClockEstimate | None = None
 
     @property
@@ -159,7 +166,7 @@ class ClockSync:
     @property
     def probe_interval_s(self) -> float:
         """Suggested wait before the next probe: fast until a few samples are in."""
-        if len(self._window) < self.fast_samples:
+        if self._accepted < self.fast_samples:
             return self.fast_interval_s
         return self.interval_s
 
@@ -236,6 +243,16 @@ class ClockSync:
         return math.ceil(rtt / 2 * (1 + self.max_drift_ppm / 1e6)) + 1
 
     def _add(self, sample: _Sample) -> None:
+        self._accepted += 1
+        newest = self._window[-1] if self._window else None
+        if (
+            self.bucket_us is not None
+            and newest is not None
+            and sample.mid_us // self.bucket_us == newest.mid_us // self.bucket_us
+        ):
+            if sample.bound_us >= newest.bound_us:
+                return  # a looser sample of the same moment adds nothing
+            self._window.pop()
         self._window.append(sample)
         while sample.mid_us - self._window[0].mid_us > self.max_age_us:
             self._window.popleft()
@@ -246,6 +263,7 @@ class ClockSync:
             # another clock, so start over from this one.
             self._window.clear()
             self._window.append(sample)
+            self._accepted = 1
             self.steps += 1
             estimate = _estimate(list(self._window), self.max_drift_ppm)
             assert estimate is not None  # one sample always fits

@@ -65,7 +65,8 @@ class TagClient:
         self.downlink = downlink
         self.welcome: dict[str, Any] | None = None
         self.acks: dict[str, dict[str, Any]] = {}
-        self.ack_times_us: dict[str, int] = {}
+        self.ack_times_us: dict[str, int] = {}  # when the ack was read off the socket
+        self.written_us: dict[str, int] = {}  # when each tag was written to the socket
         self.errors: list[dict[str, Any]] = []
         self.unacked: dict[str, dict[str, Any]] = {}  # tag_id -> message, in send order
         self.replies: list[dict[str, Any]] = []  # other server messages (reaction_lag ...)
@@ -74,7 +75,7 @@ class TagClient:
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._up: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
+        self._up: asyncio.Queue[tuple[float, str, str | None]] = asyncio.Queue()
         self._changed = asyncio.Condition()
 
     async def __aenter__(self) -> TagClient:
@@ -96,8 +97,8 @@ class TagClient:
         await self.send_raw(json.dumps({"type": "hello", "token": self.token}))
         await self.wait_for(lambda: self.welcome is not None and self.probes_answered > 0)
         if resend:
-            for message in list(self.unacked.values()):
-                await self.send_raw(json.dumps(message))
+            for tag_id, message in list(self.unacked.items()):
+                await self.send_raw(json.dumps(message), tag_id)
 
     async def drop(self) -> None:
         """Lose the connection abruptly: what was sent and not acked stays unacked."""
@@ -115,9 +116,9 @@ class TagClient:
             await self._http.close()
             self._http = None
 
-    async def send_raw(self, text: str) -> None:
+    async def send_raw(self, text: str, tag_id: str | None = None) -> None:
         delay = self.uplink() if self.uplink else 0.0
-        await self._up.put((time.monotonic() + delay, text))
+        await self._up.put((time.monotonic() + delay, text, tag_id))
 
     async def tag(
         self,
@@ -140,7 +141,7 @@ class TagClient:
             **extra,
         }
         self.unacked[tag_id] = message
-        await self.send_raw(json.dumps(message))
+        await self.send_raw(json.dumps(message), tag_id)
         return tag_id
 
     async def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -154,10 +155,12 @@ class TagClient:
     async def _write(self, ws: aiohttp.ClientWebSocketResponse, queue: asyncio.Queue[Any]) -> None:
         departure = 0.0
         while True:
-            due, text = await queue.get()
+            due, text, tag_id = await queue.get()
             departure = max(departure, due)  # in order, like one TCP stream
             await asyncio.sleep(max(0.0, departure - time.monotonic()))
             await ws.send_str(text)
+            if tag_id is not None:
+                self.written_us[tag_id] = wall_us()
             queue.task_done()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -165,16 +168,17 @@ class TagClient:
         async for frame in ws:
             if frame.type != aiohttp.WSMsgType.TEXT:
                 break
+            read_us = wall_us()
             if self.downlink is not None:
                 arrival = max(arrival, time.monotonic() + self.downlink())
                 await asyncio.sleep(max(0.0, arrival - time.monotonic()))
-            await self._handle(json.loads(frame.data))
+            await self._handle(json.loads(frame.data), read_us)
 
     async def sent_all(self) -> None:
         """Wait until every queued message is written to the socket."""
         await self._up.join()
 
-    async def _handle(self, message: dict[str, Any]) -> None:
+    async def _handle(self, message: dict[str, Any], read_us: int) -> None:
         if self.deaf:
             return
         kind = message["type"]
@@ -191,7 +195,7 @@ class TagClient:
             self.welcome = message
         elif kind == "ack":
             self.acks.setdefault(message["tag_id"], message)
-            self.ack_times_us.setdefault(message["tag_id"], wall_us())
+            self.ack_times_us.setdefault(message["tag_id"], read_us)
             self.unacked.pop(message["tag_id"], None)
         elif kind == "error":
             self.errors.append(message)
