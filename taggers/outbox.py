@@ -82,7 +82,7 @@ class TagOutbox:
             try:
                 await asyncio.wait_for(self._produce(tag), self.produce_timeout_s)
             except Exception as exc:  # timeout, broker gone, anything: hold it instead
-                log.warning("broker did not take tag %s (%s): holding it", tag.tag_id, exc)
+                log.warning("broker did not take tag %s (%r): holding it", tag.tag_id, exc)
             else:
                 self.delivered += 1
                 return False
@@ -155,7 +155,7 @@ class TagOutbox:
                 self._spool = None
                 self._spool_path = None
                 self._spooled = 0
-        files = await asyncio.to_thread(self._orphans)
+        files = [path for path in await asyncio.to_thread(self._orphans) if path != mine]
         if mine is not None:
             files.append(mine)
         self._files_to_deliver = len(files)
