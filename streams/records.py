@@ -118,6 +118,9 @@ class VocabularyEntry(_Model):
     hotkey: Annotated[str, StringConstraints(min_length=1, max_length=16)]
     colour: Colour
     description: Annotated[str, StringConstraints(max_length=200)] = ""
+    intensity: StrictBool = Field(
+        default=True, description="Raters may mark this label strong (Shift + hotkey)."
+    )
 
 
 class Take(_Model):

@@ -192,12 +192,16 @@ def check_tag(
     if role == "performer" and message.performer_id != rater_id:
         raise ProtocolError("forbidden", "a performer tags only themself", tag_id)
     if isinstance(message, TagMessage):
-        labels = {entry.label for entry in session.vocabulary}
+        labels = {entry.label: entry for entry in session.vocabulary}
         if message.label not in labels:
             raise ProtocolError(
                 "unknown_label",
                 f"label {message.label!r} is not in this session's vocabulary",
                 tag_id,
+            )
+        if message.intensity != "normal" and not labels[message.label].intensity:
+            raise ProtocolError(
+                "malformed", f"label {message.label!r} takes no intensity in this session", tag_id
             )
         if (message.action == "offset") != (message.onset_tag_id is not None):
             raise ProtocolError(

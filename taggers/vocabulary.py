@@ -10,6 +10,7 @@ A session can bring its own set as TOML::
     hotkey = "l"
     colour = "#f5b700"
     description = "audible laughter, not a smile"
+    intensity = true          # optional: Shift + hotkey marks it strong (default true)
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ DEFAULT_VOCABULARY: tuple[VocabularyEntry, ...] = (
 )
 
 
+#: Keys the tagging widget uses itself (compared lower-cased, as KeyboardEvent.key).
+RESERVED_KEYS = frozenset({*"0123456789", " ", "backspace", "enter", "escape", "tab"})
+
+
 class VocabularyError(ValueError):
     """A vocabulary file is unreadable or invalid; the message names the entry and field."""
 
@@ -60,10 +65,17 @@ def load_vocabulary(path: Path | None) -> list[VocabularyEntry]:
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"])
             raise VocabularyError(f"{path}: label #{index}: {field}: {first['msg']}") from None
+    for index, entry in enumerate(entries, start=1):
+        if entry.hotkey.lower() in RESERVED_KEYS:
+            raise VocabularyError(
+                f"{path}: label #{index}: hotkey {entry.hotkey!r} is reserved by the tagging "
+                "widget (digits choose the performer, Backspace undoes, Space calibrates)"
+            )
     for attribute in ("label", "hotkey"):
         seen: dict[str, int] = {}
         for index, entry in enumerate(entries, start=1):
-            value = getattr(entry, attribute)
+            # The widget matches keys case-insensitively (Shift means "strong").
+            value = getattr(entry, attribute).lower()
             if value in seen:
                 raise VocabularyError(
                     f"{path}: label #{index}: duplicate {attribute} {value!r} "

@@ -464,7 +464,8 @@
         action,
         performer_id: performerId,
         label: entry.label,
-        intensity: intensity === "strong" ? "strong" : "normal",
+        // Shift = strong, where the session's vocabulary gives the label an intensity.
+        intensity: intensity === "strong" && entry.intensity !== false ? "strong" : "normal",
         client_press_us: press.clientUs,
       };
       if (onsetTagId) message.onset_tag_id = onsetTagId;

@@ -153,6 +153,16 @@ def test_session_rules(change: dict[str, Any], role: records.Role, code: str) ->
     assert caught.value.tag_id == "tag-0001"
 
 
+def test_strong_is_refused_for_a_label_without_intensity() -> None:
+    vocabulary = [entry.model_copy(update={"intensity": False}) for entry in SESSION.vocabulary]
+    session = SESSION.model_copy(update={"vocabulary": vocabulary})
+    check_tag(parse(tag()), session, "dir", "director")
+    with pytest.raises(ProtocolError) as caught:
+        check_tag(parse(tag(intensity="strong")), session, "dir", "director")
+    assert caught.value.code == "malformed"
+    assert "intensity" in caught.value.message
+
+
 def test_valid_tags_pass() -> None:
     check_tag(parse(tag()), SESSION, "ana", "performer")
     check_tag(parse(tag(performer_id="ben")), SESSION, "dir", "director")

@@ -21,6 +21,16 @@ def test_toml_vocabulary(tmp_path: Path) -> None:
         '[[label]]\nlabel = "awe"\nhotkey = "w"\ncolour = "#00ccff"\n'
     )
     assert [e.label for e in load_vocabulary(path)] == ["joy", "awe"]
+    assert all(e.intensity for e in load_vocabulary(path))
+
+
+def test_a_label_can_take_no_intensity(tmp_path: Path) -> None:
+    path = tmp_path / "v.toml"
+    path.write_text(
+        '[[label]]\nlabel = "joy"\nhotkey = "j"\ncolour = "#ffcc00"\nintensity = false\n'
+    )
+    [entry] = load_vocabulary(path)
+    assert entry.intensity is False
 
 
 @pytest.mark.parametrize(
@@ -37,6 +47,16 @@ def test_toml_vocabulary(tmp_path: Path) -> None:
             "duplicate hotkey 'j'",
         ),
         ('[[label]]\nlabel = "joy"\nhotkey = "j"\ncolour = "yellow"\n', "label #1: colour"),
+        (
+            '[[label]]\nlabel = "joy"\nhotkey = "j"\ncolour = "#ffcc00"\n'
+            '[[label]]\nlabel = "awe"\nhotkey = "J"\ncolour = "#ffcc00"\n',
+            "duplicate hotkey 'j'",
+        ),
+        ('[[label]]\nlabel = "joy"\nhotkey = "3"\ncolour = "#ffcc00"\n', "hotkey '3' is reserved"),
+        (
+            '[[label]]\nlabel = "joy"\nhotkey = "j"\ncolour = "#ffcc00"\nintensity = "yes"\n',
+            "label #1: intensity",
+        ),
         ("title = 'no labels'\n", r"expected one or more \[\[label\]\]"),
         ("[[label]\n", "v.toml"),
     ],
