@@ -171,6 +171,11 @@ class ClockSync:
         return self.interval_s
 
     @property
+    def accepted(self) -> int:
+        """Replies accepted since the sample window last restarted."""
+        return self._accepted
+
+    @property
     def outstanding(self) -> int:
         """Probes sent and not answered yet."""
         return len(self._outstanding)

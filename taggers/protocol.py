@@ -64,6 +64,13 @@ class Hello(_Message):
     reaction_lag_us: Annotated[StrictInt, Field(ge=0)] | None = Field(
         default=None, description="The lag this client calibrated earlier, re-applied."
     )
+    clock_id: TagId | None = Field(
+        default=None,
+        description=(
+            "Names the client's clock (one per page load): a reconnect with the same id "
+            "keeps the clock sync measured so far."
+        ),
+    )
 
 
 class FrameOnScreen(_Message):

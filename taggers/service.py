@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 FrameLookup = Callable[[str, str, str, int], int | None]
 SessionLookup = Callable[[str], Awaitable[records.SessionRecord | None]]
 
+_CLOCKS_KEPT = 10_000  # client clocks remembered across reconnects
 _TAGS_IN_FLIGHT = 64  # per connection: more wait (bounded), the reader keeps reading
 _WS_HARD_LIMIT = 1024 * 1024  # above our own limit, so an oversize message gets an answer
 
@@ -61,6 +63,15 @@ _WS_HARD_LIMIT = 1024 * 1024  # above our own limit, so an oversize message gets
 def session_now_us() -> int:
     """The session clock: this server's wall clock, integer microseconds."""
     return time.time_ns() // 1000
+
+
+def new_clock_sync() -> ClockSync:
+    # A tag is only as well placed as the tightest round trip so far, and raters sit on
+    # jittery links: probe often, keep the best sample of every 2 s for five minutes
+    # (short round trips pin the offset, the long baseline pins the drift).
+    return ClockSync(
+        fast_samples=40, fast_interval_s=0.1, interval_s=0.25, bucket_s=2.0, window_samples=150
+    )
 
 
 def limits_of(settings: Settings) -> TagLimits:
@@ -102,6 +113,7 @@ class TagService:
         self._ledgers: dict[str, TagLedger] = {}
         self._in_flight: dict[str, asyncio.Future[records.TagEvent]] = {}
         self._reaction_lags: dict[tuple[str, str], int] = {}
+        self._clocks: OrderedDict[tuple[str, str, str], ClockSync] = OrderedDict()
         self._connections: set[TagConnection] = set()
         self.stats = {"tags": 0, "duplicates": 0, "held": 0, "errors": 0}
 
@@ -134,6 +146,19 @@ class TagService:
 
     def ledger(self, session_id: str) -> TagLedger:
         return self._ledgers.setdefault(session_id, TagLedger())
+
+    def clock_sync(self, session_id: str, rater_id: str, clock_id: str | None) -> ClockSync:
+        """The clock sync of a client's clock: kept across its reconnects when named."""
+        if clock_id is None:
+            return new_clock_sync()
+        key = (session_id, rater_id, clock_id)
+        clock = self._clocks.get(key)
+        if clock is None:
+            clock = self._clocks[key] = new_clock_sync()
+            while len(self._clocks) > _CLOCKS_KEPT:
+                self._clocks.popitem(last=False)
+        self._clocks.move_to_end(key)
+        return clock
 
     def reaction_lag(self, session_id: str, rater_id: str) -> int | None:
         return self._reaction_lags.get((session_id, rater_id))
@@ -183,16 +208,7 @@ class TagConnection:
     def __init__(self, service: TagService, ws: web.WebSocketResponse) -> None:
         self.service = service
         self.ws = ws
-        # A tag is only as well placed as the tightest round trip so far, and raters sit on
-        # jittery links: probe often, keep the best sample of every 2 s for five minutes
-        # (short round trips pin the offset, the long baseline pins the drift).
-        self.clock = ClockSync(
-            fast_samples=40,
-            fast_interval_s=0.1,
-            interval_s=0.25,
-            bucket_s=2.0,
-            window_samples=150,
-        )
+        self.clock = new_clock_sync()  # replaced at hello by the client's own clock
         self.limiter = RateLimiter(service.limits.rate_per_s, service.limits.burst)
         self.claims: tokens.JoinToken | None = None
         self.session: records.SessionRecord | None = None
@@ -284,6 +300,9 @@ class TagConnection:
         elif hello.reaction_lag_us is not None:
             self.reaction_lag_us = min(hello.reaction_lag_us, limit)
         self.claims, self.session = claims, session
+        self.clock = self.service.clock_sync(
+            session.session_id, claims.participant_id, hello.clock_id
+        )
         await self.send(
             welcome(
                 session,

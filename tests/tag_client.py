@@ -71,6 +71,7 @@ class TagClient:
         self.unacked: dict[str, dict[str, Any]] = {}  # tag_id -> message, in send order
         self.replies: list[dict[str, Any]] = []  # other server messages (reaction_lag ...)
         self.probes_answered = 0
+        self.clock_id = uuid.uuid4().hex  # one clock per client, across reconnects
         self.deaf = False  # drop every incoming message: acks lost with a dying connection
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -94,7 +95,8 @@ class TagClient:
             asyncio.create_task(self._read(self._ws)),
             asyncio.create_task(self._write(self._ws, self._up)),
         ]
-        await self.send_raw(json.dumps({"type": "hello", "token": self.token}))
+        hello = {"type": "hello", "token": self.token, "clock_id": self.clock_id}
+        await self.send_raw(json.dumps(hello))
         await self.wait_for(lambda: self.welcome is not None and self.probes_answered > 0)
         if resend:
             for tag_id, message in list(self.unacked.items()):

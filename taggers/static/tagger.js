@@ -120,6 +120,7 @@
       this.rater = null; // the welcome message
       this.lastPresses = [];
       this.reactionLagUs = this._loadLag();
+      this.clockId = newTagId();
 
       this.ws = null;
       this.synced = false;
@@ -235,7 +236,10 @@
       this._render();
       ws.addEventListener("open", () => {
         if (ws !== this.ws) return;
-        const hello = { type: "hello", token: this.token };
+        // clock_id names this page's clock (performance.timeOrigin): the server keeps the
+        // clock sync it measured across reconnects, so tags re-sent after a drop are
+        // converted with the whole history, not one fresh probe.
+        const hello = { type: "hello", token: this.token, clock_id: this.clockId };
         if (this.reactionLagUs !== null) hello.reaction_lag_us = this.reactionLagUs;
         ws.send(JSON.stringify(hello));
         this._render();

@@ -219,6 +219,27 @@ async def test_200_tags_in_flight_survive_a_dropped_connection_exactly_once(
 # ---------------------------------------------------------------- timing
 
 
+async def test_a_reconnecting_client_keeps_its_clock_sync(served: Served) -> None:
+    client = served.client(participant="obs", role="observer")
+    await client.connect()
+    try:
+        await client.wait_for(lambda: client.probes_answered >= 10)
+        sync = served.service.clock_sync(served.session.session_id, "obs", client.clock_id)
+        before = sync.accepted
+        assert before >= 5
+        await client.drop()
+        await client.connect()
+        # The first tag after the reconnect already uses everything measured before it.
+        tag_id = await client.tag("ana", "fear")
+        await client.wait_acked([tag_id])
+        same = served.service.clock_sync(served.session.session_id, "obs", client.clock_id)
+        assert same is sync
+        assert same.accepted > before
+        assert same.steps == 0
+    finally:
+        await client.close()
+
+
 async def test_clock_offset_and_reaction_lag_are_applied(
     served: Served, settings: Settings
 ) -> None:

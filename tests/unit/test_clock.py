@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from taggers.clock import ClockEstimate, ClockNotSynced, ClockProbe, ClockReply, ClockSync
+from taggers.service import new_clock_sync
 
 T0 = 1_700_000_000_000_000  # session clock at the start of every simulation
 OFFSET_US = 12_345_678  # session minus client at T0
@@ -181,11 +182,7 @@ def test_offset_and_drift_recovered_after_a_minute(
 
 
 def tag_service_sync() -> ClockSync:
-    # The tag service's schedule (taggers.service): 40 probes at 0.1 s, then every 0.25 s,
-    # the tightest sample of each 2 s kept for 5 minutes.
-    return ClockSync(
-        fast_samples=40, fast_interval_s=0.1, interval_s=0.25, bucket_s=2.0, window_samples=150
-    )
+    return new_clock_sync()  # the tag service's probe schedule and sample buckets
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -1,0 +1,141 @@
+"""The tagging widget in real Chromium against the real tag service and broker: taps, holds,
+intensity, undo, reaction lag (set and calibrated), and re-sending across a lost connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from playwright.async_api import Page
+
+from capture.server import CaptureServer
+from infra.settings import Settings
+from streams import kafka, records, topics
+from tests.e2e.conftest import LaunchPage, new_session
+from tests.e2e.test_tagging import last_press, tagger_ready, wait_acked
+
+pytestmark = pytest.mark.e2e
+
+
+async def tags_of(settings: Settings, session_id: str, wanted: set[str]) -> list[records.TagEvent]:
+    consumer = kafka.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
+    found: list[records.TagEvent] = []
+    await consumer.start()
+    try:
+        async with asyncio.timeout(20):
+            quiet = 0
+            while not wanted <= {t.tag_id for t in found} or quiet < 3:
+                batches = await consumer.getmany(timeout_ms=200)
+                got = [
+                    records.decode(records.TagEvent, m.value, m.headers)
+                    for batch in batches.values()
+                    for m in batch
+                    if (m.key or b"").startswith(f"{session_id}/".encode())
+                ]
+                found.extend(got)
+                quiet = 0 if got else quiet + 1
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def presses(page: Page) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = await page.evaluate("window.livetagTagger.lastPresses")
+    return result
+
+
+async def test_widget_taps_holds_undoes_and_resends(
+    capture_settings: Settings, capture_server: CaptureServer, open_page: LaunchPage
+) -> None:
+    session, links = await new_session(capture_settings, capture_server, ["alice", "bob"])
+    async with open_page(f"{links['director']}&watch=0", video=None, audio=None) as page:
+        await tagger_ready(page)
+        await asyncio.sleep(1.0)  # a page is open a moment before its first tag
+        await page.keyboard.press("2")  # target: bob, the second performer
+        await page.keyboard.press("l")  # tap
+        tap = await last_press(page)
+        await page.keyboard.down("h")  # hold for 400 ms
+        await asyncio.sleep(0.4)
+        await page.keyboard.up("h")
+        onset, offset = (await presses(page))[-2:]
+        await page.keyboard.press("Shift+G")  # strong anger
+        strong = await last_press(page)
+        await page.keyboard.press("Backspace")  # undo the anger
+        undo = await last_press(page)
+        for press in (tap, onset, offset, strong, undo):
+            await wait_acked(page, press["tag_id"])
+
+        # A lost connection: tags pressed meanwhile wait in the outbox, then go out once.
+        await page.evaluate("window.livetagTagger.disconnectForTest()")
+        for key in "sdfxc":
+            await page.keyboard.press(key)
+        offline = (await presses(page))[-5:]
+        await tagger_ready(page)
+        for press in offline:
+            await wait_acked(page, press["tag_id"])
+        assert await page.evaluate("window.livetagTagger.outbox.size") == 0
+        assert await page.evaluate("window.livetagTagger.failed") == []
+
+    ids = {p["tag_id"] for p in (tap, onset, offset, strong, undo, *offline)}
+    stored = await tags_of(capture_settings, session.session_id, ids)
+    mine = [t for t in stored if t.tag_id in ids]
+    assert Counter(t.tag_id for t in mine) == Counter(dict.fromkeys(ids, 1))
+    by_id = {t.tag_id: t for t in mine}
+    assert by_id[tap["tag_id"]].action == "point"
+    assert by_id[tap["tag_id"]].label == "laughter"
+    assert by_id[tap["tag_id"]].performer_id == "bob"
+    assert by_id[tap["tag_id"]].span_us == capture_settings.tag_default_span_ms * 1000
+    assert by_id[onset["tag_id"]].action == "onset"
+    assert by_id[offset["tag_id"]].action == "offset"
+    assert by_id[offset["tag_id"]].onset_tag_id == onset["tag_id"]
+    held_us = by_id[offset["tag_id"]].ts_us - by_id[onset["tag_id"]].ts_us
+    assert 380_000 <= held_us <= 600_000, held_us
+    assert by_id[strong["tag_id"]].intensity == "strong"
+    assert by_id[strong["tag_id"]].label == "anger"
+    assert by_id[undo["tag_id"]].action == "undo"
+    assert by_id[undo["tag_id"]].undoes_tag_id == strong["tag_id"]
+    assert [by_id[p["tag_id"]].label for p in offline] == [
+        "surprise",
+        "sadness",
+        "fear",
+        "disgust",
+        "confusion",
+    ]
+    for press in (tap, onset, offset, strong, *offline):
+        # The director's page clock is this machine's: each tag is on its key press.
+        tag = by_id[press["tag_id"]]
+        error_us = tag.ts_us - press["press_unix_us_true"]
+        print(press["action"], error_us, tag.timing.clock_uncertainty_us, tag.timing.rtt_us)
+    for press in (tap, onset, offset, strong, *offline):
+        error_us = by_id[press["tag_id"]].ts_us - press["press_unix_us_true"]
+        assert abs(error_us) <= 5_000, (press, error_us)
+
+
+async def test_reaction_lag_calibrated_then_applied(
+    capture_settings: Settings, capture_server: CaptureServer, open_page: LaunchPage
+) -> None:
+    session, links = await new_session(capture_settings, capture_server, ["alice"])
+    async with open_page(f"{links['director']}&watch=0", video=None, audio=None) as page:
+        await tagger_ready(page)
+        await page.evaluate("window.livetagTagger.calibrate()")
+        for _trial in range(8):
+            await page.wait_for_selector(".lt-cal-square.is-shown", timeout=10_000)
+            await asyncio.sleep(0.2)  # a rater reacting in ~200 ms (plus polling)
+            await page.keyboard.press("Space")
+        await page.wait_for_selector(".livetag-cal", state="detached", timeout=10_000)
+        await page.wait_for_function("window.livetagTagger.reactionLagUs > 0", timeout=10_000)
+        lag_us = await page.evaluate("window.livetagTagger.reactionLagUs")
+        await page.keyboard.press("l")
+        tap = await last_press(page)
+        await wait_acked(page, tap["tag_id"])
+    # 200 ms of sleep, plus Playwright noticing the square and sending the key.
+    assert 190_000 <= lag_us <= 450_000, lag_us
+    [tag] = [
+        t
+        for t in await tags_of(capture_settings, session.session_id, {tap["tag_id"]})
+        if t.tag_id == tap["tag_id"]
+    ]
+    assert tag.timing.reaction_lag_us == lag_us
+    assert abs(tag.ts_us - (tap["press_unix_us_true"] - lag_us)) <= 5_000
