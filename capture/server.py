@@ -23,10 +23,10 @@ from aiohttp import WSMsgType, web
 from capture import signaling
 from capture.call import CallError, SceneCall
 from capture.ice import restrict_host_addresses
-from capture.sessions import SessionDirectory, now_us, publish
 from capture.timing import Stamp
 from infra.settings import Settings
 from streams import kafka, records, topics
+from streams.sessions import SessionDirectory, now_us, publish
 from taggers import tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.service import TagService
@@ -164,9 +164,14 @@ class CaptureServer:
         """Why a link is refused (pages cannot read a refused websocket handshake)."""
         admitted = await self._admit(request)
         if isinstance(admitted, web.Response):
-            return admitted
-        claims, _session = admitted
-        return web.json_response({"session_id": claims.session_id, "role": claims.role})
+            response = admitted
+        else:
+            claims, _session = admitted
+            response = web.json_response({"session_id": claims.session_id, "role": claims.role})
+        # The director's dashboard asks from its own origin; the answer reveals nothing
+        # the token's holder does not know.
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         admitted = await self._admit(request)

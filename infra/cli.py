@@ -269,8 +269,8 @@ def session_create(
 ) -> None:
     """Create a session: its topics, its record on livetag.sessions, and one join link per
     performer plus one for the director."""
-    from capture.sessions import create_session, join_links
-    from taggers.tokens import load_secret
+    from streams.sessions import create_session
+    from taggers.tokens import join_links, load_secret
     from taggers.vocabulary import VocabularyError, load_vocabulary
 
     settings = _with_bootstrap(_settings(ctx), bootstrap)
@@ -293,7 +293,7 @@ def session_create(
         raise click.ClickException(str(exc)) from None
     click.echo(f"session {record.session_id}")
     for link in join_links(settings, record, load_secret(settings)):
-        click.echo(f"{link.role}\t{link.participant_id}\t{link.url}")
+        click.echo(f"{link.role}\t{link.participant_id}\t{link.page}\t{link.url}")
 
 
 @main.command()

@@ -141,6 +141,22 @@ class Settings(BaseSettings):
         default=64 * 1024, ge=1024, description="Largest signaling message (SDP included)."
     )
 
+    # --- director dashboard ---
+    dashboard_host: str = Field(default="127.0.0.1", description="Dashboard listen address.")
+    dashboard_port: int = Field(default=8081, ge=0, le=65535, description="0 picks a free port.")
+    dashboard_public_url: str | None = Field(
+        default=None,
+        description="Base URL of the dashboard in director links (default http://host:port).",
+    )
+    dashboard_update_hz: float = Field(
+        default=15.0, gt=0, le=60, description="Updates per second sent to each dashboard."
+    )
+    dashboard_send_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A dashboard that takes no update for this long is disconnected.",
+    )
+
     # --- tagging and labels ---
     tag_default_span_ms: int = Field(
         default=500, gt=0, le=10_000, description="Span given to a tapped (point) tag."
@@ -239,6 +255,12 @@ class Settings(BaseSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         return f"http://{self.capture_host}:{self.capture_port}"
+
+    @property
+    def dashboard_base_url(self) -> str:
+        if self.dashboard_public_url:
+            return self.dashboard_public_url.rstrip("/")
+        return f"http://{self.dashboard_host}:{self.dashboard_port}"
 
     @property
     def log_dir(self) -> Path:

@@ -16,10 +16,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from capture.sessions import SessionDirectory
 from infra.broker import die_with_parent
 from infra.settings import Settings, to_environment
 from streams import face_model, records
+from streams.sessions import SessionDirectory
 
 log = logging.getLogger(__name__)
 

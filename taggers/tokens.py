@@ -11,14 +11,16 @@ import contextlib
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra.settings import Settings
-from streams.records import ParticipantId, Role, SessionId
+from streams.records import ParticipantId, Role, SessionId, SessionRecord
 
 _ALGORITHM = "HS256"
 _AUDIENCE = "livetag"
@@ -134,3 +136,43 @@ def verify(secret: bytes, token: str | None, *, now_s: float | None = None) -> J
     if claims.expires_at_s <= now:
         raise TokenError("token expired: ask the director for a new link")
     return claims
+
+
+@dataclass(frozen=True)
+class JoinLink:
+    role: Role
+    participant_id: str
+    url: str
+    page: str = "call"  # "call": the call page; "dashboard": the director's dashboard
+
+
+def join_links(settings: Settings, session: SessionRecord, secret: bytes) -> list[JoinLink]:
+    """One link per performer, and the director's (the call page and the dashboard), each
+    with a signed token."""
+    base = settings.capture_base_url
+    links = []
+    for performer in session.roster:
+        token = issue(
+            secret,
+            session_id=session.session_id,
+            role="performer",
+            participant_id=performer.performer_id,
+            ttl_s=settings.token_ttl_s,
+        )
+        links.append(
+            JoinLink(
+                "performer", performer.performer_id, f"{base}/join?{urlencode({'token': token})}"
+            )
+        )
+    director = issue(
+        secret,
+        session_id=session.session_id,
+        role="director",
+        participant_id="director",
+        ttl_s=settings.token_ttl_s,
+    )
+    query = urlencode({"token": director})
+    links.append(JoinLink("director", "director", f"{base}/direct?{query}"))
+    dashboard = f"{settings.dashboard_base_url}/dashboard?{query}"
+    links.append(JoinLink("director", "director", dashboard, page="dashboard"))
+    return links

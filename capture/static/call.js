@@ -3,6 +3,10 @@
 "use strict";
 
 const params = new URLSearchParams(location.search);
+// The capture server this page talks to: its own origin, or the one the director
+// dashboard (served from another origin) names before loading this script.
+const captureBase = new URL(window.LIVETAG_CAPTURE_BASE || location.origin);
+const captureWs = `${captureBase.protocol === "https:" ? "wss" : "ws"}://${captureBase.host}`;
 const token = params.get("token");
 const statusEl = document.getElementById("status");
 const tiles = document.getElementById("tiles");
@@ -191,10 +195,9 @@ function startTagger() {
     console.warn("livetag: tagging widget not loaded");
     return;
   }
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
   try {
     state.tagger = new LivetagTagger({
-      url: `${scheme}://${location.host}/ws/tag`,
+      url: `${captureWs}/ws/tag`,
       token,
       mount: document.getElementById("tagger"),
       targetMode: state.role === "performer" ? "self" : "choose",
@@ -265,8 +268,7 @@ function connect() {
     setStatus("error", "no token in the link");
     return;
   }
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/ws/call?token=${encodeURIComponent(token)}`);
+  const ws = new WebSocket(`${captureWs}/ws/call?token=${encodeURIComponent(token)}`);
   state.ws = ws;
   state.connects += 1;
   ws.addEventListener("message", (event) => onMessage(event).catch((error) => console.error(error)));
@@ -275,7 +277,7 @@ function connect() {
     // A refused handshake looks like any lost connection: ask why, and stop retrying
     // when the link itself is bad (expired, forged, unknown session).
     try {
-      const response = await fetch(`/api/token?token=${encodeURIComponent(token)}`);
+      const response = await fetch(`${captureBase.origin}/api/token?token=${encodeURIComponent(token)}`);
       if (response.status === 401 || response.status === 403 || response.status === 404) {
         const reason = await response.json();
         setStatus("error", reason.message);

@@ -28,10 +28,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from capture.sessions import create_session
 from infra.settings import Settings, load_settings
 from infra.worker import ProcessorWorker
 from streams import kafka, records, topics
+from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 from tests.bench.common import bench_broker
 from tests.tag_client import SimulatedClock, TagClient, serve_tags, wall_us

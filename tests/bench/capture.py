@@ -41,10 +41,11 @@ import aiohttp
 from aiokafka import TopicPartition
 from playwright.async_api import BrowserContext, Page, Route
 
-from capture.sessions import create_session, join_links
 from infra.broker import EmbeddedBroker
 from infra.settings import Settings, load_settings
 from streams import kafka, records, topics
+from streams.sessions import create_session
+from taggers.tokens import join_links
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.common import cpu_seconds

@@ -46,9 +46,9 @@ from typing import Any
 import av
 
 from capture.fork import JpegEncoder
-from capture.sessions import create_session
 from infra.settings import Settings, load_settings, to_environment
 from streams import kafka, records, topics
+from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.broker import percentile

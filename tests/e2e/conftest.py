@@ -11,10 +11,10 @@ import pytest
 from playwright.async_api import BrowserContext, Page
 
 from capture.server import CaptureServer
-from capture.sessions import create_session, join_links
 from infra.settings import Settings
 from streams import records
-from taggers.tokens import load_secret
+from streams.sessions import create_session
+from taggers.tokens import join_links, load_secret
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.browser import NETNS_HINT, launch_chromium, only_loopback
@@ -62,7 +62,9 @@ async def new_session(
     )
     linked = settings.model_copy(update={"capture_port": server.port})
     links = {
-        link.participant_id: link.url for link in join_links(linked, session, load_secret(settings))
+        link.participant_id: link.url
+        for link in join_links(linked, session, load_secret(settings))
+        if link.page == "call"
     }
     return session, links
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from capture.sessions import create_session
 from infra.settings import Settings
 from infra.worker import ProcessorWorker
 from streams import kafka, records, topics
+from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import serve_tags
 

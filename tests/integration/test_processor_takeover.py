@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from capture.sessions import create_session
 from infra.settings import Settings, to_environment
 from streams import kafka, records
+from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 
 pytestmark = pytest.mark.integration

@@ -12,10 +12,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from capture.fork import JpegEncoder
-from capture.sessions import create_session
 from infra.settings import Settings
 from infra.worker import ProcessorWorker
 from streams import kafka, records, topics
+from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 

@@ -1,4 +1,6 @@
-"""Sessions: creating one (its topics, its record, its join links) and following them all."""
+"""Sessions: creating one (its topics and its record) and following them all.
+
+Join links (signed tokens) are made in taggers.tokens."""
 
 from __future__ import annotations
 
@@ -9,14 +11,11 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from urllib.parse import urlencode
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from infra.settings import Settings
 from streams import kafka, records, topics
-from taggers import tokens
 
 log = logging.getLogger(__name__)
 
@@ -76,43 +75,6 @@ async def publish(producer: AIOKafkaProducer, record: records.SessionRecord) -> 
     await producer.send_and_wait(
         topics.SESSIONS, message.value, key=message.key, headers=message.headers
     )
-
-
-@dataclass(frozen=True)
-class JoinLink:
-    role: records.Role
-    participant_id: str
-    url: str
-
-
-def join_links(settings: Settings, session: records.SessionRecord, secret: bytes) -> list[JoinLink]:
-    """One link per performer and one for the director, each with a signed token."""
-    base = settings.capture_base_url
-    links = []
-    for performer in session.roster:
-        token = tokens.issue(
-            secret,
-            session_id=session.session_id,
-            role="performer",
-            participant_id=performer.performer_id,
-            ttl_s=settings.token_ttl_s,
-        )
-        links.append(
-            JoinLink(
-                "performer", performer.performer_id, f"{base}/join?{urlencode({'token': token})}"
-            )
-        )
-    director = tokens.issue(
-        secret,
-        session_id=session.session_id,
-        role="director",
-        participant_id="director",
-        ttl_s=settings.token_ttl_s,
-    )
-    links.append(
-        JoinLink("director", "director", f"{base}/direct?{urlencode({'token': director})}")
-    )
-    return links
 
 
 class SessionDirectory:
