@@ -5,6 +5,7 @@ HTTP routes
   GET /ws/call?token=T   the signaling websocket GET /metrics         fork counters (JSON)
   GET /api/token?token=T whether a link is valid, and if not why
   GET /ws/tag            the tag websocket (taggers.service)  GET /tagger/...  the widget
+  GET /metrics/clients?session=SID   every page's clock offset and rtt (call and tags)
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from streams import kafka, records, topics
 from streams.sessions import SessionDirectory, now_us, publish
 from taggers import tokens
 from taggers.clock import ClockReply, ClockSync
-from taggers.service import TagService
+from taggers.service import TagService, clock_summary
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class CaptureServer:
                 web.get("/ws/call", self._websocket),
                 web.get("/api/token", self._token),
                 web.get("/metrics", self._metrics),
+                web.get("/metrics/clients", self._client_metrics),
                 web.static("/static", PAGES),
                 web.static("/tagger", TAGGER_FILES),
             ]
@@ -140,6 +142,14 @@ class CaptureServer:
         return web.json_response(
             {session_id: call.stats(samples=samples) for session_id, call in self.calls.items()}
         )
+
+    async def _client_metrics(self, request: web.Request) -> web.Response:
+        session_id = request.query.get("session", "")
+        clients = [
+            clock_summary(connection.claims, "call", connection.clock)
+            for connection in self._connections.get(session_id, ())
+        ]
+        return web.json_response(clients + self.tags.client_clocks(session_id))
 
     def _refuse(self, status: int, code: str, message: str) -> web.Response:
         return web.json_response(signaling.error(code, message), status=status)

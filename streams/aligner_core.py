@@ -102,7 +102,7 @@ class _TagMemo:
 
     performer_id: str
     rater_id: str
-    # The tag's action, or "withdrawn": an onset undone (via its offset) before it arrived.
+    # The tag's action, or "withdrawn": a tag undone before it arrived.
     action: str
     onset_tag_id: str | None
     forget_at_us: int
@@ -205,8 +205,11 @@ class SessionAligner:
         track = self._track(tag.performer_id)
         self._remember(tag, now_us)
         region: tuple[int, int] | None = None
-        if known is not None:
-            pass  # an undo cancelled this onset before it arrived: remembered, no effect
+        if known is not None and (known.rater_id, known.performer_id) == (
+            tag.rater_id,
+            tag.performer_id,
+        ):
+            pass  # its undo came first (tags travel concurrently): remembered, no effect
         elif tag.action == "point":
             region = self._add_point(track, tag)
         elif tag.action == "onset":
@@ -359,6 +362,16 @@ class SessionAligner:
     def _undo(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int] | None:
         target_id = tag.undoes_tag_id
         memo = None if target_id is None else self._tags.get(target_id)
+        if target_id is not None and memo is None:
+            # The undo overtook its tag (both are in flight at once): withdraw the tag in
+            # advance, so it has no effect when it arrives.
+            forget_at = self._tags[tag.tag_id].forget_at_us
+            self._tags[target_id] = _TagMemo(
+                tag.performer_id, tag.rater_id, "withdrawn", None, forget_at
+            )
+            heapq.heappush(self._forget_queue, (forget_at, target_id))
+            self._counts["undos"] += 1
+            return None
         if (
             target_id is None
             or memo is None

@@ -50,6 +50,7 @@ class TagOutbox:
         self._spool_path: Path | None = None
         self._spooled = 0  # tags in this process's current spool file
         self._files_to_deliver = 0  # spool files found undelivered by the last drain
+        self._draining = False  # a swapped-out spool file is being delivered
         self._write_lock = asyncio.Lock()
         self._drainer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -59,7 +60,7 @@ class TagOutbox:
     @property
     def backlog(self) -> bool:
         """Tags are waiting in a spool file (ours or one left by a dead process)."""
-        return self._spooled > 0 or self._files_to_deliver > 0
+        return self._spooled > 0 or self._files_to_deliver > 0 or self._draining
 
     async def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -78,6 +79,9 @@ class TagOutbox:
 
     async def deliver(self, tag: records.TagEvent) -> bool:
         """Make the tag safe. Returns True if it was held in the spool, not produced."""
+        if self._draining:  # the drainer is taking stock: wait for its answer (ms)
+            async with self._write_lock:
+                pass
         if not self.backlog:
             try:
                 await asyncio.wait_for(self._produce(tag), self.produce_timeout_s)
@@ -86,7 +90,7 @@ class TagOutbox:
             else:
                 self.delivered += 1
                 return False
-        # While anything is spooled, new tags queue behind it: order per rater is kept.
+        # While anything is spooled, new tags queue behind it rather than overtake it.
         await self._hold(tag)
         return True
 
@@ -112,6 +116,12 @@ class TagOutbox:
         path = self.folder / f"tags-{os.getpid()}-{time.time_ns()}.jsonl"
         spool = path.open("ab")
         fcntl.flock(spool.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The new file's name must survive a power cut as well as its lines.
+        folder = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
         self._spool_path = path
         return spool
 
@@ -148,24 +158,37 @@ class TagOutbox:
     async def _drain_once(self) -> None:
         # Our own file: swap it for a fresh one under the write lock, then deliver the old
         # one; tags arriving meanwhile go to the new file, behind it.
+        # Orphans are listed under the write lock too, so a spool file being opened (not
+        # yet locked) is never mistaken for one a dead process left.
         async with self._write_lock:
+            self._draining = True  # backlog holds while the counts below change hands
             mine = self._spool_path if self._spooled else None
             if mine is not None and self._spool is not None:
                 self._spool.close()
                 self._spool = None
                 self._spool_path = None
                 self._spooled = 0
-        files = [path for path in await asyncio.to_thread(self._orphans) if path != mine]
-        if mine is not None:
-            files.append(mine)
-        self._files_to_deliver = len(files)
+            files = [path for path in await asyncio.to_thread(self._orphans) if path != mine]
+            if mine is not None:
+                files.append(mine)
+            self._files_to_deliver = len(files)
+            self._draining = False
         for path in files:
             await self._deliver_file(path)
             self._files_to_deliver -= 1
 
     async def _deliver_file(self, path: Path) -> None:
         # Locked while delivering, so two services on one state folder never both send it.
-        handle, lines = await asyncio.to_thread(_lock_and_read, path)
+        reading = asyncio.ensure_future(asyncio.to_thread(_lock_and_read, path))
+        try:
+            locked = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            # Stopping: the thread still finishes; release what it opened.
+            reading.add_done_callback(_close_read)
+            raise
+        if locked is None:
+            return  # another live process holds it: it delivers it
+        handle, lines = locked
         try:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
@@ -173,9 +196,15 @@ class TagOutbox:
                 try:
                     tag = records.TagEvent.model_validate_json(line)
                 except ValueError:
-                    # A torn last line (crash mid-write, never acked): nothing to deliver.
-                    log.warning("%s line %d is not a tag: skipped", path, number)
-                    continue
+                    if number == len(lines):
+                        # A torn last line (crash mid-write, never acked): nothing to deliver.
+                        log.warning("%s: torn last line skipped", path)
+                        continue
+                    # An acked tag this version cannot read: keep the file for a person.
+                    aside = path.with_suffix(".unreadable")
+                    await asyncio.to_thread(path.rename, aside)
+                    log.error("%s line %d is not a tag: file kept as %s", path, number, aside)
+                    return
                 await asyncio.wait_for(self._produce(tag), self.produce_timeout_s)
                 self.delivered += 1
             await asyncio.to_thread(path.unlink)
@@ -184,9 +213,23 @@ class TagOutbox:
         log.info("delivered %d held tags from %s", len(lines), path.name)
 
 
-def _lock_and_read(path: Path) -> tuple[IO[bytes], list[bytes]]:
-    handle = path.open("rb")
-    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+def _close_read(reading: asyncio.Future[tuple[IO[bytes], list[bytes]] | None]) -> None:
+    if not reading.cancelled() and reading.exception() is None:
+        locked = reading.result()
+        if locked is not None:
+            locked[0].close()
+
+
+def _lock_and_read(path: Path) -> tuple[IO[bytes], list[bytes]] | None:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
     return handle, handle.read().splitlines()
 
 

@@ -149,6 +149,8 @@ def parse_client_message(
         document = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ProtocolError("malformed", f"not JSON: {exc.msg} at {exc.pos}") from None
+    except (RecursionError, ValueError):  # e.g. thousands of nested brackets
+        raise ProtocolError("malformed", "not JSON this service accepts") from None
     tag_id = document.get("tag_id") if isinstance(document, dict) else None
     try:
         return _CLIENT_MESSAGE.validate_python(document)
@@ -251,6 +253,18 @@ def tag_event(
             message.tag_id,
         )
     press_session_us = estimate.to_session_us(message.client_press_us)
+    # A press cannot come after its own receipt (beyond the clock's error), and a tag from
+    # before the session's records are kept is no tag of this scene: both are client bugs
+    # or forgeries, refused rather than kept forever by every consumer.
+    slack_us = estimate.uncertainty_at(received_us) + _FUTURE_SLACK_US
+    if press_session_us > received_us + slack_us:
+        raise ProtocolError(
+            "bad_time",
+            f"key press {(press_session_us - received_us) / 1000:.0f} ms after it was received",
+            message.tag_id,
+        )
+    if press_session_us < received_us - _OLDEST_PRESS_US:
+        raise ProtocolError("bad_time", "key press is more than an hour old", message.tag_id)
     basis: Literal["key_press", "frame_on_screen"] = "key_press"
     instant_us = press_session_us
     if frame is not None and frame.capture_ts_us is not None:
@@ -290,6 +304,9 @@ def tag_event(
         **common,
     )
 
+
+_FUTURE_SLACK_US = 50_000
+_OLDEST_PRESS_US = 3_600_000_000
 
 MIN_CALIBRATION_SAMPLES = 5
 _ANTICIPATION_US = 100_000  # faster than any visual reaction: the key was pressed early

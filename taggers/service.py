@@ -56,7 +56,8 @@ FrameLookup = Callable[[str, str, str, int], int | None]
 SessionLookup = Callable[[str], Awaitable[records.SessionRecord | None]]
 
 _CLOCKS_KEPT = 10_000  # client clocks remembered across reconnects
-_TAGS_IN_FLIGHT = 64  # per connection: more wait (bounded), the reader keeps reading
+_TAGS_IN_FLIGHT = 64  # per connection; more get "unavailable" and are re-sent
+_MESSAGES_BEFORE_HELLO = 20  # then the connection is closed
 _WS_HARD_LIMIT = 1024 * 1024  # above our own limit, so an oversize message gets an answer
 
 
@@ -72,6 +73,22 @@ def new_clock_sync() -> ClockSync:
     return ClockSync(
         fast_samples=40, fast_interval_s=0.1, interval_s=0.25, bucket_s=2.0, window_samples=150
     )
+
+
+def clock_summary(claims: tokens.JoinToken, kind: str, clock: ClockSync) -> dict[str, Any]:
+    """A client's clock estimate in milliseconds, as health views show it."""
+    estimate = clock.estimate
+    now = session_now_us()
+    return {
+        "participant_id": claims.participant_id,
+        "role": claims.role,
+        "kind": kind,
+        "offset_ms": None if estimate is None else round(estimate.offset_at(now) / 1000, 3),
+        "rtt_ms": None if estimate is None else round(estimate.rtt_us / 1000, 3),
+        "uncertainty_ms": None
+        if estimate is None
+        else round(estimate.uncertainty_at(now) / 1000, 3),
+    }
 
 
 def limits_of(settings: Settings) -> TagLimits:
@@ -111,7 +128,7 @@ class TagService:
             produce_timeout_s=settings.tag_produce_timeout_ms / 1000,
         )
         self._ledgers: dict[str, TagLedger] = {}
-        self._in_flight: dict[str, asyncio.Future[records.TagEvent]] = {}
+        self._in_flight: dict[tuple[str, str], asyncio.Future[records.TagEvent]] = {}
         self._reaction_lags: dict[tuple[str, str], int] = {}
         self._clocks: OrderedDict[tuple[str, str, str], ClockSync] = OrderedDict()
         self._connections: set[TagConnection] = set()
@@ -147,6 +164,16 @@ class TagService:
     def ledger(self, session_id: str) -> TagLedger:
         return self._ledgers.setdefault(session_id, TagLedger())
 
+    def client_clocks(self, session_id: str) -> list[dict[str, Any]]:
+        """Each connected tagging client's clock estimate, for the health view."""
+        clocks = []
+        for connection in self._connections:
+            if connection.session is None or connection.session.session_id != session_id:
+                continue
+            assert connection.claims is not None
+            clocks.append(clock_summary(connection.claims, "tag", connection.clock))
+        return clocks
+
     def clock_sync(self, session_id: str, rater_id: str, clock_id: str | None) -> ClockSync:
         """The clock sync of a client's clock: kept across its reconnects when named."""
         if clock_id is None:
@@ -181,12 +208,16 @@ class TagService:
         if known is not None:
             self.stats["duplicates"] += 1
             return known, True, False
-        pending = self._in_flight.get(tag.tag_id)
+        key = (tag.session_id, tag.tag_id)
+        pending = self._in_flight.get(key)
         if pending is not None:  # the same tag re-sent while its first copy is in flight
+            first = await asyncio.shield(pending)
+            if first.rater_id != tag.rater_id:
+                raise ProtocolError("forbidden", "that tag_id belongs to another rater", tag.tag_id)
             self.stats["duplicates"] += 1
-            return await asyncio.shield(pending), True, False
+            return first, True, False
         future: asyncio.Future[records.TagEvent] = asyncio.get_running_loop().create_future()
-        self._in_flight[tag.tag_id] = future
+        self._in_flight[key] = future
         try:
             held = await self.outbox.deliver(tag)
         except BaseException as exc:
@@ -194,7 +225,7 @@ class TagService:
             future.exception()  # retrieved: a re-send that was not waiting is no error
             raise
         finally:
-            del self._in_flight[tag.tag_id]
+            del self._in_flight[key]
         ledger.remember(tag)
         future.set_result(tag)
         self.stats["tags"] += 1
@@ -214,6 +245,7 @@ class TagConnection:
         self.session: records.SessionRecord | None = None
         self.reaction_lag_us = 0
         self._slots = asyncio.Semaphore(_TAGS_IN_FLIGHT)
+        self._unadmitted = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -226,9 +258,18 @@ class TagConnection:
     async def run(self) -> None:
         async for message in self.ws:
             if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                await self._receive(message.data, self.service.clock())
+                try:
+                    await self._receive(message.data, self.service.clock())
+                except Exception:  # a bug must cost one message, never the connection
+                    log.exception("tag message failed")
+                    await self._refuse(ProtocolError("internal", "message not handled"))
             elif message.type == WSMsgType.ERROR:
                 break
+            if self.claims is None:
+                self._unadmitted += 1
+                if self._unadmitted > _MESSAGES_BEFORE_HELLO:
+                    await self._refuse(ProtocolError("hello_first", "closing: no valid hello"))
+                    break
 
     async def _refuse(self, error: ProtocolError) -> None:
         self.service.stats["errors"] += 1
@@ -238,7 +279,9 @@ class TagConnection:
         try:
             message = parse_client_message(raw, self.service.limits.max_message_bytes)
         except ProtocolError as exc:
-            await self._refuse(exc)
+            # Bad messages count against the rate too: answering them is work.
+            if self.limiter.allow(received_us):
+                await self._refuse(exc)
             return
         if isinstance(message, ClockReply):
             if self.claims is not None:
@@ -271,6 +314,12 @@ class TagConnection:
             check_tag(message, self.session, self.claims.participant_id, self.claims.role)
         except ProtocolError as exc:
             await self._refuse(exc)
+            return
+        if self._slots.locked():
+            # The broker is slow and this client has many tags in flight: it re-sends.
+            await self._refuse(
+                ProtocolError("unavailable", "too many tags in flight: re-send", message.tag_id)
+            )
             return
         await self._slots.acquire()
         task = asyncio.create_task(self._tag(message, received_us))

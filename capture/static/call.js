@@ -138,7 +138,10 @@ function watchFrames(video, subscription) {
     if (metadata.rtpTimestamp !== undefined) {
       subscription.frames.push({
         rtpTimestamp: metadata.rtpTimestamp,
-        presentedUnixMs: performance.timeOrigin + metadata.presentationTime,
+        // When it becomes visible (expectedDisplayTime), not when it was handed to the
+        // compositor (presentationTime, about a vsync earlier): a press in between was
+        // still looking at the previous frame.
+        presentedUnixMs: performance.timeOrigin + metadata.expectedDisplayTime,
       });
       if (subscription.frames.length > 300) subscription.frames.shift();
     }

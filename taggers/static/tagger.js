@@ -633,6 +633,7 @@
 
     calibrate() {
       if (this.calibration) return;
+      this._onBlur(); // a key held now would otherwise become a hold spanning the calibration
       const square = el("div", { class: "lt-cal-square", "aria-hidden": "true" });
       const text = el("p", { class: "lt-cal-text", role: "status", "aria-live": "polite" });
       const cancel = el("button", { type: "button", class: "lt-btn", text: "Cancel", "aria-label": "cancel calibration" });
@@ -664,10 +665,14 @@
       cal.waitStart = performance.now();
       cal.waitTimer = setTimeout(() => {
         cal.waitTimer = null;
-        requestAnimationFrame((frameTs) => {
+        requestAnimationFrame(() => {
           if (this.calibration !== cal || cal.seq !== seq) return;
-          cal.square.classList.add("is-shown"); // painted in this frame
-          cal.shownAt = frameTs;
+          cal.square.classList.add("is-shown"); // painted at the end of this frame...
+          // ...so the next frame's start is when it was on screen.
+          requestAnimationFrame((frameTs) => {
+            if (this.calibration !== cal || cal.seq !== seq) return;
+            cal.shownAt = frameTs;
+          });
           cal.missTimer = setTimeout(() => {
             cal.missTimer = null;
             if (this.calibration !== cal || cal.seq !== seq) return;
@@ -799,6 +804,8 @@
           [el("span", { class: "lt-dot", "aria-hidden": "true" }), el("span", { class: "lt-name", text: entry.label }), el("kbd", { text: entry.hotkey })],
         );
         button.addEventListener("click", (event) => {
+          // Keyboard focus stays on the hotkeys: a focused button would re-fire on Space.
+          button.blur();
           if (!this._canTag()) return;
           this._sendTag("point", entry, this.target, event.shiftKey ? "strong" : "normal", this._press(event.timeStamp), null);
         });

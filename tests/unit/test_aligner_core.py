@@ -333,10 +333,16 @@ def test_undo_of_either_end_removes_the_whole_hold() -> None:
     assert aligner.stats["marks"] == 0
 
 
-def test_undo_of_unknown_tag_is_ignored_and_counted() -> None:
+def test_an_undo_that_overtakes_its_tag_withdraws_it_in_advance() -> None:
     aligner = SessionAligner(SID, CONFIG)
-    assert aligner.add_tag(tag("tag-u001", "undo", T0, undoes="tag-none"), T0) == []
-    assert aligner.stats["ignored_undos"] == 1
+    feed_prosody(aligner, T0, T0 + 5 * W, T0)
+    assert aligner.add_tag(tag("tag-u001", "undo", T0 + W, undoes="tag-p001"), T0) == []
+    aligner.add_tag(tag("tag-p001", "point", T0 + W, span_us=W), T0)
+    windows = aligner.tick(T0 + 10 * W)
+    assert windows
+    assert all(w.raters == [] for w in windows)
+    assert aligner.stats["undos"] == 1
+    assert aligner.stats["marks"] == 0
 
 
 def test_late_tag_within_grace_corrects_the_window() -> None:

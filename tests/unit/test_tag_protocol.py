@@ -109,6 +109,7 @@ def test_each_client_message_parses_to_its_type() -> None:
         (tag(extra_field=1), "malformed"),
         (tag(frame={"rtp_timestamp": 2**32}), "malformed"),
         (tag(note="x" * 5000), "too_big"),
+        ("[" * 2000 + "]" * 2000, "malformed"),
     ],
 )
 def test_bad_messages_get_a_code(message: dict[str, Any] | str, code: str) -> None:
@@ -203,7 +204,7 @@ def test_key_press_is_converted_with_the_clock_estimate() -> None:
 def test_drift_is_applied_away_from_the_estimate_instant() -> None:
     # 100 s later the offset has grown by 50 ppm * 100 s = 5 ms.
     later = T0 + 100_000_000
-    event = convert(tag(client_press_us=later - 2_500_000 - 5_000))
+    event = convert(tag(client_press_us=later - 2_500_000 - 5_000), received_us=later + 40_000)
     assert abs(event.ts_us - later) <= 1
     assert event.timing.clock_uncertainty_us == 6_001 + 300  # 3 ppm * 100 s
 
@@ -249,6 +250,24 @@ def test_hold_and_undo_convert() -> None:
     }
     event = convert(undo)
     assert (event.action, event.undoes_tag_id, event.label) == ("undo", "tag-0001", None)
+
+
+@pytest.mark.parametrize(
+    ("press_us", "accepted"),
+    [
+        (T0 + 40_000 + 6_001 + 50_000 - 1_000, True),  # just within the clock's error
+        (T0 + 40_000 + 6_001 + 50_000 + 10_000, False),  # pressed after it arrived
+        (T0 - 3_700_000_000, False),  # over an hour before it arrived
+    ],
+)
+def test_a_press_must_lie_before_its_receipt(press_us: int, accepted: bool) -> None:
+    message = tag(client_press_us=press_us - 2_500_000)
+    if accepted:
+        assert abs(convert(message).ts_us - press_us) <= 10  # 50 ppm drift over 95 ms
+    else:
+        with pytest.raises(ProtocolError) as caught:
+            convert(message)
+        assert caught.value.code == "bad_time"
 
 
 def test_tag_before_any_clock_sample_is_refused_not_guessed() -> None:

@@ -1,0 +1,675 @@
+"""The director's dashboard server: the page, and a websocket fed from the session's topics.
+
+HTTP routes
+  GET /dashboard?token=T            the page (director tokens only)
+  GET /ws/dashboard?token=T         live updates; take start/end and end-session actions
+  GET /api/dashboard-token?token=T  whether a link is accepted, and if not why
+  GET /metrics                      connected clients and what the server keeps per client
+
+One :class:`SessionFeed` per session with a dashboard open consumes the session's prosody
+and face topics, ``livetag.tags`` and ``livetag.labels`` into a :class:`SessionView`, polls
+pipeline health, and ticks ``dashboard_update_hz`` times a second. On each tick every
+client of the session that has finished its previous send gets what is new since its own
+cursor; clients at the same cursor share one encoded message. A client that reads slowly
+skips ticks and gets coalesced updates; one that reads nothing for
+``dashboard_send_timeout_s`` is disconnected. Nothing is queued per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from aiokafka import TopicPartition
+
+from dashboard.view import ClientCursor, SessionView
+from infra.settings import Settings
+from streams import kafka, records, topics
+from streams.sessions import SessionDirectory, publish
+from taggers import tokens
+
+log = logging.getLogger(__name__)
+
+PAGES = Path(str(resources.files("dashboard") / "static"))
+HEALTH_INTERVAL_S = 1.0
+AGREEMENT_INTERVAL_S = 1.0
+FEED_LINGER_S = 30.0  # keep a session's feed this long after its last dashboard closes
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def mesh_edges() -> list[list[int]]:
+    """The face mesh's triangle edges by landmark index, from mediapipe itself."""
+    from mediapipe.tasks.python.vision import FaceLandmarksConnections
+
+    return [[edge.start, edge.end] for edge in FaceLandmarksConnections.FACE_LANDMARKS_TESSELATION]
+
+
+class SessionFeed:
+    """A session's topics -> its :class:`SessionView`, plus health polling and the tick."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: records.SessionRecord,
+        http: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self.view = SessionView(session)
+        self._http = http
+        self._consumer = kafka.make_consumer(settings)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.tick = 0
+        self._ticked = asyncio.Condition()
+        self.clients = 0
+        self.idle_since: float | None = None
+        self.undecodable = 0
+        self._counters: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    @property
+    def session_id(self) -> str:
+        return self.view.session.session_id
+
+    async def start(self) -> None:
+        session = self.view.session
+        await self._consumer.start()
+        partitions: dict[str, list[TopicPartition]] = {}
+        for topic in (session.topics.prosody, session.topics.face, topics.TAGS, topics.LABELS):
+            numbers = self._consumer.partitions_for_topic(topic)
+            if not numbers:
+                numbers = await _partitions(self._consumer, topic)
+            partitions[topic] = [TopicPartition(topic, n) for n in sorted(numbers)]
+        self._consumer.assign([tp for tps in partitions.values() for tp in tps])
+        # Features: from now (the charts show the last 30 s). Tags and labels: the whole
+        # session, so the timeline and the agreement start complete.
+        await self._consumer.seek_to_end(
+            *partitions[session.topics.prosody], *partitions[session.topics.face]
+        )
+        await self._seek_to_session_start(partitions[topics.TAGS] + partitions[topics.LABELS])
+        self._tasks = [
+            asyncio.create_task(self._consume(), name=f"dashboard-feed-{self.session_id}"),
+            asyncio.create_task(self._poll_health(), name=f"dashboard-health-{self.session_id}"),
+            asyncio.create_task(self._tick(), name=f"dashboard-tick-{self.session_id}"),
+        ]
+
+    async def _seek_to_session_start(self, partitions: list[TopicPartition]) -> None:
+        start_ms = self.view.session.created_ts_us // 1000
+        try:
+            found = await self._consumer.offsets_for_times(dict.fromkeys(partitions, start_ms))
+        except Exception as exc:  # a broker without time index: read the topics whole
+            log.info("no offsets by time (%s): reading tags and labels from the start", exc)
+            found = {}
+        for partition in partitions:
+            offset = found.get(partition)
+            if offset is None:
+                await self._consumer.seek_to_beginning(partition)
+            else:
+                self._consumer.seek(partition, offset.offset)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._consumer.stop()
+
+    async def next_tick(self, seen: int) -> int:
+        async with self._ticked:
+            await self._ticked.wait_for(lambda: self.tick > seen)
+            return self.tick
+
+    async def _tick(self) -> None:
+        interval = 1.0 / self.settings.dashboard_update_hz
+        last_agreement = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - last_agreement >= AGREEMENT_INTERVAL_S:
+                self.view.compute_agreement(now_us())
+                last_agreement = now
+            async with self._ticked:
+                self.tick += 1
+                self._ticked.notify_all()
+
+    async def _consume(self) -> None:
+        session = self.view.session
+        prefix = f"{self.session_id}/".encode()
+        kinds: dict[str, type[records.AnyRecord]] = {
+            session.topics.prosody: records.ProsodyFrame,
+            session.topics.face: records.FaceFrame,
+            topics.TAGS: records.TagEvent,
+            topics.LABELS: records.LabelWindow,
+        }
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=100)
+            received = now_us()
+            for partition, messages in batches.items():
+                kind = kinds[partition.topic]
+                for message in messages:
+                    if not (message.key or b"").startswith(prefix):
+                        continue  # another session's tag or label
+                    try:
+                        record = records.decode(kind, message.value, message.headers)
+                    except records.RecordError as exc:
+                        # The producers dead-letter what they reject; a reader only skips.
+                        self.undecodable += 1
+                        log.warning("dashboard skips a record on %s: %s", partition.topic, exc)
+                        continue
+                    self._add(record, received)
+
+    def _add(self, record: records.AnyRecord, received_us: int) -> None:
+        if isinstance(record, records.ProsodyFrame):
+            self.view.add_prosody(record, received_us)
+        elif isinstance(record, records.FaceFrame):
+            self.view.add_face(record, received_us)
+        elif isinstance(record, records.TagEvent):
+            self.view.add_tag(record)
+        elif isinstance(record, records.LabelWindow):
+            self.view.add_label(record)
+
+    async def _poll_health(self) -> None:
+        while True:
+            health: dict[str, Any] = {}
+            health["broker"], health["consumer_lag"] = await self._consumer_lag()
+            health["performers"], health["clients"] = await self._capture_health()
+            self.view.set_health(health)
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+
+    async def _consumer_lag(self) -> tuple[bool, dict[str, int]]:
+        """Records each topic's processors still have to read (their committed offsets)."""
+        session = self.view.session
+        group = f"livetag-processors-{self.session_id}"
+        source_topics = [
+            session.topics.audio,
+            session.topics.video,
+            session.topics.prosody,
+            session.topics.face,
+            topics.TAGS,
+        ]
+        try:
+            async with asyncio.timeout(2.0), kafka.admin_client(self.settings) as admin:
+                committed = await admin.list_consumer_group_offsets(group)
+                partitions = [
+                    TopicPartition(topic, n)
+                    for topic in source_topics
+                    for n in range(self.settings.partitions)
+                ]
+                ends = await self._consumer.end_offsets(partitions)
+        except Exception as exc:
+            log.debug("broker unreachable for the health view: %s", exc)
+            return False, {}
+        lag: dict[str, int] = {}
+        for partition, end in ends.items():
+            done = committed.get(partition)
+            position = done.offset if done is not None and done.offset >= 0 else 0
+            lag[partition.topic] = lag.get(partition.topic, 0) + max(0, end - position)
+        return True, lag
+
+    async def _capture_health(self) -> tuple[dict[str, Any], list[Any]]:
+        base = self.settings.capture_base_url
+        try:
+            async with asyncio.timeout(2.0):
+                async with self._http.get(f"{base}/metrics") as response:
+                    metrics = await response.json()
+                async with self._http.get(
+                    f"{base}/metrics/clients", params={"session": self.session_id}
+                ) as response:
+                    clients = await response.json()
+        except Exception as exc:
+            log.debug("capture server metrics unavailable: %s", exc)
+            return {}, []
+        performers: dict[str, Any] = {}
+        now = time.monotonic()
+        for performer_id, stats in (metrics.get(self.session_id) or {}).items():
+            previous = self._counters.get(performer_id)
+            entry = {
+                "frames_dropped": stats.get("video_frames_dropped", 0),
+                "audio_dropped": stats.get("audio_chunks_dropped", 0),
+                "video_fps_in": None,
+                "video_fps_out": None,
+            }
+            if previous is not None:
+                elapsed = max(now - previous[0], 1e-3)
+                for name, key in (
+                    ("video_fps_in", "video_frames_in"),
+                    ("video_fps_out", "video_frames_out"),
+                ):
+                    delta = stats.get(key, 0) - previous[1].get(key, 0)
+                    entry[name] = round(max(delta, 0) / elapsed, 1)
+            self._counters[performer_id] = (now, stats)
+            performers[performer_id] = entry
+        return performers, list(clients)
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()
+    return set(consumer.partitions_for_topic(topic) or ())
+
+
+class DashboardServer:
+    """Idempotent ``start``/``stop``; ``url`` is where the dashboard is served."""
+
+    def __init__(self, settings: Settings, *, secret: bytes) -> None:
+        self.settings = settings
+        self._secret = secret
+        self._directory = SessionDirectory(settings)
+        self._producer = kafka.make_producer(settings)
+        self._feeds: dict[str, SessionFeed] = {}
+        self._feed_lock = asyncio.Lock()
+        self._http: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._mesh_edges: list[list[int]] | None = None
+        self.clients: set[DashboardClient] = set()
+        self.port = settings.dashboard_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.dashboard_host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        async with kafka.admin_client(self.settings) as admin:
+            await topics.ensure_shared_topics(admin, self.settings)
+        await self._producer.start()
+        await self._directory.start()
+        self._http = aiohttp.ClientSession()
+        self._mesh_edges = await asyncio.to_thread(mesh_edges)
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/dashboard", self._page),
+                web.get("/ws/dashboard", self._websocket),
+                web.get("/api/dashboard-token", self._token),
+                web.get("/metrics", self._metrics),
+                web.static("/dashboard/static", PAGES),
+            ]
+        )
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.dashboard_host, self.settings.dashboard_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise RuntimeError(
+                f"the dashboard cannot listen on {self.settings.dashboard_host}:"
+                f"{self.settings.dashboard_port}: {exc.strerror}. Free the port or set "
+                "LIVETAG_DASHBOARD_PORT."
+            ) from None
+        self.port = int(self._runner.addresses[0][1])
+        self._reaper = asyncio.create_task(self._reap_idle_feeds(), name="dashboard-reaper")
+        self._watcher = asyncio.create_task(self._follow_sessions(), name="dashboard-sessions")
+        log.info("dashboard on %s", self.url)
+
+    async def stop(self) -> None:
+        for task in (self._reaper, self._watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reaper = self._watcher = None
+        for client in list(self.clients):
+            await client.close()
+        for feed in list(self._feeds.values()):
+            await feed.stop()
+        self._feeds.clear()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        await self._directory.stop()
+        await self._producer.stop()
+
+    # ---------------------------------------------------------------- HTTP
+
+    async def _admit(
+        self, request: web.Request
+    ) -> tuple[tokens.JoinToken, records.SessionRecord] | web.Response:
+        try:
+            claims = tokens.verify(self._secret, request.query.get("token"))
+        except tokens.TokenError as exc:
+            return _refusal(401, "bad_token", exc.reason)
+        if claims.role != "director":
+            return _refusal(403, "not_director", "the dashboard opens with the director's link")
+        session = self._directory.get(claims.session_id)
+        if session is None:
+            with contextlib.suppress(TimeoutError):
+                session = await self._directory.wait_for(claims.session_id, timeout_s=2.0)
+        if session is None:
+            return _refusal(404, "unknown_session", f"no session {claims.session_id!r}")
+        return claims, session
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        admitted = await self._admit(request)
+        if isinstance(admitted, web.Response):
+            return admitted
+        return web.FileResponse(PAGES / "dashboard.html")
+
+    async def _token(self, request: web.Request) -> web.Response:
+        admitted = await self._admit(request)
+        if isinstance(admitted, web.Response):
+            return admitted
+        claims, session = admitted
+        return web.json_response({"session_id": session.session_id, "role": claims.role})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "clients": [client.stats() for client in self.clients],
+                "feeds": {
+                    session_id: {"clients": feed.clients, "undecodable": feed.undecodable}
+                    for session_id, feed in self._feeds.items()
+                },
+            }
+        )
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        admitted = await self._admit(request)
+        if isinstance(admitted, web.Response):
+            return admitted
+        claims, session = admitted
+        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        feed = await self._feed_for(session)
+        client = DashboardClient(self, feed, ws, claims)
+        self.clients.add(client)
+        try:
+            await client.run(self._hello(feed, claims))
+        finally:
+            self.clients.discard(client)
+            await client.close()
+            feed.clients -= 1
+            if feed.clients == 0:
+                feed.idle_since = time.monotonic()
+        return ws
+
+    def _hello(self, feed: SessionFeed, claims: tokens.JoinToken) -> dict[str, Any]:
+        session = feed.view.session
+        links = tokens.join_links(self.settings, session, self._secret)
+        return {
+            **feed.view.hello(),
+            "capture_url": self.settings.capture_base_url,
+            "links": [
+                {"role": link.role, "participant_id": link.participant_id, "url": link.url}
+                for link in links
+                if link.page == "call"
+            ],
+            "window_s": 30,
+            "mesh_edges": self._mesh_edges or [],
+            "you": {"rater_id": claims.participant_id},
+        }
+
+    # ---------------------------------------------------------------- feeds
+
+    async def _feed_for(self, session: records.SessionRecord) -> SessionFeed:
+        async with self._feed_lock:
+            feed = self._feeds.get(session.session_id)
+            if feed is None:
+                assert self._http is not None
+                feed = SessionFeed(self.settings, session, self._http)
+                await feed.start()
+                self._feeds[session.session_id] = feed
+            feed.clients += 1
+            feed.idle_since = None
+            return feed
+
+    async def _reap_idle_feeds(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            async with self._feed_lock:
+                for session_id, feed in list(self._feeds.items()):
+                    idle = feed.idle_since
+                    if feed.clients == 0 and idle and time.monotonic() - idle > FEED_LINGER_S:
+                        del self._feeds[session_id]
+                        await feed.stop()
+
+    async def _follow_sessions(self) -> None:
+        while True:
+            await self._directory.changed(timeout_s=5.0)
+            for feed in list(self._feeds.values()):
+                latest = self._directory.get(feed.session_id)
+                if latest is not None:
+                    feed.view.add_session(latest)
+
+    async def act(self, session_id: str, action: str) -> None:
+        """Take start / take end / end session: a new version of the session record."""
+        current = self._directory.get(session_id)
+        if current is None:
+            raise ActionError("unknown_session", "the session record is not known yet")
+        stamp = max(now_us(), current.ts_us + 1)
+        takes = list(current.takes)
+        open_take = takes[-1] if takes and takes[-1].end_ts_us is None else None
+        update: dict[str, Any] = {"ts_us": stamp}
+        if current.state in ("ended", "archived"):
+            raise ActionError("session_ended", f"the session is {current.state}")
+        if action == "take_start":
+            if open_take is not None:
+                raise ActionError("take_open", f"take {open_take.take_id} is still running")
+            takes.append(records.Take(take_id=len(takes) + 1, start_ts_us=stamp))
+            update["takes"] = takes
+            update["state"] = "live"
+        elif action == "take_end":
+            if open_take is None:
+                raise ActionError("no_take", "no take is running")
+            takes[-1] = open_take.model_copy(update={"end_ts_us": stamp})
+            update["takes"] = takes
+        elif action == "end_session":
+            if open_take is not None:
+                takes[-1] = open_take.model_copy(update={"end_ts_us": stamp})
+                update["takes"] = takes
+            update["state"] = "ended"
+        else:
+            raise ActionError("malformed", f"unknown action {action!r}")
+        record = current.model_copy(update=update)
+        records.SessionRecord.model_validate(record.model_dump())  # what we publish is valid
+        await publish(self._producer, record)
+        feed = self._feeds.get(session_id)
+        if feed is not None:
+            feed.view.add_session(record)
+
+
+class ActionError(ValueError):
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def _refusal(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(
+        {"type": "error", "code": code, "message": message},
+        status=status,
+        headers={"Access-Control-Allow-Origin": "*"},
+    )
+
+
+class DashboardClient:
+    """One open dashboard: its cursor and its sender; no queue."""
+
+    def __init__(
+        self,
+        server: DashboardServer,
+        feed: SessionFeed,
+        ws: web.WebSocketResponse,
+        claims: tokens.JoinToken,
+    ) -> None:
+        self.server = server
+        self.feed = feed
+        self.ws = ws
+        self.claims = claims
+        self.cursor = ClientCursor()
+        self.sent_updates = 0
+        self.sent_bytes = 0
+        self.skipped_ticks = 0
+        self.largest_update = 0
+        self._sender: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "session_id": self.feed.session_id,
+            "sent_updates": self.sent_updates,
+            "sent_bytes": self.sent_bytes,
+            "skipped_ticks": self.skipped_ticks,
+            "largest_update_bytes": self.largest_update,
+            "pending_bytes": _buffered(self.ws),
+        }
+
+    async def run(self, hello: dict[str, Any]) -> None:
+        await self._send(json.dumps(hello))
+        self._sender = asyncio.create_task(self._send_updates(), name="dashboard-sender")
+        async for message in self.ws:
+            if message.type == WSMsgType.TEXT:
+                await self._handle(message.data)
+            elif message.type == WSMsgType.ERROR:
+                break
+
+    async def _handle(self, raw: str) -> None:
+        try:
+            message = json.loads(raw)
+            action = message["type"] if isinstance(message, dict) else None
+            if action not in ("take_start", "take_end", "end_session"):
+                raise ActionError("malformed", "expected take_start, take_end or end_session")
+            await self.server.act(self.feed.session_id, action)
+        except json.JSONDecodeError as exc:
+            await self._send_error("malformed", f"not JSON: {exc.msg}")
+        except (KeyError, TypeError):
+            await self._send_error("malformed", "a message needs a type")
+        except ActionError as exc:
+            await self._send_error(exc.code, exc.message)
+        except Exception as exc:  # the broker refused: say so, keep the dashboard
+            log.warning("dashboard action failed: %s", exc)
+            await self._send_error("unavailable", f"could not record it: {exc}")
+
+    async def _send_error(self, code: str, message: str) -> None:
+        await self._send(json.dumps({"type": "error", "code": code, "message": message}))
+
+    async def _send_updates(self) -> None:
+        seen = self.feed.tick
+        timeout = self.server.settings.dashboard_send_timeout_s
+        while not self.ws.closed:
+            tick = await self.feed.next_tick(seen)
+            self.skipped_ticks += tick - seen - 1
+            seen = tick
+            text = self.feed_update()
+            if text is None:
+                continue
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._send(text)
+            except TimeoutError:
+                log.info("a dashboard took no update for %.0f s: disconnecting it", timeout)
+                await self.ws.close()
+                return
+
+    def feed_update(self) -> str | None:
+        """This tick's update for this client; clients at the same cursor share one text."""
+        return _shared_update(self.feed, self.cursor)
+
+    async def _send(self, text: str) -> None:
+        if self.ws.closed:
+            return
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await self.ws.send_str(text)
+            self.sent_updates += 1
+            self.sent_bytes += len(text)
+            self.largest_update = max(self.largest_update, len(text))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+
+
+_update_cache: dict[tuple[str, int], dict[tuple[Any, ...], tuple[str | None, ClientCursor]]] = {}
+
+
+def _cursor_key(cursor: ClientCursor) -> tuple[Any, ...]:
+    return (
+        tuple(sorted(cursor.prosody.items())),
+        tuple(sorted(cursor.face.items())),
+        cursor.tags,
+        cursor.consensus,
+        cursor.agreement,
+        cursor.health,
+        cursor.session,
+    )
+
+
+def _shared_update(feed: SessionFeed, cursor: ClientCursor) -> str | None:
+    # Keyed by (session, tick): the first client at a cursor builds and encodes the update,
+    # the others at that cursor reuse the text and jump to the same new cursor.
+    cache_key = (feed.session_id, feed.tick)
+    cache = _update_cache.get(cache_key)
+    if cache is None:
+        for stale in [key for key in _update_cache if key[0] == feed.session_id]:
+            del _update_cache[stale]
+        cache = _update_cache[cache_key] = {}
+    key = _cursor_key(cursor)
+    hit = cache.get(key)
+    if hit is None:
+        update = feed.view.update_for(cursor, now_us())
+        text = None if update is None else json.dumps(update, separators=(",", ":"))
+        cache[key] = (text, _copy_cursor(cursor))
+        return text
+    text, after = hit
+    _assign_cursor(cursor, after)
+    return text
+
+
+def _copy_cursor(cursor: ClientCursor) -> ClientCursor:
+    return ClientCursor(
+        prosody=dict(cursor.prosody),
+        face=dict(cursor.face),
+        tags=cursor.tags,
+        consensus=cursor.consensus,
+        agreement=cursor.agreement,
+        health=cursor.health,
+        session=cursor.session,
+    )
+
+
+def _assign_cursor(cursor: ClientCursor, source: ClientCursor) -> None:
+    cursor.prosody = dict(source.prosody)
+    cursor.face = dict(source.face)
+    cursor.tags = source.tags
+    cursor.consensus = source.consensus
+    cursor.agreement = source.agreement
+    cursor.health = source.health
+    cursor.session = source.session
+
+
+def _buffered(ws: web.WebSocketResponse) -> int:
+    """Bytes written to this client's socket and not yet taken by the kernel."""
+    transport = ws._req.transport if ws._req is not None else None
+    return 0 if transport is None else int(transport.get_write_buffer_size())
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the dashboard server until ``stop`` is set."""
+    server = DashboardServer(settings, secret=tokens.load_secret(settings))
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,1454 @@
+// livetag director dashboard: live video with face mesh, prosody charts, tag timelines,
+// rater agreement and pipeline health, fed by /ws/dashboard on this origin. Video and
+// tagging come from the capture server: its call page script (call.js) and tagging widget
+// are loaded from hello.capture_url once the first hello names it.
+//
+// Plain script, no build step. Everything lives inside this function so nothing clashes
+// with the top-level names of call.js, which shares the global scope.
+"use strict";
+
+(function () {
+  const KEEP_US = 60e6; // drawing buffers keep 60 s
+  const PROSODY_CAP = 8192; // points per performer (ring buffer)
+  const FACE_STALE_US = 1e6;
+  const F0_MIN = 60;
+  const F0_MAX = 500;
+  const DB_MIN = -70;
+  const DB_MAX = 0;
+  const GAP_US = 300e3; // loudness line breaks over gaps longer than this
+  const BACKOFF_START_MS = 500;
+  const BACKOFF_MAX_MS = 5000;
+  const LANE_H = 14;
+  const AXIS_H = 14;
+  const OFFSCREEN_DRAW_MS = 250; // panels scrolled out of view redraw at 4 Hz
+  const PITCH_GRID = [100, 200, 400];
+  const LOUD_GRID = [-60, -40, -20];
+  const PITCH_TEXT = PITCH_GRID.map((hz) => `${hz} Hz`);
+  const LOUD_TEXT = LOUD_GRID.map((db) => `${db} dB`);
+  const BLEND_ROWS = 8;
+  const LOG_F0_RANGE = Math.log(F0_MAX / F0_MIN);
+
+  const COLOURS = {
+    grid: "rgba(255,255,255,0.08)",
+    gridLabel: "rgba(200,205,215,0.55)",
+    pitch: "#7cc4ff",
+    loud: "#9be28f",
+    mesh: "rgba(120,230,255,0.55)",
+    lane: "rgba(255,255,255,0.035)",
+    laneAlt: "rgba(255,255,255,0.06)",
+    laneText: "rgba(225,228,235,0.85)",
+    now: "rgba(255,255,255,0.35)",
+    take: "rgba(245,183,0,0.7)",
+    unknown: "#8a8f98",
+  };
+
+  const params = new URLSearchParams(location.search);
+  const token = params.get("token");
+
+  // ---- test hooks -------------------------------------------------------------------
+  const hooks = {
+    connected: false,
+    hello: null,
+    updates: 0,
+    performers: {},
+    timeline: {},
+    consensus: {},
+    agreement: null,
+    health: null,
+    session: null,
+    errors: [],
+  };
+  window.livetagDashboard = hooks;
+
+  // ---- state ------------------------------------------------------------------------
+  const dash = {
+    ws: null,
+    retryMs: BACKOFF_START_MS,
+    retryTimer: null,
+    stopped: false,
+    windowUs: 30e6,
+    vocab: new Map(), // label -> colour
+    panels: new Map(), // performer_id -> panel
+    edges: new Uint16Array(0),
+    clockOffsetUs: null, // session clock minus performance.now() (µs)
+    session: { state: null, takes: [], presence: [] },
+    sessionId: null,
+    scriptsStarted: false,
+    lastPrunePerf: 0,
+    lastTakeText: "",
+    actionPendingUntil: 0,
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const performersEl = $("performers");
+  const connEl = $("conn");
+  const dpr = () => window.devicePixelRatio || 1;
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = text;
+    return node;
+  }
+
+  function setConn(state, text) {
+    connEl.dataset.state = state;
+    connEl.textContent = text;
+  }
+
+  function fmt(value, digits) {
+    if (value === null || value === undefined || !Number.isFinite(Number(value))) return "—";
+    return Number(value).toFixed(digits);
+  }
+
+  function pushError(error) {
+    hooks.errors.push(error);
+    if (hooks.errors.length > 200) hooks.errors.splice(0, hooks.errors.length - 200);
+    const box = $("errors");
+    const row = el("div", "error-row", error.code ? `${error.code}: ${error.message || ""}` : String(error.message || error));
+    const close = el("button", "error-close", "×");
+    close.type = "button";
+    close.setAttribute("aria-label", "dismiss");
+    close.addEventListener("click", () => row.remove());
+    row.append(close);
+    box.append(row);
+    while (box.children.length > 4) box.firstChild.remove();
+    setTimeout(() => row.remove(), 12000);
+  }
+
+  // ---- session clock ----------------------------------------------------------------
+  function syncClock(nowUs) {
+    const offset = nowUs - performance.now() * 1000;
+    if (dash.clockOffsetUs === null || Math.abs(offset - dash.clockOffsetUs) > 250e3) dash.clockOffsetUs = offset;
+    else dash.clockOffsetUs += (offset - dash.clockOffsetUs) * 0.1;
+  }
+
+  function sessionNowUs() {
+    return dash.clockOffsetUs === null ? null : performance.now() * 1000 + dash.clockOffsetUs;
+  }
+
+  // ---- landmarks: base64 of little-endian float16 triples ---------------------------
+  let halfTable = null;
+  function halfToFloatTable() {
+    if (halfTable) return halfTable;
+    halfTable = new Float32Array(65536);
+    for (let h = 0; h < 65536; h += 1) {
+      const sign = h & 0x8000 ? -1 : 1;
+      const exp = (h >> 10) & 0x1f;
+      const frac = h & 0x3ff;
+      let v;
+      if (exp === 0) v = sign * frac * 5.960464477539063e-8;
+      else if (exp === 31) v = frac ? NaN : sign * Infinity;
+      else v = sign * (1 + frac / 1024) * Math.pow(2, exp - 15);
+      halfTable[h] = v;
+    }
+    return halfTable;
+  }
+
+  // Decodes x, y of each landmark into out (x0, y0, x1, y1, ...); returns the count.
+  function decodeLandmarks(data, out) {
+    if (!data || typeof data !== "string") return 0;
+    let raw;
+    try {
+      raw = atob(data);
+    } catch (error) {
+      return 0;
+    }
+    const table = halfToFloatTable();
+    const count = Math.min(Math.floor(raw.length / 6), out.length >> 1);
+    for (let i = 0; i < count; i += 1) {
+      const o = i * 6;
+      out[2 * i] = table[raw.charCodeAt(o) | (raw.charCodeAt(o + 1) << 8)];
+      out[2 * i + 1] = table[raw.charCodeAt(o + 2) | (raw.charCodeAt(o + 3) << 8)];
+    }
+    return count;
+  }
+
+  // ---- canvases ---------------------------------------------------------------------
+  const resizer = new ResizeObserver((entries) => {
+    for (const entry of entries) {
+      const canvas = entry.target._canvas || entry.target;
+      const w = entry.contentRect.width;
+      const h = entry.contentRect.height;
+      const ratio = dpr();
+      canvas._w = w;
+      canvas._h = h;
+      canvas._dpr = ratio;
+      canvas.width = Math.max(1, Math.round(w * ratio));
+      canvas.height = Math.max(1, Math.round(h * ratio));
+      if (canvas._panel) canvas._panel.meshDirty = true;
+    }
+  });
+
+  const visibility = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const panel = entry.target._panel;
+      if (panel) panel.visible = entry.isIntersecting;
+    }
+  });
+
+  function beginCanvas(canvas) {
+    const ctx = canvas._ctx;
+    const ratio = canvas._dpr || 1;
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, canvas._w, canvas._h);
+    return ctx;
+  }
+
+  function makeCanvas(className, label) {
+    const canvas = el("canvas", className);
+    canvas._ctx = canvas.getContext("2d");
+    canvas._w = 0;
+    canvas._h = 0;
+    canvas.setAttribute("role", "img");
+    if (label) canvas.setAttribute("aria-label", label);
+    return canvas;
+  }
+
+  let selfHatch = null;
+  function hatchPattern(ctx) {
+    if (selfHatch) return selfHatch;
+    const tile = document.createElement("canvas");
+    tile.width = 8;
+    tile.height = 8;
+    const t = tile.getContext("2d");
+    t.strokeStyle = "rgba(255,255,255,0.13)";
+    t.lineWidth = 1;
+    t.beginPath();
+    t.moveTo(0, 8);
+    t.lineTo(8, 0);
+    t.moveTo(-2, 2);
+    t.lineTo(2, -2);
+    t.moveTo(6, 10);
+    t.lineTo(10, 6);
+    t.stroke();
+    selfHatch = ctx.createPattern(tile, "repeat");
+    return selfHatch;
+  }
+
+  // ---- performer panels -------------------------------------------------------------
+  function createPanel(performerId, displayName) {
+    const root = el("article", "perf");
+    root.dataset.performer = performerId;
+    root.id = `perf-${performerId}`;
+
+    const head = el("header", "perf-head");
+    const name = el("h2", "perf-name", displayName || performerId);
+    const pid = el("span", "perf-id mono", performerId);
+    const presence = el("span", "dot");
+    presence.dataset.ok = "unknown";
+    presence.title = "presence";
+    const alpha = el("span", "perf-alpha num", "α —");
+    alpha.title = "Krippendorff's alpha (nominal): whole session · last 60 s";
+    const target = el("button", "perf-target", "Tag this");
+    target.type = "button";
+    target.title = "make this performer the tagging target";
+    target.addEventListener("click", () => {
+      const tagger = window.livetagTagger;
+      if (tagger && typeof tagger.selectTarget === "function") tagger.selectTarget(performerId);
+    });
+    const sound = el("button", "perf-sound", "mute");
+    sound.type = "button";
+    sound.title = "mute / unmute this performer";
+    head.append(presence, name, pid, alpha, target, sound);
+
+    const slot = el("div", "video-slot");
+    const waiting = el("div", "video-waiting", "waiting for video…");
+    const mesh = makeCanvas("mesh", `face mesh of ${performerId}`);
+    slot.append(waiting, mesh);
+
+    const face = el("div", "face-side");
+    const bars = el("ol", "blend");
+    const blendRows = [];
+    for (let i = 0; i < BLEND_ROWS; i += 1) {
+      const row = el("li", "blend-row");
+      const label = el("span", "blend-name", "");
+      const track = el("span", "blend-track");
+      const fill = el("span", "blend-fill");
+      track.append(fill);
+      const value = el("span", "blend-value num", "");
+      row.append(label, track, value);
+      bars.append(row);
+      blendRows.push({ row, label, fill, value, name: null });
+    }
+    const pose = el("div", "pose num", "yaw — pitch — roll —");
+    const faceState = el("div", "face-state", "no face data");
+    face.append(faceState, bars, pose);
+
+    const pitchWrap = el("div", "chart pitch-wrap");
+    const pitch = makeCanvas("pitch", `pitch of ${performerId}`);
+    pitchWrap.title = "pitch (F0, Hz, log scale 60-500), last 30 s";
+    pitchWrap.append(pitch);
+    const loudWrap = el("div", "chart loud-wrap");
+    const loud = makeCanvas("loud", `loudness of ${performerId}`);
+    loudWrap.title = "loudness (dB, -70..0), last 30 s";
+    loudWrap.append(loud);
+    const timelineWrap = el("div", "chart timeline-wrap");
+    const timeline = makeCanvas("timeline", `tags on ${performerId}`);
+    timelineWrap.append(timeline);
+
+    root.append(head, slot, face, pitchWrap, loudWrap, timelineWrap);
+
+    const hook = {
+      prosodyPoints: 0,
+      lastF0: null,
+      lastLoudness: null,
+      meshDraws: 0,
+      blendshapes: {},
+      pitchChartDraws: 0,
+    };
+    hooks.performers[performerId] = hook;
+    const drawnIds = [];
+    hooks.timeline[performerId] = drawnIds;
+    hooks.consensus[performerId] = 0;
+
+    const panel = {
+      id: performerId,
+      name: displayName || performerId,
+      root,
+      nameEl: name,
+      presenceEl: presence,
+      alphaEl: alpha,
+      soundBtn: sound,
+      slot,
+      waiting,
+      mesh,
+      pitch,
+      loud,
+      timeline,
+      blendRows,
+      poseEl: pose,
+      faceStateEl: faceState,
+      hook,
+      drawnIds,
+      visible: true,
+      lastDrawPerf: 0,
+      figure: null,
+      video: null,
+      // prosody ring buffer
+      ts: new Float64Array(PROSODY_CAP),
+      f0n: new Float32Array(PROSODY_CAP), // normalized log-F0 0..1, NaN when unvoiced
+      dbn: new Float32Array(PROSODY_CAP), // normalized loudness 0..1
+      head: 0,
+      count: 0,
+      lastTs: -Infinity,
+      // face
+      xy: new Float32Array(2000),
+      faceCount: 0,
+      faceTs: 0,
+      facePresent: false,
+      meshDirty: false,
+      meshShown: false,
+      lastVw: 0,
+      lastVh: 0,
+      // tags
+      items: new Map(), // tag_id (point or onset) -> item
+      seen: new Map(), // tag_id -> ts_us of every tag record handled (idempotency)
+      pendingOffsets: new Map(), // onset tag_id -> {ts, id}
+      pendingUndos: new Map(), // undone tag_id -> ts_us
+      lanes: [], // {key, label, self}
+      laneCount: -1,
+      // consensus: window_ts_us -> [pid, ts, window_us, label, agreement]
+      consensus: new Map(),
+    };
+    root._panel = panel;
+    mesh._panel = panel;
+    slot._canvas = mesh;
+
+    sound.addEventListener("click", () => {
+      if (!panel.video) return;
+      panel.video.muted = !panel.video.muted;
+      if (!panel.video.muted) panel.video.play().catch(() => {});
+      updateSoundButton(panel);
+    });
+
+    resizer.observe(slot);
+    resizer.observe(pitch);
+    resizer.observe(loud);
+    resizer.observe(timeline);
+    visibility.observe(root);
+    dash.panels.set(performerId, panel);
+    performersEl.append(root);
+    setLaneHeight(panel);
+    return panel;
+  }
+
+  function panelFor(performerId) {
+    return dash.panels.get(performerId) || createPanel(performerId, performerId);
+  }
+
+  function updateSoundButton(panel) {
+    const muted = !panel.video || panel.video.muted;
+    panel.soundBtn.textContent = muted ? "unmute" : "mute";
+    panel.soundBtn.dataset.muted = muted ? "1" : "0";
+  }
+
+  function applyRoster(roster) {
+    for (const performer of roster || []) {
+      const panel = dash.panels.get(performer.performer_id);
+      if (panel) {
+        panel.name = performer.display_name || performer.performer_id;
+        panel.nameEl.textContent = panel.name;
+      } else {
+        createPanel(performer.performer_id, performer.display_name);
+      }
+    }
+    // roster order first, then anyone else
+    for (const performer of roster || []) performersEl.append(dash.panels.get(performer.performer_id).root);
+    adoptAllFigures();
+  }
+
+  // ---- video figures from call.js ---------------------------------------------------
+  function adoptFigure(figure) {
+    const performerId = figure.dataset && figure.dataset.performer;
+    if (!performerId) return;
+    const panel = panelFor(performerId);
+    if (panel.figure === figure && figure.parentNode === panel.slot) return;
+    if (panel.figure && panel.figure !== figure && panel.figure.parentNode === panel.slot) panel.figure.remove();
+    panel.slot.insertBefore(figure, panel.mesh);
+    panel.figure = figure;
+    panel.video = figure.querySelector("video");
+    panel.waiting.hidden = true;
+    panel.meshDirty = true;
+    const video = panel.video;
+    if (video) {
+      video.addEventListener("resize", () => {
+        panel.meshDirty = true;
+      });
+      // Unmuted autoplay can be refused before any user gesture: fall back to muted.
+      const tryPlay = () => {
+        const result = video.play();
+        if (result && result.catch) {
+          result.catch(() => {
+            if (!video.muted) {
+              video.muted = true;
+              updateSoundButton(panel);
+              video.play().catch(() => {});
+            }
+          });
+        }
+      };
+      video.addEventListener("loadedmetadata", tryPlay);
+      tryPlay();
+    }
+    updateSoundButton(panel);
+  }
+
+  function adoptAllFigures() {
+    const tiles = $("tiles");
+    for (const figure of tiles.querySelectorAll("figure[data-performer]")) adoptFigure(figure);
+  }
+
+  const tilesObserver = new MutationObserver((records) => {
+    for (const record of records) {
+      for (const node of record.addedNodes) {
+        if (node.nodeType === 1 && node.matches("figure[data-performer]")) adoptFigure(node);
+      }
+    }
+  });
+  tilesObserver.observe($("tiles"), { childList: true });
+
+  function checkFigure(panel) {
+    if (panel.figure && !panel.figure.isConnected) {
+      panel.figure = null;
+      panel.video = null;
+      panel.waiting.hidden = false;
+      panel.meshDirty = true;
+      updateSoundButton(panel);
+    }
+  }
+
+  // ---- prosody ----------------------------------------------------------------------
+  function addProsody(panel, points) {
+    if (!Array.isArray(points)) return;
+    const cap = PROSODY_CAP;
+    for (const point of points) {
+      if (!Array.isArray(point)) continue;
+      const ts = Number(point[0]);
+      if (!Number.isFinite(ts) || ts <= panel.lastTs) continue; // in time order; drops repeats
+      const f0 = point[1];
+      const db = point[2];
+      if (panel.count === cap) {
+        panel.head = (panel.head + 1) % cap;
+        panel.count -= 1;
+      }
+      const idx = (panel.head + panel.count) % cap;
+      panel.ts[idx] = ts;
+      if (typeof f0 === "number" && f0 > 0) {
+        const n = Math.log(f0 / F0_MIN) / LOG_F0_RANGE;
+        panel.f0n[idx] = n < 0 ? 0 : n > 1 ? 1 : n;
+        panel.hook.lastF0 = f0;
+      } else {
+        panel.f0n[idx] = NaN;
+        panel.hook.lastF0 = null;
+      }
+      if (typeof db === "number" && Number.isFinite(db)) {
+        const n = (db - DB_MIN) / (DB_MAX - DB_MIN);
+        panel.dbn[idx] = n < 0 ? 0 : n > 1 ? 1 : n;
+        panel.hook.lastLoudness = db;
+      } else {
+        panel.dbn[idx] = NaN;
+        panel.hook.lastLoudness = null;
+      }
+      panel.count += 1;
+      panel.lastTs = ts;
+    }
+    panel.hook.prosodyPoints = panel.count;
+  }
+
+  function pruneProsody(panel, cutoff) {
+    const cap = PROSODY_CAP;
+    while (panel.count > 0 && panel.ts[panel.head] < cutoff) {
+      panel.head = (panel.head + 1) % cap;
+      panel.count -= 1;
+    }
+    panel.hook.prosodyPoints = panel.count;
+  }
+
+  // ---- face -------------------------------------------------------------------------
+  function setFace(panel, face) {
+    if (!face || typeof face !== "object") return;
+    const ts = Number(face.ts_us) || 0;
+    if (ts < panel.faceTs) return;
+    panel.faceTs = ts;
+    panel.facePresent = face.face_present === true;
+    let data = face.landmarks;
+    if (data && typeof data === "object") data = data.data; // a Landmarks record
+    panel.faceCount = panel.facePresent ? decodeLandmarks(data, panel.xy) : 0;
+    panel.meshDirty = true;
+
+    const blend = face.blendshapes && typeof face.blendshapes === "object" ? face.blendshapes : {};
+    panel.hook.blendshapes = blend;
+    const entries = Object.entries(blend)
+      .filter((e) => typeof e[1] === "number")
+      .sort((a, b) => b[1] - a[1]);
+    for (let i = 0; i < BLEND_ROWS; i += 1) {
+      const row = panel.blendRows[i];
+      const entry = entries[i];
+      if (!entry || !panel.facePresent) {
+        if (row.name !== null) {
+          row.name = null;
+          row.label.textContent = "";
+          row.value.textContent = "";
+          row.fill.style.transform = "scaleX(0)";
+        }
+        continue;
+      }
+      if (row.name !== entry[0]) {
+        row.name = entry[0];
+        row.label.textContent = entry[0];
+        row.label.title = entry[0];
+      }
+      const v = Math.max(0, Math.min(1, entry[1]));
+      row.fill.style.transform = `scaleX(${v.toFixed(3)})`;
+      row.value.textContent = v.toFixed(2);
+    }
+    const pose = face.head_pose;
+    panel.poseEl.textContent = pose && panel.facePresent
+      ? `yaw ${fmt(pose.yaw_deg, 1)}°  pitch ${fmt(pose.pitch_deg, 1)}°  roll ${fmt(pose.roll_deg, 1)}°`
+      : "yaw —  pitch —  roll —";
+    panel.faceStateEl.textContent = panel.facePresent ? "face" : "no face";
+    panel.faceStateEl.dataset.present = panel.facePresent ? "1" : "0";
+  }
+
+  function drawMesh(panel, now) {
+    const canvas = panel.mesh;
+    if (!canvas._w) return;
+    const video = panel.video;
+    const vw = video && video.videoWidth ? video.videoWidth : 0;
+    const vh = video && video.videoHeight ? video.videoHeight : 0;
+    if (vw !== panel.lastVw || vh !== panel.lastVh) {
+      panel.lastVw = vw;
+      panel.lastVh = vh;
+      panel.meshDirty = true;
+    }
+    const fresh = panel.facePresent && panel.faceCount > 0 && now !== null && now - panel.faceTs <= FACE_STALE_US;
+    if (!fresh) {
+      if (panel.meshShown || panel.meshDirty) {
+        beginCanvas(canvas);
+        panel.meshShown = false;
+        panel.meshDirty = false;
+        if (panel.facePresent && now !== null && now - panel.faceTs > FACE_STALE_US) panel.faceStateEl.textContent = "face (stale)";
+      }
+      return;
+    }
+    if (!panel.meshDirty) return;
+    const ctx = beginCanvas(canvas);
+    const w = canvas._w;
+    const h = canvas._h;
+    // object-fit: contain: the picture is letterboxed inside the element box
+    const srcW = vw || 16;
+    const srcH = vh || 9;
+    const scale = Math.min(w / srcW, h / srcH);
+    const bw = srcW * scale;
+    const bh = srcH * scale;
+    const ox = (w - bw) / 2;
+    const oy = (h - bh) / 2;
+    const xy = panel.xy;
+    const n = panel.faceCount;
+    const edges = dash.edges;
+    ctx.strokeStyle = COLOURS.mesh;
+    ctx.fillStyle = COLOURS.mesh;
+    ctx.lineWidth = 0.6;
+    ctx.beginPath();
+    if (edges.length >= 2) {
+      for (let k = 0; k + 1 < edges.length; k += 2) {
+        const a = edges[k];
+        const b = edges[k + 1];
+        if (a >= n || b >= n) continue;
+        ctx.moveTo(ox + xy[2 * a] * bw, oy + xy[2 * a + 1] * bh);
+        ctx.lineTo(ox + xy[2 * b] * bw, oy + xy[2 * b + 1] * bh);
+      }
+      ctx.stroke();
+    } else {
+      for (let i = 0; i < n; i += 1) ctx.rect(ox + xy[2 * i] * bw - 0.6, oy + xy[2 * i + 1] * bh - 0.6, 1.2, 1.2);
+      ctx.fill();
+    }
+    panel.meshShown = true;
+    panel.meshDirty = false;
+    panel.hook.meshDraws += 1;
+  }
+
+  // ---- charts -----------------------------------------------------------------------
+  function drawTimeGrid(ctx, w, h, now, t0, scaleX) {
+    const step = 5e6;
+    ctx.strokeStyle = COLOURS.grid;
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (let t = Math.ceil(t0 / step) * step; t <= now; t += step) {
+      const x = Math.round((t - t0) * scaleX) + 0.5;
+      ctx.moveTo(x, 0);
+      ctx.lineTo(x, h);
+    }
+    ctx.stroke();
+  }
+
+  function drawTakes(ctx, h, now, t0, scaleX) {
+    const takes = dash.session.takes;
+    if (!takes || !takes.length) return;
+    ctx.strokeStyle = COLOURS.take;
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (let i = 0; i < takes.length; i += 1) {
+      const take = takes[i];
+      const s = take.start_ts_us;
+      const e = take.end_ts_us;
+      if (s >= t0 && s <= now) {
+        const x = Math.round((s - t0) * scaleX) + 0.5;
+        ctx.moveTo(x, 0);
+        ctx.lineTo(x, h);
+      }
+      if (e !== null && e !== undefined && e >= t0 && e <= now) {
+        const x = Math.round((e - t0) * scaleX) + 0.5;
+        ctx.moveTo(x, 0);
+        ctx.lineTo(x, h);
+      }
+    }
+    ctx.stroke();
+  }
+
+  function drawPitch(panel, now) {
+    const canvas = panel.pitch;
+    const w = canvas._w;
+    const h = canvas._h;
+    if (!w || !h) return;
+    const ctx = beginCanvas(canvas);
+    const t0 = now - dash.windowUs;
+    const scaleX = w / dash.windowUs;
+    const pad = 3;
+    const span = h - 2 * pad;
+    ctx.strokeStyle = COLOURS.grid;
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (let i = 0; i < PITCH_GRID.length; i += 1) {
+      const y = Math.round(pad + span * (1 - Math.log(PITCH_GRID[i] / F0_MIN) / LOG_F0_RANGE)) + 0.5;
+      ctx.moveTo(0, y);
+      ctx.lineTo(w, y);
+    }
+    ctx.stroke();
+    drawTimeGrid(ctx, w, h, now, t0, scaleX);
+    drawTakes(ctx, h, now, t0, scaleX);
+    ctx.fillStyle = COLOURS.gridLabel;
+    ctx.font = "9px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    for (let i = 0; i < PITCH_GRID.length; i += 1) {
+      const y = pad + span * (1 - Math.log(PITCH_GRID[i] / F0_MIN) / LOG_F0_RANGE);
+      ctx.fillText(PITCH_TEXT[i], 3, y - 5);
+    }
+    const cap = PROSODY_CAP;
+    const ts = panel.ts;
+    const f0n = panel.f0n;
+    ctx.fillStyle = COLOURS.pitch;
+    ctx.beginPath();
+    for (let i = 0; i < panel.count; i += 1) {
+      const idx = (panel.head + i) % cap;
+      const t = ts[idx];
+      if (t < t0) continue;
+      const v = f0n[idx];
+      if (v !== v) continue; // unvoiced (NaN)
+      const x = (t - t0) * scaleX;
+      const y = pad + span * (1 - v);
+      ctx.rect(x - 1.2, y - 1.2, 2.4, 2.4);
+    }
+    ctx.fill();
+    panel.hook.pitchChartDraws += 1;
+  }
+
+  function drawLoudness(panel, now) {
+    const canvas = panel.loud;
+    const w = canvas._w;
+    const h = canvas._h;
+    if (!w || !h) return;
+    const ctx = beginCanvas(canvas);
+    const t0 = now - dash.windowUs;
+    const scaleX = w / dash.windowUs;
+    const pad = 2;
+    const span = h - 2 * pad;
+    ctx.strokeStyle = COLOURS.grid;
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    for (let i = 0; i < LOUD_GRID.length; i += 1) {
+      const y = Math.round(pad + span * (1 - (LOUD_GRID[i] - DB_MIN) / (DB_MAX - DB_MIN))) + 0.5;
+      ctx.moveTo(0, y);
+      ctx.lineTo(w, y);
+    }
+    ctx.stroke();
+    drawTimeGrid(ctx, w, h, now, t0, scaleX);
+    drawTakes(ctx, h, now, t0, scaleX);
+    ctx.fillStyle = COLOURS.gridLabel;
+    ctx.font = "9px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    for (let i = 0; i < LOUD_GRID.length; i += 1) {
+      const y = pad + span * (1 - (LOUD_GRID[i] - DB_MIN) / (DB_MAX - DB_MIN));
+      ctx.fillText(LOUD_TEXT[i], 3, y - 5);
+    }
+    const cap = PROSODY_CAP;
+    const ts = panel.ts;
+    const dbn = panel.dbn;
+    ctx.strokeStyle = COLOURS.loud;
+    ctx.lineWidth = 1.3;
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    let prevT = -Infinity;
+    let penDown = false;
+    for (let i = 0; i < panel.count; i += 1) {
+      const idx = (panel.head + i) % cap;
+      const t = ts[idx];
+      if (t < t0 - GAP_US) continue;
+      const v = dbn[idx];
+      if (v !== v) {
+        penDown = false;
+        continue;
+      }
+      const x = (t - t0) * scaleX;
+      const y = pad + span * (1 - v);
+      if (!penDown || t - prevT > GAP_US) ctx.moveTo(x, y);
+      else ctx.lineTo(x, y);
+      penDown = true;
+      prevT = t;
+    }
+    ctx.stroke();
+  }
+
+  // ---- tags and timeline ------------------------------------------------------------
+  function colourOf(label) {
+    return dash.vocab.get(label) || COLOURS.unknown;
+  }
+
+  function laneFor(panel, tag) {
+    const self = tag.rater_role === "performer" && tag.rater_id === panel.id;
+    const key = self ? "\u0000self" : String(tag.rater_id);
+    for (let i = 0; i < panel.lanes.length; i += 1) if (panel.lanes[i].key === key) return panel.lanes[i];
+    const lane = { key, label: self ? "self" : String(tag.rater_id), self, role: tag.rater_role };
+    if (self) panel.lanes.unshift(lane);
+    else panel.lanes.push(lane);
+    setLaneHeight(panel);
+    return lane;
+  }
+
+  function setLaneHeight(panel) {
+    const n = panel.lanes.length;
+    if (n === panel.laneCount) return;
+    panel.laneCount = n;
+    // rater lanes + consensus lane + time axis
+    panel.timeline.style.height = `${(Math.max(n, 1) + 1) * LANE_H + AXIS_H + 3}px`;
+  }
+
+  function addTag(tag) {
+    if (!tag || typeof tag !== "object" || !tag.performer_id || !tag.tag_id) return;
+    const panel = panelFor(tag.performer_id);
+    if (panel.seen.has(tag.tag_id)) return;
+    const ts = Number(tag.ts_us) || 0;
+    panel.seen.set(tag.tag_id, ts);
+    switch (tag.action) {
+      case "point": {
+        if (panel.pendingUndos.has(tag.tag_id)) return;
+        const span = Number(tag.span_us) || 0;
+        panel.items.set(tag.tag_id, {
+          id: tag.tag_id,
+          offsetId: null,
+          lane: laneFor(panel, tag),
+          label: tag.label,
+          colour: colourOf(tag.label),
+          strong: tag.intensity === "strong",
+          start: ts - span / 2,
+          end: ts + span / 2,
+          hold: false,
+        });
+        break;
+      }
+      case "onset": {
+        if (panel.pendingUndos.has(tag.tag_id)) return;
+        const pending = panel.pendingOffsets.get(tag.tag_id);
+        if (pending) panel.pendingOffsets.delete(tag.tag_id);
+        panel.items.set(tag.tag_id, {
+          id: tag.tag_id,
+          offsetId: pending ? pending.id : null,
+          lane: laneFor(panel, tag),
+          label: tag.label,
+          colour: colourOf(tag.label),
+          strong: tag.intensity === "strong",
+          start: ts,
+          end: pending ? pending.ts : null,
+          hold: true,
+        });
+        break;
+      }
+      case "offset": {
+        const item = panel.items.get(tag.onset_tag_id);
+        if (item) {
+          item.end = Math.max(ts, item.start);
+          item.offsetId = tag.tag_id;
+        } else if (!panel.pendingUndos.has(tag.onset_tag_id)) {
+          panel.pendingOffsets.set(tag.onset_tag_id, { ts, id: tag.tag_id });
+        }
+        break;
+      }
+      case "undo": {
+        const target = tag.undoes_tag_id;
+        if (panel.items.has(target)) {
+          panel.items.delete(target);
+        } else {
+          let found = false;
+          for (const [id, item] of panel.items) {
+            if (item.offsetId === target) {
+              panel.items.delete(id);
+              found = true;
+              break;
+            }
+          }
+          if (!found) panel.pendingUndos.set(target, ts);
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  function addConsensus(rows) {
+    if (!Array.isArray(rows)) return;
+    for (const row of rows) {
+      if (!Array.isArray(row) || row.length < 3) continue;
+      const panel = panelFor(row[0]);
+      panel.consensus.set(Number(row[1]), row);
+      hooks.consensus[panel.id] = panel.consensus.size;
+    }
+  }
+
+  function pruneTags(panel, cutoff) {
+    for (const [id, item] of panel.items) {
+      if (item.end !== null && item.end < cutoff) panel.items.delete(id);
+    }
+    for (const [id, ts] of panel.seen) if (ts < cutoff - KEEP_US) panel.seen.delete(id);
+    for (const [id, pending] of panel.pendingOffsets) if (pending.ts < cutoff) panel.pendingOffsets.delete(id);
+    for (const [id, ts] of panel.pendingUndos) if (ts < cutoff - KEEP_US) panel.pendingUndos.delete(id);
+    for (const [key, row] of panel.consensus) {
+      if (key + (Number(row[2]) || 0) < cutoff) panel.consensus.delete(key);
+    }
+    hooks.consensus[panel.id] = panel.consensus.size;
+    // drop lanes nobody draws in any more
+    if (panel.lanes.length) {
+      const used = new Set();
+      for (const item of panel.items.values()) used.add(item.lane);
+      const kept = panel.lanes.filter((lane) => used.has(lane));
+      if (kept.length !== panel.lanes.length) {
+        panel.lanes = kept;
+        setLaneHeight(panel);
+      }
+    }
+  }
+
+  function drawTimeline(panel, now) {
+    const canvas = panel.timeline;
+    const w = canvas._w;
+    const h = canvas._h;
+    const drawn = panel.drawnIds;
+    drawn.length = 0;
+    if (!w || !h) return;
+    const ctx = beginCanvas(canvas);
+    const t0 = now - dash.windowUs;
+    const scaleX = w / dash.windowUs;
+    const lanes = panel.lanes;
+    const nLanes = lanes.length;
+    const consensusY = Math.max(nLanes, 1) * LANE_H + 2;
+    const axisY = consensusY + LANE_H + 1;
+
+    // lane backgrounds
+    for (let i = 0; i < nLanes; i += 1) {
+      const lane = lanes[i];
+      lane.y = i * LANE_H;
+      ctx.fillStyle = i % 2 ? COLOURS.laneAlt : COLOURS.lane;
+      ctx.fillRect(0, lane.y, w, LANE_H);
+      if (lane.self) {
+        ctx.fillStyle = hatchPattern(ctx);
+        ctx.fillRect(0, lane.y, w, LANE_H);
+        ctx.strokeStyle = "rgba(245,183,0,0.55)";
+        ctx.lineWidth = 1;
+        ctx.strokeRect(0.5, lane.y + 0.5, w - 1, LANE_H - 1);
+      }
+    }
+    ctx.fillStyle = "rgba(255,255,255,0.05)";
+    ctx.fillRect(0, consensusY, w, LANE_H);
+    drawTimeGrid(ctx, w, axisY, now, t0, scaleX);
+    drawTakes(ctx, axisY, now, t0, scaleX);
+
+    // consensus windows: colour of the label, alpha by agreement
+    for (const row of panel.consensus.values()) {
+      const label = row[3];
+      if (!label) continue;
+      const start = Number(row[1]);
+      const end = start + (Number(row[2]) || 0);
+      if (end < t0 || start > now) continue;
+      const agreement = row[4];
+      ctx.globalAlpha = typeof agreement === "number" ? 0.15 + 0.85 * Math.max(0, Math.min(1, agreement)) : 0.5;
+      ctx.fillStyle = colourOf(label);
+      const x0 = Math.round(Math.max(0, (start - t0) * scaleX));
+      const x1 = Math.round(Math.min(w, (end - t0) * scaleX));
+      ctx.fillRect(x0, consensusY + 1, Math.max(1, x1 - x0), LANE_H - 2);
+    }
+    ctx.globalAlpha = 1;
+
+    // rater tags
+    for (const item of panel.items.values()) {
+      const end = item.end === null ? now : item.end;
+      if (end < t0 || item.start > now) continue;
+      const lane = item.lane;
+      if (lane.y === undefined) continue;
+      const x0 = Math.max(0, (item.start - t0) * scaleX);
+      const x1 = Math.min(w, (end - t0) * scaleX);
+      const bw = Math.max(2, x1 - x0);
+      const bh = item.strong ? LANE_H - 2 : Math.round(LANE_H * 0.55);
+      const y = lane.y + (LANE_H - bh) / 2;
+      ctx.globalAlpha = item.strong ? 1 : 0.7;
+      ctx.fillStyle = item.colour;
+      ctx.fillRect(x0, y, bw, bh);
+      if (item.strong) {
+        ctx.globalAlpha = 0.9;
+        ctx.strokeStyle = "#ffffff";
+        ctx.lineWidth = 1;
+        ctx.strokeRect(x0 + 0.5, y + 0.5, bw - 1, bh - 1);
+      }
+      if (item.end === null) {
+        // open hold: bright leading edge at now
+        ctx.globalAlpha = 1;
+        ctx.fillStyle = "#ffffff";
+        ctx.fillRect(x1 - 2, y, 2, bh);
+      }
+      drawn.push(item.id);
+      if (item.offsetId) drawn.push(item.offsetId);
+    }
+    ctx.globalAlpha = 1;
+
+    // now line, lane labels, time axis
+    ctx.fillStyle = COLOURS.now;
+    ctx.fillRect(w - 1, 0, 1, axisY);
+    ctx.font = "10px system-ui, sans-serif";
+    ctx.textBaseline = "middle";
+    for (let i = 0; i < nLanes; i += 1) {
+      const lane = lanes[i];
+      const text = lane.label;
+      const tw = ctx.measureText(text).width;
+      ctx.fillStyle = "rgba(15,17,21,0.75)";
+      ctx.fillRect(0, lane.y + 1, tw + 8, LANE_H - 2);
+      ctx.fillStyle = lane.self ? "#f5b700" : COLOURS.laneText;
+      ctx.fillText(text, 4, lane.y + LANE_H / 2);
+    }
+    if (nLanes === 0) {
+      ctx.fillStyle = COLOURS.gridLabel;
+      ctx.fillText("no tags in the last minute", 4, LANE_H / 2 - 1);
+    }
+    {
+      const tw = 62;
+      ctx.fillStyle = "rgba(15,17,21,0.75)";
+      ctx.fillRect(0, consensusY + 1, tw, LANE_H - 2);
+      ctx.fillStyle = COLOURS.laneText;
+      ctx.fillText("consensus", 4, consensusY + LANE_H / 2);
+    }
+    ctx.fillStyle = COLOURS.gridLabel;
+    ctx.font = "9px system-ui, sans-serif";
+    ctx.textBaseline = "top";
+    const secs = dash.windowUs / 1e6;
+    for (let s = 0; s <= secs; s += 5) {
+      const x = w - (s / secs) * w;
+      const text = s === 0 ? "now" : `-${s}s`;
+      const tw = ctx.measureText(text).width;
+      ctx.fillText(text, Math.min(w - tw, Math.max(0, x - tw / 2)), axisY + 2);
+    }
+  }
+
+  // ---- agreement, session, health ---------------------------------------------------
+  function alphaClass(value) {
+    if (typeof value !== "number") return "na";
+    if (value >= 0.667) return "good";
+    if (value >= 0.4) return "fair";
+    return "poor";
+  }
+
+  function setAgreement(agreement) {
+    hooks.agreement = agreement;
+    for (const [performerId, value] of Object.entries(agreement || {})) {
+      const panel = panelFor(performerId);
+      const v = value || {};
+      panel.alphaEl.textContent = `α ${fmt(v.session, 2)} · 60 s ${fmt(v.last_60s, 2)} · ${v.raters ?? 0} raters`;
+      panel.alphaEl.dataset.level = alphaClass(v.last_60s ?? v.session);
+      panel.alphaEl.title = `Krippendorff's alpha (nominal): session ${fmt(v.session, 3)}, last 60 s ${fmt(v.last_60s, 3)}; ${v.raters ?? 0} raters, ${v.units ?? 0} units`;
+    }
+  }
+
+  function openTake() {
+    const takes = dash.session.takes || [];
+    const last = takes[takes.length - 1];
+    return last && (last.end_ts_us === null || last.end_ts_us === undefined) ? last : null;
+  }
+
+  function setSession(session) {
+    if (!session || typeof session !== "object") return;
+    if (session.state !== undefined) dash.session.state = session.state;
+    if (Array.isArray(session.takes)) dash.session.takes = session.takes;
+    if (Array.isArray(session.presence)) dash.session.presence = session.presence;
+    hooks.session = { state: dash.session.state, takes: dash.session.takes, presence: dash.session.presence };
+    const stateEl = $("session-state");
+    stateEl.textContent = dash.session.state || "—";
+    stateEl.dataset.state = dash.session.state || "";
+    renderPresence();
+    dash.actionPendingUntil = 0;
+    renderTakeControls();
+  }
+
+  function renderTakeControls() {
+    const state = dash.session.state;
+    const finished = state === "ended" || state === "archived";
+    const open = openTake();
+    const connected = hooks.connected;
+    const pending = performance.now() < dash.actionPendingUntil;
+    $("take-start").disabled = !connected || pending || finished || !!open;
+    $("take-end").disabled = !connected || pending || !open;
+    $("end-session").disabled = !connected || pending || finished;
+    const takes = dash.session.takes || [];
+    $("take-start").textContent = open ? "Start take" : `Start take ${takes.length + 1}`;
+    $("take-end").textContent = open ? `End take ${open.take_id}` : "End take";
+    updateTakeInfo();
+  }
+
+  function clockText(us) {
+    const total = Math.max(0, Math.floor(us / 1e6));
+    const m = Math.floor(total / 60);
+    const s = total % 60;
+    return `${m}:${String(s).padStart(2, "0")}`;
+  }
+
+  function updateTakeInfo() {
+    const open = openTake();
+    const takes = dash.session.takes || [];
+    let text;
+    if (open) {
+      const now = sessionNowUs();
+      text = `● take ${open.take_id} · ${now === null ? "—" : clockText(now - open.start_ts_us)}`;
+    } else {
+      text = takes.length ? `no take running · ${takes.length} done` : "no take yet";
+    }
+    if (text !== dash.lastTakeText) {
+      dash.lastTakeText = text;
+      const info = $("take-info");
+      info.textContent = text;
+      info.dataset.open = open ? "1" : "0";
+    }
+  }
+
+  function renderPresence() {
+    const list = $("presence");
+    list.textContent = "";
+    const connectedIds = new Set();
+    for (const p of dash.session.presence || []) {
+      const item = el("li", "presence-item");
+      const dot = el("span", "dot");
+      dot.dataset.ok = p.connected ? "true" : "false";
+      item.append(dot, document.createTextNode(`${p.participant_id} `), el("span", "dim", p.role || ""));
+      list.append(item);
+      if (p.connected) connectedIds.add(p.participant_id);
+    }
+    for (const panel of dash.panels.values()) {
+      const known = (dash.session.presence || []).some((p) => p.participant_id === panel.id);
+      panel.presenceEl.dataset.ok = known ? String(connectedIds.has(panel.id)) : "unknown";
+    }
+  }
+
+  function renderLinks(links) {
+    const list = $("links-list");
+    list.textContent = "";
+    if (!Array.isArray(links) || !links.length) {
+      list.append(el("li", "dim", "none"));
+      return;
+    }
+    for (const link of links) {
+      const item = el("li", "link-row");
+      const who = el("span", "link-who", `${link.role || ""} ${link.participant_id || ""}`.trim());
+      const input = el("input", "link-url mono");
+      input.type = "text";
+      input.readOnly = true;
+      input.value = link.url || "";
+      input.addEventListener("focus", () => input.select());
+      const copy = el("button", "link-copy", "Copy");
+      copy.type = "button";
+      copy.addEventListener("click", async () => {
+        let ok = false;
+        try {
+          if (navigator.clipboard && navigator.clipboard.writeText) {
+            await navigator.clipboard.writeText(input.value);
+            ok = true;
+          }
+        } catch (error) {
+          ok = false;
+        }
+        if (!ok) {
+          input.focus();
+          input.select();
+          try {
+            ok = document.execCommand("copy");
+          } catch (error) {
+            ok = false;
+          }
+        }
+        copy.textContent = ok ? "Copied" : "Select ⌘/Ctrl+C";
+        setTimeout(() => {
+          copy.textContent = "Copy";
+        }, 1800);
+      });
+      item.append(who, input, copy);
+      list.append(item);
+    }
+  }
+
+  function cell(row, index, text, level) {
+    while (row.cells.length <= index) row.insertCell();
+    const c = row.cells[index];
+    if (c.textContent !== text) c.textContent = text;
+    if (level !== undefined && c.dataset.level !== level) c.dataset.level = level;
+  }
+
+  function syncRows(tbody, keys) {
+    const rows = new Map();
+    for (const row of Array.from(tbody.rows)) rows.set(row.dataset.key, row);
+    const ordered = [];
+    for (const key of keys) {
+      let row = rows.get(key);
+      if (!row) {
+        row = document.createElement("tr");
+        row.dataset.key = key;
+      }
+      rows.delete(key);
+      ordered.push(row);
+    }
+    for (const row of rows.values()) row.remove();
+    for (let i = 0; i < ordered.length; i += 1) {
+      if (tbody.rows[i] !== ordered[i]) tbody.insertBefore(ordered[i], tbody.rows[i] || null);
+    }
+    return ordered;
+  }
+
+  function latencyLevel(ms) {
+    if (typeof ms !== "number") return "na";
+    if (ms > 1000) return "bad";
+    if (ms > 400) return "warn";
+    return "ok";
+  }
+
+  function setHealth(health) {
+    hooks.health = health;
+    if (!health || typeof health !== "object") return;
+    const broker = $("broker");
+    if (health.broker !== undefined) {
+      broker.dataset.ok = health.broker ? "true" : "false";
+      broker.textContent = health.broker ? "broker up" : "broker DOWN";
+    }
+    const perf = health.performers || {};
+    const perfKeys = Object.keys(perf);
+    const rosterOrder = Array.from(dash.panels.keys());
+    perfKeys.sort((a, b) => {
+      const ia = rosterOrder.indexOf(a);
+      const ib = rosterOrder.indexOf(b);
+      return (ia < 0 ? 1e9 : ia) - (ib < 0 ? 1e9 : ib) || (a < b ? -1 : a > b ? 1 : 0);
+    });
+    const perfRows = syncRows($("health-performers").tBodies[0], perfKeys);
+    perfKeys.forEach((key, i) => {
+      const v = perf[key] || {};
+      const row = perfRows[i];
+      cell(row, 0, key);
+      cell(row, 1, fmt(v.video_fps_in, 1), typeof v.video_fps_in === "number" && v.video_fps_in < 5 ? "warn" : "ok");
+      cell(row, 2, fmt(v.video_fps_out, 1), typeof v.video_fps_out === "number" && v.video_fps_out < 3 ? "warn" : "ok");
+      cell(row, 3, fmt(v.frames_dropped, 0), v.frames_dropped > 0 ? "warn" : "ok");
+      cell(row, 4, fmt(v.audio_dropped, 0), v.audio_dropped > 0 ? "warn" : "ok");
+      cell(row, 5, fmt(v.prosody_latency_ms, 0), latencyLevel(v.prosody_latency_ms));
+      cell(row, 6, fmt(v.face_latency_ms, 0), latencyLevel(v.face_latency_ms));
+    });
+    const lag = health.consumer_lag || {};
+    const lagKeys = Object.keys(lag).sort();
+    const lagRows = syncRows($("health-lag").tBodies[0], lagKeys);
+    lagKeys.forEach((key, i) => {
+      const n = lag[key];
+      cell(lagRows[i], 0, key);
+      lagRows[i].cells[0].title = key;
+      cell(lagRows[i], 1, fmt(n, 0), typeof n !== "number" ? "na" : n > 500 ? "bad" : n > 50 ? "warn" : "ok");
+    });
+    const clients = Array.isArray(health.clients) ? health.clients : [];
+    const clientKeys = clients.map((c, i) => `${c.participant_id}|${c.kind}|${i}`);
+    const clientRows = syncRows($("health-clients").tBodies[0], clientKeys);
+    clients.forEach((c, i) => {
+      const row = clientRows[i];
+      cell(row, 0, String(c.participant_id ?? "—"));
+      cell(row, 1, String(c.role ?? "—"));
+      cell(row, 2, String(c.kind ?? "—"));
+      cell(row, 3, fmt(c.offset_ms, 1));
+      cell(row, 4, fmt(c.rtt_ms, 1), typeof c.rtt_ms === "number" && c.rtt_ms > 300 ? "warn" : "ok");
+      cell(row, 5, fmt(c.uncertainty_ms, 1), typeof c.uncertainty_ms === "number" && c.uncertainty_ms > 100 ? "warn" : "ok");
+    });
+  }
+
+  // ---- capture scripts (video call + tagging widget) --------------------------------
+  function loadCss(href) {
+    const link = document.createElement("link");
+    link.rel = "stylesheet";
+    link.href = href;
+    // before our own stylesheet, so the dashboard's rules win on equal specificity
+    const ours = document.querySelector('link[href$="dashboard.css"]');
+    document.head.insertBefore(link, ours || null);
+  }
+
+  function loadScript(src) {
+    return new Promise((resolve) => {
+      const script = document.createElement("script");
+      script.src = src;
+      script.async = false;
+      script.onload = () => resolve(true);
+      script.onerror = () => {
+        pushError({ type: "error", code: "load_failed", message: `could not load ${src}` });
+        resolve(false);
+      };
+      document.body.append(script);
+    });
+  }
+
+  async function startCapture(captureUrl) {
+    if (dash.scriptsStarted || !captureUrl) return;
+    dash.scriptsStarted = true;
+    const base = String(captureUrl).replace(/\/+$/, "");
+    window.LIVETAG_CAPTURE_BASE = base;
+    loadCss(`${base}/tagger/tagger.css`);
+    await loadScript(`${base}/tagger/tagger.js`);
+    await loadScript(`${base}/static/call.js`);
+  }
+
+  // ---- websocket --------------------------------------------------------------------
+  function onHello(message) {
+    hooks.hello = message;
+    hooks.connected = true;
+    dash.retryMs = BACKOFF_START_MS;
+    setConn("live", "live");
+    if (typeof message.window_s === "number" && message.window_s > 0) dash.windowUs = Math.min(message.window_s, 60) * 1e6;
+    if (Array.isArray(message.mesh_edges)) {
+      const edges = new Uint16Array(message.mesh_edges.length * 2);
+      let k = 0;
+      for (const edge of message.mesh_edges) {
+        if (!Array.isArray(edge) || edge.length < 2) continue;
+        edges[k] = edge[0];
+        edges[k + 1] = edge[1];
+        k += 2;
+      }
+      dash.edges = edges.subarray(0, k);
+    }
+    const session = message.session || {};
+    dash.sessionId = session.session_id || null;
+    $("session-id").textContent = session.session_id || "—";
+    $("session-prompt").textContent = session.prompt || "";
+    $("session-prompt").title = session.prompt || "";
+    document.title = `livetag · ${session.session_id || "director"}`;
+    dash.vocab.clear();
+    for (const entry of session.vocabulary || []) {
+      if (entry && entry.label) dash.vocab.set(entry.label, /^#[0-9a-fA-F]{6}$/.test(entry.colour) ? entry.colour : COLOURS.unknown);
+    }
+    for (const panel of dash.panels.values()) {
+      for (const item of panel.items.values()) item.colour = colourOf(item.label);
+    }
+    applyRoster(session.roster || []);
+    setSession({ state: session.state, takes: session.takes || [], presence: session.presence || [] });
+    renderLinks(message.links);
+    startCapture(message.capture_url);
+  }
+
+  function onUpdate(message) {
+    hooks.updates += 1;
+    if (typeof message.now_us === "number") syncClock(message.now_us);
+    if (message.performers && typeof message.performers === "object") {
+      for (const [performerId, data] of Object.entries(message.performers)) {
+        if (!data) continue;
+        const panel = panelFor(performerId);
+        if (data.prosody) addProsody(panel, data.prosody);
+        if (data.face) setFace(panel, data.face);
+      }
+    }
+    if (Array.isArray(message.tags)) for (const tag of message.tags) addTag(tag);
+    if (message.consensus) addConsensus(message.consensus);
+    if (message.agreement) setAgreement(message.agreement);
+    if (message.health) setHealth(message.health);
+    if (message.session) setSession(message.session);
+  }
+
+  function onMessage(event) {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch (error) {
+      return;
+    }
+    if (!message || typeof message !== "object") return;
+    switch (message.type) {
+      case "hello":
+        onHello(message);
+        break;
+      case "update":
+        onUpdate(message);
+        break;
+      case "error":
+        pushError(message);
+        dash.actionPendingUntil = 0;
+        renderTakeControls();
+        break;
+      default:
+        break;
+    }
+  }
+
+  function send(message) {
+    if (dash.ws && dash.ws.readyState === WebSocket.OPEN) {
+      dash.ws.send(JSON.stringify(message));
+      return true;
+    }
+    pushError({ type: "error", code: "offline", message: "not connected: try again in a moment" });
+    return false;
+  }
+
+  function action(type) {
+    if (send({ type })) {
+      dash.actionPendingUntil = performance.now() + 3000;
+      renderTakeControls();
+    }
+  }
+
+  $("take-start").addEventListener("click", () => action("take_start"));
+  $("take-end").addEventListener("click", () => action("take_end"));
+  $("end-session").addEventListener("click", () => {
+    if (window.confirm(`End session ${dash.sessionId || ""} for everyone? This cannot be undone.`)) action("end_session");
+  });
+
+  function scheduleReconnect() {
+    if (dash.retryTimer || dash.stopped) return;
+    setConn("reconnecting", `reconnecting in ${(dash.retryMs / 1000).toFixed(1)} s…`);
+    dash.retryTimer = setTimeout(() => {
+      dash.retryTimer = null;
+      connect();
+    }, dash.retryMs);
+    dash.retryMs = Math.min(dash.retryMs * 2, BACKOFF_MAX_MS);
+  }
+
+  function connect() {
+    if (!token) {
+      dash.stopped = true;
+      setConn("error", "no token in the link");
+      pushError({ type: "error", code: "no_token", message: "no token in the link" });
+      return;
+    }
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    let ws;
+    try {
+      ws = new WebSocket(`${scheme}://${location.host}/ws/dashboard?token=${encodeURIComponent(token)}`);
+    } catch (error) {
+      scheduleReconnect();
+      return;
+    }
+    dash.ws = ws;
+    if (!hooks.hello) setConn("connecting", "connecting…");
+    ws.addEventListener("message", onMessage);
+    ws.addEventListener("close", async () => {
+      if (ws !== dash.ws) return;
+      hooks.connected = false;
+      renderTakeControls();
+      setConn("reconnecting", "connection lost");
+      // A refused handshake looks like any lost connection: ask why, and stop retrying
+      // when the link itself is bad.
+      try {
+        const response = await fetch(`/api/dashboard-token?token=${encodeURIComponent(token)}`);
+        if (response.status >= 400 && response.status < 500 && response.status !== 408 && response.status !== 429) {
+          let text = `refused (${response.status})`;
+          try {
+            const body = await response.json();
+            if (body && body.message) text = body.message;
+          } catch (error) {
+            // not JSON: keep the status text
+          }
+          dash.stopped = true;
+          setConn("error", text);
+          pushError({ type: "error", code: "refused", message: text });
+          return;
+        }
+      } catch (error) {
+        // the server is away: keep retrying
+      }
+      scheduleReconnect();
+    });
+  }
+
+  // ---- frame loop -------------------------------------------------------------------
+  function frame() {
+    requestAnimationFrame(frame);
+    if (document.hidden) return;
+    const perfNow = performance.now();
+    const now = sessionNowUs();
+    if (now !== null && perfNow - dash.lastPrunePerf > 1000) {
+      dash.lastPrunePerf = perfNow;
+      const cutoff = now - KEEP_US;
+      for (const panel of dash.panels.values()) {
+        pruneProsody(panel, cutoff);
+        pruneTags(panel, cutoff);
+      }
+    }
+    for (const panel of dash.panels.values()) {
+      checkFigure(panel);
+      if (!panel.visible && perfNow - panel.lastDrawPerf < OFFSCREEN_DRAW_MS) continue;
+      panel.lastDrawPerf = perfNow;
+      drawMesh(panel, now);
+      if (now === null) continue;
+      drawPitch(panel, now);
+      drawLoudness(panel, now);
+      drawTimeline(panel, now);
+    }
+    if (now !== null) updateTakeInfo();
+    if (dash.actionPendingUntil && perfNow >= dash.actionPendingUntil) {
+      dash.actionPendingUntil = 0;
+      renderTakeControls();
+    }
+  }
+
+  connect();
+  requestAnimationFrame(frame);
+})();

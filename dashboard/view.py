@@ -1,0 +1,302 @@
+"""What a session's dashboards show, kept once per session and read by every client: sans I/O.
+
+Records go in as they arrive from the topics; each browser client holds only a cursor
+(:class:`ClientCursor`), and :meth:`SessionView.update_for` builds the next update for it
+from whatever is new since its cursor. A client that reads slowly simply gets a bigger,
+coalesced update later (the latest face frame, the prosody points still in the 30 s
+window, every tag): nothing queues per client, so a slow or dead dashboard costs nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import krippendorff
+import numpy as np
+
+from streams import records
+
+__all__ = ["ClientCursor", "SessionView", "agreement_alpha"]
+
+PROSODY_STEP_US = 50_000  # one chart point per 50 ms: 20 per second per performer
+CHART_WINDOW_US = 35_000_000  # a little over the 30 s the charts show
+CONSENSUS_KEEP_US = 120_000_000
+TOP_BLENDSHAPES = 8
+NO_LABEL = "(none)"
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+@dataclass(slots=True)
+class _ProsodyBin:
+    start_us: int
+    f0_sum: float = 0.0
+    voiced: int = 0
+    loudness_sum: float = 0.0
+    hops: int = 0
+
+    def point(self) -> list[Any]:
+        f0 = self.f0_sum / self.voiced if self.voiced else None
+        return [self.start_us, _round(f0, 1), _round(self.loudness_sum / self.hops, 1)]
+
+
+@dataclass(slots=True)
+class _Performer:
+    points: deque[tuple[int, list[Any]]] = field(default_factory=deque)  # (seq, point)
+    open_bin: _ProsodyBin | None = None
+    face: dict[str, Any] | None = None
+    face_seq: int = 0
+    prosody_latency_us: deque[int] = field(default_factory=lambda: deque(maxlen=100))
+    face_latency_us: deque[int] = field(default_factory=lambda: deque(maxlen=30))
+    # Label windows for agreement: window start -> ((rater, label or NO_LABEL), ...)
+    windows: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ClientCursor:
+    """How far one dashboard client has been sent each stream."""
+
+    prosody: dict[str, int] = field(default_factory=dict)
+    face: dict[str, int] = field(default_factory=dict)
+    tags: int = 0
+    consensus: int = 0
+    agreement: int = 0
+    health: int = 0
+    session: int = 0
+
+
+class SessionView:
+    """The live state of one session for its dashboards."""
+
+    def __init__(self, session: records.SessionRecord) -> None:
+        self.session = session
+        self.session_version = 1
+        self.performers: dict[str, _Performer] = {
+            p.performer_id: _Performer() for p in session.roster
+        }
+        self._seq = 0
+        self.tags: list[dict[str, Any]] = []  # every tag of the session, in arrival order
+        self._tag_ids: set[str] = set()
+        self.consensus: deque[tuple[int, list[Any]]] = deque()
+        self.agreement: dict[str, Any] = {}
+        self.agreement_version = 0
+        self.health: dict[str, Any] = {}
+        self.health_version = 0
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _performer(self, performer_id: str) -> _Performer:
+        performer = self.performers.get(performer_id)
+        if performer is None:
+            performer = self.performers[performer_id] = _Performer()
+        return performer
+
+    # ---------------------------------------------------------------- records in
+
+    def add_session(self, record: records.SessionRecord) -> None:
+        if record.session_id != self.session.session_id or record.ts_us < self.session.ts_us:
+            return
+        self.session = record
+        self.session_version += 1
+
+    def add_prosody(self, frame: records.ProsodyFrame, received_us: int) -> None:
+        performer = self._performer(frame.performer_id)
+        performer.prosody_latency_us.append(received_us - frame.ts_us)
+        start = frame.ts_us // PROSODY_STEP_US * PROSODY_STEP_US
+        current = performer.open_bin
+        if current is not None and start < current.start_us:
+            return  # a re-delivered or late hop: its point has gone out
+        if current is None or start > current.start_us:
+            if current is not None:
+                performer.points.append((self._next(), current.point()))
+            current = performer.open_bin = _ProsodyBin(start)
+        current.hops += 1
+        current.loudness_sum += frame.loudness_db
+        if frame.voiced and frame.f0_hz is not None:
+            current.voiced += 1
+            current.f0_sum += frame.f0_hz
+        horizon = frame.ts_us - CHART_WINDOW_US
+        while performer.points and performer.points[0][1][0] < horizon:
+            performer.points.popleft()
+
+    def add_face(self, frame: records.FaceFrame, received_us: int) -> None:
+        performer = self._performer(frame.performer_id)
+        performer.face_latency_us.append(received_us - frame.ts_us)
+        if performer.face is not None and frame.ts_us <= performer.face["ts_us"]:
+            return
+        top = sorted(frame.blendshapes.items(), key=lambda item: -item[1])[:TOP_BLENDSHAPES]
+        performer.face = {
+            "ts_us": frame.ts_us,
+            "face_present": frame.face_present,
+            "landmarks": None if frame.landmarks is None else frame.landmarks.data,
+            "blendshapes": {name: round(value, 3) for name, value in top},
+            "head_pose": None if frame.head_pose is None else frame.head_pose.model_dump(),
+        }
+        performer.face_seq = self._next()
+
+    def add_tag(self, tag: records.TagEvent) -> None:
+        if tag.tag_id in self._tag_ids:
+            return  # at-least-once delivery: a tag is shown once
+        self._tag_ids.add(tag.tag_id)
+        self.tags.append(
+            tag.model_dump(
+                include={
+                    "ts_us",
+                    "performer_id",
+                    "tag_id",
+                    "rater_id",
+                    "rater_role",
+                    "action",
+                    "label",
+                    "intensity",
+                    "span_us",
+                    "onset_tag_id",
+                    "undoes_tag_id",
+                }
+            )
+        )
+
+    def add_label(self, window: records.LabelWindow) -> None:
+        performer = self._performer(window.performer_id)
+        labels: dict[str, str] = {}
+        for rater in window.raters:
+            if rater.labels:
+                labels[rater.rater_id] = rater.labels[0].label
+        if labels or window.ts_us in performer.windows:
+            performer.windows[window.ts_us] = labels
+        if labels or window.consensus is not None:
+            point = [
+                window.performer_id,
+                window.ts_us,
+                window.window_us,
+                window.consensus,
+                window.consensus_agreement,
+            ]
+            self.consensus.append((self._next(), point))
+        horizon = window.ts_us - CONSENSUS_KEEP_US
+        while self.consensus and self.consensus[0][1][1] < horizon:
+            self.consensus.popleft()
+
+    def set_health(self, health: dict[str, Any]) -> None:
+        latency = {}
+        for performer_id, performer in self.performers.items():
+            latency[performer_id] = {
+                "prosody_latency_ms": _median_ms(performer.prosody_latency_us),
+                "face_latency_ms": _median_ms(performer.face_latency_us),
+            }
+        merged = dict(health)
+        per_performer = {**merged.get("performers", {})}
+        for performer_id, values in latency.items():
+            per_performer[performer_id] = {**per_performer.get(performer_id, {}), **values}
+        merged["performers"] = per_performer
+        self.health = merged
+        self.health_version += 1
+
+    def compute_agreement(self, now_us: int, recent_us: int = 60_000_000) -> None:
+        """Krippendorff's alpha (nominal) per performer: the session so far and recently."""
+        result = {}
+        for performer_id, performer in self.performers.items():
+            recent = {ts: v for ts, v in performer.windows.items() if ts >= now_us - recent_us}
+            raters = sorted({rater for labels in performer.windows.values() for rater in labels})
+            result[performer_id] = {
+                "session": agreement_alpha(performer.windows.values(), raters),
+                "last_60s": agreement_alpha(recent.values(), raters),
+                "raters": len(raters),
+                "units": sum(1 for labels in performer.windows.values() if labels),
+            }
+        if result != self.agreement:
+            self.agreement = result
+            self.agreement_version += 1
+
+    # ---------------------------------------------------------------- updates out
+
+    def hello(self) -> dict[str, Any]:
+        return {"type": "hello", "session": self.session.model_dump(mode="json")}
+
+    def update_for(self, cursor: ClientCursor, now_us: int) -> dict[str, Any] | None:
+        """What is new for this client since its cursor (and advance it); None if nothing."""
+        update: dict[str, Any] = {}
+        performers: dict[str, Any] = {}
+        for performer_id, performer in self.performers.items():
+            entry: dict[str, Any] = {}
+            since = cursor.prosody.get(performer_id, 0)
+            points = [point for seq, point in performer.points if seq > since]
+            if points:
+                entry["prosody"] = points
+                cursor.prosody[performer_id] = performer.points[-1][0]
+            if performer.face is not None and performer.face_seq > cursor.face.get(performer_id, 0):
+                entry["face"] = performer.face
+                cursor.face[performer_id] = performer.face_seq
+            if entry:
+                performers[performer_id] = entry
+        if performers:
+            update["performers"] = performers
+        if cursor.tags < len(self.tags):
+            update["tags"] = self.tags[cursor.tags :]
+            cursor.tags = len(self.tags)
+        consensus = [point for seq, point in self.consensus if seq > cursor.consensus]
+        if consensus:
+            update["consensus"] = consensus
+            cursor.consensus = self.consensus[-1][0]
+        if cursor.agreement < self.agreement_version:
+            update["agreement"] = self.agreement
+            cursor.agreement = self.agreement_version
+        if cursor.health < self.health_version:
+            update["health"] = self.health
+            cursor.health = self.health_version
+        if cursor.session < self.session_version:
+            update["session"] = {
+                "state": self.session.state,
+                "takes": [take.model_dump() for take in self.session.takes],
+                "presence": [p.model_dump() for p in self.session.presence],
+            }
+            cursor.session = self.session_version
+        if not update:
+            return None
+        return {"type": "update", "now_us": now_us, **update}
+
+
+def _median_ms(values: Iterable[int]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    return round(ordered[len(ordered) // 2] / 1000, 1)
+
+
+def agreement_alpha(windows: Iterable[dict[str, str]], raters: list[str]) -> float | None:
+    """Krippendorff's alpha (nominal) over label windows.
+
+    Units are the windows in which any rater has a label; each rater's value is the label
+    they hold there, or "no label" (a rater who tagged nothing there disagrees with one who
+    did). None when it is undefined: fewer than two raters, or no variation at all.
+    """
+    units = [labels for labels in windows if labels]
+    if len(raters) < 2 or not units:
+        return None
+    categories: dict[str, int] = {NO_LABEL: 0}
+    data = np.empty((len(raters), len(units)), dtype=np.float64)
+    for column, labels in enumerate(units):
+        for row, rater in enumerate(raters):
+            label = labels.get(rater, NO_LABEL)
+            data[row, column] = categories.setdefault(label, len(categories))
+    if np.all(data == data[0, 0]):
+        return 1.0  # everyone always held the same label: formally 0/0, in fact agreement
+    try:
+        alpha = float(
+            krippendorff.alpha(
+                reliability_data=data,
+                level_of_measurement="nominal",
+                value_domain=list(range(len(categories))),
+            )
+        )
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None if math.isnan(alpha) else round(alpha, 3)
