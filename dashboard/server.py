@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from dashboard.view import ClientCursor, SessionView
 from infra.settings import Settings
@@ -75,6 +75,7 @@ class SessionFeed:
         self.idle_since: float | None = None
         self.undecodable = 0
         self._counters: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._offsets: AIOKafkaConsumer | None = None
 
     @property
     def session_id(self) -> str:
@@ -121,6 +122,8 @@ class SessionFeed:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._consumer.stop()
+        if self._offsets is not None:
+            await self._offsets.stop()
 
     async def next_tick(self, seen: int) -> int:
         async with self._ticked:
@@ -187,7 +190,6 @@ class SessionFeed:
     async def _consumer_lag(self) -> tuple[bool, dict[str, int]]:
         """Records each topic's processors still have to read (their committed offsets)."""
         session = self.view.session
-        group = f"livetag-processors-{self.session_id}"
         source_topics = [
             session.topics.audio,
             session.topics.video,
@@ -195,22 +197,27 @@ class SessionFeed:
             session.topics.face,
             topics.TAGS,
         ]
+        partitions = [
+            TopicPartition(topic, n)
+            for topic in source_topics
+            for n in range(self.settings.partitions)
+        ]
         try:
-            async with asyncio.timeout(2.0), kafka.admin_client(self.settings) as admin:
-                committed = await admin.list_consumer_group_offsets(group)
-                partitions = [
-                    TopicPartition(topic, n)
-                    for topic in source_topics
-                    for n in range(self.settings.partitions)
-                ]
+            async with asyncio.timeout(2.0):
+                if self._offsets is None:
+                    # Reads the processors' group offsets; it never joins the group.
+                    self._offsets = kafka.make_consumer(
+                        self.settings, group_id=f"livetag-processors-{self.session_id}"
+                    )
+                    await self._offsets.start()
                 ends = await self._consumer.end_offsets(partitions)
+                committed = {tp: await self._offsets.committed(tp) for tp in partitions}
         except Exception as exc:
             log.debug("broker unreachable for the health view: %s", exc)
             return False, {}
         lag: dict[str, int] = {}
         for partition, end in ends.items():
-            done = committed.get(partition)
-            position = done.offset if done is not None and done.offset >= 0 else 0
+            position = committed.get(partition) or 0
             lag[partition.topic] = lag.get(partition.topic, 0) + max(0, end - position)
         return True, lag
 

@@ -310,6 +310,18 @@ def capture(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.pass_context
+def dashboard(ctx: click.Context) -> None:
+    """Run the director's dashboard server alone (livetag up runs it too)."""
+    from infra.up import run_dashboard
+
+    try:
+        asyncio.run(run_dashboard(_settings(ctx)))
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
 @click.option(
     "--session",
     "sessions",

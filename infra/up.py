@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 
-from infra.broker import EmbeddedBroker
-from infra.settings import Settings
+from infra.broker import EmbeddedBroker, die_with_parent
+from infra.settings import Settings, to_environment
 from streams import face_model, kafka, topics
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
     broker: EmbeddedBroker | None = None
     capture: CaptureServer | None = None
     processors: asyncio.Task[None] | None = None
+    dashboard: asyncio.subprocess.Process | None = None
     # Handlers first: a Ctrl-C while starting still stops what was started, in order.
     with _stop_on_signals(stop):
         try:
@@ -69,6 +72,9 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 capture = CaptureServer(settings, secret=load_secret(settings))
                 await capture.start()
                 say(f"capture server   {capture.url}  (join links: livetag session create)")
+                settings = settings.model_copy(update={"capture_port": capture.port})
+                dashboard = await _start_dashboard(settings)
+                say(f"dashboard        {settings.dashboard_base_url}  (the director's link)")
                 processors = asyncio.create_task(ProcessorWorker(settings).run(stop))
                 # If the worker fails, livetag stops whole rather than run without it.
                 processors.add_done_callback(lambda _: stop.set())
@@ -81,6 +87,8 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
             try:
                 if processors is not None:
                     await processors
+                if dashboard is not None:
+                    await _stop_process(dashboard)
             finally:
                 try:
                     if capture is not None:
@@ -89,6 +97,44 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                     if broker is not None:
                         broker.stop()
                     say("stopped.")
+
+
+async def run_dashboard(settings: Settings) -> None:
+    """``livetag dashboard``: the dashboard server alone, until SIGINT/SIGTERM."""
+    from dashboard.server import DashboardServer
+    from taggers.tokens import load_secret
+
+    stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        server = DashboardServer(settings, secret=load_secret(settings))
+        await server.start()
+        print(f"dashboard        {server.url}/dashboard?token=...", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+
+async def _start_dashboard(settings: Settings) -> asyncio.subprocess.Process:
+    # Its own process: fanning features out to browsers never takes time from the call.
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra",
+        "dashboard",
+        env={**os.environ, **to_environment(settings)},
+        preexec_fn=die_with_parent,
+    )
+
+
+async def _stop_process(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
 
 
 async def run_worker(settings: Settings, *, only_sessions: set[str] | None = None) -> None:

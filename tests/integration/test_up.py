@@ -34,6 +34,7 @@ def test_up_starts_the_broker_and_topics_and_stops_on_ctrl_c(tmp_path: Path) -> 
         "LIVETAG_STATE_DIR": str(tmp_path / "state"),
         "LIVETAG_CACHE_DIR": str(tmp_path / "cache"),
         "LIVETAG_CAPTURE_PORT": "0",
+        "LIVETAG_DASHBOARD_PORT": str(_free_port()),
     }
     env.pop("LIVETAG_KAFKA_BOOTSTRAP", None)
     process = subprocess.Popen(
@@ -57,6 +58,7 @@ def test_up_starts_the_broker_and_topics_and_stops_on_ctrl_c(tmp_path: Path) -> 
         listed = livetag(Settings(broker_port=port), "topics", "list")
         shared = [spec.name for spec in topics.shared_topics(Settings())]
         assert sorted(shared) == sorted(listed.stdout.split())
+        assert any(line.startswith("dashboard") for line in lines), lines
         # No face model in this fresh cache: up says so instead of failing later.
         assert any("face model       MISSING" in line for line in lines), lines
         process.send_signal(signal.SIGINT)
@@ -84,6 +86,7 @@ def test_up_with_a_cluster_setting_never_starts_the_embedded_broker(tmp_path: Pa
         "LIVETAG_BROKER_PORT": str(port),
         "LIVETAG_STATE_DIR": str(tmp_path / "state"),
         "LIVETAG_CAPTURE_PORT": "0",
+        "LIVETAG_DASHBOARD_PORT": str(_free_port()),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "infra", "up"],

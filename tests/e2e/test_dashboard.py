@@ -1,0 +1,265 @@
+"""The director's dashboard in real Chromium, fed by the real pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Page
+
+from capture.server import CaptureServer
+from dashboard.server import DashboardServer
+from infra.settings import Settings
+from infra.worker import ProcessorWorker
+from streams import kafka, records
+from taggers import tokens
+from taggers.tokens import load_secret
+from tests import media as test_media
+from tests.e2e.conftest import LaunchPage, new_session
+from tests.e2e.test_tagging import last_press, tagger_ready, wait_acked
+from tests.tag_client import TagClient, wall_us
+
+pytestmark = pytest.mark.e2e
+
+SCREENSHOT = Path("test-artifacts") / "dashboard.png"
+
+
+@pytest.fixture
+async def dashboard(
+    capture_settings: Settings, capture_server: CaptureServer
+) -> AsyncIterator[DashboardServer]:
+    settings = capture_settings.model_copy(
+        update={
+            "dashboard_port": 0,
+            "public_url": capture_server.url,
+            "dashboard_send_timeout_s": 3.0,
+        }
+    )
+    server = DashboardServer(settings, secret=load_secret(settings))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+def dashboard_url(server: DashboardServer, token: str) -> str:
+    return f"{server.url}/dashboard?token={token}"
+
+
+def director_token(settings: Settings, session_id: str) -> str:
+    return tokens.issue(
+        load_secret(settings),
+        session_id=session_id,
+        role="director",
+        participant_id="director",
+        ttl_s=600,
+    )
+
+
+async def performer_state(page: Page, performer: str) -> dict[str, Any]:
+    state: dict[str, Any] = await page.evaluate(
+        "(id) => JSON.parse(JSON.stringify(window.livetagDashboard.performers[id] || {}))",
+        performer,
+    )
+    return state
+
+
+async def test_live_tiles_mesh_and_a_performer_tag_within_a_second(
+    capture_settings: Settings,
+    capture_server: CaptureServer,
+    dashboard: DashboardServer,
+    open_page: LaunchPage,
+    media: test_media.MediaSet,
+) -> None:
+    session, links = await new_session(capture_settings, capture_server, ["alice", "bob"])
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        ProcessorWorker(capture_settings, only_sessions={session.session_id}).run(stop)
+    )
+    token = director_token(capture_settings, session.session_id)
+    try:
+        async with (
+            open_page(
+                links["alice"], video=media.single_face_y4m, audio=media.speech_low_wav
+            ) as alice,
+            open_page(dashboard_url(dashboard, token), video=None, audio=None) as director,
+        ):
+            await director.wait_for_function(
+                "window.livetagDashboard && window.livetagDashboard.connected", timeout=20_000
+            )
+            # Features flow once the processors are up (faust, landmarkers: ~8 s).
+            await director.wait_for_function(
+                "(() => { const p = window.livetagDashboard.performers.alice;"
+                " return p && p.prosodyPoints > 20 && p.meshDraws > 5; })()",
+                timeout=60_000,
+            )
+            first = await performer_state(director, "alice")
+            await asyncio.sleep(2.0)
+            second = await performer_state(director, "alice")
+            assert second["pitchChartDraws"] > first["pitchChartDraws"]
+            assert second["meshDraws"] > first["meshDraws"]
+            assert (second["lastLoudness"], second["blendshapes"]) != (
+                first["lastLoudness"],
+                first["blendshapes"],
+            )
+            assert second["blendshapes"], "no blendshape bars"
+            assert await director.evaluate(
+                "Object.keys(window.livetagDashboard.performers).sort()"
+            ) == ["alice", "bob"]
+
+            # A tag pressed on the performer's page shows on the director's timeline.
+            await tagger_ready(alice)
+            await alice.keyboard.press("a")
+            press = await last_press(alice)
+            pressed = time.monotonic()
+            await wait_acked(alice, press["tag_id"])
+            await director.wait_for_function(
+                "(id) => (window.livetagDashboard.timeline.alice || []).includes(id)",
+                arg=press["tag_id"],
+                timeout=5_000,
+            )
+            shown_after_s = time.monotonic() - pressed
+            health = await director.evaluate("window.livetagDashboard.health")
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            await director.screenshot(path=str(SCREENSHOT), full_page=True)
+    finally:
+        stop.set()
+        await worker
+    assert shown_after_s < 1.0, shown_after_s
+    assert health["broker"] is True
+    assert "alice" in health["performers"]
+    assert SCREENSHOT.stat().st_size > 10_000
+
+
+async def rate(
+    url: str, token: str, performer: str, label: str, presses_us: list[int]
+) -> list[str]:
+    client = TagClient(url, token)
+    async with client:
+        await asyncio.sleep(1.0)  # clock sync settles
+        ids = [
+            await client.tag(performer, label, press_us=press, span_us=300_000)
+            for press in presses_us
+        ]
+        await client.wait_acked(ids)
+    return ids
+
+
+async def test_agreement_is_one_for_identical_raters_and_low_for_disjoint_ones(
+    capture_settings: Settings,
+    capture_server: CaptureServer,
+    dashboard: DashboardServer,
+    open_page: LaunchPage,
+) -> None:
+    session, _links = await new_session(capture_settings, capture_server, ["alice", "bob"])
+    sid = session.session_id
+    stop = asyncio.Event()
+    worker = asyncio.create_task(ProcessorWorker(capture_settings, only_sessions={sid}).run(stop))
+    secret = load_secret(capture_settings)
+    url = f"{capture_server.url.replace('http', 'ws')}/ws/tag"
+
+    def observer(name: str) -> str:
+        return tokens.issue(secret, session_id=sid, role="observer", participant_id=name, ttl_s=600)
+
+    try:
+        async with open_page(
+            dashboard_url(dashboard, director_token(capture_settings, sid)), video=None, audio=None
+        ) as director:
+            await director.wait_for_function(
+                "window.livetagDashboard && window.livetagDashboard.connected", timeout=20_000
+            )
+            base = wall_us() - 20_000_000
+            same = [base + k * 1_000_000 for k in range(8)]
+            # alice: both raters press the same moments; bob: never the same moment.
+            await asyncio.gather(
+                rate(url, observer("r1"), "alice", "laughter", same),
+                rate(url, observer("r2"), "alice", "laughter", same),
+                rate(url, observer("r1"), "bob", "anger", same[::2]),
+                rate(url, observer("r2"), "bob", "anger", [p + 500_000 for p in same[1::2]]),
+            )
+            await director.wait_for_function(
+                "(() => { const a = window.livetagDashboard.agreement || {};"
+                " return a.alice && a.bob && a.alice.session !== null && a.bob.session !== null"
+                " && a.alice.units >= 24 && a.bob.units >= 24; })()",
+                timeout=60_000,
+            )
+            agreement = await director.evaluate("window.livetagDashboard.agreement")
+    finally:
+        stop.set()
+        await worker
+    assert agreement["alice"]["session"] == 1.0, agreement
+    assert agreement["bob"]["session"] < 0.2, agreement
+    assert agreement["alice"]["raters"] == agreement["bob"]["raters"] == 2
+
+
+async def test_performer_tokens_are_refused_and_a_stalled_client_costs_nothing(
+    capture_settings: Settings, capture_server: CaptureServer, dashboard: DashboardServer
+) -> None:
+    session, _links = await new_session(capture_settings, capture_server, ["alice"])
+    sid = session.session_id
+    performer = tokens.issue(
+        load_secret(capture_settings),
+        session_id=sid,
+        role="performer",
+        participant_id="alice",
+        ttl_s=600,
+    )
+    async with aiohttp.ClientSession() as http:
+        for path in ("/dashboard", "/ws/dashboard", "/api/dashboard-token"):
+            async with http.get(f"{dashboard.url}{path}", params={"token": performer}) as response:
+                assert response.status == 403, path
+                assert (await response.json())["code"] == "not_director"
+        async with http.get(f"{dashboard.url}/dashboard", params={"token": "forged"}) as response:
+            assert response.status == 401
+
+        # A client that never reads, while big updates (face frames) keep coming.
+        token = director_token(capture_settings, sid)
+        ws = await http.ws_connect(f"{dashboard.url}/ws/dashboard?token={token}", max_msg_size=0)
+        ws._reader.set_exception = lambda *_: None  # type: ignore[method-assign]
+        ws._response.connection.transport.pause_reading()  # type: ignore[union-attr]
+        producer = kafka.make_producer(capture_settings)
+        await producer.start()
+        samples: list[int] = []
+        try:
+            face = face_frame(sid)
+            for n in range(150):  # 10 s of 15 fps face records of ~5 KB
+                record = face.model_copy(update={"ts_us": wall_us(), "video_seq": n})
+                message = records.encode(record)
+                await producer.send(
+                    session.topics.face, message.value, key=message.key, headers=message.headers
+                )
+                await asyncio.sleep(1 / 15)
+                stats = [c.stats() for c in dashboard.clients]
+                if stats:
+                    samples.append(max(s["pending_bytes"] for s in stats))
+        finally:
+            await producer.stop()
+            await ws.close()
+    print("stalled client: buffered bytes over time:", json.dumps(samples[::15]))
+    # The socket's buffer fills to its limit and stays there (no queue behind it), and
+    # the client is dropped once it has taken nothing for the send timeout.
+    assert max(samples) < 1_000_000, max(samples)
+    assert not dashboard.clients, "the stalled client was not disconnected"
+
+
+def face_frame(session_id: str) -> records.FaceFrame:
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    return records.FaceFrame(
+        ts_us=wall_us(),
+        session_id=session_id,
+        performer_id="alice",
+        video_seq=0,
+        face_present=True,
+        landmarks=records.Landmarks.from_xyz(rng.random((478, 3), dtype=np.float32)),
+        blendshapes={f"shape{k}": 0.5 for k in range(52)},
+        head_pose=records.HeadPose(yaw_deg=1.0, pitch_deg=2.0, roll_deg=3.0),
+    )
