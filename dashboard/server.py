@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from importlib import resources
 from pathlib import Path
@@ -41,7 +42,10 @@ log = logging.getLogger(__name__)
 PAGES = Path(str(resources.files("dashboard") / "static"))
 HEALTH_INTERVAL_S = 1.0
 AGREEMENT_INTERVAL_S = 1.0
-FEED_LINGER_S = 30.0  # keep a session's feed this long after its last dashboard closes
+FEED_LINGER_S = 30.0
+CLIENT_SEND_BUFFER_BYTES = (
+    256 * 1024
+)  # keep a session's feed this long after its last dashboard closes
 
 
 def now_us() -> int:
@@ -391,8 +395,9 @@ class DashboardServer:
         claims, session = admitted
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024)
         await ws.prepare(request)
+        _limit_send_buffer(request)
         feed = await self._feed_for(session)
-        client = DashboardClient(self, feed, ws, claims)
+        client = DashboardClient(self, feed, ws, claims, request.transport)
         self.clients.add(client)
         try:
             await client.run(self._hello(feed, claims))
@@ -513,10 +518,12 @@ class DashboardClient:
         feed: SessionFeed,
         ws: web.WebSocketResponse,
         claims: tokens.JoinToken,
+        transport: asyncio.Transport | None,
     ) -> None:
         self.server = server
         self.feed = feed
         self.ws = ws
+        self.transport = transport
         self.claims = claims
         self.cursor = ClientCursor()
         self.sent_updates = 0
@@ -533,7 +540,9 @@ class DashboardClient:
             "sent_bytes": self.sent_bytes,
             "skipped_ticks": self.skipped_ticks,
             "largest_update_bytes": self.largest_update,
-            "pending_bytes": _buffered(self.ws),
+            "pending_bytes": 0
+            if self.transport is None
+            else int(self.transport.get_write_buffer_size()),
         }
 
     async def run(self, hello: dict[str, Any]) -> None:
@@ -579,8 +588,11 @@ class DashboardClient:
                 async with asyncio.timeout(timeout):
                     await self._send(text)
             except TimeoutError:
+                # A polite close would wait on the same full socket: cut the connection.
                 log.info("a dashboard took no update for %.0f s: disconnecting it", timeout)
-                await self.ws.close()
+                transport = self.transport
+                if transport is not None:
+                    transport.abort()
                 return
 
     def feed_update(self) -> str | None:
@@ -666,10 +678,13 @@ def _assign_cursor(cursor: ClientCursor, source: ClientCursor) -> None:
     cursor.session = source.session
 
 
-def _buffered(ws: web.WebSocketResponse) -> int:
-    """Bytes written to this client's socket and not yet taken by the kernel."""
-    transport = ws._req.transport if ws._req is not None else None
-    return 0 if transport is None else int(transport.get_write_buffer_size())
+def _limit_send_buffer(request: web.Request) -> None:
+    # A client that stops reading can hold at most this much in the kernel, and is seen
+    # as stalled (and later dropped) after seconds, not after megabytes.
+    transport = request.transport
+    raw = None if transport is None else transport.get_extra_info("socket")
+    if raw is not None:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SEND_BUFFER_BYTES)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
