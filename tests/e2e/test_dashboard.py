@@ -21,6 +21,7 @@ from dashboard.server import DashboardServer
 from infra.settings import Settings
 from infra.worker import ProcessorWorker
 from streams import kafka, records
+from streams.sessions import SessionDirectory
 from taggers import tokens
 from taggers.tokens import load_secret
 from tests import media as test_media
@@ -285,3 +286,56 @@ def face_frame(session_id: str) -> records.FaceFrame:
         blendshapes={f"shape{k}": 0.5 for k in range(52)},
         head_pose=records.HeadPose(yaw_deg=1.0, pitch_deg=2.0, roll_deg=3.0),
     )
+
+
+async def test_takes_and_end_of_session_are_recorded_on_the_sessions_topic(
+    capture_settings: Settings, capture_server: CaptureServer, dashboard: DashboardServer
+) -> None:
+    session, _links = await new_session(capture_settings, capture_server, ["alice"])
+    token = director_token(capture_settings, session.session_id)
+    replies: list[dict[str, Any]] = []
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{dashboard.url}/ws/dashboard?token={token}", max_msg_size=0) as ws,
+    ):
+
+        async def until(check: Any) -> dict[str, Any]:
+            async with asyncio.timeout(10):
+                while True:
+                    message = json.loads((await ws.receive()).data)
+                    replies.append(message)
+                    if check(message):
+                        return message
+
+        def session_with(check: Any) -> Any:
+            return lambda m: m["type"] == "update" and "session" in m and check(m["session"])
+
+        await until(lambda m: m["type"] == "hello")
+        await ws.send_str(json.dumps({"type": "take_start"}))
+        started = await until(session_with(lambda s: len(s["takes"]) == 1))
+        assert started["session"]["takes"][0]["end_ts_us"] is None
+        await ws.send_str(json.dumps({"type": "take_end"}))
+        await until(session_with(lambda s: s["takes"][0]["end_ts_us"] is not None))
+        await ws.send_str(json.dumps({"type": "take_end"}))
+        refused = await until(lambda m: m["type"] == "error")
+        assert refused["code"] == "no_take"
+        await ws.send_str("{not json")
+        assert (await until(lambda m: m["type"] == "error"))["code"] == "malformed"
+        await ws.send_str(json.dumps({"type": "take_start"}))
+        await until(session_with(lambda s: len(s["takes"]) == 2))
+        await ws.send_str(json.dumps({"type": "end_session"}))
+        ended = await until(session_with(lambda s: s["state"] == "ended"))
+    takes = ended["session"]["takes"]
+    assert [t["take_id"] for t in takes] == [1, 2]
+    assert all(t["end_ts_us"] is not None for t in takes)  # ending closes the open take
+    assert takes[0]["start_ts_us"] < takes[0]["end_ts_us"] <= takes[1]["start_ts_us"]
+    # The record is on livetag.sessions, where workers and the capture server follow it.
+    directory = SessionDirectory(capture_settings)
+    await directory.start()
+    try:
+        async with asyncio.timeout(10):
+            while (record := directory.get(session.session_id)) is None or record.state != "ended":
+                await directory.changed(timeout_s=1.0)
+    finally:
+        await directory.stop()
+    assert [t.take_id for t in record.takes] == [1, 2]
