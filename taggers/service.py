@@ -56,7 +56,6 @@ FrameLookup = Callable[[str, str, str, int], int | None]
 SessionLookup = Callable[[str], Awaitable[records.SessionRecord | None]]
 
 _CLOCKS_KEPT = 10_000  # client clocks remembered across reconnects
-_TAGS_IN_FLIGHT = 64  # per connection; more get "unavailable" and are re-sent
 _MESSAGES_BEFORE_HELLO = 20  # then the connection is closed
 _WS_HARD_LIMIT = 1024 * 1024  # above our own limit, so an oversize message gets an answer
 
@@ -244,7 +243,8 @@ class TagConnection:
         self.claims: tokens.JoinToken | None = None
         self.session: records.SessionRecord | None = None
         self.reaction_lag_us = 0
-        self._slots = asyncio.Semaphore(_TAGS_IN_FLIGHT)
+        # As many in flight as the burst a reconnecting client may re-send at once.
+        self._slots = asyncio.Semaphore(service.limits.burst)
         self._unadmitted = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False

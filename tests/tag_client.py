@@ -27,6 +27,7 @@ from taggers.service import TagService
 from taggers.vocabulary import DEFAULT_VOCABULARY
 
 Delay = Callable[[], float]  # seconds
+RETRY_CODES = frozenset({"not_synced", "unavailable"})  # too_frequent is tested as refused
 
 
 def wall_us() -> int:
@@ -201,6 +202,13 @@ class TagClient:
             self.unacked.pop(message["tag_id"], None)
         elif kind == "error":
             self.errors.append(message)
+            # As the widget does: a tag the service could not take yet is re-sent.
+            tag_id = message.get("tag_id")
+            if message["code"] in RETRY_CODES and tag_id in self.unacked:
+                resend = json.dumps(self.unacked[tag_id])
+                asyncio.get_running_loop().call_later(
+                    0.5, lambda: asyncio.ensure_future(self.send_raw(resend, tag_id))
+                )
         else:
             self.replies.append(message)
         async with self._changed:
