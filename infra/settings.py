@@ -39,6 +39,11 @@ def _default_state_dir() -> Path:
     return Path(base) / "livetag"
 
 
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "livetag" / "sessions"
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "livetag"
@@ -216,6 +221,10 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(
         default_factory=_default_cache_dir, description="Downloaded model files."
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: _default_data_dir(),
+        description="Session archives (one folder per session).",
     )
     face_model_path: Path | None = Field(
         default=None,

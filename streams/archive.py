@@ -1,0 +1,447 @@
+"""A session's archive: the durable copy of everything its topics carried.
+
+Layout of ``data_dir/SESSION_ID/``::
+
+    parts/KIND/PPP-FIRST-LAST.parquet   raw Kafka messages as the recorder read them
+                                        (written while the session runs; removed once
+                                        the archive is complete)
+    prosody.parquet face.parquet        one row per record, deduplicated, sorted
+    tags.parquet labels.parquet         (labels: every revision; the newest one counts)
+    media/PERFORMER.mkv                 MJPEG video + 16 kHz PCM audio, media time 0 = t0_us
+    media/PERFORMER.video.parquet       per frame: its ts_us, seq, timing, rtp_timestamp
+    media/PERFORMER.audio.parquet       per 20 ms chunk: its ts_us, seq, sample_count
+    manifest.json                       session, t0_us, performers, raters, takes,
+                                        versions, counts and a sha256 of every file
+
+Crash safety: a part is written to a temporary name, fsynced and renamed, and only then
+are the Kafka offsets in it committed; a part's name is its partition and offset range.
+After a crash the recorder re-reads from the last committed offset, so a part may be
+written again with other bounds: parts are deduplicated by (partition, offset) when the
+archive is built, and records by their identity (key + ts_us, tag_id, window + revision).
+
+Typed Parquet columns: a record's scalar fields are columns of their own type; nested
+fields (tag timing, voice quality, blendshapes, landmarks...) are JSON text columns, so a
+row turns back into the exact record (:func:`read_records`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import types
+import typing
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import av
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from infra.settings import Settings
+from streams import records
+
+__all__ = [
+    "KINDS",
+    "MEDIA_KINDS",
+    "RawMessage",
+    "build_archive",
+    "read_media",
+    "read_records",
+    "session_dir",
+    "write_part",
+]
+
+R = TypeVar("R", bound=records.Record)
+
+#: Archived record kinds and their record types.
+KINDS: Final[dict[str, type[records.Record]]] = {
+    "prosody": records.ProsodyFrame,
+    "face": records.FaceFrame,
+    "tags": records.TagEvent,
+    "labels": records.LabelWindow,
+}
+MEDIA_KINDS: Final = ("audio", "video")
+MANIFEST = "manifest.json"
+_VIDEO_TIME_BASE = Fraction(1, 1_000_000)
+_AUDIO_TIME_BASE = Fraction(1, 16_000)
+
+
+def session_dir(settings: Settings, session_id: str) -> Path:
+    return settings.data_dir / session_id
+
+
+# ---------------------------------------------------------------- raw parts
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+_PART_SCHEMA = pa.schema(
+    [
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("key", pa.binary()),
+        ("value", pa.binary()),
+        ("header_names", pa.list_(pa.string())),
+        ("header_values", pa.list_(pa.binary())),
+    ]
+)
+
+
+def write_part(folder: Path, kind: str, partition: int, messages: Sequence[RawMessage]) -> Path:
+    """Write raw messages of one partition durably; the name says which offsets it holds."""
+    if not messages:
+        raise ValueError("a part holds at least one message")
+    target = folder / "parts" / kind
+    target.mkdir(parents=True, exist_ok=True)
+    first, last = messages[0].offset, messages[-1].offset
+    path = target / f"{partition:03d}-{first:012d}-{last:012d}.parquet"
+    table = pa.table(
+        {
+            "partition": [m.partition for m in messages],
+            "offset": [m.offset for m in messages],
+            "key": [m.key for m in messages],
+            "value": [m.value for m in messages],
+            "header_names": [[name for name, _ in m.headers] for m in messages],
+            "header_values": [[value for _, value in m.headers] for m in messages],
+        },
+        schema=_PART_SCHEMA,
+    )
+    _write_durably(path, lambda temporary: pq.write_table(table, temporary))
+    return path
+
+
+def read_parts(folder: Path, kind: str) -> Iterator[RawMessage]:
+    """Every raw message of a kind once, in (partition, offset) order."""
+    seen: set[tuple[int, int]] = set()
+    found: list[RawMessage] = []
+    for path in sorted((folder / "parts" / kind).glob("*.parquet")):
+        for row in pq.read_table(path).to_pylist():
+            identity = (row["partition"], row["offset"])
+            if identity in seen:
+                continue
+            seen.add(identity)
+            headers = list(zip(row["header_names"], row["header_values"], strict=True))
+            found.append(
+                RawMessage(row["partition"], row["offset"], row["key"], row["value"], headers)
+            )
+    found.sort(key=lambda m: (m.partition, m.offset))
+    yield from found
+
+
+def _write_durably(path: Path, write: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(str(temporary))
+    with temporary.open("rb") as handle:
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+# ---------------------------------------------------------------- typed tables
+
+
+def _arrow_type(annotation: Any) -> pa.DataType | None:
+    """The Arrow type of a scalar field, or None for a nested one (stored as JSON)."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        types_ = {_arrow_type(option) for option in options}
+        if len(types_) == 1:
+            return types_.pop()
+        if types_ == {pa.int64(), pa.float64()}:
+            return pa.float64()
+        return None
+    if origin is typing.Literal:
+        values = typing.get_args(annotation)
+        return pa.string() if all(isinstance(v, str) for v in values) else pa.int64()
+    if annotation in (int,) or getattr(annotation, "__name__", "") == "StrictInt":
+        return pa.int64()
+    if annotation is float:
+        return pa.float64()
+    if annotation is bool:
+        return pa.bool_()
+    if annotation is str:
+        return pa.string()
+    return None
+
+
+def _columns(model: type[records.Record]) -> list[tuple[str, pa.DataType | None]]:
+    return [(name, _arrow_type(field.annotation)) for name, field in model.model_fields.items()]
+
+
+def record_table(model: type[records.Record], rows: Sequence[records.Record]) -> pa.Table:
+    """Records as a typed table: scalar fields typed, nested fields as JSON text."""
+    columns = _columns(model)
+    data: dict[str, list[Any]] = {name: [] for name, _ in columns}
+    for record in rows:
+        dumped = record.model_dump(mode="json")
+        for name, arrow in columns:
+            value = dumped.get(name)
+            if arrow is None:
+                value = None if value is None else json.dumps(value, separators=(",", ":"))
+            elif arrow == pa.float64() and value is not None:
+                value = float(value)
+            data[name].append(value)
+    schema = pa.schema([(name, arrow or pa.string()) for name, arrow in columns])
+    return pa.table(data, schema=schema)
+
+
+def table_records(model: type[R], table: pa.Table) -> list[R]:
+    """The records a :func:`record_table` holds, exactly as they were."""
+    nested = {name for name, arrow in _columns(model) if arrow is None}
+    out = []
+    for row in table.to_pylist():
+        for name in nested:
+            if row.get(name) is not None:
+                row[name] = json.loads(row[name])
+        out.append(model.model_validate(row))
+    return out
+
+
+def read_records(folder: Path, kind: str) -> list[Any]:
+    """A consolidated kind of an archived session (prosody, face, tags, labels)."""
+    model = KINDS[kind]
+    path = folder / f"{kind}.parquet"
+    if not path.is_file():
+        return []
+    return table_records(model, pq.read_table(path))
+
+
+def _identity(record: records.Record) -> tuple[Any, ...]:
+    if isinstance(record, records.TagEvent):
+        return (record.tag_id,)
+    if isinstance(record, records.LabelWindow):
+        return (record.performer_id, record.ts_us, record.revision)
+    assert isinstance(record, records.PerformerRecord)
+    return (record.performer_id, record.ts_us)
+
+
+def latest_labels(windows: Iterable[records.LabelWindow]) -> list[records.LabelWindow]:
+    """The newest revision of each window (what a live consumer ends up with)."""
+    newest: dict[tuple[str, int], records.LabelWindow] = {}
+    for window in windows:
+        key = (window.performer_id, window.ts_us)
+        if key not in newest or window.revision > newest[key].revision:
+            newest[key] = window
+    return sorted(newest.values(), key=lambda w: (w.performer_id, w.ts_us))
+
+
+# ---------------------------------------------------------------- building the archive
+
+
+def build_archive(
+    folder: Path,
+    session: records.SessionRecord,
+    *,
+    software: dict[str, str],
+    keep_parts: bool = False,
+) -> dict[str, Any]:
+    """Turn the raw parts into the archive's files and manifest (idempotent)."""
+    counts: dict[str, int] = {}
+    session_id = session.session_id
+    decoded: dict[str, list[Any]] = {}
+    for kind, model in KINDS.items():
+        unique: dict[tuple[Any, ...], records.Record] = {}
+        for message in read_parts(folder, kind):
+            record: records.Record = records.decode(model, message.value, message.headers)  # type: ignore[type-var]
+            if getattr(record, "session_id", None) != session_id:
+                continue
+            unique.setdefault(_identity(record), record)
+        rows = sorted(
+            unique.values(), key=lambda r: (getattr(r, "performer_id", ""), r.ts_us, _identity(r))
+        )
+        decoded[kind] = rows
+        table = record_table(model, rows)
+        _write_durably(folder / f"{kind}.parquet", lambda t, table=table: pq.write_table(table, t))
+        counts[kind] = len(rows)
+
+    media = _gather_media(folder, session_id)
+    starts = [chunk.header.ts_us for items in media.values() for chunk in items]
+    t0_us = min(starts) if starts else session.created_ts_us
+    performers: dict[str, Any] = {}
+    (folder / "media").mkdir(exist_ok=True)
+    for performer_id, items in sorted(media.items()):
+        performers[performer_id] = _write_media(folder, performer_id, items, t0_us)
+    counts["video"] = sum(p["video_frames"] for p in performers.values())
+    counts["audio"] = sum(p["audio_chunks"] for p in performers.values())
+
+    manifest = {
+        "session": session.model_dump(mode="json"),
+        "t0_us": t0_us,
+        "media_time": "media time 0 = t0_us; a frame at media time t was captured at t0_us + t",
+        "performers": performers,
+        "raters": _raters(decoded["tags"]),
+        "takes": [take.model_dump() for take in session.takes],
+        "software": software,
+        "counts": counts,
+        "files": {},
+    }
+    if not keep_parts:
+        shutil.rmtree(folder / "parts", ignore_errors=True)
+    manifest["files"] = {
+        str(path.relative_to(folder)): _sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and path.name != MANIFEST
+        and not path.name.startswith(".")
+        and "parts" not in path.relative_to(folder).parts
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True)
+    _write_durably(folder / MANIFEST, lambda t: Path(t).write_text(text, encoding="utf-8"))
+    return manifest
+
+
+def _gather_media(
+    folder: Path, session_id: str
+) -> dict[str, list[records.AudioChunk | records.VideoFrame]]:
+    by_performer: dict[str, dict[tuple[str, int], records.AudioChunk | records.VideoFrame]] = {}
+    for kind in MEDIA_KINDS:
+        for message in read_parts(folder, kind):
+            item: records.AudioChunk | records.VideoFrame
+            if kind == "audio":
+                item = records.decode(records.AudioChunk, message.value, message.headers)
+            else:
+                item = records.decode(records.VideoFrame, message.value, message.headers)
+            header = item.header
+            if header.session_id != session_id:
+                continue
+            bucket = by_performer.setdefault(header.performer_id, {})
+            bucket.setdefault((kind, header.ts_us), item)
+    return {
+        performer: sorted(items.values(), key=lambda i: i.header.ts_us)
+        for performer, items in by_performer.items()
+    }
+
+
+def _write_media(
+    folder: Path,
+    performer_id: str,
+    items: Sequence[records.AudioChunk | records.VideoFrame],
+    t0_us: int,
+) -> dict[str, Any]:
+    frames = [i for i in items if isinstance(i, records.VideoFrame)]
+    chunks = [i for i in items if isinstance(i, records.AudioChunk)]
+    path = folder / "media" / f"{performer_id}.mkv"
+    temporary = path.with_name(f".{path.name}.tmp")
+    container = av.open(str(temporary), "w", format="matroska")
+    video: Any = None
+    audio: Any = None
+    if frames:
+        video = container.add_stream("mjpeg", rate=15)
+        video.width, video.height = frames[0].header.width, frames[0].header.height
+        video.pix_fmt = "yuvj420p"
+        video.time_base = _VIDEO_TIME_BASE
+    if chunks:
+        audio = container.add_stream("pcm_s16le", rate=16_000, layout="mono")
+        audio.time_base = _AUDIO_TIME_BASE
+    for item in items:  # already in capture order
+        if isinstance(item, records.VideoFrame):
+            packet = av.Packet(item.jpeg)
+            packet.stream = video
+            packet.time_base = _VIDEO_TIME_BASE
+            packet.pts = packet.dts = item.header.ts_us - t0_us
+        else:
+            packet = av.Packet(item.pcm)
+            packet.stream = audio
+            packet.time_base = _AUDIO_TIME_BASE
+            packet.pts = packet.dts = round((item.header.ts_us - t0_us) * 16_000 / 1e6)
+        container.mux(packet)
+    container.close()
+    with temporary.open("rb") as handle:
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+    index_columns = ("ts_us", "seq", "timing", "rtp_timestamp", "replayed")
+    for name, rows, extra in (
+        ("video", frames, ("width", "height")),
+        ("audio", chunks, ("sample_count",)),
+    ):
+        table = pa.table(
+            {
+                column: [getattr(item.header, column) for item in rows]
+                for column in (*index_columns, *extra)
+            }
+        )
+        pq.write_table(table, folder / "media" / f"{performer_id}.{name}.parquet")
+    return {
+        "media": f"media/{performer_id}.mkv",
+        "video_frames": len(frames),
+        "audio_chunks": len(chunks),
+        "first_ts_us": items[0].header.ts_us if items else None,
+        "last_ts_us": items[-1].header.ts_us if items else None,
+    }
+
+
+def read_media(folder: Path, performer_id: str) -> list[records.AudioChunk | records.VideoFrame]:
+    """A performer's archived media as records again, in capture order (for replay)."""
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    session_id = manifest["session"]["session_id"]
+    index = {
+        name: pq.read_table(folder / "media" / f"{performer_id}.{name}.parquet").to_pylist()
+        for name in ("video", "audio")
+    }
+    payloads: dict[str, list[bytes]] = {"video": [], "audio": []}
+    container = av.open(str(folder / "media" / f"{performer_id}.mkv"))
+    try:
+        for packet in container.demux():
+            if packet.size == 0:
+                continue
+            kind = "video" if packet.stream.type == "video" else "audio"
+            payloads[kind].append(bytes(packet))
+    finally:
+        container.close()
+    out: list[records.AudioChunk | records.VideoFrame] = []
+    for row, jpeg in zip(index["video"], payloads["video"], strict=True):
+        frame = records.VideoFrameHeader(session_id=session_id, performer_id=performer_id, **row)
+        out.append(records.VideoFrame(frame, jpeg))
+    for row, pcm in zip(index["audio"], payloads["audio"], strict=True):
+        chunk = records.AudioChunkHeader(session_id=session_id, performer_id=performer_id, **row)
+        out.append(records.AudioChunk(chunk, pcm))
+    out.sort(key=lambda item: item.header.ts_us)
+    return out
+
+
+def _raters(tags: Sequence[records.TagEvent]) -> list[dict[str, Any]]:
+    by_rater: dict[str, list[records.TagEvent]] = {}
+    for tag in tags:
+        by_rater.setdefault(tag.rater_id, []).append(tag)
+    raters = []
+    for rater_id, own in sorted(by_rater.items()):
+        offsets = sorted(t.timing.clock_offset_us for t in own)
+        rtts = sorted(t.timing.rtt_us for t in own)
+        raters.append(
+            {
+                "rater_id": rater_id,
+                "role": own[0].rater_role,
+                "tags": len(own),
+                "reaction_lag_us": sorted({t.timing.reaction_lag_us for t in own}),
+                "clock_offset_us_median": offsets[len(offsets) // 2],
+                "rtt_us_median": rtts[len(rtts) // 2],
+            }
+        )
+    return raters
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
