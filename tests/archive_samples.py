@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,9 +37,9 @@ def jpeg(level: int) -> bytes:
     return buffer.getvalue()
 
 
-def sample_records(seconds: float = 2.0) -> dict[str, list[records.AnyRecord]]:
+def sample_records(seconds: float = 2.0) -> dict[str, list[Any]]:
     """Per kind: what a 2 s session of two performers puts on its topics."""
-    out: dict[str, list[records.AnyRecord]] = {k: [] for k in (*archive.KINDS, "audio", "video")}
+    out: dict[str, list[Any]] = {k: [] for k in (*archive.KINDS, "audio", "video")}
     timing = records.TagTiming(
         client_press_ts_us=T0, clock_offset_us=1_500, rtt_us=900, clock_uncertainty_us=451
     )
@@ -46,10 +47,10 @@ def sample_records(seconds: float = 2.0) -> dict[str, list[records.AnyRecord]]:
         common = {"session_id": SID, "performer_id": performer}
         for k in range(int(seconds * 50)):
             pcm = (np.sin(np.arange(320) / 5 + k) * 3000).astype("<i2").tobytes()
-            header = records.AudioChunkHeader(
+            chunk = records.AudioChunkHeader(
                 ts_us=T0 + k * 20_000, seq=k, timing="sender_report", sample_count=320, **common
             )
-            out["audio"].append(records.AudioChunk(header, pcm))
+            out["audio"].append(records.AudioChunk(chunk, pcm))
         for k in range(int(seconds * 15)):
             header = records.VideoFrameHeader(
                 ts_us=T0 + k * 66_667 + n,

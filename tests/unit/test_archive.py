@@ -18,8 +18,7 @@ def test_every_record_once_and_exactly_as_it_was(tmp_path: Path) -> None:
         stored = archive.read_records(tmp_path, kind)
         assert len(stored) == len(made[kind]), kind
         assert sorted(r.model_dump_json() for r in stored) == sorted(
-            r.model_dump_json()
-            for r in made[kind]  # type: ignore[union-attr]
+            r.model_dump_json() for r in made[kind]
         ), kind
     assert not (tmp_path / "parts").exists()
 
@@ -39,14 +38,9 @@ def test_media_plays_and_maps_back_to_capture_time(tmp_path: Path) -> None:
         samples = sum(frame.samples for frame in container.decode(audio=0))
     assert samples == 100 * 320
     back = archive.read_media(tmp_path, "ana")
-    originals = [
-        m
-        for m in made["audio"] + made["video"]
-        if m.header.performer_id == "ana"  # type: ignore[union-attr]
-    ]
+    originals = [m for m in made["audio"] + made["video"] if m.header.performer_id == "ana"]
     assert sorted((type(m).__name__, m.header.ts_us, m.header.seq) for m in back) == sorted(
-        (type(m).__name__, m.header.ts_us, m.header.seq)
-        for m in originals  # type: ignore[union-attr]
+        (type(m).__name__, m.header.ts_us, m.header.seq) for m in originals
     )
     first_frame = next(m for m in back if isinstance(m, records.VideoFrame))
     assert first_frame.header.session_id == SID
