@@ -326,6 +326,22 @@ def dashboard(ctx: click.Context) -> None:
     "--session",
     "sessions",
     multiple=True,
+    help="Only these sessions (repeatable; default: every session not archived yet).",
+)
+@click.pass_context
+def recorder(ctx: click.Context, sessions: tuple[str, ...]) -> None:
+    """Record sessions into their archives (data_dir); start several to share the work
+    (livetag up runs one)."""
+    from infra.up import run_recorder
+
+    asyncio.run(run_recorder(_settings(ctx), only_sessions=set(sessions) or None))
+
+
+@main.command()
+@click.option(
+    "--session",
+    "sessions",
+    multiple=True,
     help="Only these sessions (repeatable; default: every live session).",
 )
 @click.pass_context

@@ -162,6 +162,24 @@ class Settings(BaseSettings):
         description="A dashboard that takes no update for this long is disconnected.",
     )
 
+    # --- recorder (session archive) ---
+    archive_flush_s: float = Field(
+        default=2.0, gt=0, description="How often the recorder writes what it read to disk."
+    )
+    archive_quiet_s: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "After a session ends, how long its topics must stay quiet (processors and "
+            "aligner done) before its archive is built."
+        ),
+    )
+    archive_release_s: float = Field(
+        default=15.0,
+        ge=0,
+        description="Time workers get to let go of an archived session before its topics go.",
+    )
+
     # --- tagging and labels ---
     tag_default_span_ms: int = Field(
         default=500, gt=0, le=10_000, description="Span given to a tapped (point) tag."

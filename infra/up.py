@@ -48,6 +48,7 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
     capture: CaptureServer | None = None
     processors: asyncio.Task[None] | None = None
     dashboard: asyncio.subprocess.Process | None = None
+    recorder: asyncio.subprocess.Process | None = None
     # Handlers first: a Ctrl-C while starting still stops what was started, in order.
     with _stop_on_signals(stop):
         try:
@@ -73,8 +74,10 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 await capture.start()
                 say(f"capture server   {capture.url}  (join links: livetag session create)")
                 settings = settings.model_copy(update={"capture_port": capture.port})
-                dashboard = await _start_dashboard(settings)
+                dashboard = await _start_service(settings, "dashboard")
                 say(f"dashboard        {settings.dashboard_base_url}  (the director's link)")
+                recorder = await _start_service(settings, "recorder")
+                say(f"recorder         archives ended sessions into {settings.data_dir}")
                 processors = asyncio.create_task(ProcessorWorker(settings).run(stop))
                 # If the worker fails, livetag stops whole rather than run without it.
                 processors.add_done_callback(lambda _: stop.set())
@@ -87,8 +90,9 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
             try:
                 if processors is not None:
                     await processors
-                if dashboard is not None:
-                    await _stop_process(dashboard)
+                for service in (dashboard, recorder):
+                    if service is not None:
+                        await _stop_process(service)
             finally:
                 try:
                     if capture is not None:
@@ -115,13 +119,23 @@ async def run_dashboard(settings: Settings) -> None:
             await server.stop()
 
 
-async def _start_dashboard(settings: Settings) -> asyncio.subprocess.Process:
-    # Its own process: fanning features out to browsers never takes time from the call.
+async def run_recorder(settings: Settings, *, only_sessions: set[str] | None = None) -> None:
+    """``livetag recorder``: archives sessions, until SIGINT/SIGTERM."""
+    from streams.recorder import RecorderWorker
+
+    stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        await RecorderWorker(settings, only_sessions=only_sessions).run(stop)
+
+
+async def _start_service(settings: Settings, command: str) -> asyncio.subprocess.Process:
+    # Their own processes: fanning features out to browsers or writing archives never
+    # takes time from the call's event loop.
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "infra",
-        "dashboard",
+        command,
         env={**os.environ, **to_environment(settings)},
         preexec_fn=die_with_parent,
     )

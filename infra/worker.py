@@ -23,7 +23,9 @@ from streams.sessions import SessionDirectory
 
 log = logging.getLogger(__name__)
 
-ACTIVE_STATES = ("created", "live")
+# An ended session keeps its processors until it is archived: the recorder waits for them
+# to finish the tail of the scene before it builds the archive.
+ACTIVE_STATES = ("created", "live", "ended")
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 

@@ -225,7 +225,7 @@ def read_records(folder: Path, kind: str) -> list[Any]:
     return table_records(model, pq.read_table(path))
 
 
-def _identity(record: records.Record) -> tuple[Any, ...]:
+def identity(record: records.Record) -> tuple[Any, ...]:
     if isinstance(record, records.TagEvent):
         return (record.tag_id,)
     if isinstance(record, records.LabelWindow):
@@ -264,9 +264,9 @@ def build_archive(
             record: records.Record = records.decode(model, message.value, message.headers)  # type: ignore[type-var]
             if getattr(record, "session_id", None) != session_id:
                 continue
-            unique.setdefault(_identity(record), record)
+            unique.setdefault(identity(record), record)
         rows = sorted(
-            unique.values(), key=lambda r: (getattr(r, "performer_id", ""), r.ts_us, _identity(r))
+            unique.values(), key=lambda r: (getattr(r, "performer_id", ""), r.ts_us, identity(r))
         )
         decoded[kind] = rows
         table = record_table(model, rows)

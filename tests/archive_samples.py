@@ -123,9 +123,7 @@ def sample_records(seconds: float = 2.0) -> dict[str, list[Any]]:
     return out
 
 
-def write_sample_archive(
-    folder: Path, *, duplicate: bool = True
-) -> dict[str, list[Any]]:
+def write_sample_archive(folder: Path, *, duplicate: bool = True) -> dict[str, list[Any]]:
     """Parts as a recorder writes them (with a re-read overlap and a re-delivered record),
     then the archive built from them. Returns what went in."""
     made = sample_records()

@@ -1,0 +1,416 @@
+"""Export an archived session (:mod:`streams.archive`) for analysis tools.
+
+:func:`export_session` writes one of four formats into an output folder:
+
+``jsonl``
+    ``prosody.jsonl``, ``face.jsonl``, ``tags.jsonl``, ``labels.jsonl``: one record per
+    line, exactly ``record.model_dump_json()`` (the wire JSON). ``labels.jsonl`` holds
+    every revision as archived; ``labels.latest.jsonl`` only the newest revision of each
+    window (what a live consumer ends up with). Read back with :func:`read_jsonl`.
+``parquet``
+    The archive's own typed Parquet files, copied, plus ``labels.latest.parquet``.
+``csv``
+    One file per kind with a header row; the columns are the record's fields in
+    declaration order. Text fields are written as they are; numbers, booleans and nested
+    values (timing, features, raters, blendshapes, landmarks, head_pose, voice_quality)
+    are compact JSON text, so ``180`` stays an int and ``180.0`` a float; an empty cell
+    is ``None``. :func:`read_csv` rebuilds the exact records.
+``eaf``
+    ``SESSION.eaf`` for ELAN, linked to every performer's ``media/PERFORMER.mkv``
+    (absolute ``file://`` URL plus a path relative to the output folder). ELAN time is
+    milliseconds from media start: ``(ts_us - manifest["t0_us"]) / 1000``, rounded,
+    negative times clamped to 0 and every annotation at least 1 ms long. Tiers:
+
+    - ``PERFORMER/RATER`` for each rater who tagged that performer: a point tag spans
+      ``[ts - span/2, ts + span/2)``; a hold runs from its onset to its offset (an onset
+      without an offset runs 30 s, or to the session's last archived timestamp if that
+      comes first). The value is the label, plus ``" (strong)"`` for a strong tag.
+      Undone tags are left out; undoing an onset or an offset removes the whole hold
+      (there is no redo: an undo of an undo changes nothing).
+      ELAN does not allow annotations on one tier to overlap, so when a rater's tags
+      overlap, the later ones go to overflow tiers ``PERFORMER/RATER~2``, ``~3``...
+    - ``PERFORMER/consensus`` from the label windows (newest revision of each), with
+      consecutive, contiguous windows of the same consensus label merged into one
+      annotation; windows without a consensus are left out.
+
+    :func:`read_eaf_tags` parses a file back (with pympi) into tier -> annotations.
+
+Is a Hugging Face ``datasets`` layout worth it? No, agreed: the Parquet export loads as
+it is, e.g. ``datasets.load_dataset("parquet", data_files={"tags": "*/tags.parquet",
+"labels": "*/labels.latest.parquet"})``. Every row carries ``session_id`` and
+``performer_id``, so the files of many sessions concatenate without extra columns, and
+the schema comes from the record types (not from the data), so an all-null column has the
+same type in every session. Two things to know, neither needing another layout: nested
+fields are JSON text columns (``json.loads`` them, or use the JSONL export, which
+``load_dataset("json", ...)`` reads as nested structures), and the media stay in the
+archive's ``media/`` folder, referenced by path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import pyarrow.parquet as pq
+from pympi.Elan import Eaf
+
+from streams import archive, records
+
+__all__ = [
+    "FORMATS",
+    "ExportError",
+    "export_session",
+    "read_csv",
+    "read_eaf_tags",
+    "read_jsonl",
+]
+
+Format = Literal["jsonl", "parquet", "csv", "eaf"]
+FORMATS: Final[tuple[str, ...]] = ("jsonl", "parquet", "csv", "eaf")
+#: How long an onset without an offset lasts in the ELAN export, at most.
+OPEN_HOLD_US: Final = 30_000_000
+CONSENSUS_TIER: Final = "consensus"
+_MKV_MIME: Final = "video/x-matroska"
+
+
+class ExportError(ValueError):
+    """The folder is not a session archive, or the format is unknown."""
+
+
+def export_session(folder: Path, out_dir: Path, fmt: Format) -> list[Path]:
+    """Write the session archived in ``folder`` as ``fmt`` into ``out_dir``; the paths."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    manifest_path = folder / archive.MANIFEST
+    if not manifest_path.is_file():
+        raise ExportError(f"{folder} is not a session archive (it has no {archive.MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"{manifest_path} is not readable: {exc}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt == "jsonl":
+        return _export_jsonl(folder, out_dir)
+    if fmt == "parquet":
+        return _export_parquet(folder, out_dir)
+    if fmt == "csv":
+        return _export_csv(folder, out_dir)
+    return [_export_eaf(folder, out_dir, manifest)]
+
+
+def _latest(folder: Path) -> list[records.LabelWindow]:
+    return archive.latest_labels(archive.read_records(folder, "labels"))
+
+
+# ---------------------------------------------------------------- jsonl
+
+
+def _write_jsonl(path: Path, rows: Iterable[records.Record]) -> Path:
+    with path.open("w", encoding="utf-8", newline="\n") as handle:
+        for record in rows:
+            handle.write(record.model_dump_json())
+            handle.write("\n")
+    return path
+
+
+def _export_jsonl(folder: Path, out_dir: Path) -> list[Path]:
+    written = [
+        _write_jsonl(out_dir / f"{kind}.jsonl", archive.read_records(folder, kind))
+        for kind in archive.KINDS
+    ]
+    written.append(_write_jsonl(out_dir / "labels.latest.jsonl", _latest(folder)))
+    return written
+
+
+def read_jsonl(path: Path, kind: str) -> list[records.Record]:
+    """The records of a JSONL export file of ``kind`` (prosody, face, tags, labels)."""
+    model = _model(kind)
+    with path.open(encoding="utf-8") as handle:
+        return [model.model_validate_json(line) for line in handle if line.strip()]
+
+
+def _model(kind: str) -> type[records.Record]:
+    try:
+        return archive.KINDS[kind]
+    except KeyError:
+        raise ExportError(
+            f"unknown record kind {kind!r}; expected one of {', '.join(archive.KINDS)}"
+        ) from None
+
+
+# ---------------------------------------------------------------- parquet
+
+
+def _export_parquet(folder: Path, out_dir: Path) -> list[Path]:
+    written = []
+    for kind, model in archive.KINDS.items():
+        source, target = folder / f"{kind}.parquet", out_dir / f"{kind}.parquet"
+        if source.is_file():
+            shutil.copyfile(source, target)
+        else:  # a kind nothing was recorded for: an empty table of the same schema
+            pq.write_table(archive.record_table(model, []), target)
+        written.append(target)
+    target = out_dir / "labels.latest.parquet"
+    pq.write_table(archive.record_table(records.LabelWindow, _latest(folder)), target)
+    written.append(target)
+    return written
+
+
+# ---------------------------------------------------------------- csv
+
+
+def _is_text(annotation: Any) -> bool:
+    """Whether a field holds text (written as is); anything else is written as JSON."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(options) and all(_is_text(option) for option in options)
+    if origin is typing.Literal:
+        return all(isinstance(value, str) for value in typing.get_args(annotation))
+    return annotation is str
+
+
+def _csv_columns(model: type[records.Record]) -> list[tuple[str, bool]]:
+    """(field name, is text) in declaration order."""
+    return [(name, _is_text(field.annotation)) for name, field in model.model_fields.items()]
+
+
+def _export_csv(folder: Path, out_dir: Path) -> list[Path]:
+    written = []
+    for kind, model in archive.KINDS.items():
+        path = out_dir / f"{kind}.csv"
+        _write_csv(path, model, archive.read_records(folder, kind))
+        written.append(path)
+    return written
+
+
+def _write_csv(path: Path, model: type[records.Record], rows: Sequence[records.Record]) -> None:
+    columns = _csv_columns(model)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([name for name, _ in columns])
+        for record in rows:
+            dumped = record.model_dump(mode="json")
+            cells = []
+            for name, text in columns:
+                value = dumped.get(name)
+                if value is None:
+                    cells.append("")
+                elif text:
+                    cells.append(str(value))
+                else:
+                    cells.append(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+            writer.writerow(cells)
+
+
+def read_csv(path: Path, kind: str) -> list[records.Record]:
+    """The exact records of a CSV export file of ``kind`` (prosody, face, tags, labels)."""
+    model = _model(kind)
+    columns = _csv_columns(model)
+    out = []
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        expected = [name for name, _ in columns]
+        if header != expected:
+            raise ExportError(f"{path}: header {header} is not the {kind} columns {expected}")
+        for number, cells in enumerate(reader, start=2):
+            if len(cells) != len(columns):
+                raise ExportError(
+                    f"{path} line {number}: {len(cells)} cells, expected {len(columns)}"
+                )
+            row: dict[str, Any] = {}
+            for (name, text), cell in zip(columns, cells, strict=True):
+                if cell == "":
+                    row[name] = None
+                elif text:
+                    row[name] = cell
+                else:
+                    try:
+                        row[name] = json.loads(cell)
+                    except json.JSONDecodeError as exc:
+                        raise ExportError(f"{path} line {number}, {name}: {exc}") from None
+            out.append(model.model_validate(row))
+    return out
+
+
+# ---------------------------------------------------------------- eaf
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    start_us: int
+    end_us: int
+    value: str
+
+
+def _tag_value(tag: records.TagEvent) -> str:
+    label = tag.label or ""
+    return f"{label} (strong)" if tag.intensity == "strong" else label
+
+
+def _tag_spans(
+    tags: Sequence[records.TagEvent], last_us: int
+) -> dict[tuple[str, str], list[_Span]]:
+    """Per (performer, rater): the spans of the tags still standing (undos applied)."""
+    undone = {t.undoes_tag_id for t in tags if t.action == "undo"}
+    offsets: dict[str, records.TagEvent] = {}
+    dropped_holds: set[str] = set()
+    for tag in tags:
+        if tag.action != "offset" or tag.onset_tag_id is None:
+            continue
+        if tag.tag_id in undone:
+            dropped_holds.add(tag.onset_tag_id)
+            continue
+        earlier = offsets.get(tag.onset_tag_id)
+        if earlier is None or tag.ts_us < earlier.ts_us:
+            offsets[tag.onset_tag_id] = tag
+    spans: dict[tuple[str, str], list[_Span]] = {}
+    for tag in sorted(tags, key=lambda t: (t.ts_us, t.tag_id)):
+        bucket = spans.setdefault((tag.performer_id, tag.rater_id), [])
+        if tag.tag_id in undone:
+            continue
+        if tag.action == "point":
+            span = tag.span_us or 0
+            bucket.append(
+                _Span(tag.ts_us - span // 2, tag.ts_us + (span - span // 2), _tag_value(tag))
+            )
+        elif tag.action == "onset" and tag.tag_id not in dropped_holds:
+            offset = offsets.get(tag.tag_id)
+            if offset is not None:
+                end = offset.ts_us
+            else:
+                end = tag.ts_us + OPEN_HOLD_US
+                if last_us > tag.ts_us:
+                    end = min(end, last_us)
+            bucket.append(_Span(tag.ts_us, end, _tag_value(tag)))
+    return spans
+
+
+def _consensus_spans(windows: Sequence[records.LabelWindow]) -> dict[str, list[_Span]]:
+    """Per performer: runs of contiguous windows with the same consensus label."""
+    by_performer: dict[str, list[records.LabelWindow]] = {}
+    for window in windows:
+        by_performer.setdefault(window.performer_id, []).append(window)
+    out: dict[str, list[_Span]] = {}
+    for performer, items in by_performer.items():
+        items.sort(key=lambda w: w.ts_us)
+        runs: list[_Span] = []
+        for n, window in enumerate(items):
+            end = window.ts_us + window.window_us
+            if n + 1 < len(items):  # overlapping windows: each one ends where the next starts
+                end = min(end, items[n + 1].ts_us)
+            if window.consensus is None:
+                continue
+            if runs and runs[-1].value == window.consensus and window.ts_us <= runs[-1].end_us:
+                runs[-1] = _Span(runs[-1].start_us, max(end, runs[-1].end_us), window.consensus)
+            else:
+                runs.append(_Span(window.ts_us, end, window.consensus))
+        out[performer] = runs
+    return out
+
+
+def _last_us(folder: Path, manifest: dict[str, Any]) -> int:
+    """The session's last archived timestamp (records and media)."""
+    last = int(manifest["t0_us"])
+    for kind in archive.KINDS:
+        for record in archive.read_records(folder, kind):
+            last = max(last, record.ts_us)
+    for media in manifest.get("performers", {}).values():
+        if media.get("last_ts_us") is not None:
+            last = max(last, int(media["last_ts_us"]))
+    return last
+
+
+def _lanes(spans: Iterable[tuple[int, int, str]]) -> list[list[tuple[int, int, str]]]:
+    """Spans laid out so that no lane holds overlapping ones (first lane first)."""
+    lanes: list[list[tuple[int, int, str]]] = []
+    for span in sorted(spans):
+        for lane in lanes:
+            if lane[-1][1] <= span[0]:
+                lane.append(span)
+                break
+        else:
+            lanes.append([span])
+    return lanes
+
+
+def _export_eaf(folder: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
+    t0_us = int(manifest["t0_us"])
+    session_id = str(manifest["session"]["session_id"])
+
+    def ms(ts_us: int) -> int:
+        return max(0, round((ts_us - t0_us) / 1000))
+
+    def timed(spans: Iterable[_Span]) -> list[tuple[int, int, str]]:
+        out = []
+        for span in spans:
+            start = ms(span.start_us)
+            out.append((start, max(ms(span.end_us), start + 1), span.value))
+        return out
+
+    tags: list[records.TagEvent] = archive.read_records(folder, "tags")
+    tag_spans = _tag_spans(tags, _last_us(folder, manifest))
+    consensus = _consensus_spans(_latest(folder))
+    performers = {p["performer_id"] for p in manifest["session"].get("roster", [])}
+    performers |= set(manifest.get("performers", {}))
+    performers |= {performer for performer, _ in tag_spans} | set(consensus)
+
+    eaf = Eaf(author="livetag")
+    eaf.remove_tier("default")
+    for _, media in sorted(manifest.get("performers", {}).items()):
+        if not media.get("media"):
+            continue
+        path = (folder / media["media"]).resolve()
+        relative = Path(os.path.relpath(path, out_dir.resolve())).as_posix()
+        if not relative.startswith("../"):
+            relative = f"./{relative}"
+        eaf.add_linked_file(path.as_uri(), relpath=relative, mimetype=_MKV_MIME)
+
+    def add_tier(tier_id: str, performer: str, annotator: str, spans: list[_Span]) -> None:
+        for n, lane in enumerate(_lanes(timed(spans))):
+            name = tier_id if n == 0 else f"{tier_id}~{n + 1}"
+            eaf.add_tier(name, part=performer, ann=annotator)
+            for start, end, value in lane:
+                eaf.add_annotation(name, start, end, value)
+        if tier_id not in eaf.get_tier_names():  # nothing left on it: keep the tier anyway
+            eaf.add_tier(tier_id, part=performer, ann=annotator)
+
+    for performer in sorted(performers):
+        raters = sorted(rater for p, rater in tag_spans if p == performer)
+        for rater in raters:
+            # A rater named "consensus" must not collide with the consensus tier.
+            name = rater if rater != CONSENSUS_TIER else f"{rater} (rater)"
+            add_tier(f"{performer}/{name}", performer, rater, tag_spans[(performer, rater)])
+        add_tier(
+            f"{performer}/{CONSENSUS_TIER}", performer, CONSENSUS_TIER, consensus.get(performer, [])
+        )
+
+    target = out_dir / f"{session_id}.eaf"
+    temporary = out_dir / f".{session_id}.eaf.tmp"
+    temporary.unlink(missing_ok=True)  # pympi would keep an existing file as .bak
+    eaf.to_file(str(temporary))
+    temporary.replace(target)
+    return target
+
+
+def read_eaf_tags(path: Path) -> dict[str, list[tuple[int, int, str]]]:
+    """Every tier of an .eaf file and its annotations (start ms, end ms, value), in order."""
+    eaf = Eaf(str(path))
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for tier in eaf.get_tier_names():
+        out[str(tier)] = sorted(
+            (int(start), int(end), str(value))
+            for start, end, value, *_ in eaf.get_annotation_data_for_tier(tier)
+        )
+    return out

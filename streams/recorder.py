@@ -1,0 +1,263 @@
+"""The recorder: a session's topics -> its archive (streams.archive), then the topics go.
+
+One :class:`SessionRecorder` per session, in the consumer group ``livetag-recorder-SID``:
+start several recorders (``livetag recorder``) and Kafka shares the session's partitions
+between them (the archive folder must then be shared too). Messages are kept as they came
+and written every ``archive_flush_s`` as one part file per partition, durably, *before* the
+offsets are committed: a recorder killed at any moment restarts from the last commit and
+rewrites what it had not committed (the archive dedupes by offset), so nothing is lost and
+nothing doubled.
+
+When the session has ended, every partition is recorded to its end (by any member of the
+group) and nothing new arrived for ``archive_quiet_s`` (the processors and the aligner have
+finished the tail), the archive is built once (a file lock decides who builds it), the
+session is marked ``archived`` on ``livetag.sessions`` and, once workers had
+``archive_release_s`` to let go of it, its topics are deleted (unless the settings keep them
+under retention on a real cluster): deleting a topic under a live faust agent would silence
+it, and the embedded broker keeps everything in memory until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import time
+from collections import defaultdict
+from importlib import metadata
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from infra.settings import Settings
+from streams import archive, kafka, records, topics
+from streams.sessions import SessionDirectory, publish
+
+log = logging.getLogger(__name__)
+
+SERVICE = "livetag-recorder"
+
+
+def group_id(session_id: str) -> str:
+    return f"{SERVICE}-{session_id}"
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def software_versions() -> dict[str, str]:
+    names = ("livetag", "aiokafka", "faust-streaming", "mediapipe", "av", "pyarrow", "aiortc")
+    versions = {}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+class SessionRecorder:
+    """Records one session until its archive is built."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: records.SessionRecord,
+        directory: SessionDirectory,
+        producer: AIOKafkaProducer,
+    ) -> None:
+        self.settings = settings
+        self.session_id = session.session_id
+        self.folder = archive.session_dir(settings, session.session_id)
+        self._directory = directory
+        self._producer = producer
+        names = session.topics
+        self.kinds = {
+            names.audio: "audio",
+            names.video: "video",
+            names.prosody: "prosody",
+            names.face: "face",
+            topics.TAGS: "tags",
+            topics.LABELS: "labels",
+        }
+        self._consumer: AIOKafkaConsumer | None = None
+        self._buffers: dict[TopicPartition, list[archive.RawMessage]] = defaultdict(list)
+        self._positions: dict[TopicPartition, int] = {}  # next offset to commit
+        self._last_message = time.monotonic()
+        self.parts_written = 0
+        self.archived = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        consumer = kafka.make_consumer(
+            self.settings,
+            *self.kinds,
+            group_id=group_id(self.session_id),
+            auto_offset_reset="earliest",
+            max_poll_records=2000,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        prefix = f"{self.session_id}/".encode()
+        last_flush = last_check = time.monotonic()
+        built = False
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=500)
+                for partition, messages in batches.items():
+                    kind = self.kinds[partition.topic]
+                    shared = kind in ("tags", "labels")
+                    for message in messages:
+                        self._positions[partition] = message.offset + 1
+                        if shared and not (message.key or b"").startswith(prefix):
+                            continue  # another session's tag or label
+                        self._buffers[partition].append(
+                            archive.RawMessage(
+                                partition.partition,
+                                message.offset,
+                                message.key or b"",
+                                message.value or b"",
+                                [(name, bytes(value)) for name, value in message.headers or ()],
+                            )
+                        )
+                        self._last_message = time.monotonic()
+                now = time.monotonic()
+                if now - last_flush >= self.settings.archive_flush_s:
+                    await self._flush()
+                    last_flush = now
+                if now - last_check >= 1.0:
+                    last_check = now
+                    if await self._ready_to_archive():
+                        await self._flush()
+                        built = await self._build()
+                        break
+            else:
+                return
+        finally:
+            if not self.archived:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(10):
+                        await self._flush()
+            await consumer.stop()
+        # The consumer is gone before the topics are: nothing of ours touches them now.
+        await self._release(built)
+
+    async def _flush(self) -> None:
+        """Write each partition's buffered messages as a part, then commit past them."""
+        assert self._consumer is not None
+        for partition, messages in list(self._buffers.items()):
+            if messages:
+                kind = self.kinds[partition.topic]
+                await asyncio.to_thread(
+                    archive.write_part, self.folder, kind, partition.partition, list(messages)
+                )
+                self.parts_written += 1
+            self._buffers[partition] = []
+        if self._positions:
+            await self._consumer.commit(dict(self._positions))
+
+    async def _ready_to_archive(self) -> bool:
+        session = self._directory.get(self.session_id)
+        if session is None or session.state not in ("ended", "archived"):
+            return False
+        if time.monotonic() - self._last_message < self.settings.archive_quiet_s:
+            return False
+        assert self._consumer is not None
+        partitions = [
+            TopicPartition(topic, n)
+            for topic in self.kinds
+            for n in range(self.settings.partitions)
+        ]
+        ends = await self._consumer.end_offsets(partitions)
+        for partition in partitions:
+            # Ours in memory, or what another member of the group committed.
+            done = self._positions.get(partition)
+            if done is None or done < ends[partition]:
+                committed = await self._consumer.committed(partition) or 0
+                if max(done or 0, committed) < ends[partition]:
+                    return False
+        return True
+
+    async def _build(self) -> bool:
+        session = self._directory.get(self.session_id)
+        assert session is not None
+        built = await asyncio.to_thread(self._build_once, session)
+        self.archived = True
+        return built
+
+    async def _release(self, built: bool) -> None:
+        """Mark the session archived, then (after workers let go) delete its topics."""
+        if not built:
+            return  # another recorder of the group built it and releases it
+        log.info("session %s archived in %s", self.session_id, self.folder)
+        session = self._directory.get(self.session_id)
+        assert session is not None
+        await publish(
+            self._producer,
+            session.model_copy(
+                update={"state": "archived", "ts_us": max(now_us(), session.ts_us + 1)}
+            ),
+        )
+        if self.settings.session_topic_retention_days is None:
+            # Workers stop the session's processors when it is archived: give them time
+            # to let go before its topics disappear under them.
+            await asyncio.sleep(self.settings.archive_release_s)
+            async with kafka.admin_client(self.settings) as admin:
+                await topics.delete_session_topics(admin, self.session_id)
+            log.info("session %s topics deleted", self.session_id)
+
+    def _build_once(self, session: records.SessionRecord) -> bool:
+        lock_path = self.folder / ".archive.lock"
+        with lock_path.open("w") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if (self.folder / archive.MANIFEST).is_file():
+                return False  # another recorder of the group built it
+            archive.build_archive(self.folder, session, software=software_versions())
+            return True
+
+
+class RecorderWorker:
+    """Runs a :class:`SessionRecorder` for every session that is not archived yet."""
+
+    def __init__(self, settings: Settings, *, only_sessions: set[str] | None = None) -> None:
+        self.settings = settings
+        self._only = only_sessions
+        self._directory = SessionDirectory(settings)
+        self._producer = kafka.make_producer(settings)
+        self.recorders: dict[str, tuple[SessionRecorder, asyncio.Task[None]]] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._producer.start()
+        await self._directory.start()
+        try:
+            while not stop.is_set():
+                self._reconcile(stop)
+                waiter = asyncio.ensure_future(stop.wait())
+                await asyncio.wait(
+                    [waiter, asyncio.ensure_future(self._directory.changed(1.0))],
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waiter.cancel()
+        finally:
+            tasks = [task for _, task in self.recorders.values()]
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._directory.stop()
+            await self._producer.stop()
+
+    def _reconcile(self, stop: asyncio.Event) -> None:
+        for session in self._directory.sessions():
+            sid = session.session_id
+            if self._only is not None and sid not in self._only:
+                continue
+            running = self.recorders.get(sid)
+            if running is not None and running[1].done():
+                recorder, task = running
+                if recorder.archived:
+                    continue
+                error = None if task.cancelled() else task.exception()
+                if error is not None:
+                    log.error("recorder of session %s failed: %s; restarting", sid, error)
+                running = None
+            if running is None and session.state != "archived":
+                recorder = SessionRecorder(self.settings, session, self._directory, self._producer)
+                task = asyncio.create_task(recorder.run(stop), name=f"recorder-{sid}")
+                self.recorders[sid] = (recorder, task)

@@ -1,0 +1,210 @@
+"""The recorder through the real broker: complete archives, also across a SIGKILL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from infra.settings import Settings, to_environment
+from infra.worker import ProcessorWorker
+from streams import archive, kafka, records, topics
+from streams.recorder import RecorderWorker
+from streams.sessions import create_session, publish
+from taggers.vocabulary import load_vocabulary
+from tests import media as test_media
+from tests.archive_samples import jpeg
+from tests.integration.test_processors import face_frames, speech_chunks
+from tests.tag_client import wall_us
+
+pytestmark = pytest.mark.integration
+
+
+def recorder_settings(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.model_copy(
+        update={
+            "data_dir": tmp_path / "archive",
+            "archive_flush_s": 0.5,
+            "archive_quiet_s": 2.0,
+            "archive_release_s": 0.5,
+        }
+    )
+
+
+async def end_session(settings: Settings, session: records.SessionRecord) -> None:
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        await publish(producer, session.model_copy(update={"state": "ended", "ts_us": wall_us()}))
+    finally:
+        await producer.stop()
+
+
+async def wait_for_manifest(folder: Path, timeout_s: float) -> dict[str, Any]:
+    async with asyncio.timeout(timeout_s):
+        while not (folder / archive.MANIFEST).is_file():  # noqa: ASYNC110 (a file appears)
+            await asyncio.sleep(0.2)
+    manifest: dict[str, Any] = json.loads((folder / archive.MANIFEST).read_text())
+    return manifest
+
+
+async def test_a_recorder_killed_mid_session_loses_and_doubles_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    own = recorder_settings(settings, tmp_path)
+    session = await create_session(
+        own, prompt="recorder crash", performer_names=["ana"], vocabulary=load_vocabulary(None)
+    )
+    sid = session.session_id
+    environment = {**os.environ, **to_environment(own)}
+    command = [sys.executable, "-m", "infra", "recorder", "--session", sid]
+    recorder = await asyncio.create_subprocess_exec(*command, env=environment)
+    producer = kafka.make_producer(own)
+    await producer.start()
+    sent: list[tuple[str, int]] = []
+    try:
+        for k in range(150):  # 6 s of 25 frames/s with 20 ms audio in between
+            now = wall_us()
+            common = {"session_id": sid, "performer_id": "ana", "seq": k}
+            frame = records.VideoFrame(
+                records.VideoFrameHeader(
+                    ts_us=now, timing="sender_report", width=160, height=90, **common
+                ),
+                jpeg(k % 200),
+            )
+            chunk = records.AudioChunk(
+                records.AudioChunkHeader(
+                    ts_us=now, timing="sender_report", sample_count=320, **common
+                ),
+                bytes(640),
+            )
+            for topic, item in ((session.topics.video, frame), (session.topics.audio, chunk)):
+                message = records.encode(item)
+                await producer.send(topic, message.value, key=message.key, headers=message.headers)
+                sent.append((item.record_type, now))
+            if k == 60:
+                recorder.send_signal(signal.SIGKILL)  # between flushes: some read, not committed
+                await recorder.wait()
+                recorder = await asyncio.create_subprocess_exec(*command, env=environment)
+            await asyncio.sleep(0.04)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await end_session(own, session)
+    try:
+        manifest = await wait_for_manifest(archive.session_dir(own, sid), timeout_s=60)
+    finally:
+        recorder.terminate()
+        await recorder.wait()
+    folder = archive.session_dir(own, sid)
+    back = archive.read_media(folder, "ana")
+    got = sorted((item.record_type, item.header.ts_us) for item in back)
+    assert got == sorted(sent)  # every frame and chunk once: none lost, none doubled
+    assert manifest["counts"]["video"] == manifest["counts"]["audio"] == 150
+    assert not (folder / "parts").exists()
+
+
+async def test_a_session_through_the_pipeline_is_archived_exactly_once(
+    settings: Settings, tmp_path: Path
+) -> None:
+    own = recorder_settings(settings, tmp_path)
+    media = test_media.prepare(test_media.default_dir())
+    session = await create_session(
+        own, prompt="archive", performer_names=["alice"], vocabulary=load_vocabulary(None)
+    )
+    sid = session.session_id
+    t0 = wall_us()
+    audio = speech_chunks(media, sid, t0)
+    video = face_frames(media, sid, t0)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(ProcessorWorker(own, only_sessions={sid}).run(stop))
+    recording = asyncio.create_task(RecorderWorker(own, only_sessions={sid}).run(stop))
+    # Everything the session's topics carry, read independently of the recorder.
+    watched = [session.topics.prosody, session.topics.face, topics.TAGS, topics.LABELS]
+    consumer = kafka.make_consumer(own, *watched, auto_offset_reset="earliest")
+    on_topics: dict[str, dict[tuple[Any, ...], Any]] = {k: {} for k in archive.KINDS}
+    kind_of = dict(zip(watched, archive.KINDS, strict=True))
+
+    async def watch() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for partition, messages in batches.items():
+                kind = kind_of[partition.topic]
+                for message in messages:
+                    if not (message.key or b"").startswith(f"{sid}/".encode()):
+                        continue
+                    record = records.decode(archive.KINDS[kind], message.value, message.headers)  # type: ignore[type-var]
+                    on_topics[kind].setdefault(archive.identity(record), record)
+
+    await consumer.start()
+    watching = asyncio.create_task(watch())
+    producer = kafka.make_producer(own)
+    await producer.start()
+    try:
+        media_records: list[records.AudioChunk | records.VideoFrame] = [*audio, *video]
+        for item in media_records:
+            message = records.encode(item)
+            topic = (
+                session.topics.audio
+                if isinstance(item, records.AudioChunk)
+                else session.topics.video
+            )
+            await producer.send(topic, message.value, key=message.key, headers=message.headers)
+        tag = records.TagEvent(
+            ts_us=t0 + 1_000_000,
+            session_id=sid,
+            performer_id="alice",
+            tag_id="archive-tag-0001",
+            rater_id="director",
+            rater_role="director",
+            action="point",
+            label="laughter",
+            span_us=500_000,
+            timing=records.TagTiming(
+                client_press_ts_us=t0, clock_offset_us=0, rtt_us=500, clock_uncertainty_us=251
+            ),
+            received_ts_us=t0 + 1_050_000,
+        )
+        message = records.encode(tag)
+        await producer.send(topics.TAGS, message.value, key=message.key, headers=message.headers)
+        await producer.flush()
+        # The processors start (~8 s) and work through the media; then the scene ends.
+        await asyncio.sleep(10)
+        await end_session(own, session)
+        manifest = await wait_for_manifest(archive.session_dir(own, sid), timeout_s=120)
+    finally:
+        stop.set()
+        await asyncio.gather(worker, recording, return_exceptions=True)
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        await consumer.stop()
+        await producer.stop()
+    folder = archive.session_dir(own, sid)
+    for kind in archive.KINDS:
+        stored = archive.read_records(folder, kind)
+        assert len(stored) == len({archive.identity(r) for r in stored}), kind  # no doubles
+        assert {archive.identity(r): r for r in stored} == on_topics[kind], kind
+    assert manifest["counts"]["prosody"] > 500
+    assert manifest["counts"]["face"] == len(video)
+    assert manifest["counts"]["tags"] == 1
+    assert manifest["counts"]["labels"] > 50
+    # The media plays, as long as the session's media lasted (within 100 ms).
+    with av.open(str(folder / "media" / "alice.mkv")) as container:
+        frames = list(container.decode(video=0))
+    span_s = (video[-1].header.ts_us - video[0].header.ts_us) / 1e6
+    assert len(frames) == len(video)
+    assert abs((frames[-1].time - frames[0].time) - span_s) <= 0.1
+    with av.open(str(folder / "media" / "alice.mkv")) as container:
+        samples = sum(frame.samples for frame in container.decode(audio=0))
+    assert abs(samples / 16_000 - len(audio) * 0.02) <= 0.1
+    # The session is marked archived and its topics are gone (embedded broker).
+    async with kafka.admin_client(own) as admin:
+        names = set(await admin.list_topics())
+    assert session.topics.audio not in names
