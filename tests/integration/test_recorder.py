@@ -120,11 +120,13 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
         own, prompt="archive", performer_names=["alice"], vocabulary=load_vocabulary(None)
     )
     sid = session.session_id
-    t0 = wall_us()
-    audio = speech_chunks(media, sid, t0)
-    video = face_frames(media, sid, t0)
     stop = asyncio.Event()
     worker = asyncio.create_task(ProcessorWorker(own, only_sessions={sid}).run(stop))
+    # The scene starts once the processors are up (faust, landmarkers: ~8 s), and its
+    # media arrives in real time, as from a call.
+    t0 = wall_us() + 10_000_000
+    audio = speech_chunks(media, sid, t0)
+    video = face_frames(media, sid, t0)
     recording = asyncio.create_task(RecorderWorker(own, only_sessions={sid}).run(stop))
     # Everything the session's topics carry, read independently of the recorder.
     watched = [session.topics.prosody, session.topics.face, topics.TAGS, topics.LABELS]
@@ -149,7 +151,9 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
     await producer.start()
     try:
         media_records: list[records.AudioChunk | records.VideoFrame] = [*audio, *video]
+        media_records.sort(key=lambda item: item.header.ts_us)
         for item in media_records:
+            await asyncio.sleep(max(0.0, (item.header.ts_us - wall_us()) / 1e6))
             message = records.encode(item)
             topic = (
                 session.topics.audio
@@ -175,8 +179,7 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
         message = records.encode(tag)
         await producer.send(topics.TAGS, message.value, key=message.key, headers=message.headers)
         await producer.flush()
-        # The processors start (~8 s) and work through the media; then the scene ends.
-        await asyncio.sleep(10)
+        await asyncio.sleep(2)  # the last features and label windows
         await end_session(own, session)
         manifest = await wait_for_manifest(archive.session_dir(own, sid), timeout_s=120)
     finally:
@@ -191,10 +194,10 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
         stored = archive.read_records(folder, kind)
         assert len(stored) == len({archive.identity(r) for r in stored}), kind  # no doubles
         assert {archive.identity(r): r for r in stored} == on_topics[kind], kind
-    assert manifest["counts"]["prosody"] > 500
+    assert manifest["counts"]["prosody"] > 300  # ~4 s of speech
     assert manifest["counts"]["face"] == len(video)
     assert manifest["counts"]["tags"] == 1
-    assert manifest["counts"]["labels"] > 50
+    assert manifest["counts"]["labels"] > 30
     # The media plays, as long as the session's media lasted (within 100 ms).
     with av.open(str(folder / "media" / "alice.mkv")) as container:
         frames = list(container.decode(video=0))
