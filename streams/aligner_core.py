@@ -125,6 +125,10 @@ class _PerformerTrack:
     due_us: float = math.inf  # the earliest now_us at which next_window can be ready
     newest_prosody_us: int | None = None  # None: the stream was never seen
     newest_face_us: int | None = None
+    # now_us when each stream last delivered: a stream that stopped delivering is given up
+    # on, one that still delivers is waited for (however far behind, e.g. catching up).
+    prosody_arrived_us: int = 0
+    face_arrived_us: int = 0
     hops: dict[int, dict[int, _Hop]] = field(default_factory=dict)  # window -> ts -> hop
     sights: dict[int, dict[int, _Sight]] = field(default_factory=dict)
     marks: dict[str, _Mark] = field(default_factory=dict)
@@ -169,6 +173,7 @@ class SessionAligner:
             return []
         self._forget_expired(now_us)
         track = self._track(frame.performer_id)
+        track.prosody_arrived_us = now_us
         if track.newest_prosody_us is None or frame.ts_us > track.newest_prosody_us:
             track.newest_prosody_us = frame.ts_us
         hop: _Hop = (frame.f0_hz if frame.voiced else None, frame.voiced, frame.loudness_db)
@@ -181,6 +186,7 @@ class SessionAligner:
             return []
         self._forget_expired(now_us)
         track = self._track(frame.performer_id)
+        track.face_arrived_us = now_us
         if track.newest_face_us is None or frame.ts_us > track.newest_face_us:
             track.newest_face_us = frame.ts_us
         pose = frame.head_pose
@@ -516,11 +522,9 @@ class SessionAligner:
             return
         config = self._config
         end = (track.next_window + 1) * config.window_us
-        due = end + config.tag_wait_us
-        for newest in (track.newest_prosody_us, track.newest_face_us):
-            if newest is not None and newest < end:
-                due = max(due, end + config.feature_wait_us)
-        track.due_us = due
+        # The earliest it can be ready; whether a lagging feature stream still holds it
+        # back is decided when it is looked at (_advance).
+        track.due_us = end + config.tag_wait_us
 
     def _emit_ready(self, now_us: int) -> list[LabelWindow]:
         out: list[LabelWindow] = []
@@ -537,9 +541,14 @@ class SessionAligner:
         # Windows ending at or before ready_end are ready: tags had tag_wait_us, and each
         # feature stream seen either reached the window end or is given up on.
         ready_end = now_us - config.tag_wait_us
-        for newest in (track.newest_prosody_us, track.newest_face_us):
-            if newest is not None:
-                ready_end = min(ready_end, max(newest, now_us - config.feature_wait_us))
+        streams = (
+            (track.newest_prosody_us, track.prosody_arrived_us),
+            (track.newest_face_us, track.face_arrived_us),
+        )
+        for newest, arrived in streams:
+            if newest is None or now_us - arrived >= config.feature_wait_us:
+                continue  # never seen, or stopped delivering: not waited for
+            ready_end = min(ready_end, newest)
         limit = ready_end // config.window_us
         while window < limit:
             record = self._close(track, window)

@@ -30,7 +30,7 @@ from importlib import metadata
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from infra.settings import Settings
-from streams import archive, kafka, records, topics
+from streams import archive, face_model, kafka, records, topics
 from streams.sessions import SessionDirectory, publish
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,14 @@ def now_us() -> int:
 
 
 def software_versions() -> dict[str, str]:
+    """What made the archive's features: package versions and the face model's checksum."""
     names = ("livetag", "aiokafka", "faust-streaming", "mediapipe", "av", "pyarrow", "aiortc")
     versions = {}
     for name in names:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
+    versions["face_model"] = f"{face_model.SOURCE_PACKAGE}:{face_model.FILE_NAME}"
+    versions["face_model_sha256"] = face_model.SHA256
     return versions
 
 
