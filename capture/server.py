@@ -39,6 +39,10 @@ TAGGER_FILES = Path(str(resources.files("taggers") / "static"))
 _WS_HARD_LIMIT = 4 * 1024 * 1024  # above our own limit, so we can answer instead of drop
 
 
+_OVER = ("ended", "archived")
+_STATE_ORDER = {"created": 0, "live": 1, "ended": 2, "archived": 3}
+
+
 class CaptureServerError(RuntimeError):
     """The capture server cannot start; the message says what to change."""
 
@@ -58,6 +62,7 @@ class CaptureServer:
         self._open_pages: dict[str, dict[str, int]] = {}
         self._published_sessions: dict[str, records.SessionRecord] = {}
         self._runner: web.AppRunner | None = None
+        self._ender: asyncio.Task[None] | None = None
         self.port = settings.capture_port
         self.tags = TagService(
             settings, secret=secret, sessions=self._session, frame_lookup=self.frame_capture_us
@@ -92,6 +97,7 @@ class CaptureServer:
             ]
         )
         self.tags.add_routes(app)
+        self._ender = asyncio.create_task(self._end_calls_of_ended_sessions())
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.capture_host, self.settings.capture_port)
@@ -116,6 +122,10 @@ class CaptureServer:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        if self._ender is not None:
+            self._ender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ender
         for connections in list(self._connections.values()):
             for connection in list(connections):
                 await connection.close()
@@ -168,6 +178,8 @@ class CaptureServer:
         roster = {performer.performer_id for performer in session.roster}
         if claims.role == "performer" and claims.participant_id not in roster:
             return self._refuse(403, "not_in_roster", "this performer is not in the session")
+        if session.state in _OVER:
+            return self._refuse(409, "session_ended", f"this session is {session.state}")
         return claims, session
 
     async def _token(self, request: web.Request) -> web.Response:
@@ -200,6 +212,19 @@ class CaptureServer:
             await connection.close()
             await self.forget_if_idle(session.session_id)
         return ws
+
+    async def _end_calls_of_ended_sessions(self) -> None:
+        """When the director ends a session, its call ends: nothing more is forked (the
+        recorder waits for its topics to go quiet), and pages stop rejoining (409)."""
+        while True:
+            await self._directory.changed(timeout_s=2.0)
+            for session_id in list(self._connections):
+                session = self._directory.get(session_id)
+                if session is None or session.state not in _OVER:
+                    continue
+                log.info("session %s is %s: closing its call", session_id, session.state)
+                for connection in list(self._connections.get(session_id, ())):
+                    await connection.close()
 
     # ------------------------------------------------------------------ tagging
 
@@ -282,7 +307,12 @@ class CaptureServer:
                 connected=now_connected,
                 since_ts_us=stamp,
             )
-            state = "live" if current.state == "created" and now_connected else current.state
+            # A state only moves forward: an "ended" this server has not seen yet in the
+            # copy it builds on must not be overwritten by a join or leave.
+            states = [r.state for r in (self._directory.get(session_id), ours) if r is not None]
+            state = max(states, key=_STATE_ORDER.__getitem__)
+            if state == "created" and now_connected:
+                state = "live"
             updated = current.model_copy(
                 update={"ts_us": stamp, "presence": list(previous.values()), "state": state}
             )

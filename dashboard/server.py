@@ -78,6 +78,9 @@ class SessionFeed:
         self.clients = 0
         self.idle_since: float | None = None
         self.undecodable = 0
+        # This tick's encoded updates by cursor (cleared each tick): clients share them.
+        self.update_cache: dict[tuple[Any, ...], tuple[str | None, ClientCursor]] = {}
+        self.cache_tick = -1
         self._counters: dict[str, tuple[float, dict[str, Any]]] = {}
         self._offsets: AIOKafkaConsumer | None = None
 
@@ -282,6 +285,8 @@ class DashboardServer:
         self._watcher: asyncio.Task[None] | None = None
         self._mesh_edges: list[list[int]] | None = None
         self.clients: set[DashboardClient] = set()
+        self._act_lock = asyncio.Lock()
+        self._published: dict[str, records.SessionRecord] = {}
         self.port = settings.dashboard_port
 
     @property
@@ -402,11 +407,11 @@ class DashboardServer:
         try:
             await client.run(self._hello(feed, claims))
         finally:
-            self.clients.discard(client)
-            await client.close()
             feed.clients -= 1
             if feed.clients == 0:
                 feed.idle_since = time.monotonic()
+            self.clients.discard(client)
+            await client.close()
         return ws
 
     def _hello(self, feed: SessionFeed, claims: tokens.JoinToken) -> dict[str, Any]:
@@ -459,7 +464,15 @@ class DashboardServer:
 
     async def act(self, session_id: str, action: str) -> None:
         """Take start / take end / end session: a new version of the session record."""
-        current = self._directory.get(session_id)
+        async with self._act_lock:
+            await self._act(session_id, action)
+
+    async def _act(self, session_id: str, action: str) -> None:
+        # Built on the newest copy known: the directory may not have seen what this server
+        # published a moment ago (a take end right after a take start).
+        candidates = [self._directory.get(session_id), self._published.get(session_id)]
+        known = [record for record in candidates if record is not None]
+        current = max(known, key=lambda record: record.ts_us) if known else None
         if current is None:
             raise ActionError("unknown_session", "the session record is not known yet")
         stamp = max(now_us(), current.ts_us + 1)
@@ -489,6 +502,7 @@ class DashboardServer:
         record = current.model_copy(update=update)
         records.SessionRecord.model_validate(record.model_dump())  # what we publish is valid
         await publish(self._producer, record)
+        self._published[session_id] = record
         feed = self._feeds.get(session_id)
         if feed is not None:
             feed.view.add_session(record)
@@ -614,13 +628,14 @@ class DashboardClient:
         self._closed = True
         if self._sender is not None:
             self._sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._sender
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("a dashboard sender failed")
         with contextlib.suppress(Exception):
             await self.ws.close()
-
-
-_update_cache: dict[tuple[str, int], dict[tuple[Any, ...], tuple[str | None, ClientCursor]]] = {}
 
 
 def _cursor_key(cursor: ClientCursor) -> tuple[Any, ...]:
@@ -636,14 +651,12 @@ def _cursor_key(cursor: ClientCursor) -> tuple[Any, ...]:
 
 
 def _shared_update(feed: SessionFeed, cursor: ClientCursor) -> str | None:
-    # Keyed by (session, tick): the first client at a cursor builds and encodes the update,
+    # Per tick of this feed: the first client at a cursor builds and encodes the update,
     # the others at that cursor reuse the text and jump to the same new cursor.
-    cache_key = (feed.session_id, feed.tick)
-    cache = _update_cache.get(cache_key)
-    if cache is None:
-        for stale in [key for key in _update_cache if key[0] == feed.session_id]:
-            del _update_cache[stale]
-        cache = _update_cache[cache_key] = {}
+    if feed.cache_tick != feed.tick:
+        feed.update_cache.clear()
+        feed.cache_tick = feed.tick
+    cache = feed.update_cache
     key = _cursor_key(cursor)
     hit = cache.get(key)
     if hit is None:

@@ -49,6 +49,7 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
     processors: asyncio.Task[None] | None = None
     dashboard: asyncio.subprocess.Process | None = None
     recorder: asyncio.subprocess.Process | None = None
+    watchers: list[asyncio.Task[int]] = []
     # Handlers first: a Ctrl-C while starting still stops what was started, in order.
     with _stop_on_signals(stop):
         try:
@@ -78,6 +79,11 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 say(f"dashboard        {settings.dashboard_base_url}  (the director's link)")
                 recorder = await _start_service(settings, "recorder")
                 say(f"recorder         archives ended sessions into {settings.data_dir}")
+                for child in (dashboard, recorder):
+                    # If one exits, livetag stops whole rather than run without it.
+                    watcher = asyncio.create_task(child.wait())
+                    watcher.add_done_callback(lambda _: stop.set())
+                    watchers.append(watcher)
                 processors = asyncio.create_task(ProcessorWorker(settings).run(stop))
                 # If the worker fails, livetag stops whole rather than run without it.
                 processors.add_done_callback(lambda _: stop.set())
@@ -90,6 +96,8 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
             try:
                 if processors is not None:
                     await processors
+                for watcher in watchers:
+                    watcher.cancel()
                 for service in (dashboard, recorder):
                     if service is not None:
                         await _stop_process(service)

@@ -71,6 +71,10 @@ _VIDEO_TIME_BASE = Fraction(1, 1_000_000)
 _AUDIO_TIME_BASE = Fraction(1, 16_000)
 
 
+class ArchiveError(RuntimeError):
+    """An archive cannot be built as asked; the message says why."""
+
+
 def session_dir(settings: Settings, session_id: str) -> Path:
     return settings.data_dir / session_id
 
@@ -141,7 +145,7 @@ def read_parts(folder: Path, kind: str) -> Iterator[RawMessage]:
 
 
 def _write_durably(path: Path, write: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(str(temporary))
     with temporary.open("rb") as handle:
         os.fsync(handle.fileno())
@@ -255,13 +259,22 @@ def build_archive(
     keep_parts: bool = False,
 ) -> dict[str, Any]:
     """Turn the raw parts into the archive's files and manifest (idempotent)."""
-    counts: dict[str, int] = {}
+    if not (folder / "parts").is_dir() and (folder / "tags.parquet").is_file():
+        # Built before (a crash after the build, before the session was marked archived):
+        # never rebuild from nothing over the good files.
+        raise ArchiveError(f"{folder} was built already and has no parts to build from")
+    counts: dict[str, int] = {"undecodable": 0}
     session_id = session.session_id
     decoded: dict[str, list[Any]] = {}
     for kind, model in KINDS.items():
         unique: dict[tuple[Any, ...], records.Record] = {}
         for message in read_parts(folder, kind):
-            record: records.Record = records.decode(model, message.value, message.headers)  # type: ignore[type-var]
+            try:
+                record: records.Record = records.decode(model, message.value, message.headers)  # type: ignore[type-var]
+            except records.RecordError:
+                # Dead-lettered by whoever consumed it for work; the archive counts it.
+                counts["undecodable"] += 1
+                continue
             if getattr(record, "session_id", None) != session_id:
                 continue
             unique.setdefault(identity(record), record)
@@ -273,7 +286,7 @@ def build_archive(
         _write_durably(folder / f"{kind}.parquet", lambda t, table=table: pq.write_table(table, t))
         counts[kind] = len(rows)
 
-    media = _gather_media(folder, session_id)
+    media = _gather_media(folder, session_id, counts)
     starts = [chunk.header.ts_us for items in media.values() for chunk in items]
     t0_us = min(starts) if starts else session.created_ts_us
     performers: dict[str, Any] = {}
@@ -294,8 +307,6 @@ def build_archive(
         "counts": counts,
         "files": {},
     }
-    if not keep_parts:
-        shutil.rmtree(folder / "parts", ignore_errors=True)
     manifest["files"] = {
         str(path.relative_to(folder)): _sha256(path)
         for path in sorted(folder.rglob("*"))
@@ -306,20 +317,27 @@ def build_archive(
     }
     text = json.dumps(manifest, indent=2, sort_keys=True)
     _write_durably(folder / MANIFEST, lambda t: Path(t).write_text(text, encoding="utf-8"))
+    # Only now, with the manifest durable, may the raw parts go.
+    if not keep_parts:
+        shutil.rmtree(folder / "parts", ignore_errors=True)
     return manifest
 
 
 def _gather_media(
-    folder: Path, session_id: str
+    folder: Path, session_id: str, counts: dict[str, int]
 ) -> dict[str, list[records.AudioChunk | records.VideoFrame]]:
     by_performer: dict[str, dict[tuple[str, int], records.AudioChunk | records.VideoFrame]] = {}
     for kind in MEDIA_KINDS:
         for message in read_parts(folder, kind):
             item: records.AudioChunk | records.VideoFrame
-            if kind == "audio":
-                item = records.decode(records.AudioChunk, message.value, message.headers)
-            else:
-                item = records.decode(records.VideoFrame, message.value, message.headers)
+            try:
+                if kind == "audio":
+                    item = records.decode(records.AudioChunk, message.value, message.headers)
+                else:
+                    item = records.decode(records.VideoFrame, message.value, message.headers)
+            except records.RecordError:
+                counts["undecodable"] += 1
+                continue
             header = item.header
             if header.session_id != session_id:
                 continue

@@ -88,8 +88,11 @@ class SessionRecorder:
         self._last_message = time.monotonic()
         self.parts_written = 0
         self.archived = False
+        self._ended_at: float | None = None
+        self._stop: asyncio.Event | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         self.folder.mkdir(parents=True, exist_ok=True)
         consumer = kafka.make_consumer(
             self.settings,
@@ -155,12 +158,27 @@ class SessionRecorder:
                 )
                 self.parts_written += 1
             self._buffers[partition] = []
+        # Only what this member holds now (a rebalance may have moved partitions away: the
+        # parts are written, so the new owner re-reading them only costs a dedupe).
+        assigned = self._consumer.assignment()
+        for partition in [p for p in self._positions if p not in assigned]:
+            del self._positions[partition]
         if self._positions:
-            await self._consumer.commit(dict(self._positions))
+            try:
+                await self._consumer.commit(dict(self._positions))
+            except Exception as exc:  # rebalancing: the next flush commits
+                log.info("recorder commit deferred (%s)", exc)
 
     async def _ready_to_archive(self) -> bool:
         session = self._directory.get(self.session_id)
         if session is None or session.state not in ("ended", "archived"):
+            return False
+        if self._ended_at is None:
+            self._ended_at = time.monotonic()
+        # Late tags (a rater's page re-sending after a reconnect) still correct label windows
+        # for label_grace_s: wait for them before the archive is final.
+        grace = self.settings.label_grace_s + self.settings.label_tag_wait_ms / 1000
+        if time.monotonic() - self._ended_at < grace:
             return False
         if time.monotonic() - self._last_message < self.settings.archive_quiet_s:
             return False
@@ -188,22 +206,29 @@ class SessionRecorder:
         return built
 
     async def _release(self, built: bool) -> None:
-        """Mark the session archived, then (after workers let go) delete its topics."""
-        if not built:
-            return  # another recorder of the group built it and releases it
-        log.info("session %s archived in %s", self.session_id, self.folder)
+        """Mark the session archived, then (after workers let go) delete its topics.
+
+        Also when the archive was built before (by this group, before a crash): marking it
+        archived and deleting its topics are idempotent, and a session must not stay ended
+        forever because its builder died between the manifest and the mark."""
+        if built:
+            log.info("session %s archived in %s", self.session_id, self.folder)
         session = self._directory.get(self.session_id)
         assert session is not None
-        await publish(
-            self._producer,
-            session.model_copy(
-                update={"state": "archived", "ts_us": max(now_us(), session.ts_us + 1)}
-            ),
-        )
+        if session.state != "archived":
+            await publish(
+                self._producer,
+                session.model_copy(
+                    update={"state": "archived", "ts_us": max(now_us(), session.ts_us + 1)}
+                ),
+            )
         if self.settings.session_topic_retention_days is None:
             # Workers stop the session's processors when it is archived: give them time
-            # to let go before its topics disappear under them.
-            await asyncio.sleep(self.settings.archive_release_s)
+            # to let go before its topics disappear under them (cut short by a stop: the
+            # next start deletes them, as the session is archived but its topics remain).
+            if self._stop is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.settings.archive_release_s)
             async with kafka.admin_client(self.settings) as admin:
                 await topics.delete_session_topics(admin, self.session_id)
             log.info("session %s topics deleted", self.session_id)
@@ -227,6 +252,8 @@ class RecorderWorker:
         self._directory = SessionDirectory(settings)
         self._producer = kafka.make_producer(settings)
         self.recorders: dict[str, tuple[SessionRecorder, asyncio.Task[None]]] = {}
+        self._cleaned: set[str] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._producer.start()
@@ -264,3 +291,18 @@ class RecorderWorker:
                 recorder = SessionRecorder(self.settings, session, self._directory, self._producer)
                 task = asyncio.create_task(recorder.run(stop), name=f"recorder-{sid}")
                 self.recorders[sid] = (recorder, task)
+            elif session.state == "archived" and sid not in self._cleaned:
+                # Archived, but its recorder stopped before deleting the topics: do it now.
+                self._cleaned.add(sid)
+                if self.settings.session_topic_retention_days is None:
+                    cleanup = asyncio.create_task(self._delete_topics(sid))
+                    self._cleanups.add(cleanup)
+                    cleanup.add_done_callback(self._cleanups.discard)
+
+    async def _delete_topics(self, session_id: str) -> None:
+        try:
+            async with kafka.admin_client(self.settings) as admin:
+                if await topics.delete_session_topics(admin, session_id):
+                    log.info("deleted the topics left by archived session %s", session_id)
+        except Exception as exc:
+            log.warning("could not delete topics of archived session %s: %s", session_id, exc)

@@ -15,8 +15,8 @@ start + (ts_k - ts_0) / speed), 2.0 twice as fast.
 When the media is out, replay by default waits until the session's processors (their
 consumer group, see :mod:`streams.processors`) have committed everything on the session's
 topics, then publishes the session as ``ended``, so workers release it and a recorder
-can archive it. Ending it earlier would stop the processors mid-way (``livetag worker``
-stops a session's processors as soon as it ends).
+can archive it (workers keep an ended session's processors until it is archived; waiting
+first keeps the archive's quiet period from starting while they still catch up).
 """
 
 from __future__ import annotations

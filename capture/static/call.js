@@ -281,7 +281,7 @@ function connect() {
     // when the link itself is bad (expired, forged, unknown session).
     try {
       const response = await fetch(`${captureBase.origin}/api/token?token=${encodeURIComponent(token)}`);
-      if (response.status === 401 || response.status === 403 || response.status === 404) {
+      if ([401, 403, 404, 409].includes(response.status)) {
         const reason = await response.json();
         setStatus("error", reason.message);
         return;

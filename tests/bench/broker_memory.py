@@ -122,6 +122,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "data_dir": state / "archive",
                 "archive_quiet_s": 1.0,
                 "archive_release_s": 1.0,
+                "label_grace_s": 1.0,
             }
         )
         with bench_broker(base, state) as bench:

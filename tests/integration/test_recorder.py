@@ -34,6 +34,7 @@ def recorder_settings(settings: Settings, tmp_path: Path) -> Settings:
             "archive_flush_s": 0.5,
             "archive_quiet_s": 2.0,
             "archive_release_s": 0.5,
+            "label_grace_s": 1.0,
         }
     )
 
