@@ -2,8 +2,9 @@
 
 It follows livetag.sessions and keeps one processor process (streams.processors) per
 session that is created, live or ended (its tail still to process), and stops it when the
-session is archived. Every worker runs every session: the processes of one session form one Kafka consumer group, so N workers
-split each session's partitions, and a worker that dies has its partitions taken over.
+session is archived. Every worker runs every session: the processes of one session form one
+Kafka consumer group, so N workers split each session's partitions, and a worker that dies
+has its partitions taken over.
 """
 
 from __future__ import annotations
