@@ -698,13 +698,3 @@ def _limit_send_buffer(request: web.Request) -> None:
     raw = None if transport is None else transport.get_extra_info("socket")
     if raw is not None:
         raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SEND_BUFFER_BYTES)
-
-
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Run the dashboard server until ``stop`` is set."""
-    server = DashboardServer(settings, secret=tokens.load_secret(settings))
-    await server.start()
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
