@@ -83,6 +83,7 @@ class SessionFeed:
         self.cache_tick = -1
         self._counters: dict[str, tuple[float, dict[str, Any]]] = {}
         self._offsets: AIOKafkaConsumer | None = None
+        self._broker_reachable = True
 
     @property
     def session_id(self) -> str:
@@ -197,6 +198,8 @@ class SessionFeed:
     async def _consumer_lag(self) -> tuple[bool, dict[str, int]]:
         """Records each topic's processors still have to read (their committed offsets)."""
         session = self.view.session
+        if session.state == "archived":  # its topics are gone: nothing left to lag on
+            return self._broker_reachable, {}
         source_topics = [
             session.topics.audio,
             session.topics.video,
@@ -221,7 +224,9 @@ class SessionFeed:
                 committed = {tp: await self._offsets.committed(tp) for tp in partitions}
         except Exception as exc:
             log.debug("broker unreachable for the health view: %s", exc)
+            self._broker_reachable = False
             return False, {}
+        self._broker_reachable = True
         lag: dict[str, int] = {}
         for partition, end in ends.items():
             position = committed.get(partition) or 0

@@ -56,6 +56,9 @@ class _Performer:
     face_latency_us: deque[int] = field(default_factory=lambda: deque(maxlen=30))
     # Label windows for agreement: window start -> ((rater, label or NO_LABEL), ...)
     windows: dict[int, dict[str, str]] = field(default_factory=dict)
+    windows_version: int = 0  # bumped by every label window that changes ``windows``
+    # (windows_version, newest recent window start) the agreement was last computed for
+    agreement_basis: tuple[int, int] | None = None
 
 
 @dataclass(slots=True)
@@ -172,6 +175,7 @@ class SessionView:
                 labels[rater.rater_id] = rater.labels[0].label
         if labels or window.ts_us in performer.windows:
             performer.windows[window.ts_us] = labels
+            performer.windows_version += 1
         if labels or window.consensus is not None:
             point = [
                 window.performer_id,
@@ -202,8 +206,17 @@ class SessionView:
 
     def compute_agreement(self, now_us: int, recent_us: int = 60_000_000) -> None:
         """Krippendorff's alpha (nominal) per performer: the session so far and recently."""
-        result = {}
+        result = dict(self.agreement)
         for performer_id, performer in self.performers.items():
+            # Recomputed only when its windows changed or one left the recent span: the
+            # whole-session alpha runs over every labelled window of the session.
+            oldest_recent = min(
+                (ts for ts in performer.windows if ts >= now_us - recent_us), default=-1
+            )
+            basis = (performer.windows_version, oldest_recent)
+            if basis == performer.agreement_basis and performer_id in result:
+                continue
+            performer.agreement_basis = basis
             recent = {ts: v for ts, v in performer.windows.items() if ts >= now_us - recent_us}
             raters = sorted({rater for labels in performer.windows.values() for rater in labels})
             result[performer_id] = {

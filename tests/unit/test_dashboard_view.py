@@ -177,3 +177,11 @@ def test_agreement_per_performer_over_the_session_and_the_last_minute() -> None:
     assert ana["last_60s"] < 0.2  # disagreeing lately
     assert ana["session"] is not None
     assert ana["last_60s"] < ana["session"] < 1.0
+    # Nothing new: nothing recomputed, nothing re-sent.
+    version = view.agreement_version
+    view.compute_agreement(now_us=T0 + 126_000_000)
+    assert view.agreement_version == version
+    # The recent windows age out of the last minute: recomputed.
+    view.compute_agreement(now_us=T0 + 300_000_000)
+    assert view.agreement["ana"]["last_60s"] is None
+    assert view.agreement["ana"]["session"] == ana["session"]
