@@ -84,6 +84,7 @@ class SessionFeed:
         self._counters: dict[str, tuple[float, dict[str, Any]]] = {}
         self._offsets: AIOKafkaConsumer | None = None
         self._broker_reachable = True
+        self._tag_arrived = asyncio.Event()
 
     @property
     def session_id(self) -> str:
@@ -142,7 +143,11 @@ class SessionFeed:
         interval = 1.0 / self.settings.dashboard_update_hz
         last_agreement = 0.0
         while True:
-            await asyncio.sleep(interval)
+            # A tag ends the wait early: a director sees a press at once, not on the
+            # next regular tick (tags are rare; features keep the regular pace).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._tag_arrived.wait(), interval)
+            self._tag_arrived.clear()
             now = time.monotonic()
             if now - last_agreement >= AGREEMENT_INTERVAL_S:
                 self.view.compute_agreement(now_us())
@@ -184,6 +189,7 @@ class SessionFeed:
             self.view.add_face(record, received_us)
         elif isinstance(record, records.TagEvent):
             self.view.add_tag(record)
+            self._tag_arrived.set()
         elif isinstance(record, records.LabelWindow):
             self.view.add_label(record)
 

@@ -122,14 +122,17 @@ async def test_live_tiles_mesh_and_a_performer_tag_within_a_second(
             await tagger_ready(alice)
             await alice.keyboard.press("a")
             press = await last_press(alice)
-            pressed = time.monotonic()
-            await wait_acked(alice, press["tag_id"])
-            await director.wait_for_function(
-                "(id) => (window.livetagDashboard.timeline.alice || []).includes(id)",
+            # Timed in the pages (one machine clock): the key press in the performer's page
+            # to the animation frame that first has the tag in the director's timeline.
+            shown = await director.wait_for_function(
+                "(id) => (window.livetagDashboard.timeline.alice || []).includes(id)"
+                " && performance.timeOrigin + performance.now()",
                 arg=press["tag_id"],
                 timeout=5_000,
             )
-            shown_after_s = time.monotonic() - pressed
+            shown_after_s = (await shown.json_value() * 1000 - press["press_unix_us_true"]) / 1e6
+            await wait_acked(alice, press["tag_id"])
+            print("tag on the director's timeline after", round(shown_after_s * 1000, 1), "ms")
             health = await director.evaluate("window.livetagDashboard.health")
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             await director.screenshot(path=str(SCREENSHOT), full_page=True)
