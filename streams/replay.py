@@ -178,13 +178,10 @@ async def replay_session(
         takes=list(original.takes),
         topics=topics.session_topic_names(session_id),
     )
-    async with kafka.admin_client(settings) as admin:
-        await topics.ensure_shared_topics(admin, settings)
-        await topics.create_session_topics(admin, settings, session_id)
     producer = kafka.make_producer(settings)
     await producer.start()
     try:
-        await sessions.publish(producer, session)
+        await sessions.open_session(settings, session, producer)
         log.info(
             "replaying %s into %s: %d records, speed %s",
             original.session_id,

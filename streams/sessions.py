@@ -58,16 +58,24 @@ async def create_session(
         state="created",
         topics=topics.session_topic_names(session_id),
     )
-    async with kafka.admin_client(settings) as admin:
-        await topics.ensure_shared_topics(admin, settings)
-        await topics.create_session_topics(admin, settings, session_id)
     producer = kafka.make_producer(settings)
     await producer.start()
     try:
-        await publish(producer, record)
+        await open_session(settings, record, producer)
     finally:
         await producer.stop()
     return record
+
+
+async def open_session(
+    settings: Settings, record: records.SessionRecord, producer: AIOKafkaProducer
+) -> None:
+    """Create a new session's topic set, then publish its record on livetag.sessions
+    (so workers and recorders take it up)."""
+    async with kafka.admin_client(settings) as admin:
+        await topics.ensure_shared_topics(admin, settings)
+        await topics.create_session_topics(admin, settings, record.session_id)
+    await publish(producer, record)
 
 
 async def publish(producer: AIOKafkaProducer, record: records.SessionRecord) -> None:
