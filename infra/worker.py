@@ -53,12 +53,7 @@ class ProcessorWorker:
         try:
             while not stop.is_set():
                 await self._reconcile()
-                waiter = asyncio.ensure_future(stop.wait())
-                await asyncio.wait(
-                    [waiter, asyncio.ensure_future(self._directory.changed(1.0))],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                waiter.cancel()
+                await self._directory.changed_or_stopped(stop, timeout_s=1.0)
         finally:
             await asyncio.gather(*(self._stop_child(sid) for sid in list(self.children)))
             await self._directory.stop()

@@ -261,12 +261,7 @@ class RecorderWorker:
         try:
             while not stop.is_set():
                 self._reconcile(stop)
-                waiter = asyncio.ensure_future(stop.wait())
-                await asyncio.wait(
-                    [waiter, asyncio.ensure_future(self._directory.changed(1.0))],
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                waiter.cancel()
+                await self._directory.changed_or_stopped(stop, timeout_s=1.0)
         finally:
             tasks = [task for _, task in self.recorders.values()]
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -110,6 +110,14 @@ class SessionDirectory:
         except TimeoutError:
             return
 
+    async def changed_or_stopped(self, stop: asyncio.Event, timeout_s: float) -> None:
+        """Return when a session record arrives, ``stop`` is set, or after ``timeout_s``."""
+        stopped = asyncio.ensure_future(stop.wait())
+        changed = asyncio.ensure_future(self.changed(timeout_s))
+        await asyncio.wait([stopped, changed], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        changed.cancel()
+
     async def start(self) -> None:
         if self._task is not None:
             return
