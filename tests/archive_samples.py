@@ -141,7 +141,7 @@ def write_sample_archive(folder: Path, *, duplicate: bool = True) -> dict[str, l
             again = messages[half:]
             again.append(archive.RawMessage(0, len(messages), *_copy(messages[0])))
             archive.write_part(folder, kind, 0, again)
-        else:
+        elif messages[half + 3 :]:
             archive.write_part(folder, kind, 0, messages[half + 3 :])
     archive.build_archive(folder, session(), software={"livetag": "test"})
     return made

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 
 from streams import archive, records
-from tests.archive_samples import SID, T0, write_sample_archive
+from tests.archive_samples import SID, T0, session, write_sample_archive
 
 
 def test_every_record_once_and_exactly_as_it_was(tmp_path: Path) -> None:
@@ -58,3 +58,22 @@ def test_manifest_has_raters_takes_and_checksums(tmp_path: Path) -> None:
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest
     assert "media/ana.mkv" in manifest["files"]
     assert "tags.parquet" in manifest["files"]
+
+
+def test_undecodable_records_are_counted_and_the_rest_archived(tmp_path: Path) -> None:
+    made = write_sample_archive(tmp_path / "reference", duplicate=False)
+    folder = tmp_path / "archive"
+    garbage = archive.RawMessage(0, 10_000, b"s-archive/ana", b"\xff not a record", [])
+    for kind, items in made.items():
+        messages = []
+        for offset, item in enumerate(items):
+            encoded = records.encode(item)
+            messages.append(
+                archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
+            )
+        archive.write_part(folder, kind, 0, [*messages, garbage])
+    manifest = archive.build_archive(folder, session(), software={})
+    assert manifest["counts"]["undecodable"] == len(made)  # one bad record per kind
+    for kind in archive.KINDS:
+        assert len(archive.read_records(folder, kind)) == len(made[kind])
+    assert manifest["counts"]["video"] == len(made["video"])
