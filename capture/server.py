@@ -6,6 +6,7 @@ HTTP routes
   GET /api/token?token=T whether a link is valid, and if not why
   GET /ws/tag            the tag websocket (taggers.service)  GET /tagger/...  the widget
   GET /metrics/clients?session=SID   every page's clock offset and rtt (call and tags)
+  GET /metrics/refusals  what was refused (bad tokens, exceeded limits, bad messages), by code
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -60,6 +62,9 @@ class CaptureServer:
         self._connections: dict[str, set[CallConnection]] = {}
         self._presence_lock = asyncio.Lock()
         self._open_pages: dict[str, dict[str, int]] = {}
+        # Every refusal by its error code: exceeded limits and bad input are visible to the
+        # operator, not only to the client that got the error.
+        self.refusals: Counter[str] = Counter()
         self._published_sessions: dict[str, records.SessionRecord] = {}
         self._runner: web.AppRunner | None = None
         self._ender: asyncio.Task[None] | None = None
@@ -92,6 +97,7 @@ class CaptureServer:
                 web.get("/api/token", self._token),
                 web.get("/metrics", self._metrics),
                 web.get("/metrics/clients", self._client_metrics),
+                web.get("/metrics/refusals", self._refusal_metrics),
                 web.static("/static", PAGES),
                 web.static("/tagger", TAGGER_FILES),
             ]
@@ -161,7 +167,11 @@ class CaptureServer:
         ]
         return web.json_response(clients + self.tags.client_clocks(session_id))
 
+    async def _refusal_metrics(self, request: web.Request) -> web.Response:
+        return web.json_response({"call": dict(self.refusals), "tag": dict(self.tags.refusals)})
+
     def _refuse(self, status: int, code: str, message: str) -> web.Response:
+        self.refusals[code] += 1
         return web.json_response(signaling.error(code, message), status=status)
 
     async def _admit(
@@ -200,6 +210,11 @@ class CaptureServer:
         if isinstance(admitted, web.Response):
             return admitted
         claims, session = admitted
+        limit = self.settings.max_clients_per_session
+        if len(self._connections.get(session.session_id, ())) >= limit:
+            return self._refuse(
+                429, "too_many_clients", f"this session already has {limit} pages open"
+            )
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=_WS_HARD_LIMIT)
         await ws.prepare(request)
         call = self._call_for(session)
@@ -391,6 +406,7 @@ class CallConnection:
             if message.type == WSMsgType.TEXT:
                 await self._handle(message.data)
             elif message.type == WSMsgType.BINARY:
+                self.server.refusals["malformed"] += 1
                 await self.send(signaling.error("malformed", "binary messages are not accepted"))
             elif message.type == WSMsgType.ERROR:
                 break
@@ -401,6 +417,7 @@ class CallConnection:
                 raw, max_bytes=self.server.settings.max_message_bytes
             )
         except signaling.SignalingError as exc:
+            self.server.refusals[exc.code] += 1
             await self.send(signaling.error(exc.code, exc.message))
             return
         try:
@@ -430,6 +447,7 @@ class CallConnection:
                     }
                 )
         except CallError as exc:
+            self.server.refusals[exc.code] += 1
             await self.send(signaling.error(exc.code, exc.message))
 
     async def _probe_clock(self) -> None:

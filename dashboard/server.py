@@ -23,6 +23,7 @@ import json
 import logging
 import socket
 import time
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -296,6 +297,7 @@ class DashboardServer:
         self._watcher: asyncio.Task[None] | None = None
         self._mesh_edges: list[list[int]] | None = None
         self.clients: set[DashboardClient] = set()
+        self.refusals: Counter[str] = Counter()
         self._act_lock = asyncio.Lock()
         self._published: dict[str, records.SessionRecord] = {}
         self.port = settings.dashboard_port
@@ -369,16 +371,25 @@ class DashboardServer:
         try:
             claims = tokens.verify(self._secret, request.query.get("token"))
         except tokens.TokenError as exc:
-            return _refusal(401, "bad_token", exc.reason)
+            return self._refuse(401, "bad_token", exc.reason)
         if claims.role != "director":
-            return _refusal(403, "not_director", "the dashboard opens with the director's link")
+            return self._refuse(403, "not_director", "the dashboard opens with the director's link")
         session = self._directory.get(claims.session_id)
         if session is None:
             with contextlib.suppress(TimeoutError):
                 session = await self._directory.wait_for(claims.session_id, timeout_s=2.0)
         if session is None:
-            return _refusal(404, "unknown_session", f"no session {claims.session_id!r}")
+            return self._refuse(404, "unknown_session", f"no session {claims.session_id!r}")
         return claims, session
+
+    def _refuse(self, status: int, code: str, message: str) -> web.Response:
+        self.refusals[code] += 1
+        # Readable from the capture origin too: the call page asks before it opens.
+        return web.json_response(
+            {"type": "error", "code": code, "message": message},
+            status=status,
+            headers={"Access-Control-Allow-Origin": "*"},
+        )
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
         admitted = await self._admit(request)
@@ -397,6 +408,7 @@ class DashboardServer:
         return web.json_response(
             {
                 "clients": [client.stats() for client in self.clients],
+                "refusals": dict(self.refusals),
                 "feeds": {
                     session_id: {"clients": feed.clients, "undecodable": feed.undecodable}
                     for session_id, feed in self._feeds.items()
@@ -409,6 +421,12 @@ class DashboardServer:
         if isinstance(admitted, web.Response):
             return admitted
         claims, session = admitted
+        open_feed = self._feeds.get(session.session_id)
+        limit = self.settings.max_clients_per_session
+        if open_feed is not None and open_feed.clients >= limit:
+            return self._refuse(
+                429, "too_many_clients", f"this session already has {limit} dashboards open"
+            )
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024)
         await ws.prepare(request)
         _limit_send_buffer(request)
@@ -524,14 +542,6 @@ class ActionError(ValueError):
         self.code = code
         self.message = message
         super().__init__(message)
-
-
-def _refusal(status: int, code: str, message: str) -> web.Response:
-    return web.json_response(
-        {"type": "error", "code": code, "message": message},
-        status=status,
-        headers={"Access-Control-Allow-Origin": "*"},
-    )
 
 
 class DashboardClient:

@@ -145,6 +145,15 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Largest signaling message (SDP included)."
     )
+    max_clients_per_session: int = Field(
+        default=32,
+        ge=1,
+        le=10_000,
+        description=(
+            "Pages a session admits at once, counted per kind (call pages, tagging "
+            "connections, dashboards); one more is refused with too_many_clients."
+        ),
+    )
 
     # --- director dashboard ---
     dashboard_host: str = Field(default="127.0.0.1", description="Dashboard listen address.")

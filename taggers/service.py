@@ -19,7 +19,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -131,7 +131,9 @@ class TagService:
         self._reaction_lags: dict[tuple[str, str], int] = {}
         self._clocks: OrderedDict[tuple[str, str, str], ClockSync] = OrderedDict()
         self._connections: set[TagConnection] = set()
-        self.stats = {"tags": 0, "duplicates": 0, "held": 0, "errors": 0}
+        self.stats = {"tags": 0, "duplicates": 0, "held": 0}
+        # Every refusal by its error code (served on the capture server's /metrics/refusals).
+        self.refusals: Counter[str] = Counter()
 
     async def start(self) -> None:
         await self._producer.start()
@@ -162,6 +164,14 @@ class TagService:
 
     def ledger(self, session_id: str) -> TagLedger:
         return self._ledgers.setdefault(session_id, TagLedger())
+
+    def connections_in(self, session_id: str) -> int:
+        """Admitted tagging connections of a session."""
+        return sum(
+            1
+            for connection in self._connections
+            if connection.session is not None and connection.session.session_id == session_id
+        )
 
     def client_clocks(self, session_id: str) -> list[dict[str, Any]]:
         """Each connected tagging client's clock estimate, for the health view."""
@@ -272,7 +282,7 @@ class TagConnection:
                     break
 
     async def _refuse(self, error: ProtocolError) -> None:
-        self.service.stats["errors"] += 1
+        self.service.refusals[error.code] += 1
         await self.send(error.to_message())
 
     async def _receive(self, raw: str | bytes, received_us: int) -> None:
@@ -341,6 +351,16 @@ class TagConnection:
         roster = {performer.performer_id for performer in session.roster}
         if claims.role == "performer" and claims.participant_id not in roster:
             await self._refuse(ProtocolError("not_in_roster", "you are not in this session"))
+            return
+        admitted = self.service.connections_in(session.session_id)
+        if admitted >= self.service.settings.max_clients_per_session:
+            await self._refuse(
+                ProtocolError(
+                    "too_many_clients",
+                    f"this session already has {admitted} tagging connections: closing",
+                )
+            )
+            await self.ws.close()
             return
         limit = self.service.limits.max_reaction_lag_us
         known = self.service.reaction_lag(session.session_id, claims.participant_id)

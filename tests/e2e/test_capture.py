@@ -188,6 +188,12 @@ async def test_bad_input_gets_clear_errors_while_the_scene_flows(
                         reply = json.loads((await ws.receive()).data)
                     assert reply["code"] == code, (bad[:40], reply)
                 assert not ws.closed, "a bad message must not close the connection"
+            async with http.get(f"{base}/metrics/refusals") as response:
+                counted = (await response.json())["call"]
+            # Every refusal is counted by its code, for the operator.
+            assert counted["bad_token"] == 3
+            for code in ("malformed", "bad_offer", "bad_sdp", "too_large", "not_live"):
+                assert counted[code] >= 1, (code, counted)
         after = await collect(capture_settings, session, seconds=3.0)
     # alice's media kept flowing throughout.
     before_video = len(before[("video_frame", "alice")])
