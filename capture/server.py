@@ -27,7 +27,7 @@ from capture import signaling
 from capture.call import CallError, SceneCall
 from capture.ice import restrict_host_addresses
 from capture.timing import Stamp
-from infra.settings import Settings
+from infra.settings import Settings, TLSSettingsError, server_ssl_context
 from streams import kafka, records, topics
 from streams.sessions import SessionDirectory, now_us, publish
 from taggers import tokens
@@ -55,6 +55,11 @@ class CaptureServer:
     def __init__(self, settings: Settings, *, secret: bytes) -> None:
         self.settings = settings
         self._secret = secret
+        # Before any Kafka client exists: a bad certificate leaves nothing to close.
+        try:
+            self._ssl_context = server_ssl_context(settings)
+        except TLSSettingsError as exc:
+            raise CaptureServerError(str(exc)) from None
         self._producer = kafka.make_producer(settings)
         self._directory = SessionDirectory(settings)
         self._jpeg_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg")
@@ -75,7 +80,7 @@ class CaptureServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.capture_host}:{self.port}"
+        return f"{self.settings.web_scheme}://{self.settings.capture_host}:{self.port}"
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -106,7 +111,12 @@ class CaptureServer:
         self._ender = asyncio.create_task(self._end_calls_of_ended_sessions())
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.capture_host, self.settings.capture_port)
+        site = web.TCPSite(
+            self._runner,
+            self.settings.capture_host,
+            self.settings.capture_port,
+            ssl_context=self._ssl_context,
+        )
         try:
             await site.start()
         except OSError as exc:

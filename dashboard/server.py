@@ -33,7 +33,7 @@ from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from dashboard.view import ClientCursor, SessionView
-from infra.settings import Settings
+from infra.settings import Settings, client_ssl_context, server_ssl_context
 from streams import kafka, records, topics
 from streams.sessions import SessionDirectory, publish
 from taggers import tokens
@@ -287,6 +287,11 @@ class DashboardServer:
     def __init__(self, settings: Settings, *, secret: bytes) -> None:
         self.settings = settings
         self._secret = secret
+        # Before any Kafka client exists: a bad certificate leaves nothing to close.
+        self._ssl_context = server_ssl_context(settings)
+        # The capture server's /metrics may be served with the deployment's own
+        # (self-signed) certificate: trust it next to the system's CAs.
+        self._capture_trust = client_ssl_context(settings)
         self._directory = SessionDirectory(settings)
         self._producer = kafka.make_producer(settings)
         self._feeds: dict[str, SessionFeed] = {}
@@ -304,7 +309,7 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.settings.dashboard_host}:{self.port}"
+        return f"{self.settings.web_scheme}://{self.settings.dashboard_host}:{self.port}"
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -313,7 +318,7 @@ class DashboardServer:
             await topics.ensure_shared_topics(admin, self.settings)
         await self._producer.start()
         await self._directory.start()
-        self._http = aiohttp.ClientSession()
+        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._capture_trust))
         self._mesh_edges = await asyncio.to_thread(mesh_edges)
         app = web.Application()
         app.add_routes(
@@ -327,7 +332,12 @@ class DashboardServer:
         )
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.dashboard_host, self.settings.dashboard_port)
+        site = web.TCPSite(
+            self._runner,
+            self.settings.dashboard_host,
+            self.settings.dashboard_port,
+            ssl_context=self._ssl_context,
+        )
         try:
             await site.start()
         except OSError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from infra.settings import Settings, load_settings
+from infra.settings import Settings, TLSSettingsError, load_settings, server_ssl_context
 from streams import kafka, records, topics
 
 
@@ -48,6 +48,13 @@ def main(ctx: click.Context) -> None:
     try:
         settings = load_settings()
     except (ValidationError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"bad settings: {exc}") from None
+    try:
+        # Certificate and key files are read now, so a bad one is one clear line for
+        # every command rather than a traceback from whichever client loads it first.
+        server_ssl_context(settings)
+        kafka.kafka_ssl_context(settings)
+    except (TLSSettingsError, kafka.KafkaSecurityError) as exc:
         raise click.ClickException(f"bad settings: {exc}") from None
     logging.basicConfig(
         level=settings.log_level,
@@ -301,10 +308,10 @@ def session_create(
 def capture(ctx: click.Context) -> None:
     """Run the capture server alone (livetag up runs it too)."""
     from capture.server import CaptureServerError
-    from infra.up import run_services
+    from infra.up import run_capture
 
     try:
-        asyncio.run(run_services(_settings(ctx), embedded_broker=False))
+        asyncio.run(run_capture(_settings(ctx)))
     except CaptureServerError as exc:
         raise click.ClickException(str(exc)) from None
 

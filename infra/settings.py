@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,13 +116,37 @@ class Settings(BaseSettings):
             "of deleting them once archived. The embedded broker ignores retention."
         ),
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description=(
+            "How Kafka clients talk to kafka_bootstrap. Anything but PLAINTEXT needs a real "
+            "cluster: the embedded broker speaks plaintext on loopback only."
+        ),
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism; required with SASL_PLAINTEXT and SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="CA bundle (PEM) that signed the brokers' certificates; default: system CAs.",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="Client certificate (PEM) for clusters that ask for one."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="Key of kafka_ssl_certfile, if not in the same file."
+    )
 
     # --- capture server ---
     capture_host: str = Field(default="127.0.0.1", description="Capture server listen address.")
     capture_port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port.")
     public_url: str | None = Field(
         default=None,
-        description="Base URL printed in join links (default http://capture_host:capture_port).",
+        description=(
+            "Base URL printed in join links (default http[s]://capture_host:capture_port)."
+        ),
     )
     ice_addresses: list[str] = Field(
         default=["127.0.0.1"],
@@ -160,7 +185,7 @@ class Settings(BaseSettings):
     dashboard_port: int = Field(default=8081, ge=0, le=65535, description="0 picks a free port.")
     dashboard_public_url: str | None = Field(
         default=None,
-        description="Base URL of the dashboard in director links (default http://host:port).",
+        description="Base URL of the dashboard in director links (default http[s]://host:port).",
     )
     dashboard_update_hz: float = Field(
         default=15.0, gt=0, le=60, description="Updates per second sent to each dashboard."
@@ -170,6 +195,17 @@ class Settings(BaseSettings):
         gt=0,
         description="A dashboard that takes no update for this long is disconnected.",
     )
+
+    # --- TLS for the capture server and the dashboard ---
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description=(
+            "Certificate chain (PEM) both web servers present; when set they serve https "
+            "and wss only. Browsers need it for camera and microphone on any host but "
+            "localhost."
+        ),
+    )
+    tls_key_file: Path | None = Field(default=None, description="Private key of tls_cert_file.")
 
     # --- recorder (session archive) ---
     archive_flush_s: float = Field(
@@ -269,6 +305,63 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected host:port[,host:port...], got {value!r}")
         return value.strip()
 
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        if protocol != "PLAINTEXT" and self.kafka_bootstrap is None:
+            raise ValueError(
+                f"LIVETAG_KAFKA_SECURITY_PROTOCOL={protocol} needs LIVETAG_KAFKA_BOOTSTRAP: "
+                "the embedded broker only speaks PLAINTEXT"
+            )
+        sasl = {
+            "LIVETAG_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism,
+            "LIVETAG_KAFKA_SASL_USERNAME": self.kafka_sasl_username,
+            "LIVETAG_KAFKA_SASL_PASSWORD": self.kafka_sasl_password,
+        }
+        tls_files = {
+            "LIVETAG_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "LIVETAG_KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "LIVETAG_KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        if protocol.startswith("SASL_"):
+            missing = [name for name, value in sasl.items() if value is None]
+            if missing:
+                raise ValueError(
+                    f"LIVETAG_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}"
+                )
+        else:
+            # Credentials that would be silently ignored are more likely a mistake.
+            given = [name for name, value in sasl.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} set, but LIVETAG_KAFKA_SECURITY_PROTOCOL={protocol} "
+                    "does not use SASL (SASL_PLAINTEXT or SASL_SSL do)"
+                )
+        if protocol not in ("SSL", "SASL_SSL"):
+            given = [name for name, value in tls_files.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} set, but LIVETAG_KAFKA_SECURITY_PROTOCOL={protocol} "
+                    "does not use TLS (SSL or SASL_SSL do)"
+                )
+        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+            raise ValueError("LIVETAG_KAFKA_SSL_KEYFILE needs LIVETAG_KAFKA_SSL_CERTFILE")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(
+                "LIVETAG_TLS_CERT_FILE and LIVETAG_TLS_KEY_FILE go together: set both "
+                "(https and wss) or neither (plain http and ws)"
+            )
+        return self
+
+    @property
+    def web_scheme(self) -> str:
+        """``https`` when the web servers have a certificate, else ``http``."""
+        return "http" if self.tls_cert_file is None else "https"
+
     @property
     def uses_embedded_broker(self) -> bool:
         return self.kafka_bootstrap is None
@@ -290,13 +383,13 @@ class Settings(BaseSettings):
     def capture_base_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
-        return f"http://{self.capture_host}:{self.capture_port}"
+        return f"{self.web_scheme}://{self.capture_host}:{self.capture_port}"
 
     @property
     def dashboard_base_url(self) -> str:
         if self.dashboard_public_url:
             return self.dashboard_public_url.rstrip("/")
-        return f"http://{self.dashboard_host}:{self.dashboard_port}"
+        return f"{self.web_scheme}://{self.dashboard_host}:{self.dashboard_port}"
 
     @property
     def log_dir(self) -> Path:
@@ -350,3 +443,52 @@ def to_environment(settings: Settings) -> dict[str, str]:
             text = str(value)
         environment[f"LIVETAG_{name.upper()}"] = text
     return environment
+
+
+class TLSSettingsError(RuntimeError):
+    """The web servers' certificate or key cannot be used; the message names the setting."""
+
+
+def server_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """What the capture server and the dashboard serve TLS with; None means plain http/ws."""
+    cert_file, key_file = settings.tls_cert_file, settings.tls_key_file
+    if cert_file is None or key_file is None:
+        return None
+    for name, path in (("LIVETAG_TLS_CERT_FILE", cert_file), ("LIVETAG_TLS_KEY_FILE", key_file)):
+        if not path.is_file():
+            raise TLSSettingsError(f"{name}={str(path)!r}: no such file")
+    # Reading the certificate alone first tells a bad certificate from a bad or mismatched
+    # key, which load_cert_chain reports with one and the same error.
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=cert_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSSettingsError(
+            f"LIVETAG_TLS_CERT_FILE={str(cert_file)!r} is not a PEM certificate: {exc}"
+        ) from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise TLSSettingsError(
+            f"LIVETAG_TLS_KEY_FILE={str(key_file)!r} is not the PEM private key of "
+            f"LIVETAG_TLS_CERT_FILE={str(cert_file)!r}: {exc}"
+        ) from None
+    return context
+
+
+def client_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """For livetag's own https clients (the dashboard polling the capture server).
+
+    The system's CAs plus the deployment's own certificate, so a self-signed deployment
+    works while a capture server behind a publicly signed proxy does too.
+    """
+    context = ssl.create_default_context()
+    if settings.tls_cert_file is not None:
+        try:
+            context.load_verify_locations(cafile=settings.tls_cert_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise TLSSettingsError(
+                f"LIVETAG_TLS_CERT_FILE={str(settings.tls_cert_file)!r} cannot be trusted "
+                f"as a certificate: {exc}"
+            ) from None
+    return context

@@ -111,6 +111,25 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                     say("stopped.")
 
 
+async def run_capture(settings: Settings) -> None:
+    """``livetag capture``: the capture server (with the tag service) alone, until
+    SIGINT/SIGTERM; the broker, workers, recorder and dashboard run elsewhere."""
+    from capture.server import CaptureServer
+    from taggers.tokens import load_secret
+
+    stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        async with kafka.admin_client(settings) as admin:
+            await topics.ensure_shared_topics(admin, settings)
+        server = CaptureServer(settings, secret=load_secret(settings))
+        await server.start()
+        print(f"capture server   {server.url}", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+
 async def run_dashboard(settings: Settings) -> None:
     """``livetag dashboard``: the dashboard server alone, until SIGINT/SIGTERM."""
     from dashboard.server import DashboardServer

@@ -4,10 +4,14 @@ The embedded broker (tansu 0.6.0) does not answer a waiting fetch when data arri
 consumer always waits out its ``fetch_max_wait_ms``. Consumers built here use a short
 wait with the embedded broker and an ordinary one with a real cluster. faust hardcodes
 1500 ms in its aiokafka driver, so faust apps made here use a transport that shortens it.
+
+Every client built here, faust's included, also gets the cluster's security settings
+(``kafka_security_protocol``, SASL credentials, TLS files).
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,7 +21,9 @@ import aiokafka
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.auth import CredentialsT
 
 from infra.settings import Settings
 
@@ -28,8 +34,89 @@ EMBEDDED_TRANSPORT_SCHEME = "livetag-embedded"
 CLIENT_ID = "livetag"
 
 
+class KafkaSecurityError(ValueError):
+    """A Kafka TLS file cannot be used; the message names the setting."""
+
+
+def kafka_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for SSL and SASL_SSL (None for the plaintext protocols).
+
+    Without ``kafka_ssl_cafile`` the system's CAs verify the brokers, and host names are
+    always checked.
+    """
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    cafile, certfile, keyfile = (
+        settings.kafka_ssl_cafile,
+        settings.kafka_ssl_certfile,
+        settings.kafka_ssl_keyfile,
+    )
+    for name, path in (
+        ("LIVETAG_KAFKA_SSL_CAFILE", cafile),
+        ("LIVETAG_KAFKA_SSL_CERTFILE", certfile),
+        ("LIVETAG_KAFKA_SSL_KEYFILE", keyfile),
+    ):
+        if path is not None and not path.is_file():
+            raise KafkaSecurityError(f"{name}={str(path)!r}: no such file")
+    # The CA bundle alone first, so an error names the file that is wrong.
+    try:
+        create_ssl_context(cafile=cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise KafkaSecurityError(
+            f"LIVETAG_KAFKA_SSL_CAFILE={str(cafile)!r} is not a PEM CA bundle: {exc}"
+        ) from None
+    try:
+        return create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise KafkaSecurityError(
+            f"LIVETAG_KAFKA_SSL_CERTFILE={str(certfile)!r} with LIVETAG_KAFKA_SSL_KEYFILE="
+            f"{str(keyfile)!r} is not a PEM client certificate and its key: {exc}"
+        ) from None
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka's security keyword arguments (producer, consumer and admin take the same)."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    context = kafka_ssl_context(settings)
+    if context is not None:
+        options["ssl_context"] = context
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        assert settings.kafka_sasl_password is not None  # Settings checks SASL is complete
+        # aiokafka reads the "plain" user and password for the SCRAM mechanisms too.
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return options
+
+
+def faust_credentials(settings: Settings) -> CredentialsT | None:
+    """The same security settings as faust's ``broker_credentials``.
+
+    faust derives the protocol from the credentials' type: SSLCredentials is SSL, and
+    SASLCredentials is SASL_SSL with a TLS context, SASL_PLAINTEXT without one.
+    """
+    protocol = settings.kafka_security_protocol
+    context = kafka_ssl_context(settings)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        assert settings.kafka_sasl_password is not None  # Settings checks SASL is complete
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            ssl_context=context,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    return None
+
+
 def _common(settings: Settings) -> dict[str, Any]:
-    return {"bootstrap_servers": settings.bootstrap_servers, "client_id": CLIENT_ID}
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": CLIENT_ID,
+        **security_options(settings),
+    }
 
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -101,6 +188,9 @@ def make_faust_app(settings: Settings, app_id: str, **conf: Any) -> LivetagFaust
         # faust keeps table state on disk; under the state folder, not the working directory.
         "datadir": str(settings.state_dir / "faust" / app_id),
     }
+    credentials = faust_credentials(settings)
+    if credentials is not None:
+        options["broker_credentials"] = credentials
     options.update(conf)
     # faust creates the app's own folder but not its parents.
     Path(options["datadir"]).parent.mkdir(parents=True, exist_ok=True)

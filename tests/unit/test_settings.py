@@ -66,3 +66,118 @@ def test_a_mistyped_environment_variable_is_an_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("LIVETAG_BROKR_PORT", "1")
     with pytest.raises(ValueError, match="LIVETAG_BROKR_PORT"):
         load_settings()
+
+
+# ---------------------------------------------------------------- TLS and Kafka security
+
+
+def test_tls_cert_and_key_go_together(tmp_path: Path) -> None:
+    from tests.tls_certs import make_self_signed
+
+    files = make_self_signed(tmp_path)
+    with pytest.raises(ValidationError, match="LIVETAG_TLS_CERT_FILE and LIVETAG_TLS_KEY_FILE"):
+        Settings(tls_cert_file=files.cert_file)
+    with pytest.raises(ValidationError, match="LIVETAG_TLS_CERT_FILE and LIVETAG_TLS_KEY_FILE"):
+        Settings(tls_key_file=files.key_file)
+
+
+def test_tls_makes_the_default_links_https(tmp_path: Path) -> None:
+    from tests.tls_certs import make_self_signed
+
+    plain = Settings()
+    assert plain.capture_base_url.startswith("http://")
+    assert plain.dashboard_base_url.startswith("http://")
+    files = make_self_signed(tmp_path)
+    secure = Settings(
+        tls_cert_file=files.cert_file, tls_key_file=files.key_file, dashboard_port=9443
+    )
+    assert secure.capture_base_url == "https://127.0.0.1:8080"
+    assert secure.dashboard_base_url == "https://127.0.0.1:9443"
+    # A public URL (a proxy in front, say) is taken as given.
+    proxied = secure.model_copy(update={"public_url": "https://live.example.org/"})
+    assert proxied.capture_base_url == "https://live.example.org"
+
+
+def test_unusable_tls_files_name_their_setting(tmp_path: Path) -> None:
+    from infra.settings import TLSSettingsError, server_ssl_context
+    from tests.tls_certs import make_self_signed
+
+    assert server_ssl_context(Settings()) is None
+    files = make_self_signed(tmp_path / "one")
+    other = make_self_signed(tmp_path / "other")
+    absent = Settings(tls_cert_file=tmp_path / "absent.crt", tls_key_file=files.key_file)
+    with pytest.raises(TLSSettingsError, match=r"LIVETAG_TLS_CERT_FILE=.*no such file"):
+        server_ssl_context(absent)
+    swapped = Settings(tls_cert_file=files.key_file, tls_key_file=files.cert_file)
+    with pytest.raises(TLSSettingsError, match=r"LIVETAG_TLS_CERT_FILE=.*not a PEM certificate"):
+        server_ssl_context(swapped)
+    mismatched = Settings(tls_cert_file=files.cert_file, tls_key_file=other.key_file)
+    with pytest.raises(TLSSettingsError, match=r"LIVETAG_TLS_KEY_FILE=.*not the PEM private key"):
+        server_ssl_context(mismatched)
+    good = Settings(tls_cert_file=files.cert_file, tls_key_file=files.key_file)
+    assert server_ssl_context(good) is not None
+
+
+def test_our_clients_trust_the_deployment_certificate_and_the_system_store(
+    tmp_path: Path,
+) -> None:
+    import ssl
+    from typing import Any, cast
+
+    from infra.settings import client_ssl_context
+    from tests.tls_certs import make_self_signed
+
+    files = make_self_signed(tmp_path, "deployment")
+    context = client_ssl_context(
+        Settings(tls_cert_file=files.cert_file, tls_key_file=files.key_file)
+    )
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    trusted = cast(list[dict[str, Any]], context.get_ca_certs())
+    names = {value for ca in trusted for rdn in ca["subject"] for _, value in rdn}
+    assert "deployment" in names
+    system = ssl.create_default_context().get_ca_certs()
+    assert len(context.get_ca_certs()) == len(system) + 1
+
+
+def test_security_settings_survive_the_trip_to_a_child_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra.settings import to_environment
+    from tests.tls_certs import make_self_signed
+
+    web = make_self_signed(tmp_path / "web")
+    ca = make_self_signed(tmp_path / "ca")
+    parent = Settings(
+        kafka_bootstrap="kafka-1:9093",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-256",
+        kafka_sasl_username="livetag",
+        kafka_sasl_password="p@ss word;=",
+        kafka_ssl_cafile=ca.cert_file,
+        tls_cert_file=web.cert_file,
+        tls_key_file=web.key_file,
+        state_dir=tmp_path / "state",
+    )
+    environment = to_environment(parent)
+    assert environment["LIVETAG_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert environment["LIVETAG_KAFKA_SASL_PASSWORD"] == "p@ss word;="
+    assert environment["LIVETAG_TLS_CERT_FILE"] == str(web.cert_file)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    child = Settings()
+    assert child == parent
+    assert child.kafka_sasl_password is not None
+    assert child.kafka_sasl_password.get_secret_value() == "p@ss word;="
+
+
+def test_kafka_security_errors_name_the_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LIVETAG_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.setenv("LIVETAG_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ValidationError, match="LIVETAG_KAFKA_BOOTSTRAP"):
+        Settings()
+    monkeypatch.setenv("LIVETAG_KAFKA_BOOTSTRAP", "kafka-1:9093")
+    monkeypatch.setenv("LIVETAG_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("LIVETAG_KAFKA_SASL_USERNAME", "livetag")
+    with pytest.raises(ValidationError, match="needs LIVETAG_KAFKA_SASL_PASSWORD"):
+        Settings()
