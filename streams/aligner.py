@@ -9,27 +9,42 @@ ticks it on a timer (a window goes out once its features and tags had time to ar
 produces what it returns.
 
 ``livetag.tags`` is shared by all sessions: each session's app reads it and skips other
-sessions' keys before decoding. Undecodable records and tags too late to correct anything
-go to ``livetag.deadletter`` with the reason (a late tag also stays on ``livetag.tags``).
+sessions' keys before decoding.
+
+The join's state is in memory; a worker killed mid-scene loses none of it, in two parts:
+- what it took in is acknowledged to faust (and its offset committed) only once every
+  label window it contributes to has gone out: a tag when the windows of its span have
+  passed (an onset, offset or undo: a hold's longest span), a feature frame when its window
+  has. Whoever gets the partitions next re-reads all of that;
+- when partitions are assigned, the windows emitted for them in the last ``label_grace_s``
+  + ``tag_max_hold_ms`` are read back from ``livetag.labels`` (SessionAligner.restore):
+  they are not emitted anew, and a late tag corrects them with the next revision, keeping
+  every tag they showed.
+
+Undecodable records and tags too late to correct anything go to ``livetag.deadletter``
+with the reason (a late tag also stays on ``livetag.tags``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, cast
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.settings import Settings
-from streams import records, topics
+from streams import kafka, records, topics
 from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
 from streams.kafka import event_headers
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.02  # how often ready windows are looked for: small against the 100 ms windows
+RESTORE_MARGIN_S = 10.0  # read back a little more than can still be corrected
 
 DeadLetterSink = Callable[[Any, str, str], Awaitable[None]]
 Emit = Callable[[Any, records.AnyRecord], Awaitable[None]]
@@ -49,6 +64,101 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+class HeldEvents:
+    """Events taken into the aligner whose windows have not all gone out yet.
+
+    Kept per performer in arrival order and released from the front: one event that
+    waits holds back the later ones of its performer, which only delays their ack.
+    """
+
+    def __init__(self, aligner: SessionAligner) -> None:
+        self._aligner = aligner
+        self._by_performer: dict[str, deque[tuple[int, Any]]] = {}
+
+    def hold(self, performer_id: str, until_us: int, event: Any) -> None:
+        self._by_performer.setdefault(performer_id, deque()).append((until_us, event))
+
+    def release(self) -> int:
+        """Ack every held event whose windows have passed; how many were acked."""
+        released = 0
+        for performer_id, held in self._by_performer.items():
+            while held and self._aligner.passed(performer_id, held[0][0]):
+                held.popleft()[1].ack()
+                released += 1
+        return released
+
+    def __len__(self) -> int:
+        return sum(len(held) for held in self._by_performer.values())
+
+
+def settles_at_us(tag: records.TagEvent, max_hold_us: int) -> int:
+    """The last instant whose label window this tag can still change."""
+    if tag.action == "point":
+        return tag.ts_us + (tag.span_us or 0)
+    # An onset may stay open for max_hold, and is re-read with its offset (or the undo
+    # that withdraws it) or a restarted aligner would reopen it.
+    return tag.ts_us + max_hold_us
+
+
+async def offset_at_time(consumer: AIOKafkaConsumer, partition: TopicPartition, ts_ms: int) -> int:
+    """The first offset of ``partition`` with a timestamp at or after ``ts_ms``."""
+    end = (await consumer.end_offsets([partition]))[partition]
+    found = (await consumer.offsets_for_times({partition: ts_ms}))[partition]
+    if found is None:
+        return int(end)
+    if found.timestamp >= 0:
+        return int(found.offset)
+    # The embedded broker has no time index (it answers offset 0, timestamp -1): search
+    # by reading one record at a time (timestamps grow with offsets on a partition).
+    low = int((await consumer.beginning_offsets([partition]))[partition])
+    high = int(end)
+    while low < high:
+        middle = (low + high) // 2
+        consumer.seek(partition, middle)
+        batch = await consumer.getmany(partition, timeout_ms=2000, max_records=1)
+        messages = batch.get(partition, [])
+        if not messages:
+            break
+        if messages[0].timestamp < ts_ms:
+            low = messages[0].offset + 1
+        else:
+            high = middle
+    return low
+
+
+async def read_label_windows(
+    settings: Settings, session_id: str, partitions: Iterable[int], since_ms: int
+) -> list[records.LabelWindow]:
+    """The session's label windows on these partitions of livetag.labels since then."""
+    wanted = [TopicPartition(topics.LABELS, number) for number in sorted(set(partitions))]
+    if not wanted:
+        return []
+    consumer = kafka.make_consumer(settings)
+    await consumer.start()
+    windows: list[records.LabelWindow] = []
+    prefix = f"{session_id}/".encode()
+    try:
+        consumer.assign(wanted)
+        ends = await consumer.end_offsets(wanted)
+        for partition in wanted:
+            consumer.seek(partition, await offset_at_time(consumer, partition, since_ms))
+        while [p for p in wanted if await consumer.position(p) < ends[p]]:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for batch in batches.values():
+                for message in batch:
+                    if not (message.key or b"").startswith(prefix):
+                        continue
+                    try:
+                        windows.append(
+                            records.decode(records.LabelWindow, message.value, message.headers)
+                        )
+                    except records.RecordError as exc:
+                        log.warning("skipping an undecodable label record: %s", exc)
+    finally:
+        await consumer.stop()
+    return windows
+
+
 def add_aligner(
     app: Any,
     settings: Settings,
@@ -65,21 +175,28 @@ def add_aligner(
     face_topic = app.topic(session.topics.face, **raw)
     labels_topic = app.topic(topics.LABELS, **raw)
     key_prefix = f"{session.session_id}/".encode()
+    held = HeldEvents(aligner)
+    max_hold_us = settings.tag_max_hold_ms * 1000
 
     async def publish(windows: list[records.LabelWindow]) -> None:
         for window in windows:
             await emit(labels_topic, window)
+        # Acked only after the windows were handed to the producer: faust flushes the
+        # producer before it commits the offsets these acks allow.
+        held.release()
 
     @app.agent(tags_topic, name=f"align-tags-{session.session_id}")
     async def align_tags(stream: faust.StreamT) -> AsyncIterator[None]:
-        async for event in stream.events():
+        async for event in cast(Any, stream).noack().events():
             if not (event.key or b"").startswith(key_prefix):
-                yield None  # another session's tag
+                event.ack()  # another session's tag
+                yield None
                 continue
             try:
                 tag = records.decode(records.TagEvent, event.value, event_headers(event.headers))
             except records.RecordError as exc:
                 await dead_letter(event, topics.TAGS, str(exc))
+                event.ack()
                 yield None
                 continue
             windows: list[records.LabelWindow] = []
@@ -88,34 +205,70 @@ def add_aligner(
                     await dead_letter(event, topics.TAGS, out.reason)
                 else:
                     windows.append(out)
+            held.hold(tag.performer_id, settles_at_us(tag, max_hold_us), event)
             await publish(windows)
             yield None
 
     @app.agent(prosody_topic, name=f"align-prosody-{session.session_id}")
     async def align_prosody(stream: faust.StreamT) -> AsyncIterator[None]:
-        async for event in stream.events():
+        async for event in cast(Any, stream).noack().events():
             try:
                 frame = records.decode(
                     records.ProsodyFrame, event.value, event_headers(event.headers)
                 )
             except records.RecordError as exc:
                 await dead_letter(event, session.topics.prosody, str(exc))
+                event.ack()
                 yield None
                 continue
-            await publish(aligner.add_prosody(frame, _now_us()))
+            windows = aligner.add_prosody(frame, _now_us())
+            held.hold(frame.performer_id, frame.ts_us, event)
+            await publish(windows)
             yield None
 
     @app.agent(face_topic, name=f"align-face-{session.session_id}")
     async def align_face(stream: faust.StreamT) -> AsyncIterator[None]:
-        async for event in stream.events():
+        async for event in cast(Any, stream).noack().events():
             try:
                 frame = records.decode(records.FaceFrame, event.value, event_headers(event.headers))
             except records.RecordError as exc:
                 await dead_letter(event, session.topics.face, str(exc))
+                event.ack()
                 yield None
                 continue
-            await publish(aligner.add_face(frame, _now_us()))
+            windows = aligner.add_face(frame, _now_us())
+            held.hold(frame.performer_id, frame.ts_us, event)
+            await publish(windows)
             yield None
+
+    session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
+
+    @app.on_partitions_assigned.connect
+    async def restore(sender: Any, assigned: set[Any], **_: Any) -> None:
+        # faust awaits this before the new partitions are fetched: the aligner knows what
+        # was emitted for them before it sees their first re-read record.
+        partitions = {tp.partition for tp in assigned if tp.topic in session_topics}
+        if not partitions:
+            return
+        horizon_s = settings.label_grace_s + settings.tag_max_hold_ms / 1000 + RESTORE_MARGIN_S
+        started = time.monotonic()
+        try:
+            windows = await read_label_windows(
+                settings,
+                session.session_id,
+                partitions,
+                since_ms=round((time.time() - horizon_s) * 1000),
+            )
+        except Exception:  # without it the aligner still runs, as before a restart
+            log.exception("could not read back the emitted label windows")
+            return
+        restored = aligner.restore(windows, _now_us())
+        log.info(
+            "aligner: %d label windows of partitions %s read back in %.2f s",
+            restored,
+            sorted(partitions),
+            time.monotonic() - started,
+        )
 
     @app.timer(interval=TICK_S, name=f"align-tick-{session.session_id}")
     async def align_tick() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -102,7 +103,8 @@ class _TagMemo:
 
     performer_id: str
     rater_id: str
-    # The tag's action, or "withdrawn": a tag undone before it arrived.
+    # The tag's action; "withdrawn": a tag undone before it arrived; "restored": known
+    # only from the label windows an earlier instance emitted (see restore).
     action: str
     onset_tag_id: str | None
     forget_at_us: int
@@ -151,6 +153,7 @@ _COUNTERS = (
     "ignored_undos",
     "ignored_offsets",
     "foreign_records",
+    "restored_windows",
 )
 
 
@@ -204,6 +207,11 @@ class SessionAligner:
             return []
         self._forget_expired(now_us)
         known = self._tags.get(tag.tag_id)
+        if known is not None and known.action == "restored":
+            # The tag itself is back (re-read after a restart): it replaces the span that
+            # was rebuilt from the emitted windows, and knows its future windows too.
+            self._drop_restored(tag.tag_id, known)
+            known = None
         if known is not None and known.action != "withdrawn":
             self._counts["duplicate_tags"] += 1
             return []
@@ -243,6 +251,94 @@ class SessionAligner:
     def tick(self, now_us: int) -> list[LabelWindow]:
         self._forget_expired(now_us)
         return self._emit_ready(now_us)
+
+    def restore(self, windows: Iterable[LabelWindow], now_us: int) -> int:
+        """Take back what an earlier instance emitted, from its label windows.
+
+        After a restart the windows that went out are known again (a late tag corrects
+        them with the next revision instead of emitting them anew), and every tag in them
+        is known by the span of windows it labels, so a correction keeps it. The tags
+        that could still change anything are re-read from their topic (their offsets
+        were not committed) and replace those spans. Returns the windows taken back.
+        """
+        width = self._config.window_us
+        newest: dict[tuple[str, int], LabelWindow] = {}
+        for window in windows:
+            if window.session_id != self.session_id or window.window_us != width:
+                continue
+            identity = (window.performer_id, window.ts_us)
+            known = newest.get(identity)
+            # The first copy of a revision is the one consumers keep.
+            if known is None or window.revision > known.revision:
+                newest[identity] = window
+        spans: dict[str, tuple[str, int, int, str, Role, str, Intensity]] = {}
+        for (performer_id, ts_us), window in newest.items():
+            index = ts_us // width
+            for rater in window.raters:
+                for active in rater.labels:
+                    span = spans.get(active.tag_id)
+                    first, last = (index, index) if span is None else (span[1], span[2])
+                    spans[active.tag_id] = (
+                        performer_id,
+                        min(first, index),
+                        max(last, index),
+                        rater.rater_id,
+                        rater.rater_role,
+                        active.label,
+                        active.intensity,
+                    )
+        for tag_id, (performer_id, first, last, rater_id, role, label, intensity) in spans.items():
+            if tag_id in self._tags:
+                continue
+            track = self._track(performer_id)
+            mark = _Mark(
+                tag_id, rater_id, role, label, intensity, False, first * width, (last + 1) * width
+            )
+            track.marks[tag_id] = mark
+            self._index(track, mark)
+            forget_at = (
+                max(mark.start_us, now_us) + self._config.max_hold_us + self._config.grace_us
+            )
+            self._tags[tag_id] = _TagMemo(performer_id, rater_id, "restored", None, forget_at)
+            heapq.heappush(self._forget_queue, (forget_at, tag_id))
+        oldest = self._oldest_correctable(now_us)
+        for (performer_id, ts_us), window in sorted(newest.items(), key=lambda item: item[0][1]):
+            index = ts_us // width
+            track = self._track(performer_id)
+            kept = track.sent.get(index)
+            if index >= oldest and (kept is None or kept.revision < window.revision):
+                track.sent[index] = _SentWindow(
+                    window.features, self._labels_at(track, index), window.revision
+                )
+            if track.next_window is None or track.next_window <= index:
+                # What this instance buffered for those windows came too late: dropped.
+                for buffered in (track.hops, track.sights):
+                    for stale in [w for w in buffered if w <= index]:
+                        del buffered[stale]
+                track.next_window = index + 1
+            track.passed_any = True
+        for track in self._tracks.values():
+            self._refresh_due(track)
+        self._counts["restored_windows"] += len(newest)
+        return len(newest)
+
+    def _drop_restored(self, tag_id: str, memo: _TagMemo) -> None:
+        del self._tags[tag_id]
+        track = self._tracks.get(memo.performer_id)
+        mark = None if track is None else track.marks.pop(tag_id, None)
+        if track is not None and mark is not None:
+            self._unindex(track, mark)
+
+    def passed(self, performer_id: str, ts_us: int) -> bool:
+        """Whether the window holding ``ts_us`` of this performer has gone out (or was
+        skipped), so nothing that instant contributes can still be lost with this object.
+        True when nothing is kept for the performer at all."""
+        track = self._tracks.get(performer_id)
+        if track is None:
+            return True
+        if track.next_window is None:
+            return False
+        return ts_us < track.next_window * self._config.window_us
 
     def forget_performer(self, performer_id: str) -> None:
         """Drop a performer's state (e.g. they left); their tag ids expire on their own."""
@@ -383,7 +479,7 @@ class SessionAligner:
             or memo is None
             or memo.rater_id != tag.rater_id
             or memo.performer_id != tag.performer_id
-            or memo.action not in ("point", "onset", "offset")
+            or memo.action not in ("point", "onset", "offset", "restored")
         ):
             self._counts["ignored_undos"] += 1
             return None
@@ -485,7 +581,8 @@ class SessionAligner:
                     continue
                 sent = track.sent[window] = _SentWindow(WindowFeatures(), labels, 0)
                 self._counts["windows_emitted"] += 1
-            elif sent.labels == labels:
+            elif _visible(sent.labels) == _visible(labels):
+                sent.labels = labels  # the same labels (a restored span became its tag)
                 continue
             else:
                 sent.revision += 1
@@ -620,6 +717,11 @@ class SessionAligner:
             correction=correction,
             revision=sent.revision,
         )
+
+
+def _visible(labels: tuple[_Active, ...]) -> set[tuple[str, str, str, str, str]]:
+    """What a label window shows of its labels: the spans behind them aside."""
+    return {(a[0], a[2], a[3], a[4], a[5]) for a in labels}
 
 
 def _consensus(labels: tuple[_Active, ...]) -> tuple[str | None, float | None]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from infra.settings import Settings, to_environment
-from streams import kafka, records
+from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 
@@ -108,3 +108,140 @@ async def test_a_killed_worker_s_partitions_are_taken_over_without_loss(
     for performer in PERFORMERS:
         missing = [ts for ts in sent[performer] if ts <= last_needed and ts not in hops[performer]]
         assert not missing, f"{performer}: {len(missing)} chunks without a prosody hop"
+
+
+W = 100_000  # label window (settings default)
+
+
+def tap(session_id: str, performer_id: str, n: int, ts_us: int) -> records.TagEvent:
+    return records.TagEvent(
+        ts_us=ts_us,
+        session_id=session_id,
+        performer_id=performer_id,
+        tag_id=f"tap-{n:06d}",
+        rater_id="obs-1",
+        rater_role="observer",
+        action="point",
+        label="laughter",
+        span_us=4_000_000,  # longer than faust's commit interval: always some in memory
+        timing=records.TagTiming(
+            client_press_ts_us=ts_us, clock_offset_us=0, rtt_us=1_000, clock_uncertainty_us=500
+        ),
+        received_ts_us=ts_us,
+    )
+
+
+async def test_a_worker_killed_mid_window_loses_no_tag_from_the_labels(
+    settings: Settings,
+) -> None:
+    """The aligner's state is in memory: what it took in must be re-read after a crash."""
+    performers = PERFORMERS[:2]
+    session = await create_session(
+        settings,
+        prompt="aligner crash",
+        performer_names=performers,
+        vocabulary=load_vocabulary(None),
+    )
+    env = {**os.environ, **to_environment(settings)}
+
+    async def start_processor() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "streams.processors",
+            session.model_dump_json(),
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+
+    processors = [await start_processor()]
+    producer = kafka.make_producer(settings)
+    consumer = kafka.make_consumer(settings, topics.LABELS)
+    await asyncio.gather(producer.start(), consumer.start())
+    prefix = f"{session.session_id}/".encode()
+    first_copies: dict[tuple[str, int, int], records.LabelWindow] = {}
+
+    async def read() -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for batch in batches.values():
+                for message in batch:
+                    if (message.key or b"").startswith(prefix):
+                        window = records.decode(records.LabelWindow, message.value, message.headers)
+                        identity = (window.performer_id, window.ts_us, window.revision)
+                        first_copies.setdefault(identity, window)  # the documented dedupe
+
+    def windows_now() -> dict[tuple[str, int], records.LabelWindow]:
+        latest: dict[tuple[str, int], records.LabelWindow] = {}
+        for window in first_copies.values():
+            known = latest.get((window.performer_id, window.ts_us))
+            if known is None or window.revision > known.revision:
+                latest[(window.performer_id, window.ts_us)] = window
+        return latest
+
+    def missing() -> list[str]:
+        latest = windows_now()
+        lost = []
+        for tag in tags:
+            # Every window the tap's span touches, not only the one of its instant.
+            assert tag.span_us is not None
+            start = tag.ts_us - tag.span_us // 2
+            for window_start in range(start // W * W, start + tag.span_us, W):
+                window = latest.get((tag.performer_id, window_start))
+                ids = [] if window is None else [a.tag_id for r in window.raters for a in r.labels]
+                if ids.count(tag.tag_id) != 1:
+                    lost.append(f"{tag.tag_id}@{window_start}")
+        return lost
+
+    reader = asyncio.create_task(read())
+    tags: list[records.TagEvent] = []
+    t0 = time.time_ns() // 1000
+    try:
+        started = time.monotonic()
+        kill_at: int | None = None  # 8 s after the labels flow: offsets were committed
+        last = 100_000
+        seq = 0
+        while seq < last:
+            delay = started + seq * 0.02 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if kill_at is None and first_copies:
+                kill_at = seq + 400
+                last = kill_at + 400
+            if seq == kill_at:
+                processors[0].send_signal(signal.SIGKILL)
+                await processors[0].wait()
+                processors.append(await start_processor())
+            if seq > 3000:
+                raise AssertionError("the processor gave no labels within a minute")
+            ts_us = t0 + seq * 20_000
+            for performer in performers:
+                message = records.encode(tone_chunk(session.session_id, performer, seq, ts_us))
+                await producer.send(
+                    session.topics.audio, message.value, key=message.key, headers=message.headers
+                )
+            if seq % 5 == 0 and seq < last - 100:  # 10 taps/s, each reaching 2 s ahead
+                tag = tap(session.session_id, performers[seq // 5 % 2], seq, ts_us)
+                message = records.encode(tag)
+                await producer.send(
+                    topics.TAGS, message.value, key=message.key, headers=message.headers
+                )
+                tags.append(tag)
+            seq += 1
+        await producer.flush()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(60):
+                while missing():  # noqa: ASYNC110 - the reader task fills first_copies
+                    await asyncio.sleep(0.5)
+        survivor_alive = processors[-1].returncode is None
+    finally:
+        reader.cancel()
+        for processor in processors:
+            if processor.returncode is None:
+                processor.terminate()
+                await processor.wait()
+        await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
+    assert survivor_alive, "the restarted processor crashed"
+    lost = missing()
+    assert not lost, f"{len(lost)} tag windows of {len(tags)} tags lack their tag: {lost[:5]}"

@@ -537,3 +537,99 @@ def test_state_stays_bounded_over_a_long_run() -> None:
     assert stats["remembered_tags"] <= 2 * 4
     assert stats["marks"] <= 2 * 4
     assert stats["indexed_windows"] <= window_budget + config.max_hold_us // W
+
+
+# ---------------------------------------------------------------- when input may be acked
+
+
+def test_an_instant_has_passed_once_its_window_went_out() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    assert aligner.passed("alice", T0), "nothing kept for a performer: nothing to lose"
+    aligner.add_prosody(hop(T0 + 10_000), T0)
+    assert not aligner.passed("alice", T0 + 10_000)
+    feed_prosody(aligner, T0 + 20_000, T0 + 3 * W, T0 + 3 * W)
+    aligner.tick(T0 + 3 * W + CONFIG.tag_wait_us + 1)
+    assert aligner.passed("alice", T0 + 10_000)
+    assert aligner.passed("alice", T0 + W + 99_999)
+    assert not aligner.passed("alice", T0 + 2 * W + CONFIG.tag_wait_us)
+
+
+class FakeEvent:
+    def __init__(self) -> None:
+        self.acked = False
+
+    def ack(self) -> bool:
+        self.acked = True
+        return True
+
+
+def test_held_events_are_acked_only_when_their_windows_are_out() -> None:
+    from streams.aligner import HeldEvents, settles_at_us
+
+    aligner = SessionAligner(SID, CONFIG)
+    held = HeldEvents(aligner)
+    tapped = point("tap-0001", T0 + W + 50_000, span_us=2 * W)
+    aligner.add_tag(tapped, T0)
+    tap_event, hop_event = FakeEvent(), FakeEvent()
+    held.hold("alice", settles_at_us(tapped, CONFIG.max_hold_us), tap_event)
+    aligner.add_prosody(hop(T0 + 10_000), T0)
+    held.hold("alice", T0 + 10_000, hop_event)
+    assert held.release() == 0
+    assert len(held) == 2
+    # Windows 0 and 1 out: the hop's window passed, the tap still reaches into window 2-3.
+    feed_prosody(aligner, T0 + 20_000, T0 + 2 * W + 10_000, T0)
+    aligner.tick(T0 + 2 * W + CONFIG.tag_wait_us)
+    assert held.release() == 0, "the tap holds back its performer's later events"
+    assert not hop_event.acked
+    feed_prosody(aligner, T0 + 2 * W + 10_000, T0 + 6 * W, T0)
+    aligner.tick(T0 + 6 * W + CONFIG.tag_wait_us)
+    assert held.release() == 2
+    assert tap_event.acked
+    assert hop_event.acked
+
+
+def test_holds_and_undos_settle_no_sooner_than_the_longest_hold() -> None:
+    from streams.aligner import settles_at_us
+
+    onset = tag("hold-0001", "onset", T0)
+    undo = tag("undo-0001", "undo", T0 + W, undoes="hold-0001")
+    offset = tag("hold-0002", "offset", T0 + 3 * W, onset="hold-0001")
+    assert settles_at_us(onset, CONFIG.max_hold_us) == T0 + CONFIG.max_hold_us
+    assert settles_at_us(undo, CONFIG.max_hold_us) == T0 + W + CONFIG.max_hold_us
+    assert settles_at_us(offset, CONFIG.max_hold_us) == T0 + 3 * W + CONFIG.max_hold_us
+    assert settles_at_us(point("tap-0002", T0, span_us=5 * W), CONFIG.max_hold_us) == T0 + 5 * W
+
+
+def test_a_restarted_aligner_takes_back_what_was_emitted_and_keeps_every_tag() -> None:
+    first = SessionAligner(SID, CONFIG)
+    early = point("tap-early", T0 + W + 50_000, span_us=W)  # window 1 only
+    long = point("tap-long", T0 + 3 * W, span_us=4 * W)  # windows 1-4
+    emitted: list[records.LabelWindow] = []
+    emitted += windows_only(first.add_tag(early, T0))
+    emitted += windows_only(first.add_tag(long, T0))
+    emitted += feed_prosody(first, T0, T0 + 3 * W + 10_000, T0)
+    emitted += first.tick(T0 + 3 * W + CONFIG.tag_wait_us)
+    assert {(w.ts_us - T0) // W for w in emitted} == {0, 1, 2}
+    # The first instance dies. Its successor reads its windows back, then gets what was
+    # not committed: the long tap (windows 3-4 not out) and the hops of windows 2-5.
+    second = SessionAligner(SID, CONFIG)
+    assert second.restore(emitted, T0 + 4 * W) == 3
+    assert second.add_tag(long, T0 + 4 * W) == [], "the same labels: nothing re-emitted"
+    again = feed_prosody(second, T0 + 2 * W, T0 + 6 * W + 10_000, T0 + 4 * W)
+    again += second.tick(T0 + 6 * W + CONFIG.tag_wait_us)
+    by_window = by_start(again)
+    assert sorted(by_window) == [3, 4, 5], "passed windows are not emitted anew"
+    assert [a.tag_id for r in by_window[3].raters for a in r.labels] == ["tap-long"]
+    assert not second.passed("alice", T0 + 6 * W)
+    # A late tag on window 1 corrects it with the next revision and keeps both taps there.
+    late = point("tap-late0", T0 + W + 50_000, span_us=W, rater="obs-2")
+    corrected = windows_only(second.add_tag(late, T0 + 7 * W))
+    assert [(w.ts_us - T0) // W for w in corrected] == [1]
+    assert corrected[0].revision == 1
+    shown = {a.tag_id for r in corrected[0].raters for a in r.labels}
+    assert shown == {"tap-early", "tap-long", "tap-late0"}
+    # An undo of a tag known only from the windows still withdraws it.
+    undo = tag("undo-early", "undo", T0 + 8 * W, undoes="tap-early")
+    withdrawn = windows_only(second.add_tag(undo, T0 + 8 * W))
+    assert [(w.ts_us - T0) // W for w in withdrawn] == [1]
+    assert {a.tag_id for r in withdrawn[0].raters for a in r.labels} == {"tap-long", "tap-late0"}
