@@ -111,7 +111,7 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
     return None
 
 
-def _common(settings: Settings) -> dict[str, Any]:
+def client_options(settings: Settings) -> dict[str, Any]:
     return {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": CLIENT_ID,
@@ -126,7 +126,7 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     livetag is at-least-once and every record has an identity consumers dedupe on.
     """
     options: dict[str, Any] = {
-        **_common(settings),
+        **client_options(settings),
         "acks": "all",
         "linger_ms": settings.producer_linger_ms,
         "max_request_size": 4 * 1024 * 1024,
@@ -141,7 +141,7 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     """A consumer with the fetch wait that suits the broker in use."""
     options: dict[str, Any] = {
-        **_common(settings),
+        **client_options(settings),
         "group_id": group_id,
         "fetch_max_wait_ms": settings.consumer_fetch_wait_ms,
         "enable_auto_commit": False,
@@ -153,7 +153,7 @@ def make_consumer(
 
 
 def make_admin(settings: Settings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(**_common(settings), request_timeout_ms=15_000)
+    return AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=15_000)
 
 
 @asynccontextmanager

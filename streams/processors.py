@@ -25,7 +25,7 @@ from typing import Any, cast
 import faust
 
 from infra.settings import Settings, load_settings
-from streams import face_model, records, topics
+from streams import face_model, group_members, records, topics
 from streams.aligner import add_aligner
 from streams.face import FaceAnalysisError, FaceAnalyzer
 from streams.kafka import event_headers, make_faust_app
@@ -198,6 +198,19 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     add_aligner(app, settings, session, emit=emit, dead_letter=dead_letter)
+    member = group_members.MemberNote(settings, app_id(session.session_id))
+
+    @cast(Any, app).on_partitions_assigned.connect
+    async def note_member(sender: Any, assigned: set[Any], **_: Any) -> None:
+        # So that a processor started after this one is killed need not wait it out. faust
+        # itself reads its aiokafka consumer this way (its driver's on_partitions_assigned).
+        try:
+            consumer = cast(Any, app.consumer)._thread._ensure_consumer()
+        except AttributeError:
+            log.warning("cannot note this processor's group member id (faust changed?)")
+            return
+        member.note(group_members.consumer_member_id(consumer))
+
     return app
 
 
@@ -207,6 +220,8 @@ def main() -> None:
     session = records.SessionRecord.model_validate_json(sys.argv[1])
     logging.basicConfig(level=settings.log_level)
     app = build_app(settings, session)
+    # A processor of this session killed before us (on this machine) is not waited for.
+    asyncio.run(group_members.evict_dead_members(settings, app_id(session.session_id)))
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
 

@@ -30,7 +30,7 @@ from importlib import metadata
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from infra.settings import Settings
-from streams import archive, face_model, kafka, records, topics
+from streams import archive, face_model, group_members, kafka, records, topics
 from streams.sessions import SessionDirectory, publish
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,9 @@ class SessionRecorder:
             max_poll_records=2000,
         )
         self._consumer = consumer
+        # A recorder killed before us is not waited for (its session timeout).
+        await group_members.evict_dead_members(self.settings, group_id(self.session_id))
+        member = group_members.MemberNote(self.settings, group_id(self.session_id))
         await consumer.start()
         prefix = f"{self.session_id}/".encode()
         last_flush = last_check = time.monotonic()
@@ -109,6 +112,7 @@ class SessionRecorder:
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=500)
+                member.note(group_members.consumer_member_id(consumer))
                 for partition, messages in batches.items():
                     kind = self.kinds[partition.topic]
                     shared = kind in ("tags", "labels")
@@ -144,6 +148,7 @@ class SessionRecorder:
                     async with asyncio.timeout(10):
                         await self._flush()
             await consumer.stop()
+            member.forget()
         # The consumer is gone before the topics are: nothing of ours touches them now.
         await self._release(built)
 
