@@ -41,6 +41,10 @@ class AlignerConfig:
     window_us: int = 100_000  # window hop = length
     tag_wait_us: int = 100_000  # a window waits this long past its end (by now_us) for tags
     feature_wait_us: int = 500_000  # ...and at most this long for a lagging feature stream
+    # After a restart, the streams the restored windows showed are waited for this long
+    # (the successor re-reads their backlog, maybe on a busy machine) before windows go
+    # out without them: going out early would make their tags late.
+    restart_wait_us: int = 10_000_000
     grace_us: int = 30_000_000  # tags later than this no longer correct emitted windows
     max_hold_us: int = 30_000_000  # an onset whose offset never came ends onset+max_hold
     top_blendshapes: int = 5
@@ -48,7 +52,16 @@ class AlignerConfig:
     def __post_init__(self) -> None:
         if self.window_us <= 0:
             raise ValueError("window_us must be positive")
-        if min(self.tag_wait_us, self.feature_wait_us, self.grace_us, self.top_blendshapes) < 0:
+        if (
+            min(
+                self.tag_wait_us,
+                self.feature_wait_us,
+                self.restart_wait_us,
+                self.grace_us,
+                self.top_blendshapes,
+            )
+            < 0
+        ):
             raise ValueError("waits, grace and top_blendshapes must not be negative")
         if self.max_hold_us <= 0:
             raise ValueError("max_hold_us must be positive")
@@ -310,6 +323,16 @@ class SessionAligner:
                 track.sent[index] = _SentWindow(
                     window.features, self._labels_at(track, index), window.revision
                 )
+            # The streams the windows show were delivering: waited for restart_wait_us as
+            # if they had just delivered, until their re-read records arrive.
+            features = window.features
+            waited_until = now_us + self._config.restart_wait_us - self._config.feature_wait_us
+            if features.loudness_mean_db is not None and (track.newest_prosody_us or 0) < ts_us:
+                track.newest_prosody_us = ts_us + width - 1
+                track.prosody_arrived_us = waited_until
+            if features.face_present_fraction is not None and (track.newest_face_us or 0) < ts_us:
+                track.newest_face_us = ts_us + width - 1
+                track.face_arrived_us = waited_until
             if track.next_window is None or track.next_window <= index:
                 # What this instance buffered for those windows came too late: dropped.
                 for buffered in (track.hops, track.sights):

@@ -633,3 +633,25 @@ def test_a_restarted_aligner_takes_back_what_was_emitted_and_keeps_every_tag() -
     withdrawn = windows_only(second.add_tag(undo, T0 + 8 * W))
     assert [(w.ts_us - T0) // W for w in withdrawn] == [1]
     assert {a.tag_id for r in withdrawn[0].raters for a in r.labels} == {"tap-long", "tap-late0"}
+
+
+def test_after_a_restart_the_restored_streams_are_waited_for_before_windows_go_out() -> None:
+    first = SessionAligner(SID, CONFIG)
+    emitted = feed_prosody(first, T0, T0 + 2 * W + 10_000, T0)
+    emitted += first.tick(T0 + 2 * W + CONFIG.tag_wait_us)
+    assert [(w.ts_us - T0) // W for w in emitted] == [0, 1]
+    # The successor starts 20 s later (a busy machine, a group rebalance): a tag of
+    # window 3 arrives before the re-read hops of windows 2-3 do.
+    now = T0 + 20_000_000
+    second = SessionAligner(SID, CONFIG)
+    second.restore(emitted, now)
+    tapped = point("tap-after", T0 + 3 * W + 50_000, span_us=W)
+    assert windows_only(second.add_tag(tapped, now)) == []
+    assert second.tick(now + CONFIG.restart_wait_us - 1) == [], "windows wait for their hops"
+    out = feed_prosody(second, T0 + 2 * W, T0 + 4 * W + 10_000, now + 1_000_000)
+    out += second.tick(now + 1_000_000 + CONFIG.tag_wait_us)
+    by_window = by_start(out)
+    assert sorted(by_window) == [2, 3]
+    assert by_window[3].features.voiced_fraction == 1.0
+    assert [a.tag_id for r in by_window[3].raters for a in r.labels] == ["tap-after"]
+    assert second.stats["late_tags"] == 0
