@@ -180,36 +180,50 @@ class CaptureServer:
     async def _refusal_metrics(self, request: web.Request) -> web.Response:
         return web.json_response({"call": dict(self.refusals), "tag": dict(self.tags.refusals)})
 
-    def _refuse(self, status: int, code: str, message: str) -> web.Response:
-        self.refusals[code] += 1
+    def _refuse(self, status: int, code: str, message: str, *, counted: bool) -> web.Response:
+        if counted:
+            self.refusals[code] += 1
         return web.json_response(signaling.error(code, message), status=status)
 
     async def _admit(
-        self, request: web.Request
+        self, request: web.Request, *, counted: bool = True
     ) -> tuple[tokens.JoinToken, records.SessionRecord] | web.Response:
-        """The caller's claims and session, or the refusal to send them."""
+        """The caller's claims and session, or the refusal to send them (``counted``:
+        the refusals of a page asking why it was refused are counted once, not twice)."""
         try:
             claims = tokens.verify(self._secret, request.query.get("token"))
         except tokens.TokenError as exc:
-            return self._refuse(401, "bad_token", exc.reason)
+            return self._refuse(401, "bad_token", exc.reason, counted=counted)
         session = await self._session(claims.session_id)
         if session is None:
-            return self._refuse(404, "unknown_session", f"no session {claims.session_id!r}")
+            message = f"no session {claims.session_id!r}"
+            return self._refuse(404, "unknown_session", message, counted=counted)
         roster = {performer.performer_id for performer in session.roster}
         if claims.role == "performer" and claims.participant_id not in roster:
-            return self._refuse(403, "not_in_roster", "this performer is not in the session")
+            message = "this performer is not in the session"
+            return self._refuse(403, "not_in_roster", message, counted=counted)
         if session.state in _OVER:
-            return self._refuse(409, "session_ended", f"this session is {session.state}")
+            message = f"this session is {session.state}"
+            return self._refuse(409, "session_ended", message, counted=counted)
         return claims, session
+
+    def _full(self, session_id: str, *, counted: bool) -> web.Response | None:
+        limit = self.settings.max_clients_per_session
+        if len(self._connections.get(session_id, ())) < limit:
+            return None
+        message = f"this session already has {limit} pages open"
+        return self._refuse(429, "too_many_clients", message, counted=counted)
 
     async def _token(self, request: web.Request) -> web.Response:
         """Why a link is refused (pages cannot read a refused websocket handshake)."""
-        admitted = await self._admit(request)
+        admitted = await self._admit(request, counted=False)
         if isinstance(admitted, web.Response):
             response = admitted
         else:
-            claims, _session = admitted
-            response = web.json_response({"session_id": claims.session_id, "role": claims.role})
+            claims, session = admitted
+            response = self._full(session.session_id, counted=False) or web.json_response(
+                {"session_id": claims.session_id, "role": claims.role}
+            )
         # The director's dashboard asks from its own origin; the answer reveals nothing
         # the token's holder does not know.
         response.headers["Access-Control-Allow-Origin"] = "*"
@@ -220,17 +234,17 @@ class CaptureServer:
         if isinstance(admitted, web.Response):
             return admitted
         claims, session = admitted
-        limit = self.settings.max_clients_per_session
-        if len(self._connections.get(session.session_id, ())) >= limit:
-            return self._refuse(
-                429, "too_many_clients", f"this session already has {limit} pages open"
-            )
+        full = self._full(session.session_id, counted=True)
+        if full is not None:
+            return full
+        # Counted in the session before the first await: concurrent handshakes cannot all
+        # pass the limit.
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=_WS_HARD_LIMIT)
-        await ws.prepare(request)
         call = self._call_for(session)
         connection = CallConnection(self, call, ws, claims)
         self._connections.setdefault(session.session_id, set()).add(connection)
         try:
+            await ws.prepare(request)
             await connection.run()
         finally:
             self._connections[session.session_id].discard(connection)

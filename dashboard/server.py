@@ -303,6 +303,7 @@ class DashboardServer:
         self._mesh_edges: list[list[int]] | None = None
         self.clients: set[DashboardClient] = set()
         self.refusals: Counter[str] = Counter()
+        self._admitted: Counter[str] = Counter()  # open dashboards per session
         self._act_lock = asyncio.Lock()
         self._published: dict[str, records.SessionRecord] = {}
         self.port = settings.dashboard_port
@@ -376,24 +377,29 @@ class DashboardServer:
     # ---------------------------------------------------------------- HTTP
 
     async def _admit(
-        self, request: web.Request
+        self, request: web.Request, *, counted: bool = True
     ) -> tuple[tokens.JoinToken, records.SessionRecord] | web.Response:
+        """The caller's claims and session, or the refusal (``counted`` for the websocket;
+        the page and the "why was I refused" probe would count the same refusal again)."""
         try:
             claims = tokens.verify(self._secret, request.query.get("token"))
         except tokens.TokenError as exc:
-            return self._refuse(401, "bad_token", exc.reason)
+            return self._refuse(401, "bad_token", exc.reason, counted=counted)
         if claims.role != "director":
-            return self._refuse(403, "not_director", "the dashboard opens with the director's link")
+            message = "the dashboard opens with the director's link"
+            return self._refuse(403, "not_director", message, counted=counted)
         session = self._directory.get(claims.session_id)
         if session is None:
             with contextlib.suppress(TimeoutError):
                 session = await self._directory.wait_for(claims.session_id, timeout_s=2.0)
         if session is None:
-            return self._refuse(404, "unknown_session", f"no session {claims.session_id!r}")
+            message = f"no session {claims.session_id!r}"
+            return self._refuse(404, "unknown_session", message, counted=counted)
         return claims, session
 
-    def _refuse(self, status: int, code: str, message: str) -> web.Response:
-        self.refusals[code] += 1
+    def _refuse(self, status: int, code: str, message: str, *, counted: bool) -> web.Response:
+        if counted:
+            self.refusals[code] += 1
         # Readable from the capture origin too: the call page asks before it opens.
         return web.json_response(
             {"type": "error", "code": code, "message": message},
@@ -402,16 +408,20 @@ class DashboardServer:
         )
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        admitted = await self._admit(request)
+        admitted = await self._admit(request, counted=False)
         if isinstance(admitted, web.Response):
             return admitted
         return web.FileResponse(PAGES / "dashboard.html")
 
     async def _token(self, request: web.Request) -> web.Response:
-        admitted = await self._admit(request)
+        admitted = await self._admit(request, counted=False)
         if isinstance(admitted, web.Response):
             return admitted
         claims, session = admitted
+        limit = self.settings.max_clients_per_session
+        if self._admitted[session.session_id] >= limit:
+            message = f"this session already has {limit} dashboards open"
+            return self._refuse(429, "too_many_clients", message, counted=False)
         return web.json_response({"session_id": session.session_id, "role": claims.role})
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -431,26 +441,30 @@ class DashboardServer:
         if isinstance(admitted, web.Response):
             return admitted
         claims, session = admitted
-        open_feed = self._feeds.get(session.session_id)
+        sid = session.session_id
         limit = self.settings.max_clients_per_session
-        if open_feed is not None and open_feed.clients >= limit:
-            return self._refuse(
-                429, "too_many_clients", f"this session already has {limit} dashboards open"
-            )
-        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024)
-        await ws.prepare(request)
-        _limit_send_buffer(request)
-        feed = await self._feed_for(session)
-        client = DashboardClient(self, feed, ws, claims, request.transport)
-        self.clients.add(client)
+        if self._admitted[sid] >= limit:
+            message = f"this session already has {limit} dashboards open"
+            return self._refuse(429, "too_many_clients", message, counted=True)
+        # Taken before the first await: concurrent handshakes cannot all pass the limit.
+        self._admitted[sid] += 1
         try:
-            await client.run(self._hello(feed, claims))
+            ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024)
+            await ws.prepare(request)
+            _limit_send_buffer(request)
+            feed = await self._feed_for(session)
+            client = DashboardClient(self, feed, ws, claims, request.transport)
+            self.clients.add(client)
+            try:
+                await client.run(self._hello(feed, claims))
+            finally:
+                feed.clients -= 1
+                if feed.clients == 0:
+                    feed.idle_since = time.monotonic()
+                self.clients.discard(client)
+                await client.close()
         finally:
-            feed.clients -= 1
-            if feed.clients == 0:
-                feed.idle_since = time.monotonic()
-            self.clients.discard(client)
-            await client.close()
+            self._admitted[sid] -= 1
         return ws
 
     def _hello(self, feed: SessionFeed, claims: tokens.JoinToken) -> dict[str, Any]:

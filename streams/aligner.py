@@ -27,10 +27,12 @@ with the reason (a late tag also stays on ``livetag.tags``).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
 import faust
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.02  # how often ready windows are looked for: small against the 100 ms windows
 RESTORE_MARGIN_S = 10.0  # read back a little more than can still be corrected
+RESTORE_TIMEOUT_S = 5.0  # half the processors' group session timeout
 
 DeadLetterSink = Callable[[Any, str, str], Awaitable[None]]
 Emit = Callable[[Any, records.AnyRecord], Awaitable[None]]
@@ -89,15 +92,6 @@ class HeldEvents:
 
     def __len__(self) -> int:
         return sum(len(held) for held in self._by_performer.values())
-
-
-def settles_at_us(tag: records.TagEvent, max_hold_us: int) -> int:
-    """The last instant whose label window this tag can still change."""
-    if tag.action == "point":
-        return tag.ts_us + (tag.span_us or 0)
-    # An onset may stay open for max_hold, and is re-read with its offset (or the undo
-    # that withdraws it) or a restarted aligner would reopen it.
-    return tag.ts_us + max_hold_us
 
 
 async def offset_at_time(consumer: AIOKafkaConsumer, partition: TopicPartition, ts_ms: int) -> int:
@@ -176,14 +170,28 @@ def add_aligner(
     labels_topic = app.topic(topics.LABELS, **raw)
     key_prefix = f"{session.session_id}/".encode()
     held = HeldEvents(aligner)
-    max_hold_us = settings.tag_max_hold_ms * 1000
+    # One step at a time: an aligner call, the produce of the windows it returned, then
+    # the acks it allows; an ack must never count windows not yet handed to the producer
+    # (faust flushes the producer before it commits what the acks allow).
+    step = asyncio.Lock()
+    # Cleared while emitted windows are read back (see restore): nothing is aligned then.
+    restored = asyncio.Event()
+    restored.set()
 
-    async def publish(windows: list[records.LabelWindow]) -> None:
-        for window in windows:
-            await emit(labels_topic, window)
-        # Acked only after the windows were handed to the producer: faust flushes the
-        # producer before it commits the offsets these acks allow.
-        held.release()
+    async def align(
+        call: Callable[[int], Sequence[Any]], held_until: tuple[str, int, Any] | None = None
+    ) -> list[LateTag]:
+        """``call(now_us)`` on the aligner, its windows produced, then the acks."""
+        await restored.wait()
+        async with step:
+            out = call(_now_us())
+            if held_until is not None:
+                held.hold(*held_until)
+            for item in out:
+                if isinstance(item, records.LabelWindow):
+                    await emit(labels_topic, item)
+            held.release()
+        return [item for item in out if isinstance(item, LateTag)]
 
     @app.agent(tags_topic, name=f"align-tags-{session.session_id}")
     async def align_tags(stream: faust.StreamT) -> AsyncIterator[None]:
@@ -199,14 +207,12 @@ def add_aligner(
                 event.ack()
                 yield None
                 continue
-            windows: list[records.LabelWindow] = []
-            for out in aligner.add_tag(tag, _now_us()):
-                if isinstance(out, LateTag):
-                    await dead_letter(event, topics.TAGS, out.reason)
-                else:
-                    windows.append(out)
-            held.hold(tag.performer_id, settles_at_us(tag, max_hold_us), event)
-            await publish(windows)
+            late = await align(
+                functools.partial(aligner.add_tag, tag),
+                (tag.performer_id, aligner.settles_at_us(tag), event),
+            )
+            for out in late:
+                await dead_letter(event, topics.TAGS, out.reason)
             yield None
 
     @app.agent(prosody_topic, name=f"align-prosody-{session.session_id}")
@@ -221,9 +227,10 @@ def add_aligner(
                 event.ack()
                 yield None
                 continue
-            windows = aligner.add_prosody(frame, _now_us())
-            held.hold(frame.performer_id, frame.ts_us, event)
-            await publish(windows)
+            await align(
+                functools.partial(aligner.add_prosody, frame),
+                (frame.performer_id, frame.ts_us, event),
+            )
             yield None
 
     @app.agent(face_topic, name=f"align-face-{session.session_id}")
@@ -236,42 +243,48 @@ def add_aligner(
                 event.ack()
                 yield None
                 continue
-            windows = aligner.add_face(frame, _now_us())
-            held.hold(frame.performer_id, frame.ts_us, event)
-            await publish(windows)
+            await align(
+                functools.partial(aligner.add_face, frame),
+                (frame.performer_id, frame.ts_us, event),
+            )
             yield None
 
     session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
 
     @app.on_partitions_assigned.connect
     async def restore(sender: Any, assigned: set[Any], **_: Any) -> None:
-        # faust awaits this before the new partitions are fetched: the aligner knows what
-        # was emitted for them before it sees their first re-read record.
+        # faust may resume fetching before this returns: the agents wait on `restored`, so
+        # the aligner knows what was emitted before it sees a re-read record.
         partitions = {tp.partition for tp in assigned if tp.topic in session_topics}
         if not partitions:
             return
+        restored.clear()
         horizon_s = settings.label_grace_s + settings.tag_max_hold_ms / 1000 + RESTORE_MARGIN_S
         started = time.monotonic()
         try:
-            windows = await read_label_windows(
-                settings,
-                session.session_id,
-                partitions,
-                since_ms=round((time.time() - horizon_s) * 1000),
-            )
+            # The group's heartbeats wait for this handler: bounded well inside its session.
+            async with asyncio.timeout(RESTORE_TIMEOUT_S):
+                windows = await read_label_windows(
+                    settings,
+                    session.session_id,
+                    partitions,
+                    since_ms=round((time.time() - horizon_s) * 1000),
+                )
+            count = aligner.restore(windows, _now_us())
         except Exception:  # without it the aligner still runs, as before a restart
             log.exception("could not read back the emitted label windows")
             return
-        restored = aligner.restore(windows, _now_us())
+        finally:
+            restored.set()
         log.info(
             "aligner: %d label windows of partitions %s read back in %.2f s",
-            restored,
+            count,
             sorted(partitions),
             time.monotonic() - started,
         )
 
     @app.timer(interval=TICK_S, name=f"align-tick-{session.session_id}")
     async def align_tick() -> None:
-        await publish(aligner.tick(_now_us()))
+        await align(aligner.tick)
 
     return aligner

@@ -220,7 +220,8 @@ class SessionAligner:
             return []
         self._forget_expired(now_us)
         known = self._tags.get(tag.tag_id)
-        if known is not None and known.action == "restored":
+        was_restored = known is not None and known.action == "restored"
+        if known is not None and was_restored:
             # The tag itself is back (re-read after a restart): it replaces the span that
             # was rebuilt from the emitted windows, and knows its future windows too.
             self._drop_restored(tag.tag_id, known)
@@ -248,7 +249,9 @@ class SessionAligner:
         out: list[LabelWindow | LateTag] = []
         if region is not None:
             corrected = self._correct(track, region, now_us)
-            if corrected is None:
+            if corrected is None and was_restored:
+                pass  # its windows went out with it before the restart: not late
+            elif corrected is None:
                 self._counts["late_tags"] += 1
                 reason = (
                     f"{tag.action} tag only affects windows that ended more than "
@@ -360,8 +363,19 @@ class SessionAligner:
         if track is None:
             return True
         if track.next_window is None:
-            return False
+            # No window yet: only an undo or offset came (nothing of them to emit).
+            return not (track.marks or track.pending_offsets or track.hops or track.sights)
         return ts_us < track.next_window * self._config.window_us
+
+    def settles_at_us(self, tag: TagEvent) -> int:
+        """The last instant whose label window this tag can still change (its input may
+        be acknowledged once that window has passed)."""
+        if tag.action == "point":
+            span = min(max(tag.span_us or 0, 1), self._config.max_hold_us)
+            return max(0, tag.ts_us - span // 2) + span
+        # An onset may stay open for max_hold, and is re-read with its offset (or the undo
+        # that withdraws it) or a restarted aligner would reopen it.
+        return tag.ts_us + self._config.max_hold_us
 
     def forget_performer(self, performer_id: str) -> None:
         """Drop a performer's state (e.g. they left); their tag ids expire on their own."""

@@ -8,12 +8,13 @@ process lives. A process that starts a consumer in that group first looks there:
 whose lock it can take belongs to a process that is gone, and that member is removed from
 the group at once (a LeaveGroup request naming it), as if it had left.
 
-Only members started with the same ``state_dir`` are known this way (one machine, or a
-shared folder); others are still found by their session timeout.
+Only members started with the same ``state_dir`` on the same machine are known this way;
+others are still found by their session timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -41,7 +42,7 @@ def consumer_member_id(consumer: Any) -> str | None:
     """The member id an aiokafka consumer holds in its group (None before it joined).
 
     aiokafka keeps it on its group coordinator, which has no public accessor;
-    tests/unit/test_group_members.py fails if that changes.
+    tests/integration/test_group_members.py fails if that changes.
     """
     coordinator = getattr(consumer, "_coordinator", None)
     member_id = getattr(coordinator, "member_id", None)
@@ -62,12 +63,16 @@ class MemberNote:
             return
         self.forget()
         self._folder.mkdir(parents=True, exist_ok=True)
-        path = self._folder / member_id
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Locked under a private name, then renamed into place: another process never
+        # sees the note unlocked (it would take its member for dead).
+        private = self._folder / f".{member_id}.{os.getpid()}"
+        descriptor = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(private, self._folder / member_id)
         except OSError:
             os.close(descriptor)
+            private.unlink(missing_ok=True)
             return
         self._member_id, self._descriptor = member_id, descriptor
 
@@ -88,6 +93,8 @@ def dead_members(settings: Settings, group_id: str) -> list[str]:
         return []
     dead = []
     for path in folder.iterdir():
+        if path.name.startswith("."):
+            continue  # being written
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -103,11 +110,25 @@ def dead_members(settings: Settings, group_id: str) -> list[str]:
     return dead
 
 
-async def evict_dead_members(settings: Settings, group_id: str) -> list[str]:
-    """Remove from the group every member a dead process of this machine left; the ids."""
+async def evict_dead_members(
+    settings: Settings, group_id: str, *, timeout_s: float = 10.0
+) -> list[str]:
+    """Remove from the group every member a dead process of this machine left; the ids.
+
+    Best effort: on any failure the dead members are left to their session timeout.
+    """
     dead = dead_members(settings, group_id)
     if not dead:
         return []
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _evict(settings, group_id, dead)
+    except Exception as exc:
+        log.warning("could not remove the dead members of %s: %r", group_id, exc)
+        return []
+
+
+async def _evict(settings: Settings, group_id: str, dead: list[str]) -> list[str]:
     client = AIOKafkaClient(**kafka.client_options(settings))
     evicted = []
     try:

@@ -147,8 +147,10 @@ class SessionRecorder:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(10):
                         await self._flush()
-            await consumer.stop()
-            member.forget()
+            try:
+                await consumer.stop()
+            finally:
+                member.forget()
         # The consumer is gone before the topics are: nothing of ours touches them now.
         await self._release(built)
 

@@ -286,6 +286,11 @@ function connect() {
         setStatus("error", reason.message);
         return;
       }
+      if (response.status === 429) {
+        // The session is full: say so, and try again (a place may free up).
+        reconnectSoon((await response.json()).message);
+        return;
+      }
     } catch (error) {
       // The server is away: keep retrying below.
     }

@@ -144,14 +144,21 @@ class Services:
         return {name: process.pid for name, process in self.processes.items()}
 
 
-def cut_broker_connections(port: int) -> None:
-    """Reset every TCP connection to the broker's port (client and broker side)."""
+def cut_broker_connections(port: int) -> int:
+    """Reset every TCP connection to the broker's port; how many sockets were reset."""
+    reset = 0
     for side in ("dport", "sport"):
-        subprocess.run(
+        done = subprocess.run(
             ["ss", "-K", "dst" if side == "dport" else "src", "127.0.0.1", side, "=", f":{port}"],
             check=False,
             capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"ss -K failed (needs CAP_NET_ADMIN): {done.stderr.strip()}")
+        # Its output lists the sockets it closed, after one header line.
+        reset += max(0, len(done.stdout.strip().splitlines()) - 1)
+    return reset
 
 
 # ---------------------------------------------------------------- raters
@@ -298,6 +305,7 @@ class Fault:
     started_ms: int
     ended_ms: int = 0
     recovered_ms: int | None = None
+    face_lag_before_s: float | None = None  # how far behind the features were already
 
     def report(self) -> dict[str, Any]:
         recovery = None
@@ -307,7 +315,20 @@ class Fault:
             "fault": self.name,
             "lasted_s": round((self.ended_ms - self.started_ms) / 1000, 2),
             "recovery_s": recovery,
+            "face_lag_before_s": self.face_lag_before_s,
         }
+
+
+def face_lag_at(run: Run, at_ms: int) -> float | None:
+    """At ``at_ms``: how old the newest frame with a face record was (the slowest performer)."""
+    newest: dict[str, int] = {}
+    for identity, arrived in run.face_out.items():
+        sent = run.video_sent.get(identity)
+        if sent is not None and arrived <= at_ms:
+            newest[identity[0]] = max(newest.get(identity[0], 0), sent)
+    if len(newest) < len(run.performers):
+        return None
+    return round((at_ms - min(newest.values())) / 1000, 2)
 
 
 def features_back_ms(run: Run, after_ms: int) -> int | None:
@@ -514,8 +535,9 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         assert broker.pid is not None
         os.kill(broker.pid, signal.SIGSTOP)
         outage_until = time.monotonic() + BROKER_OUTAGE_S
+        connections_reset = 0
         while time.monotonic() < outage_until:
-            cut_broker_connections(broker_port)
+            connections_reset += cut_broker_connections(broker_port)
             await asyncio.sleep(1.0)
         os.kill(broker.pid, signal.SIGCONT)
         fault.ended_ms = now_ms()
@@ -549,6 +571,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         # Recoveries, from what arrived.
         for fault in faults:
+            fault.face_lag_before_s = face_lag_at(run, fault.started_ms)
             if fault.name.startswith(("kill worker", "broker")):
                 fault.recovered_ms = features_back_ms(run, fault.ended_ms)
             elif fault.name.startswith("kill tag service"):
@@ -622,6 +645,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "frames_lost_in_broker_outage": lost_in_outage,
                 "audio_chunks_failed": delivery.failed_audio,
                 "dashboard_updates": dashboard_counts["updates"],
+                "broker_connections_reset": connections_reset,
                 "crashes": services.crashed,
                 "tagging_window_s": round((window_end_ms - window_start_ms) / 1000, 1),
                 "fault_starts_s": [

@@ -93,6 +93,11 @@ async def test_call_pages_beyond_the_limit_are_refused_and_counted(
             body = await refused.json()
             assert body["code"] == "too_many_clients"
             assert str(LIMIT) in body["message"]
+        # The page asks why (a refused handshake says nothing to a browser): told, and
+        # the one refusal is not counted twice.
+        async with http.get(f"{capture.url}/api/token", params={"token": director}) as why:
+            assert why.status == 429
+            assert (await why.json())["code"] == "too_many_clients"
         # A page that leaves makes room for the next one.
         await pages.pop().close()
         for _ in range(50):

@@ -564,14 +564,14 @@ class FakeEvent:
 
 
 def test_held_events_are_acked_only_when_their_windows_are_out() -> None:
-    from streams.aligner import HeldEvents, settles_at_us
+    from streams.aligner import HeldEvents
 
     aligner = SessionAligner(SID, CONFIG)
     held = HeldEvents(aligner)
     tapped = point("tap-0001", T0 + W + 50_000, span_us=2 * W)
     aligner.add_tag(tapped, T0)
     tap_event, hop_event = FakeEvent(), FakeEvent()
-    held.hold("alice", settles_at_us(tapped, CONFIG.max_hold_us), tap_event)
+    held.hold("alice", aligner.settles_at_us(tapped), tap_event)
     aligner.add_prosody(hop(T0 + 10_000), T0)
     held.hold("alice", T0 + 10_000, hop_event)
     assert held.release() == 0
@@ -589,15 +589,17 @@ def test_held_events_are_acked_only_when_their_windows_are_out() -> None:
 
 
 def test_holds_and_undos_settle_no_sooner_than_the_longest_hold() -> None:
-    from streams.aligner import settles_at_us
-
     onset = tag("hold-0001", "onset", T0)
     undo = tag("undo-0001", "undo", T0 + W, undoes="hold-0001")
     offset = tag("hold-0002", "offset", T0 + 3 * W, onset="hold-0001")
-    assert settles_at_us(onset, CONFIG.max_hold_us) == T0 + CONFIG.max_hold_us
-    assert settles_at_us(undo, CONFIG.max_hold_us) == T0 + W + CONFIG.max_hold_us
-    assert settles_at_us(offset, CONFIG.max_hold_us) == T0 + 3 * W + CONFIG.max_hold_us
-    assert settles_at_us(point("tap-0002", T0, span_us=5 * W), CONFIG.max_hold_us) == T0 + 5 * W
+    aligner = SessionAligner(SID, CONFIG)
+    assert aligner.settles_at_us(onset) == T0 + CONFIG.max_hold_us
+    assert aligner.settles_at_us(undo) == T0 + W + CONFIG.max_hold_us
+    assert aligner.settles_at_us(offset) == T0 + 3 * W + CONFIG.max_hold_us
+    # A tap reaches half its span ahead; a huge span is capped like a hold.
+    assert aligner.settles_at_us(point("tap-0002", T0, span_us=4 * W)) == T0 + 2 * W
+    huge = point("tap-0003", T0, span_us=10 * CONFIG.max_hold_us)
+    assert aligner.settles_at_us(huge) == T0 - CONFIG.max_hold_us // 2 + CONFIG.max_hold_us
 
 
 def test_a_restarted_aligner_takes_back_what_was_emitted_and_keeps_every_tag() -> None:

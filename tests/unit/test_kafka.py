@@ -39,11 +39,11 @@ async def test_faust_worker_consumer_fetch_wait_is_overridden() -> None:
     assert await _faust_worker_fetch_wait(settings) == 25
 
 
-async def test_faust_on_a_real_cluster_uses_the_stock_transport() -> None:
+async def test_faust_on_a_real_cluster_keeps_its_fetch_wait() -> None:
     settings = Settings(kafka_bootstrap="kafka-1:9092,kafka-2:9093")
     app = kafka.make_faust_app(settings, "livetag-test-cluster")
-    assert [url.scheme for url in app.conf.broker] == ["kafka", "kafka"]
-    assert type(app.transport) is not kafka.EmbeddedBrokerTransport
+    assert [url.scheme for url in app.conf.broker] == ["livetag-kafka", "livetag-kafka"]
+    assert type(app.transport) is kafka.ClusterTransport
     assert await _faust_worker_fetch_wait(settings) == 1500
 
 
@@ -54,3 +54,54 @@ async def test_producer_targets_the_configured_servers(servers: str) -> None:
         assert producer.client._bootstrap_servers == servers
     finally:
         await producer.stop()
+
+
+class _Message:
+    def __init__(self, tp: object, offset: int) -> None:
+        self.tp, self.offset, self.acked = tp, offset, False
+
+
+def _consumer_with(committed: int | None, acked: list[int], unacked: list[int]) -> Any:
+    """faust's commit bookkeeping for one partition, as its Consumer keeps it."""
+    from collections import defaultdict
+    from weakref import WeakSet
+
+    from intervaltree import IntervalTree  # type: ignore[import-untyped]
+
+    consumer: Any = kafka.HeldAckConsumer.__new__(kafka.HeldAckConsumer)
+    consumer._gap = defaultdict(IntervalTree)
+    consumer._acked = defaultdict(list, {"tp": list(acked)})
+    consumer._acked_index = defaultdict(set, {"tp": set(acked)})
+    consumer._committed_offset = defaultdict(lambda: None, {"tp": committed})
+    consumer._unacked_messages = WeakSet()
+    consumer.kept = [_Message("tp", offset) for offset in unacked]  # alive for the WeakSet
+    for message in consumer.kept:
+        consumer._unacked_messages.add(message)
+    return consumer
+
+
+@pytest.mark.parametrize("committed", [None, 0, 10])
+def test_commits_never_pass_a_message_still_waiting_for_its_ack(committed: int | None) -> None:
+    start = committed or 0
+    # The message at the committed offset waits (e.g. a tag whose windows are not out);
+    # everything after it is acked. faust alone would commit past it.
+    consumer = _consumer_with(committed, list(range(start + 1, start + 6)), [start])
+    assert consumer._new_offset("tp") is None
+    consumer.kept[0].acked = True
+    consumer._acked["tp"].append(start)
+    assert consumer._new_offset("tp") == start + 6
+
+
+def test_commits_go_up_to_the_first_message_waiting_for_its_ack() -> None:
+    consumer = _consumer_with(10, [10, 11, 12, 14, 15], [13])
+    assert consumer._new_offset("tp") == 13
+    consumer._committed_offset["tp"] = 13  # what faust's commit() records
+    consumer.kept[0].acked = True
+    consumer._acked["tp"].append(13)
+    assert consumer._new_offset("tp") == 16
+
+
+def test_faust_uses_livetags_commit_rule_on_both_transports() -> None:
+    for settings in (Settings(), Settings(kafka_bootstrap="kafka-1:9092")):
+        app = kafka.make_faust_app(settings, "livetag-test-commits")
+        assert issubclass(app.transport.Consumer, kafka.HeldAckConsumer)
