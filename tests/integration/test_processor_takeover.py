@@ -99,6 +99,8 @@ async def test_a_killed_worker_s_partitions_are_taken_over_without_loss(
         survivor_alive = workers[1].returncode is None
     finally:
         reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
         for worker in workers:
             if worker.returncode is None:
                 worker.terminate()
@@ -237,6 +239,8 @@ async def test_a_worker_killed_mid_window_loses_no_tag_from_the_labels(
         survivor_alive = processors[-1].returncode is None
     finally:
         reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
         for processor in processors:
             if processor.returncode is None:
                 processor.terminate()
