@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,25 +42,42 @@ def tone_chunk(session_id: str, performer_id: str, seq: int, ts_us: int) -> reco
     return records.AudioChunk(header, pcm)
 
 
+async def start_processor(
+    settings: Settings, session: records.SessionRecord
+) -> asyncio.subprocess.Process:
+    """One session processor, as ``livetag worker`` starts it."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streams.processors",
+        session.model_dump_json(),
+        env={**os.environ, **to_environment(settings)},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
+async def shut_down(
+    reader: asyncio.Task[None], processes: list[asyncio.subprocess.Process], *clients: Any
+) -> None:
+    """The reader first (its consumer is stopped after it), then processes and clients."""
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    for process in processes:
+        if process.returncode is None:
+            process.terminate()
+            await process.wait()
+    await asyncio.gather(*(client.stop() for client in clients), return_exceptions=True)
+
+
 async def test_a_killed_worker_s_partitions_are_taken_over_without_loss(
     settings: Settings,
 ) -> None:
     session = await create_session(
         settings, prompt="takeover", performer_names=PERFORMERS, vocabulary=load_vocabulary(None)
     )
-    env = {**os.environ, **to_environment(settings)}
-    workers = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "streams.processors",
-            session.model_dump_json(),
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        for _ in range(2)
-    ]
+    workers = [await start_processor(settings, session) for _ in range(2)]
     producer = kafka.make_producer(settings)
     consumer = kafka.make_consumer(settings, session.topics.prosody)
     await asyncio.gather(producer.start(), consumer.start())
@@ -103,14 +121,7 @@ async def test_a_killed_worker_s_partitions_are_taken_over_without_loss(
                     await asyncio.sleep(0.5)
         survivor_alive = workers[1].returncode is None
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        for worker in workers:
-            if worker.returncode is None:
-                worker.terminate()
-                await worker.wait()
-        await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
+        await shut_down(reader, workers, producer, consumer)
     assert survivor_alive, "the surviving worker crashed"
     for performer in PERFORMERS:
         missing = [ts for ts in sent[performer] if ts <= last_needed and ts not in hops[performer]]
@@ -149,20 +160,7 @@ async def test_a_worker_killed_mid_window_loses_no_tag_from_the_labels(
         performer_names=performers,
         vocabulary=load_vocabulary(None),
     )
-    env = {**os.environ, **to_environment(settings)}
-
-    async def start_processor() -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "streams.processors",
-            session.model_dump_json(),
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-
-    processors = [await start_processor()]
+    processors = [await start_processor(settings, session)]
     producer = kafka.make_producer(settings)
     consumer = kafka.make_consumer(settings, topics.LABELS)
     await asyncio.gather(producer.start(), consumer.start())
@@ -219,7 +217,7 @@ async def test_a_worker_killed_mid_window_loses_no_tag_from_the_labels(
             if seq == kill_at:
                 processors[0].send_signal(signal.SIGKILL)
                 await processors[0].wait()
-                processors.append(await start_processor())
+                processors.append(await start_processor(settings, session))
             if seq > 3000:
                 raise AssertionError("the processor gave no labels within a minute")
             ts_us = t0 + seq * 20_000
@@ -243,14 +241,7 @@ async def test_a_worker_killed_mid_window_loses_no_tag_from_the_labels(
                     await asyncio.sleep(0.5)
         survivor_alive = processors[-1].returncode is None
     finally:
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-        for processor in processors:
-            if processor.returncode is None:
-                processor.terminate()
-                await processor.wait()
-        await asyncio.gather(producer.stop(), consumer.stop(), return_exceptions=True)
+        await shut_down(reader, processors, producer, consumer)
     assert survivor_alive, "the restarted processor crashed"
     lost = missing()
     assert not lost, f"{len(lost)} tag windows of {len(tags)} tags lack their tag: {lost[:5]}"
