@@ -33,7 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,10 +41,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from infra.settings import Settings
 from streams import kafka, records, topics
 from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
+from streams.batches import BatchLane
 from streams.kafka import event_headers
+
+Feature = TypeVar("Feature", records.ProsodyFrame, records.FaceFrame)
 
 log = logging.getLogger(__name__)
 
+#: Most feature records aligned in one step (2.5 s of one performer's prosody hops).
+FEATURE_BATCH = 256
 TICK_S = 0.02  # how often ready windows are looked for: small against the 100 ms windows
 RESTORE_MARGIN_S = 10.0  # read back a little more than can still be corrected
 RESTORE_TIMEOUT_S = 5.0  # half the processors' group session timeout
@@ -165,8 +170,6 @@ def add_aligner(
     aligner = SessionAligner(session.session_id, config_of(settings))
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "value_serializer": "raw"}
     tags_topic = app.topic(topics.TAGS, **raw)
-    prosody_topic = app.topic(session.topics.prosody, **raw)
-    face_topic = app.topic(session.topics.face, **raw)
     labels_topic = app.topic(topics.LABELS, **raw)
     key_prefix = f"{session.session_id}/".encode()
     held = HeldEvents(aligner)
@@ -179,14 +182,14 @@ def add_aligner(
     restored.set()
 
     async def align(
-        call: Callable[[int], Sequence[Any]], held_until: tuple[str, int, Any] | None = None
+        call: Callable[[int], Sequence[Any]], held_until: Sequence[tuple[str, int, Any]] = ()
     ) -> list[LateTag]:
         """``call(now_us)`` on the aligner, its windows produced, then the acks."""
         await restored.wait()
         async with step:
             out = call(_now_us())
-            if held_until is not None:
-                held.hold(*held_until)
+            for performer_id, until_us, event in held_until:
+                held.hold(performer_id, until_us, event)
             for item in out:
                 if isinstance(item, records.LabelWindow):
                     await emit(labels_topic, item)
@@ -209,45 +212,52 @@ def add_aligner(
                 continue
             late = await align(
                 functools.partial(aligner.add_tag, tag),
-                (tag.performer_id, aligner.settles_at_us(tag), event),
+                [(tag.performer_id, aligner.settles_at_us(tag), event)],
             )
             for out in late:
                 await dead_letter(event, topics.TAGS, out.reason)
             yield None
 
-    @app.agent(prosody_topic, name=f"align-prosody-{session.session_id}")
-    async def align_prosody(stream: faust.StreamT) -> AsyncIterator[None]:
-        async for event in cast(Any, stream).noack().events():
-            try:
-                frame = records.decode(
-                    records.ProsodyFrame, event.value, event_headers(event.headers)
-                )
-            except records.RecordError as exc:
-                await dead_letter(event, session.topics.prosody, str(exc))
-                event.ack()
-                yield None
-                continue
-            await align(
-                functools.partial(aligner.add_prosody, frame),
-                (frame.performer_id, frame.ts_us, event),
-            )
-            yield None
+    def feature_agent(
+        topic_name: str,
+        kind: str,
+        record_class: type[Feature],
+        add: Callable[[Feature, int], Sequence[records.LabelWindow]],
+    ) -> None:
+        # Feature records come hundreds a second (10 ms prosody hops): each batch that
+        # gathered while the previous one was aligned goes through one aligner step.
+        async def align_batch(batch: list[tuple[Any, Feature]]) -> None:
+            def call(now_us: int) -> list[Any]:
+                out: list[Any] = []
+                for _, frame in batch:
+                    out.extend(add(frame, now_us))
+                return out
 
-    @app.agent(face_topic, name=f"align-face-{session.session_id}")
-    async def align_face(stream: faust.StreamT) -> AsyncIterator[None]:
-        async for event in cast(Any, stream).noack().events():
-            try:
-                frame = records.decode(records.FaceFrame, event.value, event_headers(event.headers))
-            except records.RecordError as exc:
-                await dead_letter(event, session.topics.face, str(exc))
-                event.ack()
-                yield None
-                continue
-            await align(
-                functools.partial(aligner.add_face, frame),
-                (frame.performer_id, frame.ts_us, event),
+            await align(call, [(frame.performer_id, frame.ts_us, event) for event, frame in batch])
+
+        @app.agent(app.topic(topic_name, **raw), name=f"align-{kind}-{session.session_id}")
+        async def align_features(stream: faust.StreamT) -> AsyncIterator[None]:
+            lane: BatchLane[tuple[Any, Feature]] = BatchLane(
+                f"align-{kind}", align_batch, limit=FEATURE_BATCH
             )
-            yield None
+            try:
+                async for event in cast(Any, stream).noack().events():
+                    try:
+                        frame = records.decode(
+                            record_class, event.value, event_headers(event.headers)
+                        )
+                    except records.RecordError as exc:
+                        await dead_letter(event, topic_name, str(exc))
+                        event.ack()
+                        yield None
+                        continue
+                    await lane.put((event, frame))
+                    yield None
+            finally:
+                await lane.close()
+
+    feature_agent(session.topics.prosody, "prosody", records.ProsodyFrame, aligner.add_prosody)
+    feature_agent(session.topics.face, "face", records.FaceFrame, aligner.add_face)
 
     session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
 

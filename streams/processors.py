@@ -27,6 +27,7 @@ import faust
 from infra.settings import Settings, load_settings
 from streams import face_model, group_members, records, topics
 from streams.aligner import add_aligner
+from streams.batches import BatchLane
 from streams.face import FaceAnalysisError, FaceAnalyzer
 from streams.kafka import event_headers, make_faust_app
 from streams.prosody import ProsodyTracker
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "livetag-processors"
 LANE_FRAMES = 8  # video frames waiting per performer
+AUDIO_BATCH = 256  # audio chunks analysed in one trip to the prosody thread (at most)
 
 
 def app_id(session_id: str) -> str:
@@ -67,6 +69,21 @@ class SessionProcessors:
             tracker = ProsodyTracker(self.session.session_id, performer_id)
             self.trackers[performer_id] = tracker
         return tracker
+
+    def prosody_messages(
+        self, chunks: list[records.AudioChunk]
+    ) -> list[list[records.KafkaMessage] | str]:
+        """Each chunk's prosody hops, encoded, or why the chunk failed (runs in the prosody
+        thread; each performer's tracker gets its chunks in order)."""
+        results: list[list[records.KafkaMessage] | str] = []
+        for chunk in chunks:
+            try:
+                hops = self.tracker(chunk.header.performer_id).push(chunk)
+                results.append([records.encode(hop) for hop in hops])
+            except Exception as exc:  # one bad chunk must not cost its batch
+                log.exception("prosody analysis failed")
+                results.append(f"analysis failed: {exc}")
+        return results
 
     def analyzer(self, performer_id: str) -> FaceAnalyzer:
         analyzer = self.analyzers.get(performer_id)
@@ -115,27 +132,48 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         encoded = records.encode(letter)
         await deadletter_topic.send(key=encoded.key, value=encoded.value, headers=encoded.headers)
 
+    async def send(topic: Any, message: records.KafkaMessage) -> None:
+        await topic.send(key=message.key, value=message.value, headers=message.headers)
+
     async def emit(topic: Any, record: records.AnyRecord) -> None:
-        encoded = records.encode(record)
-        await topic.send(key=encoded.key, value=encoded.value, headers=encoded.headers)
+        await send(topic, records.encode(record))
 
     @app.agent(audio_topic)
     async def prosody(stream: faust.StreamT) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        async for event in stream.events():
-            try:
-                chunk = records.decode(
-                    records.AudioChunk, event.value, event_headers(event.headers)
-                )
-            except records.RecordError as exc:
-                await dead_letter(event, session.topics.audio, str(exc))
+
+        async def analyse(batch: list[tuple[Any, records.AudioChunk]]) -> None:
+            # One trip to the prosody thread per batch; each event is acked once its
+            # hops are handed to the producer.
+            results = await loop.run_in_executor(
+                state.prosody_pool, state.prosody_messages, [chunk for _, chunk in batch]
+            )
+            for (event, _), result in zip(batch, results, strict=True):
+                if isinstance(result, str):
+                    await dead_letter(event, session.topics.audio, result)
+                else:
+                    for message in result:
+                        await send(prosody_topic, message)
+                event.ack()
+
+        lane: BatchLane[tuple[Any, records.AudioChunk]] = BatchLane(
+            "prosody", analyse, limit=AUDIO_BATCH
+        )
+        try:
+            async for event in cast(Any, stream).noack().events():
+                try:
+                    chunk = records.decode(
+                        records.AudioChunk, event.value, event_headers(event.headers)
+                    )
+                except records.RecordError as exc:
+                    await dead_letter(event, session.topics.audio, str(exc))
+                    event.ack()
+                    yield None
+                    continue
+                await lane.put((event, chunk))
                 yield None
-                continue
-            tracker = state.tracker(chunk.header.performer_id)
-            frames = await loop.run_in_executor(state.prosody_pool, tracker.push, chunk)
-            for frame in frames:
-                await emit(prosody_topic, frame)
-            yield None
+        finally:
+            await lane.close()
 
     @app.agent(video_topic)
     async def face(stream: faust.StreamT) -> AsyncIterator[None]:

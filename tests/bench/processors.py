@@ -259,6 +259,12 @@ def summarise(run: Run) -> dict[str, Any]:
         late = [v for sent, v in pairs if sent >= last - GROWTH_SPAN_S * 1000]
         grew = percentile(late, 0.5) - percentile(early, 0.5)
         result[f"{kind}_growth_ms"] = round(grew, 2) if math.isfinite(grew) else "inf"
+        # The course of the lag over the window: a start-up backlog and a steady climb
+        # look alike in one percentile.
+        result[f"{kind}_ms_p99_per_5s"] = [
+            _finite(percentile([v for sent, v in pairs if start <= sent < start + 5000], 0.99))
+            for start in range(first, last, 5000)
+        ]
         growth = max(growth, grew) if not math.isnan(grew) else math.inf
     p50 = max(result["face_ms_p50"], result["prosody_ms_p50"])
     p99 = max(result["face_ms_p99"], result["prosody_ms_p99"])
@@ -275,6 +281,12 @@ def summarise(run: Run) -> dict[str, Any]:
         if not math.isfinite(result[key]):
             result[key] = "inf"
     return result
+
+
+def _finite(value: float) -> float | str | None:
+    if math.isnan(value):
+        return None  # nothing was sent in that span
+    return value if math.isfinite(value) else "inf"
 
 
 async def measure(

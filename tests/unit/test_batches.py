@@ -1,0 +1,81 @@
+"""BatchLane: order, batching under load, backpressure, surviving a failed batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streams.batches import BatchLane
+
+
+async def test_records_arrive_in_order_batched_while_the_handler_is_busy() -> None:
+    seen: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def handle(batch: list[int]) -> None:
+        seen.append(batch)
+        if len(seen) == 1:
+            await release.wait()  # the first batch is slow: the rest gathers meanwhile
+
+    lane = BatchLane("test", handle, limit=100)
+    await lane.put(0)
+    await asyncio.sleep(0)  # the lane takes record 0 alone: nothing else had come
+    for n in range(1, 50):
+        await lane.put(n)
+    release.set()
+    while lane.records < 50:
+        await asyncio.sleep(0.001)
+    await lane.close()
+    assert seen[0] == [0]
+    assert seen[1] == list(range(1, 50))  # gathered while the first batch ran: one batch
+    assert [n for batch in seen for n in batch] == list(range(50))
+
+
+async def test_a_full_lane_holds_the_producer_back() -> None:
+    release = asyncio.Event()
+    handled: list[int] = []
+
+    async def handle(batch: list[int]) -> None:
+        await release.wait()
+        handled.extend(batch)
+
+    lane = BatchLane("test", handle, limit=4)
+    await lane.put(0)
+    await asyncio.sleep(0)  # record 0 is taken into the stuck batch
+    for n in range(1, 5):  # these four fill the lane
+        await lane.put(n)
+    blocked = asyncio.create_task(lane.put(5))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()
+    release.set()
+    await asyncio.wait_for(blocked, 1)
+    while len(handled) < 6:
+        await asyncio.sleep(0.001)
+    await lane.close()
+    assert handled == list(range(6))
+
+
+async def test_a_failed_batch_does_not_stop_the_lane() -> None:
+    handled: list[int] = []
+
+    async def handle(batch: list[int]) -> None:
+        if 1 in batch:
+            raise RuntimeError("bad record")
+        handled.extend(batch)
+
+    lane = BatchLane("test", handle, limit=1)
+    for n in range(3):
+        await lane.put(n)
+    while lane.batches < 3:
+        await asyncio.sleep(0.001)
+    await lane.close()
+    assert handled == [0, 2]
+
+
+def test_a_lane_must_hold_a_record() -> None:
+    async def handle(batch: list[int]) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="at least one"):
+        BatchLane("test", handle, limit=0)
