@@ -11,12 +11,14 @@ from streams.batches import BatchLane
 
 async def test_records_arrive_in_order_batched_while_the_handler_is_busy() -> None:
     seen: list[list[int]] = []
-    release = asyncio.Event()
+    release, all_seen = asyncio.Event(), asyncio.Event()
 
     async def handle(batch: list[int]) -> None:
         seen.append(batch)
         if len(seen) == 1:
             await release.wait()  # the first batch is slow: the rest gathers meanwhile
+        if sum(map(len, seen)) == 50:
+            all_seen.set()
 
     lane = BatchLane("test", handle, limit=100)
     await lane.put(0)
@@ -24,8 +26,7 @@ async def test_records_arrive_in_order_batched_while_the_handler_is_busy() -> No
     for n in range(1, 50):
         await lane.put(n)
     release.set()
-    while lane.records < 50:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(all_seen.wait(), 1)
     await lane.close()
     assert seen[0] == [0]
     assert seen[1] == list(range(1, 50))  # gathered while the first batch ran: one batch
@@ -33,12 +34,14 @@ async def test_records_arrive_in_order_batched_while_the_handler_is_busy() -> No
 
 
 async def test_a_full_lane_holds_the_producer_back() -> None:
-    release = asyncio.Event()
+    release, all_handled = asyncio.Event(), asyncio.Event()
     handled: list[int] = []
 
     async def handle(batch: list[int]) -> None:
         await release.wait()
         handled.extend(batch)
+        if len(handled) == 6:
+            all_handled.set()
 
     lane = BatchLane("test", handle, limit=4)
     await lane.put(0)
@@ -50,25 +53,26 @@ async def test_a_full_lane_holds_the_producer_back() -> None:
     assert not blocked.done()
     release.set()
     await asyncio.wait_for(blocked, 1)
-    while len(handled) < 6:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(all_handled.wait(), 1)
     await lane.close()
     assert handled == list(range(6))
 
 
 async def test_a_failed_batch_does_not_stop_the_lane() -> None:
     handled: list[int] = []
+    last_done = asyncio.Event()
 
     async def handle(batch: list[int]) -> None:
         if 1 in batch:
             raise RuntimeError("bad record")
         handled.extend(batch)
+        if 2 in batch:
+            last_done.set()
 
     lane = BatchLane("test", handle, limit=1)
     for n in range(3):
         await lane.put(n)
-    while lane.batches < 3:
-        await asyncio.sleep(0.001)
+    await asyncio.wait_for(last_done.wait(), 1)
     await lane.close()
     assert handled == [0, 2]
 
