@@ -289,6 +289,15 @@ class Settings(BaseSettings):
         default_factory=lambda: _default_data_dir(),
         description="Session archives (one folder per session).",
     )
+    face_processes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description=(
+            "Worker processes analysing faces per session processor (each performer's "
+            "frames stay in one); as many as the cores the processors may use."
+        ),
+    )
     face_model_path: Path | None = Field(
         default=None,
         description="face_landmarker.task to use instead of the one in the cache folder.",

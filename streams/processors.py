@@ -7,8 +7,9 @@ workers share each session's partitions, and when one dies the group gives its p
 to the others (at-least-once: a feature record's identity is its key + ``ts_us``).
 
 Each agent handles its partitions in order, so each performer's tracker and landmarker see
-their stream in capture order; the CPU work runs in a thread pool (numpy and mediapipe
-release the GIL), so the event loop and the group heartbeat never wait for it.
+their stream in capture order. The CPU work never runs on the event loop, so the group
+heartbeat never waits for it: face analysis in worker processes (streams.face_pool),
+prosody in a thread (numpy releases the GIL); both take records in batches when busy.
 Undecodable records go to ``livetag.deadletter`` with the reason.
 """
 
@@ -28,7 +29,8 @@ from infra.settings import Settings, load_settings
 from streams import face_model, group_members, records, topics
 from streams.aligner import add_aligner
 from streams.batches import BatchLane
-from streams.face import FaceAnalysisError, FaceAnalyzer
+from streams.face import FaceAnalysisError
+from streams.face_pool import FacePool
 from streams.kafka import event_headers, make_faust_app
 from streams.prosody import ProsodyTracker
 
@@ -52,15 +54,16 @@ class SessionProcessors:
 
     def __init__(self, settings: Settings, session: records.SessionRecord) -> None:
         self.session = session
-        self.model_path = face_model.resolve(settings)
         self.trackers: dict[str, ProsodyTracker] = {}
-        self.analyzers: dict[str, FaceAnalyzer] = {}
-        # Landmarkers take 0.3-0.6 s to create: make them now, not on the first frame.
-        for performer in session.roster:
-            self.analyzer(performer.performer_id)
-        # Face work fills the machine; prosody (~0.2 ms a chunk) gets its own thread so it
-        # never queues behind landmarks.
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="face")
+        self.faces = FacePool(
+            face_model.resolve(settings),
+            session.session_id,
+            [performer.performer_id for performer in session.roster],
+            settings.face_processes,
+        )
+        # Landmarkers take 0.3-0.6 s to create: made now, not on the first frame.
+        self.faces.wait_ready()
+        # Prosody (~0.2 ms a chunk) runs in a thread of its own, off the event loop.
         self.prosody_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prosody")
 
     def tracker(self, performer_id: str) -> ProsodyTracker:
@@ -85,17 +88,8 @@ class SessionProcessors:
                 results.append(f"analysis failed: {exc}")
         return results
 
-    def analyzer(self, performer_id: str) -> FaceAnalyzer:
-        analyzer = self.analyzers.get(performer_id)
-        if analyzer is None:
-            analyzer = FaceAnalyzer(self.model_path, self.session.session_id, performer_id)
-            self.analyzers[performer_id] = analyzer
-        return analyzer
-
     def close(self) -> None:
-        for analyzer in self.analyzers.values():
-            analyzer.close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.faces.close()
         self.prosody_pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -178,10 +172,10 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     @app.agent(video_topic)
     async def face(stream: faust.StreamT) -> AsyncIterator[None]:
         # One lane per performer: frames of one performer stay in capture order (its
-        # landmarker needs increasing timestamps), performers run in parallel on the pool.
+        # landmarker needs increasing timestamps), performers run in parallel in the face
+        # worker processes.
         # Events are acked when their face record is out; faust commits an offset only
         # when everything before it is acked, so a crash never skips a frame.
-        loop = asyncio.get_running_loop()
         lanes: dict[str, tuple[asyncio.Queue[tuple[Any, records.VideoFrame]], asyncio.Task[None]]]
         lanes = {}
 
@@ -191,8 +185,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             while True:
                 event, frame = await queue.get()
                 try:
-                    analyzer = state.analyzer(frame.header.performer_id)
-                    result = await loop.run_in_executor(state.pool, analyzer.analyze, frame)
+                    message = await state.faces.analyse(frame)
                 except FaceAnalysisError as exc:
                     await dead_letter(event, session.topics.video, str(exc))
                 except Exception as exc:  # mediapipe or anything else: recorded, not fatal
@@ -200,7 +193,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                     await dead_letter(event, session.topics.video, f"analysis failed: {exc}")
                 else:
                     try:
-                        await emit(face_topic, result)
+                        await send(face_topic, message)
                     except Exception:
                         # Not acked: the offset is not committed past it, so a restart
                         # redoes this frame (at-least-once).
@@ -248,6 +241,10 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             log.warning("cannot note this processor's group member id (faust changed?)")
             return
         member.note(group_members.consumer_member_id(consumer))
+
+    @cast(Any, app).on_before_shutdown.connect
+    async def close_processors(sender: Any, **_: Any) -> None:
+        state.close()
 
     return app
 

