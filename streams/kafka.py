@@ -174,8 +174,11 @@ class LivetagFaustApp(faust.App):
     consumer_fetch_wait_ms: int = 1500
 
 
-def make_faust_app(settings: Settings, app_id: str, **conf: Any) -> LivetagFaustApp:
-    """A faust app on the configured broker (at-least-once: no transactions on tansu)."""
+def make_faust_app(
+    settings: Settings, app_id: str, *, fetch_wait_ms: int | None = None, **conf: Any
+) -> LivetagFaustApp:
+    """A faust app on the configured broker (at-least-once: no transactions on tansu);
+    its consumer waits ``fetch_wait_ms`` per fetch (default: the settings' wait)."""
     scheme = (
         EMBEDDED_TRANSPORT_SCHEME if settings.uses_embedded_broker else CLUSTER_TRANSPORT_SCHEME
     )
@@ -199,7 +202,7 @@ def make_faust_app(settings: Settings, app_id: str, **conf: Any) -> LivetagFaust
     # faust creates the app's own folder but not its parents.
     Path(options["datadir"]).parent.mkdir(parents=True, exist_ok=True)
     app = LivetagFaustApp(app_id, **options)
-    app.consumer_fetch_wait_ms = settings.consumer_fetch_wait_ms
+    app.consumer_fetch_wait_ms = fetch_wait_ms or settings.consumer_fetch_wait_ms
     return app
 
 

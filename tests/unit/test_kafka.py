@@ -19,8 +19,8 @@ async def test_consumers_get_the_short_wait_on_the_embedded_broker() -> None:
         await cluster.stop()
 
 
-async def _faust_worker_fetch_wait(settings: Settings) -> int:
-    app = kafka.make_faust_app(settings, "livetag-test-fetch-wait")
+async def _faust_worker_fetch_wait(settings: Settings, wait_ms: int | None = None) -> int:
+    app = kafka.make_faust_app(settings, "livetag-test-fetch-wait", fetch_wait_ms=wait_ms)
     thread = cast(Any, app.consumer)._thread
     created = thread._create_worker_consumer(app.consumer.transport)
     wait: int = created._fetch_max_wait_ms
@@ -37,6 +37,13 @@ async def test_faust_worker_consumer_fetch_wait_is_overridden() -> None:
     assert app.conf.broker[0].scheme == kafka.EMBEDDED_TRANSPORT_SCHEME
     assert type(app.transport) is kafka.EmbeddedBrokerTransport
     assert await _faust_worker_fetch_wait(settings) == 25
+
+
+async def test_session_processors_wait_longer_per_fetch_on_the_embedded_broker() -> None:
+    # Each of their fetches costs the broker a walk over a session's stored batches.
+    settings = Settings(embedded_fetch_wait_ms=10, embedded_processor_fetch_wait_ms=30)
+    assert await _faust_worker_fetch_wait(settings, settings.processor_fetch_wait_ms) == 30
+    assert await _faust_worker_fetch_wait(settings) == 10
 
 
 async def test_faust_on_a_real_cluster_keeps_its_fetch_wait() -> None:
