@@ -72,7 +72,9 @@ class SessionFeed:
         self.settings = settings
         self.view = SessionView(session)
         self._http = http
-        self._consumer = kafka.make_consumer(settings)
+        self._consumer = kafka.make_consumer(
+            settings, fetch_max_wait_ms=settings.stream_fetch_wait_ms
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.tick = 0
         self._ticked = asyncio.Condition()

@@ -13,7 +13,8 @@ A slot is one single-process executor: its calls run one at a time in submission
 which keeps each performer's frames in capture order for its landmarker (VIDEO mode needs
 increasing timestamps and tracks the face from frame to frame). Performers are spread
 over the slots when first seen. A slot whose process died (a crash in native code) is
-replaced on its next frame; its performers' landmarkers start afresh there.
+replaced at once and its frames are tried again there; its performers' landmarkers start
+afresh.
 """
 
 from __future__ import annotations
@@ -119,17 +120,22 @@ class FacePool:
 
     async def analyse(self, frame: records.VideoFrame) -> records.KafkaMessage:
         """The encoded face record of ``frame``; :class:`FaceAnalysisError` if the frame
-        cannot be analysed (not a JPEG, another session's), any other error if analysis
-        failed (then the worker is replaced if it died)."""
+        cannot be analysed (not a JPEG, another session's), ``BrokenExecutor`` if its worker
+        died twice on it, any other error if analysis failed."""
         slot = self._slot(frame.header.performer_id)
-        executor = self._slots[slot]
-        try:
-            return await asyncio.wrap_future(executor.submit(_analyse, frame))
-        except BrokenExecutor:
-            # Every frame that was queued in the dead worker lands here: replace it once.
-            if self._slots[slot] is executor:
-                self._replace(slot)
-            raise
+        for attempt in (1, 2):
+            executor = self._slots[slot]
+            try:
+                return await asyncio.wrap_future(executor.submit(_analyse, frame))
+            except BrokenExecutor:
+                # Every frame that was queued in the dead worker lands here: the worker is
+                # replaced once, and each frame is tried once more on the new one (a frame
+                # that kills its worker twice is given up).
+                if self._slots[slot] is executor:
+                    self._replace(slot)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def _replace(self, slot: int) -> None:
         broken = self._slots[slot]

@@ -98,7 +98,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     app = make_faust_app(
         settings,
         app_id(session.session_id),
-        fetch_wait_ms=settings.processor_fetch_wait_ms,
+        fetch_wait_ms=settings.stream_fetch_wait_ms,
         # A restarted worker must not wait a minute for its dead predecessor's session.
         broker_session_timeout=10,
         broker_heartbeat_interval=1,

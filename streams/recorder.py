@@ -100,6 +100,7 @@ class SessionRecorder:
             group_id=group_id(self.session_id),
             auto_offset_reset="earliest",
             max_poll_records=2000,
+            fetch_max_wait_ms=self.settings.archive_fetch_wait_ms,
         )
         self._consumer = consumer
         # A recorder killed before us is not waited for (its session timeout).

@@ -41,8 +41,8 @@ async def test_faust_worker_consumer_fetch_wait_is_overridden() -> None:
 
 async def test_session_processors_wait_longer_per_fetch_on_the_embedded_broker() -> None:
     # Each of their fetches costs the broker a walk over a session's stored batches.
-    settings = Settings(embedded_fetch_wait_ms=10, embedded_processor_fetch_wait_ms=30)
-    assert await _faust_worker_fetch_wait(settings, settings.processor_fetch_wait_ms) == 30
+    settings = Settings(embedded_fetch_wait_ms=10, embedded_stream_fetch_wait_ms=30)
+    assert await _faust_worker_fetch_wait(settings, settings.stream_fetch_wait_ms) == 30
     assert await _faust_worker_fetch_wait(settings) == 10
 
 
