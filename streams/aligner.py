@@ -165,6 +165,7 @@ def add_aligner(
     *,
     emit: Emit,
     dead_letter: DeadLetterSink,
+    on_failure: Callable[[BaseException], None] | None = None,
 ) -> SessionAligner:
     """Define the aligner agents of ``session`` on its processor ``app``."""
     aligner = SessionAligner(session.session_id, config_of(settings))
@@ -238,7 +239,7 @@ def add_aligner(
         @app.agent(app.topic(topic_name, **raw), name=f"align-{kind}-{session.session_id}")
         async def align_features(stream: faust.StreamT) -> AsyncIterator[None]:
             lane: BatchLane[tuple[Any, Feature]] = BatchLane(
-                f"align-{kind}", align_batch, limit=FEATURE_BATCH
+                f"align-{kind}", align_batch, limit=FEATURE_BATCH, on_failure=on_failure
             )
             try:
                 async for event in cast(Any, stream).noack().events():

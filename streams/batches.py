@@ -6,8 +6,14 @@ aligner step of its own, and the event loop (shared with the face lanes and faus
 consumer) could not keep up. A :class:`BatchLane` takes records as they come and hands
 them to its handler in arrival order, as many at once as have gathered while the previous
 call ran: one record when the stream is quiet (no added latency), bigger batches when it
-is busy (less work per record). It holds at most ``limit`` records, so a slow handler
-holds its stream back instead of filling memory.
+is busy (less work per record). It holds at most ``limit`` records waiting plus the batch
+being handled, so a slow handler holds its stream back instead of filling memory.
+
+A handler acks what it finished. When it fails, the records it did not ack stay unacked,
+and the consumer (which never commits past an unacked record) cannot commit past them;
+they are not read again while the process lives. So the lane reports the failure to
+``on_failure``, whose job is to stop the process: its worker starts it again and it reads
+from the last commit (at-least-once).
 """
 
 from __future__ import annotations
@@ -25,12 +31,19 @@ T = TypeVar("T")
 class BatchLane(Generic[T]):
     """One ordered lane: ``put`` records, ``handler`` gets them batched, in order."""
 
-    def __init__(self, name: str, handler: Callable[[list[T]], Awaitable[None]], limit: int):
+    def __init__(
+        self,
+        name: str,
+        handler: Callable[[list[T]], Awaitable[None]],
+        limit: int,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ):
         if limit < 1:
             raise ValueError("a batch lane must hold at least one record")
         self.name = name
         self._handler = handler
         self._limit = limit
+        self._on_failure = on_failure
         self._queue: asyncio.Queue[T] = asyncio.Queue(maxsize=limit)
         self._task: asyncio.Task[None] | None = None
         #: Batches handled and records in them (for logs and tests).
@@ -50,15 +63,23 @@ class BatchLane(Generic[T]):
                 batch.append(self._queue.get_nowait())
             try:
                 await self._handler(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The lane must outlive one bad batch: if it died, its stream would stop.
-                # The handler acks what it finished; the rest stays uncommitted and is
-                # redone after a restart (at-least-once).
-                log.exception("batch lane %s: a batch of %d failed", self.name, len(batch))
+            except asyncio.CancelledError as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # close()
+                # Something inside the handler was cancelled (an executor shut down).
+                self._failed(exc, len(batch))
+            except Exception as exc:
+                self._failed(exc, len(batch))
             self.batches += 1
             self.records += len(batch)
+
+    def _failed(self, exc: BaseException, size: int) -> None:
+        # The lane itself goes on (if it died, its stream would block on put); what the
+        # failed batch left unacked is the owner's to handle (module doc).
+        log.error("batch lane %s: a batch of %d failed: %r", self.name, size, exc, exc_info=exc)
+        if self._on_failure is not None:
+            self._on_failure(exc)
 
     async def close(self) -> None:
         """Stop handling; records still queued are dropped unacked (redone on restart)."""

@@ -14,7 +14,8 @@ which keeps each performer's frames in capture order for its landmarker (VIDEO m
 increasing timestamps and tracks the face from frame to frame). Performers are spread
 over the slots when first seen. A slot whose process died (a crash in native code) is
 replaced at once and its frames are tried again there; its performers' landmarkers start
-afresh.
+afresh. After five deaths within a minute the pool gives up (:class:`FacePoolStopped`) and
+the processors stop, so that their worker starts them again.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
+from collections import deque
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from pathlib import Path
 
@@ -39,13 +42,22 @@ _worker_model: Path | None = None
 _worker_session = ""
 
 _PR_SET_PDEATHSIG = 1
+# More worker deaths than this within the window and the pool gives up (FacePoolStopped).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
 
 
-def _start_worker(model_path: Path, session_id: str, performer_ids: list[str]) -> None:
+def _start_worker(
+    model_path: Path, session_id: str, performer_ids: list[str], parent_pid: int
+) -> None:
     global _worker_model, _worker_session
     # A worker outlives nothing: if the processor is killed (SIGKILL gives it no chance
-    # to shut its pool down), the kernel ends its workers too.
+    # to shut its pool down), the kernel ends its workers too...
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        os._exit(0)  # ...and one whose processor died before that line ends here.
+    # Ctrl-C reaches the whole process group: the processor shuts its workers down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_model, _worker_session = model_path, session_id
     # Landmarkers take 0.1-0.6 s to create: make them before the first frame.
     for performer_id in performer_ids:
@@ -69,6 +81,10 @@ def _ready() -> int:
     return len(_analyzers)
 
 
+class FacePoolStopped(RuntimeError):
+    """The pool was closed, or its workers kept dying: it analyses no more frames."""
+
+
 class FacePool:
     """Face records of a session's frames, analysed in ``processes`` worker processes."""
 
@@ -88,6 +104,9 @@ class FacePool:
         self._slots = [self._new_slot(index) for index in range(processes)]
         #: Worker processes replaced after they died.
         self.restarts = 0
+        self._recent_restarts: deque[float] = deque(maxlen=MAX_RESTARTS)
+        self.closed = False
+        self.broken = False
 
     def _performers_of(self, slot: int) -> list[str]:
         return [p for p, s in self._slot_of.items() if s == slot]
@@ -97,7 +116,7 @@ class FacePool:
             max_workers=1,
             mp_context=self._context,
             initializer=_start_worker,
-            initargs=(self._model_path, self._session_id, self._performers_of(slot)),
+            initargs=(self._model_path, self._session_id, self._performers_of(slot), os.getpid()),
         )
 
     def _slot(self, performer_id: str) -> int:
@@ -110,23 +129,31 @@ class FacePool:
         return slot
 
     def wait_ready(self) -> None:
-        """Block until every worker has started and made its landmarkers."""
-        for executor in self._slots:
-            executor.submit(_ready).result()
+        """Block until every worker has started and made its landmarkers (blocks: call it
+        before the event loop runs, never on it)."""
+        for future in [executor.submit(_ready) for executor in self._slots]:
+            future.result()
 
     def worker_pids(self) -> list[int]:
-        """The process id of each slot's worker (starting it if need be), in slot order."""
+        """The process id of each slot's worker, in slot order (blocks: tests and tools)."""
         return [executor.submit(os.getpid).result() for executor in self._slots]
 
     async def analyse(self, frame: records.VideoFrame) -> records.KafkaMessage:
         """The encoded face record of ``frame``; :class:`FaceAnalysisError` if the frame
         cannot be analysed (not a JPEG, another session's), ``BrokenExecutor`` if its worker
-        died twice on it, any other error if analysis failed."""
+        died twice on it, :class:`FacePoolStopped` once the pool is closed or gave up, any
+        other error if analysis failed."""
         slot = self._slot(frame.header.performer_id)
         for attempt in (1, 2):
+            if self.closed or self.broken:
+                raise FacePoolStopped("closed" if self.closed else "its workers kept dying")
             executor = self._slots[slot]
             try:
-                return await asyncio.wrap_future(executor.submit(_analyse, frame))
+                future = executor.submit(_analyse, frame)
+            except RuntimeError as exc:  # shut down meanwhile
+                raise FacePoolStopped(str(exc)) from None
+            try:
+                return await asyncio.wrap_future(future)
             except BrokenExecutor:
                 # Every frame that was queued in the dead worker lands here: the worker is
                 # replaced once, and each frame is tried once more on the new one (a frame
@@ -138,6 +165,16 @@ class FacePool:
         raise AssertionError("unreachable")
 
     def _replace(self, slot: int) -> None:
+        now = time.monotonic()
+        if len(self._recent_restarts) == MAX_RESTARTS and now - self._recent_restarts[0] < (
+            RESTART_WINDOW_S
+        ):
+            # A worker that cannot stay up (no memory, a broken model) would be spawned
+            # for every frame: stop, and let the processor's owner deal with it.
+            self.broken = True
+            log.error("face workers of session %s keep dying; giving up", self._session_id)
+            return
+        self._recent_restarts.append(now)
         broken = self._slots[slot]
         self._slots[slot] = self._new_slot(slot)
         self.restarts += 1
@@ -150,5 +187,6 @@ class FacePool:
         )
 
     def close(self) -> None:
+        self.closed = True
         for executor in self._slots:
             executor.shutdown(wait=False, cancel_futures=True)

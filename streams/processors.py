@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -30,7 +32,7 @@ from streams import face_model, group_members, records, topics
 from streams.aligner import add_aligner
 from streams.batches import BatchLane
 from streams.face import FaceAnalysisError
-from streams.face_pool import FacePool
+from streams.face_pool import FacePool, FacePoolStopped
 from streams.kafka import event_headers, make_faust_app
 from streams.prosody import ProsodyTracker
 
@@ -133,6 +135,17 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     async def emit(topic: Any, record: records.AnyRecord) -> None:
         await send(topic, records.encode(record))
 
+    def stop_for_restart(exc: BaseException) -> None:
+        # Records left unacked by a failure are not read again while this process lives,
+        # and commits cannot pass them: stop (gracefully, committing what was acked) so
+        # that `livetag worker` starts the processors again from the last commit.
+        log.critical(
+            "processors of session %s stop after a failure (%r); their worker restarts them",
+            session.session_id,
+            exc,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
     @app.agent(audio_topic)
     async def prosody(stream: faust.StreamT) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -152,7 +165,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                 event.ack()
 
         lane: BatchLane[tuple[Any, records.AudioChunk]] = BatchLane(
-            "prosody", analyse, limit=AUDIO_BATCH
+            "prosody", analyse, limit=AUDIO_BATCH, on_failure=stop_for_restart
         )
         try:
             async for event in cast(Any, stream).noack().events():
@@ -187,6 +200,11 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                 event, frame = await queue.get()
                 try:
                     message = await state.faces.analyse(frame)
+                except FacePoolStopped as exc:
+                    # Not acked: the next processor redoes this frame. Closed = stopping.
+                    if not state.faces.closed:
+                        stop_for_restart(exc)
+                    return
                 except FaceAnalysisError as exc:
                     await dead_letter(event, session.topics.video, str(exc))
                 except Exception as exc:  # mediapipe or anything else: recorded, not fatal
@@ -195,11 +213,12 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                 else:
                     try:
                         await send(face_topic, message)
-                    except Exception:
-                        # Not acked: the offset is not committed past it, so a restart
+                    except Exception as exc:
+                        # Not acked: the offset is not committed past it, and the restart
                         # redoes this frame (at-least-once).
                         log.exception("could not produce a face record")
-                        continue
+                        stop_for_restart(exc)
+                        return
                 event.ack()
 
         try:
@@ -229,7 +248,9 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             # Wait for them: their unacked events stay uncommitted and are redone.
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    add_aligner(app, settings, session, emit=emit, dead_letter=dead_letter)
+    add_aligner(
+        app, settings, session, emit=emit, dead_letter=dead_letter, on_failure=stop_for_restart
+    )
     member = group_members.MemberNote(settings, app_id(session.session_id))
 
     @cast(Any, app).on_partitions_assigned.connect

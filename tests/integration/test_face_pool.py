@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from infra.settings import Settings
-from streams import face_model, records
+from streams import face_model, face_pool, records
 from streams.face import FaceAnalysisError
-from streams.face_pool import FacePool
+from streams.face_pool import FacePool, FacePoolStopped
 from tests import media as test_media
 from tests.bench.face import FRAME_US, SESSION, jpeg_frames, video_frame
 
@@ -77,3 +77,23 @@ async def test_a_killed_worker_is_replaced(pool: FacePool) -> None:
     assert all(f.face_present for f in faces)
     assert pool.restarts == 1
     assert pool.worker_pids()[0] != workers[0]
+
+
+async def test_a_pool_whose_workers_keep_dying_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(face_pool, "MAX_RESTARTS", 1)
+    pool = FacePool(face_model.resolve(Settings()), SESSION, ["alice"], processes=1)
+    try:
+        frames = _frames("alice")
+        assert _face(await pool.analyse(frames[0])).face_present
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)
+        assert _face(await pool.analyse(frames[1])).face_present  # replaced once
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)
+        with pytest.raises(FacePoolStopped, match="kept dying"):
+            await pool.analyse(frames[2])
+        assert pool.broken
+    finally:
+        pool.close()
+    with pytest.raises(FacePoolStopped, match="closed"):
+        await pool.analyse(frames[3])

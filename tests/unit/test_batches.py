@@ -83,3 +83,22 @@ def test_a_lane_must_hold_a_record() -> None:
 
     with pytest.raises(ValueError, match="at least one"):
         BatchLane("test", handle, limit=0)
+
+
+async def test_a_failure_is_reported_to_the_lanes_owner() -> None:
+    reported: list[BaseException] = []
+    done = asyncio.Event()
+
+    async def handle(batch: list[int]) -> None:
+        if batch == [0]:
+            raise RuntimeError("produce failed")
+        if batch == [1]:
+            raise asyncio.CancelledError  # e.g. the executor it waited on was shut down
+        done.set()
+
+    lane = BatchLane("test", handle, limit=1, on_failure=reported.append)
+    for n in range(3):
+        await lane.put(n)
+    await asyncio.wait_for(done.wait(), 1)  # the lane went on to record 2
+    await lane.close()
+    assert [type(exc) for exc in reported] == [RuntimeError, asyncio.CancelledError]
