@@ -42,7 +42,7 @@ from infra.settings import Settings
 from streams import kafka, records, topics
 from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
 from streams.batches import BatchLane
-from streams.kafka import event_headers
+from streams.kafka import decoded_events, event_headers
 
 Feature = TypeVar("Feature", records.ProsodyFrame, records.FaceFrame)
 
@@ -242,16 +242,9 @@ def add_aligner(
                 f"align-{kind}", align_batch, limit=FEATURE_BATCH, on_failure=on_failure
             )
             try:
-                async for event in cast(Any, stream).noack().events():
-                    try:
-                        frame = records.decode(
-                            record_class, event.value, event_headers(event.headers)
-                        )
-                    except records.RecordError as exc:
-                        await dead_letter(event, topic_name, str(exc))
-                        event.ack()
-                        yield None
-                        continue
+                async for event, frame in decoded_events(
+                    stream, record_class, topic_name, dead_letter
+                ):
                     await lane.put((event, frame))
                     yield None
             finally:

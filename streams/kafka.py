@@ -12,10 +12,10 @@ Every client built here, faust's included, also gets the cluster's security sett
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiokafka
 import faust
@@ -26,6 +26,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.auth import CredentialsT
 
 from infra.settings import Settings
+from streams import records
+from streams.records import R
 
 #: faust transport scheme registered by this distribution (pyproject entry point
 #: ``faust.transports``) for the embedded broker.
@@ -272,3 +274,22 @@ def event_headers(
     if isinstance(raw, Mapping):
         return list(raw.items())
     return list(raw)
+
+
+async def decoded_events(
+    stream: Any,
+    record_class: type[R],
+    source_topic: str,
+    dead_letter: Callable[[Any, str, str], Awaitable[None]],
+) -> AsyncIterator[tuple[Any, R]]:
+    """``(event, record)`` for each event of a faust ``stream``, left unacked for the caller
+    to ack when its output is out; an event that does not decode is dead-lettered with the
+    reason and acked here."""
+    async for event in cast(Any, stream).noack().events():
+        try:
+            record = records.decode(record_class, event.value, event_headers(event.headers))
+        except records.RecordError as exc:
+            await dead_letter(event, source_topic, str(exc))
+            event.ack()
+            continue
+        yield event, record

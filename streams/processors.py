@@ -33,7 +33,7 @@ from streams.aligner import add_aligner
 from streams.batches import BatchLane
 from streams.face import FaceAnalysisError
 from streams.face_pool import FacePool, FacePoolStopped
-from streams.kafka import event_headers, make_faust_app
+from streams.kafka import decoded_events, make_faust_app
 from streams.prosody import ProsodyTracker
 
 log = logging.getLogger(__name__)
@@ -167,17 +167,9 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         lane: BatchLane[tuple[Any, records.AudioChunk]] = BatchLane(
             "prosody", analyse, limit=AUDIO_BATCH, on_failure=stop_for_restart
         )
+        audio = decoded_events(stream, records.AudioChunk, session.topics.audio, dead_letter)
         try:
-            async for event in cast(Any, stream).noack().events():
-                try:
-                    chunk = records.decode(
-                        records.AudioChunk, event.value, event_headers(event.headers)
-                    )
-                except records.RecordError as exc:
-                    await dead_letter(event, session.topics.audio, str(exc))
-                    event.ack()
-                    yield None
-                    continue
+            async for event, chunk in audio:
                 await lane.put((event, chunk))
                 yield None
         finally:
@@ -221,17 +213,9 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                         return
                 event.ack()
 
+        video = decoded_events(stream, records.VideoFrame, session.topics.video, dead_letter)
         try:
-            async for event in cast(Any, stream).noack().events():
-                try:
-                    frame = records.decode(
-                        records.VideoFrame, event.value, event_headers(event.headers)
-                    )
-                except records.RecordError as exc:
-                    await dead_letter(event, session.topics.video, str(exc))
-                    event.ack()
-                    yield None
-                    continue
+            async for event, frame in video:
                 performer_id = frame.header.performer_id
                 if performer_id not in lanes:
                     queue: asyncio.Queue[tuple[Any, records.VideoFrame]] = asyncio.Queue(
