@@ -18,12 +18,7 @@ from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 
-pytestmark = [
-    pytest.mark.integration,
-    # An aiokafka connection left by an earlier test in this process is sometimes collected
-    # during these long tests and reported here; it says nothing about the takeover.
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = pytest.mark.integration
 
 PERFORMERS = ["p1", "p2", "p3", "p4"]
 
