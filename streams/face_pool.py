@@ -14,8 +14,8 @@ which keeps each performer's frames in capture order for its landmarker (VIDEO m
 increasing timestamps and tracks the face from frame to frame). Performers are spread
 over the slots when first seen. A slot whose process died (a crash in native code) is
 replaced at once and its frames are tried again there; its performers' landmarkers start
-afresh. After five deaths within a minute the pool gives up (:class:`FacePoolStopped`) and
-the processors stop, so that their worker starts them again.
+afresh. After five replacements within a minute the next death makes the pool give up
+(:class:`FacePoolStopped`) and the processors stop, so that their worker starts them again.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _worker_model: Path | None = None
 _worker_session = ""
 
 _PR_SET_PDEATHSIG = 1
-# More worker deaths than this within the window and the pool gives up (FacePoolStopped).
+# Replacements allowed within the window; at the next death the pool gives up.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 
