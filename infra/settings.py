@@ -403,23 +403,21 @@ class Settings(BaseSettings):
             return self.kafka_bootstrap
         return f"{self.broker_host}:{self.broker_port}"
 
+    def _fetch_wait_ms(self, embedded_ms: int) -> int:
+        # A cluster answers a fetch as soon as data arrives: one wait serves every reader.
+        return embedded_ms if self.uses_embedded_broker else self.cluster_fetch_wait_ms
+
     @property
     def consumer_fetch_wait_ms(self) -> int:
-        if self.uses_embedded_broker:
-            return self.embedded_fetch_wait_ms
-        return self.cluster_fetch_wait_ms
+        return self._fetch_wait_ms(self.embedded_fetch_wait_ms)
 
     @property
     def stream_fetch_wait_ms(self) -> int:
-        if self.uses_embedded_broker:
-            return self.embedded_stream_fetch_wait_ms
-        return self.cluster_fetch_wait_ms
+        return self._fetch_wait_ms(self.embedded_stream_fetch_wait_ms)
 
     @property
     def archive_fetch_wait_ms(self) -> int:
-        if self.uses_embedded_broker:
-            return self.embedded_archive_fetch_wait_ms
-        return self.cluster_fetch_wait_ms
+        return self._fetch_wait_ms(self.embedded_archive_fetch_wait_ms)
 
     @property
     def capture_base_url(self) -> str:
