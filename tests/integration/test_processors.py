@@ -91,15 +91,19 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
             await send(producer, session.topics.audio, chunk)
         for frame in video:
             await send(producer, session.topics.video, frame)
-        # A record that is not a video frame at all: dead-lettered, the rest flows.
+        # Records that are not a video frame or an audio chunk at all, and a frame whose
+        # JPEG does not decode (it fails in a face worker): dead-lettered, the rest flows.
         await producer.send(session.topics.video, b"\xff\xfe not a frame", key=b"x/alice")
+        await producer.send(session.topics.audio, b"\xff\xfe not a chunk", key=b"x/alice")
+        broken = video[0].header.model_copy(update={"performer_id": "bob", "seq": 0})
+        await send(producer, session.topics.video, records.VideoFrame(broken, b"\xff\xd8 cut"))
         await producer.flush()
         wanted_prosody = len(audio) * 2 - 10  # 10 ms hops; the tail waits for more audio
         async with asyncio.timeout(120):
             while (
                 len(found["prosody"]) < wanted_prosody
                 or len(found["face"]) < len(video)
-                or not dead
+                or len(dead) < 3
             ):
                 batches = await consumer.getmany(timeout_ms=300)
                 for batch in batches.values():
@@ -107,7 +111,10 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
                         record_type = topics.record_type_of(message.topic)
                         record = records.decode(record_type, message.value, message.headers)
                         if isinstance(record, records.DeadLetter):
-                            if record.source_topic == session.topics.video:
+                            if record.source_topic in (
+                                session.topics.video,
+                                session.topics.audio,
+                            ):
                                 dead.append(record)
                         elif isinstance(record, records.ProsodyFrame):
                             found["prosody"].append(record)
@@ -133,5 +140,8 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
     # Every video frame gave a face record, on the frame's own capture time.
     assert sorted({r.ts_us for r in faces}) == [f.header.ts_us for f in video]
     assert sum(r.face_present for r in faces) >= 0.95 * len(video)
-    assert dead[0].reason.startswith("video_frame:")
-    assert dead[0].source_key == "x/alice"
+    reasons = {(d.source_topic, d.source_key): d.reason for d in dead}
+    assert reasons[(session.topics.video, "x/alice")].startswith("video_frame:")
+    assert reasons[(session.topics.audio, "x/alice")].startswith("audio_chunk:")
+    bob = records.performer_key(session.session_id, "bob").decode()
+    assert "JPEG does not decode" in reasons[(session.topics.video, bob)]
