@@ -38,6 +38,7 @@ import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
 
 from streams import records
+from streams.face_errors import FaceAnalysisError
 
 LANDMARK_COUNT: Final = 478
 BLENDSHAPE_COUNT: Final = 52
@@ -47,10 +48,6 @@ BLENDSHAPE_COUNT: Final = 52
 DETECTION_CONFIDENCE: Final = 0.7
 # mediapipe's default: below it, tracking gives the face up and runs the detector again.
 PRESENCE_CONFIDENCE: Final = 0.5
-
-
-class FaceAnalysisError(ValueError):
-    """A frame could not be analysed (e.g. its JPEG does not decode); says why."""
 
 
 def head_pose(matrix: np.ndarray) -> records.HeadPose:

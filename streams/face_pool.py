@@ -30,9 +30,13 @@ import time
 from collections import deque
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streams import records
-from streams.face import FaceAnalyzer
+
+if TYPE_CHECKING:
+    # Imported in the workers only: the processor itself never runs mediapipe.
+    from streams.face import FaceAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,8 @@ def _start_worker(
 
 
 def _analyzer(performer_id: str) -> FaceAnalyzer:
+    from streams.face import FaceAnalyzer
+
     analyzer = _analyzers.get(performer_id)
     if analyzer is None:
         assert _worker_model is not None, "face worker not started"
@@ -102,6 +108,10 @@ class FacePool:
         for index, performer_id in enumerate(performer_ids):
             self._slot_of[performer_id] = index % processes
         self._slots = [self._new_slot(index) for index in range(processes)]
+        # An executor spawns its process at the first call: ask each for its readiness now
+        # so that the workers import mediapipe and make their landmarkers (a few seconds)
+        # while the processor starts and joins its group.
+        self._starting = [executor.submit(_ready) for executor in self._slots]
         #: Worker processes replaced after they died.
         self.restarts = 0
         self._recent_restarts: deque[float] = deque(maxlen=MAX_RESTARTS)
@@ -129,9 +139,10 @@ class FacePool:
         return slot
 
     def wait_ready(self) -> None:
-        """Block until every worker has started and made its landmarkers (blocks: call it
-        before the event loop runs, never on it)."""
-        for future in [executor.submit(_ready) for executor in self._slots]:
+        """Block until every worker has started and made its landmarkers; raises if one
+        could not (blocks: call it off the event loop). Workers start when the pool is
+        made, so whatever the caller does meanwhile overlaps their start."""
+        for future in self._starting:
             future.result()
 
     def worker_pids(self) -> list[int]:

@@ -31,7 +31,7 @@ from infra.settings import Settings, load_settings
 from streams import face_model, group_members, records, topics
 from streams.aligner import add_aligner
 from streams.batches import BatchLane
-from streams.face import FaceAnalysisError
+from streams.face_errors import FaceAnalysisError
 from streams.face_pool import FacePool, FacePoolStopped
 from streams.kafka import decoded_events, make_faust_app
 from streams.prosody import ProsodyTracker
@@ -63,8 +63,9 @@ class SessionProcessors:
             [performer.performer_id for performer in session.roster],
             settings.face_processes,
         )
-        # Landmarkers take 0.3-0.6 s to create: made now, not on the first frame.
-        self.faces.wait_ready()
+        # The workers start now and make their landmarkers (0.3-0.6 s each) before the
+        # first frame; the processor waits for them once its group has assigned it
+        # partitions (see build_app), not before it joins.
         # Prosody (~0.2 ms a chunk) runs in a thread of its own, off the event loop.
         self.prosody_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prosody")
 
@@ -247,6 +248,13 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             log.warning("cannot note this processor's group member id (faust changed?)")
             return
         member.note(group_members.consumer_member_id(consumer))
+
+    @cast(Any, app).on_partitions_assigned.connect
+    async def face_workers_ready(sender: Any, assigned: set[Any], **_: Any) -> None:
+        # Started with the processor, they are normally ready by now; one that cannot start
+        # (a broken mediapipe install) fails the processor here, with its reason, before
+        # any frame is read.
+        await asyncio.get_running_loop().run_in_executor(None, state.faces.wait_ready)
 
     @cast(Any, app).on_before_shutdown.connect
     async def close_processors(sender: Any, **_: Any) -> None:

@@ -48,7 +48,7 @@ from streams.sessions import create_session
 from taggers.tokens import join_links
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
-from tests.bench.common import cpu_seconds
+from tests.bench.common import cpu_seconds, machine_busy_seconds
 from tests.browser import launch_chromium, only_loopback
 from tests.lipsync import beep_onsets, flash_onsets
 
@@ -76,14 +76,6 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))], 2)
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent not idle (all cores), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    # guest time is already counted in user/nice: only the first 8 fields are disjoint.
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def descendants(root: int, exclude: set[int]) -> set[int]:

@@ -67,6 +67,7 @@ from streams.sessions import create_session, publish
 from taggers.tokens import issue
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
+from tests.bench.common import cpu_seconds, machine_busy_seconds, tree_cpu_seconds
 from tests.bench.processors import (
     CHUNK_US,
     TS_PATTERN,
@@ -82,6 +83,7 @@ FAULT_GAP_S = 25.0  # between the end of one fault and the start of the next
 NETWORK_CUT_S = 10.0
 BROKER_OUTAGE_S = 10.0
 RECONNECT_EVERY_S = 0.5
+CPU_SAMPLE_S = 5.0
 TAG_ACK_TIMEOUT_S = 120.0
 ARCHIVE_TIMEOUT_S = 240.0
 
@@ -149,6 +151,39 @@ class Services:
 
     def pids(self) -> dict[str, int]:
         return {name: process.pid for name, process in self.processes.items()}
+
+
+class CpuMeter:
+    """Cores each service (with its child processes) and the whole machine use while tagging.
+
+    Sampled every few seconds; the interval in which a service was restarted does not count
+    for it (its new process starts from zero)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.elapsed: dict[str, float] = {}
+        self._last: dict[str, tuple[int, float]] = {}
+        self._last_at = 0.0
+
+    def sample(self, pids: dict[str, int]) -> None:
+        now = time.monotonic()
+        current = {name: (pid, tree_cpu_seconds(pid)) for name, pid in pids.items()}
+        # This process alone: its tree would hold every service it started.
+        current["drill"] = (os.getpid(), cpu_seconds(os.getpid()))
+        current["machine"] = (0, machine_busy_seconds())
+        for name, (pid, used) in current.items():
+            before = self._last.get(name)
+            if before is not None and before[0] == pid:
+                self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, used - before[1])
+                self.elapsed[name] = self.elapsed.get(name, 0.0) + now - self._last_at
+        self._last, self._last_at = current, now
+
+    def report(self) -> dict[str, float]:
+        return {
+            name: round(used / self.elapsed[name], 2)
+            for name, used in self.seconds.items()
+            if self.elapsed[name] > 0
+        }
 
 
 def cut_broker_connections(port: int) -> int:
@@ -436,10 +471,13 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         run = Run(performers=performers, t0_us=wall_us())
         delivery = Delivery()
         producer = kafka.make_producer(settings, request_timeout_ms=30_000)
+        # The drill reads features and labels as a downstream subscriber does, with the
+        # live services' fetch wait: the embedded broker walks stored batches per fetch.
+        live_wait = settings.stream_fetch_wait_ms
         feature_consumer = kafka.make_consumer(
-            settings, session.topics.face, session.topics.prosody
+            settings, session.topics.face, session.topics.prosody, fetch_max_wait_ms=live_wait
         )
-        label_consumer = kafka.make_consumer(settings, topics.LABELS)
+        label_consumer = kafka.make_consumer(settings, topics.LABELS, fetch_max_wait_ms=live_wait)
         await asyncio.gather(producer.start(), feature_consumer.start(), label_consumer.start())
         feeder = DeliveryFeeder(producer, session, run, video, audio, delivery=delivery)
         label_collector = LabelCollector(sid)
@@ -500,10 +538,18 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         folder = settings.data_dir / sid
 
+        cpu = CpuMeter()
+        next_cpu_sample = 0.0
+
         async def settle(seconds: float) -> None:
+            nonlocal next_cpu_sample
             until = time.monotonic() + seconds
             while time.monotonic() < until:
                 services.check()
+                if time.monotonic() >= next_cpu_sample:
+                    assert broker.pid is not None
+                    cpu.sample({**services.pids(), "broker": broker.pid})
+                    next_cpu_sample = time.monotonic() + CPU_SAMPLE_S
                 # The recorder's recovery: its first archive part written after its restart
                 # (parts are gone once the archive is built, so it is watched live).
                 for fault in faults:
@@ -553,6 +599,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         while time.monotonic() < tagging_until:
             await settle(min(1.0, tagging_until - time.monotonic() + 0.01))
+        cpu.sample({**services.pids(), "broker": broker.pid})
         print("drill: tagging over; waiting for acks", file=sys.stderr)
         deadline = time.monotonic() + TAG_ACK_TIMEOUT_S
         while any(rater.client.unacked for rater in raters) and time.monotonic() < deadline:
@@ -644,6 +691,9 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ),
             "services_crashed": len(services.crashed),
             "faults": [fault.report() for fault in faults],
+            # Where the machine's cores went while tagging (face workers count with the
+            # worker): a full machine leaves nothing to work off a restart's backlog.
+            "cpu_cores_while_tagging": cpu.report(),
             "details": {
                 "tags_acked": len(acks),
                 "duplicates_in_archive": archive_duplicates,

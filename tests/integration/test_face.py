@@ -20,6 +20,7 @@ from PIL import Image
 
 from infra.settings import Settings
 from streams import face, face_model, records
+from streams.face_errors import FaceAnalysisError
 from tests import media as test_media
 from tests.bench.face import FRAME_US, PERFORMER, SESSION, jpeg_frames, video_frame
 
@@ -133,11 +134,11 @@ def test_bad_frames_raise_and_stream_continues(media: test_media.MediaSet, model
     with _analyzer(model) as analyzer:
         # A JPEG start marker and then nothing decodable (a truncated JPEG, by contrast,
         # decodes: FFmpeg fills the missing part, as it would for a damaged frame).
-        with pytest.raises(face.FaceAnalysisError):
+        with pytest.raises(FaceAnalysisError):
             analyzer.analyze(video_frame(b"\xff\xd8" + bytes(1000), 0, 0))
         other = video_frame(jpeg, 0, 0)
         other = records.VideoFrame(other.header.model_copy(update={"performer_id": "bob"}), jpeg)
-        with pytest.raises(face.FaceAnalysisError, match="bob"):
+        with pytest.raises(FaceAnalysisError, match="bob"):
             analyzer.analyze(other)
         assert analyzer.analyze(video_frame(jpeg, 1, 66_667)).face_present
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import pytest
 
 from infra.settings import Settings
 from streams import face_model, face_pool, records
-from streams.face import FaceAnalysisError
+from streams.face_errors import FaceAnalysisError
 from streams.face_pool import FacePool, FacePoolStopped
 from tests import media as test_media
 from tests.bench.face import FRAME_US, SESSION, jpeg_frames, video_frame
@@ -97,3 +101,25 @@ async def test_a_pool_whose_workers_keep_dying_gives_up(
         pool.close()
     with pytest.raises(FacePoolStopped, match="closed"):
         await pool.analyse(frames[3])
+
+
+def test_a_worker_that_cannot_start_fails_wait_ready(tmp_path: Path) -> None:
+    # The processor waits for its workers once its group has assigned it partitions: a
+    # worker that cannot make its landmarkers fails it there, not at the first frame.
+    broken_model = tmp_path / "face_landmarker.task"
+    broken_model.write_bytes(b"not a model")
+    broken = FacePool(broken_model, SESSION, ["alice"], processes=1)
+    try:
+        with pytest.raises(BrokenProcessPool):
+            broken.wait_ready()
+    finally:
+        broken.close()
+
+
+def test_the_processor_process_does_not_import_mediapipe() -> None:
+    # Only its face workers run mediapipe; importing it costs a starting processor ~1 s.
+    probe = "import sys, streams.processors; print('mediapipe' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "False"

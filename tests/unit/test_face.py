@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from streams import face
+from streams.face_errors import FaceAnalysisError
 
 
 def _rx(deg: float) -> np.ndarray:
@@ -87,6 +88,6 @@ def test_decoder_gives_contiguous_rgb() -> None:
 
 def test_decoder_rejects_garbage_and_recovers() -> None:
     decoder = face.JpegDecoder()
-    with pytest.raises(face.FaceAnalysisError, match="JPEG"):
+    with pytest.raises(FaceAnalysisError, match="JPEG"):
         decoder.decode(b"\xff\xd8" + b"\x00" * 100)
     assert decoder.decode(_jpeg(32, 32)).shape == (32, 32, 3)

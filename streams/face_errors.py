@@ -1,0 +1,8 @@
+"""The error a face worker sends back for a frame it could not analyse.
+
+Apart from ``streams.face`` so that a processor can catch it, and unpickle it from a
+worker, without importing mediapipe (about a second of its start) itself."""
+
+
+class FaceAnalysisError(ValueError):
+    """A frame could not be analysed (e.g. its JPEG does not decode); says why."""
