@@ -39,7 +39,7 @@ from streams.prosody import ProsodyTracker
 log = logging.getLogger(__name__)
 
 SERVICE = "livetag-processors"
-LANE_FRAMES = 8  # video frames waiting per performer
+LANE_FRAMES = 8  # video frames waiting per performer, each already sent to its face worker
 AUDIO_BATCH = 256  # audio chunks analysed in one trip to the prosody thread (at most)
 
 
@@ -180,19 +180,22 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     async def face(stream: faust.StreamT) -> AsyncIterator[None]:
         # One lane per performer: frames of one performer stay in capture order (its
         # landmarker needs increasing timestamps), performers run in parallel in the face
-        # worker processes.
+        # worker processes. A frame goes to its worker as soon as it is read, and the lane
+        # takes the results in order: with only one frame in flight per performer, a
+        # worker idled while the processor's busy event loop got round to sending the next
+        # one, and a backlog (after a restart) drained barely faster than real time.
         # Events are acked when their face record is out; faust commits an offset only
         # when everything before it is acked, so a crash never skips a frame.
-        lanes: dict[str, tuple[asyncio.Queue[tuple[Any, records.VideoFrame]], asyncio.Task[None]]]
-        lanes = {}
+        Analysis = asyncio.Task[records.KafkaMessage]
+        lanes: dict[str, tuple[asyncio.Queue[tuple[Any, Analysis]], asyncio.Task[None]]] = {}
 
-        async def lane(queue: asyncio.Queue[tuple[Any, records.VideoFrame]]) -> None:
+        async def lane(queue: asyncio.Queue[tuple[Any, Analysis]]) -> None:
             # A lane must outlive any one bad frame: if it died, its performer's queue
             # would fill and hold the whole agent back.
             while True:
-                event, frame = await queue.get()
+                event, analysis = await queue.get()
                 try:
-                    message = await state.faces.analyse(frame)
+                    message = await analysis
                 except FacePoolStopped as exc:
                     # Not acked: the next processor redoes this frame. Closed = stopping.
                     if not state.faces.closed:
@@ -219,12 +222,12 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             async for event, frame in video:
                 performer_id = frame.header.performer_id
                 if performer_id not in lanes:
-                    queue: asyncio.Queue[tuple[Any, records.VideoFrame]] = asyncio.Queue(
-                        maxsize=LANE_FRAMES
-                    )
+                    queue: asyncio.Queue[tuple[Any, Analysis]] = asyncio.Queue(maxsize=LANE_FRAMES)
                     lanes[performer_id] = (queue, asyncio.create_task(lane(queue)))
+                # Submitted now, in read order: each worker runs its calls in order.
+                analysis = asyncio.create_task(state.faces.analyse(frame))
                 # A full lane holds the stream back: backpressure, not an unbounded queue.
-                await lanes[performer_id][0].put((event, frame))
+                await lanes[performer_id][0].put((event, analysis))
                 yield None
         finally:
             tasks = [task for _, task in lanes.values()]
@@ -232,6 +235,15 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                 task.cancel()
             # Wait for them: their unacked events stay uncommitted and are redone.
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Frames still waiting in the lanes are not acked either; their analyses are
+            # dropped (retrieved, so none is reported as never awaited).
+            waiting = []
+            for queue, _ in lanes.values():
+                while not queue.empty():
+                    waiting.append(queue.get_nowait()[1])
+            for dropped in waiting:
+                dropped.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
 
     add_aligner(
         app, settings, session, emit=emit, dead_letter=dead_letter, on_failure=stop_for_restart
