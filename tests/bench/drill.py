@@ -33,7 +33,9 @@ Counted at the end:
   after it: face and prosody records for every performer (worker, broker), an ack for
   every rater (tag service), every tag of the cut rater acknowledged (network), a new
   archive part written (recorder);
-- services_crashed: services that exited without being killed by the drill.
+- services_crashed: services that exited without being killed by the drill;
+- cpu_cores_while_tagging: cores each service (with its child processes), the broker, the
+  drill and the whole machine used while the raters tagged.
 Last line: one JSON object with those keys, plus ``faults`` and details.
 """
 

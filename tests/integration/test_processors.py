@@ -137,8 +137,9 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
     voiced = [r.f0_hz for r in prosody if r.f0_hz is not None]
     assert len(voiced) > 50
     assert 60 < float(np.median(voiced)) < 300
-    # Every video frame gave a face record, on the frame's own capture time.
-    assert sorted({r.ts_us for r in faces}) == [f.header.ts_us for f in video]
+    # Every video frame gave one face record, on the frame's own capture time, in capture
+    # order (frames are analysed several at a time; their records go out in order).
+    assert [r.ts_us for r in faces] == [f.header.ts_us for f in video]
     assert sum(r.face_present for r in faces) >= 0.95 * len(video)
     reasons = {(d.source_topic, d.source_key): d.reason for d in dead}
     assert reasons[(session.topics.video, "x/alice")].startswith("video_frame:")
