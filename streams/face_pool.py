@@ -188,6 +188,7 @@ class FacePool:
         self._recent_restarts.append(now)
         broken = self._slots[slot]
         self._slots[slot] = self._new_slot(slot)
+        self._starting[slot] = self._slots[slot].submit(_ready)
         self.restarts += 1
         broken.shutdown(wait=False, cancel_futures=True)
         log.error(

@@ -263,10 +263,13 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
 
     @cast(Any, app).on_partitions_assigned.connect
     async def face_workers_ready(sender: Any, assigned: set[Any], **_: Any) -> None:
-        # Started with the processor, they are normally ready by now; one that cannot start
-        # (a broken mediapipe install) fails the processor here, with its reason, before
-        # any frame is read.
-        await asyncio.get_running_loop().run_in_executor(None, state.faces.wait_ready)
+        # Started with the processor, they are normally ready by now. One that cannot start
+        # (a broken mediapipe install) stops the processor here, with its reason, before
+        # any frame is read (an exception would only be logged by the rebalance).
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, state.faces.wait_ready)
+        except Exception as exc:
+            stop_for_restart(exc)
 
     @cast(Any, app).on_before_shutdown.connect
     async def close_processors(sender: Any, **_: Any) -> None:
