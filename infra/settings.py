@@ -108,6 +108,18 @@ class Settings(BaseSettings):
     cluster_fetch_wait_ms: int = Field(
         default=500, ge=1, description="Consumer fetch wait used with a real Kafka cluster."
     )
+    prosody_batch_ms: int = Field(
+        default=100,
+        ge=0,
+        le=1000,
+        description=(
+            "The processors analyse the audio gathered and send its prosody hops at most "
+            "this often. Sent per 20 ms chunk, a performer's hops made 50 produce batches a "
+            "second on a topic that four services read, and the embedded broker's cost per "
+            "fetch grows with the batches stored in a partition (README, Embedded broker); "
+            "the price is up to this much more prosody latency. 0: as soon as they come."
+        ),
+    )
     producer_linger_ms: int = Field(
         default=10,
         ge=0,

@@ -9,6 +9,11 @@ call ran: one record when the stream is quiet (no added latency), bigger batches
 is busy (less work per record). It holds at most ``limit`` records waiting plus the batch
 being handled, so a slow handler holds its stream back instead of filling memory.
 
+A lane can also be paced (``interval_s``): a batch starts no sooner than that after the
+previous one, and what arrives meanwhile joins it. The prosody lane is: its hops go out as
+one produce per pacing interval instead of one per 20 ms audio chunk, and the embedded
+broker's cost of serving a partition grows with the number of batches stored in it.
+
 A handler acks what it finished. When it fails, the records it did not ack stay unacked,
 and the consumer (which never commits past an unacked record) cannot commit past them;
 they are not read again while the process lives. So the lane reports the failure to
@@ -37,9 +42,14 @@ class BatchLane(Generic[T]):
         handler: Callable[[list[T]], Awaitable[None]],
         limit: int,
         on_failure: Callable[[BaseException], None] | None = None,
+        interval_s: float = 0.0,
     ):
         if limit < 1:
             raise ValueError("a batch lane must hold at least one record")
+        if interval_s < 0:
+            raise ValueError("a batch lane's interval cannot be negative")
+        self._interval_s = interval_s
+        self._last_start = float("-inf")
         self.name = name
         self._handler = handler
         self._limit = limit
@@ -57,8 +67,14 @@ class BatchLane(Generic[T]):
         await self._queue.put(item)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
+            # Paced: a record that comes soon after the previous batch waits for the rest.
+            wait = self._last_start + self._interval_s - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_start = loop.time()
             while len(batch) < self._limit and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -166,7 +166,11 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                 event.ack()
 
         lane: BatchLane[tuple[Any, records.AudioChunk]] = BatchLane(
-            "prosody", analyse, limit=AUDIO_BATCH, on_failure=stop_for_restart
+            "prosody",
+            analyse,
+            limit=AUDIO_BATCH,
+            on_failure=stop_for_restart,
+            interval_s=settings.prosody_batch_ms / 1000,
         )
         audio = decoded_events(stream, records.AudioChunk, session.topics.audio, dead_letter)
         try:

@@ -102,3 +102,32 @@ async def test_a_failure_is_reported_to_the_lanes_owner() -> None:
     await asyncio.wait_for(done.wait(), 1)  # the lane went on to record 2
     await lane.close()
     assert [type(exc) for exc in reported] == [RuntimeError, asyncio.CancelledError]
+
+
+async def test_a_paced_lane_gathers_what_comes_within_its_interval() -> None:
+    seen: list[tuple[float, list[int]]] = []
+    loop = asyncio.get_running_loop()
+
+    async def handle(batch: list[int]) -> None:
+        seen.append((loop.time(), batch))
+
+    lane = BatchLane("test", handle, limit=100, interval_s=0.2)
+    await lane.put(0)
+    await asyncio.sleep(0.01)  # a quiet lane takes its first record at once
+    for n in range(1, 10):  # one every 10 ms, like audio chunks
+        await lane.put(n)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    await lane.close()
+    assert seen[0][1] == [0]
+    assert seen[1][1] == list(range(1, 10))  # one batch, not nine
+    assert seen[1][0] - seen[0][0] >= 0.2
+
+
+def test_a_lane_interval_cannot_be_negative() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        BatchLane("test", _nothing, limit=1, interval_s=-1)
+
+
+async def _nothing(batch: list[int]) -> None:
+    pass
