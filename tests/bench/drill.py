@@ -14,12 +14,15 @@ performers and the raters:
   themselves and four observers, each tapping 5 tags/s; a rater whose connection drops
   reconnects every 0.5 s and re-sends what was not acknowledged, as the page widget does.
 
-While they play, one fault at a time: the worker is SIGKILLed and started again, then the
-recorder, then the capture server (the tag service), then one rater's network is cut for
-10 s, then the broker goes away for 10 s. The embedded broker keeps its data in memory
-only, so its outage is a freeze (SIGSTOP, and every client connection to it reset with
-``ss -K``, again each second) followed by SIGCONT, which is what clients of a real broker
-see while it restarts on its log. Then the tags stop, the session is ended and archived.
+While they play, one fault at a time, each from a steady state (the face records of every
+performer within 1 s of real time, waited for up to 60 s; the wait is reported): the worker
+is SIGKILLed and started again, then the recorder, then the capture server (the tag
+service), then one rater's network is cut for 10 s, then the broker goes away for 10 s. The
+tagging goes on until the last fault's recovery can be seen (3 minutes or more). The
+embedded broker keeps its data in memory only, so its outage is a freeze (SIGSTOP, and
+every client connection to it reset with ``ss -K``, again each second) followed by
+SIGCONT, which is what clients of a real broker see while it restarts on its log. Then the
+tags stop, the session is ended and archived.
 
 Counted at the end:
 - tags_pressed: tags the raters pressed; tags_in_labels: pressed tags found in the latest
@@ -81,7 +84,11 @@ from tests.bench.processors import (
 from tests.tag_client import SECRET, SimulatedClock, TagClient, wall_us
 
 SERVICES = ("capture", "worker", "recorder", "dashboard")
-FAULT_GAP_S = 25.0  # between the end of one fault and the start of the next
+FAULT_GAP_S = 25.0  # between the end of one fault and the start of the next (at least)
+# Steady state, checked before each fault: the face records of every performer within this
+# of real time (the slowest of the four media streams to come back), waited for this long.
+STEADY_LAG_S = 1.0
+STEADY_TIMEOUT_S = 60.0
 NETWORK_CUT_S = 10.0
 BROKER_OUTAGE_S = 10.0
 RECONNECT_EVERY_S = 0.5
@@ -231,11 +238,11 @@ async def keep_connected(rater: Rater, stop: asyncio.Event) -> None:
 
 
 async def press_tags(
-    rater: Rater, labels: list[str], rate: float, until: float, rng: random.Random
+    rater: Rater, labels: list[str], rate: float, over: asyncio.Event, rng: random.Random
 ) -> None:
     while True:
         await asyncio.sleep(rng.expovariate(rate))
-        if time.monotonic() >= until:
+        if over.is_set():
             return
         press_us = wall_us()
         target = rng.choice(rater.targets)
@@ -349,6 +356,7 @@ class Fault:
     ended_ms: int = 0
     recovered_ms: int | None = None
     face_lag_before_s: float | None = None  # how far behind the features were already
+    steady_wait_s: float = 0.0  # waited for the features to be back near real time
 
     def report(self) -> dict[str, Any]:
         recovery = None
@@ -359,6 +367,7 @@ class Fault:
             "lasted_s": round((self.ended_ms - self.started_ms) / 1000, 2),
             "recovery_s": recovery,
             "face_lag_before_s": self.face_lag_before_s,
+            "steady_wait_s": self.steady_wait_s,
         }
 
 
@@ -529,10 +538,11 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         window_start_ms = now_ms()
         tagging_until = time.monotonic() + args.seconds
+        tagging_over = asyncio.Event()
         tasks += [
             asyncio.create_task(
                 press_tags(
-                    rater, labels, args.rate, tagging_until, random.Random(f"{args.seed}/{n}")
+                    rater, labels, args.rate, tagging_over, random.Random(f"{args.seed}/{n}")
                 )
             )
             for n, rater in enumerate(raters)
@@ -561,11 +571,23 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                             fault.recovered_ms = newest
                 await asyncio.sleep(0.5)
 
+        async def steady() -> float:
+            """Seconds waited until the features are back near real time (each fault is
+            measured from a steady state, not from what the previous one left behind)."""
+            started = time.monotonic()
+            while time.monotonic() - started < STEADY_TIMEOUT_S:
+                lag = face_lag_at(run, now_ms())
+                if lag is not None and lag <= STEADY_LAG_S:
+                    break
+                await settle(1.0)
+            return round(time.monotonic() - started, 1)
+
         gap = min(FAULT_GAP_S, args.seconds / 7)
         await settle(gap)
         for name in ("worker", "recorder", "capture"):
             what = "tag service (capture server)" if name == "capture" else name
-            fault = Fault(f"kill {what}", now_ms())
+            waited = await steady()
+            fault = Fault(f"kill {what}", now_ms(), steady_wait_s=waited)
             services.kill(name)
             services.start(name)
             fault.ended_ms = now_ms()
@@ -574,7 +596,12 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await settle(gap)
 
         cut = raters[-1]
-        fault = Fault(f"cut rater {cut.participant_id}'s network {NETWORK_CUT_S:.0f} s", now_ms())
+        waited = await steady()
+        fault = Fault(
+            f"cut rater {cut.participant_id}'s network {NETWORK_CUT_S:.0f} s",
+            now_ms(),
+            steady_wait_s=waited,
+        )
         cut.cut_until = time.monotonic() + NETWORK_CUT_S
         await cut.client.drop()
         cut_presses_before = set(cut.presses)
@@ -585,7 +612,8 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         print(f"drill: {fault.name} ({len(cut_tags)} tags pressed meanwhile)", file=sys.stderr)
         await settle(gap)
 
-        fault = Fault(f"broker away {BROKER_OUTAGE_S:.0f} s", now_ms())
+        waited = await steady()
+        fault = Fault(f"broker away {BROKER_OUTAGE_S:.0f} s", now_ms(), steady_wait_s=waited)
         assert broker.pid is not None
         os.kill(broker.pid, signal.SIGSTOP)
         outage_until = time.monotonic() + BROKER_OUTAGE_S
@@ -599,8 +627,12 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         faults.append(fault)
         print(f"drill: {fault.name}", file=sys.stderr)
 
+        # Waits for steady states may have taken the faults past the planned tagging time:
+        # the tagging goes on until the outage's recovery can be seen.
+        tagging_until = max(tagging_until, time.monotonic() + gap)
         while time.monotonic() < tagging_until:
             await settle(min(1.0, tagging_until - time.monotonic() + 0.01))
+        tagging_over.set()
         cpu.sample({**services.pids(), "broker": broker.pid})
         print("drill: tagging over; waiting for acks", file=sys.stderr)
         deadline = time.monotonic() + TAG_ACK_TIMEOUT_S
