@@ -182,7 +182,11 @@ async def test_agreement_is_one_for_identical_raters_and_low_for_disjoint_ones(
             await director.wait_for_function(
                 "window.livetagDashboard && window.livetagDashboard.connected", timeout=20_000
             )
-            base = wall_us() - 20_000_000
+            # Presses on label-window starts: each 300 ms span then ends mid-window, so the
+            # two raters' clock estimates (a few ms apart on a loaded machine) cannot put
+            # one press in different windows; each press labels 4 windows.
+            window_us = capture_settings.label_window_ms * 1000
+            base = (wall_us() - 20_000_000) // window_us * window_us
             same = [base + k * 1_000_000 for k in range(8)]
             # alice: both raters press the same moments; bob: never the same moment.
             await asyncio.gather(
@@ -194,7 +198,7 @@ async def test_agreement_is_one_for_identical_raters_and_low_for_disjoint_ones(
             await director.wait_for_function(
                 "(() => { const a = window.livetagDashboard.agreement || {};"
                 " return a.alice && a.bob && a.alice.session !== null && a.bob.session !== null"
-                " && a.alice.units >= 24 && a.bob.units >= 24; })()",
+                " && a.alice.units >= 32 && a.bob.units >= 32 && a.alice.session === 1; })()",
                 timeout=60_000,
             )
             agreement = await director.evaluate("window.livetagDashboard.agreement")
