@@ -152,15 +152,37 @@ class FacePool:
     async def analyse(self, frame: records.VideoFrame) -> records.KafkaMessage:
         """The encoded face record of ``frame``; :class:`FaceAnalysisError` if the frame
         cannot be analysed (not a JPEG, another session's), ``BrokenExecutor`` if its worker
-        died twice on it, :class:`FacePoolStopped` once the pool is closed or gave up, any
-        other error if analysis failed."""
+        died twice while it was queued or running there (frames queued behind one that
+        kills its worker share its fate), :class:`FacePoolStopped` once the pool is closed,
+        gave up, or a worker could not start, any other error if analysis failed."""
         slot = self._slot(frame.header.performer_id)
-        for attempt in (1, 2):
+        attempt = 0
+        while True:
             if self.closed or self.broken:
                 raise FacePoolStopped("closed" if self.closed else "its workers kept dying")
-            executor = self._slots[slot]
+            executor, starting = self._slots[slot], self._starting[slot]
+            if not starting.done():
+                # A frame waits for its worker to have started (the processor reads frames
+                # while its workers start); then everything is checked again. (A cancelled
+                # wait leaves the start alone: asyncio.wait cancels nothing it waits for.)
+                await asyncio.wait([asyncio.wrap_future(starting)])
+                continue
+            if starting.cancelled():
+                raise FacePoolStopped("closed")
+            if starting.exception() is not None:
+                # A worker that cannot start (a broken install) fails no frame: the pool
+                # stops, its frames stay unacked, and the processors stop for a restart.
+                self.broken = True
+                log.error("a face worker could not start: %r", starting.exception())
+                continue
             try:
                 future = executor.submit(_analyse, frame)
+            except BrokenExecutor:
+                # The executor saw its worker die before a frame of ours failed there:
+                # replace it and submit again (no attempt of this frame was lost).
+                if self._slots[slot] is executor:
+                    self._replace(slot)
+                continue
             except RuntimeError as exc:  # shut down meanwhile
                 raise FacePoolStopped(str(exc)) from None
             try:
@@ -171,9 +193,9 @@ class FacePool:
                 # that kills its worker twice is given up).
                 if self._slots[slot] is executor:
                     self._replace(slot)
+                attempt += 1
                 if attempt == 2:
                     raise
-        raise AssertionError("unreachable")
 
     def _replace(self, slot: int) -> None:
         now = time.monotonic()

@@ -63,9 +63,8 @@ class SessionProcessors:
             [performer.performer_id for performer in session.roster],
             settings.face_processes,
         )
-        # The workers start now and make their landmarkers (0.3-0.6 s each) before the
-        # first frame; the processor waits for them once its group has assigned it
-        # partitions (see build_app), not before it joins.
+        # The workers start now and make their landmarkers (0.3-0.6 s each) while the
+        # processor starts and joins its group; frames wait for their worker's start.
         # Prosody (~0.2 ms a chunk) runs in a thread of its own, off the event loop.
         self.prosody_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prosody")
 
@@ -198,6 +197,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             # would fill and hold the whole agent back.
             while True:
                 event, analysis = await queue.get()
+                reason = ""
                 try:
                     message = await analysis
                 except FacePoolStopped as exc:
@@ -205,20 +205,23 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                     if not state.faces.closed:
                         stop_for_restart(exc)
                     return
-                except FaceAnalysisError as exc:
-                    await dead_letter(event, session.topics.video, str(exc))
-                except Exception as exc:  # mediapipe or anything else: recorded, not fatal
-                    log.exception("face analysis failed")
-                    await dead_letter(event, session.topics.video, f"analysis failed: {exc}")
-                else:
-                    try:
+                except Exception as exc:
+                    reason = str(exc)
+                    if not isinstance(exc, FaceAnalysisError):  # mediapipe, a dead worker
+                        log.exception("face analysis failed")
+                        reason = f"analysis failed: {exc}"
+                    message = None
+                try:
+                    if message is None:
+                        await dead_letter(event, session.topics.video, reason)
+                    else:
                         await send(face_topic, message)
-                    except Exception as exc:
-                        # Not acked: the offset is not committed past it, and the restart
-                        # redoes this frame (at-least-once).
-                        log.exception("could not produce a face record")
-                        stop_for_restart(exc)
-                        return
+                except Exception as exc:
+                    # Not acked: the offset is not committed past it, and the restart
+                    # redoes this frame (at-least-once).
+                    log.exception("could not produce a face record or its dead letter")
+                    stop_for_restart(exc)
+                    return
                 event.ack()
 
         video = decoded_events(stream, records.VideoFrame, session.topics.video, dead_letter)
@@ -230,8 +233,12 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                     lanes[performer_id] = (queue, asyncio.create_task(lane(queue)))
                 # Submitted now, in read order: each worker runs its calls in order.
                 analysis = asyncio.create_task(state.faces.analyse(frame))
-                # A full lane holds the stream back: backpressure, not an unbounded queue.
-                await lanes[performer_id][0].put((event, analysis))
+                try:
+                    # A full lane holds the stream back: backpressure, not an unbounded queue.
+                    await lanes[performer_id][0].put((event, analysis))
+                except BaseException:
+                    analysis.cancel()  # stopping while waiting: not queued, not awaited
+                    raise
                 yield None
         finally:
             tasks = [task for _, task in lanes.values()]
@@ -264,16 +271,6 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             log.warning("cannot note this processor's group member id (faust changed?)")
             return
         member.note(group_members.consumer_member_id(consumer))
-
-    @cast(Any, app).on_partitions_assigned.connect
-    async def face_workers_ready(sender: Any, assigned: set[Any], **_: Any) -> None:
-        # Started with the processor, they are normally ready by now. One that cannot start
-        # (a broken mediapipe install) stops the processor here, with its reason, before
-        # any frame is read (an exception would only be logged by the rebalance).
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, state.faces.wait_ready)
-        except Exception as exc:
-            stop_for_restart(exc)
 
     @cast(Any, app).on_before_shutdown.connect
     async def close_processors(sender: Any, **_: Any) -> None:

@@ -170,6 +170,9 @@ async def test_observer_tags_the_frame_on_screen_and_a_skewed_performer_tags_the
                 press = await last_press(director)
                 # The widget took the flash as the frame on screen (it tracks presented
                 # frames itself; a press it placed on another frame would fail this test).
+                # The press is a page event, not a device one: what this checks is the
+                # frame reference and its mapping to capture time; real key input is the
+                # performer's press above.
                 if press["frame"] and press["frame"]["rtp_timestamp"] == flash_rtp:
                     await wait_acked(director, press["tag_id"])
                     observed.append((press["tag_id"], flash_rtp))

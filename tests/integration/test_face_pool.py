@@ -105,13 +105,17 @@ async def test_a_pool_whose_workers_keep_dying_gives_up(
         await pool.analyse(frames[3])
 
 
-def test_a_worker_that_cannot_start_fails_wait_ready(tmp_path: Path) -> None:
-    # The processor waits for its workers once its group has assigned it partitions: a
-    # worker that cannot make its landmarkers fails it there, not at the first frame.
+async def test_a_worker_that_cannot_start_fails_no_frame(tmp_path: Path) -> None:
+    # Frames wait for their worker's start; a worker that cannot make its landmarkers
+    # stops the pool (its frames stay unacked for the next processor), it does not turn
+    # them into analysis failures.
     broken_model = tmp_path / "face_landmarker.task"
     broken_model.write_bytes(b"not a model")
     broken = FacePool(broken_model, SESSION, ["alice"], processes=1)
     try:
+        with pytest.raises(FacePoolStopped):
+            await broken.analyse(_frames("alice")[0])
+        assert broken.broken
         with pytest.raises(BrokenProcessPool):
             broken.wait_ready()
     finally:
