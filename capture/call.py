@@ -99,12 +99,14 @@ class SceneCall:
         settings: Settings,
         session: records.SessionRecord,
         producer: AIOKafkaProducer,
+        audio_producer: AIOKafkaProducer,
         jpeg_pool: Executor,
         on_live_change: Notify,
     ) -> None:
         self.settings = settings
         self.session = session
         self._producer = producer
+        self._audio_producer = audio_producer
         self._jpeg_pool = jpeg_pool
         self._on_live_change = on_live_change
         self.published: dict[str, PublishedMedia] = {}
@@ -131,6 +133,7 @@ class SceneCall:
         fork = PerformerFork(
             settings=self.settings,
             producer=self._producer,
+            audio_producer=self._audio_producer,
             session=self.session,
             performer_id=performer_id,
             jpeg_pool=self._jpeg_pool,

@@ -137,12 +137,14 @@ class PerformerFork:
         *,
         settings: Settings,
         producer: AIOKafkaProducer,
+        audio_producer: AIOKafkaProducer,
         session: records.SessionRecord,
         performer_id: str,
         jpeg_pool: Executor,
     ) -> None:
         self._settings = settings
-        self._producer = producer
+        self._producer = producer  # video
+        self._audio_producer = audio_producer
         self._session_id = session.session_id
         self._performer_id = performer_id
         self._audio_topic = session.topics.audio
@@ -287,7 +289,7 @@ class PerformerFork:
         delay_s = 0.1
         while True:
             try:
-                future = await self._producer.send(
+                future = await self._audio_producer.send(
                     self._audio_topic, message.value, key=message.key, headers=message.headers
                 )
                 break

@@ -61,6 +61,8 @@ class CaptureServer:
         except TLSSettingsError as exc:
             raise CaptureServerError(str(exc)) from None
         self._producer = kafka.make_producer(settings)
+        # Audio on its own producer: its chunks are gathered longer into fewer batches.
+        self._audio_producer = kafka.make_producer(settings, linger_ms=settings.audio_linger_ms)
         self._directory = SessionDirectory(settings)
         self._jpeg_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg")
         self.calls: dict[str, SceneCall] = {}
@@ -90,6 +92,7 @@ class CaptureServer:
         async with kafka.admin_client(self.settings) as admin:
             await topics.ensure_shared_topics(admin, self.settings)
         await self._producer.start()
+        await self._audio_producer.start()
         await self._directory.start()
         await self.tags.start()
         app = web.Application()
@@ -125,6 +128,7 @@ class CaptureServer:
             await self.tags.stop()
             await self._directory.stop()
             await self._producer.stop()
+            await self._audio_producer.stop()
             raise CaptureServerError(
                 f"the capture server cannot listen on {self.settings.capture_host}:"
                 f"{self.settings.capture_port}: {exc.strerror}. Free the port or set "
@@ -152,6 +156,7 @@ class CaptureServer:
         await runner.cleanup()
         await self._directory.stop()
         await self._producer.stop()
+        await self._audio_producer.stop()
         self._jpeg_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ HTTP
@@ -300,6 +305,7 @@ class CaptureServer:
                 settings=self.settings,
                 session=session,
                 producer=self._producer,
+                audio_producer=self._audio_producer,
                 jpeg_pool=self._jpeg_pool,
                 on_live_change=on_live_change,
             )

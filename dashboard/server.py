@@ -73,7 +73,7 @@ class SessionFeed:
         self.view = SessionView(session)
         self._http = http
         self._consumer = kafka.make_consumer(
-            settings, fetch_max_wait_ms=settings.stream_fetch_wait_ms
+            settings, fetch_max_wait_ms=settings.dashboard_fetch_wait_ms
         )
         self._tasks: list[asyncio.Task[None]] = []
         self.tick = 0

