@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 SERVICE = "livetag-processors"
 LANE_FRAMES = 8  # video frames waiting per performer, each already sent to its face worker
 AUDIO_BATCH = 256  # audio chunks analysed in one trip to the prosody thread (at most)
+PROCESSORS_COMMIT_INTERVAL_S = 1.0
 
 
 def app_id(session_id: str) -> str:
@@ -104,6 +105,9 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         # A restarted worker must not wait a minute for its dead predecessor's session.
         broker_session_timeout=10,
         broker_heartbeat_interval=1,
+        # What a killed worker's successor reads again is what was done since the last
+        # commit: every second instead of faust's 2.8 s (cheap: one offset per partition).
+        broker_commit_interval=PROCESSORS_COMMIT_INTERVAL_S,
         stream_wait_empty=False,
     )
     state = SessionProcessors(settings, session)
