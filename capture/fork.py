@@ -18,7 +18,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import av
 from aiokafka import AIOKafkaProducer
@@ -44,6 +44,13 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+MediaKind = Literal["audio", "video"]
+
+
+def _latency_samples() -> collections.deque[float]:
+    return collections.deque(maxlen=4096)
+
+
 @dataclass
 class ForkStats:
     """Counters for one performer's fork, read by metrics, logs and benchmarks."""
@@ -55,10 +62,16 @@ class ForkStats:
     audio_chunks_out: int = 0
     audio_chunks_dropped: int = 0
     produce_errors: int = 0
-    # frame arrival at the server -> record acknowledged by the broker
-    fork_latency_ms: collections.deque[float] = field(
-        default_factory=lambda: collections.deque(maxlen=4096)
-    )
+    # frame arrival at the server -> record acknowledged by the broker: every record, and
+    # per stream (audio includes the batching delay of its producer: audio_linger_ms)
+    fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
+    video_fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
+    audio_fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
+
+    def add_latency(self, kind: MediaKind, latency_ms: float) -> None:
+        self.fork_latency_ms.append(latency_ms)
+        by_kind = self.video_fork_latency_ms if kind == "video" else self.audio_fork_latency_ms
+        by_kind.append(latency_ms)
 
     def snapshot(self, *, samples: bool = False) -> dict[str, Any]:
         latencies = sorted(self.fork_latency_ms)
@@ -72,9 +85,12 @@ class ForkStats:
             "produce_errors": self.produce_errors,
             "fork_latency_ms_p50": _percentile(latencies, 0.50),
             "fork_latency_ms_p99": _percentile(latencies, 0.99),
+            "video_fork_latency_ms_p99": _percentile(sorted(self.video_fork_latency_ms), 0.99),
+            "audio_fork_latency_ms_p99": _percentile(sorted(self.audio_fork_latency_ms), 0.99),
         }
         if samples:
-            snapshot["fork_latency_ms"] = [round(value, 3) for value in self.fork_latency_ms]
+            for name in ("fork_latency_ms", "video_fork_latency_ms", "audio_fork_latency_ms"):
+                snapshot[name] = [round(value, 3) for value in getattr(self, name)]
         return snapshot
 
 
@@ -156,7 +172,9 @@ class PerformerFork:
         self._video_queue: asyncio.Queue[tuple[av.VideoFrame, Stamp, int]] = asyncio.Queue(
             maxsize=settings.video_queue_frames
         )
-        self._acks: asyncio.Queue[tuple[asyncio.Future[Any], int]] = asyncio.Queue(maxsize=256)
+        self._acks: asyncio.Queue[tuple[asyncio.Future[Any], int, MediaKind]] = asyncio.Queue(
+            maxsize=256
+        )
         self._audio_queue: asyncio.Queue[tuple[av.AudioFrame, Stamp]] = asyncio.Queue(
             maxsize=AUDIO_QUEUE_FRAMES
         )
@@ -299,7 +317,7 @@ class PerformerFork:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
         self.stats.audio_chunks_out += 1
-        await self._acks.put((future, created))
+        await self._acks.put((future, created, "audio"))
 
     # ------------------------------------------------------------------ video
 
@@ -343,15 +361,15 @@ class PerformerFork:
                 log.warning("video record not accepted by Kafka: %s", exc)
                 continue
             self.stats.video_frames_out += 1
-            await self._acks.put((future, arrival))
+            await self._acks.put((future, arrival, "video"))
 
     async def _await_acks(self) -> None:
         while True:
-            future, arrival = await self._acks.get()
+            future, arrival, kind = await self._acks.get()
             try:
                 await future
             except Exception as exc:  # any Kafka error: counted and logged, never fatal
                 self.stats.produce_errors += 1
                 log.warning("a media record was not acknowledged: %s", exc)
                 continue
-            self.stats.fork_latency_ms.append((_now_us() - arrival) / 1000)
+            self.stats.add_latency(kind, (_now_us() - arrival) / 1000)

@@ -154,6 +154,10 @@ async def test_audio_and_video_go_through_their_own_producers() -> None:
     assert {topic for topic, _, _ in video_producer.sent} == {SESSION.topics.video}
     assert len(audio_producer.sent) >= 4
     assert fork.stats.video_frames_out == len(video_producer.sent) >= 1
+    # Fork latency is kept per stream too: audio's includes its producer's batching delay.
+    assert len(fork.stats.audio_fork_latency_ms) == len(audio_producer.sent)
+    assert len(fork.stats.video_fork_latency_ms) == len(video_producer.sent)
+    assert len(fork.stats.fork_latency_ms) == len(audio_producer.sent) + len(video_producer.sent)
 
 
 def test_jpeg_encoder_keeps_aspect_and_ignores_rebased_frame_times() -> None:
