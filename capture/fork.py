@@ -172,9 +172,10 @@ class PerformerFork:
         self._video_queue: asyncio.Queue[tuple[av.VideoFrame, Stamp, int]] = asyncio.Queue(
             maxsize=settings.video_queue_frames
         )
-        self._acks: asyncio.Queue[tuple[asyncio.Future[Any], int, MediaKind]] = asyncio.Queue(
-            maxsize=256
-        )
+        # One queue per stream: a video ack must not wait behind audio's longer batching.
+        self._acks: dict[MediaKind, asyncio.Queue[tuple[asyncio.Future[Any], int]]] = {
+            kind: asyncio.Queue(maxsize=256) for kind in ("audio", "video")
+        }
         self._audio_queue: asyncio.Queue[tuple[av.AudioFrame, Stamp]] = asyncio.Queue(
             maxsize=AUDIO_QUEUE_FRAMES
         )
@@ -189,7 +190,12 @@ class PerformerFork:
             self._tasks = [
                 asyncio.create_task(self._encode_video(), name=f"jpeg-{self._performer_id}"),
                 asyncio.create_task(self._cut_audio(), name=f"audio-{self._performer_id}"),
-                asyncio.create_task(self._await_acks(), name=f"acks-{self._performer_id}"),
+                *(
+                    asyncio.create_task(
+                        self._await_acks(kind), name=f"{kind}-acks-{self._performer_id}"
+                    )
+                    for kind in self._acks
+                ),
             ]
 
     async def stop(self) -> None:
@@ -317,7 +323,7 @@ class PerformerFork:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
         self.stats.audio_chunks_out += 1
-        await self._acks.put((future, created, "audio"))
+        await self._acks["audio"].put((future, created))
 
     # ------------------------------------------------------------------ video
 
@@ -361,11 +367,11 @@ class PerformerFork:
                 log.warning("video record not accepted by Kafka: %s", exc)
                 continue
             self.stats.video_frames_out += 1
-            await self._acks.put((future, arrival, "video"))
+            await self._acks["video"].put((future, arrival))
 
-    async def _await_acks(self) -> None:
+    async def _await_acks(self, kind: MediaKind) -> None:
         while True:
-            future, arrival, kind = await self._acks.get()
+            future, arrival = await self._acks[kind].get()
             try:
                 await future
             except Exception as exc:  # any Kafka error: counted and logged, never fatal

@@ -160,6 +160,49 @@ async def test_audio_and_video_go_through_their_own_producers() -> None:
     assert len(fork.stats.fork_latency_ms) == len(audio_producer.sent) + len(video_producer.sent)
 
 
+class LingeringProducer:
+    """Takes records at once and acknowledges them only when the test says so, like a
+    producer still gathering its batch."""
+
+    def __init__(self) -> None:
+        self.pending: list[asyncio.Future[None]] = []
+
+    async def send(self, topic: str, value: bytes, *, key: bytes, headers: Any) -> Any:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append(future)
+        return future
+
+
+async def test_video_acks_are_not_held_behind_audio_still_batching() -> None:
+    video_producer, audio_producer = SlowProducer(), LingeringProducer()
+    video_producer.release.set()
+    fork = PerformerFork(
+        settings=Settings(video_fps=15.0),
+        producer=video_producer,
+        audio_producer=audio_producer,
+        session=SESSION,
+        performer_id="alice",
+        jpeg_pool=ThreadPoolExecutor(max_workers=1),
+    )
+    fork.start()
+    try:
+        for index in range(5):
+            fork.offer_audio(audio_frame(index), Stamp(T0 + index * 20_000, "sender_report", 0))
+        await asyncio.sleep(0.1)
+        ts = T0 + 100_000
+        fork.offer_video(video_frame(), Stamp(ts, "sender_report", 9000), ts)
+        await asyncio.sleep(0.3)
+        assert audio_producer.pending, "no audio record was sent"
+        assert len(fork.stats.video_fork_latency_ms) == 1
+        assert not fork.stats.audio_fork_latency_ms
+        for future in audio_producer.pending:
+            future.set_result(None)
+        await asyncio.sleep(0.1)
+        assert len(fork.stats.audio_fork_latency_ms) == len(audio_producer.pending)
+    finally:
+        await fork.stop()
+
+
 def test_jpeg_encoder_keeps_aspect_and_ignores_rebased_frame_times() -> None:
     import io
 
