@@ -62,8 +62,9 @@ class ForkStats:
     audio_chunks_out: int = 0
     audio_chunks_dropped: int = 0
     produce_errors: int = 0
-    # frame arrival at the server -> record acknowledged by the broker: every record, and
-    # per stream (audio includes the batching delay of its producer: audio_linger_ms)
+    # a video frame's arrival at the server, or an audio chunk cut from arriving frames (its
+    # queue is empty unless Kafka stalls) -> record acknowledged by the broker: every
+    # record, and per stream (audio includes its producer's batching: audio_linger_ms)
     fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
     video_fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
     audio_fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)

@@ -62,7 +62,7 @@ class CaptureServer:
             raise CaptureServerError(str(exc)) from None
         self._producer = kafka.make_producer(settings)
         # Audio on its own producer: its chunks are gathered longer into fewer batches.
-        self._audio_producer = kafka.make_producer(settings, linger_ms=settings.audio_linger_ms)
+        self._audio_producer = kafka.make_audio_producer(settings)
         self._directory = SessionDirectory(settings)
         self._jpeg_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg")
         self.calls: dict[str, SceneCall] = {}
@@ -91,10 +91,14 @@ class CaptureServer:
         # The directory follows livetag.sessions from the start: it must exist first.
         async with kafka.admin_client(self.settings) as admin:
             await topics.ensure_shared_topics(admin, self.settings)
-        await self._producer.start()
-        await self._audio_producer.start()
-        await self._directory.start()
-        await self.tags.start()
+        try:
+            await self._producer.start()
+            await self._audio_producer.start()
+            await self._directory.start()
+            await self.tags.start()
+        except BaseException:
+            await self._stop_clients()
+            raise
         app = web.Application()
         app.add_routes(
             [
@@ -125,10 +129,8 @@ class CaptureServer:
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
-            await self.tags.stop()
-            await self._directory.stop()
-            await self._producer.stop()
-            await self._audio_producer.stop()
+            await self._stop_ender()
+            await self._stop_clients()
             raise CaptureServerError(
                 f"the capture server cannot listen on {self.settings.capture_host}:"
                 f"{self.settings.capture_port}: {exc.strerror}. Free the port or set "
@@ -142,10 +144,7 @@ class CaptureServer:
         runner, self._runner = self._runner, None
         if runner is None:
             return
-        if self._ender is not None:
-            self._ender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ender
+        await self._stop_ender()
         for connections in list(self._connections.values()):
             for connection in list(connections):
                 await connection.close()
@@ -154,10 +153,29 @@ class CaptureServer:
         self.calls.clear()
         await self.tags.stop()
         await runner.cleanup()
-        await self._directory.stop()
-        await self._producer.stop()
-        await self._audio_producer.stop()
+        await self._stop_clients()
         self._jpeg_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _stop_ender(self) -> None:
+        ender, self._ender = self._ender, None
+        if ender is not None:
+            ender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ender
+
+    async def _stop_clients(self) -> None:
+        """Stop the Kafka clients, each even if another fails (each is safe to stop when
+        it never started, or twice)."""
+        for stop in (
+            self.tags.stop,
+            self._directory.stop,
+            self._producer.stop,
+            self._audio_producer.stop,
+        ):
+            try:
+                await stop()
+            except Exception:
+                log.exception("stopping the capture server's Kafka clients")
 
     # ------------------------------------------------------------------ HTTP
 

@@ -89,10 +89,11 @@ class Settings(BaseSettings):
         ge=1,
         le=1500,
         description=(
-            "Fetch wait, with the embedded broker, of the services reading a session's media "
-            "and feature topics live (processors, dashboard). Each fetch costs the broker a "
-            "walk over the batches stored in the partitions it reads: 25 ms instead of 10 "
-            "took the processors benchmark at 4 performers from p99 200-500 ms to 98 ms."
+            "Fetch wait, with the embedded broker, of the processors reading a session's "
+            "media and feature topics live (the dashboard feed waits one update interval, "
+            "never less than this). Each fetch costs the broker a walk over the batches "
+            "stored in the partitions it reads: 25 ms instead of 10 took the processors "
+            "benchmark at 4 performers from p99 200-500 ms to 98 ms."
         ),
     )
     embedded_archive_fetch_wait_ms: int = Field(
@@ -122,15 +123,16 @@ class Settings(BaseSettings):
         default=500, ge=1, description="Consumer fetch wait used with a real Kafka cluster."
     )
     prosody_batch_ms: int = Field(
-        default=100,
+        default=0,
         ge=0,
         le=1000,
         description=(
             "The processors analyse the audio gathered and send its prosody hops at most "
-            "this often. Sent per 20 ms chunk, a performer's hops made 50 produce batches a "
-            "second on a topic that four services read, and the embedded broker's cost per "
-            "fetch grows with the batches stored in a partition (README, Embedded broker); "
-            "the price is up to this much more prosody latency. 0: as soon as they come."
+            "this often; 0: as soon as they come. Audio that arrives one 20 ms chunk at a "
+            "time makes a performer's hops 50 produce batches a second on a topic four "
+            "services read; with the embedded broker the capture server already sends audio "
+            "in 100 ms batches (embedded_audio_linger_ms), so hops go out ~10 times a second "
+            "without this. The price of pacing is up to this much more prosody latency."
         ),
     )
     producer_linger_ms: int = Field(
@@ -448,7 +450,9 @@ class Settings(BaseSettings):
     def dashboard_fetch_wait_ms(self) -> int:
         # The dashboard sends an update every 1/dashboard_update_hz: fetching more often
         # than that shows nothing sooner and costs the embedded broker a walk per fetch.
-        tick_ms = round(1000 / self.dashboard_update_hz)
+        # (A tag reaches the director up to one interval later than with the processors'
+        # wait; 67 ms at 15 Hz.) Bounded like the other waits.
+        tick_ms = min(round(1000 / self.dashboard_update_hz), 1500)
         return self._fetch_wait_ms(max(self.embedded_stream_fetch_wait_ms, tick_ms))
 
     @property

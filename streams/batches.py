@@ -10,9 +10,11 @@ is busy (less work per record). It holds at most ``limit`` records waiting plus 
 being handled, so a slow handler holds its stream back instead of filling memory.
 
 A lane can also be paced (``interval_s``): a batch starts no sooner than that after the
-previous one, and what arrives meanwhile joins it. The prosody lane is: its hops go out as
-one produce per pacing interval instead of one per 20 ms audio chunk, and the embedded
-broker's cost of serving a partition grows with the number of batches stored in it.
+previous one, and what arrives meanwhile joins it. The prosody lane is when
+``prosody_batch_ms`` is set: its hops then go out as one produce per pacing interval
+instead of one per 20 ms audio chunk (the embedded broker's cost of serving a partition
+grows with the number of batches stored in it). Off by default: with the embedded broker
+the audio already arrives in 100 ms batches.
 
 A handler acks what it finished. When it fails, the records it did not ack stay unacked,
 and the consumer (which never commits past an unacked record) cannot commit past them;

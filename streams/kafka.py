@@ -140,6 +140,12 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(**options)
 
 
+def make_audio_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """The capture server's producer for audio chunks: it gathers them longer than the
+    other producers (``audio_linger_ms``), into fewer batches."""
+    return make_producer(settings, **{"linger_ms": settings.audio_linger_ms, **overrides})
+
+
 def make_consumer(
     settings: Settings, *topics: str, group_id: str | None = None, **overrides: Any
 ) -> AIOKafkaConsumer:

@@ -467,6 +467,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     tasks: list[asyncio.Task[Any]] = []
     raters: list[Rater] = []
     faults: list[Fault] = []
+    clients: list[Any] = []  # the drill's own Kafka clients, stopped at the end
     try:
         async with kafka.admin_client(settings) as admin:
             await topics.ensure_shared_topics(admin, settings)
@@ -486,9 +487,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         run = Run(performers=performers, t0_us=wall_us())
         delivery = Delivery()
         producer = kafka.make_producer(settings, request_timeout_ms=30_000)
-        audio_producer = kafka.make_producer(
-            settings, linger_ms=settings.audio_linger_ms, request_timeout_ms=30_000
-        )
+        audio_producer = kafka.make_audio_producer(settings, request_timeout_ms=30_000)
         # The drill reads features and labels as the README's subscriber does, once per
         # label window: the embedded broker walks stored batches on every fetch, and the
         # measuring must not take the pipeline's capacity (recoveries are exact to 0.1 s).
@@ -501,12 +500,8 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         label_consumer = kafka.make_consumer(
             settings, topics.LABELS, fetch_max_wait_ms=SUBSCRIBER_FETCH_WAIT_MS
         )
-        await asyncio.gather(
-            producer.start(),
-            audio_producer.start(),
-            feature_consumer.start(),
-            label_consumer.start(),
-        )
+        clients += [producer, audio_producer, feature_consumer, label_consumer]
+        await asyncio.gather(*(client.start() for client in clients))
         feeder = DeliveryFeeder(
             producer, session, run, video, audio, audio_producer=audio_producer, delivery=delivery
         )
@@ -571,13 +566,21 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         cpu = CpuMeter()
         next_cpu_sample = 0.0
-        # How far behind real time the face records were, every LAG_SAMPLE_S while tagging:
-        # tells a fault's backlog from a tier that falls behind by itself.
-        face_lags: list[float | None] = []
+        # How far behind real time the face records were, about every LAG_SAMPLE_S while
+        # tagging, as (s since the tagging began, lag s): tells a fault's backlog from a
+        # tier that falls behind by itself.
+        face_lags: list[tuple[float, float | None]] = []
         next_lag_sample = 0.0
 
+        def sample_lag() -> None:
+            nonlocal next_lag_sample
+            if time.monotonic() >= next_lag_sample:
+                at = now_ms()
+                face_lags.append((round((at - window_start_ms) / 1000, 1), face_lag_at(run, at)))
+                next_lag_sample = time.monotonic() + LAG_SAMPLE_S
+
         async def settle(seconds: float) -> None:
-            nonlocal next_cpu_sample, next_lag_sample
+            nonlocal next_cpu_sample
             until = time.monotonic() + seconds
             while time.monotonic() < until:
                 services.check()
@@ -585,9 +588,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     assert broker.pid is not None
                     cpu.sample({**services.pids(), "broker": broker.pid})
                     next_cpu_sample = time.monotonic() + CPU_SAMPLE_S
-                if time.monotonic() >= next_lag_sample:
-                    face_lags.append(face_lag_at(run, now_ms()))
-                    next_lag_sample = time.monotonic() + LAG_SAMPLE_S
+                sample_lag()
                 # The recorder's recovery: its first archive part written after its restart
                 # (parts are gone once the archive is built, so it is watched live).
                 for fault in faults:
@@ -646,6 +647,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         connections_reset = 0
         while time.monotonic() < outage_until:
             connections_reset += cut_broker_connections(broker_port)
+            sample_lag()
             await asyncio.sleep(1.0)
         os.kill(broker.pid, signal.SIGCONT)
         fault.ended_ms = now_ms()
@@ -775,7 +777,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                     for fault in faults
                     if fault.name.startswith(("kill worker", "broker"))
                 },
-                "face_lag_s_every_10s": face_lags,
+                "face_lag_s_at_s": face_lags,
             },
         }
     finally:
@@ -786,6 +788,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(client.stop() for client in clients), return_exceptions=True)
         services.stop_all()
         broker.stop()
 

@@ -326,7 +326,7 @@ async def measure(
             stderr=log,
         )
     producer = kafka.make_producer(settings)
-    audio_producer = kafka.make_producer(settings, linger_ms=settings.audio_linger_ms)
+    audio_producer = kafka.make_audio_producer(settings)
     consumer = kafka.make_consumer(settings, session.topics.face, session.topics.prosody)
     await asyncio.gather(producer.start(), audio_producer.start(), consumer.start())
     feeder = Feeder(producer, session, run, video, audio, audio_producer=audio_producer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -147,7 +148,18 @@ async def test_audio_and_video_go_through_their_own_producers() -> None:
             ts = T0 + index * 66_667
             fork.offer_video(video_frame(), Stamp(ts, "sender_report", index * 6000), ts)
             fork.offer_audio(audio_frame(index), Stamp(T0 + index * 20_000, "sender_report", 0))
-        await asyncio.sleep(0.5)
+        stats = fork.stats
+
+        def settled() -> bool:
+            video_done = stats.video_frames_out + stats.video_frames_dropped
+            acked = len(audio_producer.sent) + len(video_producer.sent)
+            return (
+                len(audio_producer.sent) >= 4
+                and video_done + stats.video_frames_skipped == stats.video_frames_in
+                and len(stats.fork_latency_ms) == acked
+            )
+
+        await until(settled)
     finally:
         await fork.stop()
     assert {topic for topic, _, _ in audio_producer.sent} == {SESSION.topics.audio}
@@ -158,6 +170,13 @@ async def test_audio_and_video_go_through_their_own_producers() -> None:
     assert len(fork.stats.audio_fork_latency_ms) == len(audio_producer.sent)
     assert len(fork.stats.video_fork_latency_ms) == len(video_producer.sent)
     assert len(fork.stats.fork_latency_ms) == len(audio_producer.sent) + len(video_producer.sent)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait for ``condition`` (a thread pool encodes the JPEGs: no fixed sleep is safe)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():  # noqa: ASYNC110 - the fork's tasks change the state
+            await asyncio.sleep(0.01)
 
 
 class LingeringProducer:
@@ -188,17 +207,15 @@ async def test_video_acks_are_not_held_behind_audio_still_batching() -> None:
     try:
         for index in range(5):
             fork.offer_audio(audio_frame(index), Stamp(T0 + index * 20_000, "sender_report", 0))
-        await asyncio.sleep(0.1)
+        await until(lambda: len(audio_producer.pending) >= 4)
         ts = T0 + 100_000
         fork.offer_video(video_frame(), Stamp(ts, "sender_report", 9000), ts)
-        await asyncio.sleep(0.3)
-        assert audio_producer.pending, "no audio record was sent"
-        assert len(fork.stats.video_fork_latency_ms) == 1
+        # The video ack is counted while every audio record is still unacknowledged.
+        await until(lambda: len(fork.stats.video_fork_latency_ms) == 1)
         assert not fork.stats.audio_fork_latency_ms
         for future in audio_producer.pending:
             future.set_result(None)
-        await asyncio.sleep(0.1)
-        assert len(fork.stats.audio_fork_latency_ms) == len(audio_producer.pending)
+        await until(lambda: len(fork.stats.audio_fork_latency_ms) == len(audio_producer.pending))
     finally:
         await fork.stop()
 

@@ -63,6 +63,19 @@ async def test_producer_targets_the_configured_servers(servers: str) -> None:
         await producer.stop()
 
 
+async def test_audio_producer_gathers_longer_on_the_embedded_broker() -> None:
+    embedded = Settings(kafka_bootstrap=None, embedded_audio_linger_ms=80, producer_linger_ms=5)
+    cluster = Settings(kafka_bootstrap="k:9092", embedded_audio_linger_ms=80, producer_linger_ms=5)
+    producers = [kafka.make_audio_producer(embedded), kafka.make_audio_producer(cluster)]
+    try:
+        # aiokafka keeps the linger on its accumulator, in seconds.
+        lingers = [p._message_accumulator._linger_time for p in producers]
+        assert lingers == [0.08, 0.005]
+    finally:
+        for producer in producers:
+            await producer.stop()
+
+
 class _Message:
     def __init__(self, tp: object, offset: int) -> None:
         self.tp, self.offset, self.acked = tp, offset, False

@@ -24,7 +24,10 @@ def test_bootstrap_env_means_a_real_cluster(monkeypatch: pytest.MonkeyPatch) -> 
     assert settings.consumer_fetch_wait_ms == settings.cluster_fetch_wait_ms
 
 
-def test_embedded_broker_batching_and_fetch_waits_follow_the_broker() -> None:
+def test_embedded_broker_batching_and_fetch_waits_follow_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LIVETAG_KAFKA_BOOTSTRAP", raising=False)
     # The embedded broker walks a partition's stored batches on each fetch that returns
     # data: audio is gathered longer and the dashboard fetches at its own update rate.
     embedded = Settings(
@@ -33,7 +36,8 @@ def test_embedded_broker_batching_and_fetch_waits_follow_the_broker() -> None:
     assert embedded.dashboard_fetch_wait_ms == 67
     assert embedded.audio_linger_ms == 80
     # Never shorter than the processors' wait, however fast the dashboard updates.
-    assert Settings(dashboard_update_hz=60).dashboard_fetch_wait_ms == 25
+    fast = Settings(dashboard_update_hz=60, embedded_stream_fetch_wait_ms=25)
+    assert fast.dashboard_fetch_wait_ms == 25
     cluster = Settings(kafka_bootstrap="kafka-1:9092", producer_linger_ms=5)
     assert cluster.dashboard_fetch_wait_ms == cluster.cluster_fetch_wait_ms
     assert cluster.audio_linger_ms == 5
