@@ -2,33 +2,39 @@
 
 Topology (an SFU in one process): each performer page sends its camera and microphone on
 one "publish" peer connection; every other page receives a performer on its own
-"subscribe" peer connection, fed from that performer's MediaRelay. The fork reads its
-own relay copy, so producing to Kafka never stalls what the other pages see.
+"subscribe" peer connection. The publisher's encoded frames are forwarded to every watcher
+as they are (capture.forwarding): no watcher costs an encoder. The fork decodes each
+performer once, for Kafka (capture.fork). Everything on the call's path runs on the event
+loop without waiting for Kafka or for CPU work.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
 from aiokafka import AIOKafkaProducer
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
-from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av.frame import Frame
-from av.packet import Packet
+from aiortc import (
+    RTCPeerConnection,
+    RTCRtpCodecCapability,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
 
 from capture import rtp_hooks
 from capture.fork import PerformerFork
+from capture.forwarding import PacketFanout, is_vp8_keyframe, make_packet
 from capture.ice import rtc_configuration
 from capture.media_clock import RTP_TIMESTAMP_MODULUS
 from capture.timing import CaptureTimer, OffsetProvider, Stamp
@@ -39,7 +45,11 @@ log = logging.getLogger(__name__)
 
 AUDIO_CLOCK_RATE = 48_000  # Opus
 VIDEO_CLOCK_RATE = 90_000
-RECENT_FRAMES = 300
+RECENT_FRAMES = 300  # ten seconds of video at 30 fps
+# The one codec per kind that is published and forwarded: every browser sends and plays
+# VP8 and Opus, and aiortc packetizes VP8 without an encoder. Forcing it on both legs
+# means a watcher can always play what the publisher sent.
+FORWARDED_CODECS = {"audio": "audio/opus", "video": "video/vp8"}
 _generations = itertools.count(1)
 
 Notify = Callable[[], Awaitable[None]]
@@ -52,6 +62,21 @@ class CallError(ValueError):
         super().__init__(f"{code}: {message}")
 
 
+def _forwarded_codec_preferences(kind: str) -> list[RTCRtpCodecCapability]:
+    capabilities = RTCRtpSender.getCapabilities(kind)
+    wanted = FORWARDED_CODECS[kind]
+    return [
+        codec
+        for codec in capabilities.codecs
+        # RTX (retransmission) is kept for video: aiortc pairs it with VP8 by payload type.
+        if codec.mimeType.lower() in (wanted, f"{kind}/rtx")
+    ]
+
+
+def _prefer_forwarded_codec(transceiver: RTCRtpTransceiver) -> None:
+    transceiver.setCodecPreferences(_forwarded_codec_preferences(transceiver.kind))
+
+
 @dataclass
 class PublishedMedia:
     """One performer's live publish connection and what hangs off it."""
@@ -60,29 +85,80 @@ class PublishedMedia:
     pc: RTCPeerConnection
     fork: PerformerFork
     generation: int = field(default_factory=lambda: next(_generations))
-    relay: MediaRelay = field(default_factory=MediaRelay)
-    tracks: dict[str, TimestampingTrack] = field(default_factory=dict)
+    fanouts: dict[str, PacketFanout] = field(default_factory=dict)
+    receivers: dict[str, RTCRtpReceiver] = field(default_factory=dict)
     timers: dict[str, CaptureTimer] = field(default_factory=dict)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The forwarded video's pts (what a watcher's RTP timestamp maps back to) -> capture
+    # stamp, for placing an observer's tag on the frame they saw.
+    recent: OrderedDict[int, Stamp] = field(default_factory=OrderedDict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def live(self) -> bool:
         return (
-            "video" in self.tracks
-            and "audio" in self.tracks
-            and self.pc.connectionState
-            in (
-                "new",
-                "connecting",
-                "connected",
-            )
+            "video" in self.receivers
+            and "audio" in self.receivers
+            and self.pc.connectionState in ("new", "connecting", "connected")
         )
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe (a new watcher, a watcher's PLI, the fork)."""
+        receiver = self.receivers.get("video")
+        if receiver is None:
+            return
+        task = asyncio.create_task(self._send_keyframe_request(receiver))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _send_keyframe_request(self, receiver: RTCRtpReceiver) -> None:
+        try:
+            await rtp_hooks.request_keyframe(receiver)
+        except Exception as exc:  # a closing transport: the next request will do
+            log.debug("%s: keyframe request not sent: %s", self.performer_id, exc)
+
+    def on_encoded(self, kind: str, encoded: rtp_hooks.EncodedFrame) -> None:
+        """One frame from the publisher, on the event loop: stamp it, hand it to the fork
+        and to every watcher. Nothing here blocks or waits."""
+        arrival_us = time.time_ns() // 1000
+        timer = self.timers[kind]
+        stamp = timer.stamp(encoded.pts)
+        rate = AUDIO_CLOCK_RATE if kind == "audio" else VIDEO_CLOCK_RATE
+        packet = make_packet(encoded.data, encoded.pts, rate)
+        if kind == "audio":
+            if stamp is not None:
+                self.fork.offer_audio(packet, stamp)
+            self.fanouts["audio"].offer(packet, keyframe=True)
+            return
+        keyframe = encoded.codec != "video/vp8" or is_vp8_keyframe(encoded.data)
+        if stamp is not None:
+            self.recent[encoded.pts % RTP_TIMESTAMP_MODULUS] = stamp
+            while len(self.recent) > RECENT_FRAMES:
+                self.recent.popitem(last=False)
+        self.fork.offer_video(
+            encoded.codec, packet, keyframe=keyframe, stamp=stamp, arrival_us=arrival_us
+        )
+        self.fanouts["video"].offer(packet, keyframe=keyframe)
+
+    def stamp_of_forwarded(self, pts: int) -> Stamp | None:
+        """The capture stamp of the forwarded video frame with this pts."""
+        return self.recent.get(pts % RTP_TIMESTAMP_MODULUS)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "watchers": self.fanouts["video"].watchers if "video" in self.fanouts else 0,
+            **{
+                f"forwarded_{kind}": fanout.stats.snapshot()
+                for kind, fanout in self.fanouts.items()
+            },
+        }
 
     async def close(self) -> None:
         try:
-            for task in self.tasks:
+            for fanout in self.fanouts.values():
+                fanout.close()
+            for task in list(self.tasks):
                 task.cancel()
-            for task in self.tasks:
+            for task in list(self.tasks):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.fork.stop()
@@ -111,7 +187,10 @@ class SceneCall:
         self._on_live_change = on_live_change
         self.published: dict[str, PublishedMedia] = {}
         self._subscriptions: set[RTCPeerConnection] = set()
-        self._relayed: dict[RTCPeerConnection, tuple[PublishedMedia, rtp_hooks.SentTimeline]] = {}
+        self._relayed: dict[
+            RTCPeerConnection,
+            tuple[PublishedMedia, rtp_hooks.SentTimeline, list[MediaStreamTrack]],
+        ] = {}
 
     def live_performers(self) -> list[dict[str, Any]]:
         return [
@@ -130,6 +209,13 @@ class SceneCall:
             # A rejoin (reload, network blip, new server connection) replaces the old one.
             await previous.close()
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
+        media: PublishedMedia
+
+        def request_keyframe() -> None:
+            # Through the video fan-out: requests from the fork and from watchers share
+            # one rate limit towards the publisher.
+            media.fanouts["video"].request_keyframe()
+
         fork = PerformerFork(
             settings=self.settings,
             producer=self._producer,
@@ -137,24 +223,30 @@ class SceneCall:
             session=self.session,
             performer_id=performer_id,
             jpeg_pool=self._jpeg_pool,
+            request_keyframe=request_keyframe,
         )
         media = PublishedMedia(performer_id=performer_id, pc=pc, fork=fork)
+        for kind in ("audio", "video"):
+            media.fanouts[kind] = PacketFanout(kind, request_keyframe=media.request_keyframe)
+            # Made before the offer is applied, so the answer accepts only the codec that
+            # is forwarded to watchers.
+            _prefer_forwarded_codec(pc.addTransceiver(kind, direction="recvonly"))
         self.published[performer_id] = media
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             receiver = _receiver_of(pc, track)
             rate = AUDIO_CLOCK_RATE if track.kind == "audio" else VIDEO_CLOCK_RATE
-            timer = CaptureTimer(receiver, clock_rate=rate, sender_offset_us=sender_offset)
-            stamped = TimestampingTrack(track, timer, fork)
-            media.tracks[track.kind] = stamped
-            media.timers[track.kind] = timer
-            # Something must always pull the source, watched or not (aiortc #680): a
-            # drain subscription keeps the stamping (and so the fork) running.
-            drain = media.relay.subscribe(stamped, buffered=False)
-            media.tasks.append(
-                asyncio.create_task(_drain(drain), name=f"drain-{track.kind}-{performer_id}")
+            media.timers[track.kind] = CaptureTimer(
+                receiver, clock_rate=rate, sender_offset_us=sender_offset
             )
+            kind = track.kind
+
+            def deliver(encoded: rtp_hooks.EncodedFrame) -> None:
+                media.on_encoded(kind, encoded)
+
+            rtp_hooks.forward_encoded_frames(receiver, deliver)
+            media.receivers[kind] = receiver
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -168,7 +260,7 @@ class SceneCall:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            if set(media.tracks) != {"audio", "video"}:
+            if set(media.receivers) != {"audio", "video"}:
                 raise CallError("bad_offer", "a performer publishes one audio and one video track")
             fork.start()
             answer = await pc.createAnswer()
@@ -185,22 +277,28 @@ class SceneCall:
         return pc.localDescription.sdp, media.generation
 
     async def subscribe(self, performer_id: str, offer_sdp: str) -> tuple[str, RTCPeerConnection]:
-        """Send a performer's relayed audio and video to a page; returns the SDP answer."""
+        """Forward a performer's audio and video to a page; returns the SDP answer."""
         media = self.published.get(performer_id)
         if media is None or not media.live:
             raise CallError("not_live", f"performer {performer_id!r} is not sending media")
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
         self._subscriptions.add(pc)
+        tracks = {kind: media.fanouts[kind].add_watcher() for kind in ("audio", "video")}
         try:
+            senders = {}
+            for kind, track in tracks.items():
+                transceiver = pc.addTransceiver(track, direction="sendonly")
+                _prefer_forwarded_codec(transceiver)
+                senders[kind] = transceiver.sender
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            pc.addTrack(media.relay.subscribe(media.tracks["audio"], buffered=True))
-            # Video keeps only the latest frame per watcher: a slow page skips frames
-            # instead of growing a queue.
-            video_sender = pc.addTrack(media.relay.subscribe(media.tracks["video"], buffered=False))
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
-            timeline = rtp_hooks.watch_sender(video_sender)
+            timeline = rtp_hooks.watch_sender(senders["video"])
+            # A forwarding sender has no encoder to obey a watcher's keyframe request.
+            rtp_hooks.on_keyframe_request(senders["video"], media.fanouts["video"].request_keyframe)
         except Exception as exc:
+            for track in tracks.values():
+                track.stop()
             self._subscriptions.discard(pc)
             await pc.close()
             raise CallError("bad_sdp", f"cannot use this offer: {exc}") from None
@@ -210,7 +308,7 @@ class SceneCall:
             if pc.connectionState in ("failed", "closed"):
                 await self.unsubscribe(pc)
 
-        self._relayed[pc] = (media, timeline)
+        self._relayed[pc] = (media, timeline, list(tracks.values()))
         return pc.localDescription.sdp, pc
 
     def relayed_frame_stamp(self, pc: RTCPeerConnection, rtp_timestamp: int) -> Stamp | None:
@@ -219,15 +317,19 @@ class SceneCall:
         relayed = self._relayed.get(pc)
         if relayed is None:
             return None
-        media, timeline = relayed
-        encoder_timestamp = timeline.encoder_timestamp(rtp_timestamp)
-        if encoder_timestamp is None:
+        media, timeline, _ = relayed
+        # A forwarded packet keeps its pts, so the sender's timestamp maps back to it.
+        forwarded_pts = timeline.encoder_timestamp(rtp_timestamp)
+        if forwarded_pts is None:
             return None
-        return media.tracks["video"].stamp_of_encoder_timestamp(encoder_timestamp)
+        return media.stamp_of_forwarded(forwarded_pts)
 
     async def unsubscribe(self, pc: RTCPeerConnection) -> None:
         self._subscriptions.discard(pc)
-        self._relayed.pop(pc, None)
+        relayed = self._relayed.pop(pc, None)
+        if relayed is not None:
+            for track in relayed[2]:
+                track.stop()
         await pc.close()
 
     async def leave(self, performer_id: str, generation: int) -> None:
@@ -250,61 +352,12 @@ class SceneCall:
         return {
             performer_id: {
                 **media.fork.stats.snapshot(samples=samples),
+                **media.stats(),
                 "unstamped_frames": sum(t.unstamped for t in media.timers.values()),
                 "connection": media.pc.connectionState,
             }
             for performer_id, media in self.published.items()
         }
-
-
-class TimestampingTrack(MediaStreamTrack):
-    """The received track as the relay sees it: every frame is stamped and offered to the
-    fork here, before the relay shares it with the call's encoders, which rebase ``pts``
-    in place (PyAV encodes in the codec's time base)."""
-
-    def __init__(self, source: MediaStreamTrack, timer: CaptureTimer, fork: PerformerFork) -> None:
-        super().__init__()
-        self.kind = source.kind
-        self._source = source
-        self._timer = timer
-        self._fork = fork
-        # pts (the encoder timestamp relays will send) -> capture stamp, for mapping what
-        # a watcher saw back to when it was captured. Ten seconds of video.
-        self.recent: collections.OrderedDict[int, Stamp] = collections.OrderedDict()
-
-    async def recv(self) -> Frame | Packet:
-        frame = await self._source.recv()
-        arrival_us = time.time_ns() // 1000
-        stamp = self._timer.stamp(frame.pts)
-        if stamp is not None:
-            if isinstance(frame, av.VideoFrame) and frame.pts is not None:
-                self.recent[frame.pts % RTP_TIMESTAMP_MODULUS] = stamp
-                while len(self.recent) > RECENT_FRAMES:
-                    self.recent.popitem(last=False)
-            if isinstance(frame, av.AudioFrame):
-                self._fork.offer_audio(frame, stamp)
-            elif isinstance(frame, av.VideoFrame):
-                self._fork.offer_video(frame, stamp, arrival_us)
-        return frame
-
-    def stop(self) -> None:
-        super().stop()
-        self._source.stop()
-
-    def stamp_of_encoder_timestamp(self, encoder_timestamp: int) -> Stamp | None:
-        """The capture stamp of the frame a relay encoded with this 90 kHz timestamp
-        (aiortc's VP8 encoder may truncate it by a tick)."""
-        for candidate in (encoder_timestamp, encoder_timestamp + 1, encoder_timestamp - 1):
-            stamp = self.recent.get(candidate % RTP_TIMESTAMP_MODULUS)
-            if stamp is not None:
-                return stamp
-        return None
-
-
-async def _drain(track: MediaStreamTrack) -> None:
-    with contextlib.suppress(MediaStreamError):
-        while True:
-            await track.recv()
 
 
 def _receiver_of(pc: RTCPeerConnection, track: MediaStreamTrack) -> RTCRtpReceiver:

@@ -1,9 +1,15 @@
 """The fork: one performer's received audio and video, timestamped and produced to Kafka.
 
-- Audio: resampled to 16 kHz mono s16le, cut into 20 ms chunks, not dropped (the fork
-  waits for Kafka behind a queue of a minute of audio; the call itself never waits).
-- Video: thinned to the analysis rate, scaled and JPEG-encoded (MJPEG) in a thread pool; when Kafka
-  or the encoder falls behind, frames are dropped from a bounded queue and counted.
+The call forwards the publisher's encoded packets to watchers without decoding them
+(capture.forwarding); the fork is the one place a performer's media is decoded.
+
+- Audio: Opus decoded, resampled to 16 kHz mono s16le, cut into 20 ms chunks, not dropped
+  (the fork waits for Kafka behind a queue of a minute of audio; the call never waits).
+- Video: every VP8 packet is decoded (inter frames need their predecessors) in a thread
+  pool, never on the event loop; frames due at the analysis rate are scaled and
+  JPEG-encoded (MJPEG) in the same call. When Kafka or the pool falls behind, analysis
+  frames are dropped from a bounded queue and counted; if even the decoder falls 2 s
+  behind, packets are dropped up to the next keyframe (asked of the publisher at once).
 
 ``ts_us`` of every record is the capture instant on the session clock (capture.timing).
 """
@@ -16,6 +22,7 @@ import dataclasses
 import fractions
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +45,10 @@ _REANCHOR_US = 15_000  # a jump larger than this (loss, sender restart) re-ancho
 # for libopus in the VoIP mode browsers use (measured through aiortc: 313 samples).
 OPUS_DECODER_DELAY_US = 6_500
 AUDIO_QUEUE_FRAMES = 3000  # 60 s of 20 ms frames: only a long Kafka outage fills it
+# Encoded video packets waiting for the decoder: 2 s at 30 fps. Only a starved thread pool
+# fills it; the analysis frames among them are bounded by settings.video_queue_frames.
+VIDEO_DECODE_QUEUE_PACKETS = 60
+_VIDEO_DECODERS = {"video/vp8": "libvpx", "video/h264": "h264"}
 
 
 def _now_us() -> int:
@@ -62,6 +73,12 @@ class ForkStats:
     audio_chunks_out: int = 0
     audio_chunks_dropped: int = 0
     produce_errors: int = 0
+    video_packets_decoded: int = 0
+    video_decode_errors: int = 0
+    # packets dropped because the decoder was 2 s behind, or skipped while waiting for the
+    # keyframe that resynchronises it (the analysis frames among them are also counted in
+    # video_frames_dropped)
+    video_packets_dropped: int = 0
     # a video frame's arrival at the server, or an audio chunk cut from arriving frames (its
     # queue is empty unless Kafka stalls) -> record acknowledged by the broker: every
     # record, and per stream (audio includes its producer's batching: audio_linger_ms)
@@ -84,6 +101,9 @@ class ForkStats:
             "audio_chunks_out": self.audio_chunks_out,
             "audio_chunks_dropped": self.audio_chunks_dropped,
             "produce_errors": self.produce_errors,
+            "video_packets_decoded": self.video_packets_decoded,
+            "video_packets_dropped": self.video_packets_dropped,
+            "video_decode_errors": self.video_decode_errors,
             "fork_latency_ms_p50": _percentile(latencies, 0.50),
             "fork_latency_ms_p99": _percentile(latencies, 0.99),
             "video_fork_latency_ms_p99": _percentile(sorted(self.video_fork_latency_ms), 0.99),
@@ -146,6 +166,66 @@ class JpegEncoder:
         return b"".join(bytes(packet) for packet in codec.encode(scaled))
 
 
+def opus_decoder() -> av.AudioCodecContext:
+    """libopus as browsers' audio is decoded for playback: 48 kHz stereo s16."""
+    codec = av.CodecContext.create("libopus", "r")
+    assert isinstance(codec, av.AudioCodecContext)
+    codec.format = "s16"
+    codec.layout = "stereo"
+    codec.sample_rate = 48_000
+    return codec
+
+
+class VideoDecoder:
+    """Decodes one performer's encoded video and JPEG-encodes the frames to analyse.
+
+    Called from the thread pool, one call at a time per performer (the fork awaits each
+    call), so the codec state is never shared between threads at once.
+    """
+
+    def __init__(self, jpeg: JpegEncoder) -> None:
+        self._jpeg = jpeg
+        self._codec: av.VideoCodecContext | None = None
+        self._codec_name: str | None = None
+
+    def decode(
+        self, codec_mime: str, packet: av.Packet, analyse_box: tuple[int, int] | None
+    ) -> tuple[bytes, int, int] | None:
+        """Decode ``packet``; when ``analyse_box`` is given, the JPEG of the decoded frame
+        at the analysis size that fits the box, and that size."""
+        name = _VIDEO_DECODERS.get(codec_mime)
+        if name is None:
+            raise ValueError(f"no decoder for {codec_mime}")
+        if self._codec is None or self._codec_name != name:
+            codec = av.CodecContext.create(name, "r")
+            assert isinstance(codec, av.VideoCodecContext)
+            self._codec, self._codec_name = codec, name
+        frames = self._codec.decode(packet)
+        if analyse_box is None or not frames:
+            return None
+        frame = frames[-1]
+        assert isinstance(frame, av.VideoFrame)
+        width, height = analysis_size(frame.width, frame.height, *analyse_box)
+        return self._jpeg.encode(frame, width, height), width, height
+
+
+@dataclass
+class _VideoPacket:
+    codec: str
+    packet: av.Packet
+    keyframe: bool
+    stamp: Stamp | None
+    arrival_us: int
+    analyse: bool
+
+
+def _queued(queue: asyncio.Queue[_VideoPacket]) -> list[_VideoPacket]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
 class PerformerFork:
     """Produces one performer's media records; ``run_audio``/``run_video`` consume tracks."""
 
@@ -158,6 +238,7 @@ class PerformerFork:
         session: records.SessionRecord,
         performer_id: str,
         jpeg_pool: Executor,
+        request_keyframe: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._producer = producer  # video
@@ -170,26 +251,34 @@ class PerformerFork:
         self.stats = ForkStats()
         self._audio_seq = 0
         self._video_seq = 0
-        self._video_queue: asyncio.Queue[tuple[av.VideoFrame, Stamp, int]] = asyncio.Queue(
+        self._video_queue: asyncio.Queue[_VideoPacket] = asyncio.Queue(
+            maxsize=VIDEO_DECODE_QUEUE_PACKETS
+        )
+        # Analysed frames (JPEG, header) waiting for Kafka: a stalled broker drops analysis
+        # frames here and never holds up the decoder.
+        self._analysed: asyncio.Queue[tuple[records.VideoFrame, int]] = asyncio.Queue(
             maxsize=settings.video_queue_frames
         )
+        self._video_resync = False  # skipping packets until a keyframe
+        self._request_keyframe = request_keyframe
         # One queue per stream: a video ack must not wait behind audio's longer batching.
         self._acks: dict[MediaKind, asyncio.Queue[tuple[asyncio.Future[Any], int]]] = {
             kind: asyncio.Queue(maxsize=256) for kind in ("audio", "video")
         }
-        self._audio_queue: asyncio.Queue[tuple[av.AudioFrame, Stamp]] = asyncio.Queue(
+        self._audio_queue: asyncio.Queue[tuple[av.Packet, Stamp]] = asyncio.Queue(
             maxsize=AUDIO_QUEUE_FRAMES
         )
         self._video_period_us = round(1_000_000 / settings.video_fps)
         self._next_video_due_us: int | None = None
         self._last_video_timing: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._jpeg = JpegEncoder(settings.jpeg_quality)
+        self._video_decoder = VideoDecoder(JpegEncoder(settings.jpeg_quality))
 
     def start(self) -> None:
         if not self._tasks:
             self._tasks = [
-                asyncio.create_task(self._encode_video(), name=f"jpeg-{self._performer_id}"),
+                asyncio.create_task(self._decode_video(), name=f"decode-{self._performer_id}"),
+                asyncio.create_task(self._produce_video(), name=f"video-{self._performer_id}"),
                 asyncio.create_task(self._cut_audio(), name=f"audio-{self._performer_id}"),
                 *(
                     asyncio.create_task(
@@ -211,27 +300,54 @@ class PerformerFork:
             except Exception:  # a fork that failed must not stop the call's cleanup
                 log.exception("%s/%s: fork task failed", self._session_id, self._performer_id)
         # Whatever was still queued when the performer left is lost: count it.
-        self.stats.video_frames_dropped += self._video_queue.qsize()
+        self.stats.video_frames_dropped += self._analysed.qsize() + sum(
+            1 for item in _queued(self._video_queue) if item.analyse
+        )
         self.stats.audio_chunks_dropped += self._audio_queue.qsize()
 
     # ------------------------------------------------------------------ intake
-    # Called for every received frame by the timestamping track, before the relay hands
-    # the frame to the call's encoders (which rewrite pts in place). Never blocks.
+    # Called by the call for every received encoded frame, on the event loop. Never blocks.
 
-    def offer_audio(self, frame: av.AudioFrame, stamp: Stamp) -> None:
+    def offer_audio(self, packet: av.Packet, stamp: Stamp) -> None:
         # The first decoded sample was captured a codec lookahead before its RTP time.
         stamp = dataclasses.replace(stamp, ts_us=stamp.ts_us - OPUS_DECODER_DELAY_US)
         try:
-            self._audio_queue.put_nowait((frame, stamp))
+            self._audio_queue.put_nowait((packet, stamp))
         except asyncio.QueueFull:
             # Only when Kafka has been unreachable for a minute: counted and shouted about.
-            self.stats.audio_chunks_dropped += (
-                frame.samples * AUDIO_RATE // (frame.sample_rate * AUDIO_CHUNK_SAMPLES) or 1
-            )
+            self.stats.audio_chunks_dropped += 1  # one 20 ms Opus frame = one chunk
             log.error("%s/%s: audio fork full, audio lost", self._session_id, self._performer_id)
 
-    def offer_video(self, frame: av.VideoFrame, stamp: Stamp, arrival_us: int) -> None:
+    def offer_video(
+        self,
+        codec: str,
+        packet: av.Packet,
+        *,
+        keyframe: bool,
+        stamp: Stamp | None,
+        arrival_us: int,
+    ) -> None:
+        """Every packet is offered (the decoder needs them all); ``stamp`` is None when its
+        capture time is unknown, and such a frame is decoded but never analysed."""
         self.stats.video_frames_in += 1
+        analyse = stamp is not None and self._due_for_analysis(stamp)
+        if self._video_resync:
+            if not keyframe:
+                self._drop_video_packet(analyse)
+                return
+            self._video_resync = False
+        try:
+            self._video_queue.put_nowait(
+                _VideoPacket(codec, packet, keyframe, stamp, arrival_us, analyse)
+            )
+        except asyncio.QueueFull:
+            # The decoder itself is 2 s behind: what follows cannot be decoded without
+            # this packet, so skip to a keyframe and ask for one now.
+            self._video_resync = True
+            self._drop_video_packet(analyse)
+            self._request_keyframe()
+
+    def _due_for_analysis(self, stamp: Stamp) -> bool:
         due = self._next_video_due_us
         if due is not None and (
             stamp.ts_us < due - 2 * self._video_period_us - 1_000_000
@@ -246,21 +362,26 @@ class PerformerFork:
             stamp.ts_us < self._next_video_due_us - self._video_period_us // 4
         ):
             self.stats.video_frames_skipped += 1
-            return
+            return False
         self._next_video_due_us = max(
             (self._next_video_due_us or stamp.ts_us) + self._video_period_us, stamp.ts_us
         )
-        try:
-            self._video_queue.put_nowait((frame, stamp, arrival_us))
-        except asyncio.QueueFull:
-            self.stats.video_frames_dropped += 1
-            if self.stats.video_frames_dropped % 50 == 1:
-                log.warning(
-                    "%s/%s: video fork behind, %d frames dropped so far",
-                    self._session_id,
-                    self._performer_id,
-                    self.stats.video_frames_dropped,
-                )
+        return True
+
+    def _drop_video_packet(self, analyse: bool) -> None:
+        self.stats.video_packets_dropped += 1
+        if analyse:
+            self._count_video_drop()
+
+    def _count_video_drop(self) -> None:
+        self.stats.video_frames_dropped += 1
+        if self.stats.video_frames_dropped % 50 == 1:
+            log.warning(
+                "%s/%s: video fork behind, %d frames dropped so far",
+                self._session_id,
+                self._performer_id,
+                self.stats.video_frames_dropped,
+            )
 
     # ------------------------------------------------------------------ audio
 
@@ -272,8 +393,20 @@ class PerformerFork:
         samples_in = 0  # input samples since the anchor
         input_rate = 0
         samples_out = 0  # output samples since the anchor that left in chunks
+        # Decoding an Opus frame takes tens of microseconds: it stays on the event loop.
+        decoder = opus_decoder()
         while True:
-            frame, stamp = await self._audio_queue.get()
+            packet, stamp = await self._audio_queue.get()
+            try:
+                frames = decoder.decode(packet)
+            except av.error.FFmpegError as exc:
+                self.stats.audio_chunks_dropped += 1
+                log.warning("cannot decode an audio frame: %s", exc)
+                continue
+            if not frames:
+                continue
+            frame = frames[0]
+            assert isinstance(frame, av.AudioFrame)
             if anchor is not None and input_rate == frame.sample_rate:
                 expected = anchor.ts_us + samples_in * 1_000_000 // input_rate
                 if abs(stamp.ts_us - expected) > _REANCHOR_US or stamp.timing != anchor.timing:
@@ -284,9 +417,11 @@ class PerformerFork:
                 anchor, samples_in, samples_out, input_rate = stamp, 0, 0, frame.sample_rate
                 pending.clear()
                 resampler = av.AudioResampler(format="s16", layout="mono", rate=AUDIO_RATE)
-            samples_in += frame.samples
-            for resampled in resampler.resample(frame):
-                pending += resampled.to_ndarray().tobytes()
+            for decoded in frames:
+                assert isinstance(decoded, av.AudioFrame)
+                samples_in += decoded.samples
+                for resampled in resampler.resample(decoded):
+                    pending += resampled.to_ndarray().tobytes()
             while len(pending) >= AUDIO_CHUNK_SAMPLES * 2:
                 pcm = bytes(pending[: AUDIO_CHUNK_SAMPLES * 2])
                 del pending[: AUDIO_CHUNK_SAMPLES * 2]
@@ -328,20 +463,40 @@ class PerformerFork:
 
     # ------------------------------------------------------------------ video
 
-    async def _encode_video(self) -> None:
+    async def _decode_video(self) -> None:
         loop = asyncio.get_running_loop()
         box = (self._settings.video_width, self._settings.video_height)
         while True:
-            frame, stamp, arrival = await self._video_queue.get()
-            width, height = analysis_size(frame.width, frame.height, *box)
+            item = await self._video_queue.get()
+            analyse = item.analyse
+            if analyse and self._analysed.full():
+                # Kafka is behind: decode the frame (the next ones need it), skip its JPEG.
+                analyse = False
+                self._count_video_drop()
             try:
-                jpeg = await loop.run_in_executor(
-                    self._pool, self._jpeg.encode, frame, width, height
+                encoded = await loop.run_in_executor(
+                    self._pool,
+                    self._video_decoder.decode,
+                    item.codec,
+                    item.packet,
+                    box if analyse else None,
                 )
             except (ValueError, av.error.FFmpegError) as exc:
-                log.warning("cannot encode a video frame: %s", exc)
-                self.stats.video_frames_dropped += 1
+                # A corrupt or undecodable packet: what follows needs a fresh keyframe.
+                self.stats.video_decode_errors += 1
+                if analyse:
+                    self._count_video_drop()
+                log.warning("cannot decode a video frame: %s", exc)
+                self._request_keyframe()
                 continue
+            self.stats.video_packets_decoded += 1
+            if not analyse or item.stamp is None:
+                continue
+            if encoded is None:  # the decoder gave no picture for a frame due
+                self._count_video_drop()
+                continue
+            jpeg, width, height = encoded
+            stamp = item.stamp
             record = records.VideoFrame(
                 records.VideoFrameHeader(
                     ts_us=stamp.ts_us,
@@ -356,6 +511,11 @@ class PerformerFork:
                 jpeg,
             )
             self._video_seq += 1
+            self._analysed.put_nowait((record, item.arrival_us))  # checked not full above
+
+    async def _produce_video(self) -> None:
+        while True:
+            record, arrival_us = await self._analysed.get()
             message = records.encode(record)
             try:
                 future = await self._producer.send(
@@ -368,7 +528,7 @@ class PerformerFork:
                 log.warning("video record not accepted by Kafka: %s", exc)
                 continue
             self.stats.video_frames_out += 1
-            await self._acks["video"].put((future, arrival))
+            await self._acks["video"].put((future, arrival_us))
 
     async def _await_acks(self, kind: MediaKind) -> None:
         while True:

@@ -32,6 +32,7 @@ _TIMESTAMP_MAPPER = "_RTCRtpReceiver__timestamp_mapper"  # TimestampMapper: pts 
 _MAPPER_ORIGIN = "_origin"
 _RTX_SSRCS = "_RTCRtpReceiver__rtx_ssrc"  # {rtx ssrc: media ssrc}
 _ATTACHED = "_livetag_stream_clock"  # our own marker: one clock per receiver
+_SOURCE_FILTER = "_livetag_source_filter"  # our own: the media SSRC the clock follows
 
 RtcpHandler = Callable[[AnyRtcpPacket], Awaitable[None]]
 RtpHandler = Callable[..., Awaitable[None]]
@@ -94,6 +95,10 @@ class _SourceFilter:
         self._ssrc: int | None = None
         self._warned: set[int] = set()
 
+    @property
+    def media_ssrc(self) -> int | None:
+        return self._ssrc
+
     def accepts(self, ssrc: int) -> bool:
         if ssrc in self._rtx:
             return False
@@ -142,6 +147,7 @@ def attach(receiver: RTCRtpReceiver, clock: StreamClock) -> None:
     setattr(receiver, _RTCP_HANDLER, handle_rtcp_packet)
     setattr(receiver, _RTP_HANDLER, handle_rtp_packet)
     setattr(receiver, _ATTACHED, clock)
+    setattr(receiver, _SOURCE_FILTER, source)
 
 
 def rtp_timestamp_of_frame(receiver: RTCRtpReceiver, frame_pts: int) -> int:
@@ -222,3 +228,102 @@ def watch_sender(sender: Any) -> SentTimeline:
     setattr(transport, _SEND_RTP, send)
     setattr(sender, _WATCHED, timeline)
     return timeline
+
+
+# ---------------------------------------------------------------- forwarding (SFU)
+# The call forwards each performer's encoded frames to watchers instead of decoding and
+# re-encoding them per watcher (FACTS.md, "aiortc 1.16 forwarding"). aiortc has no public
+# way to hand out received encoded frames: its receiver puts every reassembled frame on a
+# queue read by a decoder thread. Replacing that queue on one receiver instance hands the
+# frames to us on the event loop (where the receiver runs) and leaves the thread idle; the
+# stop sentinel still reaches the thread, which then ends the receiver's track as before.
+_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"  # queue.Queue of (codec, JitterFrame) | None
+_SEND_RTCP_PLI = "_send_rtcp_pli"  # RTCRtpReceiver: async (media_ssrc) -> None
+_SEND_KEYFRAME = "_send_keyframe"  # RTCRtpSender: () -> None, called on a watcher's PLI/FIR
+_FORWARDING = "_livetag_forwarding"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedFrame:
+    """One reassembled frame as the publisher encoded it.
+
+    ``pts`` is aiortc's ``rtp - first_rtp`` (unwrapped, in ``1/clock_rate``), as the
+    decoded frames would have had; ``codec`` is the negotiated MIME type, lower case.
+    """
+
+    codec: str
+    data: bytes
+    pts: int
+
+
+class _ForwardingQueue:
+    """Stands in for the receiver's decoder queue: frames go to ``deliver``.
+
+    The decoder thread starts later (when the connection is up) with this object as its
+    queue: it reads from the real queue, which only ever receives the stop sentinel.
+    """
+
+    def __init__(self, thread_queue: Any, deliver: Callable[[EncodedFrame], None]) -> None:
+        self._thread_queue = thread_queue
+        self._deliver = deliver
+
+    def get(self) -> Any:
+        return self._thread_queue.get()
+
+    def put(self, item: Any) -> None:
+        if item is None:  # the receiver stops: let its idle decoder thread end the track
+            self._thread_queue.put(None)
+            return
+        codec, jitter_frame = item
+        self._deliver(
+            EncodedFrame(
+                codec=str(codec.mimeType).lower(),
+                data=bytes(jitter_frame.data),
+                pts=int(jitter_frame.timestamp),
+            )
+        )
+
+
+def forward_encoded_frames(
+    receiver: RTCRtpReceiver, deliver: Callable[[EncodedFrame], None]
+) -> None:
+    """Hand every encoded frame this receiver reassembles to ``deliver`` (called on the
+    event loop, must not block) instead of its decoder. Call before media flows."""
+    if getattr(receiver, _FORWARDING, False):
+        raise ValueError("this receiver already forwards its frames")
+    thread_queue = _private(receiver, _DECODER_QUEUE, "decoder queue")
+    if not (
+        callable(getattr(thread_queue, "put", None))
+        and callable(getattr(thread_queue, "get", None))
+    ):
+        raise AiortcChangedError(f"RTCRtpReceiver.{_DECODER_QUEUE} is no longer a queue")
+    _check_handler(receiver, _SEND_RTCP_PLI, ("media_ssrc",))
+    setattr(receiver, _DECODER_QUEUE, _ForwardingQueue(thread_queue, deliver))
+    setattr(receiver, _FORWARDING, True)
+
+
+async def request_keyframe(receiver: RTCRtpReceiver) -> bool:
+    """Ask the publisher for a keyframe (RTCP PLI on its media SSRC); False when no media
+    has been seen yet, so the SSRC is unknown."""
+    clock_filter = getattr(receiver, _SOURCE_FILTER, None)
+    ssrc = None if clock_filter is None else clock_filter.media_ssrc
+    if ssrc is None:
+        return False
+    send_pli = _check_handler(receiver, _SEND_RTCP_PLI, ("media_ssrc",))
+    await send_pli(ssrc)
+    return True
+
+
+def on_keyframe_request(sender: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever the watcher behind ``sender`` asks for a keyframe (PLI or
+    FIR). A sender of forwarded packets has no encoder to obey the request, so the call
+    passes it on to the publisher."""
+    original = _private(sender, _SEND_KEYFRAME, "keyframe request handler")
+    if not callable(original) or inspect.iscoroutinefunction(original):
+        raise AiortcChangedError(f"RTCRtpSender.{_SEND_KEYFRAME} is no longer a plain method")
+
+    def send_keyframe() -> None:
+        original()
+        callback()
+
+    setattr(sender, _SEND_KEYFRAME, send_keyframe)

@@ -7,6 +7,7 @@ HTTP routes
   GET /ws/tag            the tag websocket (taggers.service)  GET /tagger/...  the widget
   GET /metrics/clients?session=SID   every page's clock offset and rtt (call and tags)
   GET /metrics/refusals  what was refused (bad tokens, exceeded limits, bad messages), by code
+  GET /metrics/loop      the event loop's lag (?since=UNIX_MS: only newer samples)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from aiohttp import WSMsgType, web
 from capture import signaling
 from capture.call import CallError, SceneCall
 from capture.ice import restrict_host_addresses
+from capture.loop_lag import LoopLagMonitor
 from capture.timing import Stamp
 from infra.settings import Settings, TLSSettingsError, server_ssl_context
 from streams import kafka, records, topics
@@ -41,6 +43,7 @@ TAGGER_FILES = Path(str(resources.files("taggers") / "static"))
 _WS_HARD_LIMIT = 4 * 1024 * 1024  # above our own limit, so we can answer instead of drop
 
 
+_PRESENCE_QUEUE = 10_000
 _OVER = ("ended", "archived")
 _STATE_ORDER = {"created": 0, "live": 1, "ended": 2, "archived": 3}
 
@@ -68,10 +71,18 @@ class CaptureServer:
         self.calls: dict[str, SceneCall] = {}
         self._connections: dict[str, set[CallConnection]] = {}
         self._presence_lock = asyncio.Lock()
+        # Joins and leaves are written to Kafka by one task, in order: a page's join never
+        # waits for a produce (a broker hiccup once held a join ~15 s).
+        self._presence_updates: asyncio.Queue[tuple[str, tokens.JoinToken, bool]] = asyncio.Queue(
+            maxsize=_PRESENCE_QUEUE
+        )
+        self._presence_writer: asyncio.Task[None] | None = None
+        self.presence_updates_dropped = 0
         self._open_pages: dict[str, dict[str, int]] = {}
         # Every refusal by its error code: exceeded limits and bad input are visible to the
         # operator, not only to the client that got the error.
         self.refusals: Counter[str] = Counter()
+        self.loop_lag = LoopLagMonitor()
         self._published_sessions: dict[str, records.SessionRecord] = {}
         self._runner: web.AppRunner | None = None
         self._ender: asyncio.Task[None] | None = None
@@ -110,12 +121,15 @@ class CaptureServer:
                 web.get("/metrics", self._metrics),
                 web.get("/metrics/clients", self._client_metrics),
                 web.get("/metrics/refusals", self._refusal_metrics),
+                web.get("/metrics/loop", self._loop_metrics),
                 web.static("/static", PAGES),
                 web.static("/tagger", TAGGER_FILES),
             ]
         )
         self.tags.add_routes(app)
         self._ender = asyncio.create_task(self._end_calls_of_ended_sessions())
+        self.loop_lag.start()
+        self._presence_writer = asyncio.create_task(self._write_presence(), name="presence")
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(
@@ -145,9 +159,11 @@ class CaptureServer:
         if runner is None:
             return
         await self._stop_ender()
+        await self.loop_lag.stop()
         for connections in list(self._connections.values()):
             for connection in list(connections):
                 await connection.close()
+        await self._stop_presence_writer()
         for call in list(self.calls.values()):
             await call.close()
         self.calls.clear()
@@ -162,6 +178,19 @@ class CaptureServer:
             ender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ender
+
+    async def _stop_presence_writer(self) -> None:
+        """Write the leaves still queued (the pages just closed), then stop."""
+        writer, self._presence_writer = self._presence_writer, None
+        if writer is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                while not self._presence_updates.empty():  # noqa: ASYNC110 - the writer drains it
+                    await asyncio.sleep(0.05)
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
 
     async def _stop_clients(self) -> None:
         """Stop the Kafka clients, each even if another fails (each is safe to stop when
@@ -199,6 +228,13 @@ class CaptureServer:
             for connection in self._connections.get(session_id, ())
         ]
         return web.json_response(clients + self.tags.client_clocks(session_id))
+
+    async def _loop_metrics(self, request: web.Request) -> web.Response:
+        try:
+            since = int(request.query["since"]) if "since" in request.query else None
+        except ValueError:
+            return self._refuse(400, "malformed", "since must be Unix milliseconds", counted=True)
+        return web.json_response(self.loop_lag.snapshot(since_unix_ms=since))
 
     async def _refusal_metrics(self, request: web.Request) -> web.Response:
         return web.json_response({"call": dict(self.refusals), "tag": dict(self.tags.refusals)})
@@ -338,6 +374,22 @@ class CaptureServer:
         for connection in list(self._connections.get(session_id, ())):
             await connection.send(message)
 
+    def note_presence(self, session_id: str, claims: tokens.JoinToken, connected: bool) -> None:
+        """Queue a join or leave for the presence writer; never waits."""
+        try:
+            self._presence_updates.put_nowait((session_id, claims, connected))
+        except asyncio.QueueFull:
+            self.presence_updates_dropped += 1
+            log.warning("presence of %s not recorded: the writer is behind", claims.participant_id)
+
+    async def _write_presence(self) -> None:
+        while True:
+            session_id, claims, connected = await self._presence_updates.get()
+            try:
+                await self.record_presence(session_id, claims, connected)
+            except Exception:  # bookkeeping: the next update must still be written
+                log.exception("recording the presence of %s failed", claims.participant_id)
+
     async def record_presence(
         self, session_id: str, claims: tokens.JoinToken, connected: bool
     ) -> None:
@@ -448,7 +500,7 @@ class CallConnection:
             }
         )
         self._tasks.append(asyncio.create_task(self._probe_clock(), name="clock-probes"))
-        await self.server.record_presence(session.session_id, self.claims, connected=True)
+        self.server.note_presence(session.session_id, self.claims, connected=True)
         self._joined = True
         async for message in self.ws:
             if message.type == WSMsgType.TEXT:
@@ -519,7 +571,7 @@ class CallConnection:
         if self._published_generation is not None:
             await self.call.leave(self.claims.participant_id, self._published_generation)
         if self._joined:  # a page that never counted as joined must not count as leaving
-            await self.server.record_presence(self.call.session.session_id, self.claims, False)
+            self.server.note_presence(self.call.session.session_id, self.claims, False)
         with contextlib.suppress(Exception):
             await self.ws.close()
 

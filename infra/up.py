@@ -40,13 +40,12 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
     """Start the broker (if embedded), the shared topics and every service; stop them in
     reverse order on SIGINT/SIGTERM."""
     from capture.server import CaptureServer
-    from infra.worker import ProcessorWorker
     from taggers.tokens import load_secret
 
     stop = asyncio.Event()
     broker: EmbeddedBroker | None = None
     capture: CaptureServer | None = None
-    processors: asyncio.Task[None] | None = None
+    worker: asyncio.subprocess.Process | None = None
     dashboard: asyncio.subprocess.Process | None = None
     recorder: asyncio.subprocess.Process | None = None
     watchers: list[asyncio.Task[int]] = []
@@ -79,26 +78,25 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 say(f"dashboard        {settings.dashboard_base_url}  (the director's link)")
                 recorder = await _start_service(settings, "recorder")
                 say(f"recorder         archives ended sessions into {settings.data_dir}")
-                for child in (dashboard, recorder):
+                # The processors run in a process of their own: their Kafka consumers,
+                # record decoding and faust bookkeeping never take time from the call's
+                # event loop, which must answer ICE, RTCP and every forwarded packet.
+                worker = await _start_service(settings, "worker")
+                say("processor worker running (prosody, face) for every live session")
+                for child in (dashboard, recorder, worker):
                     # If one exits, livetag stops whole rather than run without it.
                     watcher = asyncio.create_task(child.wait())
                     watcher.add_done_callback(lambda _: stop.set())
                     watchers.append(watcher)
-                processors = asyncio.create_task(ProcessorWorker(settings).run(stop))
-                # If the worker fails, livetag stops whole rather than run without it.
-                processors.add_done_callback(lambda _: stop.set())
-                say("processor worker running (prosody, face) for every live session")
                 say("livetag is up; press Ctrl-C to stop.")
             await stop.wait()
             say("stopping...")
         finally:
             stop.set()
             try:
-                if processors is not None:
-                    await processors
                 for watcher in watchers:
                     watcher.cancel()
-                for service in (dashboard, recorder):
+                for service in (worker, dashboard, recorder):
                     if service is not None:
                         await _stop_process(service)
             finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,7 +13,10 @@ import av
 import numpy as np
 import pytest
 
+from aiortc.codecs.opus import OpusEncoder
+
 from capture.fork import AUDIO_CHUNK_SAMPLES, OPUS_DECODER_DELAY_US, PerformerFork
+from capture.forwarding import is_vp8_keyframe, make_packet
 from capture.timing import Stamp
 from infra.settings import Settings
 from streams import records
@@ -37,7 +41,7 @@ class SlowProducer:
         return future
 
 
-def audio_frame(index: int) -> av.AudioFrame:
+def _tone_frame(index: int) -> av.AudioFrame:
     samples = (np.sin(np.arange(960) / 10.0) * 8000).astype(np.int16).reshape(1, -1)
     frame = av.AudioFrame.from_ndarray(
         np.repeat(samples, 2, axis=0).reshape(1, -1), format="s16", layout="stereo"
@@ -48,8 +52,47 @@ def audio_frame(index: int) -> av.AudioFrame:
     return frame
 
 
+def opus_packets(count: int) -> list[av.Packet]:
+    """What a browser publishes: 20 ms Opus frames (pts in 1/48000, as aiortc hands out)."""
+    encoder = OpusEncoder()
+    packets = []
+    for index in range(count + 5):
+        payloads, timestamp = encoder.encode(_tone_frame(index))
+        packets += [make_packet(payload, timestamp, 48_000) for payload in payloads]
+    return packets[:count]
+
+
+def vp8_packets(count: int, *, keyframe_every: int = 1000) -> list[av.Packet]:
+    """A 30 fps VP8 stream of a moving picture, one packet per frame (pts in 1/90000)."""
+    codec = av.CodecContext.create("libvpx", "w")
+    assert isinstance(codec, av.VideoCodecContext)
+    codec.width, codec.height, codec.pix_fmt = 640, 360, "yuv420p"
+    codec.time_base = fractions.Fraction(1, 90_000)
+    codec.options = {"deadline": "realtime", "cpu-used": "8"}
+    codec.gop_size = keyframe_every
+    packets = []
+    for index in range(count):
+        picture = np.full((360, 640, 3), index * 3 % 256, dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        frame.pts = index * 3000
+        frame.time_base = codec.time_base
+        packets += [make_packet(bytes(p), index * 3000, 90_000) for p in codec.encode(frame)]
+    packets += [make_packet(bytes(p), p.pts or 0, 90_000) for p in codec.encode(None)]
+    return packets[:count]
+
+
 def video_frame() -> av.VideoFrame:
     return av.VideoFrame.from_ndarray(np.zeros((360, 640, 3), dtype=np.uint8), format="rgb24")
+
+
+def offer_video(fork: PerformerFork, packet: av.Packet, stamp: Stamp) -> None:
+    fork.offer_video(
+        "video/vp8",
+        packet,
+        keyframe=is_vp8_keyframe(bytes(packet)),
+        stamp=stamp,
+        arrival_us=stamp.ts_us,
+    )
 
 
 @pytest.fixture
@@ -73,12 +116,12 @@ async def test_stalled_kafka_drops_video_counted_and_keeps_all_audio(
     fork.start()
     try:
         # Two seconds of a 30 fps camera and 50 audio frames/s while Kafka is stalled.
-        for index in range(60):
+        for index, packet in enumerate(vp8_packets(60)):
             ts = T0 + index * 33_333
-            fork.offer_video(video_frame(), Stamp(ts, "sender_report", index * 3000), ts)
-        for index in range(100):
+            offer_video(fork, packet, Stamp(ts, "sender_report", index * 3000))
+        for index, packet in enumerate(opus_packets(100)):
             ts = T0 + index * 20_000
-            fork.offer_audio(audio_frame(index), Stamp(ts, "sender_report", index * 960))
+            fork.offer_audio(packet, Stamp(ts, "sender_report", index * 960))
         await asyncio.sleep(0.2)
         stats = fork.stats
         assert stats.video_frames_in == 60
@@ -86,6 +129,10 @@ async def test_stalled_kafka_drops_video_counted_and_keeps_all_audio(
         # The queue holds 4 (+1 being encoded): everything else is dropped and counted.
         assert 20 <= stats.video_frames_dropped <= 26
         assert stats.audio_chunks_dropped == 0
+        # The stalled broker holds up analysis frames only: every packet is still decoded,
+        # so the video that follows stays decodable.
+        await until(lambda: stats.video_packets_decoded == 60)
+        assert stats.video_packets_dropped == 0
         producer.release.set()
         await asyncio.sleep(0.5)
     finally:
@@ -113,12 +160,13 @@ async def test_audio_time_reanchors_after_a_gap(
     producer.release.set()
     fork.start()
     try:
+        packets = opus_packets(20)
         for index in range(10):
-            fork.offer_audio(audio_frame(index), Stamp(T0 + index * 20_000, "arrival_fit", 0))
+            fork.offer_audio(packets[index], Stamp(T0 + index * 20_000, "arrival_fit", 0))
         # Half a second of lost packets, then sender reports take over.
         for index in range(10, 20):
             ts = T0 + 500_000 + index * 20_000
-            fork.offer_audio(audio_frame(index), Stamp(ts, "sender_report", 0))
+            fork.offer_audio(packets[index], Stamp(ts, "sender_report", 0))
         await asyncio.sleep(0.3)
     finally:
         await fork.stop()
@@ -144,10 +192,11 @@ async def test_audio_and_video_go_through_their_own_producers() -> None:
     )
     fork.start()
     try:
-        for index in range(5):
-            ts = T0 + index * 66_667
-            fork.offer_video(video_frame(), Stamp(ts, "sender_report", index * 6000), ts)
-            fork.offer_audio(audio_frame(index), Stamp(T0 + index * 20_000, "sender_report", 0))
+        for index, packet in enumerate(vp8_packets(10)):
+            ts = T0 + index * 33_333
+            offer_video(fork, packet, Stamp(ts, "sender_report", index * 3000))
+        for index, packet in enumerate(opus_packets(5)):
+            fork.offer_audio(packet, Stamp(T0 + index * 20_000, "sender_report", 0))
         stats = fork.stats
 
         def settled() -> bool:
@@ -205,11 +254,11 @@ async def test_video_acks_are_not_held_behind_audio_still_batching() -> None:
     )
     fork.start()
     try:
-        for index in range(5):
-            fork.offer_audio(audio_frame(index), Stamp(T0 + index * 20_000, "sender_report", 0))
+        for index, packet in enumerate(opus_packets(5)):
+            fork.offer_audio(packet, Stamp(T0 + index * 20_000, "sender_report", 0))
         await until(lambda: len(audio_producer.pending) >= 4)
         ts = T0 + 100_000
-        fork.offer_video(video_frame(), Stamp(ts, "sender_report", 9000), ts)
+        offer_video(fork, vp8_packets(1)[0], Stamp(ts, "sender_report", 9000))
         # The video ack is counted while every audio record is still unacknowledged.
         await until(lambda: len(fork.stats.video_fork_latency_ms) == 1)
         assert not fork.stats.audio_fork_latency_ms
@@ -237,3 +286,49 @@ def test_jpeg_encoder_keeps_aspect_and_ignores_rebased_frame_times() -> None:
         frame.pts = index * 33
         jpeg = encoder.encode(frame, 640, 360)
         assert Image.open(io.BytesIO(jpeg)).size == (640, 360)
+
+
+async def test_a_decoder_two_seconds_behind_skips_to_a_keyframe_and_asks_for_one() -> None:
+    producer = SlowProducer()
+    producer.release.set()
+    pool_blocked = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.submit(pool_blocked.wait)  # a starved pool: the decoder cannot run
+    requests: list[int] = []
+    fork = PerformerFork(
+        settings=Settings(video_fps=15.0),
+        producer=producer,
+        audio_producer=producer,
+        session=SESSION,
+        performer_id="alice",
+        jpeg_pool=pool,
+        request_keyframe=lambda: requests.append(1),
+    )
+    fork.start()
+    packets = vp8_packets(100, keyframe_every=80)
+    assert [i for i, p in enumerate(packets) if is_vp8_keyframe(bytes(p))] == [0, 80]
+    try:
+        def offer(first: int, end: int) -> None:
+            for index in range(first, end):
+                stamp = Stamp(T0 + index * 33_333, "sender_report", index * 3000)
+                offer_video(fork, packets[index], stamp)
+
+        offer(0, 1)
+        await asyncio.sleep(0)  # the decode task takes the first packet and waits
+        offer(1, 80)
+        stats = fork.stats
+        # 1 taken + 60 queued; from the 62nd packet on, nothing is decodable until the
+        # next keyframe: dropped, counted, and a keyframe asked for at once.
+        assert stats.video_packets_dropped == 80 - 61
+        assert requests == [1]
+        pool_blocked.set()
+        await until(lambda: stats.video_packets_decoded == 61)
+        offer(80, 100)  # the keyframe resynchronises the decoder
+        await until(lambda: stats.video_packets_decoded == 81)
+        assert stats.video_packets_dropped == 80 - 61
+        assert stats.video_decode_errors == 0
+        assert stats.video_frames_dropped >= 1  # analysis frames among the dropped packets
+    finally:
+        pool_blocked.set()
+        await fork.stop()
+        pool.shutdown()
