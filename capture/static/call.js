@@ -26,7 +26,45 @@ const state = {
   connects: 0,
   lastRequestId: 0,
   errors: [],
+  // Every time this page lost part of its call, and when it was back (Unix ms; upUnixMs
+  // null while still down): what a health view or a benchmark reads.
+  outages: [],
+  lastServerMessageMs: 0,
 };
+
+// A connection that stops answering is given this long before it is rebuilt. Browsers
+// report "disconnected" after a few seconds without ICE answers, and "failed" only after
+// ~30 s: waiting for "failed" kept pages down for 17-19 s.
+const DISCONNECTED_GRACE_MS = 2000;
+// The server probes the clock every 2 s: 5 s of silence means it is gone or unreachable.
+const SERVER_SILENCE_MS = 5000;
+const RETRY_MAX_MS = 2000;
+
+function outageBegins(key, reason) {
+  if (state.outages.some((outage) => outage.key === key && outage.upUnixMs === null)) return;
+  state.outages.push({ key, reason, downUnixMs: Date.now(), upUnixMs: null });
+}
+
+function outageEnds(key) {
+  for (const outage of state.outages) {
+    if (outage.key === key && outage.upUnixMs === null) outage.upUnixMs = Date.now();
+  }
+}
+
+// Calls `onLost` when `pc` stays disconnected past the grace period, or fails.
+function watchConnection(pc, isCurrent, onLost) {
+  let timer = null;
+  pc.addEventListener("connectionstatechange", () => {
+    if (!isCurrent()) return;
+    clearTimeout(timer);
+    if (pc.connectionState === "failed") onLost("failed");
+    else if (pc.connectionState === "disconnected") {
+      timer = setTimeout(() => {
+        if (isCurrent() && pc.connectionState !== "connected") onLost("disconnected");
+      }, DISCONNECTED_GRACE_MS);
+    }
+  });
+}
 window.livetag = state; // tests and the tagging widget read this
 
 function setStatus(kind, text) {
@@ -86,9 +124,12 @@ async function publish() {
   }
   pc.addEventListener("connectionstatechange", () => {
     if (pc !== state.publishPc) return;
-    if (pc.connectionState === "connected") setStatus("live", "live");
-    if (pc.connectionState === "failed") reconnectSoon("media connection failed");
+    if (pc.connectionState === "connected") {
+      setStatus("live", "live");
+      outageEnds("call");
+    }
   });
+  watchConnection(pc, () => pc === state.publishPc, (why) => reconnectSoon(`media connection ${why}`));
   send({ type: "publish", sdp: await offerFor(pc) });
 }
 
@@ -120,11 +161,14 @@ async function subscribe(performerId, generation) {
   const subscription = { pc, generation, tile, frames: [], requestId };
   state.subscriptions.set(performerId, subscription);
   watchFrames(video, subscription);
+  const key = `watch:${performerId}`;
   pc.addEventListener("connectionstatechange", () => {
-    // A watched performer that fails (not one we dropped) is asked for again.
-    if (pc.connectionState === "failed" && state.subscriptions.get(performerId) === subscription) {
-      subscribe(performerId, generation);
-    }
+    if (pc.connectionState === "connected") outageEnds(key);
+  });
+  // A watched performer that is lost (not one we dropped) is asked for again.
+  watchConnection(pc, () => state.subscriptions.get(performerId) === subscription, (why) => {
+    outageBegins(key, `watching ${performerId}: ${why}`);
+    subscribe(performerId, generation);
   });
   send({ type: "subscribe", performer_id: performerId, sdp: await offerFor(pc), request_id: requestId });
 }
@@ -218,6 +262,7 @@ async function onMessage(event) {
       send({ type: "clock_reply", probe_id: message.probe_id, server_send_us: message.server_send_us, client_time_us: clientNowUs() });
       break;
     case "welcome":
+      if (message.you.role !== "performer") outageEnds("call");
       state.role = message.you.role;
       state.me = message.you.participant_id;
       state.sessionId = message.session_id;
@@ -254,6 +299,7 @@ async function onMessage(event) {
 let reconnectTimer = null;
 function reconnectSoon(reason) {
   if (reconnectTimer) return;
+  outageBegins("call", reason);
   setStatus("reconnecting", `reconnecting (${reason})…`);
   if (state.ws) state.ws.close();
   for (const performerId of [...state.subscriptions.keys()]) unsubscribe(performerId);
@@ -263,7 +309,7 @@ function reconnectSoon(reason) {
     reconnectTimer = null;
     connect();
   }, state.retryMs);
-  state.retryMs = Math.min(state.retryMs * 2, 5000);
+  state.retryMs = Math.min(state.retryMs * 2, RETRY_MAX_MS);
 }
 
 function connect() {
@@ -274,13 +320,18 @@ function connect() {
   const ws = new WebSocket(`${captureWs}/ws/call?token=${encodeURIComponent(token)}`);
   state.ws = ws;
   state.connects += 1;
-  ws.addEventListener("message", (event) => onMessage(event).catch((error) => console.error(error)));
+  state.lastServerMessageMs = Date.now();
+  ws.addEventListener("message", (event) => {
+    state.lastServerMessageMs = Date.now();
+    onMessage(event).catch((error) => console.error(error));
+  });
   ws.addEventListener("close", async () => {
     if (ws !== state.ws) return;
     // A refused handshake looks like any lost connection: ask why, and stop retrying
     // when the link itself is bad (expired, forged, unknown session).
     try {
       const response = await fetch(`${captureBase.origin}/api/token?token=${encodeURIComponent(token)}`);
+      if (ws !== state.ws) return; // a newer connection took over meanwhile
       if ([401, 403, 404, 409].includes(response.status)) {
         const reason = await response.json();
         setStatus("error", reason.message);
@@ -294,6 +345,7 @@ function connect() {
     } catch (error) {
       // The server is away: keep retrying below.
     }
+    if (ws !== state.ws) return;
     reconnectSoon("connection lost");
   });
 }
@@ -315,5 +367,12 @@ state.receiveStats = async function receiveStats() {
   }
   return result;
 };
+
+// A network cut can leave the websocket open for minutes with nothing arriving: the
+// server's silence is the sign.
+setInterval(() => {
+  if (reconnectTimer || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  if (Date.now() - state.lastServerMessageMs > SERVER_SILENCE_MS) reconnectSoon("server silent");
+}, 1000);
 
 connect();

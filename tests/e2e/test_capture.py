@@ -229,14 +229,28 @@ async def test_page_rejoins_after_a_server_restart(
         async with open_page(link, video=media.wolfgang_y4m, audio=media.speech_low_wav) as page:
             first = await collect(capture_settings, session, seconds=4.0)
             assert len(first[("video_frame", "alice")]) > 10
+            stopped_ms = time.time_ns() // 1_000_000
             await server.stop()
+            await asyncio.sleep(3.0)  # down for a while: the page keeps retrying meanwhile
             restarted = CaptureServer(
                 capture_settings.model_copy(update={"capture_port": port}), secret=secret
             )
             await restarted.start()
+            back_ms = time.time_ns() // 1_000_000
             await wait_until(lambda: _is_live(restarted, session.session_id), timeout_s=30)
             connects = await page.evaluate("window.livetag.connects")
             assert connects >= 2
+            # The page says it was down, noticed it at once, and was back (publishing
+            # again) within 3 s of the server's return, not after a long backoff.
+            outages = await page.evaluate("window.livetag.outages")
+            async with asyncio.timeout(10):
+                while not outages or outages[-1]["upUnixMs"] is None:
+                    await asyncio.sleep(0.1)
+                    outages = await page.evaluate("window.livetag.outages")
+            assert [outage["key"] for outage in outages] == ["call"], outages
+            assert outages[0]["downUnixMs"] - stopped_ms < 1000, outages
+            assert outages[0]["upUnixMs"] is not None, outages
+            assert outages[0]["upUnixMs"] - back_ms <= 3000, outages
             stats_before = restarted.calls[session.session_id].stats()["alice"]["video_frames_out"]
             await asyncio.sleep(4.0)
             stats_after = restarted.calls[session.session_id].stats()["alice"]["video_frames_out"]

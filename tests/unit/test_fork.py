@@ -308,6 +308,7 @@ async def test_a_decoder_two_seconds_behind_skips_to_a_keyframe_and_asks_for_one
     packets = vp8_packets(100, keyframe_every=80)
     assert [i for i, p in enumerate(packets) if is_vp8_keyframe(bytes(p))] == [0, 80]
     try:
+
         def offer(first: int, end: int) -> None:
             for index in range(first, end):
                 stamp = Stamp(T0 + index * 33_333, "sender_report", index * 3000)
