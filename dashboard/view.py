@@ -54,6 +54,11 @@ class _Performer:
     face_seq: int = 0
     prosody_latency_us: deque[int] = field(default_factory=lambda: deque(maxlen=100))
     face_latency_us: deque[int] = field(default_factory=lambda: deque(maxlen=30))
+    # Capture instants of the recent face records, analysed or skipped: the rate actually
+    # analysed, next to the frames the processors chose to skip (never reset).
+    face_analysed_us: deque[int] = field(default_factory=lambda: deque(maxlen=300))
+    face_skipped_us: deque[int] = field(default_factory=lambda: deque(maxlen=300))
+    face_frames_skipped: int = 0
     # Label windows for agreement: window start -> ((rater, label or NO_LABEL), ...)
     windows: dict[int, dict[str, str]] = field(default_factory=dict)
     windows_version: int = 0  # bumped by every label window that changes ``windows``
@@ -132,6 +137,11 @@ class SessionView:
 
     def add_face(self, frame: records.FaceFrame, received_us: int) -> None:
         performer = self._performer(frame.performer_id)
+        if frame.face_present is None:  # skipped by the processors: nothing to draw
+            performer.face_frames_skipped += 1
+            performer.face_skipped_us.append(frame.ts_us)
+            return
+        performer.face_analysed_us.append(frame.ts_us)
         performer.face_latency_us.append(received_us - frame.ts_us)
         if performer.face is not None and frame.ts_us <= performer.face["ts_us"]:
             return
@@ -195,6 +205,10 @@ class SessionView:
             latency[performer_id] = {
                 "prosody_latency_ms": _median_ms(performer.prosody_latency_us),
                 "face_latency_ms": _median_ms(performer.face_latency_us),
+                "face_fps_analysed": _recent_rate(
+                    performer.face_analysed_us, performer.face_skipped_us
+                ),
+                "face_frames_skipped": performer.face_frames_skipped,
             }
         merged = dict(health)
         per_performer = {**merged.get("performers", {})}
@@ -275,6 +289,27 @@ class SessionView:
         if not update:
             return None
         return {"type": "update", "now_us": now_us, **update}
+
+
+RATE_SPAN_US = 5_000_000
+
+
+def _recent_rate(analysed_us: deque[int], skipped_us: deque[int]) -> float | None:
+    """Frames per second actually analysed over the last 5 s of the performer's face
+    stream: the stream's own frame rate (by capture time, so a stream arriving late
+    still shows its rate) times the share of frames that were analysed."""
+    newest = max(analysed_us[-1] if analysed_us else 0, skipped_us[-1] if skipped_us else 0)
+    since = newest - RATE_SPAN_US
+    analysed = [ts for ts in analysed_us if ts > since]
+    skipped = [ts for ts in skipped_us if ts > since]
+    total = len(analysed) + len(skipped)
+    if total < 2:
+        return None
+    span_us = newest - min(analysed[:1] + skipped[:1])
+    if span_us <= 0:
+        return None
+    frames_per_s = (total - 1) * 1_000_000 / span_us
+    return round(len(analysed) / total * frames_per_s, 1)
 
 
 def _median_ms(values: Iterable[int]) -> float | None:

@@ -346,6 +346,17 @@ class Settings(BaseSettings):
             "frames stay in one); as many as the cores the processors may use."
         ),
     )
+    face_max_lag_ms: int = Field(
+        default=250,
+        ge=0,
+        le=600_000,
+        description=(
+            "A video frame already this far behind real time when the processors read "
+            "it is not analysed but recorded as skipped ('late'): a machine that cannot "
+            "keep the analysis rate thins frames instead of falling behind. 0: analyse "
+            "every frame however late."
+        ),
+    )
     face_model_path: Path | None = Field(
         default=None,
         description="face_landmarker.task to use instead of the one in the cache folder.",

@@ -158,6 +158,7 @@ _COUNTERS = (
     "windows_skipped",
     "corrections",
     "late_features",
+    "face_frames_skipped",
     "duplicate_features",
     "tags",
     "duplicate_tags",
@@ -205,6 +206,11 @@ class SessionAligner:
         track.face_arrived_us = now_us
         if track.newest_face_us is None or frame.ts_us > track.newest_face_us:
             track.newest_face_us = frame.ts_us
+        if frame.face_present is None:
+            # Skipped on purpose (the processors were behind): the stream has moved past
+            # this instant, but there is nothing seen to summarise.
+            self._counts["face_frames_skipped"] += 1
+            return self._emit_ready(now_us)
         pose = frame.head_pose
         sight = _Sight(
             present=frame.face_present,

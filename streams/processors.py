@@ -96,6 +96,19 @@ class SessionProcessors:
         self.prosody_pool.shutdown(wait=False, cancel_futures=True)
 
 
+def skipped_face(frame: records.VideoFrame, reason: records.FaceSkipReason) -> records.FaceFrame:
+    """The face record of a frame the processors chose not to analyse."""
+    header = frame.header
+    return records.FaceFrame(
+        ts_us=header.ts_us,
+        session_id=header.session_id,
+        performer_id=header.performer_id,
+        video_seq=header.seq,
+        face_present=None,
+        skipped=reason,
+    )
+
+
 def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     """The faust app of one session's processors."""
     app = make_faust_app(
@@ -193,7 +206,9 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         # one, and a backlog (after a restart) drained barely faster than real time.
         # Events are acked when their face record is out; faust commits an offset only
         # when everything before it is acked, so a crash never skips a frame.
-        Analysis = asyncio.Task[records.KafkaMessage]
+        Analysis = asyncio.Future[records.KafkaMessage]
+        loop = asyncio.get_running_loop()
+        max_lag_us = settings.face_max_lag_ms * 1000
         lanes: dict[str, tuple[asyncio.Queue[tuple[Any, Analysis]], asyncio.Task[None]]] = {}
 
         async def lane(queue: asyncio.Queue[tuple[Any, Analysis]]) -> None:
@@ -235,8 +250,17 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                 if performer_id not in lanes:
                     queue: asyncio.Queue[tuple[Any, Analysis]] = asyncio.Queue(maxsize=LANE_FRAMES)
                     lanes[performer_id] = (queue, asyncio.create_task(lane(queue)))
-                # Submitted now, in read order: each worker runs its calls in order.
-                analysis = asyncio.create_task(state.faces.analyse(frame))
+                analysis: Analysis
+                if max_lag_us and _now_us() - frame.header.ts_us > max_lag_us:
+                    # Already late: analysing it would only add lag. Recorded as skipped,
+                    # in its place in the lane (every frame gets one record, in order).
+                    # The rule is the same for every performer, so an overloaded machine
+                    # thins all of them alike.
+                    analysis = loop.create_future()
+                    analysis.set_result(records.encode(skipped_face(frame, "late")))
+                else:
+                    # Submitted now, in read order: each worker runs its calls in order.
+                    analysis = asyncio.create_task(state.faces.analyse(frame))
                 try:
                     # A full lane holds the stream back: backpressure, not an unbounded queue.
                     await lanes[performer_id][0].put((event, analysis))

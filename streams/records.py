@@ -311,18 +311,31 @@ class HeadPose(_Model):
     roll_deg: Number
 
 
+FaceSkipReason = Literal["late"]
+
+
 class FaceFrame(PerformerRecord):
-    """One analysed video frame; ts_us = the frame's capture instant."""
+    """One video frame's face features; ts_us = the frame's capture instant.
+
+    Every forked video frame gets exactly one such record. ``skipped`` says the processors
+    did not analyse it, on purpose: ``"late"`` = the frame was already older than the
+    processors' lag budget (``face_max_lag_ms``) when they read it, so analysing it would
+    only have added lag (a machine that cannot keep the analysis rate thins frames instead
+    of falling behind). A skipped frame has ``face_present`` null and no features.
+    """
 
     record_type: ClassVar[str] = "face_frame"
     video_seq: Annotated[StrictInt, Field(ge=0)]
-    face_present: StrictBool
+    face_present: StrictBool | None
     landmarks: Landmarks | None = None
     blendshapes: dict[str, Unit] = {}
     head_pose: HeadPose | None = None
+    skipped: FaceSkipReason | None = None
 
     @model_validator(mode="after")
     def _absent_face_is_empty(self) -> FaceFrame:
+        if (self.face_present is None) != (self.skipped is not None):
+            raise ValueError("face_present is null exactly when the frame was skipped")
         if not self.face_present and (self.landmarks or self.blendshapes or self.head_pose):
             raise ValueError("a frame without a face carries no landmarks, blendshapes or pose")
         return self

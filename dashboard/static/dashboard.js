@@ -57,6 +57,7 @@
     health: null,
     session: null,
     errors: [],
+    meshDrawn: {}, // performer_id -> {atUnixMs, faceTsUs} of the last mesh drawn
   };
   window.livetagDashboard = hooks;
 
@@ -607,6 +608,7 @@
     panel.meshShown = true;
     panel.meshDirty = false;
     panel.hook.meshDraws += 1;
+    hooks.meshDrawn[panel.id] = { atUnixMs: performance.timeOrigin + performance.now(), faceTsUs: panel.faceTs };
   }
 
   // ---- charts -----------------------------------------------------------------------
@@ -1201,6 +1203,8 @@
       cell(row, 4, fmt(v.audio_dropped, 0), v.audio_dropped > 0 ? "warn" : "ok");
       cell(row, 5, fmt(v.prosody_latency_ms, 0), latencyLevel(v.prosody_latency_ms));
       cell(row, 6, fmt(v.face_latency_ms, 0), latencyLevel(v.face_latency_ms));
+      cell(row, 7, fmt(v.face_fps_analysed, 1), typeof v.face_fps_analysed === "number" && v.face_fps_analysed < 10 ? "warn" : "ok");
+      cell(row, 8, fmt(v.face_frames_skipped, 0), v.face_frames_skipped > 0 ? "warn" : "ok");
     });
     const lag = health.consumer_lag || {};
     const lagKeys = Object.keys(lag).sort();

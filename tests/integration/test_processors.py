@@ -65,6 +65,9 @@ async def send(producer: AIOKafkaProducer, topic: str, record: records.AnyRecord
 
 
 async def test_media_records_become_feature_records(settings: Settings) -> None:
+    # Every frame analysed, however late: the frames are all sent before the processors
+    # have joined their group (a few seconds), which would make them late.
+    settings = settings.model_copy(update={"face_max_lag_ms": 0})
     media = test_media.prepare(test_media.default_dir())
     session = await create_session(
         settings,
@@ -146,3 +149,41 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
     assert reasons[(session.topics.audio, "x/alice")].startswith("audio_chunk:")
     bob = records.performer_key(session.session_id, "bob").decode()
     assert "JPEG does not decode" in reasons[(session.topics.video, bob)]
+
+
+async def test_frames_already_late_are_recorded_as_skipped_in_order(settings: Settings) -> None:
+    media = test_media.prepare(test_media.default_dir())
+    session = await create_session(
+        settings,
+        prompt="processors behind",
+        performer_names=["alice"],
+        vocabulary=load_vocabulary(None),
+    )
+    # A backlog captured a minute ago (the processors were away): far past the lag budget.
+    late = face_frames(media, session.session_id, time.time_ns() // 1000 - 60_000_000)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        ProcessorWorker(settings, only_sessions={session.session_id}).run(stop)
+    )
+    producer = kafka.make_producer(settings)
+    consumer = kafka.make_consumer(settings, session.topics.face)
+    faces: list[records.FaceFrame] = []
+    await asyncio.gather(producer.start(), consumer.start())
+    try:
+        for frame in late:
+            await send(producer, session.topics.video, frame)
+        await producer.flush()
+        async with asyncio.timeout(120):
+            while len(faces) < len(late):
+                batches = await consumer.getmany(timeout_ms=300)
+                for batch in batches.values():
+                    faces += [records.decode(records.FaceFrame, m.value, m.headers) for m in batch]
+    finally:
+        stop.set()
+        await worker
+        await asyncio.gather(producer.stop(), consumer.stop())
+        async with kafka.admin_client(settings) as admin:
+            await topics.delete_session_topics(admin, session.session_id)
+    # One record per frame, in capture order, each saying it was knowingly skipped.
+    assert [(f.ts_us, f.video_seq) for f in faces] == [(v.header.ts_us, v.header.seq) for v in late]
+    assert {(f.skipped, f.face_present, f.landmarks) for f in faces} == {("late", None, None)}

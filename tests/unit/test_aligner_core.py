@@ -170,6 +170,22 @@ def test_summary_of_silence_and_absent_face() -> None:
     )
 
 
+def test_skipped_face_frames_move_the_stream_on_without_counting_as_seen() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 2 * W, T0)
+    aligner.add_face(face(T0), T0)
+    skipped = face(T0 + 66_667).model_copy(update={"face_present": None, "skipped": "late"})
+    assert aligner.add_face(skipped, T0) == []
+    # Window 0 still waits for the face stream to pass its end...
+    assert aligner.tick(T0 + W + CONFIG.tag_wait_us) == []
+    # ...which a skipped frame does as well as an analysed one.
+    later_skip = face(T0 + 133_333).model_copy(update={"face_present": None, "skipped": "late"})
+    [window0] = aligner.add_face(later_skip, T0 + W + CONFIG.tag_wait_us)
+    assert window0.ts_us == T0
+    assert window0.features.face_present_fraction == 1.0  # only the analysed frame counts
+    assert aligner.stats["face_frames_skipped"] == 2
+
+
 def test_emission_waits_for_both_streams_while_they_deliver_then_gives_up_on_a_stalled_one() -> (
     None
 ):

@@ -185,3 +185,28 @@ def test_agreement_per_performer_over_the_session_and_the_last_minute() -> None:
     view.compute_agreement(now_us=T0 + 300_000_000)
     assert view.agreement["ana"]["last_60s"] is None
     assert view.agreement["ana"]["session"] == ana["session"]
+
+
+def test_skipped_face_frames_are_counted_and_the_analysed_rate_shown() -> None:
+    view = SessionView(SESSION)
+    for n in range(30):  # 2 s at 15 fps, every third frame skipped by the processors
+        frame = face(T0 + n * 66_667)
+        if n % 3 == 2:
+            frame = frame.model_copy(
+                update={
+                    "face_present": None,
+                    "skipped": "late",
+                    "landmarks": None,
+                    "blendshapes": {},
+                    "head_pose": None,
+                }
+            )
+        view.add_face(frame, T0 + n * 66_667 + 40_000)
+    view.set_health({})
+    health = view.health["performers"]["ana"]
+    assert health["face_frames_skipped"] == 10
+    # Two of every three frames of a 15 fps stream: 10 analysed per second.
+    assert health["face_fps_analysed"] == 10.0
+    update = view.update_for(ClientCursor(), T0 + 3_000_000)
+    assert update is not None
+    assert update["performers"]["ana"]["face"]["ts_us"] == T0 + 28 * 66_667  # analysed one

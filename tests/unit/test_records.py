@@ -145,6 +145,23 @@ def test_face_absent_frame_carries_nothing() -> None:
         )
 
 
+def test_a_skipped_face_frame_says_so_and_carries_nothing() -> None:
+    common = {"ts_us": TS_US, "session_id": "s", "performer_id": "p", "video_seq": 0}
+    skipped = records.FaceFrame(**common, face_present=None, skipped="late")
+    assert records.decode(records.FaceFrame, *_value_and_headers(skipped)) == skipped
+    with pytest.raises(ValueError, match="null exactly when"):
+        records.FaceFrame(**common, face_present=None)  # not looked at, but no reason
+    with pytest.raises(ValueError, match="null exactly when"):
+        records.FaceFrame(**common, face_present=False, skipped="late")
+    with pytest.raises(ValueError, match="without a face"):
+        records.FaceFrame(**common, face_present=None, skipped="late", blendshapes={"a": 0.1})
+
+
+def _value_and_headers(record: records.FaceFrame) -> tuple[bytes, list[tuple[str, bytes]]]:
+    message = records.encode(record)
+    return message.value, list(message.headers)
+
+
 def test_landmarks_pack_to_float16_and_back() -> None:
     xyz = np.random.default_rng(1).random((478, 3))
     packed = records.Landmarks.from_xyz(xyz)
