@@ -18,6 +18,7 @@ neither Chromium nor aiortc can gather or use another interface.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -25,7 +26,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from playwright.async_api import BrowserContext, async_playwright
+from playwright.async_api import BrowserContext, Playwright, async_playwright
 
 ENV_CHROMIUM = "LIVETAG_CHROMIUM"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -96,18 +97,22 @@ async def launch_chromium(
     audio_file: Path | None,
     user_data_dir: Path,
     extra_args: Sequence[str] = (),
+    playwright: Playwright | None = None,
 ) -> AsyncIterator[BrowserContext]:
     """Start one headless Chromium process and yield its (persistent) context.
 
     `user_data_dir` should be fresh per process (e.g. a pytest tmp dir): Chromium locks
-    a profile, and an old profile could carry state between tests.
+    a profile, and an old profile could carry state between tests. `playwright`: a driver
+    already running, shared by several browsers (default: one driver for this browser).
     """
     args = [*chromium_args(video_file=video_file, audio_file=audio_file), *extra_args]
     # --headless is also implied by headless=True; Playwright rejects --user-data-dir in
     # args, so the profile goes through its own parameter.
     args.remove("--headless")
     await asyncio.to_thread(user_data_dir.mkdir, parents=True, exist_ok=True)
-    async with async_playwright() as playwright:
+    async with contextlib.AsyncExitStack() as stack:
+        if playwright is None:
+            playwright = await stack.enter_async_context(async_playwright())
         context = await playwright.chromium.launch_persistent_context(
             str(user_data_dir),
             executable_path=chromium_path(),

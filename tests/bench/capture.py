@@ -49,6 +49,7 @@ from streams.sessions import create_session
 from taggers.tokens import join_links
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
+from tests.bench import common
 from tests.bench.common import cpu_seconds, machine_busy_seconds
 from tests.browser import launch_chromium, only_loopback
 from tests.lipsync import beep_onsets, flash_onsets
@@ -634,27 +635,7 @@ async def run(args: argparse.Namespace, sync: test_media.LipSync) -> dict[str, A
 
 def reexec_in_netns() -> None:
     """Run this benchmark again inside a network namespace that has only ``lo``."""
-    if os.environ.get(IN_NETNS_ENV):
-        raise SystemExit("error: still not loopback-only after unshare -n")
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        raise SystemExit("error: `unshare` not found (Debian package util-linux)")
-    # Root can make a network namespace directly; others need a user namespace too.
-    flags = "-n" if os.geteuid() == 0 else "-rn"
-    command = [
-        unshare,
-        flags,
-        "sh",
-        "-c",
-        'ip link set lo up && exec "$0" "$@"',
-        sys.executable,
-        "-m",
-        "tests.bench.capture",
-        *sys.argv[1:],
-    ]
-    sys.stdout.flush()
-    os.chdir(ROOT)  # -m finds the tests package from the working directory
-    os.execvpe(unshare, command, {**os.environ, IN_NETNS_ENV: "1"})
+    common.reexec_in_netns("tests.bench.capture", IN_NETNS_ENV)
 
 
 def main() -> None:

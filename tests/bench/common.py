@@ -1,15 +1,21 @@
-"""What the benchmarks share: CPU accounting and a broker to measure against."""
+"""What the benchmarks share: CPU accounting, a broker to measure against, and the
+loopback-only network namespace the WebRTC benchmarks run in."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from infra.broker import EmbeddedBroker
 from infra.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -61,3 +67,33 @@ def bench_broker(settings: Settings, state_dir: Path) -> Iterator[BenchBroker]:
         yield BenchBroker(settings.model_copy(update={"broker_port": broker.port}), broker.pid)
     finally:
         broker.stop()
+
+
+def reexec_in_netns(module: str, marker_env: str) -> NoReturn:
+    """Run ``python -m module`` (same arguments) again inside a network namespace that has
+    only ``lo``, so neither Chromium nor aiortc can gather or use another interface.
+
+    ``marker_env`` is set on the re-exec so that it never loops (not a LIVETAG_ name: the
+    settings reject unknown LIVETAG_ variables).
+    """
+    if os.environ.get(marker_env):
+        raise SystemExit("error: still not loopback-only after unshare -n")
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise SystemExit("error: `unshare` not found (Debian package util-linux)")
+    # Root can make a network namespace directly; others need a user namespace too.
+    flags = "-n" if os.geteuid() == 0 else "-rn"
+    command = [
+        unshare,
+        flags,
+        "sh",
+        "-c",
+        'ip link set lo up && exec "$0" "$@"',
+        sys.executable,
+        "-m",
+        module,
+        *sys.argv[1:],
+    ]
+    sys.stdout.flush()
+    os.chdir(ROOT)  # -m finds the tests package from the working directory
+    os.execvpe(unshare, command, {**os.environ, marker_env: "1"})
