@@ -488,6 +488,7 @@ class CallConnection:
 
     async def run(self) -> None:
         session = self.call.session
+        settings = self.server.settings
         await self.send(
             {
                 "type": "welcome",
@@ -496,6 +497,9 @@ class CallConnection:
                 "roster": [p.model_dump() for p in session.roster],
                 "vocabulary": [v.model_dump() for v in session.vocabulary],
                 "you": {"participant_id": self.claims.participant_id, "role": self.claims.role},
+                # What a performer page asks its camera for (the size is scaled to the
+                # analysis size on the server).
+                "capture": {"width": 640, "height": 360, "fps": settings.effective_capture_fps},
                 "live": self.call.live_performers(),
             }
         )

@@ -7,6 +7,8 @@ then the defaults below.
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 import ssl
@@ -211,6 +213,16 @@ class Settings(BaseSettings):
     video_width: int = Field(default=640, gt=0, le=3840, description="Analysis frame width.")
     video_height: int = Field(default=360, gt=0, le=2160, description="Analysis frame height.")
     video_fps: float = Field(default=15.0, gt=0, le=60, description="Analysis frame rate.")
+    capture_fps: int | None = Field(
+        default=None,
+        ge=1,
+        le=60,
+        description=(
+            "Frame rate performer pages capture and send (what watchers see); default: "
+            "the analysis rate. Higher is smoother to watch and costs every browser an "
+            "encode or decode per extra frame, and the server a decode."
+        ),
+    )
     jpeg_quality: int = Field(default=80, ge=10, le=95)
     video_queue_frames: int = Field(
         default=8, ge=1, le=256, description="Video frames buffered per performer before drops."
@@ -415,6 +427,21 @@ class Settings(BaseSettings):
         if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
             raise ValueError("LIVETAG_KAFKA_SSL_KEYFILE needs LIVETAG_KAFKA_SSL_CERTFILE")
         return self
+
+    @model_validator(mode="after")
+    def _check_capture_rate(self) -> Settings:
+        if self.capture_fps is not None and self.capture_fps < self.video_fps:
+            raise ValueError(
+                f"LIVETAG_CAPTURE_FPS ({self.capture_fps}) is below the analysis rate "
+                f"LIVETAG_VIDEO_FPS ({self.video_fps}): frames cannot be analysed faster "
+                "than they are captured"
+            )
+        return self
+
+    @property
+    def effective_capture_fps(self) -> int:
+        """The rate performer pages capture at: ``capture_fps``, else the analysis rate."""
+        return self.capture_fps or math.ceil(self.video_fps)
 
     @model_validator(mode="after")
     def _check_tls_pair(self) -> Settings:

@@ -104,13 +104,15 @@ async function offerFor(pc) {
   return pc.localDescription.sdp;
 }
 
-async function publish() {
+async function publish(capture) {
   if (!state.localStream) {
     state.localStream = await navigator.mediaDevices.getUserMedia({
       // Prosody is measured on this audio: no automatic gain or noise suppression that
       // would reshape loudness. Echo cancellation stays on, for performers on speakers.
       audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false },
-      video: { width: 640, height: 360, frameRate: 30 },
+      // The server's capture rate (the analysis rate by default): every frame above it
+      // costs each browser an encode or decode, and the server a decode.
+      video: { width: capture.width, height: capture.height, frameRate: { ideal: capture.fps, max: capture.fps } },
     });
     const selfTile = document.getElementById("self-tile");
     selfTile.hidden = false;
@@ -272,7 +274,8 @@ async function onMessage(event) {
       document.getElementById("who").textContent = `${state.roster.get(state.me) || state.me} (${state.role})`;
       state.retryMs = 500;
       startTagger();
-      if (state.role === "performer") await publish();
+      state.capture = message.capture;
+      if (state.role === "performer") await publish(message.capture);
       else setStatus("live", "watching");
       onLive(message.live);
       break;

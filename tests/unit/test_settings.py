@@ -200,3 +200,11 @@ def test_kafka_security_errors_name_the_variables(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("LIVETAG_KAFKA_SASL_USERNAME", "livetag")
     with pytest.raises(ValidationError, match="needs LIVETAG_KAFKA_SASL_PASSWORD"):
         Settings()
+
+
+def test_capture_rate_follows_the_analysis_rate_and_never_falls_below_it() -> None:
+    assert Settings().effective_capture_fps == 15
+    assert Settings(video_fps=30.0).effective_capture_fps == 30
+    assert Settings(capture_fps=30).effective_capture_fps == 30
+    with pytest.raises(ValueError, match="below the analysis rate"):
+        Settings(video_fps=30.0, capture_fps=15)
