@@ -7,9 +7,8 @@ then the defaults below.
 
 from __future__ import annotations
 
-import math
-
 import json
+import math
 import os
 import ssl
 from pathlib import Path

@@ -143,7 +143,7 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
     # Every video frame gave one face record, on the frame's own capture time, in capture
     # order (frames are analysed several at a time; their records go out in order).
     assert [r.ts_us for r in faces] == [f.header.ts_us for f in video]
-    assert sum(r.face_present for r in faces) >= 0.95 * len(video)
+    assert sum(bool(r.face_present) for r in faces) >= 0.95 * len(video)
     reasons = {(d.source_topic, d.source_key): d.reason for d in dead}
     assert reasons[(session.topics.video, "x/alice")].startswith("video_frame:")
     assert reasons[(session.topics.audio, "x/alice")].startswith("audio_chunk:")

@@ -12,7 +12,6 @@ from typing import Any
 import av
 import numpy as np
 import pytest
-
 from aiortc.codecs.opus import OpusEncoder
 
 from capture.fork import AUDIO_CHUNK_SAMPLES, OPUS_DECODER_DELAY_US, PerformerFork

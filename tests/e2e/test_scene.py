@@ -1,0 +1,27 @@
+"""A short scene end to end, as users run it: ``livetag up``, two performers in Chromium
+watching each other, a director's dashboard, tags from every page (tests/bench/scene.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests import media as test_media
+from tests.bench.scene import SceneOptions, run_scene
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_a_short_scene_keeps_every_connection_window_and_tag(
+    media: test_media.MediaSet, tmp_path: Path
+) -> None:
+    options = SceneOptions(performers=2, directors=1, seconds=30.0, timeout_s=240.0)
+    result = await run_scene(options, media, tmp_path / "scene")
+    print(json.dumps(result))
+    summary = {key: value for key, value in result.items() if key != "details"}
+    assert result["connection_drops"] == 0, result["details"]["drops"]
+    assert result["label_windows_emitted"] == result["label_windows_expected"], summary
+    assert result["tags_pressed"] > 0
+    assert result["tags_in_labels"] == result["tags_pressed"], result["details"]["tags"]
