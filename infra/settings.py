@@ -212,6 +212,28 @@ class Settings(BaseSettings):
     video_width: int = Field(default=640, gt=0, le=3840, description="Analysis frame width.")
     video_height: int = Field(default=360, gt=0, le=2160, description="Analysis frame height.")
     video_fps: float = Field(default=15.0, gt=0, le=60, description="Analysis frame rate.")
+    services_nice: int = Field(
+        default=-5,
+        ge=-20,
+        le=19,
+        description=(
+            "Scheduling niceness of the services livetag up starts (the embedded broker, "
+            "processors, dashboard, recorder): on a machine shared with other work the "
+            "pipeline keeps its pace. Below 0 needs root or CAP_SYS_NICE; when refused "
+            "they keep livetag's own priority, and livetag up says so."
+        ),
+    )
+    capture_nice: int = Field(
+        default=-10,
+        ge=-20,
+        le=19,
+        description=(
+            "Scheduling niceness of the capture server: the call (ICE consent, RTCP, "
+            "forwarded packets, capture timestamps) must be served on time even when the "
+            "machine is short of CPU. Below 0 needs root or CAP_SYS_NICE; when refused the "
+            "server keeps its inherited priority and says so."
+        ),
+    )
     capture_fps: int | None = Field(
         default=None,
         ge=1,

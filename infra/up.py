@@ -32,6 +32,60 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(signum)
 
 
+# The niceness livetag was started with, and the one its services run at (set by
+# prioritise_services): a service started by the capture server's process must not inherit
+# the call's priority.
+_BASE_NICENESS = os.getpriority(os.PRIO_PROCESS, 0)
+_services_niceness = _BASE_NICENESS
+
+
+def _renice(niceness: int) -> bool:
+    """Set this thread's niceness (Linux: threads it starts inherit it); False when a
+    lower niceness than now is refused (it needs root or CAP_SYS_NICE)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    except PermissionError:
+        return False
+    return True
+
+
+def prioritise_services(settings: Settings, say: Say) -> None:
+    """Run livetag's services (the broker it starts, processors, dashboard, recorder) at
+    ``services_nice``: on a machine they share with other work, browsers on a laptop
+    included, the pipeline keeps its pace and the rest waits."""
+    global _services_niceness
+    if _renice(settings.services_nice):
+        _services_niceness = settings.services_nice
+    else:
+        say(
+            f"service priority unchanged (niceness {_BASE_NICENESS}): niceness "
+            f"{settings.services_nice} needs root or CAP_SYS_NICE "
+            "(LIVETAG_SERVICES_NICE=0 silences this)"
+        )
+
+
+def prioritise_capture(settings: Settings, say: Say) -> None:
+    """Give this process (the capture server) the call's priority, ``capture_nice``.
+
+    The capture server needs little CPU but needs it at once: a late event loop misses
+    ICE consent checks (the connection drops after ~30 s of misses) and lets UDP receive
+    buffers overflow. On a machine that is short of CPU everything else waits instead.
+    """
+    if not _renice(settings.capture_nice):
+        say(
+            f"capture priority unchanged (niceness {os.getpriority(os.PRIO_PROCESS, 0)}): "
+            f"niceness {settings.capture_nice} needs root or CAP_SYS_NICE "
+            "(LIVETAG_CAPTURE_NICE=0 silences this)"
+        )
+
+
+def _child_setup() -> None:
+    # Runs in a child between fork and exec: the services' priority, not the call's
+    # (raising niceness needs no privilege), and it dies with livetag.
+    os.setpriority(os.PRIO_PROCESS, 0, _services_niceness)
+    die_with_parent()
+
+
 async def run_up(settings: Settings, *, say: Say = print) -> None:
     await run_services(settings, embedded_broker=settings.uses_embedded_broker, say=say)
 
@@ -52,6 +106,8 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
     # Handlers first: a Ctrl-C while starting still stops what was started, in order.
     with _stop_on_signals(stop):
         try:
+            # Before the broker starts: it inherits the services' priority.
+            prioritise_services(settings, say)
             if embedded_broker:
                 broker = EmbeddedBroker.from_settings(settings)
                 broker.start()
@@ -70,6 +126,7 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 except face_model.FaceModelError as exc:
                     say(f"face model       MISSING: {exc}")
             if not stop.is_set():
+                prioritise_capture(settings, say)
                 capture = CaptureServer(settings, secret=load_secret(settings))
                 await capture.start()
                 say(f"capture server   {capture.url}  (join links: livetag session create)")
@@ -119,6 +176,7 @@ async def run_capture(settings: Settings) -> None:
     with _stop_on_signals(stop):
         async with kafka.admin_client(settings) as admin:
             await topics.ensure_shared_topics(admin, settings)
+        prioritise_capture(settings, print)
         server = CaptureServer(settings, secret=load_secret(settings))
         await server.start()
         print(f"capture server   {server.url}", flush=True)
@@ -162,7 +220,7 @@ async def _start_service(settings: Settings, command: str) -> asyncio.subprocess
         "infra",
         command,
         env={**os.environ, **to_environment(settings)},
-        preexec_fn=die_with_parent,
+        preexec_fn=_child_setup,
     )
 
 

@@ -21,6 +21,7 @@
   const LANE_H = 14;
   const AXIS_H = 14;
   const OFFSCREEN_DRAW_MS = 250; // panels scrolled out of view redraw at 4 Hz
+  const CHART_FPS = 20;
   const PITCH_GRID = [100, 200, 400];
   const LOUD_GRID = [-60, -40, -20];
   const PITCH_TEXT = PITCH_GRID.map((hz) => `${hz} Hz`);
@@ -76,6 +77,7 @@
     sessionId: null,
     scriptsStarted: false,
     lastPrunePerf: 0,
+    lastChartPerf: 0,
     lastTakeText: "",
     actionPendingUntil: 0,
   };
@@ -1436,12 +1438,17 @@
         pruneTags(panel, cutoff);
       }
     }
+    // Charts scroll at CHART_FPS, not at the display's rate: a 30 s window moves about a
+    // pixel per 50 ms, and redrawing every chart at 60 Hz cost the director's browser
+    // more CPU than the call itself on a small machine. The mesh is drawn when it changes.
+    const drawCharts = perfNow - dash.lastChartPerf >= 1000 / CHART_FPS;
+    if (drawCharts) dash.lastChartPerf = perfNow;
     for (const panel of dash.panels.values()) {
       checkFigure(panel);
       if (!panel.visible && perfNow - panel.lastDrawPerf < OFFSCREEN_DRAW_MS) continue;
-      panel.lastDrawPerf = perfNow;
       drawMesh(panel, now);
-      if (now === null) continue;
+      if (now === null || !drawCharts) continue;
+      panel.lastDrawPerf = perfNow;
       drawPitch(panel, now);
       drawLoudness(panel, now);
       drawTimeline(panel, now);
