@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from infra.broker import EmbeddedBroker, die_with_parent
 from infra.settings import Settings, to_environment
@@ -49,12 +50,33 @@ def _renice(niceness: int) -> bool:
     return True
 
 
+_AUTOGROUP_ENABLED = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def _renice_autogroup(niceness: int) -> bool:
+    """With autogrouping (most desktop and many server kernels), the scheduler first
+    shares the CPU between sessions, and a thread's niceness only counts within its own:
+    three browsers in three sessions would get three shares to livetag's one, however
+    nice livetag's threads are. The session's own niceness is what counts between them."""
+    try:
+        enabled = _AUTOGROUP_ENABLED.read_text().strip() == "1"
+    except OSError:
+        return True  # no autogrouping in this kernel: thread niceness is what counts
+    if not enabled:
+        return True
+    try:
+        Path("/proc/self/autogroup").write_text(str(niceness))
+    except OSError:
+        return False
+    return True
+
+
 def prioritise_services(settings: Settings, say: Say) -> None:
     """Run livetag's services (the broker it starts, processors, dashboard, recorder) at
     ``services_nice``: on a machine they share with other work, browsers on a laptop
     included, the pipeline keeps its pace and the rest waits."""
     global _services_niceness
-    if _renice(settings.services_nice):
+    if _renice(settings.services_nice) and _renice_autogroup(settings.services_nice):
         _services_niceness = settings.services_nice
     else:
         say(

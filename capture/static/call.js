@@ -111,8 +111,10 @@ async function publish(capture) {
       // would reshape loudness. Echo cancellation stays on, for performers on speakers.
       audio: { echoCancellation: true, noiseSuppression: false, autoGainControl: false },
       // The server's capture rate (the analysis rate by default): every frame above it
-      // costs each browser an encode or decode, and the server a decode.
-      video: { width: capture.width, height: capture.height, frameRate: { ideal: capture.fps, max: capture.fps } },
+      // costs each browser an encode or decode, and the server a decode. The ceiling has
+      // a frame of slack: a camera running at exactly that rate, with jitter, must not
+      // lose frames to the browser's rate limiter (a one-frame flash would vanish).
+      video: { width: capture.width, height: capture.height, frameRate: { ideal: capture.fps, max: capture.fps + 1 } },
     });
     const selfTile = document.getElementById("self-tile");
     selfTile.hidden = false;

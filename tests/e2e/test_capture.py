@@ -139,9 +139,12 @@ async def test_lip_sync_flash_and_beep_land_together(
     # Chromium's fake camera runs a little slower than its 30 fps file while the fake
     # microphone keeps exact time, so flash and beep drift apart by about a frame every
     # few seconds of capture: judge the first events, where that drift is smallest.
+    # Within those, the error steps by one frame (33 ms) every few events, so where the
+    # first events fall in that cycle is chance: no event may be more than a frame and a
+    # bit off, and where the cycle passes zero flash and beep must land together.
     first = errors_ms[:6]
     assert max(abs(e) for e in first) <= 40, first
-    assert sorted(abs(e) for e in first)[len(first) // 2] <= 34, first
+    assert min(abs(e) for e in first) <= 20, first
 
 
 async def test_bad_input_gets_clear_errors_while_the_scene_flows(
