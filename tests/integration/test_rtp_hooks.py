@@ -17,14 +17,24 @@ import aioice.ice
 import aiortc
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCPeerConnection, RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamTrack, VideoStreamTrack
 from aiortc.rtp import RtpPacket
 from av import AudioFrame, VideoFrame
 
 from capture.ice import restrict_host_addresses, rtc_configuration
 from capture.media_clock import StreamClock, TimeSource, ntp_to_unix_us
-from capture.rtp_hooks import PINNED_AIORTC, AiortcChangedError, attach, rtp_timestamp_of_frame
+from capture.rtp_hooks import (
+    PINNED_AIORTC,
+    AiortcChangedError,
+    EncodedFrame,
+    attach,
+    forward_encoded_frames,
+    on_keyframe_request,
+    request_keyframe,
+    rtp_timestamp_of_frame,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -273,5 +283,38 @@ async def test_hooks_fail_loudly_when_aiortc_internals_change(
         attach(receiver, StreamClock(90_000))
         with pytest.raises(ValueError, match="already attached"):
             attach(receiver, StreamClock(90_000))
+    finally:
+        await pc.close()
+
+
+async def test_forwarding_hooks_fail_loudly_when_aiortc_internals_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pc = RTCPeerConnection(configuration=rtc_configuration())
+    try:
+        transceiver = pc.addTransceiver("video")
+        receiver, sender = transceiver.receiver, transceiver.sender
+        with monkeypatch.context() as patched:
+            patched.delattr(receiver, "_RTCRtpReceiver__decoder_queue")
+            with pytest.raises(AiortcChangedError, match="decoder queue"):
+                forward_encoded_frames(receiver, lambda frame: None)
+        with monkeypatch.context() as patched:
+            patched.delattr(RTCRtpSender, "_send_keyframe")
+            with pytest.raises(AiortcChangedError, match="_send_keyframe"):
+                on_keyframe_request(sender, lambda: None)
+        delivered: list[EncodedFrame] = []
+        forward_encoded_frames(receiver, delivered.append)
+        with pytest.raises(ValueError, match="already forwards"):
+            forward_encoded_frames(receiver, delivered.append)
+        # What the receiver hands its decoder queue now comes out as an encoded frame.
+        codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000, payloadType=96)
+        receiver._RTCRtpReceiver__decoder_queue.put((codec, JitterFrame(b"\x10\x02", 3000)))  # type: ignore[attr-defined]
+        assert delivered == [EncodedFrame(codec="video/vp8", data=b"\x10\x02", pts=3000)]
+        # No media SSRC seen yet: a keyframe request says it could not be sent.
+        assert await request_keyframe(receiver) is False
+        requests: list[int] = []
+        on_keyframe_request(sender, lambda: requests.append(1))
+        sender._send_keyframe()
+        assert requests == [1]
     finally:
         await pc.close()
