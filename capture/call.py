@@ -200,7 +200,11 @@ class SceneCall:
         ]
 
     async def publish(
-        self, performer_id: str, offer_sdp: str, sender_offset: OffsetProvider
+        self,
+        performer_id: str,
+        offer_sdp: str,
+        sender_offset: OffsetProvider,
+        on_lost: Notify | None = None,
     ) -> tuple[str, int]:
         """Accept a performer's camera + microphone; returns the SDP answer and the
         generation that identifies this publication."""
@@ -254,8 +258,12 @@ class SceneCall:
             if pc.connectionState in ("failed", "closed") and (
                 self.published.get(performer_id) is media
             ):
+                # Lost, not replaced or left (those pop it first): tell the page now,
+                # which otherwise notices only when its own ICE checks go unanswered.
                 self.published.pop(performer_id, None)
                 await media.close()
+                if on_lost is not None:
+                    await on_lost()
             await self._on_live_change()
 
         try:

@@ -531,7 +531,10 @@ class CallConnection:
                 if self.claims.role != "performer":
                     raise CallError("forbidden", "only performers publish media")
                 answer, self._published_generation = await self.call.publish(
-                    self.claims.participant_id, message.sdp, self.sender_offset_us
+                    self.claims.participant_id,
+                    message.sdp,
+                    self.sender_offset_us,
+                    on_lost=self._publication_lost,
                 )
                 await self.send({"type": "publish_answer", "sdp": answer})
             else:
@@ -553,6 +556,10 @@ class CallConnection:
         except CallError as exc:
             self.server.refusals[exc.code] += 1
             await self.send(signaling.error(exc.code, exc.message))
+
+    async def _publication_lost(self) -> None:
+        self._published_generation = None
+        await self.send({"type": "publish_lost"})
 
     async def _probe_clock(self) -> None:
         while not self.ws.closed:

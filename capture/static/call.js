@@ -294,6 +294,11 @@ async function onMessage(event) {
     case "performers":
       onLive(message.live);
       break;
+    case "publish_lost":
+      // The server lost this page's media connection (e.g. ICE consent expired): join
+      // again now rather than after the browser's own checks time out.
+      reconnectSoon("media connection lost on the server");
+      break;
     case "error":
       state.errors.push(message);
       console.warn("livetag:", message.code, message.message);

@@ -264,6 +264,37 @@ async def test_page_rejoins_after_a_server_restart(
             await restarted.stop()
 
 
+async def test_a_publication_the_server_loses_is_rejoined_at_once(
+    capture_settings: Settings,
+    capture_server: CaptureServer,
+    open_page: LaunchPage,
+    media: test_media.MediaSet,
+) -> None:
+    session, links = await new_session(capture_settings, capture_server, ["alice"])
+    async with open_page(
+        links["alice"], video=media.wolfgang_y4m, audio=media.speech_low_wav
+    ) as page:
+        await wait_until(lambda: _is_live(capture_server, session.session_id), timeout_s=30)
+        call = capture_server.calls[session.session_id]
+        first = call.published["alice"]
+        # What an ICE consent expiry does on the server: the connection closes under it.
+        lost_ms = time.time_ns() // 1_000_000
+        await first.pc.close()
+
+        def republished() -> bool:
+            # The page rejoins on a new signaling connection, which may bring a new call.
+            now = capture_server.calls.get(session.session_id)
+            media = None if now is None else now.published.get("alice")
+            return media is not None and media is not first and media.live
+
+        await wait_until(republished, timeout_s=10)
+        back_ms = time.time_ns() // 1_000_000
+        outages = await page.evaluate("window.livetag.outages")
+    # The page was told and came back within seconds, not after its own ICE timeout.
+    assert back_ms - lost_ms < 3000, back_ms - lost_ms
+    assert [outage["reason"] for outage in outages] == ["media connection lost on the server"]
+
+
 async def test_director_watches_and_frames_on_screen_map_to_capture_instants(
     capture_settings: Settings,
     capture_server: CaptureServer,
