@@ -92,6 +92,7 @@ class PublishedMedia:
     # stamp, for placing an observer's tag on the frame they saw.
     recent: OrderedDict[int, Stamp] = field(default_factory=OrderedDict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    frames_failed: int = 0  # received frames whose handling raised (a bug: logged)
 
     @property
     def live(self) -> bool:
@@ -146,6 +147,7 @@ class PublishedMedia:
     def stats(self) -> dict[str, Any]:
         return {
             "watchers": self.fanouts["video"].watchers if "video" in self.fanouts else 0,
+            "frames_failed": self.frames_failed,
             **{
                 f"forwarded_{kind}": fanout.stats.snapshot()
                 for kind, fanout in self.fanouts.items()
@@ -247,7 +249,12 @@ class SceneCall:
             kind = track.kind
 
             def deliver(encoded: rtp_hooks.EncodedFrame) -> None:
-                media.on_encoded(kind, encoded)
+                # Called inside aiortc's receive loop: an error must not end the call.
+                try:
+                    media.on_encoded(kind, encoded)
+                except Exception:
+                    media.frames_failed += 1
+                    log.exception("%s: a received %s frame failed", performer_id, kind)
 
             rtp_hooks.forward_encoded_frames(receiver, deliver)
             media.receivers[kind] = receiver
