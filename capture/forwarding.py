@@ -5,8 +5,9 @@ watcher's RTCRtpSender as ``av.Packet``s, which aiortc packetizes without an enc
 (FACTS.md, "aiortc 1.16 forwarding"): a watcher costs a packet copy, not a VP8 encode.
 
 What an encoder would otherwise have done for a watcher is done here:
-- a new watcher starts on a keyframe (anything before it cannot be decoded), and the
-  publisher is asked for one at once instead of waiting for the next periodic keyframe;
+- a new watcher gets nothing until its sender starts reading (after ICE and DTLS
+  connect: queuing before would only overflow), then starts on a keyframe (anything before
+  it cannot be decoded), asked of the publisher at once;
 - a watcher's keyframe request (PLI/FIR: it lost packets, or its decoder failed) is
   passed on to the publisher, at most once per ``KEYFRAME_REQUEST_INTERVAL_S`` per
   performer, since every watcher of a lossy link would otherwise ask for each loss;
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-# One second of media per watcher: a watcher further behind than that is not watching live.
+# About one second of media per watcher (30 video frames: 1 s at 30 fps, 2 s at 15): a
+# watcher further behind than that is not watching live.
 VIDEO_QUEUE_FRAMES = 30
 AUDIO_QUEUE_FRAMES = 50
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
@@ -49,9 +51,10 @@ class ForwardingStats:
     """Per performer and kind; never reset while the publication lives."""
 
     frames_in: int = 0
-    frames_forwarded: int = 0  # summed over watchers
+    frames_forwarded: int = 0  # handed to a watcher's sender, summed over watchers
     frames_dropped_watcher_behind: int = 0  # a watcher's queue was full
     frames_skipped_until_keyframe: int = 0  # a new or resyncing watcher waits for a keyframe
+    frames_left_queued: int = 0  # still queued for a watcher when it left
     keyframe_requests: int = 0  # sent to the publisher
     keyframe_requests_coalesced: int = 0  # within the interval of the previous one
 
@@ -71,24 +74,34 @@ class ForwardedTrack(MediaStreamTrack):
         )
         # Video must start (and restart after an overflow) on a keyframe.
         self.waiting_for_keyframe = fanout.kind == "video"
+        self.reading = False  # the sender has asked for a frame: the connection is up
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
+        if not self.reading:
+            self.reading = True
+            self._fanout.request_keyframe()  # the watcher can show nothing before one
         packet = await self._queue.get()
         if packet is None:
             raise MediaStreamError
+        self._fanout.stats.frames_forwarded += 1
         return packet
 
     def offer(self, packet: av.Packet, keyframe: bool) -> bool:
         """Queue a packet; False when it was dropped because this watcher is behind."""
+        if not self.reading:
+            return True  # not connected yet: nothing to queue for
         if self.kind == "video":
             if self.waiting_for_keyframe and not keyframe:
                 self._fanout.stats.frames_skipped_until_keyframe += 1
                 return True
             self.waiting_for_keyframe = False
             if self._queue.full():
-                self._drain()
+                self._fanout.stats.frames_dropped_watcher_behind += self._drain()
+                if keyframe:  # a fresh start: nothing queued before it is needed
+                    self._queue.put_nowait(packet)
+                    return True
                 self.waiting_for_keyframe = True
                 return False
         elif self._queue.full():
@@ -98,15 +111,17 @@ class ForwardedTrack(MediaStreamTrack):
         self._queue.put_nowait(packet)
         return True
 
-    def _drain(self) -> None:
+    def _drain(self) -> int:
+        drained = 0
         while not self._queue.empty():
             self._queue.get_nowait()
-            self._fanout.stats.frames_dropped_watcher_behind += 1
+            drained += 1
+        return drained
 
     def stop(self) -> None:
         if self.readyState == "live":
             self._fanout.discard(self)
-            self._drain()
+            self._fanout.stats.frames_left_queued += self._drain()
             self._queue.put_nowait(None)  # wakes a sender waiting in recv()
         super().stop()
 
@@ -135,8 +150,6 @@ class PacketFanout:
     def add_watcher(self) -> ForwardedTrack:
         track = ForwardedTrack(self)
         self._watchers.add(track)
-        if self.kind == "video":
-            self.request_keyframe()  # the new watcher can show nothing before one
         return track
 
     def discard(self, track: ForwardedTrack) -> None:
@@ -146,12 +159,10 @@ class PacketFanout:
         self.stats.frames_in += 1
         waiting = False
         for watcher in self._watchers:
-            if watcher.offer(packet, keyframe):
-                if not watcher.waiting_for_keyframe:
-                    self.stats.frames_forwarded += 1
-            else:
+            if not watcher.offer(packet, keyframe):
                 self.stats.frames_dropped_watcher_behind += 1
-            waiting = waiting or watcher.waiting_for_keyframe
+            # Only a watcher that reads can use a keyframe.
+            waiting = waiting or (watcher.reading and watcher.waiting_for_keyframe)
         if waiting:
             # Asked again (rate-limited) for as long as someone waits: a request can be
             # lost, and a publisher sends no periodic keyframes to fall back on.

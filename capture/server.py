@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -48,6 +49,13 @@ _OVER = ("ended", "archived")
 _STATE_ORDER = {"created": 0, "live": 1, "ended": 2, "archived": 3}
 
 
+def _at_services_priority(niceness: int) -> None:
+    # Decoding and JPEG work is bulk work: it must not run at the call's priority, which
+    # threads inherit from the event loop's thread (Linux niceness is per thread).
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, max(niceness, os.getpriority(os.PRIO_PROCESS, 0)))
+
+
 class CaptureServerError(RuntimeError):
     """The capture server cannot start; the message says what to change."""
 
@@ -67,7 +75,12 @@ class CaptureServer:
         # Audio on its own producer: its chunks are gathered longer into fewer batches.
         self._audio_producer = kafka.make_audio_producer(settings)
         self._directory = SessionDirectory(settings)
-        self._jpeg_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg")
+        self._jpeg_pool = ThreadPoolExecutor(
+            max_workers=2,
+            thread_name_prefix="jpeg",
+            initializer=_at_services_priority,
+            initargs=(settings.services_nice,),
+        )
         self.calls: dict[str, SceneCall] = {}
         self._connections: dict[str, set[CallConnection]] = {}
         self._presence_lock = asyncio.Lock()
@@ -186,8 +199,7 @@ class CaptureServer:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
-                while not self._presence_updates.empty():  # noqa: ASYNC110 - the writer drains it
-                    await asyncio.sleep(0.05)
+                await self._presence_updates.join()  # written, not only taken
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
@@ -389,6 +401,8 @@ class CaptureServer:
                 await self.record_presence(session_id, claims, connected)
             except Exception:  # bookkeeping: the next update must still be written
                 log.exception("recording the presence of %s failed", claims.participant_id)
+            finally:
+                self._presence_updates.task_done()
 
     async def record_presence(
         self, session_id: str, claims: tokens.JoinToken, connected: bool

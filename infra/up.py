@@ -76,9 +76,10 @@ def prioritise_services(settings: Settings, say: Say) -> None:
     ``services_nice``: on a machine they share with other work, browsers on a laptop
     included, the pipeline keeps its pace and the rest waits."""
     global _services_niceness
-    if _renice(settings.services_nice) and _renice_autogroup(settings.services_nice):
-        _services_niceness = settings.services_nice
-    else:
+    reniced = _renice(settings.services_nice) and _renice_autogroup(settings.services_nice)
+    # What this thread now has (even after a partial failure): what children go back to.
+    _services_niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    if not reniced:
         say(
             f"service priority unchanged (niceness {_BASE_NICENESS}): niceness "
             f"{settings.services_nice} needs root or CAP_SYS_NICE "
@@ -104,7 +105,8 @@ def prioritise_capture(settings: Settings, say: Say) -> None:
 def _child_setup() -> None:
     # Runs in a child between fork and exec: the services' priority, not the call's
     # (raising niceness needs no privilege), and it dies with livetag.
-    os.setpriority(os.PRIO_PROCESS, 0, _services_niceness)
+    with contextlib.suppress(OSError):  # never worth failing to start a service over
+        os.setpriority(os.PRIO_PROCESS, 0, _services_niceness)
     die_with_parent()
 
 

@@ -131,6 +131,7 @@ async function publish(capture) {
     if (pc.connectionState === "connected") {
       setStatus("live", "live");
       outageEnds("call");
+      state.retryMs = 500;
     }
   });
   watchConnection(pc, () => pc === state.publishPc, (why) => reconnectSoon(`media connection ${why}`));
@@ -274,7 +275,9 @@ async function onMessage(event) {
       for (const performer of message.roster) state.roster.set(performer.performer_id, performer.display_name);
       document.getElementById("prompt").textContent = message.prompt;
       document.getElementById("who").textContent = `${state.roster.get(state.me) || state.me} (${state.role})`;
-      state.retryMs = 500;
+      // The backoff starts over once the page is really back: for a performer, when its
+      // media connects (a page whose media keeps failing must not retry ever faster).
+      if (message.you.role !== "performer") state.retryMs = 500;
       startTagger();
       state.capture = message.capture;
       if (state.role === "performer") await publish(message.capture);
