@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from av.video.reformatter import VideoReformatter
 
+from capture.loop_lag import percentile
 from capture.timing import Stamp
 from infra.settings import Settings
 from streams import records
@@ -104,21 +105,15 @@ class ForkStats:
             "video_packets_decoded": self.video_packets_decoded,
             "video_packets_dropped": self.video_packets_dropped,
             "video_decode_errors": self.video_decode_errors,
-            "fork_latency_ms_p50": _percentile(latencies, 0.50),
-            "fork_latency_ms_p99": _percentile(latencies, 0.99),
-            "video_fork_latency_ms_p99": _percentile(sorted(self.video_fork_latency_ms), 0.99),
-            "audio_fork_latency_ms_p99": _percentile(sorted(self.audio_fork_latency_ms), 0.99),
+            "fork_latency_ms_p50": percentile(latencies, 0.50),
+            "fork_latency_ms_p99": percentile(latencies, 0.99),
+            "video_fork_latency_ms_p99": percentile(sorted(self.video_fork_latency_ms), 0.99),
+            "audio_fork_latency_ms_p99": percentile(sorted(self.audio_fork_latency_ms), 0.99),
         }
         if samples:
             for name in ("fork_latency_ms", "video_fork_latency_ms", "audio_fork_latency_ms"):
                 snapshot[name] = [round(value, 3) for value in getattr(self, name)]
         return snapshot
-
-
-def _percentile(ordered: list[float], fraction: float) -> float | None:
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))], 2)
 
 
 def analysis_size(width: int, height: int, box_width: int, box_height: int) -> tuple[int, int]:
@@ -158,8 +153,8 @@ class JpegEncoder:
             codec.open()
             self._codec = codec
         scaled = self._scaler.reformat(frame, width=width, height=height, format="yuvj420p")
-        # The encoder wants strictly increasing pts in its own time base; the frame's own
-        # pts/time_base may have been rebased by a relay's encoder meanwhile.
+        # The encoder wants strictly increasing pts in its own time base, whatever time
+        # base the decoded frame carries.
         scaled.time_base = codec.time_base
         scaled.pts = self._frames
         self._frames += 1
@@ -213,7 +208,6 @@ class VideoDecoder:
 class _VideoPacket:
     codec: str
     packet: av.Packet
-    keyframe: bool
     stamp: Stamp | None
     arrival_us: int
     analyse: bool
@@ -337,9 +331,7 @@ class PerformerFork:
                 return
             self._video_resync = False
         try:
-            self._video_queue.put_nowait(
-                _VideoPacket(codec, packet, keyframe, stamp, arrival_us, analyse)
-            )
+            self._video_queue.put_nowait(_VideoPacket(codec, packet, stamp, arrival_us, analyse))
         except asyncio.QueueFull:
             # The decoder itself is 2 s behind: what follows cannot be decoded without
             # this packet, so skip to a keyframe and ask for one now.

@@ -22,7 +22,8 @@ RECENT_SAMPLES = 6000
 STALL_MS = 50.0
 
 
-def _percentile(ordered: list[float], fraction: float) -> float | None:
+def percentile(ordered: list[float], fraction: float) -> float | None:
+    """Nearest-rank percentile of sorted values, rounded to 0.01 (None when empty)."""
     if not ordered:
         return None
     return round(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))], 2)
@@ -70,8 +71,8 @@ class LoopLagMonitor:
         ordered = sorted(lag for _, lag in samples)
         return {
             "interval_ms": round(self.interval_s * 1000),
-            "lag_ms_p50": _percentile(ordered, 0.50),
-            "lag_ms_p99": _percentile(ordered, 0.99),
+            "lag_ms_p50": percentile(ordered, 0.50),
+            "lag_ms_p99": percentile(ordered, 0.99),
             "lag_ms_max": round(self.lag_ms_max, 2),
             "samples_total": self.samples_total,
             "stalls_total": self.stalls_total,

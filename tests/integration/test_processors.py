@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from typing import Any
 
 import av
 import numpy as np
@@ -57,6 +58,21 @@ def face_frames(media: test_media.MediaSet, session_id: str, t0: int) -> list[re
         frames.append(records.VideoFrame(header, encoder.encode(frame, 640, 360)))
     container.close()
     return frames
+
+
+async def shut_down(
+    settings: Settings,
+    session: records.SessionRecord,
+    stop: asyncio.Event,
+    worker: asyncio.Task[None],
+    *clients: Any,
+) -> None:
+    """Stop the worker, then the test's Kafka clients, and drop the session's topics."""
+    stop.set()
+    await worker
+    await asyncio.gather(*(client.stop() for client in clients))
+    async with kafka.admin_client(settings) as admin:
+        await topics.delete_session_topics(admin, session.session_id)
 
 
 async def send(producer: AIOKafkaProducer, topic: str, record: records.AnyRecord) -> None:
@@ -124,11 +140,7 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
                         else:
                             found["face"].append(record)
     finally:
-        stop.set()
-        await worker
-        await asyncio.gather(producer.stop(), consumer.stop())
-        async with kafka.admin_client(settings) as admin:
-            await topics.delete_session_topics(admin, session.session_id)
+        await shut_down(settings, session, stop, worker, producer, consumer)
 
     prosody = [r for r in found["prosody"] if isinstance(r, records.ProsodyFrame)]
     faces = [r for r in found["face"] if isinstance(r, records.FaceFrame)]
@@ -179,11 +191,7 @@ async def test_frames_already_late_are_recorded_as_skipped_in_order(settings: Se
                 for batch in batches.values():
                     faces += [records.decode(records.FaceFrame, m.value, m.headers) for m in batch]
     finally:
-        stop.set()
-        await worker
-        await asyncio.gather(producer.stop(), consumer.stop())
-        async with kafka.admin_client(settings) as admin:
-            await topics.delete_session_topics(admin, session.session_id)
+        await shut_down(settings, session, stop, worker, producer, consumer)
     # One record per frame, in capture order, each saying it was knowingly skipped.
     assert [(f.ts_us, f.video_seq) for f in faces] == [(v.header.ts_us, v.header.seq) for v in late]
     assert {(f.skipped, f.face_present, f.landmarks) for f in faces} == {("late", None, None)}
