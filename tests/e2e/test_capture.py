@@ -191,6 +191,15 @@ async def test_bad_input_gets_clear_errors_while_the_scene_flows(
                         reply = json.loads((await ws.receive()).data)
                     assert reply["code"] == code, (bad[:40], reply)
                 assert not ws.closed, "a bad message must not close the connection"
+            # The loop-lag metrics answer a bad query with a clear error, a good one with
+            # the samples taken while the scene flowed.
+            async with http.get(f"{base}/metrics/loop?since=yesterday") as response:
+                assert response.status == 400
+                assert (await response.json())["code"] == "malformed"
+            async with http.get(f"{base}/metrics/loop?since=0") as response:
+                loop_lag = await response.json()
+            assert loop_lag["samples"], loop_lag
+            assert loop_lag["lag_ms_p99"] is not None, loop_lag
             async with http.get(f"{base}/metrics/refusals") as response:
                 counted = (await response.json())["call"]
             # Every refusal is counted by its code, for the operator.
