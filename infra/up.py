@@ -71,7 +71,7 @@ def _renice_autogroup(niceness: int) -> bool:
     return True
 
 
-def prioritise_services(settings: Settings, say: Say) -> None:
+def prioritise_services(settings: Settings) -> None:
     """Run livetag's services (the broker it starts, processors, dashboard, recorder) at
     ``services_nice``: on a machine they share with other work, browsers on a laptop
     included, the pipeline keeps its pace and the rest waits."""
@@ -80,14 +80,16 @@ def prioritise_services(settings: Settings, say: Say) -> None:
     # What this thread now has (even after a partial failure): what children go back to.
     _services_niceness = os.getpriority(os.PRIO_PROCESS, 0)
     if not reniced:
-        say(
-            f"service priority unchanged (niceness {_BASE_NICENESS}): niceness "
-            f"{settings.services_nice} needs root or CAP_SYS_NICE "
-            "(LIVETAG_SERVICES_NICE=0 silences this)"
+        # A warning on stderr: stdout lists what is up, and scripts read it line by line.
+        log.warning(
+            "service priority unchanged (niceness %d): niceness %d needs root or "
+            "CAP_SYS_NICE (LIVETAG_SERVICES_NICE=0 silences this)",
+            _BASE_NICENESS,
+            settings.services_nice,
         )
 
 
-def prioritise_capture(settings: Settings, say: Say) -> None:
+def prioritise_capture(settings: Settings) -> None:
     """Give this process (the capture server) the call's priority, ``capture_nice``.
 
     The capture server needs little CPU but needs it at once: a late event loop misses
@@ -95,10 +97,11 @@ def prioritise_capture(settings: Settings, say: Say) -> None:
     buffers overflow. On a machine that is short of CPU everything else waits instead.
     """
     if not _renice(settings.capture_nice):
-        say(
-            f"capture priority unchanged (niceness {os.getpriority(os.PRIO_PROCESS, 0)}): "
-            f"niceness {settings.capture_nice} needs root or CAP_SYS_NICE "
-            "(LIVETAG_CAPTURE_NICE=0 silences this)"
+        log.warning(
+            "capture priority unchanged (niceness %d): niceness %d needs root or "
+            "CAP_SYS_NICE (LIVETAG_CAPTURE_NICE=0 silences this)",
+            os.getpriority(os.PRIO_PROCESS, 0),
+            settings.capture_nice,
         )
 
 
@@ -131,7 +134,7 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
     with _stop_on_signals(stop):
         try:
             # Before the broker starts: it inherits the services' priority.
-            prioritise_services(settings, say)
+            prioritise_services(settings)
             if embedded_broker:
                 broker = EmbeddedBroker.from_settings(settings)
                 broker.start()
@@ -150,7 +153,7 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 except face_model.FaceModelError as exc:
                     say(f"face model       MISSING: {exc}")
             if not stop.is_set():
-                prioritise_capture(settings, say)
+                prioritise_capture(settings)
                 capture = CaptureServer(settings, secret=load_secret(settings))
                 await capture.start()
                 say(f"capture server   {capture.url}  (join links: livetag session create)")
@@ -200,7 +203,7 @@ async def run_capture(settings: Settings) -> None:
     with _stop_on_signals(stop):
         async with kafka.admin_client(settings) as admin:
             await topics.ensure_shared_topics(admin, settings)
-        prioritise_capture(settings, print)
+        prioritise_capture(settings)
         server = CaptureServer(settings, secret=load_secret(settings))
         await server.start()
         print(f"capture server   {server.url}", flush=True)
