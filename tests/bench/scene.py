@@ -533,15 +533,23 @@ class FeatureLog:
 
 
 class LabelLog:
-    """The newest revision of every label window of the session, and its dead letters."""
+    """The newest revision of every label window of the session, its dead letters, its
+    tags as stored on livetag.tags, and every (window, revision) that showed each tag."""
 
     def __init__(self, session_id: str) -> None:
         self.session_id = session_id
         self._prefix = f"{session_id}/".encode()
         self.windows: dict[tuple[str, int], records.LabelWindow] = {}
         self.dead_letters: list[str] = []
+        self.tags: dict[str, records.TagEvent] = {}
+        self.shown_in: dict[str, list[tuple[int, int]]] = {}  # tag_id -> (ts_us, revision)
 
     def handle(self, message: Any, _arrived_us: int) -> None:
+        if message.topic == topics.TAGS:
+            if (message.key or b"").startswith(self._prefix):
+                tag = records.decode(records.TagEvent, message.value, message.headers)
+                self.tags.setdefault(tag.tag_id, tag)
+            return
         if message.topic == topics.DEADLETTER:
             letter = records.decode(records.DeadLetter, message.value, message.headers)
             if self.session_id in letter.source_topic or self.session_id in (
@@ -552,6 +560,9 @@ class LabelLog:
         if not (message.key or b"").startswith(self._prefix):
             return
         window = records.decode(records.LabelWindow, message.value, message.headers)
+        for rater in window.raters:
+            for active in rater.labels:
+                self.shown_in.setdefault(active.tag_id, []).append((window.ts_us, window.revision))
         identity = (window.performer_id, window.ts_us)
         known = self.windows.get(identity)
         if known is None or window.revision > known.revision:
@@ -602,10 +613,15 @@ async () => {
 }
 """
 MESH_DRAWN = "() => (window.livetagDashboard && window.livetagDashboard.meshDrawn) || null"
+# The tag that labels windows for the newest press: a tap's point tag, or, when the busy
+# page saw the key held past the hold threshold, the hold's onset (its offset came after).
 LAST_PRESS = """
 () => {
   const presses = window.livetagTagger ? window.livetagTagger.lastPresses : [];
-  return presses.length ? presses[presses.length - 1].tag_id : null;
+  for (let i = presses.length - 1; i >= 0; i -= 1) {
+    if (presses[i].action !== "offset") return presses[i].tag_id;
+  }
+  return null;
 }
 """
 ACKS = """
@@ -1021,7 +1037,7 @@ class Scene:
                 ),
                 TopicReader(
                     self.settings,
-                    [topics.LABELS, topics.DEADLETTER],
+                    [topics.LABELS, topics.DEADLETTER, topics.TAGS],
                     LABEL_FETCH_WAIT_MS,
                     self.labels.handle,
                 ),
@@ -1549,7 +1565,17 @@ class Scene:
             ):
                 in_labels += 1
             else:
-                missing.append(f"{press.page}>{press.target} {press.label} at {ts}")
+                stored = self.labels.tags.get(press.tag_id)
+                where = (
+                    "never on livetag.tags"
+                    if stored is None
+                    else f"stored as {stored.action} at {stored.ts_us}"
+                )
+                shown = self.labels.shown_in.get(press.tag_id, [])
+                missing.append(
+                    f"{press.page}>{press.target} {press.label} at {ts}: {where}, "
+                    f"shown in (window, revision) {shown[:6]}"
+                )
         return {
             "pressed": len(presses),
             "in_labels": in_labels,
