@@ -32,7 +32,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 import faust
@@ -198,18 +198,16 @@ def add_aligner(
         return [item for item in out if isinstance(item, LateTag)]
 
     @app.agent(tags_topic, name=f"align-tags-{session.session_id}")
-    async def align_tags(stream: faust.StreamT) -> AsyncIterator[None]:
+    async def align_tags(stream: faust.StreamT) -> None:
         async for event in cast(Any, stream).noack().events():
             if not (event.key or b"").startswith(key_prefix):
                 event.ack()  # another session's tag
-                yield None
                 continue
             try:
                 tag = records.decode(records.TagEvent, event.value, event_headers(event.headers))
             except records.RecordError as exc:
                 await dead_letter(event, topics.TAGS, str(exc))
                 event.ack()
-                yield None
                 continue
             late = await align(
                 functools.partial(aligner.add_tag, tag),
@@ -217,7 +215,6 @@ def add_aligner(
             )
             for out in late:
                 await dead_letter(event, topics.TAGS, out.reason)
-            yield None
 
     def feature_agent(
         topic_name: str,
@@ -237,7 +234,7 @@ def add_aligner(
             await align(call, [(frame.performer_id, frame.ts_us, event) for event, frame in batch])
 
         @app.agent(app.topic(topic_name, **raw), name=f"align-{kind}-{session.session_id}")
-        async def align_features(stream: faust.StreamT) -> AsyncIterator[None]:
+        async def align_features(stream: faust.StreamT) -> None:
             lane: BatchLane[tuple[Any, Feature]] = BatchLane(
                 f"align-{kind}", align_batch, limit=FEATURE_BATCH, on_failure=on_failure
             )
@@ -246,7 +243,6 @@ def add_aligner(
                     stream, record_class, topic_name, dead_letter
                 ):
                     await lane.put((event, frame))
-                    yield None
             finally:
                 await lane.close()
 

@@ -235,11 +235,33 @@ class HeldAckConsumer(faust_aiokafka.Consumer):
     tests/unit/test_kafka.py fails if faust changes the state this reads.
     """
 
+    _oldest_unacked: dict[Any, int] | None = None
+
+    def _filter_committable_offsets(self, tps: Any) -> dict[Any, int]:
+        # The oldest unacked offset of every partition in one pass over the unacked
+        # messages (thousands while the aligner holds its input), not one pass per
+        # partition: a commit cost ~5% of the processors' event loop that way.
+        oldest: dict[Any, int] = {}
+        for message in list(self._unacked_messages):
+            if not message.acked:
+                known = oldest.get(message.tp)
+                if known is None or message.offset < known:
+                    oldest[message.tp] = message.offset
+        self._oldest_unacked = oldest
+        try:
+            committable: dict[Any, int] = super()._filter_committable_offsets(tps)
+            return committable
+        finally:
+            self._oldest_unacked = None
+
     def _new_offset(self, tp: Any) -> int | None:
-        oldest_unacked = min(
-            (m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked),
-            default=None,
-        )
+        if self._oldest_unacked is not None:
+            oldest_unacked = self._oldest_unacked.get(tp)
+        else:
+            oldest_unacked = min(
+                (m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked),
+                default=None,
+            )
         acked: list[int] = self._acked[tp]
         held_back: list[int] = []
         if oldest_unacked is not None:

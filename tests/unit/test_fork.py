@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from aiortc.codecs.opus import OpusEncoder
 
-from capture.fork import AUDIO_CHUNK_SAMPLES, OPUS_DECODER_DELAY_US, PerformerFork
+from capture.fork import AUDIO_CHUNK_SAMPLES, OPUS_DECODER_DELAY_US, AudioCutter, PerformerFork
 from capture.forwarding import is_vp8_keyframe, make_packet
 from capture.timing import Stamp
 from infra.settings import Settings
@@ -174,6 +174,24 @@ async def test_audio_time_reanchors_after_a_gap(
     assert later, "no chunk after the gap"
     assert later[0].header.ts_us == T0 + 500_000 + 10 * 20_000 - OPUS_DECODER_DELAY_US
     assert all(c.header.ts_us < T0 + 200_000 for c in chunks if c.header.timing == "arrival_fit")
+
+
+def test_audio_cutter_counts_an_undecodable_frame_and_keeps_time_across_batches() -> None:
+    cutter = AudioCutter()
+    packets = opus_packets(30)
+    stamps = [Stamp(T0 + index * 20_000, "sender_report", 0) for index in range(30)]
+    first, failed_first = cutter.cut(list(zip(packets[:10], stamps[:10], strict=True)))
+    garbage = make_packet(b"\xff" * 3, 0, 48_000)
+    second, failed_second = cutter.cut(
+        [(garbage, stamps[10]), *zip(packets[10:30], stamps[10:30], strict=True)]
+    )
+    assert (failed_first, failed_second) == (0, 1)
+    chunks = first + second
+    # 30 frames of 20 ms at 48 kHz = 600 ms = 30 chunks of 320 samples, less the
+    # resampler's own delay; every chunk is 20 ms after the one before, on one anchor.
+    assert 27 <= len(chunks) <= 30
+    assert all(len(pcm) == AUDIO_CHUNK_SAMPLES * 2 for pcm, _, _ in chunks)
+    assert [ts for _, ts, _ in chunks] == [T0 + index * 20_000 for index in range(len(chunks))]
 
 
 async def test_audio_and_video_go_through_their_own_producers() -> None:

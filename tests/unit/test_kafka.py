@@ -121,6 +121,21 @@ def test_commits_go_up_to_the_first_message_waiting_for_its_ack() -> None:
     assert consumer._new_offset("tp") == 16
 
 
+def test_a_commit_of_many_partitions_holds_each_at_its_own_oldest_unacked() -> None:
+    consumer = _consumer_with(10, [10, 11, 12, 14, 15], [13])
+    consumer._acked["other"] = [20, 21, 22]
+    consumer._acked_index["other"] = {20, 21, 22}
+    consumer._committed_offset["other"] = 20
+    consumer.kept.append(_Message("other", 23))  # read, not acked yet: the end stays 23
+    consumer._unacked_messages.add(consumer.kept[-1])
+    assert consumer._filter_committable_offsets(["tp", "other"]) == {"tp": 13, "other": 23}
+    # The per-commit view is gone afterwards: a later call sees later acks.
+    consumer.kept[0].acked = True
+    consumer._acked["tp"].append(13)
+    consumer._committed_offset["tp"] = 13
+    assert consumer._filter_committable_offsets(["tp"]) == {"tp": 16}
+
+
 def test_faust_uses_livetags_commit_rule_on_both_transports() -> None:
     for settings in (Settings(), Settings(kafka_bootstrap="kafka-1:9092")):
         app = kafka.make_faust_app(settings, "livetag-test-commits")
