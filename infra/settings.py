@@ -347,9 +347,15 @@ class Settings(BaseSettings):
         description="How long past its end a label window waits for tags before it goes out.",
     )
     label_feature_wait_ms: int = Field(
-        default=500,
+        default=10_000,
         ge=0,
-        description="How long past its end a label window waits for a lagging feature stream.",
+        description=(
+            "A feature stream that has delivered nothing for this long is given up on: label "
+            "windows stop waiting for it. A stream that still delivers is waited for however "
+            "late. Long enough to ride out a busy machine's stalls (at 500 ms a few windows "
+            "of a scene on this 2-core machine went out without their late features); a "
+            "performer who stopped sending holds their windows this long."
+        ),
     )
     label_grace_s: float = Field(
         default=30.0,
@@ -385,9 +391,10 @@ class Settings(BaseSettings):
         le=600_000,
         description=(
             "A video frame already this far behind real time when the processors read "
-            "it is not analysed but recorded as skipped ('late'): a machine that cannot "
-            "keep the analysis rate thins frames instead of falling behind. 0: analyse "
-            "every frame however late."
+            "it, while its performer's face worker is still busy with earlier frames, is "
+            "not analysed but recorded as skipped ('late'): a machine that cannot keep "
+            "the analysis rate thins frames to what its workers manage instead of falling "
+            "behind. 0: analyse every frame however late."
         ),
     )
     face_model_path: Path | None = Field(
@@ -463,6 +470,19 @@ class Settings(BaseSettings):
     def effective_capture_fps(self) -> int:
         """The rate performer pages capture at: ``capture_fps``, else the analysis rate."""
         return self.capture_fps or math.ceil(self.video_fps)
+
+    @model_validator(mode="after")
+    def _check_label_waits(self) -> Settings:
+        # The archive is built label_grace_s after a session ends: a window still waiting
+        # for a silent feature stream then would be missing from it.
+        waits_ms = self.label_feature_wait_ms + self.label_tag_wait_ms
+        if waits_ms > self.label_grace_s * 1000:
+            raise ValueError(
+                f"LIVETAG_LABEL_FEATURE_WAIT_MS + LIVETAG_LABEL_TAG_WAIT_MS ({waits_ms} ms) "
+                f"exceed LIVETAG_LABEL_GRACE_S ({self.label_grace_s} s): a session's last "
+                "label windows could go out after its archive is built"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_tls_pair(self) -> Settings:

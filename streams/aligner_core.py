@@ -48,6 +48,9 @@ class AlignerConfig:
     grace_us: int = 30_000_000  # tags later than this no longer correct emitted windows
     max_hold_us: int = 30_000_000  # an onset whose offset never came ends onset+max_hold
     top_blendshapes: int = 5
+    # The feature streams every performer is expected to have: one not seen yet is waited
+    # for feature_wait_us from the performer's first record before windows go out without it.
+    awaited_streams: tuple[str, ...] = ("prosody", "face")
 
     def __post_init__(self) -> None:
         if self.window_us <= 0:
@@ -144,6 +147,10 @@ class _PerformerTrack:
     # on, one that still delivers is waited for (however far behind, e.g. catching up).
     prosody_arrived_us: int = 0
     face_arrived_us: int = 0
+    # now_us when the performer was first heard of: a stream not seen yet is waited for
+    # feature_wait_us from then (a performer's streams start at different times, the
+    # later one maybe seconds behind on a busy machine).
+    created_us: int = 0
     hops: dict[int, dict[int, _Hop]] = field(default_factory=dict)  # window -> ts -> hop
     sights: dict[int, dict[int, _Sight]] = field(default_factory=dict)
     marks: dict[str, _Mark] = field(default_factory=dict)
@@ -189,7 +196,7 @@ class SessionAligner:
             self._counts["foreign_records"] += 1
             return []
         self._forget_expired(now_us)
-        track = self._track(frame.performer_id)
+        track = self._track(frame.performer_id, now_us)
         track.prosody_arrived_us = now_us
         if track.newest_prosody_us is None or frame.ts_us > track.newest_prosody_us:
             track.newest_prosody_us = frame.ts_us
@@ -202,7 +209,7 @@ class SessionAligner:
             self._counts["foreign_records"] += 1
             return []
         self._forget_expired(now_us)
-        track = self._track(frame.performer_id)
+        track = self._track(frame.performer_id, now_us)
         track.face_arrived_us = now_us
         if track.newest_face_us is None or frame.ts_us > track.newest_face_us:
             track.newest_face_us = frame.ts_us
@@ -236,7 +243,7 @@ class SessionAligner:
             self._counts["duplicate_tags"] += 1
             return []
         self._counts["tags"] += 1
-        track = self._track(tag.performer_id)
+        track = self._track(tag.performer_id, now_us)
         self._remember(tag, now_us)
         region: tuple[int, int] | None = None
         if known is not None and (known.rater_id, known.performer_id) == (
@@ -312,7 +319,7 @@ class SessionAligner:
         for tag_id, (performer_id, first, last, rater_id, role, label, intensity) in spans.items():
             if tag_id in self._tags:
                 continue
-            track = self._track(performer_id)
+            track = self._track(performer_id, now_us)
             mark = _Mark(
                 tag_id, rater_id, role, label, intensity, False, first * width, (last + 1) * width
             )
@@ -326,7 +333,7 @@ class SessionAligner:
         oldest = self._oldest_correctable(now_us)
         for (performer_id, ts_us), window in sorted(newest.items(), key=lambda item: item[0][1]):
             index = ts_us // width
-            track = self._track(performer_id)
+            track = self._track(performer_id, now_us)
             kept = track.sent.get(index)
             if index >= oldest and (kept is None or kept.revision < window.revision):
                 track.sent[index] = _SentWindow(
@@ -404,10 +411,10 @@ class SessionAligner:
 
     # ------------------------------------------------------------------ features
 
-    def _track(self, performer_id: str) -> _PerformerTrack:
+    def _track(self, performer_id: str, now_us: int) -> _PerformerTrack:
         track = self._tracks.get(performer_id)
         if track is None:
-            track = self._tracks[performer_id] = _PerformerTrack(performer_id)
+            track = self._tracks[performer_id] = _PerformerTrack(performer_id, created_us=now_us)
         return track
 
     def _note_start(self, track: _PerformerTrack, ts_us: int) -> int:
@@ -682,13 +689,21 @@ class SessionAligner:
         # feature stream seen either reached the window end or is given up on.
         ready_end = now_us - config.tag_wait_us
         streams = (
-            (track.newest_prosody_us, track.prosody_arrived_us),
-            (track.newest_face_us, track.face_arrived_us),
+            ("prosody", track.newest_prosody_us, track.prosody_arrived_us),
+            ("face", track.newest_face_us, track.face_arrived_us),
         )
-        for newest, arrived in streams:
-            if newest is None or now_us - arrived >= config.feature_wait_us:
-                continue  # never seen, or stopped delivering: not waited for
-            ready_end = min(ready_end, newest)
+        for name, newest, arrived in streams:
+            if newest is None:
+                if (
+                    name not in config.awaited_streams
+                    or now_us - track.created_us >= config.feature_wait_us
+                ):
+                    continue  # never came: the performer has no such stream
+                ready_end = -1  # not seen yet, but may still come: nothing is ready
+            elif now_us - arrived >= config.feature_wait_us:
+                continue  # stopped delivering: not waited for
+            else:
+                ready_end = min(ready_end, newest)
         limit = ready_end // config.window_us
         while window < limit:
             record = self._close(track, window)

@@ -16,6 +16,7 @@ Undecodable records go to ``livetag.deadletter`` with the reason.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 SERVICE = "livetag-processors"
 LANE_FRAMES = 8  # video frames waiting per performer, each already sent to its face worker
+# A performer's face worker is behind when it has this many of their frames to analyse (the
+# one it is on and one waiting): then frames past the lag budget are skipped.
+FACE_BUSY_FRAMES = 2
 AUDIO_BATCH = 256  # audio chunks analysed in one trip to the prosody thread (at most)
 PROCESSORS_COMMIT_INTERVAL_S = 1.0
 
@@ -211,6 +215,10 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         loop = asyncio.get_running_loop()
         max_lag_us = settings.face_max_lag_ms * 1000
         lanes: dict[str, tuple[asyncio.Queue[tuple[Any, Analysis]], asyncio.Task[None]]] = {}
+        analysing: dict[str, int] = {}  # per performer: frames sent to a worker, not done
+
+        def analysed(performer_id: str, _: Analysis) -> None:
+            analysing[performer_id] -= 1
 
         async def lane(queue: asyncio.Queue[tuple[Any, Analysis]]) -> None:
             # A lane must outlive any one bad frame: if it died, its performer's queue
@@ -252,16 +260,22 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                     queue: asyncio.Queue[tuple[Any, Analysis]] = asyncio.Queue(maxsize=LANE_FRAMES)
                     lanes[performer_id] = (queue, asyncio.create_task(lane(queue)))
                 analysis: Analysis
-                if max_lag_us and _now_us() - frame.header.ts_us > max_lag_us:
-                    # Already late: analysing it would only add lag. Recorded as skipped,
+                busy = analysing.get(performer_id, 0) >= FACE_BUSY_FRAMES
+                if max_lag_us and busy and _now_us() - frame.header.ts_us > max_lag_us:
+                    # Already late while the performer's face worker is still busy with
+                    # earlier frames: analysing it would only add lag. Recorded as skipped,
                     # in its place in the lane (every frame gets one record, in order).
                     # The rule is the same for every performer, so an overloaded machine
-                    # thins all of them alike.
+                    # thins all of them alike, to the rate its workers manage. Lateness
+                    # alone is not enough: a frame that reached Kafka late (a busy capture
+                    # machine) is analysed when a worker is free for it.
                     analysis = loop.create_future()
                     analysis.set_result(records.encode(skipped_face(frame, "late")))
                 else:
                     # Submitted now, in read order: each worker runs its calls in order.
                     analysis = asyncio.create_task(state.faces.analyse(frame))
+                    analysing[performer_id] = analysing.get(performer_id, 0) + 1
+                    analysis.add_done_callback(functools.partial(analysed, performer_id))
                 try:
                     # A full lane holds the stream back: backpressure, not an unbounded queue.
                     await lanes[performer_id][0].put((event, analysis))

@@ -123,6 +123,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "archive_quiet_s": 1.0,
                 "archive_release_s": 1.0,
                 "label_grace_s": 1.0,
+                # Below the grace: the last windows go out before the archive is built.
+                "label_feature_wait_ms": 500,
             }
         )
         with bench_broker(base, state) as bench:

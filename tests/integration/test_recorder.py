@@ -35,6 +35,8 @@ def recorder_settings(settings: Settings, tmp_path: Path) -> Settings:
             "archive_quiet_s": 2.0,
             "archive_release_s": 0.5,
             "label_grace_s": 1.0,
+            # Below the grace: the last windows go out before the archive is built.
+            "label_feature_wait_ms": 500,
         }
     )
 

@@ -11,6 +11,8 @@ SID = "s-1"
 W = 100_000
 T0 = 1_700_000_000_000_000  # a multiple of W: window k starts at T0 + k*W
 CONFIG = AlignerConfig()
+# A performer with a microphone only: windows need not wait for a face stream to appear.
+PROSODY_ONLY = AlignerConfig(awaited_streams=("prosody",))
 
 
 def hop(
@@ -214,7 +216,7 @@ def test_emission_waits_for_both_streams_while_they_deliver_then_gives_up_on_a_s
 
 
 def test_window_waits_tag_wait_even_when_features_are_complete() -> None:
-    aligner = SessionAligner(SID, CONFIG)
+    aligner = SessionAligner(SID, PROSODY_ONLY)
     feed_prosody(aligner, T0, T0 + 2 * W, T0)
     assert aligner.tick(T0 + W + CONFIG.tag_wait_us - 1) == []
     # A tag that arrives during the wait is in revision 0, not a correction.
@@ -559,7 +561,7 @@ def test_state_stays_bounded_over_a_long_run() -> None:
 
 
 def test_an_instant_has_passed_once_its_window_went_out() -> None:
-    aligner = SessionAligner(SID, CONFIG)
+    aligner = SessionAligner(SID, PROSODY_ONLY)
     assert aligner.passed("alice", T0), "nothing kept for a performer: nothing to lose"
     aligner.add_prosody(hop(T0 + 10_000), T0)
     assert not aligner.passed("alice", T0 + 10_000)
@@ -619,7 +621,7 @@ def test_holds_and_undos_settle_no_sooner_than_the_longest_hold() -> None:
 
 
 def test_a_restarted_aligner_takes_back_what_was_emitted_and_keeps_every_tag() -> None:
-    first = SessionAligner(SID, CONFIG)
+    first = SessionAligner(SID, PROSODY_ONLY)
     early = point("tap-early", T0 + W + 50_000, span_us=W)  # window 1 only
     long = point("tap-long", T0 + 3 * W, span_us=4 * W)  # windows 1-4
     emitted: list[records.LabelWindow] = []
@@ -630,7 +632,7 @@ def test_a_restarted_aligner_takes_back_what_was_emitted_and_keeps_every_tag() -
     assert {(w.ts_us - T0) // W for w in emitted} == {0, 1, 2}
     # The first instance dies. Its successor reads its windows back, then gets what was
     # not committed: the long tap (windows 3-4 not out) and the hops of windows 2-5.
-    second = SessionAligner(SID, CONFIG)
+    second = SessionAligner(SID, PROSODY_ONLY)
     assert second.restore(emitted, T0 + 4 * W) == 3
     assert second.add_tag(long, T0 + 4 * W) == [], "the same labels: nothing re-emitted"
     again = feed_prosody(second, T0 + 2 * W, T0 + 6 * W + 10_000, T0 + 4 * W)
@@ -654,14 +656,14 @@ def test_a_restarted_aligner_takes_back_what_was_emitted_and_keeps_every_tag() -
 
 
 def test_after_a_restart_the_restored_streams_are_waited_for_before_windows_go_out() -> None:
-    first = SessionAligner(SID, CONFIG)
+    first = SessionAligner(SID, PROSODY_ONLY)
     emitted = feed_prosody(first, T0, T0 + 2 * W + 10_000, T0)
     emitted += first.tick(T0 + 2 * W + CONFIG.tag_wait_us)
     assert [(w.ts_us - T0) // W for w in emitted] == [0, 1]
     # The successor starts 20 s later (a busy machine, a group rebalance): a tag of
     # window 3 arrives before the re-read hops of windows 2-3 do.
     now = T0 + 20_000_000
-    second = SessionAligner(SID, CONFIG)
+    second = SessionAligner(SID, PROSODY_ONLY)
     second.restore(emitted, now)
     tapped = point("tap-after", T0 + 3 * W + 50_000, span_us=W)
     assert windows_only(second.add_tag(tapped, now)) == []
@@ -673,3 +675,24 @@ def test_after_a_restart_the_restored_streams_are_waited_for_before_windows_go_o
     assert by_window[3].features.voiced_fraction == 1.0
     assert [a.tag_id for r in by_window[3].raters for a in r.labels] == ["tap-after"]
     assert second.stats["late_tags"] == 0
+
+
+def test_a_stream_not_seen_yet_is_waited_for_then_given_up() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    # Prosody flows; the performer's face records are seconds behind (a busy machine).
+    out = feed_prosody(aligner, T0, T0 + 3 * W, T0)
+    out += aligner.tick(T0 + 3 * W + CONFIG.tag_wait_us)
+    assert out == [], "windows wait for the face stream that has not come yet"
+    out = aligner.add_face(face(T0 + 10_000), T0 + 300_000)
+    out += aligner.add_face(face(T0 + 3 * W), T0 + 300_000)
+    out += aligner.tick(T0 + 300_000 + CONFIG.tag_wait_us)
+    # Window 2 still waits for prosody past its end (the newest hop starts at 290 ms).
+    assert [(w.ts_us - T0) // W for w in out] == [0, 1]
+    assert out[0].features.face_present_fraction == 1.0
+    assert aligner.stats["late_features"] == 0
+    # A performer without a camera: after feature_wait their windows go out without it.
+    aligner.add_prosody(hop(T0, performer="bob"), T0)
+    early = aligner.tick(T0 + CONFIG.feature_wait_us - 1)
+    assert [w for w in early if w.performer_id == "bob"] == []
+    [bob] = [w for w in aligner.tick(T0 + CONFIG.feature_wait_us) if w.performer_id == "bob"]
+    assert bob.features.face_present_fraction is None

@@ -208,3 +208,10 @@ def test_capture_rate_follows_the_analysis_rate_and_never_falls_below_it() -> No
     assert Settings(capture_fps=30).effective_capture_fps == 30
     with pytest.raises(ValueError, match="below the analysis rate"):
         Settings(video_fps=30.0, capture_fps=15)
+
+
+def test_label_windows_cannot_wait_past_the_archive() -> None:
+    Settings(label_grace_s=10.1)  # 10 s for a silent stream + 100 ms for tags
+    with pytest.raises(ValueError, match="LIVETAG_LABEL_GRACE_S"):
+        Settings(label_grace_s=5.0)
+    Settings(label_grace_s=1.0, label_feature_wait_ms=500)
