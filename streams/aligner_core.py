@@ -153,6 +153,8 @@ class _PerformerTrack:
     created_us: int = 0
     hops: dict[int, dict[int, _Hop]] = field(default_factory=dict)  # window -> ts -> hop
     sights: dict[int, dict[int, _Sight]] = field(default_factory=dict)
+    # Frames skipped on purpose: the window had video, so it exists, and says so.
+    skips: dict[int, dict[int, None]] = field(default_factory=dict)
     marks: dict[str, _Mark] = field(default_factory=dict)
     by_window: dict[int, set[str]] = field(default_factory=dict)  # closed marks only
     open_holds: set[str] = field(default_factory=set)
@@ -215,8 +217,9 @@ class SessionAligner:
             track.newest_face_us = frame.ts_us
         if frame.face_present is None:
             # Skipped on purpose (the processors were behind): the stream has moved past
-            # this instant, but there is nothing seen to summarise.
+            # this instant, and the window had video, but there is nothing to summarise.
             self._counts["face_frames_skipped"] += 1
+            self._buffer(track, track.skips, frame.ts_us, None)
             return self._emit_ready(now_us)
         pose = frame.head_pose
         sight = _Sight(
@@ -351,7 +354,7 @@ class SessionAligner:
                 track.face_arrived_us = waited_until
             if track.next_window is None or track.next_window <= index:
                 # What this instance buffered for those windows came too late: dropped.
-                for buffered in (track.hops, track.sights):
+                for buffered in (track.hops, track.sights, track.skips):
                     for stale in [w for w in buffered if w <= index]:
                         del buffered[stale]
                 track.next_window = index + 1
@@ -377,7 +380,8 @@ class SessionAligner:
             return True
         if track.next_window is None:
             # No window yet: only an undo or offset came (nothing of them to emit).
-            return not (track.marks or track.pending_offsets or track.hops or track.sights)
+            kept = (track.marks, track.pending_offsets, track.hops, track.sights, track.skips)
+            return not any(kept)
         return ts_us < track.next_window * self._config.window_us
 
     def settles_at_us(self, tag: TagEvent) -> int:
@@ -405,7 +409,7 @@ class SessionAligner:
         counts["open_holds"] = sum(len(t.open_holds) for t in tracks)
         counts["pending_offsets"] = sum(len(t.pending_offsets) for t in tracks)
         counts["indexed_windows"] = sum(len(t.by_window) for t in tracks)
-        counts["buffered_windows"] = sum(len(t.hops) + len(t.sights) for t in tracks)
+        counts["buffered_windows"] = sum(len(t.hops) + len(t.sights) + len(t.skips) for t in tracks)
         counts["kept_windows"] = sum(len(t.sent) for t in tracks)
         return counts
 
@@ -722,7 +726,7 @@ class SessionAligner:
         self._refresh_due(track)
 
     def _next_busy_window(self, track: _PerformerTrack, window: int, limit: int) -> int:
-        busy = min([limit, *track.hops, *track.sights])
+        busy = min([limit, *track.hops, *track.sights, *track.skips])
         start = window * self._config.window_us
         for mark in track.marks.values():
             if self._effective_end(mark) > start:
@@ -732,10 +736,13 @@ class SessionAligner:
     def _close(self, track: _PerformerTrack, window: int) -> LabelWindow | None:
         hops = track.hops.pop(window, None)
         sights = track.sights.pop(window, None)
+        skips = track.skips.pop(window, None)
         labels = self._labels_at(track, window)
-        if not hops and not sights and not labels:
+        if not hops and not sights and not skips and not labels:
             return None
         features = _summarize(hops or {}, sights or {}, self._config.top_blendshapes)
+        if skips:
+            features = features.model_copy(update={"face_frames_skipped": len(skips)})
         sent = track.sent[window] = _SentWindow(features, labels, 0)
         self._counts["windows_emitted"] += 1
         return self._record(track, window, sent, correction=False)

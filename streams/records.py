@@ -401,6 +401,13 @@ class WindowFeatures(_Model):
     face_present_fraction: Unit | None = None
     top_blendshapes: dict[str, Unit] = {}
     head_pose: HeadPose | None = None
+    face_frames_skipped: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0,
+        description=(
+            "Video frames of the window the processors knowingly did not analyse (face "
+            "records with skipped set); the face fields summarise the analysed ones only."
+        ),
+    )
 
 
 class ActiveLabel(_Model):

@@ -185,7 +185,22 @@ def test_skipped_face_frames_move_the_stream_on_without_counting_as_seen() -> No
     [window0] = aligner.add_face(later_skip, T0 + W + CONFIG.tag_wait_us)
     assert window0.ts_us == T0
     assert window0.features.face_present_fraction == 1.0  # only the analysed frame counts
+    assert window0.features.face_frames_skipped == 1
     assert aligner.stats["face_frames_skipped"] == 2
+
+
+def test_a_window_whose_video_was_all_skipped_still_exists_and_says_so() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.add_face(face(T0), T0)
+    # Window 1 had one frame, skipped; no audio reached it (a hole in the stream).
+    skipped = face(T0 + W + 10_000).model_copy(update={"face_present": None, "skipped": "late"})
+    aligner.add_face(skipped, T0)
+    aligner.add_face(face(T0 + 2 * W + 10_000), T0)
+    feed_prosody(aligner, T0, T0 + W, T0)
+    feed_prosody(aligner, T0 + 2 * W, T0 + 3 * W, T0)
+    windows = by_start(aligner.tick(T0 + 3 * W + CONFIG.tag_wait_us))
+    assert sorted(windows) == [0, 1]  # window 2 waits for prosody past its end
+    assert windows[1].features == records.WindowFeatures(face_frames_skipped=1)
 
 
 def test_emission_waits_for_both_streams_while_they_deliver_then_gives_up_on_a_stalled_one() -> (
