@@ -569,6 +569,18 @@ class LabelLog:
             self.windows[identity] = window
 
 
+def udp_counters() -> dict[str, int]:
+    """This network namespace's UDP counters (the scene runs in one of its own)."""
+    try:
+        lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines()]
+    except OSError:
+        return {}
+    udp = [line[1:] for line in lines if line and line[0] == "Udp:"]
+    if len(udp) < 2:
+        return {}
+    return {name: int(value) for name, value in zip(udp[0], udp[1], strict=False)}
+
+
 # ---------------------------------------------------------------- pages
 
 # Read-only: what the page itself keeps for tests and health views.
@@ -786,6 +798,7 @@ class Scene:
         self.media_log = MediaLog(keep_records=options.media == "lipsync")
         self.features: FeatureLog | None = None
         self.labels: LabelLog | None = None
+        self.udp_receive_errors = 0
         self.loop_lag: dict[float, float] = {}  # unix ms -> lag ms
         # (unix ms, performer -> its publish connection state on the server, "gone" when
         # the server has no publication for it): the capture server's /metrics, each second
@@ -840,7 +853,11 @@ class Scene:
     async def hold(self, seconds: float) -> None:
         """The window: ``seconds`` of the scene, cut short if livetag up exits."""
         assert self.sampler is not None
+        before = udp_counters()
         await asyncio.wait([self.sampler], timeout=seconds)
+        after = udp_counters()
+        # Datagrams the kernel dropped for a full socket receive queue: a starved reader.
+        self.udp_receive_errors = after.get("RcvbufErrors", 0) - before.get("RcvbufErrors", 0)
         self.check_sampler()
 
     async def sample_meshes_forever(self) -> None:
@@ -1313,7 +1330,15 @@ class Scene:
         }
         if self.options.media == "lipsync":
             result.update(self.av_sync(start_us, end_us))
+        try:
+            up_log = self.up.log_path.read_text(errors="replace")
+        except OSError:
+            up_log = ""
         result["details"] = {
+            # Whether livetag up could give the call and the services their priority (it
+            # needs root or CAP_SYS_NICE; containers often drop it).
+            "prioritised": "priority unchanged" not in up_log,
+            "udp_receive_buffer_errors": self.udp_receive_errors,
             "machine_busy_cores": round(cores.get("machine", 0.0), 2),
             "cpu_count": os.cpu_count(),
             "warm_up_s": round(warm_up_s, 1),
@@ -1530,8 +1555,10 @@ class Scene:
             starts = [*media.video_ts, *(ts for ts, _ in media.audio)]
             seen = {ts // width for p, ts in self.labels.windows if p == performer}
             span = range(min(starts) // width, max(starts) // width + 1) if starts else range(0)
-            with_media = {ts // width for ts in starts}
-            for ts, duration in media.audio:
+            with_media = {ts // width for ts in media.video_ts}
+            # A stream's last audio chunk yields no prosody hop (a hop needs 15.8 ms of
+            # audio past its end): it alone does not make a window that can have features.
+            for ts, duration in sorted(media.audio)[:-1]:
                 with_media.update(range(ts // width, (ts + duration - 1) // width + 1))
             missing = [window for window in span if window not in seen]
             runs: list[list[float]] = []
@@ -1544,8 +1571,22 @@ class Scene:
             found["expected"][performer] = len(span)
             found["emitted"][performer] = sum(window in seen for window in span)
             found["without_media"][performer] = sum(w not in with_media for w in span)
+            found.setdefault("missing_with_media", {})[performer] = sum(
+                w in with_media for w in missing
+            )
             found["outside_media"][performer] = sum(w not in span for w in seen)
             found["missing"][performer] = [[at, count] for at, count, _ in runs[:12]]
+            # What media the first missing windows had (video frames, audio chunks starting
+            # in them) and how far each is from the performer's last media window.
+            last = span[-1] if span else 0
+            found.setdefault("missing_media", {})[performer] = [
+                {
+                    "window_from_end": last - window,
+                    "video_frames": sum(ts // width == window for ts in media.video_ts),
+                    "audio_chunks": sum(ts // width == window for ts, _ in media.audio),
+                }
+                for window in missing[:5]
+            ]
         return found
 
     def tag_counts(self) -> dict[str, Any]:
