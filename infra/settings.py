@@ -390,11 +390,11 @@ class Settings(BaseSettings):
         ge=0,
         le=600_000,
         description=(
-            "A video frame already this far behind real time when the processors read "
-            "it, while its performer's face worker is still busy with earlier frames, is "
-            "not analysed but recorded as skipped ('late'): a machine that cannot keep "
-            "the analysis rate thins frames to what its workers manage instead of falling "
-            "behind. 0: analyse every frame however late."
+            "A video frame the processors read this long after it reached Kafka (or while "
+            "its performer's face worker still has frames queued) is not analysed but "
+            "recorded as skipped ('late'): processors that cannot keep the analysis rate "
+            "thin frames to what their workers manage instead of falling behind. 0: "
+            "analyse every frame however late."
         ),
     )
     face_model_path: Path | None = Field(

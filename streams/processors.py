@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 SERVICE = "livetag-processors"
 LANE_FRAMES = 8  # video frames waiting per performer, each already sent to its face worker
 # A performer's face worker is behind when it has this many of their frames to analyse (the
-# one it is on and one waiting): then frames past the lag budget are skipped.
-FACE_BUSY_FRAMES = 2
+# one it is on and two waiting, ~130 ms at 15 fps): then their frames are skipped.
+FACE_BUSY_FRAMES = 3
 AUDIO_BATCH = 256  # audio chunks analysed in one trip to the prosody thread (at most)
 PROCESSORS_COMMIT_INTERVAL_S = 1.0
 
@@ -97,6 +97,14 @@ class SessionProcessors:
     def close(self) -> None:
         self.faces.close()
         self.prosody_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _read_lag_us(event: Any) -> int:
+    """How long a record waited in Kafka before the processors read it (0 if unknown)."""
+    timestamp = getattr(event.message, "timestamp", None)
+    if not timestamp:
+        return 0
+    return _now_us() - round(timestamp * 1_000_000)
 
 
 def skipped_face(frame: records.VideoFrame, reason: records.FaceSkipReason) -> records.FaceFrame:
@@ -261,14 +269,18 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                     lanes[performer_id] = (queue, asyncio.create_task(lane(queue)))
                 analysis: Analysis
                 busy = analysing.get(performer_id, 0) >= FACE_BUSY_FRAMES
-                if max_lag_us and busy and _now_us() - frame.header.ts_us > max_lag_us:
-                    # Already late while the performer's face worker is still busy with
-                    # earlier frames: analysing it would only add lag. Recorded as skipped,
-                    # in its place in the lane (every frame gets one record, in order).
-                    # The rule is the same for every performer, so an overloaded machine
-                    # thins all of them alike, to the rate its workers manage. Lateness
-                    # alone is not enough: a frame that reached Kafka late (a busy capture
-                    # machine) is analysed when a worker is free for it.
+                if max_lag_us and (busy or _read_lag_us(event) > max_lag_us):
+                    # The processors are behind: this frame waited in Kafka past the lag
+                    # budget, or its performer's face worker still has frames queued.
+                    # Analysing it would only add lag. Recorded as skipped, in its place in
+                    # the lane (every frame gets one record, in order). The rule is the
+                    # same for every performer, so an overloaded machine thins all of them
+                    # alike, to the rate its workers manage. The lag is the processors'
+                    # own (from the record's Kafka timestamp, set when the capture server
+                    # produced it): a frame that reached Kafka late is not the processors'
+                    # lag, and skipping it would not catch anything up (judged from the
+                    # capture instant, a scene whose fork ran ~250 ms behind had every
+                    # frame skipped).
                     analysis = loop.create_future()
                     analysis.set_result(records.encode(skipped_face(frame, "late")))
                 else:

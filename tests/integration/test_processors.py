@@ -171,7 +171,8 @@ async def test_a_late_backlog_is_thinned_to_what_the_worker_manages(settings: Se
         performer_names=["alice"],
         vocabulary=load_vocabulary(None),
     )
-    # A backlog captured a minute ago (the processors were away): far past the lag budget.
+    # A backlog captured a minute ago reaches Kafka all at once (a capture server catching
+    # up): faster than the face worker can analyse it.
     late = face_frames(media, session.session_id, time.time_ns() // 1000 - 60_000_000)
     stop = asyncio.Event()
     worker = asyncio.create_task(
