@@ -163,7 +163,7 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
     assert "JPEG does not decode" in reasons[(session.topics.video, bob)]
 
 
-async def test_a_late_backlog_is_thinned_to_what_the_worker_manages(settings: Settings) -> None:
+async def test_a_backlog_the_processors_read_late_is_skipped_in_order(settings: Settings) -> None:
     media = test_media.prepare(test_media.default_dir())
     session = await create_session(
         settings,
@@ -171,8 +171,8 @@ async def test_a_late_backlog_is_thinned_to_what_the_worker_manages(settings: Se
         performer_names=["alice"],
         vocabulary=load_vocabulary(None),
     )
-    # A backlog captured a minute ago reaches Kafka all at once (a capture server catching
-    # up): faster than the face worker can analyse it.
+    # A backlog that waits in Kafka while the processors start (~8 s): far past the lag
+    # budget by the time they read it.
     late = face_frames(media, session.session_id, time.time_ns() // 1000 - 60_000_000)
     stop = asyncio.Event()
     worker = asyncio.create_task(
@@ -193,13 +193,6 @@ async def test_a_late_backlog_is_thinned_to_what_the_worker_manages(settings: Se
                     faces += [records.decode(records.FaceFrame, m.value, m.headers) for m in batch]
     finally:
         await shut_down(settings, session, stop, worker, producer, consumer)
-    # One record per frame, in capture order. The backlog arrives faster than the face
-    # worker analyses: it is thinned to what the worker manages, each frame left out
-    # saying it was knowingly skipped.
+    # One record per frame, in capture order, each saying it was knowingly skipped.
     assert [(f.ts_us, f.video_seq) for f in faces] == [(v.header.ts_us, v.header.seq) for v in late]
-    skipped = [f for f in faces if f.skipped is not None]
-    assert {(f.skipped, f.face_present, f.landmarks) for f in skipped} == {("late", None, None)}
-    analysed = [f for f in faces if f.skipped is None]
-    assert analysed, "a free worker analyses a late frame"
-    assert len(skipped) > len(analysed), (len(skipped), len(analysed))
-    assert all(f.face_present is not None for f in analysed)
+    assert {(f.skipped, f.face_present, f.landmarks) for f in faces} == {("late", None, None)}
