@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -34,7 +35,7 @@ from streams.batches import BatchLane
 from streams.face_errors import FaceAnalysisError
 from streams.face_pool import FacePool, FacePoolStopped
 from streams.kafka import decoded_events, make_faust_app
-from streams.prosody import ProsodyTracker
+from streams.prosody import SAMPLE_RATE, ProsodyTracker
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,16 @@ class SessionProcessors:
 
     def prosody_messages(
         self, chunks: list[records.AudioChunk]
-    ) -> list[list[records.KafkaMessage] | str]:
-        """Each chunk's prosody hops, encoded, or why the chunk failed (runs in the prosody
+    ) -> list[tuple[list[records.KafkaMessage], int | None] | str]:
+        """Each chunk's prosody hops, encoded, with the instant before which its performer's
+        hops are all out (None: all of them), or why the chunk failed (runs in the prosody
         thread; each performer's tracker gets its chunks in order)."""
-        results: list[list[records.KafkaMessage] | str] = []
+        results: list[tuple[list[records.KafkaMessage], int | None] | str] = []
         for chunk in chunks:
             try:
-                hops = self.tracker(chunk.header.performer_id).push(chunk)
-                results.append([records.encode(hop) for hop in hops])
+                tracker = self.tracker(chunk.header.performer_id)
+                hops = tracker.push(chunk)
+                results.append(([records.encode(hop) for hop in hops], tracker.emitted_until_us()))
             except Exception as exc:  # one bad chunk must not cost its batch
                 log.exception("prosody analysis failed")
                 results.append(f"analysis failed: {exc}")
@@ -181,19 +184,31 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     async def prosody(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
 
+        # Per performer, chunks whose hops are not all out yet: a hop needs audio 15.8 ms
+        # past its end, so a chunk's last hops come with the next chunk. Acked only then:
+        # a worker killed in between leaves the chunk uncommitted, for its successor.
+        unfinished: dict[str, deque[tuple[int, Any]]] = {}
+
         async def analyse(batch: list[tuple[Any, records.AudioChunk]]) -> None:
-            # One trip to the prosody thread per batch; each event is acked once its
+            # One trip to the prosody thread per batch; each event is acked once all its
             # hops are handed to the producer.
             results = await loop.run_in_executor(
                 state.prosody_pool, state.prosody_messages, [chunk for _, chunk in batch]
             )
-            for (event, _), result in zip(batch, results, strict=True):
+            for (event, chunk), result in zip(batch, results, strict=True):
                 if isinstance(result, str):
                     await dead_letter(event, session.topics.audio, result)
-                else:
-                    for message in result:
-                        await send(prosody_topic, message)
-                event.ack()
+                    event.ack()
+                    continue
+                messages, emitted_until_us = result
+                for message in messages:
+                    await send(prosody_topic, message)
+                header = chunk.header
+                waiting = unfinished.setdefault(header.performer_id, deque())
+                end_us = header.ts_us + header.sample_count * 1_000_000 // SAMPLE_RATE
+                waiting.append((end_us, event))
+                while waiting and (emitted_until_us is None or waiting[0][0] <= emitted_until_us):
+                    waiting.popleft()[1].ack()
 
         lane: BatchLane[tuple[Any, records.AudioChunk]] = BatchLane(
             "prosody",

@@ -266,6 +266,17 @@ class ProsodyTracker:
         frames.extend(self._emit(ready))
         return frames
 
+    def emitted_until_us(self) -> int | None:
+        """The instant before which every pushed sample's hops are out (``ts_us`` of the
+        first hop still to come); None when no hop is pending at all."""
+        if self._received == 0:
+            return None
+        sample = self._next_hop * HOP
+        for first_sample, ts_us, count in self._anchors:
+            if sample < first_sample + count:
+                return ts_us + max(0, sample - first_sample) * 1_000_000 // SAMPLE_RATE
+        return None
+
     def flush(self) -> list[records.ProsodyFrame]:
         """Finish the current segment (zero-padding its end) and start afresh.
 

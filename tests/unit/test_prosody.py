@@ -244,3 +244,22 @@ def test_speech_voice_quality_near_praat(speech: dict[str, Audio]) -> None:
         assert ref_jitter / 3 < jitter < ref_jitter * 3
         assert ref_shimmer / 2 < shimmer < ref_shimmer * 2
         assert abs(hnr - ref_hnr) < 6
+
+
+def test_a_chunk_s_hops_are_known_to_be_out_only_with_the_next_chunk() -> None:
+    # The processors ack an audio chunk (let its offset be committed) only once all its
+    # hops are out: a hop needs 15.8 ms of audio past its end, so they come a chunk later.
+    tracker = prosody.ProsodyTracker("s1", "alice")
+    assert tracker.emitted_until_us() is None
+    first, second, third = list(to_chunks(sine(150, 0.06), TS0))
+    assert tracker.push(first) == []
+    assert tracker.emitted_until_us() == TS0  # nothing of the first chunk is out
+    hops = tracker.push(second)
+    until = tracker.emitted_until_us()
+    assert until is not None
+    assert [h.ts_us for h in hops] == list(range(TS0, until, 10_000))
+    assert TS0 + 20_000 <= until < TS0 + 40_000  # the first chunk is done, the second not
+    hops = tracker.push(third)
+    assert hops[0].ts_us == until
+    tracker.flush()
+    assert tracker.emitted_until_us() is None
