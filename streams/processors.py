@@ -45,6 +45,7 @@ LANE_FRAMES = 8  # video frames waiting per performer, each already sent to its 
 # one it is on and two waiting, ~130 ms at 15 fps): then their frames are skipped.
 FACE_BUSY_FRAMES = 3
 AUDIO_BATCH = 256  # audio chunks analysed in one trip to the prosody thread (at most)
+PROSODY_IDLE_FLUSH_S = 1.0  # a performer's audio silent this long has ended: its hops out
 PROCESSORS_COMMIT_INTERVAL_S = 1.0
 
 
@@ -96,6 +97,14 @@ class SessionProcessors:
                 log.exception("prosody analysis failed")
                 results.append(f"analysis failed: {exc}")
         return results
+
+    def flush_prosody(self, performer_id: str) -> list[records.KafkaMessage]:
+        """The last hops of a performer's audio that stopped, zero-padded, encoded (runs in
+        the prosody thread); the next chunk starts a new segment."""
+        tracker = self.trackers.get(performer_id)
+        if tracker is None:
+            return []
+        return [records.encode(hop) for hop in tracker.flush()]
 
     def close(self) -> None:
         self.faces.close()
@@ -187,15 +196,26 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         # Per performer, chunks whose hops are not all out yet: a hop needs audio 15.8 ms
         # past its end, so a chunk's last hops come with the next chunk. Acked only then:
         # a worker killed in between leaves the chunk uncommitted, for its successor.
+        # When a performer's audio stops (they left, the session ended), the tracker is
+        # flushed (its last hops zero-padded) after PROSODY_IDLE_FLUSH_S without a chunk,
+        # so the stream's last chunks get their hops and their acks.
         unfinished: dict[str, deque[tuple[int, Any]]] = {}
+        last_chunk_at: dict[str, float] = {}
+        one_at_a_time = asyncio.Lock()  # the analysis of a batch, or a flush, with its sends
 
         async def analyse(batch: list[tuple[Any, records.AudioChunk]]) -> None:
+            async with one_at_a_time:
+                await analyse_in_order(batch)
+
+        async def analyse_in_order(batch: list[tuple[Any, records.AudioChunk]]) -> None:
             # One trip to the prosody thread per batch; each event is acked once all its
             # hops are handed to the producer.
             results = await loop.run_in_executor(
                 state.prosody_pool, state.prosody_messages, [chunk for _, chunk in batch]
             )
+            now = time.monotonic()
             for (event, chunk), result in zip(batch, results, strict=True):
+                last_chunk_at[chunk.header.performer_id] = now
                 if isinstance(result, str):
                     await dead_letter(event, session.topics.audio, result)
                     event.ack()
@@ -210,6 +230,24 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
                 while waiting and (emitted_until_us is None or waiting[0][0] <= emitted_until_us):
                     waiting.popleft()[1].ack()
 
+        async def flush_idle() -> None:
+            while True:
+                await asyncio.sleep(PROSODY_IDLE_FLUSH_S / 2)
+                async with one_at_a_time:
+                    now = time.monotonic()
+                    for performer_id, waiting in unfinished.items():
+                        if not waiting or now - last_chunk_at[performer_id] < (
+                            PROSODY_IDLE_FLUSH_S
+                        ):
+                            continue
+                        messages = await loop.run_in_executor(
+                            state.prosody_pool, state.flush_prosody, performer_id
+                        )
+                        for message in messages:
+                            await send(prosody_topic, message)
+                        while waiting:
+                            waiting.popleft()[1].ack()
+
         lane: BatchLane[tuple[Any, records.AudioChunk]] = BatchLane(
             "prosody",
             analyse,
@@ -217,11 +255,20 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             on_failure=stop_for_restart,
             interval_s=settings.prosody_batch_ms / 1000,
         )
+        flusher = asyncio.create_task(flush_idle(), name="prosody-idle-flush")
+        flusher.add_done_callback(
+            lambda task: (
+                None
+                if task.cancelled() or task.exception() is None
+                else stop_for_restart(task.exception() or RuntimeError("flush failed"))
+            )
+        )
         audio = decoded_events(stream, records.AudioChunk, session.topics.audio, dead_letter)
         try:
             async for event, chunk in audio:
                 await lane.put((event, chunk))
         finally:
+            flusher.cancel()
             await lane.close()
 
     @app.agent(video_topic)

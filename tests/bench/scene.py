@@ -569,10 +569,6 @@ class LabelLog:
             self.windows[identity] = window
 
 
-# streams.prosody: a hop starting at t needs audio up to t + 413 samples at 16 kHz.
-PROSODY_LOOKAHEAD_US = 25_813
-
-
 def udp_counters() -> dict[str, int]:
     """This network namespace's UDP counters (the scene runs in one of its own)."""
     try:
@@ -1560,13 +1556,8 @@ class Scene:
             seen = {ts // width for p, ts in self.labels.windows if p == performer}
             span = range(min(starts) // width, max(starts) // width + 1) if starts else range(0)
             with_media = {ts // width for ts in media.video_ts}
-            # A prosody hop needs audio up to 25.8 ms past its start: the stream's last
-            # instants yield none, and alone do not make a window that can have features.
-            audio_end = max((ts + duration for ts, duration in media.audio), default=0)
             for ts, duration in media.audio:
-                end = min(ts + duration, audio_end - PROSODY_LOOKAHEAD_US)
-                if end > ts:
-                    with_media.update(range(ts // width, (end - 1) // width + 1))
+                with_media.update(range(ts // width, (ts + duration - 1) // width + 1))
             missing = [window for window in span if window not in seen]
             runs: list[list[float]] = []
             for window in missing:
