@@ -237,17 +237,21 @@ class HeldAckConsumer(faust_aiokafka.Consumer):
 
     _oldest_unacked: dict[Any, int] | None = None
 
-    def _filter_committable_offsets(self, tps: Any) -> dict[Any, int]:
-        # The oldest unacked offset of every partition in one pass over the unacked
-        # messages (thousands while the aligner holds its input), not one pass per
-        # partition: a commit cost ~5% of the processors' event loop that way.
+    def _oldest_unacked_offsets(self) -> dict[Any, int]:
+        """The oldest unacked offset of every partition, in one pass over the unacked
+        messages (thousands while the aligner holds its input)."""
         oldest: dict[Any, int] = {}
         for message in list(self._unacked_messages):
             if not message.acked:
                 known = oldest.get(message.tp)
                 if known is None or message.offset < known:
                     oldest[message.tp] = message.offset
-        self._oldest_unacked = oldest
+        return oldest
+
+    def _filter_committable_offsets(self, tps: Any) -> dict[Any, int]:
+        # One pass for all partitions, not one per partition: a commit cost ~5% of the
+        # processors' event loop that way.
+        self._oldest_unacked = self._oldest_unacked_offsets()
         try:
             committable: dict[Any, int] = super()._filter_committable_offsets(tps)
             return committable
@@ -255,13 +259,8 @@ class HeldAckConsumer(faust_aiokafka.Consumer):
             self._oldest_unacked = None
 
     def _new_offset(self, tp: Any) -> int | None:
-        if self._oldest_unacked is not None:
-            oldest_unacked = self._oldest_unacked.get(tp)
-        else:
-            oldest_unacked = min(
-                (m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked),
-                default=None,
-            )
+        oldest = self._oldest_unacked
+        oldest_unacked = (oldest if oldest is not None else self._oldest_unacked_offsets()).get(tp)
         acked: list[int] = self._acked[tp]
         held_back: list[int] = []
         if oldest_unacked is not None:

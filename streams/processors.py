@@ -204,15 +204,18 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         one_at_a_time = asyncio.Lock()  # the analysis of a batch, or a flush, with its sends
 
         async def analyse(batch: list[tuple[Any, records.AudioChunk]]) -> None:
-            async with one_at_a_time:
-                await analyse_in_order(batch)
-
-        async def analyse_in_order(batch: list[tuple[Any, records.AudioChunk]]) -> None:
             # One trip to the prosody thread per batch; each event is acked once all its
             # hops are handed to the producer.
-            results = await loop.run_in_executor(
-                state.prosody_pool, state.prosody_messages, [chunk for _, chunk in batch]
-            )
+            async with one_at_a_time:
+                results = await loop.run_in_executor(
+                    state.prosody_pool, state.prosody_messages, [chunk for _, chunk in batch]
+                )
+                await hand_over(batch, results)
+
+        async def hand_over(
+            batch: list[tuple[Any, records.AudioChunk]],
+            results: list[tuple[list[records.KafkaMessage], int | None] | str],
+        ) -> None:
             now = time.monotonic()
             for (event, chunk), result in zip(batch, results, strict=True):
                 last_chunk_at[chunk.header.performer_id] = now
@@ -255,14 +258,13 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
             on_failure=stop_for_restart,
             interval_s=settings.prosody_batch_ms / 1000,
         )
+
+        def flush_failed(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                stop_for_restart(exc)
+
         flusher = asyncio.create_task(flush_idle(), name="prosody-idle-flush")
-        flusher.add_done_callback(
-            lambda task: (
-                None
-                if task.cancelled() or task.exception() is None
-                else stop_for_restart(task.exception() or RuntimeError("flush failed"))
-            )
-        )
+        flusher.add_done_callback(flush_failed)
         audio = decoded_events(stream, records.AudioChunk, session.topics.audio, dead_letter)
         try:
             async for event, chunk in audio:
