@@ -168,8 +168,11 @@ class EmbeddedBroker:
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "NO_COLOR": "1"},
                     # Own process group: Ctrl-C reaches livetag, which stops services
-                    # before the broker they depend on.
-                    start_new_session=True,
+                    # before the broker they depend on. Not its own session: a session
+                    # is a scheduling autogroup of its own, which would share the CPU
+                    # with livetag's services as an equal, at niceness 0, whatever
+                    # priority livetag has.
+                    process_group=0,
                     preexec_fn=die_with_parent,
                 )
             except OSError as exc:

@@ -76,7 +76,11 @@ def prioritise_services(settings: Settings) -> None:
     ``services_nice``: on a machine they share with other work, browsers on a laptop
     included, the pipeline keeps its pace and the rest waits."""
     global _services_niceness
-    reniced = _renice(settings.services_nice) and _renice_autogroup(settings.services_nice)
+    # The autogroup holds the call too (and the broker): between sessions it is the
+    # group's niceness that counts, so it carries the call's priority; inside it the
+    # threads' own niceness puts the call before the services.
+    group_niceness = min(settings.services_nice, settings.capture_nice)
+    reniced = _renice(settings.services_nice) and _renice_autogroup(group_niceness)
     # What this thread now has (even after a partial failure): what children go back to.
     _services_niceness = os.getpriority(os.PRIO_PROCESS, 0)
     if not reniced:
