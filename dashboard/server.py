@@ -163,7 +163,7 @@ class SessionFeed:
         session = self.view.session
         prefix = f"{self.session_id}/".encode()
         kinds: dict[str, type[records.AnyRecord]] = {
-            session.topics.prosody: records.ProsodyFrame,
+            session.topics.prosody: records.ProsodyHops,
             session.topics.face: records.FaceFrame,
             topics.TAGS: records.TagEvent,
             topics.LABELS: records.LabelWindow,
@@ -186,8 +186,9 @@ class SessionFeed:
                     self._add(record, received)
 
     def _add(self, record: records.AnyRecord, received_us: int) -> None:
-        if isinstance(record, records.ProsodyFrame):
-            self.view.add_prosody(record, received_us)
+        if isinstance(record, records.ProsodyHops):
+            for frame in record.frames():
+                self.view.add_prosody(frame, received_us)
         elif isinstance(record, records.FaceFrame):
             self.view.add_face(record, received_us)
         elif isinstance(record, records.TagEvent):

@@ -45,10 +45,11 @@ from streams.batches import BatchLane
 from streams.kafka import decoded_events, event_headers
 
 Feature = TypeVar("Feature", records.ProsodyFrame, records.FaceFrame)
+Carrier = TypeVar("Carrier", records.ProsodyHops, records.FaceFrame)
 
 log = logging.getLogger(__name__)
 
-#: Most feature records aligned in one step (2.5 s of one performer's prosody hops).
+#: Most feature records aligned in one step (25 s of one performer's prosody records).
 FEATURE_BATCH = 256
 TICK_S = 0.02  # how often ready windows are looked for: small against the 100 ms windows
 RESTORE_MARGIN_S = 10.0  # read back a little more than can still be corrected
@@ -219,35 +220,49 @@ def add_aligner(
     def feature_agent(
         topic_name: str,
         kind: str,
-        record_class: type[Feature],
+        record_class: type[Carrier],
+        frames_of: Callable[[Carrier], Sequence[Feature]],
         add: Callable[[Feature, int], Sequence[records.LabelWindow]],
     ) -> None:
-        # Feature records come hundreds a second (10 ms prosody hops): each batch that
-        # gathered while the previous one was aligned goes through one aligner step.
-        async def align_batch(batch: list[tuple[Any, Feature]]) -> None:
+        # Feature records come tens a second per performer: each batch that gathered
+        # while the previous one was aligned goes through one aligner step.
+        async def align_batch(batch: list[tuple[Any, Sequence[Feature]]]) -> None:
             def call(now_us: int) -> list[Any]:
                 out: list[Any] = []
-                for _, frame in batch:
-                    out.extend(add(frame, now_us))
+                for _, frames in batch:
+                    for frame in frames:
+                        out.extend(add(frame, now_us))
                 return out
 
-            await align(call, [(frame.performer_id, frame.ts_us, event) for event, frame in batch])
+            # A record's event is acked once the windows of its last frame are out.
+            await align(
+                call,
+                [(frames[-1].performer_id, frames[-1].ts_us, event) for event, frames in batch],
+            )
 
         @app.agent(app.topic(topic_name, **raw), name=f"align-{kind}-{session.session_id}")
         async def align_features(stream: faust.StreamT) -> None:
-            lane: BatchLane[tuple[Any, Feature]] = BatchLane(
+            lane: BatchLane[tuple[Any, Sequence[Feature]]] = BatchLane(
                 f"align-{kind}", align_batch, limit=FEATURE_BATCH, on_failure=on_failure
             )
             try:
-                async for event, frame in decoded_events(
+                async for event, record in decoded_events(
                     stream, record_class, topic_name, dead_letter
                 ):
-                    await lane.put((event, frame))
+                    await lane.put((event, frames_of(record)))
             finally:
                 await lane.close()
 
-    feature_agent(session.topics.prosody, "prosody", records.ProsodyFrame, aligner.add_prosody)
-    feature_agent(session.topics.face, "face", records.FaceFrame, aligner.add_face)
+    feature_agent(
+        session.topics.prosody,
+        "prosody",
+        records.ProsodyHops,
+        records.ProsodyHops.frames,
+        aligner.add_prosody,
+    )
+    feature_agent(
+        session.topics.face, "face", records.FaceFrame, lambda frame: (frame,), aligner.add_face
+    )
 
     session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
 

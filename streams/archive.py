@@ -50,6 +50,7 @@ __all__ = [
     "MEDIA_KINDS",
     "RawMessage",
     "build_archive",
+    "decode_rows",
     "read_media",
     "read_records",
     "session_dir",
@@ -65,6 +66,9 @@ KINDS: Final[dict[str, type[records.Record]]] = {
     "tags": records.TagEvent,
     "labels": records.LabelWindow,
 }
+#: What the topics of the kinds whose records are not stored one row per message carry:
+#: a prosody record holds a run of hops, archived one row per hop.
+CARRIERS: Final[dict[str, type[records.ProsodyHops]]] = {"prosody": records.ProsodyHops}
 MEDIA_KINDS: Final = ("audio", "video")
 MANIFEST = "manifest.json"
 _VIDEO_TIME_BASE = Fraction(1, 1_000_000)
@@ -229,6 +233,17 @@ def read_records(folder: Path, kind: str) -> list[Any]:
     return table_records(model, pq.read_table(path))
 
 
+def decode_rows(
+    kind: str, value: bytes | None, headers: records.Headers | None
+) -> Sequence[records.Record]:
+    """The archive rows of one message of a kind's topic (a prosody record: one per hop);
+    raises :class:`records.RecordError`."""
+    carrier = CARRIERS.get(kind)
+    if carrier is not None:
+        return records.decode(carrier, value, headers).frames()
+    return [records.decode(KINDS[kind], value, headers)]  # type: ignore[type-var]
+
+
 def identity(record: records.Record) -> tuple[Any, ...]:
     if isinstance(record, records.TagEvent):
         return (record.tag_id,)
@@ -270,14 +285,15 @@ def build_archive(
         unique: dict[tuple[Any, ...], records.Record] = {}
         for message in read_parts(folder, kind):
             try:
-                record: records.Record = records.decode(model, message.value, message.headers)  # type: ignore[type-var]
+                found = decode_rows(kind, message.value, message.headers)
             except records.RecordError:
                 # Dead-lettered by whoever consumed it for work; the archive counts it.
                 counts["undecodable"] += 1
                 continue
-            if getattr(record, "session_id", None) != session_id:
-                continue
-            unique.setdefault(identity(record), record)
+            for record in found:
+                if getattr(record, "session_id", None) != session_id:
+                    continue
+                unique.setdefault(identity(record), record)
         rows = sorted(
             unique.values(), key=lambda r: (getattr(r, "performer_id", ""), r.ts_us, identity(r))
         )

@@ -83,20 +83,23 @@ class SessionProcessors:
 
     def prosody_messages(
         self, chunks: list[records.AudioChunk]
-    ) -> list[tuple[list[records.KafkaMessage], int | None] | str]:
-        """Each chunk's prosody hops, encoded, with the instant before which its performer's
-        hops are all out (None: all of them), or why the chunk failed (runs in the prosody
-        thread; each performer's tracker gets its chunks in order)."""
-        results: list[tuple[list[records.KafkaMessage], int | None] | str] = []
+    ) -> tuple[list[records.KafkaMessage], list[int | str | None]]:
+        """The hops these chunks complete, as one encoded record per performer (or a few,
+        MAX_PROSODY_HOPS each); and per chunk the instant before which its performer's hops
+        are all out once those records are (None: all of them), or why the chunk failed.
+        Runs in the prosody thread; each performer's tracker gets its chunks in order."""
+        hops: dict[str, list[records.ProsodyFrame]] = {}
+        progress: list[int | str | None] = []
         for chunk in chunks:
             try:
                 tracker = self.tracker(chunk.header.performer_id)
-                hops = tracker.push(chunk)
-                results.append(([records.encode(hop) for hop in hops], tracker.emitted_until_us()))
+                hops.setdefault(chunk.header.performer_id, []).extend(tracker.push(chunk))
+                progress.append(tracker.emitted_until_us())
             except Exception as exc:  # one bad chunk must not cost its batch
                 log.exception("prosody analysis failed")
-                results.append(f"analysis failed: {exc}")
-        return results
+                progress.append(f"analysis failed: {exc}")
+        messages = [message for frames in hops.values() for message in prosody_records(frames)]
+        return messages, progress
 
     def flush_prosody(self, performer_id: str) -> list[records.KafkaMessage]:
         """The last hops of a performer's audio that stopped, zero-padded, encoded (runs in
@@ -104,11 +107,20 @@ class SessionProcessors:
         tracker = self.trackers.get(performer_id)
         if tracker is None:
             return []
-        return [records.encode(hop) for hop in tracker.flush()]
+        return prosody_records(tracker.flush())
 
     def close(self) -> None:
         self.faces.close()
         self.prosody_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def prosody_records(frames: list[records.ProsodyFrame]) -> list[records.KafkaMessage]:
+    """Consecutive hops of one performer as encoded ProsodyHops records."""
+    step = records.MAX_PROSODY_HOPS
+    return [
+        records.encode(records.ProsodyHops.of(frames[start : start + step]))
+        for start in range(0, len(frames), step)
+    ]
 
 
 def _read_lag_us(event: Any) -> int:
@@ -214,18 +226,19 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
 
         async def hand_over(
             batch: list[tuple[Any, records.AudioChunk]],
-            results: list[tuple[list[records.KafkaMessage], int | None] | str],
+            results: tuple[list[records.KafkaMessage], list[int | str | None]],
         ) -> None:
+            # The batch's hops first (one record per performer), then the acks they allow.
+            messages, progress = results
+            for message in messages:
+                await send(prosody_topic, message)
             now = time.monotonic()
-            for (event, chunk), result in zip(batch, results, strict=True):
+            for (event, chunk), emitted_until_us in zip(batch, progress, strict=True):
                 last_chunk_at[chunk.header.performer_id] = now
-                if isinstance(result, str):
-                    await dead_letter(event, session.topics.audio, result)
+                if isinstance(emitted_until_us, str):
+                    await dead_letter(event, session.topics.audio, emitted_until_us)
                     event.ack()
                     continue
-                messages, emitted_until_us = result
-                for message in messages:
-                    await send(prosody_topic, message)
                 header = chunk.header
                 waiting = unfinished.setdefault(header.performer_id, deque())
                 end_us = header.ts_us + header.sample_count * 1_000_000 // SAMPLE_RATE

@@ -258,7 +258,9 @@ class VoiceQuality(_Model):
 
 
 class ProsodyFrame(PerformerRecord):
-    """One 10 ms analysis hop; ts_us = start of the hop. Identity: key + ts_us."""
+    """One 10 ms analysis hop of a performer; ts_us = start of the hop. Identity: key +
+    ts_us. On the prosody topic hops travel in :class:`ProsodyHops` records; this is how
+    the archive (one row per hop), the aligner and the dashboard see each of them."""
 
     record_type: ClassVar[str] = "prosody_frame"
     hop_us: Annotated[StrictInt, Field(gt=0)] = 10_000
@@ -269,6 +271,87 @@ class ProsodyFrame(PerformerRecord):
     voice_quality: VoiceQuality | None = Field(
         default=None, description="Every 100 ms, over the window ending at this hop."
     )
+
+
+class ProsodyHop(_Model):
+    """One hop of a :class:`ProsodyHops` record; ts_us = start of the hop."""
+
+    ts_us: TimestampUs
+    f0_hz: Annotated[Number, Field(gt=0)] | None = Field(description="null when unvoiced")
+    voicing_probability: Unit
+    voiced: StrictBool
+    loudness_db: Number
+    voice_quality: VoiceQuality | None = Field(
+        default=None, description="Every 100 ms, over the window ending at this hop."
+    )
+
+
+#: Hops in one prosody record at most (5 s of audio; an analysis step makes ~10).
+MAX_PROSODY_HOPS: Final = 500
+
+
+class ProsodyHops(PerformerRecord):
+    """Consecutive 10 ms prosody hops of one performer, as one analysis step made them.
+
+    ``ts_us`` is the start of the first hop; every hop carries its own start (hops follow
+    the audio's capture stamps, so they are ~10 ms apart, not exactly). One record per
+    step instead of one per hop: 10 records a second per performer instead of 100, for
+    every reader of the topic. A hop's identity is the key + its own ``ts_us``: after a
+    processor restart a record may repeat hops an earlier one carried (at-least-once), so
+    consumers dedupe per hop.
+    """
+
+    record_type: ClassVar[str] = "prosody_hops"
+    hop_us: Annotated[StrictInt, Field(gt=0)] = 10_000
+    hops: Annotated[list[ProsodyHop], Field(min_length=1, max_length=MAX_PROSODY_HOPS)]
+
+    @model_validator(mode="after")
+    def _check_hops(self) -> ProsodyHops:
+        if self.hops[0].ts_us != self.ts_us:
+            raise ValueError("ts_us must be the first hop's ts_us")
+        for earlier, later in zip(self.hops, self.hops[1:], strict=False):
+            if later.ts_us <= earlier.ts_us:
+                raise ValueError("hops must be in increasing ts_us")
+        return self
+
+    @classmethod
+    def of(cls, frames: Sequence[ProsodyFrame]) -> ProsodyHops:
+        """The record of consecutive hops of one performer."""
+        first = frames[0]
+        return cls(
+            ts_us=first.ts_us,
+            session_id=first.session_id,
+            performer_id=first.performer_id,
+            hop_us=first.hop_us,
+            hops=[
+                ProsodyHop(
+                    ts_us=frame.ts_us,
+                    f0_hz=frame.f0_hz,
+                    voicing_probability=frame.voicing_probability,
+                    voiced=frame.voiced,
+                    loudness_db=frame.loudness_db,
+                    voice_quality=frame.voice_quality,
+                )
+                for frame in frames
+            ],
+        )
+
+    def frames(self) -> list[ProsodyFrame]:
+        """Each hop with its performer (validated already: built without checks)."""
+        return [
+            ProsodyFrame.model_construct(
+                ts_us=hop.ts_us,
+                session_id=self.session_id,
+                performer_id=self.performer_id,
+                hop_us=self.hop_us,
+                f0_hz=hop.f0_hz,
+                voicing_probability=hop.voicing_probability,
+                voiced=hop.voiced,
+                loudness_db=hop.loudness_db,
+                voice_quality=hop.voice_quality,
+            )
+            for hop in self.hops
+        ]
 
 
 LANDMARK_ENCODING: Final = "f16le-base64"
@@ -486,13 +569,13 @@ class DeadLetter(Record):
 
 # ---------------------------------------------------------------- encode / decode
 
-JsonRecord = SessionRecord | ProsodyFrame | FaceFrame | TagEvent | LabelWindow | DeadLetter
+JsonRecord = SessionRecord | ProsodyHops | FaceFrame | TagEvent | LabelWindow | DeadLetter
 AnyRecord = JsonRecord | AudioChunk | VideoFrame
 R = TypeVar("R", bound=AnyRecord)
 
 JSON_RECORD_TYPES: tuple[type[Record], ...] = (
     SessionRecord,
-    ProsodyFrame,
+    ProsodyHops,
     FaceFrame,
     TagEvent,
     LabelWindow,

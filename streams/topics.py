@@ -105,7 +105,7 @@ def session_topic_names(session_id: str) -> records.SessionTopics:
 _SESSION_RECORD_TYPES: dict[SessionStream, type[records.AnyRecord]] = {
     "audio": records.AudioChunk,
     "video": records.VideoFrame,
-    "prosody": records.ProsodyFrame,
+    "prosody": records.ProsodyHops,
     "face": records.FaceFrame,
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ def write_sample_archive(folder: Path, *, duplicate: bool = True) -> dict[str, l
     made = sample_records()
     for kind, items in made.items():
         messages = []
-        for offset, item in enumerate(items):
+        for offset, item in enumerate(carried(kind, items)):
             encoded = records.encode(item)
             messages.append(
                 archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
@@ -145,6 +146,18 @@ def write_sample_archive(folder: Path, *, duplicate: bool = True) -> dict[str, l
             archive.write_part(folder, kind, 0, messages[half + 3 :])
     archive.build_archive(folder, session(), software={"livetag": "test"})
     return made
+
+
+def carried(kind: str, items: list[Any]) -> list[Any]:
+    """The records that carry ``items`` on their topic: prosody hops ten to a record, per
+    performer, as the processors send them."""
+    if kind != "prosody":
+        return items
+    out: list[Any] = []
+    for _, hops in itertools.groupby(items, key=lambda hop: hop.performer_id):
+        run = list(hops)
+        out += [records.ProsodyHops.of(run[start : start + 10]) for start in range(0, len(run), 10)]
+    return out
 
 
 def _copy(message: archive.RawMessage) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:

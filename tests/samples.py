@@ -49,14 +49,28 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             takes=[records.Take(take_id=1, start_ts_us=TS_US - 500_000)],
             topics=topics.session_topic_names(session_id),
         ),
-        records.ProsodyFrame(
+        records.ProsodyHops(
             ts_us=TS_US,
             **common,
-            f0_hz=212.5,
-            voicing_probability=0.93,
-            voiced=True,
-            loudness_db=-23.4,
-            voice_quality=records.VoiceQuality(hnr_db=14.2, jitter_local=0.011, shimmer_local=0.04),
+            hops=[
+                records.ProsodyHop(
+                    ts_us=TS_US,
+                    f0_hz=212.5,
+                    voicing_probability=0.93,
+                    voiced=True,
+                    loudness_db=-23.4,
+                    voice_quality=records.VoiceQuality(
+                        hnr_db=14.2, jitter_local=0.011, shimmer_local=0.04
+                    ),
+                ),
+                records.ProsodyHop(
+                    ts_us=TS_US + 10_000,
+                    f0_hz=None,
+                    voicing_probability=0.12,
+                    voiced=False,
+                    loudness_db=-61.0,
+                ),
+            ],
         ),
         records.FaceFrame(
             ts_us=TS_US,
@@ -120,7 +134,7 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             ts_us=TS_US,
             source_topic=topics.session_topic("prosody", session_id),
             service="tests",
-            reason="prosody_frame: not JSON",
+            reason="prosody_hops: not JSON",
             payload=b"\xff\xfe garbage",
             key=f"{session_id}/{performer_id}".encode(),
             partition=0,

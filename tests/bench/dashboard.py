@@ -58,19 +58,27 @@ async def feed(producer: Any, session: records.SessionRecord, seconds: float) ->
         now = wall_us()
         for n, performer in enumerate(performers):
             common = {"session_id": session.session_id, "performer_id": performer}
-            batch: list[tuple[str, records.AnyRecord]] = [
-                (
-                    session.topics.prosody,
-                    records.ProsodyFrame(
-                        ts_us=now,
-                        f0_hz=150.0 + 30 * np.sin(tick / 20 + n),
-                        voicing_probability=0.9,
-                        voiced=True,
-                        loudness_db=-30.0 + 5 * np.cos(tick / 15),
-                        **common,
-                    ),
+            batch: list[tuple[str, records.AnyRecord]] = []
+            if tick % 10 == 9:  # the last 10 hops in one record, as the processors send
+                batch.append(
+                    (
+                        session.topics.prosody,
+                        records.ProsodyHops(
+                            ts_us=now - 90_000,
+                            hops=[
+                                records.ProsodyHop(
+                                    ts_us=now - (9 - hop) * 10_000,
+                                    f0_hz=150.0 + 30 * np.sin((tick - 9 + hop) / 20 + n),
+                                    voicing_probability=0.9,
+                                    voiced=True,
+                                    loudness_db=-30.0 + 5 * np.cos((tick - 9 + hop) / 15),
+                                )
+                                for hop in range(10)
+                            ],
+                            **common,
+                        ),
+                    )
                 )
-            ]
             if tick % 7 == 0:  # ~15 fps
                 batch.append(
                     (

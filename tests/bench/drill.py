@@ -315,10 +315,13 @@ async def collect_features(consumer: Any, session: records.SessionRecord, run: R
             for message in batch:
                 # The stamp without decoding the record: a face record is ~10 KB of JSON,
                 # and this process must not take the pipeline's CPU.
-                found = TS_PATTERN.search(message.value or b"")
-                if message.key is None or found is None:
+                # A prosody record carries one stamp per hop.
+                stamps = TS_PATTERN.findall(message.value or b"")
+                if message.key is None or not stamps:
                     continue
-                out.setdefault((message.key[prefix:].decode(), int(found.group(1))), arrived)
+                performer = message.key[prefix:].decode()
+                for stamp in stamps:
+                    out.setdefault((performer, int(stamp)), arrived)
 
 
 @dataclass

@@ -214,11 +214,15 @@ async def collect(consumer: Any, session: records.SessionRecord, run: Run) -> No
         for tp, batch in batches.items():
             out = run.face_out if tp.topic == session.topics.face else run.prosody_out
             for message in batch:
-                found = TS_PATTERN.search(message.value)
-                if found is None or message.key is None:
+                # A face record has one stamp; a prosody record one per hop (and the
+                # record's own, the first hop's).
+                stamps = TS_PATTERN.findall(message.value or b"")
+                if not stamps or message.key is None:
                     continue
-                identity = (message.key[prefix:].decode(), int(found.group(1)))
-                out.setdefault(identity, message.timestamp)
+                performer = message.key[prefix:].decode()
+                for stamp in stamps:
+                    out.setdefault((performer, int(stamp)), message.timestamp)
+                identity = (performer, int(stamps[0]))
                 if out is run.face_out:
                     sent = run.video_sent.get(identity)
                     if sent is not None:

@@ -524,10 +524,13 @@ class FeatureLog:
         found = TS_PATTERN.search(value)
         if message.key is None or found is None:
             return
-        identity = (message.key[self._prefix :].decode(), int(found.group(1)))
+        performer = message.key[self._prefix :].decode()
+        identity = (performer, int(found.group(1)))
         if message.topic != self._face_topic:
-            self.prosody.setdefault(identity, arrived_us)
-            self.prosody_produced.setdefault(identity, int(message.timestamp) * 1000)
+            for stamp in TS_PATTERN.findall(value):  # one per hop
+                hop = (performer, int(stamp))
+                self.prosody.setdefault(hop, arrived_us)
+                self.prosody_produced.setdefault(hop, int(message.timestamp) * 1000)
         elif SKIPPED_PATTERN.search(value):
             self.face_skipped.setdefault(identity, arrived_us)
         else:

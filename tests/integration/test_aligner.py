@@ -157,8 +157,11 @@ async def test_features_and_tags_become_label_windows_and_a_late_tag_corrects(
             ),
         )
         await producer.flush()
-        for hop in prosody_hops(sid, t0, 101):
-            await send(producer, session.topics.prosody, hop)
+        hops = prosody_hops(sid, t0, 101)
+        for start in range(0, len(hops), 10):  # as the processors send them
+            await send(
+                producer, session.topics.prosody, records.ProsodyHops.of(hops[start : start + 10])
+            )
         for frame in face_frames(sid, t0, 21):
             await send(producer, session.topics.face, frame)
         await producer.flush()

@@ -84,8 +84,8 @@ async def test_a_killed_worker_s_partitions_are_taken_over_without_loss(
             batches = await consumer.getmany(timeout_ms=200)
             for batch in batches.values():
                 for message in batch:
-                    frame = records.decode(records.ProsodyFrame, message.value, message.headers)
-                    hops[frame.performer_id].add(frame.ts_us)
+                    carried = records.decode(records.ProsodyHops, message.value, message.headers)
+                    hops[carried.performer_id].update(hop.ts_us for hop in carried.hops)
 
     reader = asyncio.create_task(read())
     t0 = time.time_ns() // 1000

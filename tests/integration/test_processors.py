@@ -102,7 +102,7 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
     consumer = kafka.make_consumer(
         settings, session.topics.prosody, session.topics.face, topics.DEADLETTER
     )
-    found: dict[str, list[records.AnyRecord]] = defaultdict(list)
+    found: dict[str, list[Any]] = defaultdict(list)
     dead: list[records.DeadLetter] = []
     await asyncio.gather(producer.start(), consumer.start())
     try:
@@ -135,8 +135,8 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
                                 session.topics.audio,
                             ):
                                 dead.append(record)
-                        elif isinstance(record, records.ProsodyFrame):
-                            found["prosody"].append(record)
+                        elif isinstance(record, records.ProsodyHops):
+                            found["prosody"].extend(record.frames())
                         else:
                             found["face"].append(record)
     finally:

@@ -145,8 +145,8 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
                 for message in messages:
                     if not (message.key or b"").startswith(f"{sid}/".encode()):
                         continue
-                    record = records.decode(archive.KINDS[kind], message.value, message.headers)  # type: ignore[type-var]
-                    on_topics[kind].setdefault(archive.identity(record), record)
+                    for record in archive.decode_rows(kind, message.value, message.headers):
+                        on_topics[kind].setdefault(archive.identity(record), record)
 
     await consumer.start()
     watching = asyncio.create_task(watch())

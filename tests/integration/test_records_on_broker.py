@@ -23,7 +23,7 @@ def _topic_for(record: records.AnyRecord, names: records.SessionTopics) -> str:
         records.DeadLetter: topics.DEADLETTER,
         records.AudioChunk: names.audio,
         records.VideoFrame: names.video,
-        records.ProsodyFrame: names.prosody,
+        records.ProsodyHops: names.prosody,
         records.FaceFrame: names.face,
     }
     return by_type[type(record)]
@@ -74,7 +74,7 @@ async def test_every_record_type_through_aiokafka(
 async def test_tail_prints_an_error_line_for_a_malformed_record_and_goes_on(
     settings: Settings, session_topics: records.SessionTopics, session_id: str
 ) -> None:
-    good = [r for r in all_records(session_id=session_id) if isinstance(r, records.ProsodyFrame)]
+    good = [r for r in all_records(session_id=session_id) if isinstance(r, records.ProsodyHops)]
     producer = kafka.make_producer(settings)
     await producer.start()
     key = f"{session_id}/alice".encode()
@@ -115,8 +115,8 @@ async def test_tail_prints_an_error_line_for_a_malformed_record_and_goes_on(
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(lines) == 4
-    assert lines[0]["record_type"] == "prosody_frame"
-    assert lines[0]["f0_hz"] == good[0].f0_hz
+    assert lines[0]["record_type"] == "prosody_hops"
+    assert lines[0]["hops"][0]["f0_hz"] == good[0].hops[0].f0_hz
     assert lines[1]["error"].startswith("not UTF-8")
     assert lines[1]["topic"] == session_topics.prosody
     assert "ts_us: Input should be a valid integer" in lines[2]["error"]

@@ -48,10 +48,11 @@ async def read_features(
                 for partition, batch in batches.items():
                     for message in batch:
                         if partition.topic == names.prosody:
-                            frame = records.decode(
-                                records.ProsodyFrame, message.value, message.headers
+                            carried = records.decode(
+                                records.ProsodyHops, message.value, message.headers
                             )
-                            prosody.setdefault((frame.performer_id, frame.ts_us), frame)
+                            for frame in carried.frames():
+                                prosody.setdefault((frame.performer_id, frame.ts_us), frame)
                         else:
                             face = records.decode(records.FaceFrame, message.value, message.headers)
                             faces.setdefault((face.performer_id, face.ts_us), face)

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 
 from streams import archive, records
-from tests.archive_samples import SID, T0, session, write_sample_archive
+from tests.archive_samples import SID, T0, carried, session, write_sample_archive
 
 
 def test_every_record_once_and_exactly_as_it_was(tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_undecodable_records_are_counted_and_the_rest_archived(tmp_path: Path) -
     garbage = archive.RawMessage(0, 10_000, b"s-archive/ana", b"\xff not a record", [])
     for kind, items in made.items():
         messages = []
-        for offset, item in enumerate(items):
+        for offset, item in enumerate(carried(kind, items)):
             encoded = records.encode(item)
             messages.append(
                 archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))

@@ -12,7 +12,14 @@ import pytest
 
 from streams import archive, export, records
 from streams.export import ExportError, export_session, read_csv, read_eaf_tags, read_jsonl
-from tests.archive_samples import SID, T0, sample_records, session, write_sample_archive
+from tests.archive_samples import (
+    SID,
+    T0,
+    carried,
+    sample_records,
+    session,
+    write_sample_archive,
+)
 
 _TIMING = records.TagTiming(
     client_press_ts_us=T0, clock_offset_us=1_500, rtt_us=900, clock_uncertainty_us=451
@@ -174,7 +181,7 @@ def _write_archive(folder: Path, extra: dict[str, list[Any]]) -> dict[str, list[
         made[kind] = made[kind] + items
     for kind, items in made.items():
         messages = []
-        for offset, item in enumerate(items):
+        for offset, item in enumerate(carried(kind, items)):
             encoded = records.encode(item)
             messages.append(
                 archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))

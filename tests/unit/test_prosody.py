@@ -181,9 +181,9 @@ def test_hnr_high_for_clean_sine_low_for_noise() -> None:
 
 
 def test_frames_survive_the_wire() -> None:
-    for frame in run(np.concatenate([np.zeros(RATE // 4), sine(150, 0.5), noise(0.25)])):
-        message = records.encode(frame)
-        assert records.decode(records.ProsodyFrame, message.value, message.headers) == frame
+    frames = run(np.concatenate([np.zeros(RATE // 4), sine(150, 0.5), noise(0.25)]))
+    message = records.encode(records.ProsodyHops.of(frames))
+    assert records.decode(records.ProsodyHops, message.value, message.headers).frames() == frames
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -97,19 +98,19 @@ def test_cross_field_rules() -> None:
 )
 def test_bad_bytes_raise_record_error(value: bytes | None, reason: str) -> None:
     with pytest.raises(records.RecordError, match=reason):
-        records.decode(records.ProsodyFrame, value)
+        records.decode(records.ProsodyHops, value)
 
 
 def test_wrong_type_header_is_rejected() -> None:
-    prosody = next(r for r in ALL if isinstance(r, records.ProsodyFrame))
+    prosody = next(r for r in ALL if isinstance(r, records.ProsodyHops))
     message = records.encode(prosody)
     with pytest.raises(records.RecordError, match="expected 'face_frame/1'"):
         records.decode(records.FaceFrame, message.value, message.headers)
 
 
 def test_json_record_without_headers_decodes() -> None:
-    prosody = next(r for r in ALL if isinstance(r, records.ProsodyFrame))
-    assert records.decode(records.ProsodyFrame, prosody.model_dump_json().encode()) == prosody
+    prosody = next(r for r in ALL if isinstance(r, records.ProsodyHops))
+    assert records.decode(records.ProsodyHops, prosody.model_dump_json().encode()) == prosody
 
 
 def test_media_payload_must_match_header() -> None:
@@ -184,14 +185,60 @@ def test_dead_letter_keeps_only_the_payload_head() -> None:
 
 
 def test_infinite_numbers_are_rejected_not_encoded_as_null() -> None:
-    prosody = next(r for r in ALL if isinstance(r, records.ProsodyFrame))
+    prosody = next(r for r in ALL if isinstance(r, records.ProsodyHops))
     document = json.loads(prosody.model_dump_json())
-    document["loudness_db"] = float("-inf")
+    document["hops"][0]["loudness_db"] = float("-inf")
     with pytest.raises(records.RecordError, match="loudness_db"):
-        records.decode(records.ProsodyFrame, json.dumps(document).encode())
+        records.decode(records.ProsodyHops, json.dumps(document).encode())
 
 
 def test_deeply_nested_json_is_a_record_error() -> None:
     nested = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
     with pytest.raises(records.RecordError, match=r"nested too deeply|not JSON"):
         records.decode(records.TagEvent, nested)
+
+
+def _hops(count: int, start_us: int = 1_000_000) -> list[records.ProsodyFrame]:
+    return [
+        records.ProsodyFrame(
+            ts_us=start_us + index * 10_000 + (index % 3),  # capture stamps, not a grid
+            session_id="s1",
+            performer_id="alice",
+            f0_hz=180.0 + index if index % 2 else None,
+            voicing_probability=0.9 if index % 2 else 0.1,
+            voiced=bool(index % 2),
+            loudness_db=-30.0 - index,
+            voice_quality=None
+            if index % 10 != 9
+            else records.VoiceQuality(hnr_db=12.0, jitter_local=0.01, shimmer_local=0.03),
+        )
+        for index in range(count)
+    ]
+
+
+def test_prosody_hops_carry_each_hop_exactly() -> None:
+    frames = _hops(12)
+    carried = records.ProsodyHops.of(frames)
+    message = records.encode(carried)
+    decoded = records.decode(records.ProsodyHops, message.value, message.headers)
+    assert decoded.ts_us == frames[0].ts_us
+    assert decoded.frames() == frames  # every hop's own ts_us, voice quality where it was
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda doc: doc.update(ts_us=doc["ts_us"] + 1), "first hop's ts_us"),
+        (lambda doc: doc["hops"][1].update(ts_us=doc["ts_us"]), "increasing ts_us"),
+        (lambda doc: doc.update(hops=[]), "at least 1 item"),
+        (
+            lambda doc: doc.update(hops=doc["hops"] * (records.MAX_PROSODY_HOPS // 2 + 1)),
+            "at most 500 items",
+        ),
+    ],
+)
+def test_prosody_hops_must_be_one_ordered_run(change: Any, reason: str) -> None:
+    document = json.loads(records.ProsodyHops.of(_hops(2)).model_dump_json())
+    change(document)
+    with pytest.raises(records.RecordError, match=reason):
+        records.decode(records.ProsodyHops, json.dumps(document).encode())
