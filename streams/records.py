@@ -590,6 +590,7 @@ MEDIA_HEADER_TYPES: dict[str, type[MediaHeader]] = {
 #: Every payload with a JSON Schema: the JSON records and the media headers.
 SCHEMA_MODELS: tuple[type[Record], ...] = (
     *JSON_RECORD_TYPES,
+    ProsodyFrame,  # a row of the archive's prosody.parquet: one hop with its performer
     AudioChunkHeader,
     VideoFrameHeader,
 )

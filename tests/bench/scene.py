@@ -578,6 +578,19 @@ class LabelLog:
             self.windows[identity] = window
 
 
+def prioritise_instrument(niceness: int) -> bool:
+    """This thread (and threads it starts) and this process's scheduling autogroup at
+    ``niceness``; False when that needs a privilege this process lacks."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+        autogroup = Path("/proc/self/autogroup")
+        if autogroup.exists():
+            autogroup.write_text(str(niceness))
+    except OSError:
+        return False
+    return True
+
+
 def udp_counters() -> dict[str, int]:
     """This network namespace's UDP counters (the scene runs in one of its own)."""
     try:
@@ -806,6 +819,7 @@ class Scene:
         self.performers: list[str] = []
         self.media_log = MediaLog(keep_records=options.media == "lipsync")
         self.features: FeatureLog | None = None
+        self.instrument_prioritised = False
         self.labels: LabelLog | None = None
         self.udp_receive_errors = 0
         self.loop_lag: dict[float, float] = {}  # unix ms -> lag ms
@@ -1074,6 +1088,10 @@ class Scene:
 
             http = await stack.enter_async_context(aiohttp.ClientSession())
             playwright: Playwright = await stack.enter_async_context(async_playwright())
+            # The browsers (started through the driver, which runs already) keep the
+            # niceness they had; this process, the instrument, reads as promptly as
+            # livetag's services do, so its own scheduling stays out of the latencies.
+            self.instrument_prioritised = prioritise_instrument(self.settings.services_nice)
             browsers = await stack.enter_async_context(contextlib.AsyncExitStack())
             secret = load_secret(self.settings)
             links = join_links(self.settings, session, secret)
@@ -1353,6 +1371,8 @@ class Scene:
             # Whether livetag up could give the call and the services their priority (it
             # needs root or CAP_SYS_NICE; containers often drop it).
             "prioritised": "priority unchanged" not in up_log,
+            # Whether this benchmark's own readers ran at the services' priority.
+            "instrument_prioritised": self.instrument_prioritised,
             "udp_receive_buffer_errors": self.udp_receive_errors,
             "machine_busy_cores": round(cores.get("machine", 0.0), 2),
             "cpu_count": os.cpu_count(),
