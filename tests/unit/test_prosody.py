@@ -263,3 +263,13 @@ def test_a_chunk_s_hops_are_known_to_be_out_only_with_the_next_chunk() -> None:
     assert hops[0].ts_us == until
     tracker.flush()
     assert tracker.emitted_until_us() is None
+
+
+def test_hops_of_a_long_step_go_out_in_records_of_at_most_the_limit() -> None:
+    from streams.processors import prosody_records
+
+    frames = run(noise(6.0))  # 600 hops: more than one record holds
+    messages = prosody_records(frames)
+    carried = [records.decode(records.ProsodyHops, m.value, m.headers) for m in messages]
+    assert [len(c.hops) for c in carried] == [records.MAX_PROSODY_HOPS, len(frames) - 500]
+    assert [frame for c in carried for frame in c.frames()] == frames
