@@ -101,6 +101,17 @@ def die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _broker_child_setup() -> None:
+    # Runs in the broker's child after it made its own session, which is an autogroup of
+    # its own at niceness 0: the scheduler shares the CPU between autogroups first, so at
+    # 0 the broker would compete with each browser as an equal whatever priority livetag
+    # gave it. The group gets the niceness the broker was started with (livetag up's
+    # services' niceness); without the privilege to lower it, it keeps a share of its own.
+    die_with_parent()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(os.getpriority(os.PRIO_PROCESS, 0)))
+
+
 class EmbeddedBroker:
     """A tansu broker child process on loopback. ``start``/``stop`` are idempotent."""
 
@@ -167,13 +178,11 @@ class EmbeddedBroker:
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     env={**os.environ, "NO_COLOR": "1"},
-                    # Own process group: Ctrl-C reaches livetag, which stops services
-                    # before the broker they depend on. Not its own session: a session
-                    # is a scheduling autogroup of its own, which would share the CPU
-                    # with livetag's services as an equal, at niceness 0, whatever
-                    # priority livetag has.
-                    process_group=0,
-                    preexec_fn=die_with_parent,
+                    # Own session: Ctrl-C reaches livetag, which stops services before
+                    # the broker they depend on. A session is a scheduling autogroup of
+                    # its own; it gets the broker's niceness (see _broker_child_setup).
+                    start_new_session=True,
+                    preexec_fn=_broker_child_setup,
                 )
             except OSError as exc:
                 raise BrokerError(

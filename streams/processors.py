@@ -115,12 +115,17 @@ class SessionProcessors:
 
 
 def prosody_records(frames: list[records.ProsodyFrame]) -> list[records.KafkaMessage]:
-    """Consecutive hops of one performer as encoded ProsodyHops records."""
-    step = records.MAX_PROSODY_HOPS
-    return [
-        records.encode(records.ProsodyHops.of(frames[start : start + step]))
-        for start in range(0, len(frames), step)
-    ]
+    """Hops of one performer, in the order made, as encoded ProsodyHops records: a record
+    holds a run of increasing ``ts_us`` (a stream whose time stepped back, a new timeline,
+    starts a new record) of at most MAX_PROSODY_HOPS hops."""
+    runs: list[list[records.ProsodyFrame]] = []
+    for frame in frames:
+        run = runs[-1] if runs else None
+        if run is None or frame.ts_us <= run[-1].ts_us or len(run) >= records.MAX_PROSODY_HOPS:
+            runs.append([frame])
+        else:
+            run.append(frame)
+    return [records.encode(records.ProsodyHops.of(run)) for run in runs]
 
 
 def _read_lag_us(event: Any) -> int:

@@ -67,7 +67,7 @@ def _run_up_and_stop_on_ctrl_c(process: subprocess.Popen[str], port: int) -> Non
         assert any(line.startswith("dashboard") for line in lines), lines
         # No face model in this fresh cache: up says so instead of failing later.
         assert any("face model       MISSING" in line for line in lines), lines
-        _assert_broker_shares_the_autogroup(process.pid)
+        _assert_broker_shares_the_priority(process.pid)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     finally:
@@ -78,16 +78,17 @@ def _run_up_and_stop_on_ctrl_c(process: subprocess.Popen[str], port: int) -> Non
     assert "stopped." in out
 
 
-def _assert_broker_shares_the_autogroup(up_pid: int) -> None:
-    # The scheduler shares the CPU between autogroups first: a broker in an autogroup of
-    # its own would compete with livetag's services as an equal, whatever their priority.
+def _assert_broker_shares_the_priority(up_pid: int) -> None:
+    # The scheduler shares the CPU between autogroups first: the broker's (it runs in a
+    # session of its own) must have its niceness, or it competes with each browser as an
+    # equal whatever priority livetag has.
     if not Path(f"/proc/{up_pid}/autogroup").exists():
         return  # a kernel without autogrouping
     children = Path(f"/proc/{up_pid}/task/{up_pid}/children").read_text().split()
     brokers = [pid for pid in children if b"tansu" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(brokers) == 1, children
-    group_of_up = Path(f"/proc/{up_pid}/autogroup").read_text().split()[0]
-    assert Path(f"/proc/{brokers[0]}/autogroup").read_text().split()[0] == group_of_up
+    group = Path(f"/proc/{brokers[0]}/autogroup").read_text().split()
+    assert int(group[-1]) == os.getpriority(os.PRIO_PROCESS, int(brokers[0])), group
 
 
 def test_up_with_a_cluster_setting_never_starts_the_embedded_broker(tmp_path: Path) -> None:

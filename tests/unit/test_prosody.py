@@ -273,3 +273,19 @@ def test_hops_of_a_long_step_go_out_in_records_of_at_most_the_limit() -> None:
     carried = [records.decode(records.ProsodyHops, m.value, m.headers) for m in messages]
     assert [len(c.hops) for c in carried] == [records.MAX_PROSODY_HOPS, len(frames) - 500]
     assert [frame for c in carried for frame in c.frames()] == frames
+
+
+def test_hops_of_a_stream_whose_time_stepped_back_go_out_in_separate_records() -> None:
+    from streams.processors import prosody_records
+
+    # A new timeline (the capture clock re-anchored): the next audio is stamped 50 ms
+    # before where the last ended, and the tracker starts a new segment there.
+    first = to_chunks(sine(150, 0.3), TS0)
+    second = to_chunks(sine(150, 0.3), TS0 + 250_000)
+    hops = feed([*first, *second])  # one analysis step's hops, as the processors get them
+    assert any(b.ts_us <= a.ts_us for a, b in itertools.pairwise(hops))
+    carried = [
+        records.decode(records.ProsodyHops, m.value, m.headers) for m in prosody_records(hops)
+    ]
+    assert [frame for c in carried for frame in c.frames()] == hops
+    assert len(carried) == 2
