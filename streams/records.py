@@ -257,33 +257,35 @@ class VoiceQuality(_Model):
     shimmer_local: Annotated[Number, Field(ge=0)] | None
 
 
-class ProsodyFrame(PerformerRecord):
+class HopMeasures(_Model):
+    """What one 10 ms prosody hop measures (the same in a record's hop and an archive row)."""
+
+    f0_hz: Annotated[Number, Field(gt=0)] | None = Field(description="null when unvoiced")
+    voicing_probability: Unit
+    voiced: StrictBool
+    loudness_db: Number
+    voice_quality: VoiceQuality | None = Field(
+        default=None, description="Every 100 ms, over the window ending at this hop."
+    )
+
+    def measures(self) -> dict[str, Any]:
+        """The measured fields, as they are (no copy, no validation)."""
+        return {name: getattr(self, name) for name in HopMeasures.model_fields}
+
+
+class ProsodyFrame(HopMeasures, PerformerRecord):
     """One 10 ms analysis hop of a performer; ts_us = start of the hop. Identity: key +
     ts_us. On the prosody topic hops travel in :class:`ProsodyHops` records; this is how
     the archive (one row per hop), the aligner and the dashboard see each of them."""
 
     record_type: ClassVar[str] = "prosody_frame"
     hop_us: Annotated[StrictInt, Field(gt=0)] = 10_000
-    f0_hz: Annotated[Number, Field(gt=0)] | None = Field(description="null when unvoiced")
-    voicing_probability: Unit
-    voiced: StrictBool
-    loudness_db: Number
-    voice_quality: VoiceQuality | None = Field(
-        default=None, description="Every 100 ms, over the window ending at this hop."
-    )
 
 
-class ProsodyHop(_Model):
+class ProsodyHop(HopMeasures):
     """One hop of a :class:`ProsodyHops` record; ts_us = start of the hop."""
 
     ts_us: TimestampUs
-    f0_hz: Annotated[Number, Field(gt=0)] | None = Field(description="null when unvoiced")
-    voicing_probability: Unit
-    voiced: StrictBool
-    loudness_db: Number
-    voice_quality: VoiceQuality | None = Field(
-        default=None, description="Every 100 ms, over the window ending at this hop."
-    )
 
 
 #: Hops in one prosody record at most (5 s of audio; an analysis step makes ~10).
@@ -323,17 +325,7 @@ class ProsodyHops(PerformerRecord):
             session_id=first.session_id,
             performer_id=first.performer_id,
             hop_us=first.hop_us,
-            hops=[
-                ProsodyHop(
-                    ts_us=frame.ts_us,
-                    f0_hz=frame.f0_hz,
-                    voicing_probability=frame.voicing_probability,
-                    voiced=frame.voiced,
-                    loudness_db=frame.loudness_db,
-                    voice_quality=frame.voice_quality,
-                )
-                for frame in frames
-            ],
+            hops=[ProsodyHop(ts_us=frame.ts_us, **frame.measures()) for frame in frames],
         )
 
     def frames(self) -> list[ProsodyFrame]:
@@ -344,11 +336,7 @@ class ProsodyHops(PerformerRecord):
                 session_id=self.session_id,
                 performer_id=self.performer_id,
                 hop_us=self.hop_us,
-                f0_hz=hop.f0_hz,
-                voicing_probability=hop.voicing_probability,
-                voiced=hop.voiced,
-                loudness_db=hop.loudness_db,
-                voice_quality=hop.voice_quality,
+                **hop.measures(),
             )
             for hop in self.hops
         ]
