@@ -9,7 +9,9 @@ ticks it on a timer (a window goes out once its features and tags had time to ar
 produces what it returns.
 
 ``livetag.tags`` is shared by all sessions: each session's app reads it and skips other
-sessions' keys before decoding.
+sessions' keys before decoding. The session's record is followed for its performers'
+presence: a performer who left has streams that ended, and their windows say so instead of
+waiting for them.
 
 The join's state is in memory; a worker killed mid-scene loses none of it, in two parts:
 - what it took in is acknowledged to faust (and its offset committed) only once every
@@ -43,6 +45,7 @@ from streams import kafka, records, topics
 from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
 from streams.batches import BatchLane
 from streams.kafka import decoded_events, event_headers
+from streams.sessions import SessionDirectory
 
 Feature = TypeVar("Feature", records.ProsodyFrame, records.FaceFrame)
 Carrier = TypeVar("Carrier", records.ProsodyHops, records.FaceFrame)
@@ -54,6 +57,7 @@ FEATURE_BATCH = 256
 TICK_S = 0.02  # how often ready windows are looked for: small against the 100 ms windows
 RESTORE_MARGIN_S = 10.0  # read back a little more than can still be corrected
 RESTORE_TIMEOUT_S = 5.0  # half the processors' group session timeout
+PRESENCE_POLL_S = 5.0  # the session record is looked at on each change and at least this often
 
 DeadLetterSink = Callable[[Any, str, str], Awaitable[None]]
 Emit = Callable[[Any, records.AnyRecord], Awaitable[None]]
@@ -157,6 +161,21 @@ async def read_label_windows(
     finally:
         await consumer.stop()
     return windows
+
+
+def presence_of(session: records.SessionRecord) -> dict[str, tuple[bool, int]]:
+    """Each performer's (connected, since_ts_us) by the session record; an ended session
+    has every performer out of the call from its end on."""
+    state = {
+        presence.participant_id: (presence.connected, presence.since_ts_us)
+        for presence in session.presence
+        if presence.role == "performer"
+    }
+    if session.state in ("ended", "archived"):
+        for performer in session.roster:
+            connected, since = state.get(performer.performer_id, (True, session.ts_us))
+            state[performer.performer_id] = (False, session.ts_us if connected else since)
+    return state
 
 
 def add_aligner(
@@ -297,6 +316,29 @@ def add_aligner(
             sorted(partitions),
             time.monotonic() - started,
         )
+
+    @app.task
+    async def follow_presence() -> None:
+        # Joins and leaves are on the session's record: a performer who left has streams
+        # that ended, so their windows are not held waiting for them.
+        directory = SessionDirectory(settings)
+        known: dict[str, tuple[bool, int]] = {}
+        try:
+            await directory.start()
+            while True:
+                current = directory.get(session.session_id)
+                if current is not None:
+                    for performer_id, state in presence_of(current).items():
+                        if known.get(performer_id) != state:
+                            known[performer_id] = state
+                            aligner.set_presence(performer_id, *state, _now_us())
+                await directory.changed(PRESENCE_POLL_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # without it windows wait the full silence for leavers
+            log.exception("aligner: could not follow the session's presence")
+        finally:
+            await directory.stop()
 
     @app.timer(interval=TICK_S, name=f"align-tick-{session.session_id}")
     async def align_tick() -> None:

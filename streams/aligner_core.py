@@ -23,14 +23,17 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from streams.records import (
+    FEATURE_STREAMS,
     ActiveLabel,
     FaceFrame,
+    FeatureStream,
     HeadPose,
     Intensity,
     LabelWindow,
     ProsodyFrame,
     RaterLabels,
     Role,
+    StreamGap,
     TagEvent,
     WindowFeatures,
 )
@@ -51,6 +54,12 @@ class AlignerConfig:
     # The feature streams every performer is expected to have: one not seen yet is waited
     # for feature_wait_us from the performer's first record before windows go out without it.
     awaited_streams: tuple[str, ...] = ("prosody", "face")
+    # A performer who left the call (their presence) is waited for this long after their
+    # streams' last delivery: the media captured before the leave is still being analysed.
+    ended_wait_us: int = 2_000_000
+    # At most this many windows go out in one step (a performer back after an hour's
+    # outage has 36 000 windows to fill); the rest go out in the next steps.
+    max_windows_per_step: int = 2_000
 
     def __post_init__(self) -> None:
         if self.window_us <= 0:
@@ -60,14 +69,15 @@ class AlignerConfig:
                 self.tag_wait_us,
                 self.feature_wait_us,
                 self.restart_wait_us,
+                self.ended_wait_us,
                 self.grace_us,
                 self.top_blendshapes,
             )
             < 0
         ):
             raise ValueError("waits, grace and top_blendshapes must not be negative")
-        if self.max_hold_us <= 0:
-            raise ValueError("max_hold_us must be positive")
+        if self.max_hold_us <= 0 or self.max_windows_per_step <= 0:
+            raise ValueError("max_hold_us and max_windows_per_step must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +138,17 @@ class _TagMemo:
 
 @dataclass(slots=True)
 class _SentWindow:
-    """A window already emitted, kept for grace_us so a late tag can correct it."""
+    """A window already emitted, kept for grace_us so a late tag can correct it, and late
+    features of a stream it went out without can complete it."""
 
     features: WindowFeatures
     labels: tuple[_Active, ...]
     revision: int
+    missing: dict[FeatureStream, StreamGap] = field(default_factory=dict)
+    # What the window had of each missing stream (a stream may stop in mid-window): its
+    # late frames are summarised together with these.
+    partial_hops: dict[int, _Hop] = field(default_factory=dict)
+    partial_sights: dict[int, _Sight | None] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -141,20 +157,24 @@ class _PerformerTrack:
     next_window: int | None = None  # every window below it has passed (emitted or skipped)
     passed_any: bool = False
     due_us: float = math.inf  # the earliest now_us at which next_window can be ready
-    newest_prosody_us: int | None = None  # None: the stream was never seen
-    newest_face_us: int | None = None
+    # The watermark of each stream: the newest ts_us it delivered (absent: never seen).
+    newest: dict[FeatureStream, int] = field(default_factory=dict)
     # now_us when each stream last delivered: a stream that stopped delivering is given up
     # on, one that still delivers is waited for (however far behind, e.g. catching up).
-    prosody_arrived_us: int = 0
-    face_arrived_us: int = 0
+    arrived: dict[FeatureStream, int] = field(default_factory=dict)
     # now_us when the performer was first heard of: a stream not seen yet is waited for
     # feature_wait_us from then (a performer's streams start at different times, the
     # later one maybe seconds behind on a busy machine).
     created_us: int = 0
-    hops: dict[int, dict[int, _Hop]] = field(default_factory=dict)  # window -> ts -> hop
-    sights: dict[int, dict[int, _Sight]] = field(default_factory=dict)
-    # Frames skipped on purpose: the window had video, so it exists, and says so.
-    skips: dict[int, dict[int, None]] = field(default_factory=dict)
+    # The session clock's instant the performer left the call (None: in the call, or
+    # nothing known): their streams ended then.
+    left_since_us: int | None = None
+    # Frames by window (window -> ts -> frame); below next_window: late frames of a window
+    # that went out without their stream, waiting to complete it (see revisable).
+    hops: dict[int, dict[int, _Hop]] = field(default_factory=dict)
+    # None: a frame skipped on purpose (the window had video, so it exists, and says so).
+    sights: dict[int, dict[int, _Sight | None]] = field(default_factory=dict)
+    revisable: set[int] = field(default_factory=set)
     marks: dict[str, _Mark] = field(default_factory=dict)
     by_window: dict[int, set[str]] = field(default_factory=dict)  # closed marks only
     open_holds: set[str] = field(default_factory=set)
@@ -164,9 +184,13 @@ class _PerformerTrack:
 
 _COUNTERS = (
     "windows_emitted",
-    "windows_skipped",
+    "windows_incomplete",
+    "windows_without_media",
     "corrections",
+    "feature_revisions",
     "late_features",
+    "late_features_revised",
+    "late_features_lost",
     "face_frames_skipped",
     "duplicate_features",
     "tags",
@@ -199,11 +223,9 @@ class SessionAligner:
             return []
         self._forget_expired(now_us)
         track = self._track(frame.performer_id, now_us)
-        track.prosody_arrived_us = now_us
-        if track.newest_prosody_us is None or frame.ts_us > track.newest_prosody_us:
-            track.newest_prosody_us = frame.ts_us
+        self._delivered(track, "prosody", frame.ts_us, now_us)
         hop: _Hop = (frame.f0_hz if frame.voiced else None, frame.voiced, frame.loudness_db)
-        self._buffer(track, track.hops, frame.ts_us, hop)
+        self._buffer(track, "prosody", track.hops, frame.ts_us, hop)
         return self._emit_ready(now_us)
 
     def add_face(self, frame: FaceFrame, now_us: int) -> list[LabelWindow]:
@@ -212,14 +234,12 @@ class SessionAligner:
             return []
         self._forget_expired(now_us)
         track = self._track(frame.performer_id, now_us)
-        track.face_arrived_us = now_us
-        if track.newest_face_us is None or frame.ts_us > track.newest_face_us:
-            track.newest_face_us = frame.ts_us
+        self._delivered(track, "face", frame.ts_us, now_us)
         if frame.face_present is None:
             # Skipped on purpose (the processors were behind): the stream has moved past
             # this instant, and the window had video, but there is nothing to summarise.
             self._counts["face_frames_skipped"] += 1
-            self._buffer(track, track.skips, frame.ts_us, None)
+            self._buffer(track, "face", track.sights, frame.ts_us, None)
             return self._emit_ready(now_us)
         pose = frame.head_pose
         sight = _Sight(
@@ -227,8 +247,17 @@ class SessionAligner:
             blendshapes={name: float(value) for name, value in frame.blendshapes.items()},
             pose=None if pose is None else (pose.yaw_deg, pose.pitch_deg, pose.roll_deg),
         )
-        self._buffer(track, track.sights, frame.ts_us, sight)
+        self._buffer(track, "face", track.sights, frame.ts_us, sight)
         return self._emit_ready(now_us)
+
+    def set_presence(self, performer_id: str, connected: bool, since_us: int, now_us: int) -> None:
+        """The performer joined (again) or left the call at ``since_us``: after a leave
+        their streams are waited for only ended_wait_us, and windows from the leave on
+        that lack a stream say it had ended."""
+        if performer_id not in self._tracks and connected:
+            return  # nothing kept for them yet: their first record starts the track
+        track = self._track(performer_id, now_us)
+        track.left_since_us = None if connected else since_us
 
     def add_tag(self, tag: TagEvent, now_us: int) -> list[LabelWindow | LateTag]:
         if tag.session_id != self.session_id:
@@ -340,23 +369,26 @@ class SessionAligner:
             kept = track.sent.get(index)
             if index >= oldest and (kept is None or kept.revision < window.revision):
                 track.sent[index] = _SentWindow(
-                    window.features, self._labels_at(track, index), window.revision
+                    window.features,
+                    self._labels_at(track, index),
+                    window.revision,
+                    dict(window.missing),
                 )
             # The streams the windows show were delivering: waited for restart_wait_us as
             # if they had just delivered, until their re-read records arrive.
-            features = window.features
             waited_until = now_us + self._config.restart_wait_us - self._config.feature_wait_us
-            if features.loudness_mean_db is not None and (track.newest_prosody_us or 0) < ts_us:
-                track.newest_prosody_us = ts_us + width - 1
-                track.prosody_arrived_us = waited_until
-            if features.face_present_fraction is not None and (track.newest_face_us or 0) < ts_us:
-                track.newest_face_us = ts_us + width - 1
-                track.face_arrived_us = waited_until
+            for stream in FEATURE_STREAMS:
+                if stream in window.missing or track.newest.get(stream, -1) >= ts_us:
+                    continue
+                track.newest[stream] = ts_us + width - 1
+                track.arrived[stream] = waited_until
             if track.next_window is None or track.next_window <= index:
-                # What this instance buffered for those windows came too late: dropped.
-                for buffered in (track.hops, track.sights, track.skips):
+                # What this instance buffered for those windows is dropped: the re-read
+                # records bring it again, as late features of the restored windows.
+                for buffered in (track.hops, track.sights):
                     for stale in [w for w in buffered if w <= index]:
                         del buffered[stale]
+                track.revisable.clear()
                 track.next_window = index + 1
             track.passed_any = True
         for track in self._tracks.values():
@@ -380,9 +412,10 @@ class SessionAligner:
             return True
         if track.next_window is None:
             # No window yet: only an undo or offset came (nothing of them to emit).
-            kept = (track.marks, track.pending_offsets, track.hops, track.sights, track.skips)
+            kept = (track.marks, track.pending_offsets, track.hops, track.sights)
             return not any(kept)
-        return ts_us < track.next_window * self._config.window_us
+        window = ts_us // self._config.window_us
+        return window < track.next_window and window not in track.revisable
 
     def settles_at_us(self, tag: TagEvent) -> int:
         """The last instant whose label window this tag can still change (its input may
@@ -409,7 +442,8 @@ class SessionAligner:
         counts["open_holds"] = sum(len(t.open_holds) for t in tracks)
         counts["pending_offsets"] = sum(len(t.pending_offsets) for t in tracks)
         counts["indexed_windows"] = sum(len(t.by_window) for t in tracks)
-        counts["buffered_windows"] = sum(len(t.hops) + len(t.sights) + len(t.skips) for t in tracks)
+        counts["buffered_windows"] = sum(len(t.hops) + len(t.sights) for t in tracks)
+        counts["revisable_windows"] = sum(len(t.revisable) for t in tracks)
         counts["kept_windows"] = sum(len(t.sent) for t in tracks)
         return counts
 
@@ -428,20 +462,38 @@ class SessionAligner:
             track.next_window = window
         return track.next_window
 
+    def _delivered(
+        self, track: _PerformerTrack, stream: FeatureStream, ts_us: int, now_us: int
+    ) -> None:
+        track.arrived[stream] = now_us
+        if ts_us > track.newest.get(stream, -1):
+            track.newest[stream] = ts_us
+
     def _buffer(
-        self, track: _PerformerTrack, buffers: dict[int, dict[int, _T]], ts_us: int, item: _T
+        self,
+        track: _PerformerTrack,
+        stream: FeatureStream,
+        buffers: dict[int, dict[int, _T]],
+        ts_us: int,
+        item: _T,
     ) -> None:
         window = ts_us // self._config.window_us
         if window < self._note_start(track, ts_us):
-            # The window went out already; changing features after the fact would make
-            # revisions disagree on the data, so only tags correct windows.
             self._counts["late_features"] += 1
+            sent = track.sent.get(window)
+            if sent is None or stream not in sent.missing:
+                # Past the grace, or the window had this stream complete (a straggler
+                # behind its own stream's watermark): nothing can take it any more.
+                self._counts["late_features_lost"] += 1
+                return
+            # The window went out without this stream: its late frames complete it
+            # with a revision once the stream is past the window (see _revise).
+            track.revisable.add(window)
+        frames = buffers.setdefault(window, {})
+        if ts_us in frames:  # at-least-once redelivery
+            self._counts["duplicate_features"] += 1
         else:
-            frames = buffers.setdefault(window, {})
-            if ts_us in frames:  # at-least-once redelivery
-                self._counts["duplicate_features"] += 1
-            else:
-                frames[ts_us] = item
+            frames[ts_us] = item
         self._refresh_due(track)
 
     # ------------------------------------------------------------------ tags
@@ -682,70 +734,140 @@ class SessionAligner:
         for track in self._tracks.values():
             if now_us >= track.due_us:
                 self._advance(track, now_us, out)
+            if track.revisable:
+                self._revise(track, now_us, out)
         return out
+
+    def _stream_states(
+        self, track: _PerformerTrack, now_us: int
+    ) -> tuple[int, dict[FeatureStream, StreamGap]]:
+        """How far the streams let windows go out (an instant: windows ending at or before
+        it are ready), and the streams not waited for, each with why it would be missing."""
+        config = self._config
+        ready_end = now_us - config.tag_wait_us  # tags had tag_wait_us
+        given_up: dict[FeatureStream, StreamGap] = {}
+        for stream in FEATURE_STREAMS:
+            newest = track.newest.get(stream)
+            if newest is None:
+                if (
+                    stream not in config.awaited_streams
+                    or now_us - track.created_us >= config.feature_wait_us
+                ):
+                    given_up[stream] = "absent"  # never came: the performer has no such stream
+                else:
+                    ready_end = -1  # not seen yet, but may still come: nothing is ready
+                continue
+            silent_us = now_us - track.arrived[stream]
+            if track.left_since_us is not None and silent_us >= config.ended_wait_us:
+                given_up[stream] = "ended"
+            elif silent_us >= config.feature_wait_us:
+                given_up[stream] = "late"  # stopped delivering: not waited for
+            else:
+                ready_end = min(ready_end, newest)  # still delivers: waited for
+        return ready_end, given_up
 
     def _advance(self, track: _PerformerTrack, now_us: int, out: list[LabelWindow]) -> None:
         window = track.next_window
         if window is None:
             return
         config = self._config
-        # Windows ending at or before ready_end are ready: tags had tag_wait_us, and each
-        # feature stream seen either reached the window end or is given up on.
-        ready_end = now_us - config.tag_wait_us
-        streams = (
-            ("prosody", track.newest_prosody_us, track.prosody_arrived_us),
-            ("face", track.newest_face_us, track.face_arrived_us),
-        )
-        for name, newest, arrived in streams:
-            if newest is None:
-                if (
-                    name not in config.awaited_streams
-                    or now_us - track.created_us >= config.feature_wait_us
-                ):
-                    continue  # never came: the performer has no such stream
-                ready_end = -1  # not seen yet, but may still come: nothing is ready
-            elif now_us - arrived >= config.feature_wait_us:
-                continue  # stopped delivering: not waited for
-            else:
-                ready_end = min(ready_end, newest)
+        ready_end, given_up = self._stream_states(track, now_us)
         limit = ready_end // config.window_us
+        # Windows go out from the performer's first to their last captured instant, or
+        # last labelled window: not on and on past both while nothing more comes.
+        captured_end = max(track.newest.values(), default=-1) // config.window_us + 1
+        if limit > captured_end:
+            limit = min(limit, max(captured_end, self._labelled_end(track)))
+        limit = min(limit, window + config.max_windows_per_step)
         while window < limit:
-            record = self._close(track, window)
-            if record is not None:
-                out.append(record)
-                window += 1
-            else:
-                # Jump over the whole empty stretch: a performer gone for an hour must not
-                # cost one step per window.
-                after = min(limit, self._next_busy_window(track, window + 1, limit))
-                self._counts["windows_skipped"] += after - window
-                window = after
+            out.append(self._close(track, window, given_up))
+            window += 1
             track.passed_any = True
         track.next_window = window
         self._prune_sent(track, now_us)
         self._refresh_due(track)
 
-    def _next_busy_window(self, track: _PerformerTrack, window: int, limit: int) -> int:
-        busy = min([limit, *track.hops, *track.sights, *track.skips])
-        start = window * self._config.window_us
-        for mark in track.marks.values():
-            if self._effective_end(mark) > start:
-                busy = min(busy, max(window, mark.start_us // self._config.window_us))
-        return max(busy, window)
+    def _labelled_end(self, track: _PerformerTrack) -> int:
+        """The window after the last one a tag of the performer labels."""
+        if not track.marks:
+            return 0
+        last = max(self._effective_end(mark) for mark in track.marks.values())
+        return (last - 1) // self._config.window_us + 1
 
-    def _close(self, track: _PerformerTrack, window: int) -> LabelWindow | None:
-        hops = track.hops.pop(window, None)
-        sights = track.sights.pop(window, None)
-        skips = track.skips.pop(window, None)
+    def _close(
+        self, track: _PerformerTrack, window: int, given_up: dict[FeatureStream, StreamGap]
+    ) -> LabelWindow:
+        config = self._config
+        hops = track.hops.pop(window, {})
+        sights = track.sights.pop(window, {})
         labels = self._labels_at(track, window)
-        if not hops and not sights and not skips and not labels:
-            return None
-        features = _summarize(hops or {}, sights or {}, self._config.top_blendshapes)
-        if skips:
-            features = features.model_copy(update={"face_frames_skipped": len(skips)})
-        sent = track.sent[window] = _SentWindow(features, labels, 0)
+        start = window * config.window_us
+        end = start + config.window_us
+        missing: dict[FeatureStream, StreamGap] = {}
+        for stream in FEATURE_STREAMS:
+            if track.newest.get(stream, -1) >= end:
+                if not (hops if stream == "prosody" else sights):
+                    missing[stream] = "no_media"  # the stream went past it with nothing
+            else:
+                gap = given_up.get(stream, "late")
+                if track.left_since_us is not None and start >= track.left_since_us:
+                    gap = "ended"
+                missing[stream] = gap
+        features = WindowFeatures(**_prosody_summary(hops), **_face_summary(sights, config))
+        sent = track.sent[window] = _SentWindow(features, labels, 0, missing)
+        # What a stream that is missing had of the window: its late frames join these.
+        if "prosody" in missing:
+            sent.partial_hops = hops
+        if "face" in missing:
+            sent.partial_sights = sights
         self._counts["windows_emitted"] += 1
+        if missing:
+            self._counts["windows_incomplete"] += 1
+            if len(missing) == len(FEATURE_STREAMS) and not hops and not sights:
+                self._counts["windows_without_media"] += 1
         return self._record(track, window, sent, correction=False)
+
+    def _revise(self, track: _PerformerTrack, now_us: int, out: list[LabelWindow]) -> None:
+        """Complete windows that went out without a stream whose late frames came: once
+        the stream is past the window (or silent again), a revision carries them."""
+        config = self._config
+        _, given_up = self._stream_states(track, now_us)
+        for window in sorted(track.revisable):
+            sent = track.sent.get(window)
+            if sent is None:  # out of the grace before the stream got past it
+                for buffers in (track.hops, track.sights):
+                    self._counts["late_features_lost"] += len(buffers.pop(window, {}))
+                track.revisable.discard(window)
+                continue
+            end = (window + 1) * config.window_us
+            late_streams = [
+                stream
+                for stream in FEATURE_STREAMS
+                if window in (track.hops if stream == "prosody" else track.sights)
+                and (track.newest.get(stream, -1) >= end or stream in given_up)
+            ]
+            if not late_streams:
+                continue
+            update: dict[str, object] = {}
+            for stream in late_streams:
+                if stream == "prosody":
+                    late_hops = track.hops.pop(window)
+                    sent.partial_hops.update(late_hops)
+                    self._counts["late_features_revised"] += len(late_hops)
+                    update.update(_prosody_summary(sent.partial_hops))
+                else:
+                    late_sights = track.sights.pop(window)
+                    sent.partial_sights.update(late_sights)
+                    self._counts["late_features_revised"] += len(late_sights)
+                    update.update(_face_summary(sent.partial_sights, config))
+                if track.newest.get(stream, -1) >= end:
+                    sent.missing.pop(stream, None)
+            if window not in track.hops and window not in track.sights:
+                track.revisable.discard(window)
+            sent.features = sent.features.model_copy(update=update)
+            sent.revision += 1
+            self._counts["feature_revisions"] += 1
+            out.append(self._record(track, window, sent, correction=True))
 
     def _prune_sent(self, track: _PerformerTrack, now_us: int) -> None:
         oldest = self._oldest_correctable(now_us)
@@ -781,6 +903,7 @@ class SessionAligner:
             consensus_agreement=agreement,
             correction=correction,
             revision=sent.revision,
+            missing=dict(sent.missing),
         )
 
 
@@ -808,45 +931,52 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _summarize(
-    hops: dict[int, _Hop], sights: dict[int, _Sight], top_blendshapes: int
-) -> WindowFeatures:
-    f0_mean = loudness_mean = voiced_fraction = None
-    if hops:
-        voiced_f0 = [f0 for f0, voiced, _ in hops.values() if voiced and f0 is not None]
-        voiced = sum(1 for _, is_voiced, _ in hops.values() if is_voiced)
-        f0_mean = round(_mean(voiced_f0), 3) if voiced_f0 else None
-        loudness_mean = round(_mean([loudness for _, _, loudness in hops.values()]), 3)
-        voiced_fraction = round(voiced / len(hops), 4)
-    present_fraction = None
-    top: dict[str, float] = {}
-    head_pose = None
-    if sights:
-        present = [sight for sight in sights.values() if sight.present]
-        present_fraction = round(len(present) / len(sights), 4)
-        if present:
-            # A blendshape missing from a frame counts as 0 in that frame's share.
-            totals: dict[str, float] = {}
-            for sight in present:
-                for name, value in sight.blendshapes.items():
-                    totals[name] = totals.get(name, 0.0) + value
-            means = sorted(
-                ((name, total / len(present)) for name, total in totals.items()),
-                key=lambda item: (-item[1], item[0]),
-            )
-            top = {name: min(1.0, max(0.0, round(v, 4))) for name, v in means[:top_blendshapes]}
-        poses = [sight.pose for sight in present if sight.pose is not None]
-        if poses:
-            head_pose = HeadPose(
-                yaw_deg=round(_mean([p[0] for p in poses]), 3),
-                pitch_deg=round(_mean([p[1] for p in poses]), 3),
-                roll_deg=round(_mean([p[2] for p in poses]), 3),
-            )
-    return WindowFeatures(
-        f0_mean_hz=f0_mean,
-        loudness_mean_db=loudness_mean,
-        voiced_fraction=voiced_fraction,
-        face_present_fraction=present_fraction,
-        top_blendshapes=top,
-        head_pose=head_pose,
-    )
+def _prosody_summary(hops: dict[int, _Hop]) -> dict[str, object]:
+    """The window's prosody fields from its hops."""
+    if not hops:
+        return {"f0_mean_hz": None, "loudness_mean_db": None, "voiced_fraction": None}
+    voiced_f0 = [f0 for f0, voiced, _ in hops.values() if voiced and f0 is not None]
+    voiced = sum(1 for _, is_voiced, _ in hops.values() if is_voiced)
+    return {
+        "f0_mean_hz": round(_mean(voiced_f0), 3) if voiced_f0 else None,
+        "loudness_mean_db": round(_mean([loudness for _, _, loudness in hops.values()]), 3),
+        "voiced_fraction": round(voiced / len(hops), 4),
+        "prosody_hops": len(hops),
+    }
+
+
+def _face_summary(sights: dict[int, _Sight | None], config: AlignerConfig) -> dict[str, object]:
+    """The window's face fields from its frames (None: a frame skipped on purpose)."""
+    analysed = [sight for sight in sights.values() if sight is not None]
+    summary: dict[str, object] = {
+        "face_present_fraction": None,
+        "top_blendshapes": {},
+        "head_pose": None,
+        "face_frames": len(analysed),
+        "face_frames_skipped": len(sights) - len(analysed),
+    }
+    if not analysed:
+        return summary
+    present = [sight for sight in analysed if sight.present]
+    summary["face_present_fraction"] = round(len(present) / len(analysed), 4)
+    if present:
+        # A blendshape missing from a frame counts as 0 in that frame's share.
+        totals: dict[str, float] = {}
+        for sight in present:
+            for name, value in sight.blendshapes.items():
+                totals[name] = totals.get(name, 0.0) + value
+        means = sorted(
+            ((name, total / len(present)) for name, total in totals.items()),
+            key=lambda item: (-item[1], item[0]),
+        )
+        summary["top_blendshapes"] = {
+            name: min(1.0, max(0.0, round(v, 4))) for name, v in means[: config.top_blendshapes]
+        }
+    poses = [sight.pose for sight in present if sight.pose is not None]
+    if poses:
+        summary["head_pose"] = HeadPose(
+            yaw_deg=round(_mean([p[0] for p in poses]), 3),
+            pitch_deg=round(_mean([p[1] for p in poses]), 3),
+            roll_deg=round(_mean([p[2] for p in poses]), 3),
+        )
+    return summary

@@ -479,6 +479,12 @@ class WindowFeatures(_Model):
             "records with skipped set); the face fields summarise the analysed ones only."
         ),
     )
+    prosody_hops: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="Prosody hops the prosody fields summarise."
+    )
+    face_frames: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="Analysed video frames the face fields summarise."
+    )
 
 
 class ActiveLabel(_Model):
@@ -493,8 +499,25 @@ class RaterLabels(_Model):
     labels: list[ActiveLabel]
 
 
+#: The feature streams a label window summarises.
+FeatureStream = Literal["prosody", "face"]
+FEATURE_STREAMS: tuple[FeatureStream, ...] = ("prosody", "face")
+
+#: Why a label window lacks a feature stream:
+#: - ``late``: the stream was silent past the wait (label_feature_wait_ms) before it reached
+#:   the window; if its features still come within the grace, a revision carries them;
+#: - ``ended``: the performer had left the call (their presence on the session record);
+#: - ``no_media``: the stream went past the window with nothing in it (an outage, a
+#:   reconnect: no media was captured then);
+#: - ``absent``: the performer never had the stream (e.g. no camera).
+StreamGap = Literal["late", "ended", "no_media", "absent"]
+
+
 class LabelWindow(PerformerRecord):
-    """One window of the labeled stream; ts_us = window start. Identity: key + ts_us."""
+    """One window of the labeled stream; ts_us = window start. Identity: key + ts_us.
+
+    Every window of a performer, from their first to their last captured instant, goes
+    out (its index ts_us // window_us is contiguous); the newest revision counts."""
 
     record_type: ClassVar[str] = "label_window"
     window_us: Annotated[StrictInt, Field(gt=0)]
@@ -504,6 +527,13 @@ class LabelWindow(PerformerRecord):
     consensus_agreement: Unit | None = None
     correction: StrictBool = False
     revision: Annotated[StrictInt, Field(ge=0)] = 0
+    missing: dict[FeatureStream, StreamGap] = Field(
+        default={},
+        description=(
+            "The feature streams this revision lacks, each with the reason (late, ended, "
+            "no_media, absent); empty: the window is complete."
+        ),
+    )
 
 
 # ---------------------------------------------------------------- livetag.deadletter

@@ -169,6 +169,8 @@ def test_summary_of_silence_and_absent_face() -> None:
         face_present_fraction=0.0,
         top_blendshapes={},
         head_pose=None,
+        prosody_hops=1,
+        face_frames=1,
     )
 
 
@@ -241,22 +243,131 @@ def test_window_waits_tag_wait_even_when_features_are_complete() -> None:
     assert not window.correction
 
 
-def test_windows_without_features_or_labels_are_skipped() -> None:
+def test_every_window_between_captured_instants_goes_out_and_says_what_it_lacks() -> None:
     aligner = SessionAligner(SID, CONFIG)
     aligner.add_prosody(hop(T0), T0)
     aligner.add_prosody(hop(T0 + 5 * W), T0)
     windows = aligner.tick(T0 + 20 * W)
-    assert [w.ts_us for w in windows] == [T0, T0 + 5 * W]
-    assert aligner.stats["windows_skipped"] >= 4
+    # Windows 1-4 had no audio (an outage): they exist, empty, and say so; the performer
+    # never had a face stream; the stream stopped inside window 5, so it went out late.
+    assert [w.ts_us for w in windows] == [T0 + k * W for k in range(6)]
+    assert windows[0].missing == {"face": "absent"}
+    assert windows[0].features.prosody_hops == 1
+    for window in windows[1:5]:
+        assert window.missing == {"prosody": "no_media", "face": "absent"}
+        assert window.features == records.WindowFeatures()
+    assert windows[5].missing == {"prosody": "late", "face": "absent"}
+    assert aligner.stats["windows_without_media"] == 4
+    assert aligner.stats["windows_incomplete"] == 6
 
 
-def test_a_long_gap_is_skipped_in_one_step() -> None:
-    aligner = SessionAligner(SID, CONFIG)
+def test_windows_stop_at_the_last_captured_instant() -> None:
+    aligner = SessionAligner(SID, PROSODY_ONLY)
+    feed_prosody(aligner, T0, T0 + 3 * W, T0)
+    windows = aligner.tick(T0 + 3_600_000_000)
+    windows += aligner.tick(T0 + 7_200_000_000)
+    assert [w.ts_us for w in windows] == [T0, T0 + W, T0 + 2 * W]
+
+
+def test_a_long_gap_goes_out_in_bounded_steps() -> None:
+    config = replace(PROSODY_ONLY, max_windows_per_step=500)
+    aligner = SessionAligner(SID, config)
     aligner.add_prosody(hop(T0), T0)
-    hour = 3_600_000_000
-    windows = aligner.add_prosody(hop(T0 + hour), T0 + hour)
-    windows += aligner.tick(T0 + hour + 10 * W)
-    assert [w.ts_us for w in windows] == [T0, T0 + hour]
+    minutes = 3 * 60_000_000  # 1800 windows
+    steps = [aligner.add_prosody(hop(T0 + minutes), T0 + minutes)]
+    now = T0 + minutes + 10 * W
+    while steps[-1]:
+        steps.append(aligner.tick(now))
+        now += 20_000
+    assert max(len(step) for step in steps) <= 500
+    windows = [w for step in steps for w in step]
+    assert [w.ts_us for w in windows] == [T0 + k * W for k in range(minutes // W + 1)]
+    assert all(w.missing == {"prosody": "no_media", "face": "absent"} for w in windows[1:-1])
+
+
+def test_a_stream_silent_past_the_wait_leaves_windows_late_and_its_features_revise_them() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 10 * W, T0)
+    for k in range(3):
+        aligner.add_face(face(T0 + k * W), T0)
+    now = T0 + CONFIG.feature_wait_us + 10 * W
+    sent = by_start(aligner.tick(now))
+    # Face stopped in window 2: windows 2-9 went out without it, waiting no longer (and
+    # the audio stopped in window 9, long enough ago to be given up on as well).
+    assert sorted(sent) == list(range(10))
+    assert sent[1].missing == {}
+    assert all(sent[k].missing == {"face": "late"} for k in range(2, 9))
+    assert sent[9].missing == {"prosody": "late", "face": "late"}
+    assert sent[5].features.face_present_fraction is None
+    # The late frames come: each window they complete goes out again, once the stream
+    # is past it, with the face fields and nothing missing.
+    late = [face(T0 + k * W + 50_000) for k in range(3, 6)]
+    revised: list[records.LabelWindow] = []
+    for frame in late:
+        revised += aligner.add_face(frame, now + W)
+        assert not aligner.passed("alice", frame.ts_us) or frame is late[-1]
+    assert [(w.ts_us - T0) // W for w in revised] == [3, 4]
+    assert all(w.missing == {} and w.revision == 1 and w.correction for w in revised)
+    assert revised[0].features.face_present_fraction == 1.0
+    assert revised[0].features.face_frames == 1
+    assert revised[0].features.f0_mean_hz == sent[3].features.f0_mean_hz
+    # The stream is silent again: window 5 goes out with what came, still late.
+    [last] = aligner.tick(now + W + CONFIG.feature_wait_us)
+    assert (last.ts_us - T0) // W == 5 and last.missing == {"face": "late"}
+    assert last.features.face_frames == 1
+    assert aligner.passed("alice", late[-1].ts_us)
+    stats = aligner.stats
+    assert stats["late_features"] == 3
+    assert stats["late_features_revised"] == 3
+    assert stats["late_features_lost"] == 0
+    assert stats["feature_revisions"] == 3
+
+
+def test_late_features_past_the_grace_are_counted_lost() -> None:
+    config = replace(CONFIG, grace_us=1_000_000)
+    aligner = SessionAligner(SID, config)
+    feed_prosody(aligner, T0, T0 + 10 * W, T0)
+    aligner.add_face(face(T0), T0)
+    aligner.tick(T0 + 10 * W + CONFIG.feature_wait_us)
+    assert aligner.add_face(face(T0 + 3 * W), T0 + 5_000_000) == []
+    assert aligner.stats["late_features_lost"] == 1
+    assert aligner.passed("alice", T0 + 3 * W)
+
+
+def test_a_stream_complete_in_a_window_takes_no_stragglers() -> None:
+    aligner = SessionAligner(SID, PROSODY_ONLY)
+    feed_prosody(aligner, T0, T0 + 5 * W, T0)
+    aligner.tick(T0 + 4 * W + CONFIG.tag_wait_us)
+    assert aligner.add_prosody(hop(T0 + 15_000), T0 + 5 * W) == []
+    assert aligner.stats["late_features_lost"] == 1
+
+
+def test_a_performer_who_left_is_waited_for_briefly_and_their_windows_say_ended() -> None:
+    config = replace(CONFIG, feature_wait_us=10_000_000)
+    aligner = SessionAligner(SID, config)
+    feed_prosody(aligner, T0, T0 + 5 * W + 50_000, T0)
+    for k in range(6):
+        aligner.add_face(face(T0 + k * W), T0)
+    left = T0 + 5 * W + 60_000
+    aligner.set_presence("alice", False, left, T0 + 6 * W)
+    # Without the leave the windows would wait 10 s of silence for the streams.
+    early = aligner.tick(T0 + config.ended_wait_us - W)
+    assert [(w.ts_us - T0) // W for w in early] == [0, 1, 2, 3, 4]
+    [last] = aligner.tick(T0 + config.ended_wait_us + W)
+    assert (last.ts_us - T0) // W == 5
+    # The window holds the leave: the streams ended in it.
+    assert last.missing == {"prosody": "ended", "face": "ended"}
+    # A tag after the leave still goes out, in windows that say the streams had ended.
+    tagged = point("tag-p001", T0 + 8 * W + 50_000, span_us=10_000)
+    after = windows_only(aligner.add_tag(tagged, T0 + 30 * W))
+    after += aligner.tick(T0 + config.ended_wait_us + 40 * W)
+    assert [(w.ts_us - T0) // W for w in after] == [6, 7, 8]
+    assert all(w.missing == {"prosody": "ended", "face": "ended"} for w in after)
+    assert after[-1].consensus == "laughter"
+    # Back in the call: the streams are waited for again.
+    aligner.set_presence("alice", True, T0 + 50 * W, T0 + 50 * W)
+    feed_prosody(aligner, T0 + 50 * W, T0 + 52 * W, T0 + 50 * W)
+    assert aligner.tick(T0 + 50 * W + CONFIG.tag_wait_us) == []
 
 
 def test_windows_with_features_but_no_labels_are_emitted() -> None:
@@ -403,7 +514,7 @@ def test_late_tag_within_grace_corrects_the_window() -> None:
     assert tag_ids(again) == ["tag-p001", "tag-p002"]
 
 
-def test_late_tag_on_a_skipped_window_brings_it_out_as_a_correction() -> None:
+def test_late_tag_on_a_window_without_media_revises_it() -> None:
     aligner = SessionAligner(SID, CONFIG)
     aligner.add_prosody(hop(T0), T0)
     aligner.add_prosody(hop(T0 + 5 * W), T0)
@@ -411,8 +522,9 @@ def test_late_tag_on_a_skipped_window_brings_it_out_as_a_correction() -> None:
     [window] = windows_only(aligner.add_tag(point("tag-p001", T0 + 250_000), T0 + 10 * W))
     assert window.ts_us == T0 + 2 * W
     assert window.correction
-    assert window.revision == 0
+    assert window.revision == 1
     assert window.features == records.WindowFeatures()
+    assert window.missing == {"prosody": "no_media", "face": "absent"}
 
 
 def test_tag_beyond_grace_is_a_late_tag_and_still_deduplicated() -> None:
