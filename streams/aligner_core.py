@@ -20,7 +20,7 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from streams.records import (
     FEATURE_STREAMS,
@@ -310,8 +310,14 @@ class SessionAligner:
         return out
 
     def tick(self, now_us: int) -> list[LabelWindow]:
+        """Windows that are ready, and revisions of windows a late stream completed (looked
+        for only here: each step of a stream would otherwise walk the revisable windows)."""
         self._forget_expired(now_us)
-        return self._emit_ready(now_us)
+        out = self._emit_ready(now_us)
+        for track in self._tracks.values():
+            if track.revisable:
+                self._revise(track, now_us, out)
+        return out
 
     def restore(self, windows: Iterable[LabelWindow], now_us: int) -> int:
         """Take back what an earlier instance emitted, from its label windows.
@@ -415,7 +421,10 @@ class SessionAligner:
             kept = (track.marks, track.pending_offsets, track.hops, track.sights)
             return not any(kept)
         window = ts_us // self._config.window_us
-        return window < track.next_window and window not in track.revisable
+        # Late frames that wait to complete a window that went out are not passed yet.
+        return (
+            window < track.next_window and window not in track.hops and window not in track.sights
+        )
 
     def settles_at_us(self, tag: TagEvent) -> int:
         """The last instant whose label window this tag can still change (its input may
@@ -734,8 +743,6 @@ class SessionAligner:
         for track in self._tracks.values():
             if now_us >= track.due_us:
                 self._advance(track, now_us, out)
-            if track.revisable:
-                self._revise(track, now_us, out)
         return out
 
     def _stream_states(
@@ -812,6 +819,8 @@ class SessionAligner:
                 gap = given_up.get(stream, "late")
                 if track.left_since_us is not None and start >= track.left_since_us:
                     gap = "ended"
+                if gap == "ended" and (hops if stream == "prosody" else sights):
+                    continue  # the stream ended inside the window: it has all there was
                 missing[stream] = gap
         features = WindowFeatures(**_prosody_summary(hops), **_face_summary(sights, config))
         sent = track.sent[window] = _SentWindow(features, labels, 0, missing)
@@ -821,6 +830,8 @@ class SessionAligner:
         if "face" in missing:
             sent.partial_sights = sights
         self._counts["windows_emitted"] += 1
+        if "late" in missing.values():
+            track.revisable.add(window)  # its late stream may still catch up
         if missing:
             self._counts["windows_incomplete"] += 1
             if len(missing) == len(FEATURE_STREAMS) and not hops and not sights:
@@ -828,8 +839,9 @@ class SessionAligner:
         return self._record(track, window, sent, correction=False)
 
     def _revise(self, track: _PerformerTrack, now_us: int, out: list[LabelWindow]) -> None:
-        """Complete windows that went out without a stream whose late frames came: once
-        the stream is past the window (or silent again), a revision carries them."""
+        """Complete windows that went out without a stream: once the stream is past the
+        window (or silent again), a revision carries its late frames, and no longer says
+        the stream is late once it is past."""
         config = self._config
         _, given_up = self._stream_states(track, now_us)
         for window in sorted(track.revisable):
@@ -840,30 +852,35 @@ class SessionAligner:
                 track.revisable.discard(window)
                 continue
             end = (window + 1) * config.window_us
-            late_streams = [
-                stream
-                for stream in FEATURE_STREAMS
-                if window in (track.hops if stream == "prosody" else track.sights)
-                and (track.newest.get(stream, -1) >= end or stream in given_up)
-            ]
-            if not late_streams:
-                continue
             update: dict[str, object] = {}
-            for stream in late_streams:
-                if stream == "prosody":
-                    late_hops = track.hops.pop(window)
-                    sent.partial_hops.update(late_hops)
-                    self._counts["late_features_revised"] += len(late_hops)
-                    update.update(_prosody_summary(sent.partial_hops))
-                else:
-                    late_sights = track.sights.pop(window)
-                    sent.partial_sights.update(late_sights)
-                    self._counts["late_features_revised"] += len(late_sights)
-                    update.update(_face_summary(sent.partial_sights, config))
-                if track.newest.get(stream, -1) >= end:
-                    sent.missing.pop(stream, None)
-            if window not in track.hops and window not in track.sights:
+            changed = False
+            for stream in FEATURE_STREAMS:
+                if stream not in sent.missing:
+                    continue
+                past = track.newest.get(stream, -1) >= end
+                buffers = track.hops if stream == "prosody" else track.sights
+                if window in buffers and (past or stream in given_up):
+                    late = buffers.pop(window)
+                    self._counts["late_features_revised"] += len(late)
+                    if stream == "prosody":
+                        sent.partial_hops.update(cast(dict[int, _Hop], late))
+                        update.update(_prosody_summary(sent.partial_hops))
+                    else:
+                        sent.partial_sights.update(cast(dict[int, _Sight | None], late))
+                        update.update(_face_summary(sent.partial_sights, config))
+                    changed = True
+                    if past:
+                        del sent.missing[stream]
+                elif past and sent.missing[stream] == "late":
+                    # The stream caught up with nothing more for this window: it had
+                    # everything after all.
+                    del sent.missing[stream]
+                    changed = True
+            waiting = window in track.hops or window in track.sights
+            if not waiting and "late" not in sent.missing.values():
                 track.revisable.discard(window)
+            if not changed:
+                continue
             sent.features = sent.features.model_copy(update=update)
             sent.revision += 1
             self._counts["feature_revisions"] += 1
