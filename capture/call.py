@@ -33,7 +33,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamTrack
 
 from capture import rtp_hooks
-from capture.fork import PerformerFork
+from capture.fork import ForkStats, PerformerFork
 from capture.forwarding import PacketFanout, is_vp8_keyframe, make_packet
 from capture.ice import rtc_configuration
 from capture.media_clock import RTP_TIMESTAMP_MODULUS
@@ -188,6 +188,8 @@ class SceneCall:
         self._jpeg_pool = jpeg_pool
         self._on_live_change = on_live_change
         self.published: dict[str, PublishedMedia] = {}
+        # Fork counters per performer for the whole session, across reconnects.
+        self._fork_totals: dict[str, ForkStats] = {}
         self._subscriptions: set[RTCPeerConnection] = set()
         self._relayed: dict[
             RTCPeerConnection,
@@ -222,6 +224,8 @@ class SceneCall:
             # one rate limit towards the publisher.
             media.fanouts["video"].request_keyframe()
 
+        totals = self._fork_totals.setdefault(performer_id, ForkStats())
+        totals.publications += 1
         fork = PerformerFork(
             settings=self.settings,
             producer=self._producer,
@@ -230,6 +234,7 @@ class SceneCall:
             performer_id=performer_id,
             jpeg_pool=self._jpeg_pool,
             request_keyframe=request_keyframe,
+            stats=totals,
         )
         media = PublishedMedia(performer_id=performer_id, pc=pc, fork=fork)
         for kind in ("audio", "video"):
@@ -364,15 +369,21 @@ class SceneCall:
         self._subscriptions.clear()
 
     def stats(self, *, samples: bool = False) -> dict[str, Any]:
-        return {
-            performer_id: {
-                **media.fork.stats.snapshot(samples=samples),
-                **media.stats(),
-                "unstamped_frames": sum(t.unstamped for t in media.timers.values()),
-                "connection": media.pc.connectionState,
-            }
-            for performer_id, media in self.published.items()
-        }
+        """Every performer who published in this call, the ones who left included; fork
+        counters cover the whole session, the rest the current connection."""
+        out: dict[str, Any] = {}
+        for performer_id, totals in self._fork_totals.items():
+            media = self.published.get(performer_id)
+            out[performer_id] = totals.snapshot(samples=samples)
+            if media is None:
+                out[performer_id]["connection"] = "left"
+                continue
+            out[performer_id].update(
+                media.stats(),
+                unstamped_frames=sum(t.unstamped for t in media.timers.values()),
+                connection=media.pc.connectionState,
+            )
+        return out
 
 
 def _receiver_of(pc: RTCPeerConnection, track: MediaStreamTrack) -> RTCRtpReceiver:

@@ -67,8 +67,11 @@ def _latency_samples() -> collections.deque[float]:
 
 @dataclass
 class ForkStats:
-    """Counters for one performer's fork, read by metrics, logs and benchmarks."""
+    """Counters for one performer's fork, read by metrics, logs and benchmarks: one object
+    per performer for the whole session, carried over every reconnect (a counter that
+    starts again from 0 with a new connection would hide what the old one lost)."""
 
+    publications: int = 0  # connections that published the performer's media: 1 + reconnects
     video_frames_in: int = 0
     video_frames_out: int = 0
     video_frames_dropped: int = 0
@@ -97,6 +100,8 @@ class ForkStats:
     def snapshot(self, *, samples: bool = False) -> dict[str, Any]:
         latencies = sorted(self.fork_latency_ms)
         snapshot: dict[str, Any] = {
+            "publications": self.publications,
+            "reconnects": max(0, self.publications - 1),
             "video_frames_in": self.video_frames_in,
             "video_frames_out": self.video_frames_out,
             "video_frames_skipped": self.video_frames_skipped,
@@ -302,6 +307,7 @@ class PerformerFork:
         performer_id: str,
         jpeg_pool: Executor,
         request_keyframe: Callable[[], None] = lambda: None,
+        stats: ForkStats | None = None,
     ) -> None:
         self._settings = settings
         self._producer = producer  # video
@@ -311,7 +317,7 @@ class PerformerFork:
         self._audio_topic = session.topics.audio
         self._video_topic = session.topics.video
         self._pool = jpeg_pool
-        self.stats = ForkStats()
+        self.stats = ForkStats() if stats is None else stats
         self._audio_seq = 0
         self._video_seq = 0
         self._video_queue: asyncio.Queue[_VideoPacket] = asyncio.Queue(
