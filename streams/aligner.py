@@ -41,7 +41,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import health, kafka, records, topics
 from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
 from streams.batches import BatchLane
 from streams.kafka import decoded_events, event_headers
@@ -57,6 +57,7 @@ FEATURE_BATCH = 256
 TICK_S = 0.02  # how often ready windows are looked for: small against the 100 ms windows
 RESTORE_MARGIN_S = 10.0  # read back a little more than can still be corrected
 RESTORE_TIMEOUT_S = 5.0  # half the processors' group session timeout
+COUNTERS_INTERVAL_S = 1.0  # the performers' counters go to livetag.health at most this often
 PRESENCE_POLL_S = 5.0  # the session record is looked at on each change and at least this often
 
 DeadLetterSink = Callable[[Any, str, str], Awaitable[None]]
@@ -234,6 +235,7 @@ def add_aligner(
                 [(tag.performer_id, aligner.settles_at_us(tag), event)],
             )
             for out in late:
+                aligner.count_for(tag.performer_id, "late_tags")
                 await dead_letter(event, topics.TAGS, out.reason)
 
     def feature_agent(
@@ -284,6 +286,19 @@ def add_aligner(
     )
 
     session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
+    health_topic = app.topic(topics.HEALTH, **raw)
+    published_counters: dict[str, dict[str, int]] = {}
+
+    async def seed_counters(partitions: set[int]) -> int:
+        """The counts earlier instances published for the performers on these partitions."""
+        seeded = 0
+        found = await health.read_counters(settings, session.session_id)
+        for (_, performer_id, source), record in found.items():
+            partition = health.performer_partition(settings, session.session_id, performer_id)
+            if source == "aligner" and partition in partitions:
+                aligner.seed_counters(performer_id, record.counters)
+                seeded += 1
+        return seeded
 
     @app.on_partitions_assigned.connect
     async def restore(sender: Any, assigned: set[Any], **_: Any) -> None:
@@ -304,6 +319,7 @@ def add_aligner(
                     partitions,
                     since_ms=round((time.time() - horizon_s) * 1000),
                 )
+                seeded = await seed_counters(partitions)
             count = aligner.restore(windows, _now_us())
         except Exception:  # without it the aligner still runs, as before a restart
             log.exception("could not read back the emitted label windows")
@@ -311,8 +327,10 @@ def add_aligner(
         finally:
             restored.set()
         log.info(
-            "aligner: %d label windows of partitions %s read back in %.2f s",
+            "aligner: %d label windows and %d performers' counters of partitions %s read "
+            "back in %.2f s",
             count,
+            seeded,
             sorted(partitions),
             time.monotonic() - started,
         )
@@ -343,5 +361,23 @@ def add_aligner(
     @app.timer(interval=TICK_S, name=f"align-tick-{session.session_id}")
     async def align_tick() -> None:
         await align(aligner.tick)
+
+    @app.timer(interval=COUNTERS_INTERVAL_S, name=f"align-counters-{session.session_id}")
+    async def publish_counters() -> None:
+        # Under the step lock, so the counts go out with the windows they count.
+        await restored.wait()
+        async with step:
+            for performer_id, counts in aligner.performer_counters().items():
+                if published_counters.get(performer_id) == counts:
+                    continue
+                record = records.PipelineCounters(
+                    ts_us=_now_us(),
+                    session_id=session.session_id,
+                    performer_id=performer_id,
+                    source="aligner",
+                    counters=counts,
+                )
+                await emit(health_topic, record)
+                published_counters[performer_id] = counts
 
     return aligner

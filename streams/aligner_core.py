@@ -37,6 +37,7 @@ from streams.records import (
     TagEvent,
     WindowFeatures,
 )
+from streams.tag_rules import TagInterval, TagSet, offset_applies, point_interval, undo_applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,26 +112,43 @@ _Active = tuple[str, int, str, Role, str, Intensity]
 
 @dataclass(slots=True)
 class _Mark:
-    """A point tag or a hold on the performer's timeline: the interval [start_us, end_us)."""
+    """A point tag or a hold on the performer's timeline: the interval [start_us, end_us)
+    that streams.tag_rules gave it (or, restored, the windows it was seen in)."""
 
     tag_id: str
     rater_id: str
     rater_role: Role
     label: str
     intensity: Intensity
-    is_hold: bool
     start_us: int
-    end_us: int | None  # None: a hold whose offset has not come (yet)
+    end_us: int
+    # A hold whose offset has not come (yet): indexed by window only once it is closed,
+    # as an offset usually cuts it short soon.
+    open: bool = False
+
+    @classmethod
+    def of(cls, interval: TagInterval) -> _Mark:
+        return cls(
+            tag_id=interval.tag_id,
+            rater_id=interval.rater_id,
+            rater_role=interval.rater_role,
+            label=interval.label,
+            intensity=interval.intensity,
+            start_us=interval.start_us,
+            end_us=interval.end_us,
+            open=interval.open,
+        )
 
 
 @dataclass(slots=True)
 class _TagMemo:
-    """What is remembered of every tag_id seen: enough for dedupe, offsets and undo."""
+    """What is remembered of every tag_id seen: enough for dedupe and forgetting (the
+    tags themselves are in the aligner's TagSet)."""
 
     performer_id: str
     rater_id: str
-    # The tag's action; "withdrawn": a tag undone before it arrived; "restored": known
-    # only from the label windows an earlier instance emitted (see restore).
+    # The tag's action; "restored": known only from the label windows an earlier
+    # instance emitted (see restore), not from the tag itself.
     action: str
     onset_tag_id: str | None
     forget_at_us: int
@@ -178,7 +196,9 @@ class _PerformerTrack:
     marks: dict[str, _Mark] = field(default_factory=dict)
     by_window: dict[int, set[str]] = field(default_factory=dict)  # closed marks only
     open_holds: set[str] = field(default_factory=set)
-    pending_offsets: dict[str, TagEvent] = field(default_factory=dict)  # by onset_tag_id
+    # Offsets whose onset has not come (yet): onset_tag_id -> their tag_ids. The tags are
+    # in the aligner's TagSet; this says the performer still waits on something.
+    pending_offsets: dict[str, set[str]] = field(default_factory=dict)
     sent: dict[int, _SentWindow] = field(default_factory=dict)  # in window order (mostly)
 
 
@@ -212,8 +232,14 @@ class SessionAligner:
         self._config = config
         self._tracks: dict[str, _PerformerTrack] = {}
         self._tags: dict[str, _TagMemo] = {}
+        # The tags themselves: what a point or hold covers is decided there (tag_rules),
+        # from every tag that bears on it, whatever order they came in.
+        self._tag_set = TagSet(config.max_hold_us)
         self._forget_queue: list[tuple[int, str]] = []
         self._counts = dict.fromkeys(_COUNTERS, 0)
+        # The same counters per performer (those about one performer's data), for the
+        # session's health record: cumulative, seeded after a restart (seed_counters).
+        self._performer_counts: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -238,7 +264,7 @@ class SessionAligner:
         if frame.face_present is None:
             # Skipped on purpose (the processors were behind): the stream has moved past
             # this instant, and the window had video, but there is nothing to summarise.
-            self._counts["face_frames_skipped"] += 1
+            self._count(track, "face_frames_skipped")
             self._buffer(track, "face", track.sights, frame.ts_us, None)
             return self._emit_ready(now_us)
         pose = frame.head_pose
@@ -266,45 +292,49 @@ class SessionAligner:
         self._forget_expired(now_us)
         known = self._tags.get(tag.tag_id)
         was_restored = known is not None and known.action == "restored"
+        changed: list[tuple[_PerformerTrack, tuple[int, int]]] = []
         if known is not None and was_restored:
             # The tag itself is back (re-read after a restart): it replaces the span that
             # was rebuilt from the emitted windows, and knows its future windows too.
-            self._drop_restored(tag.tag_id, known)
+            dropped = self._drop_restored(tag.tag_id, known)
+            if dropped is not None:
+                changed.append(dropped)
             known = None
-        if known is not None and known.action != "withdrawn":
+        if known is not None:
             self._counts["duplicate_tags"] += 1
             return []
         self._counts["tags"] += 1
         track = self._track(tag.performer_id, now_us)
         self._remember(tag, now_us)
-        region: tuple[int, int] | None = None
-        if known is not None and (known.rater_id, known.performer_id) == (
-            tag.rater_id,
-            tag.performer_id,
-        ):
-            pass  # its undo came first (tags travel concurrently): remembered, no effect
-        elif tag.action == "point":
-            region = self._add_point(track, tag)
+        if tag.action == "offset":
+            self._add_offset(track, tag)
         elif tag.action == "onset":
-            region = self._add_onset(track, tag)
-        elif tag.action == "offset":
-            region = self._add_offset(track, tag)
-        else:
-            region = self._undo(track, tag)
+            self._add_onset(track, tag)
+        elif tag.action == "undo":
+            withdrawn = self._undo(tag)
+            if withdrawn is not None:
+                changed.append(withdrawn)
+        mark_id = self._tag_set.add(tag)
+        if mark_id is not None:
+            settled = self._settle(mark_id, now_us)
+            if settled is not None:
+                changed.append(settled)
         out: list[LabelWindow | LateTag] = []
-        if region is not None:
-            corrected = self._correct(track, region, now_us)
-            if corrected is None and was_restored:
-                pass  # its windows went out with it before the restart: not late
-            elif corrected is None:
-                self._counts["late_tags"] += 1
-                reason = (
-                    f"{tag.action} tag only affects windows that ended more than "
-                    f"{self._config.grace_us} us before now"
-                )
-                out.append(LateTag(tag=tag, reason=reason))
-            else:
+        late = bool(changed)
+        for changed_track, region in changed:
+            corrected = self._correct(changed_track, region, now_us)
+            if corrected is not None:
+                late = False
                 out.extend(corrected)
+        if late and not was_restored:  # a restored tag's windows went out with it
+            self._counts["late_tags"] += 1
+            reason = (
+                f"{tag.action} tag only affects windows that ended more than "
+                f"{self._config.grace_us} us before now"
+            )
+            out.append(LateTag(tag=tag, reason=reason))
+        for changed_track in {id(t): t for t, _ in changed}.values():
+            self._refresh_due(changed_track)
         self._refresh_due(track)
         out.extend(self._emit_ready(now_us))
         return out
@@ -358,9 +388,8 @@ class SessionAligner:
             if tag_id in self._tags:
                 continue
             track = self._track(performer_id, now_us)
-            mark = _Mark(
-                tag_id, rater_id, role, label, intensity, False, first * width, (last + 1) * width
-            )
+            start, end = first * width, (last + 1) * width
+            mark = _Mark(tag_id, rater_id, role, label, intensity, start, end)
             track.marks[tag_id] = mark
             self._index(track, mark)
             forget_at = (
@@ -402,12 +431,17 @@ class SessionAligner:
         self._counts["restored_windows"] += len(newest)
         return len(newest)
 
-    def _drop_restored(self, tag_id: str, memo: _TagMemo) -> None:
+    def _drop_restored(
+        self, tag_id: str, memo: _TagMemo
+    ) -> tuple[_PerformerTrack, tuple[int, int]] | None:
+        """Forget a span rebuilt from the windows; its track and span, if it had one."""
         del self._tags[tag_id]
         track = self._tracks.get(memo.performer_id)
         mark = None if track is None else track.marks.pop(tag_id, None)
-        if track is not None and mark is not None:
-            self._unindex(track, mark)
+        if track is None or mark is None:
+            return None
+        self._unindex(track, mark)
+        return track, (mark.start_us, mark.end_us)
 
     def passed(self, performer_id: str, ts_us: int) -> bool:
         """Whether the window holding ``ts_us`` of this performer has gone out (or was
@@ -430,8 +464,7 @@ class SessionAligner:
         """The last instant whose label window this tag can still change (its input may
         be acknowledged once that window has passed)."""
         if tag.action == "point":
-            span = min(max(tag.span_us or 0, 1), self._config.max_hold_us)
-            return max(0, tag.ts_us - span // 2) + span
+            return point_interval(tag.ts_us, tag.span_us or 0, self._config.max_hold_us)[1]
         # An onset may stay open for max_hold, and is re-read with its offset (or the undo
         # that withdraws it) or a restarted aligner would reopen it.
         return tag.ts_us + self._config.max_hold_us
@@ -439,6 +472,28 @@ class SessionAligner:
     def forget_performer(self, performer_id: str) -> None:
         """Drop a performer's state (e.g. they left); their tag ids expire on their own."""
         self._tracks.pop(performer_id, None)
+
+    def performer_counters(self) -> dict[str, dict[str, int]]:
+        """Each performer's counters (cumulative, seeds included)."""
+        return {performer: dict(counts) for performer, counts in self._performer_counts.items()}
+
+    def seed_counters(self, performer_id: str, counters: dict[str, int]) -> None:
+        """Counts an earlier instance published for the performer (taken over after a
+        restart or a rebalance): counters only grow, so each keeps the larger value."""
+        counts = self._performer_counts.setdefault(performer_id, {})
+        for name, value in counters.items():
+            counts[name] = max(counts.get(name, 0), value)
+
+    def count_for(self, performer_id: str, name: str, n: int = 1) -> None:
+        """Count, for the performer only, what the caller decides (a late tag it
+        dead-letters: the tag's memo is gone by then)."""
+        counts = self._performer_counts.setdefault(performer_id, {})
+        counts[name] = counts.get(name, 0) + n
+
+    def _count(self, track: _PerformerTrack, name: str, n: int = 1) -> None:
+        if n:
+            self._counts[name] += n
+            self.count_for(track.performer_id, name, n)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -488,19 +543,19 @@ class SessionAligner:
     ) -> None:
         window = ts_us // self._config.window_us
         if window < self._note_start(track, ts_us):
-            self._counts["late_features"] += 1
+            self._count(track, "late_features")
             sent = track.sent.get(window)
             if sent is None or stream not in sent.missing:
                 # Past the grace, or the window had this stream complete (a straggler
                 # behind its own stream's watermark): nothing can take it any more.
-                self._counts["late_features_lost"] += 1
+                self._count(track, "late_features_lost")
                 return
             # The window went out without this stream: its late frames complete it
             # with a revision once the stream is past the window (see _revise).
             track.revisable.add(window)
         frames = buffers.setdefault(window, {})
         if ts_us in frames:  # at-least-once redelivery
-            self._counts["duplicate_features"] += 1
+            self._count(track, "duplicate_features")
         else:
             frames[ts_us] = item
         self._refresh_due(track)
@@ -518,120 +573,86 @@ class SessionAligner:
         )
         heapq.heappush(self._forget_queue, (forget_at, tag.tag_id))
 
-    def _new_mark(self, tag: TagEvent, start_us: int, end_us: int | None) -> _Mark:
-        if tag.label is None:  # the record's validator already refuses this
-            raise ValueError(f"{tag.action} tag {tag.tag_id} has no label")
-        return _Mark(
-            tag_id=tag.tag_id,
-            rater_id=tag.rater_id,
-            rater_role=tag.rater_role,
-            label=tag.label,
-            intensity=tag.intensity,
-            is_hold=tag.action == "onset",
-            start_us=start_us,
-            end_us=end_us,
-        )
-
-    def _add_point(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int]:
-        # A zero span still marks the window of the press; a huge one is capped like a hold.
-        span = min(max(tag.span_us or 0, 1), self._config.max_hold_us)
-        start = max(0, tag.ts_us - span // 2)
-        mark = self._new_mark(tag, start, start + span)
-        track.marks[tag.tag_id] = mark
-        self._index(track, mark)
-        self._note_start(track, start)
-        return (start, start + span)
-
-    def _add_onset(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int]:
-        mark = self._new_mark(tag, tag.ts_us, None)
-        track.marks[tag.tag_id] = mark
-        offset = track.pending_offsets.pop(tag.tag_id, None)
-        if offset is not None:
-            if offset.rater_id == tag.rater_id:
-                mark.end_us = self._hold_end(mark, offset.ts_us)
-            else:
+    def _add_onset(self, track: _PerformerTrack, tag: TagEvent) -> None:
+        for offset_id in track.pending_offsets.pop(tag.tag_id, set()):
+            offset = self._tag_set.get(offset_id)
+            if offset is not None and not offset_applies(tag, offset):
                 self._counts["ignored_offsets"] += 1
-        self._index(track, mark)
-        self._note_start(track, tag.ts_us)
-        return (mark.start_us, self._effective_end(mark))
 
-    def _add_offset(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int] | None:
+    def _add_offset(self, track: _PerformerTrack, tag: TagEvent) -> None:
         onset_id = tag.onset_tag_id
         if onset_id is None:  # the record's validator already refuses this
             raise ValueError(f"offset tag {tag.tag_id} names no onset")
-        mark = track.marks.get(onset_id)
-        if mark is None:
-            if onset_id in self._tags or onset_id in track.pending_offsets:
-                # The onset was undone, belongs elsewhere, or already has an offset.
-                self._counts["ignored_offsets"] += 1
-            else:
-                track.pending_offsets[onset_id] = tag  # paired when the onset arrives
-            return None
-        if not mark.is_hold or mark.rater_id != tag.rater_id or mark.end_us is not None:
+        onset = self._tag_set.get(onset_id)
+        if onset is None:
+            # Its onset has not come (yet): the TagSet pairs them when it does; until
+            # then the performer has something in hand that no window shows.
+            track.pending_offsets.setdefault(onset_id, set()).add(tag.tag_id)
+        elif not offset_applies(onset, tag):
             self._counts["ignored_offsets"] += 1
-            return None
-        open_end = self._effective_end(mark)
-        self._unindex(track, mark)
-        mark.end_us = self._hold_end(mark, tag.ts_us)
-        self._index(track, mark)
-        return (mark.end_us, open_end)
 
-    def _undo(self, track: _PerformerTrack, tag: TagEvent) -> tuple[int, int] | None:
+    def _undo(self, tag: TagEvent) -> tuple[_PerformerTrack, tuple[int, int]] | None:
+        """Count an undo; withdraw a span known only from restored windows (what an undo
+        does to a tag itself, the TagSet decides). The span withdrawn, if any."""
         target_id = tag.undoes_tag_id
-        memo = None if target_id is None else self._tags.get(target_id)
-        if target_id is not None and memo is None:
-            # The undo overtook its tag (both are in flight at once): withdraw the tag in
-            # advance, so it has no effect when it arrives.
-            forget_at = self._tags[tag.tag_id].forget_at_us
-            self._tags[target_id] = _TagMemo(
-                tag.performer_id, tag.rater_id, "withdrawn", None, forget_at
+        if target_id is None:  # the record's validator already refuses this
+            raise ValueError(f"undo tag {tag.tag_id} names no tag")
+        target = self._tag_set.get(target_id)
+        memo = self._tags.get(target_id)
+        if target is not None:
+            counts = target.action != "undo" and undo_applies(
+                tag, target.rater_id, target.performer_id
             )
-            heapq.heappush(self._forget_queue, (forget_at, target_id))
+            self._counts["undos" if counts else "ignored_undos"] += 1
+            return None
+        if memo is None or memo.action != "restored":
+            # The undo overtook its tag (both are in flight at once): kept in the TagSet,
+            # it withdraws the tag when that arrives, if it is the same rater's.
             self._counts["undos"] += 1
             return None
-        if (
-            target_id is None
-            or memo is None
-            or memo.rater_id != tag.rater_id
-            or memo.performer_id != tag.performer_id
-            or memo.action not in ("point", "onset", "offset", "restored")
-        ):
+        if not undo_applies(tag, memo.rater_id, memo.performer_id):
             self._counts["ignored_undos"] += 1
             return None
-        # Undoing either end of a hold removes the whole hold: a hold reopened until
-        # max_hold by undoing its key-up would be a label nobody pressed for.
-        hold_id = memo.onset_tag_id if memo.action == "offset" else target_id
-        mark = None if hold_id is None else track.marks.get(hold_id)
-        if mark is not None and mark.rater_id == tag.rater_id:
-            del track.marks[mark.tag_id]
-            self._unindex(track, mark)
-            self._counts["undos"] += 1
-            return (mark.start_us, self._effective_end(mark))
-        pending = None if hold_id is None else track.pending_offsets.get(hold_id)
-        if hold_id is not None and pending is not None and pending.tag_id == target_id:
-            # The offset came before its onset: cancel the onset in advance.
-            del track.pending_offsets[hold_id]
-            memo_of_undo = self._tags[tag.tag_id]
-            self._tags[hold_id] = _TagMemo(
-                tag.performer_id, tag.rater_id, "withdrawn", None, memo_of_undo.forget_at_us
-            )
-            heapq.heappush(self._forget_queue, (memo_of_undo.forget_at_us, hold_id))
-            self._counts["undos"] += 1
+        self._counts["undos"] += 1
+        track = self._tracks.get(memo.performer_id)
+        mark = None if track is None else track.marks.pop(target_id, None)
+        if track is None or mark is None:
             return None
-        self._counts["ignored_undos"] += 1
-        return None
+        self._unindex(track, mark)
+        return track, (mark.start_us, mark.end_us)
 
-    def _hold_end(self, mark: _Mark, offset_ts_us: int) -> int:
-        # An offset at (or, with clock noise, before) its onset still marks one instant.
-        return min(max(offset_ts_us, mark.start_us + 1), mark.start_us + self._config.max_hold_us)
+    def _settle(self, mark_id: str, now_us: int) -> tuple[_PerformerTrack, tuple[int, int]] | None:
+        """Make a point's or hold's mark what the tag rules now say it covers; its track
+        and the span whose windows may have changed (None: nothing changed)."""
+        tag = self._tag_set.get(mark_id)
+        if tag is None:
+            return None
+        interval = self._tag_set.interval(mark_id)
+        if interval is None:
+            track = self._tracks.get(tag.performer_id)
+            if track is None:
+                return None
+        else:
+            track = self._track(tag.performer_id, now_us)
+        old = track.marks.get(mark_id)
+        before = None if old is None else (old.start_us, old.end_us, old.open)
+        after = None if interval is None else (interval.start_us, interval.end_us, interval.open)
+        if before == after:
+            return None
+        if old is not None:
+            del track.marks[mark_id]
+            self._unindex(track, old)
+        if interval is not None:
+            mark = track.marks[mark_id] = _Mark.of(interval)
+            self._index(track, mark)
+            self._note_start(track, interval.start_us)
+        return track, _changed_span(before, after)
 
     def _effective_end(self, mark: _Mark) -> int:
-        if mark.end_us is None:
-            return mark.start_us + self._config.max_hold_us
-        return mark.end_us
+        return mark.end_us  # an open hold's too: tag_rules ends it max_hold after its onset
 
     def _index(self, track: _PerformerTrack, mark: _Mark) -> None:
-        if mark.end_us is None:
+        if mark.open:
             track.open_holds.add(mark.tag_id)
             return
         width = self._config.window_us
@@ -639,7 +660,7 @@ class SessionAligner:
             track.by_window.setdefault(window, set()).add(mark.tag_id)
 
     def _unindex(self, track: _PerformerTrack, mark: _Mark) -> None:
-        if mark.end_us is None:
+        if mark.open:
             track.open_holds.discard(mark.tag_id)
             return
         width = self._config.window_us
@@ -657,7 +678,7 @@ class SessionAligner:
             end = start + self._config.window_us
             for tag_id in track.open_holds:
                 hold = track.marks[tag_id]
-                if hold.start_us < end and hold.start_us + self._config.max_hold_us > start:
+                if hold.start_us < end and hold.end_us > start:
                     tag_ids.add(tag_id)
         if not tag_ids:
             return ()
@@ -695,14 +716,14 @@ class SessionAligner:
                 if not labels:
                     continue
                 sent = track.sent[window] = _SentWindow(WindowFeatures(), labels, 0)
-                self._counts["windows_emitted"] += 1
+                self._count(track, "windows_emitted")
             elif _visible(sent.labels) == _visible(labels):
                 sent.labels = labels  # the same labels (a restored span became its tag)
                 continue
             else:
                 sent.revision += 1
                 sent.labels = labels
-            self._counts["corrections"] += 1
+            self._count(track, "corrections")
             out.append(self._record(track, window, sent, correction=True))
         return out
 
@@ -714,6 +735,7 @@ class SessionAligner:
             if memo is None or memo.forget_at_us != forget_at:
                 continue  # replaced by a later memo for the same id
             del self._tags[tag_id]
+            self._tag_set.forget(tag_id)
             track = self._tracks.get(memo.performer_id)
             if track is None:
                 continue
@@ -722,8 +744,10 @@ class SessionAligner:
                 self._unindex(track, mark)
             if memo.action == "offset" and memo.onset_tag_id is not None:
                 pending = track.pending_offsets.get(memo.onset_tag_id)
-                if pending is not None and pending.tag_id == tag_id:
-                    del track.pending_offsets[memo.onset_tag_id]
+                if pending is not None:
+                    pending.discard(tag_id)
+                    if not pending:
+                        del track.pending_offsets[memo.onset_tag_id]
 
     # ------------------------------------------------------------------ emission
 
@@ -829,13 +853,13 @@ class SessionAligner:
             sent.partial_hops = hops
         if "face" in missing:
             sent.partial_sights = sights
-        self._counts["windows_emitted"] += 1
+        self._count(track, "windows_emitted")
         if "late" in missing.values():
             track.revisable.add(window)  # its late stream may still catch up
         if missing:
-            self._counts["windows_incomplete"] += 1
+            self._count(track, "windows_incomplete")
             if len(missing) == len(FEATURE_STREAMS) and not hops and not sights:
-                self._counts["windows_without_media"] += 1
+                self._count(track, "windows_without_media")
         return self._record(track, window, sent, correction=False)
 
     def _revise(self, track: _PerformerTrack, now_us: int, out: list[LabelWindow]) -> None:
@@ -848,7 +872,7 @@ class SessionAligner:
             sent = track.sent.get(window)
             if sent is None:  # out of the grace before the stream got past it
                 for buffers in (track.hops, track.sights):
-                    self._counts["late_features_lost"] += len(buffers.pop(window, {}))
+                    self._count(track, "late_features_lost", len(buffers.pop(window, {})))
                 track.revisable.discard(window)
                 continue
             end = (window + 1) * config.window_us
@@ -861,7 +885,7 @@ class SessionAligner:
                 buffers = track.hops if stream == "prosody" else track.sights
                 if window in buffers and (past or stream in given_up):
                     late = buffers.pop(window)
-                    self._counts["late_features_revised"] += len(late)
+                    self._count(track, "late_features_revised", len(late))
                     if stream == "prosody":
                         sent.partial_hops.update(cast(dict[int, _Hop], late))
                         update.update(_prosody_summary(sent.partial_hops))
@@ -883,7 +907,7 @@ class SessionAligner:
                 continue
             sent.features = sent.features.model_copy(update=update)
             sent.revision += 1
-            self._counts["feature_revisions"] += 1
+            self._count(track, "feature_revisions")
             out.append(self._record(track, window, sent, correction=True))
 
     def _prune_sent(self, track: _PerformerTrack, now_us: int) -> None:
@@ -922,6 +946,22 @@ class SessionAligner:
             revision=sent.revision,
             missing=dict(sent.missing),
         )
+
+
+def _changed_span(
+    before: tuple[int, int, bool] | None, after: tuple[int, int, bool] | None
+) -> tuple[int, int]:
+    """The instants a mark covers before or after a change, but not both (and where one
+    ends, the other begins): the windows whose labels may have changed."""
+    if before is None or after is None:
+        start, end, _ = before or after or (0, 0, False)
+        return start, end
+    (old_start, old_end, _), (new_start, new_end, _) = before, after
+    if old_start == new_start:
+        return min(old_end, new_end), max(old_end, new_end)
+    if old_end == new_end:
+        return min(old_start, new_start), max(old_start, new_start)
+    return min(old_start, new_start), max(old_end, new_end)
 
 
 def _visible(labels: tuple[_Active, ...]) -> set[tuple[str, str, str, str, str]]:

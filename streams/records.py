@@ -585,9 +585,36 @@ class DeadLetter(Record):
         return self.source_topic.encode()
 
 
+# ---------------------------------------------------------------- livetag.health
+
+#: The services that count what happens to a performer's data.
+CounterSource = Literal["capture", "aligner"]
+CounterName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class PipelineCounters(PerformerRecord):
+    """One service's counters for one performer of a session: cumulative for the whole
+    session (across reconnects and restarts), so the newest record per key is the count.
+    ts_us = when they were taken. Keyed ``session/performer/source``."""
+
+    record_type: ClassVar[str] = "pipeline_counters"
+    source: CounterSource
+    counters: dict[CounterName, Annotated[StrictInt, Field(ge=0)]]
+
+    @property
+    def key(self) -> bytes:
+        return counters_key(self.session_id, self.performer_id, self.source)
+
+
+def counters_key(session_id: str, performer_id: str, source: str) -> bytes:
+    return f"{session_id}/{performer_id}/{source}".encode()
+
+
 # ---------------------------------------------------------------- encode / decode
 
-JsonRecord = SessionRecord | ProsodyHops | FaceFrame | TagEvent | LabelWindow | DeadLetter
+JsonRecord = (
+    SessionRecord | ProsodyHops | FaceFrame | TagEvent | LabelWindow | DeadLetter | PipelineCounters
+)
 AnyRecord = JsonRecord | AudioChunk | VideoFrame
 R = TypeVar("R", bound=AnyRecord)
 
@@ -598,6 +625,7 @@ JSON_RECORD_TYPES: tuple[type[Record], ...] = (
     TagEvent,
     LabelWindow,
     DeadLetter,
+    PipelineCounters,
 )
 MEDIA_RECORD_TYPES: tuple[type[AudioChunk] | type[VideoFrame], ...] = (AudioChunk, VideoFrame)
 MEDIA_HEADER_TYPES: dict[str, type[MediaHeader]] = {

@@ -25,6 +25,7 @@ SESSIONS = "livetag.sessions"
 TAGS = "livetag.tags"
 LABELS = "livetag.labels"
 DEADLETTER = "livetag.deadletter"
+HEALTH = "livetag.health"
 
 SessionStream = Literal["audio", "video", "prosody", "face"]
 SESSION_STREAMS: tuple[SessionStream, ...] = ("audio", "video", "prosody", "face")
@@ -79,6 +80,14 @@ def shared_topics(settings: Settings) -> list[TopicSpec]:
             1,
             {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
             "what could not be decoded or validated, with the reason",
+        ),
+        TopicSpec(
+            HEALTH,
+            records.PipelineCounters,
+            # Small and read whole by the exporters: the newest record per key counts.
+            1,
+            {"cleanup.policy": "compact"},
+            "each service's cumulative counters per performer, keyed session/performer/source",
         ),
     ]
 
@@ -142,6 +151,7 @@ def record_type_of(topic: str) -> type[records.AnyRecord]:
         TAGS: records.TagEvent,
         LABELS: records.LabelWindow,
         DEADLETTER: records.DeadLetter,
+        HEALTH: records.PipelineCounters,
     }
     if topic in shared:
         return shared[topic]
@@ -155,7 +165,13 @@ def record_type_of(topic: str) -> type[records.AnyRecord]:
 def resolve_topic(name: str, session_id: str | None = None) -> str:
     """Accept a full topic name, or a short one: sessions, tags, labels, deadletter,
     or audio/video/prosody/face together with a session id."""
-    short_shared = {"sessions": SESSIONS, "tags": TAGS, "labels": LABELS, "deadletter": DEADLETTER}
+    short_shared = {
+        "sessions": SESSIONS,
+        "tags": TAGS,
+        "labels": LABELS,
+        "deadletter": DEADLETTER,
+        "health": HEALTH,
+    }
     if name in short_shared:
         return short_shared[name]
     if name in _SESSION_TOPIC_FORMATS:

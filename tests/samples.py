@@ -140,6 +140,12 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             partition=0,
             offset=17,
         ),
+        records.PipelineCounters(
+            ts_us=TS_US,
+            **common,
+            source="aligner",
+            counters={"windows_emitted": 1200, "windows_incomplete": 3, "late_features_lost": 0},
+        ),
         records.AudioChunk(
             records.AudioChunkHeader(
                 ts_us=TS_US,

@@ -22,8 +22,10 @@ Last line: {"label_windows_expected", "label_windows_final", "label_windows_inco
 - duplicated: label records with the same window and revision read more than once;
 - late_features_lost: hops and face frames written whose window's newest revision does not
   count them (counted by the benchmark from ``features.prosody_hops``/``face_frames``);
-- counters_match: whether the aligner's exported counters equal the benchmark's counts;
-  null while the aligner's counters are not exported (see details.counters).
+- counters_match: 1 when the aligner's counters on the session's health record
+  (``livetag.health``, what ``/metrics`` exports) equal what the benchmark counted from the
+  label records for every performer (windows emitted, incomplete, without media, feature
+  revisions, late features revised and lost), else 0; details.counters has both sides.
 Options: --seconds, --bursts (seconds, comma-separated), --warm-up.
 """
 
@@ -44,7 +46,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from infra.settings import Settings, load_settings
 from infra.worker import ProcessorWorker
-from streams import kafka, records, sessions, topics
+from streams import health, kafka, records, sessions, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 from tests.bench.common import bench_broker
@@ -245,6 +247,55 @@ async def read_labels(settings: Settings, session_id: str) -> list[records.Label
     return windows
 
 
+def count_from_labels(
+    feeds: dict[str, PerformerFeed], windows: list[records.LabelWindow], window_us: int
+) -> dict[str, dict[str, int]]:
+    """What the aligner's counters should say, from its label records and what was
+    written: nothing but feature revisions correct a window here (no tags)."""
+    by_revision: dict[tuple[str, int], dict[int, records.LabelWindow]] = defaultdict(dict)
+    for window in windows:
+        by_revision[(window.performer_id, window.ts_us // window_us)].setdefault(
+            window.revision, window
+        )
+    counted = {
+        performer_id: dict.fromkeys(
+            (
+                "windows_emitted",
+                "windows_incomplete",
+                "windows_without_media",
+                "feature_revisions",
+                "late_features_revised",
+                "late_features_lost",
+            ),
+            0,
+        )
+        for performer_id in feeds
+    }
+    for (performer_id, index), revisions in by_revision.items():
+        counts = counted[performer_id]
+        first = revisions[min(revisions)]
+        newest = revisions[max(revisions)]
+        counts["windows_emitted"] += 1
+        counts["feature_revisions"] += len(revisions) - 1
+        if first.missing:
+            counts["windows_incomplete"] += 1
+            features = first.features
+            if len(first.missing) == 2 and not (
+                features.prosody_hops or features.face_frames or features.face_frames_skipped
+            ):
+                counts["windows_without_media"] += 1
+
+        def frames(window: records.LabelWindow) -> int:
+            features = window.features
+            return features.prosody_hops + features.face_frames + features.face_frames_skipped
+
+        counts["late_features_revised"] += frames(newest) - frames(first)
+        feed = feeds[performer_id]
+        written = feed.hops[index] + feed.faces[index]
+        counts["late_features_lost"] += max(0, written - frames(newest))
+    return counted
+
+
 def tally(
     feeds: dict[str, PerformerFeed],
     windows: list[records.LabelWindow],
@@ -357,13 +408,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 feeds, notes = await produce(settings, session, args.seconds, bursts, rejoin_at_s)
                 print("lag: session ended; reading the labels", file=sys.stderr)
                 windows = await read_labels(settings, session.session_id)
+                exported = await health.read_counters(settings, session.session_id)
             finally:
                 stop.set()
                 await worker
     window_us = settings.label_window_ms * 1000
+    session_id = session.session_id
     result = tally(feeds, windows, window_us, bursts, notes.pop("started_us"))
-    result["counters_match"] = None
-    result["details"]["counters"] = "the aligner's counters are not exported yet"
+    counted = count_from_labels(feeds, windows, window_us)
+    compared: dict[str, Any] = {}
+    for performer_id, expected_counts in counted.items():
+        record = exported.get((session_id, performer_id, "aligner"))
+        have = {} if record is None else record.counters
+        compared[performer_id] = {
+            name: {"counted": value, "exported": have.get(name, 0)}
+            for name, value in expected_counts.items()
+        }
+    result["counters_match"] = int(
+        all(
+            entry["counted"] == entry["exported"]
+            for counts in compared.values()
+            for entry in counts.values()
+        )
+    )
+    result["details"]["counters"] = compared
     result["details"]["schedule"] = {
         "bursts": [{"start_s": b.start_s, "length_s": b.length_s} for b in bursts],
         **notes,

@@ -1,0 +1,74 @@
+"""The session's health record: each service's cumulative counters per performer.
+
+Counters live on ``livetag.health`` (keyed ``session/performer/source``, compacted: the
+newest record per key is the count), so they outlast the process that counts: a restarted
+service reads its last counts back and goes on from them, and any reader (the dashboard's
+``/metrics``, a benchmark, an auditor) sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from infra.settings import Settings
+from streams import kafka, records, topics
+
+log = logging.getLogger(__name__)
+
+_partitioner = DefaultPartitioner()
+
+
+def performer_partition(settings: Settings, session_id: str, performer_id: str) -> int:
+    """The partition of a performer's records on every performer-keyed topic."""
+    partitions = list(range(settings.partitions))
+    return int(
+        _partitioner(records.performer_key(session_id, performer_id), partitions, partitions)
+    )
+
+
+def newest_counters(
+    found: Iterable[records.PipelineCounters],
+) -> dict[tuple[str, str, str], records.PipelineCounters]:
+    """The newest record per (session, performer, source)."""
+    newest: dict[tuple[str, str, str], records.PipelineCounters] = {}
+    for record in found:
+        identity = (record.session_id, record.performer_id, record.source)
+        known = newest.get(identity)
+        if known is None or record.ts_us >= known.ts_us:
+            newest[identity] = record
+    return newest
+
+
+async def read_counters(
+    settings: Settings, session_id: str | None = None, *, timeout_ms: int = 2000
+) -> dict[tuple[str, str, str], records.PipelineCounters]:
+    """The newest counters on ``livetag.health`` (of one session, or of all)."""
+    consumer = kafka.make_consumer(settings)
+    await consumer.start()
+    partition = TopicPartition(topics.HEALTH, 0)
+    prefix = None if session_id is None else f"{session_id}/".encode()
+    found: list[records.PipelineCounters] = []
+    try:
+        consumer.assign([partition])
+        await consumer.seek_to_beginning(partition)
+        end = (await consumer.end_offsets([partition]))[partition]
+        while await consumer.position(partition) < end:
+            batches = await consumer.getmany(partition, timeout_ms=timeout_ms)
+            if not batches:
+                break
+            for message in batches.get(partition, []):
+                if prefix is not None and not (message.key or b"").startswith(prefix):
+                    continue
+                try:
+                    found.append(
+                        records.decode(records.PipelineCounters, message.value, message.headers)
+                    )
+                except records.RecordError as exc:
+                    log.warning("skipping an undecodable counters record: %s", exc)
+    finally:
+        await consumer.stop()
+    return newest_counters(found)
