@@ -368,6 +368,10 @@ class SceneCall:
             await pc.close()
         self._subscriptions.clear()
 
+    def fork_totals(self) -> dict[str, ForkStats]:
+        """Each performer's fork counters for the session (the objects themselves)."""
+        return dict(self._fork_totals)
+
     def stats(self, *, samples: bool = False) -> dict[str, Any]:
         """Every performer who published in this call, the ones who left included; fork
         counters cover the whole session, the rest the current connection."""

@@ -92,6 +92,20 @@ class ForkStats:
     video_fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
     audio_fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
 
+    def counters(self) -> dict[str, int]:
+        """The counts (latency samples aside), for the session's health record."""
+        return {
+            name: value
+            for name, value in vars(self).items()
+            if isinstance(value, int) and not isinstance(value, bool)
+        }
+
+    def add_counts(self, counters: dict[str, int]) -> None:
+        """Add what an earlier process (or call) counted for this performer."""
+        for name, value in counters.items():
+            if isinstance(getattr(self, name, None), int):
+                setattr(self, name, getattr(self, name) + value)
+
     def add_latency(self, kind: MediaKind, latency_ms: float) -> None:
         self.fork_latency_ms.append(latency_ms)
         by_kind = self.video_fork_latency_ms if kind == "video" else self.audio_fork_latency_ms

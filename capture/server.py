@@ -27,17 +27,20 @@ from aiohttp import WSMsgType, web
 
 from capture import signaling
 from capture.call import CallError, SceneCall
+from capture.fork import ForkStats
 from capture.ice import restrict_host_addresses
 from capture.loop_lag import LoopLagMonitor
 from capture.timing import Stamp
 from infra.settings import Settings, TLSSettingsError, server_ssl_context
-from streams import kafka, records, topics
+from streams import health, kafka, records, topics
 from streams.sessions import SessionDirectory, now_us, publish
 from taggers import tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.service import TagService, clock_summary
 
 log = logging.getLogger(__name__)
+
+COUNTERS_INTERVAL_S = 2.0  # fork counters go to livetag.health at most this often
 
 PAGES = Path(str(resources.files("capture") / "static"))
 TAGGER_FILES = Path(str(resources.files("taggers") / "static"))
@@ -99,6 +102,7 @@ class CaptureServer:
         self._published_sessions: dict[str, records.SessionRecord] = {}
         self._runner: web.AppRunner | None = None
         self._ender: asyncio.Task[None] | None = None
+        self._counter_publisher: asyncio.Task[None] | None = None
         self.port = settings.capture_port
         self.tags = TagService(
             settings, secret=secret, sessions=self._session, frame_lookup=self.frame_capture_us
@@ -141,6 +145,9 @@ class CaptureServer:
         )
         self.tags.add_routes(app)
         self._ender = asyncio.create_task(self._end_calls_of_ended_sessions())
+        self._counter_publisher = asyncio.create_task(
+            self._publish_counters(), name="capture-counters"
+        )
         self.loop_lag.start()
         self._presence_writer = asyncio.create_task(self._write_presence(), name="presence")
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -186,11 +193,54 @@ class CaptureServer:
         self._jpeg_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _stop_ender(self) -> None:
-        ender, self._ender = self._ender, None
-        if ender is not None:
-            ender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ender
+        for task in (self._ender, self._counter_publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._ender = self._counter_publisher = None
+
+    async def _publish_counters(self) -> None:
+        """Each performer's fork counters to livetag.health when they change.
+
+        A performer's counters met for the first time in this process (a restart, or a
+        call made again after everyone had left) start from what the health record
+        already says, so they stay cumulative for the session."""
+        published: dict[tuple[str, str], dict[str, int]] = {}
+        counted_by: dict[tuple[str, str], ForkStats] = {}
+        while True:
+            await asyncio.sleep(COUNTERS_INTERVAL_S)
+            try:
+                for session_id, call in list(self.calls.items()):
+                    for performer_id, totals in call.fork_totals().items():
+                        identity = (session_id, performer_id)
+                        previous = counted_by.get(identity)
+                        if previous is None:
+                            earlier = await health.read_counters(self.settings, session_id)
+                            record = earlier.get((session_id, performer_id, "capture"))
+                            if record is not None:
+                                totals.add_counts(record.counters)
+                        elif previous is not totals:
+                            totals.add_counts(previous.counters())  # the call before this one
+                        counted_by[identity] = totals
+                        counts = totals.counters()
+                        if published.get(identity) == counts:
+                            continue
+                        message = records.encode(
+                            records.PipelineCounters(
+                                ts_us=now_us(),
+                                session_id=session_id,
+                                performer_id=performer_id,
+                                source="capture",
+                                counters=counts,
+                            )
+                        )
+                        await self._producer.send_and_wait(
+                            topics.HEALTH, message.value, key=message.key, headers=message.headers
+                        )
+                        published[identity] = counts
+            except Exception as exc:  # the broker away: the next round publishes
+                log.warning("capture counters not published: %s", exc)
 
     async def _stop_presence_writer(self) -> None:
         """Write the leaves still queued (the pages just closed), then stop."""

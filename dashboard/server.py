@@ -4,7 +4,9 @@ HTTP routes
   GET /dashboard?token=T            the page (director tokens only)
   GET /ws/dashboard?token=T         live updates; take start/end and end-session actions
   GET /api/dashboard-token?token=T  whether a link is accepted, and if not why
-  GET /metrics                      connected clients and what the server keeps per client
+  GET /metrics                      the pipeline's counters per session and performer, in
+                                    the Prometheus text format (from livetag.health)
+  GET /metrics/clients              connected clients and what the server keeps per client
 
 One :class:`SessionFeed` per session with a dashboard open consumes the session's prosody
 and face topics, ``livetag.tags`` and ``livetag.labels`` into a :class:`SessionView`, polls
@@ -31,7 +33,9 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from dashboard.metrics import CounterBoard
 from dashboard.view import ClientCursor, SessionView
 from infra.settings import Settings, client_ssl_context, server_ssl_context
 from streams import kafka, records, topics
@@ -68,10 +72,12 @@ class SessionFeed:
         settings: Settings,
         session: records.SessionRecord,
         http: aiohttp.ClientSession,
+        counters: CounterBoard | None = None,
     ) -> None:
         self.settings = settings
-        self.view = SessionView(session)
+        self.view = SessionView(session, max_hold_us=settings.tag_max_hold_ms * 1000)
         self._http = http
+        self._counter_board = counters
         self._consumer = kafka.make_consumer(
             settings, fetch_max_wait_ms=settings.dashboard_fetch_wait_ms
         )
@@ -202,6 +208,9 @@ class SessionFeed:
             health: dict[str, Any] = {}
             health["broker"], health["consumer_lag"] = await self._consumer_lag()
             health["performers"], health["clients"] = await self._capture_health()
+            if self._counter_board is not None:
+                # The session's cumulative counters, as /metrics exports them.
+                health["counters"] = self._counter_board.of_session(self.session_id)
             self.view.set_health(health)
             await asyncio.sleep(HEALTH_INTERVAL_S)
 
@@ -310,6 +319,9 @@ class DashboardServer:
         self._act_lock = asyncio.Lock()
         self._published: dict[str, records.SessionRecord] = {}
         self.port = settings.dashboard_port
+        self.counters = CounterBoard(settings)
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(self.counters)
 
     @property
     def url(self) -> str:
@@ -330,7 +342,8 @@ class DashboardServer:
                 web.get("/dashboard", self._page),
                 web.get("/ws/dashboard", self._websocket),
                 web.get("/api/dashboard-token", self._token),
-                web.get("/metrics", self._metrics),
+                web.get("/metrics", self._prometheus_metrics),
+                web.get("/metrics/clients", self._metrics),
                 web.static("/dashboard/static", PAGES),
             ]
         )
@@ -354,6 +367,7 @@ class DashboardServer:
         self.port = int(self._runner.addresses[0][1])
         self._reaper = asyncio.create_task(self._reap_idle_feeds(), name="dashboard-reaper")
         self._watcher = asyncio.create_task(self._follow_sessions(), name="dashboard-sessions")
+        self.counters.start()
         log.info("dashboard on %s", self.url)
 
     async def stop(self) -> None:
@@ -363,6 +377,7 @@ class DashboardServer:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._reaper = self._watcher = None
+        await self.counters.stop()
         for client in list(self.clients):
             await client.close()
         for feed in list(self._feeds.values()):
@@ -426,6 +441,10 @@ class DashboardServer:
             message = f"this session already has {limit} dashboards open"
             return self._refuse(429, "too_many_clients", message, counted=False)
         return web.json_response({"session_id": session.session_id, "role": claims.role})
+
+    async def _prometheus_metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -493,7 +512,7 @@ class DashboardServer:
             feed = self._feeds.get(session.session_id)
             if feed is None:
                 assert self._http is not None
-                feed = SessionFeed(self.settings, session, self._http)
+                feed = SessionFeed(self.settings, session, self._http, self.counters)
                 await feed.start()
                 self._feeds[session.session_id] = feed
             feed.clients += 1

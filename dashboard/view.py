@@ -4,11 +4,17 @@ Records go in as they arrive from the topics; each browser client holds only a c
 (:class:`ClientCursor`), and :meth:`SessionView.update_for` builds the next update for it
 from whatever is new since its cursor. A client that reads slowly simply gets a bigger,
 coalesced update later (the latest face frame, the prosody points still in the 30 s
-window, every tag): nothing queues per client, so a slow or dead dashboard costs nothing.
+window, what each point tag or hold covers now): nothing queues per client, so a slow or
+dead dashboard costs nothing.
+
+Tags go out as what they cover (:mod:`streams.tag_rules`, the rule the label windows and
+the export follow), one entry per point or hold, sent again whenever that changes (an
+offset ends a hold, an undo removes it: ``removed: true``). The page only draws them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -18,7 +24,7 @@ from typing import Any
 import krippendorff
 import numpy as np
 
-from streams import records
+from streams import records, tag_rules
 
 __all__ = ["ClientCursor", "SessionView", "agreement_alpha"]
 
@@ -72,7 +78,7 @@ class ClientCursor:
 
     prosody: dict[str, int] = field(default_factory=dict)
     face: dict[str, int] = field(default_factory=dict)
-    tags: int = 0
+    tags: int = 0  # the seq of the newest change to a point or hold it was sent
     consensus: int = 0
     agreement: int = 0
     health: int = 0
@@ -82,15 +88,25 @@ class ClientCursor:
 class SessionView:
     """The live state of one session for its dashboards."""
 
-    def __init__(self, session: records.SessionRecord) -> None:
+    def __init__(
+        self,
+        session: records.SessionRecord,
+        *,
+        max_hold_us: int = tag_rules.DEFAULT_MAX_HOLD_US,
+    ) -> None:
         self.session = session
         self.session_version = 1
         self.performers: dict[str, _Performer] = {
             p.performer_id: _Performer() for p in session.roster
         }
         self._seq = 0
-        self.tags: list[dict[str, Any]] = []  # every tag of the session, in arrival order
-        self._tag_ids: set[str] = set()
+        # What the session's tags cover, by the rule the label windows follow: the page
+        # draws these and decides nothing itself.
+        self._tag_set = tag_rules.TagSet(max_hold_us)
+        # Per point or hold (by its tag_id): the seq of its last change and what the page
+        # is told of it. Kept in the order of those changes, so what is new for a client
+        # is the tail of the dict, each mark once however often it changed.
+        self.marks: dict[str, tuple[int, dict[str, Any]]] = {}
         self.consensus: deque[tuple[int, list[Any]]] = deque()
         self.agreement: dict[str, Any] = {}
         self.agreement_version = 0
@@ -156,26 +172,29 @@ class SessionView:
         performer.face_seq = self._next()
 
     def add_tag(self, tag: records.TagEvent) -> None:
-        if tag.tag_id in self._tag_ids:
-            return  # at-least-once delivery: a tag is shown once
-        self._tag_ids.add(tag.tag_id)
-        self.tags.append(
-            tag.model_dump(
-                include={
-                    "ts_us",
-                    "performer_id",
-                    "tag_id",
-                    "rater_id",
-                    "rater_role",
-                    "action",
-                    "label",
-                    "intensity",
-                    "span_us",
-                    "onset_tag_id",
-                    "undoes_tag_id",
-                }
-            )
-        )
+        # A re-delivered tag, or one that bears on no known point or hold (an undo or an
+        # offset ahead of its tag): nothing to show yet.
+        mark_id = self._tag_set.add(tag)
+        if mark_id is None:
+            return
+        interval = self._tag_set.interval(mark_id)
+        known = self.marks.get(mark_id)
+        if interval is None:
+            if known is None:
+                return  # withdrawn before it was ever shown
+            mark = self._tag_set.get(mark_id)
+            performer_id = tag.performer_id if mark is None else mark.performer_id
+            shown = {"tag_id": mark_id, "performer_id": performer_id, "removed": True}
+        else:
+            shown = dataclasses.asdict(interval)
+            # The newest key press behind it (the press, key-down or key-up): when the
+            # rater last acted on it, for the page's note of the newest tag.
+            pressed = (self._tag_set.get(mark_id), self._tag_set.get(interval.offset_tag_id or ""))
+            shown["ts_us"] = max(t.ts_us for t in pressed if t is not None)
+        if known is not None and known[1] == shown:
+            return
+        self.marks.pop(mark_id, None)  # re-inserted last: the newest change
+        self.marks[mark_id] = (self._next(), shown)
 
     def add_label(self, window: records.LabelWindow) -> None:
         performer = self._performer(window.performer_id)
@@ -266,9 +285,12 @@ class SessionView:
                 performers[performer_id] = entry
         if performers:
             update["performers"] = performers
-        if cursor.tags < len(self.tags):
-            update["tags"] = self.tags[cursor.tags :]
-            cursor.tags = len(self.tags)
+        newest_mark = next(reversed(self.marks.values()))[0] if self.marks else 0
+        if newest_mark > cursor.tags:
+            marks = self._marks_since(cursor.tags)
+            if marks:
+                update["tags"] = marks
+            cursor.tags = newest_mark
         consensus = [point for seq, point in self.consensus if seq > cursor.consensus]
         if consensus:
             update["consensus"] = consensus
@@ -289,6 +311,18 @@ class SessionView:
         if not update:
             return None
         return {"type": "update", "now_us": now_us, **update}
+
+    def _marks_since(self, seq: int) -> list[dict[str, Any]]:
+        """What changed about points and holds after ``seq``, oldest change first."""
+        news = []
+        for mark_seq, shown in reversed(self.marks.values()):
+            if mark_seq <= seq:
+                break
+            if seq == 0 and shown.get("removed"):
+                continue  # a client that was shown nothing yet need not hear of it
+            news.append(shown)
+        news.reverse()
+        return news
 
 
 RATE_SPAN_US = 5_000_000

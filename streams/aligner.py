@@ -290,14 +290,16 @@ def add_aligner(
     published_counters: dict[str, dict[str, int]] = {}
 
     async def seed_counters(partitions: set[int]) -> int:
-        """The counts earlier instances published for the performers on these partitions."""
+        """Carry on from the counts earlier instances published for the performers on
+        these partitions (their windows within the grace are then read back and counted)."""
         seeded = 0
         found = await health.read_counters(settings, session.session_id)
         for (_, performer_id, source), record in found.items():
             partition = health.performer_partition(settings, session.session_id, performer_id)
             if source == "aligner" and partition in partitions:
-                aligner.seed_counters(performer_id, record.counters)
-                seeded += 1
+                seeded += aligner.seed_counters(
+                    performer_id, record.carried, record.carried_through_us, _now_us()
+                )
         return seeded
 
     @app.on_partitions_assigned.connect
@@ -367,7 +369,7 @@ def add_aligner(
         # Under the step lock, so the counts go out with the windows they count.
         await restored.wait()
         async with step:
-            for performer_id, counts in aligner.performer_counters().items():
+            for performer_id, (counts, carried, through_us) in aligner.performer_counters().items():
                 if published_counters.get(performer_id) == counts:
                     continue
                 record = records.PipelineCounters(
@@ -376,6 +378,8 @@ def add_aligner(
                     performer_id=performer_id,
                     source="aligner",
                     counters=counts,
+                    carried=carried,
+                    carried_through_us=through_us,
                 )
                 await emit(health_topic, record)
                 published_counters[performer_id] = counts

@@ -3,6 +3,8 @@
 Each performer's session-clock timeline is cut into fixed windows ``[k*W, (k+1)*W)``. A
 window collects the prosody hops and face frames whose ``ts_us`` fall in it, and the tags
 whose intervals overlap it, and goes out as one :class:`~streams.records.LabelWindow`.
+A tag's interval is what :mod:`streams.tag_rules` says it covers, the rule the export
+and the dashboard follow too.
 
 Why sans-I/O: the hard parts (waiting for lagging streams, pairing holds, correcting
 windows already sent when a tag arrives late) are pure bookkeeping on event times, and
@@ -163,6 +165,10 @@ class _SentWindow:
     labels: tuple[_Active, ...]
     revision: int
     missing: dict[FeatureStream, StreamGap] = field(default_factory=dict)
+    # What its first revision said (the counters are made of the windows, see _tally).
+    first_missing: bool = False
+    first_without_media: bool = False
+    first_frames: int = 0
     # What the window had of each missing stream (a stream may stop in mid-window): its
     # late frames are summarised together with these.
     partial_hops: dict[int, _Hop] = field(default_factory=dict)
@@ -193,6 +199,12 @@ class _PerformerTrack:
     # None: a frame skipped on purpose (the window had video, so it exists, and says so).
     sights: dict[int, dict[int, _Sight | None]] = field(default_factory=dict)
     revisable: set[int] = field(default_factory=set)
+    # Counts of the windows that left the grace (they can no longer change), and the
+    # window below which they are all in it.
+    settled: dict[str, int] = field(default_factory=dict)
+    settled_through: int = 0
+    # Windows below it went out before a restart (restore): their frames come again.
+    restored_through: int = 0
     marks: dict[str, _Mark] = field(default_factory=dict)
     by_window: dict[int, set[str]] = field(default_factory=dict)  # closed marks only
     open_holds: set[str] = field(default_factory=set)
@@ -201,6 +213,9 @@ class _PerformerTrack:
     pending_offsets: dict[str, set[str]] = field(default_factory=dict)
     sent: dict[int, _SentWindow] = field(default_factory=dict)  # in window order (mostly)
 
+
+# Per-performer counters that are events, not made of the windows (see _tally).
+_PERFORMER_EVENTS = ("late_features_lost", "duplicate_features")
 
 _COUNTERS = (
     "windows_emitted",
@@ -237,9 +252,9 @@ class SessionAligner:
         self._tag_set = TagSet(config.max_hold_us)
         self._forget_queue: list[tuple[int, str]] = []
         self._counts = dict.fromkeys(_COUNTERS, 0)
-        # The same counters per performer (those about one performer's data), for the
-        # session's health record: cumulative, seeded after a restart (seed_counters).
-        self._performer_counts: dict[str, dict[str, int]] = {}
+        # Per performer, the events counted (late features lost, late tags...) and what
+        # an earlier instance carried over: see performer_counters.
+        self._carried: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -360,6 +375,7 @@ class SessionAligner:
         """
         width = self._config.window_us
         newest: dict[tuple[str, int], LabelWindow] = {}
+        openings: dict[tuple[str, int], LabelWindow] = {}  # each window's first revision
         for window in windows:
             if window.session_id != self.session_id or window.window_us != width:
                 continue
@@ -368,6 +384,9 @@ class SessionAligner:
             # The first copy of a revision is the one consumers keep.
             if known is None or window.revision > known.revision:
                 newest[identity] = window
+            earliest = openings.get(identity)
+            if earliest is None or window.revision < earliest.revision:
+                openings[identity] = window
         spans: dict[str, tuple[str, int, int, str, Role, str, Intensity]] = {}
         for (performer_id, ts_us), window in newest.items():
             index = ts_us // width
@@ -402,13 +421,21 @@ class SessionAligner:
             index = ts_us // width
             track = self._track(performer_id, now_us)
             kept = track.sent.get(index)
-            if index >= oldest and (kept is None or kept.revision < window.revision):
-                track.sent[index] = _SentWindow(
+            if kept is None or kept.revision < window.revision:
+                opening = openings.get((performer_id, ts_us), window)
+                restored = _SentWindow(
                     window.features,
                     self._labels_at(track, index),
                     window.revision,
                     dict(window.missing),
+                    first_missing=bool(opening.missing),
+                    first_without_media=_without_media(opening.missing, opening.features),
+                    first_frames=_frames(opening.features),
                 )
+                if index >= oldest:
+                    track.sent[index] = restored
+                elif kept is None:
+                    self._settle_window(track, index, restored)
             # The streams the windows show were delivering: waited for restart_wait_us as
             # if they had just delivered, until their re-read records arrive.
             waited_until = now_us + self._config.restart_wait_us - self._config.feature_wait_us
@@ -426,6 +453,7 @@ class SessionAligner:
                 track.revisable.clear()
                 track.next_window = index + 1
             track.passed_any = True
+            track.restored_through = max(track.restored_through, index + 1)
         for track in self._tracks.values():
             self._refresh_due(track)
         self._counts["restored_windows"] += len(newest)
@@ -473,27 +501,56 @@ class SessionAligner:
         """Drop a performer's state (e.g. they left); their tag ids expire on their own."""
         self._tracks.pop(performer_id, None)
 
-    def performer_counters(self) -> dict[str, dict[str, int]]:
-        """Each performer's counters (cumulative, seeds included)."""
-        return {performer: dict(counts) for performer, counts in self._performer_counts.items()}
+    def performer_counters(self) -> dict[str, tuple[dict[str, int], dict[str, int], int]]:
+        """Each performer's counters for the session health record: (the counters, the
+        part a successor carries on from, and the session-clock instant the carried part
+        covers the windows before).
 
-    def seed_counters(self, performer_id: str, counters: dict[str, int]) -> None:
-        """Counts an earlier instance published for the performer (taken over after a
-        restart or a rebalance): counters only grow, so each keeps the larger value."""
-        counts = self._performer_counts.setdefault(performer_id, {})
-        for name, value in counters.items():
-            counts[name] = max(counts.get(name, 0), value)
+        Window counters are made of the windows themselves (emitted, incomplete, without
+        media, revisions, late features they took in, the frames they summarise): those
+        still within the grace are counted from the windows kept, so a successor that
+        reads them back from livetag.labels counts them the same; only the counts of older
+        windows and of events (late features lost, late tags) are carried over."""
+        width = self._config.window_us
+        out: dict[str, tuple[dict[str, int], dict[str, int], int]] = {}
+        for performer_id in {*self._carried, *self._tracks}:
+            carried = dict(self._carried.get(performer_id, {}))
+            track = self._tracks.get(performer_id)
+            through = 0
+            totals = dict(carried)
+            if track is not None:
+                _add_counts(carried, track.settled)
+                through = track.settled_through * width
+                totals = dict(carried)
+                for sent in track.sent.values():
+                    _add_counts(totals, _tally(sent))
+            out[performer_id] = (totals, carried, through)
+        return out
+
+    def seed_counters(
+        self, performer_id: str, carried: dict[str, int], carried_through_us: int, now_us: int
+    ) -> bool:
+        """Carry on from what an earlier instance published for the performer (after a
+        restart, before its windows are read back: see restore). Only into a performer
+        this instance knows nothing of: one it counted itself keeps its own counts."""
+        if performer_id in self._carried or performer_id in self._tracks:
+            return False
+        self._carried[performer_id] = dict(carried)
+        track = self._track(performer_id, now_us)
+        track.settled_through = carried_through_us // self._config.window_us
+        return True
 
     def count_for(self, performer_id: str, name: str, n: int = 1) -> None:
-        """Count, for the performer only, what the caller decides (a late tag it
-        dead-letters: the tag's memo is gone by then)."""
-        counts = self._performer_counts.setdefault(performer_id, {})
+        """Count an event about the performer (a late tag the caller dead-letters)."""
+        counts = self._carried.setdefault(performer_id, {})
         counts[name] = counts.get(name, 0) + n
 
     def _count(self, track: _PerformerTrack, name: str, n: int = 1) -> None:
+        """Count in the aligner's stats; events (not made of the windows) per performer too."""
         if n:
             self._counts[name] += n
-            self.count_for(track.performer_id, name, n)
+            if name in _PERFORMER_EVENTS:
+                self.count_for(track.performer_id, name, n)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -543,8 +600,14 @@ class SessionAligner:
     ) -> None:
         window = ts_us // self._config.window_us
         if window < self._note_start(track, ts_us):
-            self._count(track, "late_features")
             sent = track.sent.get(window)
+            if window < track.restored_through:
+                # Read again after a restart: the window went out from an earlier instance,
+                # which may have had it (what it had of a late stream is not known here,
+                # so a restored window is not revised by features, only by tags).
+                self._count(track, "duplicate_features")
+                return
+            self._count(track, "late_features")
             if sent is None or stream not in sent.missing:
                 # Past the grace, or the window had this stream complete (a straggler
                 # behind its own stream's watermark): nothing can take it any more.
@@ -715,7 +778,11 @@ class SessionAligner:
                 # Skipped when it passed (no features, no labels); now it has labels.
                 if not labels:
                     continue
-                sent = track.sent[window] = _SentWindow(WindowFeatures(), labels, 0)
+                # Before the performer's first captured instant: no media there.
+                gaps: dict[FeatureStream, StreamGap] = dict.fromkeys(FEATURE_STREAMS, "no_media")
+                sent = track.sent[window] = _SentWindow(
+                    WindowFeatures(), labels, 0, gaps, first_missing=True, first_without_media=True
+                )
                 self._count(track, "windows_emitted")
             elif _visible(sent.labels) == _visible(labels):
                 sent.labels = labels  # the same labels (a restored span became its tag)
@@ -847,7 +914,15 @@ class SessionAligner:
                     continue  # the stream ended inside the window: it has all there was
                 missing[stream] = gap
         features = WindowFeatures(**_prosody_summary(hops), **_face_summary(sights, config))
-        sent = track.sent[window] = _SentWindow(features, labels, 0, missing)
+        sent = track.sent[window] = _SentWindow(
+            features,
+            labels,
+            0,
+            missing,
+            first_missing=bool(missing),
+            first_without_media=_without_media(missing, features),
+            first_frames=_frames(features),
+        )
         # What a stream that is missing had of the window: its late frames join these.
         if "prosody" in missing:
             sent.partial_hops = hops
@@ -917,7 +992,13 @@ class SessionAligner:
             window = next(iter(sent))
             if window >= oldest:
                 break
-            del sent[window]
+            self._settle_window(track, window, sent.pop(window))
+
+    def _settle_window(self, track: _PerformerTrack, window: int, sent: _SentWindow) -> None:
+        """A window left the grace: its counts are final."""
+        if window >= track.settled_through:
+            _add_counts(track.settled, _tally(sent))
+            track.settled_through = window + 1
 
     def _record(
         self, track: _PerformerTrack, window: int, sent: _SentWindow, *, correction: bool
@@ -1037,3 +1118,32 @@ def _face_summary(sights: dict[int, _Sight | None], config: AlignerConfig) -> di
             roll_deg=round(_mean([p[2] for p in poses]), 3),
         )
     return summary
+
+
+def _frames(features: WindowFeatures) -> int:
+    """The feature frames a window summarises (skipped face frames included)."""
+    return features.prosody_hops + features.face_frames + features.face_frames_skipped
+
+
+def _without_media(missing: dict[FeatureStream, StreamGap], features: WindowFeatures) -> bool:
+    return len(missing) == len(FEATURE_STREAMS) and _frames(features) == 0
+
+
+def _tally(sent: _SentWindow) -> dict[str, int]:
+    """What one emitted window adds to its performer's counters."""
+    features = sent.features
+    return {
+        "windows_emitted": 1,
+        "windows_incomplete": int(sent.first_missing),
+        "windows_without_media": int(sent.first_without_media),
+        "window_revisions": sent.revision,
+        "late_features_revised": max(0, _frames(features) - sent.first_frames),
+        "prosody_hops": features.prosody_hops,
+        "face_frames": features.face_frames,
+        "face_frames_skipped": features.face_frames_skipped,
+    }
+
+
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for name, value in counts.items():
+        into[name] = into.get(name, 0) + value

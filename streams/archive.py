@@ -10,8 +10,9 @@ Layout of ``data_dir/SESSION_ID/``::
     media/PERFORMER.mkv                 MJPEG video + 16 kHz PCM audio, media time 0 = t0_us
     media/PERFORMER.video.parquet       per frame: its ts_us, seq, timing, rtp_timestamp
     media/PERFORMER.audio.parquet       per 20 ms chunk: its ts_us, seq, sample_count
-    manifest.json                       session, t0_us, performers, raters, takes,
-                                        versions, counts and a sha256 of every file
+    manifest.json                       session, t0_us, performers, raters, takes, the
+                                        limit on a hold (tag_max_hold_us), versions,
+                                        counts and a sha256 of every file
 
 Crash safety: a part is written to a temporary name, fsynced and renamed, and only then
 are the Kafka offsets in it committed; a part's name is its partition and offset range.
@@ -43,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infra.settings import Settings
-from streams import records
+from streams import records, tag_rules
 
 __all__ = [
     "KINDS",
@@ -272,8 +273,12 @@ def build_archive(
     *,
     software: dict[str, str],
     keep_parts: bool = False,
+    tag_max_hold_us: int = tag_rules.DEFAULT_MAX_HOLD_US,
 ) -> dict[str, Any]:
-    """Turn the raw parts into the archive's files and manifest (idempotent)."""
+    """Turn the raw parts into the archive's files and manifest (idempotent).
+
+    ``tag_max_hold_us``: the limit on a hold the session was labelled with; the manifest
+    keeps it so an export draws every tag as the label windows have it."""
     if not (folder / "parts").is_dir() and (folder / "tags.parquet").is_file():
         # Built before (a crash after the build, before the session was marked archived):
         # never rebuild from nothing over the good files.
@@ -319,6 +324,7 @@ def build_archive(
         "performers": performers,
         "raters": _raters(decoded["tags"]),
         "takes": [take.model_dump() for take in session.takes],
+        "tag_max_hold_us": tag_max_hold_us,
         "software": software,
         "counts": counts,
         "files": {},

@@ -21,12 +21,17 @@
     milliseconds from media start: ``(ts_us - manifest["t0_us"]) / 1000``, rounded,
     negative times clamped to 0 and every annotation at least 1 ms long. Tiers:
 
-    - ``PERFORMER/RATER`` for each rater who tagged that performer: a point tag spans
-      ``[ts - span/2, ts + span/2)``; a hold runs from its onset to its offset (an onset
-      without an offset runs 30 s, or to the session's last archived timestamp if that
-      comes first). The value is the label, plus ``" (strong)"`` for a strong tag.
-      Undone tags are left out; undoing an onset or an offset removes the whole hold
-      (there is no redo: an undo of an undo changes nothing).
+    - ``PERFORMER/RATER`` for each rater who tagged that performer: each tag covers
+      what it covers in the label windows, by the one rule of :mod:`streams.tag_rules`
+      with the session's ``tag_max_hold_us`` from the manifest (30 s for archives that
+      do not record it): a point tag spans ``[ts - span // 2, ts - span // 2 + span)``
+      (span capped at the limit on a hold, moved to start at 0 if it would start before
+      the session clock's 0); a hold runs from its onset to the earliest offset of the
+      same rater, at most the limit, and a hold without one runs the whole limit. The
+      value is the label, plus ``" (strong)"`` for a strong tag. Undone tags are left
+      out (an undo counts only from the rater who made the tag); undoing an onset or any
+      offset of a hold removes the whole hold (there is no redo: an undo of an undo
+      changes nothing). The result does not depend on the tags' order in the archive.
       ELAN does not allow annotations on one tier to overlap, so when a rater's tags
       overlap, the later ones go to overflow tiers ``PERFORMER/RATER~2``, ``~3``...
     - ``PERFORMER/consensus`` from the label windows (newest revision of each), with
@@ -62,7 +67,7 @@ from typing import Any, Final, Literal
 import pyarrow.parquet as pq
 from pympi.Elan import Eaf
 
-from streams import archive, records
+from streams import archive, records, tag_rules
 
 __all__ = [
     "FORMATS",
@@ -75,8 +80,6 @@ __all__ = [
 
 Format = Literal["jsonl", "parquet", "csv", "eaf"]
 FORMATS: Final[tuple[str, ...]] = ("jsonl", "parquet", "csv", "eaf")
-#: How long an onset without an offset lasts in the ELAN export, at most.
-OPEN_HOLD_US: Final = 30_000_000
 CONSENSUS_TIER: Final = "consensus"
 _MKV_MIME: Final = "video/x-matroska"
 
@@ -254,47 +257,34 @@ class _Span:
     value: str
 
 
-def _tag_value(tag: records.TagEvent) -> str:
-    label = tag.label or ""
-    return f"{label} (strong)" if tag.intensity == "strong" else label
+def _tag_value(interval: tag_rules.TagInterval) -> str:
+    label = interval.label
+    return f"{label} (strong)" if interval.intensity == "strong" else label
 
 
 def _tag_spans(
-    tags: Sequence[records.TagEvent], last_us: int
+    tags: Sequence[records.TagEvent], max_hold_us: int
 ) -> dict[tuple[str, str], list[_Span]]:
-    """Per (performer, rater): the spans of the tags still standing (undos applied)."""
-    undone = {t.undoes_tag_id for t in tags if t.action == "undo"}
-    offsets: dict[str, records.TagEvent] = {}
-    dropped_holds: set[str] = set()
-    for tag in tags:
-        if tag.action != "offset" or tag.onset_tag_id is None:
-            continue
-        if tag.tag_id in undone:
-            dropped_holds.add(tag.onset_tag_id)
-            continue
-        earlier = offsets.get(tag.onset_tag_id)
-        if earlier is None or tag.ts_us < earlier.ts_us:
-            offsets[tag.onset_tag_id] = tag
-    spans: dict[tuple[str, str], list[_Span]] = {}
-    for tag in sorted(tags, key=lambda t: (t.ts_us, t.tag_id)):
-        bucket = spans.setdefault((tag.performer_id, tag.rater_id), [])
-        if tag.tag_id in undone:
-            continue
-        if tag.action == "point":
-            span = tag.span_us or 0
-            bucket.append(
-                _Span(tag.ts_us - span // 2, tag.ts_us + (span - span // 2), _tag_value(tag))
-            )
-        elif tag.action == "onset" and tag.tag_id not in dropped_holds:
-            offset = offsets.get(tag.tag_id)
-            if offset is not None:
-                end = offset.ts_us
-            else:
-                end = tag.ts_us + OPEN_HOLD_US
-                if last_us > tag.ts_us:
-                    end = min(end, last_us)
-            bucket.append(_Span(tag.ts_us, end, _tag_value(tag)))
+    """Per (performer, rater): what their tags still standing cover, by the rule the
+    label windows follow (streams.tag_rules), so the tiers and the consensus agree."""
+    # Every rater who tagged the performer keeps a tier, even if all of it was undone.
+    spans: dict[tuple[str, str], list[_Span]] = {
+        (tag.performer_id, tag.rater_id): [] for tag in tags
+    }
+    for interval in tag_rules.tag_intervals(tags, max_hold_us=max_hold_us):
+        spans[(interval.performer_id, interval.rater_id)].append(
+            _Span(interval.start_us, interval.end_us, _tag_value(interval))
+        )
     return spans
+
+
+def _max_hold_us(manifest: dict[str, Any]) -> int:
+    """The limit on a hold the session's labels were made with (archives built before it
+    was recorded: the default, which they were made with unless configured otherwise)."""
+    value = manifest.get("tag_max_hold_us")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return tag_rules.DEFAULT_MAX_HOLD_US
 
 
 def _consensus_spans(windows: Sequence[records.LabelWindow]) -> dict[str, list[_Span]]:
@@ -318,18 +308,6 @@ def _consensus_spans(windows: Sequence[records.LabelWindow]) -> dict[str, list[_
                 runs.append(_Span(window.ts_us, end, window.consensus))
         out[performer] = runs
     return out
-
-
-def _last_us(folder: Path, manifest: dict[str, Any]) -> int:
-    """The session's last archived timestamp (records and media)."""
-    last = int(manifest["t0_us"])
-    for kind in archive.KINDS:
-        for record in archive.read_records(folder, kind):
-            last = max(last, record.ts_us)
-    for media in manifest.get("performers", {}).values():
-        if media.get("last_ts_us") is not None:
-            last = max(last, int(media["last_ts_us"]))
-    return last
 
 
 def _lanes(spans: Iterable[tuple[int, int, str]]) -> list[list[tuple[int, int, str]]]:
@@ -360,7 +338,7 @@ def _export_eaf(folder: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
         return out
 
     tags: list[records.TagEvent] = archive.read_records(folder, "tags")
-    tag_spans = _tag_spans(tags, _last_us(folder, manifest))
+    tag_spans = _tag_spans(tags, _max_hold_us(manifest))
     consensus = _consensus_spans(_latest(folder))
     performers = {p["performer_id"] for p in manifest["session"].get("roster", [])}
     performers |= set(manifest.get("performers", {}))

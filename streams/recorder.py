@@ -247,7 +247,12 @@ class SessionRecorder:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if (self.folder / archive.MANIFEST).is_file():
                 return False  # another recorder of the group built it
-            archive.build_archive(self.folder, session, software=software_versions())
+            archive.build_archive(
+                self.folder,
+                session,
+                software=software_versions(),
+                tag_max_hold_us=self.settings.tag_max_hold_ms * 1000,
+            )
             return True
 
 

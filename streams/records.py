@@ -600,6 +600,17 @@ class PipelineCounters(PerformerRecord):
     record_type: ClassVar[str] = "pipeline_counters"
     source: CounterSource
     counters: dict[CounterName, Annotated[StrictInt, Field(ge=0)]]
+    carried: dict[CounterName, Annotated[StrictInt, Field(ge=0)]] = Field(
+        default={},
+        description=(
+            "For the service's successor after a restart: the part of the counters it "
+            "carries on from (the aligner counts the windows still open to revision anew "
+            "from livetag.labels)."
+        ),
+    )
+    carried_through_us: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="The carried part covers the label windows before this instant."
+    )
 
     @property
     def key(self) -> bytes:

@@ -10,7 +10,24 @@
 (function () {
   const KEEP_US = 60e6; // drawing buffers keep 60 s
   const PROSODY_CAP = 8192; // points per performer (ring buffer)
-  const FACE_STALE_US = 1e6;
+  // The mesh is drawn at the face stream's own latency: the largest arrival latency of
+  // its records over the last second, so the jitter of fetches and update ticks (a few
+  // 100 ms) does not stutter the playback, and a stream that catches up is followed
+  // within a second (a longer span would keep a current stream drawn needlessly old).
+  const FACE_DELAY_SPAN_MS = 1000;
+  const FACE_BUFFER_MAX = 200; // face records waiting to be drawn (13 s at 15 fps)
+  // An old mesh fades, from full opacity at 0.5 s to a floor at 5 s, and stays visible:
+  // a late mesh is information (the analysis runs behind), a blank one is not.
+  const MESH_FADE_FROM_US = 0.5e6;
+  const MESH_FADE_TO_US = 5e6;
+  const MESH_MIN_OPACITY = 0.3;
+  // Lane ages: labels refresh at 4 Hz; colour from these ages up.
+  const AGE_LABEL_MS = 250;
+  const AGE_WARN_US = 0.6e6;
+  const AGE_BAD_US = 2e6;
+  const VIDEO_RTP_HZ = 90000; // the RTP clock of video (VP8)
+  // Update samples of the server clock kept for its estimate (see syncClock).
+  const CLOCK_SPAN_MS = 20000;
   const F0_MIN = 60;
   const F0_MAX = 500;
   const DB_MIN = -70;
@@ -73,6 +90,7 @@
     panels: new Map(), // performer_id -> panel
     edges: new Uint16Array(0),
     clockOffsetUs: null, // session clock minus performance.now() (µs)
+    clockSamples: [], // {perf, offset} of recent updates, offsets decreasing (see syncClock)
     session: { state: null, takes: [], presence: [] },
     sessionId: null,
     scriptsStarted: false,
@@ -120,10 +138,22 @@
   }
 
   // ---- session clock ----------------------------------------------------------------
+  // Every update carries the server's clock when it was built, and reaches this page later
+  // by however long its delivery took (longer on a busy machine): each sample is behind the
+  // true offset, never ahead. The estimate is the largest sample of the last 20 s, the
+  // least delayed one (minimum-delay filtering, as the call's clock sync does); the window
+  // lets drift and a stepped server clock through. A late sample no longer drags the
+  // estimate back, which would understate every lane's age.
   function syncClock(nowUs) {
-    const offset = nowUs - performance.now() * 1000;
-    if (dash.clockOffsetUs === null || Math.abs(offset - dash.clockOffsetUs) > 250e3) dash.clockOffsetUs = offset;
-    else dash.clockOffsetUs += (offset - dash.clockOffsetUs) * 0.1;
+    const perf = performance.now();
+    const offset = nowUs - perf * 1000;
+    const samples = dash.clockSamples;
+    while (samples.length && samples[0].perf < perf - CLOCK_SPAN_MS) samples.shift();
+    // A sample below a newer one can never be the largest again: dropped, so the first
+    // kept sample is always the largest of the window.
+    while (samples.length && samples[samples.length - 1].offset <= offset) samples.pop();
+    samples.push({ perf, offset });
+    dash.clockOffsetUs = samples[0].offset;
   }
 
   function sessionNowUs() {
@@ -299,6 +329,11 @@
       meshDraws: 0,
       blendshapes: {},
       pitchChartDraws: 0,
+      // age (ms) of what each lane draws, null when it draws nothing; see updateLaneAges
+      ages: { video: null, mesh: null, prosody: null, tags: null },
+      meshDelayMs: null, // the face stream's latency the mesh is drawn at
+      meshFaceTsUs: null, // ts_us of the face record drawn
+      meshOpacity: 1,
     };
     hooks.performers[performerId] = hook;
     const drawnIds = [];
@@ -335,20 +370,26 @@
       head: 0,
       count: 0,
       lastTs: -Infinity,
-      // face
-      xy: new Float32Array(2000),
+      // face: records in ts_us order waiting to be drawn (the first is the one drawn
+      // once drawing started), the record drawn, and the stream's latency
+      faces: [],
+      face: null,
+      faceLatency: [], // {perf, us} of recent arrivals, latencies decreasing (windowed max)
+      faceDelayUs: 0,
+      xy: new Float32Array(2000), // the drawn record's landmarks, decoded
       faceCount: 0,
-      faceTs: 0,
-      facePresent: false,
+      meshOpacity: 1,
       meshDirty: false,
-      meshShown: false,
       lastVw: 0,
       lastVh: 0,
+      // video: the frame on screen's capture instant, estimated (see noteVideoFrame)
+      videoClock: null,
+      // lane ages
+      ageEls: null,
+      agesPerf: 0,
+      newestTagTs: null,
       // tags
-      items: new Map(), // tag_id (point or onset) -> item
-      seen: new Map(), // tag_id -> ts_us of every tag record handled (idempotency)
-      pendingOffsets: new Map(), // onset tag_id -> {ts, id}
-      pendingUndos: new Map(), // undone tag_id -> ts_us
+      items: new Map(), // tag_id (point or onset) -> item, as the server decided it
       lanes: [], // {key, label, self}
       laneCount: -1,
       // consensus: window_ts_us -> [pid, ts, window_us, label, agreement]
@@ -357,6 +398,7 @@
     root._panel = panel;
     mesh._panel = panel;
     slot._canvas = mesh;
+    attachLaneAges(panel, pitchWrap, timelineWrap);
 
     sound.addEventListener("click", () => {
       if (!panel.video) return;
@@ -410,11 +452,13 @@
     if (panel.figure && panel.figure !== figure && panel.figure.parentNode === panel.slot) panel.figure.remove();
     panel.slot.insertBefore(figure, panel.mesh);
     panel.figure = figure;
+    const previousVideo = panel.video;
     panel.video = figure.querySelector("video");
     panel.waiting.hidden = true;
     panel.meshDirty = true;
     const video = panel.video;
     if (video) {
+      if (video !== previousVideo) watchVideoFrames(panel, video);
       video.addEventListener("resize", () => {
         panel.meshDirty = true;
       });
@@ -455,6 +499,7 @@
     if (panel.figure && !panel.figure.isConnected) {
       panel.figure = null;
       panel.video = null;
+      panel.videoClock = null;
       panel.waiting.hidden = false;
       panel.meshDirty = true;
       updateSoundButton(panel);
@@ -509,26 +554,86 @@
   }
 
   // ---- face -------------------------------------------------------------------------
+  // A face record arrives: buffered until the lane's delay reaches it, and its arrival
+  // latency (on the session clock) updates the delay.
   function setFace(panel, face) {
     if (!face || typeof face !== "object") return;
-    const ts = Number(face.ts_us) || 0;
-    if (ts < panel.faceTs) return;
-    panel.faceTs = ts;
-    panel.facePresent = face.face_present === true;
+    const ts = Number(face.ts_us);
+    if (!Number.isFinite(ts)) return;
+    const faces = panel.faces;
+    const newest = faces.length ? faces[faces.length - 1].ts : panel.face ? panel.face.ts : -Infinity;
+    if (ts <= newest) return; // re-delivered, or older than what is drawn already
     let data = face.landmarks;
     if (data && typeof data === "object") data = data.data; // a Landmarks record
-    panel.faceCount = panel.facePresent ? decodeLandmarks(data, panel.xy) : 0;
-    panel.meshDirty = true;
+    const present = face.face_present === true;
+    faces.push({
+      ts,
+      present,
+      landmarks: present && typeof data === "string" ? data : null, // decoded when drawn
+      blendshapes: face.blendshapes && typeof face.blendshapes === "object" ? face.blendshapes : {},
+      pose: face.head_pose || null,
+    });
+    if (faces.length > FACE_BUFFER_MAX) faces.splice(0, faces.length - FACE_BUFFER_MAX);
+    const now = sessionNowUs();
+    if (now !== null) noteFaceLatency(panel, now - ts);
+  }
 
-    const blend = face.blendshapes && typeof face.blendshapes === "object" ? face.blendshapes : {};
+  // The face stream's current latency: the largest arrival latency of the last second. A
+  // stream arriving 2 s late is then drawn continuously 2 s behind, frame after frame,
+  // instead of jumping to each newest record as it lands; a stream that stops arriving
+  // keeps its last delay (its last record stays drawn, ageing).
+  function noteFaceLatency(panel, latencyUs) {
+    const perf = performance.now();
+    const samples = panel.faceLatency;
+    while (samples.length && samples[0].perf < perf - FACE_DELAY_SPAN_MS) samples.shift();
+    while (samples.length && samples[samples.length - 1].us <= latencyUs) samples.pop();
+    samples.push({ perf, us: latencyUs });
+    panel.faceDelayUs = Math.max(0, samples[0].us);
+    panel.hook.meshDelayMs = Math.round(panel.faceDelayUs / 1000);
+  }
+
+  // The record to draw now: the newest one captured at or before now minus the lane's
+  // delay. Never an older one than is drawn (a growing delay holds the mesh instead of
+  // playing it backwards), and never nothing once something was drawn.
+  function pickFace(panel, now) {
+    const faces = panel.faces;
+    if (!faces.length) return;
+    const target = now - panel.faceDelayUs;
+    let pick = -1;
+    for (let i = faces.length - 1; i >= 0; i -= 1) {
+      if (faces[i].ts <= target) {
+        pick = i;
+        break;
+      }
+    }
+    if (pick < 0) {
+      if (panel.face) return;
+      pick = 0; // nothing is that old yet: the oldest there is, rather than a blank
+    }
+    const face = faces[pick];
+    faces.splice(0, pick); // the older ones will never be drawn
+    if (face === panel.face) return;
+    panel.face = face;
+    panel.faceCount = face.present ? decodeLandmarks(face.landmarks, panel.xy) : 0;
+    face.landmarks = null; // decoded: the string is not needed any more
+    panel.meshDirty = true;
+    showFace(panel, face);
+  }
+
+  // Blendshape bars, head pose and face state of the record the mesh draws, so the side
+  // panel and the mesh always describe the same moment.
+  function showFace(panel, face) {
+    const present = face.present;
+    const blend = face.blendshapes;
     panel.hook.blendshapes = blend;
+    panel.hook.meshFaceTsUs = face.ts;
     const entries = Object.entries(blend)
       .filter((e) => typeof e[1] === "number")
       .sort((a, b) => b[1] - a[1]);
     for (let i = 0; i < BLEND_ROWS; i += 1) {
       const row = panel.blendRows[i];
       const entry = entries[i];
-      if (!entry || !panel.facePresent) {
+      if (!entry || !present) {
         if (row.name !== null) {
           row.name = null;
           row.label.textContent = "";
@@ -546,12 +651,19 @@
       row.fill.style.transform = `scaleX(${v.toFixed(3)})`;
       row.value.textContent = v.toFixed(2);
     }
-    const pose = face.head_pose;
-    panel.poseEl.textContent = pose && panel.facePresent
+    const pose = face.pose;
+    panel.poseEl.textContent = pose && present
       ? `yaw ${fmt(pose.yaw_deg, 1)}°  pitch ${fmt(pose.pitch_deg, 1)}°  roll ${fmt(pose.roll_deg, 1)}°`
       : "yaw —  pitch —  roll —";
-    panel.faceStateEl.textContent = panel.facePresent ? "face" : "no face";
-    panel.faceStateEl.dataset.present = panel.facePresent ? "1" : "0";
+    panel.faceStateEl.textContent = present ? "face" : "no face";
+    panel.faceStateEl.dataset.present = present ? "1" : "0";
+  }
+
+  // Opacity of a mesh of this age: full while current, fading to a floor, never hidden.
+  function meshOpacity(ageUs) {
+    if (!(ageUs > MESH_FADE_FROM_US)) return 1;
+    const faded = Math.min(1, (ageUs - MESH_FADE_FROM_US) / (MESH_FADE_TO_US - MESH_FADE_FROM_US));
+    return 1 - faded * (1 - MESH_MIN_OPACITY);
   }
 
   function drawMesh(panel, now) {
@@ -565,18 +677,21 @@
       panel.lastVh = vh;
       panel.meshDirty = true;
     }
-    const fresh = panel.facePresent && panel.faceCount > 0 && now !== null && now - panel.faceTs <= FACE_STALE_US;
-    if (!fresh) {
-      if (panel.meshShown || panel.meshDirty) {
-        beginCanvas(canvas);
-        panel.meshShown = false;
-        panel.meshDirty = false;
-        if (panel.facePresent && now !== null && now - panel.faceTs > FACE_STALE_US) panel.faceStateEl.textContent = "face (stale)";
+    if (now !== null) pickFace(panel, now);
+    const face = panel.face;
+    if (face && now !== null) {
+      // A CSS opacity, not a redraw: fading costs no stroke of the mesh.
+      const opacity = Math.round(meshOpacity(now - face.ts) * 20) / 20;
+      if (opacity !== panel.meshOpacity) {
+        panel.meshOpacity = opacity;
+        canvas.style.opacity = String(opacity);
+        panel.hook.meshOpacity = opacity;
       }
-      return;
     }
     if (!panel.meshDirty) return;
+    panel.meshDirty = false;
     const ctx = beginCanvas(canvas);
+    if (!face || panel.faceCount === 0) return; // no face in the drawn record: rightly blank
     const w = canvas._w;
     const h = canvas._h;
     // object-fit: contain: the picture is letterboxed inside the element box
@@ -607,10 +722,141 @@
       for (let i = 0; i < n; i += 1) ctx.rect(ox + xy[2 * i] * bw - 0.6, oy + xy[2 * i + 1] * bh - 0.6, 1.2, 1.2);
       ctx.fill();
     }
-    panel.meshShown = true;
-    panel.meshDirty = false;
     panel.hook.meshDraws += 1;
-    hooks.meshDrawn[panel.id] = { atUnixMs: performance.timeOrigin + performance.now(), faceTsUs: panel.faceTs };
+    hooks.meshDrawn[panel.id] = { atUnixMs: performance.timeOrigin + performance.now(), faceTsUs: face.ts };
+  }
+
+  // ---- video: the age of the frame on screen ---------------------------------------
+  // The page has no capture clock for the video it watches: the capture server's sender
+  // reports stamp when it forwarded a frame, and Chromium gives no captureTime to a
+  // receive-only page. What it has per frame is the RTP timestamp (the publisher's
+  // capture clock, origin unknown) and when the frame arrived. The fastest arrival seen
+  // so far fixes the origin: capture ≈ RTP time + the smallest (arrival - RTP time). The
+  // age is then how long ago the frame on screen was captured, less the path's minimum
+  // delay (tens of ms on a LAN), and it grows while the picture is frozen.
+  function watchVideoFrames(panel, video) {
+    panel.videoClock = null; // a new subscription: a new RTP origin and path
+    if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype)) return;
+    const onFrame = (_now, metadata) => {
+      if (panel.video !== video) return; // replaced: this watch ends
+      noteVideoFrame(panel, metadata);
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  function noteVideoFrame(panel, metadata) {
+    const rtp = metadata.rtpTimestamp;
+    if (typeof rtp !== "number") return; // not a WebRTC frame
+    const arrivedMs = typeof metadata.receiveTime === "number" ? metadata.receiveTime : metadata.expectedDisplayTime;
+    let clock = panel.videoClock;
+    if (clock) {
+      const step = (rtp - clock.rtp) | 0; // signed 32-bit difference: survives wrap-around
+      if (Math.abs(step) > VIDEO_RTP_HZ * 600) clock = null; // not the same stream any more
+      else {
+        clock.rtp = rtp;
+        clock.rtpMs += (step * 1000) / VIDEO_RTP_HZ;
+      }
+    }
+    if (!clock) clock = panel.videoClock = { rtp, rtpMs: 0, originMs: Infinity, captureMs: null };
+    clock.originMs = Math.min(clock.originMs, arrivedMs - clock.rtpMs);
+    clock.captureMs = clock.rtpMs + clock.originMs; // on performance.now()'s clock
+  }
+
+  // ---- lane ages --------------------------------------------------------------------
+  // Each lane says how old what it draws is: session now (this page's estimate of the
+  // server clock) minus the ts_us of the newest thing drawn. Late data is drawn late and
+  // labelled so, never dropped from view.
+  const LANE_TITLES = {
+    video:
+      "How long ago the frame on screen was captured, from its RTP timestamp against the " +
+      "fastest-arriving frames (the network's minimum delay is not counted)",
+    mesh: "How long ago the face record the mesh draws was captured (the mesh is drawn at the face stream's own latency)",
+    prosody: "How long ago the newest pitch/loudness point drawn was captured",
+    tags: "How long ago the newest tag on this performer happened (tags are events: an old one is no fault)",
+  };
+
+  function attachLaneAges(panel, pitchWrap, timelineWrap) {
+    const make = (lane) => {
+      const label = el("span", `lane-age lane-age-${lane} num`, "");
+      label.dataset.lane = lane;
+      label.dataset.level = "na";
+      label.title = LANE_TITLES[lane];
+      return label;
+    };
+    const ageEls = { video: make("video"), mesh: make("mesh"), prosody: make("prosody"), tags: make("tags") };
+    const onVideo = el("div", "video-ages");
+    onVideo.append(ageEls.video, ageEls.mesh);
+    panel.slot.append(onVideo);
+    pitchWrap.append(ageEls.prosody);
+    timelineWrap.insertBefore(ageEls.tags, timelineWrap.firstChild);
+    panel.ageEls = ageEls;
+  }
+
+  function ageText(us) {
+    const s = Math.max(0, us) / 1e6;
+    if (s < 10) return `${s.toFixed(1)} s`;
+    if (s < 120) return `${Math.round(s)} s`;
+    return `${Math.round(s / 60)} min`;
+  }
+
+  function ageLevel(us) {
+    if (us === null) return "na";
+    if (us > AGE_BAD_US) return "bad";
+    if (us > AGE_WARN_US) return "warn";
+    return "ok";
+  }
+
+  function showAge(panel, lane, us, text, level) {
+    const label = panel.ageEls[lane];
+    if (label.textContent !== text) label.textContent = text;
+    if (label.dataset.level !== level) label.dataset.level = level;
+    panel.hook.ages[lane] = us === null ? null : Math.round(us / 1000);
+  }
+
+  function updateLaneAges(panel, now, perfNow) {
+    if (perfNow - panel.agesPerf < AGE_LABEL_MS) return;
+    panel.agesPerf = perfNow;
+    const clock = panel.videoClock;
+    if (panel.video && clock && clock.captureMs !== null) {
+      const us = (perfNow - clock.captureMs) * 1000;
+      showAge(panel, "video", us, `video ${ageText(us)} behind`, ageLevel(us));
+    } else {
+      showAge(panel, "video", null, panel.video ? "video: no frame yet" : "video: none", "na");
+    }
+    if (now === null) return; // no update yet: the session clock is unknown
+    const face = panel.face;
+    if (face) {
+      const us = now - face.ts;
+      const text = `mesh ${ageText(us)} behind${face.present ? "" : " · no face"}`;
+      showAge(panel, "mesh", us, text, ageLevel(us));
+    } else {
+      showAge(panel, "mesh", null, "mesh: no face data yet", "na");
+    }
+    if (panel.count > 0) {
+      const us = now - panel.lastTs;
+      showAge(panel, "prosody", us, `prosody ${ageText(us)} behind`, ageLevel(us));
+    } else {
+      showAge(panel, "prosody", null, "prosody: none yet", "na");
+    }
+    if (panel.newestTagTs !== null) {
+      const us = now - panel.newestTagTs;
+      showAge(panel, "tags", us, `tags: newest ${ageText(us)} ago`, "info");
+    } else {
+      showAge(panel, "tags", null, "tags: none yet", "na");
+    }
+  }
+
+  // The newest tag instant per performer, for the tags lane's age: each tag entry's ts_us
+  // (its newest key press); a removal carries none, and removing a tag is no newer tag.
+  function noteTagTimes(tags) {
+    for (const tag of tags) {
+      if (!tag || typeof tag !== "object" || tag.removed) continue;
+      const panel = dash.panels.get(tag.performer_id);
+      const ts = Number(tag.ts_us);
+      if (!panel || !Number.isFinite(ts)) continue;
+      if (panel.newestTagTs === null || ts > panel.newestTagTs) panel.newestTagTs = ts;
+    }
   }
 
   // ---- charts -----------------------------------------------------------------------
@@ -778,76 +1024,31 @@
     panel.timeline.style.height = `${(Math.max(n, 1) + 1) * LANE_H + AXIS_H + 3}px`;
   }
 
-  function addTag(tag) {
-    if (!tag || typeof tag !== "object" || !tag.performer_id || !tag.tag_id) return;
-    const panel = panelFor(tag.performer_id);
-    if (panel.seen.has(tag.tag_id)) return;
-    const ts = Number(tag.ts_us) || 0;
-    panel.seen.set(tag.tag_id, ts);
-    switch (tag.action) {
-      case "point": {
-        if (panel.pendingUndos.has(tag.tag_id)) return;
-        const span = Number(tag.span_us) || 0;
-        panel.items.set(tag.tag_id, {
-          id: tag.tag_id,
-          offsetId: null,
-          lane: laneFor(panel, tag),
-          label: tag.label,
-          colour: colourOf(tag.label),
-          strong: tag.intensity === "strong",
-          start: ts - span / 2,
-          end: ts + span / 2,
-          hold: false,
-        });
-        break;
-      }
-      case "onset": {
-        if (panel.pendingUndos.has(tag.tag_id)) return;
-        const pending = panel.pendingOffsets.get(tag.tag_id);
-        if (pending) panel.pendingOffsets.delete(tag.tag_id);
-        panel.items.set(tag.tag_id, {
-          id: tag.tag_id,
-          offsetId: pending ? pending.id : null,
-          lane: laneFor(panel, tag),
-          label: tag.label,
-          colour: colourOf(tag.label),
-          strong: tag.intensity === "strong",
-          start: ts,
-          end: pending ? pending.ts : null,
-          hold: true,
-        });
-        break;
-      }
-      case "offset": {
-        const item = panel.items.get(tag.onset_tag_id);
-        if (item) {
-          item.end = Math.max(ts, item.start);
-          item.offsetId = tag.tag_id;
-        } else if (!panel.pendingUndos.has(tag.onset_tag_id)) {
-          panel.pendingOffsets.set(tag.onset_tag_id, { ts, id: tag.tag_id });
-        }
-        break;
-      }
-      case "undo": {
-        const target = tag.undoes_tag_id;
-        if (panel.items.has(target)) {
-          panel.items.delete(target);
-        } else {
-          let found = false;
-          for (const [id, item] of panel.items) {
-            if (item.offsetId === target) {
-              panel.items.delete(id);
-              found = true;
-              break;
-            }
-          }
-          if (!found) panel.pendingUndos.set(target, ts);
-        }
-        break;
-      }
-      default:
-        break;
+  // One point tag or hold as the server has it now: what it covers was decided there, by
+  // the rule the label windows and the export follow (streams/tag_rules.py), so the page
+  // draws it as sent; a later message about the same tag_id replaces it, or removes it.
+  function addTag(mark) {
+    if (!mark || typeof mark !== "object" || !mark.performer_id || !mark.tag_id) return;
+    const panel = panelFor(mark.performer_id);
+    if (mark.removed) {
+      panel.items.delete(mark.tag_id);
+      return;
     }
+    const start = Number(mark.start_us);
+    const end = Number(mark.end_us);
+    if (!Number.isFinite(start) || !Number.isFinite(end)) return;
+    panel.items.set(mark.tag_id, {
+      id: mark.tag_id,
+      offsetId: mark.offset_tag_id || null,
+      lane: laneFor(panel, mark),
+      label: mark.label,
+      colour: colourOf(mark.label),
+      strong: mark.intensity === "strong",
+      start,
+      end, // an open hold's too: where it ends unless its key-up comes
+      open: mark.open === true,
+      hold: mark.kind === "hold",
+    });
   }
 
   function addConsensus(rows) {
@@ -862,11 +1063,8 @@
 
   function pruneTags(panel, cutoff) {
     for (const [id, item] of panel.items) {
-      if (item.end !== null && item.end < cutoff) panel.items.delete(id);
+      if (item.end < cutoff) panel.items.delete(id);
     }
-    for (const [id, ts] of panel.seen) if (ts < cutoff - KEEP_US) panel.seen.delete(id);
-    for (const [id, pending] of panel.pendingOffsets) if (pending.ts < cutoff) panel.pendingOffsets.delete(id);
-    for (const [id, ts] of panel.pendingUndos) if (ts < cutoff - KEEP_US) panel.pendingUndos.delete(id);
     for (const [key, row] of panel.consensus) {
       if (key + (Number(row[2]) || 0) < cutoff) panel.consensus.delete(key);
     }
@@ -935,7 +1133,8 @@
 
     // rater tags
     for (const item of panel.items.values()) {
-      const end = item.end === null ? now : item.end;
+      // An open hold is drawn up to now: it still grows, at most to where it ends.
+      const end = item.open ? Math.min(now, item.end) : item.end;
       if (end < t0 || item.start > now) continue;
       const lane = item.lane;
       if (lane.y === undefined) continue;
@@ -953,7 +1152,7 @@
         ctx.lineWidth = 1;
         ctx.strokeRect(x0 + 0.5, y + 0.5, bw - 1, bh - 1);
       }
-      if (item.end === null) {
+      if (item.open && now < item.end) {
         // open hold: bright leading edge at now
         ctx.globalAlpha = 1;
         ctx.fillStyle = "#ffffff";
@@ -1035,6 +1234,9 @@
     const stateEl = $("session-state");
     stateEl.textContent = dash.session.state || "—";
     stateEl.dataset.state = dash.session.state || "";
+    // An ended or archived session shows that alone: the header's "● live" (this page's
+    // connection) and the call status next to an ENDED badge read as a live session.
+    document.body.dataset.session = dash.session.state || "";
     renderPresence();
     dash.actionPendingUntil = 0;
     renderTakeControls();
@@ -1314,6 +1516,7 @@
       }
     }
     if (Array.isArray(message.tags)) for (const tag of message.tags) addTag(tag);
+    if (Array.isArray(message.tags)) noteTagTimes(message.tags);
     if (message.consensus) addConsensus(message.consensus);
     if (message.agreement) setAgreement(message.agreement);
     if (message.health) setHealth(message.health);
@@ -1440,13 +1643,15 @@
     }
     // Charts scroll at CHART_FPS, not at the display's rate: a 30 s window moves about a
     // pixel per 50 ms, and redrawing every chart at 60 Hz cost the director's browser
-    // more CPU than the call itself on a small machine. The mesh is drawn when it changes.
+    // more CPU than the call itself on a small machine. The mesh is stroked when the record
+    // it shows changes (its fading is a CSS opacity).
     const drawCharts = perfNow - dash.lastChartPerf >= 1000 / CHART_FPS;
     if (drawCharts) dash.lastChartPerf = perfNow;
     for (const panel of dash.panels.values()) {
       checkFigure(panel);
       if (!panel.visible && perfNow - panel.lastDrawPerf < OFFSCREEN_DRAW_MS) continue;
       drawMesh(panel, now);
+      updateLaneAges(panel, now, perfNow);
       if (now === null || !drawCharts) continue;
       panel.lastDrawPerf = perfNow;
       drawPitch(panel, now);

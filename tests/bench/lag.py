@@ -24,8 +24,9 @@ Last line: {"label_windows_expected", "label_windows_final", "label_windows_inco
   count them (counted by the benchmark from ``features.prosody_hops``/``face_frames``);
 - counters_match: 1 when the aligner's counters on the session's health record
   (``livetag.health``, what ``/metrics`` exports) equal what the benchmark counted from the
-  label records for every performer (windows emitted, incomplete, without media, feature
-  revisions, late features revised and lost), else 0; details.counters has both sides.
+  label records for every performer (windows emitted, incomplete, without media,
+  revisions, late features revised and lost, hops and face frames summarised), else 0;
+  details.counters has both sides.
 Options: --seconds, --bursts (seconds, comma-separated), --warm-up.
 """
 
@@ -226,10 +227,7 @@ async def read_labels(settings: Settings, session_id: str) -> list[records.Label
     prefix = f"{session_id}/".encode()
     windows: list[records.LabelWindow] = []
     try:
-        partitions = [
-            TopicPartition(topics.LABELS, n)
-            for n in sorted(consumer.partitions_for_topic(topics.LABELS) or {0})
-        ]
+        partitions = [TopicPartition(topics.LABELS, n) for n in range(settings.partitions)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         quiet_since = time.monotonic()
@@ -263,9 +261,11 @@ def count_from_labels(
                 "windows_emitted",
                 "windows_incomplete",
                 "windows_without_media",
-                "feature_revisions",
+                "window_revisions",
                 "late_features_revised",
                 "late_features_lost",
+                "prosody_hops",
+                "face_frames",
             ),
             0,
         )
@@ -276,7 +276,9 @@ def count_from_labels(
         first = revisions[min(revisions)]
         newest = revisions[max(revisions)]
         counts["windows_emitted"] += 1
-        counts["feature_revisions"] += len(revisions) - 1
+        counts["window_revisions"] += len(revisions) - 1
+        counts["prosody_hops"] += newest.features.prosody_hops
+        counts["face_frames"] += newest.features.face_frames
         if first.missing:
             counts["windows_incomplete"] += 1
             features = first.features

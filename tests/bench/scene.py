@@ -315,7 +315,7 @@ class LivetagUp:
         # `up` says it is up once it started the dashboard's process, which then still
         # imports and binds for seconds: a director's link opened at once is refused.
         said_up = time.monotonic()
-        await self._wait_answering(f"{self.settings.dashboard_base_url}/metrics")
+        await self._wait_answering(f"{self.settings.dashboard_base_url}/metrics/clients")
         self.dashboard_late_s = time.monotonic() - said_up
 
     async def _wait_answering(self, url: str) -> None:

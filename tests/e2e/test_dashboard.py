@@ -114,6 +114,14 @@ async def test_live_tiles_mesh_and_a_performer_tag_within_a_second(
                 first["blendshapes"],
             )
             assert second["blendshapes"], "no blendshape bars"
+            # Every lane says how old what it draws is; the live video is seconds fresh
+            # at worst (its age counts from capture, less the network's minimum delay).
+            ages = second["ages"]
+            print("lane ages (ms):", ages)
+            assert ages["video"] is not None, ages
+            assert 0 <= ages["video"] < 5000, ages
+            assert ages["mesh"] is not None, ages
+            assert ages["prosody"] is not None, ages
             assert await director.evaluate(
                 "Object.keys(window.livetagDashboard.performers).sort()"
             ) == ["alice", "bob"]

@@ -177,7 +177,7 @@ async def test_dashboards_beyond_the_limit_are_refused_and_counted(
                 assert refused.status == 403
             for ws in open_ones:
                 await ws.close()
-            async with http.get(f"{dashboard.url}/metrics") as response:
+            async with http.get(f"{dashboard.url}/metrics/clients") as response:
                 counted = (await response.json())["refusals"]
         assert counted == {"too_many_clients": 1, "not_director": 1}
     finally:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams import records
 from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
+from streams.tag_rules import tag_intervals
+from tests import tag_cases
 
 SID = "s-1"
 W = 100_000
@@ -500,6 +508,132 @@ def test_an_undo_that_overtakes_its_tag_withdraws_it_in_advance() -> None:
     assert aligner.stats["marks"] == 0
 
 
+def test_a_foreign_undo_ahead_of_the_owners_does_not_shadow_it() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 5 * W, T0)
+    # Both undos overtake the tap; olga's is not hers to make, dora's is.
+    aligner.add_tag(tag("tag-u009", "undo", T0 + 2 * W, undoes="tag-p001", rater="olga"), T0)
+    aligner.add_tag(tag("tag-u001", "undo", T0 + 2 * W, undoes="tag-p001"), T0)
+    aligner.add_tag(point("tag-p001", T0 + W + 50_000), T0)
+    windows = aligner.tick(T0 + 10 * W)
+    assert windows
+    assert all(w.raters == [] for w in windows)
+    assert aligner.stats["marks"] == 0
+
+
+def test_an_undo_that_overtakes_its_offset_retracts_the_whole_hold() -> None:
+    aligner = SessionAligner(SID, replace(CONFIG, max_hold_us=4 * W))
+    feed_prosody(aligner, T0, T0 + 6 * W, T0)
+    aligner.add_tag(tag("tag-h001", "onset", T0), T0)
+    sent = by_start(aligner.tick(T0 + 10 * W))
+    assert [k for k, w in sent.items() if w.raters] == [0, 1, 2, 3], "open: the whole limit"
+    assert aligner.add_tag(tag("tag-u001", "undo", T0 + 3 * W, undoes="tag-h002"), T0) == []
+    # The key-up it undoes arrives last: the hold is gone, not reopened until the limit.
+    out = windows_only(
+        aligner.add_tag(tag("tag-h002", "offset", T0 + 2 * W, onset="tag-h001"), T0 + 10 * W)
+    )
+    assert sorted(by_start(out)) == [0, 1, 2, 3]
+    assert all(w.raters == [] and w.correction for w in out)
+    assert aligner.stats["marks"] == 0
+
+
+def test_of_two_offsets_the_earlier_ends_the_hold_whichever_came_first() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 6 * W, T0)
+    aligner.add_tag(tag("tag-h001", "onset", T0), T0)
+    aligner.add_tag(tag("tag-h002", "offset", T0 + 4 * W, onset="tag-h001"), T0)
+    sent = by_start(aligner.tick(T0 + 10 * W))
+    assert [k for k, w in sent.items() if w.raters] == [0, 1, 2, 3]
+    # A second key-up of the same hold, stamped earlier (a re-sent release): it counts.
+    late_up = tag("tag-h003", "offset", T0 + 2 * W, onset="tag-h001")
+    out = windows_only(aligner.add_tag(late_up, T0 + 10 * W))
+    assert sorted(by_start(out)) == [2, 3]
+    assert all(w.raters == [] and w.correction for w in out)
+    # A later one changes nothing.
+    later_up = tag("tag-h004", "offset", T0 + 5 * W, onset="tag-h001")
+    assert aligner.add_tag(later_up, T0 + 10 * W) == []
+
+
+# ---------------------------------------------------------------- one rule, in any order
+
+# Windows go out as the tags come in (grace covers everything): a tag that comes after
+# its windows went out corrects them.
+ORDER_CONFIG = replace(
+    CONFIG,
+    tag_wait_us=0,
+    feature_wait_us=0,
+    awaited_streams=(),
+    grace_us=10**12,
+    max_hold_us=tag_cases.MAX_HOLD_US,
+)
+
+
+def labels_as_they_come(
+    tags: Iterable[records.TagEvent], config: AlignerConfig, step_us: int
+) -> dict[tuple[str, int], set[str]]:
+    """The tag_ids in the newest revision of every window, tags fed in the given order
+    while the clock moves on step_us after each."""
+    aligner = SessionAligner(SID, config)
+    newest: dict[tuple[str, int], records.LabelWindow] = {}
+
+    def keep(out: Iterable[records.LabelWindow | LateTag]) -> None:
+        for window in out:
+            assert isinstance(window, records.LabelWindow), window
+            identity = (window.performer_id, window.ts_us)
+            if identity not in newest or window.revision > newest[identity].revision:
+                newest[identity] = window
+
+    now = 0
+    for one in tags:
+        keep(aligner.add_tag(one, now))
+        now += step_us
+        keep(aligner.tick(now))
+    keep(aligner.tick(now + 10**10))
+    return {identity: set(tag_ids(window)) for identity, window in newest.items()}
+
+
+def labels_by_the_rule(
+    tags: Iterable[records.TagEvent], config: AlignerConfig
+) -> dict[tuple[str, int], set[str]]:
+    """The windows each point or hold overlaps, by streams.tag_rules."""
+    width = config.window_us
+    expected: dict[tuple[str, int], set[str]] = {}
+    for interval in tag_intervals(tags, max_hold_us=config.max_hold_us):
+        for index in range(interval.start_us // width, (interval.end_us - 1) // width + 1):
+            expected.setdefault((interval.performer_id, index * width), set()).add(interval.tag_id)
+    return expected
+
+
+def assert_same_labels(
+    found: dict[tuple[str, int], set[str]], expected: dict[tuple[str, int], set[str]]
+) -> None:
+    for identity in sorted(set(found) | set(expected)):
+        assert found.get(identity, set()) == expected.get(identity, set()), identity
+    assert set(expected) <= set(found), "every labelled window went out"
+
+
+@pytest.mark.parametrize("case", tag_cases.CASES, ids=lambda case: case.name)
+def test_the_windows_of_each_tag_case_follow_the_rule_in_every_order(case: tag_cases.Case) -> None:
+    expected = labels_by_the_rule(case.tags, ORDER_CONFIG)
+    for order in itertools.permutations(case.tags):
+        assert_same_labels(labels_as_they_come(order, ORDER_CONFIG, 1_000_000), expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    tags=tag_cases.tag_sets(horizon_us=4_000_000, max_span_us=7_000_000),
+    data=st.data(),
+)
+def test_the_windows_follow_the_rule_whatever_order_tags_come_in(
+    tags: list[records.TagEvent], data: st.DataObject
+) -> None:
+    config = replace(ORDER_CONFIG, max_hold_us=3_000_000)
+    order = data.draw(st.permutations(tags))
+    step_us = data.draw(st.sampled_from([0, 50_000, 300_000]))
+    found = labels_as_they_come(order, config, step_us)
+    assert_same_labels(found, labels_by_the_rule(tags, config))
+
+
 def test_late_tag_within_grace_corrects_the_window() -> None:
     aligner = SessionAligner(SID, CONFIG)
     feed_prosody(aligner, T0, T0 + 5 * W, T0)
@@ -828,3 +962,45 @@ def test_a_stream_not_seen_yet_is_waited_for_then_given_up() -> None:
     assert [w for w in early if w.performer_id == "bob"] == []
     [bob] = [w for w in aligner.tick(T0 + CONFIG.feature_wait_us) if w.performer_id == "bob"]
     assert bob.features.face_present_fraction is None
+
+
+def test_counters_are_made_of_the_windows_and_carry_over_a_restart() -> None:
+    config = replace(CONFIG, grace_us=1_000_000)
+    first = SessionAligner(SID, config)
+    emitted: list[records.LabelWindow] = []
+    emitted += feed_prosody(first, T0, T0 + 20 * W, T0)
+    for k in range(0, 20, 2):  # a face frame every other window
+        emitted += first.add_face(face(T0 + k * W), T0)
+    emitted += first.tick(T0 + 20 * W + CONFIG.tag_wait_us)
+    # A late face frame for an emitted window that had the stream: lost, and counted.
+    emitted += first.add_face(face(T0 + 3 * W + 50_000), T0 + 20 * W + CONFIG.tag_wait_us)
+    # Published now; the windows that went out since are counted again by a successor.
+    now = T0 + 30 * W
+    emitted += first.tick(now)
+    totals, carried, through_us = first.performer_counters()["alice"]
+    emitted += feed_prosody(first, T0 + 20 * W, T0 + 40 * W, now)
+    emitted += first.tick(T0 + 40 * W + CONFIG.feature_wait_us)
+    final, _, _ = first.performer_counters()["alice"]
+    assert totals["windows_emitted"] == 20
+    assert final["windows_emitted"] == 40
+    # Complete: the even windows before 18 (odd ones had no face frame: no_media; the
+    # face stream stopped in window 18, late from there on).
+    assert final["windows_incomplete"] == 40 - 9
+    assert final["prosody_hops"] == 400
+    assert final["face_frames"] == 10
+    assert final["late_features_lost"] == 1
+    assert through_us > T0  # older windows left the grace: carried, not counted again
+    # The successor carries on from the published part and counts the windows still
+    # open to revision from what it reads back: the same numbers.
+    later = T0 + 40 * W + CONFIG.feature_wait_us
+    second = SessionAligner(SID, config)
+    assert second.seed_counters("alice", carried, through_us, later)
+    second.restore(emitted, later)
+    assert second.performer_counters()["alice"][0] == final
+    # Its frames read again are redeliveries, not late features lost.
+    second.add_prosody(hop(T0 + 39 * W), later)
+    again, _, _ = second.performer_counters()["alice"]
+    assert again["late_features_lost"] == final["late_features_lost"]
+    assert again["duplicate_features"] == 1
+    # An instance that counted a performer itself keeps its own counts.
+    assert not second.seed_counters("alice", {}, 0, later)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 import numpy as np
 import pytest
 
 from dashboard.view import ClientCursor, SessionView, agreement_alpha
 from streams import records, topics
 from taggers.vocabulary import DEFAULT_VOCABULARY
+from tests import tag_cases
 
 T0 = 1_790_000_000_000_000
 SESSION = records.SessionRecord(
@@ -80,30 +84,75 @@ def test_a_slow_client_gets_the_latest_face_once_not_every_frame() -> None:
     assert view.update_for(slow, T0) is None
 
 
-def test_tags_are_kept_in_order_and_deduped() -> None:
+def test_a_tag_goes_out_as_what_it_covers_once() -> None:
     view = SessionView(SESSION)
-    tag = records.TagEvent(
-        ts_us=T0,
-        session_id="s-1",
-        performer_id="ana",
-        tag_id="tag-00001",
-        rater_id="dir",
-        rater_role="director",
-        action="point",
-        label="laughter",
-        span_us=500_000,
-        timing=records.TagTiming(
-            client_press_ts_us=T0, clock_offset_us=0, rtt_us=1, clock_uncertainty_us=1
-        ),
-        received_ts_us=T0,
-    )
-    view.add_tag(tag)
-    view.add_tag(tag)
+    tap = tag_cases.point("tag-00001", T0, span_us=500_000, performer="ana", rater="dir")
+    view.add_tag(tap)
+    view.add_tag(tap)  # re-delivered
     cursor = ClientCursor()
     update = view.update_for(cursor, T0)
     assert update is not None
-    assert [t["tag_id"] for t in update["tags"]] == ["tag-00001"]
-    assert "timing" not in update["tags"][0]
+    assert update["tags"] == [
+        {
+            "tag_id": "tag-00001",
+            "performer_id": "ana",
+            "rater_id": "dir",
+            "rater_role": "observer",
+            "label": "laughter",
+            "intensity": "normal",
+            "kind": "point",
+            "start_us": T0 - 250_000,
+            "end_us": T0 + 250_000,
+            "open": False,
+            "offset_tag_id": None,
+            "ts_us": T0,
+        }
+    ]
+    assert view.update_for(cursor, T0) is None
+
+
+def test_a_hold_is_sent_again_as_it_changes_and_a_slow_client_gets_its_latest_state() -> None:
+    view = SessionView(SESSION, max_hold_us=30_000_000)
+    on_time, slow = ClientCursor(), ClientCursor()
+    view.add_tag(tag_cases.onset("hold-on1", T0, performer="ana"))
+    [opened] = view.update_for(on_time, T0)["tags"]  # type: ignore[index]
+    assert (opened["start_us"], opened["end_us"], opened["open"]) == (T0, T0 + 30_000_000, True)
+    # Another rater's key-up names the hold by mistake: nothing changes, nothing is sent.
+    view.add_tag(tag_cases.offset("hold-off9", T0 + 1, "hold-on1", performer="ana", rater="x"))
+    assert view.update_for(on_time, T0) is None
+    view.add_tag(tag_cases.offset("hold-off1", T0 + 2_000_000, "hold-on1", performer="ana"))
+    [closed] = view.update_for(on_time, T0)["tags"]  # type: ignore[index]
+    assert (closed["end_us"], closed["open"]) == (T0 + 2_000_000, False)
+    assert (closed["offset_tag_id"], closed["ts_us"]) == ("hold-off1", T0 + 2_000_000)
+    assert view.update_for(slow, T0)["tags"] == [closed]  # type: ignore[index]
+    # Undoing the key-up retracts the whole hold.
+    view.add_tag(tag_cases.undo("undo-001", T0 + 3_000_000, "hold-off1", performer="ana"))
+    removed = {"tag_id": "hold-on1", "performer_id": "ana", "removed": True}
+    assert view.update_for(on_time, T0)["tags"] == [removed]  # type: ignore[index]
+    # A client that was never shown the hold is not told it went.
+    assert "tags" not in view.update_for(ClientCursor(), T0)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("case", tag_cases.CASES, ids=lambda case: case.name)
+def test_the_timeline_of_each_tag_case_follows_the_rule_in_every_order(
+    case: tag_cases.Case,
+) -> None:
+    for order in itertools.permutations(case.tags):
+        view = SessionView(SESSION, max_hold_us=tag_cases.MAX_HOLD_US)
+        cursor = ClientCursor()
+        shown: dict[str, dict[str, Any]] = {}
+        for one in order:
+            view.add_tag(one)
+            update = view.update_for(cursor, T0) or {}
+            for mark in update.get("tags", []):
+                if mark.get("removed"):
+                    del shown[mark["tag_id"]]
+                else:
+                    shown[mark["tag_id"]] = mark
+        drawn = tuple(
+            sorted((m["tag_id"], m["start_us"], m["end_us"], m["open"]) for m in shown.values())
+        )
+        assert drawn == case.covers, order
 
 
 @pytest.mark.parametrize(

@@ -175,7 +175,7 @@ def _tag(tag_id: str, ts_ms: int, action: str, **fields: Any) -> records.TagEven
     )
 
 
-def _write_archive(folder: Path, extra: dict[str, list[Any]]) -> dict[str, list[Any]]:
+def _write_archive(folder: Path, extra: dict[str, list[Any]], **build: Any) -> dict[str, list[Any]]:
     made = sample_records()
     for kind, items in extra.items():
         made[kind] = made[kind] + items
@@ -187,7 +187,7 @@ def _write_archive(folder: Path, extra: dict[str, list[Any]]) -> dict[str, list[
                 archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
             )
         archive.write_part(folder, kind, 0, messages)
-    archive.build_archive(folder, session(), software={"livetag": "test"})
+    archive.build_archive(folder, session(), software={"livetag": "test"}, **build)
     return made
 
 
@@ -242,11 +242,12 @@ def test_eaf_holds_undos_intensity_and_consensus(tmp_path: Path) -> None:
     [path] = export_session(folder, tmp_path / "elan", "eaf")
     tiers = read_eaf_tags(path)
 
-    # The open hold ends at the session's last archived timestamp (prosody, T0 + 1990 ms).
+    # The open hold runs the limit on a hold (30 s), as in the label windows, though the
+    # session's last record is at T0 + 1990 ms.
     assert tiers["ana/r3"] == [
         (200, 800, "laughter"),
         (900, 1100, "surprise (strong)"),
-        (1600, 1990, "sadness"),
+        (1600, 31_600, "sadness"),
     ]
     values = {value for annotations in tiers.values() for _, _, value in annotations}
     assert "joy" not in {v for _, _, v in tiers["ana/r3"]}
@@ -259,7 +260,61 @@ def test_eaf_holds_undos_intensity_and_consensus(tmp_path: Path) -> None:
     assert tiers["ben/consensus"] == []
 
 
-def test_open_hold_lasts_at_most_30_s(tmp_path: Path) -> None:
+def test_eaf_tiers_follow_the_tag_rules_with_the_sessions_limit_on_a_hold(
+    tmp_path: Path,
+) -> None:
+    tags = [
+        # A point's span is capped at the limit on a hold (5 s here).
+        _tag("point-long", 10_000, "point", label="surprise", span_us=60_000_000),
+        # A hold ends at most the limit after its onset.
+        _tag("hold-long", 20_000, "onset", label="anger"),
+        _tag("hold-long-end", 27_000, "offset", label="anger", onset_tag_id="hold-long"),
+        # Another rater's offset does not end it: it runs the whole limit.
+        _tag("hold-foreign", 30_000, "onset", label="sadness"),
+        _tag(
+            "hold-foreign-end",
+            31_000,
+            "offset",
+            label="sadness",
+            onset_tag_id="hold-foreign",
+            rater_id="r4",
+        ),
+        # Of two offsets of the same rater, the earlier ends the hold.
+        _tag("hold-twice", 40_000, "onset", label="fear"),
+        _tag("hold-twice-end1", 41_500, "offset", label="fear", onset_tag_id="hold-twice"),
+        _tag("hold-twice-end2", 41_000, "offset", label="fear", onset_tag_id="hold-twice"),
+        # Another rater's undo changes nothing.
+        _tag("point-kept", 50_000, "point", label="joy", span_us=200_000),
+        _tag("undo-foreign", 50_500, "undo", undoes_tag_id="point-kept", rater_id="r4"),
+        # Undoing the offset that did not end a hold still retracts the whole hold.
+        _tag("hold-undone", 80_000, "onset", label="laughter"),
+        _tag("hold-undone-end1", 81_000, "offset", label="laughter", onset_tag_id="hold-undone"),
+        _tag("hold-undone-end2", 82_000, "offset", label="laughter", onset_tag_id="hold-undone"),
+        _tag("undo-end2", 82_500, "undo", undoes_tag_id="hold-undone-end2"),
+        # An offset stamped before its onset: the hold marks the instant of the onset.
+        _tag("hold-back", 90_000, "onset", label="confusion"),
+        _tag("hold-back-end", 89_000, "offset", label="confusion", onset_tag_id="hold-back"),
+    ]
+    folder = tmp_path / "archive"
+    _write_archive(folder, {"tags": tags}, tag_max_hold_us=5_000_000)
+    manifest = json.loads((folder / archive.MANIFEST).read_text(encoding="utf-8"))
+    assert manifest["tag_max_hold_us"] == 5_000_000
+    [path] = export_session(folder, tmp_path / "elan", "eaf")
+    tiers = read_eaf_tags(path)
+    assert tiers["ana/r3"] == [
+        (7_500, 12_500, "surprise"),
+        (20_000, 25_000, "anger"),
+        (30_000, 35_000, "sadness"),
+        (40_000, 41_000, "fear"),
+        (49_900, 50_100, "joy"),
+        (90_000, 90_001, "confusion"),  # 1 µs, made 1 ms for ELAN
+    ]
+    assert tiers["ana/r4"] == [], "r4 tagged ana, though nothing of it counts"
+
+
+def test_an_archive_that_does_not_record_the_limit_on_a_hold_has_the_default(
+    tmp_path: Path,
+) -> None:
     folder = tmp_path / "archive"
     _write_archive(
         folder,
@@ -279,6 +334,10 @@ def test_open_hold_lasts_at_most_30_s(tmp_path: Path) -> None:
             ],
         },
     )
+    manifest_path = folder / archive.MANIFEST
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    del manifest["tag_max_hold_us"]  # as archives built before it was recorded
+    manifest_path.write_text(json.dumps(manifest), encoding="utf-8")
     [path] = export_session(folder, tmp_path / "elan", "eaf")
     assert read_eaf_tags(path)["ana/r3"] == [(100, 30_100, "laughter")]
 
