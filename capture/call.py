@@ -180,6 +180,7 @@ class SceneCall:
         audio_producer: AIOKafkaProducer,
         jpeg_pool: Executor,
         on_live_change: Notify,
+        fork_totals: dict[str, ForkStats] | None = None,
     ) -> None:
         self.settings = settings
         self.session = session
@@ -188,8 +189,9 @@ class SceneCall:
         self._jpeg_pool = jpeg_pool
         self._on_live_change = on_live_change
         self.published: dict[str, PublishedMedia] = {}
-        # Fork counters per performer for the whole session, across reconnects.
-        self._fork_totals: dict[str, ForkStats] = {}
+        # Fork counters per performer for the whole session, across reconnects: the
+        # server's, so a call made again for the session (everyone had left) goes on too.
+        self._fork_totals: dict[str, ForkStats] = {} if fork_totals is None else fork_totals
         self._subscriptions: set[RTCPeerConnection] = set()
         self._relayed: dict[
             RTCPeerConnection,

@@ -94,11 +94,13 @@ class ForkStats:
 
     def counters(self) -> dict[str, int]:
         """The counts (latency samples aside), for the session's health record."""
-        return {
+        counts = {
             name: value
             for name, value in vars(self).items()
             if isinstance(value, int) and not isinstance(value, bool)
         }
+        counts["reconnects"] = max(0, self.publications - 1)
+        return counts
 
     def add_counts(self, counters: dict[str, int]) -> None:
         """Add what an earlier process (or call) counted for this performer."""

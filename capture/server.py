@@ -103,6 +103,8 @@ class CaptureServer:
         self._runner: web.AppRunner | None = None
         self._ender: asyncio.Task[None] | None = None
         self._counter_publisher: asyncio.Task[None] | None = None
+        # Each session's fork counters per performer, for as long as this process runs.
+        self._fork_totals: dict[str, dict[str, ForkStats]] = {}
         self.port = settings.capture_port
         self.tags = TagService(
             settings, secret=secret, sessions=self._session, frame_lookup=self.frame_capture_us
@@ -203,26 +205,21 @@ class CaptureServer:
     async def _publish_counters(self) -> None:
         """Each performer's fork counters to livetag.health when they change.
 
-        A performer's counters met for the first time in this process (a restart, or a
-        call made again after everyone had left) start from what the health record
-        already says, so they stay cumulative for the session."""
+        A performer's counters met for the first time in this process (after a restart)
+        start from what the health record already says, so they stay cumulative for the
+        session."""
         published: dict[tuple[str, str], dict[str, int]] = {}
-        counted_by: dict[tuple[str, str], ForkStats] = {}
         while True:
             await asyncio.sleep(COUNTERS_INTERVAL_S)
             try:
-                for session_id, call in list(self.calls.items()):
-                    for performer_id, totals in call.fork_totals().items():
+                for session_id, by_performer in list(self._fork_totals.items()):
+                    for performer_id, totals in list(by_performer.items()):
                         identity = (session_id, performer_id)
-                        previous = counted_by.get(identity)
-                        if previous is None:
+                        if identity not in published:
                             earlier = await health.read_counters(self.settings, session_id)
                             record = earlier.get((session_id, performer_id, "capture"))
                             if record is not None:
                                 totals.add_counts(record.counters)
-                        elif previous is not totals:
-                            totals.add_counts(previous.counters())  # the call before this one
-                        counted_by[identity] = totals
                         counts = totals.counters()
                         if published.get(identity) == counts:
                             continue
@@ -424,6 +421,7 @@ class CaptureServer:
                 audio_producer=self._audio_producer,
                 jpeg_pool=self._jpeg_pool,
                 on_live_change=on_live_change,
+                fork_totals=self._fork_totals.setdefault(session_id, {}),
             )
             self.calls[session_id] = call
         return call

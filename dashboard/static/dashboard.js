@@ -1410,6 +1410,31 @@
       cell(row, 7, fmt(v.face_fps_analysed, 1), typeof v.face_fps_analysed === "number" && v.face_fps_analysed < 10 ? "warn" : "ok");
       cell(row, 8, fmt(v.face_frames_skipped, 0), v.face_frames_skipped > 0 ? "warn" : "ok");
     });
+    // The session's cumulative counters (the health records /metrics exports): what was
+    // lost or incomplete shows here, for the whole session, not only while it happens.
+    const counters = health.counters || {};
+    const counterKeys = Object.keys(counters).sort((a, b) => {
+      const ia = rosterOrder.indexOf(a);
+      const ib = rosterOrder.indexOf(b);
+      return (ia < 0 ? 1e9 : ia) - (ib < 0 ? 1e9 : ib) || (a < b ? -1 : a > b ? 1 : 0);
+    });
+    const counterRows = syncRows($("health-counters").tBodies[0], counterKeys);
+    counterKeys.forEach((key, i) => {
+      const capture = (counters[key] || {}).capture || {};
+      const aligner = (counters[key] || {}).aligner || {};
+      const row = counterRows[i];
+      const count = (value, warnAbove) =>
+        [fmt(value, 0), typeof value !== "number" ? "na" : value > warnAbove ? "warn" : "ok"];
+      cell(row, 0, key);
+      cell(row, 1, ...count(capture.reconnects, 0));
+      cell(row, 2, ...count(capture.video_frames_dropped, 0));
+      cell(row, 3, ...count(capture.audio_chunks_dropped, 0));
+      cell(row, 4, ...count(aligner.windows_emitted, Infinity));
+      cell(row, 5, ...count(aligner.windows_incomplete, 0));
+      cell(row, 6, ...count(aligner.windows_without_media, 0));
+      cell(row, 7, ...count(aligner.late_features_lost, 0));
+      cell(row, 8, ...count(aligner.late_tags, 0));
+    });
     const lag = health.consumer_lag || {};
     const lagKeys = Object.keys(lag).sort();
     const lagRows = syncRows($("health-lag").tBodies[0], lagKeys);

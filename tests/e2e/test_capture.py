@@ -17,7 +17,7 @@ from PIL import Image
 
 from capture.server import CaptureServer
 from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import health, kafka, records, topics
 from taggers.tokens import load_secret
 from tests import media as test_media
 from tests.e2e.conftest import LaunchPage, new_session, receive_stats
@@ -286,6 +286,8 @@ async def test_a_publication_the_server_loses_is_rejoined_at_once(
         await wait_until(lambda: _is_live(capture_server, session.session_id), timeout_s=30)
         call = capture_server.calls[session.session_id]
         first = call.published["alice"]
+        await wait_until(lambda: call.stats()["alice"]["video_frames_in"] > 0, timeout_s=10)
+        before = call.stats()["alice"]
         # What an ICE consent expiry does on the server: the connection closes under it.
         lost_ms = time.time_ns() // 1_000_000
         await first.pc.close()
@@ -299,6 +301,24 @@ async def test_a_publication_the_server_loses_is_rejoined_at_once(
         await wait_until(republished, timeout_s=10)
         back_ms = time.time_ns() // 1_000_000
         outages = await page.evaluate("window.livetag.outages")
+
+        def carried_on() -> bool:
+            # The fork counters go on from where the lost connection left them, in the
+            # call's /metrics and on the session's health record.
+            now = capture_server.calls[session.session_id].stats()["alice"]
+            return now["reconnects"] == 1 and now["video_frames_in"] > before["video_frames_in"]
+
+        await wait_until(carried_on, timeout_s=10)
+
+        async def health_record_says_reconnected() -> bool:
+            found = await health.read_counters(capture_settings, session.session_id)
+            record = found.get((session.session_id, "alice", "capture"))
+            return record is not None and record.counters["reconnects"] == 1
+
+        async with asyncio.timeout(10):
+            # The record comes from another component, through Kafka: polled.
+            while not await health_record_says_reconnected():  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
     # The page was told and came back within seconds, not after its own ICE timeout.
     assert back_ms - lost_ms < 3000, back_ms - lost_ms
     assert [outage["reason"] for outage in outages] == ["media connection lost on the server"]

@@ -141,6 +141,30 @@ async def test_live_tiles_mesh_and_a_performer_tag_within_a_second(
             shown_after_s = (await shown.json_value() * 1000 - press["press_unix_us_true"]) / 1e6
             await wait_acked(alice, press["tag_id"])
             print("tag on the director's timeline after", round(shown_after_s * 1000, 1), "ms")
+            # The session's counters (the capture server's and the aligner's health
+            # records) reach the health panel, and /metrics in the Prometheus format.
+            await director.wait_for_function(
+                "(() => { const h = window.livetagDashboard.health;"
+                " const c = h && h.counters && h.counters.alice;"
+                " return !!(c && c.capture && c.capture.video_frames_in > 0"
+                " && c.aligner && c.aligner.windows_emitted > 0); })()",
+                timeout=15_000,
+            )
+            windows_shown = await director.evaluate(
+                "document.querySelector('#health-counters tr[data-key=\"alice\"]')"
+                ".cells[4].textContent"
+            )
+            assert int(windows_shown) > 0, windows_shown
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{dashboard.url}/metrics") as response,
+            ):
+                exported = await response.text()
+                content_type = response.headers["Content-Type"]
+            assert content_type.startswith("text/plain"), content_type
+            labels = f'{{performer="alice",session="{session.session_id}"}}'
+            assert f"livetag_aligner_windows_emitted_total{labels}" in exported, exported[:2000]
+            assert f"livetag_capture_video_frames_in_total{labels}" in exported
             health = await director.evaluate("window.livetagDashboard.health")
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             await director.screenshot(path=str(SCREENSHOT), full_page=True)

@@ -21,6 +21,7 @@ def _topic_for(record: records.AnyRecord, names: records.SessionTopics) -> str:
         records.TagEvent: topics.TAGS,
         records.LabelWindow: topics.LABELS,
         records.DeadLetter: topics.DEADLETTER,
+        records.PipelineCounters: topics.HEALTH,
         records.AudioChunk: names.audio,
         records.VideoFrame: names.video,
         records.ProsodyHops: names.prosody,
