@@ -209,17 +209,19 @@ class CaptureServer:
         start from what the health record already says, so they stay cumulative for the
         session."""
         published: dict[tuple[str, str], dict[str, int]] = {}
+        seeded: set[tuple[str, str]] = set()
         while True:
             await asyncio.sleep(COUNTERS_INTERVAL_S)
             try:
                 for session_id, by_performer in list(self._fork_totals.items()):
                     for performer_id, totals in list(by_performer.items()):
                         identity = (session_id, performer_id)
-                        if identity not in published:
+                        if identity not in seeded:
                             earlier = await health.read_counters(self.settings, session_id)
                             record = earlier.get((session_id, performer_id, "capture"))
                             if record is not None:
                                 totals.add_counts(record.counters)
+                            seeded.add(identity)  # once, even if the publish below fails
                         counts = totals.counters()
                         if published.get(identity) == counts:
                             continue
@@ -236,6 +238,15 @@ class CaptureServer:
                             topics.HEALTH, message.value, key=message.key, headers=message.headers
                         )
                         published[identity] = counts
+                    session = self._directory.get(session_id)
+                    if (
+                        session is not None
+                        and session.state == "archived"
+                        and session_id not in self.calls
+                        and all(published.get((session_id, p)) for p in by_performer)
+                    ):
+                        # Its counts are on the health record: nothing more will come.
+                        del self._fork_totals[session_id]
             except Exception as exc:  # the broker away: the next round publishes
                 log.warning("capture counters not published: %s", exc)
 

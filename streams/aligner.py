@@ -57,7 +57,7 @@ FEATURE_BATCH = 256
 TICK_S = 0.02  # how often ready windows are looked for: small against the 100 ms windows
 RESTORE_MARGIN_S = 10.0  # read back a little more than can still be corrected
 RESTORE_TIMEOUT_S = 5.0  # half the processors' group session timeout
-COUNTERS_INTERVAL_S = 1.0  # the performers' counters go to livetag.health at most this often
+COUNTERS_INTERVAL_S = 2.0  # the performers' counters go to livetag.health at most this often
 PRESENCE_POLL_S = 5.0  # the session record is looked at on each change and at least this often
 
 DeadLetterSink = Callable[[Any, str, str], Awaitable[None]]
@@ -100,6 +100,10 @@ class HeldEvents:
                 held.popleft()[1].ack()
                 released += 1
         return released
+
+    def forget(self, performer_id: str) -> None:
+        """Drop a performer's held events unacked (their partition went elsewhere)."""
+        self._by_performer.pop(performer_id, None)
 
     def __len__(self) -> int:
         return sum(len(held) for held in self._by_performer.values())
@@ -207,8 +211,9 @@ def add_aligner(
         call: Callable[[int], Sequence[Any]], held_until: Sequence[tuple[str, int, Any]] = ()
     ) -> list[LateTag]:
         """``call(now_us)`` on the aligner, its windows produced, then the acks."""
-        await restored.wait()
         async with step:
+            # Inside the lock: a step queued on it must not run while windows are read back.
+            await restored.wait()
             out = call(_now_us())
             for performer_id, until_us, event in held_until:
                 held.hold(performer_id, until_us, event)
@@ -288,6 +293,9 @@ def add_aligner(
     session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
     health_topic = app.topic(topics.HEALTH, **raw)
     published_counters: dict[str, dict[str, int]] = {}
+    # Set once the counters of the assigned partitions were read back (or none was due).
+    counters_seeded = asyncio.Event()
+    counters_seeded.set()
 
     async def seed_counters(partitions: set[int]) -> int:
         """Carry on from the counts earlier instances published for the performers on
@@ -310,6 +318,14 @@ def add_aligner(
         if not partitions:
             return
         restored.clear()
+        # Performers whose partitions went to another worker: it carries on from what this
+        # one emitted and published; kept here, they would be aligned (and counted) twice.
+        for performer_id in aligner.held_performers():
+            if health.performer_partition(settings, session.session_id, performer_id) not in (
+                partitions
+            ):
+                aligner.forget_performer(performer_id)
+                held.forget(performer_id)
         horizon_s = settings.label_grace_s + settings.tag_max_hold_ms / 1000 + RESTORE_MARGIN_S
         started = time.monotonic()
         try:
@@ -324,8 +340,13 @@ def add_aligner(
                 seeded = await seed_counters(partitions)
             count = aligner.restore(windows, _now_us())
         except Exception:  # without it the aligner still runs, as before a restart
+            # ...but its counters would start again from 0: not published until a
+            # later assignment reads them back.
+            counters_seeded.clear()
             log.exception("could not read back the emitted label windows")
             return
+        else:
+            counters_seeded.set()
         finally:
             restored.set()
         log.info(
@@ -341,24 +362,26 @@ def add_aligner(
     async def follow_presence() -> None:
         # Joins and leaves are on the session's record: a performer who left has streams
         # that ended, so their windows are not held waiting for them.
-        directory = SessionDirectory(settings)
         known: dict[str, tuple[bool, int]] = {}
-        try:
-            await directory.start()
-            while True:
-                current = directory.get(session.session_id)
-                if current is not None:
-                    for performer_id, state in presence_of(current).items():
-                        if known.get(performer_id) != state:
-                            known[performer_id] = state
-                            aligner.set_presence(performer_id, *state, _now_us())
-                await directory.changed(PRESENCE_POLL_S)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # without it windows wait the full silence for leavers
-            log.exception("aligner: could not follow the session's presence")
-        finally:
-            await directory.stop()
+        while True:
+            directory = SessionDirectory(settings)
+            try:
+                await directory.start()
+                while True:
+                    current = directory.get(session.session_id)
+                    if current is not None:
+                        for performer_id, state in presence_of(current).items():
+                            if known.get(performer_id) != state:
+                                known[performer_id] = state
+                                aligner.set_presence(performer_id, *state, _now_us())
+                    await directory.changed(PRESENCE_POLL_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # meanwhile windows wait the full silence for leavers
+                log.exception("aligner: could not follow the session's presence; retrying")
+                await asyncio.sleep(PRESENCE_POLL_S)
+            finally:
+                await directory.stop()
 
     @app.timer(interval=TICK_S, name=f"align-tick-{session.session_id}")
     async def align_tick() -> None:
@@ -367,8 +390,10 @@ def add_aligner(
     @app.timer(interval=COUNTERS_INTERVAL_S, name=f"align-counters-{session.session_id}")
     async def publish_counters() -> None:
         # Under the step lock, so the counts go out with the windows they count.
-        await restored.wait()
+        if not counters_seeded.is_set():
+            return
         async with step:
+            await restored.wait()
             for performer_id, (counts, carried, through_us) in aligner.performer_counters().items():
                 if published_counters.get(performer_id) == counts:
                     continue

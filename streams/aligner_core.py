@@ -190,9 +190,6 @@ class _PerformerTrack:
     # feature_wait_us from then (a performer's streams start at different times, the
     # later one maybe seconds behind on a busy machine).
     created_us: int = 0
-    # The session clock's instant the performer left the call (None: in the call, or
-    # nothing known): their streams ended then.
-    left_since_us: int | None = None
     # Frames by window (window -> ts -> frame); below next_window: late frames of a window
     # that went out without their stream, waiting to complete it (see revisable).
     hops: dict[int, dict[int, _Hop]] = field(default_factory=dict)
@@ -205,6 +202,7 @@ class _PerformerTrack:
     settled_through: int = 0
     # Windows below it went out before a restart (restore): their frames come again.
     restored_through: int = 0
+    first_emitted: int | None = None  # the performer's first window that went out
     marks: dict[str, _Mark] = field(default_factory=dict)
     by_window: dict[int, set[str]] = field(default_factory=dict)  # closed marks only
     open_holds: set[str] = field(default_factory=set)
@@ -255,6 +253,11 @@ class SessionAligner:
         # Per performer, the events counted (late features lost, late tags...) and what
         # an earlier instance carried over: see performer_counters.
         self._carried: dict[str, dict[str, int]] = {}
+        # The session-clock instant each performer who is out of the call left it.
+        self._left_since: dict[str, int] = {}
+        # Windows the current step (one now_us) may still emit: see _advance.
+        self._step_now_us: int | None = None
+        self._step_budget = config.max_windows_per_step
 
     # ------------------------------------------------------------------ public API
 
@@ -295,10 +298,12 @@ class SessionAligner:
         """The performer joined (again) or left the call at ``since_us``: after a leave
         their streams are waited for only ended_wait_us, and windows from the leave on
         that lack a stream say it had ended."""
-        if performer_id not in self._tracks and connected:
-            return  # nothing kept for them yet: their first record starts the track
-        track = self._track(performer_id, now_us)
-        track.left_since_us = None if connected else since_us
+        # Kept apart from the tracks: a performer on another worker's partitions must not
+        # get a track (and counters) here.
+        if connected:
+            self._left_since.pop(performer_id, None)
+        else:
+            self._left_since[performer_id] = since_us
 
     def add_tag(self, tag: TagEvent, now_us: int) -> list[LabelWindow | LateTag]:
         if tag.session_id != self.session_id:
@@ -374,10 +379,15 @@ class SessionAligner:
         were not committed) and replace those spans. Returns the windows taken back.
         """
         width = self._config.window_us
+        # A performer this instance has been aligning all along (a rebalance gave their
+        # partition back to it) keeps its own state: what it reads back it emitted itself.
+        aligning = {p for p, track in self._tracks.items() if track.next_window is not None}
         newest: dict[tuple[str, int], LabelWindow] = {}
         openings: dict[tuple[str, int], LabelWindow] = {}  # each window's first revision
         for window in windows:
             if window.session_id != self.session_id or window.window_us != width:
+                continue
+            if window.performer_id in aligning:
                 continue
             identity = (window.performer_id, window.ts_us)
             known = newest.get(identity)
@@ -454,6 +464,8 @@ class SessionAligner:
                 track.next_window = index + 1
             track.passed_any = True
             track.restored_through = max(track.restored_through, index + 1)
+            if track.first_emitted is None or index < track.first_emitted:
+                track.first_emitted = index
         for track in self._tracks.values():
             self._refresh_due(track)
         self._counts["restored_windows"] += len(newest)
@@ -498,8 +510,20 @@ class SessionAligner:
         return tag.ts_us + self._config.max_hold_us
 
     def forget_performer(self, performer_id: str) -> None:
-        """Drop a performer's state (e.g. they left); their tag ids expire on their own."""
+        """Drop a performer's state (their partitions went to another worker, which
+        carries on from what this one emitted and published); their tag ids expire on
+        their own."""
         self._tracks.pop(performer_id, None)
+        self._carried.pop(performer_id, None)
+        # Their tags too: re-read by the new owner, they must not count as duplicates if
+        # the partition comes back here.
+        for tag_id in [t for t, memo in self._tags.items() if memo.performer_id == performer_id]:
+            del self._tags[tag_id]
+            self._tag_set.forget(tag_id)
+
+    def held_performers(self) -> set[str]:
+        """The performers this instance keeps anything of."""
+        return {*self._tracks, *self._carried}
 
     def performer_counters(self) -> dict[str, tuple[dict[str, int], dict[str, int], int]]:
         """Each performer's counters for the session health record: (the counters, the
@@ -771,27 +795,42 @@ class SessionAligner:
         if last < track.next_window and last < oldest:
             return None
         out: list[LabelWindow] = []
-        for window in range(max(first, oldest), min(last, track.next_window - 1) + 1):
+        top = min(last, track.next_window - 1)
+        lowest_sent = track.next_window if track.first_emitted is None else track.first_emitted
+        # A tag reaching before the performer's first window brings those windows out,
+        # and the ones between them and the first, so the windows stay contiguous.
+        fill_to = lowest_sent - 1 if max(first, oldest) < lowest_sent else top
+        created = False
+        for window in range(max(first, oldest), max(top, fill_to) + 1):
             labels = self._labels_at(track, window)
             sent = track.sent.get(window)
             if sent is None:
-                # Skipped when it passed (no features, no labels); now it has labels.
-                if not labels:
+                if window >= lowest_sent and not labels:
                     continue
                 # Before the performer's first captured instant: no media there.
                 gaps: dict[FeatureStream, StreamGap] = dict.fromkeys(FEATURE_STREAMS, "no_media")
                 sent = track.sent[window] = _SentWindow(
                     WindowFeatures(), labels, 0, gaps, first_missing=True, first_without_media=True
                 )
+                created = True
                 self._count(track, "windows_emitted")
-            elif _visible(sent.labels) == _visible(labels):
+                self._count(track, "windows_incomplete")
+                self._count(track, "windows_without_media")
+                out.append(self._record(track, window, sent, correction=bool(labels)))
+                continue
+            if window > top:
+                continue
+            if _visible(sent.labels) == _visible(labels):
                 sent.labels = labels  # the same labels (a restored span became its tag)
                 continue
-            else:
-                sent.revision += 1
-                sent.labels = labels
+            sent.revision += 1
+            sent.labels = labels
             self._count(track, "corrections")
             out.append(self._record(track, window, sent, correction=True))
+        if created:
+            track.first_emitted = min(track.sent)
+            # Kept in window order: windows leave the grace (and are settled) in that order.
+            track.sent = dict(sorted(track.sent.items()))
         return out
 
     def _forget_expired(self, now_us: int) -> None:
@@ -856,7 +895,8 @@ class SessionAligner:
                     ready_end = -1  # not seen yet, but may still come: nothing is ready
                 continue
             silent_us = now_us - track.arrived[stream]
-            if track.left_since_us is not None and silent_us >= config.ended_wait_us:
+            left_since = self._left_since.get(track.performer_id)
+            if left_since is not None and silent_us >= config.ended_wait_us:
                 given_up[stream] = "ended"
             elif silent_us >= config.feature_wait_us:
                 given_up[stream] = "late"  # stopped delivering: not waited for
@@ -876,7 +916,11 @@ class SessionAligner:
         captured_end = max(track.newest.values(), default=-1) // config.window_us + 1
         if limit > captured_end:
             limit = min(limit, max(captured_end, self._labelled_end(track)))
-        limit = min(limit, window + config.max_windows_per_step)
+        if now_us != self._step_now_us:  # a new step: every call in one step has its now_us
+            self._step_now_us = now_us
+            self._step_budget = config.max_windows_per_step
+        limit = min(limit, window + self._step_budget)
+        self._step_budget -= max(0, limit - window)
         while window < limit:
             out.append(self._close(track, window, given_up))
             window += 1
@@ -908,7 +952,8 @@ class SessionAligner:
                     missing[stream] = "no_media"  # the stream went past it with nothing
             else:
                 gap = given_up.get(stream, "late")
-                if track.left_since_us is not None and start >= track.left_since_us:
+                left_since = self._left_since.get(track.performer_id)
+                if left_since is not None and start >= left_since:
                     gap = "ended"
                 if gap == "ended" and (hops if stream == "prosody" else sights):
                     continue  # the stream ended inside the window: it has all there was
@@ -929,6 +974,8 @@ class SessionAligner:
         if "face" in missing:
             sent.partial_sights = sights
         self._count(track, "windows_emitted")
+        if track.first_emitted is None:
+            track.first_emitted = window
         if "late" in missing.values():
             track.revisable.add(window)  # its late stream may still catch up
         if missing:
@@ -971,9 +1018,13 @@ class SessionAligner:
                     if past:
                         del sent.missing[stream]
                 elif past and sent.missing[stream] == "late":
-                    # The stream caught up with nothing more for this window: it had
-                    # everything after all.
-                    del sent.missing[stream]
+                    # The stream caught up with nothing more for this window: it had all
+                    # there was, which may be nothing (an outage of that stream only).
+                    had = sent.partial_hops if stream == "prosody" else sent.partial_sights
+                    if had:
+                        del sent.missing[stream]
+                    else:
+                        sent.missing[stream] = "no_media"
                     changed = True
             waiting = window in track.hops or window in track.sights
             if not waiting and "late" not in sent.missing.values():

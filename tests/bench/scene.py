@@ -1378,6 +1378,9 @@ class Scene:
             "cpu_count": os.cpu_count(),
             "warm_up_s": round(warm_up_s, 1),
             "warm_up_complete": warm_up_complete,
+            # The dashboard draws the mesh at the face stream's own delay (it fades, never
+            # hides): the share of seconds with any mesh drawn, and the age of what it drew.
+            "dashboard_mesh": self.mesh_drawn(start_us / 1000, end_us / 1000),
             "phases_s": self.phases,
             "fork_caught_up_after_window_s": None
             if fork_catch_up_s is None
@@ -1695,6 +1698,28 @@ class Scene:
                 good += len(fresh & set(range(slots)))
                 total += slots
         return round(good / total, 3) if total else None
+
+    def mesh_drawn(self, start_ms: float, end_ms: float) -> dict[str, Any]:
+        """Share of (dashboard, performer, second) with a mesh drawn at all, and the age
+        (draw instant minus the face record's ts_us) of the meshes drawn."""
+        dashboards = [page for page in self.pages if page.role == "director"]
+        slots = int((end_ms - start_ms) // 1000)
+        drawn = total = 0
+        ages_ms: list[float] = []
+        for page in dashboards:
+            for performer in self.performers:
+                seconds = set()
+                for at, face_us in page.meshes.get(performer, ()):
+                    if start_ms <= at < end_ms:
+                        seconds.add(int((at - start_ms) // 1000))
+                        ages_ms.append(at - face_us / 1000)
+                drawn += len(seconds & set(range(slots)))
+                total += slots
+        return {
+            "drawn_ratio": round(drawn / total, 3) if total else None,
+            "age_ms_p50": percentile(ages_ms, 0.50),
+            "age_ms_p99": percentile(ages_ms, 0.99),
+        }
 
     def av_sync(self, start_us: int, end_us: int) -> dict[str, Any]:
         """Flash/beep pairs on the forked records, as tests.bench.capture pairs them."""

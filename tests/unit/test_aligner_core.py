@@ -1004,3 +1004,72 @@ def test_counters_are_made_of_the_windows_and_carry_over_a_restart() -> None:
     assert again["duplicate_features"] == 1
     # An instance that counted a performer itself keeps its own counts.
     assert not second.seed_counters("alice", {}, 0, later)
+
+
+def test_a_stream_that_catches_up_with_nothing_for_a_window_leaves_it_without_media() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    feed_prosody(aligner, T0, T0 + 20 * W, T0)
+    aligner.add_face(face(T0), T0)
+    sent = by_start(aligner.tick(T0 + 20 * W + CONFIG.feature_wait_us))
+    assert sent[5].missing == {"face": "late"}
+    # Face comes back at window 15: the outage's windows had no video after all.
+    aligner.add_face(face(T0 + 15 * W), T0 + 21 * W + CONFIG.feature_wait_us)
+    revised = by_start(aligner.tick(T0 + 21 * W + CONFIG.feature_wait_us))
+    assert revised[5].missing == {"face": "no_media"}
+    assert revised[5].revision == 1
+    assert revised[0].missing == {}  # its one frame was all there was
+
+
+def test_a_tag_before_the_first_window_brings_out_every_window_up_to_it() -> None:
+    config = replace(CONFIG, grace_us=2_000_000)
+    aligner = SessionAligner(SID, config)
+    feed_prosody(aligner, T0 + 10 * W, T0 + 20 * W, T0 + 10 * W)
+    aligner.tick(T0 + 20 * W + CONFIG.tag_wait_us)
+    out = windows_only(aligner.add_tag(point("tag-p001", T0 + 7 * W + 50_000), T0 + 21 * W))
+    assert [(w.ts_us - T0) // W for w in out] == [7, 8, 9]
+    assert tag_ids(out[0]) == ["tag-p001"]
+    assert all(w.missing == {"prosody": "no_media", "face": "no_media"} for w in out)
+    # They leave the grace in window order: the counts stay whole.
+    feed_prosody(aligner, T0 + 20 * W, T0 + 60 * W, T0 + 60 * W)
+    aligner.tick(T0 + 60 * W + config.grace_us)
+    totals, _, _ = aligner.performer_counters()["alice"]
+    assert totals["windows_emitted"] == aligner.stats["windows_emitted"]
+
+
+def test_one_step_emits_at_most_max_windows_per_step() -> None:
+    config = replace(PROSODY_ONLY, max_windows_per_step=100)
+    aligner = SessionAligner(SID, config)
+    aligner.add_prosody(hop(T0), T0)
+    hour = 3_600_000_000
+    now = T0 + hour
+    step: list[records.LabelWindow] = []
+    for k in range(30):  # a batch of hops, one aligner step (one now_us)
+        step += aligner.add_prosody(hop(T0 + hour + k * 10_000), now)
+    assert len(step) == 100
+    assert len(aligner.tick(now + 20_000)) == 100
+
+
+def test_presence_gives_no_track_to_a_performer_aligned_elsewhere() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    aligner.set_presence("bob", False, T0, T0)
+    assert aligner.performer_counters() == {}
+    assert aligner.seed_counters("bob", {"windows_emitted": 5}, T0, T0)
+
+
+def test_a_rebalance_back_to_the_same_instance_keeps_its_own_state() -> None:
+    aligner = SessionAligner(SID, CONFIG)
+    emitted = feed_prosody(aligner, T0, T0 + 10 * W, T0)
+    for k in range(3):
+        emitted += aligner.add_face(face(T0 + k * W), T0)
+    emitted += aligner.tick(T0 + 10 * W + CONFIG.feature_wait_us)
+    before = aligner.performer_counters()
+    aligner.restore(emitted, T0 + 11 * W + CONFIG.feature_wait_us)
+    assert aligner.performer_counters() == before
+    # A late face frame still revises the windows (not taken for a re-read): those it
+    # went past at once, its own once the stream is silent again.
+    late_at = T0 + 12 * W + CONFIG.feature_wait_us
+    aligner.add_face(face(T0 + 5 * W), late_at)
+    assert [(w.ts_us - T0) // W for w in aligner.tick(late_at)] == [2, 3, 4]
+    [own] = aligner.tick(late_at + CONFIG.feature_wait_us)
+    assert (own.ts_us - T0) // W == 5
+    assert own.features.face_frames == 1
