@@ -166,7 +166,7 @@ class _SentWindow:
     revision: int
     missing: dict[FeatureStream, StreamGap] = field(default_factory=dict)
     # What its first revision said (the counters are made of the windows, see _tally).
-    first_missing: bool = False
+    first_missing: dict[FeatureStream, StreamGap] = field(default_factory=dict)
     first_without_media: bool = False
     first_frames: int = 0
     # What the window had of each missing stream (a stream may stop in mid-window): its
@@ -438,7 +438,7 @@ class SessionAligner:
                     self._labels_at(track, index),
                     window.revision,
                     dict(window.missing),
-                    first_missing=bool(opening.missing),
+                    first_missing=dict(opening.missing),
                     first_without_media=_without_media(opening.missing, opening.features),
                     first_frames=_frames(opening.features),
                 )
@@ -810,7 +810,12 @@ class SessionAligner:
                 # Before the performer's first captured instant: no media there.
                 gaps: dict[FeatureStream, StreamGap] = dict.fromkeys(FEATURE_STREAMS, "no_media")
                 sent = track.sent[window] = _SentWindow(
-                    WindowFeatures(), labels, 0, gaps, first_missing=True, first_without_media=True
+                    WindowFeatures(),
+                    labels,
+                    0,
+                    gaps,
+                    first_missing=dict(gaps),
+                    first_without_media=True,
                 )
                 created = True
                 self._count(track, "windows_emitted")
@@ -964,7 +969,7 @@ class SessionAligner:
             labels,
             0,
             missing,
-            first_missing=bool(missing),
+            first_missing=dict(missing),
             first_without_media=_without_media(missing, features),
             first_frames=_frames(features),
         )
@@ -1076,6 +1081,7 @@ class SessionAligner:
             consensus_agreement=agreement,
             correction=correction,
             revision=sent.revision,
+            final_after_us=(window + 1) * self._config.window_us + self._config.grace_us,
             missing=dict(sent.missing),
         )
 
@@ -1183,9 +1189,9 @@ def _without_media(missing: dict[FeatureStream, StreamGap], features: WindowFeat
 def _tally(sent: _SentWindow) -> dict[str, int]:
     """What one emitted window adds to its performer's counters."""
     features = sent.features
-    return {
+    counts = {
         "windows_emitted": 1,
-        "windows_incomplete": int(sent.first_missing),
+        "windows_incomplete": int(bool(sent.first_missing)),
         "windows_without_media": int(sent.first_without_media),
         "window_revisions": sent.revision,
         "late_features_revised": max(0, _frames(features) - sent.first_frames),
@@ -1193,6 +1199,10 @@ def _tally(sent: _SentWindow) -> dict[str, int]:
         "face_frames": features.face_frames,
         "face_frames_skipped": features.face_frames_skipped,
     }
+    # Per stream and reason (e.g. face_no_media_windows: a video outage, in windows).
+    for stream, gap in sent.first_missing.items():
+        counts[f"{stream}_{gap}_windows"] = 1
+    return counts
 
 
 def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:

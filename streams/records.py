@@ -527,6 +527,13 @@ class LabelWindow(PerformerRecord):
     consensus_agreement: Unit | None = None
     correction: StrictBool = False
     revision: Annotated[StrictInt, Field(ge=0)] = 0
+    final_after_us: TimestampUs | None = Field(
+        default=None,
+        description=(
+            "No revision of this window comes after this session-clock instant (its end + "
+            "label_grace_s): the newest revision a consumer holds by then is final."
+        ),
+    )
     missing: dict[FeatureStream, StreamGap] = Field(
         default={},
         description=(

@@ -261,6 +261,8 @@ def test_every_window_between_captured_instants_goes_out_and_says_what_it_lacks(
     assert [w.ts_us for w in windows] == [T0 + k * W for k in range(6)]
     assert windows[0].missing == {"face": "absent"}
     assert windows[0].features.prosody_hops == 1
+    # No revision of it can come after its end + the grace: then what one holds is final.
+    assert windows[0].final_after_us == T0 + W + CONFIG.grace_us
     for window in windows[1:5]:
         assert window.missing == {"prosody": "no_media", "face": "absent"}
         assert window.features == records.WindowFeatures()
@@ -989,6 +991,7 @@ def test_counters_are_made_of_the_windows_and_carry_over_a_restart() -> None:
     assert final["prosody_hops"] == 400
     assert final["face_frames"] == 10
     assert final["late_features_lost"] == 1
+    assert final["face_no_media_windows"] == 9  # the odd windows before 18
     assert through_us > T0  # older windows left the grace: carried, not counted again
     # The successor carries on from the published part and counts the windows still
     # open to revision from what it reads back: the same numbers.
