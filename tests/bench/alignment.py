@@ -24,16 +24,14 @@ import asyncio
 import json
 import random
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from infra.settings import Settings, load_settings
+from infra.settings import Settings
 from infra.worker import ProcessorWorker
 from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
-from tests.bench.common import bench_broker
+from tests.bench.common import fresh_bench_broker
 from tests.tag_client import SimulatedClock, TagClient, serve_tags, wall_us
 
 
@@ -96,81 +94,76 @@ async def rater(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="livetag-bench-") as tmp:
-        state = Path(tmp)
-        base = load_settings().model_copy(update={"state_dir": state})
-        with bench_broker(base, state) as bench:
-            settings = bench.settings
-            async with kafka.admin_client(settings) as admin:
-                await topics.ensure_shared_topics(admin, settings)
-            performers = [f"p{n}" for n in range(args.performers)]
-            session = await create_session(
-                settings,
-                prompt="alignment benchmark",
-                performer_names=performers,
-                vocabulary=load_vocabulary(None),
-            )
-            performers = [p.performer_id for p in session.roster]
-            labels = [entry.label for entry in session.vocabulary]
-            stop = asyncio.Event()
-            worker = asyncio.create_task(
-                ProcessorWorker(settings, only_sessions={session.session_id}).run(stop)
-            )
-            reader = LabelReader(settings, session.session_id)
-            await reader.consumer.start()
-            reading = asyncio.create_task(reader.run())
-            presses: dict[str, int] = {}
-            clients: list[TagClient] = []
-            try:
-                async with serve_tags(settings, session) as served:
-                    rng = random.Random(args.seed)
-                    for n in range(args.raters):
-                        path = random.Random(f"{args.seed}/{n}")
-                        clients.append(
-                            served.client(
-                                participant=f"rater{n}",
-                                role="observer",
-                                clock=SimulatedClock(
-                                    offset_us=rng.randint(-2_500_000, 2_500_000),
-                                    drift_ppm=rng.uniform(-50.0, 50.0),
-                                ),
-                                uplink=lambda path=path: path.uniform(0.005, 0.080),
-                                downlink=lambda path=path: path.uniform(0.005, 0.020),
-                            )
-                        )
-                    await asyncio.gather(*(client.connect() for client in clients))
-                    print(f"raters connected; clock sync settling {args.settle} s", file=sys.stderr)
-                    await asyncio.sleep(args.settle)
-                    await asyncio.gather(
-                        *(
-                            rater(
-                                client,
-                                performers,
-                                labels,
-                                seconds=args.seconds,
-                                rate=args.rate,
-                                rng=random.Random(f"{args.seed}/press/{n}"),
-                                presses=presses,
-                            )
-                            for n, client in enumerate(clients)
+    async with fresh_bench_broker() as bench:
+        settings = bench.settings
+        performers = [f"p{n}" for n in range(args.performers)]
+        session = await create_session(
+            settings,
+            prompt="alignment benchmark",
+            performer_names=performers,
+            vocabulary=load_vocabulary(None),
+        )
+        performers = [p.performer_id for p in session.roster]
+        labels = [entry.label for entry in session.vocabulary]
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            ProcessorWorker(settings, only_sessions={session.session_id}).run(stop)
+        )
+        reader = LabelReader(settings, session.session_id)
+        await reader.consumer.start()
+        reading = asyncio.create_task(reader.run())
+        presses: dict[str, int] = {}
+        clients: list[TagClient] = []
+        try:
+            async with serve_tags(settings, session) as served:
+                rng = random.Random(args.seed)
+                for n in range(args.raters):
+                    path = random.Random(f"{args.seed}/{n}")
+                    clients.append(
+                        served.client(
+                            participant=f"rater{n}",
+                            role="observer",
+                            clock=SimulatedClock(
+                                offset_us=rng.randint(-2_500_000, 2_500_000),
+                                drift_ppm=rng.uniform(-50.0, 50.0),
+                            ),
+                            uplink=lambda path=path: path.uniform(0.005, 0.080),
+                            downlink=lambda path=path: path.uniform(0.005, 0.020),
                         )
                     )
-                    for client in clients:
-                        await client.wait_acked(list(client.unacked), timeout_s=30)
-                    async with asyncio.timeout(30):
-                        while len(reader.first_seen_us) < len(presses):
-                            await reader.progress.wait()
-                            reader.progress.clear()
-            except TimeoutError:
-                print("timed out waiting for acks or labels", file=sys.stderr)
-            finally:
+                await asyncio.gather(*(client.connect() for client in clients))
+                print(f"raters connected; clock sync settling {args.settle} s", file=sys.stderr)
+                await asyncio.sleep(args.settle)
+                await asyncio.gather(
+                    *(
+                        rater(
+                            client,
+                            performers,
+                            labels,
+                            seconds=args.seconds,
+                            rate=args.rate,
+                            rng=random.Random(f"{args.seed}/press/{n}"),
+                            presses=presses,
+                        )
+                        for n, client in enumerate(clients)
+                    )
+                )
                 for client in clients:
-                    await client.close()
-                reading.cancel()
-                await asyncio.gather(reading, return_exceptions=True)
-                await reader.consumer.stop()
-                stop.set()
-                await worker
+                    await client.wait_acked(list(client.unacked), timeout_s=30)
+                async with asyncio.timeout(30):
+                    while len(reader.first_seen_us) < len(presses):
+                        await reader.progress.wait()
+                        reader.progress.clear()
+        except TimeoutError:
+            print("timed out waiting for acks or labels", file=sys.stderr)
+        finally:
+            for client in clients:
+                await client.close()
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            await reader.consumer.stop()
+            stop.set()
+            await worker
 
     errors_ms: list[float] = []
     ack_ms: list[float] = []

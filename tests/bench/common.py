@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from infra.broker import EmbeddedBroker
-from infra.settings import Settings
+from infra.settings import Settings, load_settings
+from streams import kafka, topics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +69,19 @@ def bench_broker(settings: Settings, state_dir: Path) -> Iterator[BenchBroker]:
         yield BenchBroker(settings.model_copy(update={"broker_port": broker.port}), broker.pid)
     finally:
         broker.stop()
+
+
+@asynccontextmanager
+async def fresh_bench_broker(**updates: Any) -> AsyncIterator[BenchBroker]:
+    """What a benchmark that starts from nothing stands on: a temporary state folder, the
+    settings (with ``updates``), a fresh broker (bench_broker) and the shared topics."""
+    with tempfile.TemporaryDirectory(prefix="livetag-bench-") as tmp:
+        state = Path(tmp)
+        base = load_settings().model_copy(update={"state_dir": state, **updates})
+        with bench_broker(base, state) as bench:
+            async with kafka.admin_client(bench.settings) as admin:
+                await topics.ensure_shared_topics(admin, bench.settings)
+            yield bench
 
 
 def reexec_in_netns(module: str, marker_env: str) -> NoReturn:

@@ -19,20 +19,18 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 
-from infra.settings import load_settings, to_environment
+from infra.settings import to_environment
 from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers import tokens
 from taggers.vocabulary import load_vocabulary
-from tests.bench.common import bench_broker, cpu_seconds
+from tests.bench.common import cpu_seconds, fresh_bench_broker
 
 SECRET = "benchmark-secret-that-is-long-enough-for-signing-tokens"
 
@@ -136,62 +134,55 @@ async def client(url: str, seconds: float, warmup: float, out: dict[str, list[fl
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="livetag-bench-") as tmp:
-        state = Path(tmp)
-        base = load_settings().model_copy(
-            update={"state_dir": state, "token_secret": SECRET, "dashboard_port": 0}
+    async with fresh_bench_broker(token_secret=SECRET, dashboard_port=0) as bench:
+        settings = bench.settings
+        session = await create_session(
+            settings,
+            prompt="dashboard benchmark",
+            performer_names=[f"p{n}" for n in range(args.performers)],
+            vocabulary=load_vocabulary(None),
         )
-        with bench_broker(base, state) as bench:
-            settings = bench.settings
-            async with kafka.admin_client(settings) as admin:
-                await topics.ensure_shared_topics(admin, settings)
-            session = await create_session(
-                settings,
-                prompt="dashboard benchmark",
-                performer_names=[f"p{n}" for n in range(args.performers)],
-                vocabulary=load_vocabulary(None),
+        server = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "infra",
+            "dashboard",
+            env={**os.environ, **to_environment(settings)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert server.stdout is not None
+            line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
+            dashboard_url = line.split()[1].split("/dashboard")[0]
+            token = tokens.issue(
+                SECRET.encode(),
+                session_id=session.session_id,
+                role="director",
+                participant_id="director",
+                ttl_s=600,
             )
-            server = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "infra",
-                "dashboard",
-                env={**os.environ, **to_environment(settings)},
-                stdout=asyncio.subprocess.PIPE,
-            )
-            try:
-                assert server.stdout is not None
-                line = (await asyncio.wait_for(server.stdout.readline(), 60)).decode()
-                dashboard_url = line.split()[1].split("/dashboard")[0]
-                token = tokens.issue(
-                    SECRET.encode(),
-                    session_id=session.session_id,
-                    role="director",
-                    participant_id="director",
-                    ttl_s=600,
-                )
-                url = f"{dashboard_url.replace('http', 'ws')}/ws/dashboard?token={token}"
-                producer = kafka.make_producer(settings)
-                await producer.start()
-                results: list[dict[str, list[float]]] = [
-                    {"updates": [], "latency_ms": []} for _ in range(args.clients)
-                ]
-                warmup = 5.0
-                feeding = asyncio.create_task(feed(producer, session, args.seconds + warmup + 2))
-                clients = [
-                    asyncio.create_task(client(url, args.seconds + warmup, warmup, out))
-                    for out in results
-                ]
-                await asyncio.sleep(warmup)
-                cpu_start, wall_start = cpu_seconds(server.pid), time.monotonic()
-                await asyncio.gather(*clients)
-                cpu = (cpu_seconds(server.pid) - cpu_start) / (time.monotonic() - wall_start)
-                feeding.cancel()
-                await asyncio.gather(feeding, return_exceptions=True)
-                await producer.stop()
-            finally:
-                server.terminate()
-                await server.wait()
+            url = f"{dashboard_url.replace('http', 'ws')}/ws/dashboard?token={token}"
+            producer = kafka.make_producer(settings)
+            await producer.start()
+            results: list[dict[str, list[float]]] = [
+                {"updates": [], "latency_ms": []} for _ in range(args.clients)
+            ]
+            warmup = 5.0
+            feeding = asyncio.create_task(feed(producer, session, args.seconds + warmup + 2))
+            clients = [
+                asyncio.create_task(client(url, args.seconds + warmup, warmup, out))
+                for out in results
+            ]
+            await asyncio.sleep(warmup)
+            cpu_start, wall_start = cpu_seconds(server.pid), time.monotonic()
+            await asyncio.gather(*clients)
+            cpu = (cpu_seconds(server.pid) - cpu_start) / (time.monotonic() - wall_start)
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
+            await producer.stop()
+        finally:
+            server.terminate()
+            await server.wait()
     latencies = [value for out in results for value in out["latency_ms"]]
     rates = [len(out["updates"]) / args.seconds for out in results]
     return {

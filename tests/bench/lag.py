@@ -36,21 +36,19 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from infra.settings import Settings, load_settings
+from infra.settings import Settings
 from infra.worker import ProcessorWorker
 from streams import health, kafka, records, sessions, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
-from tests.bench.common import bench_broker
+from tests.bench.common import fresh_bench_broker
 
 STEP_US = 100_000  # the producer writes what was "captured" in each 100 ms
 HOP_US = 10_000
@@ -386,34 +384,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rejoin_at_s = at_s
     if rejoin_at_s + REJOIN_AFTER_S + 5.0 > args.seconds:
         raise SystemExit(f"--seconds {args.seconds} leaves no room for the bursts and rejoin")
-    with tempfile.TemporaryDirectory(prefix="livetag-bench-") as tmp:
-        state = Path(tmp)
-        base = load_settings().model_copy(update={"state_dir": state})
-        with bench_broker(base, state) as bench:
-            settings = bench.settings
-            async with kafka.admin_client(settings) as admin:
-                await topics.ensure_shared_topics(admin, settings)
-            session = await create_session(
-                settings,
-                prompt="lag benchmark",
-                performer_names=["held", "rejoining"],
-                vocabulary=load_vocabulary(None),
-            )
-            stop = asyncio.Event()
-            worker = asyncio.create_task(
-                ProcessorWorker(settings, only_sessions={session.session_id}).run(stop)
-            )
-            try:
-                # The processors join their group before the first record is written.
-                await asyncio.sleep(args.warm_up)
-                print(f"lag: writing features for {args.seconds} s", file=sys.stderr)
-                feeds, notes = await produce(settings, session, args.seconds, bursts, rejoin_at_s)
-                print("lag: session ended; reading the labels", file=sys.stderr)
-                windows = await read_labels(settings, session.session_id)
-                exported = await health.read_counters(settings, session.session_id)
-            finally:
-                stop.set()
-                await worker
+    async with fresh_bench_broker() as bench:
+        settings = bench.settings
+        session = await create_session(
+            settings,
+            prompt="lag benchmark",
+            performer_names=["held", "rejoining"],
+            vocabulary=load_vocabulary(None),
+        )
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            ProcessorWorker(settings, only_sessions={session.session_id}).run(stop)
+        )
+        try:
+            # The processors join their group before the first record is written.
+            await asyncio.sleep(args.warm_up)
+            print(f"lag: writing features for {args.seconds} s", file=sys.stderr)
+            feeds, notes = await produce(settings, session, args.seconds, bursts, rejoin_at_s)
+            print("lag: session ended; reading the labels", file=sys.stderr)
+            windows = await read_labels(settings, session.session_id)
+            exported = await health.read_counters(settings, session.session_id)
+        finally:
+            stop.set()
+            await worker
     window_us = settings.label_window_ms * 1000
     session_id = session.session_id
     result = tally(feeds, windows, window_us, bursts, notes.pop("started_us"))

@@ -14,6 +14,7 @@ from streams import records
 from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
 from streams.tag_rules import tag_intervals
 from tests import tag_cases
+from tests.tag_cases import tag
 
 SID = "s-1"
 W = 100_000
@@ -60,43 +61,6 @@ def face(
         head_pose=None
         if pose is None
         else records.HeadPose(yaw_deg=pose[0], pitch_deg=pose[1], roll_deg=pose[2]),
-    )
-
-
-def tag(
-    tag_id: str,
-    action: str,
-    ts_us: int,
-    *,
-    label: str | None = "laughter",
-    rater: str = "dora",
-    span_us: int | None = None,
-    onset: str | None = None,
-    undoes: str | None = None,
-    performer: str = "alice",
-    session: str = SID,
-) -> records.TagEvent:
-    return records.TagEvent.model_validate(
-        {
-            "ts_us": ts_us,
-            "session_id": session,
-            "performer_id": performer,
-            "tag_id": tag_id,
-            "rater_id": rater,
-            "rater_role": "director" if rater == "dora" else "observer",
-            "action": action,
-            "label": None if action == "undo" else label,
-            "span_us": span_us,
-            "onset_tag_id": onset,
-            "undoes_tag_id": undoes,
-            "timing": {
-                "client_press_ts_us": ts_us,
-                "clock_offset_us": 0,
-                "rtt_us": 1_000,
-                "clock_uncertainty_us": 500,
-            },
-            "received_ts_us": ts_us,
-        }
     )
 
 
