@@ -214,14 +214,17 @@ class CaptureServer:
             await asyncio.sleep(COUNTERS_INTERVAL_S)
             try:
                 for session_id, by_performer in list(self._fork_totals.items()):
-                    for performer_id, totals in list(by_performer.items()):
-                        identity = (session_id, performer_id)
-                        if identity not in seeded:
-                            earlier = await health.read_counters(self.settings, session_id)
+                    unseeded = [p for p in by_performer if (session_id, p) not in seeded]
+                    if unseeded:
+                        # One read of the session's records for every performer new here.
+                        earlier = await health.read_counters(self.settings, session_id)
+                        for performer_id in unseeded:
                             record = earlier.get((session_id, performer_id, "capture"))
                             if record is not None:
-                                totals.add_counts(record.counters)
-                            seeded.add(identity)  # once, even if the publish below fails
+                                by_performer[performer_id].add_counts(record.counters)
+                            seeded.add((session_id, performer_id))  # once, even if unpublished
+                    for performer_id, totals in list(by_performer.items()):
+                        identity = (session_id, performer_id)
                         counts = totals.counters()
                         if published.get(identity) == counts:
                             continue
