@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from infra.settings import Settings
 from streams import kafka, records, topics
-from streams.health import newest_counters
+from streams.health import decode_counters, newest_counters
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +78,8 @@ class CounterBoard(Collector):
                 await consumer.seek_to_beginning(partition)
                 while True:
                     batches = await consumer.getmany(partition, timeout_ms=1000)
-                    found = []
-                    for message in batches.get(partition, []):
-                        try:
-                            found.append(
-                                records.decode(
-                                    records.PipelineCounters, message.value, message.headers
-                                )
-                            )
-                        except records.RecordError as exc:
-                            self.undecodable += 1
-                            log.warning("skipping an undecodable counters record: %s", exc)
+                    found, undecodable = decode_counters(batches.get(partition, []))
+                    self.undecodable += undecodable
                     if found:
                         self._newest.update(newest_counters([*self._newest.values(), *found]))
             except asyncio.CancelledError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
@@ -43,6 +44,20 @@ def newest_counters(
     return newest
 
 
+def decode_counters(messages: Iterable[Any]) -> tuple[list[records.PipelineCounters], int]:
+    """The counters records among these Kafka messages, and how many were undecodable
+    (skipped with a warning: their producer dead-letters what it rejects)."""
+    found: list[records.PipelineCounters] = []
+    undecodable = 0
+    for message in messages:
+        try:
+            found.append(records.decode(records.PipelineCounters, message.value, message.headers))
+        except records.RecordError as exc:
+            undecodable += 1
+            log.warning("skipping an undecodable counters record: %s", exc)
+    return found, undecodable
+
+
 async def read_counters(
     settings: Settings, session_id: str | None = None, *, timeout_ms: int = 2000
 ) -> dict[tuple[str, str, str], records.PipelineCounters]:
@@ -60,15 +75,10 @@ async def read_counters(
             batches = await consumer.getmany(partition, timeout_ms=timeout_ms)
             if not batches:
                 break
-            for message in batches.get(partition, []):
-                if prefix is not None and not (message.key or b"").startswith(prefix):
-                    continue
-                try:
-                    found.append(
-                        records.decode(records.PipelineCounters, message.value, message.headers)
-                    )
-                except records.RecordError as exc:
-                    log.warning("skipping an undecodable counters record: %s", exc)
+            messages = batches.get(partition, [])
+            if prefix is not None:
+                messages = [m for m in messages if (m.key or b"").startswith(prefix)]
+            found.extend(decode_counters(messages)[0])
     finally:
         await consumer.stop()
     return newest_counters(found)
