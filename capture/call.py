@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -84,6 +84,9 @@ class PublishedMedia:
     performer_id: str
     pc: RTCPeerConnection
     fork: PerformerFork
+    # The page that publishes it (its own random id, kept across its reconnects): only
+    # that page may replace it while it is connected.
+    page_id: str | None = None
     generation: int = field(default_factory=lambda: next(_generations))
     fanouts: dict[str, PacketFanout] = field(default_factory=dict)
     receivers: dict[str, RTCRtpReceiver] = field(default_factory=dict)
@@ -93,6 +96,9 @@ class PublishedMedia:
     recent: OrderedDict[int, Stamp] = field(default_factory=OrderedDict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     frames_failed: int = 0  # received frames whose handling raised (a bug: logged)
+    # Set when the publication ends (the performer left, or was replaced): from then on
+    # nothing it receives is forked or forwarded, while the fork flushes what came before.
+    closing: bool = False
 
     @property
     def live(self) -> bool:
@@ -120,6 +126,8 @@ class PublishedMedia:
     def on_encoded(self, kind: str, encoded: rtp_hooks.EncodedFrame) -> None:
         """One frame from the publisher, on the event loop: stamp it, hand it to the fork
         and to every watcher. Nothing here blocks or waits."""
+        if self.closing:
+            return  # the performer has left: consent ends with the publication
         arrival_us = time.time_ns() // 1000
         timer = self.timers[kind]
         stamp = timer.stamp(encoded.pts)
@@ -155,6 +163,7 @@ class PublishedMedia:
         }
 
     async def close(self) -> None:
+        self.closing = True  # before any await: no frame after this is taken in
         try:
             for fanout in self.fanouts.values():
                 fanout.close()
@@ -193,6 +202,8 @@ class SceneCall:
         # server's, so a call made again for the session (everyone had left) goes on too.
         self._fork_totals: dict[str, ForkStats] = {} if fork_totals is None else fork_totals
         self._subscriptions: set[RTCPeerConnection] = set()
+        # Publications refused per performer: another page held their media.
+        self.takeovers_refused: Counter[str] = Counter()
         self._relayed: dict[
             RTCPeerConnection,
             tuple[PublishedMedia, rtp_hooks.SentTimeline, list[MediaStreamTrack]],
@@ -211,13 +222,28 @@ class SceneCall:
         offer_sdp: str,
         sender_offset: OffsetProvider,
         on_lost: Notify | None = None,
+        page_id: str | None = None,
     ) -> tuple[str, int]:
         """Accept a performer's camera + microphone; returns the SDP answer and the
-        generation that identifies this publication."""
-        previous = self.published.pop(performer_id, None)
-        if previous is not None:
-            # A rejoin (reload, network blip, new server connection) replaces the old one.
-            await previous.close()
+        generation that identifies this publication.
+
+        While the performer's media comes from a page that is still connected, only that
+        page (``page_id``) may replace it: a rejoin after a network cut opens its new
+        connection before the server notices the old one closed. Another page with the
+        same link is refused (``performer_taken``) until the first is gone."""
+        previous = self.published.get(performer_id)
+        if previous is not None and _held_by_another_page(previous, page_id):
+            self.takeovers_refused[performer_id] += 1
+            log.warning(
+                "%s: a second page tried to publish while the first is connected: refused",
+                performer_id,
+            )
+            raise CallError(
+                "performer_taken",
+                f"{performer_id} is already sending from another page (another tab, device "
+                "or person with this link): close that page first; this one tries again",
+            )
+        self.published.pop(performer_id, None)
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
         media: PublishedMedia
 
@@ -238,13 +264,17 @@ class SceneCall:
             request_keyframe=request_keyframe,
             stats=totals,
         )
-        media = PublishedMedia(performer_id=performer_id, pc=pc, fork=fork)
+        media = PublishedMedia(performer_id=performer_id, pc=pc, fork=fork, page_id=page_id)
         for kind in ("audio", "video"):
             media.fanouts[kind] = PacketFanout(kind, request_keyframe=media.request_keyframe)
             # Made before the offer is applied, so the answer accepts only the codec that
             # is forwarded to watchers.
             _prefer_forwarded_codec(pc.addTransceiver(kind, direction="recvonly"))
         self.published[performer_id] = media
+        if previous is not None:
+            # The same page rejoining: its old publication goes. Closed only now, so a
+            # publish arriving meanwhile finds this one in place, not an empty seat.
+            await previous.close()
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -381,6 +411,7 @@ class SceneCall:
         for performer_id, totals in self._fork_totals.items():
             media = self.published.get(performer_id)
             out[performer_id] = totals.snapshot(samples=samples)
+            out[performer_id]["takeovers_refused"] = self.takeovers_refused[performer_id]
             if media is None:
                 out[performer_id]["connection"] = "left"
                 continue
@@ -390,6 +421,14 @@ class SceneCall:
                 connection=media.pc.connectionState,
             )
         return out
+
+
+def _held_by_another_page(media: PublishedMedia, page_id: str | None) -> bool:
+    """Whether ``media`` is live and published by a page other than ``page_id`` (a page
+    that does not say which it is counts as another)."""
+    if media.pc.connectionState in ("failed", "closed"):
+        return False  # lost: whoever comes next may take the seat
+    return page_id is None or media.page_id != page_id
 
 
 def _receiver_of(pc: RTCPeerConnection, track: MediaStreamTrack) -> RTCRtpReceiver:

@@ -4,8 +4,12 @@ The call forwards the publisher's encoded packets to watchers without decoding t
 (capture.forwarding); the fork is the one place a performer's media is decoded.
 
 - Audio: Opus decoded, resampled to 16 kHz mono s16le and cut into 20 ms chunks in the
-  thread pool, never on the event loop; not dropped (the fork waits for Kafka behind a
-  queue of a minute of audio; the call never waits).
+  thread pool, never on the event loop. Chunks wait in a spool (``audio_spool_s`` of audio,
+  in memory) until the broker has acknowledged them: the fork sends the spool's oldest
+  chunks as one batch every ``audio_linger_ms``, one batch in flight at a time, and sends
+  a batch the broker failed again, in order, with its original ``ts_us``, however long
+  the broker is away. Only audio arriving while the spool is full is lost, counted with
+  its time span (``audio_lost_ms``, ``audio_lost_spans``). The call never waits.
 - Video: every VP8 packet is decoded (inter frames need their predecessors) in a thread
   pool, never on the event loop; frames due at the analysis rate are scaled and
   JPEG-encoded (MJPEG) in the same call. When Kafka or the pool falls behind, analysis
@@ -19,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import fractions
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -31,12 +37,13 @@ from typing import Any, Literal
 import av
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from av.video.reformatter import VideoReformatter
 
 from capture.loop_lag import percentile
 from capture.timing import Stamp
 from infra.settings import Settings
-from streams import records
+from streams import kafka, records
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,17 @@ _REANCHOR_US = 15_000  # a jump larger than this (loss, sender restart) re-ancho
 # Decoded Opus lags its RTP timestamps by the encoder's lookahead: 312 samples at 48 kHz
 # for libopus in the VoIP mode browsers use (measured through aiortc: 313 samples).
 OPUS_DECODER_DELAY_US = 6_500
-AUDIO_QUEUE_FRAMES = 3000  # 60 s of 20 ms frames: only a long Kafka outage fills it
+AUDIO_QUEUE_FRAMES = 3000  # 60 s of 20 ms Opus frames waiting to be decoded: only a starved pool
+AUDIO_CHUNKS_PER_S = 50
+# Chunks sent in one batch at most: 5 s of audio (~240 KB, within the audio producer's
+# batch size), so a spool refilled by an outage drains in a few round trips.
+AUDIO_SEND_CHUNKS = 250
+AUDIO_RETRY_MAX_S = 2.0  # back-off ceiling between attempts while the broker is away
+AUDIO_LOST_SPANS_KEPT = 64
+AUDIO_MAX_BATCH_BYTES = 512 * 1024
+AUDIO_CHUNK_US = AUDIO_CHUNK_SAMPLES * 1_000_000 // AUDIO_RATE
+# A performer who leaves has this long to get their spooled audio to the broker.
+AUDIO_STOP_FLUSH_S = 5.0
 AUDIO_BATCH_FRAMES = 50  # Opus frames decoded in one trip to the thread pool (at most)
 # Encoded video packets waiting for the decoder: 2 s at 30 fps. Only a starved thread pool
 # fills it; the analysis frames among them are bounded by settings.video_queue_frames.
@@ -78,6 +95,11 @@ class ForkStats:
     video_frames_skipped: int = 0  # thinned to the analysis rate, not a drop
     audio_chunks_out: int = 0
     audio_chunks_dropped: int = 0
+    # Audio lost because the spool was full (a broker away for longer than audio_spool_s)
+    # or left in it when the performer left with the broker still away, in milliseconds.
+    audio_lost_ms: int = 0
+    # Attempts the broker refused or timed out; the same chunks are sent again, in order.
+    audio_send_retries: int = 0
     produce_errors: int = 0
     video_packets_decoded: int = 0
     video_decode_errors: int = 0
@@ -87,10 +109,27 @@ class ForkStats:
     video_packets_dropped: int = 0
     # a video frame's arrival at the server, or an audio chunk cut from arriving frames (its
     # queue is empty unless Kafka stalls) -> record acknowledged by the broker: every
-    # record, and per stream (audio includes its producer's batching: audio_linger_ms)
+    # record, and per stream (audio includes its gathering in the spool: audio_linger_ms)
     fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
     video_fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
     audio_fork_latency_ms: collections.deque[float] = field(default_factory=_latency_samples)
+    # The newest spans of lost audio, (first ts_us, end ts_us) on the session clock.
+    audio_lost_spans: collections.deque[tuple[int, int]] = field(
+        default_factory=lambda: collections.deque(maxlen=AUDIO_LOST_SPANS_KEPT)
+    )
+
+    def count_audio_lost(self, ts_us: int, duration_us: int = AUDIO_CHUNK_US) -> bool:
+        """Count lost audio, joined to the newest span when it continues it; True when it
+        starts a new span."""
+        self.audio_chunks_dropped += 1
+        self.audio_lost_ms += duration_us // 1000  # a chunk is 20 ms exactly
+        end_us = ts_us + duration_us
+        spans = self.audio_lost_spans
+        if spans and spans[-1][0] <= ts_us <= spans[-1][1] + duration_us:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end_us))
+            return False
+        spans.append((ts_us, end_us))
+        return True
 
     def counters(self) -> dict[str, int]:
         """The counts (latency samples aside), for the session's health record."""
@@ -124,6 +163,9 @@ class ForkStats:
             "video_frames_dropped": self.video_frames_dropped,
             "audio_chunks_out": self.audio_chunks_out,
             "audio_chunks_dropped": self.audio_chunks_dropped,
+            "audio_lost_ms": self.audio_lost_ms,
+            "audio_lost_spans": [list(span) for span in self.audio_lost_spans],
+            "audio_send_retries": self.audio_send_retries,
             "produce_errors": self.produce_errors,
             "video_packets_decoded": self.video_packets_decoded,
             "video_packets_dropped": self.video_packets_dropped,
@@ -294,6 +336,21 @@ class VideoDecoder:
         return self._jpeg.encode(frame, width, height), width, height
 
 
+def make_fork_audio_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """The capture server's producer for audio. The forks gather a performer's chunks for
+    ``audio_linger_ms`` themselves (their spool), so it does not linger; large batches drain
+    a spool refilled by a broker outage in a few round trips."""
+    options: dict[str, Any] = {"linger_ms": 0, "max_batch_size": AUDIO_MAX_BATCH_BYTES}
+    return kafka.make_audio_producer(settings, **{**options, **overrides})
+
+
+@dataclass(frozen=True)
+class _SpooledChunk:
+    message: records.KafkaMessage
+    ts_us: int
+    cut_us: int  # wall clock when it was cut: where its fork latency starts
+
+
 @dataclass
 class _VideoPacket:
     codec: str
@@ -346,10 +403,18 @@ class PerformerFork:
         )
         self._video_resync = False  # skipping packets until a keyframe
         self._request_keyframe = request_keyframe
-        # One queue per stream: a video ack must not wait behind audio's longer batching.
-        self._acks: dict[MediaKind, asyncio.Queue[tuple[asyncio.Future[Any], int]]] = {
-            kind: asyncio.Queue(maxsize=256) for kind in ("audio", "video")
-        }
+        # Video records waiting for their acknowledgement (audio has its spool).
+        self._video_acks: asyncio.Queue[tuple[asyncio.Future[Any], int]] = asyncio.Queue(
+            maxsize=256
+        )
+        # Cut audio until the broker acknowledged it; bounded by audio_spool_s of audio.
+        self._audio_spool: collections.deque[_SpooledChunk] = collections.deque()
+        self._audio_spool_limit = settings.audio_spool_s * AUDIO_CHUNKS_PER_S
+        self._audio_spooled = asyncio.Event()
+        self._audio_drained = asyncio.Event()
+        self._audio_drained.set()
+        self._audio_sender: asyncio.Task[None] | None = None
+        self._audio_partition: int | None = None
         self._audio_queue: asyncio.Queue[tuple[av.Packet, Stamp]] = asyncio.Queue(
             maxsize=AUDIO_QUEUE_FRAMES
         )
@@ -366,16 +431,38 @@ class PerformerFork:
                 asyncio.create_task(self._decode_video(), name=f"decode-{self._performer_id}"),
                 asyncio.create_task(self._produce_video(), name=f"video-{self._performer_id}"),
                 asyncio.create_task(self._cut_audio(), name=f"audio-{self._performer_id}"),
-                *(
-                    asyncio.create_task(
-                        self._await_acks(kind), name=f"{kind}-acks-{self._performer_id}"
-                    )
-                    for kind in self._acks
-                ),
+                asyncio.create_task(self._await_video_acks(), name=f"acks-{self._performer_id}"),
             ]
+            self._audio_sender = asyncio.create_task(
+                self._send_audio(), name=f"audio-send-{self._performer_id}"
+            )
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
+        await self._cancel(tasks)
+        # What was received is the performer's (nothing new arrives now): the spool gets a
+        # few seconds to reach the broker before what is left is counted as lost.
+        sender, self._audio_sender = self._audio_sender, None
+        if sender is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._audio_drained.wait(), AUDIO_STOP_FLUSH_S)
+            await self._cancel([sender])
+        # Whatever was still queued when the performer left is lost: count it.
+        self.stats.video_frames_dropped += self._analysed.qsize() + sum(
+            1 for item in _queued(self._video_queue) if item.analyse
+        )
+        self.stats.audio_chunks_dropped += self._audio_queue.qsize() + self._audio_in_flight
+        if self._audio_spool:
+            log.error(
+                "%s/%s: %d audio chunks never reached the broker before the performer left",
+                self._session_id,
+                self._performer_id,
+                len(self._audio_spool),
+            )
+        while self._audio_spool:
+            self.stats.count_audio_lost(self._audio_spool.popleft().ts_us)
+
+    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -385,11 +472,6 @@ class PerformerFork:
                 pass
             except Exception:  # a fork that failed must not stop the call's cleanup
                 log.exception("%s/%s: fork task failed", self._session_id, self._performer_id)
-        # Whatever was still queued when the performer left is lost: count it.
-        self.stats.video_frames_dropped += self._analysed.qsize() + sum(
-            1 for item in _queued(self._video_queue) if item.analyse
-        )
-        self.stats.audio_chunks_dropped += self._audio_queue.qsize() + self._audio_in_flight
 
     # ------------------------------------------------------------------ intake
     # Called by the call for every received encoded frame, on the event loop. Never blocks.
@@ -493,40 +575,105 @@ class PerformerFork:
                     failed,
                 )
             for pcm, ts_us, anchor in chunks:
-                await self._produce_audio(pcm, ts_us, anchor)
+                self._spool_audio(pcm, ts_us, anchor)
             self._audio_in_flight = 0
 
-    async def _produce_audio(self, pcm: bytes, ts_us: int, anchor: Stamp) -> None:
+    def _spool_audio(self, pcm: bytes, ts_us: int, anchor: Stamp) -> None:
+        seq = self._audio_seq
+        # A lost chunk keeps its number too: consumers see the loss as a gap in seq.
+        self._audio_seq += 1
+        if len(self._audio_spool) >= self._audio_spool_limit:
+            if self.stats.count_audio_lost(ts_us):
+                log.error(
+                    "%s/%s: audio spool full (%d s of audio the broker has not taken): "
+                    "audio from ts_us %d on is lost and counted",
+                    self._session_id,
+                    self._performer_id,
+                    self._settings.audio_spool_s,
+                    ts_us,
+                )
+            return
         chunk = records.AudioChunk(
             records.AudioChunkHeader(
                 ts_us=ts_us,
                 session_id=self._session_id,
                 performer_id=self._performer_id,
-                seq=self._audio_seq,
+                seq=seq,
                 timing=anchor.timing,
                 sample_count=AUDIO_CHUNK_SAMPLES,
             ),
             pcm,
         )
-        self._audio_seq += 1
-        message = records.encode(chunk)
-        created = _now_us()
-        # Awaiting here is the backpressure: audio waits for Kafka (retrying while the
-        # broker is away), it is not dropped.
-        delay_s = 0.1
+        self._audio_spool.append(_SpooledChunk(records.encode(chunk), ts_us, _now_us()))
+        self._audio_drained.clear()
+        self._audio_spooled.set()
+
+    async def _send_audio(self) -> None:
+        """Send the spool's oldest chunks, one batch at a time, until the broker has them.
+
+        One batch in flight keeps the topic in ``ts_us`` order even when the broker fails a
+        batch: it is sent again before anything newer. Gathering ``audio_linger_ms`` of
+        chunks here (the audio producer does not linger) keeps the embedded broker's batch
+        count down, as its fetch cost grows with the batches stored.
+        """
+        linger_us = self._settings.audio_linger_ms * 1000
+        retry_s = 0.1
         while True:
-            try:
-                future = await self._audio_producer.send(
-                    self._audio_topic, message.value, key=message.key, headers=message.headers
-                )
+            await self._audio_spooled.wait()
+            spool = self._audio_spool
+            if not spool:
+                self._audio_spooled.clear()
+                self._audio_drained.set()
+                continue
+            wait_us = spool[0].cut_us + linger_us - _now_us()
+            if wait_us > 0 and len(spool) < AUDIO_SEND_CHUNKS:
+                await asyncio.sleep(wait_us / 1_000_000)
+            group = list(itertools.islice(spool, AUDIO_SEND_CHUNKS))
+            delivered = await self._deliver_audio(group)
+            for _ in range(delivered):
+                spool.popleft()
+            if delivered:
+                retry_s = 0.1
+                continue
+            self.stats.audio_send_retries += 1
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, AUDIO_RETRY_MAX_S)
+
+    async def _deliver_audio(self, group: list[_SpooledChunk]) -> int:
+        """Send the oldest chunks as one batch and wait for the broker; how many it took.
+
+        One batch of one partition is stored or failed whole, so a failure never leaves a
+        hole that later chunks would pass: the topic stays in ``ts_us`` order.
+        """
+        producer = self._audio_producer
+        batch = producer.create_batch()
+        taken = 0
+        for chunk in group:
+            message = chunk.message
+            appended = batch.append(
+                key=message.key, value=message.value, timestamp=None, headers=message.headers
+            )
+            if appended is None:  # the batch is full: the rest go in the next one
                 break
-            except KafkaError as exc:
-                self.stats.produce_errors += 1
-                log.warning("audio record not accepted by Kafka (%s); retrying", exc)
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 5.0)
-        self.stats.audio_chunks_out += 1
-        await self._acks["audio"].put((future, created))
+            taken += 1
+        try:
+            if self._audio_partition is None:
+                # As the producer places a keyed record, so the performer's audio sits on
+                # the same partition number as the rest of their records.
+                partitions = sorted(await producer.partitions_for(self._audio_topic))
+                self._audio_partition = DefaultPartitioner()(group[0].message.key, partitions, [])
+            delivery = await producer.send_batch(
+                batch, self._audio_topic, partition=self._audio_partition
+            )
+            await delivery
+        except KafkaError as exc:
+            log.warning("audio not stored by Kafka (%s); sending it again", exc)
+            return 0
+        acked_us = _now_us()
+        self.stats.audio_chunks_out += taken
+        for chunk in group[:taken]:
+            self.stats.add_latency("audio", (acked_us - chunk.cut_us) / 1000)
+        return taken
 
     # ------------------------------------------------------------------ video
 
@@ -595,15 +742,15 @@ class PerformerFork:
                 log.warning("video record not accepted by Kafka: %s", exc)
                 continue
             self.stats.video_frames_out += 1
-            await self._acks["video"].put((future, arrival_us))
+            await self._video_acks.put((future, arrival_us))
 
-    async def _await_acks(self, kind: MediaKind) -> None:
+    async def _await_video_acks(self) -> None:
         while True:
-            future, arrival = await self._acks[kind].get()
+            future, arrival = await self._video_acks.get()
             try:
                 await future
             except Exception as exc:  # any Kafka error: counted and logged, never fatal
                 self.stats.produce_errors += 1
                 log.warning("a media record was not acknowledged: %s", exc)
                 continue
-            self.stats.add_latency(kind, (_now_us() - arrival) / 1000)
+            self.stats.add_latency("video", (_now_us() - arrival) / 1000)

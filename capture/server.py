@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -27,14 +28,30 @@ from aiohttp import WSMsgType, web
 
 from capture import signaling
 from capture.call import CallError, SceneCall
-from capture.fork import ForkStats
+from capture.fork import ForkStats, make_fork_audio_producer
 from capture.ice import restrict_host_addresses
 from capture.loop_lag import LoopLagMonitor
 from capture.timing import Stamp
-from infra.settings import Settings, TLSSettingsError, server_ssl_context
+from infra.connection_gate import (
+    ConnectionGate,
+    Refusal,
+    keep_swept,
+    watch_websocket,
+    websocket_response,
+)
+from infra.metrics_access import MetricsGuard
+from infra.redaction import AccessLogger, access_log
+from infra.settings import (
+    PlaintextNetworkError,
+    Settings,
+    TLSSettingsError,
+    check_listen_address,
+    server_ssl_context,
+)
 from streams import health, kafka, records, topics
+from streams.revocations import RevocationList
 from streams.sessions import SessionDirectory, now_us, publish
-from taggers import tokens
+from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.service import TagService, clock_summary
 
@@ -72,12 +89,20 @@ class CaptureServer:
         # Before any Kafka client exists: a bad certificate leaves nothing to close.
         try:
             self._ssl_context = server_ssl_context(settings)
-        except TLSSettingsError as exc:
+            check_listen_address(
+                settings,
+                "the capture server",
+                settings.capture_host,
+                tls=self._ssl_context is not None,
+            )
+        except (TLSSettingsError, PlaintextNetworkError) as exc:
             raise CaptureServerError(str(exc)) from None
         self._producer = kafka.make_producer(settings)
-        # Audio on its own producer: its chunks are gathered longer into fewer batches.
-        self._audio_producer = kafka.make_audio_producer(settings)
-        self._directory = SessionDirectory(settings)
+        # Audio on its own producer, made for the forks' spools.
+        self._audio_producer = make_fork_audio_producer(settings)
+        self._directory = SessionDirectory(
+            settings, dead_letters=self._producer, service="livetag-capture"
+        )
         self._jpeg_pool = ThreadPoolExecutor(
             max_workers=2,
             thread_name_prefix="jpeg",
@@ -98,6 +123,7 @@ class CaptureServer:
         # Every refusal by its error code: exceeded limits and bad input are visible to the
         # operator, not only to the client that got the error.
         self.refusals: Counter[str] = Counter()
+        self._metrics_guard = MetricsGuard(settings, self.refusals)
         self.loop_lag = LoopLagMonitor()
         self._published_sessions: dict[str, records.SessionRecord] = {}
         self._runner: web.AppRunner | None = None
@@ -106,8 +132,21 @@ class CaptureServer:
         # Each session's fork counters per performer, for as long as this process runs.
         self._fork_totals: dict[str, dict[str, ForkStats]] = {}
         self.port = settings.capture_port
+        # One gate for the call pages' and the tagging websockets: they share the caps.
+        self.gate = ConnectionGate.from_settings(settings)
+        self._gate_sweeper: asyncio.Task[None] | None = None
+        # One list of withdrawn links for the call pages and the tag service.
+        self._revocations = RevocationList(settings)
+        self.access = credentials.Access(settings, secret, self._revocations)
+        self._revocation_watcher: asyncio.Task[None] | None = None
         self.tags = TagService(
-            settings, secret=secret, sessions=self._session, frame_lookup=self.frame_capture_us
+            settings,
+            secret=secret,
+            access=self.access,
+            sessions=self._session,
+            frame_lookup=self.frame_capture_us,
+            gate=self.gate,
+            ended_at=self._directory.ended_at_us,
         )
 
     @property
@@ -125,6 +164,8 @@ class CaptureServer:
             await self._producer.start()
             await self._audio_producer.start()
             await self._directory.start()
+            # Read whole before anyone is admitted: a revoked link never gets in.
+            await self._revocations.start()
             await self.tags.start()
         except BaseException:
             await self._stop_clients()
@@ -137,10 +178,13 @@ class CaptureServer:
                 web.get("/direct", self._page),
                 web.get("/ws/call", self._websocket),
                 web.get("/api/token", self._token),
-                web.get("/metrics", self._metrics),
-                web.get("/metrics/clients", self._client_metrics),
-                web.get("/metrics/refusals", self._refusal_metrics),
-                web.get("/metrics/loop", self._loop_metrics),
+                web.post("/api/token", self._token),
+                web.post("/api/credential", self._credential),
+                # Loopback (or metrics_token) only; a failure answers 500, never more.
+                web.get("/metrics", self._metrics_guard.wrap(self._metrics)),
+                web.get("/metrics/clients", self._metrics_guard.wrap(self._client_metrics)),
+                web.get("/metrics/refusals", self._metrics_guard.wrap(self._refusal_metrics)),
+                web.get("/metrics/loop", self._metrics_guard.wrap(self._loop_metrics)),
                 web.static("/static", PAGES),
                 web.static("/tagger", TAGGER_FILES),
             ]
@@ -150,9 +194,15 @@ class CaptureServer:
         self._counter_publisher = asyncio.create_task(
             self._publish_counters(), name="capture-counters"
         )
+        self._gate_sweeper = asyncio.create_task(keep_swept(self.gate), name="capture-gate")
+        self._revocation_watcher = asyncio.create_task(
+            self.access.close_revoked(self._open_connections), name="capture-revocations"
+        )
         self.loop_lag.start()
         self._presence_writer = asyncio.create_task(self._write_presence(), name="presence")
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=access_log(), access_log_class=AccessLogger
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
@@ -195,12 +245,18 @@ class CaptureServer:
         self._jpeg_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _stop_ender(self) -> None:
-        for task in (self._ender, self._counter_publisher):
+        for task in (
+            self._ender,
+            self._counter_publisher,
+            self._gate_sweeper,
+            self._revocation_watcher,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._ender = self._counter_publisher = None
+        self._ender = self._counter_publisher = self._gate_sweeper = None
+        self._revocation_watcher = None
 
     async def _publish_counters(self) -> None:
         """Each performer's fork counters to livetag.health when they change.
@@ -270,6 +326,7 @@ class CaptureServer:
         it never started, or twice)."""
         for stop in (
             self.tags.stop,
+            self._revocations.stop,
             self._directory.stop,
             self._producer.stop,
             self._audio_producer.stop,
@@ -285,7 +342,9 @@ class CaptureServer:
         return web.json_response({"service": "livetag capture", "join": "/join?token=..."})
 
     async def _page(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(PAGES / "call.html")
+        # The page's address holds the link's token until the page takes it out: no
+        # Referer may carry it to the scripts' and styles' servers, no cache may keep it.
+        return web.FileResponse(PAGES / "call.html", headers=credentials.PAGE_HEADERS)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         """Fork counters per session and performer; ``?samples=1`` adds raw latencies."""
@@ -318,14 +377,24 @@ class CaptureServer:
         return web.json_response(signaling.error(code, message), status=status)
 
     async def _admit(
-        self, request: web.Request, *, counted: bool = True
+        self,
+        request: web.Request,
+        *,
+        counted: bool = True,
+        token: str | None = None,
+        kind: credentials.Kind = "session",
     ) -> tuple[tokens.JoinToken, records.SessionRecord] | web.Response:
         """The caller's claims and session, or the refusal to send them (``counted``:
-        the refusals of a page asking why it was refused are counted once, not twice)."""
+        the refusals of a page asking why it was refused are counted once, not twice).
+        ``token``: the one to check (default: the credential the request carries);
+        ``kind``: what it must be (a credential, except for the exchange of a link)."""
         try:
-            claims = tokens.verify(self._secret, request.query.get("token"))
+            if token is None and kind == "session":
+                token = credentials.presented_token(request)
+            claims = self.access.verified(token, kind)
         except tokens.TokenError as exc:
-            return self._refuse(401, "bad_token", exc.reason, counted=counted)
+            status = credentials.TOKEN_STATUS[exc.code]
+            return self._refuse(status, exc.code, exc.reason, counted=counted)
         session = await self._session(claims.session_id)
         if session is None:
             message = f"no session {claims.session_id!r}"
@@ -339,21 +408,41 @@ class CaptureServer:
             return self._refuse(409, "session_ended", message, counted=counted)
         return claims, session
 
-    def _full(self, session_id: str, *, counted: bool) -> web.Response | None:
-        limit = self.settings.max_clients_per_session
-        if len(self._connections.get(session_id, ())) < limit:
-            return None
-        message = f"this session already has {limit} pages open"
-        return self._refuse(429, "too_many_clients", message, counted=counted)
+    def _full(
+        self, session_id: str, *, counted: bool, address: str | None = None
+    ) -> web.Response | None:
+        """The refusal a page of this session (from ``address``) would get from the caps."""
+        refusal = self.gate.session_refusal("call", session_id)
+        if address is not None:
+            refusal = self.gate.refusal(address) or refusal
+        return None if refusal is None else self._refuse_gated(refusal, counted=counted)
+
+    def _refuse_gated(self, refusal: Refusal, *, counted: bool) -> web.Response:
+        response = self._refuse(refusal.status, refusal.code, refusal.message, counted=counted)
+        # A refused client gets no idle keep-alive connection to hold instead.
+        response.force_close()
+        return response
 
     async def _token(self, request: web.Request) -> web.Response:
-        """Why a link is refused (pages cannot read a refused websocket handshake)."""
-        admitted = await self._admit(request, counted=False)
+        """Why a link or a credential is refused (pages cannot read a refused websocket
+        handshake). Pages POST ``{"token": ...}``: a URL's query would put it in the
+        browser's console when the answer is an error."""
+        try:
+            token = (
+                await credentials.token_in_body(request)
+                if request.method == "POST"
+                else request.query.get("token")
+            )
+        except tokens.TokenError as exc:
+            admitted: Any = self._refuse(400, "malformed", exc.reason, counted=False)
+        else:
+            admitted = await self._admit(request, counted=False, token=token or "", kind="any")
         if isinstance(admitted, web.Response):
             response = admitted
         else:
             claims, session = admitted
-            response = self._full(session.session_id, counted=False) or web.json_response(
+            full = self._full(session.session_id, counted=False, address=request.remote)
+            response = full or web.json_response(
                 {"session_id": claims.session_id, "role": claims.role}
             )
         # The director's dashboard asks from its own origin; the answer reveals nothing
@@ -361,28 +450,54 @@ class CaptureServer:
         response.headers["Access-Control-Allow-Origin"] = "*"
         return response
 
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        admitted = await self._admit(request)
-        if isinstance(admitted, web.Response):
-            return admitted
-        claims, session = admitted
-        full = self._full(session.session_id, counted=True)
-        if full is not None:
-            return full
-        # Counted in the session before the first await: concurrent handshakes cannot all
-        # pass the limit.
-        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=_WS_HARD_LIMIT)
-        call = self._call_for(session)
-        connection = CallConnection(self, call, ws, claims)
-        self._connections.setdefault(session.session_id, set()).add(connection)
+    async def _credential(self, request: web.Request) -> web.Response:
+        """``POST {"token": LINK}``: the page's session credential for its join link."""
         try:
-            await ws.prepare(request)
-            await connection.run()
+            link = await credentials.token_in_body(request)
+        except tokens.TokenError as exc:
+            response = self._refuse(400, "malformed", exc.reason, counted=True)
+        else:
+            admitted = await self._admit(request, token=link or "", kind="link")
+            if isinstance(admitted, web.Response):
+                response = admitted
+            else:
+                claims, _session = admitted
+                response = web.json_response(self.access.exchange(claims).describe(time.time()))
+        response.headers.update(credentials.API_HEADERS)
+        return response
+
+    def _open_connections(self) -> list[CallConnection]:
+        return [c for connections in self._connections.values() for c in connections]
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        # Taken before the first await: concurrent handshakes cannot all pass the caps.
+        entered = self.gate.enter(request.remote, asyncio.get_running_loop().time())
+        if isinstance(entered, Refusal):
+            return self._refuse_gated(entered, counted=True)
+        ticket = entered
+        try:
+            admitted = await self._admit(request)
+            if isinstance(admitted, web.Response):
+                return admitted
+            claims, session = admitted
+            full = ticket.join("call", session.session_id)
+            if full is not None:
+                return self._refuse_gated(full, counted=True)
+            ws = websocket_response(self.settings, max_msg_size=_WS_HARD_LIMIT)
+            call = self._call_for(session)
+            connection = CallConnection(self, call, ws, claims)
+            self._connections.setdefault(session.session_id, set()).add(connection)
+            try:
+                await ws.prepare(request)
+                watch_websocket(ticket, request, ws)
+                await connection.run()
+            finally:
+                self._connections[session.session_id].discard(connection)
+                await connection.close()
+                await self.forget_if_idle(session.session_id)
+            return ws
         finally:
-            self._connections[session.session_id].discard(connection)
-            await connection.close()
-            await self.forget_if_idle(session.session_id)
-        return ws
+            ticket.release()
 
     async def _end_calls_of_ended_sessions(self) -> None:
         """When the director ends a session, its call ends: nothing more is forked (the
@@ -559,7 +674,8 @@ class CallConnection:
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
             return
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
+        # ConnectionError: a connection lost (or cut) while the send waited to drain.
+        with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.send_str(json.dumps(message))
 
     async def run(self) -> None:
@@ -580,6 +696,12 @@ class CallConnection:
             }
         )
         self._tasks.append(asyncio.create_task(self._probe_clock(), name="clock-probes"))
+        self._tasks.append(
+            asyncio.create_task(
+                self.server.access.keep_renewed(self.claims, self.send, self.end_access),
+                name="credential-renewal",
+            )
+        )
         self.server.note_presence(session.session_id, self.claims, connected=True)
         self._joined = True
         async for message in self.ws:
@@ -611,7 +733,13 @@ class CallConnection:
                     message.sdp,
                     self.sender_offset_us,
                     on_lost=self._publication_lost,
+                    page_id=message.page_id,
                 )
+                if self._closed:
+                    # The page left (or was closed) while its media was being set up:
+                    # nothing of a performer who left is forked.
+                    await self.call.leave(self.claims.participant_id, self._published_generation)
+                    return
                 await self.send({"type": "publish_answer", "sdp": answer})
             else:
                 if message.performer_id == self.claims.participant_id:
@@ -632,6 +760,14 @@ class CallConnection:
         except CallError as exc:
             self.server.refusals[exc.code] += 1
             await self.send(signaling.error(exc.code, exc.message))
+
+    async def end_access(self, close_code: int, code: str, message: str) -> None:
+        """The link was revoked or ran out: say why, then close (the page stops
+        rejoining on these close codes)."""
+        self.server.refusals[code] += 1
+        await self.send(signaling.error(code, message))
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=close_code, message=credentials.close_reason(code, message))
 
     async def _publication_lost(self) -> None:
         self._published_generation = None

@@ -1,7 +1,7 @@
 """Signaling messages between a call page and the capture server (JSON over a websocket).
 
 page -> server
-  {"type": "publish", "sdp": OFFER}                       send my camera and microphone
+  {"type": "publish", "sdp": OFFER, "page_id": ID}        send my camera and microphone
   {"type": "subscribe", "performer_id": P, "sdp": OFFER, "request_id": N}
                                                           receive performer P (recvonly)
   {"type": "clock_reply", ...}                           see taggers.clock
@@ -16,11 +16,11 @@ server -> page
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
+from streams import strict_json
 from streams.records import ParticipantId
 from taggers.clock import ClockReply
 
@@ -43,9 +43,15 @@ class _Message(BaseModel):
 Sdp = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SDP_CHARS)]
 
 
+#: A page's own random id, the same across its reconnects (capture/static/call.js).
+PageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+
+
 class Publish(_Message):
     type: Literal["publish"]
     sdp: Sdp
+    #: Which page publishes: while it is connected, only it may replace its media.
+    page_id: PageId | None = None
 
 
 class Subscribe(_Message):
@@ -62,18 +68,16 @@ _page_message: TypeAdapter[Publish | Subscribe | ClockReply] = TypeAdapter(PageM
 
 def parse_page_message(raw: str | bytes, *, max_bytes: int) -> Publish | Subscribe | ClockReply:
     """Validate one message from a page; raises :class:`SignalingError` with the reason."""
-    if len(raw) > max_bytes:
-        raise SignalingError("too_large", f"message of {len(raw)} bytes exceeds {max_bytes}")
+    # In UTF-8 bytes, as the limit says: a text's length in characters may be 4x less.
+    size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise SignalingError("too_large", f"message of {size} bytes exceeds {max_bytes}")
     try:
-        document: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SignalingError("malformed", f"not JSON: {exc}") from None
-    except RecursionError:
-        raise SignalingError("malformed", "JSON nested too deeply") from None
+        document = strict_json.loads_object(raw, max_bytes=max_bytes)
+    except strict_json.JsonInputError as exc:
+        raise SignalingError("malformed", exc.reason) from None
     try:
         return _page_message.validate_python(document)
-    except RecursionError:
-        raise SignalingError("malformed", "JSON nested too deeply") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "(message)"

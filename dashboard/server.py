@@ -37,14 +37,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from dashboard.metrics import CounterBoard
 from dashboard.view import ClientCursor, SessionView
-from infra.settings import Settings, client_ssl_context, server_ssl_context
-from streams import kafka, records, topics
+from infra.connection_gate import (
+    ConnectionGate,
+    Refusal,
+    keep_swept,
+    watch_websocket,
+    websocket_response,
+)
+from infra.metrics_access import MetricsGuard, metrics_headers
+from infra.redaction import AccessLogger, access_log
+from infra.settings import (
+    Settings,
+    check_listen_address,
+    client_ssl_context,
+    server_ssl_context,
+)
+from streams import kafka, records, strict_json, topics
 from streams.sessions import SessionDirectory, publish
-from taggers import tokens
+from taggers import credentials, tokens
 
 log = logging.getLogger(__name__)
 
 PAGES = Path(str(resources.files("dashboard") / "static"))
+CREDENTIALS_SCRIPT = Path(str(resources.files("taggers") / "static" / "credentials.js"))
+# Who may open a dashboard: the director (with the session's controls) and observers
+# (read-only: they watch and tag).
+_DASHBOARD_ROLES = ("director", "observer")
 HEALTH_INTERVAL_S = 1.0
 AGREEMENT_INTERVAL_S = 1.0
 FEED_LINGER_S = 30.0
@@ -254,13 +272,17 @@ class SessionFeed:
 
     async def _capture_health(self) -> tuple[dict[str, Any], list[Any]]:
         base = self.settings.capture_base_url
+        # The capture server serves its metrics to loopback, or to holders of the token.
+        headers = metrics_headers(self.settings)
         try:
             async with asyncio.timeout(2.0):
-                async with self._http.get(f"{base}/metrics") as response:
+                async with self._http.get(f"{base}/metrics", headers=headers) as response:
+                    response.raise_for_status()
                     metrics = await response.json()
                 async with self._http.get(
-                    f"{base}/metrics/clients", params={"session": self.session_id}
+                    f"{base}/metrics/clients", params={"session": self.session_id}, headers=headers
                 ) as response:
+                    response.raise_for_status()
                     clients = await response.json()
         except Exception as exc:
             log.debug("capture server metrics unavailable: %s", exc)
@@ -301,11 +323,16 @@ class DashboardServer:
         self._secret = secret
         # Before any Kafka client exists: a bad certificate leaves nothing to close.
         self._ssl_context = server_ssl_context(settings)
+        check_listen_address(
+            settings, "the dashboard", settings.dashboard_host, tls=self._ssl_context is not None
+        )
         # The capture server's /metrics may be served with the deployment's own
         # (self-signed) certificate: trust it next to the system's CAs.
         self._capture_trust = client_ssl_context(settings)
-        self._directory = SessionDirectory(settings)
         self._producer = kafka.make_producer(settings)
+        self._directory = SessionDirectory(
+            settings, dead_letters=self._producer, service="livetag-dashboard"
+        )
         self._feeds: dict[str, SessionFeed] = {}
         self._feed_lock = asyncio.Lock()
         self._http: aiohttp.ClientSession | None = None
@@ -315,7 +342,13 @@ class DashboardServer:
         self._mesh_edges: list[list[int]] | None = None
         self.clients: set[DashboardClient] = set()
         self.refusals: Counter[str] = Counter()
-        self._admitted: Counter[str] = Counter()  # open dashboards per session
+        self._metrics_guard = MetricsGuard(settings, self.refusals)
+        # Open dashboards in total, per address and per session.
+        self.gate = ConnectionGate.from_settings(settings)
+        self._gate_sweeper: asyncio.Task[None] | None = None
+        # Credentials and the withdrawn links (livetag.revocations, followed).
+        self.access = credentials.Access(settings, secret)
+        self._revocation_watcher: asyncio.Task[None] | None = None
         self._act_lock = asyncio.Lock()
         self._published: dict[str, records.SessionRecord] = {}
         self.port = settings.dashboard_port
@@ -334,6 +367,8 @@ class DashboardServer:
             await topics.ensure_shared_topics(admin, self.settings)
         await self._producer.start()
         await self._directory.start()
+        # Read whole before anyone is admitted: a revoked link never gets in.
+        await self.access.start()
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._capture_trust))
         self._mesh_edges = await asyncio.to_thread(mesh_edges)
         app = web.Application()
@@ -342,12 +377,18 @@ class DashboardServer:
                 web.get("/dashboard", self._page),
                 web.get("/ws/dashboard", self._websocket),
                 web.get("/api/dashboard-token", self._token),
-                web.get("/metrics", self._prometheus_metrics),
-                web.get("/metrics/clients", self._metrics),
+                web.post("/api/dashboard-token", self._token),
+                web.post("/api/credential", self._credential),
+                web.get("/dashboard/credentials.js", self._credentials_script),
+                # Loopback (or metrics_token) only; a failure answers 500, never more.
+                web.get("/metrics", self._metrics_guard.wrap(self._prometheus_metrics)),
+                web.get("/metrics/clients", self._metrics_guard.wrap(self._metrics)),
                 web.static("/dashboard/static", PAGES),
             ]
         )
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=access_log(), access_log_class=AccessLogger
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,
@@ -367,16 +408,20 @@ class DashboardServer:
         self.port = int(self._runner.addresses[0][1])
         self._reaper = asyncio.create_task(self._reap_idle_feeds(), name="dashboard-reaper")
         self._watcher = asyncio.create_task(self._follow_sessions(), name="dashboard-sessions")
+        self._gate_sweeper = asyncio.create_task(keep_swept(self.gate), name="dashboard-gate")
+        self._revocation_watcher = asyncio.create_task(
+            self.access.close_revoked(lambda: list(self.clients)), name="dashboard-revocations"
+        )
         self.counters.start()
         log.info("dashboard on %s", self.url)
 
     async def stop(self) -> None:
-        for task in (self._reaper, self._watcher):
+        for task in (self._reaper, self._watcher, self._gate_sweeper, self._revocation_watcher):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._reaper = self._watcher = None
+        self._reaper = self._watcher = self._gate_sweeper = self._revocation_watcher = None
         await self.counters.stop()
         for client in list(self.clients):
             await client.close()
@@ -389,23 +434,39 @@ class DashboardServer:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        await self.access.stop()
         await self._directory.stop()
         await self._producer.stop()
 
     # ---------------------------------------------------------------- HTTP
 
     async def _admit(
-        self, request: web.Request, *, counted: bool = True
+        self,
+        request: web.Request,
+        *,
+        counted: bool = True,
+        token: str | None = None,
+        kind: credentials.Kind = "session",
     ) -> tuple[tokens.JoinToken, records.SessionRecord] | web.Response:
         """The caller's claims and session, or the refusal (``counted`` for the websocket;
-        the page and the "why was I refused" probe would count the same refusal again)."""
+        the page and the "why was I refused" probe would count the same refusal again).
+        ``token``: the one to check (default: the credential the request carries);
+        ``kind``: what it must be (a credential, except for the exchange of a link)."""
         try:
-            claims = tokens.verify(self._secret, request.query.get("token"))
+            if token is None and kind == "session":
+                token = credentials.presented_token(request)
+            claims = tokens.verify(self._secret, token)
         except tokens.TokenError as exc:
             return self._refuse(401, "bad_token", exc.reason, counted=counted)
-        if claims.role != "director":
-            message = "the dashboard opens with the director's link"
+        # The role first: a performer's link is told where it belongs, whatever its kind.
+        if claims.role not in _DASHBOARD_ROLES:
+            message = "the dashboard opens with a director's or an observer's link"
             return self._refuse(403, "not_director", message, counted=counted)
+        try:
+            claims = self.access.verified(token, kind)
+        except tokens.TokenError as exc:
+            status = credentials.TOKEN_STATUS[exc.code]
+            return self._refuse(status, exc.code, exc.reason, counted=counted)
         session = self._directory.get(claims.session_id)
         if session is None:
             with contextlib.suppress(TimeoutError):
@@ -426,21 +487,61 @@ class DashboardServer:
         )
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        admitted = await self._admit(request, counted=False)
-        if isinstance(admitted, web.Response):
-            return admitted
-        return web.FileResponse(PAGES / "dashboard.html")
+        # Served whatever the link: the page's exchange (a POST) says what is wrong with
+        # it. An error status here would make the browser print the page's address, the
+        # link's token in it, in its console; and after a reload the address has no token
+        # (the page keeps it in the tab's sessionStorage). No Referer may carry the token
+        # to the scripts' servers, no cache keep the page.
+        return web.FileResponse(PAGES / "dashboard.html", headers=credentials.PAGE_HEADERS)
+
+    async def _credentials_script(self, request: web.Request) -> web.FileResponse:
+        # The call page's link handling, served here too: the dashboard needs it before it
+        # knows the capture server's address.
+        return web.FileResponse(CREDENTIALS_SCRIPT)
+
+    async def _credential(self, request: web.Request) -> web.Response:
+        """``POST {"token": LINK}``: the page's session credential for its join link."""
+        try:
+            link = await credentials.token_in_body(request)
+        except tokens.TokenError as exc:
+            response = self._refuse(400, "malformed", exc.reason, counted=True)
+        else:
+            admitted = await self._admit(request, token=link or "", kind="link")
+            if isinstance(admitted, web.Response):
+                response = admitted
+            else:
+                claims, _session = admitted
+                response = web.json_response(self.access.exchange(claims).describe(time.time()))
+        response.headers.update(credentials.API_HEADERS)
+        return response
 
     async def _token(self, request: web.Request) -> web.Response:
-        admitted = await self._admit(request, counted=False)
+        """Why a link or a credential is refused (pages cannot read a refused websocket
+        handshake); pages POST ``{"token": ...}``, out of the URL and the console."""
+        try:
+            token = (
+                await credentials.token_in_body(request)
+                if request.method == "POST"
+                else request.query.get("token")
+            )
+        except tokens.TokenError as exc:
+            return self._refuse(400, "malformed", exc.reason, counted=False)
+        admitted = await self._admit(request, counted=False, token=token or "", kind="any")
         if isinstance(admitted, web.Response):
             return admitted
         claims, session = admitted
-        limit = self.settings.max_clients_per_session
-        if self._admitted[session.session_id] >= limit:
-            message = f"this session already has {limit} dashboards open"
-            return self._refuse(429, "too_many_clients", message, counted=False)
+        refusal = self.gate.refusal(request.remote) or self.gate.session_refusal(
+            "dashboard", session.session_id
+        )
+        if refusal is not None:
+            return self._refuse_gated(refusal, counted=False)
         return web.json_response({"session_id": session.session_id, "role": claims.role})
+
+    def _refuse_gated(self, refusal: Refusal, *, counted: bool) -> web.Response:
+        response = self._refuse(refusal.status, refusal.code, refusal.message, counted=counted)
+        # A refused client gets no idle keep-alive connection to hold instead.
+        response.force_close()
+        return response
 
     async def _prometheus_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
@@ -459,20 +560,22 @@ class DashboardServer:
         )
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        admitted = await self._admit(request)
-        if isinstance(admitted, web.Response):
-            return admitted
-        claims, session = admitted
-        sid = session.session_id
-        limit = self.settings.max_clients_per_session
-        if self._admitted[sid] >= limit:
-            message = f"this session already has {limit} dashboards open"
-            return self._refuse(429, "too_many_clients", message, counted=True)
-        # Taken before the first await: concurrent handshakes cannot all pass the limit.
-        self._admitted[sid] += 1
+        # Taken before the first await: concurrent handshakes cannot all pass the caps.
+        entered = self.gate.enter(request.remote, asyncio.get_running_loop().time())
+        if isinstance(entered, Refusal):
+            return self._refuse_gated(entered, counted=True)
+        ticket = entered
         try:
-            ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024)
+            admitted = await self._admit(request)
+            if isinstance(admitted, web.Response):
+                return admitted
+            claims, session = admitted
+            full = ticket.join("dashboard", session.session_id)
+            if full is not None:
+                return self._refuse_gated(full, counted=True)
+            ws = websocket_response(self.settings, max_msg_size=64 * 1024)
             await ws.prepare(request)
+            watch_websocket(ticket, request, ws)
             _limit_send_buffer(request)
             feed = await self._feed_for(session)
             client = DashboardClient(self, feed, ws, claims, request.transport)
@@ -486,23 +589,62 @@ class DashboardServer:
                 self.clients.discard(client)
                 await client.close()
         finally:
-            self._admitted[sid] -= 1
+            ticket.release()
         return ws
 
     def _hello(self, feed: SessionFeed, claims: tokens.JoinToken) -> dict[str, Any]:
-        session = feed.view.session
-        links = tokens.join_links(self.settings, session, self._secret)
+        # No links are made here: a director asks for one when they need it ("invite"),
+        # so every link has a token id someone chose to issue.
+        director = claims.role == "director"
         return {
             **feed.view.hello(),
             "capture_url": self.settings.capture_base_url,
-            "links": [
-                {"role": link.role, "participant_id": link.participant_id, "url": link.url}
-                for link in links
-                if link.page == "call"
-            ],
             "window_s": 30,
             "mesh_edges": self._mesh_edges or [],
-            "you": {"rater_id": claims.participant_id},
+            "you": {
+                "rater_id": claims.participant_id,
+                "role": claims.role,
+                # Takes, the session's end and new links are the director's; an observer
+                # watches and tags.
+                "controls": director,
+            },
+        }
+
+    def invite(
+        self, session_id: str, role: str, name: str | None, page: str | None
+    ) -> dict[str, Any]:
+        """A new join link, asked for from a director's dashboard."""
+        session = self._directory.get(session_id) or self._published.get(session_id)
+        if session is None:
+            raise ActionError("unknown_session", "the session record is not known yet")
+        if role not in ("performer", "observer") or page not in (None, "call", "dashboard"):
+            raise ActionError("malformed", "invite a performer or an observer")
+        try:
+            link = tokens.invite(
+                self.settings,
+                session,
+                self._secret,
+                role="performer" if role == "performer" else "observer",
+                name=name,
+                page="call" if page == "call" else ("dashboard" if page else None),
+            )
+        except tokens.InviteError as exc:
+            raise ActionError("bad_invite", str(exc)) from None
+        log.info(
+            "link %s issued from the dashboard for %s %s of %s",
+            link.token_id,
+            link.role,
+            link.participant_id,
+            session_id,
+        )
+        return {
+            "type": "invite",
+            "role": link.role,
+            "participant_id": link.participant_id,
+            "page": link.page,
+            "url": link.url,
+            "token_id": link.token_id,
+            "expires_at_s": link.expires_at_s,
         }
 
     # ---------------------------------------------------------------- feeds
@@ -559,6 +701,15 @@ class DashboardServer:
         if action == "take_start":
             if open_take is not None:
                 raise ActionError("take_open", f"take {open_take.take_id} is still running")
+            limit = self.settings.max_takes_per_session
+            if len(takes) >= limit:
+                # Every take stays in the session record, which every service reads whole.
+                self.refusals["too_many_takes"] += 1
+                raise ActionError(
+                    "too_many_takes",
+                    f"this session already has {len(takes)} takes, the most it may have "
+                    "(max_takes_per_session): end it and start a new session",
+                )
             takes.append(records.Take(take_id=len(takes) + 1, start_ts_us=stamp))
             update["takes"] = takes
             update["state"] = "live"
@@ -590,6 +741,22 @@ class ActionError(ValueError):
         super().__init__(message)
 
 
+#: A dashboard's message is a type and little else: anything larger is not one of its.
+MAX_DASHBOARD_MESSAGE_BYTES = 4096
+
+
+def parse_dashboard_message(raw: str | bytes) -> dict[str, Any]:
+    """A dashboard's message: a JSON object with a string ``type``; otherwise
+    :class:`ActionError` ``malformed`` with the reason."""
+    try:
+        message = strict_json.loads_object(raw, max_bytes=MAX_DASHBOARD_MESSAGE_BYTES)
+    except strict_json.JsonInputError as exc:
+        raise ActionError("malformed", exc.reason) from None
+    if not isinstance(message.get("type"), str):
+        raise ActionError("malformed", "a message needs a type")
+    return message
+
+
 class DashboardClient:
     """One open dashboard: its cursor and its sender; no queue."""
 
@@ -612,6 +779,7 @@ class DashboardClient:
         self.skipped_ticks = 0
         self.largest_update = 0
         self._sender: asyncio.Task[None] | None = None
+        self._renewal: asyncio.Task[None] | None = None
         self._closed = False
 
     def stats(self) -> dict[str, Any]:
@@ -629,6 +797,10 @@ class DashboardClient:
     async def run(self, hello: dict[str, Any]) -> None:
         await self._send(json.dumps(hello))
         self._sender = asyncio.create_task(self._send_updates(), name="dashboard-sender")
+        self._renewal = asyncio.create_task(
+            self.server.access.keep_renewed(self.claims, self._send_message, self.end_access),
+            name="dashboard-credential-renewal",
+        )
         async for message in self.ws:
             if message.type == WSMsgType.TEXT:
                 await self._handle(message.data)
@@ -637,16 +809,35 @@ class DashboardClient:
 
     async def _handle(self, raw: str) -> None:
         try:
-            message = json.loads(raw)
-            action = message["type"] if isinstance(message, dict) else None
-            if action not in ("take_start", "take_end", "end_session"):
-                raise ActionError("malformed", "expected take_start, take_end or end_session")
+            message = parse_dashboard_message(raw)
+            action = message["type"]
+            if action not in ("take_start", "take_end", "end_session", "invite"):
+                raise ActionError(
+                    "malformed", "expected take_start, take_end, end_session or invite"
+                )
+            if self.claims.role != "director":
+                # An observer's dashboard is read-only, whatever its page sends.
+                self.server.refusals["forbidden"] += 1
+                raise ActionError(
+                    "forbidden",
+                    "an observer watches and tags: takes, the session's end and new links "
+                    "are the director's",
+                )
+            if action == "invite":
+                name, page = message.get("name"), message.get("page")
+                await self._send_message(
+                    self.server.invite(
+                        self.feed.session_id,
+                        str(message.get("role")),
+                        name if isinstance(name, str) else None,
+                        page if isinstance(page, str) else None,
+                    )
+                )
+                return
             await self.server.act(self.feed.session_id, action)
-        except json.JSONDecodeError as exc:
-            await self._send_error("malformed", f"not JSON: {exc.msg}")
-        except (KeyError, TypeError):
-            await self._send_error("malformed", "a message needs a type")
         except ActionError as exc:
+            if exc.code == "malformed":
+                self.server.refusals["malformed"] += 1
             await self._send_error(exc.code, exc.message)
         except Exception as exc:  # the broker refused: say so, keep the dashboard
             log.warning("dashboard action failed: %s", exc)
@@ -654,6 +845,17 @@ class DashboardClient:
 
     async def _send_error(self, code: str, message: str) -> None:
         await self._send(json.dumps({"type": "error", "code": code, "message": message}))
+
+    async def _send_message(self, message: dict[str, Any]) -> None:
+        await self._send(json.dumps(message))
+
+    async def end_access(self, close_code: int, code: str, message: str) -> None:
+        """The link was revoked or ran out: say why, then close (the page stops
+        reconnecting on these close codes)."""
+        self.server.refusals[code] += 1
+        await self._send_error(code, message)
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=close_code, message=credentials.close_reason(code, message))
 
     async def _send_updates(self) -> None:
         seen = self.feed.tick
@@ -683,7 +885,8 @@ class DashboardClient:
     async def _send(self, text: str) -> None:
         if self.ws.closed:
             return
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
+        # ConnectionError: a connection lost (or cut) while the send waited to drain.
+        with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.send_str(text)
             self.sent_updates += 1
             self.sent_bytes += len(text)
@@ -693,6 +896,10 @@ class DashboardClient:
         if self._closed:
             return
         self._closed = True
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
         if self._sender is not None:
             self._sender.cancel()
             try:

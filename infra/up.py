@@ -9,10 +9,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from infra.broker import EmbeddedBroker, die_with_parent
+from infra.private_files import private_dir, restrict_new_files
 from infra.settings import Settings, to_environment
 from streams import face_model, kafka, topics
 
@@ -117,23 +118,165 @@ def _child_setup() -> None:
     die_with_parent()
 
 
+class ServiceFailedError(RuntimeError):
+    """A service (or the embedded broker) kept dying: ``livetag up`` gave up and stopped
+    everything; the message says which one and why."""
+
+
+def _private_state(settings: Settings) -> None:
+    """The services' files are their user's alone: the state folder (token key, spool,
+    logs) 0700, and whatever they create from now on (umask 077)."""
+    restrict_new_files()
+    private_dir(settings.state_dir)
+    private_dir(settings.log_dir)
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+        return f"signal {-code}"
+    return f"exit code {code}"
+
+
+class Supervisor:
+    """Keeps ``livetag up``'s children running: one that dies is started again after a
+    growing delay (``service_restart_backoff_s``, doubled each time, at most 30 s); one that
+    dies more than ``service_restart_limit`` times in a row (a run of ``service_stable_s``
+    starts the count again) makes ``livetag up`` stop everything and exit non-zero."""
+
+    def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
+        self.settings = settings
+        self._stop = stop
+        self.failure: str | None = None
+        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set when livetag stops (a signal, or a service given up on)."""
+        return self._stop
+
+    def give_up(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            log.error("giving up: %s; stopping everything", reason)
+        self._stop.set()
+
+    def delay_s(self, failures: int) -> float:
+        """The wait before restart number ``failures`` of a service."""
+        return float(min(self.settings.service_restart_backoff_s * 2 ** (failures - 1), 30.0))
+
+    async def sleep_unless_stopped(self, seconds: float) -> bool:
+        """Wait ``seconds``; True if livetag is stopping meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
+    def supervise(self, name: str, run: Callable[[], Awaitable[str | None]]) -> None:
+        """Run ``run`` (which returns why the thing it ran ended, or None when livetag is
+        stopping) again and again under the restart policy."""
+        self._tasks.append(asyncio.create_task(self._keep_running(name, run), name=name))
+
+    def supervise_service(self, settings: Settings, command: str) -> None:
+        """``python -m infra COMMAND`` as a supervised child process."""
+
+        async def run() -> str | None:
+            process = await _start_service(settings, command)
+            self.processes[command] = process
+            exited = asyncio.ensure_future(process.wait())
+            stopping = asyncio.ensure_future(self._stop.wait())
+            await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not exited.done():
+                exited.cancel()
+                return None  # livetag stops it, in order, with the others
+            return f"pid {process.pid} exited with {_exit_status(process.returncode)}"
+
+        self.supervise(command, run)
+
+    async def _keep_running(self, name: str, run: Callable[[], Awaitable[str | None]]) -> None:
+        loop = asyncio.get_running_loop()
+        failures = 0
+        limit = self.settings.service_restart_limit
+        while not self._stop.is_set():
+            started = loop.time()
+            try:
+                ended = await run()
+            except Exception as exc:  # could not even start it: as good as dead
+                ended = f"could not start: {exc}"
+            if ended is None or self._stop.is_set():
+                return
+            if loop.time() - started >= self.settings.service_stable_s:
+                failures = 0
+            failures += 1
+            if failures > limit:
+                self.give_up(f"{name} died {failures} times in a row ({ended})")
+                return
+            delay = self.delay_s(failures)
+            log.error(
+                "%s %s; restarting it in %.1f s (restart %d of at most %d in a row)",
+                name,
+                ended,
+                delay,
+                failures,
+                limit,
+            )
+            if await self.sleep_unless_stopped(delay):
+                return
+
+    async def wait_stopped(self) -> None:
+        """After ``stop`` is set: every supervision loop has returned (their children are
+        left running, for livetag to stop in order)."""
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _watch_broker(broker: EmbeddedBroker) -> str:
+    """Wait until the embedded broker dies; returns how."""
+    # tansu is started by subprocess (synchronously), not as an asyncio child: its exit
+    # is polled.
+    while broker.running:  # noqa: ASYNC110 - no event to wait on
+        await asyncio.sleep(0.5)
+    return f"exited with {_exit_status(broker.returncode)} (log: {broker.log_path})"
+
+
+async def _restart_broker(broker: EmbeddedBroker, settings: Settings) -> None:
+    # It kept everything in memory: say what went with it before it comes back empty.
+    shared = ", ".join(spec.name for spec in topics.shared_topics(settings))
+    log.error(
+        "the embedded broker is restarted EMPTY: it kept everything in memory, so every "
+        "topic (%s, and every session's media and feature topics) and every consumer "
+        "group's committed offsets are lost: open sessions are gone (create new ones), "
+        "revoked links are no longer listed as revoked (revoke them again), and only tags "
+        "still waiting in the tag spool reach the new broker. Run on a Kafka cluster "
+        "(kafka_bootstrap) to keep data across a broker crash",
+        shared,
+    )
+    await asyncio.to_thread(broker.start)
+    async with kafka.admin_client(settings) as admin:
+        await topics.ensure_shared_topics(admin, settings)
+    log.info("embedded broker back on %s with the shared topics", broker.bootstrap_servers)
+
+
 async def run_up(settings: Settings, *, say: Say = print) -> None:
     await run_services(settings, embedded_broker=settings.uses_embedded_broker, say=say)
 
 
 async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = print) -> None:
-    """Start the broker (if embedded), the shared topics and every service; stop them in
-    reverse order on SIGINT/SIGTERM."""
+    """Start the broker (if embedded), the shared topics and every service, supervise them
+    (restarting one that dies), and stop them in reverse order on SIGINT/SIGTERM; raise
+    :class:`ServiceFailedError` when one kept dying."""
     from capture.server import CaptureServer
     from taggers.tokens import load_secret
 
     stop = asyncio.Event()
     broker: EmbeddedBroker | None = None
     capture: CaptureServer | None = None
-    worker: asyncio.subprocess.Process | None = None
-    dashboard: asyncio.subprocess.Process | None = None
-    recorder: asyncio.subprocess.Process | None = None
-    watchers: list[asyncio.Task[int]] = []
+    supervisor = Supervisor(settings, stop)
+    _private_state(settings)
     # Handlers first: a Ctrl-C while starting still stops what was started, in order.
     with _stop_on_signals(stop):
         try:
@@ -142,6 +285,8 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
             if embedded_broker:
                 broker = EmbeddedBroker.from_settings(settings)
                 broker.start()
+                # A restart must come back where every service expects it.
+                broker.requested_port = broker.port
                 settings = settings.model_copy(update={"broker_port": broker.port})
                 say(f"embedded broker  {settings.bootstrap_servers}  (log: {broker.log_path})")
             else:
@@ -157,34 +302,31 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 except face_model.FaceModelError as exc:
                     say(f"face model       MISSING: {exc}")
             if not stop.is_set():
+                if broker is not None:
+                    supervise_broker(supervisor, broker, settings)
                 prioritise_capture(settings)
                 capture = CaptureServer(settings, secret=load_secret(settings))
                 await capture.start()
                 say(f"capture server   {capture.url}  (join links: livetag session create)")
                 settings = settings.model_copy(update={"capture_port": capture.port})
-                dashboard = await _start_service(settings, "dashboard")
+                supervisor.supervise_service(settings, "dashboard")
                 say(f"dashboard        {settings.dashboard_base_url}  (the director's link)")
-                recorder = await _start_service(settings, "recorder")
+                supervisor.supervise_service(settings, "recorder")
                 say(f"recorder         archives ended sessions into {settings.data_dir}")
                 # The processors run in a process of their own: their Kafka consumers,
                 # record decoding and faust bookkeeping never take time from the call's
                 # event loop, which must answer ICE, RTCP and every forwarded packet.
-                worker = await _start_service(settings, "worker")
+                supervisor.supervise_service(settings, "worker")
                 say("processor worker running (prosody, face) for every live session")
-                for child in (dashboard, recorder, worker):
-                    # If one exits, livetag stops whole rather than run without it.
-                    watcher = asyncio.create_task(child.wait())
-                    watcher.add_done_callback(lambda _: stop.set())
-                    watchers.append(watcher)
                 say("livetag is up; press Ctrl-C to stop.")
             await stop.wait()
             say("stopping...")
         finally:
             stop.set()
             try:
-                for watcher in watchers:
-                    watcher.cancel()
-                for service in (worker, dashboard, recorder):
+                await supervisor.wait_stopped()
+                for name in ("worker", "dashboard", "recorder"):
+                    service = supervisor.processes.get(name)
                     if service is not None:
                         await _stop_process(service)
             finally:
@@ -194,7 +336,30 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 finally:
                     if broker is not None:
                         broker.stop()
-                    say("stopped.")
+                    say("stopped." if supervisor.failure is None else "stopped after a failure.")
+    if supervisor.failure is not None:
+        raise ServiceFailedError(f"livetag up stopped: {supervisor.failure}")
+
+
+def supervise_broker(supervisor: Supervisor, broker: EmbeddedBroker, settings: Settings) -> None:
+    """The embedded broker under the same restart policy as the services."""
+    first = True
+
+    async def run() -> str | None:
+        nonlocal first
+        if not first:
+            await _restart_broker(broker, settings)
+        first = False
+        watching = asyncio.ensure_future(_watch_broker(broker))
+        stopping = asyncio.ensure_future(supervisor.stopping.wait())
+        await asyncio.wait([watching, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not watching.done():
+            watching.cancel()
+            return None
+        return watching.result()
+
+    supervisor.supervise("embedded broker", run)
 
 
 async def run_capture(settings: Settings) -> None:
@@ -204,6 +369,7 @@ async def run_capture(settings: Settings) -> None:
     from taggers.tokens import load_secret
 
     stop = asyncio.Event()
+    _private_state(settings)
     with _stop_on_signals(stop):
         async with kafka.admin_client(settings) as admin:
             await topics.ensure_shared_topics(admin, settings)
@@ -223,6 +389,7 @@ async def run_dashboard(settings: Settings) -> None:
     from taggers.tokens import load_secret
 
     stop = asyncio.Event()
+    _private_state(settings)
     with _stop_on_signals(stop):
         server = DashboardServer(settings, secret=load_secret(settings))
         await server.start()
@@ -238,6 +405,7 @@ async def run_recorder(settings: Settings, *, only_sessions: set[str] | None = N
     from streams.recorder import RecorderWorker
 
     stop = asyncio.Event()
+    _private_state(settings)
     with _stop_on_signals(stop):
         await RecorderWorker(settings, only_sessions=only_sessions).run(stop)
 
@@ -270,5 +438,6 @@ async def run_worker(settings: Settings, *, only_sessions: set[str] | None = Non
     from infra.worker import ProcessorWorker
 
     stop = asyncio.Event()
+    _private_state(settings)
     with _stop_on_signals(stop):
         await ProcessorWorker(settings, only_sessions=only_sessions).run(stop)

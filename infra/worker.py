@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from infra.broker import die_with_parent
 from infra.settings import Settings, to_environment
-from streams import face_model, records
+from streams import face_model, records, topics
 from streams.sessions import SessionDirectory
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 # to finish the tail of the scene before it builds the archive.
 ACTIVE_STATES = ("created", "live", "ended")
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def processor_command(session_id: str) -> list[str]:
+    """How a session's processors are started: by the session's id, which they look up
+    on livetag.sessions. Never the record itself: it grows with the session (takes,
+    presence) and a command line has a size limit (128 KiB per argument on Linux)."""
+    return [sys.executable, "-m", "streams.processors", topics.check_session_id(session_id)]
 
 
 @dataclass
@@ -95,16 +102,20 @@ class ProcessorWorker:
             self._not_before[session.session_id] = time.monotonic() + 60.0
             log.error("cannot process session %s: %s", session.session_id, exc)
             return
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "streams.processors",
-            session.model_dump_json(),
-            env={**os.environ, **to_environment(self.settings)},
-            # A processor must not outlive its worker (killed or not): it would go on
-            # consuming for a session nobody manages.
-            preexec_fn=die_with_parent,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *processor_command(session.session_id),
+                env={**os.environ, **to_environment(self.settings)},
+                # A processor must not outlive its worker (killed or not): it would go on
+                # consuming for a session nobody manages.
+                preexec_fn=die_with_parent,
+            )
+        except OSError as exc:
+            # No process for this session now (out of processes or memory): the others
+            # keep theirs, and this one is tried again later.
+            self._not_before[session.session_id] = time.monotonic() + 30.0
+            log.error("cannot start the processors of session %s: %s", session.session_id, exc)
+            return
         self.children[session.session_id] = _Child(process, time.monotonic())
         log.info("processing session %s (pid %s)", session.session_id, process.pid)
 

@@ -42,9 +42,11 @@ from typing import Any, Final, TypeVar
 import av
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
+from infra.private_files import private_dir, private_file
 from infra.settings import Settings
-from streams import records, tag_rules
+from streams import records, strict_json, tag_rules
 
 __all__ = [
     "KINDS",
@@ -52,6 +54,8 @@ __all__ = [
     "RawMessage",
     "build_archive",
     "decode_rows",
+    "manifest_session",
+    "read_manifest",
     "read_media",
     "read_records",
     "session_dir",
@@ -77,7 +81,8 @@ _AUDIO_TIME_BASE = Fraction(1, 16_000)
 
 
 class ArchiveError(RuntimeError):
-    """An archive cannot be built as asked; the message says why."""
+    """An archive cannot be built as asked, or its files are not what it wrote; the
+    message says why."""
 
 
 def session_dir(settings: Settings, session_id: str) -> Path:
@@ -112,8 +117,7 @@ def write_part(folder: Path, kind: str, partition: int, messages: Sequence[RawMe
     """Write raw messages of one partition durably; the name says which offsets it holds."""
     if not messages:
         raise ValueError("a part holds at least one message")
-    target = folder / "parts" / kind
-    target.mkdir(parents=True, exist_ok=True)
+    target = private_dir(folder / "parts" / kind)
     first, last = messages[0].offset, messages[-1].offset
     path = target / f"{partition:03d}-{first:012d}-{last:012d}.parquet"
     table = pa.table(
@@ -152,6 +156,7 @@ def read_parts(folder: Path, kind: str) -> Iterator[RawMessage]:
 def _write_durably(path: Path, write: Any) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(str(temporary))
+    private_file(temporary)  # before its final name: never readable by others there
     with temporary.open("rb") as handle:
         os.fsync(handle.fileno())
     temporary.replace(path)
@@ -213,25 +218,74 @@ def record_table(model: type[records.Record], rows: Sequence[records.Record]) ->
     return pa.table(data, schema=schema)
 
 
-def table_records(model: type[R], table: pa.Table) -> list[R]:
-    """The records a :func:`record_table` holds, exactly as they were."""
+def table_records(model: type[R], table: pa.Table, *, source: str = "table") -> list[R]:
+    """The records a :func:`record_table` holds, exactly as they were; a row that is not
+    one raises :class:`ArchiveError` naming ``source``, the row and the reason."""
     nested = {name for name, arrow in _columns(model) if arrow is None}
     out = []
-    for row in table.to_pylist():
+    for number, row in enumerate(table.to_pylist()):
         for name in nested:
-            if row.get(name) is not None:
-                row[name] = json.loads(row[name])
-        out.append(model.model_validate(row))
+            cell = row.get(name)
+            if cell is None:
+                continue
+            if not isinstance(cell, str):
+                raise ArchiveError(f"{source} row {number}, {name}: not JSON text")
+            try:
+                row[name] = strict_json.loads(cell, max_bytes=records.MAX_JSON_RECORD_BYTES)
+            except strict_json.JsonInputError as exc:
+                raise ArchiveError(f"{source} row {number}, {name}: {exc.reason}") from None
+        try:
+            out.append(model.model_validate(row))
+        except ValidationError as exc:
+            reason = records.RecordError.from_validation(exc, model.record_type).reason
+            raise ArchiveError(f"{source} row {number}: {reason}") from None
     return out
 
 
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ArchiveError(f"{path} is not a readable Parquet file: {exc}") from None
+
+
 def read_records(folder: Path, kind: str) -> list[Any]:
-    """A consolidated kind of an archived session (prosody, face, tags, labels)."""
+    """A consolidated kind of an archived session (prosody, face, tags, labels);
+    :class:`ArchiveError` if its file is not what the archive wrote."""
     model = KINDS[kind]
     path = folder / f"{kind}.parquet"
     if not path.is_file():
         return []
-    return table_records(model, pq.read_table(path))
+    return table_records(model, _read_table(path), source=str(path))
+
+
+#: A manifest holds a session record and a few lines per file: far below this.
+MAX_MANIFEST_BYTES: Final = 16 * 1024 * 1024
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The archive's manifest.json, or :class:`ArchiveError` saying why it is none."""
+    path = folder / MANIFEST
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArchiveError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return strict_json.loads_object(data, max_bytes=MAX_MANIFEST_BYTES)
+    except strict_json.JsonInputError as exc:
+        raise ArchiveError(f"{path} is not a manifest: {exc.reason}") from None
+
+
+def manifest_session(folder: Path, manifest: dict[str, Any]) -> records.SessionRecord:
+    """The session record a manifest holds, or :class:`ArchiveError`."""
+    document = manifest.get("session")
+    if not isinstance(document, dict):
+        raise ArchiveError(f"{folder / MANIFEST} holds no session record")
+    try:
+        return records.SessionRecord.model_validate(document)
+    except ValidationError as exc:
+        reason = records.RecordError.from_validation(exc, "session").reason
+        raise ArchiveError(f"{folder / MANIFEST}: invalid session record: {reason}") from None
 
 
 def decode_rows(
@@ -311,7 +365,7 @@ def build_archive(
     starts = [chunk.header.ts_us for items in media.values() for chunk in items]
     t0_us = min(starts) if starts else session.created_ts_us
     performers: dict[str, Any] = {}
-    (folder / "media").mkdir(exist_ok=True)
+    private_dir(folder / "media")
     for performer_id, items in sorted(media.items()):
         performers[performer_id] = _write_media(folder, performer_id, items, t0_us)
     counts["video"] = sum(p["video_frames"] for p in performers.values())
@@ -405,6 +459,7 @@ def _write_media(
             packet.pts = packet.dts = round((item.header.ts_us - t0_us) * 16_000 / 1e6)
         container.mux(packet)
     container.close()
+    private_file(temporary)
     with temporary.open("rb") as handle:
         os.fsync(handle.fileno())
     temporary.replace(path)
@@ -419,7 +474,9 @@ def _write_media(
                 for column in (*index_columns, *extra)
             }
         )
-        pq.write_table(table, folder / "media" / f"{performer_id}.{name}.parquet")
+        index = folder / "media" / f"{performer_id}.{name}.parquet"
+        pq.write_table(table, index)
+        private_file(index)
     return {
         "media": f"media/{performer_id}.mkv",
         "video_frames": len(frames),
@@ -431,29 +488,45 @@ def _write_media(
 
 def read_media(folder: Path, performer_id: str) -> list[records.AudioChunk | records.VideoFrame]:
     """A performer's archived media as records again, in capture order (for replay)."""
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    session_id = manifest["session"]["session_id"]
+    session_id = manifest_session(folder, read_manifest(folder)).session_id
     index = {
-        name: pq.read_table(folder / "media" / f"{performer_id}.{name}.parquet").to_pylist()
+        name: _read_table(folder / "media" / f"{performer_id}.{name}.parquet").to_pylist()
         for name in ("video", "audio")
     }
     payloads: dict[str, list[bytes]] = {"video": [], "audio": []}
-    container = av.open(str(folder / "media" / f"{performer_id}.mkv"))
+    media = folder / "media" / f"{performer_id}.mkv"
     try:
-        for packet in container.demux():
-            if packet.size == 0:
-                continue
-            kind = "video" if packet.stream.type == "video" else "audio"
-            payloads[kind].append(bytes(packet))
-    finally:
-        container.close()
+        container = av.open(str(media))
+        try:
+            for packet in container.demux():
+                if packet.size == 0:
+                    continue
+                kind = "video" if packet.stream.type == "video" else "audio"
+                payloads[kind].append(bytes(packet))
+        finally:
+            container.close()
+    except (OSError, av.FFmpegError) as exc:
+        raise ArchiveError(f"{media} cannot be read: {exc}") from None
     out: list[records.AudioChunk | records.VideoFrame] = []
-    for row, jpeg in zip(index["video"], payloads["video"], strict=True):
-        frame = records.VideoFrameHeader(session_id=session_id, performer_id=performer_id, **row)
-        out.append(records.VideoFrame(frame, jpeg))
-    for row, pcm in zip(index["audio"], payloads["audio"], strict=True):
-        chunk = records.AudioChunkHeader(session_id=session_id, performer_id=performer_id, **row)
-        out.append(records.AudioChunk(chunk, pcm))
+    for kind in ("video", "audio"):
+        if len(index[kind]) != len(payloads[kind]):
+            raise ArchiveError(
+                f"{performer_id}: {len(index[kind])} {kind} rows in the index, "
+                f"{len(payloads[kind])} in the media file"
+            )
+    try:
+        for row, jpeg in zip(index["video"], payloads["video"], strict=True):
+            frame = records.VideoFrameHeader(
+                session_id=session_id, performer_id=performer_id, **row
+            )
+            out.append(records.VideoFrame(frame, jpeg))
+        for row, pcm in zip(index["audio"], payloads["audio"], strict=True):
+            chunk = records.AudioChunkHeader(
+                session_id=session_id, performer_id=performer_id, **row
+            )
+            out.append(records.AudioChunk(chunk, pcm))
+    except (ValidationError, records.RecordError, TypeError) as exc:
+        raise ArchiveError(f"{performer_id}: a media index row is invalid: {exc}") from None
     out.sort(key=lambda item: item.header.ts_us)
     return out
 

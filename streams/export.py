@@ -65,9 +65,10 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 from pympi.Elan import Eaf
 
-from streams import archive, records, tag_rules
+from streams import archive, records, strict_json, tag_rules
 
 __all__ = [
     "FORMATS",
@@ -96,17 +97,17 @@ def export_session(folder: Path, out_dir: Path, fmt: Format) -> list[Path]:
     if not manifest_path.is_file():
         raise ExportError(f"{folder} is not a session archive (it has no {archive.MANIFEST})")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{manifest_path} is not readable: {exc}") from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if fmt == "jsonl":
-        return _export_jsonl(folder, out_dir)
-    if fmt == "parquet":
-        return _export_parquet(folder, out_dir)
-    if fmt == "csv":
-        return _export_csv(folder, out_dir)
-    return [_export_eaf(folder, out_dir, manifest)]
+        manifest = archive.read_manifest(folder)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if fmt == "jsonl":
+            return _export_jsonl(folder, out_dir)
+        if fmt == "parquet":
+            return _export_parquet(folder, out_dir)
+        if fmt == "csv":
+            return _export_csv(folder, out_dir)
+        return [_export_eaf(folder, out_dir, manifest)]
+    except archive.ArchiveError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _latest(folder: Path) -> list[records.LabelWindow]:
@@ -134,10 +135,23 @@ def _export_jsonl(folder: Path, out_dir: Path) -> list[Path]:
 
 
 def read_jsonl(path: Path, kind: str) -> list[records.Record]:
-    """The records of a JSONL export file of ``kind`` (prosody, face, tags, labels)."""
+    """The records of a JSONL export file of ``kind`` (prosody, face, tags, labels);
+    :class:`ExportError` names the first line that is not one."""
     model = _model(kind)
-    with path.open(encoding="utf-8") as handle:
-        return [model.model_validate_json(line) for line in handle if line.strip()]
+    out = []
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                document = strict_json.loads_object(line, max_bytes=records.MAX_JSON_RECORD_BYTES)
+                out.append(model.model_validate(document))
+            except strict_json.JsonInputError as exc:
+                raise ExportError(f"{path} line {number}: {exc.reason}") from None
+            except ValidationError as exc:
+                reason = records.RecordError.from_validation(exc, model.record_type).reason
+                raise ExportError(f"{path} line {number}: {reason}") from None
+    return out
 
 
 def _model(kind: str) -> type[records.Record]:
@@ -221,30 +235,42 @@ def read_csv(path: Path, kind: str) -> list[records.Record]:
     model = _model(kind)
     columns = _csv_columns(model)
     out = []
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        expected = [name for name, _ in columns]
-        if header != expected:
-            raise ExportError(f"{path}: header {header} is not the {kind} columns {expected}")
-        for number, cells in enumerate(reader, start=2):
-            if len(cells) != len(columns):
-                raise ExportError(
-                    f"{path} line {number}: {len(cells)} cells, expected {len(columns)}"
-                )
-            row: dict[str, Any] = {}
-            for (name, text), cell in zip(columns, cells, strict=True):
-                if cell == "":
-                    row[name] = None
-                elif text:
-                    row[name] = cell
-                else:
-                    try:
-                        row[name] = json.loads(cell)
-                    except json.JSONDecodeError as exc:
-                        raise ExportError(f"{path} line {number}, {name}: {exc}") from None
-            out.append(model.model_validate(row))
+    number = 1
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            expected = [name for name, _ in columns]
+            if header != expected:
+                raise ExportError(f"{path}: header {header} is not the {kind} columns {expected}")
+            for number, cells in enumerate(reader, start=2):
+                out.append(_csv_record(model, columns, cells, f"{path} line {number}"))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ExportError(f"{path} after line {number}: {exc}") from None
     return out
+
+
+def _csv_record(
+    model: type[records.Record], columns: list[tuple[str, bool]], cells: list[str], where: str
+) -> records.Record:
+    if len(cells) != len(columns):
+        raise ExportError(f"{where}: {len(cells)} cells, expected {len(columns)}")
+    row: dict[str, Any] = {}
+    for (name, text), cell in zip(columns, cells, strict=True):
+        if cell == "":
+            row[name] = None
+        elif text:
+            row[name] = cell
+        else:
+            try:
+                row[name] = strict_json.loads(cell, max_bytes=records.MAX_JSON_RECORD_BYTES)
+            except strict_json.JsonInputError as exc:
+                raise ExportError(f"{where}, {name}: {exc.reason}") from None
+    try:
+        return model.model_validate(row)
+    except ValidationError as exc:
+        reason = records.RecordError.from_validation(exc, model.record_type).reason
+        raise ExportError(f"{where}: {reason}") from None
 
 
 # ---------------------------------------------------------------- eaf
@@ -323,9 +349,25 @@ def _lanes(spans: Iterable[tuple[int, int, str]]) -> list[list[tuple[int, int, s
     return lanes
 
 
+def _media_files(folder: Path, manifest: dict[str, Any]) -> dict[str, str | None]:
+    """Each archived performer's media file (relative to the archive), from the manifest."""
+    performers = manifest.get("performers", {})
+    if not isinstance(performers, dict) or not all(
+        isinstance(entry, dict) and isinstance(entry.get("media"), str | None)
+        for entry in performers.values()
+    ):
+        raise archive.ArchiveError(f"{folder / archive.MANIFEST}: performers are malformed")
+    return {performer: entry.get("media") for performer, entry in performers.items()}
+
+
 def _export_eaf(folder: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
-    t0_us = int(manifest["t0_us"])
-    session_id = str(manifest["session"]["session_id"])
+    # Validated: the session id names the output file, the media are linked from it.
+    session = archive.manifest_session(folder, manifest)
+    session_id = session.session_id
+    t0_us = manifest.get("t0_us")
+    if not isinstance(t0_us, int) or isinstance(t0_us, bool):
+        raise archive.ArchiveError(f"{folder / archive.MANIFEST}: t0_us is not an integer")
+    media_files = _media_files(folder, manifest)
 
     def ms(ts_us: int) -> int:
         return max(0, round((ts_us - t0_us) / 1000))
@@ -340,16 +382,16 @@ def _export_eaf(folder: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
     tags: list[records.TagEvent] = archive.read_records(folder, "tags")
     tag_spans = _tag_spans(tags, _max_hold_us(manifest))
     consensus = _consensus_spans(_latest(folder))
-    performers = {p["performer_id"] for p in manifest["session"].get("roster", [])}
-    performers |= set(manifest.get("performers", {}))
+    performers = {performer.performer_id for performer in session.roster}
+    performers |= set(media_files)
     performers |= {performer for performer, _ in tag_spans} | set(consensus)
 
     eaf = Eaf(author="livetag")
     eaf.remove_tier("default")
-    for _, media in sorted(manifest.get("performers", {}).items()):
-        if not media.get("media"):
+    for _, media in sorted(media_files.items()):
+        if not media:
             continue
-        path = (folder / media["media"]).resolve()
+        path = (folder / media).resolve()
         relative = Path(os.path.relpath(path, out_dir.resolve())).as_posix()
         if not relative.startswith("../"):
             relative = f"./{relative}"

@@ -36,6 +36,7 @@ from streams.face_errors import FaceAnalysisError
 from streams.face_pool import FacePool, FacePoolStopped
 from streams.kafka import decoded_events, make_faust_app
 from streams.prosody import SAMPLE_RATE, ProsodyTracker
+from streams.sessions import read_session
 
 log = logging.getLogger(__name__)
 
@@ -416,10 +417,19 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
 
 
 def main() -> None:
-    """``python -m streams.processors SESSION_JSON``: run one session's processors."""
+    """``python -m streams.processors SESSION_ID``: run one session's processors, as its
+    record on livetag.sessions describes it."""
     settings = load_settings()
-    session = records.SessionRecord.model_validate_json(sys.argv[1])
     logging.basicConfig(level=settings.log_level)
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m streams.processors SESSION_ID")
+    try:
+        session_id = topics.check_session_id(sys.argv[1])
+    except ValueError as exc:
+        sys.exit(str(exc))
+    session = asyncio.run(read_session(settings, session_id))
+    if session is None:
+        sys.exit(f"no session {session_id!r} on {topics.SESSIONS}")
     app = build_app(settings, session)
     # A processor of this session killed before us (on this machine) is not waited for.
     asyncio.run(group_members.evict_dead_members(settings, app_id(session.session_id)))

@@ -225,6 +225,10 @@ class ProsodyTracker:
     def __init__(self, session_id: str, performer_id: str) -> None:
         self.session_id = session_id
         self.performer_id = performer_id
+        # The end of the newest audio pushed, across segments; older chunks are copies.
+        self._newest_end_us = -(2**63)
+        self._newest_seq = -1
+        self.stale_chunks = 0  # copies skipped
         self._reset()
 
     def _reset(self) -> None:
@@ -252,6 +256,14 @@ class ProsodyTracker:
     def push(self, chunk: records.AudioChunk) -> list[records.ProsodyFrame]:
         """Add one chunk; return the frames of every hop whose window is now complete."""
         header = chunk.header
+        if header.seq <= self._newest_seq and header.ts_us < self._newest_end_us:
+            # A copy of audio already analysed (the fork sends a batch again when the
+            # broker's answer to it was lost): its hops are out already, and analysing it
+            # again would restart the segment. Only a copy is behind in both: a re-anchored
+            # clock steps back with a higher seq, a new publication starts its seq again
+            # later in time.
+            self.stale_chunks += 1
+            return []
         frames: list[records.ProsodyFrame] = []
         if self._expected_ts is not None and abs(header.ts_us - self._expected_ts) > (
             GAP_TOLERANCE_US
@@ -261,6 +273,8 @@ class ProsodyTracker:
         self._anchors.append((self._received, header.ts_us, header.sample_count))
         self._received += header.sample_count
         self._expected_ts = header.ts_us + header.sample_count * 1_000_000 // SAMPLE_RATE
+        self._newest_end_us = max(self._newest_end_us, self._expected_ts)
+        self._newest_seq = header.seq
         self._buf = np.concatenate([self._buf, samples])
         ready = (self._received - AFTER) // HOP + 1  # hops whose segment end is buffered
         frames.extend(self._emit(ready))

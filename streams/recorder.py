@@ -23,12 +23,14 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import time
 from collections import defaultdict
 from importlib import metadata
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from infra.private_files import open_private, private_dir
 from infra.settings import Settings
 from streams import archive, face_model, group_members, kafka, records, topics
 from streams.sessions import SessionDirectory, publish
@@ -93,7 +95,10 @@ class SessionRecorder:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # People's faces and voices: the data folder and each archive are the service
+        # user's alone (whatever the umask livetag was started with).
+        private_dir(self.settings.data_dir)
+        private_dir(self.folder)
         consumer = kafka.make_consumer(
             self.settings,
             *self.kinds,
@@ -130,7 +135,10 @@ class SessionRecorder:
                                 [(name, bytes(value)) for name, value in message.headers or ()],
                             )
                         )
-                        self._last_message = time.monotonic()
+                        if not (kind == "tags" and self._past_grace()):
+                            # A tag past the grace changes no label (the aligner sets it
+                            # aside): recorded if it comes in time, never waited for.
+                            self._last_message = time.monotonic()
                 now = time.monotonic()
                 if now - last_flush >= self.settings.archive_flush_s:
                     await self._flush()
@@ -177,16 +185,22 @@ class SessionRecorder:
             except Exception as exc:  # rebalancing: the next flush commits
                 log.info("recorder commit deferred (%s)", exc)
 
+    def _grace_s(self) -> float:
+        # Late tags (a rater's page re-sending after a reconnect) still correct label windows
+        # for label_grace_s: they are waited for before the archive is final.
+        return self.settings.label_grace_s + self.settings.label_tag_wait_ms / 1000
+
+    def _past_grace(self) -> bool:
+        ended = self._ended_at
+        return ended is not None and time.monotonic() - ended >= self._grace_s()
+
     async def _ready_to_archive(self) -> bool:
         session = self._directory.get(self.session_id)
         if session is None or session.state not in ("ended", "archived"):
             return False
         if self._ended_at is None:
             self._ended_at = time.monotonic()
-        # Late tags (a rater's page re-sending after a reconnect) still correct label windows
-        # for label_grace_s: wait for them before the archive is final.
-        grace = self.settings.label_grace_s + self.settings.label_tag_wait_ms / 1000
-        if time.monotonic() - self._ended_at < grace:
+        if not self._past_grace():
             return False
         if time.monotonic() - self._last_message < self.settings.archive_quiet_s:
             return False
@@ -243,7 +257,7 @@ class SessionRecorder:
 
     def _build_once(self, session: records.SessionRecord) -> bool:
         lock_path = self.folder / ".archive.lock"
-        with lock_path.open("w") as lock:
+        with os.fdopen(open_private(lock_path, os.O_WRONLY | os.O_CREAT), "w") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if (self.folder / archive.MANIFEST).is_file():
                 return False  # another recorder of the group built it
@@ -262,8 +276,8 @@ class RecorderWorker:
     def __init__(self, settings: Settings, *, only_sessions: set[str] | None = None) -> None:
         self.settings = settings
         self._only = only_sessions
-        self._directory = SessionDirectory(settings)
         self._producer = kafka.make_producer(settings)
+        self._directory = SessionDirectory(settings, dead_letters=self._producer, service=SERVICE)
         self.recorders: dict[str, tuple[SessionRecorder, asyncio.Task[None]]] = {}
         self._cleaned: set[str] = set()
         self._cleanups: set[asyncio.Task[None]] = set()

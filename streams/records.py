@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
@@ -36,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from streams import strict_json
+
 SCHEMA_VERSION: Final = 1
 RECORD_HEADER = "livetag-record"
 MEDIA_HEADER = "livetag-header"
@@ -52,12 +53,17 @@ Unit = Annotated[Number, Field(ge=0.0, le=1.0)]
 Label = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 Colour = Annotated[str, StringConstraints(pattern=r"^#[0-9a-fA-F]{6}$")]
 TagId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+# The id (JWT ``jti``) of a join link's token, shared by the credentials made from it.
+TokenId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 
 Role = Literal["performer", "observer", "director"]
 Intensity = Literal["normal", "strong"]
 TimingSource = Literal["sender_report", "abs_capture_time", "arrival_fit"]
 
 MAX_DEAD_LETTER_PAYLOAD = 4096
+#: The largest JSON record (or media header) decoded: what livetag's producers may send at
+#: most (streams.kafka's max_request_size); anything larger is no record of theirs.
+MAX_JSON_RECORD_BYTES: Final = 4 * 1024 * 1024
 
 
 class RecordError(ValueError):
@@ -628,10 +634,47 @@ def counters_key(session_id: str, performer_id: str, source: str) -> bytes:
     return f"{session_id}/{performer_id}/{source}".encode()
 
 
+# ---------------------------------------------------------------- livetag.revocations
+
+
+class TokenRevocation(Record):
+    """A withdrawn join link: one token id, or every link of one participant issued up to
+    ``ts_us`` (a fresh link issued after it is valid). Every service checks it at admission
+    and closes the open connections it covers. ts_us = when it was revoked (Unix µs).
+    Keyed ``session/token/ID`` or ``session/participant/ID``: revocations are never undone,
+    and the newest one of a participant covers what an older one did, so compaction keeps
+    what counts."""
+
+    record_type: ClassVar[str] = "token_revocation"
+    session_id: SessionId
+    token_id: TokenId | None = None
+    participant_id: ParticipantId | None = None
+    reason: Annotated[str, StringConstraints(max_length=500)] = ""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TokenRevocation:
+        if (self.token_id is None) == (self.participant_id is None):
+            raise ValueError("name exactly one of token_id and participant_id")
+        return self
+
+    @property
+    def key(self) -> bytes:
+        if self.token_id is not None:
+            return f"{self.session_id}/token/{self.token_id}".encode()
+        return f"{self.session_id}/participant/{self.participant_id}".encode()
+
+
 # ---------------------------------------------------------------- encode / decode
 
 JsonRecord = (
-    SessionRecord | ProsodyHops | FaceFrame | TagEvent | LabelWindow | DeadLetter | PipelineCounters
+    SessionRecord
+    | ProsodyHops
+    | FaceFrame
+    | TagEvent
+    | LabelWindow
+    | DeadLetter
+    | PipelineCounters
+    | TokenRevocation
 )
 AnyRecord = JsonRecord | AudioChunk | VideoFrame
 R = TypeVar("R", bound=AnyRecord)
@@ -644,6 +687,7 @@ JSON_RECORD_TYPES: tuple[type[Record], ...] = (
     LabelWindow,
     DeadLetter,
     PipelineCounters,
+    TokenRevocation,
 )
 MEDIA_RECORD_TYPES: tuple[type[AudioChunk] | type[VideoFrame], ...] = (AudioChunk, VideoFrame)
 MEDIA_HEADER_TYPES: dict[str, type[MediaHeader]] = {
@@ -711,27 +755,15 @@ def _check_type_header(headers: Headers | None, record_type: str) -> None:
         raise RecordError(f"header {RECORD_HEADER} is {found!r}, expected {expected!r}")
 
 
-def _parse_json(data: bytes, record_type: str) -> Any:
-    try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise RecordError(f"not UTF-8: {exc}", record_type=record_type) from None
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"not JSON: {exc}", record_type=record_type) from None
-    except RecursionError:
-        raise RecordError("JSON nested too deeply", record_type=record_type) from None
-
-
 def _validate(model: type[Record], data: bytes) -> Any:
-    parsed = _parse_json(data, model.record_type)
-    if not isinstance(parsed, dict):
-        raise RecordError("expected a JSON object", record_type=model.record_type)
+    try:
+        parsed = strict_json.loads_object(data, max_bytes=MAX_JSON_RECORD_BYTES)
+    except strict_json.JsonInputError as exc:
+        raise RecordError(exc.reason, record_type=model.record_type) from None
     try:
         return model.model_validate(parsed)
     except ValidationError as exc:
         raise RecordError.from_validation(exc, model.record_type) from None
-    except RecursionError:
-        raise RecordError("JSON nested too deeply", record_type=model.record_type) from None
 
 
 def decode(record_class: type[R], value: bytes | None, headers: Headers | None = None) -> R:

@@ -22,7 +22,6 @@ first keeps the archive's quiet period from starting while they still catch up).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer, TopicPartition
+from pydantic import TypeAdapter, ValidationError
 
 from infra.settings import Settings
 from streams import archive, kafka, records, sessions, topics
@@ -119,12 +119,30 @@ def replay_session_id(original: str, taken: set[str]) -> str:
         n += 1
 
 
+_PERFORMER_ID: TypeAdapter[str] = TypeAdapter(records.ParticipantId)
+
+
+def _is_performer_id(name: str) -> bool:
+    try:
+        _PERFORMER_ID.validate_python(name)
+    except ValidationError:
+        return False
+    return True
+
+
 def load_media(folder: Path) -> tuple[records.SessionRecord, list[MediaRecord]]:
-    """The archived session record and all its performers' media, merged in ts_us order."""
-    manifest = json.loads((folder / archive.MANIFEST).read_text(encoding="utf-8"))
-    session = records.SessionRecord.model_validate(manifest["session"])
+    """The archived session record and all its performers' media, merged in ts_us order;
+    :class:`streams.archive.ArchiveError` if the archive's files are not what it wrote."""
+    manifest = archive.read_manifest(folder)
+    session = archive.manifest_session(folder, manifest)
+    performers = manifest.get("performers", {})
+    # Its keys name the files to open: performer ids only, never a path.
+    if not isinstance(performers, dict) or not all(map(_is_performer_id, performers)):
+        raise archive.ArchiveError(
+            f"{folder / archive.MANIFEST}: performers is not an object of performer ids"
+        )
     media: list[MediaRecord] = []
-    for performer_id in sorted(manifest.get("performers", {})):
+    for performer_id in sorted(performers):
         media.extend(archive.read_media(folder, performer_id))
     media.sort(key=lambda item: item.header.ts_us)  # stable: per performer, capture order
     return session, media

@@ -12,12 +12,17 @@ import secrets
 import time
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CorruptRecordException, KafkaError
 
 from infra.settings import Settings
 from streams import kafka, records, topics
 
 log = logging.getLogger(__name__)
+
+
+#: The states of a session that is over: nothing more is recorded in it.
+OVER_STATES = ("ended", "archived")
 
 
 def now_us() -> int:
@@ -85,19 +90,63 @@ async def publish(producer: AIOKafkaProducer, record: records.SessionRecord) -> 
     )
 
 
-class SessionDirectory:
-    """The latest record of every session, followed live from livetag.sessions."""
+async def read_session(
+    settings: Settings, session_id: str, *, timeout_s: float = 30.0
+) -> records.SessionRecord | None:
+    """The newest record of one session on livetag.sessions, waiting up to ``timeout_s``
+    for one that was just published; None if there is none. How a process started for a
+    session (``python -m streams.processors SID``) learns what the session is."""
+    directory = SessionDirectory(settings)
+    await directory.start()
+    try:
+        return await directory.wait_for(session_id, timeout_s=timeout_s)
+    except TimeoutError:
+        return None
+    finally:
+        await directory.stop()
 
-    def __init__(self, settings: Settings) -> None:
+
+class SessionDirectory:
+    """The latest record of every session, followed live from livetag.sessions.
+
+    Every service learns from it what sessions there are, so nothing a record holds may
+    stop it: a record that does not decode is skipped, counted (``undecodable``), logged,
+    and, when the owner gives a producer, dead-lettered under the owner's ``service``
+    name (only records that arrive while it follows: the ones read again at start were
+    there for the previous run to reject)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dead_letters: AIOKafkaProducer | None = None,
+        service: str = "sessions",
+    ) -> None:
         self._settings = settings
         self._sessions: dict[str, records.SessionRecord] = {}
+        self._ended_us: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
         self._consumer = kafka.make_consumer(settings)
+        self._dead_letters = dead_letters
+        self._service = service
+        self._letters: set[asyncio.Task[None]] = set()
+        #: Records on livetag.sessions that did not decode, since start.
+        self.undecodable = 0
+        #: Dead letters that could not be produced (the broker refused or was away).
+        self.dead_letters_failed = 0
+        #: Times reading the topic failed (the directory retried each time).
+        self.read_errors = 0
 
     def get(self, session_id: str) -> records.SessionRecord | None:
         return self._sessions.get(session_id)
+
+    def ended_at_us(self, session_id: str) -> int | None:
+        """When the session ended (``ts_us`` of its first version that is ended or
+        archived), or None while it is not over. On a compacted livetag.sessions the first
+        such version may be gone: the oldest left is later, never earlier, than the end."""
+        return self._ended_us.get(session_id)
 
     def sessions(self) -> list[records.SessionRecord]:
         return list(self._sessions.values())
@@ -125,9 +174,22 @@ class SessionDirectory:
         partition = TopicPartition(topics.SESSIONS, 0)
         self._consumer.assign([partition])
         await self._consumer.seek_to_beginning(partition)
+        first = await self._consumer.position(partition)
         end = (await self._consumer.end_offsets([partition]))[partition]
-        self._task = asyncio.create_task(self._follow(partition, end), name="session-directory")
-        await self._ready.wait()
+        self._task = asyncio.create_task(
+            self._follow(partition, first, end), name="session-directory"
+        )
+        ready = asyncio.ensure_future(self._ready.wait())
+        try:
+            # Should following ever end, say so here rather than wait for ever.
+            await asyncio.wait([ready, self._task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if self._task.done():
+            task, self._task = self._task, None
+            await self._consumer.stop()
+            task.result()
+            raise RuntimeError("the session directory stopped following livetag.sessions")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -135,6 +197,11 @@ class SessionDirectory:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if self._letters:
+                # A moment for the dead letters on their way; the owner's producer stops next.
+                await asyncio.wait(self._letters, timeout=2.0)
+                for letter in self._letters:
+                    letter.cancel()
             await self._consumer.stop()
 
     async def wait_for(self, session_id: str, timeout_s: float) -> records.SessionRecord | None:
@@ -143,24 +210,118 @@ class SessionDirectory:
             await self._changed.wait_for(lambda: session_id in self._sessions)
         return self._sessions.get(session_id)
 
-    async def _follow(self, partition: TopicPartition, caught_up_at: int) -> None:
-        if caught_up_at == 0:
-            self._ready.set()
+    async def _follow(self, partition: TopicPartition, first: int, caught_up_at: int) -> None:
+        next_offset = first  # after the last record taken (or skipped)
+        # One record per read, from a read that failed on until the end of the topic.
+        careful = False
+        failing_since: float | None = None
         while True:
-            batches = await self._consumer.getmany(partition, timeout_ms=500)
-            for message in batches.get(partition, []):
-                try:
-                    record = records.decode(records.SessionRecord, message.value, message.headers)
-                except records.RecordError as exc:
-                    # Someone else's bad record: skip it here, the producer dead-letters.
-                    log.warning(
-                        "skipping undecodable session record at %s: %s", message.offset, exc
-                    )
+            if next_offset >= caught_up_at:
+                self._ready.set()
+            try:
+                batches = await self._consumer.getmany(
+                    partition, timeout_ms=500, max_records=1 if careful else None
+                )
+            except Exception as exc:
+                self.read_errors += 1
+                if isinstance(exc, KafkaError) and not isinstance(exc, CorruptRecordException):
+                    # The broker's trouble, not the data's: log the first failure of a run
+                    # of them, and keep trying (an outage passes).
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        log.error("reading livetag.sessions failed, retrying: %r", exc)
+                    await asyncio.sleep(1.0)
+                elif not careful:
+                    # A record the client cannot parse (aiokafka raises on a header name
+                    # that is not UTF-8, and drops what it read before it in the same
+                    # fetch): read again from the last record taken, one at a time.
+                    careful = True
+                    self._consumer.seek(partition, next_offset)
                 else:
-                    current = self._sessions.get(record.session_id)
-                    if current is None or current.ts_us <= record.ts_us:
-                        self._sessions[record.session_id] = record
-                if message.offset + 1 >= caught_up_at:
-                    self._ready.set()
+                    # Even alone it cannot be read: skip it (at worst the rest of its
+                    # batch too, which came from the same producer request).
+                    reason = f"session: the Kafka client cannot read it: {exc!r}"
+                    self._reject(
+                        reason,
+                        offset=next_offset,
+                        key=None,
+                        value=b"",
+                        live=next_offset >= caught_up_at,
+                    )
+                    next_offset += 1
+                    self._consumer.seek(partition, next_offset)
+                continue
+            if failing_since is not None:
+                log.info(
+                    "reading livetag.sessions again after %.0f s",
+                    time.monotonic() - failing_since,
+                )
+                failing_since = None
+            messages = batches.get(partition, [])
+            careful = careful and bool(messages)
+            for message in messages:
+                self._take(message, live=message.offset >= caught_up_at)
+                next_offset = message.offset + 1
             async with self._changed:
                 self._changed.notify_all()
+
+    def _take(self, message: ConsumerRecord[bytes, bytes], *, live: bool) -> None:
+        """Take in one message of livetag.sessions, or reject it (never raises)."""
+        try:
+            record = records.decode(records.SessionRecord, message.value, message.headers)
+        except Exception as exc:
+            if not isinstance(exc, records.RecordError):
+                # A decoder bug: it costs this record, never the directory all depend on.
+                log.exception("session record at offset %s broke the decoder", message.offset)
+            reason = str(exc) if isinstance(exc, records.RecordError) else f"session: {exc!r}"
+            self._reject(
+                reason, offset=message.offset, key=message.key, value=message.value, live=live
+            )
+            return
+        current = self._sessions.get(record.session_id)
+        if current is None or current.ts_us <= record.ts_us:
+            self._sessions[record.session_id] = record
+        if record.state in OVER_STATES:
+            # The oldest version that is over says when the session ended (later versions,
+            # leaves and the archive mark, are stamped later).
+            ended = self._ended_us.get(record.session_id, record.ts_us)
+            self._ended_us[record.session_id] = min(ended, record.ts_us)
+
+    def _reject(
+        self, reason: str, *, offset: int, key: bytes | None, value: bytes | None, live: bool
+    ) -> None:
+        self.undecodable += 1
+        log.warning("skipping undecodable session record at offset %s: %s", offset, reason)
+        producer = self._dead_letters
+        if producer is None or not live:
+            return
+        letter = records.DeadLetter.of(
+            ts_us=now_us(),
+            source_topic=topics.SESSIONS,
+            service=self._service,
+            reason=reason,
+            payload=value or b"",
+            key=key,
+            partition=0,
+            offset=offset,
+        )
+        # Sent aside: waiting for the broker here would hold up every session change.
+        sending = asyncio.create_task(self._send_dead_letter(producer, letter))
+        self._letters.add(sending)
+        sending.add_done_callback(self._letters.discard)
+
+    async def _send_dead_letter(
+        self, producer: AIOKafkaProducer, letter: records.DeadLetter
+    ) -> None:
+        message = records.encode(letter)
+        try:
+            await producer.send_and_wait(
+                topics.DEADLETTER, message.value, key=message.key, headers=message.headers
+            )
+        except Exception as exc:
+            self.dead_letters_failed += 1
+            log.warning(
+                "could not dead-letter the session record at offset %s: %s",
+                letter.source_offset,
+                exc,
+            )

@@ -26,6 +26,7 @@ TAGS = "livetag.tags"
 LABELS = "livetag.labels"
 DEADLETTER = "livetag.deadletter"
 HEALTH = "livetag.health"
+REVOCATIONS = "livetag.revocations"
 
 SessionStream = Literal["audio", "video", "prosody", "face"]
 SESSION_STREAMS: tuple[SessionStream, ...] = ("audio", "video", "prosody", "face")
@@ -88,6 +89,14 @@ def shared_topics(settings: Settings) -> list[TopicSpec]:
             1,
             {"cleanup.policy": "compact"},
             "each service's cumulative counters per performer, keyed session/performer/source",
+        ),
+        TopicSpec(
+            REVOCATIONS,
+            records.TokenRevocation,
+            # Tiny and read whole by every service at start, then followed.
+            1,
+            {"cleanup.policy": "compact"},
+            "withdrawn join links, keyed session/token/ID or session/participant/ID",
         ),
     ]
 
@@ -152,6 +161,7 @@ def record_type_of(topic: str) -> type[records.AnyRecord]:
         LABELS: records.LabelWindow,
         DEADLETTER: records.DeadLetter,
         HEALTH: records.PipelineCounters,
+        REVOCATIONS: records.TokenRevocation,
     }
     if topic in shared:
         return shared[topic]
@@ -171,6 +181,7 @@ def resolve_topic(name: str, session_id: str | None = None) -> str:
         "labels": LABELS,
         "deadletter": DEADLETTER,
         "health": HEALTH,
+        "revocations": REVOCATIONS,
     }
     if name in short_shared:
         return short_shared[name]
@@ -193,6 +204,24 @@ class TopicAdminError(RuntimeError):
     """The broker refused to create or delete a topic; the message has its reason."""
 
 
+def min_insync_replicas(replication_factor: int) -> int:
+    """Replicas that must hold a record before the broker acknowledges it (producers send
+    with acks=all): one fewer than the replicas, at least one. With 3 replicas a record is
+    acknowledged once 2 hold it: one broker may be down and writes go on, and no
+    acknowledged record lives on one broker only."""
+    return max(1, replication_factor - 1)
+
+
+def creation_configs(spec: TopicSpec, replication_factor: int) -> dict[str, str]:
+    """The configs a topic is created with: its own, plus ``min.insync.replicas`` for the
+    replication factor (without it a cluster's default of 1 acknowledges a record that one
+    broker holds, and a crash of that broker loses it; the embedded broker ignores it)."""
+    return {
+        **spec.configs,
+        "min.insync.replicas": str(min_insync_replicas(replication_factor)),
+    }
+
+
 async def _create(admin: AIOKafkaAdminClient, specs: Iterable[TopicSpec], rf: int) -> list[str]:
     """Create the topics that do not exist yet; returns the names it created."""
     existing = set(await admin.list_topics())
@@ -200,7 +229,10 @@ async def _create(admin: AIOKafkaAdminClient, specs: Iterable[TopicSpec], rf: in
     if not missing:
         return []
     response = await admin.create_topics(
-        [NewTopic(spec.name, spec.partitions, rf, topic_configs=spec.configs) for spec in missing]
+        [
+            NewTopic(spec.name, spec.partitions, rf, topic_configs=creation_configs(spec, rf))
+            for spec in missing
+        ]
     )
     created: list[str] = []
     failures: list[str] = []

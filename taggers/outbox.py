@@ -24,6 +24,7 @@ from typing import IO
 
 from aiokafka import AIOKafkaProducer
 
+from infra.private_files import open_private, private_dir
 from streams import records, topics
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ class TagOutbox:
         return self._spooled > 0 or self._files_to_deliver > 0 or self._draining
 
     async def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # Who tagged whom, and when: for the service's user only.
+        private_dir(self.folder)
         self._drainer = asyncio.create_task(self._drain_forever(), name="tag-spool-drainer")
         self._wake.set()  # deliver what an earlier run left
 
@@ -112,9 +114,9 @@ class TagOutbox:
         self._wake.set()
 
     def _open_spool(self) -> IO[bytes]:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         path = self.folder / f"tags-{os.getpid()}-{time.time_ns()}.jsonl"
-        spool = path.open("ab")
+        spool = os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
         fcntl.flock(spool.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         # The new file's name must survive a power cut as well as its lines.
         folder = os.open(self.folder, os.O_RDONLY)

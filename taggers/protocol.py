@@ -20,14 +20,13 @@ Every conversion input is kept in the tag (``TagTiming``) so it can be audited o
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
-from streams import records
+from streams import records, strict_json
 from streams.records import Intensity, Label, ParticipantId, TagId
 from taggers.clock import ClockEstimate, ClockReply
 
@@ -143,15 +142,14 @@ def parse_client_message(
     """The message in one websocket frame, or :class:`ProtocolError` saying what is wrong."""
     if isinstance(raw, bytes):
         raise ProtocolError("malformed", "binary messages are not accepted: send JSON text")
-    if len(raw) > max_bytes or len(raw.encode("utf-8")) > max_bytes:
+    # Measured before parsing (the parser reports its own size refusal as malformed).
+    if len(raw) > max_bytes or len(raw.encode("utf-8", "surrogatepass")) > max_bytes:
         raise ProtocolError("too_big", f"message is over {max_bytes} bytes")
     try:
-        document = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError("malformed", f"not JSON: {exc.msg} at {exc.pos}") from None
-    except (RecursionError, ValueError):  # e.g. thousands of nested brackets
-        raise ProtocolError("malformed", "not JSON this service accepts") from None
-    tag_id = document.get("tag_id") if isinstance(document, dict) else None
+        document = strict_json.loads_object(raw, max_bytes=max_bytes)
+    except strict_json.JsonInputError as exc:
+        raise ProtocolError("malformed", exc.reason) from None
+    tag_id = document.get("tag_id")
     try:
         return _CLIENT_MESSAGE.validate_python(document)
     except ValidationError as exc:

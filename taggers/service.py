@@ -25,9 +25,21 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from infra.connection_gate import (
+    ConnectionGate,
+    Refusal,
+    Ticket,
+    close_code,
+    close_reason,
+    keep_swept,
+    refusal_response,
+    watch_websocket,
+    websocket_response,
+)
 from infra.settings import Settings
 from streams import kafka, records
-from taggers import tokens
+from streams.sessions import OVER_STATES
+from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.outbox import TagOutbox
 from taggers.protocol import (
@@ -54,10 +66,13 @@ log = logging.getLogger(__name__)
 #: rater's page showed with that RTP timestamp, or None if unknown.
 FrameLookup = Callable[[str, str, str, int], int | None]
 SessionLookup = Callable[[str], Awaitable[records.SessionRecord | None]]
+#: session_id -> when the session ended (session clock, µs), None while it is not over.
+EndLookup = Callable[[str], int | None]
 
 _CLOCKS_KEPT = 10_000  # client clocks remembered across reconnects
 _MESSAGES_BEFORE_HELLO = 20  # then the connection is closed
 _WS_HARD_LIMIT = 1024 * 1024  # above our own limit, so an oversize message gets an answer
+_RENEWAL_TASK = "tag-credential-renewal"
 
 
 def session_now_us() -> int:
@@ -111,8 +126,23 @@ class TagService:
         sessions: SessionLookup,
         frame_lookup: FrameLookup | None = None,
         clock: Callable[[], int] = session_now_us,
+        gate: ConnectionGate | None = None,
+        ended_at: EndLookup | None = None,
+        access: credentials.Access | None = None,
     ) -> None:
         self.settings = settings
+        # The capture server's credentials and revocation list, or its own (a service
+        # run alone follows livetag.revocations itself).
+        self.access = access if access is not None else credentials.Access(settings, secret)
+        self._owns_access = access is None
+        self._revocation_watcher: asyncio.Task[None] | None = None
+        # When a session ended (the session directory's ended_at_us); without it, the
+        # session record's own stamp stands in for the end.
+        self._ended_at = ended_at
+        # The capture server's gate (shared with its call pages), or one of its own.
+        self.gate = gate if gate is not None else ConnectionGate.from_settings(settings)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._owns_gate = gate is None
         self.limits = limits_of(settings)
         self.secret = secret
         self.sessions = sessions
@@ -136,10 +166,31 @@ class TagService:
         self.refusals: Counter[str] = Counter()
 
     async def start(self) -> None:
+        if self._owns_access:
+            await self.access.start()
+        if self._revocation_watcher is None:
+            self._revocation_watcher = asyncio.create_task(
+                self.access.close_revoked(lambda: list(self._connections)),
+                name="tag-revocations",
+            )
         await self._producer.start()
         await self.outbox.start()
+        if self._owns_gate and self._sweeper is None:
+            self._sweeper = asyncio.create_task(keep_swept(self.gate), name="tag-gate")
 
     async def stop(self) -> None:
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        watcher, self._revocation_watcher = self._revocation_watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if self._owns_access:
+            await self.access.stop()
         for connection in list(self._connections):
             await connection.close()
         await self.outbox.stop()
@@ -149,16 +200,60 @@ class TagService:
         app.add_routes([web.get("/ws/tag", self.websocket)])
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=_WS_HARD_LIMIT)
-        await ws.prepare(request)
-        connection = TagConnection(self, ws)
-        self._connections.add(connection)
+        """``/ws/tag``: welcomed at a valid hello within ``ws_hello_timeout_s``, or closed.
+
+        A client may also name its token on the upgrade URL (``?token=``): a bad one is then
+        refused before the upgrade, with an HTTP status any client can read."""
+        loop = asyncio.get_running_loop()
+        # Taken before the first await: concurrent handshakes cannot all pass the caps.
+        entered = self.gate.enter(request.remote, loop.time(), hello_deadline=True)
+        if isinstance(entered, Refusal):
+            return self._refuse_upgrade(entered)
+        ticket = entered
         try:
-            await connection.run()
+            token = request.query.get("token")
+            if token is not None:
+                try:
+                    _, session = await self.admission(token)
+                except ProtocolError as exc:
+                    return self._refuse_upgrade(Refusal(exc.code, exc.message))
+                # Its place in the session is taken at the hello; a full session is said now.
+                full = self.gate.session_refusal("tag", session.session_id)
+                if full is not None:
+                    return self._refuse_upgrade(full)
+            ws = websocket_response(self.settings, max_msg_size=_WS_HARD_LIMIT)
+            await ws.prepare(request)
+            connection = TagConnection(self, ws, ticket)
+            watch_websocket(ticket, request, ws, on_deadline=connection.hello_expired)
+            self._connections.add(connection)
+            try:
+                await connection.run()
+            finally:
+                self._connections.discard(connection)
+                await connection.close()
+            return ws
         finally:
-            self._connections.discard(connection)
-            await connection.close()
-        return ws
+            ticket.release()
+
+    def _refuse_upgrade(self, refusal: Refusal) -> web.Response:
+        self.refusals[refusal.code] += 1
+        return refusal_response(refusal)
+
+    async def admission(self, token: str) -> tuple[tokens.JoinToken, records.SessionRecord]:
+        """A tagging client's claims and session; :class:`ProtocolError` when refused."""
+        try:
+            # A session credential whose link is not revoked (a link's own token is
+            # refused: pages exchange it first).
+            claims = self.access.admit(token)
+        except tokens.TokenError as exc:
+            raise ProtocolError(exc.code, exc.reason) from None
+        session = await self.sessions(claims.session_id)
+        if session is None:
+            raise ProtocolError("unknown_session", f"no session {claims.session_id!r}")
+        roster = {performer.performer_id for performer in session.roster}
+        if claims.role == "performer" and claims.participant_id not in roster:
+            raise ProtocolError("not_in_roster", "you are not in this session")
+        return claims, session
 
     # ---------------------------------------------------------------- shared state
 
@@ -210,6 +305,42 @@ class TagService:
             capture_ts_us = self._frame_lookup(session_id, rater_id, performer_id, rtp_timestamp)
         return FrameCapture(rtp_timestamp=rtp_timestamp, capture_ts_us=capture_ts_us)
 
+    async def check_session_open(self, tag: records.TagEvent, received_us: int) -> None:
+        """Refuse (``session_ended``) a tag that a session which is over no longer takes.
+
+        An ended session takes tags for ``label_grace_s`` after its end (a page re-sending
+        what a dropped connection left unacknowledged, an offset ending a hold), as long
+        as they are about the session: an onset or tap whose instant (the press or the
+        frame on screen, less the reaction lag) is after the end is no tag of the scene.
+        After the grace, or once the session is archived, it takes none: the labels and
+        the archive are final, and tags still arriving would only hold the recorder up."""
+        session = await self.sessions(tag.session_id)
+        if session is None or session.state not in OVER_STATES:
+            return
+        if session.state == "archived":
+            raise ProtocolError(
+                "session_ended", "the session is archived: it takes no more tags", tag.tag_id
+            )
+        ended_us = self._ended_at(tag.session_id) if self._ended_at is not None else None
+        if ended_us is None:
+            ended_us = session.ts_us
+        grace_s = self.settings.label_grace_s
+        if received_us > ended_us + round(grace_s * 1_000_000):
+            raise ProtocolError(
+                "session_ended",
+                f"the session ended {(received_us - ended_us) / 1e6:.0f} s ago: tags are "
+                f"taken for {grace_s:g} s after the end",
+                tag.tag_id,
+            )
+        if tag.action in ("onset", "point") and (
+            tag.ts_us > ended_us + tag.timing.clock_uncertainty_us
+        ):
+            raise ProtocolError(
+                "session_ended",
+                f"pressed {(tag.ts_us - ended_us) / 1000:.0f} ms after the session ended",
+                tag.tag_id,
+            )
+
     async def store(self, tag: records.TagEvent) -> tuple[records.TagEvent, bool, bool]:
         """Make a tag safe once: (the stored tag, duplicate, held)."""
         ledger = self.ledger(tag.session_id)
@@ -245,9 +376,10 @@ class TagService:
 class TagConnection:
     """One tagging client's websocket."""
 
-    def __init__(self, service: TagService, ws: web.WebSocketResponse) -> None:
+    def __init__(self, service: TagService, ws: web.WebSocketResponse, ticket: Ticket) -> None:
         self.service = service
         self.ws = ws
+        self.ticket = ticket
         self.clock = new_clock_sync()  # replaced at hello by the client's own clock
         self.limiter = RateLimiter(service.limits.rate_per_s, service.limits.burst)
         self.claims: tokens.JoinToken | None = None
@@ -256,13 +388,17 @@ class TagConnection:
         # As many in flight as the burst a reconnecting client may re-send at once.
         self._slots = asyncio.Semaphore(service.limits.burst)
         self._unadmitted = 0
+        self._admitting = False  # a hello is being checked (the session lookup waits)
+        self._deadline_passed = False
+        self._hello_refusal: ProtocolError | None = None  # why the latest hello was refused
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
             return
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
+        # ConnectionError: a connection lost (or cut) while the send waited to drain.
+        with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.send_str(json.dumps(message))
 
     async def run(self) -> None:
@@ -278,12 +414,48 @@ class TagConnection:
             if self.claims is None:
                 self._unadmitted += 1
                 if self._unadmitted > _MESSAGES_BEFORE_HELLO:
-                    await self._refuse(ProtocolError("hello_first", "closing: no valid hello"))
+                    await self._shut(ProtocolError("hello_first", "closing: no valid hello"))
                     break
 
     async def _refuse(self, error: ProtocolError) -> None:
         self.service.refusals[error.code] += 1
         await self.send(error.to_message())
+
+    async def _shut(self, error: ProtocolError, *, told: bool = False) -> None:
+        """Count and say why (unless ``told`` already), then close with the refusal's close
+        code and reason."""
+        if not told:
+            self.service.refusals[error.code] += 1
+            # A peer that reads nothing must not hold the close: the gate cuts what lingers.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.service.settings.ws_close_timeout_s):
+                    await self.send(error.to_message())
+        with contextlib.suppress(Exception):
+            await self.ws.close(
+                code=close_code(error.code), message=close_reason(error.code, error.message)
+            )
+
+    def hello_expired(self) -> None:
+        """The gate's hello deadline passed: close unless welcomed (a hello being checked
+        right now decides first)."""
+        if self.claims is not None or self._closed:
+            return
+        if self._admitting:
+            self._deadline_passed = True
+            return
+        self._close_unwelcomed()
+
+    def _close_unwelcomed(self) -> None:
+        # Closed with the reason of the latest refused hello (counted when it was refused),
+        # or as hello_timeout when no hello came.
+        error = self._hello_refusal
+        told = error is not None
+        if error is None:
+            seconds = self.service.settings.ws_hello_timeout_s
+            error = ProtocolError("hello_timeout", f"no valid hello within {seconds:g} s")
+        task = asyncio.create_task(self._shut(error, told=told), name="tag-unwelcomed")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _receive(self, raw: str | bytes, received_us: int) -> None:
         try:
@@ -337,30 +509,25 @@ class TagConnection:
         task.add_done_callback(self._tasks.discard)
 
     async def _admit(self, hello: Hello) -> None:
+        self._admitting = True
         try:
-            claims = tokens.verify(self.service.secret, hello.token)
-        except tokens.TokenError as exc:
-            await self._refuse(ProtocolError("bad_token", exc.reason))
+            await self._check_hello(hello)
+        finally:
+            self._admitting = False
+            if self._deadline_passed and self.claims is None and not self.ws.closed:
+                self._close_unwelcomed()
+
+    async def _check_hello(self, hello: Hello) -> None:
+        try:
+            claims, session = await self.service.admission(hello.token)
+        except ProtocolError as exc:
+            # The socket stays until the hello deadline: another hello may still come.
+            self._hello_refusal = exc
+            await self._refuse(exc)
             return
-        session = await self.service.sessions(claims.session_id)
-        if session is None:
-            await self._refuse(
-                ProtocolError("unknown_session", f"no session {claims.session_id!r}")
-            )
-            return
-        roster = {performer.performer_id for performer in session.roster}
-        if claims.role == "performer" and claims.participant_id not in roster:
-            await self._refuse(ProtocolError("not_in_roster", "you are not in this session"))
-            return
-        admitted = self.service.connections_in(session.session_id)
-        if admitted >= self.service.settings.max_clients_per_session:
-            await self._refuse(
-                ProtocolError(
-                    "too_many_clients",
-                    f"this session already has {admitted} tagging connections: closing",
-                )
-            )
-            await self.ws.close()
+        full = self.ticket.join("tag", session.session_id)
+        if full is not None:
+            await self._shut(ProtocolError(full.code, f"{full.message}: closing"))
             return
         limit = self.service.limits.max_reaction_lag_us
         known = self.service.reaction_lag(session.session_id, claims.participant_id)
@@ -369,6 +536,7 @@ class TagConnection:
         elif hello.reaction_lag_us is not None:
             self.reaction_lag_us = min(hello.reaction_lag_us, limit)
         self.claims, self.session = claims, session
+        self.ticket.welcome()
         self.clock = self.service.clock_sync(
             session.session_id, claims.participant_id, hello.clock_id
         )
@@ -384,6 +552,22 @@ class TagConnection:
         task = asyncio.create_task(self._probe_clock(), name="tag-clock-probes")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        renewal = asyncio.create_task(
+            self.service.access.keep_renewed(claims, self.send, self.end_access),
+            name=_RENEWAL_TASK,
+        )
+        self._tasks.add(renewal)
+        renewal.add_done_callback(self._tasks.discard)
+
+    async def end_access(self, close_code: int, code: str, message: str) -> None:
+        """The rater's link was revoked or ran out: say why, then close (the widget stops
+        reconnecting on these close codes)."""
+        self.service.refusals[code] += 1
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.service.settings.ws_close_timeout_s):
+                await self.send(ProtocolError(code, message).to_message())
+        with contextlib.suppress(Exception):
+            await self.ws.close(code=close_code, message=credentials.close_reason(code, message))
 
     async def _tag(self, message: TagMessage | UndoMessage, received_us: int) -> None:
         try:
@@ -423,6 +607,7 @@ class TagConnection:
                 default_span_us=self.service.limits.default_span_us,
                 received_us=received_us,
             )
+            await self.service.check_session_open(event, received_us)
             stored, duplicate, held = await self.service.store(event)
             await self.send(ack(stored, duplicate=duplicate, held=held))
         except ProtocolError as exc:
@@ -447,7 +632,7 @@ class TagConnection:
         self._closed = True
         # Tags being stored finish (their rater is owed the ack on a re-send); probes stop.
         for task in list(self._tasks):
-            if task.get_name() == "tag-clock-probes":
+            if task.get_name() in ("tag-clock-probes", _RENEWAL_TASK):
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):

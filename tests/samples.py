@@ -146,6 +146,12 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             source="aligner",
             counters={"windows_emitted": 1200, "windows_incomplete": 3, "late_features_lost": 0},
         ),
+        records.TokenRevocation(
+            ts_us=TS_US,
+            session_id=session_id,
+            participant_id="observer-1",
+            reason="left the production",
+        ),
         records.AudioChunk(
             records.AudioChunkHeader(
                 ts_us=TS_US,

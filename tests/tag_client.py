@@ -238,9 +238,29 @@ def session_record(
 
 
 def token_for(session_id: str, participant: str, role: records.Role) -> str:
+    """A session credential (what a page has after exchanging its link) for an hour."""
     return tokens.issue(
-        SECRET, session_id=session_id, role=role, participant_id=participant, ttl_s=3600
+        SECRET,
+        session_id=session_id,
+        role=role,
+        participant_id=participant,
+        ttl_s=3600,
+        kind="session",
     )
+
+
+async def exchange_link(base_url: str, link_token: str) -> str:
+    """What a page does with its join link first: its token for a session credential
+    (``POST /api/credential`` on the capture server or the dashboard at ``base_url``)."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{base_url}/api/credential", json={"token": link_token}) as response,
+    ):
+        body = await response.json()
+        if response.status != 200:
+            raise RuntimeError(f"link refused ({response.status}): {body}")
+        credential: str = body["credential"]
+        return credential
 
 
 @dataclass

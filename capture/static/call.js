@@ -7,9 +7,51 @@ const params = new URLSearchParams(location.search);
 // dashboard (served from another origin) names before loading this script.
 const captureBase = new URL(window.LIVETAG_CAPTURE_BASE || location.origin);
 const captureWs = `${captureBase.protocol === "https:" ? "wss" : "ws"}://${captureBase.host}`;
-const token = params.get("token");
+// The page's credential: the dashboard's when this script runs inside it, else one for
+// this page's link, exchanged at the capture server (credentials.js: the link's token
+// leaves the address bar at once).
+const credentials =
+  window.LIVETAG_CREDENTIALS ||
+  new LivetagCredentials({ exchangeUrl: `${captureBase.origin}/api/credential`, storageKey: "livetag-call-link" });
 const statusEl = document.getElementById("status");
 const tiles = document.getElementById("tiles");
+
+// This page's own random id, the same across its reconnects: while its media is on the
+// server, only this page may replace it (a second page with the same link is refused).
+// Handed over in sessionStorage only as the page unloads, so a reload keeps it while a
+// duplicated tab (which copies sessionStorage) gets one of its own.
+const PAGE_ID_KEY = "livetag-call-page";
+const pageId = (() => {
+  let id = null;
+  try {
+    id = sessionStorage.getItem(PAGE_ID_KEY);
+    sessionStorage.removeItem(PAGE_ID_KEY);
+  } catch (error) {
+    // No storage (a private window's policy): a fresh id, lost at a reload.
+  }
+  if (!/^[0-9a-f]{32}$/.test(id || "")) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    id = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  }
+  addEventListener("pagehide", () => {
+    try {
+      sessionStorage.setItem(PAGE_ID_KEY, id);
+    } catch (error) {
+      // As above.
+    }
+  });
+  addEventListener("pageshow", (event) => {
+    if (!event.persisted) return;
+    try {
+      sessionStorage.removeItem(PAGE_ID_KEY); // back from the cache: still this page
+    } catch (error) {
+      // As above.
+    }
+  });
+  return id;
+})();
+// Another page holds this performer's media: asked again this often (it may close).
+const TAKEN_RETRY_MS = 5000;
 
 // ?watch=0: publish only, watch nobody (the capture benchmark measures the fork alone).
 const watchOthers = params.get("watch") !== "0";
@@ -39,6 +81,18 @@ const DISCONNECTED_GRACE_MS = 2000;
 // The server probes the clock every 2 s: 5 s of silence means it is gone or unreachable.
 const SERVER_SILENCE_MS = 5000;
 const RETRY_MAX_MS = 2000;
+// A refused page (its session, its address or the server full) tries again after 10-20 s,
+// not every 2 s: hundreds of refused pages must not hammer the server.
+const REFUSED_RETRY_MS = 10000;
+
+// A refusal after the upgrade is a close code 4400-4599 with the reason (infra.connection_gate).
+function isRefusal(code) {
+  return code >= 4400 && code < 4600;
+}
+
+function backOffRefused() {
+  state.retryMs = Math.max(state.retryMs, REFUSED_RETRY_MS * (1 + Math.random()));
+}
 
 function outageBegins(key, reason) {
   if (state.outages.some((outage) => outage.key === key && outage.upUnixMs === null)) return;
@@ -135,7 +189,7 @@ async function publish(capture) {
     }
   });
   watchConnection(pc, () => pc === state.publishPc, (why) => reconnectSoon(`media connection ${why}`));
-  send({ type: "publish", sdp: await offerFor(pc) });
+  send({ type: "publish", sdp: await offerFor(pc), page_id: pageId });
 }
 
 function tileFor(performerId) {
@@ -250,7 +304,12 @@ function startTagger() {
   try {
     state.tagger = new LivetagTagger({
       url: `${captureWs}/ws/tag`,
-      token,
+      // The current credential at each (re)connect; the tag service renews it too.
+      token: async () => ((await credentials.ensure()).ok ? credentials.current() : null),
+      onCredential: (message) => credentials.accept(message),
+      // Unacknowledged tags are kept per session and rater: they survive a new credential
+      // and a reload.
+      storageKey: `livetag-tagger:${state.sessionId}:${state.me}`,
       mount: document.getElementById("tagger"),
       targetMode: state.role === "performer" ? "self" : "choose",
       frameSource: state.role !== "performer" ? frameAtPress : undefined,
@@ -302,9 +361,22 @@ async function onMessage(event) {
       // again now rather than after the browser's own checks time out.
       reconnectSoon("media connection lost on the server");
       break;
+    case "credential":
+      // The server's renewal of this page's credential, before the current one runs out.
+      credentials.accept(message);
+      break;
     case "error":
       state.errors.push(message);
       console.warn("livetag:", message.code, message.message);
+      if (message.code === "performer_taken") {
+        // Not this page's media: say why, and ask again (the other page may close).
+        setStatus("error", message.message);
+        const ws = state.ws;
+        setTimeout(() => {
+          if (state.ws !== ws || ws.readyState !== WebSocket.OPEN || !state.capture) return;
+          publish(state.capture).catch((error) => console.error(error));
+        }, TAKEN_RETRY_MS);
+      }
       break;
   }
 }
@@ -325,12 +397,18 @@ function reconnectSoon(reason) {
   state.retryMs = Math.min(state.retryMs * 2, RETRY_MAX_MS);
 }
 
-function connect() {
-  if (!token) {
-    setStatus("error", "no token in the link");
+async function connect() {
+  // A credential for this page's link: exchanged once, then renewed over the websocket;
+  // exchanged again only when the page has none left (a reload, a long outage).
+  const ready = await credentials.ensure();
+  if (!ready.ok) {
+    if (ready.final) setStatus("error", ready.message);
+    else reconnectSoon(ready.message);
     return;
   }
-  const ws = new WebSocket(`${captureWs}/ws/call?token=${encodeURIComponent(token)}`);
+  // The credential goes in the handshake's subprotocols, not in the URL: the browser
+  // prints a failed websocket's URL in the console.
+  const ws = new WebSocket(`${captureWs}/ws/call`, credentials.protocols());
   state.ws = ws;
   state.connects += 1;
   state.lastServerMessageMs = Date.now();
@@ -338,27 +416,39 @@ function connect() {
     state.lastServerMessageMs = Date.now();
     onMessage(event).catch((error) => console.error(error));
   });
-  ws.addEventListener("close", async () => {
+  ws.addEventListener("close", async (event) => {
     if (ws !== state.ws) return;
-    // A refused handshake looks like any lost connection: ask why, and stop retrying
-    // when the link itself is bad (expired, forged, unknown session).
+    if (LivetagCredentials.isFinalClose(event.code)) {
+      // The director revoked this link, or it ran out: rejoining cannot help.
+      setStatus("error", LivetagCredentials.closeMessage(event.reason));
+      return;
+    }
+    // A refused handshake looks like any lost connection: ask why (the credential in a
+    // POST body, out of the console), and stop retrying when the link itself is bad
+    // (revoked, expired, unknown session). An expired credential is exchanged again.
     try {
-      const response = await fetch(`${captureBase.origin}/api/token?token=${encodeURIComponent(token)}`);
+      const why = await credentials.why(`${captureBase.origin}/api/token`);
       if (ws !== state.ws) return; // a newer connection took over meanwhile
-      if ([401, 403, 404, 409].includes(response.status)) {
-        const reason = await response.json();
-        setStatus("error", reason.message);
+      if (!why.ok && why.final) {
+        setStatus("error", why.message);
         return;
       }
-      if (response.status === 429) {
-        // The session is full: say so, and try again (a place may free up).
-        reconnectSoon((await response.json()).message);
+      if (why.status === 429 || why.status === 503) {
+        // The session, this address or the server is full: say so, and try again later
+        // (a place may free up).
+        backOffRefused();
+        reconnectSoon(why.message);
         return;
       }
     } catch (error) {
       // The server is away: keep retrying below.
     }
     if (ws !== state.ws) return;
+    if (isRefusal(event.code)) {
+      backOffRefused();
+      reconnectSoon(event.reason || `refused (${event.code})`);
+      return;
+    }
     reconnectSoon("connection lost");
   });
 }

@@ -35,6 +35,10 @@
   const GAP_US = 300e3; // loudness line breaks over gaps longer than this
   const BACKOFF_START_MS = 500;
   const BACKOFF_MAX_MS = 5000;
+  // Refused for want of room (this session, this address or the server full: HTTP 429/503,
+  // or close codes 4400-4599 with the reason, infra.connection_gate): try again after
+  // 10-20 s, not at the usual pace.
+  const REFUSED_RETRY_MS = 10000;
   const LANE_H = 14;
   const AXIS_H = 14;
   const OFFSCREEN_DRAW_MS = 250; // panels scrolled out of view redraw at 4 Hz
@@ -60,8 +64,11 @@
     unknown: "#8a8f98",
   };
 
-  const params = new URLSearchParams(location.search);
-  const token = params.get("token");
+  // This page's credential for its link (credentials.js: the link's token leaves the
+  // address bar at once, and is exchanged here for a short-lived credential the server
+  // renews over the websocket). The call page script loaded below uses the same one.
+  const credentials = new LivetagCredentials({ exchangeUrl: "/api/credential", storageKey: "livetag-dashboard-link" });
+  window.LIVETAG_CREDENTIALS = credentials;
 
   // ---- test hooks -------------------------------------------------------------------
   const hooks = {
@@ -75,6 +82,8 @@
     health: null,
     session: null,
     errors: [],
+    you: null, // {rater_id, role, controls}: who this dashboard is
+    invites: [], // links the director asked for: {role, participant_id, token_id}
     meshDrawn: {}, // performer_id -> {atUnixMs, faceTsUs} of the last mesh drawn
   };
   window.livetagDashboard = hooks;
@@ -98,6 +107,8 @@
     lastChartPerf: 0,
     lastTakeText: "",
     actionPendingUntil: 0,
+    controls: false, // takes, end of session and links: the director's only
+    inviteRow: null, // the link row waiting for the server's invite answer
   };
 
   const $ = (id) => document.getElementById(id);
@@ -1300,50 +1311,84 @@
     }
   }
 
-  function renderLinks(links) {
+  // Join links are made when the director asks (each with a token id of its own, which
+  // "livetag session revoke --token-id" takes): one row per performer, and one to invite
+  // an observer by name.
+  function renderLinks(roster) {
     const list = $("links-list");
     list.textContent = "";
-    if (!Array.isArray(links) || !links.length) {
-      list.append(el("li", "dim", "none"));
-      return;
+    for (const performer of roster || []) {
+      list.append(inviteRow("performer", performer.performer_id, `performer ${performer.performer_id}`));
     }
-    for (const link of links) {
-      const item = el("li", "link-row");
-      const who = el("span", "link-who", `${link.role || ""} ${link.participant_id || ""}`.trim());
-      const input = el("input", "link-url mono");
-      input.type = "text";
-      input.readOnly = true;
-      input.value = link.url || "";
-      input.addEventListener("focus", () => input.select());
-      const copy = el("button", "link-copy", "Copy");
-      copy.type = "button";
-      copy.addEventListener("click", async () => {
-        let ok = false;
-        try {
-          if (navigator.clipboard && navigator.clipboard.writeText) {
-            await navigator.clipboard.writeText(input.value);
-            ok = true;
-          }
-        } catch (error) {
-          ok = false;
-        }
-        if (!ok) {
-          input.focus();
-          input.select();
-          try {
-            ok = document.execCommand("copy");
-          } catch (error) {
-            ok = false;
-          }
-        }
-        copy.textContent = ok ? "Copied" : "Select ⌘/Ctrl+C";
-        setTimeout(() => {
-          copy.textContent = "Copy";
-        }, 1800);
-      });
-      item.append(who, input, copy);
-      list.append(item);
+    list.append(inviteRow("observer", null, "observer"));
+  }
+
+  function inviteRow(role, name, label) {
+    const item = el("li", "link-row");
+    const who = el("span", "link-who", label);
+    let nameInput = null;
+    if (name === null) {
+      nameInput = el("input", "link-name");
+      nameInput.type = "text";
+      nameInput.placeholder = "name";
+      nameInput.maxLength = 64;
+      who.textContent = "";
+      who.append(nameInput);
     }
+    const input = el("input", "link-url mono");
+    input.type = "text";
+    input.readOnly = true;
+    input.placeholder = "a new link, when asked for";
+    input.addEventListener("focus", () => input.select());
+    const ask = el("button", "link-copy", role === "observer" ? "Invite" : "New link");
+    ask.type = "button";
+    ask.addEventListener("click", () => {
+      const wanted = name === null ? nameInput.value.trim() : name;
+      if (!wanted) {
+        pushError({ type: "error", code: "bad_invite", message: "give the observer a name" });
+        return;
+      }
+      if (send({ type: "invite", role, name: wanted })) {
+        dash.inviteRow = { input, ask };
+        ask.disabled = true;
+      }
+    });
+    item.append(who, input, ask);
+    return item;
+  }
+
+  async function onInvite(message) {
+    hooks.invites.push({ role: message.role, participant_id: message.participant_id, token_id: message.token_id });
+    const row = dash.inviteRow;
+    dash.inviteRow = null;
+    if (!row || typeof message.url !== "string") return;
+    row.ask.disabled = false;
+    row.input.value = message.url;
+    row.input.title = `${message.role} ${message.participant_id}, token id ${message.token_id}`;
+    let ok = false;
+    try {
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        await navigator.clipboard.writeText(message.url);
+        ok = true;
+      }
+    } catch (error) {
+      ok = false;
+    }
+    if (!ok) {
+      row.input.focus();
+      row.input.select();
+    }
+    row.ask.textContent = ok ? "Copied" : "Select ⌘/Ctrl+C";
+    setTimeout(() => {
+      row.ask.textContent = row.input.closest(".link-row").querySelector(".link-name") ? "Invite" : "New link";
+    }, 1800);
+  }
+
+  // An observer's dashboard watches and tags: takes, the session's end and new links are
+  // the director's (the server refuses them too).
+  function applyControls(controls) {
+    dash.controls = controls;
+    for (const id of ["take-start", "take-end", "end-session", "links"]) $(id).hidden = !controls;
   }
 
   function cell(row, index, text, level) {
@@ -1525,7 +1570,10 @@
     }
     applyRoster(session.roster || []);
     setSession({ state: session.state, takes: session.takes || [], presence: session.presence || [] });
-    renderLinks(message.links);
+    const you = message.you || {};
+    hooks.you = { rater_id: you.rater_id, role: you.role, controls: !!you.controls };
+    applyControls(!!you.controls);
+    if (you.controls) renderLinks(session.roster || []);
     startCapture(message.capture_url);
   }
 
@@ -1563,8 +1611,19 @@
       case "update":
         onUpdate(message);
         break;
+      case "credential":
+        // The server's renewal of this page's credential, before the current one runs out.
+        credentials.accept(message);
+        break;
+      case "invite":
+        onInvite(message);
+        break;
       case "error":
         pushError(message);
+        if (dash.inviteRow) {
+          dash.inviteRow.ask.disabled = false;
+          dash.inviteRow = null;
+        }
         dash.actionPendingUntil = 0;
         renderTakeControls();
         break;
@@ -1605,17 +1664,25 @@
     dash.retryMs = Math.min(dash.retryMs * 2, BACKOFF_MAX_MS);
   }
 
-  function connect() {
-    if (!token) {
-      dash.stopped = true;
-      setConn("error", "no token in the link");
-      pushError({ type: "error", code: "no_token", message: "no token in the link" });
+  function stop(text) {
+    dash.stopped = true;
+    setConn("error", text);
+    pushError({ type: "error", code: "refused", message: text });
+  }
+
+  async function connect() {
+    const ready = await credentials.ensure();
+    if (!ready.ok) {
+      if (ready.final) stop(ready.message);
+      else scheduleReconnect();
       return;
     }
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     let ws;
     try {
-      ws = new WebSocket(`${scheme}://${location.host}/ws/dashboard?token=${encodeURIComponent(token)}`);
+      // The credential rides in the handshake's subprotocols: never in a URL, which the
+      // browser would print in the console when the connection fails.
+      ws = new WebSocket(`${scheme}://${location.host}/ws/dashboard`, credentials.protocols());
     } catch (error) {
       scheduleReconnect();
       return;
@@ -1623,27 +1690,32 @@
     dash.ws = ws;
     if (!hooks.hello) setConn("connecting", "connecting…");
     ws.addEventListener("message", onMessage);
-    ws.addEventListener("close", async () => {
+    ws.addEventListener("close", async (event) => {
       if (ws !== dash.ws) return;
       hooks.connected = false;
       renderTakeControls();
-      setConn("reconnecting", "connection lost");
-      // A refused handshake looks like any lost connection: ask why, and stop retrying
-      // when the link itself is bad.
+      if (LivetagCredentials.isFinalClose(event.code)) {
+        // The director revoked this link, or it ran out: reconnecting cannot help.
+        stop(LivetagCredentials.closeMessage(event.reason));
+        return;
+      }
+      const refused = event.code >= 4400 && event.code < 4600;
+      setConn("reconnecting", refused ? event.reason || `refused (${event.code})` : "connection lost");
+      // A refused handshake looks like any lost connection: ask why (the credential in a
+      // POST body, out of the console), and stop retrying when the link itself is bad.
+      // An expired credential (401) is exchanged again at the next connect.
       try {
-        const response = await fetch(`/api/dashboard-token?token=${encodeURIComponent(token)}`);
-        if (response.status >= 400 && response.status < 500 && response.status !== 408 && response.status !== 429) {
-          let text = `refused (${response.status})`;
-          try {
-            const body = await response.json();
-            if (body && body.message) text = body.message;
-          } catch (error) {
-            // not JSON: keep the status text
-          }
-          dash.stopped = true;
-          setConn("error", text);
-          pushError({ type: "error", code: "refused", message: text });
+        const why = await credentials.why("/api/dashboard-token");
+        if (!why.ok && why.final) {
+          stop(why.message);
           return;
+        }
+        if (why.status === 429 || why.status === 503) {
+          pushError({ type: "error", code: "refused", message: why.message });
+          dash.retryMs = Math.max(dash.retryMs, REFUSED_RETRY_MS * (1 + Math.random()));
+        } else if (refused) {
+          pushError({ type: "error", code: "refused", message: event.reason || `refused (${event.code})` });
+          dash.retryMs = Math.max(dash.retryMs, REFUSED_RETRY_MS * (1 + Math.random()));
         }
       } catch (error) {
         // the server is away: keep retrying

@@ -5,7 +5,11 @@
 // and the director dashboard create one. Protocol: taggers/protocol.py.
 //
 //  - The first message is {type:"hello", token}; nothing is tagged before the server's
-//    welcome and the first clock_probe answered on that connection.
+//    welcome and the first clock_probe answered on that connection. The token is the
+//    page's session credential (credentials.js), read at every (re)connect from
+//    opts.token (a function); the service's renewals ({type:"credential"}) go to
+//    opts.onCredential. A connection closed because its link was revoked or ran out
+//    (4403, 4410) is not reopened.
 //  - A tag carries the client's key-press time (event.timeStamp on the Unix clock) and,
 //    when watching a performer's video, the RTP timestamp of the frame on screen.
 //  - Every tag stays in a persisted outbox until acked, and is re-sent on reconnect (the
@@ -18,6 +22,9 @@
   const RETRY_AFTER_MS = 500;
   const BACKOFF_START_MS = 500;
   const BACKOFF_MAX_MS = 5000;
+  // Refused (close codes 4400-4599 carry the reason, infra.connection_gate): try again
+  // after 10-20 s, not at the usual pace.
+  const REFUSED_RETRY_MS = 10000;
   const FEEDBACK_ROWS = 12;
   const HISTORY_KEEP = 200;
   const CALIBRATION_TRIALS = 8;
@@ -103,11 +110,17 @@
       const opts = options || {};
       if (!opts.url) throw new Error("LivetagTagger: url is required");
       if (!opts.token) throw new Error("LivetagTagger: token is required");
+      if (typeof opts.token === "function" && !opts.storageKey) {
+        throw new Error("LivetagTagger: a token function needs a storageKey");
+      }
       this.url = opts.url;
-      this.token = opts.token;
+      // A string, or a function giving the current credential (maybe a Promise).
+      this.tokenSource = opts.token;
+      this.onCredential = typeof opts.onCredential === "function" ? opts.onCredential : null;
+      this.stopped = false; // the link was revoked or ran out: no more reconnects
       this.targetMode = opts.targetMode === "self" ? "self" : "choose";
       this.frameSource = typeof opts.frameSource === "function" ? opts.frameSource : null;
-      this.storageKey = opts.storageKey || `livetag-tagger:${tokenHash(opts.token)}`;
+      this.storageKey = opts.storageKey || `livetag-tagger:${tokenHash(String(opts.token))}`;
       this.skewUs = skewFromUrl();
 
       // Test hooks and state.
@@ -234,12 +247,19 @@
       this.ready = false;
       this.connected = false;
       this._render();
-      ws.addEventListener("open", () => {
+      ws.addEventListener("open", async () => {
         if (ws !== this.ws) return;
+        const token = await this._currentToken();
+        if (ws !== this.ws) return;
+        if (!token) {
+          this._setStatus("no credential for this page yet: retrying");
+          ws.close();
+          return;
+        }
         // clock_id names this page's clock (performance.timeOrigin): the server keeps the
         // clock sync it measured across reconnects, so tags re-sent after a drop are
         // converted with the whole history, not one fresh probe.
-        const hello = { type: "hello", token: this.token, clock_id: this.clockId };
+        const hello = { type: "hello", token, clock_id: this.clockId };
         if (this.reactionLagUs !== null) hello.reaction_lag_us = this.reactionLagUs;
         ws.send(JSON.stringify(hello));
         this._render();
@@ -258,19 +278,39 @@
           console.error("livetag tagger:", error);
         }
       });
-      ws.addEventListener("close", () => {
+      ws.addEventListener("close", (event) => {
         if (ws !== this.ws) return;
         this.ws = null;
         this.connected = false;
         this.ready = false;
         this.synced = false;
+        if (event.code === 4403 || event.code === 4410) {
+          // The director revoked this link, or it ran out: reconnecting cannot help.
+          this.stopped = true;
+          this._setStatus(String(event.reason || "access ended").replace(/^[a-z_]+: /, ""));
+          this._render();
+          return;
+        }
+        if (event.code >= 4400 && event.code < 4600) {
+          this._setStatus(event.reason || `refused (${event.code})`);
+          this.retryMs = Math.max(this.retryMs, REFUSED_RETRY_MS * (1 + Math.random()));
+        }
         this._scheduleReconnect();
         this._render();
       });
     }
 
+    async _currentToken() {
+      try {
+        const source = this.tokenSource;
+        return typeof source === "function" ? await source() : source;
+      } catch (error) {
+        return null;
+      }
+    }
+
     _scheduleReconnect() {
-      if (this.reconnectTimer) return;
+      if (this.reconnectTimer || this.stopped) return;
       const delay = this.retryMs;
       this.retryMs = Math.min(this.retryMs * 2, BACKOFF_MAX_MS);
       this.reconnectTimer = setTimeout(() => {
@@ -317,6 +357,11 @@
           break;
         case "error":
           this._onError(message);
+          break;
+        case "credential":
+          // The service renewed the page's credential before it runs out.
+          if (this.onCredential) this.onCredential(message);
+          else if (typeof message.credential === "string") this.tokenSource = message.credential;
           break;
         case "reaction_lag":
           if (Number.isInteger(message.lag_us)) {

@@ -160,6 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 role="director",
                 participant_id="director",
                 ttl_s=600,
+                kind="session",  # a session credential, as the page holds
             )
             url = f"{dashboard_url.replace('http', 'ws')}/ws/dashboard?token={token}"
             producer = kafka.make_producer(settings)

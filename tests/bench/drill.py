@@ -523,13 +523,26 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 participant, role, targets = performers[n], "performer", [performers[n]]
             else:
                 participant, role, targets = f"observer{n}", "observer", performers
-            token = issue(SECRET, session_id=sid, role=role, participant_id=participant, ttl_s=3600)
+            # Session credentials, as the pages hold after exchanging their links.
+            token = issue(
+                SECRET,
+                session_id=sid,
+                role=role,
+                participant_id=participant,
+                ttl_s=3600,
+                kind="session",
+            )
             clock = SimulatedClock(
                 offset_us=rng.randint(-500_000, 500_000), drift_ppm=rng.uniform(-20, 20)
             )
             raters.append(Rater(TagClient(tag_url, token, clock=clock), participant, targets))
         dashboard_token = issue(
-            SECRET, session_id=sid, role="director", participant_id="director", ttl_s=3600
+            SECRET,
+            session_id=sid,
+            role="director",
+            participant_id="director",
+            ttl_s=3600,
+            kind="session",
         )
         dashboard_counts: Counter[str] = Counter()
         dashboard_url = (

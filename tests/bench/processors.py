@@ -48,6 +48,7 @@ import av
 
 from capture.fork import JpegEncoder
 from infra.settings import Settings, load_settings, to_environment
+from infra.worker import processor_command
 from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
@@ -321,10 +322,7 @@ async def measure(
     run = Run(performers=performers, t0_us=time.time_ns() // 1000)
     with log_path.open("ab") as log:
         processor = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "streams.processors",
-            session.model_dump_json(),
+            *processor_command(session.session_id),
             env={**os.environ, **to_environment(settings)},
             stdout=log,
             stderr=log,

@@ -143,8 +143,9 @@ def process_group(argv: Sequence[str], parent: str | None) -> str:
         if "-m" in argv[:-1]:
             at = argv.index("-m")
             words = [argv[at + 1]]
-            # `infra up`, `infra worker`...; not a JSON argument (streams.processors).
-            if at + 2 < len(argv) and re.fullmatch(r"[a-z][a-z-]*", argv[at + 2]):
+            # `infra up`, `infra worker`...; not the session id of streams.processors.
+            subcommand = at + 2 < len(argv) and argv[at + 1] != "streams.processors"
+            if subcommand and re.fullmatch(r"[a-z][a-z-]*", argv[at + 2]):
                 words.append(argv[at + 2])
             return " ".join(words)
         if "-c" in argv[:-1] and parent is not None:

@@ -22,6 +22,7 @@ from taggers.tokens import load_secret
 from tests import media as test_media
 from tests.e2e.conftest import LaunchPage, new_session, receive_stats
 from tests.lipsync import beep_onsets, flash_onsets
+from tests.tag_client import exchange_link
 
 pytestmark = pytest.mark.e2e
 
@@ -155,7 +156,8 @@ async def test_bad_input_gets_clear_errors_while_the_scene_flows(
 ) -> None:
     session, links = await new_session(capture_settings, capture_server, ["alice", "bob"])
     base = capture_server.url
-    good_token = links["bob"].split("token=", 1)[1]
+    # What bob's page has after exchanging his link: a session credential.
+    good_token = await exchange_link(base, links["bob"].split("token=", 1)[1])
     async with open_page(links["alice"], video=media.wolfgang_y4m, audio=media.speech_low_wav):
         before = await collect(capture_settings, session, seconds=3.0)
         async with aiohttp.ClientSession() as http:

@@ -58,12 +58,25 @@ def dashboard_url(server: DashboardServer, token: str) -> str:
 
 
 def director_token(settings: Settings, session_id: str) -> str:
+    """The director's join link token (what a dashboard link carries)."""
     return tokens.issue(
         load_secret(settings),
         session_id=session_id,
         role="director",
         participant_id="director",
         ttl_s=600,
+    )
+
+
+def director_credential(settings: Settings, session_id: str) -> str:
+    """The director's session credential (what the page has after exchanging its link)."""
+    return tokens.issue(
+        load_secret(settings),
+        session_id=session_id,
+        role="director",
+        participant_id="director",
+        ttl_s=600,
+        kind="session",
     )
 
 
@@ -205,7 +218,9 @@ async def test_agreement_is_one_for_identical_raters_and_low_for_disjoint_ones(
     url = f"{capture_server.url.replace('http', 'ws')}/ws/tag"
 
     def observer(name: str) -> str:
-        return tokens.issue(secret, session_id=sid, role="observer", participant_id=name, ttl_s=600)
+        return tokens.issue(
+            secret, session_id=sid, role="observer", participant_id=name, ttl_s=600, kind="session"
+        )
 
     try:
         async with open_page(
@@ -255,16 +270,24 @@ async def test_performer_tokens_are_refused_and_a_stalled_client_costs_nothing(
         ttl_s=600,
     )
     async with aiohttp.ClientSession() as http:
-        for path in ("/dashboard", "/ws/dashboard", "/api/dashboard-token"):
+        # The page's exchange of its link, the websocket and the probe refuse a performer.
+        async with http.post(
+            f"{dashboard.url}/api/credential", data=json.dumps({"token": performer})
+        ) as response:
+            assert response.status == 403
+            assert (await response.json())["code"] == "not_director"
+        for path in ("/ws/dashboard", "/api/dashboard-token"):
             async with http.get(f"{dashboard.url}{path}", params={"token": performer}) as response:
                 assert response.status == 403, path
                 assert (await response.json())["code"] == "not_director"
-        async with http.get(f"{dashboard.url}/dashboard", params={"token": "forged"}) as response:
+        async with http.post(
+            f"{dashboard.url}/api/credential", data=json.dumps({"token": "forged"})
+        ) as response:
             assert response.status == 401
 
     # A client that never reads, while big updates (face frames) keep coming: a raw
     # websocket handshake, then silence (its socket buffers fill, then nothing moves).
-    token = director_token(capture_settings, sid)
+    token = director_credential(capture_settings, sid)
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect(("127.0.0.1", dashboard.port))
@@ -331,7 +354,7 @@ async def test_takes_and_end_of_session_are_recorded_on_the_sessions_topic(
     capture_settings: Settings, capture_server: CaptureServer, dashboard: DashboardServer
 ) -> None:
     session, _links = await new_session(capture_settings, capture_server, ["alice"])
-    token = director_token(capture_settings, session.session_id)
+    token = director_credential(capture_settings, session.session_id)
     replies: list[dict[str, Any]] = []
     async with (
         aiohttp.ClientSession() as http,

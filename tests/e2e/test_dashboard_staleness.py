@@ -179,6 +179,7 @@ async def test_a_face_stream_two_seconds_late_is_drawn_two_seconds_behind_and_la
         role="observer",
         participant_id="rater",
         ttl_s=600,
+        kind="session",
     )
     tag_url = f"{capture_server.url.replace('http', 'ws')}/ws/tag"
     producer = kafka.make_producer(capture_settings)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from infra.settings import Settings, to_environment
+from infra.worker import processor_command
 from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
@@ -42,10 +42,7 @@ async def start_processor(
 ) -> asyncio.subprocess.Process:
     """One session processor, as ``livetag worker`` starts it."""
     return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "streams.processors",
-        session.model_dump_json(),
+        *processor_command(session.session_id),
         env={**os.environ, **to_environment(settings)},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

@@ -65,12 +65,14 @@ async def session(tls_settings: Settings) -> AsyncIterator[records.SessionRecord
 
 
 def director_token(settings: Settings, session_id: str) -> str:
+    """The director's session credential (what the page has after exchanging its link)."""
     return tokens.issue(
         tokens.load_secret(settings),
         session_id=session_id,
         role="director",
         participant_id="director",
         ttl_s=600,
+        kind="session",
     )
 
 

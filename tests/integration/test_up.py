@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -134,3 +140,172 @@ def test_up_with_a_cluster_setting_never_starts_the_embedded_broker(tmp_path: Pa
     assert process.returncode == 0, err
     assert "service priority unchanged" in err
     assert "priority" not in out
+
+
+class Running:
+    """``livetag up`` as a child, its stdout and stderr read as they come (no pipe fills)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "infra", "up"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._readers = [
+            threading.Thread(target=self._drain, args=(stream, into), daemon=True)
+            for stream, into in (
+                (self.process.stdout, self.lines),
+                (self.process.stderr, self.errors),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _drain(self, stream: IO[str] | None, into: list[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            with self._changed:
+                into.append(line)
+                self._changed.notify_all()
+
+    def wait_for(self, what: Callable[[], bool], timeout_s: float) -> None:
+        with self._changed:
+            if not self._changed.wait_for(what, timeout=timeout_s):
+                raise AssertionError(f"not seen in {timeout_s} s; stderr:\n{''.join(self.errors)}")
+
+    def said(self, text: str) -> bool:
+        return any(text in line for line in self.lines + self.errors)
+
+    def children(self, marker: bytes) -> list[int]:
+        """up's child processes whose command line holds ``marker``."""
+        found = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        found.append(int(pid))
+        return found
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            for reader in self._readers:  # the pipes end with the process
+                reader.join(timeout=10)
+            for stream in (self.process.stdout, self.process.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def up_env(tmp_path: Path, broker_port: int, **more: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "LIVETAG_BROKER_PORT": str(broker_port),
+        "LIVETAG_STATE_DIR": str(tmp_path / "state"),
+        "LIVETAG_CACHE_DIR": str(tmp_path / "cache"),
+        "LIVETAG_DATA_DIR": str(tmp_path / "data"),
+        "LIVETAG_CAPTURE_PORT": "0",
+        "LIVETAG_DASHBOARD_PORT": str(_free_port()),
+        "LIVETAG_SERVICE_RESTART_BACKOFF_S": "0.2",
+        **more,
+    }
+    env.pop("LIVETAG_KAFKA_BOOTSTRAP", None)
+    return env
+
+
+def test_up_restarts_a_service_and_the_broker_that_die(tmp_path: Path) -> None:
+    port = _free_port()
+    up = Running(up_env(tmp_path, port))
+    try:
+        up.wait_for(lambda: up.said("press Ctrl-C to stop"), timeout_s=60)
+        up.wait_for(lambda: len(up.children(b"\0recorder")) == 1, timeout_s=10)
+        [recorder] = up.children(b"\0recorder")
+        # Its state is private, and so is what its services create (umask 077).
+        state = tmp_path / "state"
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        assert stat.S_IMODE((state / "logs" / "broker.log").stat().st_mode) == 0o600
+        status = Path(f"/proc/{recorder}/status").read_text()
+        assert "Umask:\t0077" in status, status
+        os.kill(recorder, signal.SIGKILL)
+        up.wait_for(lambda: up.said(f"recorder pid {recorder} exited with signal SIGKILL"), 10)
+        up.wait_for(lambda: len(up.children(b"\0recorder")) == 1, timeout_s=10)
+        assert up.children(b"\0recorder") != [recorder]
+        # The broker too: back on its port, empty, and up says what went with it.
+        [broker] = up.children(b"tansu")
+        os.kill(broker, signal.SIGKILL)
+        up.wait_for(lambda: up.said("embedded broker back on"), timeout_s=30)
+        assert up.said("restarted EMPTY")
+        assert up.said("consumer group's committed offsets are lost")
+        assert up.said("revoked links are no longer listed as revoked")
+        assert answers_kafka("127.0.0.1", port)
+        listed = livetag(Settings(broker_port=port), "topics", "list")
+        shared = [spec.name for spec in topics.shared_topics(Settings())]
+        assert sorted(shared) == sorted(listed.stdout.split())
+        assert up.process.poll() is None, "up stopped"
+    finally:
+        code = up.stop()
+    assert code == 0, "".join(up.errors)
+    assert not answers_kafka("127.0.0.1", port, timeout_s=0.2), "the broker outlived up"
+
+
+def test_up_gives_up_on_a_service_that_keeps_dying_with_a_non_zero_exit(tmp_path: Path) -> None:
+    port = _free_port()
+    # The dashboard's port is taken: it fails at every start.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        dashboard_port = taken.getsockname()[1]
+        env = up_env(
+            tmp_path,
+            port,
+            LIVETAG_DASHBOARD_PORT=str(dashboard_port),
+            LIVETAG_SERVICE_RESTART_LIMIT="2",
+        )
+        up = Running(env)
+        try:
+            code = up.process.wait(timeout=120)
+        finally:
+            up.stop()
+    errors = "".join(up.errors)
+    assert code != 0, errors
+    assert errors.count("restarting it in") == 2, errors
+    assert "giving up: dashboard died 3 times in a row" in errors, errors
+    assert "livetag up stopped" in errors, errors
+    assert up.said("stopped after a failure.")
+    assert not answers_kafka("127.0.0.1", port, timeout_s=0.2), "the broker outlived up"
+
+
+def test_up_refuses_a_plaintext_dashboard_on_the_network_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LIVETAG_BROKER_PORT": str(port),
+        "LIVETAG_STATE_DIR": str(tmp_path / "state"),
+        "LIVETAG_DASHBOARD_HOST": "0.0.0.0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "infra", "up"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "the dashboard would listen on 0.0.0.0 without TLS" in done.stderr
+    assert "LIVETAG_ALLOW_PLAINTEXT_NETWORK" in done.stderr
+    # Refused before the broker: nothing listens on its port.
+    assert not answers_kafka("127.0.0.1", port)
+    assert "embedded broker" not in done.stdout

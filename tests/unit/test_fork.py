@@ -8,10 +8,12 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from unittest import mock
 
 import av
 import numpy as np
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 from aiortc.codecs.opus import OpusEncoder
 
 from capture.fork import AUDIO_CHUNK_SAMPLES, OPUS_DECODER_DELAY_US, AudioCutter, PerformerFork
@@ -25,7 +27,28 @@ SESSION = next(r for r in all_records("s-1") if isinstance(r, records.SessionRec
 T0 = 1_800_000_000_000_000
 
 
-class SlowProducer:
+class FakeBatch:
+    """What the fork appends audio to: aiokafka's BatchBuilder, without a size limit."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[bytes, list[tuple[str, bytes]]]] = []
+
+    def append(self, *, key: bytes, value: bytes, timestamp: None, headers: Any) -> object:
+        self.messages.append((value, headers))
+        return object()
+
+
+class BatchingProducer:
+    """The producer calls the audio fork makes besides ``send``."""
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2, 3}
+
+
+class SlowProducer(BatchingProducer):
     """Acknowledges each record only when the test releases it, like a stalled broker."""
 
     def __init__(self) -> None:
@@ -35,6 +58,13 @@ class SlowProducer:
     async def send(self, topic: str, value: bytes, *, key: bytes, headers: Any) -> Any:
         await self.release.wait()
         self.sent.append((topic, value, headers))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        await self.release.wait()
+        self.sent += [(topic, value, headers) for value, headers in batch.messages]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
@@ -245,17 +275,20 @@ async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
-class LingeringProducer:
-    """Takes records at once and acknowledges them only when the test says so, like a
-    producer still gathering its batch."""
+class LingeringProducer(BatchingProducer):
+    """Takes batches at once and acknowledges them only when the test says so, like a
+    broker slow to answer."""
 
     def __init__(self) -> None:
-        self.pending: list[asyncio.Future[None]] = []
+        self.pending: list[tuple[asyncio.Future[None], int]] = []
 
-    async def send(self, topic: str, value: bytes, *, key: bytes, headers: Any) -> Any:
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append(future)
+        self.pending.append((future, len(batch.messages)))
         return future
+
+    def records(self) -> int:
+        return sum(count for _, count in self.pending)
 
 
 async def test_video_acks_are_not_held_behind_audio_still_batching() -> None:
@@ -273,15 +306,15 @@ async def test_video_acks_are_not_held_behind_audio_still_batching() -> None:
     try:
         for index, packet in enumerate(opus_packets(5)):
             fork.offer_audio(packet, Stamp(T0 + index * 20_000, "sender_report", 0))
-        await until(lambda: len(audio_producer.pending) >= 4)
+        await until(lambda: len(audio_producer.pending) >= 1)
         ts = T0 + 100_000
         offer_video(fork, vp8_packets(1)[0], Stamp(ts, "sender_report", 9000))
         # The video ack is counted while every audio record is still unacknowledged.
         await until(lambda: len(fork.stats.video_fork_latency_ms) == 1)
         assert not fork.stats.audio_fork_latency_ms
-        for future in audio_producer.pending:
+        for future, _ in audio_producer.pending:
             future.set_result(None)
-        await until(lambda: len(fork.stats.audio_fork_latency_ms) == len(audio_producer.pending))
+        await until(lambda: len(fork.stats.audio_fork_latency_ms) == audio_producer.records())
     finally:
         await fork.stop()
 
@@ -350,3 +383,101 @@ async def test_a_decoder_two_seconds_behind_skips_to_a_keyframe_and_asks_for_one
         pool_blocked.set()
         await fork.stop()
         pool.shutdown()
+
+
+class FlakyBroker(BatchingProducer):
+    """A producer whose broker is away for the first ``outage_attempts`` batches: each
+    fails, like a batch that expired in aiokafka's accumulator."""
+
+    def __init__(self, outage_attempts: int) -> None:
+        self.outage_attempts = outage_attempts
+        self.attempts = 0
+        self.stored: list[records.AudioChunk] = []
+        self.available = asyncio.Event()
+        self.available.set()
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        await self.available.wait()
+        self.attempts += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.attempts <= self.outage_attempts:
+            future.set_exception(KafkaTimeoutError())
+        else:
+            for value, headers in batch.messages:
+                self.stored.append(records.decode(records.AudioChunk, value, headers))
+            future.set_result(None)
+        return future
+
+
+def audio_fork(broker: Any, **settings: Any) -> PerformerFork:
+    return PerformerFork(
+        settings=Settings(embedded_audio_linger_ms=20, **settings),
+        producer=SlowProducer(),
+        audio_producer=broker,
+        session=SESSION,
+        performer_id="alice",
+        jpeg_pool=ThreadPoolExecutor(max_workers=1),
+    )
+
+
+async def test_audio_the_broker_failed_is_sent_again_in_order_with_its_capture_times() -> None:
+    broker = FlakyBroker(outage_attempts=5)
+    fork = audio_fork(broker)
+    fork.start()
+    try:
+        for index, packet in enumerate(opus_packets(150)):
+            fork.offer_audio(packet, Stamp(T0 + index * 20_000, "sender_report", index * 960))
+        await until(lambda: fork.stats.audio_chunks_out >= 145)
+    finally:
+        await fork.stop()
+    assert fork.stats.audio_send_retries >= 1
+    assert fork.stats.audio_chunks_dropped == 0
+    assert fork.stats.audio_lost_ms == 0
+    seqs = [chunk.header.seq for chunk in broker.stored]
+    assert seqs == list(range(len(seqs))), "every chunk once, in order"
+    start = broker.stored[0].header.ts_us
+    assert [chunk.header.ts_us for chunk in broker.stored] == [
+        start + n * 20_000 for n in range(len(seqs))
+    ]
+    assert fork.stats.audio_chunks_out == len(seqs)
+
+
+async def test_audio_beyond_the_spool_is_lost_and_counted_with_its_time_span() -> None:
+    broker = FlakyBroker(outage_attempts=0)
+    broker.available.clear()  # the broker is away: nothing is taken
+    fork = audio_fork(broker, audio_spool_s=1)
+    fork.start()
+    try:
+        for index, packet in enumerate(opus_packets(80)):
+            fork.offer_audio(packet, Stamp(T0 + index * 20_000, "sender_report", index * 960))
+        await until(lambda: fork.stats.audio_chunks_dropped >= 29)
+        broker.available.set()  # back: the spool (the first second) is delivered
+        await until(lambda: fork.stats.audio_chunks_out >= 50)
+    finally:
+        await fork.stop()
+    stored = [chunk.header for chunk in broker.stored]
+    assert len(stored) == 50
+    assert [h.seq for h in stored] == list(range(50))
+    lost = fork.stats.audio_chunks_dropped
+    assert fork.stats.audio_lost_ms == lost * 20
+    # One span, from the first chunk that found the spool full to the end of the last.
+    assert list(fork.stats.audio_lost_spans) == [
+        (stored[-1].ts_us + 20_000, stored[-1].ts_us + 20_000 * (lost + 1))
+    ]
+    assert fork.stats.counters()["audio_lost_ms"] == lost * 20
+
+
+async def test_audio_left_in_the_spool_when_the_performer_leaves_is_counted() -> None:
+    broker = FlakyBroker(outage_attempts=10**9)  # the broker never takes anything
+    fork = audio_fork(broker)
+    fork.start()
+    for index, packet in enumerate(opus_packets(20)):
+        fork.offer_audio(packet, Stamp(T0 + index * 20_000, "sender_report", index * 960))
+    await until(lambda: fork.stats.audio_send_retries >= 1)
+    with mock.patch("capture.fork.AUDIO_STOP_FLUSH_S", 0.2):
+        await fork.stop()
+    assert fork.stats.audio_chunks_out == 0
+    # 20 Opus frames cut into 19-20 chunks (the decoder's lookahead), all of them lost.
+    assert fork.stats.audio_chunks_dropped >= 19
+    assert fork.stats.audio_lost_ms == fork.stats.audio_chunks_dropped * 20
+    assert len(fork.stats.audio_lost_spans) == 1

@@ -281,7 +281,7 @@ def test_hops_of_a_stream_whose_time_stepped_back_go_out_in_separate_records() -
     # A new timeline (the capture clock re-anchored): the next audio is stamped 50 ms
     # before where the last ended, and the tracker starts a new segment there.
     first = to_chunks(sine(150, 0.3), TS0)
-    second = to_chunks(sine(150, 0.3), TS0 + 250_000)
+    second = to_chunks(sine(150, 0.3), TS0 + 250_000, seq=15)
     hops = feed([*first, *second])  # one analysis step's hops, as the processors get them
     assert any(b.ts_us <= a.ts_us for a, b in itertools.pairwise(hops))
     carried = [
@@ -289,3 +289,26 @@ def test_hops_of_a_stream_whose_time_stepped_back_go_out_in_separate_records() -
     ]
     assert [frame for c in carried for frame in c.frames()] == hops
     assert len(carried) == 2
+
+
+def test_a_copy_of_audio_already_analysed_is_skipped() -> None:
+    # The fork sends a batch again when the broker's answer to it was lost: the topic can
+    # hold chunks 10-19 twice. The copy changes nothing (no segment restart, no hop twice).
+    chunks = list(to_chunks(sine(150, 0.8), TS0))
+    tracker = prosody.ProsodyTracker("s1", "alice")
+    hops: list[records.ProsodyFrame] = []
+    for chunk in [*chunks[:30], *chunks[10:20], *chunks[30:]]:
+        hops.extend(tracker.push(chunk))
+    hops.extend(tracker.flush())
+    assert tracker.stale_chunks == 10
+    assert hops == feed(chunks)
+
+
+def test_a_new_publication_restarting_its_seq_later_is_not_a_copy() -> None:
+    # A rejoin makes a new fork: seq starts at 0 again, later on the session clock.
+    first = list(to_chunks(sine(150, 0.4), TS0))
+    second = list(to_chunks(sine(150, 0.4), TS0 + 2_000_000))
+    tracker = prosody.ProsodyTracker("s1", "alice")
+    for chunk in [*first, *second]:
+        tracker.push(chunk)
+    assert tracker.stale_chunks == 0

@@ -188,7 +188,8 @@ def test_infinite_numbers_are_rejected_not_encoded_as_null() -> None:
     prosody = next(r for r in ALL if isinstance(r, records.ProsodyHops))
     document = json.loads(prosody.model_dump_json())
     document["hops"][0]["loudness_db"] = float("-inf")
-    with pytest.raises(records.RecordError, match="loudness_db"):
+    # Refused by the JSON reader already (-Infinity is no JSON number), before the field.
+    with pytest.raises(records.RecordError, match="-Infinity is not a JSON number"):
         records.decode(records.ProsodyHops, json.dumps(document).encode())
 
 

@@ -22,7 +22,7 @@ def test_valid_messages_parse() -> None:
     [
         ("x" * 2000, "too_large", "exceeds 1000"),
         ("{not json", "malformed", "not JSON"),
-        (b"\xff\xfe", "malformed", "not JSON"),
+        (b"\xff\xfe", "malformed", "not UTF-8"),
         ('{"type": "dance"}', "malformed", "type"),
         ('{"type": "publish"}', "malformed", "publish.sdp: Field required"),
         ('{"type": "publish", "sdp": 5}', "malformed", "publish.sdp"),
@@ -47,3 +47,20 @@ def test_deeply_nested_json_is_malformed() -> None:
     with pytest.raises(signaling.SignalingError) as caught:
         signaling.parse_page_message(nested, max_bytes=10_000_000)
     assert caught.value.code == "malformed"
+
+
+def test_a_publish_names_its_page_with_a_random_id_or_not_at_all() -> None:
+    page = "0123456789abcdef0123456789abcdef"
+    raw = json.dumps({"type": "publish", "sdp": "v=0", "page_id": page})
+    named = signaling.parse_page_message(raw, max_bytes=1000)
+    assert isinstance(named, signaling.Publish)
+    assert named.page_id == page
+    unnamed = signaling.parse_page_message('{"type": "publish", "sdp": "v=0"}', max_bytes=1000)
+    assert isinstance(unnamed, signaling.Publish)
+    assert unnamed.page_id is None
+    for bad in ("short", "x" * 65, "../../etc/passwd-000000", 5):
+        raw = json.dumps({"type": "publish", "sdp": "v=0", "page_id": bad})
+        with pytest.raises(signaling.SignalingError) as caught:
+            signaling.parse_page_message(raw, max_bytes=1000)
+        assert caught.value.code == "malformed"
+        assert "page_id" in caught.value.message

@@ -1,0 +1,282 @@
+"""Session credentials on the servers: a join link exchanged for a short-lived credential,
+credentials checked at admission and renewed over the open connection, withdrawn links
+refused and their open connections closed.
+
+The capture server (with its tag service) and the dashboard each hold one :class:`Access`
+over one :class:`~streams.revocations.RevocationList`. What a page does with its link:
+``POST /api/credential`` with ``{"token": LINK}`` in the body (never in a URL), then the
+credential on every websocket (``Sec-WebSocket-Protocol: livetag,
+livetag.credential.CREDENTIAL`` from a browser, whose console prints failed websocket
+URLs; ``?token=`` from other clients) or in the tag service's hello. Each connection gets
+``{"type": "credential", ...}`` messages with a fresh credential while a third of the
+current one is left; a revoked link gets none, and is closed with :data:`CLOSE_REVOKED`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from aiohttp import hdrs, web
+
+from infra.connection_gate import WS_SUBPROTOCOL, close_code
+from infra.connection_gate import close_reason as close_reason  # for the servers' closes
+from infra.settings import Settings
+from streams import records, strict_json
+from streams.revocations import RevocationList
+from taggers import tokens
+
+log = logging.getLogger(__name__)
+
+#: Websocket close codes (4000 + the refusal's HTTP status, infra.connection_gate): the
+#: link was revoked (4403), the link ran out (4410: no credential can be made from it).
+#: Pages stop reconnecting on both.
+CLOSE_REVOKED = close_code("revoked")
+CLOSE_LINK_EXPIRED = close_code("link_expired")
+#: The subprotocol a browser page offers next to its credential (every endpoint's
+#: websocket response picks it: infra.connection_gate.websocket_response).
+WS_PROTOCOL = WS_SUBPROTOCOL
+CREDENTIAL_PROTOCOL_PREFIX = "livetag.credential."
+_LINK_EXPIRED = "the join link expired: ask the director for a new one"
+_MAX_BODY_BYTES = 8 * 1024  # a token and a little JSON around it
+#: What a token must be at a check: a credential (websockets, APIs), a link (the
+#: exchange), or either (the "why was I refused" probe, which grants nothing).
+Kind = Literal["session", "link", "any"]
+#: The HTTP status of each token refusal before a websocket opens.
+TOKEN_STATUS: dict[str, int] = {"bad_token": 401, "revoked": 403}
+#: Headers of a page whose address carries a join link until the page takes it out.
+PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+#: Headers of the credential exchange and the refusal probe: readable by the dashboard's
+#: page (another origin), never cached.
+API_HEADERS = {"Access-Control-Allow-Origin": "*", "Cache-Control": "no-store"}
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A credential just made, and what its page is told about it."""
+
+    token: str
+    claims: tokens.JoinToken
+
+    def describe(self, now_s: float) -> dict[str, Any]:
+        claims = self.claims
+        return {
+            "credential": self.token,
+            # Relative, so a page with a wrong clock still renews in time.
+            "expires_in_s": max(0, claims.expires_at_s - int(now_s)),
+            "expires_at_s": claims.expires_at_s,
+            "session_id": claims.session_id,
+            "role": claims.role,
+            "participant_id": claims.participant_id,
+            "token_id": claims.token_id,
+        }
+
+
+class Revocable(Protocol):
+    """An open connection the revocation watcher may close."""
+
+    @property
+    def claims(self) -> tokens.JoinToken | None: ...
+
+    async def end_access(self, close_code: int, code: str, message: str) -> None: ...
+
+
+def revoked_message(revocation: records.TokenRevocation) -> str:
+    if revocation.token_id is not None:
+        text = f"this link to session {revocation.session_id} was revoked by the director"
+    else:
+        text = f"your links to session {revocation.session_id} were revoked by the director"
+    return f"{text}: {revocation.reason}" if revocation.reason else text
+
+
+class Access:
+    """Credentials of one server: verified, exchanged, renewed, checked for revocation."""
+
+    def __init__(
+        self, settings: Settings, secret: bytes, revocations: RevocationList | None = None
+    ) -> None:
+        self.settings = settings
+        self.secret = secret
+        self._owned = revocations is None
+        self.revocations = revocations if revocations is not None else RevocationList(settings)
+
+    async def start(self) -> None:
+        """Read the revocations (only when this object made the list)."""
+        if self._owned:
+            await self.revocations.start()
+
+    async def stop(self) -> None:
+        if self._owned:
+            await self.revocations.stop()
+
+    # ---------------------------------------------------------------- checks
+
+    def check(self, claims: tokens.JoinToken) -> None:
+        """:class:`tokens.TokenError` (code ``revoked``) when the link was withdrawn."""
+        revocation = self.revocations.revoked(claims.holder)
+        if revocation is not None:
+            raise tokens.TokenError(revoked_message(revocation), code="revoked")
+
+    def verified(self, token: str | None, kind: Kind) -> tokens.JoinToken:
+        """The claims of a token of ``kind`` whose link is not revoked."""
+        if kind == "session":
+            return self.admit(token)
+        claims = (
+            tokens.verify_link(self.secret, token)
+            if kind == "link"
+            else tokens.verify(self.secret, token)
+        )
+        self.check(claims)
+        return claims
+
+    def admit(self, token: str | None, *, now_s: float | None = None) -> tokens.JoinToken:
+        """The claims of a credential that may be admitted (signature, expiry, kind and
+        revocation checked)."""
+        claims = tokens.verify_credential(self.secret, token, now_s=now_s)
+        self.check(claims)
+        return claims
+
+    def exchange(self, link: tokens.JoinToken, *, now_s: float | None = None) -> Issued:
+        """A credential for a verified link that is not revoked."""
+        self.check(link)
+        token, claims = tokens.issue_credential(
+            self.secret, link, ttl_s=self.settings.credential_ttl_s, now_s=now_s
+        )
+        return Issued(token, claims)
+
+    def renew(self, current: tokens.JoinToken, *, now_s: float | None = None) -> Issued:
+        """The next credential of an open connection; refused for a revoked link, and
+        once the link itself has run out (a credential never outlives it)."""
+        self.check(current)
+        now = time.time() if now_s is None else now_s
+        if current.link_expires_at_s <= now:
+            raise tokens.TokenError(_LINK_EXPIRED)
+        token, claims = tokens.issue_credential(
+            self.secret, current, ttl_s=self.settings.credential_ttl_s, now_s=now
+        )
+        return Issued(token, claims)
+
+    def renew_at_s(self, current: tokens.JoinToken) -> float:
+        """When the connection holding ``current`` gets its next one: a third of the
+        lifetime before expiry, room for a slow network and a busy page."""
+        return current.expires_at_s - self.settings.credential_ttl_s / 3
+
+    # ---------------------------------------------------------------- open connections
+
+    async def keep_renewed(
+        self,
+        claims: tokens.JoinToken,
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+        end: Callable[[int, str, str], Awaitable[None]],
+    ) -> None:
+        """For one open connection, until it closes (the caller cancels this): a fresh
+        credential before the current one runs out. A revoked link gets ``end(...)``
+        (close code, error code, message); so does a link that runs out, when the last
+        credential it allowed expires."""
+        current = claims
+        try:
+            # A revocation read between this connection's admission and its joining the
+            # open connections was not seen by either: checked once more here.
+            self.check(current)
+        except tokens.TokenError as exc:
+            await end(CLOSE_REVOKED, exc.code, exc.reason)
+            return
+        while True:
+            now = time.time()
+            if current.expires_at_s >= current.link_expires_at_s:
+                # Nothing to renew to: the link ends with this credential.
+                await asyncio.sleep(max(0.0, current.expires_at_s - now))
+                try:
+                    self.check(current)
+                except tokens.TokenError as exc:
+                    await end(CLOSE_REVOKED, exc.code, exc.reason)
+                    return
+                await end(CLOSE_LINK_EXPIRED, "link_expired", _LINK_EXPIRED)
+                return
+            await asyncio.sleep(max(0.0, self.renew_at_s(current) - now))
+            try:
+                issued = self.renew(current)
+            except tokens.TokenError as exc:
+                if exc.code == "revoked":
+                    await end(CLOSE_REVOKED, exc.code, exc.reason)
+                else:
+                    await end(CLOSE_LINK_EXPIRED, "link_expired", exc.reason)
+                return
+            await send({"type": "credential", **issued.describe(time.time())})
+            current = issued.claims
+
+    async def close_revoked(self, connections: Callable[[], Iterable[Revocable]]) -> None:
+        """Run for the server's life: whenever a revocation arrives, close the open
+        connections it covers (each with :data:`CLOSE_REVOKED` and the reason)."""
+        seen = self.revocations.version
+        while True:
+            seen = await self.revocations.changed(seen, timeout_s=30.0)
+            ending = []
+            for connection in list(connections()):
+                claims = connection.claims
+                if claims is None:
+                    continue
+                revocation = self.revocations.revoked(claims.holder)
+                if revocation is None:
+                    continue
+                log.info(
+                    "closing a %s connection of %s/%s: link %s revoked",
+                    claims.role,
+                    claims.session_id,
+                    claims.participant_id,
+                    claims.token_id,
+                )
+                ending.append(
+                    connection.end_access(CLOSE_REVOKED, "revoked", revoked_message(revocation))
+                )
+            # Together: a client slow to answer its close must not delay the others'.
+            results = await asyncio.gather(*ending, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.warning("closing a revoked connection failed: %s", result)
+
+
+# ---------------------------------------------------------------- requests
+
+
+def presented_token(request: web.Request) -> str | None:
+    """The token a request carries: a browser's websocket offers it as a subprotocol
+    (``livetag.credential.TOKEN`` next to ``livetag``), other clients put it in the
+    query."""
+    offered = [
+        part.strip()
+        for header in request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, [])
+        for part in header.split(",")
+    ]
+    for protocol in offered:
+        if protocol.startswith(CREDENTIAL_PROTOCOL_PREFIX):
+            if WS_PROTOCOL not in offered:
+                # aiohttp would log the offered list (the credential with it) when none
+                # matches: the page must offer the protocol the server picks.
+                raise tokens.TokenError(f"offer the {WS_PROTOCOL!r} subprotocol too")
+            return protocol.removeprefix(CREDENTIAL_PROTOCOL_PREFIX)
+    return request.query.get("token")
+
+
+async def token_in_body(request: web.Request) -> str | None:
+    """``token`` of a small JSON object body (``POST /api/credential``); None when there is
+    none. Bad bodies raise :class:`tokens.TokenError` with the reason."""
+    if request.content_length is not None and request.content_length > _MAX_BODY_BYTES:
+        raise tokens.TokenError("request body too large")
+    raw = await request.content.read(_MAX_BODY_BYTES + 1)
+    if len(raw) > _MAX_BODY_BYTES:
+        raise tokens.TokenError("request body too large")
+    if not raw.strip():
+        return None
+    try:
+        body = strict_json.loads_object(raw, max_bytes=_MAX_BODY_BYTES)
+    except strict_json.JsonInputError as exc:
+        raise tokens.TokenError(f'the body must be JSON {{"token": "..."}}: {exc.reason}') from None
+    token = body.get("token")
+    if token is not None and not isinstance(token, str):
+        raise tokens.TokenError('the body must be JSON {"token": "..."}: token is not text')
+    return token
