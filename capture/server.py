@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -32,6 +31,7 @@ from capture.fork import ForkStats, make_fork_audio_producer
 from capture.ice import restrict_host_addresses
 from capture.loop_lag import LoopLagMonitor
 from capture.timing import Stamp
+from infra import background
 from infra.connection_gate import (
     ConnectionGate,
     Refusal,
@@ -190,16 +190,14 @@ class CaptureServer:
             ]
         )
         self.tags.add_routes(app)
-        self._ender = asyncio.create_task(self._end_calls_of_ended_sessions())
-        self._counter_publisher = asyncio.create_task(
-            self._publish_counters(), name="capture-counters"
-        )
-        self._gate_sweeper = asyncio.create_task(keep_swept(self.gate), name="capture-gate")
-        self._revocation_watcher = asyncio.create_task(
-            self.access.close_revoked(self._open_connections), name="capture-revocations"
+        self._ender = background.start(self._end_calls_of_ended_sessions, "capture-ender")
+        self._counter_publisher = background.start(self._publish_counters, "capture-counters")
+        self._gate_sweeper = background.start(lambda: keep_swept(self.gate), "capture-gate")
+        self._revocation_watcher = background.start(
+            lambda: self.access.close_revoked(self._open_connections), "capture-revocations"
         )
         self.loop_lag.start()
-        self._presence_writer = asyncio.create_task(self._write_presence(), name="presence")
+        self._presence_writer = background.start(self._write_presence, "capture-presence")
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=access_log(), access_log_class=AccessLogger
         )
@@ -366,7 +364,8 @@ class CaptureServer:
             since = int(request.query["since"]) if "since" in request.query else None
         except ValueError:
             return self._refuse(400, "malformed", "since must be Unix milliseconds", counted=True)
-        return web.json_response(self.loop_lag.snapshot(since_unix_ms=since))
+        snapshot = self.loop_lag.snapshot(since_unix_ms=since)
+        return web.json_response({**snapshot, "background_restarts": dict(background.RESTARTS)})
 
     async def _refusal_metrics(self, request: web.Request) -> web.Response:
         return web.json_response({"call": dict(self.refusals), "tag": dict(self.tags.refusals)})
@@ -393,8 +392,7 @@ class CaptureServer:
                 token = credentials.presented_token(request)
             claims = self.access.verified(token, kind)
         except tokens.TokenError as exc:
-            status = credentials.TOKEN_STATUS[exc.code]
-            return self._refuse(status, exc.code, exc.reason, counted=counted)
+            return credentials.token_refusal(self._refuse, exc, counted=counted)
         session = await self._session(claims.session_id)
         if session is None:
             message = f"no session {claims.session_id!r}"
@@ -408,63 +406,16 @@ class CaptureServer:
             return self._refuse(409, "session_ended", message, counted=counted)
         return claims, session
 
-    def _full(
-        self, session_id: str, *, counted: bool, address: str | None = None
-    ) -> web.Response | None:
-        """The refusal a page of this session (from ``address``) would get from the caps."""
-        refusal = self.gate.session_refusal("call", session_id)
-        if address is not None:
-            refusal = self.gate.refusal(address) or refusal
-        return None if refusal is None else self._refuse_gated(refusal, counted=counted)
-
     def _refuse_gated(self, refusal: Refusal, *, counted: bool) -> web.Response:
-        response = self._refuse(refusal.status, refusal.code, refusal.message, counted=counted)
-        # A refused client gets no idle keep-alive connection to hold instead.
-        response.force_close()
-        return response
+        return credentials.gated_refusal(self._refuse, refusal, counted=counted)
 
     async def _token(self, request: web.Request) -> web.Response:
-        """Why a link or a credential is refused (pages cannot read a refused websocket
-        handshake). Pages POST ``{"token": ...}``: a URL's query would put it in the
-        browser's console when the answer is an error."""
-        try:
-            token = (
-                await credentials.token_in_body(request)
-                if request.method == "POST"
-                else request.query.get("token")
-            )
-        except tokens.TokenError as exc:
-            admitted: Any = self._refuse(400, "malformed", exc.reason, counted=False)
-        else:
-            admitted = await self._admit(request, counted=False, token=token or "", kind="any")
-        if isinstance(admitted, web.Response):
-            response = admitted
-        else:
-            claims, session = admitted
-            full = self._full(session.session_id, counted=False, address=request.remote)
-            response = full or web.json_response(
-                {"session_id": claims.session_id, "role": claims.role}
-            )
-        # The director's dashboard asks from its own origin; the answer reveals nothing
-        # the token's holder does not know.
-        response.headers["Access-Control-Allow-Origin"] = "*"
-        return response
+        return await credentials.probe_endpoint(
+            request, self._admit, self._refuse, self.gate, "call"
+        )
 
     async def _credential(self, request: web.Request) -> web.Response:
-        """``POST {"token": LINK}``: the page's session credential for its join link."""
-        try:
-            link = await credentials.token_in_body(request)
-        except tokens.TokenError as exc:
-            response = self._refuse(400, "malformed", exc.reason, counted=True)
-        else:
-            admitted = await self._admit(request, token=link or "", kind="link")
-            if isinstance(admitted, web.Response):
-                response = admitted
-            else:
-                claims, _session = admitted
-                response = web.json_response(self.access.exchange(claims).describe(time.time()))
-        response.headers.update(credentials.API_HEADERS)
-        return response
+        return await credentials.exchange_endpoint(request, self.access, self._admit, self._refuse)
 
     def _open_connections(self) -> list[CallConnection]:
         return [c for connections in self._connections.values() for c in connections]
@@ -501,7 +452,8 @@ class CaptureServer:
 
     async def _end_calls_of_ended_sessions(self) -> None:
         """When the director ends a session, its call ends: nothing more is forked (the
-        recorder waits for its topics to go quiet), and pages stop rejoining (409)."""
+        recorder waits for its topics to go quiet), and pages are closed with 4409 and
+        stop rejoining. Its tagging connections are closed once it takes no more tags."""
         while True:
             await self._directory.changed(timeout_s=2.0)
             for session_id in list(self._connections):
@@ -509,8 +461,12 @@ class CaptureServer:
                 if session is None or session.state not in _OVER:
                     continue
                 log.info("session %s is %s: closing its call", session_id, session.state)
+                message = f"this session is {session.state}"
                 for connection in list(self._connections.get(session_id, ())):
+                    # Told and closed first (the page stops), then its media let go.
+                    await connection.end_access("session_ended", message)
                     await connection.close()
+            await self.tags.close_ended_sessions()
 
     # ------------------------------------------------------------------ tagging
 
@@ -761,13 +717,17 @@ class CallConnection:
             self.server.refusals[exc.code] += 1
             await self.send(signaling.error(exc.code, exc.message))
 
-    async def end_access(self, close_code: int, code: str, message: str) -> None:
-        """The link was revoked or ran out: say why, then close (the page stops
-        rejoining on these close codes)."""
+    async def end_access(self, code: str, message: str) -> None:
+        """The link was revoked or ran out, or the session is over: say why, then close
+        (the page stops rejoining on these close codes)."""
         self.server.refusals[code] += 1
-        await self.send(signaling.error(code, message))
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=close_code, message=credentials.close_reason(code, message))
+        await credentials.end_connection(
+            self.ws,
+            self.send(signaling.error(code, message)),
+            code,
+            message,
+            self.server.settings.ws_close_timeout_s,
+        )
 
     async def _publication_lost(self) -> None:
         self._published_generation = None
@@ -785,9 +745,12 @@ class CallConnection:
         self._closed = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A task that failed must not stop the close before the performer leaves the
+        # call: nothing of a performer who left is recorded.
+        outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task, outcome in zip(self._tasks, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                log.error("a page's %s failed: %r", task.get_name(), outcome)
         for pc in list(self._subscriptions.values()):
             await self.call.unsubscribe(pc)
         self._subscriptions.clear()

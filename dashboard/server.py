@@ -37,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from dashboard.metrics import CounterBoard
 from dashboard.view import ClientCursor, SessionView
+from infra import background
 from infra.connection_gate import (
     ConnectionGate,
     Refusal,
@@ -109,6 +110,7 @@ class SessionFeed:
         self.update_cache: dict[tuple[Any, ...], tuple[str | None, ClientCursor]] = {}
         self.cache_tick = -1
         self._counters: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._told_metrics_refused = False  # warned once that the capture server refuses
         self._offsets: AIOKafkaConsumer | None = None
         self._broker_reachable = True
         self._tag_arrived = asyncio.Event()
@@ -284,6 +286,18 @@ class SessionFeed:
                 ) as response:
                     response.raise_for_status()
                     clients = await response.json()
+        except aiohttp.ClientResponseError as exc:
+            if exc.status in (401, 403) and not self._told_metrics_refused:
+                # A misconfiguration, not an outage: the health panel would just stay empty.
+                self._told_metrics_refused = True
+                log.warning(
+                    "the capture server refuses this dashboard its metrics (%s): set the same "
+                    "metrics_token on both, or run them on one machine",
+                    exc.status,
+                )
+            else:
+                log.debug("capture server metrics unavailable: %s", exc)
+            return {}, []
         except Exception as exc:
             log.debug("capture server metrics unavailable: %s", exc)
             return {}, []
@@ -406,11 +420,12 @@ class DashboardServer:
                 "LIVETAG_DASHBOARD_PORT."
             ) from None
         self.port = int(self._runner.addresses[0][1])
-        self._reaper = asyncio.create_task(self._reap_idle_feeds(), name="dashboard-reaper")
-        self._watcher = asyncio.create_task(self._follow_sessions(), name="dashboard-sessions")
-        self._gate_sweeper = asyncio.create_task(keep_swept(self.gate), name="dashboard-gate")
-        self._revocation_watcher = asyncio.create_task(
-            self.access.close_revoked(lambda: list(self.clients)), name="dashboard-revocations"
+        self._reaper = background.start(self._reap_idle_feeds, "dashboard-reaper")
+        self._watcher = background.start(self._follow_sessions, "dashboard-sessions")
+        self._gate_sweeper = background.start(lambda: keep_swept(self.gate), "dashboard-gate")
+        self._revocation_watcher = background.start(
+            lambda: self.access.close_revoked(lambda: list(self.clients)),
+            "dashboard-revocations",
         )
         self.counters.start()
         log.info("dashboard on %s", self.url)
@@ -457,7 +472,7 @@ class DashboardServer:
                 token = credentials.presented_token(request)
             claims = tokens.verify(self._secret, token)
         except tokens.TokenError as exc:
-            return self._refuse(401, "bad_token", exc.reason, counted=counted)
+            return credentials.token_refusal(self._refuse, exc, counted=counted)
         # The role first: a performer's link is told where it belongs, whatever its kind.
         if claims.role not in _DASHBOARD_ROLES:
             message = "the dashboard opens with a director's or an observer's link"
@@ -465,8 +480,7 @@ class DashboardServer:
         try:
             claims = self.access.verified(token, kind)
         except tokens.TokenError as exc:
-            status = credentials.TOKEN_STATUS[exc.code]
-            return self._refuse(status, exc.code, exc.reason, counted=counted)
+            return credentials.token_refusal(self._refuse, exc, counted=counted)
         session = self._directory.get(claims.session_id)
         if session is None:
             with contextlib.suppress(TimeoutError):
@@ -500,48 +514,15 @@ class DashboardServer:
         return web.FileResponse(CREDENTIALS_SCRIPT)
 
     async def _credential(self, request: web.Request) -> web.Response:
-        """``POST {"token": LINK}``: the page's session credential for its join link."""
-        try:
-            link = await credentials.token_in_body(request)
-        except tokens.TokenError as exc:
-            response = self._refuse(400, "malformed", exc.reason, counted=True)
-        else:
-            admitted = await self._admit(request, token=link or "", kind="link")
-            if isinstance(admitted, web.Response):
-                response = admitted
-            else:
-                claims, _session = admitted
-                response = web.json_response(self.access.exchange(claims).describe(time.time()))
-        response.headers.update(credentials.API_HEADERS)
-        return response
+        return await credentials.exchange_endpoint(request, self.access, self._admit, self._refuse)
 
     async def _token(self, request: web.Request) -> web.Response:
-        """Why a link or a credential is refused (pages cannot read a refused websocket
-        handshake); pages POST ``{"token": ...}``, out of the URL and the console."""
-        try:
-            token = (
-                await credentials.token_in_body(request)
-                if request.method == "POST"
-                else request.query.get("token")
-            )
-        except tokens.TokenError as exc:
-            return self._refuse(400, "malformed", exc.reason, counted=False)
-        admitted = await self._admit(request, counted=False, token=token or "", kind="any")
-        if isinstance(admitted, web.Response):
-            return admitted
-        claims, session = admitted
-        refusal = self.gate.refusal(request.remote) or self.gate.session_refusal(
-            "dashboard", session.session_id
+        return await credentials.probe_endpoint(
+            request, self._admit, self._refuse, self.gate, "dashboard"
         )
-        if refusal is not None:
-            return self._refuse_gated(refusal, counted=False)
-        return web.json_response({"session_id": session.session_id, "role": claims.role})
 
     def _refuse_gated(self, refusal: Refusal, *, counted: bool) -> web.Response:
-        response = self._refuse(refusal.status, refusal.code, refusal.message, counted=counted)
-        # A refused client gets no idle keep-alive connection to hold instead.
-        response.force_close()
-        return response
+        return credentials.gated_refusal(self._refuse, refusal, counted=counted)
 
     async def _prometheus_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
@@ -552,6 +533,7 @@ class DashboardServer:
             {
                 "clients": [client.stats() for client in self.clients],
                 "refusals": dict(self.refusals),
+                "background_restarts": dict(background.RESTARTS),
                 "feeds": {
                     session_id: {"clients": feed.clients, "undecodable": feed.undecodable}
                     for session_id, feed in self._feeds.items()
@@ -849,13 +831,17 @@ class DashboardClient:
     async def _send_message(self, message: dict[str, Any]) -> None:
         await self._send(json.dumps(message))
 
-    async def end_access(self, close_code: int, code: str, message: str) -> None:
+    async def end_access(self, code: str, message: str) -> None:
         """The link was revoked or ran out: say why, then close (the page stops
         reconnecting on these close codes)."""
         self.server.refusals[code] += 1
-        await self._send_error(code, message)
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=close_code, message=credentials.close_reason(code, message))
+        await credentials.end_connection(
+            self.ws,
+            self._send_error(code, message),
+            code,
+            message,
+            self.server.settings.ws_close_timeout_s,
+        )
 
     async def _send_updates(self) -> None:
         seen = self.feed.tick
@@ -896,18 +882,15 @@ class DashboardClient:
         if self._closed:
             return
         self._closed = True
-        if self._renewal is not None:
-            self._renewal.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewal
-        if self._sender is not None:
-            self._sender.cancel()
-            try:
-                await self._sender
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("a dashboard sender failed")
+        tasks = [task for task in (self._renewal, self._sender) if task is not None]
+        for task in tasks:
+            task.cancel()
+        # A task that failed must not stop the close half-way.
+        for task, outcome in zip(
+            tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True
+        ):
+            if isinstance(outcome, Exception):
+                log.error("a dashboard's %s failed: %r", task.get_name(), outcome)
         with contextlib.suppress(Exception):
             await self.ws.close()
 

@@ -3,10 +3,11 @@
 Every websocket endpoint (``/ws/call`` and ``/ws/tag`` on the capture server,
 ``/ws/dashboard`` on the dashboard) takes a :class:`Ticket` from its server's
 :class:`ConnectionGate` before it upgrades, and gives it back when its handler ends. The
-gate caps the websockets a server holds open in total, per client address and per session
-and kind of page. It decides; the servers send: a refusal before the upgrade is an HTTP
-status with a JSON body, after the upgrade a close frame whose code is 4000 plus that same
-status (:func:`close_code`). Either way the refusal's code is counted by the server.
+gate caps the websockets a server holds open in total, per client address, per session and
+kind of page, and those not authenticated yet (tag websockets before their hello). It
+decides; the servers send: a refusal before the upgrade is an HTTP status with a JSON body,
+after the upgrade a close frame whose code is 4000 plus that same status
+(:func:`close_code`). Either way the refusal's code is counted by the server.
 
 The gate also keeps each connection's deadlines. A ``/ws/tag`` connection must be welcomed
 (a valid hello) within ``ws_hello_timeout_s`` of its request, or the endpoint closes it. A
@@ -50,6 +51,7 @@ REFUSAL_STATUS: Final[dict[str, int]] = {
     "too_many_clients": 429,  # the session's pages of this kind
     "too_many_connections": 429,  # this client address's websockets
     "server_busy": 503,  # the server's websockets in total
+    "too_many_waiting": 503,  # tag websockets still without a valid hello, in total
 }
 
 #: The websocket subprotocol every endpoint picks when a page offers it.
@@ -167,7 +169,10 @@ class Ticket:
 
     def welcome(self) -> None:
         """The connection is authenticated: its hello deadline no longer applies."""
-        self.welcomed = True
+        if not self.welcomed:
+            self.welcomed = True
+            if not self.released:
+                self._gate._unwelcomed -= 1
 
     def watch(
         self,
@@ -195,6 +200,8 @@ class Ticket:
         self.released = True
         gate = self._gate
         gate._tickets.discard(self)
+        if not self.welcomed:
+            gate._unwelcomed -= 1
         _decrement(gate._addresses, self.address)
         if self.session is not None:
             _decrement(gate._sessions, self.session)
@@ -218,17 +225,20 @@ class ConnectionGate:
         max_total: int,
         max_per_address: int,
         max_per_session: int,
+        max_unwelcomed: int,
         hello_timeout_s: float,
         close_timeout_s: float,
     ) -> None:
         self.max_total = max_total
         self.max_per_address = max_per_address
         self.max_per_session = max_per_session
+        self.max_unwelcomed = max_unwelcomed
         self.hello_timeout_s = hello_timeout_s
         self.close_timeout_s = close_timeout_s
         self._tickets: set[Ticket] = set()
         self._addresses: dict[str, int] = {}
         self._sessions: dict[tuple[str, str], int] = {}
+        self._unwelcomed = 0
         #: Connections closed at their hello deadline, and cut after their close timeout.
         self.expired = 0
         self.cut = 0
@@ -239,6 +249,7 @@ class ConnectionGate:
             max_total=settings.ws_max_connections,
             max_per_address=settings.ws_max_connections_per_address,
             max_per_session=settings.max_clients_per_session,
+            max_unwelcomed=settings.ws_max_unwelcomed,
             hello_timeout_s=settings.ws_hello_timeout_s,
             close_timeout_s=settings.ws_close_timeout_s,
         )
@@ -252,7 +263,7 @@ class ConnectionGate:
     @property
     def unwelcomed(self) -> int:
         """Open connections still waiting for their hello to be accepted."""
-        return sum(1 for ticket in self._tickets if not ticket.welcomed)
+        return self._unwelcomed
 
     def open_from(self, remote: str | None) -> int:
         return self._addresses.get(address_key(remote), 0)
@@ -262,14 +273,22 @@ class ConnectionGate:
 
     # ---------------------------------------------------------------- admission
 
-    def refusal(self, remote: str | None) -> Refusal | None:
-        """What a new connection from ``remote`` would be refused now, if anything."""
+    def refusal(self, remote: str | None, *, hello_deadline: bool = False) -> Refusal | None:
+        """What a new connection from ``remote`` would be refused now, if anything
+        (``hello_deadline``: one that is not authenticated yet)."""
         if len(self._tickets) >= self.max_total:
             return Refusal("server_busy", f"this server already holds {self.max_total} connections")
         if self._addresses.get(address_key(remote), 0) >= self.max_per_address:
             return Refusal(
                 "too_many_connections",
                 f"your address already has {self.max_per_address} connections open",
+            )
+        if hello_deadline and self._unwelcomed >= self.max_unwelcomed:
+            # Clients that have proved nothing share a small part of the room, so a flood
+            # of them (from many addresses) cannot crowd out the pages of a session.
+            return Refusal(
+                "too_many_waiting",
+                f"{self.max_unwelcomed} connections are already waiting for their hello",
             )
         return None
 
@@ -289,7 +308,7 @@ class ConnectionGate:
 
         ``hello_deadline``: the connection must be welcomed within ``hello_timeout_s`` of
         ``now`` (the loop's time)."""
-        refusal = self.refusal(remote)
+        refusal = self.refusal(remote, hello_deadline=hello_deadline)
         if refusal is not None:
             return refusal
         address = address_key(remote)
@@ -297,6 +316,8 @@ class ConnectionGate:
         ticket = Ticket(self, address, deadline)
         self._tickets.add(ticket)
         self._addresses[address] = self._addresses.get(address, 0) + 1
+        if not ticket.welcomed:
+            self._unwelcomed += 1
         return ticket
 
     # ---------------------------------------------------------------- deadlines

@@ -2,7 +2,8 @@
 they fail.
 
 The metrics name sessions and participants and show who is connected: by default they are
-served to loopback clients only (a scraper or the dashboard on the same machine). With
+served to loopback clients only (a scraper or the dashboard on the same machine), and not
+to a request a proxy forwarded (it arrives from loopback too). With
 ``metrics_token`` set they are served to any address that sends
 ``Authorization: Bearer <metrics_token>``, and to no one without it. A handler that fails
 answers 500 with the reason and the server goes on; a scrape beyond
@@ -13,33 +14,21 @@ loop the call runs on.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from infra.settings import Settings
+from infra.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_CONCURRENT_SCRAPES = 8
-
-
-def is_loopback(address: str | None) -> bool:
-    """Whether a peer address (``request.remote``) is this machine's loopback."""
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+#: Headers a reverse proxy adds to what it forwards (RFC 7239 and the common de-facto ones).
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 
 def metrics_headers(settings: Settings) -> dict[str, str]:
@@ -60,6 +49,12 @@ class MetricsGuard:
         self.refusals = refusals
         self.failures = 0  # handler failures answered with 500
         self._in_flight = 0
+        if self._token is None and (settings.public_url or settings.dashboard_public_url):
+            log.warning(
+                "a public URL is set but metrics_token is not: metrics are refused to "
+                "requests with a forwarding header, but a proxy that adds none makes every "
+                "client look local; set metrics_token"
+            )
 
     def wrap(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -106,6 +101,15 @@ class MetricsGuard:
             )
             response.headers["WWW-Authenticate"] = 'Bearer realm="livetag metrics"'
             return response
+        if any(header in request.headers for header in FORWARDING_HEADERS):
+            # A reverse proxy on this machine makes every client a loopback peer; the
+            # header it adds says the request came from elsewhere.
+            return self._refuse(
+                403,
+                "metrics_forbidden",
+                "a proxied request is not this machine's; set metrics_token to read the "
+                "metrics through a proxy",
+            )
         if is_loopback(request.remote):
             return None
         return self._refuse(

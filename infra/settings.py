@@ -325,6 +325,16 @@ class Settings(BaseSettings):
             "Behind a reverse proxy every client has the proxy's address: raise it."
         ),
     )
+    ws_max_unwelcomed: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Tag websockets a web server holds open that have not yet sent a valid hello; "
+            "one more is refused with too_many_waiting (HTTP 503). Keeps unauthenticated "
+            "clients from taking the room of ws_max_connections that pages need."
+        ),
+    )
     ws_hello_timeout_s: float = Field(
         default=5.0,
         gt=0,
@@ -739,14 +749,21 @@ def to_environment(settings: Settings) -> dict[str, str]:
     return environment
 
 
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine reaches (``localhost``, 127.0.0.0/8, ::1)."""
+def is_loopback(host: str | None) -> bool:
+    """True for an address only this machine reaches: ``localhost``, 127.0.0.0/8, ``::1``
+    (bracketed or with a zone id too) and IPv4 loopback mapped into IPv6. Serves both a
+    listen host (settings) and a peer's address (``request.remote``)."""
+    if not host:
+        return False
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:  # a host name: it may resolve to anything
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
 
 
 class PlaintextNetworkError(RuntimeError):

@@ -19,12 +19,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 from aiohttp import hdrs, web
 
-from infra.connection_gate import WS_SUBPROTOCOL, close_code
-from infra.connection_gate import close_reason as close_reason  # for the servers' closes
+from infra.connection_gate import WS_SUBPROTOCOL, ConnectionGate, Refusal, close_code, close_reason
 from infra.settings import Settings
 from streams import records, strict_json
 from streams.revocations import RevocationList
@@ -46,8 +45,8 @@ _MAX_BODY_BYTES = 8 * 1024  # a token and a little JSON around it
 #: What a token must be at a check: a credential (websockets, APIs), a link (the
 #: exchange), or either (the "why was I refused" probe, which grants nothing).
 Kind = Literal["session", "link", "any"]
-#: The HTTP status of each token refusal before a websocket opens.
-TOKEN_STATUS: dict[str, int] = {"bad_token": 401, "revoked": 403}
+#: A server's admission of a request: the token's claims and session, or the refusal.
+Admitted: TypeAlias = tuple[tokens.JoinToken, records.SessionRecord] | web.Response
 #: Headers of a page whose address carries a join link until the page takes it out.
 PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 #: Headers of the credential exchange and the refusal probe: readable by the dashboard's
@@ -82,7 +81,7 @@ class Revocable(Protocol):
     @property
     def claims(self) -> tokens.JoinToken | None: ...
 
-    async def end_access(self, close_code: int, code: str, message: str) -> None: ...
+    async def end_access(self, code: str, message: str) -> None: ...
 
 
 def revoked_message(revocation: records.TokenRevocation) -> str:
@@ -171,11 +170,11 @@ class Access:
         self,
         claims: tokens.JoinToken,
         send: Callable[[dict[str, Any]], Awaitable[None]],
-        end: Callable[[int, str, str], Awaitable[None]],
+        end: Callable[[str, str], Awaitable[None]],
     ) -> None:
         """For one open connection, until it closes (the caller cancels this): a fresh
-        credential before the current one runs out. A revoked link gets ``end(...)``
-        (close code, error code, message); so does a link that runs out, when the last
+        credential before the current one runs out. A revoked link gets ``end(code,
+        message)`` (``revoked``); so does a link that runs out, when the last
         credential it allowed expires."""
         current = claims
         try:
@@ -183,7 +182,7 @@ class Access:
             # open connections was not seen by either: checked once more here.
             self.check(current)
         except tokens.TokenError as exc:
-            await end(CLOSE_REVOKED, exc.code, exc.reason)
+            await end(exc.code, exc.reason)
             return
         while True:
             now = time.time()
@@ -193,18 +192,15 @@ class Access:
                 try:
                     self.check(current)
                 except tokens.TokenError as exc:
-                    await end(CLOSE_REVOKED, exc.code, exc.reason)
+                    await end(exc.code, exc.reason)
                     return
-                await end(CLOSE_LINK_EXPIRED, "link_expired", _LINK_EXPIRED)
+                await end("link_expired", _LINK_EXPIRED)
                 return
             await asyncio.sleep(max(0.0, self.renew_at_s(current) - now))
             try:
                 issued = self.renew(current)
             except tokens.TokenError as exc:
-                if exc.code == "revoked":
-                    await end(CLOSE_REVOKED, exc.code, exc.reason)
-                else:
-                    await end(CLOSE_LINK_EXPIRED, "link_expired", exc.reason)
+                await end("revoked" if exc.code == "revoked" else "link_expired", exc.reason)
                 return
             await send({"type": "credential", **issued.describe(time.time())})
             current = issued.claims
@@ -230,14 +226,40 @@ class Access:
                     claims.participant_id,
                     claims.token_id,
                 )
-                ending.append(
-                    connection.end_access(CLOSE_REVOKED, "revoked", revoked_message(revocation))
-                )
+                ending.append(connection.end_access("revoked", revoked_message(revocation)))
             # Together: a client slow to answer its close must not delay the others'.
             results = await asyncio.gather(*ending, return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
                     log.warning("closing a revoked connection failed: %s", result)
+
+
+async def end_connection(
+    ws: web.WebSocketResponse,
+    say_why: Awaitable[None] | None,
+    code: str,
+    message: str,
+    timeout_s: float,
+) -> None:
+    """Send a connection its refusal (``say_why``: the error message, in the endpoint's
+    form; None when it was told already), then close it with the refusal's close code
+    and ``code: message`` as reason.
+
+    The send is bounded by ``timeout_s``: a peer that reads nothing must not hold up the
+    revocation watcher, which closes every covered connection before it reads the next
+    revocation. A close that lingers is cut by the connection gate."""
+    if say_why is not None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                await say_why
+        except TimeoutError:
+            pass
+        except Exception as exc:  # the peer went away while being told: close all the same
+            log.debug("telling a connection why it ends failed: %s", exc)
+    try:
+        await ws.close(code=close_code(code), message=close_reason(code, message))
+    except Exception as exc:
+        log.debug("closing a connection failed: %s", exc)
 
 
 # ---------------------------------------------------------------- requests
@@ -267,7 +289,14 @@ async def token_in_body(request: web.Request) -> str | None:
     none. Bad bodies raise :class:`tokens.TokenError` with the reason."""
     if request.content_length is not None and request.content_length > _MAX_BODY_BYTES:
         raise tokens.TokenError("request body too large")
-    raw = await request.content.read(_MAX_BODY_BYTES + 1)
+    # One read returns what has arrived so far: a body split over TCP segments or TLS
+    # records is read to its end (or just past the limit).
+    raw = b""
+    while len(raw) <= _MAX_BODY_BYTES:
+        chunk = await request.content.read(_MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > _MAX_BODY_BYTES:
         raise tokens.TokenError("request body too large")
     if not raw.strip():
@@ -280,3 +309,87 @@ async def token_in_body(request: web.Request) -> str | None:
     if token is not None and not isinstance(token, str):
         raise tokens.TokenError('the body must be JSON {"token": "..."}: token is not text')
     return token
+
+
+# ---------------------------------------------------------------- endpoints both servers serve
+
+
+class Admit(Protocol):
+    """A server's admission check (its roles and session rules differ)."""
+
+    async def __call__(
+        self, request: web.Request, *, counted: bool = True, token: str | None = ..., kind: Kind
+    ) -> Admitted: ...
+
+
+class Refuse(Protocol):
+    """A server's refusal: counted by code unless ``counted`` is false, in its JSON form."""
+
+    def __call__(self, status: int, code: str, message: str, *, counted: bool) -> web.Response: ...
+
+
+def token_refusal(refuse: Refuse, error: tokens.TokenError, *, counted: bool) -> web.Response:
+    """The HTTP answer to a refused token (its status from the refusal's code)."""
+    return refuse(
+        Refusal(error.code, error.reason).status, error.code, error.reason, counted=counted
+    )
+
+
+def gated_refusal(refuse: Refuse, refusal: Refusal, *, counted: bool) -> web.Response:
+    """The HTTP answer to a connection the gate refuses."""
+    response = refuse(refusal.status, refusal.code, refusal.message, counted=counted)
+    # A refused client gets no idle keep-alive connection to hold instead.
+    response.force_close()
+    return response
+
+
+async def exchange_endpoint(
+    request: web.Request, access: Access, admit: Admit, refuse: Refuse
+) -> web.Response:
+    """``POST /api/credential`` with ``{"token": LINK}``: the page's session credential."""
+    try:
+        link = await token_in_body(request)
+    except tokens.TokenError as exc:
+        response = refuse(400, "malformed", exc.reason, counted=True)
+    else:
+        admitted = await admit(request, token=link or "", kind="link")
+        if isinstance(admitted, web.Response):
+            response = admitted
+        else:
+            claims, _session = admitted
+            response = web.json_response(access.exchange(claims).describe(time.time()))
+    response.headers.update(API_HEADERS)
+    return response
+
+
+async def probe_endpoint(
+    request: web.Request, admit: Admit, refuse: Refuse, gate: ConnectionGate, page_kind: str
+) -> web.Response:
+    """``/api/token``: why a link or a credential would be refused (a page cannot read a
+    refused websocket handshake). Pages POST ``{"token": ...}``: a URL's query would put it
+    in the browser's console when the answer is an error. Nothing here is counted: the
+    refusal was counted where it happened."""
+    try:
+        token = (
+            await token_in_body(request) if request.method == "POST" else request.query.get("token")
+        )
+    except tokens.TokenError as exc:
+        response = refuse(400, "malformed", exc.reason, counted=False)
+    else:
+        admitted = await admit(request, counted=False, token=token or "", kind="any")
+        if isinstance(admitted, web.Response):
+            response = admitted
+        else:
+            claims, session = admitted
+            refusal = gate.refusal(request.remote) or gate.session_refusal(
+                page_kind, session.session_id
+            )
+            response = (
+                gated_refusal(refuse, refusal, counted=False)
+                if refusal is not None
+                else web.json_response({"session_id": claims.session_id, "role": claims.role})
+            )
+    # The other server's page asks too (the dashboard the capture server, the call page
+    # the dashboard); the answer reveals nothing the token's holder does not know.
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    return response

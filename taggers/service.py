@@ -25,12 +25,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from infra import background
 from infra.connection_gate import (
     ConnectionGate,
     Refusal,
     Ticket,
-    close_code,
-    close_reason,
     keep_swept,
     refusal_response,
     watch_websocket,
@@ -71,6 +70,9 @@ EndLookup = Callable[[str], int | None]
 
 _CLOCKS_KEPT = 10_000  # client clocks remembered across reconnects
 _MESSAGES_BEFORE_HELLO = 20  # then the connection is closed
+#: A tagging client of a session that takes no more tags is closed once it has sent no tag
+#: for this long (a reconnected widget re-sending its unacknowledged tags gets its answers).
+_ENDED_QUIET_US = 3_000_000
 _WS_HARD_LIMIT = 1024 * 1024  # above our own limit, so an oversize message gets an answer
 _RENEWAL_TASK = "tag-credential-renewal"
 
@@ -169,14 +171,14 @@ class TagService:
         if self._owns_access:
             await self.access.start()
         if self._revocation_watcher is None:
-            self._revocation_watcher = asyncio.create_task(
-                self.access.close_revoked(lambda: list(self._connections)),
-                name="tag-revocations",
+            self._revocation_watcher = background.start(
+                lambda: self.access.close_revoked(lambda: list(self._connections)),
+                "tag-revocations",
             )
         await self._producer.start()
         await self.outbox.start()
         if self._owns_gate and self._sweeper is None:
-            self._sweeper = asyncio.create_task(keep_swept(self.gate), name="tag-gate")
+            self._sweeper = background.start(lambda: keep_swept(self.gate), "tag-gate")
 
     async def stop(self) -> None:
         sweeper, self._sweeper = self._sweeper, None
@@ -321,9 +323,7 @@ class TagService:
             raise ProtocolError(
                 "session_ended", "the session is archived: it takes no more tags", tag.tag_id
             )
-        ended_us = self._ended_at(tag.session_id) if self._ended_at is not None else None
-        if ended_us is None:
-            ended_us = session.ts_us
+        ended_us = self._ended_us(session)
         grace_s = self.settings.label_grace_s
         if received_us > ended_us + round(grace_s * 1_000_000):
             raise ProtocolError(
@@ -340,6 +340,36 @@ class TagService:
                 f"pressed {(tag.ts_us - ended_us) / 1000:.0f} ms after the session ended",
                 tag.tag_id,
             )
+
+    def _ended_us(self, session: records.SessionRecord) -> int:
+        ended_us = self._ended_at(session.session_id) if self._ended_at is not None else None
+        return session.ts_us if ended_us is None else ended_us
+
+    async def close_ended_sessions(self) -> None:
+        """Close (4409 ``session_ended``) the tagging connections of sessions that take no
+        more tags: archived, or ended more than ``label_grace_s`` ago. Until then a widget
+        stays connected to re-send what it holds; after, it would only be refused."""
+        now_us = self.clock()
+        grace_us = round(self.settings.label_grace_s * 1_000_000)
+        closing = []
+        for connection in list(self._connections):
+            if connection.session is None:
+                continue
+            session = await self.sessions(connection.session.session_id)
+            if session is None or session.state not in OVER_STATES:
+                continue
+            if session.state != "archived" and now_us <= self._ended_us(session) + grace_us:
+                continue
+            if now_us - connection.last_tag_us < _ENDED_QUIET_US:
+                continue  # re-sending what it holds: answered first, closed once quiet
+            closing.append(
+                connection.end_access(
+                    "session_ended", f"the session is {session.state}: it takes no more tags"
+                )
+            )
+        for failure in await asyncio.gather(*closing, return_exceptions=True):
+            if isinstance(failure, Exception):
+                log.warning("closing a tagging connection of an ended session failed: %s", failure)
 
     async def store(self, tag: records.TagEvent) -> tuple[records.TagEvent, bool, bool]:
         """Make a tag safe once: (the stored tag, duplicate, held)."""
@@ -393,6 +423,8 @@ class TagConnection:
         self._hello_refusal: ProtocolError | None = None  # why the latest hello was refused
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: When this client last said hello or sent a tag (the service's clock).
+        self.last_tag_us = service.clock()
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -426,14 +458,13 @@ class TagConnection:
         code and reason."""
         if not told:
             self.service.refusals[error.code] += 1
-            # A peer that reads nothing must not hold the close: the gate cuts what lingers.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.service.settings.ws_close_timeout_s):
-                    await self.send(error.to_message())
-        with contextlib.suppress(Exception):
-            await self.ws.close(
-                code=close_code(error.code), message=close_reason(error.code, error.message)
-            )
+        await credentials.end_connection(
+            self.ws,
+            None if told else self.send(error.to_message()),
+            error.code,
+            error.message,
+            self.service.settings.ws_close_timeout_s,
+        )
 
     def hello_expired(self) -> None:
         """The gate's hello deadline passed: close unless welcomed (a hello being checked
@@ -559,17 +590,13 @@ class TagConnection:
         self._tasks.add(renewal)
         renewal.add_done_callback(self._tasks.discard)
 
-    async def end_access(self, close_code: int, code: str, message: str) -> None:
-        """The rater's link was revoked or ran out: say why, then close (the widget stops
-        reconnecting on these close codes)."""
-        self.service.refusals[code] += 1
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.service.settings.ws_close_timeout_s):
-                await self.send(ProtocolError(code, message).to_message())
-        with contextlib.suppress(Exception):
-            await self.ws.close(code=close_code, message=credentials.close_reason(code, message))
+    async def end_access(self, code: str, message: str) -> None:
+        """The rater's link was revoked or ran out, or the session is over: say why, then
+        close (the widget stops reconnecting on these close codes)."""
+        await self._shut(ProtocolError(code, message))
 
     async def _tag(self, message: TagMessage | UndoMessage, received_us: int) -> None:
+        self.last_tag_us = received_us
         try:
             assert self.claims is not None
             assert self.session is not None

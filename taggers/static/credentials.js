@@ -161,7 +161,8 @@
   // Close codes of a connection whose link was revoked / ran out (taggers/credentials.py).
   LivetagCredentials.CLOSE_REVOKED = 4403;
   LivetagCredentials.CLOSE_LINK_EXPIRED = 4410;
-  LivetagCredentials.isFinalClose = (code) => code === 4403 || code === 4410;
+  // Revoked (4403), the session over (4409), the link ran out (4410): rejoining cannot help.
+  LivetagCredentials.isFinalClose = (code) => code === 4403 || code === 4409 || code === 4410;
   // "revoked: your links ..." -> the message part, for people.
   LivetagCredentials.closeMessage = (reason) => String(reason || "").replace(/^[a-z_]+: /, "") || "access ended";
 

@@ -8,8 +8,8 @@
 //    welcome and the first clock_probe answered on that connection. The token is the
 //    page's session credential (credentials.js), read at every (re)connect from
 //    opts.token (a function); the service's renewals ({type:"credential"}) go to
-//    opts.onCredential. A connection closed because its link was revoked or ran out
-//    (4403, 4410) is not reopened.
+//    opts.onCredential. A connection closed because its link was revoked or ran out, or
+//    because the session is over (4403, 4410, 4409), is not reopened.
 //  - A tag carries the client's key-press time (event.timeStamp on the Unix clock) and,
 //    when watching a performer's video, the RTP timestamp of the frame on screen.
 //  - Every tag stays in a persisted outbox until acked, and is re-sent on reconnect (the
@@ -284,8 +284,9 @@
         this.connected = false;
         this.ready = false;
         this.synced = false;
-        if (event.code === 4403 || event.code === 4410) {
-          // The director revoked this link, or it ran out: reconnecting cannot help.
+        if (event.code === 4403 || event.code === 4409 || event.code === 4410) {
+          // The director revoked this link, the session is over, or the link ran out:
+          // reconnecting cannot help.
           this.stopped = true;
           this._setStatus(String(event.reason || "access ended").replace(/^[a-z_]+: /, ""));
           this._render();

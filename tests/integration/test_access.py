@@ -26,7 +26,7 @@ from capture.server import CaptureServer
 from dashboard.server import DashboardServer
 from infra.settings import Settings, to_environment
 from streams import kafka, records, revocations, topics
-from streams.sessions import SessionDirectory, create_session
+from streams.sessions import SessionDirectory, create_session, publish
 from taggers import credentials, tokens
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import TagClient, wall_us
@@ -544,3 +544,31 @@ async def test_tokens_stay_out_of_the_logs(
     logged = caplog.text + "\n".join(access)
     for secret in (link_token, credential, link_token.split(".")[2], credential.split(".")[2]):
         assert secret not in logged
+
+
+async def test_the_end_of_a_session_closes_its_call_pages_with_the_reason(
+    deployment: Deployment,
+) -> None:
+    capture = deployment.capture
+    link = tokens.invite(
+        deployment.settings, deployment.session, deployment.secret, role="director"
+    )
+    async with aiohttp.ClientSession() as http:
+        credential = await credential_for(http, capture, link.url)
+        call = await http.ws_connect(
+            deployment.ws(capture, "/ws/call"), protocols=as_browser(credential)
+        )
+        await first_of(call, "welcome")
+        ended = deployment.session.model_copy(update={"state": "ended", "ts_us": wall_us()})
+        producer = kafka.make_producer(deployment.settings)
+        await producer.start()
+        try:
+            await publish(producer, ended)
+        finally:
+            await producer.stop()
+        # Closed with 4409 (the page stops rejoining), told why first.
+        seen, code, reason = await until_closed(call, timeout_s=10)
+        assert code == 4409, (code, reason)
+        assert reason.startswith("session_ended: ")
+        assert [m["code"] for m in seen if m["type"] == "error"] == ["session_ended"]
+        assert capture.refusals["session_ended"] == 1

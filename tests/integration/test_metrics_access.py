@@ -16,8 +16,8 @@ from pydantic import SecretStr
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer, SessionFeed
-from infra.metrics_access import MetricsGuard, is_loopback
-from infra.settings import Settings
+from infra.metrics_access import MetricsGuard
+from infra.settings import Settings, is_loopback
 from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers.tokens import load_secret
@@ -104,6 +104,11 @@ async def test_metrics_refuse_other_machines_and_want_the_token_when_one_is_set(
     refused = await open_guard(request_from("192.0.2.7"))
     assert refused.status == 403
     assert refusals == {"metrics_forbidden": 1}
+    # A reverse proxy on this machine: loopback, but the client is elsewhere.
+    for header in ("Forwarded", "X-Forwarded-For", "X-Real-IP"):
+        proxied = await open_guard(request_from("127.0.0.1", {header: "192.0.2.7"}))
+        assert proxied.status == 403, header
+    assert refusals == {"metrics_forbidden": 4}
 
     with_token = web_settings.model_copy(update={"metrics_token": SecretStr(TOKEN)})
     guarded = MetricsGuard(with_token, refusals).wrap(metrics)

@@ -20,6 +20,7 @@ def gate(
     total: int = 100,
     per_address: int = 100,
     per_session: int = 100,
+    unwelcomed: int = 100,
     hello_s: float = 5.0,
     close_s: float = 2.0,
 ) -> ConnectionGate:
@@ -27,6 +28,7 @@ def gate(
         max_total=total,
         max_per_address=per_address,
         max_per_session=per_session,
+        max_unwelcomed=unwelcomed,
         hello_timeout_s=hello_s,
         close_timeout_s=close_s,
     )
@@ -76,6 +78,7 @@ class FakeConnection:
         ("too_many_clients", 4429),
         ("too_many_connections", 4429),
         ("server_busy", 4503),
+        ("too_many_waiting", 4503),
         ("hello_first", 4400),
         ("something_new", 4400),
     ],
@@ -142,6 +145,31 @@ def test_the_connection_beyond_the_total_is_refused_whatever_its_address() -> No
         ticket.release()
     assert (g.open, g.open_from("192.0.2.1"), g._addresses) == (0, 0, {})
     assert g.refusal("192.0.2.3") is None
+
+
+def test_connections_without_a_hello_share_a_small_room_that_pages_still_get_past() -> None:
+    connections = gate(total=10, unwelcomed=3)
+    waiting = [
+        admitted(connections.enter(f"10.0.0.{i}", 0.0, hello_deadline=True)) for i in range(3)
+    ]
+    refused = connections.enter("10.0.0.9", 0.0, hello_deadline=True)
+    assert isinstance(refused, Refusal)
+    assert (refused.code, refused.status) == ("too_many_waiting", 503)
+    assert connections.open == 3
+    assert connections.unwelcomed == 3
+    # A page that needs no hello (its credential was checked at the upgrade) still enters.
+    admitted(connections.enter("10.0.0.9", 0.0))
+    # A welcome frees a place in the waiting room, and so does a release; neither twice.
+    waiting[0].welcome()
+    waiting[0].welcome()
+    waiting[1].release()
+    waiting[1].release()
+    assert connections.unwelcomed == 1
+    admitted(connections.enter("10.0.0.10", 0.0, hello_deadline=True))
+    admitted(connections.enter("10.0.0.11", 0.0, hello_deadline=True))
+    assert connections.unwelcomed == 3
+    waiting[0].release()  # welcomed: its release leaves the waiting count alone
+    assert connections.unwelcomed == 3
 
 
 def test_sessions_are_capped_per_kind_and_a_refused_join_takes_nothing() -> None:

@@ -1,0 +1,36 @@
+"""A server's background loop that fails is logged, counted and started again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from infra import background
+
+
+async def test_a_failing_loop_is_started_again_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs: list[int] = []
+    working = asyncio.Event()
+
+    async def watcher() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise RuntimeError("the revocation list went away")
+        working.set()
+        await asyncio.Event().wait()  # then works for the server's life
+
+    before = background.RESTARTS["test-watcher"]
+    task = asyncio.create_task(background.keep_running(watcher, "test-watcher", restart_after_s=0))
+    async with asyncio.timeout(5):
+        await working.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert runs == [0, 1, 2]
+    assert background.RESTARTS["test-watcher"] - before == 2
+    failures = [r for r in caplog.records if "test-watcher failed" in r.getMessage()]
+    assert len(failures) == 2
+    assert failures[0].exc_info is not None  # the traceback says where
