@@ -415,6 +415,8 @@ class PerformerFork:
         self._audio_drained.set()
         self._audio_sender: asyncio.Task[None] | None = None
         self._audio_partition: int | None = None
+        # Failures of audio sends other than the broker's refusals, by exception type.
+        self._audio_send_failures: collections.Counter[str] = collections.Counter()
         self._audio_queue: asyncio.Queue[tuple[av.Packet, Stamp]] = asyncio.Queue(
             maxsize=AUDIO_QUEUE_FRAMES
         )
@@ -629,7 +631,15 @@ class PerformerFork:
             if wait_us > 0 and len(spool) < AUDIO_SEND_CHUNKS:
                 await asyncio.sleep(wait_us / 1_000_000)
             group = list(itertools.islice(spool, AUDIO_SEND_CHUNKS))
-            delivered = await self._deliver_audio(group)
+            try:
+                delivered = await self._deliver_audio(group)
+            except Exception as exc:
+                # Not the broker's refusal (a KafkaError, handled there) but anything else,
+                # such as aiokafka asserting the partition is in its metadata: it must not
+                # end this task, which would leave the audio to fill the spool and be lost.
+                self._audio_partition = None  # chosen again from the current metadata
+                self._log_send_failure(exc)
+                delivered = 0
             for _ in range(delivered):
                 spool.popleft()
             if delivered:
@@ -638,6 +648,23 @@ class PerformerFork:
             self.stats.audio_send_retries += 1
             await asyncio.sleep(retry_s)
             retry_s = min(retry_s * 2, AUDIO_RETRY_MAX_S)
+
+    def _log_send_failure(self, exc: Exception) -> None:
+        # The first failure of each kind with its traceback, then every 100th: a fault that
+        # repeats every retry for an hour must not flood the log.
+        kind = type(exc).__name__
+        self._audio_send_failures[kind] += 1
+        count = self._audio_send_failures[kind]
+        if count == 1 or count % 100 == 0:
+            log.warning(
+                "%s/%s: sending audio failed with %s: %s (%d times so far); sending it again",
+                self._session_id,
+                self._performer_id,
+                kind,
+                exc,
+                count,
+                exc_info=count == 1,
+            )
 
     async def _deliver_audio(self, group: list[_SpooledChunk]) -> int:
         """Send the oldest chunks as one batch and wait for the broker; how many it took.

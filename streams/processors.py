@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import faust
 
+from infra.redaction import install_token_filter
 from infra.settings import Settings, load_settings
 from streams import face_model, group_members, records, topics
 from streams.aligner import add_aligner
@@ -416,11 +417,28 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     return app
 
 
+def setup_logging(level: str) -> None:
+    """Logging until the faust worker starts (it sets up its own: ProcessorWorker)."""
+    logging.basicConfig(level=level)
+    # Join links and credentials are bearer secrets: as in every livetag process, whatever
+    # logs one by accident (an exception's text, a library's warning) prints a mask instead.
+    install_token_filter()
+
+
+class ProcessorWorker(faust.Worker):
+    """faust's worker, with the token filter on the log handlers it puts in place of the
+    root logger's when it starts (the ones setup_logging filtered are gone by then)."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        install_token_filter(logger)
+
+
 def main() -> None:
     """``python -m streams.processors SESSION_ID``: run one session's processors, as its
     record on livetag.sessions describes it."""
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level)
+    setup_logging(settings.log_level)
     if len(sys.argv) != 2:
         sys.exit("usage: python -m streams.processors SESSION_ID")
     try:
@@ -433,7 +451,7 @@ def main() -> None:
     app = build_app(settings, session)
     # A processor of this session killed before us (on this machine) is not waited for.
     asyncio.run(group_members.evict_dead_members(settings, app_id(session.session_id)))
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker = ProcessorWorker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
 
 

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 #: The states of a session that is over: nothing more is recorded in it.
 OVER_STATES = ("ended", "archived")
+#: Dead letters of session records on their way to the broker at most: a flood of bad
+#: records while the broker is slow or away costs a bounded number of tasks and messages.
+DEAD_LETTERS_IN_FLIGHT = 100
 
 
 def now_us() -> int:
@@ -113,7 +116,8 @@ class SessionDirectory:
     stop it: a record that does not decode is skipped, counted (``undecodable``), logged,
     and, when the owner gives a producer, dead-lettered under the owner's ``service``
     name (only records that arrive while it follows: the ones read again at start were
-    there for the previous run to reject)."""
+    there for the previous run to reject; at most DEAD_LETTERS_IN_FLIGHT on their way at
+    once, the rest counted in ``dead_letters_dropped``)."""
 
     def __init__(
         self,
@@ -136,6 +140,9 @@ class SessionDirectory:
         self.undecodable = 0
         #: Dead letters that could not be produced (the broker refused or was away).
         self.dead_letters_failed = 0
+        #: Dead letters never sent, as DEAD_LETTERS_IN_FLIGHT were already on their way
+        #: (their records are still skipped and counted in ``undecodable``).
+        self.dead_letters_dropped = 0
         #: Times reading the topic failed (the directory retried each time).
         self.read_errors = 0
 
@@ -294,6 +301,18 @@ class SessionDirectory:
         log.warning("skipping undecodable session record at offset %s: %s", offset, reason)
         producer = self._dead_letters
         if producer is None or not live:
+            return
+        if len(self._letters) >= DEAD_LETTERS_IN_FLIGHT:
+            self.dead_letters_dropped += 1
+            if self.dead_letters_dropped % 100 == 1:
+                log.warning(
+                    "%d dead letters of session records are still on their way to %s: "
+                    "the one for offset %s is not sent (%d not sent so far)",
+                    len(self._letters),
+                    topics.DEADLETTER,
+                    offset,
+                    self.dead_letters_dropped,
+                )
             return
         letter = records.DeadLetter.of(
             ts_us=now_us(),

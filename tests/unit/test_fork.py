@@ -481,3 +481,50 @@ async def test_audio_left_in_the_spool_when_the_performer_leaves_is_counted() ->
     assert fork.stats.audio_chunks_dropped >= 19
     assert fork.stats.audio_lost_ms == fork.stats.audio_chunks_dropped * 20
     assert len(fork.stats.audio_lost_spans) == 1
+
+
+class PartitionAssertingProducer(FlakyBroker):
+    """Stores every batch, except that its first ``send_batch`` fails as aiokafka's does when
+    the partition is missing from its metadata: an AssertionError, not a KafkaError."""
+
+    def __init__(self) -> None:
+        super().__init__(outage_attempts=0)
+        self.lookups = 0
+        self.asserted = False
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        self.lookups += 1
+        return await super().partitions_for(topic)
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        if not self.asserted:
+            self.asserted = True
+            raise AssertionError(f"Unrecognized partition {partition}")
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+async def test_audio_survives_a_send_that_fails_with_no_kafka_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = PartitionAssertingProducer()
+    fork = audio_fork(broker)
+    fork.start()
+    try:
+        for index, packet in enumerate(opus_packets(50)):
+            fork.offer_audio(packet, Stamp(T0 + index * 20_000, "sender_report", index * 960))
+        # Without the fix the sender task ended at the AssertionError: nothing arrived.
+        await until(lambda: fork.stats.audio_chunks_out >= 45, timeout_s=5.0)
+    finally:
+        await fork.stop()
+    assert broker.asserted
+    assert fork.stats.audio_send_retries == 1
+    assert fork.stats.audio_chunks_dropped == fork.stats.audio_lost_ms == 0
+    seqs = [chunk.header.seq for chunk in broker.stored]
+    assert seqs == list(range(len(seqs))), "every chunk once, in order"
+    assert fork.stats.audio_chunks_out == len(seqs)
+    # The partition was chosen again from the producer's metadata before the retry.
+    assert broker.lookups == 2
+    failures = [r for r in caplog.records if "sending audio failed" in r.getMessage()]
+    assert len(failures) == 1
+    assert failures[0].levelname == "WARNING"
+    assert "AssertionError: Unrecognized partition" in failures[0].getMessage()

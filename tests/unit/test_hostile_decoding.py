@@ -25,10 +25,17 @@ from streams import archive, export, records, replay, strict_json
 from taggers.protocol import ProtocolError, parse_client_message
 from tests.samples import all_records
 
+# Each path is tried up to its own limit and just past it: hypothesis draws sizes near the
+# limit in about a sixth of its examples, and the explicit cases at the end of this file
+# check that the limit itself is accepted and one byte more is refused.
 TAG_LIMIT = Settings.model_fields["tag_max_message_bytes"].default
 SIGNALING_LIMIT = Settings.model_fields["max_message_bytes"].default
-#: The Kafka record paths are tried with payloads up to here (the brief: at least 1 MB).
-RECORD_LIMIT = 1024 * 1024 + 1
+#: A Kafka record's value or media header, and a JSON cell or line of an archive or export.
+RECORD_LIMIT = records.MAX_JSON_RECORD_BYTES
+MANIFEST_LIMIT = archive.MAX_MANIFEST_BYTES
+#: A CSV export's cell: Python's csv reader refuses a longer field (its field_size_limit,
+#: left at its default), before the cell's own JSON limit is reached.
+CSV_CELL_LIMIT = csv.field_size_limit()
 
 # ---------------------------------------------------------------- hostile JSON text
 
@@ -177,7 +184,7 @@ hostile_settings = settings(
 @given(data=hostile([{"a": 1}], RECORD_LIMIT))
 def test_strict_json_returns_json_or_refuses_with_a_reason(data: bytes) -> None:
     value = outcome(
-        lambda: strict_json.loads(data, max_bytes=RECORD_LIMIT - 1),
+        lambda: strict_json.loads(data, max_bytes=RECORD_LIMIT),
         strict_json.JsonInputError,
         lambda exc: exc.reason,
     )
@@ -386,7 +393,7 @@ def _manifest() -> dict[str, Any]:
 
 
 @hostile_settings
-@given(data=hostile([_manifest()], archive.MAX_MANIFEST_BYTES // 8))
+@given(data=hostile([_manifest()], MANIFEST_LIMIT))
 def test_archive_manifests_load_or_raise_archive_errors(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
@@ -459,7 +466,7 @@ def test_csv_exports_read_back_or_raise_export_errors(
         with path.open(encoding="utf-8", newline="") as handle:
             header, row = list(csv.reader(handle))
         column = data.draw(st.integers(0, len(header) - 1))
-        hostile_cell = data.draw(hostile([{"value": row[column]}], RECORD_LIMIT))
+        hostile_cell = data.draw(hostile([{"value": row[column]}], CSV_CELL_LIMIT))
         with path.open("w", encoding="utf-8", newline="", errors="surrogateescape") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
@@ -467,3 +474,176 @@ def test_csv_exports_read_back_or_raise_export_errors(
             writer.writerow(row)
         rows = outcome(lambda: export.read_csv(path, kind), export.ExportError, str)
         assert rows is None or all(isinstance(r, type(sample)) for r in rows)
+
+
+# ---------------------------------------------------------------- each path at its limit
+# A valid payload grown with whitespace (still the same JSON) to exactly the path's limit
+# is read as it is, one byte more is refused with the path's own error; hostile values in a
+# payload of the limit's size are refused as at any size.
+
+
+def _grown(data: bytes, size: int) -> bytes:
+    assert len(data) <= size
+    return data + b" " * (size - len(data))
+
+
+def _deep_and_huge(limit: int) -> list[tuple[bytes, str]]:
+    """Hostile documents of exactly ``limit`` bytes, with the reason each is refused for:
+    nesting far past the limit, and an integer int() would refuse with a bare ValueError."""
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    return [
+        (_grown(deep, limit), "nested too deeply"),
+        (_grown(b'{"a":' + b"7" * 5000 + b"}", limit), "outside the signed 64-bit range"),
+    ]
+
+
+def _refused(call: Callable[[], Any], error: type[Exception], reason: str) -> None:
+    with pytest.raises(error) as refused:
+        call()
+    assert type(refused.value) is error
+    assert reason in str(refused.value)
+
+
+SIZE_REFUSED = "more than the"
+
+
+def test_kafka_records_are_read_up_to_their_limit_and_refused_past_it() -> None:
+    session = next(r for r in JSON_SAMPLES if isinstance(r, records.SessionRecord))
+    message = records.encode(session)
+    at_limit = _grown(message.value, RECORD_LIMIT)
+    assert records.decode(records.SessionRecord, at_limit, message.headers) == session
+    over = at_limit + b" "
+    _refused(
+        lambda: records.decode(records.SessionRecord, over, message.headers),
+        records.RecordError,
+        SIZE_REFUSED,
+    )
+    for hostile_value, reason in _deep_and_huge(RECORD_LIMIT):
+        decode = functools.partial(
+            records.decode, records.SessionRecord, hostile_value, message.headers
+        )
+        _refused(decode, records.RecordError, reason)
+
+
+def test_kafka_media_headers_are_read_up_to_their_limit_and_refused_past_it() -> None:
+    sample = next(r for r in MEDIA_SAMPLES if isinstance(r, records.VideoFrame))
+    message = records.encode(sample)
+    header = dict(message.headers)[records.MEDIA_HEADER]
+    record_type = (records.RECORD_HEADER, dict(message.headers)[records.RECORD_HEADER])
+
+    def decode(media_header: bytes) -> records.VideoFrame:
+        headers = [record_type, (records.MEDIA_HEADER, media_header)]
+        return records.decode(records.VideoFrame, message.value, headers)
+
+    assert decode(_grown(header, RECORD_LIMIT)) == sample
+    _refused(lambda: decode(_grown(header, RECORD_LIMIT + 1)), records.RecordError, SIZE_REFUSED)
+
+
+def test_archive_rows_of_kafka_parts_are_read_up_to_their_limit_and_refused_past_it() -> None:
+    hops = next(r for r in JSON_SAMPLES if isinstance(r, records.ProsodyHops))
+    message = records.encode(hops)
+    rows = archive.decode_rows("prosody", _grown(message.value, RECORD_LIMIT), message.headers)
+    assert list(rows) == hops.frames()
+    over = _grown(message.value, RECORD_LIMIT + 1)
+    _refused(
+        lambda: archive.decode_rows("prosody", over, message.headers),
+        records.RecordError,
+        SIZE_REFUSED,
+    )
+
+
+@pytest.mark.parametrize(
+    ("parse", "message", "limit", "error"),
+    [
+        (
+            lambda raw: parse_client_message(raw, TAG_LIMIT),
+            TAG_MESSAGES[2],
+            TAG_LIMIT,
+            ProtocolError,
+        ),
+        (
+            lambda raw: signaling.parse_page_message(raw, max_bytes=SIGNALING_LIMIT),
+            SIGNALING_MESSAGES[0],
+            SIGNALING_LIMIT,
+            signaling.SignalingError,
+        ),
+        (
+            parse_dashboard_message,
+            {"type": "take_start"},
+            MAX_DASHBOARD_MESSAGE_BYTES,
+            ActionError,
+        ),
+    ],
+    ids=["tag", "signaling", "dashboard"],
+)
+def test_websocket_messages_are_read_up_to_their_limit_and_refused_past_it(
+    parse: Callable[[str], Any], message: dict[str, Any], limit: int, error: type[Exception]
+) -> None:
+    # As a browser sends them: text frames.
+    text = json.dumps(message)
+    assert parse(_grown(text.encode(), limit).decode()) is not None
+    with pytest.raises(error):
+        parse(_grown(text.encode(), limit + 1).decode())
+
+
+def test_archive_manifests_are_read_up_to_their_limit_and_refused_past_it(
+    tmp_path: Path,
+) -> None:
+    manifest = json.dumps(_manifest()).encode()
+    (tmp_path / archive.MANIFEST).write_bytes(_grown(manifest, MANIFEST_LIMIT))
+    session, media = replay.load_media(tmp_path)
+    assert session.model_dump(mode="json") == _manifest()["session"]
+    assert media == []
+    (tmp_path / archive.MANIFEST).write_bytes(_grown(manifest, MANIFEST_LIMIT + 1))
+    _refused(lambda: replay.load_media(tmp_path), archive.ArchiveError, SIZE_REFUSED)
+    for hostile_manifest, reason in _deep_and_huge(MANIFEST_LIMIT):
+        (tmp_path / archive.MANIFEST).write_bytes(hostile_manifest)
+        _refused(lambda: replay.load_media(tmp_path), archive.ArchiveError, reason)
+
+
+def test_archive_table_cells_are_read_up_to_their_limit_and_refused_past_it() -> None:
+    face = next(r for r in NESTED_SAMPLES if isinstance(r, records.FaceFrame))
+    table = archive.record_table(records.FaceFrame, [face])
+    column = table.schema.get_field_index("landmarks")
+    cell = table.column("landmarks")[0].as_py().encode()
+
+    def read_with(text: bytes) -> list[records.FaceFrame]:
+        cells = pa.array([text.decode()], pa.string())
+        return archive.table_records(
+            records.FaceFrame, table.set_column(column, "landmarks", cells)
+        )
+
+    assert read_with(_grown(cell, RECORD_LIMIT)) == [face]
+    _refused(lambda: read_with(_grown(cell, RECORD_LIMIT + 1)), archive.ArchiveError, SIZE_REFUSED)
+
+
+def test_jsonl_export_lines_are_read_up_to_their_limit_and_refused_past_it(
+    tmp_path: Path,
+) -> None:
+    tag = next(r for r in NESTED_SAMPLES if isinstance(r, records.TagEvent))
+    path = tmp_path / "tags.jsonl"
+    # The limit holds for the line as read, its newline included.
+    path.write_bytes(_grown(records.encode(tag).value, RECORD_LIMIT - 1) + b"\n")
+    assert export.read_jsonl(path, "tags") == [tag]
+    path.write_bytes(_grown(records.encode(tag).value, RECORD_LIMIT) + b"\n")
+    _refused(lambda: export.read_jsonl(path, "tags"), export.ExportError, SIZE_REFUSED)
+
+
+def test_csv_export_cells_are_read_up_to_their_limit_and_refused_past_it(tmp_path: Path) -> None:
+    tag = next(r for r in NESTED_SAMPLES if isinstance(r, records.TagEvent))
+    path = tmp_path / "tags.csv"
+    export._write_csv(path, records.TagEvent, [tag])
+    with path.open(encoding="utf-8", newline="") as handle:
+        header, row = list(csv.reader(handle))
+    column = header.index("timing")  # a JSON cell
+
+    def write_with(cell: str) -> None:
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerow([*row[:column], cell, *row[column + 1 :]])
+
+    write_with(_grown(row[column].encode(), CSV_CELL_LIMIT).decode())
+    assert export.read_csv(path, "tags") == [tag]
+    write_with(_grown(row[column].encode(), CSV_CELL_LIMIT + 1).decode())
+    _refused(lambda: export.read_csv(path, "tags"), export.ExportError, "field larger than")

@@ -1,0 +1,85 @@
+"""The session directory's dead letters with a fake producer (the real broker's case is in
+tests/integration/test_session_directory.py): a flood of bad records while the broker is
+stuck costs a bounded number of dead letters on their way, and the rest are counted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiokafka import ConsumerRecord
+
+from infra.settings import Settings
+from streams import records, sessions, topics
+
+
+class StuckProducer:
+    """Takes dead letters and acknowledges none until the test releases them."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.waiting = 0
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, *, key: Any, headers: Any) -> None:
+        self.waiting += 1
+        await self.release.wait()
+        self.waiting -= 1
+        self.sent.append((topic, value))
+
+
+def _bad_record(offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=topics.SESSIONS,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"s-1",
+        value=b'{"ts_us":' + b"7" * 5000 + b"}",
+        checksum=None,
+        serialized_key_size=3,
+        serialized_value_size=5010,
+        headers=[],
+    )
+
+
+async def test_dead_letters_on_their_way_are_capped_and_the_rest_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer = StuckProducer()
+    directory = sessions.SessionDirectory(Settings(), dead_letters=producer)
+    cap = sessions.DEAD_LETTERS_IN_FLIGHT
+    try:
+        with caplog.at_level(logging.WARNING, logger="streams.sessions"):
+            for offset in range(cap + 250):
+                directory._take(_bad_record(offset), live=True)
+            await asyncio.sleep(0)  # the dead letters' tasks reach the stuck producer
+        assert directory.undecodable == cap + 250
+        assert producer.waiting == cap
+        assert directory.dead_letters_dropped == 250
+        refusals = [r.getMessage() for r in caplog.records if "not sent" in r.getMessage()]
+        # The first one not sent, then one line per 100 more: a flood does not flood the log.
+        assert len(refusals) == 3
+        assert f"the one for offset {cap} is not sent (1 not sent so far)" in refusals[0]
+
+        producer.release.set()
+        async with asyncio.timeout(5):
+            while producer.waiting or len(producer.sent) < cap:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        # Room again once the broker took them: the next bad record is dead-lettered.
+        directory._take(_bad_record(cap + 250), live=True)
+        async with asyncio.timeout(5):
+            while len(producer.sent) < cap + 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        assert directory.dead_letters_dropped == 250
+        assert directory.dead_letters_failed == 0
+        letters = [records.decode(records.DeadLetter, value) for _, value in producer.sent]
+        assert {topic for topic, _ in producer.sent} == {topics.DEADLETTER}
+        assert [letter.source_offset for letter in letters] == [*range(cap), cap + 250]
+    finally:
+        producer.release.set()
+        await directory.stop()
+        await directory._consumer.stop()  # made, never started: closed all the same
