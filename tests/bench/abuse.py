@@ -7,7 +7,8 @@ Run: ``.venv/bin/python -m tests.bench.abuse [--quiet 30] [--abuse 60] [--outage
 processor worker, recorder, dashboard). Two performer pages in headless Chromium publish
 real face and speech media and watch each other; three observers (links made with
 ``livetag session invite``) tag at a steady rate over real websocket tagging clients
-(``tests.tag_client``, which re-send what was not acknowledged, as the widget does).
+(``tests.tag_client``, which re-send what was not acknowledged, as the widget does), each
+with the session credential its link was exchanged for.
 
 Phases, one after the other:
 1. quiet (``--quiet`` s): the observers tag; their acknowledgement times are the baseline.
@@ -21,9 +22,10 @@ Phases, one after the other:
      ``/ws/call`` and ``/ws/dashboard`` with the director's token): invalid JSON, invalid
      UTF-8, numbers of 5000 digits, nesting 100000 deep, messages over the size limit,
      wrong types;
-   - token replays: an observer link revoked with ``livetag session revoke``, and expired
-     tokens, each tried 100 times on every endpoint;
-   - a second publisher: a call page's websocket opened with a live performer's link.
+   - token replays: the session credential of an observer revoked with ``livetag session
+     revoke`` and an expired credential, 100 times on every websocket; the revoked
+     observer's link and an expired link, 100 times at each server's credential exchange;
+   - a second publisher: a second page with a live performer's link asks to publish.
 3. outage (``--outage`` s): the embedded broker is frozen (SIGSTOP, every client
    connection to it reset each second, as clients of a broker restarting on its log see
    it), then thawed; the observers go on tagging.
@@ -32,8 +34,8 @@ Phases, one after the other:
 Last line, one JSON object:
 - ``unauthenticated_accepted``: unauthenticated connections still open 1 s past the hello
   deadline (refused at the upgrade or closed in time: not counted);
-- ``revoked_accepted``: revoked or expired tokens that were let in (a tagging welcome, or
-  a websocket still open 1 s after the upgrade);
+- ``revoked_accepted``: revoked or expired tokens that were let in (a tagging welcome, an
+  upgraded call or dashboard websocket, a credential for a link);
 - ``services_crashed``: livetag's processes that died or were restarted meanwhile (a
   supervised restart counts too), and ``livetag up`` itself exiting;
 - ``tags_lost``: tags pressed but never acknowledged or never on ``livetag.tags``;
@@ -42,7 +44,8 @@ Last line, one JSON object:
   seconds the performer's page was not publishing (its publication down, as the page and
   the server's counters say);
 - ``tag_ack_ms_p99_quiet``, ``tag_ack_ms_p99_under_abuse`` (tags written during the abuse
-  phase), ``tag_ack_ratio`` (under abuse / quiet).
+  phase), ``tag_ack_ratio`` (under abuse / quiet);
+- ``second_publisher_took_over``: 1 when the second page got the performer's media.
 Details (each loop's outcome by refusal, the pages' publications, CPU) go in ``details``.
 """
 
@@ -50,8 +53,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -78,6 +83,7 @@ from tests.bench.capture import BenchError, free_port, percentile
 from tests.bench.common import ROOT, reexec_in_netns
 from tests.bench.drill import cut_broker_connections
 from tests.bench.scene import (
+    CpuMeter,
     LabelLog,
     LivetagUp,
     MediaLog,
@@ -95,12 +101,14 @@ UNAUTHENTICATED_CONNECTS = 2000
 UNAUTHENTICATED_AT_ONCE = 200
 MALFORMED_PER_ENDPOINT = 500
 REPLAYS_PER_ENDPOINT = 100
+ANSWER_TIMEOUT_S = 10.0  # a hello with no answer this long is reported as no_answer
 HELLO_GRACE_S = 1.0  # a connection still open this long past the deadline was accepted
+DRAIN_S = 0.25  # then what is in its socket is read, if the attacker's loop was late
 TAGS_PER_S_PER_OBSERVER = 2.0
 AFTER_OUTAGE_S = 20.0
 ACK_TIMEOUT_S = 90.0
 OBSERVERS = ("observer-a", "observer-b", "observer-c")
-LABELS = ("amused", "embarrassed", "hesitant", "angry")
+LABELS = ("amusement", "embarrassment", "hesitation", "anger")  # in the default vocabulary
 
 
 def wall_ms() -> float:
@@ -143,6 +151,7 @@ class Outcomes:
     malformed: dict[str, Counter[str]] = field(default_factory=dict)
     replays: dict[str, Counter[str]] = field(default_factory=dict)
     second_publisher: dict[str, Any] = field(default_factory=dict)
+    attacker_lag_ms_max: float = 0.0
 
     def unauthenticated_accepted(self) -> int:
         return self.unauthenticated["open_past_deadline"]
@@ -188,13 +197,25 @@ async def hold_unauthenticated(
                 aiohttp.WSMsgType.ERROR,
             ):
                 return close_reason(ws)
+        if not ws.closed:
+            # This process holds hundreds of sockets: a close that arrived while its loop
+            # was busy may still wait unread. What is not read within a moment was not sent.
+            with contextlib.suppress(TimeoutError):
+                message = await ws.receive(timeout=DRAIN_S)
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    return close_reason(ws)
+                message = await ws.receive(timeout=DRAIN_S)  # after the refusal's text
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    return close_reason(ws)
         return "open_past_deadline" if not ws.closed else close_reason(ws)
     finally:
         await ws.close()
 
 
-async def unauthenticated_flood(base_ws: str, deadline_s: float, outcomes: Outcomes) -> None:
-    endpoints = [f"{base_ws}/ws/tag", f"{base_ws}/ws/call", f"{base_ws}/ws/dashboard"]
+async def unauthenticated_flood(
+    base_ws: str, dashboard_ws: str, deadline_s: float, outcomes: Outcomes
+) -> None:
+    endpoints = [f"{base_ws}/ws/tag", f"{base_ws}/ws/call", f"{dashboard_ws}/ws/dashboard"]
     connector = aiohttp.TCPConnector(local_addr=(ATTACKER_ADDRESS, 0), limit=0)
     gate = asyncio.Semaphore(UNAUTHENTICATED_AT_ONCE)
     async with aiohttp.ClientSession(connector=connector) as http:
@@ -266,8 +287,9 @@ async def count_replies(ws: aiohttp.ClientWebSocketResponse, counts: Counter[str
 
 
 async def try_token(http: aiohttp.ClientSession, endpoint: str, url: str, token: str) -> str:
-    """Whether a token was let in: a welcome on the tag websocket, or a websocket that
-    stays open 1 s after the upgrade elsewhere."""
+    """Whether a token was let in: the tag service's welcome (its answer to the hello), or
+    on the other websockets an upgrade at all (they check the credential before it) and
+    the page's first message."""
     target = url if endpoint == "tag" else f"{url}?{urlencode({'token': token})}"
     try:
         ws = await http.ws_connect(target)
@@ -277,8 +299,12 @@ async def try_token(http: aiohttp.ClientSession, endpoint: str, url: str, token:
         return "connect_failed"
     try:
         if endpoint == "tag":
-            await ws.send_str(json.dumps({"type": "hello", "token": token, "clock_id": "r"}))
-        end = time.monotonic() + 1.0
+            hello = {"type": "hello", "token": token, "clock_id": "replayed-clock"}
+            await ws.send_str(json.dumps(hello))
+        else:
+            return "accepted"  # upgraded: the credential was taken
+        # The answer to the hello decides; a busy server may take a while to give it.
+        end = time.monotonic() + ANSWER_TIMEOUT_S
         while time.monotonic() < end:
             try:
                 message = await ws.receive(timeout=max(0.01, end - time.monotonic()))
@@ -292,7 +318,7 @@ async def try_token(http: aiohttp.ClientSession, endpoint: str, url: str, token:
                     return "accepted"
                 if body.get("type") == "error":
                     return f"error_{body.get('code')}"
-        return "accepted" if not ws.closed else close_reason(ws)
+        return "no_answer"
     finally:
         await ws.close()
 
@@ -329,7 +355,8 @@ async def replay_tokens(
 
 
 async def second_publisher(base_ws: str, token: str, outcomes: Outcomes) -> None:
-    """A call page's websocket opened with a performer's link while their page is live."""
+    """A second page with a live performer's link asks to publish their media (as another
+    tab or device would): it must be refused while the first page is connected."""
     async with aiohttp.ClientSession() as http:
         try:
             ws = await http.ws_connect(f"{base_ws}/ws/call?{urlencode({'token': token})}")
@@ -337,20 +364,110 @@ async def second_publisher(base_ws: str, token: str, outcomes: Outcomes) -> None
             outcomes.second_publisher = {"outcome": f"refused_{exc.status}"}
             return
         try:
-            seen: list[Any] = []
-            end = time.monotonic() + 3.0
+            publish = {"type": "publish", "sdp": "v=0\r\n", "page_id": "second-page-0123456789"}
+            await ws.send_str(json.dumps(publish))
+            outcome = "no_answer"
+            end = time.monotonic() + 5.0
             while time.monotonic() < end and not ws.closed:
                 try:
                     message = await ws.receive(timeout=max(0.01, end - time.monotonic()))
                 except TimeoutError:
                     break
-                if message.type == aiohttp.WSMsgType.TEXT:
-                    with contextlib.suppress(ValueError):
-                        seen.append(json.loads(message.data).get("type"))
-            outcome = close_reason(ws) if ws.closed else "open"
-            outcomes.second_publisher = {"outcome": outcome, "messages": seen[:10]}
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    outcome = close_reason(ws)
+                    break
+                with contextlib.suppress(ValueError):
+                    body = json.loads(message.data)
+                    if body.get("type") == "error":
+                        outcome = f"error_{body.get('code')}"
+                        break
+                    if body.get("type") == "publish_answer":
+                        outcome = "took_over"
+                        break
+            outcomes.second_publisher = {"outcome": outcome}
         finally:
             await ws.close()
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """What the attacker process needs (picklable)."""
+
+    base_ws: str
+    dashboard_ws: str
+    capture: str
+    dashboard: str
+    deadline_s: float
+    tag_limit: int
+    call_limit: int
+    tag_hello: str
+    director_at_capture: str
+    director_at_dashboard: str
+    bad_credentials: dict[str, str]
+    bad_links: dict[str, str]
+    second_publisher_credential: str
+
+
+async def attack(plan: AttackPlan) -> Outcomes:
+    """Every abuse loop at once; what each saw."""
+    outcomes = Outcomes()
+    base_ws, dashboard_ws = plan.base_ws, plan.dashboard_ws
+    lag_watch = asyncio.create_task(watch_loop_lag(outcomes))
+    async with aiohttp.ClientSession() as http:
+        await asyncio.gather(
+            unauthenticated_flood(base_ws, dashboard_ws, plan.deadline_s, outcomes),
+            send_malformed(
+                http,
+                "tag",
+                f"{base_ws}/ws/tag",
+                [plan.tag_hello],
+                malformed_messages(plan.tag_limit),
+                outcomes,
+            ),
+            send_malformed(
+                http,
+                "call",
+                f"{base_ws}/ws/call?{urlencode({'token': plan.director_at_capture})}",
+                [],
+                malformed_messages(plan.call_limit),
+                outcomes,
+            ),
+            send_malformed(
+                http,
+                "dashboard",
+                f"{dashboard_ws}/ws/dashboard?{urlencode({'token': plan.director_at_dashboard})}",
+                [],
+                malformed_messages(64 * 1024),
+                outcomes,
+            ),
+            replay_tokens(
+                {
+                    "tag": f"{base_ws}/ws/tag",
+                    "call": f"{base_ws}/ws/call",
+                    "dashboard": f"{dashboard_ws}/ws/dashboard",
+                },
+                {"capture": plan.capture, "dashboard": plan.dashboard},
+                plan.bad_credentials,
+                plan.bad_links,
+                outcomes,
+            ),
+            second_publisher(base_ws, plan.second_publisher_credential, outcomes),
+        )
+    lag_watch.cancel()
+    return outcomes
+
+
+async def watch_loop_lag(outcomes: Outcomes) -> None:
+    """The attacker's own event loop lag (its timeouts fire that late)."""
+    while True:
+        before = time.monotonic()
+        await asyncio.sleep(0.1)
+        late_ms = (time.monotonic() - before - 0.1) * 1000
+        outcomes.attacker_lag_ms_max = max(outcomes.attacker_lag_ms_max, round(late_ms, 1))
+
+
+def attack_in_process(plan: AttackPlan) -> Outcomes:
+    return asyncio.run(attack(plan))
 
 
 # ---------------------------------------------------------------- the scene
@@ -623,59 +740,68 @@ async def run_abuse(
             asyncio.create_task(tag_steadily(o, performers, stop_tagging, rng)) for o in observers
         ] + [asyncio.create_task(keep_connected(o, stop_tagging)) for o in observers]
 
+        # Where the two cores go, quiet and under abuse (the attacker shares the machine).
+        meters = {"quiet": CpuMeter(up.pid), "abuse": CpuMeter(up.pid)}
+
+        async def sample_cpu() -> None:
+            while True:
+                for meter in meters.values():
+                    meter.sample()
+                await asyncio.sleep(2.0)
+
+        sampler = asyncio.create_task(sample_cpu())
+        await asyncio.sleep(0.1)
         # 1. quiet
+        meters["quiet"].open_window()
         quiet_start = wall_us()
         await asyncio.sleep(args.quiet)
         quiet_end = wall_us()
+        meters["quiet"].close_window()
 
         # 2. abuse
         deadline_s = settings.ws_hello_timeout_s
         abuse_start = wall_us()
+        meters["abuse"].open_window()
         tag_limit = settings.tag_max_message_bytes
         call_limit = settings.max_message_bytes
-        hello = json.dumps(
-            {"type": "hello", "token": observer_credentials["observer-c"], "clock_id": "abuser"}
+        plan = AttackPlan(
+            base_ws=base_ws,
+            dashboard_ws=dashboard_ws,
+            capture=capture,
+            dashboard=dashboard,
+            deadline_s=deadline_s,
+            tag_limit=tag_limit,
+            call_limit=call_limit,
+            tag_hello=json.dumps(
+                {"type": "hello", "token": observer_credentials["observer-c"], "clock_id": "abuser"}
+            ),
+            director_at_capture=director_at_capture,
+            director_at_dashboard=director_at_dashboard,
+            bad_credentials={
+                "revoked_credential": observer_credentials["observer-revoked"],
+                "expired_credential": expired_credential,
+            },
+            bad_links={
+                "revoked_link": observer_links["observer-revoked"],
+                "expired_link": expired_link,
+            },
+            second_publisher_credential=second_publisher_credential,
         )
-        loops = [
-            unauthenticated_flood(base_ws, deadline_s, outcomes),
-            send_malformed(
-                http, "tag", f"{base_ws}/ws/tag", [hello], malformed_messages(tag_limit), outcomes
-            ),
-            send_malformed(
-                http,
-                "call",
-                f"{base_ws}/ws/call?{urlencode({'token': director_at_capture})}",
-                [],
-                malformed_messages(call_limit),
-                outcomes,
-            ),
-            send_malformed(
-                http,
-                "dashboard",
-                f"{dashboard_ws}/ws/dashboard?{urlencode({'token': director_at_dashboard})}",
-                [],
-                malformed_messages(64 * 1024),
-                outcomes,
-            ),
-            replay_tokens(
-                {
-                    "tag": f"{base_ws}/ws/tag",
-                    "call": f"{base_ws}/ws/call",
-                    "dashboard": f"{dashboard_ws}/ws/dashboard",
-                },
-                {"capture": capture, "dashboard": dashboard},
-                {
-                    "revoked_credential": observer_credentials["observer-revoked"],
-                    "expired_credential": expired_credential,
-                },
-                {"revoked_link": observer_links["observer-revoked"], "expired_link": expired_link},
-                outcomes,
-            ),
-            second_publisher(base_ws, second_publisher_credential, outcomes),
-            asyncio.sleep(args.abuse),
-        ]
-        await timed(phases, "abuse", asyncio.gather(*loops))
+        # The attacker runs in a process of its own, as it would on its own machine: on
+        # the observers' event loop its 200 sockets would delay the acknowledgements the
+        # benchmark measures, whatever the server did.
+        attacker = stack.enter_context(
+            concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn")
+            )
+        )
+        attack = asyncio.get_running_loop().run_in_executor(attacker, attack_in_process, plan)
+        outcomes = (
+            await timed(phases, "abuse", asyncio.gather(attack, asyncio.sleep(args.abuse)))
+        )[0]
         abuse_end = wall_us()
+        meters["abuse"].close_window()
+        sampler.cancel()
 
         # 3. outage
         outage_start = wall_us()
@@ -759,11 +885,17 @@ async def run_abuse(
             "tag_ack_ms_p99_quiet": p99_quiet,
             "tag_ack_ms_p99_under_abuse": p99_abuse,
             "tag_ack_ratio": round(p99_abuse / p99_quiet, 3) if p99_quiet else None,
+            "second_publisher_took_over": int(
+                outcomes.second_publisher.get("outcome") == "took_over"
+            ),
             "details": {
                 "tags_pressed": len(pressed),
                 "tags_acked": len(acked),
                 "tags_on_topic": len(stored & set(pressed)),
                 "tags_lost_ids": lost[:10],
+                "tag_errors": dict(
+                    Counter(str(e.get("code")) for o in observers for e in o.client.errors)
+                ),
                 "acks_quiet": len(quiet),
                 "acks_under_abuse": len(abused),
                 "tag_ack_ms_p50_quiet": percentile(quiet, 0.5),
@@ -772,6 +904,11 @@ async def run_abuse(
                 "malformed": {k: dict(v) for k, v in outcomes.malformed.items()},
                 "replays": {k: dict(v) for k, v in outcomes.replays.items()},
                 "second_publisher": outcomes.second_publisher,
+                "attacker_loop_lag_ms_max": outcomes.attacker_lag_ms_max,
+                "cores": {
+                    phase: {group: round(c, 2) for group, c in meter.window_cores().items()}
+                    for phase, meter in meters.items()
+                },
                 "crashed": crashed,
                 "audio": audio,
                 "broker_outage_s": round((outage_end - outage_start) / 1e6, 1),
