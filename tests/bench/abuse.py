@@ -72,6 +72,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 import aiohttp
+from aiokafka.admin import NewTopic
 
 from infra.settings import Settings, load_settings, to_environment
 from streams import kafka, records, topics
@@ -96,6 +97,7 @@ from tests.browser import launch_chromium, only_loopback
 from tests.tag_client import TagClient, exchange_link, wall_us
 
 IN_NETNS_ENV = "BENCH_ABUSE_IN_NETNS"
+PROBE_TOPIC = "bench-abuse-probe"  # the benchmark's own, read by nobody
 ATTACKER_ADDRESS = "127.0.0.2"  # loopback too, but not the address the users come from
 UNAUTHENTICATED_CONNECTS = 2000
 UNAUTHENTICATED_AT_ONCE = 200
@@ -545,6 +547,49 @@ def ack_ms(observers: list[Observer], start_us: int, end_us: int) -> list[float]
     return out
 
 
+async def probe_broker(producer: Any, produce_ms: list[tuple[int, float]]) -> None:
+    """A small record every 100 ms, each one's produce round trip."""
+    while True:
+        started = wall_us()
+        with contextlib.suppress(Exception):
+            await producer.send_and_wait(PROBE_TOPIC, b"probe")
+            produce_ms.append((started, (wall_us() - started) / 1000))
+        await asyncio.sleep(0.1)
+
+
+async def capture_loop_lag(
+    http: aiohttp.ClientSession, capture: str, start_us: int, end_us: int
+) -> dict[str, float | None]:
+    """The capture server's event loop lag over [start, end), from its own monitor."""
+    try:
+        async with http.get(
+            f"{capture}/metrics/loop", params={"since": str(start_us // 1000)}
+        ) as got:
+            body = await got.json()
+    except (aiohttp.ClientError, ValueError):
+        return {"p50": None, "p99": None, "max": None}  # not measured: said as such
+    lags = sorted(lag for at, lag in body.get("samples", []) if at * 1000 < end_us)
+    return {
+        "p50": percentile(lags, 0.5),
+        "p99": percentile(lags, 0.99),
+        "max": lags[-1] if lags else None,
+    }
+
+
+def slowest_acks(observers: list[Observer], start_us: int, end_us: int) -> list[list[float]]:
+    """The ten slowest acknowledgements of [start, end): [s into the phase, ms]."""
+    found = []
+    for observer in observers:
+        client = observer.client
+        for tag_id, written in client.written_us.items():
+            acked = client.ack_times_us.get(tag_id)
+            if acked is not None and start_us <= written < end_us:
+                found.append(
+                    [round((written - start_us) / 1e6, 1), round((acked - written) / 1000)]
+                )
+    return sorted(found, key=lambda pair: -pair[1])[:10]
+
+
 def livetag_children(up_pid: int) -> dict[tuple[int, int], str]:
     """Every process under ``livetag up`` ((pid, start) -> command), the broker included."""
     table = process_table()
@@ -750,6 +795,15 @@ async def run_abuse(
                 await asyncio.sleep(2.0)
 
         sampler = asyncio.create_task(sample_cpu())
+        # The broker's produce round trip, as the tag service's own producer sees it (a tag
+        # is acknowledged once the broker stores it): where the acknowledgements wait.
+        async with kafka.admin_client(settings) as admin:
+            await admin.create_topics([NewTopic(PROBE_TOPIC, 1, 1)])
+        probe_producer = kafka.make_producer(settings, linger_ms=0)
+        await probe_producer.start()
+        stack.push_async_callback(probe_producer.stop)
+        produce_ms: list[tuple[int, float]] = []
+        prober = asyncio.create_task(probe_broker(probe_producer, produce_ms))
         await asyncio.sleep(0.1)
         # 1. quiet
         meters["quiet"].open_window()
@@ -757,6 +811,7 @@ async def run_abuse(
         await asyncio.sleep(args.quiet)
         quiet_end = wall_us()
         meters["quiet"].close_window()
+        loop_lag = {"quiet": await capture_loop_lag(http, capture, quiet_start, quiet_end)}
 
         # 2. abuse
         deadline_s = settings.ws_hello_timeout_s
@@ -801,6 +856,8 @@ async def run_abuse(
         )[0]
         abuse_end = wall_us()
         meters["abuse"].close_window()
+        loop_lag["abuse"] = await capture_loop_lag(http, capture, abuse_start, abuse_end)
+        prober.cancel()
         sampler.cancel()
 
         # 3. outage
@@ -905,6 +962,18 @@ async def run_abuse(
                 "replays": {k: dict(v) for k, v in outcomes.replays.items()},
                 "second_publisher": outcomes.second_publisher,
                 "attacker_loop_lag_ms_max": outcomes.attacker_lag_ms_max,
+                "capture_loop_lag_ms": loop_lag,
+                "broker_produce_ms": {
+                    phase: {
+                        "p50": percentile([ms for at, ms in produce_ms if a <= at < b], 0.5),
+                        "p99": percentile([ms for at, ms in produce_ms if a <= at < b], 0.99),
+                    }
+                    for phase, (a, b) in (
+                        ("quiet", (quiet_start, quiet_end)),
+                        ("abuse", (abuse_start, abuse_end)),
+                    )
+                },
+                "slowest_acks_under_abuse": slowest_acks(observers, abuse_start, abuse_end),
                 "cores": {
                     phase: {group: round(c, 2) for group, c in meter.window_cores().items()}
                     for phase, meter in meters.items()
