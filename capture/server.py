@@ -35,6 +35,7 @@ from infra import background
 from infra.connection_gate import (
     ConnectionGate,
     Refusal,
+    failure_code,
     keep_swept,
     watch_websocket,
     websocket_response,
@@ -667,6 +668,7 @@ class CallConnection:
                 self.server.refusals["malformed"] += 1
                 await self.send(signaling.error("malformed", "binary messages are not accepted"))
             elif message.type == WSMsgType.ERROR:
+                self.server.refusals[failure_code(self.ws)] += 1
                 break
 
     async def _handle(self, raw: str) -> None:

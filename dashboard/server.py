@@ -41,6 +41,7 @@ from infra import background
 from infra.connection_gate import (
     ConnectionGate,
     Refusal,
+    failure_code,
     keep_swept,
     watch_websocket,
     websocket_response,
@@ -787,6 +788,9 @@ class DashboardClient:
             if message.type == WSMsgType.TEXT:
                 await self._handle(message.data)
             elif message.type == WSMsgType.ERROR:
+                # aiohttp closes a websocket whose frame is over its limit (1009) or breaks
+                # the protocol: counted like any other refused input.
+                self.server.refusals[failure_code(self.ws)] += 1
                 break
 
     async def _handle(self, raw: str) -> None:

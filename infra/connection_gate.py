@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from infra.settings import Settings
 
@@ -410,3 +410,13 @@ def refusal_response(refusal: Refusal) -> web.Response:
     # A refused client gets no idle keep-alive connection to hold instead.
     response.force_close()
     return response
+
+
+def failure_code(ws: web.WebSocketResponse) -> str:
+    """The refusal code of a websocket aiohttp failed (an ``ERROR`` message): ``too_large``
+    for a frame over its ``max_msg_size`` (closed with 1009), else ``protocol_error``."""
+    error = ws.exception()
+    if getattr(error, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
+        return "too_large"
+    log.info("a websocket failed: %s", error)
+    return "protocol_error"

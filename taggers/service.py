@@ -30,6 +30,7 @@ from infra.connection_gate import (
     ConnectionGate,
     Refusal,
     Ticket,
+    failure_code,
     keep_swept,
     refusal_response,
     watch_websocket,
@@ -442,6 +443,7 @@ class TagConnection:
                     log.exception("tag message failed")
                     await self._refuse(ProtocolError("internal", "message not handled"))
             elif message.type == WSMsgType.ERROR:
+                self.service.refusals[failure_code(self.ws)] += 1
                 break
             if self.claims is None:
                 self._unadmitted += 1

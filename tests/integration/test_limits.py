@@ -3,6 +3,7 @@ refusal, and every refusal is counted where the operator reads it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -175,10 +176,19 @@ async def test_dashboards_beyond_the_limit_are_refused_and_counted(
                 f"{dashboard.url}/ws/dashboard", params={"token": performer}
             ) as refused:
                 assert refused.status == 403
+            # A message over the websocket's frame limit closes it (1009), counted.
+            oversized = open_ones.pop()
+            await oversized.send_str("x" * (64 * 1024 + 1))
+            async with asyncio.timeout(10):
+                closing = await oversized.receive()
+                while closing.type == aiohttp.WSMsgType.TEXT:  # updates sent meanwhile
+                    closing = await oversized.receive()
+            assert closing.type == aiohttp.WSMsgType.CLOSE
+            assert closing.data == 1009
             for ws in open_ones:
                 await ws.close()
             async with http.get(f"{dashboard.url}/metrics/clients") as response:
                 counted = (await response.json())["refusals"]
-        assert counted == {"too_many_clients": 1, "not_director": 1}
+        assert counted == {"too_many_clients": 1, "not_director": 1, "too_large": 1}
     finally:
         await dashboard.stop()
