@@ -51,7 +51,7 @@ from infra.settings import (
 )
 from streams import health, kafka, records, topics
 from streams.revocations import RevocationList
-from streams.sessions import SessionDirectory, now_us, publish
+from streams.sessions import STATE_ORDER, SessionDirectory, now_us, publish
 from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.service import TagService, clock_summary
@@ -67,7 +67,6 @@ _WS_HARD_LIMIT = 4 * 1024 * 1024  # above our own limit, so we can answer instea
 
 _PRESENCE_QUEUE = 10_000
 _OVER = ("ended", "archived")
-_STATE_ORDER = {"created": 0, "live": 1, "ended": 2, "archived": 3}
 
 
 def _at_services_priority(niceness: int) -> None:
@@ -573,7 +572,7 @@ class CaptureServer:
             # A state only moves forward: an "ended" this server has not seen yet in the
             # copy it builds on must not be overwritten by a join or leave.
             states = [r.state for r in (self._directory.get(session_id), ours) if r is not None]
-            state = max(states, key=_STATE_ORDER.__getitem__)
+            state = max(states, key=STATE_ORDER.__getitem__)
             if state == "created" and now_connected:
                 state = "live"
             updated = current.model_copy(

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: The states of a session that is over: nothing more is recorded in it.
 OVER_STATES = ("ended", "archived")
+#: A session's states in the only order it goes through them.
+STATE_ORDER = {"created": 0, "live": 1, "ended": 2, "archived": 3}
 #: Dead letters of session records on their way to the broker at most: a flood of bad
 #: records while the broker is slow or away costs a bounded number of tasks and messages.
 DEAD_LETTERS_IN_FLIGHT = 100
@@ -209,7 +211,8 @@ class SessionDirectory:
                 await asyncio.wait(self._letters, timeout=2.0)
                 for letter in self._letters:
                     letter.cancel()
-            await self._consumer.stop()
+        # Also a directory never started: its consumer was made with it.
+        await self._consumer.stop()
 
     async def wait_for(self, session_id: str, timeout_s: float) -> records.SessionRecord | None:
         """The session's record, waiting a little for one that was just created."""
@@ -287,7 +290,14 @@ class SessionDirectory:
             return
         current = self._sessions.get(record.session_id)
         if current is None or current.ts_us <= record.ts_us:
+            if current is not None and STATE_ORDER[current.state] > STATE_ORDER[record.state]:
+                # A join or leave written by a service that had not yet read the end: its
+                # presence is news, its state is not (a session never comes back).
+                record = record.model_copy(update={"state": current.state})
             self._sessions[record.session_id] = record
+        elif STATE_ORDER[record.state] > STATE_ORDER[current.state]:
+            # An end stamped before a presence update already taken still ends it.
+            self._sessions[record.session_id] = current.model_copy(update={"state": record.state})
         if record.state in OVER_STATES:
             # The oldest version that is over says when the session ended (later versions,
             # leaves and the archive mark, are stamped later).

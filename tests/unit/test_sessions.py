@@ -13,6 +13,7 @@ from aiokafka import ConsumerRecord
 
 from infra.settings import Settings
 from streams import records, sessions, topics
+from tests.tag_client import session_record
 
 
 class StuckProducer:
@@ -83,3 +84,54 @@ async def test_dead_letters_on_their_way_are_capped_and_the_rest_counted(
         producer.release.set()
         await directory.stop()
         await directory._consumer.stop()  # made, never started: closed all the same
+
+
+def _version(record: records.SessionRecord, offset: int) -> ConsumerRecord[bytes, bytes]:
+    encoded = records.encode(record)
+    return ConsumerRecord(
+        topic=topics.SESSIONS,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=encoded.key,
+        value=encoded.value,
+        checksum=None,
+        serialized_key_size=len(encoded.key or b""),
+        serialized_value_size=len(encoded.value),
+        headers=list(encoded.headers),
+    )
+
+
+@pytest.mark.parametrize("ended_first", [True, False])
+async def test_a_presence_update_that_had_not_read_the_end_never_reopens_a_session(
+    ended_first: bool,
+) -> None:
+    # The dashboard ends the session; the capture server, not having read it yet, records
+    # a page leaving on the copy it knows ("live"), stamped later. Whatever order they are
+    # read in, the session stays ended and the leave is kept.
+    live = session_record("s-race")
+    ended = live.model_copy(update={"state": "ended", "ts_us": live.ts_us + 10})
+    leave = live.model_copy(
+        update={
+            "ts_us": live.ts_us + 20,
+            "presence": [
+                records.Presence(
+                    participant_id="ana", role="performer", connected=False, since_ts_us=0
+                )
+            ],
+        }
+    )
+    directory = sessions.SessionDirectory(Settings())
+    try:
+        directory._take(_version(live, 0), live=False)
+        order = [ended, leave] if ended_first else [leave, ended]
+        for offset, version in enumerate(order, start=1):
+            directory._take(_version(version, offset), live=False)
+        seen = directory.get("s-race")
+    finally:
+        await directory.stop()
+    assert seen is not None
+    assert seen.state == "ended"
+    assert [p.connected for p in seen.presence] == [False]
+    assert directory.ended_at_us("s-race") == ended.ts_us
