@@ -34,7 +34,6 @@ from capture.timing import Stamp
 from infra import background
 from infra.connection_gate import (
     ConnectionGate,
-    Refusal,
     failure_code,
     keep_swept,
     watch_websocket,
@@ -406,9 +405,6 @@ class CaptureServer:
             return self._refuse(409, "session_ended", message, counted=counted)
         return claims, session
 
-    def _refuse_gated(self, refusal: Refusal, *, counted: bool) -> web.Response:
-        return credentials.gated_refusal(self._refuse, refusal, counted=counted)
-
     async def _token(self, request: web.Request) -> web.Response:
         return await credentials.probe_endpoint(
             request, self._admit, self._refuse, self.gate, "call"
@@ -421,19 +417,12 @@ class CaptureServer:
         return [c for connections in self._connections.values() for c in connections]
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        # Taken before the first await: concurrent handshakes cannot all pass the caps.
-        entered = self.gate.enter(request.remote, asyncio.get_running_loop().time())
-        if isinstance(entered, Refusal):
-            return self._refuse_gated(entered, counted=True)
-        ticket = entered
-        try:
-            admitted = await self._admit(request)
+        async with credentials.admitted_websocket(
+            request, self.gate, self._admit, self._refuse, "call"
+        ) as admitted:
             if isinstance(admitted, web.Response):
                 return admitted
-            claims, session = admitted
-            full = ticket.join("call", session.session_id)
-            if full is not None:
-                return self._refuse_gated(full, counted=True)
+            ticket, claims, session = admitted
             ws = websocket_response(self.settings, max_msg_size=_WS_HARD_LIMIT)
             call = self._call_for(session)
             connection = CallConnection(self, call, ws, claims)
@@ -447,8 +436,6 @@ class CaptureServer:
                 await connection.close()
                 await self.forget_if_idle(session.session_id)
             return ws
-        finally:
-            ticket.release()
 
     async def _end_calls_of_ended_sessions(self) -> None:
         """When the director ends a session, its call ends: nothing more is forked (the

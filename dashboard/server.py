@@ -40,7 +40,6 @@ from dashboard.view import ClientCursor, SessionView
 from infra import background
 from infra.connection_gate import (
     ConnectionGate,
-    Refusal,
     failure_code,
     keep_swept,
     watch_websocket,
@@ -522,9 +521,6 @@ class DashboardServer:
             request, self._admit, self._refuse, self.gate, "dashboard"
         )
 
-    def _refuse_gated(self, refusal: Refusal, *, counted: bool) -> web.Response:
-        return credentials.gated_refusal(self._refuse, refusal, counted=counted)
-
     async def _prometheus_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -543,19 +539,12 @@ class DashboardServer:
         )
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        # Taken before the first await: concurrent handshakes cannot all pass the caps.
-        entered = self.gate.enter(request.remote, asyncio.get_running_loop().time())
-        if isinstance(entered, Refusal):
-            return self._refuse_gated(entered, counted=True)
-        ticket = entered
-        try:
-            admitted = await self._admit(request)
+        async with credentials.admitted_websocket(
+            request, self.gate, self._admit, self._refuse, "dashboard"
+        ) as admitted:
             if isinstance(admitted, web.Response):
                 return admitted
-            claims, session = admitted
-            full = ticket.join("dashboard", session.session_id)
-            if full is not None:
-                return self._refuse_gated(full, counted=True)
+            ticket, claims, session = admitted
             ws = websocket_response(self.settings, max_msg_size=64 * 1024)
             await ws.prepare(request)
             watch_websocket(ticket, request, ws)
@@ -571,8 +560,6 @@ class DashboardServer:
                     feed.idle_since = time.monotonic()
                 self.clients.discard(client)
                 await client.close()
-        finally:
-            ticket.release()
         return ws
 
     def _hello(self, feed: SessionFeed, claims: tokens.JoinToken) -> dict[str, Any]:

@@ -15,15 +15,23 @@ current one is left; a revoked link gets none, and is closed with :data:`CLOSE_R
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias
 
 from aiohttp import hdrs, web
 
-from infra.connection_gate import WS_SUBPROTOCOL, ConnectionGate, Refusal, close_code, close_reason
+from infra.connection_gate import (
+    WS_SUBPROTOCOL,
+    ConnectionGate,
+    Refusal,
+    Ticket,
+    close_code,
+    close_reason,
+)
 from infra.settings import Settings
 from streams import records, strict_json
 from streams.revocations import RevocationList
@@ -341,6 +349,33 @@ def gated_refusal(refuse: Refuse, refusal: Refusal, *, counted: bool) -> web.Res
     # A refused client gets no idle keep-alive connection to hold instead.
     response.force_close()
     return response
+
+
+@contextlib.asynccontextmanager
+async def admitted_websocket(
+    request: web.Request, gate: ConnectionGate, admit: Admit, refuse: Refuse, page_kind: str
+) -> AsyncIterator[tuple[Ticket, tokens.JoinToken, records.SessionRecord] | web.Response]:
+    """A websocket request's place in the gate, its credential checked and its session's
+    room taken: (ticket, claims, session), or the refusal to answer with. The place is given
+    back when the block ends."""
+    # Taken before the first await: concurrent handshakes cannot all pass the caps.
+    entered = gate.enter(request.remote, asyncio.get_running_loop().time())
+    if isinstance(entered, Refusal):
+        yield gated_refusal(refuse, entered, counted=True)
+        return
+    try:
+        admitted = await admit(request, kind="session")
+        if isinstance(admitted, web.Response):
+            yield admitted
+            return
+        claims, session = admitted
+        full = entered.join(page_kind, session.session_id)
+        if full is not None:
+            yield gated_refusal(refuse, full, counted=True)
+            return
+        yield entered, claims, session
+    finally:
+        entered.release()
 
 
 async def exchange_endpoint(
