@@ -54,7 +54,7 @@ from infra.settings import (
     server_ssl_context,
 )
 from streams import kafka, records, strict_json, topics
-from streams.sessions import SessionDirectory, publish
+from streams.sessions import SessionActionError, SessionDirectory, apply_action, publish
 from taggers import credentials, tokens
 
 log = logging.getLogger(__name__)
@@ -662,41 +662,17 @@ class DashboardServer:
         current = max(known, key=lambda record: record.ts_us) if known else None
         if current is None:
             raise ActionError("unknown_session", "the session record is not known yet")
-        stamp = max(now_us(), current.ts_us + 1)
-        takes = list(current.takes)
-        open_take = takes[-1] if takes and takes[-1].end_ts_us is None else None
-        update: dict[str, Any] = {"ts_us": stamp}
-        if current.state in ("ended", "archived"):
-            raise ActionError("session_ended", f"the session is {current.state}")
-        if action == "take_start":
-            if open_take is not None:
-                raise ActionError("take_open", f"take {open_take.take_id} is still running")
-            limit = self.settings.max_takes_per_session
-            if len(takes) >= limit:
-                # Every take stays in the session record, which every service reads whole.
+        try:
+            record = apply_action(
+                current,
+                action,
+                stamp_us=now_us(),
+                max_takes=self.settings.max_takes_per_session,
+            )
+        except SessionActionError as exc:
+            if exc.code == "too_many_takes":
                 self.refusals["too_many_takes"] += 1
-                raise ActionError(
-                    "too_many_takes",
-                    f"this session already has {len(takes)} takes, the most it may have "
-                    "(max_takes_per_session): end it and start a new session",
-                )
-            takes.append(records.Take(take_id=len(takes) + 1, start_ts_us=stamp))
-            update["takes"] = takes
-            update["state"] = "live"
-        elif action == "take_end":
-            if open_take is None:
-                raise ActionError("no_take", "no take is running")
-            takes[-1] = open_take.model_copy(update={"end_ts_us": stamp})
-            update["takes"] = takes
-        elif action == "end_session":
-            if open_take is not None:
-                takes[-1] = open_take.model_copy(update={"end_ts_us": stamp})
-                update["takes"] = takes
-            update["state"] = "ended"
-        else:
-            raise ActionError("malformed", f"unknown action {action!r}")
-        record = current.model_copy(update=update)
-        records.SessionRecord.model_validate(record.model_dump())  # what we publish is valid
+            raise ActionError(exc.code, exc.message) from None
         await publish(self._producer, record)
         self._published[session_id] = record
         feed = self._feeds.get(session_id)

@@ -218,13 +218,24 @@ def schema(ctx: click.Context, out_dir: Path) -> None:
 @click.argument("topic")
 @click.option("--session", "session_id", default=None, help="Only this session's records.")
 @click.option("--performer", "performer_id", default=None, help="Only this performer's records.")
-@click.option("--from-beginning", is_flag=True, help="Start at the oldest record, not the end.")
+@click.option(
+    "-f",
+    "--follow",
+    is_flag=True,
+    help="Keep printing records as they come (with --session: until the session is over "
+    "and its records have stopped for 5 s). Without it: the records stored now, then exit.",
+)
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="With --follow: start at the oldest record, not at new ones.",
+)
 @click.option(
     "--max",
     "max_records",
     type=click.IntRange(min=1),
     default=None,
-    help="Stop after printing N records.",
+    help="Exit after printing N records (or before, when there are no more).",
 )
 @bootstrap_option
 @click.pass_context
@@ -233,6 +244,7 @@ def tail(
     topic: str,
     session_id: str | None,
     performer_id: str | None,
+    follow: bool,
     from_beginning: bool,
     max_records: int | None,
     bootstrap: str | None,
@@ -242,6 +254,8 @@ def tail(
 
     TOPIC is a full name (livetag.tags, livetag.media.video.SID) or a short one:
     sessions, tags, labels, deadletter, or audio/video/prosody/face with --session.
+    Without --follow, tail prints what the topic holds now, from the oldest record, and
+    exits; with --follow it prints new records as they come.
     """
     from infra.tail import TailError
     from infra.tail import tail as run_tail
@@ -261,6 +275,7 @@ def tail(
                 performer_id=performer_id,
                 from_beginning=from_beginning,
                 max_records=max_records,
+                follow=follow,
             ),
             settings,
         )
@@ -452,6 +467,59 @@ def session_revoke(
         raise click.ClickException(str(exc)) from None
     target = f"token {done.token_id}" if done.token_id else f"participant {done.participant_id}"
     click.echo(f"revoked\t{session_id}\t{target}")
+
+
+def _act_on_session(settings: Settings, session_id: str, action: str) -> records.SessionRecord:
+    from streams.sessions import SessionActionError, act_on_session
+
+    try:
+        record: records.SessionRecord = _run_kafka(
+            act_on_session(settings, session_id, action), settings
+        )
+    except SessionActionError as exc:
+        raise click.ClickException(f"{session_id}: {exc.message}") from None
+    except ValueError as exc:  # a session id that cannot be one
+        raise click.ClickException(str(exc)) from None
+    return record
+
+
+@session.command(name="end")
+@click.argument("session_id")
+@bootstrap_option
+@click.pass_context
+def session_end(ctx: click.Context, session_id: str, bootstrap: str | None) -> None:
+    """End a session (and its running take), as the dashboard's End button does: its call
+    closes, and the recorder archives it once its labels are final."""
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    record = _act_on_session(settings, session_id, "end_session")
+    click.echo(f"ended\t{record.session_id}\t{record.ts_us}")
+
+
+@session.group(name="take")
+def session_take() -> None:
+    """Start or end a take (a marked stretch of the session, as on the dashboard)."""
+
+
+@session_take.command(name="start")
+@click.argument("session_id")
+@bootstrap_option
+@click.pass_context
+def session_take_start(ctx: click.Context, session_id: str, bootstrap: str | None) -> None:
+    """Start the session's next take; prints its number and start on the session clock."""
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    take = _act_on_session(settings, session_id, "take_start").takes[-1]
+    click.echo(f"take\t{session_id}\t{take.take_id}\tstarted\t{take.start_ts_us}")
+
+
+@session_take.command(name="end")
+@click.argument("session_id")
+@bootstrap_option
+@click.pass_context
+def session_take_end(ctx: click.Context, session_id: str, bootstrap: str | None) -> None:
+    """End the running take; prints its number and end on the session clock."""
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    take = _act_on_session(settings, session_id, "take_end").takes[-1]
+    click.echo(f"take\t{session_id}\t{take.take_id}\tended\t{take.end_ts_us}")
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from infra.settings import Settings
 from streams import kafka, records, topics
+from streams.sessions import OVER_STATES, SessionDirectory
 
 Emit = Callable[[str], None]
 
@@ -68,6 +70,20 @@ def _key_filter(
     return matches
 
 
+async def _read_to(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    """Whether every partition has been read up to its end offset in ``ends``."""
+    for partition, end in ends.items():
+        if await consumer.position(partition) < end:
+            return False
+    return True
+
+
+#: With ``--follow --session``: after the session is over, how long its records must have
+#: stopped coming before tail takes it that none will (processors finish an ended session's
+#: last frames, and the aligner its last windows, within a few seconds).
+SESSION_IDLE_S = 5.0
+
+
 async def tail(
     settings: Settings,
     topic_name: str,
@@ -77,8 +93,15 @@ async def tail(
     performer_id: str | None = None,
     from_beginning: bool = False,
     max_records: int | None = None,
+    follow: bool = False,
+    session_idle_s: float = SESSION_IDLE_S,
 ) -> int:
-    """Print records until ``max_records`` were printed (or forever); returns the count."""
+    """Print records, and return how many were printed.
+
+    Without ``follow``: the records stored when tail starts, from the oldest, then stop.
+    With ``follow``: from now (or the oldest, ``from_beginning``) on, as they come; with a
+    ``session_id``, until that session is over and its records have stopped for
+    ``session_idle_s``. Either way at most ``max_records``."""
     try:
         topic = topics.resolve_topic(topic_name, session_id)
         record_type = topics.record_type_of(topic)
@@ -90,6 +113,7 @@ async def tail(
         # Short waits suit a live tail on either broker kind.
         fetch_max_wait_ms=settings.embedded_fetch_wait_ms,
     )
+    directory: SessionDirectory | None = None
     printed = 0
     try:
         await consumer.start()
@@ -101,20 +125,42 @@ async def tail(
             raise TailError(f"topic {topic} does not exist on {settings.bootstrap_servers}")
         assigned = [TopicPartition(topic, partition) for partition in sorted(partitions)]
         consumer.assign(assigned)
-        if from_beginning:
+        if from_beginning or not follow:
             await consumer.seek_to_beginning(*assigned)
         else:
             await consumer.seek_to_end(*assigned)
+        # Without --follow, what is stored now is what there is to print.
+        stop_at = None if follow else await consumer.end_offsets(assigned)
+        if follow and session_id is not None:
+            directory = SessionDirectory(settings)
+            await directory.start()
+        last_record = time.monotonic()
         while max_records is None or printed < max_records:
+            if stop_at is not None and await _read_to(consumer, stop_at):
+                break
+            if directory is not None and session_id is not None:
+                current = directory.get(session_id)
+                over = current is not None and current.state in OVER_STATES
+                if over and time.monotonic() - last_record >= session_idle_s:
+                    break
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():
                 for message in batch:
+                    if (
+                        stop_at is not None
+                        and message.offset
+                        >= stop_at[TopicPartition(message.topic, message.partition)]
+                    ):
+                        continue
                     if not accept(message.key):
                         continue
+                    last_record = time.monotonic()
                     emit(json.dumps(describe(message, record_type), separators=(",", ":")))
                     printed += 1
                     if max_records is not None and printed >= max_records:
                         return printed
     finally:
+        if directory is not None:
+            await directory.stop()
         await consumer.stop()
     return printed

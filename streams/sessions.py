@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError
@@ -93,6 +94,91 @@ async def publish(producer: AIOKafkaProducer, record: records.SessionRecord) -> 
     await producer.send_and_wait(
         topics.SESSIONS, message.value, key=message.key, headers=message.headers
     )
+
+
+#: What a director may do to a session once it exists (the dashboard's buttons and
+#: ``livetag session take|end``).
+SessionAction = Literal["take_start", "take_end", "end_session"]
+SESSION_ACTIONS: tuple[str, ...] = ("take_start", "take_end", "end_session")
+
+
+class SessionActionError(ValueError):
+    """A director's action that the session's state refuses; ``code`` says which rule."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+def apply_action(
+    current: records.SessionRecord, action: str, *, stamp_us: int, max_takes: int
+) -> records.SessionRecord:
+    """The session's next version after ``action``, stamped ``stamp_us`` (at least one
+    microsecond after ``current``, so the directory orders it after what it replaces).
+    Ending a session ends its running take at the same instant. The one rule for every
+    writer of a session's takes and end: the dashboard server and the command line."""
+    stamp = max(stamp_us, current.ts_us + 1)
+    takes = list(current.takes)
+    open_take = takes[-1] if takes and takes[-1].end_ts_us is None else None
+    update: dict[str, Any] = {"ts_us": stamp}
+    if current.state in OVER_STATES:
+        raise SessionActionError("session_ended", f"the session is {current.state}")
+    if action == "take_start":
+        if open_take is not None:
+            raise SessionActionError("take_open", f"take {open_take.take_id} is still running")
+        if len(takes) >= max_takes:
+            # Every take stays in the session record, which every service reads whole.
+            raise SessionActionError(
+                "too_many_takes",
+                f"this session already has {len(takes)} takes, the most it may have "
+                "(max_takes_per_session): end it and start a new session",
+            )
+        takes.append(records.Take(take_id=len(takes) + 1, start_ts_us=stamp))
+        update["takes"] = takes
+        update["state"] = "live"
+    elif action == "take_end":
+        if open_take is None:
+            raise SessionActionError("no_take", "no take is running")
+        takes[-1] = open_take.model_copy(update={"end_ts_us": stamp})
+        update["takes"] = takes
+    elif action == "end_session":
+        if open_take is not None:
+            takes[-1] = open_take.model_copy(update={"end_ts_us": stamp})
+            update["takes"] = takes
+        update["state"] = "ended"
+    else:
+        raise SessionActionError("malformed", f"unknown action {action!r}")
+    record = current.model_copy(update=update)
+    records.SessionRecord.model_validate(record.model_dump())  # what is published is valid
+    return record
+
+
+async def act_on_session(settings: Settings, session_id: str, action: str) -> records.SessionRecord:
+    """``action`` on the newest version of the session on livetag.sessions, published as
+    its next version; :class:`SessionActionError` when the session is unknown or its
+    state refuses it."""
+    topics.check_session_id(session_id)
+    directory = SessionDirectory(settings)
+    await directory.start()  # read to the end of livetag.sessions
+    try:
+        current = directory.get(session_id)
+    finally:
+        await directory.stop()
+    if current is None:
+        raise SessionActionError(
+            "unknown_session", f"no session {session_id!r} on livetag.sessions"
+        )
+    record = apply_action(
+        current, action, stamp_us=now_us(), max_takes=settings.max_takes_per_session
+    )
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        await publish(producer, record)
+    finally:
+        await producer.stop()
+    return record
 
 
 async def read_session(

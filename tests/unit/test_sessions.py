@@ -135,3 +135,49 @@ async def test_a_presence_update_that_had_not_read_the_end_never_reopens_a_sessi
     assert seen.state == "ended"
     assert [p.connected for p in seen.presence] == [False]
     assert directory.ended_at_us("s-race") == ended.ts_us
+
+
+def test_a_take_starts_ends_and_the_session_end_closes_a_running_take() -> None:
+    created = session_record("s-takes").model_copy(update={"state": "created"})
+    first = sessions.apply_action(created, "take_start", stamp_us=created.ts_us + 5, max_takes=3)
+    assert first.state == "live"
+    assert [(t.take_id, t.start_ts_us, t.end_ts_us) for t in first.takes] == [
+        (1, created.ts_us + 5, None)
+    ]
+    ended_take = sessions.apply_action(first, "take_end", stamp_us=first.ts_us + 7, max_takes=3)
+    assert ended_take.takes[0].end_ts_us == first.ts_us + 7
+    second = sessions.apply_action(
+        ended_take, "take_start", stamp_us=ended_take.ts_us + 1, max_takes=3
+    )
+    # A stamp from a clock behind the record's still orders the new version after it.
+    ended = sessions.apply_action(second, "end_session", stamp_us=0, max_takes=3)
+    assert ended.state == "ended"
+    assert ended.ts_us == second.ts_us + 1
+    assert ended.takes[-1].take_id == 2
+    assert ended.takes[-1].end_ts_us == ended.ts_us
+
+
+@pytest.mark.parametrize(
+    ("state", "takes", "action", "code"),
+    [
+        ("live", [records.Take(take_id=1, start_ts_us=1)], "take_start", "take_open"),
+        ("live", [], "take_end", "no_take"),
+        ("live", [records.Take(take_id=1, start_ts_us=1, end_ts_us=2)], "take_end", "no_take"),
+        (
+            "live",
+            [records.Take(take_id=1, start_ts_us=1, end_ts_us=2)],
+            "take_start",
+            "too_many_takes",
+        ),
+        ("ended", [], "take_start", "session_ended"),
+        ("archived", [], "end_session", "session_ended"),
+        ("live", [], "pause", "malformed"),
+    ],
+)
+def test_an_action_the_session_refuses_says_which_rule(
+    state: str, takes: list[records.Take], action: str, code: str
+) -> None:
+    current = session_record("s-refuse").model_copy(update={"state": state, "takes": takes})
+    with pytest.raises(sessions.SessionActionError) as refused:
+        sessions.apply_action(current, action, stamp_us=current.ts_us + 1, max_takes=1)
+    assert refused.value.code == code

@@ -1,0 +1,153 @@
+"""The command line steers a session as the dashboard does (takes, the end), and
+``livetag tail`` follows a live session's labels until the session is over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from infra.settings import Settings
+from streams import kafka, records, topics
+from streams.sessions import read_session
+from tests.tag_client import wall_us
+
+pytestmark = pytest.mark.integration
+
+
+def _env(settings: Settings, state_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LIVETAG_BROKER_PORT": str(settings.broker_port),
+        "LIVETAG_STATE_DIR": str(state_dir),
+    }
+
+
+async def _livetag(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def _window(session_id: str, ts_us: int) -> records.LabelWindow:
+    return records.LabelWindow(
+        ts_us=ts_us,
+        session_id=session_id,
+        performer_id="ana",
+        window_us=100_000,
+        features=records.WindowFeatures(f0_mean_hz=200.0),
+        raters=[],
+        consensus=None,
+    )
+
+
+async def _publish_windows(settings: Settings, windows: list[records.LabelWindow]) -> None:
+    producer = kafka.make_producer(settings)
+    await producer.start()
+    try:
+        for window in windows:
+            message = records.encode(window)
+            await producer.send_and_wait(
+                topics.LABELS, message.value, key=message.key, headers=message.headers
+            )
+    finally:
+        await producer.stop()
+
+
+async def test_takes_and_the_end_from_the_command_line_and_a_tail_that_ends_with_the_session(
+    settings: Settings, state_dir: Path
+) -> None:
+    env = _env(settings, state_dir)
+    sid = f"cli-{uuid.uuid4().hex[:8]}"
+    code, out, err = await _livetag(
+        env, "session", "create", "--prompt", "a quarrel", "--performers", "ana,ben", "--id", sid
+    )
+    assert code == 0, err
+    assert out.splitlines()[0] == f"session {sid}"
+
+    follower = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "infra",
+        "tail",
+        "labels",
+        "--session",
+        sid,
+        "--follow",
+        "--from-beginning",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        code, out, err = await _livetag(env, "session", "take", "start", sid)
+        assert code == 0, err
+        fields = out.strip().split("\t")
+        assert fields[:4] == ["take", sid, "1", "started"]
+        started_us = int(fields[4])
+        code, out, err = await _livetag(env, "session", "take", "start", sid)
+        assert code == 1
+        assert err.strip() == f"Error: {sid}: take 1 is still running", err
+
+        t0 = wall_us() // 100_000 * 100_000
+        ours = [_window(sid, t0), _window(sid, t0 + 100_000)]
+        await _publish_windows(settings, [*ours, _window(f"{sid}-other", t0)])
+
+        code, out, err = await _livetag(env, "session", "end", sid)
+        assert code == 0, err
+        ended_us = int(out.strip().split("\t")[2])
+        assert ended_us > started_us
+
+        # The follower ends on its own: the session is over and its labels stopped.
+        async with asyncio.timeout(40):
+            followed, follower_err = await follower.communicate()
+        assert follower.returncode == 0, follower_err.decode()
+    finally:
+        if follower.returncode is None:
+            follower.kill()
+            await follower.wait()
+    printed = [json.loads(line) for line in followed.decode().splitlines()]
+    assert [(line["session_id"], line["ts_us"]) for line in printed] == [
+        (sid, window.ts_us) for window in ours
+    ]
+
+    record = await read_session(settings, sid, timeout_s=10)
+    assert record is not None
+    assert record.state == "ended"
+    assert [(t.take_id, t.start_ts_us, t.end_ts_us) for t in record.takes] == [
+        (1, started_us, ended_us)
+    ]
+
+    # What is stored now, then exit; --max stops sooner.
+    code, out, err = await _livetag(env, "tail", "labels", "--session", sid)
+    assert code == 0, err
+    assert [json.loads(line)["ts_us"] for line in out.splitlines()] == [t0, t0 + 100_000]
+    code, out, err = await _livetag(env, "tail", "labels", "--session", sid, "--max", "1")
+    assert code == 0, err
+    assert [json.loads(line)["ts_us"] for line in out.splitlines()] == [t0]
+
+    for args, said in [
+        (("session", "end", sid), f"Error: {sid}: the session is ended"),
+        (("session", "take", "end", sid), f"Error: {sid}: the session is ended"),
+        (("session", "end", "no-such-session"), "Error: no-such-session: no session"),
+        (("session", "take", "start", "Not A Session!"), "Error: "),
+    ]:
+        code, out, err = await _livetag(env, *args)
+        assert code == 1, (args, out, err)
+        assert err.startswith(said), (args, err)
+        assert len(err.strip().splitlines()) == 1, err  # one line, never a traceback
