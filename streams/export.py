@@ -1,6 +1,6 @@
 """Export an archived session (:mod:`streams.archive`) for analysis tools.
 
-:func:`export_session` writes one of four formats into an output folder:
+:func:`export_session` writes one of five formats into an output folder:
 
 ``jsonl``
     ``prosody.jsonl``, ``face.jsonl``, ``tags.jsonl``, ``labels.jsonl``: one record per
@@ -40,15 +40,18 @@
 
     :func:`read_eaf_tags` parses a file back (with pympi) into tier -> annotations.
 
-Is a Hugging Face ``datasets`` layout worth it? No, agreed: the Parquet export loads as
-it is, e.g. ``datasets.load_dataset("parquet", data_files={"tags": "*/tags.parquet",
-"labels": "*/labels.latest.parquet"})``. Every row carries ``session_id`` and
-``performer_id``, so the files of many sessions concatenate without extra columns, and
-the schema comes from the record types (not from the data), so an all-null column has the
-same type in every session. Two things to know, neither needing another layout: nested
-fields are JSON text columns (``json.loads`` them, or use the JSONL export, which
-``load_dataset("json", ...)`` reads as nested structures), and the media stay in the
-archive's ``media/`` folder, referenced by path.
+``hf``
+    A Hugging Face dataset folder (:mod:`streams.export_hf`): ``data/train-*.parquet``
+    with one row per label window (newest revision), its features as typed columns, the
+    self and perceived label lanes, the consensus, completeness and the window's place in
+    the performer's media; the media files under ``media/SESSION/``; and a dataset card
+    (``README.md``). ``datasets.load_dataset("parquet", data_dir=OUT)`` and
+    ``load_dataset(OUT)`` load it. :func:`streams.export_hf.export_dataset` writes several
+    sessions into one dataset.
+
+The ``parquet`` export keeps the record types as they are (nested fields as JSON text):
+``datasets.load_dataset("parquet", data_files={"tags": "*/tags.parquet", "labels":
+"*/labels.latest.parquet"})`` reads it too; ``hf`` is the one made for training.
 """
 
 from __future__ import annotations
@@ -79,8 +82,8 @@ __all__ = [
     "read_jsonl",
 ]
 
-Format = Literal["jsonl", "parquet", "csv", "eaf"]
-FORMATS: Final[tuple[str, ...]] = ("jsonl", "parquet", "csv", "eaf")
+Format = Literal["jsonl", "parquet", "csv", "eaf", "hf"]
+FORMATS: Final[tuple[str, ...]] = ("jsonl", "parquet", "csv", "eaf", "hf")
 CONSENSUS_TIER: Final = "consensus"
 _MKV_MIME: Final = "video/x-matroska"
 
@@ -96,6 +99,11 @@ def export_session(folder: Path, out_dir: Path, fmt: Format) -> list[Path]:
     manifest_path = folder / archive.MANIFEST
     if not manifest_path.is_file():
         raise ExportError(f"{folder} is not a session archive (it has no {archive.MANIFEST})")
+    if fmt == "hf":
+        # Imported here: streams.export_hf builds on this module's helpers.
+        from streams.export_hf import export_dataset
+
+        return export_dataset([folder], out_dir)
     try:
         manifest = archive.read_manifest(folder)
         out_dir.mkdir(parents=True, exist_ok=True)
