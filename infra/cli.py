@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -15,6 +14,7 @@ import click
 from pydantic import ValidationError
 
 from infra.redaction import install_token_filter
+from infra.service_logs import LOG_FORMAT
 from infra.settings import (
     PlaintextNetworkError,
     Settings,
@@ -49,6 +49,10 @@ bootstrap_option = click.option(
 )
 
 
+#: The commands that run a service until stopped: they log at the settings' level.
+SERVICE_COMMANDS = frozenset({"up", "broker", "capture", "dashboard", "recorder", "worker", "lsl"})
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def main(ctx: click.Context) -> None:
@@ -64,11 +68,12 @@ def main(ctx: click.Context) -> None:
         kafka.kafka_ssl_context(settings)
     except (TLSSettingsError, kafka.KafkaSecurityError) as exc:
         raise click.ClickException(f"bad settings: {exc}") from None
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # A service run alone logs what it does; a tool (session, tail, export, ...) prints its
+    # result, and the clients it opens (aiokafka's "Updating subscribed topics...") only
+    # warnings, unless the settings ask for DEBUG.
+    service = ctx.invoked_subcommand in SERVICE_COMMANDS or settings.log_level == "DEBUG"
+    level = settings.log_level if service else "WARNING"
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     # Join links and credentials are bearer secrets: whatever logs one by accident (an
     # exception's text, a library's warning) prints a mask instead.
     install_token_filter()
@@ -76,11 +81,22 @@ def main(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Show every service's log lines on this terminal too (libraries' included); "
+    "they always go to the files in state_dir/logs.",
+)
 @click.pass_context
-def up(ctx: click.Context) -> None:
+def up(ctx: click.Context, verbose: bool) -> None:
     """Start the embedded broker (unless LIVETAG_KAFKA_BOOTSTRAP is set), create the shared
     topics and start every livetag service, restarting one that dies; Ctrl-C stops
-    everything. Exits non-zero when a service keeps dying."""
+    everything. Exits non-zero when a service keeps dying.
+
+    Prints what is up on stdout (a summary once everything answers); livetag's own
+    warnings and errors go to stderr, one line each, and every service's log to
+    state_dir/logs (with -v to the terminal too)."""
     from capture.server import CaptureServerError
     from infra.broker import BrokerError
     from infra.up import ServiceFailedError, run_up
@@ -91,7 +107,7 @@ def up(ctx: click.Context) -> None:
         tls = settings.tls_cert_file is not None
         check_listen_address(settings, "the capture server", settings.capture_host, tls=tls)
         check_listen_address(settings, "the dashboard", settings.dashboard_host, tls=tls)
-        asyncio.run(run_up(settings))
+        run_up(settings, verbose=verbose)
     except (BrokerError, CaptureServerError, ServiceFailedError, PlaintextNetworkError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -169,48 +185,57 @@ def topics_list(ctx: click.Context, bootstrap: str | None) -> None:
         click.echo(name)
 
 
-_TOPIC_KEYS = {
-    topics.SESSIONS: "session_id",
-    topics.DEADLETTER: "source topic",
-    topics.REVOCATIONS: "session_id/token/TOKEN_ID or session_id/participant/PARTICIPANT_ID",
-}
-
-
 @main.command()
 @click.option(
     "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    required=True,
-    help="Folder for the schema files (created if missing).",
+    "out",
+    type=click.Path(path_type=Path, allow_dash=True),
+    default=None,
+    help=(
+        "Folder for every file (created if missing); with --asyncapi, the file for the "
+        "document, - (the default) for standard output."
+    ),
+)
+@click.option("--asyncapi", "asyncapi_only", is_flag=True, help="Only the AsyncAPI 3.0 document.")
+@click.option(
+    "--defaults",
+    is_flag=True,
+    help=(
+        "Describe livetag's default settings (partitions, broker address) instead of this "
+        "deployment's: how the published files in streams/schemas/v1 are made."
+    ),
 )
 @click.pass_context
-def schema(ctx: click.Context, out_dir: Path) -> None:
-    """Write one JSON Schema file per topic payload, and the topic catalogue."""
-    settings = _settings(ctx)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for model in records.SCHEMA_MODELS:
-        path = out_dir / f"{model.record_type}.schema.json"
-        path.write_text(json.dumps(records.json_schema(model), indent=2) + "\n")
-        click.echo(str(path))
-    catalogue = [
-        {
-            "topic": spec.name,
-            "kind": kind,
-            "record_type": spec.record_type.record_type,
-            "schema": f"{spec.record_type.record_type}.schema.json",
-            "partitions": spec.partitions,
-            "configs": spec.configs,
-            "key": _TOPIC_KEYS.get(spec.name, "session_id/performer_id"),
-        }
-        for kind, specs in (
-            ("shared", topics.shared_topics(settings)),
-            ("session", topics.session_topic_templates(settings)),
-        )
-        for spec in specs
-    ]
-    path = out_dir / "topics.json"
-    path.write_text(json.dumps(catalogue, indent=2) + "\n")
+def schema(ctx: click.Context, out: Path | None, asyncapi_only: bool, defaults: bool) -> None:
+    """Write the data contract: a JSON Schema per record type, the topic catalogue
+    (topics.json) and the AsyncAPI 3.0 document of every topic (asyncapi.json)."""
+    from streams import contract
+
+    settings = contract.default_settings() if defaults else _settings(ctx)
+    version = contract.package_version()
+    if asyncapi_only:
+        text = contract.dump(contract.asyncapi_document(settings, version))
+        if out is None or str(out) == "-":
+            click.echo(text, nl=False)
+        else:
+            _write_contract_file(out, text)
+        return
+    if out is None or str(out) == "-":
+        raise click.UsageError("give --out DIR (or --asyncapi to print the AsyncAPI document)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.ClickException(f"cannot create {out}: {exc.strerror}") from None
+    for name, text in contract.published_files(settings, version).items():
+        _write_contract_file(out / name, text)
+
+
+def _write_contract_file(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror}") from None
     click.echo(str(path))
 
 
@@ -281,6 +306,85 @@ def tail(
         )
     except TailError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--session", "session_id", required=True, help="The session to publish.")
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="Replay the session from its start once an inlet (e.g. LabRecorder recording) "
+    "connects, then go on live. Default: from now.",
+)
+@click.option(
+    "--marker-inlet",
+    "marker_stream",
+    metavar="NAME",
+    default=None,
+    help="Also turn each marker of the LSL string stream NAME (e.g. a stimulus program) "
+    "into a tag; a marker must be a label of the session's vocabulary.",
+)
+@click.option("--rater", default=None, help="With --marker-inlet: who the tags are from.")
+@click.option(
+    "--performer",
+    "performer_id",
+    default=None,
+    help="With --marker-inlet: the performer tagged (default: every performer).",
+)
+@bootstrap_option
+@click.pass_context
+def lsl(
+    ctx: click.Context,
+    session_id: str,
+    from_beginning: bool,
+    marker_stream: str | None,
+    rater: str | None,
+    performer_id: str | None,
+    bootstrap: str | None,
+) -> None:
+    """Publish a session's prosody, face, label windows and tags as Lab Streaming Layer
+    streams (four per performer) until the session is archived or Ctrl-C, then print
+    counts (samples, malformed records, ...) as `what<TAB>stream<TAB>count` lines."""
+    from streams.lsl_bridge import BridgeCounts, BridgeError, MarkerInletOptions, run_bridge
+    from taggers.outbox import TagOutbox
+    from taggers.tokens import InviteError, participant_id_of
+
+    if (marker_stream is None) != (rater is None):
+        raise click.UsageError("--marker-inlet and --rater go together")
+    if performer_id is not None and marker_stream is None:
+        raise click.UsageError("--performer applies to --marker-inlet only")
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    inlet = None
+    if marker_stream is not None and rater is not None:
+        try:
+            inlet = MarkerInletOptions(marker_stream, participant_id_of(rater), performer_id)
+        except InviteError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rater") from None
+
+    async def bridge() -> BridgeCounts:
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        return await run_bridge(
+            settings,
+            session_id,
+            stop=stop,
+            from_beginning=from_beginning,
+            marker_inlet=inlet,
+            # Tags are made safe as the tag service makes them: spooled while Kafka is away.
+            tag_sink=lambda producer: TagOutbox(
+                producer,
+                settings.state_dir,
+                produce_timeout_s=settings.tag_produce_timeout_ms / 1000,
+            ),
+        )
+
+    try:
+        counts: BridgeCounts = _run_kafka(bridge(), settings)
+    except (BridgeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in counts.lines():
+        click.echo(line)
 
 
 @main.group()
@@ -580,33 +684,122 @@ def worker(ctx: click.Context, sessions: tuple[str, ...]) -> None:
 
 
 @main.command("export")
-@click.argument("session_id")
+@click.argument("session_id", required=False)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "parquet", "csv", "eaf"]),
+    type=click.Choice(["jsonl", "parquet", "csv", "eaf", "hf"]),
     required=True,
-    help="jsonl / parquet / csv: one file per kind; eaf: ELAN tiers per rater and performer.",
+    help=(
+        "jsonl / parquet / csv: one file per kind; eaf: ELAN tiers per rater and performer; "
+        "hf: a Hugging Face dataset folder (one row per label window, dataset card)."
+    ),
+)
+@click.option(
+    "--day",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help=(
+        "With --format hf, instead of SESSION_ID: every archived session whose media "
+        "started on this UTC day (YYYY-MM-DD), in one dataset."
+    ),
 )
 @click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Output folder (default: ./SESSION-FORMAT).",
+    help="Output folder (default: ./SESSION-FORMAT, or ./DAY-hf with --day).",
+)
+@click.option(
+    "--media",
+    type=click.Choice(["link", "copy", "symlink", "none"]),
+    default=None,
+    help=(
+        "hf: how the media files get into OUT/media/SESSION/ (default link: hard links, "
+        "copies where that is not possible; none: left in the archive)."
+    ),
+)
+@click.option(
+    "--license",
+    "license_id",
+    default=None,
+    help="hf: the card's Hugging Face license id, e.g. cc-by-4.0 (default: other, to be set).",
+)
+@click.option(
+    "--consent-scope",
+    default=None,
+    help="hf: what the participants consented to, for the card (default: a must-fill note).",
 )
 @click.pass_context
-def export_command(ctx: click.Context, session_id: str, fmt: str, out_dir: Path | None) -> None:
-    """Export an archived session (from data_dir) for training or annotation tools."""
+def export_command(
+    ctx: click.Context,
+    session_id: str | None,
+    fmt: str,
+    day: Any,
+    out_dir: Path | None,
+    media: str | None,
+    license_id: str | None,
+    consent_scope: str | None,
+) -> None:
+    """Export an archived session (from data_dir) for training or annotation tools:
+    SESSION_ID, or with --format hf --day YYYY-MM-DD every session of that day."""
     from streams import archive
     from streams.export import ExportError, export_session
 
     settings = _settings(ctx)
-    folder = archive.session_dir(settings, session_id)
+    if (session_id is None) == (day is None):
+        raise click.ClickException(
+            "give a SESSION_ID or --day YYYY-MM-DD (with --format hf), exactly one of them"
+        )
+    if fmt != "hf":
+        given = [
+            name
+            for name, value in (
+                ("--day", day),
+                ("--media", media),
+                ("--license", license_id),
+                ("--consent-scope", consent_scope),
+            )
+            if value is not None
+        ]
+        if given:
+            raise click.ClickException(f"{', '.join(given)}: for --format hf only")
+    from infra.progress import terminal_progress
+
+    progress = terminal_progress()  # None when stderr is not a terminal: nothing extra
     try:
-        written = export_session(folder, out_dir or Path(f"{session_id}-{fmt}"), fmt)  # type: ignore[arg-type]
+        if fmt == "hf":
+            from streams.export_hf import DEFAULT_LICENSE, export_dataset, sessions_started_on
+
+            if session_id is not None:
+                folders = [archive.session_dir(settings, session_id)]
+                default_out = Path(f"{session_id}-hf")
+            else:
+                folders = sessions_started_on(settings.data_dir, day.date())
+                default_out = Path(f"{day.date().isoformat()}-hf")
+            written = export_dataset(
+                folders,
+                out_dir or default_out,
+                media=media or "link",  # type: ignore[arg-type]
+                license_id=DEFAULT_LICENSE if license_id is None else license_id,
+                consent_scope=consent_scope,
+                progress=progress,
+            )
+        else:
+            assert session_id is not None
+            folder = archive.session_dir(settings, session_id)
+            written = export_session(
+                folder,
+                out_dir or Path(f"{session_id}-{fmt}"),
+                fmt,  # type: ignore[arg-type]
+                progress=progress,
+            )
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if progress is not None:
+            progress.close()
     for path in written:
         click.echo(str(path))
 
@@ -628,7 +821,9 @@ def replay(
     ctx: click.Context, session_id: str, speed: float | None, new_id: str | None, wait_s: float
 ) -> None:
     """Publish an archived session's media into a new session (replayed=true), so its
-    features and labels are computed again (e.g. with a new model)."""
+    features and labels are computed again (e.g. with a new model). On a terminal, its
+    progress is shown on stderr."""
+    from infra.progress import terminal_progress
     from streams import archive
     from streams.replay import replay_session
 
@@ -636,14 +831,23 @@ def replay(
     folder = archive.session_dir(settings, session_id)
     if not (folder / archive.MANIFEST).is_file():
         raise click.ClickException(f"{folder} is not an archived session")
+    progress = terminal_progress()  # None when stderr is not a terminal: nothing extra
     try:
         result = asyncio.run(
             replay_session(
-                settings, folder, new_session_id=new_id, speed=speed, drain_timeout_s=wait_s
+                settings,
+                folder,
+                new_session_id=new_id,
+                speed=speed,
+                drain_timeout_s=wait_s,
+                progress=progress,
             )
         )
     except (ValueError, archive.ArchiveError) as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if progress is not None:
+            progress.close()
     click.echo(f"replayed into session {result.session_id}: {result.published}")
 
 
@@ -660,7 +864,9 @@ def models_fetch(ctx: click.Context) -> None:
     from streams.face_model import FaceModelError
 
     try:
-        click.echo(str(fetch_face_model(_settings(ctx))))
+        # What it does is said on stderr while it does it, on a terminal only.
+        path = fetch_face_model(_settings(ctx), show_progress=sys.stderr.isatty())
+        click.echo(str(path))
     except FaceModelError as exc:
         raise click.ClickException(str(exc)) from None
 

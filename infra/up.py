@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,12 +15,18 @@ from pathlib import Path
 
 from infra.broker import EmbeddedBroker, die_with_parent
 from infra.private_files import private_dir, restrict_new_files
+from infra.service_logs import TERMINAL, ServiceOutput, configure_up_logging, log_path
 from infra.settings import Settings, to_environment
 from streams import face_model, kafka, topics
 
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
+
+
+def say_line(text: str) -> None:
+    # Flushed line by line: scripts read the listing from a pipe as it comes.
+    print(text, flush=True)
 
 
 @contextlib.contextmanager
@@ -147,11 +154,13 @@ class Supervisor:
     dies more than ``service_restart_limit`` times in a row (a run of ``service_stable_s``
     starts the count again) makes ``livetag up`` stop everything and exit non-zero."""
 
-    def __init__(self, settings: Settings, stop: asyncio.Event) -> None:
+    def __init__(self, settings: Settings, stop: asyncio.Event, *, verbose: bool = False) -> None:
         self.settings = settings
         self._stop = stop
+        self._verbose = verbose
         self.failure: str | None = None
         self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.outputs: dict[str, ServiceOutput] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -183,8 +192,13 @@ class Supervisor:
     def supervise_service(self, settings: Settings, command: str) -> None:
         """``python -m infra COMMAND`` as a supervised child process."""
 
+        output = self.outputs.get(command)
+        if output is None:
+            output = ServiceOutput(log_path(settings.log_dir, command), verbose=self._verbose)
+            self.outputs[command] = output
+
         async def run() -> str | None:
-            process = await _start_service(settings, command)
+            process = await _start_service(settings, command, output)
             self.processes[command] = process
             exited = asyncio.ensure_future(process.wait())
             stopping = asyncio.ensure_future(self._stop.wait())
@@ -193,7 +207,17 @@ class Supervisor:
             if not exited.done():
                 exited.cancel()
                 return None  # livetag stops it, in order, with the others
-            return f"pid {process.pid} exited with {_exit_status(process.returncode)}"
+            # Its last words (why it died) are what the terminal needs of its log; its
+            # processes may take a moment to close their end of the pipe.
+            await asyncio.to_thread(output.wait_drained, 2.0)
+            # A signal's victim said nothing about it: only an exit's last line tells why.
+            last = ""
+            if output.last_line and (process.returncode or 0) > 0:
+                last = f"; its last line: {output.last_line}"
+            return (
+                f"pid {process.pid} exited with {_exit_status(process.returncode)}"
+                f" (log: {output.path}{last})"
+            )
 
         self.supervise(command, run)
 
@@ -258,14 +282,30 @@ async def _restart_broker(broker: EmbeddedBroker, settings: Settings) -> None:
     await asyncio.to_thread(broker.start)
     async with kafka.admin_client(settings) as admin:
         await topics.ensure_shared_topics(admin, settings)
-    log.info("embedded broker back on %s with the shared topics", broker.bootstrap_servers)
+    log.info(
+        "embedded broker back on %s with the shared topics",
+        broker.bootstrap_servers,
+        extra=TERMINAL,
+    )
 
 
-async def run_up(settings: Settings, *, say: Say = print) -> None:
-    await run_services(settings, embedded_broker=settings.uses_embedded_broker, say=say)
+def run_up(settings: Settings, *, verbose: bool = False, say: Say = say_line) -> None:
+    """``livetag up`` until SIGINT/SIGTERM: its own log and its services' into ``log_dir``
+    (and on the terminal with ``verbose``), livetag's own warnings and errors on stderr.
+    Logging is in place before the event loop exists (which logs as it starts)."""
+    _private_state(settings)
+    configure_up_logging(settings.log_dir, verbose=verbose)
+    log.info("livetag up starting (pid %d)", os.getpid())
+    asyncio.run(
+        run_services(
+            settings, embedded_broker=settings.uses_embedded_broker, say=say, verbose=verbose
+        )
+    )
 
 
-async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = print) -> None:
+async def run_services(
+    settings: Settings, *, embedded_broker: bool, say: Say = say_line, verbose: bool = False
+) -> None:
     """Start the broker (if embedded), the shared topics and every service, supervise them
     (restarting one that dies), and stop them in reverse order on SIGINT/SIGTERM; raise
     :class:`ServiceFailedError` when one kept dying."""
@@ -275,7 +315,7 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
     stop = asyncio.Event()
     broker: EmbeddedBroker | None = None
     capture: CaptureServer | None = None
-    supervisor = Supervisor(settings, stop)
+    supervisor = Supervisor(settings, stop, verbose=verbose)
     _private_state(settings)
     # Handlers first: a Ctrl-C while starting still stops what was started, in order.
     with _stop_on_signals(stop):
@@ -318,7 +358,10 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 # event loop, which must answer ICE, RTCP and every forwarded packet.
                 supervisor.supervise_service(settings, "worker")
                 say("processor worker running (prosody, face) for every live session")
-                say("livetag is up; press Ctrl-C to stop.")
+                if await _dashboard_answers(settings, supervisor):
+                    for line in summary(settings, embedded_broker=embedded_broker, verbose=verbose):
+                        say(line)
+                    say("livetag is up; press Ctrl-C to stop.")
             await stop.wait()
             say("stopping...")
         finally:
@@ -336,9 +379,75 @@ async def run_services(settings: Settings, *, embedded_broker: bool, say: Say = 
                 finally:
                     if broker is not None:
                         broker.stop()
+                    for output in supervisor.outputs.values():
+                        await asyncio.to_thread(output.wait_drained, 2.0)
+                        output.close()
                     say("stopped." if supervisor.failure is None else "stopped after a failure.")
     if supervisor.failure is not None:
         raise ServiceFailedError(f"livetag up stopped: {supervisor.failure}")
+
+
+def _livetag_command() -> str:
+    """How to type ``livetag`` here: the bare name when it is on PATH as this install's,
+    else this virtualenv's script (``.venv/bin/livetag`` from the checkout)."""
+    script = Path(sys.executable).parent / "livetag"
+    found = shutil.which("livetag")
+    if not script.is_file() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "livetag"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
+
+
+def summary(settings: Settings, *, embedded_broker: bool, verbose: bool) -> list[str]:
+    """What ``livetag up`` prints once everything answers: where each thing is, what to
+    type next, where the logs are. Each line ``name  value``, for people and scripts."""
+    broker = "embedded, in memory" if embedded_broker else "Kafka cluster"
+    shown = "shown here too (-v)" if verbose else "livetag up -v shows them here too"
+    return [
+        "livetag is up:",
+        f"  call pages  {settings.capture_base_url}/join?token=...  (performers' links;"
+        " the director's: /direct?token=...)",
+        f"  dashboard   {settings.dashboard_base_url}/dashboard?token=...  (the director's"
+        " and observers' links)",
+        f"  broker      {settings.bootstrap_servers}  ({broker})",
+        f"  logs        {settings.log_dir}  (one file per service; {shown})",
+        f'  next        {_livetag_command()} session create --prompt "Two strangers share'
+        ' an umbrella" --performers alice,bob  (prints the join links)',
+    ]
+
+
+async def _dashboard_answers(settings: Settings, supervisor: Supervisor) -> bool:
+    """Wait until the dashboard (the last service to listen) serves its page; False when
+    livetag stops first (it kept dying, or Ctrl-C)."""
+    import aiohttp
+
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(
+        settings.dashboard_host, settings.dashboard_host
+    )
+    netloc = f"[{host}]" if ":" in host else host
+    # Its page, not just its port: something else listening there is not the dashboard.
+    # Only whether it answers is read: no certificate check, nothing secret sent.
+    page = f"{settings.web_scheme}://{netloc}:{settings.dashboard_port}/dashboard"
+    loop = asyncio.get_running_loop()
+    warn_at = loop.time() + 30.0
+    timeout = aiohttp.ClientTimeout(total=2.0)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while not supervisor.stopping.is_set():
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with http.get(page, ssl=False) as response:
+                    if response.status == 200:
+                        return True
+            if loop.time() >= warn_at:
+                warn_at = float("inf")
+                log.warning(
+                    "the dashboard does not answer on %s after 30 s; still waiting (log: %s)",
+                    page,
+                    log_path(settings.log_dir, "dashboard"),
+                )
+            if await supervisor.sleep_unless_stopped(0.2):
+                break
+    return False
 
 
 def supervise_broker(supervisor: Supervisor, broker: EmbeddedBroker, settings: Settings) -> None:
@@ -410,17 +519,28 @@ async def run_recorder(settings: Settings, *, only_sessions: set[str] | None = N
         await RecorderWorker(settings, only_sessions=only_sessions).run(stop)
 
 
-async def _start_service(settings: Settings, command: str) -> asyncio.subprocess.Process:
+async def _start_service(
+    settings: Settings, command: str, output: ServiceOutput | None = None
+) -> asyncio.subprocess.Process:
     # Their own processes: fanning features out to browsers or writing archives never
-    # takes time from the call's event loop.
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infra",
-        command,
-        env={**os.environ, **to_environment(settings)},
-        preexec_fn=_child_setup,
-    )
+    # takes time from the call's event loop. Their output (and that of the processes
+    # they start) goes to their log file, read by a thread of ours.
+    child_end = output.child_end() if output is not None else None
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "infra",
+            command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=child_end,
+            stderr=child_end,
+            env={**os.environ, **to_environment(settings)},
+            preexec_fn=_child_setup,
+        )
+    finally:
+        if child_end is not None:
+            os.close(child_end)  # the child has its own copy: EOF comes when it is gone
 
 
 async def _stop_process(process: asyncio.subprocess.Process) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import types
@@ -63,6 +64,8 @@ __all__ = [
 ]
 
 R = TypeVar("R", bound=records.Record)
+
+log = logging.getLogger(__name__)
 
 #: Archived record kinds and their record types.
 KINDS: Final[dict[str, type[records.Record]]] = {
@@ -339,6 +342,15 @@ def build_archive(
         raise ArchiveError(f"{folder} was built already and has no parts to build from")
     counts: dict[str, int] = {"undecodable": 0}
     session_id = session.session_id
+    parts = sorted((folder / "parts").rglob("*.parquet"))
+    # A long scene's build takes a while: its progress is logged file by file.
+    log.info(
+        "archive of %s: building from %d parts (%s) in %s",
+        session_id,
+        len(parts),
+        file_size(sum(part.stat().st_size for part in parts)),
+        folder,
+    )
     decoded: dict[str, list[Any]] = {}
     for kind, model in KINDS.items():
         unique: dict[tuple[Any, ...], records.Record] = {}
@@ -360,6 +372,7 @@ def build_archive(
         table = record_table(model, rows)
         _write_durably(folder / f"{kind}.parquet", lambda t, table=table: pq.write_table(table, t))
         counts[kind] = len(rows)
+        _log_written(folder, session_id, f"{kind}.parquet", f"{len(rows)} records")
 
     media = _gather_media(folder, session_id, counts)
     starts = [chunk.header.ts_us for items in media.values() for chunk in items]
@@ -367,7 +380,7 @@ def build_archive(
     performers: dict[str, Any] = {}
     private_dir(folder / "media")
     for performer_id, items in sorted(media.items()):
-        performers[performer_id] = _write_media(folder, performer_id, items, t0_us)
+        performers[performer_id] = _write_media(folder, session_id, performer_id, items, t0_us)
     counts["video"] = sum(p["video_frames"] for p in performers.values())
     counts["audio"] = sum(p["audio_chunks"] for p in performers.values())
 
@@ -393,6 +406,14 @@ def build_archive(
     }
     text = json.dumps(manifest, indent=2, sort_keys=True)
     _write_durably(folder / MANIFEST, lambda t: Path(t).write_text(text, encoding="utf-8"))
+    listed = [folder / name for name in typing.cast(dict[str, str], manifest["files"])]
+    _log_written(folder, session_id, MANIFEST, f"{len(listed)} files listed")
+    log.info(
+        "archive of %s: complete, %s in %d files",
+        session_id,
+        file_size(sum(path.stat().st_size for path in [*listed, folder / MANIFEST])),
+        len(listed) + 1,
+    )
     # Only now, with the manifest durable, may the raw parts go.
     if not keep_parts:
         shutil.rmtree(folder / "parts", ignore_errors=True)
@@ -427,6 +448,7 @@ def _gather_media(
 
 def _write_media(
     folder: Path,
+    session_id: str,
     performer_id: str,
     items: Sequence[records.AudioChunk | records.VideoFrame],
     t0_us: int,
@@ -463,6 +485,12 @@ def _write_media(
     with temporary.open("rb") as handle:
         os.fsync(handle.fileno())
     temporary.replace(path)
+    _log_written(
+        folder,
+        session_id,
+        f"media/{path.name}",
+        f"{len(frames)} video frames, {len(chunks)} audio chunks",
+    )
     index_columns = ("ts_us", "seq", "timing", "rtp_timestamp", "replayed")
     for name, rows, extra in (
         ("video", frames, ("width", "height")),
@@ -477,6 +505,7 @@ def _write_media(
         index = folder / "media" / f"{performer_id}.{name}.parquet"
         pq.write_table(table, index)
         private_file(index)
+        _log_written(folder, session_id, f"media/{index.name}", f"{len(rows)} rows")
     return {
         "media": f"media/{performer_id}.mkv",
         "video_frames": len(frames),
@@ -550,6 +579,23 @@ def _raters(tags: Sequence[records.TagEvent]) -> list[dict[str, Any]]:
             }
         )
     return raters
+
+
+def file_size(size: int) -> str:
+    """A byte count as people read it (1000-based, as ``ls --si`` and file managers)."""
+    if size < 1000:
+        return f"{size} B"
+    value = size / 1000
+    for unit in ("kB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def _log_written(folder: Path, session_id: str, name: str, what: str) -> None:
+    size = file_size((folder / name).stat().st_size)
+    log.info("archive of %s: wrote %s (%s, %s)", session_id, name, what, size)
 
 
 def _sha256(path: Path) -> str:

@@ -62,7 +62,7 @@ import os
 import shutil
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -92,8 +92,19 @@ class ExportError(ValueError):
     """The folder is not a session archive, or the format is unknown."""
 
 
-def export_session(folder: Path, out_dir: Path, fmt: Format) -> list[Path]:
-    """Write the session archived in ``folder`` as ``fmt`` into ``out_dir``; the paths."""
+#: ``(step, done, total)``: how far an export is (``livetag export`` draws it on a terminal).
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    return None
+
+
+def export_session(
+    folder: Path, out_dir: Path, fmt: Format, *, progress: Progress | None = None
+) -> list[Path]:
+    """Write the session archived in ``folder`` as ``fmt`` into ``out_dir``; the paths.
+    ``progress`` hears of every file written."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     manifest_path = folder / archive.MANIFEST
@@ -103,17 +114,21 @@ def export_session(folder: Path, out_dir: Path, fmt: Format) -> list[Path]:
         # Imported here: streams.export_hf builds on this module's helpers.
         from streams.export_hf import export_dataset
 
-        return export_dataset([folder], out_dir)
+        return export_dataset([folder], out_dir, progress=progress)
     try:
         manifest = archive.read_manifest(folder)
         out_dir.mkdir(parents=True, exist_ok=True)
+        report = progress or _no_progress
         if fmt == "jsonl":
-            return _export_jsonl(folder, out_dir)
+            return _export_jsonl(folder, out_dir, report)
         if fmt == "parquet":
-            return _export_parquet(folder, out_dir)
+            return _export_parquet(folder, out_dir, report)
         if fmt == "csv":
-            return _export_csv(folder, out_dir)
-        return [_export_eaf(folder, out_dir, manifest)]
+            return _export_csv(folder, out_dir, report)
+        report("writing ELAN tiers", 0, 1)
+        written = [_export_eaf(folder, out_dir, manifest)]
+        report("writing ELAN tiers", 1, 1)
+        return written
     except archive.ArchiveError as exc:
         raise ExportError(str(exc)) from None
 
@@ -133,12 +148,15 @@ def _write_jsonl(path: Path, rows: Iterable[records.Record]) -> Path:
     return path
 
 
-def _export_jsonl(folder: Path, out_dir: Path) -> list[Path]:
-    written = [
-        _write_jsonl(out_dir / f"{kind}.jsonl", archive.read_records(folder, kind))
-        for kind in archive.KINDS
-    ]
+def _export_jsonl(folder: Path, out_dir: Path, report: Progress) -> list[Path]:
+    total = len(archive.KINDS) + 1
+    written: list[Path] = []
+    for kind in archive.KINDS:
+        report("writing JSON lines", len(written), total)
+        written.append(_write_jsonl(out_dir / f"{kind}.jsonl", archive.read_records(folder, kind)))
+    report("writing JSON lines", len(written), total)
     written.append(_write_jsonl(out_dir / "labels.latest.jsonl", _latest(folder)))
+    report("writing JSON lines", len(written), total)
     return written
 
 
@@ -174,18 +192,22 @@ def _model(kind: str) -> type[records.Record]:
 # ---------------------------------------------------------------- parquet
 
 
-def _export_parquet(folder: Path, out_dir: Path) -> list[Path]:
-    written = []
+def _export_parquet(folder: Path, out_dir: Path, report: Progress) -> list[Path]:
+    total = len(archive.KINDS) + 1
+    written: list[Path] = []
     for kind, model in archive.KINDS.items():
+        report("writing Parquet", len(written), total)
         source, target = folder / f"{kind}.parquet", out_dir / f"{kind}.parquet"
         if source.is_file():
             shutil.copyfile(source, target)
         else:  # a kind nothing was recorded for: an empty table of the same schema
             pq.write_table(archive.record_table(model, []), target)
         written.append(target)
+    report("writing Parquet", len(written), total)
     target = out_dir / "labels.latest.parquet"
     pq.write_table(archive.record_table(records.LabelWindow, _latest(folder)), target)
     written.append(target)
+    report("writing Parquet", len(written), total)
     return written
 
 
@@ -210,12 +232,14 @@ def _csv_columns(model: type[records.Record]) -> list[tuple[str, bool]]:
     return [(name, _is_text(field.annotation)) for name, field in model.model_fields.items()]
 
 
-def _export_csv(folder: Path, out_dir: Path) -> list[Path]:
-    written = []
+def _export_csv(folder: Path, out_dir: Path, report: Progress) -> list[Path]:
+    written: list[Path] = []
     for kind, model in archive.KINDS.items():
+        report("writing CSV", len(written), len(archive.KINDS))
         path = out_dir / f"{kind}.csv"
         _write_csv(path, model, archive.read_records(folder, kind))
         written.append(path)
+    report("writing CSV", len(written), len(archive.KINDS))
     return written
 
 

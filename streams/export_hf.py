@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from infra.private_files import private_dir, private_file
 from streams import archive, records
-from streams.export import ExportError, _latest, _max_hold_us, _media_files
+from streams.export import ExportError, Progress, _latest, _max_hold_us, _media_files
 
 __all__ = [
     "COLUMNS",
@@ -389,9 +389,11 @@ def export_dataset(
     media: MediaMode = "link",
     license_id: str = DEFAULT_LICENSE,
     consent_scope: str | None = None,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Write the archived sessions in ``folders`` as one Hugging Face dataset folder in
-    ``out_dir``; the paths written (card, shards, media)."""
+    ``out_dir``; the paths written (card, shards, media). ``progress`` hears of every
+    session done."""
     if not folders:
         raise ExportError("no session to export")
     if media not in MEDIA_MODES:
@@ -412,13 +414,17 @@ def export_dataset(
         data_dir.mkdir(parents=True, exist_ok=True)
         staged: list[Path] = []
         try:
-            for figures in sessions:
+            for done, figures in enumerate(sessions):
+                if progress is not None:
+                    progress("exporting sessions", done, len(sessions))
                 temporary = data_dir / f".{_SPLIT}-{figures.session_id}.parquet.tmp"
                 # A session without label windows gets no shard: datasets cannot read an
                 # empty one (it sizes its batches by the first row group). The card lists it.
                 if _write_shard(figures, temporary):
                     staged.append(temporary)
                 _place_media(figures, out_dir, media)
+            if progress is not None:
+                progress("exporting sessions", len(sessions), len(sessions))
             if not staged:
                 raise ExportError(
                     f"{', '.join(s.session_id for s in sessions)}: no label windows archived, "

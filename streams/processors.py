@@ -29,13 +29,14 @@ from typing import Any, cast
 import faust
 
 from infra.redaction import install_token_filter
+from infra.service_logs import LOG_FORMAT
 from infra.settings import Settings, load_settings
 from streams import face_model, group_members, records, topics
 from streams.aligner import add_aligner
 from streams.batches import BatchLane
 from streams.face_errors import FaceAnalysisError
 from streams.face_pool import FacePool, FacePoolStopped
-from streams.kafka import decoded_events, make_faust_app
+from streams.kafka import FAUST_LOG, decoded_events, make_faust_app
 from streams.prosody import SAMPLE_RATE, ProsodyTracker
 from streams.sessions import read_session
 
@@ -413,13 +414,16 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     @cast(Any, app).on_before_shutdown.connect
     async def close_processors(sender: Any, **_: Any) -> None:
         state.close()
+        # A clean stop leaves no note behind (only a killed processor's stays, for its
+        # successor to find dead).
+        member.forget()
 
     return app
 
 
 def setup_logging(level: str) -> None:
     """Logging until the faust worker starts (it sets up its own: ProcessorWorker)."""
-    logging.basicConfig(level=level)
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     # Join links and credentials are bearer secrets: as in every livetag process, whatever
     # logs one by accident (an exception's text, a library's warning) prints a mask instead.
     install_token_filter()
@@ -427,10 +431,16 @@ def setup_logging(level: str) -> None:
 
 class ProcessorWorker(faust.Worker):
     """faust's worker, with the token filter on the log handlers it puts in place of the
-    root logger's when it starts (the ones setup_logging filtered are gone by then)."""
+    root logger's when it starts (the ones setup_logging filtered are gone by then), and
+    livetag's line format on them: it names each line's logger, which livetag up reads to
+    keep libraries' lines off the terminal (faust's own format has no logger name)."""
+
+    logger = FAUST_LOG
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         super().on_setup_root_logger(logger, level)
+        for handler in logger.handlers:
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
         install_token_filter(logger)
 
 

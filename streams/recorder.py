@@ -259,15 +259,24 @@ class SessionRecorder:
         lock_path = self.folder / ".archive.lock"
         with os.fdopen(open_private(lock_path, os.O_WRONLY | os.O_CREAT), "w") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            if (self.folder / archive.MANIFEST).is_file():
-                return False  # another recorder of the group built it
-            archive.build_archive(
-                self.folder,
-                session,
-                software=software_versions(),
-                tag_max_hold_us=self.settings.tag_max_hold_ms * 1000,
-            )
-            return True
+            try:
+                if (self.folder / archive.MANIFEST).is_file():
+                    return False  # another recorder of the group built it
+                archive.build_archive(
+                    self.folder,
+                    session,
+                    software=software_versions(),
+                    tag_max_hold_us=self.settings.tag_max_hold_ms * 1000,
+                )
+                return True
+            finally:
+                # A finished archive keeps no lock file. Removed only once the manifest
+                # is durable, still holding the lock: whoever locks after that (this
+                # file, or a new one by the same name) finds the manifest and builds
+                # nothing. Without a manifest (the build failed) it stays: removing it
+                # would let two recorders lock two files and build at once.
+                if (self.folder / archive.MANIFEST).is_file():
+                    lock_path.unlink(missing_ok=True)
 
 
 class RecorderWorker:

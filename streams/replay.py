@@ -25,7 +25,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +38,7 @@ from streams import archive, kafka, records, sessions, topics
 
 __all__ = [
     "MediaRecord",
+    "Progress",
     "ReplayResult",
     "load_media",
     "replay_plan",
@@ -49,6 +50,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MediaRecord = records.AudioChunk | records.VideoFrame
+
+#: Told how far a replay is: ``(step, done, total)``, step ``"publishing"`` (records
+#: produced) then ``"processing"`` (of those, the ones the processors have committed).
+Progress = Callable[[str, int, int], None]
+PUBLISHING: Final = "publishing"
+PROCESSING: Final = "processing"
 
 #: Records produced and not yet acknowledged, at most, when replaying as fast as possible.
 MAX_IN_FLIGHT: Final = 256
@@ -159,11 +166,13 @@ async def replay_session(
     speed: float | None = None,
     end: bool = True,
     drain_timeout_s: float | None = 300.0,
+    progress: Progress | None = None,
 ) -> ReplayResult:
     """Publish the archived session in ``folder`` into a new session (see the module doc).
 
     ``end``: publish the new session as ended afterwards. ``drain_timeout_s``: before
     ending, wait up to this long for its processors to catch up (None: do not wait).
+    ``progress``: told how far it is as it goes (from the event loop: it must not block).
     """
     original, media = load_media(folder)
     directory = sessions.SessionDirectory(settings)
@@ -208,13 +217,17 @@ async def replay_session(
             "max" if speed is None else speed,
         )
         started = time.monotonic()
-        published, media_ends = await _publish(producer, session, plan)
+        published, media_ends = await _publish(producer, session, plan, progress)
         wall_s = time.monotonic() - started
         processed: bool | None = None
         if end:
             if drain_timeout_s is not None:
                 processed = await wait_processed(
-                    settings, session_id, drain_timeout_s, media_ends=media_ends
+                    settings,
+                    session_id,
+                    drain_timeout_s,
+                    media_ends=media_ends,
+                    progress=progress,
                 )
                 if not processed:
                     log.warning(
@@ -243,6 +256,7 @@ async def _publish(
     producer: AIOKafkaProducer,
     session: records.SessionRecord,
     plan: Sequence[tuple[float, MediaRecord]],
+    progress: Progress | None = None,
 ) -> tuple[dict[str, int], dict[TopicPartition, int]]:
     """Produce the plan; the counts per kind, and the offset after the last record of
     every partition written (from the acknowledgements)."""
@@ -268,8 +282,12 @@ async def _publish(
         if len(pending) >= MAX_IN_FLIGHT:
             _note_ends(ends, await asyncio.gather(*pending))
             pending.clear()
+        if progress is not None:
+            progress(PUBLISHING, counts["audio"] + counts["video"], len(plan))
     # Every record acknowledged (raises if one failed).
     _note_ends(ends, await asyncio.gather(*pending))
+    if progress is not None:
+        progress(PUBLISHING, len(plan), len(plan))
     return counts, ends
 
 
@@ -286,6 +304,7 @@ async def wait_processed(
     *,
     media_ends: Mapping[TopicPartition, int] | None = None,
     settle_s: float = SETTLE_S,
+    progress: Progress | None = None,
 ) -> bool:
     """Wait until the session's processors committed every record of its topics.
 
@@ -296,7 +315,8 @@ async def wait_processed(
     Media committed means every feature record was handed to the processors' producer (an
     event is acked only after that); feature topics committed means the aligner has seen
     them. The state has to hold, with no new feature record, for ``settle_s``: a producer
-    may hold the last records for a moment after the commit.
+    may hold the last records for a moment after the commit. ``progress``: told, at each
+    look, how many media records (of how many) the processors have committed.
     """
     # Imported here: it brings faust and mediapipe, which planning a replay does not need.
     from streams.processors import app_id as processors_group
@@ -326,6 +346,13 @@ async def wait_processed(
                 if media_ends is None:
                     ends.update(await consumer.end_offsets(media))
                 ends.update(await consumer.end_offsets(features))
+                if progress is not None:
+                    # Offsets count records here: a media partition holds only this session's.
+                    progress(
+                        PROCESSING,
+                        sum(min(max(committed.get(tp, 0), 0), ends.get(tp, 0)) for tp in media),
+                        sum(ends.get(tp, 0) for tp in media),
+                    )
                 seen = {tp: max(committed.get(tp, -1), end) for tp, end in ends.items()}
                 done = all(end <= 0 or committed.get(tp, -1) >= end for tp, end in ends.items())
                 if not done:

@@ -123,10 +123,17 @@ async def test_replay_reproduces_feature_records(settings: Settings, tmp_path: P
         for meta in await asyncio.gather(*sent):
             partition = TopicPartition(meta.topic, meta.partition)
             media_ends[partition] = max(media_ends.get(partition, 0), meta.offset + 1)
-        # Meanwhile the replay runs on its own session, and waits for its processors.
+        # Meanwhile the replay runs on its own session, and waits for its processors,
+        # saying how far it is as it goes.
+        reported: list[tuple[str, int, int]] = []
         result, original_done = await asyncio.wait_for(
             asyncio.gather(
-                replay.replay_session(settings, folder, new_session_id=replay_id),
+                replay.replay_session(
+                    settings,
+                    folder,
+                    new_session_id=replay_id,
+                    progress=lambda *report: reported.append(report),
+                ),
                 replay.wait_processed(settings, original_id, 90, media_ends=media_ends),
             ),
             timeout=120,
@@ -153,6 +160,17 @@ async def test_replay_reproduces_feature_records(settings: Settings, tmp_path: P
     assert result.published == {"audio": len(audio), "video": len(video)}
     assert result.ended
     assert result.processed
+    # Progress: every record published, one by one, then the processors' commits up to
+    # all of them, never going back.
+    count = len(audio) + len(video)
+    published = [done for step, done, total in reported if step == "publishing"]
+    assert published == [*range(1, count + 1), count]
+    assert {total for step, _, total in reported} == {count}
+    processed = [done for step, done, _ in reported if step == "processing"]
+    steps = [step for step, _, _ in reported]
+    assert steps == ["publishing"] * len(published) + ["processing"] * len(processed)
+    assert processed == sorted(processed)
+    assert processed[-1] == count
     assert replayed_session is not None
     assert replayed_session.state == "ended"
     assert replayed_session.roster == session.roster

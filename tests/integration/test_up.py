@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -9,15 +10,21 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from infra.broker import EmbeddedBroker, answers_kafka
+from infra.service_logs import is_own_warning_line
 from infra.settings import Settings
 from streams import topics
+from streams.sessions import create_session
+from taggers.tokens import join_links, load_secret
+from taggers.vocabulary import load_vocabulary
 from tests.integration.test_topics import livetag
 
 pytestmark = pytest.mark.integration
@@ -143,18 +150,22 @@ def test_up_with_a_cluster_setting_never_starts_the_embedded_broker(tmp_path: Pa
 
 
 class Running:
-    """``livetag up`` as a child, its stdout and stderr read as they come (no pipe fills)."""
+    """``livetag up`` as a child, its stdout and stderr read as they come (no pipe fills).
 
-    def __init__(self, env: dict[str, str]) -> None:
+    ``own_group``: up leads a process group of its own, as a command started from a
+    terminal does, so that :meth:`ctrl_c` can signal the whole group like Ctrl-C."""
+
+    def __init__(self, env: dict[str, str], *args: str, own_group: bool = False) -> None:
         self.lines: list[str] = []
         self.errors: list[str] = []
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "infra", "up"],
+            [sys.executable, "-m", "infra", "up", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            start_new_session=own_group,
         )
         self._readers = [
             threading.Thread(target=self._drain, args=(stream, into), daemon=True)
@@ -190,6 +201,10 @@ class Running:
                     if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
                         found.append(int(pid))
         return found
+
+    def ctrl_c(self) -> None:
+        """SIGINT to up and every process of its group, as a terminal's Ctrl-C sends it."""
+        os.killpg(self.process.pid, signal.SIGINT)
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -309,3 +324,138 @@ def test_up_refuses_a_plaintext_dashboard_on_the_network_before_starting_anythin
     # Refused before the broker: nothing listens on its port.
     assert not answers_kafka("127.0.0.1", port)
     assert "embedded broker" not in done.stdout
+
+
+# What libraries say at length: faust's service notes, table dumps and timer warnings,
+# aiokafka's group chatter, mediapipe's and TensorFlow Lite's start-up notes.
+LIBRARY_NOISE = (
+    "TensorFlow Lite",
+    "XNNPACK",
+    "W0000",
+    "InitGoogle",
+    "Requested Subscription",
+    "is overlapping",
+    "aiokafka",
+    "faust",
+    "[^",
+)
+
+
+def _summary(lines: list[str]) -> dict[str, str]:
+    """The ``name  value`` lines under "livetag is up:"."""
+    start = lines.index("livetag is up:\n") + 1
+    found = {}
+    for line in lines[start:]:
+        if not line.startswith("  "):
+            break
+        name, value = line.strip().split("  ", 1)
+        found[name] = value.strip()
+    return found
+
+
+def _wait_for_text(path: Path, text: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if path.is_file() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {path} within {timeout_s} s")
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["quiet", "verbose"])
+def test_up_sums_up_keeps_library_noise_in_its_logs_and_leaves_nothing_behind(
+    tmp_path: Path, verbose: bool
+) -> None:
+    port = _free_port()
+    dashboard_port = _free_port()
+    # DEBUG: the web servers log every request line (the links' tokens must not be in
+    # them). The real cache folder: it holds the face model, so mediapipe starts.
+    env = up_env(
+        tmp_path, port, LIVETAG_LOG_LEVEL="DEBUG", LIVETAG_DASHBOARD_PORT=str(dashboard_port)
+    )
+    env.pop("LIVETAG_CACHE_DIR")
+    # up flushes its listing line by line itself, as scripts read it from a pipe.
+    env.pop("PYTHONUNBUFFERED", None)
+    state, data = tmp_path / "state", tmp_path / "data"
+    logs = state / "logs"
+    up = Running(env, *(["-v"] if verbose else []), own_group=True)
+    secrets: set[str] = set()
+    try:
+        up.wait_for(lambda: up.said("press Ctrl-C to stop"), timeout_s=90)
+        summary = _summary(up.lines)
+        assert summary["broker"].startswith(f"127.0.0.1:{port} "), summary
+        assert summary["logs"].startswith(f"{logs} "), summary
+        assert " session create --prompt " in summary["next"], summary
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        assert summary["dashboard"].startswith(f"{dashboard}/dashboard?token=..."), summary
+        capture = summary["call pages"].split("/join?token=...")[0]
+        assert capture.startswith("http://127.0.0.1:"), summary
+        # A session as `livetag session create` makes it: the worker starts its processors.
+        settings = Settings(broker_port=port, state_dir=state)
+        session = asyncio.run(
+            create_session(
+                settings,
+                prompt="noise",
+                performer_names=["alice"],
+                vocabulary=load_vocabulary(None),
+            )
+        )
+        linked = settings.model_copy(
+            update={
+                "capture_port": int(capture.rsplit(":", 1)[1]),
+                "dashboard_port": dashboard_port,
+            }
+        )
+        # Every link opened once: their tokens are in the request lines the servers see.
+        for link in join_links(linked, session, load_secret(settings)):
+            with urllib.request.urlopen(link.url, timeout=10) as response:
+                assert response.status == 200, link.page
+            secrets.add(parse_qs(urlsplit(link.url).query)["token"][0])
+        # The face workers start (mediapipe notes it at length); the processors run a bit.
+        _wait_for_text(logs / "worker.log", "XNNPACK", timeout_s=90)
+        _wait_for_text(logs / "worker.log", "is overlapping", timeout_s=30)
+        time.sleep(3)
+        up.ctrl_c()
+        code = up.process.wait(timeout=60)
+    finally:
+        up.stop()
+    assert code == 0, "".join(up.errors)
+    terminal = up.lines + up.errors
+    noise = [line for line in terminal if any(marker in line for marker in LIBRARY_NOISE)]
+    if verbose:
+        for marker in ("XNNPACK", "W0000", "is overlapping", "aiokafka", "faust"):
+            assert any(marker in line for line in noise), marker
+    else:
+        assert noise == []
+        # stderr: livetag's own warnings only (a container without CAP_SYS_NICE has the
+        # priority's), one line each.
+        for line in up.errors:
+            assert is_own_warning_line(line), line
+    # The logs hold what the terminal was spared, each service's in its own file.
+    written = {path.name: path.read_text(errors="replace") for path in logs.iterdir()}
+    for marker in ("XNNPACK", "W0000", "is overlapping", " faust.", " aiokafka."):
+        assert marker in written["worker.log"], marker
+    assert "processing session " + session.session_id in written["worker.log"]
+    assert "aiokafka.consumer" in written["recorder.log"]
+    assert "capture server on" in written["up.log"]
+    # ... the request lines of the links opened, and never a token.
+    assert " GET /join 200 " in written["up.log"]
+    assert " GET /dashboard 200 " in written["dashboard.log"]
+    # alice's, and the director's (one token for their call page and dashboard).
+    assert len(secrets) == 2
+    for text in [*written.values(), *terminal]:
+        for secret in secrets:
+            assert secret not in text
+            assert secret.split(".")[2] not in text
+    # A clean stop (Ctrl-C to the whole group) leaves no lock, note or pid file: in the
+    # state folder only the logs and the token key, in the data folder no hidden file.
+    left = sorted(str(p.relative_to(state)) for p in state.rglob("*") if p.is_file())
+    assert left == [f"logs/{name}" for name in sorted(written)] + ["token_secret"]
+    assert sorted(written) == [
+        "broker.log",
+        "dashboard.log",
+        "recorder.log",
+        "up.log",
+        "worker.log",
+    ]
+    assert list(data.rglob(".*")) == []

@@ -364,3 +364,26 @@ def test_not_an_archive_or_unknown_format(tmp_path: Path) -> None:
     assert issubclass(ExportError, ValueError)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["t0_us"] == T0
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "eaf", "hf"])
+def test_an_export_reports_its_progress_up_to_every_file(tmp_path: Path, fmt: str) -> None:
+    folder = tmp_path / SID
+    write_sample_archive(folder)
+    reports: list[tuple[str, int, int]] = []
+    written = export_session(
+        folder,
+        tmp_path / "out",
+        fmt,  # type: ignore[arg-type]
+        progress=lambda step, done, total: reports.append((step, done, total)),
+    )
+    assert written
+    steps = {step for step, _, _ in reports}
+    assert len(steps) == 1
+    done = [d for _, d, _ in reports]
+    assert done == sorted(done)
+    assert done[0] == 0
+    assert done[-1] == reports[-1][2]  # finished: the last report is the whole
+    if fmt in ("jsonl", "parquet", "csv"):
+        # One report before each file and one at the end.
+        assert len(reports) == reports[-1][2] + 1 == len(written) + 1

@@ -1,0 +1,186 @@
+"""Where the output of ``livetag up`` goes.
+
+``livetag up`` runs several processes (the capture server in its own, the dashboard,
+recorder and processor worker as children, session processors and face workers under
+the worker). Everything they log or print goes to one file per process in
+``state_dir/logs`` (``up.log``, ``dashboard.log``, ``recorder.log``, ``worker.log``; the
+broker writes ``broker.log`` itself). The terminal gets up's listing on stdout, and on
+stderr only livetag's own warnings and errors, one line each: what libraries say at
+length (faust's tables, aiokafka's group chatter, mediapipe's and TensorFlow Lite's
+start-up notes, faust's timer warnings) is in the files. With ``livetag up -v`` every
+line goes to the terminal as well.
+
+A child's lines are read by a thread of ``livetag up`` (never its event loop, which
+serves the call), written to the file with anything shaped like a token masked, and
+classified by the line format every livetag process logs in (:data:`LOG_FORMAT`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import TextIO
+
+from infra.private_files import open_private
+from infra.redaction import install_token_filter, mask_tokens
+
+#: The format of every livetag process's log lines (the CLI's, the processors' under
+#: faust): the terminal filter below reads the level and the logger's name from it.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: Top-level logger names of livetag's own code. ``__main__`` is a module run with
+#: ``python -m`` (the session processors): every process livetag up starts is livetag's.
+OWN_LOGGERS = frozenset(
+    {"infra", "streams", "capture", "dashboard", "taggers", "livetag", "__main__"}
+)
+
+# One line of LOG_FORMAT at WARNING or above, with the logger's name.
+_WARNING_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:WARNING|ERROR|CRITICAL) (?P<name>[\w.]+): "
+)
+
+UP_LOG = "up.log"
+
+
+def log_path(settings_log_dir: Path, service: str) -> Path:
+    """The log file of one of up's processes (``up`` for up's own)."""
+    return settings_log_dir / f"{service}.log"
+
+
+def is_own(logger_name: str) -> bool:
+    return logger_name.split(".", 1)[0] in OWN_LOGGERS
+
+
+def is_own_warning_line(line: str) -> bool:
+    """True for a line another livetag process logged at WARNING or above from livetag's
+    own code (its first line only: a traceback's lines follow in the file)."""
+    found = _WARNING_LINE.match(line)
+    return found is not None and is_own(found["name"])
+
+
+#: ``extra=`` of a record up's terminal shows whatever its level (a service back after a
+#: restart: the end of what its warnings began).
+TERMINAL = {"terminal": True}
+
+
+class OwnWarnings(logging.Filter):
+    """Lets through livetag's own records at WARNING and above, and those marked
+    :data:`TERMINAL`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "terminal", False):
+            return True
+        return record.levelno >= logging.WARNING and is_own(record.name)
+
+
+class OneLineFormatter(logging.Formatter):
+    """A record as one line: a traceback is left to the log file, the exception's type
+    and text are kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            text = super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+        exc = saved[0][1] if saved[0] else None
+        if exc is not None:
+            text = f"{text} ({type(exc).__name__}: {exc})"
+        return mask_tokens(" ".join(text.splitlines()))
+
+
+def _private_text_file(path: Path) -> TextIO:
+    descriptor = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    return os.fdopen(descriptor, "a", encoding="utf-8", errors="replace", buffering=1)
+
+
+def configure_up_logging(log_dir: Path, *, verbose: bool, terminal: TextIO | None = None) -> Path:
+    """Send this process's log records to ``log_dir/up.log``, and to the terminal
+    (stderr) only livetag's own warnings and errors, one line each (every record when
+    ``verbose``). Returns the file's path."""
+    path = log_path(log_dir, "up")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    # Made private first (0600, narrowed if it was not); the handler appends to it.
+    os.close(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+    to_terminal = logging.StreamHandler(terminal or sys.stderr)
+    if verbose:
+        to_terminal.setFormatter(logging.Formatter(LOG_FORMAT))
+    else:
+        to_terminal.addFilter(OwnWarnings())
+        to_terminal.setFormatter(OneLineFormatter(LOG_FORMAT))
+    root.addHandler(to_file)
+    root.addHandler(to_terminal)
+    # Join links are bearer secrets: masked on both handlers.
+    install_token_filter()
+    return path
+
+
+class ServiceOutput:
+    """The output of one of up's child services (stdout and stderr, and those of the
+    processes it starts): every line into the service's log file, tokens masked; to the
+    terminal the lines that are livetag's own warnings and errors (every line when
+    ``verbose``). One per service, used again by each restart."""
+
+    def __init__(self, path: Path, *, verbose: bool, terminal: TextIO | None = None) -> None:
+        self.path = path
+        self._verbose = verbose
+        self._terminal = terminal or sys.stderr
+        self._file = _private_text_file(path)
+        self._write_lock = threading.Lock()
+        self._last: collections.deque[str] = collections.deque(maxlen=1)
+        self._reader: threading.Thread | None = None
+
+    def child_end(self) -> int:
+        """A fresh pipe for the next start of the service: its write end (for the child's
+        stdout and stderr; close it here once the child has it); a thread reads the other."""
+        read_end, write_end = os.pipe()
+        self._last.clear()
+        with self._write_lock:
+            # Runs are told apart in a file that every start appends to.
+            self._file.write(f"--- livetag up: starting {self.path.stem}\n")
+        self._reader = threading.Thread(
+            target=self._pump, args=(read_end,), name=f"log {self.path.name}", daemon=True
+        )
+        self._reader.start()
+        return write_end
+
+    @property
+    def last_line(self) -> str | None:
+        """The last line the service wrote (its last words, when it died)."""
+        return self._last[0] if self._last else None
+
+    def wait_drained(self, timeout_s: float) -> None:
+        """Blocks until everything the child wrote is read (it and its own children have
+        closed the pipe), at most ``timeout_s``."""
+        if self._reader is not None:
+            self._reader.join(timeout_s)
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._file.close()
+
+    def _pump(self, read_end: int) -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = mask_tokens(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                if line.strip():
+                    self._last.append(line)
+                with self._write_lock:
+                    if not self._file.closed:
+                        self._file.write(line + "\n")
+                if self._verbose or is_own_warning_line(line):
+                    # A terminal that went away must not stop the log file.
+                    with contextlib.suppress(OSError, ValueError):
+                        self._terminal.write(line + "\n")
+                        self._terminal.flush()
