@@ -182,6 +182,7 @@ DASHBOARD = Service("dashboard", "livetag dashboard")
 SESSION_COMMANDS = Service("session commands", "livetag session")
 REPLAY = Service("replay", "livetag replay")
 TAIL = Service("tail", "livetag tail")
+LSL = Service("LSL bridge", "livetag lsl")
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,11 @@ SENDERS: dict[type[Any], tuple[Use, ...]] = {
             ("taggers/service.py", "taggers/outbox.py"),
             "every rater's tag, acknowledged to the page once the broker has it",
         ),
+        Use(
+            LSL,
+            ("streams/lsl_bridge.py", "taggers/outbox.py"),
+            "markers of an external LSL stream (`--marker-inlet`), as a named rater's tags",
+        ),
     ),
     records.LabelWindow: (
         Use(ALIGNER, ("streams/aligner.py",), "every label window, and its revisions"),
@@ -241,6 +247,7 @@ SENDERS: dict[type[Any], tuple[Use, ...]] = {
                 (RECORDER, "streams/recorder.py"),
             )
         ),
+        Use(LSL, ("streams/lsl_bridge.py",), "LSL markers whose label is not in the vocabulary"),
     ),
     records.PipelineCounters: (
         Use(CAPTURE, ("capture/server.py",), "what it received and forked, per performer"),
@@ -270,6 +277,7 @@ SENDERS: dict[type[Any], tuple[Use, ...]] = {
 }
 
 _TAIL = Use(TAIL, ("infra/tail.py",), "prints the records as JSON lines")
+_LSL = Use(LSL, ("streams/lsl_bridge.py",), "publishes them as Lab Streaming Layer streams")
 RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
     records.SessionRecord: (
         Use(CAPTURE, ("capture/server.py", "streams/sessions.py"), "which sessions admit joins"),
@@ -288,18 +296,21 @@ RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
             "`session invite`, `session take` and `session end` start from the newest record",
         ),
         Use(REPLAY, ("streams/replay.py",), "the session ids taken, to pick a new one"),
+        Use(LSL, ("streams/lsl_bridge.py",), "the roster (an outlet per performer), the end"),
         _TAIL,
     ),
     records.TagEvent: (
         Use(ALIGNER, ("streams/aligner.py",), "joins the tags with the features"),
         Use(RECORDER, ("streams/recorder.py",), "archives them (tags.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "the tag timeline"),
+        _LSL,
         _TAIL,
     ),
     records.LabelWindow: (
         Use(ALIGNER, ("streams/aligner.py",), "after a restart, the windows it already sent"),
         Use(RECORDER, ("streams/recorder.py",), "archives them (labels.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "consensus and agreement"),
+        _LSL,
         _TAIL,
     ),
     records.DeadLetter: (_TAIL,),
@@ -336,12 +347,14 @@ RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
         Use(ALIGNER, ("streams/aligner.py",), "the prosody summary of each window"),
         Use(RECORDER, ("streams/recorder.py",), "archives them (prosody.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "the pitch and loudness curves"),
+        _LSL,
         _TAIL,
     ),
     records.FaceFrame: (
         Use(ALIGNER, ("streams/aligner.py",), "the face summary of each window"),
         Use(RECORDER, ("streams/recorder.py",), "archives them (face.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "face mesh and expression curves"),
+        _LSL,
         _TAIL,
     ),
 }

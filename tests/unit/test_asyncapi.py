@@ -330,7 +330,7 @@ def test_the_sessions_receivers_include_the_worker_and_tags_come_from_the_tag_se
         return {use["service"] for use in operations[operation]["x-livetag-services"]}
 
     assert {"worker", "recorder", "capture server", "tail"} <= services("receiveSessions")
-    assert services("sendTags") == {"tag service"}
+    assert services("sendTags") == {"tag service", "LSL bridge"}
     assert services("sendLabels") == {"aligner"}
     assert services("sendMediaVideo") == {"capture server", "replay"}
 
