@@ -56,6 +56,8 @@ from taggers.clock import ClockReply, ClockSync
 from taggers.service import TagService, clock_summary
 
 log = logging.getLogger(__name__)
+#: What an operator follows on livetag up's terminal (infra.service_logs.MILESTONES).
+milestones = logging.getLogger("livetag.session")
 
 COUNTERS_INTERVAL_S = 2.0  # fork counters go to livetag.health at most this often
 
@@ -447,7 +449,7 @@ class CaptureServer:
                 session = self._directory.get(session_id)
                 if session is None or session.state not in _OVER:
                     continue
-                log.info("session %s is %s: closing its call", session_id, session.state)
+                milestones.info("session %s is %s: closing its call", session_id, session.state)
                 message = f"this session is {session.state}"
                 for connection in list(self._connections.get(session_id, ())):
                     # Told and closed first (the page stops), then its media let go.

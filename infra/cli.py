@@ -72,7 +72,7 @@ def main(ctx: click.Context) -> None:
     # result, and the clients it opens (aiokafka's "Updating subscribed topics...") only
     # warnings, unless the settings ask for DEBUG.
     service = ctx.invoked_subcommand in SERVICE_COMMANDS or settings.log_level == "DEBUG"
-    level = settings.log_level if service else "WARNING"
+    level = settings.log_level if service or settings.log_level == "ERROR" else "WARNING"
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
     # Join links and credentials are bearer secrets: whatever logs one by accident (an
     # exception's text, a library's warning) prints a mask instead.
@@ -107,6 +107,12 @@ def up(ctx: click.Context, verbose: bool) -> None:
         tls = settings.tls_cert_file is not None
         check_listen_address(settings, "the capture server", settings.capture_host, tls=tls)
         check_listen_address(settings, "the dashboard", settings.dashboard_host, tls=tls)
+        if settings.dashboard_port == 0:
+            # Its links (and up's own check that it answers) need the port before it runs.
+            raise click.UsageError(
+                "dashboard_port 0 (any free port) is for `livetag dashboard` alone; "
+                "livetag up needs a fixed one (LIVETAG_DASHBOARD_PORT)"
+            )
         run_up(settings, verbose=verbose)
     except (BrokerError, CaptureServerError, ServiceFailedError, PlaintextNetworkError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -247,13 +253,15 @@ def _write_contract_file(path: Path, text: str) -> None:
     "-f",
     "--follow",
     is_flag=True,
-    help="Keep printing records as they come (with --session: until the session is over "
-    "and its records have stopped for 5 s). Without it: the records stored now, then exit.",
+    help="Keep printing records as they come (with --session: until the session is "
+    "archived, or, with no recorder running, label_grace_s + archive_quiet_s after its end "
+    "with nothing new). Without it: the records stored now, oldest first, then exit.",
 )
 @click.option(
     "--from-beginning",
     is_flag=True,
-    help="With --follow: start at the oldest record, not at new ones.",
+    help="With --follow: start at the oldest record, not at new ones (without --follow "
+    "tail always starts there).",
 )
 @click.option(
     "--max",

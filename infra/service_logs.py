@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import threading
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TextIO
 
@@ -59,7 +60,10 @@ def is_own(logger_name: str) -> bool:
 
 def is_own_warning_line(line: str) -> bool:
     """True for a line another livetag process logged at WARNING or above from livetag's
-    own code (its first line only: a traceback's lines follow in the file)."""
+    own code (its first line only: a traceback's lines follow in the file), or one of a
+    session's milestones (:data:`MILESTONES`)."""
+    if _MILESTONE_LINE.match(line):
+        return True
     found = _WARNING_LINE.match(line)
     return found is not None and is_own(found["name"])
 
@@ -68,13 +72,22 @@ def is_own_warning_line(line: str) -> bool:
 #: restart: the end of what its warnings began).
 TERMINAL = {"terminal": True}
 
+#: The logger of a session's milestones (processing it, its call closed, archived): what
+#: an operator follows on up's terminal, whichever process logs it.
+MILESTONES = "livetag.session"
+
+# One line of LOG_FORMAT from the milestones' logger, at any level.
+_MILESTONE_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ " + re.escape(MILESTONES) + ": "
+)
+
 
 class OwnWarnings(logging.Filter):
     """Lets through livetag's own records at WARNING and above, and those marked
     :data:`TERMINAL`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "terminal", False):
+        if getattr(record, "terminal", False) or record.name == MILESTONES:
             return True
         return record.levelno >= logging.WARNING and is_own(record.name)
 
@@ -96,9 +109,22 @@ class OneLineFormatter(logging.Formatter):
         return mask_tokens(" ".join(text.splitlines()))
 
 
-def _private_text_file(path: Path) -> TextIO:
-    descriptor = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    return os.fdopen(descriptor, "a", encoding="utf-8", errors="replace", buffering=1)
+#: A log file is rolled over at this size, and this many older ones are kept
+#: (``worker.log.1`` ...): a day of sessions, or a week of faust's timer warnings, must
+#: not fill the disk.
+LOG_MAX_BYTES = 50 * 1024 * 1024
+LOG_BACKUPS = 3
+
+
+def _rotating_file(path: Path, formatter: logging.Formatter) -> RotatingFileHandler:
+    # Made private first (0600, narrowed if it was not); the rolled-over files are made
+    # under livetag up's umask (restrict_new_files), private as well.
+    os.close(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+    handler = RotatingFileHandler(
+        path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8", errors="replace"
+    )
+    handler.setFormatter(formatter)
+    return handler
 
 
 def configure_up_logging(log_dir: Path, *, verbose: bool, terminal: TextIO | None = None) -> Path:
@@ -109,10 +135,7 @@ def configure_up_logging(log_dir: Path, *, verbose: bool, terminal: TextIO | Non
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    # Made private first (0600, narrowed if it was not); the handler appends to it.
-    os.close(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
-    to_file = logging.FileHandler(path, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+    to_file = _rotating_file(path, logging.Formatter(LOG_FORMAT))
     to_terminal = logging.StreamHandler(terminal or sys.stderr)
     if verbose:
         to_terminal.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -136,7 +159,9 @@ class ServiceOutput:
         self.path = path
         self._verbose = verbose
         self._terminal = terminal or sys.stderr
-        self._file = _private_text_file(path)
+        # The child's lines, already formatted, through a rotating handler of their own.
+        self._file = _rotating_file(path, logging.Formatter("%(message)s"))
+        self._closed = False
         self._write_lock = threading.Lock()
         self._last: collections.deque[str] = collections.deque(maxlen=1)
         self._reader: threading.Thread | None = None
@@ -148,7 +173,7 @@ class ServiceOutput:
         self._last.clear()
         with self._write_lock:
             # Runs are told apart in a file that every start appends to.
-            self._file.write(f"--- livetag up: starting {self.path.stem}\n")
+            self._write(f"--- livetag up: starting {self.path.stem}")
         self._reader = threading.Thread(
             target=self._pump, args=(read_end,), name=f"log {self.path.name}", daemon=True
         )
@@ -168,7 +193,13 @@ class ServiceOutput:
 
     def close(self) -> None:
         with self._write_lock:
+            self._closed = True
             self._file.close()
+
+    def _write(self, line: str) -> None:
+        """One line into the file (the caller holds the write lock)."""
+        if not self._closed:
+            self._file.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
 
     def _pump(self, read_end: int) -> None:
         with os.fdopen(read_end, "rb") as pipe:
@@ -177,8 +208,7 @@ class ServiceOutput:
                 if line.strip():
                     self._last.append(line)
                 with self._write_lock:
-                    if not self._file.closed:
-                        self._file.write(line + "\n")
+                    self._write(line)
                 if self._verbose or is_own_warning_line(line):
                     # A terminal that went away must not stop the log file.
                     with contextlib.suppress(OSError, ValueError):

@@ -78,10 +78,12 @@ async def _read_to(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) 
     return True
 
 
-#: With ``--follow --session``: after the session is over, how long its records must have
-#: stopped coming before tail takes it that none will (processors finish an ended session's
-#: last frames, and the aligner its last windows, within a few seconds).
-SESSION_IDLE_S = 5.0
+def session_quiet_s(settings: Settings) -> float:
+    """With ``--follow --session`` and no recorder to archive the session: how long after
+    its end, with nothing new, tail takes it that nothing more will come. Until the label
+    grace has passed a late tag still revises a window, and the recorder waits as long
+    plus its quiet time before it archives."""
+    return settings.label_grace_s + settings.archive_quiet_s
 
 
 async def tail(
@@ -94,14 +96,15 @@ async def tail(
     from_beginning: bool = False,
     max_records: int | None = None,
     follow: bool = False,
-    session_idle_s: float = SESSION_IDLE_S,
 ) -> int:
     """Print records, and return how many were printed.
 
     Without ``follow``: the records stored when tail starts, from the oldest, then stop.
     With ``follow``: from now (or the oldest, ``from_beginning``) on, as they come; with a
-    ``session_id``, until that session is over and its records have stopped for
-    ``session_idle_s``. Either way at most ``max_records``."""
+    ``session_id``, until that session is archived (every record of it is final: tail
+    reads what the topic holds then, and stops), or, with no recorder running, until
+    :func:`session_quiet_s` after its end with nothing new. Either way at most
+    ``max_records``."""
     try:
         topic = topics.resolve_topic(topic_name, session_id)
         record_type = topics.record_type_of(topic)
@@ -135,13 +138,22 @@ async def tail(
             directory = SessionDirectory(settings)
             await directory.start()
         last_record = time.monotonic()
+        ended_at: float | None = None  # when tail saw the session over
         while max_records is None or printed < max_records:
             if stop_at is not None and await _read_to(consumer, stop_at):
                 break
             if directory is not None and session_id is not None:
                 current = directory.get(session_id)
-                over = current is not None and current.state in OVER_STATES
-                if over and time.monotonic() - last_record >= session_idle_s:
+                state = None if current is None else current.state
+                if state == "archived" and stop_at is None:
+                    # Archived: nothing more comes for it; what the topic holds now is all.
+                    stop_at = await consumer.end_offsets(assigned)
+                    continue
+                if state in OVER_STATES and ended_at is None:
+                    ended_at = time.monotonic()
+                if ended_at is not None and (
+                    time.monotonic() - max(last_record, ended_at) >= session_quiet_s(settings)
+                ):
                     break
             batches = await consumer.getmany(timeout_ms=500)
             for batch in batches.values():

@@ -26,7 +26,14 @@ Say = Callable[[str], None]
 
 def say_line(text: str) -> None:
     # Flushed line by line: scripts read the listing from a pipe as it comes.
-    print(text, flush=True)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Whoever read the listing has gone (`livetag up | grep -m1 ...`): livetag keeps
+        # running, and what it would have said goes nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 @contextlib.contextmanager
@@ -405,7 +412,7 @@ def summary(settings: Settings, *, embedded_broker: bool, verbose: bool) -> list
     broker = "embedded, in memory" if embedded_broker else "Kafka cluster"
     shown = "shown here too (-v)" if verbose else "livetag up -v shows them here too"
     return [
-        "livetag is up:",
+        "where things are:",
         f"  call pages  {settings.capture_base_url}/join?token=...  (performers' links;"
         " the director's: /direct?token=...)",
         f"  dashboard   {settings.dashboard_base_url}/dashboard?token=...  (the director's"

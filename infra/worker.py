@@ -23,6 +23,8 @@ from streams import face_model, records, topics
 from streams.sessions import SessionDirectory
 
 log = logging.getLogger(__name__)
+#: What an operator follows on livetag up's terminal (infra.service_logs.MILESTONES).
+milestones = logging.getLogger("livetag.session")
 
 # An ended session keeps its processors until it is archived: the recorder waits for them
 # to finish the tail of the scene before it builds the archive.
@@ -91,7 +93,7 @@ class ProcessorWorker:
                 if time.monotonic() >= self._not_before.get(session.session_id, 0.0):
                     await self._start_child(session)
             elif session.state not in ACTIVE_STATES and running is not None:
-                log.info("session %s is %s: releasing it", session.session_id, session.state)
+                milestones.info("session %s is %s: releasing it", session.session_id, session.state)
                 await self._stop_child(session.session_id)
 
     async def _start_child(self, session: records.SessionRecord) -> None:
@@ -117,7 +119,7 @@ class ProcessorWorker:
             log.error("cannot start the processors of session %s: %s", session.session_id, exc)
             return
         self.children[session.session_id] = _Child(process, time.monotonic())
-        log.info("processing session %s (pid %s)", session.session_id, process.pid)
+        milestones.info("processing session %s (pid %s)", session.session_id, process.pid)
 
     async def _stop_child(self, session_id: str) -> None:
         child = self.children.pop(session_id, None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -61,6 +62,8 @@ DEFAULT_CONSENT_SCOPE: Final = (
     "Do not share the dataset before this is filled in (livetag export --consent-scope)."
 )
 # A Hugging Face license id (lowercase, like cc-by-4.0, apache-2.0, other).
+log = logging.getLogger(__name__)
+
 _LICENSE_ID: Final = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
 _SPLIT: Final = "train"
 
@@ -371,6 +374,18 @@ def _place_media(figures: _SessionFigures, out_dir: Path, mode: MediaMode) -> No
         temporary.replace(target)
 
 
+def _remove_other_media(out_dir: Path, session_ids: set[str]) -> None:
+    """Remove the media of sessions an earlier export into ``out_dir`` had and this one
+    has not: the card no longer names them, and a session left out (its consent withdrawn)
+    must not stay behind in the folder."""
+    media_dir = out_dir / "media"
+    if not media_dir.is_dir():
+        return
+    for folder in media_dir.iterdir():
+        if folder.name not in session_ids and folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+
+
 def _hard_link(source: Path, target: Path) -> bool:
     try:
         os.link(source, target)
@@ -423,6 +438,7 @@ def export_dataset(
                 if _write_shard(figures, temporary):
                     staged.append(temporary)
                 _place_media(figures, out_dir, media)
+            _remove_other_media(out_dir, {figures.session_id for figures in sessions})
             if progress is not None:
                 progress("exporting sessions", len(sessions), len(sessions))
             if not staged:
@@ -499,12 +515,16 @@ def sessions_started_on(data_dir: Path, day: dt.date) -> list[Path]:
         # A folder without a manifest is a session still being recorded: not archived.
         if not (folder / archive.MANIFEST).is_file():
             continue
+        # One damaged archive must not stop the export of every other day: it is told and
+        # left out (an export of that session alone says what is wrong with it).
         try:
             t0_us = archive.read_manifest(folder).get("t0_us")
         except archive.ArchiveError as exc:
-            raise ExportError(str(exc)) from None
+            log.warning("skipped %s: %s", folder, exc)
+            continue
         if not isinstance(t0_us, int) or isinstance(t0_us, bool):
-            raise ExportError(f"{folder / archive.MANIFEST}: t0_us is not an integer")
+            log.warning("skipped %s: its manifest's t0_us is not an integer", folder)
+            continue
         if first_us <= t0_us < end_us:
             found.append(folder)
     if not found:

@@ -36,6 +36,8 @@ from streams import archive, face_model, group_members, kafka, records, topics
 from streams.sessions import SessionDirectory, publish
 
 log = logging.getLogger(__name__)
+#: What an operator follows on livetag up's terminal (infra.service_logs.MILESTONES).
+milestones = logging.getLogger("livetag.session")
 
 SERVICE = "livetag-recorder"
 
@@ -234,7 +236,7 @@ class SessionRecorder:
         archived and deleting its topics are idempotent, and a session must not stay ended
         forever because its builder died between the manifest and the mark."""
         if built:
-            log.info("session %s archived in %s", self.session_id, self.folder)
+            milestones.info("session %s archived in %s", self.session_id, self.folder)
         session = self._directory.get(self.session_id)
         assert session is not None
         if session.state != "archived":

@@ -173,8 +173,8 @@ async def act_on_session(settings: Settings, session_id: str, action: str) -> re
         current, action, stamp_us=now_us(), max_takes=settings.max_takes_per_session
     )
     producer = kafka.make_producer(settings)
-    await producer.start()
     try:
+        await producer.start()
         await publish(producer, record)
     finally:
         await producer.stop()
@@ -265,12 +265,18 @@ class SessionDirectory:
     async def start(self) -> None:
         if self._task is not None:
             return
-        await self._consumer.start()
         partition = TopicPartition(topics.SESSIONS, 0)
-        self._consumer.assign([partition])
-        await self._consumer.seek_to_beginning(partition)
-        first = await self._consumer.position(partition)
-        end = (await self._consumer.end_offsets([partition]))[partition]
+        try:
+            await self._consumer.start()
+            self._consumer.assign([partition])
+            await self._consumer.seek_to_beginning(partition)
+            first = await self._consumer.position(partition)
+            end = (await self._consumer.end_offsets([partition]))[partition]
+        except BaseException:
+            # No broker, or none that answers: the caller hears why, and no client is left
+            # open behind it.
+            await self._consumer.stop()
+            raise
         self._task = asyncio.create_task(
             self._follow(partition, first, end), name="session-directory"
         )

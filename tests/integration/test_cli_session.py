@@ -14,7 +14,7 @@ import pytest
 
 from infra.settings import Settings
 from streams import kafka, records, topics
-from streams.sessions import read_session
+from streams.sessions import publish, read_session
 from tests.tag_client import wall_us
 
 pytestmark = pytest.mark.integration
@@ -113,8 +113,26 @@ async def test_takes_and_the_end_from_the_command_line_and_a_tail_that_ends_with
         ended_us = int(out.strip().split("\t")[2])
         assert ended_us > started_us
 
-        # The follower ends on its own: the session is over and its labels stopped.
-        async with asyncio.timeout(40):
+        # After the end the aligner may still send windows it waited for (a stalled
+        # stream) or revise one (a late tag): the follower keeps reading...
+        await asyncio.sleep(6.0)
+        late = _window(sid, t0 + 200_000)
+        ours.append(late)
+        await _publish_windows(settings, [late])
+        assert follower.returncode is None
+        # ... until the recorder has archived the session: then every record is final.
+        ended = await read_session(settings, sid, timeout_s=10)
+        assert ended is not None
+        assert ended.state == "ended"
+        producer = kafka.make_producer(settings)
+        await producer.start()
+        try:
+            await publish(
+                producer, ended.model_copy(update={"state": "archived", "ts_us": ended.ts_us + 1})
+            )
+        finally:
+            await producer.stop()
+        async with asyncio.timeout(30):
             followed, follower_err = await follower.communicate()
         assert follower.returncode == 0, follower_err.decode()
     finally:
@@ -128,7 +146,7 @@ async def test_takes_and_the_end_from_the_command_line_and_a_tail_that_ends_with
 
     record = await read_session(settings, sid, timeout_s=10)
     assert record is not None
-    assert record.state == "ended"
+    assert record.state == "archived"
     assert [(t.take_id, t.start_ts_us, t.end_ts_us) for t in record.takes] == [
         (1, started_us, ended_us)
     ]
@@ -136,14 +154,18 @@ async def test_takes_and_the_end_from_the_command_line_and_a_tail_that_ends_with
     # What is stored now, then exit; --max stops sooner.
     code, out, err = await _livetag(env, "tail", "labels", "--session", sid)
     assert code == 0, err
-    assert [json.loads(line)["ts_us"] for line in out.splitlines()] == [t0, t0 + 100_000]
+    assert [json.loads(line)["ts_us"] for line in out.splitlines()] == [
+        t0,
+        t0 + 100_000,
+        t0 + 200_000,
+    ]
     code, out, err = await _livetag(env, "tail", "labels", "--session", sid, "--max", "1")
     assert code == 0, err
     assert [json.loads(line)["ts_us"] for line in out.splitlines()] == [t0]
 
     for args, said in [
-        (("session", "end", sid), f"Error: {sid}: the session is ended"),
-        (("session", "take", "end", sid), f"Error: {sid}: the session is ended"),
+        (("session", "end", sid), f"Error: {sid}: the session is archived"),
+        (("session", "take", "end", sid), f"Error: {sid}: the session is archived"),
         (("session", "end", "no-such-session"), "Error: no-such-session: no session"),
         (("session", "take", "start", "Not A Session!"), "Error: "),
     ]:

@@ -342,8 +342,8 @@ LIBRARY_NOISE = (
 
 
 def _summary(lines: list[str]) -> dict[str, str]:
-    """The ``name  value`` lines under "livetag is up:"."""
-    start = lines.index("livetag is up:\n") + 1
+    """The ``name  value`` lines under "where things are:"."""
+    start = lines.index("where things are:\n") + 1
     found = {}
     for line in lines[start:]:
         if not line.startswith("  "):

@@ -378,13 +378,19 @@ def test_the_card_parses_and_names_vocabulary_and_raters(tmp_path: Path) -> None
 
 
 def test_cli_exports_a_day_in_one_dataset(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_dataset: Any
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    load_dataset: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     data = tmp_path / "data"
     morning = write_archive(data, "s-morning", 0)
     later = write_archive(data, "s-later", HOUR_US)
     next_day = write_archive(data, "s-next-day", DAY_US)
     (data / "s-recording").mkdir()  # a session still being recorded: no manifest yet
+    damaged = data / "s-damaged"  # told and left out, not a reason to export nothing
+    damaged.mkdir()
+    (damaged / "manifest.json").write_text('{"t0_us": "soon"}')
     monkeypatch.setenv("LIVETAG_DATA_DIR", str(data))
     day = dt.datetime.fromtimestamp(T0 // 1_000_000, tz=dt.UTC).date()
     assert dt.datetime.fromtimestamp((T0 + HOUR_US) // 1_000_000, tz=dt.UTC).date() == day
@@ -408,7 +414,8 @@ def test_cli_exports_a_day_in_one_dataset(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert all(Path(line).is_file() for line in result.output.split())
+    assert all(Path(line).is_file() for line in result.stdout.split())
+    assert f"skipped {damaged}: its manifest's t0_us is not an integer" in caplog.text
     assert _shards(out) == ["00000-of-00002", "00001-of-00002"]
     for loaded in (load_dataset(out, as_parquet=True)["train"], load_dataset(out)["train"]):
         per_session: dict[str, int] = {}
@@ -439,6 +446,9 @@ def test_cli_exports_a_day_in_one_dataset(
     assert set(loaded["session_id"]) == {"s-next-day"}
     assert loaded.num_rows == len(_latest(next_day))
     assert not (out / "media" / "s-next-day").exists()
+    # Nor does the media of the sessions this export no longer has.
+    assert not (out / "media" / "s-later").exists()
+    assert not (out / "media" / "s-morning").exists()
     assert loaded[0]["media_file"] == f"media/s-next-day/{loaded[0]['performer_id']}.mkv"
 
 

@@ -165,3 +165,35 @@ def test_a_childs_output_goes_to_its_file_and_its_own_errors_to_the_terminal(
     else:
         [line] = shown.splitlines()
         assert line.endswith(f"ERROR infra.worker: processors of session s exited; token {MASK}")
+
+
+def test_a_sessions_milestones_reach_the_terminal_at_info() -> None:
+    from infra.service_logs import MILESTONES, OwnWarnings, is_own_warning_line
+
+    line = f"2026-12-07 14:00:00,000 INFO {MILESTONES}: session s-1 archived in /data/s-1"
+    assert is_own_warning_line(line)
+    assert not is_own_warning_line(line.replace(MILESTONES, "streams.recorder"))
+    record = logging.LogRecord(MILESTONES, logging.INFO, __file__, 1, "archived", None, None)
+    assert OwnWarnings().filter(record)
+    record.name = "streams.recorder"
+    assert not OwnWarnings().filter(record)
+
+
+def test_a_services_log_file_rolls_over_and_keeps_a_few(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from infra import service_logs
+
+    monkeypatch.setattr(service_logs, "LOG_MAX_BYTES", 1000)
+    output = service_logs.ServiceOutput(tmp_path / "worker.log", verbose=False)
+    write_end = output.child_end()
+    with os.fdopen(write_end, "w") as child:
+        for n in range(200):
+            child.write(f"2026-12-07 14:00:00,000 INFO faust.livetag: line {n:04d}\n")
+    output.wait_drained(5.0)
+    output.close()
+    files = sorted(path.name for path in tmp_path.iterdir())
+    assert files == ["worker.log", "worker.log.1", "worker.log.2", "worker.log.3"]
+    assert all((tmp_path / name).stat().st_size <= 1000 for name in files)
+    # The newest lines are in the current file, nothing torn.
+    assert (tmp_path / "worker.log").read_text().splitlines()[-1].endswith("line 0199")
