@@ -1,10 +1,10 @@
-"""The README's consumer example runs as written and prints labeled records."""
+"""The documented consumer example (docs/consumers.md, "Subscribe to the labeled stream")
+runs as written and prints labeled records."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 import uuid
 from pathlib import Path
@@ -13,22 +13,14 @@ import pytest
 
 from infra.settings import Settings
 from streams import kafka, records, topics
+from tests.documentation import marked_block
 from tests.tag_client import wall_us
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-
 
 def readme_example() -> str:
-    text = README.read_text(encoding="utf-8")
-    found = re.search(
-        r"<!-- consumer-example -->\s*```python\n(.*?)```\s*<!-- /consumer-example -->",
-        text,
-        re.DOTALL,
-    )
-    assert found, "the README has no consumer example between its markers"
-    return found.group(1)
+    return marked_block("consumer-example")
 
 
 def window(

@@ -21,7 +21,7 @@ from streams import archive, records, topics
 from streams.export import ExportError, export_session
 from streams.export_hf import COLUMNS, export_dataset
 from tests.archive_samples import SID, T0, carried, sample_records, session
-from tests.unit.test_readme_examples import readme_block
+from tests.documentation import marked_block
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
@@ -527,8 +527,8 @@ def test_the_readme_loading_lines_run_as_written(
     monkeypatch.setenv("LIVETAG_DATA_DIR", str(data))
     monkeypatch.chdir(tmp_path)
     day = dt.datetime.fromtimestamp(T0 // 1_000_000, tz=dt.UTC).date().isoformat()
-    assert day == "2026-09-21", "the README's example names this day"
-    # As the README says: without --out, in the folder the example runs in.
+    assert day == "2026-09-21", "the documented example (docs/consumers.md) names this day"
+    # As the docs say: without --out, in the folder the example runs in.
     result = CliRunner().invoke(main, ["export", "--format", "hf", "--day", day])
     assert result.exit_code == 0, result.output
     assert (tmp_path / f"{day}-hf" / "README.md").is_file()
@@ -540,7 +540,7 @@ def test_the_readme_loading_lines_run_as_written(
         "HF_HUB_OFFLINE": "1",
     }
     run = subprocess.run(
-        [sys.executable, "-c", readme_block("hf-example")],
+        [sys.executable, "-c", marked_block("hf-example")],
         cwd=tmp_path,
         env=env,
         capture_output=True,

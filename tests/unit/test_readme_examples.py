@@ -1,10 +1,9 @@
-"""The README's pandas example runs as written on an archive and prints what the archive
-holds (the consumer example, which needs a broker, is in
-tests/integration/test_readme_consumer.py)."""
+"""The documented pandas example (docs/consumers.md, "The session archive") runs as
+written on an archive and prints what the archive holds (the consumer example, which needs
+a broker, is in tests/integration/test_readme_consumer.py)."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -12,18 +11,7 @@ from pathlib import Path
 
 from streams import archive, records
 from tests import archive_samples
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def readme_block(marker: str) -> str:
-    found = re.search(
-        rf"<!-- {marker} -->\s*```python\n(.*?)```\s*<!-- /{marker} -->",
-        README.read_text(encoding="utf-8"),
-        re.DOTALL,
-    )
-    assert found, f"the README has no {marker} between its markers"
-    return found.group(1)
+from tests.documentation import marked_block
 
 
 def _windows() -> list[records.LabelWindow]:
@@ -84,7 +72,7 @@ def test_the_readme_pandas_example_summarises_an_archive(tmp_path: Path) -> None
     assert len(expected) == 3  # both performers have labelled windows
 
     script = tmp_path / "summarise_archive.py"
-    script.write_text(readme_block("archive-example"), encoding="utf-8")
+    script.write_text(marked_block("archive-example"), encoding="utf-8")
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path)],
         capture_output=True,
