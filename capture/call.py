@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -40,6 +39,8 @@ from capture.media_clock import RTP_TIMESTAMP_MODULUS
 from capture.timing import CaptureTimer, OffsetProvider, Stamp
 from infra.settings import Settings
 from streams import records
+from streams.errors import RefusedError
+from streams.session_clock import now_us
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ _generations = itertools.count(1)
 Notify = Callable[[], Awaitable[None]]
 
 
-class CallError(ValueError):
+class CallError(RefusedError, ValueError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         self.message = message
@@ -128,7 +129,7 @@ class PublishedMedia:
         and to every watcher. Nothing here blocks or waits."""
         if self.closing:
             return  # the performer has left: consent ends with the publication
-        arrival_us = time.time_ns() // 1000
+        arrival_us = now_us()
         timer = self.timers[kind]
         stamp = timer.stamp(encoded.pts)
         rate = AUDIO_CLOCK_RATE if kind == "audio" else VIDEO_CLOCK_RATE

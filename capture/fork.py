@@ -28,7 +28,6 @@ import dataclasses
 import fractions
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from capture.loop_lag import percentile
 from capture.timing import Stamp
 from infra.settings import Settings
 from streams import kafka, records
+from streams.session_clock import now_us
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,6 @@ AUDIO_BATCH_FRAMES = 50  # Opus frames decoded in one trip to the thread pool (a
 # fills it; the analysis frames among them are bounded by settings.video_queue_frames.
 VIDEO_DECODE_QUEUE_PACKETS = 60
 _VIDEO_DECODERS = {"video/vp8": "libvpx", "video/h264": "h264"}
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 MediaKind = Literal["audio", "video"]
@@ -606,7 +602,7 @@ class PerformerFork:
             ),
             pcm,
         )
-        self._audio_spool.append(_SpooledChunk(records.encode(chunk), ts_us, _now_us()))
+        self._audio_spool.append(_SpooledChunk(records.encode(chunk), ts_us, now_us()))
         self._audio_drained.clear()
         self._audio_spooled.set()
 
@@ -627,7 +623,7 @@ class PerformerFork:
                 self._audio_spooled.clear()
                 self._audio_drained.set()
                 continue
-            wait_us = spool[0].cut_us + linger_us - _now_us()
+            wait_us = spool[0].cut_us + linger_us - now_us()
             if wait_us > 0 and len(spool) < AUDIO_SEND_CHUNKS:
                 await asyncio.sleep(wait_us / 1_000_000)
             group = list(itertools.islice(spool, AUDIO_SEND_CHUNKS))
@@ -696,7 +692,7 @@ class PerformerFork:
         except KafkaError as exc:
             log.warning("audio not stored by Kafka (%s); sending it again", exc)
             return 0
-        acked_us = _now_us()
+        acked_us = now_us()
         self.stats.audio_chunks_out += taken
         for chunk in group[:taken]:
             self.stats.add_latency("audio", (acked_us - chunk.cut_us) / 1000)
@@ -780,4 +776,4 @@ class PerformerFork:
                 self.stats.produce_errors += 1
                 log.warning("a media record was not acknowledged: %s", exc)
                 continue
-            self.stats.add_latency("video", (_now_us() - arrival) / 1000)
+            self.stats.add_latency("video", (now_us() - arrival) / 1000)

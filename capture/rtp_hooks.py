@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
@@ -21,6 +20,8 @@ from aiortc import RTCRtpReceiver
 from aiortc.rtp import AnyRtcpPacket, RtcpSenderInfo, RtcpSrPacket, RtpPacket
 
 from capture.media_clock import RTP_TIMESTAMP_MODULUS, StreamClock
+from streams.errors import InternalError
+from streams.session_clock import now_us
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ RtcpHandler = Callable[[AnyRtcpPacket], Awaitable[None]]
 RtpHandler = Callable[..., Awaitable[None]]
 
 
-class AiortcChangedError(RuntimeError):
+class AiortcChangedError(InternalError, RuntimeError):
     """aiortc no longer has a private attribute these hooks rely on."""
 
     def __init__(self, what: str) -> None:
@@ -139,7 +140,7 @@ def attach(receiver: RTCRtpReceiver, clock: StreamClock) -> None:
 
     async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
         # aiortc's arrival_time_ms has only millisecond resolution: stamp our own µs.
-        arrival_us = time.time_ns() // 1000
+        arrival_us = now_us()
         if packet.payload and source.accepts(packet.ssrc):
             clock.on_packet_arrival(packet.timestamp, arrival_us)
         await original_rtp(packet, arrival_time_ms=arrival_time_ms)

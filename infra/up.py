@@ -18,6 +18,7 @@ from infra.private_files import private_dir, restrict_new_files
 from infra.service_logs import TERMINAL, ServiceOutput, configure_up_logging, log_path
 from infra.settings import Settings, to_environment
 from streams import face_model, kafka, topics
+from streams.errors import LivetagError
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def _child_setup() -> None:
     die_with_parent()
 
 
-class ServiceFailedError(RuntimeError):
+class ServiceFailedError(LivetagError, RuntimeError):
     """A service (or the embedded broker) kept dying: ``livetag up`` gave up and stopped
     everything; the message says which one and why."""
 

@@ -43,7 +43,6 @@ def processor_command(session_id: str) -> list[str]:
 class _Child:
     process: asyncio.subprocess.Process
     started: float
-    failures: int = 0
 
 
 class ProcessorWorker:

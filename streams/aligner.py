@@ -45,6 +45,7 @@ from streams import health, kafka, records, topics
 from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
 from streams.batches import BatchLane
 from streams.kafka import decoded_events, event_headers
+from streams.session_clock import now_us
 from streams.sessions import SessionDirectory
 
 Feature = TypeVar("Feature", records.ProsodyFrame, records.FaceFrame)
@@ -72,10 +73,6 @@ def config_of(settings: Settings) -> AlignerConfig:
         grace_us=round(settings.label_grace_s * 1e6),
         max_hold_us=settings.tag_max_hold_ms * 1000,
     )
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class HeldEvents:
@@ -214,7 +211,7 @@ def add_aligner(
         async with step:
             # Inside the lock: a step queued on it must not run while windows are read back.
             await restored.wait()
-            out = call(_now_us())
+            out = call(now_us())
             for performer_id, until_us, event in held_until:
                 held.hold(performer_id, until_us, event)
             for item in out:
@@ -306,7 +303,7 @@ def add_aligner(
             partition = health.performer_partition(settings, session.session_id, performer_id)
             if source == "aligner" and partition in partitions:
                 seeded += aligner.seed_counters(
-                    performer_id, record.carried, record.carried_through_us, _now_us()
+                    performer_id, record.carried, record.carried_through_us, now_us()
                 )
         return seeded
 
@@ -338,7 +335,7 @@ def add_aligner(
                     since_ms=round((time.time() - horizon_s) * 1000),
                 )
                 seeded = await seed_counters(partitions)
-            count = aligner.restore(windows, _now_us())
+            count = aligner.restore(windows, now_us())
         except Exception:  # without it the aligner still runs, as before a restart
             # ...but its counters would start again from 0: not published until a
             # later assignment reads them back.
@@ -373,7 +370,7 @@ def add_aligner(
                         for performer_id, state in presence_of(current).items():
                             if known.get(performer_id) != state:
                                 known[performer_id] = state
-                                aligner.set_presence(performer_id, *state, _now_us())
+                                aligner.set_presence(performer_id, *state, now_us())
                     await directory.changed(PRESENCE_POLL_S)
             except asyncio.CancelledError:
                 raise
@@ -398,7 +395,7 @@ def add_aligner(
                 if published_counters.get(performer_id) == counts:
                     continue
                 record = records.PipelineCounters(
-                    ts_us=_now_us(),
+                    ts_us=now_us(),
                     session_id=session.session_id,
                     performer_id=performer_id,
                     source="aligner",

@@ -48,6 +48,7 @@ from pydantic import ValidationError
 from infra.private_files import private_dir, private_file
 from infra.settings import Settings
 from streams import records, strict_json, tag_rules
+from streams.errors import BadInputError
 
 __all__ = [
     "KINDS",
@@ -83,7 +84,7 @@ _VIDEO_TIME_BASE = Fraction(1, 1_000_000)
 _AUDIO_TIME_BASE = Fraction(1, 16_000)
 
 
-class ArchiveError(RuntimeError):
+class ArchiveError(BadInputError, RuntimeError):
     """An archive cannot be built as asked, or its files are not what it wrote; the
     message says why."""
 

@@ -72,6 +72,7 @@ from pydantic import ValidationError
 from pympi.Elan import Eaf
 
 from streams import archive, records, strict_json, tag_rules
+from streams.errors import BadInputError
 
 __all__ = [
     "FORMATS",
@@ -88,7 +89,7 @@ CONSENSUS_TIER: Final = "consensus"
 _MKV_MIME: Final = "video/x-matroska"
 
 
-class ExportError(ValueError):
+class ExportError(BadInputError, ValueError):
     """The folder is not a session archive, or the format is unknown."""
 
 

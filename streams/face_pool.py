@@ -138,13 +138,6 @@ class FacePool:
             self._slot_of[performer_id] = slot
         return slot
 
-    def wait_ready(self) -> None:
-        """Block until every worker has started and made its landmarkers; raises if one
-        could not (blocks: call it off the event loop). Workers start when the pool is
-        made, so whatever the caller does meanwhile overlaps their start."""
-        for future in self._starting:
-            future.result()
-
     def worker_pids(self) -> list[int]:
         """The process id of each slot's worker, in slot order (blocks: tests and tools)."""
         return [executor.submit(os.getpid).result() for executor in self._slots]

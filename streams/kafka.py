@@ -28,6 +28,7 @@ from faust.types.auth import CredentialsT
 
 from infra.settings import Settings
 from streams import records
+from streams.errors import BadInputError
 from streams.records import R
 
 #: faust transport scheme registered by this distribution (pyproject entry point
@@ -39,7 +40,7 @@ CLUSTER_TRANSPORT_SCHEME = "livetag-kafka"
 CLIENT_ID = "livetag"
 
 
-class KafkaSecurityError(ValueError):
+class KafkaSecurityError(BadInputError, ValueError):
     """A Kafka TLS file cannot be used; the message names the setting."""
 
 

@@ -53,7 +53,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from infra.settings import Settings
 from streams import kafka, records, topics
-from streams.sessions import SessionDirectory, now_us
+from streams.errors import BadInputError
+from streams.session_clock import now_us
+from streams.sessions import SessionDirectory
 
 log = logging.getLogger(__name__)
 
@@ -861,7 +863,7 @@ def refused_marker_letter(
 # ---------------------------------------------------------------- I/O: outlets, Kafka, inlet
 
 
-class BridgeError(RuntimeError):
+class BridgeError(BadInputError, RuntimeError):
     """The bridge cannot run (no such session, an archived one, a bad marker stream)."""
 
 

@@ -38,6 +38,7 @@ from streams.face_errors import FaceAnalysisError
 from streams.face_pool import FacePool, FacePoolStopped
 from streams.kafka import FAUST_LOG, decoded_events, make_faust_app
 from streams.prosody import SAMPLE_RATE, ProsodyTracker
+from streams.session_clock import now_us
 from streams.sessions import read_session
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,6 @@ PROCESSORS_COMMIT_INTERVAL_S = 1.0
 
 def app_id(session_id: str) -> str:
     return f"{SERVICE}-{session_id}"
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class SessionProcessors:
@@ -136,7 +133,7 @@ def _read_lag_us(event: Any) -> int:
     timestamp = getattr(event.message, "timestamp", None)
     if not timestamp:
         return 0
-    return _now_us() - round(timestamp * 1_000_000)
+    return now_us() - round(timestamp * 1_000_000)
 
 
 def skipped_face(frame: records.VideoFrame, reason: records.FaceSkipReason) -> records.FaceFrame:
@@ -177,7 +174,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     async def dead_letter(event: Any, source: str, reason: str) -> None:
         message = event.message
         letter = records.DeadLetter.of(
-            ts_us=_now_us(),
+            ts_us=now_us(),
             source_topic=source,
             service=SERVICE,
             reason=reason,

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from infra.private_files import open_private, private_dir
 from infra.settings import Settings
 from streams import archive, face_model, group_members, kafka, records, topics
+from streams.session_clock import now_us
 from streams.sessions import SessionDirectory, publish
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ SERVICE = "livetag-recorder"
 
 def group_id(session_id: str) -> str:
     return f"{SERVICE}-{session_id}"
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def software_versions() -> dict[str, str]:

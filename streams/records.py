@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from streams import strict_json
+from streams.errors import BadInputError
 
 SCHEMA_VERSION: Final = 1
 RECORD_HEADER = "livetag-record"
@@ -66,7 +67,7 @@ MAX_DEAD_LETTER_PAYLOAD = 4096
 MAX_JSON_RECORD_BYTES: Final = 4 * 1024 * 1024
 
 
-class RecordError(ValueError):
+class RecordError(BadInputError, ValueError):
     """A payload could not be decoded or validated. ``reason`` says why, for humans."""
 
     def __init__(self, reason: str, *, record_type: str | None = None) -> None:

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
 from infra.settings import Settings
-from streams import archive, kafka, records, sessions, topics
+from streams import archive, kafka, records, session_clock, sessions, topics
 
 __all__ = [
     "MediaRecord",
@@ -192,7 +192,7 @@ async def replay_session(
             )
     plan = replay_plan(media, speed)
 
-    created = sessions.now_us()
+    created = session_clock.now_us()
     session = records.SessionRecord(
         ts_us=created,
         session_id=session_id,
@@ -236,7 +236,7 @@ async def replay_session(
                         drain_timeout_s,
                     )
             ended = session.model_copy(
-                update={"state": "ended", "ts_us": max(sessions.now_us(), session.ts_us + 1)}
+                update={"state": "ended", "ts_us": max(session_clock.now_us(), session.ts_us + 1)}
             )
             await sessions.publish(producer, ended)
     finally:

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import kafka, records, session_clock, topics
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ def revocation(
     now_us: int | None = None,
 ) -> records.TokenRevocation:
     return records.TokenRevocation(
-        ts_us=time.time_ns() // 1000 if now_us is None else now_us,
+        ts_us=session_clock.now_us() if now_us is None else now_us,
         session_id=session_id,
         token_id=token_id,
         participant_id=participant_id,

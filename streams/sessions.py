@@ -18,6 +18,8 @@ from aiokafka.errors import CorruptRecordException, KafkaError
 
 from infra.settings import Settings
 from streams import kafka, records, topics
+from streams.errors import RefusedError
+from streams.session_clock import now_us
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +31,6 @@ STATE_ORDER = {"created": 0, "live": 1, "ended": 2, "archived": 3}
 #: Dead letters of session records on their way to the broker at most: a flood of bad
 #: records while the broker is slow or away costs a bounded number of tasks and messages.
 DEAD_LETTERS_IN_FLIGHT = 100
-
-
-def now_us() -> int:
-    """The session clock: this server's wall clock, integer microseconds."""
-    return time.time_ns() // 1000
 
 
 def new_session_id() -> str:
@@ -102,7 +99,7 @@ SessionAction = Literal["take_start", "take_end", "end_session"]
 SESSION_ACTIONS: tuple[str, ...] = ("take_start", "take_end", "end_session")
 
 
-class SessionActionError(ValueError):
+class SessionActionError(RefusedError, ValueError):
     """A director's action that the session's state refuses; ``code`` says which rule."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -28,6 +28,8 @@ import math
 import re
 from typing import Any, Final
 
+from streams.errors import BadInputError
+
 __all__ = ["INT_MAX", "INT_MIN", "MAX_DEPTH", "JsonInputError", "loads", "loads_object"]
 
 #: Arrays and objects inside each other, at most. The deepest livetag payload (a label
@@ -40,7 +42,7 @@ INT_MAX: Final = 2**63 - 1
 _INT_DIGITS_MAX: Final = len(str(INT_MAX))  # 19: a longer integer is refused unparsed
 
 
-class JsonInputError(ValueError):
+class JsonInputError(BadInputError, ValueError):
     """The text is not JSON livetag accepts; ``reason`` says why, for people."""
 
     def __init__(self, reason: str) -> None:

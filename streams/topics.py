@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from infra.settings import Settings
 from streams import records
+from streams.errors import RefusedError
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 
 
-class TopicAdminError(RuntimeError):
+class TopicAdminError(RefusedError, RuntimeError):
     """The broker refused to create or delete a topic; the message has its reason."""
 
 

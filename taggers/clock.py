@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 __all__ = [
     "ClockEstimate",
-    "ClockNotSynced",
     "ClockProbe",
     "ClockReply",
     "ClockSync",
@@ -56,10 +55,6 @@ class ClockReply(BaseModel):
     probe_id: _NonNegativeInt
     server_send_us: _NonNegativeInt
     client_time_us: _NonNegativeInt
-
-
-class ClockNotSynced(RuntimeError):
-    """A client time was converted before any clock reply was accepted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,14 +202,6 @@ class ClockSync:
         self.last_rejection = None
         self._add(sample)
         return self._estimate
-
-    def to_session_us(self, client_us: int) -> int:
-        """Session time of the instant the client's clock read ``client_us``."""
-        if self._estimate is None:
-            raise ClockNotSynced(
-                "no clock reply accepted from this client yet: cannot convert client time"
-            )
-        return self._estimate.to_session_us(client_us)
 
     # ---------------------------------------------------------------- internals
 

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
 from streams import records, strict_json
+from streams.errors import BadInputError
 from streams.records import Intensity, Label, ParticipantId, TagId
 from taggers.clock import ClockEstimate, ClockReply
 
@@ -114,7 +115,7 @@ _CLIENT_MESSAGE: TypeAdapter[Hello | ClockReply | TagMessage | UndoMessage | Rea
 _CLIENT_MESSAGE = TypeAdapter(ClientMessage)
 
 
-class ProtocolError(ValueError):
+class ProtocolError(BadInputError, ValueError):
     """A message the service refuses; ``code`` is stable, ``message`` is for people."""
 
     def __init__(self, code: str, message: str, tag_id: str | None = None) -> None:

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -38,6 +37,7 @@ from infra.connection_gate import (
 )
 from infra.settings import Settings
 from streams import kafka, records
+from streams.session_clock import now_us
 from streams.sessions import OVER_STATES
 from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
@@ -78,11 +78,6 @@ _WS_HARD_LIMIT = 1024 * 1024  # above our own limit, so an oversize message gets
 _RENEWAL_TASK = "tag-credential-renewal"
 
 
-def session_now_us() -> int:
-    """The session clock: this server's wall clock, integer microseconds."""
-    return time.time_ns() // 1000
-
-
 def new_clock_sync() -> ClockSync:
     # A tag is only as well placed as the tightest round trip so far, and raters sit on
     # jittery links: probe often, keep the best sample of every 2 s for five minutes
@@ -95,7 +90,7 @@ def new_clock_sync() -> ClockSync:
 def clock_summary(claims: tokens.JoinToken, kind: str, clock: ClockSync) -> dict[str, Any]:
     """A client's clock estimate in milliseconds, as health views show it."""
     estimate = clock.estimate
-    now = session_now_us()
+    now = now_us()
     return {
         "participant_id": claims.participant_id,
         "role": claims.role,
@@ -128,7 +123,7 @@ class TagService:
         secret: bytes,
         sessions: SessionLookup,
         frame_lookup: FrameLookup | None = None,
-        clock: Callable[[], int] = session_now_us,
+        clock: Callable[[], int] = now_us,
         gate: ConnectionGate | None = None,
         ended_at: EndLookup | None = None,
         access: credentials.Access | None = None,

@@ -32,6 +32,7 @@ import jwt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra.settings import Settings
+from streams.errors import BadInputError
 from streams.records import ParticipantId, Role, SessionId, SessionRecord, TokenId
 from streams.revocations import Holder
 
@@ -46,7 +47,7 @@ TokenKind = Literal["link", "session"]
 Page = Literal["call", "dashboard"]
 
 
-class TokenError(ValueError):
+class TokenError(BadInputError, ValueError):
     """A token is missing, forged, expired, malformed or withdrawn; ``reason`` says which,
     ``code`` is the stable error code (``bad_token``, or ``revoked``)."""
 
@@ -257,7 +258,7 @@ class JoinLink:
     expires_at_s: int = 0
 
 
-class InviteError(ValueError):
+class InviteError(BadInputError, ValueError):
     """A link cannot be made as asked; the message says what to change."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from streams.errors import BadInputError
 from streams.records import VocabularyEntry
 
 DEFAULT_VOCABULARY: tuple[VocabularyEntry, ...] = (
@@ -42,7 +43,7 @@ DEFAULT_VOCABULARY: tuple[VocabularyEntry, ...] = (
 RESERVED_KEYS = frozenset({*"0123456789", " ", "backspace", "enter", "escape", "tab"})
 
 
-class VocabularyError(ValueError):
+class VocabularyError(BadInputError, ValueError):
     """A vocabulary file is unreadable or invalid; the message names the entry and field."""
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: one real embedded broker per test session."""
+"""Shared fixtures: one real embedded broker per test session, and a capture server."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from capture.server import CaptureServer
 from infra.broker import EmbeddedBroker
 from infra.settings import Settings
 from streams import kafka, topics
+from taggers.tokens import load_secret
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +56,15 @@ async def session_topics(
     names = await topics.create_session_topics(admin, settings, session_id)
     yield names
     await topics.delete_session_topics(admin, session_id)
+
+
+@pytest.fixture
+async def capture_server(capture_settings: Settings) -> AsyncIterator[CaptureServer]:
+    """A running capture server with ``capture_settings``, a fixture each test folder or
+    module that starts one provides (tests/e2e/conftest.py; the integration modules)."""
+    server = CaptureServer(capture_settings, secret=load_secret(capture_settings))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

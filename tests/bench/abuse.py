@@ -80,8 +80,8 @@ from streams.sessions import SessionDirectory, create_session, publish
 from taggers.tokens import issue, issue_credential, join_links, load_secret, verify_link
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
-from tests.bench.capture import BenchError, free_port, percentile
-from tests.bench.common import ROOT, reexec_in_netns
+from tests.bench.capture import BenchError, free_port
+from tests.bench.common import ROOT, percentile, reexec_in_netns
 from tests.bench.drill import cut_broker_connections
 from tests.bench.scene import (
     CpuMeter,

@@ -31,16 +31,8 @@ from infra.worker import ProcessorWorker
 from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
-from tests.bench.common import fresh_bench_broker
+from tests.bench.common import fresh_bench_broker, percentile
 from tests.tag_client import SimulatedClock, TagClient, serve_tags, wall_us
-
-
-def percentile(values: list[float], fraction: float) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    index = min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))
-    return round(ordered[index], 2)
 
 
 class LabelReader:

@@ -25,18 +25,10 @@ from aiokafka.admin import NewTopic
 
 from infra.settings import Settings, load_settings
 from streams import kafka
-from tests.bench.common import bench_broker, cpu_seconds
+from tests.bench.common import bench_broker, cpu_seconds, percentile_or_nan
 
 HEADER = struct.Struct(">qq")  # sequence number, send time (ns since the epoch)
 WARMUP_SEQ = -1
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))
-    return round(ordered[index], 2)
 
 
 async def read_latencies(
@@ -139,10 +131,10 @@ async def run(
         "records_sent": total,
         "rate_per_s": rate,
         "record_bytes": size,
-        "aiokafka_ms_p50": percentile(list(direct_ms.values()), 0.50),
-        "aiokafka_ms_p99": percentile(list(direct_ms.values()), 0.99),
-        "faust_hop_ms_p50": percentile(list(hop_ms.values()), 0.50),
-        "faust_hop_ms_p99": percentile(list(hop_ms.values()), 0.99),
+        "aiokafka_ms_p50": percentile_or_nan(list(direct_ms.values()), 0.50),
+        "aiokafka_ms_p99": percentile_or_nan(list(direct_ms.values()), 0.99),
+        "faust_hop_ms_p50": percentile_or_nan(list(hop_ms.values()), 0.50),
+        "faust_hop_ms_p99": percentile_or_nan(list(hop_ms.values()), 0.99),
         "records_lost": lost,
         **cpu_cores,
     }

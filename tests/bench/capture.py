@@ -40,17 +40,18 @@ from typing import Any
 
 import aiohttp
 from aiokafka import TopicPartition
-from playwright.async_api import BrowserContext, Page, Route
+from playwright.async_api import BrowserContext, Page
 
 from infra.broker import EmbeddedBroker
 from infra.settings import Settings, load_settings
 from streams import kafka, records, topics
+from streams.session_clock import now_us
 from streams.sessions import create_session
 from taggers.tokens import join_links
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench import common
-from tests.bench.common import cpu_seconds, machine_busy_seconds
+from tests.bench.common import cpu_seconds, machine_busy_seconds, percentile
 from tests.browser import launch_chromium, only_loopback
 from tests.lipsync import beep_onsets, flash_onsets
 
@@ -59,9 +60,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TOKEN_SECRET = "livetag capture benchmark key: fixed, not a secret"
 # Set on the re-exec, to never loop. Not LIVETAG_*: settings reject unknown LIVETAG_ names.
 IN_NETNS_ENV = "BENCH_CAPTURE_IN_NETNS"
-# A marker of a page that honours ?watch=0 (the change proposed for capture/static/call.js).
-WATCH_MARKER = 'params.get("watch")'
-ON_LIVE = "function onLive(live) {"
 PAIR_WINDOW_US = 500_000  # events are 1 s apart: a beep within 0.5 s is the same event
 SETTLE_S = 2.0  # after warm-up: let re-anchored audio and the JPEG pool reach steady state
 ACK_GRACE_S = 1.5  # after the window: let frames captured before its end be acknowledged
@@ -69,15 +67,6 @@ _PR_SET_PDEATHSIG = 1
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def percentile(values: Sequence[float], fraction: float) -> float | None:
-    """Nearest-rank percentile (as in tests.bench.broker); None rather than NaN, which is
-    not JSON."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))], 2)
 
 
 def descendants(root: int, exclude: set[int]) -> set[int]:
@@ -205,26 +194,6 @@ async def get_json(url: str) -> Any:
     ):
         response.raise_for_status()
         return await response.json()
-
-
-async def get_text(url: str) -> str:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(url, timeout=aiohttp.ClientTimeout(total=10)) as response,
-    ):
-        response.raise_for_status()
-        return await response.text()
-
-
-async def serve_patched_page(route: Route) -> None:
-    """Until call.js honours ?watch=0 itself, apply the same change on the way to the
-    browser: a sender that subscribed to the others would add N*(N-1) re-encodes on the
-    server, which is not what this benchmark measures."""
-    response = await route.fetch()
-    body = (await response.text()).replace(
-        ON_LIVE, ON_LIVE + '\n  if (params.get("watch") === "0") return;', 1
-    )
-    await route.fulfill(response=response, body=body)
 
 
 async def warm_up(
@@ -366,11 +335,6 @@ async def measure(
         for link in join_links(settings, session, TOKEN_SECRET.encode())
         if link.role == "performer"
     ]
-    page_script = await get_text(base + "/static/call.js")
-    patch_page = WATCH_MARKER not in page_script
-    if patch_page and ON_LIVE not in page_script:
-        raise BenchError("call.js has no onLive(): cannot keep the senders from watching")
-
     senders: list[Sender] = []
     for index, link in enumerate(links):
         context: BrowserContext = await stack.enter_async_context(
@@ -380,10 +344,10 @@ async def measure(
                 user_data_dir=state / f"chromium-{index}",
             )
         )
-        if patch_page:
-            await context.route("**/static/call.js", serve_patched_page)
         page = context.pages[0] if context.pages else await context.new_page()
-        opened_us = time.time_ns() // 1000
+        opened_us = now_us()
+        # Publish only (the page's ?watch=0): a sender that also watched the others would
+        # add N*(N-1) forwarded streams, which is not what this benchmark measures.
         await page.goto(link.url + "&watch=0")
         senders.append(Sender(link.participant_id, page, opened_us))
     performer_ids = [sender.performer_id for sender in senders]
@@ -404,7 +368,7 @@ async def measure(
         raise BenchError(f"forks at the start: {sorted(before)}, want {performer_ids}")
     profiler = await start_py_spy(args.py_spy, server.pid, args.seconds)
     threads_before = thread_cpu_seconds(server.pid)
-    start_us = time.time_ns() // 1000
+    start_us = now_us()
     started = time.monotonic()
     cpu_before = {
         "server": cpu_seconds(server.pid),
@@ -429,7 +393,7 @@ async def measure(
     cpu_before["browsers"] = sum(browsers_before[pid] for pid in browsers_after)
     cpu_used["browsers"] = sum(browsers_after.values())
     elapsed = time.monotonic() - started
-    end_us = time.time_ns() // 1000
+    end_us = now_us()
     after = fork_counters(await get_json(metrics_url), session.session_id)
     if args.py_spy is not None and profiler is not None:
         # py-spy stops by itself after the window and then writes its file.
@@ -547,7 +511,6 @@ async def measure(
         # The seam drift (tests.media.LipSync) must not enter the window: the fake
         # devices cannot start before page.goto, so this bound is conservative.
         "window_within_first_loop": all(end_us < s.opened_us + loop_us for s in senders),
-        "page_patched_for_watch0": patch_page,
     }
 
 

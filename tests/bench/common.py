@@ -1,23 +1,43 @@
-"""What the benchmarks share: CPU accounting, a broker to measure against, and the
-loopback-only network namespace the WebRTC benchmarks run in."""
+"""What the benchmarks share: CPU accounting, the percentiles they report, a broker to
+measure against, and the loopback-only network namespace the WebRTC benchmarks run in."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
+
+import numpy as np
 
 from infra.broker import EmbeddedBroker
 from infra.settings import Settings, load_settings
 from streams import kafka, topics
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """The sample at ``fraction`` (0 to 1) of the way through the sorted values, rounded to
+    0.01: numpy's "nearest" rule (index round(fraction * (n - 1)), ties to even), so a
+    reported p99 is a latency that was measured, never one interpolated between two.
+    None when there are no values: "not measured", which JSON can say and NaN cannot."""
+    if len(values) == 0:
+        return None
+    return round(float(np.quantile(values, fraction, method="nearest")), 2)
+
+
+def percentile_or_nan(values: Sequence[float], fraction: float) -> float:
+    """``percentile``, NaN when there are no values: for a summary that subtracts and
+    compares percentiles and lets "not measured" carry through the arithmetic."""
+    found = percentile(values, fraction)
+    return math.nan if found is None else found
 
 
 def cpu_seconds(pid: int) -> float:

@@ -27,23 +27,13 @@ import numpy as np
 
 from infra.settings import to_environment
 from streams import kafka, records, topics
+from streams.session_clock import now_us
 from streams.sessions import create_session
 from taggers import tokens
 from taggers.vocabulary import load_vocabulary
-from tests.bench.common import cpu_seconds, fresh_bench_broker
+from tests.bench.common import cpu_seconds, fresh_bench_broker, percentile
 
 SECRET = "benchmark-secret-that-is-long-enough-for-signing-tokens"
-
-
-def wall_us() -> int:
-    return time.time_ns() // 1000
-
-
-def percentile(values: list[float], fraction: float) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    return round(ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))], 2)
 
 
 async def feed(producer: Any, session: records.SessionRecord, seconds: float) -> None:
@@ -53,7 +43,7 @@ async def feed(producer: Any, session: records.SessionRecord, seconds: float) ->
     start = time.monotonic()
     tick = 0
     while time.monotonic() - start < seconds:
-        now = wall_us()
+        now = now_us()
         for n, performer in enumerate(performers):
             common = {"session_id": session.session_id, "performer_id": performer}
             batch: list[tuple[str, records.AnyRecord]] = []
@@ -119,7 +109,7 @@ async def client(url: str, seconds: float, warmup: float, out: dict[str, list[fl
     async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
         begin = time.monotonic()
         async for message in ws:
-            received = wall_us()
+            received = now_us()
             update = json.loads(message.data)
             elapsed = time.monotonic() - begin
             if elapsed > seconds:

@@ -46,6 +46,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from infra.settings import Settings
 from infra.worker import ProcessorWorker
 from streams import health, kafka, records, sessions, topics
+from streams.session_clock import now_us
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 from tests.bench.common import fresh_bench_broker
@@ -55,10 +56,6 @@ HOP_US = 10_000
 FACE_US = 66_667
 REJOIN_AFTER_S = 3.0
 QUIET_S = 5.0  # labels are read until none came for this long after the session ended
-
-
-def wall_us() -> int:
-    return time.time_ns() // 1000
 
 
 @dataclass
@@ -124,7 +121,7 @@ async def set_presence(
     connected: bool,
 ) -> records.SessionRecord:
     """A join or leave on the session's record, as the capture server writes it."""
-    stamp = max(wall_us(), current.ts_us + 1)
+    stamp = max(now_us(), current.ts_us + 1)
     others = [p for p in current.presence if p.participant_id != performer_id]
     presence = records.Presence(
         participant_id=performer_id, role="performer", connected=connected, since_ts_us=stamp
@@ -156,13 +153,13 @@ async def produce(
     try:
         for performer_id in feeds:
             current = await set_presence(producer, current, performer_id, True)
-        started_us = wall_us() // STEP_US * STEP_US
+        started_us = now_us() // STEP_US * STEP_US
         step_start = started_us
         away = False
         while step_start < started_us + round(seconds * 1e6):
             step_end = step_start + STEP_US
             # Written in real time: each step once the session clock is past it.
-            await asyncio.sleep(max(0.0, (step_end - wall_us()) / 1e6))
+            await asyncio.sleep(max(0.0, (step_end - now_us()) / 1e6))
             elapsed_s = (step_start - started_us) / 1e6
             # The reconnect: performer 2 leaves, nothing is captured, they come back.
             if not away and rejoin_at_s <= elapsed_s < rejoin_at_s + REJOIN_AFTER_S:
@@ -209,7 +206,7 @@ async def produce(
         await producer.flush()
         # The session ends: every performer out of the call, the last windows go out.
         ended = current.model_copy(
-            update={"ts_us": max(wall_us(), current.ts_us + 1), "state": "ended"}
+            update={"ts_us": max(now_us(), current.ts_us + 1), "state": "ended"}
         )
         await sessions.publish(producer, ended)
         notes["started_us"] = started_us

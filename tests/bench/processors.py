@@ -53,8 +53,7 @@ from streams import kafka, records, topics
 from streams.sessions import create_session
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
-from tests.bench.broker import percentile
-from tests.bench.common import bench_broker, cpu_seconds, tree_cpu_seconds
+from tests.bench.common import bench_broker, cpu_seconds, percentile_or_nan, tree_cpu_seconds
 
 WIDTH, HEIGHT = 640, 360
 FPS = 15
@@ -265,17 +264,19 @@ def summarise(run: Run) -> dict[str, Any]:
     growth = 0.0
     for kind, pairs in kinds.items():
         values = [latency for _, latency in pairs]
-        result[f"{kind}_ms_p50"] = percentile(values, 0.50)
-        result[f"{kind}_ms_p99"] = percentile(values, 0.99)
-        result[f"{kind}_ms_max"] = percentile(values, 1.0)
+        result[f"{kind}_ms_p50"] = percentile_or_nan(values, 0.50)
+        result[f"{kind}_ms_p99"] = percentile_or_nan(values, 0.99)
+        result[f"{kind}_ms_max"] = percentile_or_nan(values, 1.0)
         early = [v for sent, v in pairs if sent < first + GROWTH_SPAN_S * 1000]
         late = [v for sent, v in pairs if sent >= last - GROWTH_SPAN_S * 1000]
-        grew = percentile(late, 0.5) - percentile(early, 0.5)
+        grew = percentile_or_nan(late, 0.5) - percentile_or_nan(early, 0.5)
         result[f"{kind}_growth_ms"] = round(grew, 2) if math.isfinite(grew) else "inf"
         # The course of the lag over the window: a start-up backlog and a steady climb
         # look alike in one percentile.
         result[f"{kind}_ms_p99_per_5s"] = [
-            _finite(percentile([v for sent, v in pairs if start <= sent < start + 5000], 0.99))
+            _finite(
+                percentile_or_nan([v for sent, v in pairs if start <= sent < start + 5000], 0.99)
+            )
             for start in range(first, last, 5000)
         ]
         growth = max(growth, grew) if not math.isnan(grew) else math.inf

@@ -40,6 +40,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -57,12 +58,13 @@ from playwright.async_api import Dialog, Page, Playwright, async_playwright
 from infra.broker import die_with_parent
 from infra.settings import Settings, load_settings, to_environment
 from streams import archive, kafka, records, topics
+from streams.session_clock import now_us
 from streams.sessions import SessionDirectory, create_session, publish
 from taggers.tokens import issue, join_links, load_secret
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
-from tests.bench.capture import BenchError, free_port, percentile, sync_errors_ms
-from tests.bench.common import ROOT, machine_busy_seconds, reexec_in_netns
+from tests.bench.capture import BenchError, free_port, sync_errors_ms
+from tests.bench.common import ROOT, machine_busy_seconds, percentile, reexec_in_netns
 from tests.browser import launch_chromium, only_loopback
 from tests.lipsync import beep_onsets, flash_onsets
 
@@ -92,10 +94,6 @@ DOWN_STATES = ("failed", "disconnected")
 BROKER = "broker"
 BROWSERS = "browsers"
 LOG_TAIL_BYTES = 4000
-
-
-def wall_us() -> int:
-    return time.time_ns() // 1000
 
 
 # ---------------------------------------------------------------- CPU by process group
@@ -423,7 +421,7 @@ class TopicReader:
         try:
             while True:
                 batches = await self._consumer.getmany(timeout_ms=500)
-                arrived = wall_us()
+                arrived = now_us()
                 for batch in batches.values():
                     for message in batch:
                         self._handle(message, arrived)
@@ -1017,7 +1015,7 @@ class Scene:
                     await page.page.keyboard.press(str(number))
                 else:
                     await page.page.click(f"#perf-{target} .perf-target")
-            pressed = wall_us()
+            pressed = now_us()
             await page.page.keyboard.press(entry.hotkey)
             tag_id: str | None = await page.page.evaluate(LAST_PRESS)
             taken = tag_id is not None and tag_id != last_tag_id
@@ -1170,7 +1168,7 @@ class Scene:
             ]
             tasks += pressing
             self.meter.open_window()
-            start_us = wall_us()
+            start_us = now_us()
             await asyncio.gather(*(page.probe() for page in self.pages))
             if directors:
                 try:
@@ -1179,7 +1177,7 @@ class Scene:
                     self.notes.append(f"Start take not clickable: {str(exc).splitlines()[0]}")
             await self.hold(self.options.seconds)
             self.phase_done("window")
-            end_us = wall_us()
+            end_us = now_us()
             self.meter.close_window()
             await asyncio.gather(*(page.probe() for page in self.pages))
             self.window = (start_us, end_us)
@@ -1258,7 +1256,7 @@ class Scene:
             producer = kafka.make_producer(self.settings)
             await producer.start()
             try:
-                stamp = max(wall_us(), latest.ts_us + 1)
+                stamp = max(now_us(), latest.ts_us + 1)
                 await publish(
                     producer, latest.model_copy(update={"state": "ended", "ts_us": stamp})
                 )
@@ -1739,7 +1737,7 @@ class Scene:
                 flash_onsets(video), beep_onsets(audio), start_us, end_us
             )
         absolute = [abs(e) for errs in errors.values() for e in errs]
-        offsets = {p: sorted(e)[len(e) // 2] for p, e in errors.items() if e}
+        offsets = {p: statistics.median_high(e) for p, e in errors.items() if e}
         spread = [abs(e - offsets[p]) for p, errs in errors.items() for e in errs]
         loop_s = self.media.lipsync_long.duration_s
         return {

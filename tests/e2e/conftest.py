@@ -40,16 +40,6 @@ def capture_settings(settings: Settings, tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-async def capture_server(capture_settings: Settings) -> AsyncIterator[CaptureServer]:
-    server = CaptureServer(capture_settings, secret=load_secret(capture_settings))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
 async def new_session(
     settings: Settings, server: CaptureServer, performers: list[str]
 ) -> tuple[records.SessionRecord, dict[str, str]]:

@@ -101,7 +101,7 @@ async def test_takes_and_the_end_from_the_command_line_and_a_tail_that_ends_with
         assert fields[:4] == ["take", sid, "1", "started"]
         started_us = int(fields[4])
         code, out, err = await _livetag(env, "session", "take", "start", sid)
-        assert code == 1
+        assert code == 3  # refused
         assert err.strip() == f"Error: {sid}: take 1 is still running", err
 
         t0 = wall_us() // 100_000 * 100_000
@@ -163,13 +163,14 @@ async def test_takes_and_the_end_from_the_command_line_and_a_tail_that_ends_with
     assert code == 0, err
     assert [json.loads(line)["ts_us"] for line in out.splitlines()] == [t0]
 
-    for args, said in [
-        (("session", "end", sid), f"Error: {sid}: the session is archived"),
-        (("session", "take", "end", sid), f"Error: {sid}: the session is archived"),
-        (("session", "end", "no-such-session"), "Error: no-such-session: no session"),
-        (("session", "take", "start", "Not A Session!"), "Error: "),
+    # Exit 3: refused by the session's state; 2: a session id that is wrong.
+    for args, status, said in [
+        (("session", "end", sid), 3, f"Error: {sid}: the session is archived"),
+        (("session", "take", "end", sid), 3, f"Error: {sid}: the session is archived"),
+        (("session", "end", "no-such-session"), 2, "Error: no-such-session: no session"),
+        (("session", "take", "start", "Not A Session!"), 2, "Error: invalid session id"),
     ]:
         code, out, err = await _livetag(env, *args)
-        assert code == 1, (args, out, err)
+        assert code == status, (args, out, err)
         assert err.startswith(said), (args, err)
         assert len(err.strip().splitlines()) == 1, err  # one line, never a traceback

@@ -325,13 +325,8 @@ def capped(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def capture(capped: Settings) -> AsyncIterator[CaptureServer]:
-    server = CaptureServer(capped, secret=load_secret(capped))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+def capture_settings(capped: Settings) -> Settings:
+    return capped  # the capture fixture (tests/integration/conftest.py) runs with these
 
 
 @pytest.fixture

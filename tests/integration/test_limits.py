@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +41,8 @@ def limited(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def capture(limited: Settings) -> AsyncIterator[CaptureServer]:
-    server = CaptureServer(limited, secret=load_secret(limited))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+def capture_settings(limited: Settings) -> Settings:
+    return limited  # the capture fixture (tests/integration/conftest.py) runs with these
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
 from infra.settings import Settings
-from streams import kafka, lsl_bridge, records, sessions, topics
+from streams import kafka, lsl_bridge, records, session_clock, sessions, topics
 from streams.lsl_bridge import BLENDSHAPE_NAMES, MarkerInletOptions, run_bridge
 from taggers.outbox import TagOutbox
 
@@ -295,7 +295,7 @@ async def test_livetag_lsl_publishes_a_sessions_records_as_lsl_streams(
         # The bridge's offset is the clocks' (read independently here) within a millisecond.
         assert abs(offset_us - naive_offset_us()) < 1_000
 
-        t0 = sessions.now_us() - 2_000_000
+        t0 = session_clock.now_us() - 2_000_000
         first, second = hops_record(sid, "alice", t0, 0), hops_record(sid, "alice", t0, 10)
         await send(producer, session.topics.prosody, first)
         await send(producer, session.topics.prosody, second)
@@ -381,7 +381,7 @@ async def test_livetag_lsl_publishes_a_sessions_records_as_lsl_streams(
         # A performer added to the roster later gets streams of their own.
         later = session.model_copy(
             update={
-                "ts_us": sessions.now_us(),
+                "ts_us": session_clock.now_us(),
                 "roster": [
                     *session.roster,
                     records.Performer(performer_id="carol", display_name="Carol"),
@@ -407,7 +407,8 @@ async def test_livetag_lsl_publishes_a_sessions_records_as_lsl_streams(
 
         # Archived: the bridge stops by itself and prints its counts.
         await sessions.publish(
-            producer, later.model_copy(update={"ts_us": sessions.now_us(), "state": "archived"})
+            producer,
+            later.model_copy(update={"ts_us": session_clock.now_us(), "state": "archived"}),
         )
         assert process.stdout is not None
         async with asyncio.timeout(30):
@@ -444,7 +445,7 @@ async def test_from_the_beginning_and_markers_from_an_lsl_stream_become_tags(
         vocabulary=VOCABULARY,
         session_id=sid,
     )
-    t0 = sessions.now_us() - 5_000_000
+    t0 = session_clock.now_us() - 5_000_000
     earlier_hops = hops_record(sid, "alice", t0, 0)
     earlier_tag = tag(
         sid, "alice", "tag-early-0001", t0 + 30_000, "point", label="laughter", span_us=500_000
@@ -567,7 +568,7 @@ async def test_livetag_lsl_says_what_is_wrong_and_stops_on_sigterm_with_its_coun
     settings: Settings, session_id: str, tmp_path: Path
 ) -> None:
     code, _, err = await livetag_lsl(settings, tmp_path, "--session", "no-such-one")
-    assert code == 1
+    assert code == 2  # bad input
     assert "Error: no session 'no-such-one' on livetag.sessions" in err
     assert "Traceback" not in err
     code, _, err = await livetag_lsl(
@@ -595,7 +596,7 @@ async def test_livetag_lsl_says_what_is_wrong_and_stops_on_sigterm_with_its_coun
             "--performer",
             "zed",
         )
-        assert code == 1
+        assert code == 2
         assert f"Error: performer 'zed' is not on session {session_id}'s roster (alice)" in err
         process = await start_livetag_lsl(settings, tmp_path, "--session", session_id)
         try:

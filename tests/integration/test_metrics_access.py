@@ -39,13 +39,8 @@ def web_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def capture(web_settings: Settings) -> AsyncIterator[CaptureServer]:
-    server = CaptureServer(web_settings, secret=load_secret(web_settings))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+def capture_settings(web_settings: Settings) -> Settings:
+    return web_settings  # the capture fixture (tests/integration/conftest.py) runs with these
 
 
 @pytest.fixture

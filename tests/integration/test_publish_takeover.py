@@ -11,7 +11,7 @@ import contextlib
 import fractions
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from capture.server import CallConnection, CaptureServer
 from infra.settings import Settings
 from streams import kafka, records
 from streams.sessions import create_session
-from taggers.tokens import load_secret
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import SECRET, token_for
 
@@ -124,12 +123,13 @@ class Page:
 
 
 @pytest.fixture
-async def capture(
+def capture_settings(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[CaptureServer]:
+) -> Settings:
+    """What the capture fixture (tests/integration/conftest.py) runs with."""
     # The server restricts ICE for the whole process; the test's pages share it.
     monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
-    own = settings.model_copy(
+    return settings.model_copy(
         update={
             "capture_port": 0,
             "state_dir": tmp_path / "state",
@@ -138,12 +138,6 @@ async def capture(
             "token_secret": SecretStr(SECRET.decode()),
         }
     )
-    server = CaptureServer(own, secret=load_secret(own))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:

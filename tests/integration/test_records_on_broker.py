@@ -137,5 +137,5 @@ async def test_tail_of_a_missing_topic_is_a_clear_error(settings: Settings) -> N
         env={**os.environ, "LIVETAG_BROKER_PORT": str(settings.broker_port)},
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input: no such topic
     assert "livetag.features.face.never-created does not exist" in result.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import aioice.ice
@@ -35,6 +34,7 @@ from capture.rtp_hooks import (
     request_keyframe,
     rtp_timestamp_of_frame,
 )
+from streams.session_clock import now_us
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +55,6 @@ STALL_MS = 200
 # aiortc stamps a sender report when it sends it, a few ms after the packet it pairs
 # with (more on a busy event loop): the fit through the reports is that far off.
 SENDER_REPORT_NOISE_MS = 10
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class IndexedVideoTrack(VideoStreamTrack):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,6 @@ from infra.settings import Settings
 from streams import archive, kafka, records, topics
 from streams.recorder import RecorderWorker
 from streams.sessions import create_session, publish
-from taggers.tokens import load_secret
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import SECRET, TagClient, token_for, wall_us
 
@@ -43,13 +41,8 @@ def ending(settings: Settings, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def capture(ending: Settings) -> AsyncIterator[CaptureServer]:
-    server = CaptureServer(ending, secret=load_secret(ending))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+def capture_settings(ending: Settings) -> Settings:
+    return ending  # the capture fixture (tests/integration/conftest.py) runs with these
 
 
 async def new_session(settings: Settings) -> records.SessionRecord:

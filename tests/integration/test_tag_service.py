@@ -15,7 +15,7 @@ import pytest
 from infra.broker import EmbeddedBroker
 from infra.settings import Settings
 from streams import kafka, records, topics
-from taggers.service import session_now_us
+from streams.session_clock import now_us
 from taggers.vocabulary import DEFAULT_VOCABULARY
 from tests.tag_client import ServedTags as Served
 from tests.tag_client import SimulatedClock, serve_tags, session_record, token_for
@@ -82,7 +82,7 @@ async def raw_exchange(
                                 "type": "clock_reply",
                                 "probe_id": message["probe_id"],
                                 "server_send_us": message["server_send_us"],
-                                "client_time_us": session_now_us(),
+                                "client_time_us": now_us(),
                             }
                         )
                     )
@@ -248,7 +248,7 @@ async def test_clock_offset_and_reaction_lag_are_applied(
         await client.send_raw(json.dumps({"type": "reaction_lag", "lag_us": 120_000}))
         await client.wait_for(lambda: bool(client.replies))
         assert client.replies[-1] == {"type": "reaction_lag", "lag_us": 120_000}
-        press = session_now_us()
+        press = now_us()
         tag_id = await client.tag("ana", "fear", press_us=press)
         await client.wait_acked([tag_id])
         ack = client.acks[tag_id]

@@ -42,13 +42,8 @@ def tls_settings(settings: Settings, certs: CertFiles, tmp_path: Path) -> Settin
 
 
 @pytest.fixture
-async def capture(tls_settings: Settings) -> AsyncIterator[CaptureServer]:
-    server = CaptureServer(tls_settings, secret=tokens.load_secret(tls_settings))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+def capture_settings(tls_settings: Settings) -> Settings:
+    return tls_settings  # the capture fixture (tests/integration/conftest.py) runs with these
 
 
 @pytest.fixture
