@@ -61,7 +61,7 @@ bootstrap_option = click.option(
 #: The commands that run a service until stopped: they log at the settings' level.
 SERVICE_COMMANDS = frozenset({"up", "broker", "capture", "dashboard", "recorder", "worker", "lsl"})
 
-# Exit statuses (README "Command line"): they say who has to act.
+# Exit statuses (docs/command-line.md): they say who has to act.
 #: A failure whose message alone says whose it is (``up``: a service kept dying).
 EXIT_FAILED = 1
 #: What was given is wrong; click's own usage errors exit 2 as well.
@@ -121,7 +121,7 @@ def _log_traceback(ctx: click.Context, exc: Exception) -> bool:
 
 class LivetagGroup(click.Group):
     """The ``livetag`` command: whatever a command fails with ends as one line on stderr
-    and an exit status that says whose the failure is (README "Command line"):
+    and an exit status that says whose the failure is (docs/command-line.md):
     :class:`LivetagError` by its kind, and anything else, a bug, with 70."""
 
     def invoke(self, ctx: click.Context) -> Any:

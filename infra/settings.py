@@ -173,7 +173,7 @@ class Settings(BaseSettings):
         description=(
             "How long a producer waits to batch records before sending. The embedded broker "
             "lists every stored batch of a partition on each fetch that returns data, so "
-            "fewer, larger batches keep its CPU down (README, Embedded broker)."
+            "fewer, larger batches keep its CPU down (docs/operations.md, Embedded broker)."
         ),
     )
     partitions: int = Field(

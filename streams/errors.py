@@ -10,8 +10,8 @@
   it, may help.
 - :class:`InternalError`: livetag itself broke (a bug, or a dependency it no longer fits).
 
-The command line turns the kinds into exit statuses (infra/cli.py, README "Command
-line"). The concrete classes keep the builtin base their callers catch as well (e.g.
+The command line turns the kinds into exit statuses (infra/cli.py, docs/command-line.md).
+The concrete classes keep the builtin base their callers catch as well (e.g.
 ``class RecordError(BadInputError, ValueError)``), so that ``except ValueError`` goes on
 catching them.
 

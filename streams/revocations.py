@@ -59,7 +59,7 @@ class RevocationList:
         by_participant = self._by_participant.get((holder.session_id, holder.participant_id))
         # Two machines' clocks meet here (the link's issuer, the revoker's): a link issued
         # on a clock running ahead of the revoker's by more than the time between the two
-        # survives. The README says so; livetag's own commands run on one machine.
+        # survives. docs/operations.md says so; livetag's own commands run on one machine.
         if by_participant is not None and holder.issued_at_us <= by_participant.ts_us:
             return by_participant
         return None

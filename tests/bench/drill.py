@@ -95,7 +95,7 @@ BROKER_OUTAGE_S = 10.0
 RECONNECT_EVERY_S = 0.5
 CPU_SAMPLE_S = 5.0
 LAG_SAMPLE_S = 10.0
-SUBSCRIBER_FETCH_WAIT_MS = 100  # as the README's label subscriber
+SUBSCRIBER_FETCH_WAIT_MS = 100  # as the documented label subscriber (docs/consumers.md)
 TAG_ACK_TIMEOUT_S = 120.0
 ARCHIVE_TIMEOUT_S = 240.0
 
@@ -347,7 +347,7 @@ class LabelCollector:
                     window = records.decode(records.LabelWindow, message.value, message.headers)
                     identity = (window.performer_id, window.ts_us)
                     known = self.windows.get(identity)
-                    # As the README's consumer: the first copy of a revision, the newest
+                    # As the documented consumer: the first copy of a revision, the newest
                     # revision of a window.
                     if known is None or window.revision > known.revision:
                         self.windows[identity] = window
@@ -491,7 +491,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         delivery = Delivery()
         producer = kafka.make_producer(settings, request_timeout_ms=30_000)
         audio_producer = kafka.make_audio_producer(settings, request_timeout_ms=30_000)
-        # The drill reads features and labels as the README's subscriber does, once per
+        # The drill reads features and labels as the documented subscriber does, once per
         # label window: the embedded broker walks stored batches on every fetch, and the
         # measuring must not take the pipeline's capacity (recoveries are exact to 0.1 s).
         feature_consumer = kafka.make_consumer(
