@@ -541,15 +541,9 @@ def _echo_links(links: list[Any]) -> None:
 
 
 async def _session_record(settings: Settings, session_id: str) -> records.SessionRecord:
-    from streams.sessions import SessionDirectory
+    from streams.sessions import newest_record
 
-    topics.check_session_id(session_id)
-    directory = SessionDirectory(settings)
-    await directory.start()  # read to the end of livetag.sessions
-    try:
-        record = directory.get(session_id)
-    finally:
-        await directory.stop()
+    record = await newest_record(settings, session_id)
     if record is None:
         raise CommandFailed(f"no session {session_id!r} on livetag.sessions", EXIT_BAD_INPUT)
     return record
@@ -694,31 +688,19 @@ def session_end(ctx: click.Context, session_id: str, bootstrap: str | None) -> N
     click.echo(f"ended\t{record.session_id}\t{record.ts_us}")
 
 
-@session.group(name="take")
-def session_take() -> None:
-    """Start or end a take (a marked stretch of the session, as on the dashboard)."""
-
-
-@session_take.command(name="start")
+@session.command(name="take")
+@click.argument("what", type=click.Choice(["start", "end"]))
 @click.argument("session_id")
 @bootstrap_option
 @click.pass_context
-def session_take_start(ctx: click.Context, session_id: str, bootstrap: str | None) -> None:
-    """Start the session's next take; prints its number and start on the session clock."""
+def session_take(ctx: click.Context, what: str, session_id: str, bootstrap: str | None) -> None:
+    """Start the session's next take (start) or end the running one (end), as the
+    dashboard's buttons do; prints the take's number and its start or end on the session
+    clock."""
     settings = _with_bootstrap(_settings(ctx), bootstrap)
-    take = _act_on_session(settings, session_id, "take_start").takes[-1]
-    click.echo(f"take\t{session_id}\t{take.take_id}\tstarted\t{take.start_ts_us}")
-
-
-@session_take.command(name="end")
-@click.argument("session_id")
-@bootstrap_option
-@click.pass_context
-def session_take_end(ctx: click.Context, session_id: str, bootstrap: str | None) -> None:
-    """End the running take; prints its number and end on the session clock."""
-    settings = _with_bootstrap(_settings(ctx), bootstrap)
-    take = _act_on_session(settings, session_id, "take_end").takes[-1]
-    click.echo(f"take\t{session_id}\t{take.take_id}\tended\t{take.end_ts_us}")
+    take = _act_on_session(settings, session_id, f"take_{what}").takes[-1]
+    stamp = take.start_ts_us if what == "start" else take.end_ts_us
+    click.echo(f"take\t{session_id}\t{take.take_id}\t{what}ed\t{stamp}")
 
 
 @main.command()

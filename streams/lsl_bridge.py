@@ -461,6 +461,13 @@ def _flag(value: bool | None) -> float:
     return NAN if value is None else float(value)
 
 
+def _pose(pose: records.HeadPose | None) -> list[float]:
+    """Yaw, pitch and roll in degrees; NaN without a pose."""
+    if pose is None:
+        return [NAN, NAN, NAN]
+    return [float(pose.yaw_deg), float(pose.pitch_deg), float(pose.roll_deg)]
+
+
 def prosody_sample(hop: records.HopMeasures) -> list[float]:
     quality = hop.voice_quality
     return [
@@ -477,12 +484,9 @@ def prosody_sample(hop: records.HopMeasures) -> list[float]:
 def face_sample(frame: records.FaceFrame) -> list[float]:
     """Skipped: all NaN. No face: face_present 0, the rest NaN. Names outside
     BLENDSHAPE_NAMES are not in the layout (see :func:`unlisted_blendshapes`)."""
-    pose = frame.head_pose
     return [
         _flag(frame.face_present),
-        NAN if pose is None else float(pose.yaw_deg),
-        NAN if pose is None else float(pose.pitch_deg),
-        NAN if pose is None else float(pose.roll_deg),
+        *_pose(frame.head_pose),
         *(_number(frame.blendshapes.get(name)) for name in BLENDSHAPE_NAMES),
     ]
 
@@ -497,7 +501,6 @@ _BLENDSHAPE_SET: Final = frozenset(BLENDSHAPE_NAMES)
 def label_sample(window: records.LabelWindow, vocabulary: Sequence[str]) -> list[float]:
     """``vocabulary``: the labels of the stream's layout, in channel order."""
     features = window.features
-    pose = features.head_pose
     active: Counter[str] = Counter()
     for rater in window.raters:
         # A rater counts once per label, however many of their tags hold it active.
@@ -514,9 +517,7 @@ def label_sample(window: records.LabelWindow, vocabulary: Sequence[str]) -> list
         _number(features.loudness_mean_db),
         _number(features.voiced_fraction),
         _number(features.face_present_fraction),
-        NAN if pose is None else float(pose.yaw_deg),
-        NAN if pose is None else float(pose.pitch_deg),
-        NAN if pose is None else float(pose.roll_deg),
+        *_pose(features.head_pose),
         float(features.prosody_hops),
         float(features.face_frames),
         float(features.face_frames_skipped),

@@ -151,17 +151,23 @@ def apply_action(
     return record
 
 
-async def act_on_session(settings: Settings, session_id: str, action: str) -> records.SessionRecord:
-    """``action`` on the newest version of the session on livetag.sessions, published as
-    its next version; :class:`SessionActionError` when the session is unknown or its
-    state refuses it."""
+async def newest_record(settings: Settings, session_id: str) -> records.SessionRecord | None:
+    """The newest version of one session on livetag.sessions as it is now (read to the
+    end, not waited for), or None; ValueError for an id that cannot be a session's."""
     topics.check_session_id(session_id)
     directory = SessionDirectory(settings)
     await directory.start()  # read to the end of livetag.sessions
     try:
-        current = directory.get(session_id)
+        return directory.get(session_id)
     finally:
         await directory.stop()
+
+
+async def act_on_session(settings: Settings, session_id: str, action: str) -> records.SessionRecord:
+    """``action`` on the newest version of the session on livetag.sessions, published as
+    its next version; :class:`SessionActionError` when the session is unknown or its
+    state refuses it."""
+    current = await newest_record(settings, session_id)
     if current is None:
         raise SessionActionError(
             "unknown_session", f"no session {session_id!r} on livetag.sessions"
