@@ -254,7 +254,7 @@ class SessionFeed:
                 if self._offsets is None:
                     # Reads the processors' group offsets; it never joins the group.
                     self._offsets = kafka.make_consumer(
-                        self.settings, group_id=f"livetag-processors-{self.session_id}"
+                        self.settings, group_id=topics.processors_group(self.session_id)
                     )
                     await self._offsets.start()
                 ends = await self._consumer.end_offsets(partitions)

@@ -53,10 +53,6 @@ PROSODY_IDLE_FLUSH_S = 1.0  # a performer's audio silent this long has ended: it
 PROCESSORS_COMMIT_INTERVAL_S = 1.0
 
 
-def app_id(session_id: str) -> str:
-    return f"{SERVICE}-{session_id}"
-
-
 class SessionProcessors:
     """Per-performer state of one session's processors (trackers, landmarkers)."""
 
@@ -153,7 +149,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     """The faust app of one session's processors."""
     app = make_faust_app(
         settings,
-        app_id(session.session_id),
+        topics.processors_group(session.session_id),
         fetch_wait_ms=settings.stream_fetch_wait_ms,
         # A restarted worker must not wait a minute for its dead predecessor's session.
         broker_session_timeout=10,
@@ -395,7 +391,7 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     add_aligner(
         app, settings, session, emit=emit, dead_letter=dead_letter, on_failure=stop_for_restart
     )
-    member = group_members.MemberNote(settings, app_id(session.session_id))
+    member = group_members.MemberNote(settings, topics.processors_group(session.session_id))
 
     @cast(Any, app).on_partitions_assigned.connect
     async def note_member(sender: Any, assigned: set[Any], **_: Any) -> None:
@@ -457,7 +453,9 @@ def main() -> None:
         sys.exit(f"no session {session_id!r} on {topics.SESSIONS}")
     app = build_app(settings, session)
     # A processor of this session killed before us (on this machine) is not waited for.
-    asyncio.run(group_members.evict_dead_members(settings, app_id(session.session_id)))
+    asyncio.run(
+        group_members.evict_dead_members(settings, topics.processors_group(session.session_id))
+    )
     worker = ProcessorWorker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
 

@@ -43,10 +43,6 @@ milestones = logging.getLogger("livetag.session")
 SERVICE = "livetag-recorder"
 
 
-def group_id(session_id: str) -> str:
-    return f"{SERVICE}-{session_id}"
-
-
 def software_versions() -> dict[str, str]:
     """What made the archive's features: package versions and the face model's checksum."""
     names = ("livetag", "aiokafka", "faust-streaming", "mediapipe", "av", "pyarrow", "aiortc")
@@ -101,15 +97,17 @@ class SessionRecorder:
         consumer = kafka.make_consumer(
             self.settings,
             *self.kinds,
-            group_id=group_id(self.session_id),
+            group_id=topics.recorder_group(self.session_id),
             auto_offset_reset="earliest",
             max_poll_records=2000,
             fetch_max_wait_ms=self.settings.archive_fetch_wait_ms,
         )
         self._consumer = consumer
         # A recorder killed before us is not waited for (its session timeout).
-        await group_members.evict_dead_members(self.settings, group_id(self.session_id))
-        member = group_members.MemberNote(self.settings, group_id(self.session_id))
+        await group_members.evict_dead_members(
+            self.settings, topics.recorder_group(self.session_id)
+        )
+        member = group_members.MemberNote(self.settings, topics.recorder_group(self.session_id))
         await consumer.start()
         prefix = f"{self.session_id}/".encode()
         last_flush = last_check = time.monotonic()

@@ -318,11 +318,8 @@ async def wait_processed(
     may hold the last records for a moment after the commit. ``progress``: told, at each
     look, how many media records (of how many) the processors have committed.
     """
-    # Imported here: it brings faust and mediapipe, which planning a replay does not need.
-    from streams.processors import app_id as processors_group
-
     names = topics.session_topic_names(session_id)
-    group = processors_group(session_id)
+    group = topics.processors_group(session_id)
     deadline = time.monotonic() + timeout_s
 
     def partitions(*wanted: str) -> list[TopicPartition]:

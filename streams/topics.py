@@ -102,6 +102,17 @@ def shared_topics(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+def processors_group(session_id: str) -> str:
+    """The consumer group of a session's processors (one faust app per session; the
+    dashboard reads its offsets to show the processors' lag)."""
+    return f"livetag-processors-{session_id}"
+
+
+def recorder_group(session_id: str) -> str:
+    """The consumer group of a session's recorders."""
+    return f"livetag-recorder-{session_id}"
+
+
 def check_session_id(session_id: str) -> str:
     if not _SESSION_ID.match(session_id):
         raise ValueError(
