@@ -15,6 +15,7 @@ import pytest
 from infra.settings import Settings
 from streams import kafka, records, topics
 from streams.sessions import publish, read_session
+from tests.commands import run_command
 from tests.tag_client import wall_us
 
 pytestmark = pytest.mark.integration
@@ -29,19 +30,7 @@ def _env(settings: Settings, state_dir: Path) -> dict[str, str]:
 
 
 async def _livetag(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "infra",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_command([sys.executable, "-m", "infra", *args], env)
 
 
 def _window(session_id: str, ts_us: int) -> records.LabelWindow:

@@ -16,6 +16,7 @@ import pytest
 from infra.settings import Settings
 from streams import archive, kafka, records, topics
 from streams.recorder import RecorderWorker
+from tests.commands import run_command
 from tests.documentation import ROOT, documentation_files
 from tests.tag_client import wall_us
 
@@ -34,20 +35,6 @@ def documented_commands() -> list[tuple[str, list[str]]]:
                 if line.startswith(f"{ENTRY_POINT} "):
                     commands.append((path.name, shlex.split(line, comments=True)))
     return commands
-
-
-async def _run(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 async def _scene_played(settings: Settings, session_id: str, performer_id: str) -> None:
@@ -151,7 +138,7 @@ async def test_every_livetag_command_in_the_documentation_runs_as_written(
             await _scene_played(settings, session_id, performers[session_id][0])
             await _archive(recording, session_id)
             archived.add(session_id)
-        code, out, err = await _run([str(ROOT / ENTRY_POINT), *argv[1:]], env, workdir)
+        code, out, err = await run_command([str(ROOT / ENTRY_POINT), *argv[1:]], env, cwd=workdir)
         assert code == 0, f"{shlex.join(argv)} exited {code}: {err}"
         if argv[1] == "export" and "--out" not in argv:
             # Where the docs say it goes: ./SESSION-FORMAT in the folder it runs in.
