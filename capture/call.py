@@ -37,10 +37,10 @@ from capture.forwarding import PacketFanout, is_vp8_keyframe, make_packet
 from capture.ice import rtc_configuration
 from capture.media_clock import RTP_TIMESTAMP_MODULUS
 from capture.timing import CaptureTimer, OffsetProvider, Stamp
-from infra.settings import Settings
 from streams import records
 from streams.errors import RefusedError
 from streams.session_clock import now_us
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

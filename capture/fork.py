@@ -41,9 +41,10 @@ from av.video.reformatter import VideoReformatter
 
 from capture.loop_lag import percentile
 from capture.timing import Stamp
-from infra.settings import Settings
-from streams import kafka, records
+from streams import records
+from streams.kafka import clients
 from streams.session_clock import now_us
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ def make_fork_audio_producer(settings: Settings, **overrides: Any) -> AIOKafkaPr
     ``audio_linger_ms`` themselves (their spool), so it does not linger; large batches drain
     a spool refilled by a broker outage in a few round trips."""
     options: dict[str, Any] = {"linger_ms": 0, "max_batch_size": AUDIO_MAX_BATCH_BYTES}
-    return kafka.make_audio_producer(settings, **{**options, **overrides})
+    return clients.make_audio_producer(settings, **{**options, **overrides})
 
 
 @dataclass(frozen=True)

@@ -31,34 +31,41 @@ from capture.fork import ForkStats, make_fork_audio_producer
 from capture.ice import restrict_host_addresses
 from capture.loop_lag import LoopLagMonitor
 from capture.timing import Stamp
-from infra import background
-from infra.connection_gate import (
+from streams import records
+from streams.errors import UnavailableError
+from streams.kafka import clients, health, topics
+from streams.kafka.revocations import RevocationList
+from streams.kafka.sessions import (
+    STATE_ORDER,
+    SessionDirectory,
+    is_over,
+    publish,
+    with_presence,
+)
+from streams.runtime import background
+from streams.runtime.connection_gate import (
     ConnectionGate,
     failure_code,
     keep_swept,
     watch_websocket,
     websocket_response,
 )
-from infra.metrics_access import MetricsGuard
-from infra.redaction import AccessLogger, access_log
-from infra.settings import (
+from streams.runtime.metrics_access import MetricsGuard
+from streams.runtime.redaction import AccessLogger, access_log
+from streams.session_clock import now_us
+from streams.settings import (
     PlaintextNetworkError,
     Settings,
     TLSSettingsError,
     check_listen_address,
     server_ssl_context,
 )
-from streams import health, kafka, records, topics
-from streams.errors import UnavailableError
-from streams.revocations import RevocationList
-from streams.session_clock import now_us
-from streams.sessions import STATE_ORDER, SessionDirectory, publish
 from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.service import TagService, clock_summary
 
 log = logging.getLogger(__name__)
-#: What an operator follows on livetag up's terminal (infra.service_logs.MILESTONES).
+#: What an operator follows on livetag up's terminal (streams.runtime.service_logs.MILESTONES).
 milestones = logging.getLogger("livetag.session")
 
 COUNTERS_INTERVAL_S = 2.0  # fork counters go to livetag.health at most this often
@@ -69,7 +76,25 @@ _WS_HARD_LIMIT = 4 * 1024 * 1024  # above our own limit, so we can answer instea
 
 
 _PRESENCE_QUEUE = 10_000
-_OVER = ("ended", "archived")
+
+
+# The call page's and the tagging widget's files (/static, /tagger). The director
+# dashboard, served from another origin, imports these ES modules, and a cross-origin
+# module import needs CORS: they are public static files, the same for everyone, fetched
+# without cookies, so any origin may read them.
+_PUBLIC_STATIC_PREFIXES = ("/static/", "/tagger/")
+
+
+async def _allow_any_origin_on_static_files(
+    request: web.Request, response: web.StreamResponse
+) -> None:
+    if not request.path.startswith(_PUBLIC_STATIC_PREFIXES):
+        return
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    if response.status in (200, 206) and request.path.endswith(".js"):
+        # The static route takes Python's table, application/javascript before 3.12;
+        # browsers run modules of either type, text/javascript is the standard one.
+        response.headers["Content-Type"] = "text/javascript; charset=utf-8"
 
 
 def _at_services_priority(niceness: int) -> None:
@@ -100,7 +125,7 @@ class CaptureServer:
             )
         except (TLSSettingsError, PlaintextNetworkError) as exc:
             raise CaptureServerError(str(exc)) from None
-        self._producer = kafka.make_producer(settings)
+        self._producer = clients.make_producer(settings)
         # Audio on its own producer, made for the forks' spools.
         self._audio_producer = make_fork_audio_producer(settings)
         self._directory = SessionDirectory(
@@ -161,7 +186,7 @@ class CaptureServer:
             return
         restrict_host_addresses(self.settings.ice_addresses)
         # The directory follows livetag.sessions from the start: it must exist first.
-        async with kafka.admin_client(self.settings) as admin:
+        async with clients.admin_client(self.settings) as admin:
             await topics.ensure_shared_topics(admin, self.settings)
         try:
             await self._producer.start()
@@ -192,6 +217,7 @@ class CaptureServer:
                 web.static("/tagger", TAGGER_FILES),
             ]
         )
+        app.on_response_prepare.append(_allow_any_origin_on_static_files)
         self.tags.add_routes(app)
         self._ender = background.start(self._end_calls_of_ended_sessions, "capture-ender")
         self._counter_publisher = background.start(self._publish_counters, "capture-counters")
@@ -356,11 +382,11 @@ class CaptureServer:
 
     async def _client_metrics(self, request: web.Request) -> web.Response:
         session_id = request.query.get("session", "")
-        clients = [
+        clocks = [
             clock_summary(connection.claims, "call", connection.clock)
             for connection in self._connections.get(session_id, ())
         ]
-        return web.json_response(clients + self.tags.client_clocks(session_id))
+        return web.json_response(clocks + self.tags.client_clocks(session_id))
 
     async def _loop_metrics(self, request: web.Request) -> web.Response:
         try:
@@ -404,7 +430,7 @@ class CaptureServer:
         if claims.role == "performer" and claims.participant_id not in roster:
             message = "this performer is not in the session"
             return self._refuse(403, "not_in_roster", message, counted=counted)
-        if session.state in _OVER:
+        if is_over(session):
             message = f"this session is {session.state}"
             return self._refuse(409, "session_ended", message, counted=counted)
         return claims, session
@@ -449,7 +475,7 @@ class CaptureServer:
             await self._directory.changed(timeout_s=2.0)
             for session_id in list(self._connections):
                 session = self._directory.get(session_id)
-                if session is None or session.state not in _OVER:
+                if session is None or not is_over(session):
                     continue
                 milestones.info("session %s is %s: closing its call", session_id, session.state)
                 message = f"this session is {session.state}"
@@ -548,27 +574,18 @@ class CaptureServer:
                 current = ours
             if current is None:
                 return
-            now_connected = pages > 0
-            previous = {p.participant_id: p for p in current.presence}
-            known = previous.get(claims.participant_id)
-            if known is not None and known.connected == now_connected:
-                return
-            stamp = max(now_us(), current.ts_us + 1)
-            previous[claims.participant_id] = records.Presence(
+            # The directory may have seen an "ended" that the copy built on has not.
+            states = [r.state for r in (self._directory.get(session_id), ours) if r is not None]
+            updated = with_presence(
+                current,
                 participant_id=claims.participant_id,
                 role=claims.role,
-                connected=now_connected,
-                since_ts_us=stamp,
+                connected=pages > 0,
+                stamp_us=now_us(),
+                newest_state=max(states, key=STATE_ORDER.__getitem__),
             )
-            # A state only moves forward: an "ended" this server has not seen yet in the
-            # copy it builds on must not be overwritten by a join or leave.
-            states = [r.state for r in (self._directory.get(session_id), ours) if r is not None]
-            state = max(states, key=STATE_ORDER.__getitem__)
-            if state == "created" and now_connected:
-                state = "live"
-            updated = current.model_copy(
-                update={"ts_us": stamp, "presence": list(previous.values()), "state": state}
-            )
+            if updated is None:
+                return
             try:
                 await publish(self._producer, updated)
             except Exception as exc:  # presence is bookkeeping: never break the call for it

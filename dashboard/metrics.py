@@ -18,9 +18,10 @@ from aiokafka import TopicPartition
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from infra.settings import Settings
-from streams import kafka, records, topics
-from streams.health import decode_counters, newest_counters
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.health import decode_counters, newest_counters
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class CounterBoard(Collector):
 
     async def _follow(self) -> None:
         while True:
-            consumer = kafka.make_consumer(self._settings)
+            consumer = clients.make_consumer(self._settings)
             try:
                 await consumer.start()
                 partition = TopicPartition(topics.HEALTH, 0)

@@ -37,26 +37,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from dashboard.metrics import CounterBoard
 from dashboard.view import ClientCursor, SessionView
-from infra import background
-from infra.connection_gate import (
+from streams import records, strict_json
+from streams.errors import RefusedError
+from streams.kafka import clients, topics
+from streams.kafka.sessions import SessionActionError, SessionDirectory, apply_action, publish
+from streams.runtime import background
+from streams.runtime.connection_gate import (
     ConnectionGate,
     failure_code,
     keep_swept,
     watch_websocket,
     websocket_response,
 )
-from infra.metrics_access import MetricsGuard, metrics_headers
-from infra.redaction import AccessLogger, access_log
-from infra.settings import (
+from streams.runtime.metrics_access import MetricsGuard, metrics_headers
+from streams.runtime.redaction import AccessLogger, access_log
+from streams.session_clock import now_us
+from streams.settings import (
     Settings,
     check_listen_address,
     client_ssl_context,
     server_ssl_context,
 )
-from streams import kafka, records, strict_json, topics
-from streams.errors import RefusedError
-from streams.session_clock import now_us
-from streams.sessions import SessionActionError, SessionDirectory, apply_action, publish
 from taggers import credentials, tokens
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class SessionFeed:
         self.view = SessionView(session, max_hold_us=settings.tag_max_hold_ms * 1000)
         self._http = http
         self._counter_board = counters
-        self._consumer = kafka.make_consumer(
+        self._consumer = clients.make_consumer(
             settings, fetch_max_wait_ms=settings.dashboard_fetch_wait_ms
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -253,7 +254,7 @@ class SessionFeed:
             async with asyncio.timeout(2.0):
                 if self._offsets is None:
                     # Reads the processors' group offsets; it never joins the group.
-                    self._offsets = kafka.make_consumer(
+                    self._offsets = clients.make_consumer(
                         self.settings, group_id=topics.processors_group(self.session_id)
                     )
                     await self._offsets.start()
@@ -283,7 +284,7 @@ class SessionFeed:
                     f"{base}/metrics/clients", params={"session": self.session_id}, headers=headers
                 ) as response:
                     response.raise_for_status()
-                    clients = await response.json()
+                    client_clocks = await response.json()
         except aiohttp.ClientResponseError as exc:
             if exc.status in (401, 403) and not self._told_metrics_refused:
                 # A misconfiguration, not an outage: the health panel would just stay empty.
@@ -319,7 +320,7 @@ class SessionFeed:
                     entry[name] = round(max(delta, 0) / elapsed, 1)
             self._counters[performer_id] = (now, stats)
             performers[performer_id] = entry
-        return performers, list(clients)
+        return performers, list(client_clocks)
 
 
 async def _partitions(consumer: Any, topic: str) -> set[int]:
@@ -341,7 +342,7 @@ class DashboardServer:
         # The capture server's /metrics may be served with the deployment's own
         # (self-signed) certificate: trust it next to the system's CAs.
         self._capture_trust = client_ssl_context(settings)
-        self._producer = kafka.make_producer(settings)
+        self._producer = clients.make_producer(settings)
         self._directory = SessionDirectory(
             settings, dead_letters=self._producer, service="livetag-dashboard"
         )
@@ -375,7 +376,7 @@ class DashboardServer:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        async with kafka.admin_client(self.settings) as admin:
+        async with clients.admin_client(self.settings) as admin:
             await topics.ensure_shared_topics(admin, self.settings)
         await self._producer.start()
         await self._directory.start()

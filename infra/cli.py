@@ -14,22 +14,23 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from infra.redaction import install_token_filter, mask_tokens
-from infra.service_logs import LOG_FORMAT
-from infra.settings import (
-    Settings,
-    TLSSettingsError,
-    check_listen_address,
-    load_settings,
-    server_ssl_context,
-)
-from streams import kafka, records, topics
+from streams import records
 from streams.errors import (
     BadInputError,
     InternalError,
     LivetagError,
     RefusedError,
     UnavailableError,
+)
+from streams.kafka import clients, topics
+from streams.runtime.redaction import install_token_filter, mask_tokens
+from streams.runtime.service_logs import LOG_FORMAT
+from streams.settings import (
+    Settings,
+    TLSSettingsError,
+    check_listen_address,
+    load_settings,
+    server_ssl_context,
 )
 
 log = logging.getLogger(__name__)
@@ -159,8 +160,8 @@ def main(ctx: click.Context) -> None:
         # Certificate and key files are read now, so a bad one is one clear line for
         # every command rather than a traceback from whichever client loads it first.
         server_ssl_context(settings)
-        kafka.kafka_ssl_context(settings)
-    except (TLSSettingsError, kafka.KafkaSecurityError) as exc:
+        clients.kafka_ssl_context(settings)
+    except (TLSSettingsError, clients.KafkaSecurityError) as exc:
         raise command_failure(exc, f"bad settings: {exc}") from None
     # A service run alone logs what it does; a tool (session, tail, export, ...) prints its
     # result, and the clients it opens (aiokafka's "Updating subscribed topics...") only
@@ -253,7 +254,7 @@ def topics_create(ctx: click.Context, bootstrap: str | None) -> None:
     settings = _with_bootstrap(_settings(ctx), bootstrap)
 
     async def create() -> list[str]:
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             return await topics.ensure_shared_topics(admin, settings)
 
     created = _run_kafka(create(), settings)
@@ -270,7 +271,7 @@ def topics_list(ctx: click.Context, bootstrap: str | None) -> None:
     settings = _with_bootstrap(_settings(ctx), bootstrap)
 
     async def list_them() -> list[str]:
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             return await topics.list_livetag_topics(admin)
 
     for name in _run_kafka(list_them(), settings):
@@ -301,7 +302,7 @@ def topics_list(ctx: click.Context, bootstrap: str | None) -> None:
 def schema(ctx: click.Context, out: Path | None, asyncapi_only: bool, defaults: bool) -> None:
     """Write the data contract: a JSON Schema per record type, the topic catalogue
     (topics.json) and the AsyncAPI 3.0 document of every topic (asyncapi.json)."""
-    from streams import contract
+    from streams.kafka import contract
 
     settings = contract.default_settings() if defaults else _settings(ctx)
     version = contract.package_version()
@@ -435,7 +436,7 @@ def lsl(
     """Publish a session's prosody, face, label windows and tags as Lab Streaming Layer
     streams (four per performer) until the session is archived or Ctrl-C, then print
     counts (samples, malformed records, ...) as `what<TAB>stream<TAB>count` lines."""
-    from streams.lsl_bridge import BridgeCounts, BridgeError, MarkerInletOptions, run_bridge
+    from streams.bridges.lsl import BridgeCounts, BridgeError, MarkerInletOptions, run_bridge
     from taggers.outbox import TagOutbox
     from taggers.tokens import InviteError, participant_id_of
 
@@ -507,7 +508,7 @@ def session_create(
 ) -> None:
     """Create a session: its topics, its record on livetag.sessions, and one join link per
     performer plus one for the director."""
-    from streams.sessions import create_session
+    from streams.kafka.sessions import create_session
     from taggers.tokens import join_links, load_secret
     from taggers.vocabulary import VocabularyError, load_vocabulary
 
@@ -541,7 +542,7 @@ def _echo_links(links: list[Any]) -> None:
 
 
 async def _session_record(settings: Settings, session_id: str) -> records.SessionRecord:
-    from streams.sessions import newest_record
+    from streams.kafka.sessions import newest_record
 
     record = await newest_record(settings, session_id)
     if record is None:
@@ -623,7 +624,7 @@ def session_revoke(
 ) -> None:
     """Withdraw a link, or all of a participant's: refused from now on by every service,
     and their open pages closed within seconds."""
-    from streams import revocations
+    from streams.kafka import revocations
     from taggers.tokens import participant_id_of
 
     if (token_id is None) == (participant is None):
@@ -641,10 +642,10 @@ def session_revoke(
             raise CommandFailed(
                 f"cannot revoke: {exc.errors()[0]['msg']}", EXIT_BAD_INPUT
             ) from None
-        producer = kafka.make_producer(settings)
+        producer = clients.make_producer(settings)
         await producer.start()
         try:
-            async with kafka.admin_client(settings) as admin:
+            async with clients.admin_client(settings) as admin:
                 await topics.ensure_shared_topics(admin, settings)
             await revocations.publish(producer, revocation)
         finally:
@@ -660,7 +661,7 @@ def session_revoke(
 
 
 def _act_on_session(settings: Settings, session_id: str, action: str) -> records.SessionRecord:
-    from streams.sessions import SessionActionError, act_on_session
+    from streams.kafka.sessions import SessionActionError, act_on_session
 
     try:
         record: records.SessionRecord = _run_kafka(
@@ -817,8 +818,8 @@ def export_command(
 ) -> None:
     """Export an archived session (from data_dir) for training or annotation tools:
     SESSION_ID, or with --format hf --day YYYY-MM-DD every session of that day."""
-    from streams import archive
-    from streams.export import export_session
+    from streams.archive import store
+    from streams.archive.export import export_session
 
     settings = _settings(ctx)
     if (session_id is None) == (day is None):
@@ -844,10 +845,14 @@ def export_command(
     progress = terminal_progress()  # None when stderr is not a terminal: nothing extra
     try:
         if fmt == "hf":
-            from streams.export_hf import DEFAULT_LICENSE, export_dataset, sessions_started_on
+            from streams.archive.export_hf import (
+                DEFAULT_LICENSE,
+                export_dataset,
+                sessions_started_on,
+            )
 
             if session_id is not None:
-                folders = [archive.session_dir(settings, session_id)]
+                folders = [store.session_dir(settings, session_id)]
                 default_out = Path(f"{session_id}-hf")
             else:
                 folders = sessions_started_on(settings.data_dir, day.date())
@@ -862,7 +867,7 @@ def export_command(
             )
         else:
             assert session_id is not None
-            folder = archive.session_dir(settings, session_id)
+            folder = store.session_dir(settings, session_id)
             written = export_session(
                 folder,
                 out_dir or Path(f"{session_id}-{fmt}"),
@@ -896,12 +901,12 @@ def replay(
     features and labels are computed again (e.g. with a new model). On a terminal, its
     progress is shown on stderr."""
     from infra.progress import terminal_progress
-    from streams import archive
-    from streams.replay import replay_session
+    from streams.archive import store
+    from streams.archive.replay import replay_session
 
     settings = _settings(ctx)
-    folder = archive.session_dir(settings, session_id)
-    if not (folder / archive.MANIFEST).is_file():
+    folder = store.session_dir(settings, session_id)
+    if not (folder / store.MANIFEST).is_file():
         raise CommandFailed(f"{folder} is not an archived session", EXIT_BAD_INPUT)
     progress = terminal_progress()  # None when stderr is not a terminal: nothing extra
     try:
@@ -915,7 +920,7 @@ def replay(
                 progress=progress,
             )
         )
-    except (ValueError, archive.ArchiveError) as exc:
+    except (ValueError, store.ArchiveError) as exc:
         raise command_failure(exc) from None
     finally:
         if progress is not None:

@@ -11,9 +11,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from infra.settings import Settings
-from streams import face_model
 from streams.errors import UnavailableError
+from streams.features import face_model
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

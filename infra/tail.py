@@ -10,10 +10,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
 from streams.errors import BadInputError
-from streams.sessions import OVER_STATES, SessionDirectory
+from streams.kafka import clients, topics
+from streams.kafka.sessions import OVER_STATES, SessionDirectory
+from streams.settings import Settings
 
 Emit = Callable[[str], None]
 
@@ -112,7 +113,7 @@ async def tail(
     except ValueError as exc:
         raise TailError(str(exc)) from None
     accept = _key_filter(topic, session_id, performer_id)
-    consumer: AIOKafkaConsumer = kafka.make_consumer(
+    consumer: AIOKafkaConsumer = clients.make_consumer(
         settings,
         # Short waits suit a live tail on either broker kind.
         fetch_max_wait_ms=settings.embedded_fetch_wait_ms,

@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from infra.broker import EmbeddedBroker, die_with_parent
-from infra.private_files import private_dir, restrict_new_files
-from infra.service_logs import TERMINAL, ServiceOutput, configure_up_logging, log_path
-from infra.settings import Settings, to_environment
-from streams import face_model, kafka, topics
 from streams.errors import LivetagError
+from streams.features import face_model
+from streams.kafka import clients, topics
+from streams.runtime.private_files import private_dir, restrict_new_files
+from streams.runtime.service_logs import TERMINAL, ServiceOutput, configure_up_logging, log_path
+from streams.settings import Settings, to_environment
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ async def _restart_broker(broker: EmbeddedBroker, settings: Settings) -> None:
         shared,
     )
     await asyncio.to_thread(broker.start)
-    async with kafka.admin_client(settings) as admin:
+    async with clients.admin_client(settings) as admin:
         await topics.ensure_shared_topics(admin, settings)
     log.info(
         "embedded broker back on %s with the shared topics",
@@ -340,7 +341,7 @@ async def run_services(
             else:
                 say(f"Kafka cluster    {settings.bootstrap_servers}")
             if not stop.is_set():
-                async with kafka.admin_client(settings) as admin:
+                async with clients.admin_client(settings) as admin:
                     created = await topics.ensure_shared_topics(admin, settings)
                 names = ", ".join(spec.name for spec in topics.shared_topics(settings))
                 note = f"  (created {len(created)})" if created else ""
@@ -488,7 +489,7 @@ async def run_capture(settings: Settings) -> None:
     stop = asyncio.Event()
     _private_state(settings)
     with _stop_on_signals(stop):
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.ensure_shared_topics(admin, settings)
         prioritise_capture(settings)
         server = CaptureServer(settings, secret=load_secret(settings))
@@ -519,7 +520,7 @@ async def run_dashboard(settings: Settings) -> None:
 
 async def run_recorder(settings: Settings, *, only_sessions: set[str] | None = None) -> None:
     """``livetag recorder``: archives sessions, until SIGINT/SIGTERM."""
-    from streams.recorder import RecorderWorker
+    from streams.archive.recorder import RecorderWorker
 
     stop = asyncio.Event()
     _private_state(settings)

@@ -1,6 +1,6 @@
 """``livetag worker``: runs the feature processors of every live session.
 
-It follows livetag.sessions and keeps one processor process (streams.processors) per
+It follows livetag.sessions and keeps one processor process (streams.features.processors) per
 session that is created, live or ended (its tail still to process), and stops it when the
 session is archived. Every worker runs every session: the processes of one session form one
 Kafka consumer group, so N workers split each session's partitions, and a worker that dies
@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass
 
 from infra.broker import die_with_parent
-from infra.settings import Settings, to_environment
-from streams import face_model, records, topics
-from streams.sessions import SessionDirectory
+from streams import records
+from streams.features import face_model
+from streams.kafka import topics
+from streams.kafka.sessions import SessionDirectory
+from streams.settings import Settings, to_environment
 
 log = logging.getLogger(__name__)
-#: What an operator follows on livetag up's terminal (infra.service_logs.MILESTONES).
+#: What an operator follows on livetag up's terminal (streams.runtime.service_logs.MILESTONES).
 milestones = logging.getLogger("livetag.session")
 
 # An ended session keeps its processors until it is archived: the recorder waits for them
@@ -36,7 +38,12 @@ def processor_command(session_id: str) -> list[str]:
     """How a session's processors are started: by the session's id, which they look up
     on livetag.sessions. Never the record itself: it grows with the session (takes,
     presence) and a command line has a size limit (128 KiB per argument on Linux)."""
-    return [sys.executable, "-m", "streams.processors", topics.check_session_id(session_id)]
+    return [
+        sys.executable,
+        "-m",
+        "streams.features.processors",
+        topics.check_session_id(session_id),
+    ]
 
 
 @dataclass

@@ -58,12 +58,14 @@ TagId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 TokenId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 
 Role = Literal["performer", "observer", "director"]
+#: A session's states, in the only order it goes through them.
+SessionState = Literal["created", "live", "ended", "archived"]
 Intensity = Literal["normal", "strong"]
 TimingSource = Literal["sender_report", "abs_capture_time", "arrival_fit"]
 
 MAX_DEAD_LETTER_PAYLOAD = 4096
 #: The largest JSON record (or media header) decoded: what livetag's producers may send at
-#: most (streams.kafka's max_request_size); anything larger is no record of theirs.
+#: most (streams.kafka.clients's max_request_size); anything larger is no record of theirs.
 MAX_JSON_RECORD_BYTES: Final = 4 * 1024 * 1024
 
 
@@ -161,7 +163,7 @@ class SessionRecord(Record):
     prompt: Annotated[str, StringConstraints(max_length=4000)]
     roster: Annotated[list[Performer], Field(min_length=1)]
     vocabulary: list[VocabularyEntry]
-    state: Literal["created", "live", "ended", "archived"]
+    state: SessionState
     takes: list[Take] = []
     topics: SessionTopics
     presence: list[Presence] = []

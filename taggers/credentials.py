@@ -3,7 +3,7 @@ credentials checked at admission and renewed over the open connection, withdrawn
 refused and their open connections closed.
 
 The capture server (with its tag service) and the dashboard each hold one :class:`Access`
-over one :class:`~streams.revocations.RevocationList`. What a page does with its link:
+over one :class:`~streams.kafka.revocations.RevocationList`. What a page does with its link:
 ``POST /api/credential`` with ``{"token": LINK}`` in the body (never in a URL), then the
 credential on every websocket (``Sec-WebSocket-Protocol: livetag,
 livetag.credential.CREDENTIAL`` from a browser, whose console prints failed websocket
@@ -24,7 +24,9 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 from aiohttp import hdrs, web
 
-from infra.connection_gate import (
+from streams import records, strict_json
+from streams.kafka.revocations import RevocationList
+from streams.runtime.connection_gate import (
     WS_SUBPROTOCOL,
     ConnectionGate,
     Refusal,
@@ -32,20 +34,18 @@ from infra.connection_gate import (
     close_code,
     close_reason,
 )
-from infra.settings import Settings
-from streams import records, strict_json
-from streams.revocations import RevocationList
+from streams.settings import Settings
 from taggers import tokens
 
 log = logging.getLogger(__name__)
 
-#: Websocket close codes (4000 + the refusal's HTTP status, infra.connection_gate): the
+#: Websocket close codes (4000 + the refusal's HTTP status, streams.runtime.connection_gate): the
 #: link was revoked (4403), the link ran out (4410: no credential can be made from it).
 #: Pages stop reconnecting on both.
 CLOSE_REVOKED = close_code("revoked")
 CLOSE_LINK_EXPIRED = close_code("link_expired")
 #: The subprotocol a browser page offers next to its credential (every endpoint's
-#: websocket response picks it: infra.connection_gate.websocket_response).
+#: websocket response picks it: streams.runtime.connection_gate.websocket_response).
 WS_PROTOCOL = WS_SUBPROTOCOL
 CREDENTIAL_PROTOCOL_PREFIX = "livetag.credential."
 _LINK_EXPIRED = "the join link expired: ask the director for a new one"

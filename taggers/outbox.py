@@ -24,8 +24,9 @@ from typing import IO
 
 from aiokafka import AIOKafkaProducer
 
-from infra.private_files import open_private, private_dir
-from streams import records, topics
+from streams import records
+from streams.kafka import topics
+from streams.runtime.private_files import open_private, private_dir
 
 log = logging.getLogger(__name__)
 

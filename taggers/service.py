@@ -24,8 +24,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from infra import background
-from infra.connection_gate import (
+from streams import records
+from streams.kafka import clients
+from streams.kafka.sessions import OVER_STATES
+from streams.runtime import background
+from streams.runtime.connection_gate import (
     ConnectionGate,
     Refusal,
     Ticket,
@@ -35,10 +38,8 @@ from infra.connection_gate import (
     watch_websocket,
     websocket_response,
 )
-from infra.settings import Settings
-from streams import kafka, records
 from streams.session_clock import now_us
-from streams.sessions import OVER_STATES
+from streams.settings import Settings
 from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.outbox import TagOutbox
@@ -148,7 +149,7 @@ class TagService:
         self.clock = clock
         # Its own producer without linger: a tag is acknowledged only once it is stored,
         # and a person waits for that acknowledgement.
-        self._producer = kafka.make_producer(settings, linger_ms=0, request_timeout_ms=5000)
+        self._producer = clients.make_producer(settings, linger_ms=0, request_timeout_ms=5000)
         self.outbox = TagOutbox(
             self._producer,
             settings.state_dir,

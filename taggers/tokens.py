@@ -13,7 +13,7 @@ director, the rater id their tags carry. Two kinds:
 
 Every link has its own token id (``jti``); the credentials made from it carry the same id
 and the link's issue time, so a revocation of the link or of its participant
-(streams.revocations) withdraws them all.
+(streams.kafka.revocations) withdraws them all.
 """
 
 from __future__ import annotations
@@ -31,10 +31,11 @@ from urllib.parse import urlencode
 import jwt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from infra.settings import Settings
 from streams.errors import BadInputError
+from streams.kafka.revocations import Holder
+from streams.kafka.sessions import is_over, performer_from_name
 from streams.records import ParticipantId, Role, SessionId, SessionRecord, TokenId
-from streams.revocations import Holder
+from streams.settings import Settings
 
 _ALGORITHM = "HS256"
 _AUDIENCE = "livetag"
@@ -265,8 +266,6 @@ class InviteError(BadInputError, ValueError):
 def participant_id_of(name: str) -> str:
     """The participant id a name stands for: an id as printed is itself, a name is made
     into one by the rule of performer ids (``Maria Lopez`` -> ``maria-lopez``)."""
-    from streams.sessions import performer_from_name
-
     if _PARTICIPANT_ID.match(name):
         return name
     try:
@@ -283,8 +282,6 @@ def participant_for(session: SessionRecord, role: Role, name: str | None) -> str
     (the same rule as performer ids, so a name always gives the same id): one observer,
     one rater id across their fresh links; it may not be a performer's or a director's,
     so every tag says who pressed it."""
-    from streams.sessions import performer_from_name
-
     roster = {performer.performer_id for performer in session.roster}
     slug = None if name is None else participant_id_of(name)
     if role == "performer":
@@ -335,7 +332,7 @@ def invite(
     directors and observers the dashboard by default (an observer's is read-only: watch,
     features, everyone's tags, agreement and health, and their own tagging), or the call
     page with ``page="call"``."""
-    if session.state in ("ended", "archived"):
+    if is_over(session):
         raise InviteError(f"session {session.session_id} is {session.state}: no new links")
     participant = participant_for(session, role, name)
     chosen: Page = page or ("call" if role == "performer" else "dashboard")

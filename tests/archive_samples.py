@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from streams import archive, records, topics
+from streams import records
+from streams.archive import store
+from streams.kafka import topics
 from taggers.vocabulary import DEFAULT_VOCABULARY
 
 T0 = 1_790_000_000_000_000
@@ -40,7 +42,7 @@ def jpeg(level: int) -> bytes:
 
 def sample_records(seconds: float = 2.0) -> dict[str, list[Any]]:
     """Per kind: what a 2 s session of two performers puts on its topics."""
-    out: dict[str, list[Any]] = {k: [] for k in (*archive.KINDS, "audio", "video")}
+    out: dict[str, list[Any]] = {k: [] for k in (*store.KINDS, "audio", "video")}
     timing = records.TagTiming(
         client_press_ts_us=T0, clock_offset_us=1_500, rtt_us=900, clock_uncertainty_us=451
     )
@@ -133,18 +135,18 @@ def write_sample_archive(folder: Path, *, duplicate: bool = True) -> dict[str, l
         for offset, item in enumerate(carried(kind, items)):
             encoded = records.encode(item)
             messages.append(
-                archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
+                store.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
             )
         half = len(messages) // 2
-        archive.write_part(folder, kind, 0, messages[: half + 3])
+        store.write_part(folder, kind, 0, messages[: half + 3])
         if duplicate:
             # After a crash: the same offsets read again, and one record produced twice.
             again = messages[half:]
-            again.append(archive.RawMessage(0, len(messages), *_copy(messages[0])))
-            archive.write_part(folder, kind, 0, again)
+            again.append(store.RawMessage(0, len(messages), *_copy(messages[0])))
+            store.write_part(folder, kind, 0, again)
         elif messages[half + 3 :]:
-            archive.write_part(folder, kind, 0, messages[half + 3 :])
-    archive.build_archive(folder, session(), software={"livetag": "test"})
+            store.write_part(folder, kind, 0, messages[half + 3 :])
+    store.build_archive(folder, session(), software={"livetag": "test"})
     return made
 
 
@@ -160,5 +162,5 @@ def carried(kind: str, items: list[Any]) -> list[Any]:
     return out
 
 
-def _copy(message: archive.RawMessage) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+def _copy(message: store.RawMessage) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     return message.key, message.value, message.headers

@@ -22,11 +22,11 @@ import contextlib
 import os
 import shutil
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from playwright.async_api import BrowserContext, Playwright, async_playwright
+from playwright.async_api import BrowserContext, Page, Playwright, async_playwright
 
 ENV_CHROMIUM = "LIVETAG_CHROMIUM"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -123,6 +123,33 @@ async def launch_chromium(
             yield context
         finally:
             await context.close()
+
+
+@asynccontextmanager
+async def open_page(
+    url: str,
+    *,
+    user_data_dir: Path,
+    video_file: Path | None = None,
+    audio_file: Path | None = None,
+    playwright: Playwright | None = None,
+    before_load: Callable[[Page], object] | None = None,
+) -> AsyncIterator[Page]:
+    """One Chromium process (its own profile) showing ``url``: a performer's call page
+    with a camera and a microphone file, or a page without media (a director's dashboard,
+    an observer). ``before_load`` sees the page before it loads (to listen to its console,
+    to note when it was opened)."""
+    async with launch_chromium(
+        video_file=video_file,
+        audio_file=audio_file,
+        user_data_dir=user_data_dir,
+        playwright=playwright,
+    ) as context:
+        page = context.pages[0] if context.pages else await context.new_page()
+        if before_load is not None:
+            before_load(page)
+        await page.goto(url)
+        yield page
 
 
 def _existing(path: Path) -> str:

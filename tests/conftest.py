@@ -11,8 +11,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from capture.server import CaptureServer
 from infra.broker import EmbeddedBroker
-from infra.settings import Settings
-from streams import kafka, topics
+from streams.kafka import clients, topics
+from streams.settings import Settings
 from taggers.tokens import load_secret
 
 
@@ -39,7 +39,7 @@ def settings(broker: EmbeddedBroker, state_dir: Path) -> Settings:
 
 @pytest.fixture
 async def admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    async with kafka.admin_client(settings) as client:
+    async with clients.admin_client(settings) as client:
         yield client
 
 

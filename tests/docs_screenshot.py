@@ -20,15 +20,15 @@ from pathlib import Path
 
 from playwright.async_api import ViewportSize, async_playwright
 
-from infra.settings import load_settings
-from streams.sessions import create_session
+from streams.kafka.sessions import create_session
+from streams.settings import load_settings
 from taggers.tokens import join_links, load_secret
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.capture import free_port
 from tests.bench.common import ROOT, reexec_in_netns
-from tests.bench.scene import LivetagUp, performer_media
-from tests.browser import launch_chromium, only_loopback
+from tests.bench.scene import LivetagUp
+from tests.browser import only_loopback, open_page
 
 IN_NETNS_ENV = "DOCS_SCREENSHOT_IN_NETNS"  # not LIVETAG_*: the settings reject unknown ones
 VIEWPORT = ViewportSize(width=1440, height=900)
@@ -66,29 +66,23 @@ async def take(seconds: float, out: Path) -> None:
                 playwright = await browsers.enter_async_context(async_playwright())
                 performers = []
                 for index, performer in enumerate(calls):
-                    video, audio = performer_media(media, "face", index)
-                    context = await browsers.enter_async_context(
-                        launch_chromium(
+                    video, audio = media.performer(index)
+                    page = await browsers.enter_async_context(
+                        open_page(
+                            calls[performer],
                             video_file=video,
                             audio_file=audio,
                             user_data_dir=work / f"chromium-{performer}",
                             playwright=playwright,
                         )
                     )
-                    page = context.pages[0] if context.pages else await context.new_page()
-                    await page.goto(calls[performer])
                     performers.append(page)
-                context = await browsers.enter_async_context(
-                    launch_chromium(
-                        video_file=None,
-                        audio_file=None,
-                        user_data_dir=work / "chromium-director",
-                        playwright=playwright,
+                director = await browsers.enter_async_context(
+                    open_page(
+                        dashboard, user_data_dir=work / "chromium-director", playwright=playwright
                     )
                 )
-                director = context.pages[0] if context.pages else await context.new_page()
                 await director.set_viewport_size(VIEWPORT)
-                await director.goto(dashboard)
                 await director.click("#take-start", timeout=30_000)
                 # Everyone taps a tag now and then, so the timelines and agreement fill.
                 hotkeys = [entry.hotkey for entry in session.vocabulary][:4]

@@ -42,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -181,6 +182,15 @@ class MediaSet:
     lipsync_long: LipSync
     no_face_mp4: Path  # 960x540, 3.9 s, animated titles and sky, no face; no y4m made
     asyncapi_schema: Path  # the JSON Schema of AsyncAPI 3.0.0 documents (draft-07, bundled)
+
+    def performer(self, index: int, kind: Literal["face", "lipsync"] = "face") -> tuple[Path, Path]:
+        """(camera y4m, microphone wav) of the index-th performer of a scene: two real faces
+        and two voices taken in turn, or the lip-sync schedule for every performer."""
+        if kind == "lipsync":
+            return self.lipsync_long.video, self.lipsync_long.audio
+        cameras = (self.wolfgang_y4m, self.single_face_y4m)
+        voices = (self.speech_low_wav, self.speech_high_wav)
+        return cameras[index % 2], voices[index % 2]
 
 
 def default_dir() -> Path:

@@ -9,7 +9,8 @@ import struct
 import numpy as np
 from PIL import Image
 
-from streams import records, topics
+from streams import records
+from streams.kafka import topics
 
 TS_US = 1_764_115_200_123_456
 

@@ -1,5 +1,5 @@
 """Tags whose coverage the aligner, the exporter and the dashboard once each decided on
-their own, and disagreed about: each case with its one right answer (streams.tag_rules).
+their own, and disagreed about: each case with its one right answer (streams.labels.tag_rules).
 
 Times are in seconds on the session clock; the limit on a hold is 30 s. Every case holds
 in every arrival order of its tags.
@@ -12,7 +12,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from streams import records, tag_rules
+from streams import records
+from streams.labels import tag_rules
 
 SID = "s-1"
 S = 1_000_000  # µs per second

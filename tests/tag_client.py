@@ -20,9 +20,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
 from streams.session_clock import now_us as wall_us  # the session clock, as tests name it
+from streams.settings import Settings
 from taggers import tokens
 from taggers.service import TagService
 from taggers.vocabulary import DEFAULT_VOCABULARY
@@ -282,7 +283,7 @@ async def serve_tags(
     async def lookup(session_id: str) -> records.SessionRecord | None:
         return session if session_id == session.session_id else None
 
-    async with kafka.admin_client(settings) as admin:
+    async with clients.admin_client(settings) as admin:
         await topics.ensure_shared_topics(admin, settings)
     service = TagService(settings, secret=SECRET, sessions=lookup)
     await service.start()

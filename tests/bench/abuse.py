@@ -74,9 +74,10 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import aiohttp
 from aiokafka.admin import NewTopic
 
-from infra.settings import Settings, load_settings, to_environment
-from streams import kafka, records, topics
-from streams.sessions import SessionDirectory, create_session, publish
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import SessionDirectory, create_session, publish
+from streams.settings import Settings, load_settings, to_environment
 from taggers.tokens import issue, issue_credential, join_links, load_secret, verify_link
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
@@ -90,10 +91,9 @@ from tests.bench.scene import (
     MediaLog,
     TopicReader,
     command_line,
-    performer_media,
     process_table,
 )
-from tests.browser import launch_chromium, only_loopback
+from tests.browser import only_loopback, open_page
 from tests.tag_client import TagClient, exchange_link, wall_us
 
 IN_NETNS_ENV = "BENCH_ABUSE_IN_NETNS"
@@ -743,17 +743,16 @@ async def run_abuse(
 
         playwright = await stack.enter_async_context(async_playwright())
         for index, performer in enumerate(performers):
-            camera, microphone = performer_media(media, "face", index)
-            context = await stack.enter_async_context(
-                launch_chromium(
+            camera, microphone = media.performer(index)
+            await stack.enter_async_context(
+                open_page(
+                    call_links[performer],
                     video_file=camera,
                     audio_file=microphone,
                     user_data_dir=work / f"chromium-{performer}",
                     playwright=playwright,
                 )
             )
-            page = context.pages[0] if context.pages else await context.new_page()
-            await page.goto(call_links[performer])
 
         http = await stack.enter_async_context(aiohttp.ClientSession())
         base_ws = capture.replace("http", "ws", 1)
@@ -797,9 +796,9 @@ async def run_abuse(
         sampler = asyncio.create_task(sample_cpu())
         # The broker's produce round trip, as the tag service's own producer sees it (a tag
         # is acknowledged once the broker stores it): where the acknowledgements wait.
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await admin.create_topics([NewTopic(PROBE_TOPIC, 1, 1)])
-        probe_producer = kafka.make_producer(settings, linger_ms=0)
+        probe_producer = clients.make_producer(settings, linger_ms=0)
         await probe_producer.start()
         stack.push_async_callback(probe_producer.stop)
         produce_ms: list[tuple[int, float]] = []
@@ -890,7 +889,7 @@ async def run_abuse(
             await reader.drain(60.0)
 
         latest = await latest_session(settings, sid) or session
-        producer = kafka.make_producer(settings)
+        producer = clients.make_producer(settings)
         await producer.start()
         try:
             stamp = max(wall_us(), latest.ts_us + 1)

@@ -26,10 +26,11 @@ import random
 import sys
 from typing import Any
 
-from infra.settings import Settings
 from infra.worker import ProcessorWorker
-from streams import kafka, records, topics
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests.bench.common import fresh_bench_broker, percentile
 from tests.tag_client import SimulatedClock, TagClient, serve_tags, wall_us
@@ -39,7 +40,7 @@ class LabelReader:
     """First arrival of each tag_id in each label window that holds it."""
 
     def __init__(self, settings: Settings, session_id: str) -> None:
-        self.consumer = kafka.make_consumer(settings, topics.LABELS, auto_offset_reset="latest")
+        self.consumer = clients.make_consumer(settings, topics.LABELS, auto_offset_reset="latest")
         self.prefix = f"{session_id}/".encode()
         self.first_seen_us: dict[str, int] = {}  # in any window
         self.seen_in_window_us: dict[tuple[str, int], int] = {}  # (tag_id, window start)
@@ -105,13 +106,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await reader.consumer.start()
         reading = asyncio.create_task(reader.run())
         presses: dict[str, int] = {}
-        clients: list[TagClient] = []
+        tag_clients: list[TagClient] = []
         try:
             async with serve_tags(settings, session) as served:
                 rng = random.Random(args.seed)
                 for n in range(args.raters):
                     path = random.Random(f"{args.seed}/{n}")
-                    clients.append(
+                    tag_clients.append(
                         served.client(
                             participant=f"rater{n}",
                             role="observer",
@@ -123,7 +124,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             downlink=lambda path=path: path.uniform(0.005, 0.020),
                         )
                     )
-                await asyncio.gather(*(client.connect() for client in clients))
+                await asyncio.gather(*(client.connect() for client in tag_clients))
                 print(f"raters connected; clock sync settling {args.settle} s", file=sys.stderr)
                 await asyncio.sleep(args.settle)
                 await asyncio.gather(
@@ -137,10 +138,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             rng=random.Random(f"{args.seed}/press/{n}"),
                             presses=presses,
                         )
-                        for n, client in enumerate(clients)
+                        for n, client in enumerate(tag_clients)
                     )
                 )
-                for client in clients:
+                for client in tag_clients:
                     await client.wait_acked(list(client.unacked), timeout_s=30)
                 async with asyncio.timeout(30):
                     while len(reader.first_seen_us) < len(presses):
@@ -149,7 +150,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         except TimeoutError:
             print("timed out waiting for acks or labels", file=sys.stderr)
         finally:
-            for client in clients:
+            for client in tag_clients:
                 await client.close()
             reading.cancel()
             await asyncio.gather(reading, return_exceptions=True)
@@ -161,7 +162,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ack_ms: list[float] = []
     to_label_ms: list[float] = []
     window = reader.window_us
-    for client in clients:
+    for client in tag_clients:
         for tag_id, ack in client.acks.items():
             if tag_id not in presses:
                 continue

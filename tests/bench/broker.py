@@ -23,8 +23,8 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import NewTopic
 
-from infra.settings import Settings, load_settings
-from streams import kafka
+from streams.kafka import clients
+from streams.settings import Settings, load_settings
 from tests.bench.common import bench_broker, cpu_seconds, percentile_or_nan
 
 HEADER = struct.Struct(">qq")  # sequence number, send time (ns since the epoch)
@@ -56,7 +56,7 @@ async def run(
 ) -> dict[str, object]:
     run_id = uuid.uuid4().hex[:8]
     source, sink = f"bench.source.{run_id}", f"bench.sink.{run_id}"
-    async with kafka.admin_client(settings) as admin:
+    async with clients.admin_client(settings) as admin:
         await admin.create_topics(
             [NewTopic(source, settings.partitions, 1), NewTopic(sink, settings.partitions, 1)]
         )
@@ -68,9 +68,9 @@ async def run(
         env=env,
         stdout=asyncio.subprocess.DEVNULL,
     )
-    producer = kafka.make_producer(settings)
-    direct = kafka.make_consumer(settings, source, group_id=f"bench-direct-{run_id}")
-    hop = kafka.make_consumer(settings, sink, group_id=f"bench-hop-{run_id}")
+    producer = clients.make_producer(settings)
+    direct = clients.make_consumer(settings, source, group_id=f"bench-direct-{run_id}")
+    hop = clients.make_consumer(settings, sink, group_id=f"bench-hop-{run_id}")
     direct_ms: dict[int, float] = {}
     hop_ms: dict[int, float] = {}
     direct_warm, hop_warm = asyncio.Event(), asyncio.Event()
@@ -124,7 +124,7 @@ async def run(
                 await forwarder.wait()
         except TimeoutError:
             forwarder.kill()
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await admin.delete_topics([source, sink])
     lost = (total - len(direct_ms)) + (total - len(hop_ms))
     return {

@@ -26,9 +26,11 @@ from typing import Any
 import av
 
 from capture.fork import JpegEncoder
-from infra.settings import Settings, load_settings, to_environment
-from streams import archive, kafka, records, topics
-from streams.sessions import create_session, publish
+from streams import records
+from streams.archive import store
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session, publish
+from streams.settings import Settings, load_settings, to_environment
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.common import bench_broker
@@ -130,7 +132,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         with bench_broker(base, state) as bench:
             settings = bench.settings
             assert bench.pid is not None, "this benchmark measures the embedded broker"
-            async with kafka.admin_client(settings) as admin:
+            async with clients.admin_client(settings) as admin:
                 await topics.ensure_shared_topics(admin, settings)
             recorder = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -148,7 +150,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             sampler = asyncio.create_task(sample())
             jpegs = await asyncio.to_thread(face_jpegs)
-            producer = kafka.make_producer(settings, linger_ms=50)
+            producer = clients.make_producer(settings, linger_ms=50)
             await producer.start()
             sessions: list[records.SessionRecord] = []
             produced = 0
@@ -171,7 +173,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 deadline = time.monotonic() + 600
                 for session in sessions:
                     manifest_path = (
-                        archive.session_dir(settings, session.session_id) / "manifest.json"
+                        store.session_dir(settings, session.session_id) / "manifest.json"
                     )
                     while not manifest_path.is_file() and time.monotonic() < deadline:  # noqa: ASYNC110
                         await asyncio.sleep(0.5)

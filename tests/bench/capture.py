@@ -40,19 +40,20 @@ from typing import Any
 
 import aiohttp
 from aiokafka import TopicPartition
-from playwright.async_api import BrowserContext, Page
+from playwright.async_api import Page
 
 from infra.broker import EmbeddedBroker
-from infra.settings import Settings, load_settings
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
 from streams.session_clock import now_us
-from streams.sessions import create_session
+from streams.settings import Settings, load_settings
 from taggers.tokens import join_links
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench import common
 from tests.bench.common import cpu_seconds, machine_busy_seconds, percentile
-from tests.browser import launch_chromium, only_loopback
+from tests.browser import only_loopback, open_page
 from tests.lipsync import beep_onsets, flash_onsets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,7 +205,7 @@ async def warm_up(
 ) -> None:
     """Return once every performer's latest audio and video records are on sender-report
     time: before that, ts_us comes from arrival fits and A/V sync is meaningless."""
-    consumer = kafka.make_consumer(settings, session.topics.audio, session.topics.video)
+    consumer = clients.make_consumer(settings, session.topics.audio, session.topics.video)
     timing: dict[tuple[str, str], str] = {}
     wanted = {(p, kind) for p in performer_ids for kind in ("audio_chunk", "video_frame")}
     await consumer.start()
@@ -232,7 +233,7 @@ async def read_forked(
 ) -> dict[str, Forked]:
     """Every media record captured in [start, end), read back after the window so that
     consuming and decoding JPEGs does not compete with the server while it is measured."""
-    consumer = kafka.make_consumer(settings)
+    consumer = clients.make_consumer(settings)
     await consumer.start()
     forked: dict[str, Forked] = defaultdict(Forked)
     try:
@@ -337,19 +338,23 @@ async def measure(
     ]
     senders: list[Sender] = []
     for index, link in enumerate(links):
-        context: BrowserContext = await stack.enter_async_context(
-            launch_chromium(
+        opened_us: list[int] = []
+
+        def note_opened(_: Page, opened: list[int] = opened_us) -> None:
+            opened.append(now_us())
+
+        page = await stack.enter_async_context(
+            open_page(
+                # Publish only (the page's ?watch=0): a sender that also watched the others
+                # would add N*(N-1) forwarded streams, not what this benchmark measures.
+                link.url + "&watch=0",
                 video_file=args.camera or sync.video,
                 audio_file=sync.audio,
                 user_data_dir=state / f"chromium-{index}",
+                before_load=note_opened,
             )
         )
-        page = context.pages[0] if context.pages else await context.new_page()
-        opened_us = now_us()
-        # Publish only (the page's ?watch=0): a sender that also watched the others would
-        # add N*(N-1) forwarded streams, which is not what this benchmark measures.
-        await page.goto(link.url + "&watch=0")
-        senders.append(Sender(link.participant_id, page, opened_us))
+        senders.append(Sender(link.participant_id, page, opened_us[0]))
     performer_ids = [sender.performer_id for sender in senders]
 
     warm_started = time.monotonic()

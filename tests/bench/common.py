@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 import numpy as np
 
 from infra.broker import EmbeddedBroker
-from infra.settings import Settings, load_settings
-from streams import kafka, topics
+from streams.kafka import clients, topics
+from streams.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +99,7 @@ async def fresh_bench_broker(**updates: Any) -> AsyncIterator[BenchBroker]:
         state = Path(tmp)
         base = load_settings().model_copy(update={"state_dir": state, **updates})
         with bench_broker(base, state) as bench:
-            async with kafka.admin_client(bench.settings) as admin:
+            async with clients.admin_client(bench.settings) as admin:
                 await topics.ensure_shared_topics(admin, bench.settings)
             yield bench
 

@@ -25,10 +25,11 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from infra.settings import to_environment
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
 from streams.session_clock import now_us
-from streams.sessions import create_session
+from streams.settings import to_environment
 from taggers import tokens
 from taggers.vocabulary import load_vocabulary
 from tests.bench.common import cpu_seconds, fresh_bench_broker, percentile
@@ -153,20 +154,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 kind="session",  # a session credential, as the page holds
             )
             url = f"{dashboard_url.replace('http', 'ws')}/ws/dashboard?token={token}"
-            producer = kafka.make_producer(settings)
+            producer = clients.make_producer(settings)
             await producer.start()
             results: list[dict[str, list[float]]] = [
                 {"updates": [], "latency_ms": []} for _ in range(args.clients)
             ]
             warmup = 5.0
             feeding = asyncio.create_task(feed(producer, session, args.seconds + warmup + 2))
-            clients = [
+            readers = [
                 asyncio.create_task(client(url, args.seconds + warmup, warmup, out))
                 for out in results
             ]
             await asyncio.sleep(warmup)
             cpu_start, wall_start = cpu_seconds(server.pid), time.monotonic()
-            await asyncio.gather(*clients)
+            await asyncio.gather(*readers)
             cpu = (cpu_seconds(server.pid) - cpu_start) / (time.monotonic() - wall_start)
             feeding.cancel()
             await asyncio.gather(feeding, return_exceptions=True)

@@ -67,9 +67,11 @@ import aiohttp
 from pydantic import SecretStr
 
 from infra.broker import EmbeddedBroker
-from infra.settings import Settings, load_settings, to_environment
-from streams import archive, kafka, records, topics
-from streams.sessions import create_session, publish
+from streams import records
+from streams.archive import store
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session, publish
+from streams.settings import Settings, load_settings, to_environment
 from taggers.tokens import issue
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
@@ -470,9 +472,9 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     tasks: list[asyncio.Task[Any]] = []
     raters: list[Rater] = []
     faults: list[Fault] = []
-    clients: list[Any] = []  # the drill's own Kafka clients, stopped at the end
+    kafka_clients: list[Any] = []  # the drill's own Kafka clients, stopped at the end
     try:
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.ensure_shared_topics(admin, settings)
         names = [f"p{n}" for n in range(1, args.performers + 1)]
         session = await create_session(
@@ -489,22 +491,22 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         run = Run(performers=performers, t0_us=wall_us())
         delivery = Delivery()
-        producer = kafka.make_producer(settings, request_timeout_ms=30_000)
-        audio_producer = kafka.make_audio_producer(settings, request_timeout_ms=30_000)
+        producer = clients.make_producer(settings, request_timeout_ms=30_000)
+        audio_producer = clients.make_audio_producer(settings, request_timeout_ms=30_000)
         # The drill reads features and labels as the documented subscriber does, once per
         # label window: the embedded broker walks stored batches on every fetch, and the
         # measuring must not take the pipeline's capacity (recoveries are exact to 0.1 s).
-        feature_consumer = kafka.make_consumer(
+        feature_consumer = clients.make_consumer(
             settings,
             session.topics.face,
             session.topics.prosody,
             fetch_max_wait_ms=SUBSCRIBER_FETCH_WAIT_MS,
         )
-        label_consumer = kafka.make_consumer(
+        label_consumer = clients.make_consumer(
             settings, topics.LABELS, fetch_max_wait_ms=SUBSCRIBER_FETCH_WAIT_MS
         )
-        clients += [producer, audio_producer, feature_consumer, label_consumer]
-        await asyncio.gather(*(client.start() for client in clients))
+        kafka_clients += [producer, audio_producer, feature_consumer, label_consumer]
+        await asyncio.gather(*(client.start() for client in kafka_clients))
         feeder = DeliveryFeeder(
             producer, session, run, video, audio, audio_producer=audio_producer, delivery=delivery
         )
@@ -743,7 +745,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             if not copies:
                 missing.append(f"{(presses[tag_id] // 1000 - window_start_ms) / 1000:.1f}w")
             label_duplicates += max(0, copies - 1)
-        archived_tags = Counter(tag.tag_id for tag in archive.read_records(folder, "tags"))
+        archived_tags = Counter(tag.tag_id for tag in store.read_records(folder, "tags"))
         in_archive = sum(1 for tag_id in presses if archived_tags.get(tag_id) == 1)
         archive_duplicates = sum(max(0, archived_tags[tag_id] - 1) for tag_id in presses)
 
@@ -804,7 +806,7 @@ async def drill(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*(client.stop() for client in clients), return_exceptions=True)
+        await asyncio.gather(*(client.stop() for client in kafka_clients), return_exceptions=True)
         services.stop_all()
         broker.stop()
 

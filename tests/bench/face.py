@@ -1,7 +1,7 @@
 """Face analysis throughput: JPEG decode + landmarks + blendshapes + pose + record encode.
 
 Run: ``.venv/bin/python -m tests.bench.face``. Feeds JPEG frames of the Wolfgang face video
-(encoded as the capture server does) through :class:`streams.face.FaceAnalyzer`:
+(encoded as the capture server does) through :class:`streams.features.face.FaceAnalyzer`:
 
 - one thread pinned to one core: per-frame time, p50/p99, frames/s per core;
 - two threads, one analyzer each, on all allowed cores: total frames/s;
@@ -32,8 +32,9 @@ from pathlib import Path
 import av
 
 from capture.fork import JpegEncoder
-from infra.settings import Settings
-from streams import face, face_model, records
+from streams import records
+from streams.features import face, face_model
+from streams.settings import Settings
 from tests import media as test_media
 
 SESSION = "bench"

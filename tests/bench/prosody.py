@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from streams import prosody, records
+from streams import records
+from streams.features import prosody
 from tests import media as test_media
 
 CHUNK_SAMPLES = 320

@@ -56,16 +56,18 @@ from aiokafka import TopicPartition
 from playwright.async_api import Dialog, Page, Playwright, async_playwright
 
 from infra.broker import die_with_parent
-from infra.settings import Settings, load_settings, to_environment
-from streams import archive, kafka, records, topics
+from streams import records
+from streams.archive import store
+from streams.kafka import clients, topics
+from streams.kafka.sessions import SessionDirectory, create_session, publish
 from streams.session_clock import now_us
-from streams.sessions import SessionDirectory, create_session, publish
+from streams.settings import Settings, load_settings, to_environment
 from taggers.tokens import issue, join_links, load_secret
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.capture import BenchError, free_port, sync_errors_ms
 from tests.bench.common import ROOT, machine_busy_seconds, percentile, reexec_in_netns
-from tests.browser import launch_chromium, only_loopback
+from tests.browser import only_loopback, open_page
 from tests.lipsync import beep_onsets, flash_onsets
 
 MediaKind = Literal["face", "lipsync"]
@@ -125,8 +127,8 @@ def process_table() -> dict[int, Proc]:
 
 
 def process_group(argv: Sequence[str], parent: str | None) -> str:
-    """A process's group by its command line: ``infra up``, ``streams.processors``, their
-    worker processes (``streams.processors / worker process``), ``broker``, ``browsers``;
+    """A process's group by its command line: ``infra up``, ``streams.features.processors``, their
+    worker processes (``streams.features.processors / worker process``), ``broker``, ``browsers``;
     other programs count with the process that started them."""
     if not argv:
         return parent or "?"
@@ -141,8 +143,8 @@ def process_group(argv: Sequence[str], parent: str | None) -> str:
         if "-m" in argv[:-1]:
             at = argv.index("-m")
             words = [argv[at + 1]]
-            # `infra up`, `infra worker`...; not the session id of streams.processors.
-            subcommand = at + 2 < len(argv) and argv[at + 1] != "streams.processors"
+            # `infra up`, `infra worker`...; not the session id of streams.features.processors.
+            subcommand = at + 2 < len(argv) and argv[at + 1] != "streams.features.processors"
             if subcommand and re.fullmatch(r"[a-z][a-z-]*", argv[at + 2]):
                 words.append(argv[at + 2])
             return " ".join(words)
@@ -395,7 +397,7 @@ class TopicReader:
         fetch_wait_ms: int,
         handle: Callable[[Any, int], None],
     ) -> None:
-        self._consumer = kafka.make_consumer(settings, fetch_max_wait_ms=fetch_wait_ms)
+        self._consumer = clients.make_consumer(settings, fetch_max_wait_ms=fetch_wait_ms)
         self._names = list(names)
         self._handle = handle
         self._partitions: list[TopicPartition] = []
@@ -785,15 +787,6 @@ class SceneOptions:
         return self.timeout_s if self.timeout_s is not None else self.seconds + 480.0
 
 
-def performer_media(media: test_media.MediaSet, kind: MediaKind, index: int) -> tuple[Path, Path]:
-    """(y4m, wav) for the index-th performer: real faces and two voices, or lip-sync."""
-    if kind == "lipsync":
-        return media.lipsync_long.video, media.lipsync_long.audio
-    videos = (media.wolfgang_y4m, media.single_face_y4m)
-    voices = (media.speech_low_wav, media.speech_high_wav)
-    return videos[index % 2], voices[index % 2]
-
-
 class Scene:
     """Everything one run holds; ``run()`` plays it and returns the result."""
 
@@ -1105,7 +1098,7 @@ class Scene:
             ]
             opened = []
             for index, performer in enumerate(self.performers):
-                video, audio = performer_media(self.media, self.options.media, index)
+                video, audio = self.media.performer(index, self.options.media)
                 opened.append((performer, "performer", call_links[performer], video, audio))
             for k in range(self.options.directors):
                 url = dashboard_link
@@ -1121,18 +1114,17 @@ class Scene:
                     url = f"{self.settings.dashboard_base_url}/dashboard?{query}"
                 opened.append((f"director-{k + 1}", "director", url, None, None))
             for name, role, url, camera, microphone in opened:
-                context = await browsers.enter_async_context(
-                    launch_chromium(
+                page = await browsers.enter_async_context(
+                    open_page(
+                        url,
                         video_file=camera,
                         audio_file=microphone,
                         user_data_dir=self.work / f"chromium-{name}",
                         playwright=playwright,
                     )
                 )
-                page = context.pages[0] if context.pages else await context.new_page()
                 watches = [p for p in self.performers if p != name]
                 self.pages.append(ScenePage(name, role, page, watches))
-                await page.goto(url)
             print(f"scene: session {sid}, {len(self.pages)} pages open", file=sys.stderr)
             self.phase_done("session_and_pages")
 
@@ -1199,7 +1191,7 @@ class Scene:
             for reader in readers:
                 await reader.stop()
             await cancel_tasks()
-            manifest = (archive.session_dir(self.settings, sid) / archive.MANIFEST).is_file()
+            manifest = (store.session_dir(self.settings, sid) / store.MANIFEST).is_file()
             self.phase_done("end_archive_and_drain")
             print(f"scene: archived after {archive_s:.1f} s; stopping", file=sys.stderr)
 
@@ -1253,7 +1245,7 @@ class Scene:
                 self.notes.append(f"End session not clickable: {str(exc).splitlines()[0]}")
         if not clicked:
             latest = directory.get(session.session_id) or session
-            producer = kafka.make_producer(self.settings)
+            producer = clients.make_producer(self.settings)
             await producer.start()
             try:
                 stamp = max(now_us(), latest.ts_us + 1)

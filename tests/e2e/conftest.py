@@ -8,16 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import BrowserContext, Page
+from playwright.async_api import Page
 
 from capture.server import CaptureServer
-from infra.settings import Settings
 from streams import records
-from streams.sessions import create_session
+from streams.kafka.sessions import create_session
+from streams.settings import Settings
 from taggers.tokens import join_links, load_secret
 from taggers.vocabulary import load_vocabulary
+from tests import browser
 from tests import media as test_media
-from tests.browser import NETNS_HINT, launch_chromium, only_loopback
+from tests.browser import NETNS_HINT, only_loopback
 
 
 @pytest.fixture(autouse=True)
@@ -72,12 +73,9 @@ def open_page(tmp_path: Path) -> LaunchPage:
     @asynccontextmanager
     async def launch(url: str, *, video: Path | None, audio: Path | None) -> AsyncIterator[Page]:
         profile = tmp_path / f"chromium-{next(counter)}"
-        context: BrowserContext
-        async with launch_chromium(
-            video_file=video, audio_file=audio, user_data_dir=profile
-        ) as context:
-            page = context.pages[0] if context.pages else await context.new_page()
-            await page.goto(url)
+        async with browser.open_page(
+            url, video_file=video, audio_file=audio, user_data_dir=profile
+        ) as page:
             yield page
 
     return launch

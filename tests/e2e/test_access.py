@@ -17,11 +17,11 @@ from playwright.async_api import ConsoleMessage, Page
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
-from infra.settings import Settings
-from streams import kafka, revocations
+from streams.kafka import clients, revocations
+from streams.settings import Settings
 from taggers import tokens
 from taggers.tokens import load_secret
-from tests.browser import launch_chromium
+from tests.browser import open_page
 from tests.e2e.conftest import new_session
 from tests.e2e.test_dashboard import dashboard  # noqa: F401  (the fixture)
 from tests.e2e.test_tagging import last_press, tagger_ready, wait_acked
@@ -48,14 +48,14 @@ def capture_settings(settings: Settings, tmp_path: Path) -> Settings:
 async def watched_page(url: str, profile: Path, console: list[str]) -> AsyncIterator[Page]:
     """A Chromium page whose every console line (with where it came from) is kept, from
     before it loads ``url``."""
-    async with launch_chromium(video_file=None, audio_file=None, user_data_dir=profile) as context:
-        page = context.pages[0] if context.pages else await context.new_page()
 
-        def keep(message: ConsoleMessage) -> None:
-            console.append(f"{message.type}: {message.text} @ {message.location}")
+    def keep(message: ConsoleMessage) -> None:
+        console.append(f"{message.type}: {message.text} @ {message.location}")
 
+    def listen(page: Page) -> None:
         page.on("console", keep)
-        await page.goto(url)
+
+    async with open_page(url, user_data_dir=profile, before_load=listen) as page:
         yield page
 
 
@@ -125,7 +125,7 @@ async def test_an_observer_link_opens_a_read_only_dashboard_and_stays_out_of_sig
         secrets |= await credentials_seen(page)
 
         # Revoked: every connection of the page is closed, it says why, and stops.
-        producer = kafka.make_producer(capture_settings)
+        producer = clients.make_producer(capture_settings)
         await producer.start()
         try:
             revocation = revocations.revocation(

@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 
 from capture.server import CaptureServer
-from infra.settings import Settings
-from streams import health, kafka, records, topics
+from streams import records
+from streams.kafka import clients, health, topics
+from streams.settings import Settings
 from taggers.tokens import load_secret
 from tests import media as test_media
 from tests.e2e.conftest import LaunchPage, new_session, receive_stats
@@ -31,7 +32,7 @@ Collected = dict[tuple[str, str], list[records.AudioChunk | records.VideoFrame]]
 
 async def collect(settings: Settings, session: records.SessionRecord, seconds: float) -> Collected:
     """Every media record of the session so far plus ``seconds`` more, per (stream, performer)."""
-    consumer = kafka.make_consumer(settings, session.topics.audio, session.topics.video)
+    consumer = clients.make_consumer(settings, session.topics.audio, session.topics.video)
     found: Collected = defaultdict(list)
     await consumer.start()
     try:

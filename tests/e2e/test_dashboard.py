@@ -18,10 +18,11 @@ from playwright.async_api import Page
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
-from infra.settings import Settings
 from infra.worker import ProcessorWorker
-from streams import kafka, records
-from streams.sessions import SessionDirectory
+from streams import records
+from streams.kafka import clients
+from streams.kafka.sessions import SessionDirectory
+from streams.settings import Settings
 from taggers import tokens
 from taggers.tokens import load_secret
 from tests import media as test_media
@@ -302,7 +303,7 @@ async def test_performer_tokens_are_refused_and_a_stalled_client_costs_nothing(
     )
     await writer.drain()
     assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
-    producer = kafka.make_producer(capture_settings)
+    producer = clients.make_producer(capture_settings)
     await producer.start()
     samples: list[int] = []
     dropped_after: float | None = None

@@ -21,8 +21,9 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
-from infra.settings import Settings
-from streams import kafka, records
+from streams import records
+from streams.kafka import clients
+from streams.settings import Settings
 from taggers import tokens
 from taggers.tokens import load_secret
 from tests.e2e.conftest import LaunchPage, new_session
@@ -182,7 +183,7 @@ async def test_a_face_stream_two_seconds_late_is_drawn_two_seconds_behind_and_la
         kind="session",
     )
     tag_url = f"{capture_server.url.replace('http', 'ws')}/ws/tag"
-    producer = kafka.make_producer(capture_settings)
+    producer = clients.make_producer(capture_settings)
     await producer.start()
     stop = asyncio.Event()
     feeders: list[asyncio.Task[Any]] = []

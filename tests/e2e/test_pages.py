@@ -18,7 +18,7 @@ from playwright.async_api import ConsoleMessage, Page, Request, Response
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
-from infra.settings import Settings
+from streams.settings import Settings
 from taggers import tokens
 from taggers.tokens import load_secret
 from tests.browser import launch_chromium

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from capture.server import CaptureServer
-from infra.settings import Settings
+from streams.settings import Settings
 from tests import media as test_media
 from tests.e2e.conftest import LaunchPage, new_session
 from tests.e2e.test_capture import _is_live, wait_until

@@ -1,5 +1,5 @@
 """A page refused by a websocket endpoint says why and comes back slowly, in real Chromium
-(the close codes of infra.connection_gate)."""
+(the close codes of streams.runtime.connection_gate)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
-from infra.settings import Settings
+from streams.settings import Settings
 from taggers import tokens
 from taggers.tokens import load_secret
 from tests.e2e.conftest import LaunchPage, new_session
@@ -18,7 +18,8 @@ from tests.e2e.conftest import LaunchPage, new_session
 pytestmark = pytest.mark.e2e
 
 REFUSED_WIDGET = """
-() => {
+async () => {
+  const { LivetagTagger } = await import("/tagger/tagger.js");
   const mount = document.createElement("div");
   document.body.append(mount);
   const scheme = location.protocol === "https:" ? "wss" : "ws";

@@ -11,9 +11,10 @@ import pytest
 from playwright.async_api import Page
 
 from capture.server import CaptureServer
-from infra.settings import Settings
 from infra.worker import ProcessorWorker
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
+from streams.settings import Settings
 from taggers.tokens import load_secret
 from tests import media as test_media
 from tests.e2e.conftest import LaunchPage, new_session
@@ -90,7 +91,7 @@ async def read_session(
     settings: Settings, session: records.SessionRecord, until: Any, timeout_s: float
 ) -> dict[str, list[Any]]:
     """Video frames, tags and label windows of the session, until ``until(found)``."""
-    consumer = kafka.make_consumer(
+    consumer = clients.make_consumer(
         settings, session.topics.video, topics.TAGS, topics.LABELS, auto_offset_reset="earliest"
     )
     found: dict[str, list[Any]] = {"video": [], "tags": [], "labels": []}

@@ -11,8 +11,9 @@ import pytest
 from playwright.async_api import Page
 
 from capture.server import CaptureServer
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
+from streams.settings import Settings
 from tests.e2e.conftest import LaunchPage, new_session
 from tests.e2e.test_tagging import last_press, tagger_ready, wait_acked
 
@@ -32,7 +33,7 @@ REACT_AFTER_200_MS = """
 
 
 async def tags_of(settings: Settings, session_id: str, wanted: set[str]) -> list[records.TagEvent]:
-    consumer = kafka.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
+    consumer = clients.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
     found: list[records.TagEvent] = []
     await consumer.start()
     try:

@@ -24,9 +24,10 @@ from pydantic import SecretStr
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
-from infra.settings import Settings, to_environment
-from streams import kafka, records, revocations, topics
-from streams.sessions import SessionDirectory, create_session, publish
+from streams import records
+from streams.kafka import clients, revocations, topics
+from streams.kafka.sessions import SessionDirectory, create_session, publish
+from streams.settings import Settings, to_environment
 from taggers import credentials, tokens
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import TagClient, wall_us
@@ -108,7 +109,7 @@ async def livetag(settings: Settings, *args: str) -> list[list[str]]:
 
 
 async def publish_revocation(settings: Settings, revocation: records.TokenRevocation) -> None:
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         await revocations.publish(producer, revocation)
@@ -409,7 +410,7 @@ async def test_credentials_are_renewed_over_the_connection_until_the_link_is_rev
 
 
 async def tags_of(settings: Settings, session_id: str, wanted: set[str]) -> list[records.TagEvent]:
-    consumer = kafka.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
+    consumer = clients.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
     found: list[records.TagEvent] = []
     await consumer.start()
     try:
@@ -560,7 +561,7 @@ async def test_the_end_of_a_session_closes_its_call_pages_with_the_reason(
         )
         await first_of(call, "welcome")
         ended = deployment.session.model_copy(update={"state": "ended", "ts_us": wall_us()})
-        producer = kafka.make_producer(deployment.settings)
+        producer = clients.make_producer(deployment.settings)
         await producer.start()
         try:
             await publish(producer, ended)

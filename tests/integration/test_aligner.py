@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from infra.settings import Settings
 from infra.worker import ProcessorWorker
-from streams import kafka, records, topics
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import serve_tags
 
@@ -94,8 +95,8 @@ async def test_features_and_tags_become_label_windows_and_a_late_tag_corrects(
     t0 = (time.time_ns() // 1000 // W) * W + 20_000_000
     stop = asyncio.Event()
     worker = asyncio.create_task(ProcessorWorker(settings, only_sessions={sid}).run(stop))
-    producer = kafka.make_producer(settings)
-    consumer = kafka.make_consumer(settings, topics.LABELS, auto_offset_reset="earliest")
+    producer = clients.make_producer(settings)
+    consumer = clients.make_consumer(settings, topics.LABELS, auto_offset_reset="earliest")
     labels: list[records.LabelWindow] = []
     await asyncio.gather(producer.start(), consumer.start())
 
@@ -177,7 +178,7 @@ async def test_features_and_tags_become_label_windows_and_a_late_tag_corrects(
         stop.set()
         await worker
         await asyncio.gather(producer.stop(), consumer.stop())
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.delete_session_topics(admin, sid)
 
     first = {w.ts_us: w for w in labels if w.revision == 0}
@@ -247,7 +248,7 @@ async def test_200_tags_through_a_dropped_connection_are_each_in_the_labels_once
             finally:
                 await client.close()
         latest: dict[int, records.LabelWindow] = {}
-        consumer = kafka.make_consumer(settings, topics.LABELS, auto_offset_reset="earliest")
+        consumer = clients.make_consumer(settings, topics.LABELS, auto_offset_reset="earliest")
         await consumer.start()
 
         def labelled() -> Counter[str]:
@@ -277,7 +278,7 @@ async def test_200_tags_through_a_dropped_connection_are_each_in_the_labels_once
     finally:
         stop.set()
         await worker
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.delete_session_topics(admin, sid)
     # The consumer's view (newest revision of each window): every tag, in one window, once.
     assert labelled() == Counter(dict.fromkeys(sent, 1))

@@ -14,8 +14,9 @@ import pytest
 from capture.fork import PerformerFork, make_fork_audio_producer
 from capture.timing import Stamp
 from infra.broker import EmbeddedBroker
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
+from streams.settings import Settings
 from tests.samples import all_records
 from tests.unit.test_fork import SlowProducer, opus_packets
 
@@ -26,7 +27,7 @@ REQUEST_TIMEOUT_MS = 2_000  # the outage below is three times as long
 
 
 async def read_audio(settings: Settings, topic: str, wanted: int) -> list[records.AudioChunk]:
-    consumer = kafka.make_consumer(settings, topic, group_id=None)
+    consumer = clients.make_consumer(settings, topic, group_id=None)
     chunks: list[records.AudioChunk] = []
     await consumer.start()
     try:
@@ -53,7 +54,7 @@ async def test_no_audio_is_lost_while_the_broker_is_away_longer_than_the_request
     session = next(r for r in all_records(session_id) if isinstance(r, records.SessionRecord))
     producer = make_fork_audio_producer(settings, request_timeout_ms=REQUEST_TIMEOUT_MS)
     try:
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.create_session_topics(admin, settings, session_id)
         await producer.start()
         fork = PerformerFork(

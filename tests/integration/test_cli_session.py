@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
-from streams import kafka, records, topics
-from streams.sessions import publish, read_session
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import publish, read_session
+from streams.settings import Settings
 from tests.commands import run_command
 from tests.tag_client import wall_us
 
@@ -46,7 +47,7 @@ def _window(session_id: str, ts_us: int) -> records.LabelWindow:
 
 
 async def _publish_windows(settings: Settings, windows: list[records.LabelWindow]) -> None:
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         for window in windows:
@@ -113,7 +114,7 @@ async def test_takes_and_the_end_from_the_command_line_and_a_tail_that_ends_with
         ended = await read_session(settings, sid, timeout_s=10)
         assert ended is not None
         assert ended.state == "ended"
-        producer = kafka.make_producer(settings)
+        producer = clients.make_producer(settings)
         await producer.start()
         try:
             await publish(

@@ -1,5 +1,6 @@
 """Websockets that are not welcome: unauthenticated, too many, or gone silent, against real
-servers (infra.connection_gate in the tag service, the capture server and the dashboard)."""
+servers (streams.runtime.connection_gate in the tag service, the capture server and the
+dashboard)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from pydantic import SecretStr
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
-from infra.connection_gate import ConnectionGate
-from infra.settings import Settings
 from streams import records
-from streams.sessions import create_session
+from streams.kafka.sessions import create_session
+from streams.runtime.connection_gate import ConnectionGate
+from streams.settings import Settings
 from taggers.tokens import load_secret
 from taggers.vocabulary import load_vocabulary
 from tests.integration.test_limits import first_of, refusals, ws_url

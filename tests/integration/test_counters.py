@@ -8,9 +8,10 @@ import signal
 
 import pytest
 
-from infra.settings import Settings
-from streams import health, records
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import health
+from streams.kafka.sessions import create_session
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests.bench.lag import (
     Burst,

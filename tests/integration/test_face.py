@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infra.settings import Settings
-from streams import face, face_model, records
-from streams.face_errors import FaceAnalysisError
+from streams import records
+from streams.features import face, face_model
+from streams.features.face_errors import FaceAnalysisError
+from streams.settings import Settings
 from tests import media as test_media
 from tests.bench.face import FRAME_US, PERFORMER, SESSION, jpeg_frames, video_frame
 

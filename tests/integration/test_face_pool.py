@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
-from streams import face_model, face_pool, records
-from streams.face_errors import FaceAnalysisError
-from streams.face_pool import FacePool, FacePoolStopped
+from streams import records
+from streams.features import face_model, face_pool
+from streams.features.face_errors import FaceAnalysisError
+from streams.features.face_pool import FacePool, FacePoolStopped
+from streams.settings import Settings
 from tests import media as test_media
 from tests.bench.face import FRAME_US, SESSION, jpeg_frames, video_frame
 
@@ -118,7 +119,7 @@ async def test_a_worker_that_cannot_start_fails_no_frame(tmp_path: Path) -> None
 
 def test_the_processor_process_does_not_import_mediapipe() -> None:
     # Only its face workers run mediapipe; importing it costs a starting processor ~1 s.
-    probe = "import sys, streams.processors; print('mediapipe' in sys.modules)"
+    probe = "import sys, streams.features.processors; print('mediapipe' in sys.modules)"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )

@@ -8,8 +8,8 @@ import uuid
 import pytest
 from aiokafka.admin import NewTopic
 
-from infra.settings import Settings
-from streams import kafka
+from streams.kafka import clients
+from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ async def test_a_faust_agent_forwards_every_record_on_the_embedded_broker(
 ) -> None:
     run = uuid.uuid4().hex[:8]
     source, sink = f"test.source.{run}", f"test.sink.{run}"
-    async with kafka.admin_client(settings) as admin:
+    async with clients.admin_client(settings) as admin:
         await admin.create_topics([NewTopic(source, 4, 1), NewTopic(sink, 4, 1)])
     worker = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -31,8 +31,8 @@ async def test_a_faust_agent_forwards_every_record_on_the_embedded_broker(
         env={**os.environ, "LIVETAG_BROKER_PORT": str(settings.broker_port)},
         stdout=asyncio.subprocess.DEVNULL,
     )
-    producer = kafka.make_producer(settings)
-    consumer = kafka.make_consumer(settings, sink, group_id=f"test-sink-{run}")
+    producer = clients.make_producer(settings)
+    consumer = clients.make_consumer(settings, sink, group_id=f"test-sink-{run}")
     sent = {f"record-{n}".encode(): f"performer-{n % 5}".encode() for n in range(200)}
     received: dict[bytes, bytes] = {}
     await asyncio.gather(producer.start(), consumer.start())
@@ -54,7 +54,7 @@ async def test_a_faust_agent_forwards_every_record_on_the_embedded_broker(
         if worker.returncode is None:
             worker.terminate()
             await worker.wait()
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await admin.delete_topics([source, sink])
     # Every record arrived once, under its own key (so on its performer's partition).
     assert received == sent

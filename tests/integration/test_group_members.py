@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings, to_environment
-from streams import group_members, kafka, topics
+from streams.kafka import clients, group_members, topics
+from streams.settings import Settings, to_environment
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +21,12 @@ GROUP = "livetag-test-evict"
 # A member that joins, notes itself, says so, and is then killed without leaving.
 MEMBER = """
 import asyncio, sys
-from infra.settings import load_settings
-from streams import group_members, kafka, topics
+from streams.settings import load_settings
+from streams.kafka import clients, group_members, topics
 
 async def main():
     settings = load_settings()
-    consumer = kafka.make_consumer(settings, topics.SESSIONS, group_id=sys.argv[1])
+    consumer = clients.make_consumer(settings, topics.SESSIONS, group_id=sys.argv[1])
     member = group_members.MemberNote(settings, sys.argv[1])
     await consumer.start()
     while not consumer.assignment():
@@ -45,7 +45,7 @@ async def test_a_killed_member_is_evicted_and_the_next_one_joins_at_once(
 ) -> None:
     own = settings.model_copy(update={"state_dir": tmp_path / "state"})
     group = f"{GROUP}-{os.getpid()}-{time.monotonic_ns()}"
-    async with kafka.admin_client(own) as admin:
+    async with clients.admin_client(own) as admin:
         await topics.ensure_shared_topics(admin, own)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -66,7 +66,7 @@ async def test_a_killed_member_is_evicted_and_the_next_one_joins_at_once(
     assert await group_members.evict_dead_members(own, group) == [dead]
     assert group_members.dead_members(own, group) == []
     # Without the eviction, the join below waits out the dead member's 10 s session.
-    consumer = kafka.make_consumer(own, topics.SESSIONS, group_id=group)
+    consumer = clients.make_consumer(own, topics.SESSIONS, group_id=group)
     started = time.monotonic()
     await consumer.start()
     try:

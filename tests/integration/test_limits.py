@@ -14,9 +14,9 @@ from pydantic import SecretStr
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
-from infra.settings import Settings
 from streams import records
-from streams.sessions import create_session
+from streams.kafka.sessions import create_session
+from streams.settings import Settings
 from taggers.tokens import load_secret
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import SECRET, token_for

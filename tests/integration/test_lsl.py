@@ -20,9 +20,11 @@ import pylsl  # type: ignore[import-untyped]
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from infra.settings import Settings
-from streams import kafka, lsl_bridge, records, session_clock, sessions, topics
-from streams.lsl_bridge import BLENDSHAPE_NAMES, MarkerInletOptions, run_bridge
+from streams import records, session_clock
+from streams.bridges import lsl
+from streams.bridges.lsl import BLENDSHAPE_NAMES, MarkerInletOptions, run_bridge
+from streams.kafka import clients, sessions, topics
+from streams.settings import Settings
 from taggers.outbox import TagOutbox
 
 pytestmark = pytest.mark.integration
@@ -253,22 +255,22 @@ async def test_livetag_lsl_publishes_a_sessions_records_as_lsl_streams(
         session_id=sid,
     )
     process = await start_livetag_lsl(settings, tmp_path, "--session", sid)
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         inlets = await open_inlets(
-            *(lsl_bridge.source_id(sid, "alice", kind) for kind in lsl_bridge.STREAM_KINDS),
-            lsl_bridge.source_id(sid, "bob", "tags"),
+            *(lsl.source_id(sid, "alice", kind) for kind in lsl.STREAM_KINDS),
+            lsl.source_id(sid, "bob", "tags"),
         )
         prosody, face, labels, alice_tags = (
-            inlets[lsl_bridge.source_id(sid, "alice", kind)] for kind in lsl_bridge.STREAM_KINDS
+            inlets[lsl.source_id(sid, "alice", kind)] for kind in lsl.STREAM_KINDS
         )
-        bob_tags = inlets[lsl_bridge.source_id(sid, "bob", "tags")]
+        bob_tags = inlets[lsl.source_id(sid, "bob", "tags")]
 
         # What the streams declare.
         assert (prosody.info.type(), prosody.info.nominal_srate()) == ("Prosody", 100.0)
         assert prosody.info.channel_count() == 7
-        assert prosody.channel_labels() == [c.label for c in lsl_bridge.PROSODY_CHANNELS]
+        assert prosody.channel_labels() == [c.label for c in lsl.PROSODY_CHANNELS]
         assert prosody.channel_labels()[:3] == ["f0_hz", "voicing_probability", "voiced"]
         assert (face.info.type(), face.info.nominal_srate()) == (
             "FaceExpression",
@@ -331,7 +333,7 @@ async def test_livetag_lsl_publishes_a_sessions_records_as_lsl_streams(
         hops = first.hops + second.hops
         assert len(got_prosody) == len(hops)
         for (sample, stamp), hop in zip(got_prosody, hops, strict=True):
-            assert same(sample, lsl_bridge.prosody_sample(hop))
+            assert same(sample, lsl.prosody_sample(hop))
             assert stamp == (hop.ts_us - offset_us) / 1e6
         assert got_prosody[9][0][4:6] == [12.5, 0.01]  # the hop with voice quality
         assert got_prosody[3][0][0] != got_prosody[3][0][0]  # unvoiced: F0 is NaN
@@ -389,8 +391,8 @@ async def test_livetag_lsl_publishes_a_sessions_records_as_lsl_streams(
             }
         )
         await sessions.publish(producer, later)
-        carol = (await open_inlets(lsl_bridge.source_id(sid, "carol", "tags")))[
-            lsl_bridge.source_id(sid, "carol", "tags")
+        carol = (await open_inlets(lsl.source_id(sid, "carol", "tags")))[
+            lsl.source_id(sid, "carol", "tags")
         ]
         carol_tag = tag(
             sid,
@@ -419,7 +421,7 @@ async def test_livetag_lsl_publishes_a_sessions_records_as_lsl_streams(
             process.kill()
             await process.wait()
         await producer.stop()
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.delete_session_topics(admin, sid)
     counts = {tuple(line.split("\t")[:2]): int(line.split("\t")[2]) for line in out.splitlines()}
     assert counts[("samples", "prosody")] == 20
@@ -450,7 +452,7 @@ async def test_from_the_beginning_and_markers_from_an_lsl_stream_become_tags(
     earlier_tag = tag(
         sid, "alice", "tag-early-0001", t0 + 30_000, "point", label="laughter", span_us=500_000
     )
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     stimuli_name = f"stimuli-{sid}"
     stimuli = await asyncio.to_thread(
@@ -461,7 +463,7 @@ async def test_from_the_beginning_and_markers_from_an_lsl_stream_become_tags(
         )
     )
     stop = asyncio.Event()
-    bridge: asyncio.Task[lsl_bridge.BridgeCounts] | None = None
+    bridge: asyncio.Task[lsl.BridgeCounts] | None = None
     try:
         await send(producer, session.topics.prosody, earlier_hops)
         await send(producer, topics.TAGS, earlier_tag)
@@ -480,9 +482,9 @@ async def test_from_the_beginning_and_markers_from_an_lsl_stream_become_tags(
             )
         )
         inlets = await open_inlets(
-            lsl_bridge.source_id(sid, "alice", "prosody"),
-            lsl_bridge.source_id(sid, "alice", "tags"),
-            lsl_bridge.source_id(sid, "bob", "tags"),
+            lsl.source_id(sid, "alice", "prosody"),
+            lsl.source_id(sid, "alice", "tags"),
+            lsl.source_id(sid, "bob", "tags"),
         )
         prosody, alice_tags, bob_tags = inlets.values()
         offset_us = prosody.offset_us
@@ -497,7 +499,7 @@ async def test_from_the_beginning_and_markers_from_an_lsl_stream_become_tags(
         # The bridge's inlet on the stimulus stream: a label becomes tags, anything else
         # is refused and dead-lettered.
         assert await asyncio.to_thread(stimuli.wait_for_consumers, 20.0)
-        probe = kafka.make_consumer(settings)
+        probe = clients.make_consumer(settings)
         await probe.start()
         dead = TopicPartition(topics.DEADLETTER, 0)
         probe.assign([dead])
@@ -543,7 +545,7 @@ async def test_from_the_beginning_and_markers_from_an_lsl_stream_become_tags(
         stop.set()
         counts = await bridge if bridge is not None else None
         await producer.stop()
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.delete_session_topics(admin, sid)
     assert counts is not None
     assert (
@@ -601,7 +603,7 @@ async def test_livetag_lsl_says_what_is_wrong_and_stops_on_sigterm_with_its_coun
         process = await start_livetag_lsl(settings, tmp_path, "--session", session_id)
         try:
             # Resolvable: the bridge is up and reading.
-            await open_inlets(lsl_bridge.source_id(session_id, "alice", "tags"))
+            await open_inlets(lsl.source_id(session_id, "alice", "tags"))
             process.terminate()
             async with asyncio.timeout(30):
                 out, _ = await process.communicate()
@@ -615,5 +617,5 @@ async def test_livetag_lsl_says_what_is_wrong_and_stops_on_sigterm_with_its_coun
         assert "malformed\tprosody\t0" in lines
         assert "markers_refused\tmarkers\t0" in lines
     finally:
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.delete_session_topics(admin, session_id)

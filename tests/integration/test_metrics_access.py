@@ -16,10 +16,11 @@ from pydantic import SecretStr
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer, SessionFeed
-from infra.metrics_access import MetricsGuard
-from infra.settings import Settings, is_loopback
-from streams import kafka, records, topics
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
+from streams.runtime.metrics_access import MetricsGuard
+from streams.settings import Settings, is_loopback
 from taggers.tokens import load_secret
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import wall_us
@@ -223,7 +224,7 @@ async def test_a_counter_too_large_for_a_scrape_does_not_fail_it(
     web_settings: Settings, dashboard: DashboardServer
 ) -> None:
     session_id = f"metrics-{wall_us() % 10**9}"
-    producer = kafka.make_producer(web_settings)
+    producer = clients.make_producer(web_settings)
     await producer.start()
     try:
         for performer, value in (("ana", 10**400), ("ben", 7)):

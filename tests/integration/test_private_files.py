@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 
 from infra.broker import EmbeddedBroker
-from infra.settings import Settings
-from streams import archive, kafka, records, topics
-from streams.recorder import RecorderWorker
-from streams.sessions import create_session
+from streams import records
+from streams.archive import store
+from streams.archive.recorder import RecorderWorker
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
+from streams.settings import Settings
 from taggers.outbox import TagOutbox
 from taggers.vocabulary import load_vocabulary
 from tests.archive_samples import jpeg
@@ -77,9 +79,9 @@ async def test_the_archive_and_its_parts_are_private(settings: Settings, tmp_pat
     sid = session.session_id
     stop = asyncio.Event()
     recording = asyncio.create_task(RecorderWorker(own, only_sessions={sid}).run(stop))
-    producer = kafka.make_producer(own)
+    producer = clients.make_producer(own)
     await producer.start()
-    folder = archive.session_dir(own, sid)
+    folder = store.session_dir(own, sid)
     try:
         for k in range(30):
             now = wall_us()
@@ -121,7 +123,7 @@ async def test_the_archive_and_its_parts_are_private(settings: Settings, tmp_pat
 
 async def test_the_tag_spool_is_private(tmp_path: Path) -> None:
     # A producer that never reached a broker: every tag goes to the spool.
-    producer = kafka.make_producer(Settings(broker_port=1))
+    producer = clients.make_producer(Settings(broker_port=1))
     outbox = TagOutbox(producer, tmp_path / "state", produce_timeout_s=0.2, retry_interval_s=60)
     await outbox.start()
     try:

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infra.settings import Settings, to_environment
 from infra.worker import processor_command
-from streams import kafka, records, topics
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
+from streams.settings import Settings, to_environment
 from taggers.vocabulary import load_vocabulary
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ async def start_processor(
 
 
 async def shut_down(
-    reader: asyncio.Task[None], processes: list[asyncio.subprocess.Process], *clients: Any
+    reader: asyncio.Task[None], processes: list[asyncio.subprocess.Process], *kafka_clients: Any
 ) -> None:
     """The reader first (its consumer is stopped after it), then processes and clients."""
     reader.cancel()
@@ -60,7 +61,7 @@ async def shut_down(
         if process.returncode is None:
             process.terminate()
             await process.wait()
-    await asyncio.gather(*(client.stop() for client in clients), return_exceptions=True)
+    await asyncio.gather(*(client.stop() for client in kafka_clients), return_exceptions=True)
 
 
 async def test_a_killed_worker_s_partitions_are_taken_over_without_loss(
@@ -70,8 +71,8 @@ async def test_a_killed_worker_s_partitions_are_taken_over_without_loss(
         settings, prompt="takeover", performer_names=PERFORMERS, vocabulary=load_vocabulary(None)
     )
     workers = [await start_processor(settings, session) for _ in range(2)]
-    producer = kafka.make_producer(settings)
-    consumer = kafka.make_consumer(settings, session.topics.prosody)
+    producer = clients.make_producer(settings)
+    consumer = clients.make_consumer(settings, session.topics.prosody)
     await asyncio.gather(producer.start(), consumer.start())
     sent: dict[str, list[int]] = {performer: [] for performer in PERFORMERS}
     hops: dict[str, set[int]] = {performer: set() for performer in PERFORMERS}
@@ -153,8 +154,8 @@ async def test_a_worker_killed_mid_window_loses_no_tag_from_the_labels(
         vocabulary=load_vocabulary(None),
     )
     processors = [await start_processor(settings, session)]
-    producer = kafka.make_producer(settings)
-    consumer = kafka.make_consumer(settings, topics.LABELS)
+    producer = clients.make_producer(settings)
+    consumer = clients.make_consumer(settings, topics.LABELS)
     await asyncio.gather(producer.start(), consumer.start())
     prefix = f"{session.session_id}/".encode()
     first_copies: dict[tuple[str, int, int], records.LabelWindow] = {}

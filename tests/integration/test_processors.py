@@ -13,10 +13,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from capture.fork import JpegEncoder
-from infra.settings import Settings
 from infra.worker import ProcessorWorker
-from streams import kafka, records, topics
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 
@@ -65,13 +66,13 @@ async def shut_down(
     session: records.SessionRecord,
     stop: asyncio.Event,
     worker: asyncio.Task[None],
-    *clients: Any,
+    *kafka_clients: Any,
 ) -> None:
     """Stop the worker, then the test's Kafka clients, and drop the session's topics."""
     stop.set()
     await worker
-    await asyncio.gather(*(client.stop() for client in clients))
-    async with kafka.admin_client(settings) as admin:
+    await asyncio.gather(*(client.stop() for client in kafka_clients))
+    async with clients.admin_client(settings) as admin:
         await topics.delete_session_topics(admin, session.session_id)
 
 
@@ -98,8 +99,8 @@ async def test_media_records_become_feature_records(settings: Settings) -> None:
     worker = asyncio.create_task(
         ProcessorWorker(settings, only_sessions={session.session_id}).run(stop)
     )
-    producer = kafka.make_producer(settings)
-    consumer = kafka.make_consumer(
+    producer = clients.make_producer(settings)
+    consumer = clients.make_consumer(
         settings, session.topics.prosody, session.topics.face, topics.DEADLETTER
     )
     found: dict[str, list[Any]] = defaultdict(list)
@@ -178,8 +179,8 @@ async def test_a_backlog_the_processors_read_late_is_skipped_in_order(settings: 
     worker = asyncio.create_task(
         ProcessorWorker(settings, only_sessions={session.session_id}).run(stop)
     )
-    producer = kafka.make_producer(settings)
-    consumer = kafka.make_consumer(settings, session.topics.face)
+    producer = clients.make_producer(settings)
+    consumer = clients.make_consumer(settings, session.topics.face)
     faces: list[records.FaceFrame] = []
     await asyncio.gather(producer.start(), consumer.start())
     try:

@@ -27,9 +27,10 @@ from pydantic import SecretStr
 from capture.fork import PerformerFork
 from capture.ice import rtc_configuration
 from capture.server import CallConnection, CaptureServer
-from infra.settings import Settings
-from streams import kafka, records
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import clients
+from streams.kafka.sessions import create_session
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import SECRET, token_for
 
@@ -255,7 +256,7 @@ async def media_after(
     settings: Settings, session: records.SessionRecord, after_us: int
 ) -> list[tuple[str, int]]:
     """Media records of the session captured after ``after_us`` (ts_us)."""
-    consumer = kafka.make_consumer(
+    consumer = clients.make_consumer(
         settings, session.topics.audio, session.topics.video, auto_offset_reset="earliest"
     )
     found: list[tuple[str, int]] = []

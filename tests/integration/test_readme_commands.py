@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
-from streams import archive, kafka, records, topics
-from streams.recorder import RecorderWorker
+from streams import records
+from streams.archive import store
+from streams.archive.recorder import RecorderWorker
+from streams.kafka import clients, topics
+from streams.settings import Settings
 from tests.commands import run_command
 from tests.documentation import ROOT, documentation_files
 from tests.tag_client import wall_us
@@ -41,7 +43,7 @@ async def _scene_played(settings: Settings, session_id: str, performer_id: str) 
     """What a played scene leaves on ``livetag.labels``: a few of the performer's label
     windows, one of them tagged (the documented session has no media, so no aligner ran)."""
     start_us = wall_us() // 100_000 * 100_000 - 1_000_000
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         for k in range(3):
@@ -79,7 +81,7 @@ async def _archive(settings: Settings, session_id: str, timeout_s: float = 45) -
     export lines have an archive to read."""
     stop = asyncio.Event()
     running = asyncio.create_task(RecorderWorker(settings, only_sessions={session_id}).run(stop))
-    manifest = archive.session_dir(settings, session_id) / archive.MANIFEST
+    manifest = store.session_dir(settings, session_id) / store.MANIFEST
     try:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
+from streams.settings import Settings
 from tests.documentation import marked_block
 from tests.tag_client import wall_us
 
@@ -61,9 +62,9 @@ async def test_the_readme_consumer_prints_the_labeled_stream(
         window(sid, t0 + 100_000, 1, "laughter"),  # delivered twice
         window(sid, t0 + 100_000, 0, None),  # an older revision, late
     ]
-    async with kafka.admin_client(settings) as admin:
+    async with clients.admin_client(settings) as admin:
         await topics.ensure_shared_topics(admin, settings)
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         for record in sent:

@@ -13,11 +13,13 @@ from typing import Any
 import av
 import pytest
 
-from infra.settings import Settings, to_environment
 from infra.worker import ProcessorWorker
-from streams import archive, kafka, records, topics
-from streams.recorder import RecorderWorker
-from streams.sessions import create_session, publish
+from streams import records
+from streams.archive import store
+from streams.archive.recorder import RecorderWorker
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session, publish
+from streams.settings import Settings, to_environment
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.archive_samples import jpeg
@@ -42,7 +44,7 @@ def recorder_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 async def end_session(settings: Settings, session: records.SessionRecord) -> None:
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         await publish(producer, session.model_copy(update={"state": "ended", "ts_us": wall_us()}))
@@ -52,9 +54,9 @@ async def end_session(settings: Settings, session: records.SessionRecord) -> Non
 
 async def wait_for_manifest(folder: Path, timeout_s: float) -> dict[str, Any]:
     async with asyncio.timeout(timeout_s):
-        while not (folder / archive.MANIFEST).is_file():  # noqa: ASYNC110 (a file appears)
+        while not (folder / store.MANIFEST).is_file():  # noqa: ASYNC110 (a file appears)
             await asyncio.sleep(0.2)
-    manifest: dict[str, Any] = json.loads((folder / archive.MANIFEST).read_text())
+    manifest: dict[str, Any] = json.loads((folder / store.MANIFEST).read_text())
     return manifest
 
 
@@ -69,7 +71,7 @@ async def test_a_recorder_killed_mid_session_loses_and_doubles_nothing(
     environment = {**os.environ, **to_environment(own)}
     command = [sys.executable, "-m", "infra", "recorder", "--session", sid]
     recorder = await asyncio.create_subprocess_exec(*command, env=environment)
-    producer = kafka.make_producer(own)
+    producer = clients.make_producer(own)
     await producer.start()
     sent: list[tuple[str, int]] = []
     try:
@@ -102,12 +104,12 @@ async def test_a_recorder_killed_mid_session_loses_and_doubles_nothing(
         await producer.stop()
     await end_session(own, session)
     try:
-        manifest = await wait_for_manifest(archive.session_dir(own, sid), timeout_s=60)
+        manifest = await wait_for_manifest(store.session_dir(own, sid), timeout_s=60)
     finally:
         recorder.terminate()
         await recorder.wait()
-    folder = archive.session_dir(own, sid)
-    back = archive.read_media(folder, "ana")
+    folder = store.session_dir(own, sid)
+    back = store.read_media(folder, "ana")
     got = sorted((item.record_type, item.header.ts_us) for item in back)
     assert got == sorted(sent)  # every frame and chunk once: none lost, none doubled
     assert manifest["counts"]["video"] == manifest["counts"]["audio"] == 150
@@ -133,9 +135,9 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
     recording = asyncio.create_task(RecorderWorker(own, only_sessions={sid}).run(stop))
     # Everything the session's topics carry, read independently of the recorder.
     watched = [session.topics.prosody, session.topics.face, topics.TAGS, topics.LABELS]
-    consumer = kafka.make_consumer(own, *watched, auto_offset_reset="earliest")
-    on_topics: dict[str, dict[tuple[Any, ...], Any]] = {k: {} for k in archive.KINDS}
-    kind_of = dict(zip(watched, archive.KINDS, strict=True))
+    consumer = clients.make_consumer(own, *watched, auto_offset_reset="earliest")
+    on_topics: dict[str, dict[tuple[Any, ...], Any]] = {k: {} for k in store.KINDS}
+    kind_of = dict(zip(watched, store.KINDS, strict=True))
 
     async def watch() -> None:
         while True:
@@ -145,12 +147,12 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
                 for message in messages:
                     if not (message.key or b"").startswith(f"{sid}/".encode()):
                         continue
-                    for record in archive.decode_rows(kind, message.value, message.headers):
-                        on_topics[kind].setdefault(archive.identity(record), record)
+                    for record in store.decode_rows(kind, message.value, message.headers):
+                        on_topics[kind].setdefault(store.identity(record), record)
 
     await consumer.start()
     watching = asyncio.create_task(watch())
-    producer = kafka.make_producer(own)
+    producer = clients.make_producer(own)
     await producer.start()
     try:
         media_records: list[records.AudioChunk | records.VideoFrame] = [*audio, *video]
@@ -184,7 +186,7 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
         await producer.flush()
         await asyncio.sleep(2)  # the last features and label windows
         await end_session(own, session)
-        manifest = await wait_for_manifest(archive.session_dir(own, sid), timeout_s=120)
+        manifest = await wait_for_manifest(store.session_dir(own, sid), timeout_s=120)
     finally:
         stop.set()
         await asyncio.gather(worker, recording, return_exceptions=True)
@@ -192,11 +194,11 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
         await asyncio.gather(watching, return_exceptions=True)
         await consumer.stop()
         await producer.stop()
-    folder = archive.session_dir(own, sid)
-    for kind in archive.KINDS:
-        stored = archive.read_records(folder, kind)
-        assert len(stored) == len({archive.identity(r) for r in stored}), kind  # no doubles
-        assert {archive.identity(r): r for r in stored} == on_topics[kind], kind
+    folder = store.session_dir(own, sid)
+    for kind in store.KINDS:
+        stored = store.read_records(folder, kind)
+        assert len(stored) == len({store.identity(r) for r in stored}), kind  # no doubles
+        assert {store.identity(r): r for r in stored} == on_topics[kind], kind
     assert manifest["counts"]["prosody"] > 300  # ~4 s of speech
     assert manifest["counts"]["face"] == len(video)
     assert manifest["counts"]["tags"] == 1
@@ -211,6 +213,6 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
         samples = sum(frame.samples for frame in container.decode(audio=0))
     assert abs(samples / 16_000 - len(audio) * 0.02) <= 0.1
     # The session is marked archived and its topics are gone (embedded broker).
-    async with kafka.admin_client(own) as admin:
+    async with clients.admin_client(own) as admin:
         names = set(await admin.list_topics())
     assert session.topics.audio not in names

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
+from streams.settings import Settings
 from tests.samples import all_records
 
 pytestmark = pytest.mark.integration
@@ -35,10 +36,10 @@ async def test_every_record_type_through_aiokafka(
     settings: Settings, session_topics: records.SessionTopics, session_id: str
 ) -> None:
     sent = all_records(session_id=session_id)
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             await topics.ensure_shared_topics(admin, settings)
         for record in sent:
             message = records.encode(record)
@@ -52,7 +53,7 @@ async def test_every_record_type_through_aiokafka(
         await producer.stop()
 
     wanted = {_topic_for(record, session_topics) for record in sent}
-    consumer = kafka.make_consumer(settings, *sorted(wanted), group_id=f"g-{session_id}")
+    consumer = clients.make_consumer(settings, *sorted(wanted), group_id=f"g-{session_id}")
     received: list[records.AnyRecord] = []
     await consumer.start()
     try:
@@ -79,7 +80,7 @@ async def test_tail_prints_an_error_line_for_a_malformed_record_and_goes_on(
     settings: Settings, session_topics: records.SessionTopics, session_id: str
 ) -> None:
     good = [r for r in all_records(session_id=session_id) if isinstance(r, records.ProsodyHops)]
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     key = f"{session_id}/alice".encode()
     try:

@@ -16,10 +16,12 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from infra.settings import Settings
 from infra.worker import ProcessorWorker
-from streams import archive, kafka, records, replay, topics
-from streams.sessions import SessionDirectory, create_session
+from streams import records
+from streams.archive import replay, store
+from streams.kafka import clients, topics
+from streams.kafka.sessions import SessionDirectory, create_session
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.integration.test_processors import face_frames, speech_chunks
@@ -35,7 +37,7 @@ async def read_features(
     Read until the topics stay quiet: the embedded broker's end offsets can be too low
     to read up to them."""
     names = topics.session_topic_names(session_id)
-    consumer = kafka.make_consumer(settings, names.prosody, names.face)
+    consumer = clients.make_consumer(settings, names.prosody, names.face)
     await consumer.start()
     prosody: dict[tuple[str, int], records.ProsodyFrame] = {}
     faces: dict[tuple[str, int], records.FaceFrame] = {}
@@ -71,10 +73,10 @@ def archive_media(folder: Path, session: records.SessionRecord, media: list[Any]
         for offset, item in enumerate(m for m in media if isinstance(m, model)):
             encoded = records.encode(item)
             messages.append(
-                archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
+                store.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
             )
-        archive.write_part(folder, kind, 0, messages)
-    archive.build_archive(folder, session, software={})
+        store.write_part(folder, kind, 0, messages)
+    store.build_archive(folder, session, software={})
 
 
 async def test_replay_reproduces_feature_records(settings: Settings, tmp_path: Path) -> None:
@@ -102,7 +104,7 @@ async def test_replay_reproduces_feature_records(settings: Settings, tmp_path: P
     worker = asyncio.create_task(
         ProcessorWorker(settings, only_sessions={original_id, replay_id}).run(stop)
     )
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         # The original, live: media in capture order, as the capture server sends it.
@@ -151,7 +153,7 @@ async def test_replay_reproduces_feature_records(settings: Settings, tmp_path: P
         stop.set()
         await worker
         await producer.stop()
-        async with kafka.admin_client(settings) as admin:
+        async with clients.admin_client(settings) as admin:
             for sid in (original_id, replay_id):
                 await topics.delete_session_topics(admin, sid)
 

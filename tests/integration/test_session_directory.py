@@ -11,9 +11,10 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
-from infra.settings import Settings
-from streams import kafka, records, topics
-from streams.sessions import SessionDirectory, publish
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import SessionDirectory, publish
+from streams.settings import Settings
 from tests.samples import all_records
 
 pytestmark = pytest.mark.integration
@@ -54,7 +55,7 @@ async def _send_with_unreadable_header(
     with monkeypatch.context() as patch:
         for module in (aiokafka.producer.producer, aiokafka.producer.message_accumulator):
             patch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
-        producer = kafka.make_producer(settings)
+        producer = clients.make_producer(settings)
         await producer.start()
         try:
             sent = await producer.send_and_wait(
@@ -69,7 +70,7 @@ async def _dead_letters(
     settings: Settings, since: int, service: str, count: int
 ) -> list[records.DeadLetter]:
     """The first ``count`` dead letters of ``service`` on livetag.deadletter from ``since``."""
-    consumer = kafka.make_consumer(settings)
+    consumer = clients.make_consumer(settings)
     await consumer.start()
     partition = TopicPartition(topics.DEADLETTER, 0)
     found: list[records.DeadLetter] = []
@@ -91,13 +92,13 @@ async def _dead_letters(
 async def test_hostile_session_records_are_skipped_counted_and_dead_lettered(
     settings: Settings, session_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with kafka.admin_client(settings) as admin:
+    async with clients.admin_client(settings) as admin:
         await topics.ensure_shared_topics(admin, settings)
     valid = _session(session_id)
     # Another session's good record, right before an unreadable one (read in one fetch).
     neighbour = _session(f"{session_id}-n")
     service = f"test-directory-{session_id}"
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     directory = SessionDirectory(settings, dead_letters=producer, service=service)
     try:
@@ -155,7 +156,7 @@ async def test_hostile_session_records_are_skipped_counted_and_dead_lettered(
 
 
 async def _end_offsets(settings: Settings) -> list[int]:
-    consumer = kafka.make_consumer(settings)
+    consumer = clients.make_consumer(settings)
     await consumer.start()
     try:
         partition = TopicPartition(topics.DEADLETTER, 0)

@@ -11,10 +11,12 @@ import pytest
 from pydantic import SecretStr
 
 from capture.server import CaptureServer
-from infra.settings import Settings
-from streams import archive, kafka, records, topics
-from streams.recorder import RecorderWorker
-from streams.sessions import create_session, publish
+from streams import records
+from streams.archive import store
+from streams.archive.recorder import RecorderWorker
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session, publish
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests.tag_client import SECRET, TagClient, token_for, wall_us
 
@@ -54,7 +56,7 @@ async def new_session(settings: Settings) -> records.SessionRecord:
 async def end(settings: Settings, session: records.SessionRecord) -> int:
     """End the session as the dashboard does; returns the end instant."""
     ended_us = wall_us()
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         await publish(producer, session.model_copy(update={"state": "ended", "ts_us": ended_us}))
@@ -125,7 +127,7 @@ async def test_tags_about_the_scene_arrive_after_the_end_and_later_presses_are_r
 
 
 async def tags_of(settings: Settings, session_id: str) -> list[str]:
-    consumer = kafka.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
+    consumer = clients.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
     found: list[str] = []
     await consumer.start()
     try:
@@ -148,7 +150,7 @@ async def archived_within(settings: Settings, session_id: str, timeout_s: float)
     stop = asyncio.Event()
     recorder = RecorderWorker(settings, only_sessions={session_id})
     running = asyncio.create_task(recorder.run(stop))
-    manifest = archive.session_dir(settings, session_id) / archive.MANIFEST
+    manifest = store.session_dir(settings, session_id) / store.MANIFEST
     try:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout_s):
@@ -201,7 +203,7 @@ async def test_tags_that_reach_the_topic_past_the_grace_do_not_hold_the_archive(
     session = await new_session(ending)
     sid = session.session_id
     ended_us = await end(ending, session)
-    producer = kafka.make_producer(ending)
+    producer = clients.make_producer(ending)
     await producer.start()
     stop = asyncio.Event()
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from dashboard.server import ActionError, DashboardServer
-from infra.settings import Settings
 from infra.worker import ProcessorWorker, processor_command
-from streams import kafka, records
-from streams.sessions import SessionDirectory, create_session, publish
+from streams import records
+from streams.kafka import clients
+from streams.kafka.sessions import SessionDirectory, create_session, publish
+from streams.settings import Settings
 from taggers.tokens import load_secret
 from taggers.vocabulary import load_vocabulary
 from tests.integration.test_processor_takeover import tone_chunk
@@ -80,8 +81,8 @@ async def test_the_worker_starts_processors_of_a_session_too_large_for_a_command
     ]
     grown = session.model_copy(update={"takes": takes, "ts_us": session.ts_us + 1})
     assert len(grown.model_dump_json()) > MAX_ARGUMENT_BYTES
-    producer = kafka.make_producer(local)
-    consumer = kafka.make_consumer(local, session.topics.prosody)
+    producer = clients.make_producer(local)
+    consumer = clients.make_consumer(local, session.topics.prosody)
     await asyncio.gather(producer.start(), consumer.start())
     await publish(producer, grown)  # before the worker starts: it knows only this one
     stop = asyncio.Event()

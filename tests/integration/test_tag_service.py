@@ -13,9 +13,10 @@ import aiohttp
 import pytest
 
 from infra.broker import EmbeddedBroker
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
 from streams.session_clock import now_us
+from streams.settings import Settings
 from taggers.vocabulary import DEFAULT_VOCABULARY
 from tests.tag_client import ServedTags as Served
 from tests.tag_client import SimulatedClock, serve_tags, session_record, token_for
@@ -35,7 +36,7 @@ async def tags_on_topic(
 ) -> list[records.TagEvent]:
     """This session's records on livetag.tags, once at least ``expected`` are there (plus
     a short wait for any extra copy)."""
-    consumer = kafka.make_consumer(
+    consumer = clients.make_consumer(
         settings, topics.TAGS, group_id=None, auto_offset_reset="earliest"
     )
     found: list[records.TagEvent] = []
@@ -290,7 +291,7 @@ async def test_tags_are_held_durably_while_the_broker_is_down_then_delivered(
     own = Settings(
         broker_port=broker.port, state_dir=tmp_path / "state", tag_produce_timeout_ms=300
     )
-    async with kafka.admin_client(own) as admin:
+    async with clients.admin_client(own) as admin:
         await topics.ensure_shared_topics(admin, own)
     try:
         async with serve_tags(own, session_record("held-1")) as served:
@@ -308,7 +309,7 @@ async def test_tags_are_held_durably_while_the_broker_is_down_then_delivered(
                 # The memory broker comes back empty on the same port: the tags arrive late.
                 broker = EmbeddedBroker(port=own.broker_port, log_path=tmp_path / "broker2.log")
                 broker.start()
-                async with kafka.admin_client(own) as admin:
+                async with clients.admin_client(own) as admin:
                     await topics.ensure_shared_topics(admin, own)
                 stored = await tags_on_topic(own, "held-1", expected=3, timeout_s=40)
                 assert {t.tag_id for t in stored} >= set(during)

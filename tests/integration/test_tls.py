@@ -13,9 +13,10 @@ import pytest
 
 from capture.server import CaptureServer, CaptureServerError
 from dashboard.server import DashboardServer
-from infra.settings import Settings, TLSSettingsError, client_ssl_context
-from streams import kafka, records, topics
-from streams.sessions import create_session
+from streams import records
+from streams.kafka import clients, topics
+from streams.kafka.sessions import create_session
+from streams.settings import Settings, TLSSettingsError, client_ssl_context
 from taggers import tokens
 from taggers.vocabulary import load_vocabulary
 from tests.tls_certs import CertFiles, make_self_signed
@@ -55,7 +56,7 @@ async def session(tls_settings: Settings) -> AsyncIterator[records.SessionRecord
         vocabulary=load_vocabulary(None),
     )
     yield created
-    async with kafka.admin_client(tls_settings) as admin:
+    async with clients.admin_client(tls_settings) as admin:
         await topics.delete_session_topics(admin, created.session_id)
 
 

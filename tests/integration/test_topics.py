@@ -7,8 +7,8 @@ import sys
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from infra.settings import Settings
-from streams import topics
+from streams.kafka import topics
+from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from infra.broker import EmbeddedBroker, answers_kafka
-from infra.service_logs import is_own_warning_line
-from infra.settings import Settings
-from streams import topics
-from streams.sessions import create_session
+from streams.kafka import topics
+from streams.kafka.sessions import create_session
+from streams.runtime.service_logs import is_own_warning_line
+from streams.settings import Settings
 from taggers.tokens import join_links, load_secret
 from taggers.vocabulary import load_vocabulary
 from tests.integration.test_topics import livetag

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams import records
-from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
-from streams.tag_rules import tag_intervals
+from streams.labels.aligner_core import AlignerConfig, LateTag, SessionAligner
+from streams.labels.tag_rules import tag_intervals
 from tests import tag_cases
 from tests.tag_cases import tag
 
@@ -561,7 +561,7 @@ def labels_as_they_come(
 def labels_by_the_rule(
     tags: Iterable[records.TagEvent], config: AlignerConfig
 ) -> dict[tuple[str, int], set[str]]:
-    """The windows each point or hold overlaps, by streams.tag_rules."""
+    """The windows each point or hold overlaps, by streams.labels.tag_rules."""
     width = config.window_us
     expected: dict[tuple[str, int], set[str]] = {}
     for interval in tag_intervals(tags, max_hold_us=config.max_hold_us):
@@ -814,7 +814,7 @@ class FakeEvent:
 
 
 def test_held_events_are_acked_only_when_their_windows_are_out() -> None:
-    from streams.aligner import HeldEvents
+    from streams.labels.aligner import HeldEvents
 
     aligner = SessionAligner(SID, CONFIG)
     held = HeldEvents(aligner)

@@ -8,14 +8,15 @@ from pathlib import Path
 
 import av
 
-from streams import archive, records
+from streams import records
+from streams.archive import store
 from tests.archive_samples import SID, T0, carried, session, write_sample_archive
 
 
 def test_every_record_once_and_exactly_as_it_was(tmp_path: Path) -> None:
     made = write_sample_archive(tmp_path)
-    for kind in archive.KINDS:
-        stored = archive.read_records(tmp_path, kind)
+    for kind in store.KINDS:
+        stored = store.read_records(tmp_path, kind)
         assert len(stored) == len(made[kind]), kind
         assert sorted(r.model_dump_json() for r in stored) == sorted(
             r.model_dump_json() for r in made[kind]
@@ -37,7 +38,7 @@ def test_media_plays_and_maps_back_to_capture_time(tmp_path: Path) -> None:
     with av.open(str(tmp_path / "media" / "ana.mkv")) as container:
         samples = sum(frame.samples for frame in container.decode(audio=0))
     assert samples == 100 * 320
-    back = archive.read_media(tmp_path, "ana")
+    back = store.read_media(tmp_path, "ana")
     originals = [m for m in made["audio"] + made["video"] if m.header.performer_id == "ana"]
     assert sorted((type(m).__name__, m.header.ts_us, m.header.seq) for m in back) == sorted(
         (type(m).__name__, m.header.ts_us, m.header.seq) for m in originals
@@ -63,17 +64,17 @@ def test_manifest_has_raters_takes_and_checksums(tmp_path: Path) -> None:
 def test_undecodable_records_are_counted_and_the_rest_archived(tmp_path: Path) -> None:
     made = write_sample_archive(tmp_path / "reference", duplicate=False)
     folder = tmp_path / "archive"
-    garbage = archive.RawMessage(0, 10_000, b"s-archive/ana", b"\xff not a record", [])
+    garbage = store.RawMessage(0, 10_000, b"s-archive/ana", b"\xff not a record", [])
     for kind, items in made.items():
         messages = []
         for offset, item in enumerate(carried(kind, items)):
             encoded = records.encode(item)
             messages.append(
-                archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
+                store.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
             )
-        archive.write_part(folder, kind, 0, [*messages, garbage])
-    manifest = archive.build_archive(folder, session(), software={})
+        store.write_part(folder, kind, 0, [*messages, garbage])
+    manifest = store.build_archive(folder, session(), software={})
     assert manifest["counts"]["undecodable"] == len(made)  # one bad record per kind
-    for kind in archive.KINDS:
-        assert len(archive.read_records(folder, kind)) == len(made[kind])
+    for kind in store.KINDS:
+        assert len(store.read_records(folder, kind)) == len(made[kind])
     assert manifest["counts"]["video"] == len(made["video"])

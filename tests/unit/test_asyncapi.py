@@ -1,4 +1,4 @@
-"""The AsyncAPI 3.0.0 document of livetag's topics (streams.contract).
+"""The AsyncAPI 3.0.0 document of livetag's topics (streams.kafka.contract).
 
 It is checked against the official JSON Schema of AsyncAPI 3.0.0 documents, from the npm
 package @asyncapi/specs: `python -m tests.media prepare` fetches it and checks its sha256
@@ -22,8 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infra.cli import main
-from infra.settings import Settings
-from streams import contract, records, topics
+from streams import records
+from streams.kafka import contract, topics
+from streams.settings import Settings
 from tests import media as test_media
 from tests.samples import all_records
 
@@ -173,7 +174,7 @@ def test_a_broken_document_fails_validation(
 
 
 def _topic_constants() -> set[str]:
-    """Every topic name streams/topics.py spells out as a constant (SESSIONS, HEALTH, ...)."""
+    """Every topic name streams/kafka/topics.py spells out as a constant (SESSIONS, HEALTH, ...)."""
     return {
         value
         for name, value in vars(topics).items()

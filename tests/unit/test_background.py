@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from infra import background
+from streams.runtime import background
 
 
 async def test_a_failing_loop_is_started_again_and_counted(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from streams.batches import BatchLane
+from streams.kafka.batches import BatchLane
 
 
 async def test_records_arrive_in_order_batched_while_the_handler_is_busy() -> None:

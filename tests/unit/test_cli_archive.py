@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from infra.cli import main
-from streams.export import read_eaf_tags
+from streams.archive.export import read_eaf_tags
 from tests.archive_samples import SID, write_sample_archive
 
 

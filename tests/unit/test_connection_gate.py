@@ -1,10 +1,11 @@
-"""The connection gate's counting and deadlines, without sockets (infra.connection_gate)."""
+"""The connection gate's counting and deadlines, without sockets
+(streams.runtime.connection_gate)."""
 
 from __future__ import annotations
 
 import pytest
 
-from infra.connection_gate import (
+from streams.runtime.connection_gate import (
     CLOSE_REASON_BYTES,
     ConnectionGate,
     Refusal,

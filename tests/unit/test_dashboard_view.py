@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from dashboard.view import ClientCursor, SessionView, agreement_alpha
-from streams import records, topics
+from streams import records
+from streams.kafka import topics
 from taggers.vocabulary import DEFAULT_VOCABULARY
 from tests import tag_cases
 

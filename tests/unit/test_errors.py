@@ -19,7 +19,7 @@ from capture.rtp_hooks import AiortcChangedError
 from infra import cli
 from infra.broker import BrokerError
 from infra.cli import LivetagGroup, main
-from streams.archive import MANIFEST, ArchiveError
+from streams.archive.store import MANIFEST, ArchiveError
 from streams.errors import (
     BadInputError,
     InternalError,
@@ -27,8 +27,8 @@ from streams.errors import (
     RefusedError,
     UnavailableError,
 )
+from streams.kafka.sessions import SessionActionError
 from streams.records import RecordError
-from streams.sessions import SessionActionError
 from taggers.tokens import TokenError
 from tests.archive_samples import SID
 
@@ -65,7 +65,7 @@ def test_every_error_class_of_livetag_is_a_livetag_error_of_one_kind() -> None:
         "streams.records.RecordError",
         "taggers.tokens.TokenError",
         "dashboard.server.ActionError",
-        "infra.settings.TLSSettingsError",
+        "streams.settings.TLSSettingsError",
     ):
         assert expected in found
     concrete = {name: cls for name, cls in found.items() if cls.__module__ != "streams.errors"}

@@ -10,8 +10,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from streams import archive, export, records
-from streams.export import ExportError, export_session, read_csv, read_eaf_tags, read_jsonl
+from streams import records
+from streams.archive import export, store
+from streams.archive.export import ExportError, export_session, read_csv, read_eaf_tags, read_jsonl
 from tests.archive_samples import (
     SID,
     T0,
@@ -36,15 +37,15 @@ def test_jsonl_round_trips_every_kind(tmp_path: Path) -> None:
     out = tmp_path / "out" / "jsonl"
     paths = export_session(folder, out, "jsonl")
     assert sorted(p.name for p in paths) == sorted(
-        [f"{kind}.jsonl" for kind in archive.KINDS] + ["labels.latest.jsonl"]
+        [f"{kind}.jsonl" for kind in store.KINDS] + ["labels.latest.jsonl"]
     )
-    for kind in archive.KINDS:
-        stored = archive.read_records(folder, kind)
+    for kind in store.KINDS:
+        stored = store.read_records(folder, kind)
         assert stored, kind
         lines = (out / f"{kind}.jsonl").read_text(encoding="utf-8").splitlines()
         assert lines == _dumps(stored), kind
         assert read_jsonl(out / f"{kind}.jsonl", kind) == stored, kind
-    latest = archive.latest_labels(archive.read_records(folder, "labels"))
+    latest = store.latest_labels(store.read_records(folder, "labels"))
     assert read_jsonl(out / "labels.latest.jsonl", "labels") == latest
 
 
@@ -52,9 +53,9 @@ def test_csv_round_trips_exactly(tmp_path: Path) -> None:
     folder = tmp_path / "archive"
     write_sample_archive(folder)
     paths = export_session(folder, tmp_path / "csv", "csv")
-    assert sorted(p.name for p in paths) == sorted(f"{kind}.csv" for kind in archive.KINDS)
-    for kind, model in archive.KINDS.items():
-        stored = archive.read_records(folder, kind)
+    assert sorted(p.name for p in paths) == sorted(f"{kind}.csv" for kind in store.KINDS)
+    for kind, model in store.KINDS.items():
+        stored = store.read_records(folder, kind)
         back = read_csv(tmp_path / "csv" / f"{kind}.csv", kind)
         assert back == stored, kind
         # Exactly: same JSON (so ints stay ints, floats floats, None None).
@@ -90,7 +91,7 @@ def test_csv_keeps_ints_floats_bools_and_none(tmp_path: Path) -> None:
     export_session(folder, tmp_path / "csv", "csv")
     back = read_csv(tmp_path / "csv" / "prosody.csv", "prosody")
     assert [r.model_dump_json() for r in back] == [
-        r.model_dump_json() for r in archive.read_records(folder, "prosody")
+        r.model_dump_json() for r in store.read_records(folder, "prosody")
     ]
     mine = [r for r in back if isinstance(r, records.ProsodyFrame) and r.performer_id == "cat"]
     assert mine == frames
@@ -117,15 +118,13 @@ def test_parquet_export_is_readable_and_equal(tmp_path: Path) -> None:
     out = tmp_path / "parquet"
     paths = export_session(folder, out, "parquet")
     assert sorted(p.name for p in paths) == sorted(
-        [f"{kind}.parquet" for kind in archive.KINDS] + ["labels.latest.parquet"]
+        [f"{kind}.parquet" for kind in store.KINDS] + ["labels.latest.parquet"]
     )
-    for kind, model in archive.KINDS.items():
+    for kind, model in store.KINDS.items():
         table = pq.read_table(out / f"{kind}.parquet")
-        assert archive.table_records(model, table) == archive.read_records(folder, kind), kind
-    latest = archive.table_records(
-        records.LabelWindow, pq.read_table(out / "labels.latest.parquet")
-    )
-    assert latest == archive.latest_labels(archive.read_records(folder, "labels"))
+        assert store.table_records(model, table) == store.read_records(folder, kind), kind
+    latest = store.table_records(records.LabelWindow, pq.read_table(out / "labels.latest.parquet"))
+    assert latest == store.latest_labels(store.read_records(folder, "labels"))
 
 
 def test_eaf_has_a_tier_per_performer_and_rater_at_the_right_times(tmp_path: Path) -> None:
@@ -184,10 +183,10 @@ def _write_archive(folder: Path, extra: dict[str, list[Any]], **build: Any) -> d
         for offset, item in enumerate(carried(kind, items)):
             encoded = records.encode(item)
             messages.append(
-                archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
+                store.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
             )
-        archive.write_part(folder, kind, 0, messages)
-    archive.build_archive(folder, session(), software={"livetag": "test"}, **build)
+        store.write_part(folder, kind, 0, messages)
+    store.build_archive(folder, session(), software={"livetag": "test"}, **build)
     return made
 
 
@@ -297,7 +296,7 @@ def test_eaf_tiers_follow_the_tag_rules_with_the_sessions_limit_on_a_hold(
     ]
     folder = tmp_path / "archive"
     _write_archive(folder, {"tags": tags}, tag_max_hold_us=5_000_000)
-    manifest = json.loads((folder / archive.MANIFEST).read_text(encoding="utf-8"))
+    manifest = json.loads((folder / store.MANIFEST).read_text(encoding="utf-8"))
     assert manifest["tag_max_hold_us"] == 5_000_000
     [path] = export_session(folder, tmp_path / "elan", "eaf")
     tiers = read_eaf_tags(path)
@@ -334,7 +333,7 @@ def test_an_archive_that_does_not_record_the_limit_on_a_hold_has_the_default(
             ],
         },
     )
-    manifest_path = folder / archive.MANIFEST
+    manifest_path = folder / store.MANIFEST
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     del manifest["tag_max_hold_us"]  # as archives built before it was recorded
     manifest_path.write_text(json.dumps(manifest), encoding="utf-8")

@@ -17,9 +17,11 @@ import yaml
 from click.testing import CliRunner
 
 from infra.cli import main
-from streams import archive, records, topics
-from streams.export import ExportError, export_session
-from streams.export_hf import COLUMNS, export_dataset
+from streams import records
+from streams.archive import store
+from streams.archive.export import ExportError, export_session
+from streams.archive.export_hf import COLUMNS, export_dataset
+from streams.kafka import topics
 from tests.archive_samples import SID, T0, carried, sample_records, session
 from tests.documentation import marked_block
 
@@ -167,10 +169,10 @@ def write_archive(data_dir: Path, sid: str = SID, shift: int = 0, *, labels: boo
         for offset, item in enumerate(carried(kind, items)):
             encoded = records.encode(item)
             messages.append(
-                archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
+                store.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
             )
         if messages:
-            archive.write_part(folder, kind, 0, messages)
+            store.write_part(folder, kind, 0, messages)
     record = session().model_copy(
         update={
             "session_id": sid,
@@ -182,12 +184,12 @@ def write_archive(data_dir: Path, sid: str = SID, shift: int = 0, *, labels: boo
             "topics": topics.session_topic_names(sid),
         }
     )
-    archive.build_archive(folder, record, software={"livetag": "test"})
+    store.build_archive(folder, record, software={"livetag": "test"})
     return folder
 
 
 def _latest(folder: Path) -> list[records.LabelWindow]:
-    return archive.latest_labels(archive.read_records(folder, "labels"))
+    return store.latest_labels(store.read_records(folder, "labels"))
 
 
 def _shards(out: Path) -> list[str]:
@@ -226,7 +228,7 @@ def test_one_session_loads_with_a_row_per_newest_window(tmp_path: Path, load_dat
     assert by_folder.features["start_ts_us"].dtype == "int64"
     assert by_folder.features["consensus"].dtype == "string"
 
-    t0 = archive.read_manifest(folder)["t0_us"]
+    t0 = store.read_manifest(folder)["t0_us"]
     assert t0 == T0
     rows = {(row["performer_id"], row["start_ts_us"]): row for row in by_folder}
     assert set(rows) == {(w.performer_id, w.ts_us) for w in latest}
@@ -356,7 +358,7 @@ def test_the_card_parses_and_names_vocabulary_and_raters(tmp_path: Path) -> None
             "data_files": [{"split": "train", "path": [f"data/{shard.name}"]}],
         }
     ]
-    manifest = archive.read_manifest(folder)
+    manifest = store.read_manifest(folder)
     for entry in manifest["session"]["vocabulary"]:
         assert f"| `{entry['label']}` | {entry['description']} |" in body
     raters = {r["rater_id"]: r for r in manifest["raters"]}

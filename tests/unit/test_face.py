@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streams import face
-from streams.face_errors import FaceAnalysisError
+from streams.features import face
+from streams.features.face_errors import FaceAnalysisError
 
 
 def _rx(deg: float) -> np.ndarray:

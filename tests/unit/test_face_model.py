@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
-from streams import face_model
+from streams.features import face_model
+from streams.settings import Settings
 
 
 def test_missing_model_names_the_fix(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from aiortc.codecs.opus import OpusEncoder
 from capture.fork import AUDIO_CHUNK_SAMPLES, OPUS_DECODER_DELAY_US, AudioCutter, PerformerFork
 from capture.forwarding import is_vp8_keyframe, make_packet
 from capture.timing import Stamp
-from infra.settings import Settings
 from streams import records
+from streams.settings import Settings
 from tests.samples import all_records
 
 SESSION = next(r for r in all_records("s-1") if isinstance(r, records.SessionRecord))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from streams import records
-from streams.health import decode_counters, newest_counters
+from streams.kafka.health import decode_counters, newest_counters
 from tests.samples import TS_US
 
 

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from capture import signaling
 from dashboard.server import MAX_DASHBOARD_MESSAGE_BYTES, ActionError, parse_dashboard_message
-from infra.settings import Settings
-from streams import archive, export, records, replay, strict_json
+from streams import records, strict_json
+from streams.archive import export, replay, store
+from streams.settings import Settings
 from taggers.protocol import ProtocolError, parse_client_message
 from tests.samples import all_records
 
@@ -32,7 +33,7 @@ TAG_LIMIT = Settings.model_fields["tag_max_message_bytes"].default
 SIGNALING_LIMIT = Settings.model_fields["max_message_bytes"].default
 #: A Kafka record's value or media header, and a JSON cell or line of an archive or export.
 RECORD_LIMIT = records.MAX_JSON_RECORD_BYTES
-MANIFEST_LIMIT = archive.MAX_MANIFEST_BYTES
+MANIFEST_LIMIT = store.MAX_MANIFEST_BYTES
 #: A CSV export's cell: Python's csv reader refuses a longer field (its field_size_limit,
 #: left at its default), before the cell's own JSON limit is reached.
 CSV_CELL_LIMIT = csv.field_size_limit()
@@ -301,9 +302,9 @@ def test_kafka_media_headers_decode_or_raise_record_errors(
 @given(data=hostile([_value(r) for r in JSON_SAMPLES], RECORD_LIMIT))
 def test_archive_rows_of_kafka_parts_decode_or_raise_record_errors(data: bytes) -> None:
     # The recorder's parts are raw Kafka messages; the archive build decodes them so.
-    for kind in archive.KINDS:
+    for kind in store.KINDS:
         rows = outcome(
-            functools.partial(archive.decode_rows, kind, data, None),
+            functools.partial(store.decode_rows, kind, data, None),
             records.RecordError,
             lambda e: e.reason,
         )
@@ -397,8 +398,8 @@ def _manifest() -> dict[str, Any]:
 def test_archive_manifests_load_or_raise_archive_errors(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary)
-        (folder / archive.MANIFEST).write_bytes(data)
-        loaded = outcome(lambda: replay.load_media(folder), archive.ArchiveError, lambda e: str(e))
+        (folder / store.MANIFEST).write_bytes(data)
+        loaded = outcome(lambda: replay.load_media(folder), store.ArchiveError, lambda e: str(e))
         assert loaded is None or isinstance(loaded[0], records.SessionRecord)
         written = outcome(
             lambda: export.export_session(folder, folder / "out", "eaf"),
@@ -414,7 +415,7 @@ NESTED_SAMPLES = [
 
 
 def _nested_columns(model: type[records.Record]) -> list[str]:
-    table = archive.record_table(model, [])
+    table = store.record_table(model, [])
     return [name for name in table.column_names if table.schema.field(name).type == pa.string()]
 
 
@@ -424,7 +425,7 @@ def test_archive_tables_read_back_or_raise_archive_errors(
     sample: records.Record, data: st.DataObject
 ) -> None:
     model = type(sample)
-    table = archive.record_table(model, [sample])
+    table = store.record_table(model, [sample])
     name = data.draw(st.sampled_from(_nested_columns(model)))
     cell = table.column(name)[0].as_py()
     base = json.loads(cell) if cell and cell.startswith(("{", "[")) else {"value": cell}
@@ -434,14 +435,14 @@ def test_archive_tables_read_back_or_raise_archive_errors(
     text = data.draw(hostile([base], RECORD_LIMIT)).decode("utf-8", "replace")
     column = table.schema.get_field_index(name)
     hostile_table = table.set_column(column, name, pa.array([text], pa.string()))
-    rows = outcome(lambda: archive.table_records(model, hostile_table), archive.ArchiveError, str)
+    rows = outcome(lambda: store.table_records(model, hostile_table), store.ArchiveError, str)
     assert rows is None or all(isinstance(row, model) for row in rows)
 
 
 def test_a_damaged_parquet_file_is_an_archive_error(tmp_path: Path) -> None:
     (tmp_path / "tags.parquet").write_bytes(b"PAR1" + b"\xff" * 100)
-    with pytest.raises(archive.ArchiveError, match="not a readable Parquet file"):
-        archive.read_records(tmp_path, "tags")
+    with pytest.raises(store.ArchiveError, match="not a readable Parquet file"):
+        store.read_records(tmp_path, "tags")
 
 
 @hostile_settings
@@ -459,7 +460,7 @@ def test_jsonl_exports_read_back_or_raise_export_errors(data: bytes) -> None:
 def test_csv_exports_read_back_or_raise_export_errors(
     sample: records.Record, data: st.DataObject
 ) -> None:
-    kind = next(k for k, model in archive.KINDS.items() if model is type(sample))
+    kind = next(k for k, model in store.KINDS.items() if model is type(sample))
     with tempfile.TemporaryDirectory() as temporary:
         path = Path(temporary) / f"{kind}.csv"
         export._write_csv(path, type(sample), [sample])
@@ -542,11 +543,11 @@ def test_kafka_media_headers_are_read_up_to_their_limit_and_refused_past_it() ->
 def test_archive_rows_of_kafka_parts_are_read_up_to_their_limit_and_refused_past_it() -> None:
     hops = next(r for r in JSON_SAMPLES if isinstance(r, records.ProsodyHops))
     message = records.encode(hops)
-    rows = archive.decode_rows("prosody", _grown(message.value, RECORD_LIMIT), message.headers)
+    rows = store.decode_rows("prosody", _grown(message.value, RECORD_LIMIT), message.headers)
     assert list(rows) == hops.frames()
     over = _grown(message.value, RECORD_LIMIT + 1)
     _refused(
-        lambda: archive.decode_rows("prosody", over, message.headers),
+        lambda: store.decode_rows("prosody", over, message.headers),
         records.RecordError,
         SIZE_REFUSED,
     )
@@ -590,31 +591,29 @@ def test_archive_manifests_are_read_up_to_their_limit_and_refused_past_it(
     tmp_path: Path,
 ) -> None:
     manifest = json.dumps(_manifest()).encode()
-    (tmp_path / archive.MANIFEST).write_bytes(_grown(manifest, MANIFEST_LIMIT))
+    (tmp_path / store.MANIFEST).write_bytes(_grown(manifest, MANIFEST_LIMIT))
     session, media = replay.load_media(tmp_path)
     assert session.model_dump(mode="json") == _manifest()["session"]
     assert media == []
-    (tmp_path / archive.MANIFEST).write_bytes(_grown(manifest, MANIFEST_LIMIT + 1))
-    _refused(lambda: replay.load_media(tmp_path), archive.ArchiveError, SIZE_REFUSED)
+    (tmp_path / store.MANIFEST).write_bytes(_grown(manifest, MANIFEST_LIMIT + 1))
+    _refused(lambda: replay.load_media(tmp_path), store.ArchiveError, SIZE_REFUSED)
     for hostile_manifest, reason in _deep_and_huge(MANIFEST_LIMIT):
-        (tmp_path / archive.MANIFEST).write_bytes(hostile_manifest)
-        _refused(lambda: replay.load_media(tmp_path), archive.ArchiveError, reason)
+        (tmp_path / store.MANIFEST).write_bytes(hostile_manifest)
+        _refused(lambda: replay.load_media(tmp_path), store.ArchiveError, reason)
 
 
 def test_archive_table_cells_are_read_up_to_their_limit_and_refused_past_it() -> None:
     face = next(r for r in NESTED_SAMPLES if isinstance(r, records.FaceFrame))
-    table = archive.record_table(records.FaceFrame, [face])
+    table = store.record_table(records.FaceFrame, [face])
     column = table.schema.get_field_index("landmarks")
     cell = table.column("landmarks")[0].as_py().encode()
 
     def read_with(text: bytes) -> list[records.FaceFrame]:
         cells = pa.array([text.decode()], pa.string())
-        return archive.table_records(
-            records.FaceFrame, table.set_column(column, "landmarks", cells)
-        )
+        return store.table_records(records.FaceFrame, table.set_column(column, "landmarks", cells))
 
     assert read_with(_grown(cell, RECORD_LIMIT)) == [face]
-    _refused(lambda: read_with(_grown(cell, RECORD_LIMIT + 1)), archive.ArchiveError, SIZE_REFUSED)
+    _refused(lambda: read_with(_grown(cell, RECORD_LIMIT + 1)), store.ArchiveError, SIZE_REFUSED)
 
 
 def test_jsonl_export_lines_are_read_up_to_their_limit_and_refused_past_it(

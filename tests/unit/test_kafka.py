@@ -4,13 +4,13 @@ from typing import Any, cast
 
 import pytest
 
-from infra.settings import Settings
-from streams import kafka
+from streams.kafka import clients
+from streams.settings import Settings
 
 
 async def test_consumers_get_the_short_wait_on_the_embedded_broker() -> None:
-    consumer = kafka.make_consumer(Settings(embedded_fetch_wait_ms=15), "livetag.tags")
-    cluster = kafka.make_consumer(Settings(kafka_bootstrap="k:9092"), "livetag.tags")
+    consumer = clients.make_consumer(Settings(embedded_fetch_wait_ms=15), "livetag.tags")
+    cluster = clients.make_consumer(Settings(kafka_bootstrap="k:9092"), "livetag.tags")
     try:
         assert consumer._fetch_max_wait_ms == 15
         assert cluster._fetch_max_wait_ms == Settings().cluster_fetch_wait_ms
@@ -20,7 +20,7 @@ async def test_consumers_get_the_short_wait_on_the_embedded_broker() -> None:
 
 
 async def _faust_worker_fetch_wait(settings: Settings, wait_ms: int | None = None) -> int:
-    app = kafka.make_faust_app(settings, "livetag-test-fetch-wait", fetch_wait_ms=wait_ms)
+    app = clients.make_faust_app(settings, "livetag-test-fetch-wait", fetch_wait_ms=wait_ms)
     thread = cast(Any, app.consumer)._thread
     created = thread._create_worker_consumer(app.consumer.transport)
     wait: int = created._fetch_max_wait_ms
@@ -33,9 +33,9 @@ async def _faust_worker_fetch_wait(settings: Settings, wait_ms: int | None = Non
 async def test_faust_worker_consumer_fetch_wait_is_overridden() -> None:
     # faust hardcodes 1500 ms; if faust or aiokafka rename what we override, this fails.
     settings = Settings(embedded_fetch_wait_ms=25)
-    app = kafka.make_faust_app(settings, "livetag-test-scheme")
-    assert app.conf.broker[0].scheme == kafka.EMBEDDED_TRANSPORT_SCHEME
-    assert type(app.transport) is kafka.EmbeddedBrokerTransport
+    app = clients.make_faust_app(settings, "livetag-test-scheme")
+    assert app.conf.broker[0].scheme == clients.EMBEDDED_TRANSPORT_SCHEME
+    assert type(app.transport) is clients.EmbeddedBrokerTransport
     assert await _faust_worker_fetch_wait(settings) == 25
 
 
@@ -48,15 +48,15 @@ async def test_session_processors_wait_longer_per_fetch_on_the_embedded_broker()
 
 async def test_faust_on_a_real_cluster_keeps_its_fetch_wait() -> None:
     settings = Settings(kafka_bootstrap="kafka-1:9092,kafka-2:9093")
-    app = kafka.make_faust_app(settings, "livetag-test-cluster")
+    app = clients.make_faust_app(settings, "livetag-test-cluster")
     assert [url.scheme for url in app.conf.broker] == ["livetag-kafka", "livetag-kafka"]
-    assert type(app.transport) is kafka.ClusterTransport
+    assert type(app.transport) is clients.ClusterTransport
     assert await _faust_worker_fetch_wait(settings) == 1500
 
 
 @pytest.mark.parametrize("servers", ["127.0.0.1:1", "127.0.0.1:1,127.0.0.2:2"])
 async def test_producer_targets_the_configured_servers(servers: str) -> None:
-    producer = kafka.make_producer(Settings(kafka_bootstrap=servers))
+    producer = clients.make_producer(Settings(kafka_bootstrap=servers))
     try:
         assert producer.client._bootstrap_servers == servers
     finally:
@@ -66,7 +66,7 @@ async def test_producer_targets_the_configured_servers(servers: str) -> None:
 async def test_audio_producer_gathers_longer_on_the_embedded_broker() -> None:
     embedded = Settings(kafka_bootstrap=None, embedded_audio_linger_ms=80, producer_linger_ms=5)
     cluster = Settings(kafka_bootstrap="k:9092", embedded_audio_linger_ms=80, producer_linger_ms=5)
-    producers = [kafka.make_audio_producer(embedded), kafka.make_audio_producer(cluster)]
+    producers = [clients.make_audio_producer(embedded), clients.make_audio_producer(cluster)]
     try:
         # aiokafka keeps the linger on its accumulator, in seconds.
         lingers = [p._message_accumulator._linger_time for p in producers]
@@ -88,7 +88,7 @@ def _consumer_with(committed: int | None, acked: list[int], unacked: list[int]) 
 
     from intervaltree import IntervalTree  # type: ignore[import-untyped]
 
-    consumer: Any = kafka.HeldAckConsumer.__new__(kafka.HeldAckConsumer)
+    consumer: Any = clients.HeldAckConsumer.__new__(clients.HeldAckConsumer)
     consumer._gap = defaultdict(IntervalTree)
     consumer._acked = defaultdict(list, {"tp": list(acked)})
     consumer._acked_index = defaultdict(set, {"tp": set(acked)})
@@ -138,5 +138,5 @@ def test_a_commit_of_many_partitions_holds_each_at_its_own_oldest_unacked() -> N
 
 def test_faust_uses_livetags_commit_rule_on_both_transports() -> None:
     for settings in (Settings(), Settings(kafka_bootstrap="kafka-1:9092")):
-        app = kafka.make_faust_app(settings, "livetag-test-commits")
-        assert issubclass(app.transport.Consumer, kafka.HeldAckConsumer)
+        app = clients.make_faust_app(settings, "livetag-test-commits")
+        assert issubclass(app.transport.Consumer, clients.HeldAckConsumer)

@@ -11,8 +11,8 @@ import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
-from infra.settings import Settings
-from streams import kafka
+from streams.kafka import clients
+from streams.settings import Settings
 from tests.tls_certs import CertFiles, make_self_signed
 
 PROTOCOLS = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -81,9 +81,9 @@ async def test_producer_consumer_and_admin_carry_the_security_settings(
     protocol: str, cluster_ca: CertFiles, client_cert: CertFiles, tmp_path: Path
 ) -> None:
     settings = cluster_settings(protocol, cluster_ca, client_cert, tmp_path)
-    producer = kafka.make_producer(settings)
-    consumer = kafka.make_consumer(settings, "livetag.tags", group_id="livetag-test")
-    admin = kafka.make_admin(settings)
+    producer = clients.make_producer(settings)
+    consumer = clients.make_consumer(settings, "livetag.tags", group_id="livetag-test")
+    admin = clients.make_admin(settings)
     try:
         assert_client_security(producer.client, protocol)
         assert_client_security(consumer._client, protocol)
@@ -99,7 +99,7 @@ async def test_faust_apps_get_the_same_credentials(
     protocol: str, cluster_ca: CertFiles, client_cert: CertFiles, tmp_path: Path
 ) -> None:
     settings = cluster_settings(protocol, cluster_ca, client_cert, tmp_path)
-    app = kafka.make_faust_app(settings, f"livetag-test-auth-{protocol.lower()}")
+    app = clients.make_faust_app(settings, f"livetag-test-auth-{protocol.lower()}")
     credentials = app.conf.broker_credentials
     if protocol == "PLAINTEXT":
         assert credentials is None
@@ -130,7 +130,7 @@ def test_the_password_stays_out_of_reprs(
 ) -> None:
     settings = cluster_settings("SASL_SSL", cluster_ca, client_cert, tmp_path)
     assert PASSWORD not in repr(settings)
-    credentials = kafka.faust_credentials(settings)
+    credentials = clients.faust_credentials(settings)
     assert PASSWORD not in repr(credentials)
 
 
@@ -192,12 +192,12 @@ def test_unusable_tls_files_name_their_setting(
 ) -> None:
     base: dict[str, Any] = {"kafka_bootstrap": "kafka:9093", "kafka_security_protocol": "SSL"}
     absent = Settings(**base, kafka_ssl_cafile=tmp_path / "absent.pem")
-    with pytest.raises(kafka.KafkaSecurityError, match=r"LIVETAG_KAFKA_SSL_CAFILE.*no such file"):
-        kafka.make_producer(absent)
+    with pytest.raises(clients.KafkaSecurityError, match=r"LIVETAG_KAFKA_SSL_CAFILE.*no such file"):
+        clients.make_producer(absent)
     # A key where the CA bundle belongs.
     not_a_ca = Settings(**base, kafka_ssl_cafile=cluster_ca.key_file)
-    with pytest.raises(kafka.KafkaSecurityError, match="LIVETAG_KAFKA_SSL_CAFILE"):
-        kafka.kafka_ssl_context(not_a_ca)
+    with pytest.raises(clients.KafkaSecurityError, match="LIVETAG_KAFKA_SSL_CAFILE"):
+        clients.kafka_ssl_context(not_a_ca)
     # The client certificate with another certificate's key.
     mismatched = Settings(
         **base,
@@ -205,15 +205,15 @@ def test_unusable_tls_files_name_their_setting(
         kafka_ssl_certfile=client_cert.cert_file,
         kafka_ssl_keyfile=cluster_ca.key_file,
     )
-    with pytest.raises(kafka.KafkaSecurityError, match="LIVETAG_KAFKA_SSL_KEYFILE"):
-        kafka.make_faust_app(mismatched.model_copy(update={"state_dir": tmp_path}), "t")
+    with pytest.raises(clients.KafkaSecurityError, match="LIVETAG_KAFKA_SSL_KEYFILE"):
+        clients.make_faust_app(mismatched.model_copy(update={"state_dir": tmp_path}), "t")
     with pytest.raises(ValidationError, match="LIVETAG_KAFKA_SSL_CERTFILE"):
         Settings(**base, kafka_ssl_keyfile=client_cert.key_file)
 
 
 def test_ssl_without_a_ca_file_trusts_the_system_store(tmp_path: Path) -> None:
     settings = Settings(kafka_bootstrap="kafka:9093", kafka_security_protocol="SSL")
-    context = kafka.kafka_ssl_context(settings)
+    context = clients.kafka_ssl_context(settings)
     assert context is not None
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname

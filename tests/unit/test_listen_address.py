@@ -10,7 +10,7 @@ import pytest
 from capture.server import CaptureServer, CaptureServerError
 from dashboard.server import DashboardServer
 from infra.broker import BrokerError, EmbeddedBroker
-from infra.settings import PlaintextNetworkError, Settings, check_listen_address, is_loopback
+from streams.settings import PlaintextNetworkError, Settings, check_listen_address, is_loopback
 
 SECRET = b"listen-address-test-secret-long-enough-for-hs256"
 

@@ -15,8 +15,8 @@ import pylsl  # type: ignore[import-untyped]
 import pytest
 from aiokafka import ConsumerRecord
 
-from streams import records, topics
-from streams.lsl_bridge import (
+from streams import records
+from streams.bridges.lsl import (
     BLENDSHAPE_NAMES,
     STREAM_KINDS,
     BridgeCore,
@@ -33,6 +33,7 @@ from streams.lsl_bridge import (
     stream_info,
     tag_sample,
 )
+from streams.kafka import topics
 from tests import samples
 
 SID = "s-1"
@@ -129,7 +130,7 @@ def test_blendshape_names_are_mediapipes_categories_in_its_order() -> None:
 
     def category(enum_name: str) -> str:
         # The model's category names are the enum's names in camelCase; NEUTRAL is
-        # "_neutral" (streams.face reads category_name from the model's output).
+        # "_neutral" (streams.features.face reads category_name from the model's output).
         if enum_name == "NEUTRAL":
             return "_neutral"
         first, *rest = enum_name.lower().split("_")

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import faust
 import pytest
 
-from infra.redaction import MASK
-from streams import processors
+from streams.features import processors
+from streams.runtime.redaction import MASK
 from taggers import tokens
 
 
@@ -41,7 +41,7 @@ def test_tokens_are_masked_before_the_worker_starts(capsys: pytest.CaptureFixtur
         # Reading the session record and evicting dead members log through these handlers.
         processors.setup_logging("INFO")
         assert root.handlers
-        logging.getLogger("streams.sessions").warning("refused /ws/tag?token=%s", token)
+        logging.getLogger("streams.kafka.sessions").warning("refused /ws/tag?token=%s", token)
     written = capsys.readouterr().err
     assert token not in written
     assert f"/ws/tag?token={MASK}" in written
@@ -57,7 +57,7 @@ def test_tokens_are_masked_in_the_faust_workers_logs(capsys: pytest.CaptureFixtu
         # What the worker does first when it starts: its own handlers replace the root's.
         worker._setup_logging()
         assert root.handlers
-        logging.getLogger("streams.processors").warning("refused /ws/tag?token=%s", token)
+        logging.getLogger("streams.features.processors").warning("refused /ws/tag?token=%s", token)
     written = capsys.readouterr()
     assert token not in written.out + written.err
     assert f"/ws/tag?token={MASK}" in written.out + written.err

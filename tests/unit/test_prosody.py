@@ -13,7 +13,8 @@ import numpy.typing as npt
 import parselmouth  # type: ignore[import-not-found]
 import pytest
 
-from streams import prosody, records
+from streams import records
+from streams.features import prosody
 from tests import media as test_media
 from tests.bench.prosody import load_speech_16k, to_chunks
 
@@ -266,7 +267,7 @@ def test_a_chunk_s_hops_are_known_to_be_out_only_with_the_next_chunk() -> None:
 
 
 def test_hops_of_a_long_step_go_out_in_records_of_at_most_the_limit() -> None:
-    from streams.processors import prosody_records
+    from streams.features.processors import prosody_records
 
     frames = run(noise(6.0))  # 600 hops: more than one record holds
     messages = prosody_records(frames)
@@ -276,7 +277,7 @@ def test_hops_of_a_long_step_go_out_in_records_of_at_most_the_limit() -> None:
 
 
 def test_hops_of_a_stream_whose_time_stepped_back_go_out_in_separate_records() -> None:
-    from streams.processors import prosody_records
+    from streams.features.processors import prosody_records
 
     # A new timeline (the capture clock re-anchored): the next audio is stamped 50 ms
     # before where the last ended, and the tracker starts a new segment there.

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 import streams
 from infra.cli import main
-from infra.settings import Settings
-from streams import contract, records
+from streams import records
+from streams.kafka import contract
+from streams.settings import Settings
 
 PUBLISHED = Path(streams.__file__).resolve().parent / contract.PUBLISHED_FOLDER
 REGENERATE = f"livetag schema --defaults --out streams/{contract.PUBLISHED_FOLDER}"

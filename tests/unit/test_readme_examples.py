@@ -9,7 +9,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from streams import archive, records
+from streams import records
+from streams.archive import store
 from tests import archive_samples
 from tests.documentation import marked_block
 
@@ -49,10 +50,10 @@ def test_the_readme_pandas_example_summarises_an_archive(tmp_path: Path) -> None
         for offset, item in enumerate(archive_samples.carried(kind, items)):
             encoded = records.encode(item)
             messages.append(
-                archive.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
+                store.RawMessage(0, offset, encoded.key, encoded.value, list(encoded.headers))
             )
-        archive.write_part(tmp_path, kind, 0, messages)
-    archive.build_archive(tmp_path, archive_samples.session(), software={"livetag": "test"})
+        store.write_part(tmp_path, kind, 0, messages)
+    store.build_archive(tmp_path, archive_samples.session(), software={"livetag": "test"})
 
     # What the example must print, computed from the records without pandas.
     newest: dict[tuple[str, int], records.LabelWindow] = {}

@@ -8,7 +8,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from streams import records, topics
+from streams import records
+from streams.kafka import topics
 from tests.samples import TS_US, all_records
 
 ALL = all_records()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import io
 import logging
 
-from infra.redaction import MASK, TokenFilter, install_token_filter, mask_tokens
+from streams.runtime.redaction import MASK, TokenFilter, install_token_filter, mask_tokens
 from taggers import tokens
 
 SECRET = b"k" * 48

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streams import archive, records, replay
+from streams import records
+from streams.archive import replay, store
 from tests import archive_samples as samples
 
 
@@ -34,7 +35,7 @@ def test_load_media_merges_every_performer_in_ts_order(
     stamps = [m.header.ts_us for m in media]
     assert stamps == sorted(stamps)
     per_performer = [m for m in media if m.header.performer_id == "ana"]
-    assert per_performer == archive.read_media(archived, "ana")
+    assert per_performer == store.read_media(archived, "ana")
 
 
 @pytest.mark.parametrize("speed", [1.0, 2.0])

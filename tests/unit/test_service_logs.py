@@ -15,15 +15,16 @@ from pathlib import Path
 import faust
 import pytest
 
-from infra.redaction import MASK
-from infra.service_logs import (
+from streams.features import processors
+from streams.kafka import clients
+from streams.runtime.redaction import MASK
+from streams.runtime.service_logs import (
     LOG_FORMAT,
     TERMINAL,
     ServiceOutput,
     configure_up_logging,
     is_own_warning_line,
 )
-from streams import kafka, processors
 from taggers import tokens
 
 
@@ -36,7 +37,7 @@ def test_own_warnings_are_told_from_library_lines() -> None:
     own = [
         f"{stamp} WARNING infra.up: service priority unchanged (niceness 0)",
         f"{stamp} ERROR infra.worker: processors of session s exited with 1; restarting in 1 s",
-        f"{stamp} CRITICAL streams.face_pool: no face worker could start",
+        f"{stamp} CRITICAL streams.features.face_pool: no face worker could start",
         f"{stamp} WARNING __main__: cannot note this processor's group member id",
     ]
     libraries = [
@@ -56,8 +57,8 @@ def test_own_warnings_are_told_from_library_lines() -> None:
 
 def test_faust_lines_from_livetags_subclasses_are_faust_lines() -> None:
     # faust names a service's logger after its class's module: livetag's subclasses would
-    # log faust's own lines as streams.kafka or __main__.
-    for service in (kafka.LivetagFaustApp, kafka.HeldAckConsumer, processors.ProcessorWorker):
+    # log faust's own lines as streams.kafka.clients or __main__.
+    for service in (clients.LivetagFaustApp, clients.HeldAckConsumer, processors.ProcessorWorker):
         assert service.logger.name == "faust.livetag", service
     app = faust.App("livetag-test-service-logs", broker="kafka://127.0.0.1:9")
     worker = processors.ProcessorWorker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
@@ -168,21 +169,21 @@ def test_a_childs_output_goes_to_its_file_and_its_own_errors_to_the_terminal(
 
 
 def test_a_sessions_milestones_reach_the_terminal_at_info() -> None:
-    from infra.service_logs import MILESTONES, OwnWarnings, is_own_warning_line
+    from streams.runtime.service_logs import MILESTONES, OwnWarnings, is_own_warning_line
 
     line = f"2026-12-07 14:00:00,000 INFO {MILESTONES}: session s-1 archived in /data/s-1"
     assert is_own_warning_line(line)
-    assert not is_own_warning_line(line.replace(MILESTONES, "streams.recorder"))
+    assert not is_own_warning_line(line.replace(MILESTONES, "streams.archive.recorder"))
     record = logging.LogRecord(MILESTONES, logging.INFO, __file__, 1, "archived", None, None)
     assert OwnWarnings().filter(record)
-    record.name = "streams.recorder"
+    record.name = "streams.archive.recorder"
     assert not OwnWarnings().filter(record)
 
 
 def test_a_services_log_file_rolls_over_and_keeps_a_few(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from infra import service_logs
+    from streams.runtime import service_logs
 
     monkeypatch.setattr(service_logs, "LOG_MAX_BYTES", 1000)
     output = service_logs.ServiceOutput(tmp_path / "worker.log", verbose=False)

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRecord
 
-from infra.settings import Settings
-from streams import records, sessions, topics
+from streams import records
+from streams.kafka import sessions, topics
+from streams.settings import Settings
 from tests.tag_client import session_record
 
 
@@ -54,7 +55,7 @@ async def test_dead_letters_on_their_way_are_capped_and_the_rest_counted(
     directory = sessions.SessionDirectory(Settings(), dead_letters=producer)
     cap = sessions.DEAD_LETTERS_IN_FLIGHT
     try:
-        with caplog.at_level(logging.WARNING, logger="streams.sessions"):
+        with caplog.at_level(logging.WARNING, logger="streams.kafka.sessions"):
             for offset in range(cap + 250):
                 directory._take(_bad_record(offset), live=True)
             await asyncio.sleep(0)  # the dead letters' tasks reach the stuck producer
@@ -181,3 +182,65 @@ def test_an_action_the_session_refuses_says_which_rule(
     with pytest.raises(sessions.SessionActionError) as refused:
         sessions.apply_action(current, action, stamp_us=current.ts_us + 1, max_takes=1)
     assert refused.value.code == code
+
+
+def test_a_join_moves_a_created_session_live_and_a_repeat_changes_nothing() -> None:
+    created = session_record("s-presence").model_copy(update={"state": "created"})
+    joined = sessions.with_presence(
+        created,
+        participant_id="ana",
+        role="performer",
+        connected=True,
+        stamp_us=created.ts_us + 10,
+        newest_state="created",
+    )
+    assert joined is not None
+    assert joined.state == "live"
+    assert joined.ts_us == created.ts_us + 10
+    assert [(p.participant_id, p.connected, p.since_ts_us) for p in joined.presence] == [
+        ("ana", True, created.ts_us + 10)
+    ]
+    repeat = sessions.with_presence(
+        joined,
+        participant_id="ana",
+        role="performer",
+        connected=True,
+        stamp_us=joined.ts_us + 1,
+        newest_state="live",
+    )
+    assert repeat is None
+    # A leave stamped by a clock behind the record still orders after it.
+    left = sessions.with_presence(
+        joined,
+        participant_id="ana",
+        role="performer",
+        connected=False,
+        stamp_us=0,
+        newest_state="live",
+    )
+    assert left is not None
+    assert left.ts_us == joined.ts_us + 1
+    assert [p.connected for p in left.presence] == [False]
+
+
+def test_a_leave_keeps_an_end_the_copy_built_on_has_not_seen() -> None:
+    live = session_record("s-presence-end")
+    left = sessions.with_presence(
+        live,
+        participant_id="ben",
+        role="performer",
+        connected=False,
+        stamp_us=live.ts_us + 1,
+        newest_state="ended",
+    )
+    assert left is not None
+    assert left.state == "ended"
+    assert sessions.is_over(left)
+    assert not sessions.is_over(live)
+
+
+def test_archiving_is_the_last_version() -> None:
+    ended = session_record("s-archive").model_copy(update={"state": "ended"})
+    done = sessions.archived(ended, stamp_us=ended.ts_us - 5)
+    assert (done.state, done.ts_us) == ("archived", ended.ts_us + 1)
+    assert done.roster == ended.roster

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from infra.settings import Settings
+from streams.settings import Settings
 
 
 def test_defaults_use_the_embedded_broker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,7 +80,7 @@ def test_settings_are_frozen() -> None:
 
 
 def test_a_mistyped_environment_variable_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.settings import load_settings
+    from streams.settings import load_settings
 
     monkeypatch.setenv("LIVETAG_BROKR_PORT", "1")
     with pytest.raises(ValueError, match="LIVETAG_BROKR_PORT"):
@@ -118,7 +118,7 @@ def test_tls_makes_the_default_links_https(tmp_path: Path) -> None:
 
 
 def test_unusable_tls_files_name_their_setting(tmp_path: Path) -> None:
-    from infra.settings import TLSSettingsError, server_ssl_context
+    from streams.settings import TLSSettingsError, server_ssl_context
     from tests.tls_certs import make_self_signed
 
     assert server_ssl_context(Settings()) is None
@@ -143,7 +143,7 @@ def test_our_clients_trust_the_deployment_certificate_and_the_system_store(
     import ssl
     from typing import Any, cast
 
-    from infra.settings import client_ssl_context
+    from streams.settings import client_ssl_context
     from tests.tls_certs import make_self_signed
 
     files = make_self_signed(tmp_path, "deployment")
@@ -162,7 +162,7 @@ def test_our_clients_trust_the_deployment_certificate_and_the_system_store(
 def test_security_settings_survive_the_trip_to_a_child_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from infra.settings import to_environment
+    from streams.settings import to_environment
     from tests.tls_certs import make_self_signed
 
     web = make_self_signed(tmp_path / "web")

@@ -1,4 +1,4 @@
-"""The one rule of what a session's tags cover (streams.tag_rules)."""
+"""The one rule of what a session's tags cover (streams.labels.tag_rules)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams import records
-from streams.tag_rules import (
+from streams.labels.tag_rules import (
     TagInterval,
     TagSet,
     hold_end,

@@ -13,9 +13,9 @@ import pytest
 from aiohttp import streams
 from aiohttp.test_utils import make_mocked_request
 
-from infra.settings import Settings
 from streams import records
-from streams.revocations import RevocationList, revocation
+from streams.kafka.revocations import RevocationList, revocation
+from streams.settings import Settings
 from taggers import credentials, tokens
 from tests.tag_client import session_record
 

@@ -5,8 +5,9 @@ from typing import Any, cast
 
 import pytest
 
-from infra.settings import Settings
-from streams import records, topics
+from streams import records
+from streams.kafka import topics
+from streams.settings import Settings
 
 
 def test_session_topic_names_follow_the_catalogue() -> None:

@@ -1,7 +1,7 @@
 """Replay: publish an archived session's media again, so the processors recompute it.
 
 ``replay_session`` reads every performer's media from an archive (``media/*.mkv`` and its
-index, :func:`streams.archive.read_media`), merges them in ``ts_us`` order and produces
+index, :func:`streams.archive.store.read_media`), merges them in ``ts_us`` order and produces
 them into the media topics of a NEW session, created with the original's prompt, roster,
 vocabulary and takes. A new session keeps the recomputed feature records apart from the
 original's (a feature record's identity is its key + ``ts_us``, and ``ts_us`` is kept).
@@ -13,7 +13,7 @@ Every replayed header says ``replayed=True`` and keeps the original ``ts_us``, `
 start + (ts_k - ts_0) / speed), 2.0 twice as fast.
 
 When the media is out, replay by default waits until the session's processors (their
-consumer group, see :mod:`streams.processors`) have committed everything on the session's
+consumer group, see :mod:`streams.features.processors`) have committed everything on the session's
 topics, then publishes the session as ``ended``, so workers release it and a recorder
 can archive it (workers keep an ended session's processors until it is archived; waiting
 first keeps the archive's quiet period from starting while they still catch up).
@@ -33,8 +33,10 @@ from typing import Any, Final
 from aiokafka import AIOKafkaProducer, TopicPartition
 from pydantic import TypeAdapter, ValidationError
 
-from infra.settings import Settings
-from streams import archive, kafka, records, session_clock, sessions, topics
+from streams import records, session_clock
+from streams.archive import store
+from streams.kafka import clients, sessions, topics
+from streams.settings import Settings
 
 __all__ = [
     "MediaRecord",
@@ -139,18 +141,18 @@ def _is_performer_id(name: str) -> bool:
 
 def load_media(folder: Path) -> tuple[records.SessionRecord, list[MediaRecord]]:
     """The archived session record and all its performers' media, merged in ts_us order;
-    :class:`streams.archive.ArchiveError` if the archive's files are not what it wrote."""
-    manifest = archive.read_manifest(folder)
-    session = archive.manifest_session(folder, manifest)
+    :class:`streams.archive.store.ArchiveError` if the archive's files are not what it wrote."""
+    manifest = store.read_manifest(folder)
+    session = store.manifest_session(folder, manifest)
     performers = manifest.get("performers", {})
     # Its keys name the files to open: performer ids only, never a path.
     if not isinstance(performers, dict) or not all(map(_is_performer_id, performers)):
-        raise archive.ArchiveError(
-            f"{folder / archive.MANIFEST}: performers is not an object of performer ids"
+        raise store.ArchiveError(
+            f"{folder / store.MANIFEST}: performers is not an object of performer ids"
         )
     media: list[MediaRecord] = []
     for performer_id in sorted(performers):
-        media.extend(archive.read_media(folder, performer_id))
+        media.extend(store.read_media(folder, performer_id))
     media.sort(key=lambda item: item.header.ts_us)  # stable: per performer, capture order
     return session, media
 
@@ -205,7 +207,7 @@ async def replay_session(
         takes=list(original.takes),
         topics=topics.session_topic_names(session_id),
     )
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         await sessions.open_session(settings, session, producer)
@@ -327,8 +329,8 @@ async def wait_processed(
 
     media = partitions(names.audio, names.video)
     features = partitions(names.prosody, names.face)
-    async with kafka.admin_client(settings) as admin:
-        consumer = kafka.make_consumer(settings)
+    async with clients.admin_client(settings) as admin:
+        consumer = clients.make_consumer(settings)
         await consumer.start()
         try:
             settled: tuple[float, dict[TopicPartition, int]] | None = None

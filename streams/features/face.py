@@ -38,7 +38,7 @@ import numpy as np
 from mediapipe.tasks.python import BaseOptions, vision
 
 from streams import records
-from streams.face_errors import FaceAnalysisError
+from streams.features.face_errors import FaceAnalysisError
 
 LANDMARK_COUNT: Final = 478
 BLENDSHAPE_COUNT: Final = 52

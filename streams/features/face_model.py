@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from infra.settings import Settings
 from streams.errors import UnavailableError
+from streams.settings import Settings
 
 FILE_NAME = "face_landmarker.task"
 SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"

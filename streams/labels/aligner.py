@@ -1,10 +1,10 @@
 """The aligner's faust agents: tags + prosody + face of one session -> ``livetag.labels``.
 
-They live in the session's processor app (streams.processors), next to the agents that
+They live in the session's processor app (streams.features.processors), next to the agents that
 make the features: one consumer group per session, so the worker that owns partition P of
 the session's feature topics also owns partition P of ``livetag.tags``: every topic is
 keyed by ``session/performer`` with one partition count, and faust assigns co-partitioned
-topics together. The join itself is streams.aligner_core; this module feeds it records,
+topics together. The join itself is streams.labels.aligner_core; this module feeds it records,
 ticks it on a timer (a window goes out once its features and tags had time to arrive) and
 produces what it returns.
 
@@ -40,13 +40,14 @@ from typing import Any, TypeVar, cast
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infra.settings import Settings
-from streams import health, kafka, records, topics
-from streams.aligner_core import AlignerConfig, LateTag, SessionAligner
-from streams.batches import BatchLane
-from streams.kafka import decoded_events, event_headers
+from streams import records
+from streams.kafka import clients, health, topics
+from streams.kafka.batches import BatchLane
+from streams.kafka.clients import decoded_events, event_headers
+from streams.kafka.sessions import SessionDirectory, is_over
+from streams.labels.aligner_core import AlignerConfig, LateTag, SessionAligner
 from streams.session_clock import now_us
-from streams.sessions import SessionDirectory
+from streams.settings import Settings
 
 Feature = TypeVar("Feature", records.ProsodyFrame, records.FaceFrame)
 Carrier = TypeVar("Carrier", records.ProsodyHops, records.FaceFrame)
@@ -139,7 +140,7 @@ async def read_label_windows(
     wanted = [TopicPartition(topics.LABELS, number) for number in sorted(set(partitions))]
     if not wanted:
         return []
-    consumer = kafka.make_consumer(settings)
+    consumer = clients.make_consumer(settings)
     await consumer.start()
     windows: list[records.LabelWindow] = []
     prefix = f"{session_id}/".encode()
@@ -173,7 +174,7 @@ def presence_of(session: records.SessionRecord) -> dict[str, tuple[bool, int]]:
         for presence in session.presence
         if presence.role == "performer"
     }
-    if session.state in ("ended", "archived"):
+    if is_over(session):
         for performer in session.roster:
             connected, since = state.get(performer.performer_id, (True, session.ts_us))
             state[performer.performer_id] = (False, session.ts_us if connected else since)

@@ -21,8 +21,9 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from infra.settings import Settings
-from streams import records, topics
+from streams import records
+from streams.kafka import topics
+from streams.settings import Settings
 
 ASYNCAPI_VERSION = "3.0.0"
 #: The version of the AsyncAPI Kafka bindings used (channel binding, message binding).
@@ -36,7 +37,7 @@ PUBLISHED_FOLDER = f"schemas/v{records.SCHEMA_VERSION}"  # inside the streams pa
 TOPICS_FILE = "topics.json"
 ASYNCAPI_FILE = "asyncapi.json"
 SESSION_PARAMETER = "session_id"
-SESSION_ID_EXAMPLE = "20251126-3fa9c1"  # what streams.sessions.new_session_id makes
+SESSION_ID_EXAMPLE = "20251126-3fa9c1"  # what streams.kafka.sessions.new_session_id makes
 
 
 def default_settings() -> Settings:
@@ -203,19 +204,23 @@ class Use:
 
 
 # Read off the code (producers' sends and consumers' subscriptions of each topic name in
-# streams/topics.py); keyed by record type, as each topic carries exactly one.
+# streams/kafka/topics.py); keyed by record type, as each topic carries exactly one.
 SENDERS: dict[type[Any], tuple[Use, ...]] = {
     records.SessionRecord: (
         Use(
             SESSION_COMMANDS,
-            ("infra/cli.py", "streams/sessions.py"),
+            ("infra/cli.py", "streams/kafka/sessions.py"),
             "`session create` creates a session's topics, then its record; `session take` "
             "and `session end` publish the director's actions",
         ),
         Use(CAPTURE, ("capture/server.py",), "presence on every join and leave, live once joined"),
         Use(DASHBOARD, ("dashboard/server.py",), "the director's buttons: takes, end"),
-        Use(RECORDER, ("streams/recorder.py",), "archived, once the session's archive is built"),
-        Use(REPLAY, ("streams/replay.py",), "the replayed session, then its end"),
+        Use(
+            RECORDER,
+            ("streams/archive/recorder.py",),
+            "archived, once the session's archive is built",
+        ),
+        Use(REPLAY, ("streams/archive/replay.py",), "the replayed session, then its end"),
     ),
     records.TagEvent: (
         Use(
@@ -225,134 +230,160 @@ SENDERS: dict[type[Any], tuple[Use, ...]] = {
         ),
         Use(
             LSL,
-            ("streams/lsl_bridge.py", "taggers/outbox.py"),
+            ("streams/bridges/lsl.py", "taggers/outbox.py"),
             "markers of an external LSL stream (`--marker-inlet`), as a named rater's tags",
         ),
     ),
     records.LabelWindow: (
-        Use(ALIGNER, ("streams/aligner.py",), "every label window, and its revisions"),
+        Use(ALIGNER, ("streams/labels/aligner.py",), "every label window, and its revisions"),
     ),
     records.DeadLetter: (
-        Use(PROCESSORS, ("streams/processors.py",), "media records it could not decode"),
+        Use(PROCESSORS, ("streams/features/processors.py",), "media records it could not decode"),
         Use(
             ALIGNER,
-            ("streams/aligner.py",),
+            ("streams/labels/aligner.py",),
             "feature records and tags it could not decode, tags too late to correct a window",
         ),
         *(
-            Use(service, (code, "streams/sessions.py"), "session records it could not decode")
+            Use(service, (code, "streams/kafka/sessions.py"), "session records it could not decode")
             for service, code in (
                 (CAPTURE, "capture/server.py"),
                 (DASHBOARD, "dashboard/server.py"),
-                (RECORDER, "streams/recorder.py"),
+                (RECORDER, "streams/archive/recorder.py"),
             )
         ),
-        Use(LSL, ("streams/lsl_bridge.py",), "LSL markers whose label is not in the vocabulary"),
+        Use(LSL, ("streams/bridges/lsl.py",), "LSL markers whose label is not in the vocabulary"),
     ),
     records.PipelineCounters: (
         Use(CAPTURE, ("capture/server.py",), "what it received and forked, per performer"),
-        Use(ALIGNER, ("streams/aligner.py",), "the label windows it made, per performer"),
+        Use(ALIGNER, ("streams/labels/aligner.py",), "the label windows it made, per performer"),
     ),
     records.TokenRevocation: (
-        Use(SESSION_COMMANDS, ("infra/cli.py", "streams/revocations.py"), "`session revoke`"),
+        Use(SESSION_COMMANDS, ("infra/cli.py", "streams/kafka/revocations.py"), "`session revoke`"),
     ),
     records.AudioChunk: (
         Use(CAPTURE, ("capture/fork.py",), "each performer's audio, stamped on the session clock"),
-        Use(REPLAY, ("streams/replay.py",), "an archived session's audio, again"),
+        Use(REPLAY, ("streams/archive/replay.py",), "an archived session's audio, again"),
     ),
     records.VideoFrame: (
         Use(CAPTURE, ("capture/fork.py",), "each performer's video frames at analysis size"),
-        Use(REPLAY, ("streams/replay.py",), "an archived session's video, again"),
+        Use(REPLAY, ("streams/archive/replay.py",), "an archived session's video, again"),
     ),
     records.ProsodyHops: (
-        Use(PROCESSORS, ("streams/processors.py", "streams/prosody.py"), "10 ms prosody hops"),
+        Use(
+            PROCESSORS,
+            ("streams/features/processors.py", "streams/features/prosody.py"),
+            "10 ms prosody hops",
+        ),
     ),
     records.FaceFrame: (
         Use(
             PROCESSORS,
-            ("streams/processors.py", "streams/face.py"),
+            ("streams/features/processors.py", "streams/features/face.py"),
             "one record per video frame: its face features, or why it was skipped",
         ),
     ),
 }
 
 _TAIL = Use(TAIL, ("infra/tail.py",), "prints the records as JSON lines")
-_LSL = Use(LSL, ("streams/lsl_bridge.py",), "publishes them as Lab Streaming Layer streams")
+_LSL = Use(LSL, ("streams/bridges/lsl.py",), "publishes them as Lab Streaming Layer streams")
 RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
     records.SessionRecord: (
-        Use(CAPTURE, ("capture/server.py", "streams/sessions.py"), "which sessions admit joins"),
-        Use(DASHBOARD, ("dashboard/server.py", "streams/sessions.py"), "the sessions it shows"),
+        Use(
+            CAPTURE,
+            ("capture/server.py", "streams/kafka/sessions.py"),
+            "which sessions admit joins",
+        ),
+        Use(
+            DASHBOARD, ("dashboard/server.py", "streams/kafka/sessions.py"), "the sessions it shows"
+        ),
         Use(
             WORKER,
             ("infra/worker.py",),
             "starts a session's processors when it is created, stops them once it is archived",
         ),
-        Use(PROCESSORS, ("streams/processors.py",), "the session's topics, at start"),
-        Use(ALIGNER, ("streams/aligner.py",), "presence: a performer who left is not waited for"),
-        Use(RECORDER, ("streams/recorder.py",), "which sessions to archive, and when they end"),
+        Use(PROCESSORS, ("streams/features/processors.py",), "the session's topics, at start"),
+        Use(
+            ALIGNER,
+            ("streams/labels/aligner.py",),
+            "presence: a performer who left is not waited for",
+        ),
+        Use(
+            RECORDER,
+            ("streams/archive/recorder.py",),
+            "which sessions to archive, and when they end",
+        ),
         Use(
             SESSION_COMMANDS,
-            ("infra/cli.py", "streams/sessions.py"),
+            ("infra/cli.py", "streams/kafka/sessions.py"),
             "`session invite`, `session take` and `session end` start from the newest record",
         ),
-        Use(REPLAY, ("streams/replay.py",), "the session ids taken, to pick a new one"),
-        Use(LSL, ("streams/lsl_bridge.py",), "the roster (an outlet per performer), the end"),
+        Use(REPLAY, ("streams/archive/replay.py",), "the session ids taken, to pick a new one"),
+        Use(LSL, ("streams/bridges/lsl.py",), "the roster (an outlet per performer), the end"),
         _TAIL,
     ),
     records.TagEvent: (
-        Use(ALIGNER, ("streams/aligner.py",), "joins the tags with the features"),
-        Use(RECORDER, ("streams/recorder.py",), "archives them (tags.parquet)"),
+        Use(ALIGNER, ("streams/labels/aligner.py",), "joins the tags with the features"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives them (tags.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "the tag timeline"),
         _LSL,
         _TAIL,
     ),
     records.LabelWindow: (
-        Use(ALIGNER, ("streams/aligner.py",), "after a restart, the windows it already sent"),
-        Use(RECORDER, ("streams/recorder.py",), "archives them (labels.parquet)"),
+        Use(
+            ALIGNER, ("streams/labels/aligner.py",), "after a restart, the windows it already sent"
+        ),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives them (labels.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "consensus and agreement"),
         _LSL,
         _TAIL,
     ),
     records.DeadLetter: (_TAIL,),
     records.PipelineCounters: (
-        Use(CAPTURE, ("capture/server.py", "streams/health.py"), "carries on after a restart"),
-        Use(ALIGNER, ("streams/aligner.py", "streams/health.py"), "carries on after a restart"),
+        Use(
+            CAPTURE, ("capture/server.py", "streams/kafka/health.py"), "carries on after a restart"
+        ),
+        Use(
+            ALIGNER,
+            ("streams/labels/aligner.py", "streams/kafka/health.py"),
+            "carries on after a restart",
+        ),
         Use(DASHBOARD, ("dashboard/metrics.py",), "the counters it serves on /metrics"),
         _TAIL,
     ),
     records.TokenRevocation: (
         Use(
             CAPTURE,
-            ("capture/server.py", "streams/revocations.py"),
+            ("capture/server.py", "streams/kafka/revocations.py"),
             "refuses revoked links and closes their connections",
         ),
         Use(
             DASHBOARD,
-            ("dashboard/server.py", "taggers/credentials.py", "streams/revocations.py"),
+            ("dashboard/server.py", "taggers/credentials.py", "streams/kafka/revocations.py"),
             "refuses revoked links and closes their connections",
         ),
         _TAIL,
     ),
     records.AudioChunk: (
-        Use(PROCESSORS, ("streams/processors.py",), "prosody analysis"),
-        Use(RECORDER, ("streams/recorder.py",), "archives the audio"),
+        Use(PROCESSORS, ("streams/features/processors.py",), "prosody analysis"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives the audio"),
         _TAIL,
     ),
     records.VideoFrame: (
-        Use(PROCESSORS, ("streams/processors.py",), "face analysis"),
-        Use(RECORDER, ("streams/recorder.py",), "archives the video"),
+        Use(PROCESSORS, ("streams/features/processors.py",), "face analysis"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives the video"),
         _TAIL,
     ),
     records.ProsodyHops: (
-        Use(ALIGNER, ("streams/aligner.py",), "the prosody summary of each window"),
-        Use(RECORDER, ("streams/recorder.py",), "archives them (prosody.parquet)"),
+        Use(ALIGNER, ("streams/labels/aligner.py",), "the prosody summary of each window"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives them (prosody.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "the pitch and loudness curves"),
         _LSL,
         _TAIL,
     ),
     records.FaceFrame: (
-        Use(ALIGNER, ("streams/aligner.py",), "the face summary of each window"),
-        Use(RECORDER, ("streams/recorder.py",), "archives them (face.parquet)"),
+        Use(ALIGNER, ("streams/labels/aligner.py",), "the face summary of each window"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives them (face.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "face mesh and expression curves"),
         _LSL,
         _TAIL,

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from infra.settings import Settings
-from streams import kafka, records, session_clock, topics
+from streams import records, session_clock
+from streams.kafka import clients, topics
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class RevocationList:
         """Read every revocation there is, then follow the topic (idempotent)."""
         if self._task is not None:
             return
-        consumer = kafka.make_consumer(self._settings)
+        consumer = clients.make_consumer(self._settings)
         await consumer.start()
         partition = TopicPartition(topics.REVOCATIONS, 0)
         try:

@@ -32,7 +32,7 @@ from typing import Final, Literal, TypeVar
 
 from aiohttp import WSCloseCode, web
 
-from infra.settings import Settings
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

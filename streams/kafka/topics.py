@@ -15,9 +15,9 @@ from typing import Literal
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from infra.settings import Settings
 from streams import records
 from streams.errors import RefusedError
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ to the others (at-least-once: a feature record's identity is its key + ``ts_us``
 
 Each agent handles its partitions in order, so each performer's tracker and landmarker see
 their stream in capture order. The CPU work never runs on the event loop, so the group
-heartbeat never waits for it: face analysis in worker processes (streams.face_pool),
+heartbeat never waits for it: face analysis in worker processes (streams.features.face_pool),
 prosody in a thread (numpy releases the GIL); both take records in batches when busy.
 Undecodable records go to ``livetag.deadletter`` with the reason.
 """
@@ -28,18 +28,20 @@ from typing import Any, cast
 
 import faust
 
-from infra.redaction import install_token_filter
-from infra.service_logs import LOG_FORMAT
-from infra.settings import Settings, load_settings
-from streams import face_model, group_members, records, topics
-from streams.aligner import add_aligner
-from streams.batches import BatchLane
-from streams.face_errors import FaceAnalysisError
-from streams.face_pool import FacePool, FacePoolStopped
-from streams.kafka import FAUST_LOG, decoded_events, make_faust_app
-from streams.prosody import SAMPLE_RATE, ProsodyTracker
+from streams import records
+from streams.features import face_model
+from streams.features.face_errors import FaceAnalysisError
+from streams.features.face_pool import FacePool, FacePoolStopped
+from streams.features.prosody import SAMPLE_RATE, ProsodyTracker
+from streams.kafka import group_members, topics
+from streams.kafka.batches import BatchLane
+from streams.kafka.clients import FAUST_LOG, decoded_events, make_faust_app
+from streams.kafka.sessions import read_session
+from streams.labels.aligner import add_aligner
+from streams.runtime.redaction import install_token_filter
+from streams.runtime.service_logs import LOG_FORMAT
 from streams.session_clock import now_us
-from streams.sessions import read_session
+from streams.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -438,12 +440,12 @@ class ProcessorWorker(faust.Worker):
 
 
 def main() -> None:
-    """``python -m streams.processors SESSION_ID``: run one session's processors, as its
+    """``python -m streams.features.processors SESSION_ID``: run one session's processors, as its
     record on livetag.sessions describes it."""
     settings = load_settings()
     setup_logging(settings.log_level)
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m streams.processors SESSION_ID")
+        sys.exit("usage: python -m streams.features.processors SESSION_ID")
     try:
         session_id = topics.check_session_id(sys.argv[1])
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""The recorder: a session's topics -> its archive (streams.archive), then the topics go.
+"""The recorder: a session's topics -> its archive (streams.archive.store), then the topics go.
 
 One :class:`SessionRecorder` per session, in the consumer group ``livetag-recorder-SID``:
 start several recorders (``livetag recorder``) and Kafka shares the session's partitions
@@ -30,14 +30,17 @@ from importlib import metadata
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from infra.private_files import open_private, private_dir
-from infra.settings import Settings
-from streams import archive, face_model, group_members, kafka, records, topics
+from streams import records
+from streams.archive import store
+from streams.features import face_model
+from streams.kafka import clients, group_members, topics
+from streams.kafka.sessions import SessionDirectory, archived, is_over, publish
+from streams.runtime.private_files import open_private, private_dir
 from streams.session_clock import now_us
-from streams.sessions import SessionDirectory, publish
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-#: What an operator follows on livetag up's terminal (infra.service_logs.MILESTONES).
+#: What an operator follows on livetag up's terminal (streams.runtime.service_logs.MILESTONES).
 milestones = logging.getLogger("livetag.session")
 
 SERVICE = "livetag-recorder"
@@ -67,7 +70,7 @@ class SessionRecorder:
     ) -> None:
         self.settings = settings
         self.session_id = session.session_id
-        self.folder = archive.session_dir(settings, session.session_id)
+        self.folder = store.session_dir(settings, session.session_id)
         self._directory = directory
         self._producer = producer
         names = session.topics
@@ -80,7 +83,7 @@ class SessionRecorder:
             topics.LABELS: "labels",
         }
         self._consumer: AIOKafkaConsumer | None = None
-        self._buffers: dict[TopicPartition, list[archive.RawMessage]] = defaultdict(list)
+        self._buffers: dict[TopicPartition, list[store.RawMessage]] = defaultdict(list)
         self._positions: dict[TopicPartition, int] = {}  # next offset to commit
         self._last_message = time.monotonic()
         self.parts_written = 0
@@ -94,7 +97,7 @@ class SessionRecorder:
         # user's alone (whatever the umask livetag was started with).
         private_dir(self.settings.data_dir)
         private_dir(self.folder)
-        consumer = kafka.make_consumer(
+        consumer = clients.make_consumer(
             self.settings,
             *self.kinds,
             group_id=topics.recorder_group(self.session_id),
@@ -124,7 +127,7 @@ class SessionRecorder:
                         if shared and not (message.key or b"").startswith(prefix):
                             continue  # another session's tag or label
                         self._buffers[partition].append(
-                            archive.RawMessage(
+                            store.RawMessage(
                                 partition.partition,
                                 message.offset,
                                 message.key or b"",
@@ -167,7 +170,7 @@ class SessionRecorder:
             if messages:
                 kind = self.kinds[partition.topic]
                 await asyncio.to_thread(
-                    archive.write_part, self.folder, kind, partition.partition, list(messages)
+                    store.write_part, self.folder, kind, partition.partition, list(messages)
                 )
                 self.parts_written += 1
             self._buffers[partition] = []
@@ -193,7 +196,7 @@ class SessionRecorder:
 
     async def _ready_to_archive(self) -> bool:
         session = self._directory.get(self.session_id)
-        if session is None or session.state not in ("ended", "archived"):
+        if session is None or not is_over(session):
             return False
         if self._ended_at is None:
             self._ended_at = time.monotonic()
@@ -235,12 +238,7 @@ class SessionRecorder:
         session = self._directory.get(self.session_id)
         assert session is not None
         if session.state != "archived":
-            await publish(
-                self._producer,
-                session.model_copy(
-                    update={"state": "archived", "ts_us": max(now_us(), session.ts_us + 1)}
-                ),
-            )
+            await publish(self._producer, archived(session, stamp_us=now_us()))
         if self.settings.session_topic_retention_days is None:
             # Workers stop the session's processors when it is archived: give them time
             # to let go before its topics disappear under them (cut short by a stop: the
@@ -248,7 +246,7 @@ class SessionRecorder:
             if self._stop is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.settings.archive_release_s)
-            async with kafka.admin_client(self.settings) as admin:
+            async with clients.admin_client(self.settings) as admin:
                 await topics.delete_session_topics(admin, self.session_id)
             log.info("session %s topics deleted", self.session_id)
 
@@ -257,9 +255,9 @@ class SessionRecorder:
         with os.fdopen(open_private(lock_path, os.O_WRONLY | os.O_CREAT), "w") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             try:
-                if (self.folder / archive.MANIFEST).is_file():
+                if (self.folder / store.MANIFEST).is_file():
                     return False  # another recorder of the group built it
-                archive.build_archive(
+                store.build_archive(
                     self.folder,
                     session,
                     software=software_versions(),
@@ -272,7 +270,7 @@ class SessionRecorder:
                 # file, or a new one by the same name) finds the manifest and builds
                 # nothing. Without a manifest (the build failed) it stays: removing it
                 # would let two recorders lock two files and build at once.
-                if (self.folder / archive.MANIFEST).is_file():
+                if (self.folder / store.MANIFEST).is_file():
                     lock_path.unlink(missing_ok=True)
 
 
@@ -282,7 +280,7 @@ class RecorderWorker:
     def __init__(self, settings: Settings, *, only_sessions: set[str] | None = None) -> None:
         self.settings = settings
         self._only = only_sessions
-        self._producer = kafka.make_producer(settings)
+        self._producer = clients.make_producer(settings)
         self._directory = SessionDirectory(settings, dead_letters=self._producer, service=SERVICE)
         self.recorders: dict[str, tuple[SessionRecorder, asyncio.Task[None]]] = {}
         self._cleaned: set[str] = set()
@@ -329,7 +327,7 @@ class RecorderWorker:
 
     async def _delete_topics(self, session_id: str) -> None:
         try:
-            async with kafka.admin_client(self.settings) as admin:
+            async with clients.admin_client(self.settings) as admin:
                 if await topics.delete_session_topics(admin, session_id):
                     log.info("deleted the topics left by archived session %s", session_id)
         except Exception as exc:

@@ -10,7 +10,7 @@ Written with pyarrow only (``datasets`` is not a livetag dependency); the folder
     OUT/media/SESSION/PERFORMER.mkv             the archived media (hard link, copy,
                                                 symlink, or left out: ``media``)
 
-One row per label window, the newest revision of each (:func:`archive.latest_labels`).
+One row per label window, the newest revision of each (:func:`store.latest_labels`).
 The shard names follow the ``data/{split}-NNNNN-of-NNNNN*`` convention, which ``datasets``
 tries first, so nothing else in the folder (the media, whatever their names) is ever taken
 for data; the card's ``configs`` section lists the same files for ``load_dataset(OUT)``.
@@ -38,9 +38,10 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import ValidationError
 
-from infra.private_files import private_dir, private_file
-from streams import archive, records
-from streams.export import ExportError, Progress, _latest, _max_hold_us, _media_files
+from streams import records
+from streams.archive import store
+from streams.archive.export import ExportError, Progress, _latest, _max_hold_us, _media_files
+from streams.runtime.private_files import private_dir, private_file
 
 __all__ = [
     "COLUMNS",
@@ -281,13 +282,13 @@ class _SessionFigures:
 
 
 def _open_session(folder: Path) -> _SessionFigures:
-    if not (folder / archive.MANIFEST).is_file():
-        raise ExportError(f"{folder} is not a session archive (it has no {archive.MANIFEST})")
-    manifest = archive.read_manifest(folder)
-    session = archive.manifest_session(folder, manifest)
+    if not (folder / store.MANIFEST).is_file():
+        raise ExportError(f"{folder} is not a session archive (it has no {store.MANIFEST})")
+    manifest = store.read_manifest(folder)
+    session = store.manifest_session(folder, manifest)
     t0_us = manifest.get("t0_us")
     if not isinstance(t0_us, int) or isinstance(t0_us, bool):
-        raise archive.ArchiveError(f"{folder / archive.MANIFEST}: t0_us is not an integer")
+        raise store.ArchiveError(f"{folder / store.MANIFEST}: t0_us is not an integer")
     media_files = _media_files(folder, manifest)
     documents = manifest.get("takes", [take.model_dump() for take in session.takes])
     try:
@@ -295,9 +296,7 @@ def _open_session(folder: Path) -> _SessionFigures:
             raise TypeError("not a list")
         takes = [records.Take.model_validate(document) for document in documents]
     except (ValidationError, TypeError) as exc:
-        raise archive.ArchiveError(
-            f"{folder / archive.MANIFEST}: takes are malformed: {exc}"
-        ) from None
+        raise store.ArchiveError(f"{folder / store.MANIFEST}: takes are malformed: {exc}") from None
     last = [
         entry["last_ts_us"]
         for entry in manifest.get("performers", {}).values()
@@ -360,7 +359,7 @@ def _place_media(figures: _SessionFigures, out_dir: Path, mode: MediaMode) -> No
             continue
         source = figures.folder / media
         if not source.is_file():
-            raise archive.ArchiveError(f"{source} is named in the manifest but missing")
+            raise store.ArchiveError(f"{source} is named in the manifest but missing")
         target = out_dir / _dataset_media_path(figures, performer_id)
         # Media are people's faces and voices: owner-only, as in the archive.
         private_dir(target.parent)
@@ -470,7 +469,7 @@ def export_dataset(
                 if file is not None
             ]
         return [card, *written]
-    except archive.ArchiveError as exc:
+    except store.ArchiveError as exc:
         raise ExportError(str(exc)) from None
     except OSError as exc:  # an output folder that cannot be written, a full disk
         raise ExportError(f"cannot write the dataset into {out_dir}: {exc}") from None
@@ -513,13 +512,13 @@ def sessions_started_on(data_dir: Path, day: dt.date) -> list[Path]:
         raise ExportError(f"the data folder {data_dir} does not exist")
     for folder in sorted(data_dir.iterdir()):
         # A folder without a manifest is a session still being recorded: not archived.
-        if not (folder / archive.MANIFEST).is_file():
+        if not (folder / store.MANIFEST).is_file():
             continue
         # One damaged archive must not stop the export of every other day: it is told and
         # left out (an export of that session alone says what is wrong with it).
         try:
-            t0_us = archive.read_manifest(folder).get("t0_us")
-        except archive.ArchiveError as exc:
+            t0_us = store.read_manifest(folder).get("t0_us")
+        except store.ArchiveError as exc:
             log.warning("skipped %s: %s", folder, exc)
             continue
         if not isinstance(t0_us, int) or isinstance(t0_us, bool):

@@ -15,8 +15,9 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
+from streams.kafka import clients, topics
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ async def read_counters(
     settings: Settings, session_id: str | None = None, *, timeout_ms: int = 2000
 ) -> dict[tuple[str, str, str], records.PipelineCounters]:
     """The newest counters on ``livetag.health`` (of one session, or of all)."""
-    consumer = kafka.make_consumer(settings)
+    consumer = clients.make_consumer(settings)
     await consumer.start()
     partition = TopicPartition(topics.HEALTH, 0)
     prefix = None if session_id is None else f"{session_id}/".encode()

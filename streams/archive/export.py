@@ -1,4 +1,4 @@
-"""Export an archived session (:mod:`streams.archive`) for analysis tools.
+"""Export an archived session (:mod:`streams.archive.store`) for analysis tools.
 
 :func:`export_session` writes one of five formats into an output folder:
 
@@ -22,7 +22,7 @@
     negative times clamped to 0 and every annotation at least 1 ms long. Tiers:
 
     - ``PERFORMER/RATER`` for each rater who tagged that performer: each tag covers
-      what it covers in the label windows, by the one rule of :mod:`streams.tag_rules`
+      what it covers in the label windows, by the one rule of :mod:`streams.labels.tag_rules`
       with the session's ``tag_max_hold_us`` from the manifest (30 s for archives that
       do not record it): a point tag spans ``[ts - span // 2, ts - span // 2 + span)``
       (span capped at the limit on a hold, moved to start at 0 if it would start before
@@ -41,12 +41,12 @@
     :func:`read_eaf_tags` parses a file back (with pympi) into tier -> annotations.
 
 ``hf``
-    A Hugging Face dataset folder (:mod:`streams.export_hf`): ``data/train-*.parquet``
+    A Hugging Face dataset folder (:mod:`streams.archive.export_hf`): ``data/train-*.parquet``
     with one row per label window (newest revision), its features as typed columns, the
     self and perceived label lanes, the consensus, completeness and the window's place in
     the performer's media; the media files under ``media/SESSION/``; and a dataset card
     (``README.md``). ``datasets.load_dataset("parquet", data_dir=OUT)`` and
-    ``load_dataset(OUT)`` load it. :func:`streams.export_hf.export_dataset` writes several
+    ``load_dataset(OUT)`` load it. :func:`streams.archive.export_hf.export_dataset` writes several
     sessions into one dataset.
 
 The ``parquet`` export keeps the record types as they are (nested fields as JSON text):
@@ -71,8 +71,10 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 from pympi.Elan import Eaf
 
-from streams import archive, records, strict_json, tag_rules
+from streams import records, strict_json
+from streams.archive import store
 from streams.errors import BadInputError
+from streams.labels import tag_rules
 
 __all__ = [
     "FORMATS",
@@ -108,16 +110,16 @@ def export_session(
     ``progress`` hears of every file written."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    manifest_path = folder / archive.MANIFEST
+    manifest_path = folder / store.MANIFEST
     if not manifest_path.is_file():
-        raise ExportError(f"{folder} is not a session archive (it has no {archive.MANIFEST})")
+        raise ExportError(f"{folder} is not a session archive (it has no {store.MANIFEST})")
     if fmt == "hf":
-        # Imported here: streams.export_hf builds on this module's helpers.
-        from streams.export_hf import export_dataset
+        # Imported here: streams.archive.export_hf builds on this module's helpers.
+        from streams.archive.export_hf import export_dataset
 
         return export_dataset([folder], out_dir, progress=progress)
     try:
-        manifest = archive.read_manifest(folder)
+        manifest = store.read_manifest(folder)
         out_dir.mkdir(parents=True, exist_ok=True)
         report = progress or _no_progress
         if fmt == "jsonl":
@@ -130,12 +132,12 @@ def export_session(
         written = [_export_eaf(folder, out_dir, manifest)]
         report("writing ELAN tiers", 1, 1)
         return written
-    except archive.ArchiveError as exc:
+    except store.ArchiveError as exc:
         raise ExportError(str(exc)) from None
 
 
 def _latest(folder: Path) -> list[records.LabelWindow]:
-    return archive.latest_labels(archive.read_records(folder, "labels"))
+    return store.latest_labels(store.read_records(folder, "labels"))
 
 
 # ---------------------------------------------------------------- jsonl
@@ -150,11 +152,11 @@ def _write_jsonl(path: Path, rows: Iterable[records.Record]) -> Path:
 
 
 def _export_jsonl(folder: Path, out_dir: Path, report: Progress) -> list[Path]:
-    total = len(archive.KINDS) + 1
+    total = len(store.KINDS) + 1
     written: list[Path] = []
-    for kind in archive.KINDS:
+    for kind in store.KINDS:
         report("writing JSON lines", len(written), total)
-        written.append(_write_jsonl(out_dir / f"{kind}.jsonl", archive.read_records(folder, kind)))
+        written.append(_write_jsonl(out_dir / f"{kind}.jsonl", store.read_records(folder, kind)))
     report("writing JSON lines", len(written), total)
     written.append(_write_jsonl(out_dir / "labels.latest.jsonl", _latest(folder)))
     report("writing JSON lines", len(written), total)
@@ -183,10 +185,10 @@ def read_jsonl(path: Path, kind: str) -> list[records.Record]:
 
 def _model(kind: str) -> type[records.Record]:
     try:
-        return archive.KINDS[kind]
+        return store.KINDS[kind]
     except KeyError:
         raise ExportError(
-            f"unknown record kind {kind!r}; expected one of {', '.join(archive.KINDS)}"
+            f"unknown record kind {kind!r}; expected one of {', '.join(store.KINDS)}"
         ) from None
 
 
@@ -194,19 +196,19 @@ def _model(kind: str) -> type[records.Record]:
 
 
 def _export_parquet(folder: Path, out_dir: Path, report: Progress) -> list[Path]:
-    total = len(archive.KINDS) + 1
+    total = len(store.KINDS) + 1
     written: list[Path] = []
-    for kind, model in archive.KINDS.items():
+    for kind, model in store.KINDS.items():
         report("writing Parquet", len(written), total)
         source, target = folder / f"{kind}.parquet", out_dir / f"{kind}.parquet"
         if source.is_file():
             shutil.copyfile(source, target)
         else:  # a kind nothing was recorded for: an empty table of the same schema
-            pq.write_table(archive.record_table(model, []), target)
+            pq.write_table(store.record_table(model, []), target)
         written.append(target)
     report("writing Parquet", len(written), total)
     target = out_dir / "labels.latest.parquet"
-    pq.write_table(archive.record_table(records.LabelWindow, _latest(folder)), target)
+    pq.write_table(store.record_table(records.LabelWindow, _latest(folder)), target)
     written.append(target)
     report("writing Parquet", len(written), total)
     return written
@@ -235,12 +237,12 @@ def _csv_columns(model: type[records.Record]) -> list[tuple[str, bool]]:
 
 def _export_csv(folder: Path, out_dir: Path, report: Progress) -> list[Path]:
     written: list[Path] = []
-    for kind, model in archive.KINDS.items():
-        report("writing CSV", len(written), len(archive.KINDS))
+    for kind, model in store.KINDS.items():
+        report("writing CSV", len(written), len(store.KINDS))
         path = out_dir / f"{kind}.csv"
-        _write_csv(path, model, archive.read_records(folder, kind))
+        _write_csv(path, model, store.read_records(folder, kind))
         written.append(path)
-    report("writing CSV", len(written), len(archive.KINDS))
+    report("writing CSV", len(written), len(store.KINDS))
     return written
 
 
@@ -325,7 +327,7 @@ def _tag_spans(
     tags: Sequence[records.TagEvent], max_hold_us: int
 ) -> dict[tuple[str, str], list[_Span]]:
     """Per (performer, rater): what their tags still standing cover, by the rule the
-    label windows follow (streams.tag_rules), so the tiers and the consensus agree."""
+    label windows follow (streams.labels.tag_rules), so the tiers and the consensus agree."""
     # Every rater who tagged the performer keeps a tier, even if all of it was undone.
     spans: dict[tuple[str, str], list[_Span]] = {
         (tag.performer_id, tag.rater_id): [] for tag in tags
@@ -389,17 +391,17 @@ def _media_files(folder: Path, manifest: dict[str, Any]) -> dict[str, str | None
         isinstance(entry, dict) and isinstance(entry.get("media"), str | None)
         for entry in performers.values()
     ):
-        raise archive.ArchiveError(f"{folder / archive.MANIFEST}: performers are malformed")
+        raise store.ArchiveError(f"{folder / store.MANIFEST}: performers are malformed")
     return {performer: entry.get("media") for performer, entry in performers.items()}
 
 
 def _export_eaf(folder: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
     # Validated: the session id names the output file, the media are linked from it.
-    session = archive.manifest_session(folder, manifest)
+    session = store.manifest_session(folder, manifest)
     session_id = session.session_id
     t0_us = manifest.get("t0_us")
     if not isinstance(t0_us, int) or isinstance(t0_us, bool):
-        raise archive.ArchiveError(f"{folder / archive.MANIFEST}: t0_us is not an integer")
+        raise store.ArchiveError(f"{folder / store.MANIFEST}: t0_us is not an integer")
     media_files = _media_files(folder, manifest)
 
     def ms(ts_us: int) -> int:
@@ -412,7 +414,7 @@ def _export_eaf(folder: Path, out_dir: Path, manifest: dict[str, Any]) -> Path:
             out.append((start, max(ms(span.end_us), start + 1), span.value))
         return out
 
-    tags: list[records.TagEvent] = archive.read_records(folder, "tags")
+    tags: list[records.TagEvent] = store.read_records(folder, "tags")
     tag_spans = _tag_spans(tags, _max_hold_us(manifest))
     consensus = _consensus_spans(_latest(folder))
     performers = {performer.performer_id for performer in session.roster}

@@ -26,10 +26,10 @@ from aiokafka.helpers import create_ssl_context
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.auth import CredentialsT
 
-from infra.settings import Settings
 from streams import records
 from streams.errors import BadInputError
 from streams.records import R
+from streams.settings import Settings
 
 #: faust transport scheme registered by this distribution (pyproject entry point
 #: ``faust.transports``) for the embedded broker.

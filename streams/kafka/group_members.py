@@ -26,8 +26,8 @@ from aiokafka import AIOKafkaClient
 from aiokafka.client import CoordinationType
 from aiokafka.protocol.group import LeaveGroupRequest
 
-from infra.settings import Settings
-from streams import kafka
+from streams.kafka import clients
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ async def evict_dead_members(
 
 
 async def _evict(settings: Settings, group_id: str, dead: list[str]) -> list[str]:
-    client = AIOKafkaClient(**kafka.client_options(settings))
+    client = AIOKafkaClient(**clients.client_options(settings))
     evicted = []
     try:
         await client.bootstrap()

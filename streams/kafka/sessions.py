@@ -16,10 +16,11 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError
 
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
 from streams.errors import RefusedError
+from streams.kafka import clients, topics
 from streams.session_clock import now_us
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ async def create_session(
         state="created",
         topics=topics.session_topic_names(session_id),
     )
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     await producer.start()
     try:
         await open_session(settings, record, producer)
@@ -80,7 +81,7 @@ async def open_session(
 ) -> None:
     """Create a new session's topic set, then publish its record on livetag.sessions
     (so workers and recorders take it up)."""
-    async with kafka.admin_client(settings) as admin:
+    async with clients.admin_client(settings) as admin:
         await topics.ensure_shared_topics(admin, settings)
         await topics.create_session_topics(admin, settings, record.session_id)
     await publish(producer, record)
@@ -151,6 +152,50 @@ def apply_action(
     return record
 
 
+def with_presence(
+    current: records.SessionRecord,
+    *,
+    participant_id: str,
+    role: records.Role,
+    connected: bool,
+    stamp_us: int,
+    newest_state: records.SessionState,
+) -> records.SessionRecord | None:
+    """The session's next version with one participant joined or gone, stamped at least
+    one microsecond after ``current``; None when their presence is already that. The one
+    rule for presence, written by the capture server on every join and leave.
+
+    ``newest_state`` is the furthest state the writer has seen of the session, which may
+    be ahead of ``current`` (the copy it builds on): a state only moves forward, so an
+    "ended" not yet in that copy is kept, and a join moves a created session to live."""
+    presence = {p.participant_id: p for p in current.presence}
+    known = presence.get(participant_id)
+    if known is not None and known.connected == connected:
+        return None
+    stamp = max(stamp_us, current.ts_us + 1)
+    presence[participant_id] = records.Presence(
+        participant_id=participant_id, role=role, connected=connected, since_ts_us=stamp
+    )
+    state = max(newest_state, current.state, key=STATE_ORDER.__getitem__)
+    if state == "created" and connected:
+        state = "live"
+    return current.model_copy(
+        update={"ts_us": stamp, "presence": list(presence.values()), "state": state}
+    )
+
+
+def archived(current: records.SessionRecord, *, stamp_us: int) -> records.SessionRecord:
+    """The session's last version: archived, once the recorder has built its archive."""
+    return current.model_copy(
+        update={"state": "archived", "ts_us": max(stamp_us, current.ts_us + 1)}
+    )
+
+
+def is_over(session: records.SessionRecord) -> bool:
+    """Whether nothing more is recorded in the session (ended or archived)."""
+    return session.state in OVER_STATES
+
+
 async def newest_record(settings: Settings, session_id: str) -> records.SessionRecord | None:
     """The newest version of one session on livetag.sessions as it is now (read to the
     end, not waited for), or None; ValueError for an id that cannot be a session's."""
@@ -175,7 +220,7 @@ async def act_on_session(settings: Settings, session_id: str, action: str) -> re
     record = apply_action(
         current, action, stamp_us=now_us(), max_takes=settings.max_takes_per_session
     )
-    producer = kafka.make_producer(settings)
+    producer = clients.make_producer(settings)
     try:
         await producer.start()
         await publish(producer, record)
@@ -189,7 +234,7 @@ async def read_session(
 ) -> records.SessionRecord | None:
     """The newest record of one session on livetag.sessions, waiting up to ``timeout_s``
     for one that was just published; None if there is none. How a process started for a
-    session (``python -m streams.processors SID``) learns what the session is."""
+    session (``python -m streams.features.processors SID``) learns what the session is."""
     directory = SessionDirectory(settings)
     await directory.start()
     try:
@@ -223,7 +268,7 @@ class SessionDirectory:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
-        self._consumer = kafka.make_consumer(settings)
+        self._consumer = clients.make_consumer(settings)
         self._dead_letters = dead_letters
         self._service = service
         self._letters: set[asyncio.Task[None]] = set()

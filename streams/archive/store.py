@@ -45,10 +45,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from infra.private_files import private_dir, private_file
-from infra.settings import Settings
-from streams import records, strict_json, tag_rules
+from streams import records, strict_json
 from streams.errors import BadInputError
+from streams.labels import tag_rules
+from streams.runtime.private_files import private_dir, private_file
+from streams.settings import Settings
 
 __all__ = [
     "KINDS",

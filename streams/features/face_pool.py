@@ -36,7 +36,7 @@ from streams import records
 
 if TYPE_CHECKING:
     # Imported in the workers only: the processor itself never runs mediapipe.
-    from streams.face import FaceAnalyzer
+    from streams.features.face import FaceAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _start_worker(
 
 
 def _analyzer(performer_id: str) -> FaceAnalyzer:
-    from streams.face import FaceAnalyzer
+    from streams.features.face import FaceAnalyzer
 
     analyzer = _analyzers.get(performer_id)
     if analyzer is None:

@@ -51,11 +51,12 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 import pylsl  # type: ignore[import-untyped]
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from infra.settings import Settings
-from streams import kafka, records, topics
+from streams import records
 from streams.errors import BadInputError
+from streams.kafka import clients, topics
+from streams.kafka.sessions import SessionDirectory
 from streams.session_clock import now_us
-from streams.sessions import SessionDirectory
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ STREAM_TYPES: Final[dict[StreamKind, str]] = {
     "tags": "Markers",
 }
 
-#: The blendshape categories of mediapipe's FaceLandmarker (streams.face), in its output
+#: The blendshape categories of mediapipe's FaceLandmarker (streams.features.face), in its output
 #: order. The face outlet's channels must be fixed before the first face is seen, so the
 #: names are listed here; tests/unit/test_lsl_bridge.py checks them against mediapipe.
 BLENDSHAPE_NAMES: Final[tuple[str, ...]] = (
@@ -933,7 +934,7 @@ class Outlets:
 async def _seek_to_session_start(
     consumer: AIOKafkaConsumer, partitions: list[TopicPartition], created_ts_us: int
 ) -> None:
-    from streams.aligner import offset_at_time
+    from streams.labels.aligner import offset_at_time
 
     for partition in partitions:
         consumer.seek(partition, await offset_at_time(consumer, partition, created_ts_us // 1000))
@@ -1061,7 +1062,7 @@ async def _bridge(
     inlet_settle_s: float,
 ) -> BridgeCounts:
     outlets = Outlets()
-    consumer = kafka.make_consumer(settings)
+    consumer = clients.make_consumer(settings)
     producer: AIOKafkaProducer | None = None
     sink: TagSink | None = None
     inlet_task: asyncio.Task[None] | None = None
@@ -1072,7 +1073,7 @@ async def _bridge(
         # carries every record produced from then on.
         await asyncio.to_thread(_open_outlets, outlets, core, list(core.layouts.values()))
         if marker_inlet is not None:
-            producer = kafka.make_producer(settings)
+            producer = clients.make_producer(settings)
             await producer.start()
             sink = (tag_sink or DirectTagSink)(producer)
             await sink.start()

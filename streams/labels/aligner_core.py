@@ -3,13 +3,13 @@
 Each performer's session-clock timeline is cut into fixed windows ``[k*W, (k+1)*W)``. A
 window collects the prosody hops and face frames whose ``ts_us`` fall in it, and the tags
 whose intervals overlap it, and goes out as one :class:`~streams.records.LabelWindow`.
-A tag's interval is what :mod:`streams.tag_rules` says it covers, the rule the export
+A tag's interval is what :mod:`streams.labels.tag_rules` says it covers, the rule the export
 and the dashboard follow too.
 
 Why sans-I/O: the hard parts (waiting for lagging streams, pairing holds, correcting
 windows already sent when a tag arrives late) are pure bookkeeping on event times, and
 they are far easier to test when the caller hands in ``now_us`` than when they hide behind
-faust, Kafka and a wall clock. ``streams/aligner.py`` wires this class to the topics.
+faust, Kafka and a wall clock. ``streams/labels/aligner.py`` wires this class to the topics.
 
 ``now_us`` only decides *when* a window goes out (a window waits for late tags and lagging
 feature streams); it never stands in for an event time. All times are integer µs.
@@ -24,6 +24,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
+from streams.labels.tag_rules import (
+    TagInterval,
+    TagSet,
+    offset_applies,
+    point_interval,
+    undo_applies,
+)
 from streams.records import (
     FEATURE_STREAMS,
     ActiveLabel,
@@ -39,7 +46,6 @@ from streams.records import (
     TagEvent,
     WindowFeatures,
 )
-from streams.tag_rules import TagInterval, TagSet, offset_applies, point_interval, undo_applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +121,7 @@ _Active = tuple[str, int, str, Role, str, Intensity]
 @dataclass(slots=True)
 class _Mark:
     """A point tag or a hold on the performer's timeline: the interval [start_us, end_us)
-    that streams.tag_rules gave it (or, restored, the windows it was seen in)."""
+    that streams.labels.tag_rules gave it (or, restored, the windows it was seen in)."""
 
     tag_id: str
     rater_id: str

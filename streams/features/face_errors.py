@@ -1,6 +1,6 @@
 """The error a face worker sends back for a frame it could not analyse.
 
-Apart from ``streams.face`` so that a processor can catch it, and unpickle it from a
+Apart from ``streams.features.face`` so that a processor can catch it, and unpickle it from a
 worker, without importing mediapipe (about a second of its start) itself."""
 
 from streams.errors import BadInputError

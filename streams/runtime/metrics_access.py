@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from infra.settings import Settings, is_loopback
+from streams.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import TextIO
 
-from infra.private_files import open_private
-from infra.redaction import install_token_filter, mask_tokens
+from streams.runtime.private_files import open_private
+from streams.runtime.redaction import install_token_filter, mask_tokens
 
 #: The format of every livetag process's log lines (the CLI's, the processors' under
 #: faust): the terminal filter below reads the level and the logger's name from it.
