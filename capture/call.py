@@ -11,7 +11,6 @@ loop without waiting for Kafka or for CPU work.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections import Counter, OrderedDict
@@ -39,6 +38,7 @@ from capture.media_clock import RTP_TIMESTAMP_MODULUS
 from capture.timing import CaptureTimer, OffsetProvider, Stamp
 from streams import records
 from streams.errors import RefusedError
+from streams.runtime import background
 from streams.session_clock import now_us
 from streams.settings import Settings
 
@@ -168,11 +168,7 @@ class PublishedMedia:
         try:
             for fanout in self.fanouts.values():
                 fanout.close()
-            for task in list(self.tasks):
-                task.cancel()
-            for task in list(self.tasks):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await background.cancel(*self.tasks)
             await self.fork.stop()
         finally:
             await self.pc.close()

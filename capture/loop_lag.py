@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 from typing import Any
+
+from streams.runtime import background
 
 INTERVAL_S = 0.1
 # Ten minutes of samples for /metrics/loop; the totals below cover the whole run.
@@ -46,10 +47,7 @@ class LoopLagMonitor:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.cancel(task)
 
     async def _run(self) -> None:
         while True:

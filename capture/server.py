@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections import Counter
@@ -47,6 +46,7 @@ from streams.runtime.connection_gate import (
     ConnectionGate,
     failure_code,
     keep_swept,
+    send_json,
     watch_websocket,
     websocket_response,
 )
@@ -272,16 +272,9 @@ class CaptureServer:
         self._jpeg_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _stop_ender(self) -> None:
-        for task in (
-            self._ender,
-            self._counter_publisher,
-            self._gate_sweeper,
-            self._revocation_watcher,
-        ):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await background.cancel(
+            self._ender, self._counter_publisher, self._gate_sweeper, self._revocation_watcher
+        )
         self._ender = self._counter_publisher = self._gate_sweeper = None
         self._revocation_watcher = None
 
@@ -344,9 +337,7 @@ class CaptureServer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5.0):
                 await self._presence_updates.join()  # written, not only taken
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
+        await background.cancel(writer)
 
     async def _stop_clients(self) -> None:
         """Stop the Kafka clients, each even if another fails (each is safe to stop when
@@ -636,11 +627,7 @@ class CallConnection:
         return None if estimate is None else estimate.offset_at(now_us())
 
     async def send(self, message: dict[str, Any]) -> None:
-        if self.ws.closed:
-            return
-        # ConnectionError: a connection lost (or cut) while the send waited to drain.
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.send_str(json.dumps(message))
+        await send_json(self.ws, message)
 
     async def run(self) -> None:
         session = self.call.session

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from streams import records
 from streams.kafka import clients, topics
 from streams.kafka.health import decode_counters, newest_counters
+from streams.runtime import background
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,7 @@ class CounterBoard(Collector):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.cancel(task)
 
     async def _follow(self) -> None:
         while True:

@@ -430,11 +430,9 @@ class DashboardServer:
         log.info("dashboard on %s", self.url)
 
     async def stop(self) -> None:
-        for task in (self._reaper, self._watcher, self._gate_sweeper, self._revocation_watcher):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await background.cancel(
+            self._reaper, self._watcher, self._gate_sweeper, self._revocation_watcher
+        )
         self._reaper = self._watcher = self._gate_sweeper = self._revocation_watcher = None
         await self.counters.stop()
         for client in list(self.clients):

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams import records
 from streams.kafka import topics
+from streams.runtime import background
 from streams.runtime.private_files import open_private, private_dir
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,8 @@ class TagOutbox:
         self._wake.set()  # deliver what an earlier run left
 
     async def stop(self) -> None:
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
-            self._drainer = None
+        drainer, self._drainer = self._drainer, None
+        await background.cancel(drainer)
         if self._spool is not None:
             self._spool.close()  # the file stays: the next start delivers it
             self._spool = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from streams.runtime.connection_gate import (
     failure_code,
     keep_swept,
     refusal_response,
+    send_json,
     watch_websocket,
     websocket_response,
 )
@@ -179,15 +179,8 @@ class TagService:
 
     async def stop(self) -> None:
         sweeper, self._sweeper = self._sweeper, None
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
         watcher, self._revocation_watcher = self._revocation_watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        await background.cancel(sweeper, watcher)
         if self._owns_access:
             await self.access.stop()
         for connection in list(self._connections):
@@ -424,11 +417,7 @@ class TagConnection:
         self.last_tag_us = service.clock()
 
     async def send(self, message: dict[str, Any]) -> None:
-        if self.ws.closed:
-            return
-        # ConnectionError: a connection lost (or cut) while the send waited to drain.
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.send_str(json.dumps(message))
+        await send_json(self.ws, message)
 
     async def run(self) -> None:
         async for message in self.ws:

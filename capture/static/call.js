@@ -1,6 +1,14 @@
 // livetag call page: publish my camera + mic (performers), watch the other performers,
 // answer clock-sync probes, and rejoin by myself after a blip or a server restart.
-"use strict";
+//
+// An ES module (no build step), loaded by call.html and, from another origin, by the
+// director dashboard, which sets window.LIVETAG_CAPTURE_BASE and window.LIVETAG_CREDENTIALS
+// before importing it. The imports are absolute paths: they resolve against this module's
+// own address, the capture server, wherever the page that loads it comes from (the capture
+// server lets any origin load its static files).
+
+import { LivetagCredentials } from "/tagger/credentials.js";
+import { LivetagTagger } from "/tagger/tagger.js";
 
 const params = new URLSearchParams(location.search);
 // The capture server this page talks to: its own origin, or the one the director
@@ -85,7 +93,8 @@ const RETRY_MAX_MS = 2000;
 // not every 2 s: hundreds of refused pages must not hammer the server.
 const REFUSED_RETRY_MS = 10000;
 
-// A refusal after the upgrade is a close code 4400-4599 with the reason (infra.connection_gate).
+// A refusal after the upgrade is a close code 4400-4599 with the reason
+// (streams.runtime.connection_gate).
 function isRefusal(code) {
   return code >= 4400 && code < 4600;
 }
@@ -297,10 +306,6 @@ function frameAtPress(performerId, pressUnixMs) {
 
 function startTagger() {
   if (state.tagger || params.get("tagger") === "0") return;
-  if (typeof LivetagTagger === "undefined") {
-    console.warn("livetag: tagging widget not loaded");
-    return;
-  }
   try {
     state.tagger = new LivetagTagger({
       url: `${captureWs}/ws/tag`,

@@ -20,6 +20,7 @@ from aiokafka.structs import ConsumerRecord
 
 from streams import records, session_clock
 from streams.kafka import clients, topics
+from streams.runtime import background
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,7 @@ class RevocationList:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.cancel(task)
 
     async def _follow(self, consumer: AIOKafkaConsumer, partition: TopicPartition) -> None:
         try:

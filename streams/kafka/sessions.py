@@ -5,7 +5,6 @@ Join links (signed tokens) are made in taggers.tokens."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import secrets
@@ -19,6 +18,7 @@ from aiokafka.errors import CorruptRecordException, KafkaError
 from streams import records
 from streams.errors import RefusedError
 from streams.kafka import clients, topics
+from streams.runtime import background
 from streams.session_clock import now_us
 from streams.settings import Settings
 
@@ -343,9 +343,7 @@ class SessionDirectory:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await background.cancel(task)
             if self._letters:
                 # A moment for the dead letters on their way; the owner's producer stops next.
                 await asyncio.wait(self._letters, timeout=2.0)

@@ -10,9 +10,11 @@ metrics) and starts the loop again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -40,3 +42,15 @@ async def keep_running(
 def start(loop: Callable[[], Awaitable[None]], name: str) -> asyncio.Task[None]:
     """A task that keeps ``loop`` running (see :func:`keep_running`)."""
     return asyncio.create_task(keep_running(loop, name), name=name)
+
+
+async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel each task (None: none to cancel) and wait until it has ended, its own
+    cleanup done: what a service's stop must do before it closes what the task uses."""
+    for task in tasks:
+        if task is not None:
+            task.cancel()
+    for task in tasks:
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

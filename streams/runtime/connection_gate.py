@@ -24,11 +24,13 @@ endpoints' websocket responses with the same heartbeat and close timeout everywh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from aiohttp import WSCloseCode, web
 
@@ -380,6 +382,15 @@ def websocket_response(settings: Settings, *, max_msg_size: int) -> web.WebSocke
         # handshake (and aiohttp would log the offered list, credential included).
         protocols=(WS_SUBPROTOCOL,),
     )
+
+
+async def send_json(ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
+    """Send one JSON message to a page; nothing when its connection is gone (closed, or
+    lost while the send waited to drain): the page's own close handling takes over."""
+    if ws.closed:
+        return
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_str(json.dumps(message))
 
 
 def watch_websocket(

@@ -34,3 +34,23 @@ async def test_a_failing_loop_is_started_again_and_counted(
     failures = [r for r in caplog.records if "test-watcher failed" in r.getMessage()]
     assert len(failures) == 2
     assert failures[0].exc_info is not None  # the traceback says where
+
+
+async def test_cancel_waits_for_each_task_to_finish_its_cleanup() -> None:
+    cleaned: list[str] = []
+
+    async def loop(name: str) -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0)  # cleanup that itself awaits
+            cleaned.append(name)
+
+    first = asyncio.create_task(loop("first"))
+    second = asyncio.create_task(loop("second"))
+    await asyncio.sleep(0)
+    await background.cancel(first, None, second)
+    assert sorted(cleaned) == ["first", "second"]
+    assert first.cancelled()
+    assert second.cancelled()
+    await background.cancel(first)  # an ended task: nothing to do, nothing raised
