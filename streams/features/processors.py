@@ -11,6 +11,10 @@ their stream in capture order. The CPU work never runs on the event loop, so the
 heartbeat never waits for it: face analysis in worker processes (streams.features.face_pool),
 prosody in a thread (numpy releases the GIL); both take records in batches when busy.
 Undecodable records go to ``livetag.deadletter`` with the reason.
+
+Each agent is a small class that writes through the session's :class:`SessionOutput`:
+ProsodyAgent (its ack bookkeeping in UnfinishedChunks) and FaceAgent (its skip rule in
+skip_face); build_app only wires them, and the aligner's (streams.labels.aligner), to the app.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from streams.features.face_pool import FacePool, FacePoolStopped
 from streams.features.prosody import SAMPLE_RATE, ProsodyTracker
 from streams.kafka import group_members, topics
 from streams.kafka.batches import BatchLane
-from streams.kafka.clients import FAUST_LOG, decoded_events, make_faust_app
+from streams.kafka.clients import FAUST_LOG, decoded_events, make_faust_app, raw_topic
 from streams.kafka.sessions import read_session
 from streams.labels.aligner import add_aligner
 from streams.runtime.redaction import install_token_filter
@@ -147,6 +151,343 @@ def skipped_face(frame: records.VideoFrame, reason: records.FaceSkipReason) -> r
     )
 
 
+class SessionOutput:
+    """What every agent of one session's processors writes through: the session's feature
+    topics, ``livetag.deadletter``, and the stop that hands a failure to ``livetag worker``."""
+
+    def __init__(self, app: Any, session: records.SessionRecord) -> None:
+        self.session = session
+        self.prosody = raw_topic(app, session.topics.prosody)
+        self.face = raw_topic(app, session.topics.face)
+        self._deadletter = raw_topic(app, topics.DEADLETTER)
+
+    async def dead_letter(self, event: Any, source: str, reason: str) -> None:
+        """The event's record on ``livetag.deadletter``, with the reason and where it was
+        read (its partition and offset on ``source``)."""
+        message = event.message
+        letter = records.DeadLetter.of(
+            ts_us=now_us(),
+            source_topic=source,
+            service=SERVICE,
+            reason=reason,
+            payload=message.value or b"",
+            key=message.key,
+            partition=message.partition,
+            offset=message.offset,
+        )
+        await self.send(self._deadletter, records.encode(letter))
+
+    async def send(self, topic: Any, message: records.KafkaMessage) -> None:
+        await topic.send(key=message.key, value=message.value, headers=message.headers)
+
+    async def emit(self, topic: Any, record: records.AnyRecord) -> None:
+        await self.send(topic, records.encode(record))
+
+    def stop_for_restart(self, exc: BaseException) -> None:
+        # Records left unacked by a failure are not read again while this process lives,
+        # and commits cannot pass them: stop (gracefully, committing what was acked) so
+        # that `livetag worker` starts the processors again from the last commit.
+        log.critical(
+            "processors of session %s stop after a failure (%r); their worker restarts them",
+            self.session.session_id,
+            exc,
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class UnfinishedChunks:
+    """Per performer, the audio chunks whose hops are not all out yet, in arrival order.
+
+    A hop needs audio 15.8 ms past its end, so a chunk's last hops come with the next
+    chunk. Acked only then: a worker killed in between leaves the chunk uncommitted, for
+    its successor. When a performer's audio stops (they left, the session ended), the
+    tracker is flushed (its last hops zero-padded) after PROSODY_IDLE_FLUSH_S without a
+    chunk, so the stream's last chunks get their hops and their acks.
+
+    Sans I/O: the caller hands the hops to the producer first, then tells this what is out,
+    with the instant (``time.monotonic()``) passed in.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, deque[tuple[int, Any]]] = {}
+        self._last_chunk_at: dict[str, float] = {}
+
+    def heard(self, performer_id: str, now: float) -> None:
+        """A chunk of the performer came out of the prosody thread (analysed or failed)."""
+        self._last_chunk_at[performer_id] = now
+
+    def analysed(
+        self, event: Any, header: records.AudioChunkHeader, emitted_until_us: int | None
+    ) -> None:
+        """Hold the chunk's event, then ack its performer's events whose hops are all out:
+        those of chunks ending by ``emitted_until_us`` (None: all of them)."""
+        waiting = self._waiting.setdefault(header.performer_id, deque())
+        end_us = header.ts_us + header.sample_count * 1_000_000 // SAMPLE_RATE
+        waiting.append((end_us, event))
+        while waiting and (emitted_until_us is None or waiting[0][0] <= emitted_until_us):
+            waiting.popleft()[1].ack()
+
+    def idle(self, now: float) -> list[str]:
+        """Performers with chunks held whose audio stopped: their trackers are due a flush."""
+        return [
+            performer_id
+            for performer_id, waiting in self._waiting.items()
+            if waiting and now - self._last_chunk_at[performer_id] >= PROSODY_IDLE_FLUSH_S
+        ]
+
+    def flushed(self, performer_id: str) -> None:
+        """The performer's tracker was flushed and its last hops are out: ack the rest."""
+        waiting = self._waiting.get(performer_id)
+        while waiting:
+            waiting.popleft()[1].ack()
+
+    def __len__(self) -> int:
+        return sum(len(waiting) for waiting in self._waiting.values())
+
+
+class ProsodyAgent:
+    """One run of the prosody agent: audio chunks in, hops out.
+
+    Chunks go to the prosody thread in batches (one trip per batch); each chunk's event is
+    acked once all its hops are handed to the producer (UnfinishedChunks).
+    """
+
+    def __init__(
+        self, state: SessionProcessors, output: SessionOutput, batch_interval_s: float
+    ) -> None:
+        self._state = state
+        self._output = output
+        self._batch_interval_s = batch_interval_s
+        self.unfinished = UnfinishedChunks()
+        self._one_at_a_time = asyncio.Lock()  # the analysis of a batch, or a flush, with its sends
+
+    async def run(self, stream: faust.StreamT) -> None:
+        lane: BatchLane[tuple[Any, records.AudioChunk]] = BatchLane(
+            "prosody",
+            self.analyse,
+            limit=AUDIO_BATCH,
+            on_failure=self._output.stop_for_restart,
+            interval_s=self._batch_interval_s,
+        )
+        flusher = asyncio.create_task(self.flush_idle(), name="prosody-idle-flush")
+        flusher.add_done_callback(self._flush_failed)
+        audio = decoded_events(
+            stream, records.AudioChunk, self._output.session.topics.audio, self._output.dead_letter
+        )
+        try:
+            async for event, chunk in audio:
+                await lane.put((event, chunk))
+        finally:
+            flusher.cancel()
+            await lane.close()
+
+    async def analyse(self, batch: list[tuple[Any, records.AudioChunk]]) -> None:
+        async with self._one_at_a_time:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._state.prosody_pool,
+                self._state.prosody_messages,
+                [chunk for _, chunk in batch],
+            )
+            await self.hand_over(batch, results)
+
+    async def hand_over(
+        self,
+        batch: list[tuple[Any, records.AudioChunk]],
+        results: tuple[list[records.KafkaMessage], list[int | str | None]],
+    ) -> None:
+        """The batch's hops first (one record per performer), then the acks they allow; a
+        chunk whose analysis failed is dead-lettered (and acked)."""
+        messages, progress = results
+        for message in messages:
+            await self._output.send(self._output.prosody, message)
+        now = time.monotonic()
+        for (event, chunk), emitted_until_us in zip(batch, progress, strict=True):
+            self.unfinished.heard(chunk.header.performer_id, now)
+            if isinstance(emitted_until_us, str):
+                await self._output.dead_letter(
+                    event, self._output.session.topics.audio, emitted_until_us
+                )
+                event.ack()
+                continue
+            self.unfinished.analysed(event, chunk.header, emitted_until_us)
+
+    async def flush_idle(self) -> None:
+        while True:
+            await asyncio.sleep(PROSODY_IDLE_FLUSH_S / 2)
+            await self.flush_stopped_performers()
+
+    async def flush_stopped_performers(self) -> None:
+        """The last hops of the performers whose audio stopped, out; then their acks."""
+        async with self._one_at_a_time:
+            for performer_id in self.unfinished.idle(time.monotonic()):
+                messages = await asyncio.get_running_loop().run_in_executor(
+                    self._state.prosody_pool, self._state.flush_prosody, performer_id
+                )
+                for message in messages:
+                    await self._output.send(self._output.prosody, message)
+                self.unfinished.flushed(performer_id)
+
+    def _flush_failed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._output.stop_for_restart(exc)
+
+
+Analysis = asyncio.Future[records.KafkaMessage]
+
+
+def skip_face(analysing: int, read_lag_us: int, max_lag_us: int) -> bool:
+    """Whether a frame is recorded as skipped instead of analysed: its performer's face
+    worker has ``analysing`` of their frames, the frame waited ``read_lag_us`` in Kafka,
+    and ``max_lag_us`` is the lag budget (0: every frame is analysed, however late).
+
+    The processors are behind when the frame waited in Kafka past the lag budget, or its
+    performer's face worker still has frames queued: analysing it would only add lag. The
+    rule is the same for every performer, so an overloaded machine thins all of them
+    alike, to the rate its workers manage. The lag is the processors' own (from the
+    record's Kafka timestamp, set when the capture server produced it): a frame that
+    reached Kafka late is not the processors' lag, and skipping it would not catch anything
+    up (judged from the capture instant, a scene whose fork ran ~250 ms behind had every
+    frame skipped).
+    """
+    busy = analysing >= FACE_BUSY_FRAMES
+    return bool(max_lag_us) and (busy or read_lag_us > max_lag_us)
+
+
+class FaceAgent:
+    """One run of the face agent: video frames in, face records out.
+
+    One lane per performer: frames of one performer stay in capture order (its landmarker
+    needs increasing timestamps), performers run in parallel in the face worker processes.
+    A frame goes to its worker as soon as it is read, and the lane takes the results in
+    order: with only one frame in flight per performer, a worker idled while the
+    processor's busy event loop got round to sending the next one, and a backlog (after a
+    restart) drained barely faster than real time. Events are acked when their face record
+    is out; faust commits an offset only when everything before it is acked, so a crash
+    never skips a frame.
+    """
+
+    def __init__(self, faces: FacePool, output: SessionOutput, max_lag_us: int) -> None:
+        self._faces = faces
+        self._output = output
+        self._max_lag_us = max_lag_us
+        self._lanes: dict[str, tuple[asyncio.Queue[tuple[Any, Analysis]], asyncio.Task[None]]] = {}
+        self._analysing: dict[str, int] = {}  # per performer: frames sent to a worker, not done
+
+    async def run(self, stream: faust.StreamT) -> None:
+        video = decoded_events(
+            stream, records.VideoFrame, self._output.session.topics.video, self._output.dead_letter
+        )
+        try:
+            async for event, frame in video:
+                await self.take(event, frame)
+        finally:
+            await self.stop()
+
+    async def take(self, event: Any, frame: records.VideoFrame) -> None:
+        """Send the frame to its worker (or skip it) and queue it in its performer's lane."""
+        performer_id = frame.header.performer_id
+        if performer_id not in self._lanes:
+            queue: asyncio.Queue[tuple[Any, Analysis]] = asyncio.Queue(maxsize=LANE_FRAMES)
+            self._lanes[performer_id] = (queue, asyncio.create_task(self._lane(queue)))
+        analysis = self._analysis(event, frame)
+        try:
+            # A full lane holds the stream back: backpressure, not an unbounded queue.
+            await self._lanes[performer_id][0].put((event, analysis))
+        except BaseException:
+            analysis.cancel()  # stopping while waiting: not queued, not awaited
+            raise
+
+    def _analysis(self, event: Any, frame: records.VideoFrame) -> Analysis:
+        performer_id = frame.header.performer_id
+        analysing = self._analysing.get(performer_id, 0)
+        if skip_face(analysing, _read_lag_us(event), self._max_lag_us):
+            # Recorded as skipped, in its place in the lane (every frame gets one record,
+            # in order).
+            skipped = asyncio.get_running_loop().create_future()
+            skipped.set_result(records.encode(skipped_face(frame, "late")))
+            return skipped
+        # Submitted now, in read order: each worker runs its calls in order.
+        analysis = asyncio.create_task(self._faces.analyse(frame))
+        self._analysing[performer_id] = analysing + 1
+        analysis.add_done_callback(functools.partial(self._analysed, performer_id))
+        return analysis
+
+    def _analysed(self, performer_id: str, _: Analysis) -> None:
+        self._analysing[performer_id] -= 1
+
+    async def _lane(self, queue: asyncio.Queue[tuple[Any, Analysis]]) -> None:
+        # A lane must outlive any one bad frame: if it died, its performer's queue would
+        # fill and hold the whole agent back.
+        while True:
+            event, analysis = await queue.get()
+            reason = ""
+            try:
+                message = await analysis
+            except FacePoolStopped as exc:
+                # Not acked: the next processor redoes this frame. Closed = stopping.
+                if not self._faces.closed:
+                    self._output.stop_for_restart(exc)
+                return
+            except Exception as exc:
+                reason = str(exc)
+                if not isinstance(exc, FaceAnalysisError):  # mediapipe, a dead worker
+                    log.exception("face analysis failed")
+                    reason = f"analysis failed: {exc}"
+                message = None
+            try:
+                if message is None:
+                    await self._output.dead_letter(event, self._output.session.topics.video, reason)
+                else:
+                    await self._output.send(self._output.face, message)
+            except Exception as exc:
+                # Not acked: the offset is not committed past it, and the restart redoes
+                # this frame (at-least-once).
+                log.exception("could not produce a face record or its dead letter")
+                self._output.stop_for_restart(exc)
+                return
+            event.ack()
+
+    async def stop(self) -> None:
+        """Stop the lanes, leaving what they had not produced unacked (it is redone)."""
+        tasks = [task for _, task in self._lanes.values()]
+        for task in tasks:
+            task.cancel()
+        # Wait for them: their unacked events stay uncommitted and are redone.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # Frames still waiting in the lanes are not acked either; their analyses are
+        # dropped (retrieved, so none is reported as never awaited).
+        waiting = []
+        for queue, _ in self._lanes.values():
+            while not queue.empty():
+                waiting.append(queue.get_nowait()[1])
+        for dropped in waiting:
+            dropped.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+
+async def note_member(
+    app: Any, member: group_members.MemberNote, sender: Any, assigned: set[Any], **_: Any
+) -> None:
+    """Note this processor's member id in its group (on each assignment: a rejoin may
+    change it), so that a processor started after this one is killed need not wait it out.
+    faust itself reads its aiokafka consumer this way (its driver's on_partitions_assigned)."""
+    try:
+        consumer = cast(Any, app.consumer)._thread._ensure_consumer()
+    except AttributeError:
+        log.warning("cannot note this processor's group member id (faust changed?)")
+        return
+    member.note(group_members.consumer_member_id(consumer))
+
+
+async def close_processors(
+    state: SessionProcessors, member: group_members.MemberNote, sender: Any, **_: Any
+) -> None:
+    state.close()
+    # A clean stop leaves no note behind (only a killed processor's stays, for its
+    # successor to find dead).
+    member.forget()
+
+
 def build_app(settings: Settings, session: records.SessionRecord) -> Any:
     """The faust app of one session's processors."""
     app = make_faust_app(
@@ -162,257 +503,33 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
         stream_wait_empty=False,
     )
     state = SessionProcessors(settings, session)
-    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "value_serializer": "raw"}
-    audio_topic = app.topic(session.topics.audio, **raw)
-    video_topic = app.topic(session.topics.video, **raw)
-    prosody_topic = app.topic(session.topics.prosody, **raw)
-    face_topic = app.topic(session.topics.face, **raw)
-    deadletter_topic = app.topic(topics.DEADLETTER, **raw)
-
-    async def dead_letter(event: Any, source: str, reason: str) -> None:
-        message = event.message
-        letter = records.DeadLetter.of(
-            ts_us=now_us(),
-            source_topic=source,
-            service=SERVICE,
-            reason=reason,
-            payload=message.value or b"",
-            key=message.key,
-            partition=message.partition,
-            offset=message.offset,
-        )
-        encoded = records.encode(letter)
-        await deadletter_topic.send(key=encoded.key, value=encoded.value, headers=encoded.headers)
-
-    async def send(topic: Any, message: records.KafkaMessage) -> None:
-        await topic.send(key=message.key, value=message.value, headers=message.headers)
-
-    async def emit(topic: Any, record: records.AnyRecord) -> None:
-        await send(topic, records.encode(record))
-
-    def stop_for_restart(exc: BaseException) -> None:
-        # Records left unacked by a failure are not read again while this process lives,
-        # and commits cannot pass them: stop (gracefully, committing what was acked) so
-        # that `livetag worker` starts the processors again from the last commit.
-        log.critical(
-            "processors of session %s stop after a failure (%r); their worker restarts them",
-            session.session_id,
-            exc,
-        )
-        os.kill(os.getpid(), signal.SIGTERM)
+    output = SessionOutput(app, session)
+    member = group_members.MemberNote(settings, topics.processors_group(session.session_id))
 
     # The agents are coroutines, not generators: faust formats a debug log line and looks
     # for reply headers for every value an agent yields, ~4% of this process's event loop
-    # at hundreds of records a second, for results nobody reads.
-    @app.agent(audio_topic)
+    # at hundreds of records a second, for results nobody reads. Each run of an agent has
+    # state of its own: faust starts an agent anew when it crashed or a rebalance
+    # cancelled it, and the new run must not take over what the old one held unacked.
+    @app.agent(raw_topic(app, session.topics.audio))
     async def prosody(stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
+        await ProsodyAgent(state, output, settings.prosody_batch_ms / 1000).run(stream)
 
-        # Per performer, chunks whose hops are not all out yet: a hop needs audio 15.8 ms
-        # past its end, so a chunk's last hops come with the next chunk. Acked only then:
-        # a worker killed in between leaves the chunk uncommitted, for its successor.
-        # When a performer's audio stops (they left, the session ended), the tracker is
-        # flushed (its last hops zero-padded) after PROSODY_IDLE_FLUSH_S without a chunk,
-        # so the stream's last chunks get their hops and their acks.
-        unfinished: dict[str, deque[tuple[int, Any]]] = {}
-        last_chunk_at: dict[str, float] = {}
-        one_at_a_time = asyncio.Lock()  # the analysis of a batch, or a flush, with its sends
-
-        async def analyse(batch: list[tuple[Any, records.AudioChunk]]) -> None:
-            # One trip to the prosody thread per batch; each event is acked once all its
-            # hops are handed to the producer.
-            async with one_at_a_time:
-                results = await loop.run_in_executor(
-                    state.prosody_pool, state.prosody_messages, [chunk for _, chunk in batch]
-                )
-                await hand_over(batch, results)
-
-        async def hand_over(
-            batch: list[tuple[Any, records.AudioChunk]],
-            results: tuple[list[records.KafkaMessage], list[int | str | None]],
-        ) -> None:
-            # The batch's hops first (one record per performer), then the acks they allow.
-            messages, progress = results
-            for message in messages:
-                await send(prosody_topic, message)
-            now = time.monotonic()
-            for (event, chunk), emitted_until_us in zip(batch, progress, strict=True):
-                last_chunk_at[chunk.header.performer_id] = now
-                if isinstance(emitted_until_us, str):
-                    await dead_letter(event, session.topics.audio, emitted_until_us)
-                    event.ack()
-                    continue
-                header = chunk.header
-                waiting = unfinished.setdefault(header.performer_id, deque())
-                end_us = header.ts_us + header.sample_count * 1_000_000 // SAMPLE_RATE
-                waiting.append((end_us, event))
-                while waiting and (emitted_until_us is None or waiting[0][0] <= emitted_until_us):
-                    waiting.popleft()[1].ack()
-
-        async def flush_idle() -> None:
-            while True:
-                await asyncio.sleep(PROSODY_IDLE_FLUSH_S / 2)
-                async with one_at_a_time:
-                    now = time.monotonic()
-                    for performer_id, waiting in unfinished.items():
-                        if not waiting or now - last_chunk_at[performer_id] < (
-                            PROSODY_IDLE_FLUSH_S
-                        ):
-                            continue
-                        messages = await loop.run_in_executor(
-                            state.prosody_pool, state.flush_prosody, performer_id
-                        )
-                        for message in messages:
-                            await send(prosody_topic, message)
-                        while waiting:
-                            waiting.popleft()[1].ack()
-
-        lane: BatchLane[tuple[Any, records.AudioChunk]] = BatchLane(
-            "prosody",
-            analyse,
-            limit=AUDIO_BATCH,
-            on_failure=stop_for_restart,
-            interval_s=settings.prosody_batch_ms / 1000,
-        )
-
-        def flush_failed(task: asyncio.Task[None]) -> None:
-            if not task.cancelled() and (exc := task.exception()) is not None:
-                stop_for_restart(exc)
-
-        flusher = asyncio.create_task(flush_idle(), name="prosody-idle-flush")
-        flusher.add_done_callback(flush_failed)
-        audio = decoded_events(stream, records.AudioChunk, session.topics.audio, dead_letter)
-        try:
-            async for event, chunk in audio:
-                await lane.put((event, chunk))
-        finally:
-            flusher.cancel()
-            await lane.close()
-
-    @app.agent(video_topic)
+    @app.agent(raw_topic(app, session.topics.video))
     async def face(stream: faust.StreamT) -> None:
-        # One lane per performer: frames of one performer stay in capture order (its
-        # landmarker needs increasing timestamps), performers run in parallel in the face
-        # worker processes. A frame goes to its worker as soon as it is read, and the lane
-        # takes the results in order: with only one frame in flight per performer, a
-        # worker idled while the processor's busy event loop got round to sending the next
-        # one, and a backlog (after a restart) drained barely faster than real time.
-        # Events are acked when their face record is out; faust commits an offset only
-        # when everything before it is acked, so a crash never skips a frame.
-        Analysis = asyncio.Future[records.KafkaMessage]
-        loop = asyncio.get_running_loop()
-        max_lag_us = settings.face_max_lag_ms * 1000
-        lanes: dict[str, tuple[asyncio.Queue[tuple[Any, Analysis]], asyncio.Task[None]]] = {}
-        analysing: dict[str, int] = {}  # per performer: frames sent to a worker, not done
-
-        def analysed(performer_id: str, _: Analysis) -> None:
-            analysing[performer_id] -= 1
-
-        async def lane(queue: asyncio.Queue[tuple[Any, Analysis]]) -> None:
-            # A lane must outlive any one bad frame: if it died, its performer's queue
-            # would fill and hold the whole agent back.
-            while True:
-                event, analysis = await queue.get()
-                reason = ""
-                try:
-                    message = await analysis
-                except FacePoolStopped as exc:
-                    # Not acked: the next processor redoes this frame. Closed = stopping.
-                    if not state.faces.closed:
-                        stop_for_restart(exc)
-                    return
-                except Exception as exc:
-                    reason = str(exc)
-                    if not isinstance(exc, FaceAnalysisError):  # mediapipe, a dead worker
-                        log.exception("face analysis failed")
-                        reason = f"analysis failed: {exc}"
-                    message = None
-                try:
-                    if message is None:
-                        await dead_letter(event, session.topics.video, reason)
-                    else:
-                        await send(face_topic, message)
-                except Exception as exc:
-                    # Not acked: the offset is not committed past it, and the restart
-                    # redoes this frame (at-least-once).
-                    log.exception("could not produce a face record or its dead letter")
-                    stop_for_restart(exc)
-                    return
-                event.ack()
-
-        video = decoded_events(stream, records.VideoFrame, session.topics.video, dead_letter)
-        try:
-            async for event, frame in video:
-                performer_id = frame.header.performer_id
-                if performer_id not in lanes:
-                    queue: asyncio.Queue[tuple[Any, Analysis]] = asyncio.Queue(maxsize=LANE_FRAMES)
-                    lanes[performer_id] = (queue, asyncio.create_task(lane(queue)))
-                analysis: Analysis
-                busy = analysing.get(performer_id, 0) >= FACE_BUSY_FRAMES
-                if max_lag_us and (busy or _read_lag_us(event) > max_lag_us):
-                    # The processors are behind: this frame waited in Kafka past the lag
-                    # budget, or its performer's face worker still has frames queued.
-                    # Analysing it would only add lag. Recorded as skipped, in its place in
-                    # the lane (every frame gets one record, in order). The rule is the
-                    # same for every performer, so an overloaded machine thins all of them
-                    # alike, to the rate its workers manage. The lag is the processors'
-                    # own (from the record's Kafka timestamp, set when the capture server
-                    # produced it): a frame that reached Kafka late is not the processors'
-                    # lag, and skipping it would not catch anything up (judged from the
-                    # capture instant, a scene whose fork ran ~250 ms behind had every
-                    # frame skipped).
-                    analysis = loop.create_future()
-                    analysis.set_result(records.encode(skipped_face(frame, "late")))
-                else:
-                    # Submitted now, in read order: each worker runs its calls in order.
-                    analysis = asyncio.create_task(state.faces.analyse(frame))
-                    analysing[performer_id] = analysing.get(performer_id, 0) + 1
-                    analysis.add_done_callback(functools.partial(analysed, performer_id))
-                try:
-                    # A full lane holds the stream back: backpressure, not an unbounded queue.
-                    await lanes[performer_id][0].put((event, analysis))
-                except BaseException:
-                    analysis.cancel()  # stopping while waiting: not queued, not awaited
-                    raise
-        finally:
-            tasks = [task for _, task in lanes.values()]
-            for task in tasks:
-                task.cancel()
-            # Wait for them: their unacked events stay uncommitted and are redone.
-            await asyncio.gather(*tasks, return_exceptions=True)
-            # Frames still waiting in the lanes are not acked either; their analyses are
-            # dropped (retrieved, so none is reported as never awaited).
-            waiting = []
-            for queue, _ in lanes.values():
-                while not queue.empty():
-                    waiting.append(queue.get_nowait()[1])
-            for dropped in waiting:
-                dropped.cancel()
-            await asyncio.gather(*waiting, return_exceptions=True)
+        await FaceAgent(state.faces, output, settings.face_max_lag_ms * 1000).run(stream)
 
     add_aligner(
-        app, settings, session, emit=emit, dead_letter=dead_letter, on_failure=stop_for_restart
+        app,
+        settings,
+        session,
+        emit=output.emit,
+        dead_letter=output.dead_letter,
+        on_failure=output.stop_for_restart,
     )
-    member = group_members.MemberNote(settings, topics.processors_group(session.session_id))
-
-    @cast(Any, app).on_partitions_assigned.connect
-    async def note_member(sender: Any, assigned: set[Any], **_: Any) -> None:
-        # So that a processor started after this one is killed need not wait it out. faust
-        # itself reads its aiokafka consumer this way (its driver's on_partitions_assigned).
-        try:
-            consumer = cast(Any, app.consumer)._thread._ensure_consumer()
-        except AttributeError:
-            log.warning("cannot note this processor's group member id (faust changed?)")
-            return
-        member.note(group_members.consumer_member_id(consumer))
-
-    @cast(Any, app).on_before_shutdown.connect
-    async def close_processors(sender: Any, **_: Any) -> None:
-        state.close()
-        # A clean stop leaves no note behind (only a killed processor's stays, for its
-        # successor to find dead).
-        member.forget()
-
+    signals = cast(Any, app)
+    signals.on_partitions_assigned.connect(functools.partial(note_member, app, member))
+    signals.on_before_shutdown.connect(functools.partial(close_processors, state, member))
     return app
 
 

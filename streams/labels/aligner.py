@@ -25,17 +25,23 @@ The join's state is in memory; a worker killed mid-scene loses none of it, in tw
 
 Undecodable records and tags too late to correct anything go to ``livetag.deadletter``
 with the reason (a late tag also stays on ``livetag.tags``).
+
+Each agent is a small class that writes through one :class:`AlignerStep` (the aligner, its
+lock and the acks it allows): TagAgent, FeatureAgent (prosody, face), PresenceFollower,
+CounterPublisher, and RestoreOnAssignment for the above; add_aligner only wires them to
+the app.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -43,7 +49,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from streams import records
 from streams.kafka import clients, health, topics
 from streams.kafka.batches import BatchLane
-from streams.kafka.clients import decoded_events, event_headers
+from streams.kafka.clients import decoded_events, event_headers, raw_topic
 from streams.kafka.sessions import SessionDirectory, is_over
 from streams.labels.aligner_core import AlignerConfig, LateTag, SessionAligner
 from streams.session_clock import now_us
@@ -181,6 +187,307 @@ def presence_of(session: records.SessionRecord) -> dict[str, tuple[bool, int]]:
     return state
 
 
+class AlignerStep:
+    """The session's aligner, stepped one call at a time: an aligner call, the produce of
+    the windows it returned, then the acks it allows; an ack must never count windows not
+    yet handed to the producer (faust flushes the producer before it commits what the acks
+    allow)."""
+
+    def __init__(self, aligner: SessionAligner, emit: Emit, labels_topic: Any) -> None:
+        self.aligner = aligner
+        self.held = HeldEvents(aligner)
+        self._emit = emit
+        self._labels_topic = labels_topic
+        self._lock = asyncio.Lock()
+        # Cleared while emitted windows are read back (see RestoreOnAssignment): nothing is
+        # aligned then.
+        self.restored = asyncio.Event()
+        self.restored.set()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the step: no aligner call runs meanwhile, nor while windows are read back."""
+        async with self._lock:
+            # Inside the lock: a step queued on it must not run while windows are read back.
+            await self.restored.wait()
+            yield
+
+    async def run(
+        self, call: Callable[[int], Sequence[Any]], held_until: Sequence[tuple[str, int, Any]] = ()
+    ) -> list[LateTag]:
+        """``call(now_us)`` on the aligner, its windows produced, then the acks: the events
+        of ``held_until`` (performer, instant whose windows must be out, event) are held
+        until then. Returns the tags that came too late to correct anything."""
+        async with self.exclusive():
+            out = call(now_us())
+            for performer_id, until_us, event in held_until:
+                self.held.hold(performer_id, until_us, event)
+            for item in out:
+                if isinstance(item, records.LabelWindow):
+                    await self._emit(self._labels_topic, item)
+            self.held.release()
+        return [item for item in out if isinstance(item, LateTag)]
+
+    async def tick(self) -> None:
+        """The windows that are ready by now, out (a window goes out once its features
+        and tags had time to arrive)."""
+        await self.run(self.aligner.tick)
+
+
+class TagAgent:
+    """``livetag.tags`` into the aligner: this session's tags, each acked once the windows
+    of its span have gone out."""
+
+    def __init__(self, session_id: str, step: AlignerStep, dead_letter: DeadLetterSink) -> None:
+        self._key_prefix = f"{session_id}/".encode()
+        self._step = step
+        self._dead_letter = dead_letter
+
+    async def run(self, stream: faust.StreamT) -> None:
+        async for event in cast(Any, stream).noack().events():
+            await self.take(event)
+
+    async def take(self, event: Any) -> None:
+        if not (event.key or b"").startswith(self._key_prefix):
+            event.ack()  # another session's tag
+            return
+        try:
+            tag = records.decode(records.TagEvent, event.value, event_headers(event.headers))
+        except records.RecordError as exc:
+            await self._dead_letter(event, topics.TAGS, str(exc))
+            event.ack()
+            return
+        aligner = self._step.aligner
+        late = await self._step.run(
+            functools.partial(aligner.add_tag, tag),
+            [(tag.performer_id, aligner.settles_at_us(tag), event)],
+        )
+        for out in late:
+            aligner.count_for(tag.performer_id, "late_tags")
+            await self._dead_letter(event, topics.TAGS, out.reason)
+
+
+class FeatureAgent(Generic[Carrier, Feature]):
+    """One of the session's feature topics into the aligner.
+
+    Feature records come tens a second per performer: each batch that gathered while the
+    previous one was aligned goes through one aligner step.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        topic_name: str,
+        record_class: type[Carrier],
+        frames_of: Callable[[Carrier], Sequence[Feature]],
+        add: Callable[[Feature, int], Sequence[records.LabelWindow]],
+        step: AlignerStep,
+        dead_letter: DeadLetterSink,
+        on_failure: Callable[[BaseException], None] | None,
+    ) -> None:
+        self.kind = kind
+        self.topic_name = topic_name
+        self._record_class: type[Carrier] = record_class
+        self._frames_of: Callable[[Carrier], Sequence[Feature]] = frames_of
+        self._add: Callable[[Feature, int], Sequence[records.LabelWindow]] = add
+        self._step = step
+        self._dead_letter = dead_letter
+        self._on_failure = on_failure
+
+    async def run(self, stream: faust.StreamT) -> None:
+        lane: BatchLane[tuple[Any, Sequence[Feature]]] = BatchLane(
+            f"align-{self.kind}", self.align_batch, limit=FEATURE_BATCH, on_failure=self._on_failure
+        )
+        try:
+            async for event, record in decoded_events(
+                stream, self._record_class, self.topic_name, self._dead_letter
+            ):
+                await lane.put((event, self._frames_of(record)))
+        finally:
+            await lane.close()
+
+    async def align_batch(self, batch: list[tuple[Any, Sequence[Feature]]]) -> None:
+        def call(now_us: int) -> list[Any]:
+            out: list[Any] = []
+            for _, frames in batch:
+                for frame in frames:
+                    out.extend(self._add(frame, now_us))
+            return out
+
+        # A record's event is acked once the windows of its last frame are out.
+        await self._step.run(
+            call, [(frames[-1].performer_id, frames[-1].ts_us, event) for event, frames in batch]
+        )
+
+
+class PresenceFollower:
+    """The session's record followed for its performers' presence.
+
+    Joins and leaves are on the session's record: a performer who left has streams that
+    ended, so their windows are not held waiting for them.
+    """
+
+    def __init__(self, settings: Settings, session_id: str, aligner: SessionAligner) -> None:
+        self._settings = settings
+        self._session_id = session_id
+        self._aligner = aligner
+        self._known: dict[str, tuple[bool, int]] = {}
+
+    def note(self, session: records.SessionRecord) -> None:
+        """Tell the aligner whose presence changed since the record seen last."""
+        for performer_id, state in presence_of(session).items():
+            if self._known.get(performer_id) != state:
+                self._known[performer_id] = state
+                self._aligner.set_presence(performer_id, *state, now_us())
+
+    async def run(self) -> None:
+        while True:
+            directory = SessionDirectory(self._settings)
+            try:
+                await directory.start()
+                while True:
+                    current = directory.get(self._session_id)
+                    if current is not None:
+                        self.note(current)
+                    await directory.changed(PRESENCE_POLL_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # meanwhile windows wait the full silence for leavers
+                log.exception("aligner: could not follow the session's presence; retrying")
+                await asyncio.sleep(PRESENCE_POLL_S)
+            finally:
+                await directory.stop()
+
+
+class CounterPublisher:
+    """The performers' counters on ``livetag.health``: those that changed, at most every
+    COUNTERS_INTERVAL_S, carrying on from what earlier instances published."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_id: str,
+        step: AlignerStep,
+        emit: Emit,
+        health_topic: Any,
+    ) -> None:
+        self._settings = settings
+        self._session_id = session_id
+        self._step = step
+        self._emit = emit
+        self._health_topic = health_topic
+        self._published: dict[str, dict[str, int]] = {}
+        # Set once the counters of the assigned partitions were read back (or none was due).
+        self.seeded = asyncio.Event()
+        self.seeded.set()
+
+    async def seed(self, partitions: set[int]) -> int:
+        """Carry on from the counts earlier instances published for the performers on
+        these partitions (their windows within the grace are then read back and counted)."""
+        seeded = 0
+        found = await health.read_counters(self._settings, self._session_id)
+        for (_, performer_id, source), record in found.items():
+            partition = health.performer_partition(self._settings, self._session_id, performer_id)
+            if source == "aligner" and partition in partitions:
+                seeded += self._step.aligner.seed_counters(
+                    performer_id, record.carried, record.carried_through_us, now_us()
+                )
+        return seeded
+
+    async def publish(self) -> None:
+        # Under the step lock, so the counts go out with the windows they count.
+        if not self.seeded.is_set():
+            return
+        async with self._step.exclusive():
+            performers = self._step.aligner.performer_counters()
+            for performer_id, (counts, carried, through_us) in performers.items():
+                if self._published.get(performer_id) == counts:
+                    continue
+                record = records.PipelineCounters(
+                    ts_us=now_us(),
+                    session_id=self._session_id,
+                    performer_id=performer_id,
+                    source="aligner",
+                    counters=counts,
+                    carried=carried,
+                    carried_through_us=through_us,
+                )
+                await self._emit(self._health_topic, record)
+                self._published[performer_id] = counts
+
+
+class RestoreOnAssignment:
+    """When partitions are assigned: what this instance must carry on from, read back (the
+    windows emitted for them, the counters published), what it must no longer align,
+    dropped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: records.SessionRecord,
+        step: AlignerStep,
+        counters: CounterPublisher,
+    ) -> None:
+        self._settings = settings
+        self._session_id = session.session_id
+        self._session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
+        self._step = step
+        self._counters = counters
+
+    async def restore(self, sender: Any, assigned: set[Any], **_: Any) -> None:
+        # faust may resume fetching before this returns: the agents wait on `restored`, so
+        # the aligner knows what was emitted before it sees a re-read record.
+        partitions = {tp.partition for tp in assigned if tp.topic in self._session_topics}
+        if not partitions:
+            return
+        aligner = self._step.aligner
+        self._step.restored.clear()
+        self._forget_moved(partitions)
+        started = time.monotonic()
+        try:
+            # The group's heartbeats wait for this handler: bounded well inside its session.
+            async with asyncio.timeout(RESTORE_TIMEOUT_S):
+                windows = await read_label_windows(
+                    self._settings, self._session_id, partitions, since_ms=self._since_ms()
+                )
+                seeded = await self._counters.seed(partitions)
+            count = aligner.restore(windows, now_us())
+        except Exception:  # without it the aligner still runs, as before a restart
+            # ...but its counters would start again from 0: not published until a
+            # later assignment reads them back.
+            self._counters.seeded.clear()
+            log.exception("could not read back the emitted label windows")
+            return
+        else:
+            self._counters.seeded.set()
+        finally:
+            self._step.restored.set()
+        log.info(
+            "aligner: %d label windows and %d performers' counters of partitions %s read "
+            "back in %.2f s",
+            count,
+            seeded,
+            sorted(partitions),
+            time.monotonic() - started,
+        )
+
+    def _forget_moved(self, partitions: set[int]) -> None:
+        # Performers whose partitions went to another worker: it carries on from what this
+        # one emitted and published; kept here, they would be aligned (and counted) twice.
+        aligner = self._step.aligner
+        for performer_id in aligner.held_performers():
+            partition = health.performer_partition(self._settings, self._session_id, performer_id)
+            if partition not in partitions:
+                aligner.forget_performer(performer_id)
+                self._step.held.forget(performer_id)
+
+    def _since_ms(self) -> int:
+        """Where reading back starts: the windows emitted since still take corrections."""
+        settings = self._settings
+        horizon_s = settings.label_grace_s + settings.tag_max_hold_ms / 1000 + RESTORE_MARGIN_S
+        return round((time.time() - horizon_s) * 1000)
+
+
 def add_aligner(
     app: Any,
     settings: Settings,
@@ -191,220 +498,40 @@ def add_aligner(
     on_failure: Callable[[BaseException], None] | None = None,
 ) -> SessionAligner:
     """Define the aligner agents of ``session`` on its processor ``app``."""
-    aligner = SessionAligner(session.session_id, config_of(settings))
-    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "value_serializer": "raw"}
-    tags_topic = app.topic(topics.TAGS, **raw)
-    labels_topic = app.topic(topics.LABELS, **raw)
-    key_prefix = f"{session.session_id}/".encode()
-    held = HeldEvents(aligner)
-    # One step at a time: an aligner call, the produce of the windows it returned, then
-    # the acks it allows; an ack must never count windows not yet handed to the producer
-    # (faust flushes the producer before it commits what the acks allow).
-    step = asyncio.Lock()
-    # Cleared while emitted windows are read back (see restore): nothing is aligned then.
-    restored = asyncio.Event()
-    restored.set()
-
-    async def align(
-        call: Callable[[int], Sequence[Any]], held_until: Sequence[tuple[str, int, Any]] = ()
-    ) -> list[LateTag]:
-        """``call(now_us)`` on the aligner, its windows produced, then the acks."""
-        async with step:
-            # Inside the lock: a step queued on it must not run while windows are read back.
-            await restored.wait()
-            out = call(now_us())
-            for performer_id, until_us, event in held_until:
-                held.hold(performer_id, until_us, event)
-            for item in out:
-                if isinstance(item, records.LabelWindow):
-                    await emit(labels_topic, item)
-            held.release()
-        return [item for item in out if isinstance(item, LateTag)]
-
-    @app.agent(tags_topic, name=f"align-tags-{session.session_id}")
-    async def align_tags(stream: faust.StreamT) -> None:
-        async for event in cast(Any, stream).noack().events():
-            if not (event.key or b"").startswith(key_prefix):
-                event.ack()  # another session's tag
-                continue
-            try:
-                tag = records.decode(records.TagEvent, event.value, event_headers(event.headers))
-            except records.RecordError as exc:
-                await dead_letter(event, topics.TAGS, str(exc))
-                event.ack()
-                continue
-            late = await align(
-                functools.partial(aligner.add_tag, tag),
-                [(tag.performer_id, aligner.settles_at_us(tag), event)],
-            )
-            for out in late:
-                aligner.count_for(tag.performer_id, "late_tags")
-                await dead_letter(event, topics.TAGS, out.reason)
-
-    def feature_agent(
-        topic_name: str,
-        kind: str,
-        record_class: type[Carrier],
-        frames_of: Callable[[Carrier], Sequence[Feature]],
-        add: Callable[[Feature, int], Sequence[records.LabelWindow]],
-    ) -> None:
-        # Feature records come tens a second per performer: each batch that gathered
-        # while the previous one was aligned goes through one aligner step.
-        async def align_batch(batch: list[tuple[Any, Sequence[Feature]]]) -> None:
-            def call(now_us: int) -> list[Any]:
-                out: list[Any] = []
-                for _, frames in batch:
-                    for frame in frames:
-                        out.extend(add(frame, now_us))
-                return out
-
-            # A record's event is acked once the windows of its last frame are out.
-            await align(
-                call,
-                [(frames[-1].performer_id, frames[-1].ts_us, event) for event, frames in batch],
-            )
-
-        @app.agent(app.topic(topic_name, **raw), name=f"align-{kind}-{session.session_id}")
-        async def align_features(stream: faust.StreamT) -> None:
-            lane: BatchLane[tuple[Any, Sequence[Feature]]] = BatchLane(
-                f"align-{kind}", align_batch, limit=FEATURE_BATCH, on_failure=on_failure
-            )
-            try:
-                async for event, record in decoded_events(
-                    stream, record_class, topic_name, dead_letter
-                ):
-                    await lane.put((event, frames_of(record)))
-            finally:
-                await lane.close()
-
-    feature_agent(
-        session.topics.prosody,
+    session_id = session.session_id
+    aligner = SessionAligner(session_id, config_of(settings))
+    step = AlignerStep(aligner, emit, raw_topic(app, topics.LABELS))
+    tags = TagAgent(session_id, step, dead_letter)
+    prosody = FeatureAgent(
         "prosody",
+        session.topics.prosody,
         records.ProsodyHops,
-        records.ProsodyHops.frames,
-        aligner.add_prosody,
+        frames_of=records.ProsodyHops.frames,
+        add=aligner.add_prosody,
+        step=step,
+        dead_letter=dead_letter,
+        on_failure=on_failure,
     )
-    feature_agent(
-        session.topics.face, "face", records.FaceFrame, lambda frame: (frame,), aligner.add_face
+    face = FeatureAgent(
+        "face",
+        session.topics.face,
+        records.FaceFrame,
+        frames_of=lambda frame: (frame,),
+        add=aligner.add_face,
+        step=step,
+        dead_letter=dead_letter,
+        on_failure=on_failure,
     )
+    presence = PresenceFollower(settings, session_id, aligner)
+    counters = CounterPublisher(settings, session_id, step, emit, raw_topic(app, topics.HEALTH))
+    restore = RestoreOnAssignment(settings, session, step, counters)
 
-    session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
-    health_topic = app.topic(topics.HEALTH, **raw)
-    published_counters: dict[str, dict[str, int]] = {}
-    # Set once the counters of the assigned partitions were read back (or none was due).
-    counters_seeded = asyncio.Event()
-    counters_seeded.set()
-
-    async def seed_counters(partitions: set[int]) -> int:
-        """Carry on from the counts earlier instances published for the performers on
-        these partitions (their windows within the grace are then read back and counted)."""
-        seeded = 0
-        found = await health.read_counters(settings, session.session_id)
-        for (_, performer_id, source), record in found.items():
-            partition = health.performer_partition(settings, session.session_id, performer_id)
-            if source == "aligner" and partition in partitions:
-                seeded += aligner.seed_counters(
-                    performer_id, record.carried, record.carried_through_us, now_us()
-                )
-        return seeded
-
-    @app.on_partitions_assigned.connect
-    async def restore(sender: Any, assigned: set[Any], **_: Any) -> None:
-        # faust may resume fetching before this returns: the agents wait on `restored`, so
-        # the aligner knows what was emitted before it sees a re-read record.
-        partitions = {tp.partition for tp in assigned if tp.topic in session_topics}
-        if not partitions:
-            return
-        restored.clear()
-        # Performers whose partitions went to another worker: it carries on from what this
-        # one emitted and published; kept here, they would be aligned (and counted) twice.
-        for performer_id in aligner.held_performers():
-            if health.performer_partition(settings, session.session_id, performer_id) not in (
-                partitions
-            ):
-                aligner.forget_performer(performer_id)
-                held.forget(performer_id)
-        horizon_s = settings.label_grace_s + settings.tag_max_hold_ms / 1000 + RESTORE_MARGIN_S
-        started = time.monotonic()
-        try:
-            # The group's heartbeats wait for this handler: bounded well inside its session.
-            async with asyncio.timeout(RESTORE_TIMEOUT_S):
-                windows = await read_label_windows(
-                    settings,
-                    session.session_id,
-                    partitions,
-                    since_ms=round((time.time() - horizon_s) * 1000),
-                )
-                seeded = await seed_counters(partitions)
-            count = aligner.restore(windows, now_us())
-        except Exception:  # without it the aligner still runs, as before a restart
-            # ...but its counters would start again from 0: not published until a
-            # later assignment reads them back.
-            counters_seeded.clear()
-            log.exception("could not read back the emitted label windows")
-            return
-        else:
-            counters_seeded.set()
-        finally:
-            restored.set()
-        log.info(
-            "aligner: %d label windows and %d performers' counters of partitions %s read "
-            "back in %.2f s",
-            count,
-            seeded,
-            sorted(partitions),
-            time.monotonic() - started,
-        )
-
-    @app.task
-    async def follow_presence() -> None:
-        # Joins and leaves are on the session's record: a performer who left has streams
-        # that ended, so their windows are not held waiting for them.
-        known: dict[str, tuple[bool, int]] = {}
-        while True:
-            directory = SessionDirectory(settings)
-            try:
-                await directory.start()
-                while True:
-                    current = directory.get(session.session_id)
-                    if current is not None:
-                        for performer_id, state in presence_of(current).items():
-                            if known.get(performer_id) != state:
-                                known[performer_id] = state
-                                aligner.set_presence(performer_id, *state, now_us())
-                    await directory.changed(PRESENCE_POLL_S)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # meanwhile windows wait the full silence for leavers
-                log.exception("aligner: could not follow the session's presence; retrying")
-                await asyncio.sleep(PRESENCE_POLL_S)
-            finally:
-                await directory.stop()
-
-    @app.timer(interval=TICK_S, name=f"align-tick-{session.session_id}")
-    async def align_tick() -> None:
-        await align(aligner.tick)
-
-    @app.timer(interval=COUNTERS_INTERVAL_S, name=f"align-counters-{session.session_id}")
-    async def publish_counters() -> None:
-        # Under the step lock, so the counts go out with the windows they count.
-        if not counters_seeded.is_set():
-            return
-        async with step:
-            await restored.wait()
-            for performer_id, (counts, carried, through_us) in aligner.performer_counters().items():
-                if published_counters.get(performer_id) == counts:
-                    continue
-                record = records.PipelineCounters(
-                    ts_us=now_us(),
-                    session_id=session.session_id,
-                    performer_id=performer_id,
-                    source="aligner",
-                    counters=counts,
-                    carried=carried,
-                    carried_through_us=through_us,
-                )
-                await emit(health_topic, record)
-                published_counters[performer_id] = counts
-
+    # Bound methods: faust would name them all by their method's name, so each gets a name.
+    app.agent(raw_topic(app, topics.TAGS), name=f"align-tags-{session_id}")(tags.run)
+    app.agent(raw_topic(app, prosody.topic_name), name=f"align-prosody-{session_id}")(prosody.run)
+    app.agent(raw_topic(app, face.topic_name), name=f"align-face-{session_id}")(face.run)
+    app.on_partitions_assigned.connect(restore.restore)
+    app.task(presence.run)
+    app.timer(interval=TICK_S, name=f"align-tick-{session_id}")(step.tick)
+    app.timer(interval=COUNTERS_INTERVAL_S, name=f"align-counters-{session_id}")(counters.publish)
     return aligner
