@@ -134,11 +134,21 @@ export function drawTakes(ctx, h, now, t0, scaleX) {
 }
 
 // ---- charts -------------------------------------------------------------------------
+// A chart's canvas, cleared, with what its drawing needs: the last `dash.windowUs` up to
+// `now` across its width, `pad` pixels kept free above and below. Null while it has no size.
+function beginChart(canvas, now, pad) {
+  const w = canvas._w;
+  const h = canvas._h;
+  if (!w || !h) return null;
+  const ctx = beginCanvas(canvas);
+  const t0 = now - dash.windowUs;
+  return { ctx, w, h, pad, span: h - 2 * pad, now, t0, scaleX: w / dash.windowUs };
+}
+
 // A chart's frame: a labelled line at each of `values` (placed by `level`: 0 at the
 // bottom of the plot, 1 at its top), then the time grid and the takes under the data.
-function drawFrame(ctx, frame, values, labels, level) {
-  const { w, h, pad, now, t0, scaleX } = frame;
-  const span = h - 2 * pad;
+function drawFrame(chart, values, labels, level) {
+  const { ctx, w, h, pad, span, now, t0, scaleX } = chart;
   ctx.strokeStyle = COLOURS.grid;
   ctx.lineWidth = 1;
   ctx.beginPath();
@@ -157,17 +167,10 @@ function drawFrame(ctx, frame, values, labels, level) {
 }
 
 export function drawPitch(panel, now) {
-  const canvas = panel.pitch;
-  const w = canvas._w;
-  const h = canvas._h;
-  if (!w || !h) return;
-  const ctx = beginCanvas(canvas);
-  const t0 = now - dash.windowUs;
-  const scaleX = w / dash.windowUs;
-  const pad = 3;
-  const span = h - 2 * pad;
-  const level = (hz) => Math.log(hz / F0_MIN) / LOG_F0_RANGE;
-  drawFrame(ctx, { w, h, pad, now, t0, scaleX }, PITCH_GRID, PITCH_TEXT, level);
+  const chart = beginChart(panel.pitch, now, 3);
+  if (!chart) return;
+  const { ctx, pad, span, t0, scaleX } = chart;
+  drawFrame(chart, PITCH_GRID, PITCH_TEXT, (hz) => Math.log(hz / F0_MIN) / LOG_F0_RANGE);
   const cap = PROSODY_CAP;
   const ts = panel.ts;
   const f0n = panel.f0n;
@@ -188,17 +191,10 @@ export function drawPitch(panel, now) {
 }
 
 export function drawLoudness(panel, now) {
-  const canvas = panel.loud;
-  const w = canvas._w;
-  const h = canvas._h;
-  if (!w || !h) return;
-  const ctx = beginCanvas(canvas);
-  const t0 = now - dash.windowUs;
-  const scaleX = w / dash.windowUs;
-  const pad = 2;
-  const span = h - 2 * pad;
-  const level = (db) => (db - DB_MIN) / (DB_MAX - DB_MIN);
-  drawFrame(ctx, { w, h, pad, now, t0, scaleX }, LOUD_GRID, LOUD_TEXT, level);
+  const chart = beginChart(panel.loud, now, 2);
+  if (!chart) return;
+  const { ctx, pad, span, t0, scaleX } = chart;
+  drawFrame(chart, LOUD_GRID, LOUD_TEXT, (db) => (db - DB_MIN) / (DB_MAX - DB_MIN));
   const cap = PROSODY_CAP;
   const ts = panel.ts;
   const dbn = panel.dbn;

@@ -184,15 +184,28 @@ def test_an_action_the_session_refuses_says_which_rule(
     assert refused.value.code == code
 
 
+def presence_of(
+    current: records.SessionRecord,
+    participant_id: str,
+    *,
+    connected: bool,
+    stamp_us: int,
+    newest_state: records.SessionState,
+) -> records.SessionRecord | None:
+    return sessions.with_presence(
+        current,
+        participant_id=participant_id,
+        role="performer",
+        connected=connected,
+        stamp_us=stamp_us,
+        newest_state=newest_state,
+    )
+
+
 def test_a_join_moves_a_created_session_live_and_a_repeat_changes_nothing() -> None:
     created = session_record("s-presence").model_copy(update={"state": "created"})
-    joined = sessions.with_presence(
-        created,
-        participant_id="ana",
-        role="performer",
-        connected=True,
-        stamp_us=created.ts_us + 10,
-        newest_state="created",
+    joined = presence_of(
+        created, "ana", connected=True, stamp_us=created.ts_us + 10, newest_state="created"
     )
     assert joined is not None
     assert joined.state == "live"
@@ -200,24 +213,12 @@ def test_a_join_moves_a_created_session_live_and_a_repeat_changes_nothing() -> N
     assert [(p.participant_id, p.connected, p.since_ts_us) for p in joined.presence] == [
         ("ana", True, created.ts_us + 10)
     ]
-    repeat = sessions.with_presence(
-        joined,
-        participant_id="ana",
-        role="performer",
-        connected=True,
-        stamp_us=joined.ts_us + 1,
-        newest_state="live",
+    repeat = presence_of(
+        joined, "ana", connected=True, stamp_us=joined.ts_us + 1, newest_state="live"
     )
     assert repeat is None
     # A leave stamped by a clock behind the record still orders after it.
-    left = sessions.with_presence(
-        joined,
-        participant_id="ana",
-        role="performer",
-        connected=False,
-        stamp_us=0,
-        newest_state="live",
-    )
+    left = presence_of(joined, "ana", connected=False, stamp_us=0, newest_state="live")
     assert left is not None
     assert left.ts_us == joined.ts_us + 1
     assert [p.connected for p in left.presence] == [False]
@@ -225,14 +226,7 @@ def test_a_join_moves_a_created_session_live_and_a_repeat_changes_nothing() -> N
 
 def test_a_leave_keeps_an_end_the_copy_built_on_has_not_seen() -> None:
     live = session_record("s-presence-end")
-    left = sessions.with_presence(
-        live,
-        participant_id="ben",
-        role="performer",
-        connected=False,
-        stamp_us=live.ts_us + 1,
-        newest_state="ended",
-    )
+    left = presence_of(live, "ben", connected=False, stamp_us=live.ts_us + 1, newest_state="ended")
     assert left is not None
     assert left.state == "ended"
     assert sessions.is_over(left)
