@@ -146,7 +146,8 @@ class CaptureServer:
             maxsize=_PRESENCE_QUEUE
         )
         self._presence_writer: asyncio.Task[None] | None = None
-        self.presence_updates_dropped = 0
+        # Joins and leaves that never reached livetag.sessions, by why; never reset.
+        self.presence_updates_lost: Counter[str] = Counter()
         self._open_pages: dict[str, dict[str, int]] = {}
         # Every refusal by its error code: exceeded limits and bad input are visible to the
         # operator, not only to the client that got the error.
@@ -385,7 +386,14 @@ class CaptureServer:
         except ValueError:
             return self._refuse(400, "malformed", "since must be Unix milliseconds", counted=True)
         snapshot = self.loop_lag.snapshot(since_unix_ms=since)
-        return web.json_response({**snapshot, "background_restarts": dict(background.RESTARTS)})
+        return web.json_response(
+            {
+                **snapshot,
+                "background_restarts": dict(background.RESTARTS),
+                "presence_updates_lost": dict(self.presence_updates_lost),
+                "session_directory": self._directory.counters(),
+            }
+        )
 
     async def _refusal_metrics(self, request: web.Request) -> web.Response:
         return web.json_response({"call": dict(self.refusals), "tag": dict(self.tags.refusals)})
@@ -532,7 +540,7 @@ class CaptureServer:
         try:
             self._presence_updates.put_nowait((session_id, claims, connected))
         except asyncio.QueueFull:
-            self.presence_updates_dropped += 1
+            self.presence_updates_lost["writer_behind"] += 1
             log.warning("presence of %s not recorded: the writer is behind", claims.participant_id)
 
     async def _write_presence(self) -> None:
@@ -580,6 +588,7 @@ class CaptureServer:
             try:
                 await publish(self._producer, updated)
             except Exception as exc:  # presence is bookkeeping: never break the call for it
+                self.presence_updates_lost["publish_failed"] += 1
                 log.warning("could not record presence of %s: %s", claims.participant_id, exc)
                 return
             self._published_sessions[session_id] = updated

@@ -528,6 +528,7 @@ class DashboardServer:
                 "clients": [client.stats() for client in self.clients],
                 "refusals": dict(self.refusals),
                 "background_restarts": dict(background.RESTARTS),
+                "session_directory": self._directory.counters(),
                 "feeds": {
                     session_id: {"clients": feed.clients, "undecodable": feed.undecodable}
                     for session_id, feed in self._feeds.items()

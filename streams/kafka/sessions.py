@@ -285,6 +285,16 @@ class SessionDirectory:
     def get(self, session_id: str) -> records.SessionRecord | None:
         return self._sessions.get(session_id)
 
+    def counters(self) -> dict[str, int]:
+        """What this directory skipped or could not do since it started, for a service's
+        metrics: bad records, their dead letters not sent, failed reads."""
+        return {
+            "undecodable": self.undecodable,
+            "dead_letters_failed": self.dead_letters_failed,
+            "dead_letters_dropped": self.dead_letters_dropped,
+            "read_errors": self.read_errors,
+        }
+
     def ended_at_us(self, session_id: str) -> int | None:
         """When the session ended (``ts_us`` of its first version that is ended or
         archived), or None while it is not over. On a compacted livetag.sessions the first

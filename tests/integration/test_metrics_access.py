@@ -21,9 +21,10 @@ from streams.kafka import clients, topics
 from streams.kafka.sessions import create_session
 from streams.runtime.metrics_access import MetricsGuard
 from streams.settings import Settings, is_loopback
+from taggers import tokens
 from taggers.tokens import load_secret
 from taggers.vocabulary import load_vocabulary
-from tests.tag_client import wall_us
+from tests.tag_client import SECRET, token_for, wall_us
 
 pytestmark = pytest.mark.integration
 
@@ -218,6 +219,33 @@ async def test_a_failing_metrics_handler_answers_500_with_the_reason_and_the_ser
         assert "RuntimeError: loop-lag samples are being rebuilt" in body["message"]
         async with http.get(capture.url + "/metrics") as answer:
             assert answer.status == 200
+
+
+async def test_a_presence_update_the_writer_cannot_take_is_counted_on_the_loop_metrics(
+    capture: CaptureServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    claims = tokens.verify(SECRET, token_for("s-presence", "ana", "performer"))
+    # The writer waits on the queue it started with; a one-place queue in its stead fills
+    # with the first update, and the second finds no room.
+    monkeypatch.setattr(capture, "_presence_updates", asyncio.Queue(maxsize=1))
+    capture.note_presence("s-presence", claims, connected=True)
+    capture.note_presence("s-presence", claims, connected=False)
+    async with aiohttp.ClientSession() as http, http.get(capture.url + "/metrics/loop") as answer:
+        assert answer.status == 200
+        body = await answer.json()
+    assert body["presence_updates_lost"] == {"writer_behind": 1}
+    # What the server's session directory skipped is there too (the broker is shared by
+    # the whole run: other tests' hostile session records may be counted).
+    directory = body["session_directory"]
+    assert set(directory) == {
+        "undecodable",
+        "dead_letters_failed",
+        "dead_letters_dropped",
+        "read_errors",
+    }
+    assert directory["undecodable"] == capture._directory.undecodable
+    capture._presence_updates.get_nowait()  # the writer's stop waits for what is queued
+    capture._presence_updates.task_done()
 
 
 async def test_a_counter_too_large_for_a_scrape_does_not_fail_it(
