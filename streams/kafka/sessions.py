@@ -10,7 +10,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CorruptRecordException, KafkaError
@@ -92,12 +92,6 @@ async def publish(producer: AIOKafkaProducer, record: records.SessionRecord) -> 
     await producer.send_and_wait(
         topics.SESSIONS, message.value, key=message.key, headers=message.headers
     )
-
-
-#: What a director may do to a session once it exists (the dashboard's buttons and
-#: ``livetag session take|end``).
-SessionAction = Literal["take_start", "take_end", "end_session"]
-SESSION_ACTIONS: tuple[str, ...] = ("take_start", "take_end", "end_session")
 
 
 class SessionActionError(RefusedError, ValueError):
