@@ -339,6 +339,12 @@ class CaptureServer:
             async with asyncio.timeout(5.0):
                 await self._presence_updates.join()  # written, not only taken
         await background.cancel(writer)
+        if self._presence_updates.qsize():
+            self.presence_updates_lost["stopped"] += self._presence_updates.qsize()
+            log.warning(
+                "%d joins or leaves not recorded: the server stopped first",
+                self._presence_updates.qsize(),
+            )
 
     async def _stop_clients(self) -> None:
         """Stop the Kafka clients, each even if another fails (each is safe to stop when
@@ -549,6 +555,7 @@ class CaptureServer:
             try:
                 await self.record_presence(session_id, claims, connected)
             except Exception:  # bookkeeping: the next update must still be written
+                self.presence_updates_lost["failed"] += 1
                 log.exception("recording the presence of %s failed", claims.participant_id)
             finally:
                 self._presence_updates.task_done()
@@ -571,7 +578,11 @@ class CaptureServer:
             ours = self._published_sessions.get(session_id)
             if ours is not None and (current is None or ours.ts_us >= current.ts_us):
                 current = ours
-            if current is None:
+            if current is None:  # admitted, so known: a session record not read back yet
+                self.presence_updates_lost["unknown_session"] += 1
+                log.warning(
+                    "presence of %s not recorded: no session %s", claims.participant_id, session_id
+                )
                 return
             # The directory may have seen an "ended" that the copy built on has not.
             states = [r.state for r in (self._directory.get(session_id), ours) if r is not None]

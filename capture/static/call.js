@@ -8,7 +8,6 @@
 // server lets any origin load its static files).
 
 import { LivetagCredentials } from "/tagger/credentials.js";
-import { LivetagTagger } from "/tagger/tagger.js";
 
 const params = new URLSearchParams(location.search);
 // The capture server this page talks to: its own origin, or the one the director
@@ -80,6 +79,8 @@ const state = {
   // null while still down): what a health view or a benchmark reads.
   outages: [],
   lastServerMessageMs: 0,
+  tagger: null, // the tagging widget, once started
+  taggerStarting: false, // its module is being imported
 };
 
 // A connection that stops answering is given this long before it is rebuilt. Browsers
@@ -304,9 +305,13 @@ function frameAtPress(performerId, pressUnixMs) {
   return { rtp_timestamp: frame.rtpTimestamp };
 }
 
-function startTagger() {
-  if (state.tagger || params.get("tagger") === "0") return;
+// The tagging widget is imported when it starts, not with this module: a widget that
+// fails to load (or to start) costs the page its tagging, never its call.
+async function startTagger() {
+  if (state.tagger || state.taggerStarting || params.get("tagger") === "0") return;
+  state.taggerStarting = true;
   try {
+    const { LivetagTagger } = await import("/tagger/tagger.js");
     state.tagger = new LivetagTagger({
       url: `${captureWs}/ws/tag`,
       // The current credential at each (re)connect; the tag service renews it too.
@@ -321,6 +326,8 @@ function startTagger() {
     });
   } catch (error) {
     console.error("livetag: tagging widget failed", error);
+  } finally {
+    state.taggerStarting = false;
   }
 }
 

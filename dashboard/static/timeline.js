@@ -65,7 +65,7 @@ export function setLaneHeight(panel) {
 
 // ---- tags ---------------------------------------------------------------------------
 // One point tag or hold as the server has it now: what it covers was decided there, by
-// the rule the label windows and the export follow (streams/tag_rules.py), so the page
+// the rule the label windows and the export follow (streams/labels/tag_rules.py), so the page
 // draws it as sent; a later message about the same tag_id replaces it, or removes it.
 export function addTag(mark) {
   if (!mark || typeof mark !== "object" || !mark.performer_id || !mark.tag_id) return;

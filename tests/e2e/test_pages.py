@@ -146,3 +146,22 @@ async def test_every_page_loads_cleanly_and_no_token_reaches_a_console_or_a_log(
     for secret in secrets:
         signature = secret.split(".")[2]
         assert [line for line in printed if secret in line or signature in line] == []
+
+
+async def test_a_tagging_widget_that_cannot_load_costs_the_tagging_not_the_call(
+    capture_settings: Settings, capture_server: CaptureServer, tmp_path: Path
+) -> None:
+    _, links = await new_session(capture_settings, capture_server, ["alice"])
+    async with launch_chromium(
+        video_file=None, audio_file=None, user_data_dir=tmp_path / "chromium"
+    ) as context:
+        performer = await context.new_page()
+        await performer.goto(links["alice"])
+        director = await context.new_page()
+        watched = Watched("director", director)
+        # The widget's module never arrives (a proxy that blocks it, a failed deploy).
+        await director.route("**/tagger/tagger.js", lambda route: route.abort())
+        await director.goto(links["director"])
+        await wait_for_remote_media(director, "alice")
+        assert await director.evaluate("typeof window.livetagTagger") == "undefined"
+    assert any("tagging widget failed" in line for line in watched.console), watched.console
