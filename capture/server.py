@@ -339,12 +339,9 @@ class CaptureServer:
             async with asyncio.timeout(5.0):
                 await self._presence_updates.join()  # written, not only taken
         await background.cancel(writer)
-        if self._presence_updates.qsize():
-            self.presence_updates_lost["stopped"] += self._presence_updates.qsize()
-            log.warning(
-                "%d joins or leaves not recorded: the server stopped first",
-                self._presence_updates.qsize(),
-            )
+        if unwritten := self._presence_updates.qsize():
+            self.presence_updates_lost["stopped"] += unwritten
+            log.warning("%d joins or leaves not recorded: the server stopped first", unwritten)
 
     async def _stop_clients(self) -> None:
         """Stop the Kafka clients, each even if another fails (each is safe to stop when
