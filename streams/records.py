@@ -152,6 +152,13 @@ class SessionTopics(_Model):
     video: str
     prosody: str
     face: str
+    model: str | None = Field(
+        default=None,
+        description=(
+            "The model lane's per-window readings (model_reading records); absent on "
+            "sessions created before the model lane existed."
+        ),
+    )
 
 
 class SessionRecord(Record):
@@ -471,6 +478,146 @@ class TagEvent(PerformerRecord):
         return self
 
 
+# ---------------------------------------------------------------- livetag.ratings
+
+#: Continuous rating modes: a 2-D valence/arousal pad, or a 1-D intensity slider for one
+#: emotion of the session's vocabulary.
+RatingMode = Literal["valence_arousal", "intensity"]
+RatingDimension = Literal["valence", "arousal", "intensity"]
+RATING_DIMENSIONS: dict[str, tuple[RatingDimension, ...]] = {
+    "valence_arousal": ("valence", "arousal"),
+    "intensity": ("intensity",),
+}
+Bipolar = Annotated[Number, Field(ge=-1.0, le=1.0)]
+MAX_RATING_SAMPLES: Final = 600
+
+
+class RatingSample(_Model):
+    """One sample of a continuous rating, on the session clock, not lag-corrected."""
+
+    ts_us: TimestampUs = Field(
+        description=(
+            "The instant rated: the capture instant of the frame on the rater's screen "
+            "(basis frame_on_screen), else the sampling instant converted to the session clock."
+        )
+    )
+    client_ts_us: StrictInt = Field(description="The sampling instant on the client's clock.")
+    basis: Literal["key_press", "frame_on_screen"] = "key_press"
+    valence: Bipolar | None = None
+    arousal: Bipolar | None = None
+    intensity: Unit | None = None
+
+
+class RatingBatch(PerformerRecord):
+    """A batch of one rater's continuous samples of one performer (the target).
+    ts_us = the first sample's. Idempotent by batch_id; keyed session/performer."""
+
+    record_type: ClassVar[str] = "rating_batch"
+    batch_id: TagId
+    rater_id: ParticipantId
+    rater_role: Role
+    mode: RatingMode
+    label: Label | None = Field(default=None, description="The emotion an intensity rates.")
+    rate_hz: Annotated[StrictInt, Field(ge=1, le=60)]
+    samples: Annotated[list[RatingSample], Field(min_length=1, max_length=MAX_RATING_SAMPLES)]
+    clock_offset_us: StrictInt = Field(description="Session clock minus client clock.")
+    clock_uncertainty_us: DurationUs
+    reaction_lag_us: DurationUs = Field(
+        default=0, description="The rater's calibrated lag at the time (not applied to ts_us)."
+    )
+    received_ts_us: TimestampUs = Field(description="Server receipt, for audit only.")
+
+    @model_validator(mode="after")
+    def _dimensions(self) -> RatingBatch:
+        wanted = set(RATING_DIMENSIONS[self.mode])
+        if (self.mode == "intensity") != (self.label is not None):
+            raise ValueError("an intensity rating names its label, and only it does")
+        for index, sample in enumerate(self.samples):
+            present = {
+                name
+                for name in ("valence", "arousal", "intensity")
+                if getattr(sample, name) is not None
+            }
+            if present != wanted:
+                raise ValueError(
+                    f"samples.{index}: a {self.mode} sample has exactly {sorted(wanted)}"
+                )
+        return self
+
+
+# ---------------------------------------------------------------- livetag.raters
+
+#: How a rater's reaction lag was found: ``calibration`` (the page's reaction-time trials),
+#: ``consensus`` (cross-correlation of the rater's continuous trace with the other raters'),
+#: ``onsets`` (tag presses against onsets the features define), ``none`` (no correction).
+LagMethod = Literal["none", "calibration", "consensus", "onsets"]
+
+
+class LagCorrection(_Model):
+    """A reaction-lag correction: the rater's times were moved earlier by ``lag_us``."""
+
+    method: LagMethod
+    lag_us: DurationUs
+    spread_us: DurationUs = Field(default=0, description="The rater's jitter around lag_us.")
+    confidence: Unit = 0.0
+    relative: StrictBool = Field(
+        default=False,
+        description=(
+            "The lag is relative to the other raters' mean lag (a consensus estimate with "
+            "no absolute anchor), not to the event."
+        ),
+    )
+
+
+class RaterLag(Record):
+    """A rater's reaction lag in a session as the aligner estimates it; the newest per key
+    counts. ts_us = when it was estimated. Keyed session/rater."""
+
+    record_type: ClassVar[str] = "rater_lag"
+    session_id: SessionId
+    rater_id: ParticipantId
+    rater_role: Role
+    applied: LagCorrection = Field(description="The correction the aligner applies now.")
+    estimates: list[LagCorrection] = Field(
+        default=[], description="Every method's estimate, the applied one among them."
+    )
+    evidence: dict[LagMethod, Annotated[StrictInt, Field(ge=0)]] = Field(
+        default={}, description="How many samples, presses or trials each estimate used."
+    )
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.session_id}/{self.rater_id}".encode()
+
+
+# ---------------------------------------------------------------- model readings
+
+
+class ModelReading(PerformerRecord):
+    """A model's reading of one performer over one label window, on the session's model
+    topic: the model rates like a rater named after it. ts_us = the window's start."""
+
+    record_type: ClassVar[str] = "model_reading"
+    window_us: Annotated[StrictInt, Field(gt=0)]
+    model: ParticipantId = Field(description="The model rater's name.")
+    frames_read: Annotated[StrictInt, Field(ge=0)]
+    frames_thinned: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="Frames with a face the model skipped to stay within budget."
+    )
+    class_probabilities: dict[str, Unit] = Field(
+        default={}, description="Mean probability per class of the model's own."
+    )
+    probabilities: dict[Label, Unit] = Field(
+        default={}, description="The classes mapped to the session's vocabulary."
+    )
+    top_label: Label | None = None
+    valence: Bipolar | None = None
+    arousal: Bipolar | None = None
+    unread: Literal["no_face", "thinned", "failed"] | None = Field(
+        default=None, description="Why a window with frames has no reading (frames_read 0)."
+    )
+
+
 # ---------------------------------------------------------------- livetag.labels
 
 
@@ -506,6 +653,38 @@ class RaterLabels(_Model):
     rater_id: ParticipantId
     rater_role: Role
     labels: list[ActiveLabel]
+    lag: LagCorrection | None = Field(
+        default=None,
+        description=(
+            "The reaction-lag correction applied to this rater's tags here (their raw "
+            "times are lag_us later); none: the tags stand where the tag service put them."
+        ),
+    )
+
+
+class RaterTrace(_Model):
+    """One rater's continuous rating of the performer over the window."""
+
+    rater_id: ParticipantId
+    rater_role: Role
+    mode: RatingMode
+    label: Label | None = None
+    mean: dict[RatingDimension, Bipolar]
+    last: dict[RatingDimension, Bipolar]
+    coverage: Unit = Field(description="Share of the window's sample slots with a sample.")
+    samples: Annotated[StrictInt, Field(ge=0)]
+    lag: LagCorrection | None = None
+
+
+class ModelEstimate(_Model):
+    """A model rater's reading of the window (the model_reading record, folded in)."""
+
+    model: ParticipantId
+    probabilities: dict[Label, Unit]
+    top_label: Label | None = None
+    valence: Bipolar | None = None
+    arousal: Bipolar | None = None
+    frames_read: Annotated[StrictInt, Field(ge=0)] = 0
 
 
 #: The feature streams a label window summarises.
@@ -549,6 +728,12 @@ class LabelWindow(PerformerRecord):
             "The feature streams this revision lacks, each with the reason (late, ended, "
             "no_media, absent); empty: the window is complete."
         ),
+    )
+    ratings: list[RaterTrace] = Field(
+        default=[], description="Continuous ratings of the performer over the window."
+    )
+    models: list[ModelEstimate] = Field(
+        default=[], description="Model raters' readings of the window (not in consensus)."
     )
 
 
@@ -678,6 +863,9 @@ JsonRecord = (
     | DeadLetter
     | PipelineCounters
     | TokenRevocation
+    | RatingBatch
+    | RaterLag
+    | ModelReading
 )
 AnyRecord = JsonRecord | AudioChunk | VideoFrame
 R = TypeVar("R", bound=AnyRecord)
@@ -691,6 +879,9 @@ JSON_RECORD_TYPES: tuple[type[Record], ...] = (
     DeadLetter,
     PipelineCounters,
     TokenRevocation,
+    RatingBatch,
+    RaterLag,
+    ModelReading,
 )
 MEDIA_RECORD_TYPES: tuple[type[AudioChunk] | type[VideoFrame], ...] = (AudioChunk, VideoFrame)
 MEDIA_HEADER_TYPES: dict[str, type[MediaHeader]] = {

@@ -130,6 +130,30 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             ],
             consensus="laughter",
             consensus_agreement=1.0,
+            ratings=[
+                records.RaterTrace(
+                    rater_id="observer-1",
+                    rater_role="observer",
+                    mode="valence_arousal",
+                    mean={"valence": 0.3, "arousal": -0.5},
+                    last={"valence": 0.35, "arousal": -0.5},
+                    coverage=1.0,
+                    samples=2,
+                    lag=records.LagCorrection(
+                        method="consensus", lag_us=420_000, spread_us=80_000, confidence=0.8
+                    ),
+                )
+            ],
+            models=[
+                records.ModelEstimate(
+                    model="fer-mini-xception",
+                    probabilities={"laughter": 0.7},
+                    top_label="laughter",
+                    valence=0.56,
+                    arousal=0.3,
+                    frames_read=2,
+                )
+            ],
         ),
         records.DeadLetter.of(
             ts_us=TS_US,
@@ -152,6 +176,58 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             session_id=session_id,
             participant_id="observer-1",
             reason="left the production",
+        ),
+        records.RatingBatch(
+            ts_us=TS_US,
+            **common,
+            batch_id="c1d2e3f4-0000-4000-8000-000000000001",
+            rater_id="observer-1",
+            rater_role="observer",
+            mode="valence_arousal",
+            rate_hz=20,
+            samples=[
+                records.RatingSample(
+                    ts_us=TS_US + step * 50_000,
+                    client_ts_us=TS_US - 12_345_678 + step * 50_000,
+                    basis="frame_on_screen",
+                    valence=0.25 + 0.1 * step,
+                    arousal=-0.5,
+                )
+                for step in range(3)
+            ],
+            clock_offset_us=12_345_678,
+            clock_uncertainty_us=450,
+            reaction_lag_us=310_000,
+            received_ts_us=TS_US + 200_000,
+        ),
+        records.RaterLag(
+            ts_us=TS_US,
+            session_id=session_id,
+            rater_id="observer-1",
+            rater_role="observer",
+            applied=records.LagCorrection(
+                method="consensus", lag_us=420_000, spread_us=80_000, confidence=0.8
+            ),
+            estimates=[
+                records.LagCorrection(
+                    method="consensus", lag_us=420_000, spread_us=80_000, confidence=0.8
+                ),
+                records.LagCorrection(method="calibration", lag_us=310_000, confidence=0.5),
+            ],
+            evidence={"consensus": 2400, "calibration": 8},
+        ),
+        records.ModelReading(
+            ts_us=TS_US,
+            **common,
+            window_us=100_000,
+            model="fer-mini-xception",
+            frames_read=2,
+            frames_thinned=1,
+            class_probabilities={"happy": 0.7, "neutral": 0.2, "surprise": 0.1},
+            probabilities={"laughter": 0.7},
+            top_label="laughter",
+            valence=0.56,
+            arousal=0.3,
         ),
         records.AudioChunk(
             records.AudioChunkHeader(

@@ -124,6 +124,11 @@ _KEYS: dict[type[Any], TopicKey] = {
         f"^{_SESSION}/(token/{_TOKEN}|participant/{_PARTICIPANT})$",
         "session_id/token/TOKEN_ID or session_id/participant/PARTICIPANT_ID (UTF-8).",
     ),
+    records.RaterLag: TopicKey(
+        "session_id/rater_id",
+        f"^{_SESSION}/{_PARTICIPANT}$",
+        "session_id/rater_id (UTF-8): one rater's lag estimate; the newest record per key counts.",
+    ),
 }
 
 
@@ -283,6 +288,23 @@ SENDERS: dict[type[Any], tuple[Use, ...]] = {
             "one record per video frame: its face features, or why it was skipped",
         ),
     ),
+    records.RatingBatch: (
+        Use(
+            TAG_SERVICE,
+            ("taggers/service.py", "taggers/outbox.py"),
+            "every rater's continuous rating in batches, acknowledged once the broker has them",
+        ),
+    ),
+    records.RaterLag: (
+        Use(ALIGNER, ("streams/labels/aligner.py",), "each rater's estimated reaction lag"),
+    ),
+    records.ModelReading: (
+        Use(
+            PROCESSORS,
+            ("streams/features/processors.py", "streams/features/model_rater.py"),
+            "the model rater's reading of each label window",
+        ),
+    ),
 }
 
 _TAIL = Use(TAIL, ("infra/tail.py",), "prints the records as JSON lines")
@@ -386,6 +408,21 @@ RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
         Use(RECORDER, ("streams/archive/recorder.py",), "archives them (face.parquet)"),
         Use(DASHBOARD, ("dashboard/server.py",), "face mesh and expression curves"),
         _LSL,
+        _TAIL,
+    ),
+    records.RatingBatch: (
+        Use(ALIGNER, ("streams/labels/aligner.py",), "each rater's trace in each window"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives them (ratings.parquet)"),
+        _TAIL,
+    ),
+    records.RaterLag: (
+        Use(DASHBOARD, ("dashboard/server.py",), "each rater's lag and its spread"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives them (rater_lags.parquet)"),
+        _TAIL,
+    ),
+    records.ModelReading: (
+        Use(ALIGNER, ("streams/labels/aligner.py",), "the model lane of each window"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives them (model.parquet)"),
         _TAIL,
     ),
 }

@@ -28,14 +28,17 @@ LABELS = "livetag.labels"
 DEADLETTER = "livetag.deadletter"
 HEALTH = "livetag.health"
 REVOCATIONS = "livetag.revocations"
+RATINGS = "livetag.ratings"
+RATERS = "livetag.raters"
 
-SessionStream = Literal["audio", "video", "prosody", "face"]
-SESSION_STREAMS: tuple[SessionStream, ...] = ("audio", "video", "prosody", "face")
+SessionStream = Literal["audio", "video", "prosody", "face", "model"]
+SESSION_STREAMS: tuple[SessionStream, ...] = ("audio", "video", "prosody", "face", "model")
 _SESSION_TOPIC_FORMATS: dict[SessionStream, str] = {
     "audio": "livetag.media.audio.{session_id}",
     "video": "livetag.media.video.{session_id}",
     "prosody": "livetag.features.prosody.{session_id}",
     "face": "livetag.features.face.{session_id}",
+    "model": "livetag.features.model.{session_id}",
 }
 _SESSION_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 
@@ -99,6 +102,22 @@ def shared_topics(settings: Settings) -> list[TopicSpec]:
             {"cleanup.policy": "compact"},
             "withdrawn join links, keyed session/token/ID or session/participant/ID",
         ),
+        TopicSpec(
+            RATINGS,
+            records.RatingBatch,
+            keyed,
+            {"cleanup.policy": "delete", "retention.ms": "-1"},
+            "continuous ratings in batches keyed session/performer (the target), "
+            "idempotent by batch_id",
+        ),
+        TopicSpec(
+            RATERS,
+            records.RaterLag,
+            # Small and read whole: the newest estimate per rater counts.
+            1,
+            {"cleanup.policy": "compact"},
+            "each rater's reaction lag as the aligner estimates it, keyed session/rater",
+        ),
     ]
 
 
@@ -137,6 +156,7 @@ _SESSION_RECORD_TYPES: dict[SessionStream, type[records.AnyRecord]] = {
     "video": records.VideoFrame,
     "prosody": records.ProsodyHops,
     "face": records.FaceFrame,
+    "model": records.ModelReading,
 }
 
 
@@ -174,6 +194,8 @@ def record_type_of(topic: str) -> type[records.AnyRecord]:
         DEADLETTER: records.DeadLetter,
         HEALTH: records.PipelineCounters,
         REVOCATIONS: records.TokenRevocation,
+        RATINGS: records.RatingBatch,
+        RATERS: records.RaterLag,
     }
     if topic in shared:
         return shared[topic]
@@ -194,6 +216,8 @@ def resolve_topic(name: str, session_id: str | None = None) -> str:
         "deadletter": DEADLETTER,
         "health": HEALTH,
         "revocations": REVOCATIONS,
+        "ratings": RATINGS,
+        "raters": RATERS,
     }
     if name in short_shared:
         return short_shared[name]

@@ -83,7 +83,7 @@ async def test_topic_creation_sends_min_insync_replicas_to_the_cluster() -> None
     settings = Settings(replication_factor=3)
     await topics.ensure_shared_topics(cast(Any, admin), settings)
     await topics.create_session_topics(cast(Any, admin), settings, "s1")
-    assert len(admin.created) == len(topics.shared_topics(settings)) + 4
+    assert len(admin.created) == len(topics.shared_topics(settings)) + len(topics.SESSION_STREAMS)
     for new_topic in admin.created:
         assert new_topic.replication_factor == 3
         assert new_topic.topic_configs["min.insync.replicas"] == "2", new_topic.name
