@@ -442,7 +442,8 @@ export class LivetagTagger {
     this._sendLag(protocol.reactionLag(value));
   }
 
-  calibrate() {
+  // kind: "squares" or "clip"; none: the dialog lets the rater choose.
+  calibrate(kind) {
     if (this.calibration) return;
     this._onBlur(); // a key held now would otherwise become a hold spanning the calibration
     this.calibration = new ReactionCalibration({
@@ -453,7 +454,7 @@ export class LivetagTagger {
         this.view.focusCalibrate();
       },
     });
-    this.calibration.start();
+    this.calibration.start(kind);
   }
 
   // ---- view --------------------------------------------------------------------------

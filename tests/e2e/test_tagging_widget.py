@@ -32,6 +32,14 @@ REACT_AFTER_200_MS = """
 """
 
 
+# A rater who presses Space 400 ms after each expression change of the calibration clip.
+REACT_TO_CLIP_AFTER_400_MS = """
+() => document.addEventListener("livetag-change-shown", () => setTimeout(() =>
+  window.dispatchEvent(new KeyboardEvent("keydown", { key: " ", code: "Space", bubbles: true })),
+  400))
+"""
+
+
 async def tags_of(settings: Settings, session_id: str, wanted: set[str]) -> list[records.TagEvent]:
     consumer = clients.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
     found: list[records.TagEvent] = []
@@ -136,7 +144,7 @@ async def test_reaction_lag_calibrated_then_applied(
         # 200 ms after the square's class is set (Playwright's own polling would add its
         # variable delay to the reaction being measured).
         await page.evaluate(REACT_AFTER_200_MS)
-        await page.evaluate("window.livetagTagger.calibrate()")
+        await page.evaluate("window.livetagTagger.calibrate('squares')")
         # 8 trials, each after a random 1-3 s wait.
         await page.wait_for_selector(".livetag-cal", state="detached", timeout=40_000)
         await page.wait_for_function("window.livetagTagger.reactionLagUs > 0", timeout=10_000)
@@ -153,3 +161,25 @@ async def test_reaction_lag_calibrated_then_applied(
     ]
     assert tag.timing.reaction_lag_us == lag_us
     assert abs(tag.ts_us - (tap["press_unix_us_true"] - lag_us)) <= 5_000
+
+
+async def test_reaction_lag_calibrated_on_the_expression_clip(
+    capture_settings: Settings, capture_server: CaptureServer, open_page: LaunchPage
+) -> None:
+    _, links = await new_session(capture_settings, capture_server, ["alice"])
+    async with open_page(f"{links['director']}&watch=0", video=None, audio=None) as page:
+        await tagger_ready(page)
+        await page.evaluate(REACT_TO_CLIP_AFTER_400_MS)
+        await page.evaluate("window.livetagTagger.calibrate()")
+        # Opened without a kind, the dialog asks which: the rater picks the clip.
+        await page.click("text=Expression clip (60 s)")
+        changes = await page.evaluate(
+            "new Promise((done) => { let n = 0; document.addEventListener("
+            "'livetag-change-shown', () => { n += 1; if (n === 3) done(n); }); })"
+        )
+        assert changes == 3
+        await page.wait_for_selector(".livetag-cal", state="detached", timeout=75_000)
+        await page.wait_for_function("window.livetagTagger.reactionLagUs > 0", timeout=10_000)
+        lag_us = await page.evaluate("window.livetagTagger.reactionLagUs")
+    # 400 ms after each change was first on screen, plus the timer's own delay.
+    assert 390_000 <= lag_us <= 470_000, lag_us
