@@ -208,7 +208,8 @@ def record_type_of(topic: str) -> type[records.AnyRecord]:
 
 def resolve_topic(name: str, session_id: str | None = None) -> str:
     """Accept a full topic name, or a short one: sessions, tags, labels, deadletter,
-    or audio/video/prosody/face together with a session id."""
+    health, revocations, ratings, raters, or audio/video/prosody/face/model together
+    with a session id."""
     short_shared = {
         "sessions": SESSIONS,
         "tags": TAGS,
