@@ -9,7 +9,8 @@ HTTP routes
   GET /metrics/clients              connected clients and what the server keeps per client
 
 One :class:`SessionFeed` per session with a dashboard open consumes the session's prosody
-and face topics, ``livetag.tags`` and ``livetag.labels`` into a :class:`SessionView`, polls
+and face topics, ``livetag.tags``, ``livetag.labels``, ``livetag.ratings`` (continuous
+ratings) and ``livetag.raters`` (each rater's reaction lag) into a :class:`SessionView`, polls
 pipeline health, and ticks ``dashboard_update_hz`` times a second. On each tick every
 client of the session that has finished its previous send gets what is new since its own
 cursor; clients at the same cursor share one encoded message. A client that reads slowly
@@ -36,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from dashboard.metrics import CounterBoard
-from dashboard.view import ClientCursor, SessionView
+from dashboard.view import CHART_WINDOW_US, ClientCursor, SessionView
 from streams import records, strict_json
 from streams.errors import RefusedError
 from streams.kafka import clients, topics
@@ -122,30 +123,43 @@ class SessionFeed:
         session = self.view.session
         await self._consumer.start()
         partitions: dict[str, list[TopicPartition]] = {}
-        for topic in (session.topics.prosody, session.topics.face, topics.TAGS, topics.LABELS):
+        followed = (
+            session.topics.prosody,
+            session.topics.face,
+            topics.TAGS,
+            topics.LABELS,
+            topics.RATINGS,
+            topics.RATERS,
+        )
+        for topic in followed:
             numbers = self._consumer.partitions_for_topic(topic)
             if not numbers:
                 numbers = await _partitions(self._consumer, topic)
             partitions[topic] = [TopicPartition(topic, n) for n in sorted(numbers)]
         self._consumer.assign([tp for tps in partitions.values() for tp in tps])
-        # Features: from now (the charts show the last 30 s). Tags and labels: the whole
-        # session, so the timeline and the agreement start complete.
+        # Features: from now (the charts show the last 30 s). Continuous ratings: the
+        # last 30 s their lane shows. Tags, labels and rater lags: the whole session, so
+        # the timeline, the agreement, the model gap and the lag table start complete.
         await self._consumer.seek_to_end(
             *partitions[session.topics.prosody], *partitions[session.topics.face]
         )
-        await self._seek_to_session_start(partitions[topics.TAGS] + partitions[topics.LABELS])
+        await self._seek_to_time(partitions[topics.RATINGS], now_us() - CHART_WINDOW_US)
+        await self._seek_to_time(
+            partitions[topics.TAGS] + partitions[topics.LABELS] + partitions[topics.RATERS],
+            self.view.session.created_ts_us,
+        )
         self._tasks = [
             asyncio.create_task(self._consume(), name=f"dashboard-feed-{self.session_id}"),
             asyncio.create_task(self._poll_health(), name=f"dashboard-health-{self.session_id}"),
             asyncio.create_task(self._tick(), name=f"dashboard-tick-{self.session_id}"),
         ]
 
-    async def _seek_to_session_start(self, partitions: list[TopicPartition]) -> None:
-        start_ms = self.view.session.created_ts_us // 1000
+    async def _seek_to_time(self, partitions: list[TopicPartition], start_us: int) -> None:
+        start_ms = start_us // 1000
         try:
             found = await self._consumer.offsets_for_times(dict.fromkeys(partitions, start_ms))
         except Exception as exc:  # a broker without time index: read the topics whole
-            log.info("no offsets by time (%s): reading tags and labels from the start", exc)
+            log.info("no offsets by time (%s): reading %s from the start", exc, partitions)
             found = {}
         for partition in partitions:
             offset = found.get(partition)
@@ -179,6 +193,7 @@ class SessionFeed:
             now = time.monotonic()
             if now - last_agreement >= AGREEMENT_INTERVAL_S:
                 self.view.compute_agreement(now_us())
+                self.view.compute_gap()
                 last_agreement = now
             async with self._ticked:
                 self.tick += 1
@@ -192,6 +207,8 @@ class SessionFeed:
             session.topics.face: records.FaceFrame,
             topics.TAGS: records.TagEvent,
             topics.LABELS: records.LabelWindow,
+            topics.RATINGS: records.RatingBatch,
+            topics.RATERS: records.RaterLag,
         }
         while True:
             batches = await self._consumer.getmany(timeout_ms=100)
@@ -221,6 +238,10 @@ class SessionFeed:
             self._tag_arrived.set()
         elif isinstance(record, records.LabelWindow):
             self.view.add_label(record)
+        elif isinstance(record, records.RatingBatch):
+            self.view.add_rating(record)
+        elif isinstance(record, records.RaterLag):
+            self.view.add_rater_lag(record)
 
     async def _poll_health(self) -> None:
         while True:
@@ -530,7 +551,11 @@ class DashboardServer:
                 "background_restarts": dict(background.RESTARTS),
                 "session_directory": self._directory.counters(),
                 "feeds": {
-                    session_id: {"clients": feed.clients, "undecodable": feed.undecodable}
+                    session_id: {
+                        "clients": feed.clients,
+                        "undecodable": feed.undecodable,
+                        "rating_batches_repeated": feed.view.rating_batches_repeated,
+                    }
                     for session_id, feed in self._feeds.items()
                 },
             }
@@ -860,18 +885,6 @@ class DashboardClient:
             await self.ws.close()
 
 
-def _cursor_key(cursor: ClientCursor) -> tuple[Any, ...]:
-    return (
-        tuple(sorted(cursor.prosody.items())),
-        tuple(sorted(cursor.face.items())),
-        cursor.tags,
-        cursor.consensus,
-        cursor.agreement,
-        cursor.health,
-        cursor.session,
-    )
-
-
 def _shared_update(feed: SessionFeed, cursor: ClientCursor) -> str | None:
     # Per tick of this feed: the first client at a cursor builds and encodes the update,
     # the others at that cursor reuse the text and jump to the same new cursor.
@@ -879,38 +892,16 @@ def _shared_update(feed: SessionFeed, cursor: ClientCursor) -> str | None:
         feed.update_cache.clear()
         feed.cache_tick = feed.tick
     cache = feed.update_cache
-    key = _cursor_key(cursor)
+    key = cursor.key()
     hit = cache.get(key)
     if hit is None:
         update = feed.view.update_for(cursor, now_us())
         text = None if update is None else json.dumps(update, separators=(",", ":"))
-        cache[key] = (text, _copy_cursor(cursor))
+        cache[key] = (text, cursor.copy())
         return text
     text, after = hit
-    _assign_cursor(cursor, after)
+    cursor.take(after)
     return text
-
-
-def _copy_cursor(cursor: ClientCursor) -> ClientCursor:
-    return ClientCursor(
-        prosody=dict(cursor.prosody),
-        face=dict(cursor.face),
-        tags=cursor.tags,
-        consensus=cursor.consensus,
-        agreement=cursor.agreement,
-        health=cursor.health,
-        session=cursor.session,
-    )
-
-
-def _assign_cursor(cursor: ClientCursor, source: ClientCursor) -> None:
-    cursor.prosody = dict(source.prosody)
-    cursor.face = dict(source.face)
-    cursor.tags = source.tags
-    cursor.consensus = source.consensus
-    cursor.agreement = source.agreement
-    cursor.health = source.health
-    cursor.session = source.session
 
 
 def _limit_send_buffer(request: web.Request) -> None:

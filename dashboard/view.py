@@ -7,6 +7,13 @@ coalesced update later (the latest face frame, the prosody points still in the 3
 window, what each point tag or hold covers now): nothing queues per client, so a slow or
 dead dashboard costs nothing.
 
+Continuous ratings (``livetag.ratings``) go out as 50 ms points per rater, as rated (the
+reaction lag is not taken off: the rater lag table beside them says what it is); each
+model rater's top label per window goes out beside the consensus, flagged where the
+humans agreed and the model did not (:mod:`dashboard.model_gap`, which also keeps the
+per-emotion gap panel); each rater's newest lag estimate (``livetag.raters``) goes out as
+a row of the lag table.
+
 Tags go out as what they cover (:mod:`streams.labels.tag_rules`, the rule the label windows and
 the export follow), one entry per point or hold, sent again whenever that changes (an
 offset ends a hold, an undo removes it: ``removed: true``). The page only draws them.
@@ -16,24 +23,29 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import krippendorff
 import numpy as np
 
+from dashboard import model_gap
 from streams import records
 from streams.labels import tag_rules
 
-__all__ = ["ClientCursor", "SessionView", "agreement_alpha"]
+__all__ = ["ClientCursor", "SessionView", "agreement_alpha", "lag_row"]
 
 PROSODY_STEP_US = 50_000  # one chart point per 50 ms: 20 per second per performer
 CHART_WINDOW_US = 35_000_000  # a little over the 30 s the charts show
 CONSENSUS_KEEP_US = 120_000_000
 TOP_BLENDSHAPES = 8
 NO_LABEL = "(none)"
+RATING_STEP_US = 50_000  # one trace point per rater per 50 ms: the page draws at 20 Hz
+RATING_BATCHES_REMEMBERED = 4096  # batch ids kept to drop a re-delivered batch
+
+_Seq = TypeVar("_Seq", bound=tuple[Any, ...])  # an entry of a deque kept in seq order
 
 
 def _round(value: float | None, digits: int = 2) -> float | None:
@@ -71,6 +83,15 @@ class _Performer:
     windows_version: int = 0  # bumped by every label window that changes ``windows``
     # (windows_version, newest recent window start) the agreement was last computed for
     agreement_basis: tuple[int, int] | None = None
+    # Continuous rating points: (seq, (rater_id, rater_role, mode, label), point) with
+    # point [ts_us, valence, arousal] or [ts_us, intensity]
+    ratings: deque[tuple[int, tuple[str, str, str, str | None], list[Any]]] = field(
+        default_factory=deque
+    )
+    ratings_newest_us: int = 0
+    # Recent windows' model lanes shown: window start -> the models read there, so a
+    # revision without a model's reading takes that reading off the page.
+    models_shown: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -79,11 +100,33 @@ class ClientCursor:
 
     prosody: dict[str, int] = field(default_factory=dict)
     face: dict[str, int] = field(default_factory=dict)
+    ratings: dict[str, int] = field(default_factory=dict)
     tags: int = 0  # the seq of the newest change to a point or hold it was sent
     consensus: int = 0
+    models: int = 0
     agreement: int = 0
+    gap: int = 0
+    raters: int = 0
     health: int = 0
     session: int = 0
+
+    def copy(self) -> ClientCursor:
+        return dataclasses.replace(
+            self, prosody=dict(self.prosody), face=dict(self.face), ratings=dict(self.ratings)
+        )
+
+    def take(self, other: ClientCursor) -> None:
+        """Move to where ``other`` is (a copy of it: the two stay independent)."""
+        copied = other.copy()
+        for name in (f.name for f in dataclasses.fields(self)):
+            setattr(self, name, getattr(copied, name))
+
+    def key(self) -> tuple[Any, ...]:
+        """Equal for two cursors exactly when they would be sent the same update."""
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return tuple(
+            tuple(sorted(value.items())) if isinstance(value, dict) else value for value in values
+        )
 
 
 class SessionView:
@@ -109,6 +152,17 @@ class SessionView:
         # is the tail of the dict, each mark once however often it changed.
         self.marks: dict[str, tuple[int, dict[str, Any]]] = {}
         self.consensus: deque[tuple[int, list[Any]]] = deque()
+        # Model lanes: [performer_id, window ts_us, window_us, model, top_label or None,
+        # its probability or None, missed: the humans agreed and the model read otherwise]
+        self.models: deque[tuple[int, list[Any]]] = deque()
+        self.gap = model_gap.ModelGap(entry.label for entry in session.vocabulary)
+        self.gap_summary: dict[str, Any] = {}
+        self.gap_version = 0  # of gap_summary, as sent
+        self._gap_counted = -1  # the ModelGap version gap_summary was made from
+        self.rater_lags: dict[str, records.RaterLag] = {}
+        self.raters_version = 0
+        self._rating_batches: OrderedDict[str, None] = OrderedDict()
+        self.rating_batches_repeated = 0
         self.agreement: dict[str, Any] = {}
         self.agreement_version = 0
         self.health: dict[str, Any] = {}
@@ -218,6 +272,94 @@ class SessionView:
         horizon = window.ts_us - CONSENSUS_KEEP_US
         while self.consensus and self.consensus[0][1][1] < horizon:
             self.consensus.popleft()
+        self._add_models(window, performer)
+        self.gap.add(window)
+
+    def _add_models(self, window: records.LabelWindow, performer: _Performer) -> None:
+        agreed = model_gap.humans_agreed(window)
+        read = tuple(sorted(estimate.model for estimate in window.models))
+        before = performer.models_shown.get(window.ts_us, ())
+        for estimate in window.models:
+            top = estimate.top_label
+            row = [
+                window.performer_id,
+                window.ts_us,
+                window.window_us,
+                estimate.model,
+                top,
+                None if top is None else _round(estimate.probabilities.get(top), 3),
+                model_gap.model_missed(agreed, estimate),
+            ]
+            self.models.append((self._next(), row))
+        for model in set(before) - set(read):  # a revision without that reading
+            row = [window.performer_id, window.ts_us, window.window_us, model, None, None, False]
+            self.models.append((self._next(), row))
+        if read:
+            performer.models_shown[window.ts_us] = read
+        else:
+            performer.models_shown.pop(window.ts_us, None)
+        horizon = window.ts_us - CONSENSUS_KEEP_US
+        while self.models and self.models[0][1][1] < horizon:
+            self.models.popleft()
+        # Kept in the order windows first came, which is their order in time.
+        while performer.models_shown:
+            oldest = next(iter(performer.models_shown))
+            if oldest >= horizon:
+                break
+            del performer.models_shown[oldest]
+
+    def add_rating(self, batch: records.RatingBatch) -> None:
+        """A batch of one rater's continuous samples: its 50 ms means, once per batch_id."""
+        if batch.session_id != self.session.session_id:
+            return
+        if batch.batch_id in self._rating_batches:
+            self.rating_batches_repeated += 1
+            return
+        self._rating_batches[batch.batch_id] = None
+        if len(self._rating_batches) > RATING_BATCHES_REMEMBERED:
+            self._rating_batches.popitem(last=False)
+        dimensions = records.RATING_DIMENSIONS[batch.mode]
+        bins: dict[int, list[float]] = {}  # bin start -> [samples, sum per dimension...]
+        for sample in batch.samples:
+            start = sample.ts_us // RATING_STEP_US * RATING_STEP_US
+            sums = bins.setdefault(start, [0.0] * (len(dimensions) + 1))
+            sums[0] += 1
+            for index, name in enumerate(dimensions, 1):
+                sums[index] += float(getattr(sample, name))
+        performer = self._performer(batch.performer_id)
+        rater = (batch.rater_id, batch.rater_role, batch.mode, batch.label)
+        for start in sorted(bins):
+            count, *sums = bins[start]
+            point = [start, *(round(total / count, 3) for total in sums)]
+            performer.ratings.append((self._next(), rater, point))
+        performer.ratings_newest_us = max(performer.ratings_newest_us, max(bins))
+        horizon = performer.ratings_newest_us - CHART_WINDOW_US
+        while performer.ratings and performer.ratings[0][2][0] < horizon:
+            performer.ratings.popleft()
+
+    def add_rater_lag(self, lag: records.RaterLag) -> None:
+        """A rater's lag estimate: the newest (by ts_us) per rater counts."""
+        if lag.session_id != self.session.session_id:
+            return
+        known = self.rater_lags.get(lag.rater_id)
+        if known is not None and (known.ts_us > lag.ts_us or known == lag):
+            return
+        self.rater_lags[lag.rater_id] = lag
+        self.raters_version += 1
+
+    def rater_table(self) -> list[dict[str, Any]]:
+        """The rater lag table, one row per rater by id."""
+        return [lag_row(self.rater_lags[rater]) for rater in sorted(self.rater_lags)]
+
+    def compute_gap(self) -> None:
+        """The gap panel's summary, remade when a window changed what it counts."""
+        if self.gap.version == self._gap_counted:
+            return
+        self._gap_counted = self.gap.version
+        summary = self.gap.summary()
+        if summary != self.gap_summary:
+            self.gap_summary = summary
+            self.gap_version += 1
 
     def set_health(self, health: dict[str, Any]) -> None:
         latency = {}
@@ -282,6 +424,10 @@ class SessionView:
             if performer.face is not None and performer.face_seq > cursor.face.get(performer_id, 0):
                 entry["face"] = performer.face
                 cursor.face[performer_id] = performer.face_seq
+            since = cursor.ratings.get(performer_id, 0)
+            if performer.ratings and performer.ratings[-1][0] > since:
+                entry["ratings"] = _rating_groups(performer.ratings, since)
+                cursor.ratings[performer_id] = performer.ratings[-1][0]
             if entry:
                 performers[performer_id] = entry
         if performers:
@@ -292,13 +438,23 @@ class SessionView:
             if marks:
                 update["tags"] = marks
             cursor.tags = newest_mark
-        consensus = [point for seq, point in self.consensus if seq > cursor.consensus]
+        consensus = [point for _, point in _since(self.consensus, cursor.consensus)]
         if consensus:
             update["consensus"] = consensus
             cursor.consensus = self.consensus[-1][0]
+        models = [row for _, row in _since(self.models, cursor.models)]
+        if models:
+            update["models"] = models
+            cursor.models = self.models[-1][0]
         if cursor.agreement < self.agreement_version:
             update["agreement"] = self.agreement
             cursor.agreement = self.agreement_version
+        if cursor.gap < self.gap_version:
+            update["gap"] = self.gap_summary
+            cursor.gap = self.gap_version
+        if cursor.raters < self.raters_version:
+            update["raters"] = self.rater_table()
+            cursor.raters = self.raters_version
         if cursor.health < self.health_version:
             update["health"] = self.health
             cursor.health = self.health_version
@@ -324,6 +480,55 @@ class SessionView:
             news.append(shown)
         news.reverse()
         return news
+
+
+def _since(entries: deque[_Seq], seq: int) -> list[_Seq]:
+    """The entries after ``seq`` of a deque kept in seq order, read from its new end."""
+    news = []
+    for entry in reversed(entries):
+        if entry[0] <= seq:
+            break
+        news.append(entry)
+    news.reverse()
+    return news
+
+
+def _rating_groups(
+    ratings: deque[tuple[int, tuple[str, str, str, str | None], list[Any]]], since: int
+) -> list[dict[str, Any]]:
+    """The rating points after ``since``, one group per rater (and mode and label)."""
+    groups: dict[tuple[str, str, str, str | None], list[list[Any]]] = {}
+    for _, rater, point in _since(ratings, since):
+        groups.setdefault(rater, []).append(point)
+    return [
+        {"rater_id": rater, "rater_role": role, "mode": mode, "label": label, "points": points}
+        for (rater, role, mode, label), points in groups.items()
+    ]
+
+
+def _correction(correction: records.LagCorrection, evidence: int | None) -> dict[str, Any]:
+    return {
+        "method": correction.method,
+        "lag_ms": round(correction.lag_us / 1000),
+        "spread_ms": round(correction.spread_us / 1000),
+        "confidence": round(correction.confidence, 2),
+        "relative": correction.relative,
+        "evidence": evidence,
+    }
+
+
+def lag_row(lag: records.RaterLag) -> dict[str, Any]:
+    """A rater's row of the lag table: the applied correction, and every method's estimate
+    (the applied one among them), in milliseconds, each with how much evidence it used."""
+    return {
+        "rater_id": lag.rater_id,
+        "rater_role": lag.rater_role,
+        "ts_us": lag.ts_us,
+        "applied": _correction(lag.applied, lag.evidence.get(lag.applied.method)),
+        "estimates": [
+            _correction(estimate, lag.evidence.get(estimate.method)) for estimate in lag.estimates
+        ],
+    }
 
 
 RATE_SPAN_US = 5_000_000

@@ -1,5 +1,6 @@
-// livetag director dashboard: live video with face mesh, prosody charts, tag timelines,
-// rater agreement and pipeline health, fed by /ws/dashboard on this origin. Video and
+// livetag director dashboard: live video with face mesh, prosody charts, continuous
+// ratings, tag timelines with the model lane, rater agreement, the model gap, the raters'
+// reaction lags and pipeline health, fed by /ws/dashboard on this origin. Video and
 // tagging come from the capture server: its call page module (call.js, which brings the
 // tagging widget) is imported from hello.capture_url once the first hello names it.
 //
@@ -10,16 +11,22 @@
 //   video.js      the performer tiles, the call page's video in them, its frame age
 //   mesh.js       face mesh, blendshape bars and head pose, at the face stream's latency
 //   lanes.js      pitch and loudness charts, time grid and takes, each lane's age
-//   timeline.js   rater lanes of tags and holds, the consensus lane
+//   ratings.js    continuous ratings: each rater's trace
+//   timeline.js   rater lanes of tags and holds, the consensus lane, the model lanes
 //   agreement.js  the alpha badge, the consensus windows
+//   gap.js        the model gap per emotion, its latest missed moments
+//   raters.js     each rater's reaction lag
 //   health.js     the health tables, this page's connection state
 //   session.js    session header, presence, takes, end of session, join links
 
 import { LivetagCredentials } from "/dashboard/credentials.js";
 import { addConsensus, pruneConsensus, setAgreement } from "./agreement.js";
+import { setModelGap } from "./gap.js";
 import { setConn, setHealth } from "./health.js";
 import { addProsody, drawLoudness, drawPitch, pruneProsody, updateLaneAges } from "./lanes.js";
 import { drawMesh, setFace, setMeshEdges } from "./mesh.js";
+import { setRaterLags } from "./raters.js";
+import { addRatings, drawRatings, pruneRatings } from "./ratings.js";
 import {
   applyControls,
   onInvite,
@@ -31,7 +38,15 @@ import {
   tickTakeControls,
 } from "./session.js";
 import { dash, hooks, panelFor, pushError, sessionNowUs, syncClock } from "./shared.js";
-import { addTag, drawTimeline, noteTagTimes, pruneTags, setVocabulary } from "./timeline.js";
+import {
+  addModelRows,
+  addTag,
+  drawTimeline,
+  noteTagTimes,
+  pruneModels,
+  pruneTags,
+  setVocabulary,
+} from "./timeline.js";
 import { applyRoster, checkFigure, startCapture } from "./video.js";
 
 const KEEP_US = 60e6; // drawing buffers keep 60 s
@@ -85,12 +100,16 @@ function onUpdate(message) {
       const panel = panelFor(performerId);
       if (data.prosody) addProsody(panel, data.prosody);
       if (data.face) setFace(panel, data.face);
+      if (data.ratings) addRatings(panel, data.ratings);
     }
   }
   if (Array.isArray(message.tags)) for (const tag of message.tags) addTag(tag);
   if (Array.isArray(message.tags)) noteTagTimes(message.tags);
   if (message.consensus) addConsensus(message.consensus);
+  if (message.models) addModelRows(message.models);
   if (message.agreement) setAgreement(message.agreement);
+  if (message.gap) setModelGap(message.gap);
+  if (message.raters) setRaterLags(message.raters);
   if (message.health) setHealth(message.health);
   if (message.session) setSession(message.session);
 }
@@ -213,6 +232,8 @@ function frame() {
       pruneProsody(panel, cutoff);
       pruneTags(panel, cutoff);
       pruneConsensus(panel, cutoff);
+      pruneModels(panel, cutoff);
+      pruneRatings(panel, cutoff);
     }
   }
   // Charts scroll at CHART_FPS, not at the display's rate: a 30 s window moves about a
@@ -230,6 +251,7 @@ function frame() {
     panel.lastDrawPerf = perfNow;
     drawPitch(panel, now);
     drawLoudness(panel, now);
+    drawRatings(panel, now);
     drawTimeline(panel, now);
   }
   tickTakeControls(now, perfNow);

@@ -1,8 +1,9 @@
 // What every part of the director dashboard shares: the test hooks
-// (window.livetagDashboard), the state more than one part reads, this page's estimate of
-// the session clock, the performer tiles by id, and small DOM and canvas helpers. Separate
-// so that the parts (video, mesh, lanes, timeline, agreement, health, session) import
-// this one module instead of each other.
+// (window.livetagDashboard), the state more than one part reads (the colours of labels
+// and raters among it), this page's estimate of the session clock, the performer tiles by
+// id, and small DOM and canvas helpers. Separate so that the parts (video, mesh, lanes,
+// ratings, timeline, agreement, gap, raters, health, session) import this one module
+// instead of each other.
 
 export const COLOURS = {
   grid: "rgba(255,255,255,0.08)",
@@ -16,7 +17,39 @@ export const COLOURS = {
   now: "rgba(255,255,255,0.35)",
   take: "rgba(245,183,0,0.7)",
   unknown: "#8a8f98",
+  missed: "#ffffff", // beneath a model window where the humans agreed and it read otherwise
+  highlight: "rgba(255,255,255,0.9)",
 };
+
+// One colour per rater across the page (their trace on the ratings lane, their swatch in
+// the lag table), given in the order raters first appear; distinct from the vocabulary's
+// label colours, which fill the tag and model lanes.
+const RATER_PALETTE = ["#7cc4ff", "#ff9f43", "#c792ea", "#2ec4b6", "#ff6b9a", "#e9f06b", "#a0a8ff", "#b5e48c"];
+const raterColours = new Map();
+
+export function raterColour(raterId) {
+  let colour = raterColours.get(raterId);
+  if (!colour) {
+    colour = RATER_PALETTE[raterColours.size % RATER_PALETTE.length];
+    raterColours.set(raterId, colour);
+  }
+  return colour;
+}
+
+// label -> colour, from the session's vocabulary (hello): the tag, consensus and model
+// lanes and the gap panel colour a label alike.
+const labelColours = new Map();
+
+export function setLabelColours(entries) {
+  labelColours.clear();
+  for (const entry of entries || []) {
+    if (entry && entry.label) labelColours.set(entry.label, /^#[0-9a-fA-F]{6}$/.test(entry.colour) ? entry.colour : COLOURS.unknown);
+  }
+}
+
+export function labelColour(label) {
+  return labelColours.get(label) || COLOURS.unknown;
+}
 
 // Update samples of the server clock kept for its estimate (see syncClock).
 const CLOCK_SPAN_MS = 20000;
@@ -29,7 +62,10 @@ export const hooks = {
   performers: {},
   timeline: {},
   consensus: {},
+  models: {}, // performer_id -> {model: {windows, missed}} on its model lanes
   agreement: null,
+  gap: null, // the model gap summary as the server sent it
+  raters: null, // the rater lag table as the server sent it
   health: null,
   session: null,
   errors: [],

@@ -1,31 +1,36 @@
 // The tag timeline of each performer tile: one lane per rater (the performer's own
 // self-tags hatched, on top), each point tag or hold drawn over what the server says it
-// covers, in its label's colour, and under them the aligner's consensus windows.
+// covers, in its label's colour, under them the aligner's consensus windows, and under
+// those one lane per model rater: its top label per window, marked red underneath where
+// the server says the humans agreed and the model read otherwise.
 // Separate because tags are events the server decides, not a stream: a later message
-// about the same tag replaces or removes it, and the page never works out coverage itself.
+// about the same tag (or window) replaces or removes it, and the page never works out
+// coverage, consensus or a miss itself.
 
 import { drawTakes, drawTimeGrid } from "./lanes.js";
-import { COLOURS, beginCanvas, dash, el, makeCanvas, panelFor } from "./shared.js";
+import {
+  COLOURS,
+  beginCanvas,
+  dash,
+  el,
+  hooks,
+  labelColour,
+  makeCanvas,
+  panelFor,
+  setLabelColours,
+} from "./shared.js";
 
 const LANE_H = 14;
 const AXIS_H = 14;
 
-// label -> colour, from the session's vocabulary (hello)
-const vocab = new Map();
-
 export function setVocabulary(entries) {
-  vocab.clear();
-  for (const entry of entries || []) {
-    if (entry && entry.label) vocab.set(entry.label, /^#[0-9a-fA-F]{6}$/.test(entry.colour) ? entry.colour : COLOURS.unknown);
-  }
+  setLabelColours(entries);
   for (const panel of dash.panels.values()) {
     for (const item of panel.items.values()) item.colour = colourOf(item.label);
   }
 }
 
-function colourOf(label) {
-  return vocab.get(label) || COLOURS.unknown;
-}
+const colourOf = labelColour;
 
 // ---- a tile's timeline --------------------------------------------------------------
 export function createTimelineChart(performerId) {
@@ -39,7 +44,9 @@ export function newTagState() {
   return {
     items: new Map(), // tag_id (point or onset) -> item, as the server decided it
     lanes: [], // {key, label, self}
-    laneCount: -1,
+    laneCount: "", // "rater lanes/model lanes" the canvas was last sized for
+    models: new Map(), // model -> Map(window ts_us -> row), the rows as the server sent them
+    highlight: null, // {start, end, untilPerf}: a moment the gap panel (gap.js) points at
     newestTagTs: null, // for the tags lane's age (lanes.js)
   };
 }
@@ -56,11 +63,12 @@ function laneFor(panel, tag) {
 }
 
 export function setLaneHeight(panel) {
-  const n = panel.lanes.length;
+  const n = `${panel.lanes.length}/${panel.models.size}`;
   if (n === panel.laneCount) return;
   panel.laneCount = n;
-  // rater lanes + consensus lane + time axis
-  panel.timeline.style.height = `${(Math.max(n, 1) + 1) * LANE_H + AXIS_H + 3}px`;
+  // rater lanes + consensus lane + model lanes + time axis
+  const lanes = Math.max(panel.lanes.length, 1) + 1 + panel.models.size;
+  panel.timeline.style.height = `${lanes * LANE_H + AXIS_H + 3}px`;
 }
 
 // ---- tags ---------------------------------------------------------------------------
@@ -119,6 +127,48 @@ export function pruneTags(panel, cutoff) {
   }
 }
 
+// ---- model lanes --------------------------------------------------------------------
+// Rows are [performer_id, window_ts_us, window_us, model, top_label, probability, missed];
+// a later row for the same model and window replaces the earlier one, and one with no top
+// label (a revision without the model's reading) takes it off the lane.
+export function addModelRows(rows) {
+  if (!Array.isArray(rows)) return;
+  const touched = new Set();
+  for (const row of rows) {
+    if (!Array.isArray(row) || row.length < 7 || typeof row[3] !== "string") continue;
+    const panel = panelFor(row[0]);
+    let lane = panel.models.get(row[3]);
+    if (!lane) {
+      lane = new Map();
+      panel.models.set(row[3], lane);
+      setLaneHeight(panel);
+    }
+    if (row[4]) lane.set(Number(row[1]), row);
+    else lane.delete(Number(row[1]));
+    touched.add(panel);
+  }
+  for (const panel of touched) noteModels(panel);
+}
+
+export function pruneModels(panel, cutoff) {
+  for (const lane of panel.models.values()) {
+    for (const [key, row] of lane) {
+      if (key + (Number(row[2]) || 0) < cutoff) lane.delete(key);
+    }
+  }
+  noteModels(panel);
+}
+
+function noteModels(panel) {
+  const seen = {};
+  for (const [model, lane] of panel.models) {
+    let missed = 0;
+    for (const row of lane.values()) if (row[6]) missed += 1;
+    seen[model] = { windows: lane.size, missed };
+  }
+  hooks.models[panel.id] = seen;
+}
+
 // ---- drawing ------------------------------------------------------------------------
 let selfHatch = null;
 function hatchPattern(ctx) {
@@ -154,7 +204,8 @@ export function drawTimeline(panel, now) {
   const lanes = panel.lanes;
   const nLanes = lanes.length;
   const consensusY = Math.max(nLanes, 1) * LANE_H + 2;
-  const axisY = consensusY + LANE_H + 1;
+  const modelsY = consensusY + LANE_H;
+  const axisY = modelsY + panel.models.size * LANE_H + 1;
 
   // lane backgrounds
   for (let i = 0; i < nLanes; i += 1) {
@@ -172,6 +223,10 @@ export function drawTimeline(panel, now) {
   }
   ctx.fillStyle = "rgba(255,255,255,0.05)";
   ctx.fillRect(0, consensusY, w, LANE_H);
+  for (let j = 0; j < panel.models.size; j += 1) {
+    ctx.fillStyle = j % 2 ? COLOURS.lane : COLOURS.laneAlt;
+    ctx.fillRect(0, modelsY + j * LANE_H, w, LANE_H);
+  }
   drawTimeGrid(ctx, w, axisY, now, t0, scaleX);
   drawTakes(ctx, axisY, now, t0, scaleX);
 
@@ -188,6 +243,34 @@ export function drawTimeline(panel, now) {
     const x0 = Math.round(Math.max(0, (start - t0) * scaleX));
     const x1 = Math.round(Math.min(w, (end - t0) * scaleX));
     ctx.fillRect(x0, consensusY + 1, Math.max(1, x1 - x0), LANE_H - 2);
+  }
+  ctx.globalAlpha = 1;
+
+  // model lanes: the top label's colour, alpha by its probability; red beneath a miss
+  const modelsDrawn = panel.hook.modelWindowsDrawn;
+  let j = 0;
+  for (const [model, lane] of panel.models) {
+    const y = modelsY + j * LANE_H;
+    let drawnHere = 0;
+    for (const row of lane.values()) {
+      const start = Number(row[1]);
+      const end = start + (Number(row[2]) || 0);
+      if (end < t0 || start > now) continue;
+      const p = row[5];
+      const x0 = Math.round(Math.max(0, (start - t0) * scaleX));
+      const x1 = Math.round(Math.min(w, (end - t0) * scaleX));
+      ctx.globalAlpha = typeof p === "number" ? 0.35 + 0.65 * Math.max(0, Math.min(1, p)) : 0.6;
+      ctx.fillStyle = colourOf(row[4]);
+      ctx.fillRect(x0, y + 1, Math.max(1, x1 - x0), LANE_H - 5);
+      if (row[6]) {
+        ctx.globalAlpha = 1;
+        ctx.fillStyle = COLOURS.missed;
+        ctx.fillRect(x0, y + LANE_H - 3, Math.max(1, x1 - x0), 2);
+      }
+      drawnHere += 1;
+    }
+    modelsDrawn[model] = drawnHere;
+    j += 1;
   }
   ctx.globalAlpha = 1;
 
@@ -223,6 +306,16 @@ export function drawTimeline(panel, now) {
   }
   ctx.globalAlpha = 1;
 
+  // the moment the gap panel points at, while it is in view
+  const mark = panel.highlight;
+  if (mark && performance.now() < mark.untilPerf && mark.end >= t0 && mark.start <= now) {
+    const x0 = Math.max(0, (mark.start - t0) * scaleX);
+    const x1 = Math.min(w, (mark.end - t0) * scaleX);
+    ctx.strokeStyle = COLOURS.highlight;
+    ctx.lineWidth = 1.5;
+    ctx.strokeRect(x0 - 1, 0.75, Math.max(2, x1 - x0) + 2, axisY - 1.5);
+  }
+
   // now line, lane labels, time axis
   ctx.fillStyle = COLOURS.now;
   ctx.fillRect(w - 1, 0, 1, axisY);
@@ -247,6 +340,17 @@ export function drawTimeline(panel, now) {
     ctx.fillRect(0, consensusY + 1, tw, LANE_H - 2);
     ctx.fillStyle = COLOURS.laneText;
     ctx.fillText("consensus", 4, consensusY + LANE_H / 2);
+  }
+  j = 0;
+  for (const model of panel.models.keys()) {
+    const y = modelsY + j * LANE_H;
+    const text = `model ${model}`;
+    const tw = ctx.measureText(text).width;
+    ctx.fillStyle = "rgba(15,17,21,0.75)";
+    ctx.fillRect(0, y + 1, tw + 8, LANE_H - 2);
+    ctx.fillStyle = COLOURS.laneText;
+    ctx.fillText(text, 4, y + LANE_H / 2);
+    j += 1;
   }
   ctx.fillStyle = COLOURS.gridLabel;
   ctx.font = "9px system-ui, sans-serif";

@@ -1,5 +1,6 @@
 // The performer tiles and the video in them. Each tile is put together here from the
-// parts the other modules draw (mesh, lanes, timeline, agreement badge, presence dot);
+// parts the other modules draw (mesh, lanes, ratings, timeline, agreement badge, presence
+// dot);
 // the video itself comes from the capture server's call page script (call.js), loaded
 // into this page, whose <figure data-performer> elements are moved into the tiles as
 // they appear. Separate because the video is not drawn by the dashboard at all: this
@@ -9,6 +10,7 @@
 import { createAlphaBadge, newConsensusState } from "./agreement.js";
 import { attachLaneAges, createProsodyCharts, newProsodyRing } from "./lanes.js";
 import { createFaceParts, newFaceState } from "./mesh.js";
+import { createRatingsChart, newRatingsState } from "./ratings.js";
 import { createPresenceDot } from "./session.js";
 import {
   $,
@@ -54,8 +56,10 @@ function createPanel(performerId, displayName) {
   slot.append(waiting, face.mesh);
   const { pitchWrap, pitch, loudWrap, loud } = createProsodyCharts(performerId);
   const { timelineWrap, timeline } = createTimelineChart(performerId);
+  // The lane's buttons act on the panel, which is made below: they are only clicked later.
+  const { ratingsWrap, ratings, ratingButtons } = createRatingsChart(performerId, () => panel);
 
-  root.append(head, slot, face.side, pitchWrap, loudWrap, timelineWrap);
+  root.append(head, slot, face.side, pitchWrap, loudWrap, ratingsWrap, timelineWrap);
 
   // The tile as the tests see it (window.livetagDashboard.performers[id]).
   const hook = {
@@ -65,6 +69,10 @@ function createPanel(performerId, displayName) {
     meshDraws: 0,
     blendshapes: {},
     pitchChartDraws: 0,
+    ratings: {}, // rater_id -> trace points held
+    ratingDraws: 0,
+    ratingDimension: null,
+    modelWindowsDrawn: {}, // model -> its windows drawn on the timeline's last frame
     // age (ms) of what each lane draws, null when it draws nothing; see updateLaneAges
     ages: { video: null, mesh: null, prosody: null, tags: null },
     meshDelayMs: null, // the face stream's latency the mesh is drawn at
@@ -90,6 +98,9 @@ function createPanel(performerId, displayName) {
     pitch,
     loud,
     timeline,
+    ratingsWrap,
+    ratings,
+    ratingButtons,
     blendRows: face.blendRows,
     poseEl: face.poseEl,
     faceStateEl: face.faceStateEl,
@@ -108,6 +119,7 @@ function createPanel(performerId, displayName) {
     ...newFaceState(),
     ...newTagState(),
     ...newConsensusState(),
+    ...newRatingsState(),
   };
   root._panel = panel;
   face.mesh._panel = panel;
@@ -125,6 +137,7 @@ function createPanel(performerId, displayName) {
   observeSize(pitch);
   observeSize(loud);
   observeSize(timeline);
+  observeSize(ratings);
   observeVisibility(root);
   dash.panels.set(performerId, panel);
   $("performers").append(root);

@@ -9,9 +9,17 @@ ticks it on a timer (a window goes out once its features and tags had time to ar
 produces what it returns.
 
 ``livetag.tags`` is shared by all sessions: each session's app reads it and skips other
-sessions' keys before decoding. The session's record is followed for its performers'
-presence: a performer who left has streams that ended, and their windows say so instead of
-waiting for them.
+sessions' keys before decoding; so is ``livetag.ratings`` (continuous ratings, in batches,
+co-partitioned like the tags). The session's model topic (the model lane's readings, one per
+label window and model) is the session's own. The session's record is followed for its
+performers' presence: a performer who left has streams that ended, and their windows say so
+instead of waiting for them.
+
+Every ``rater_lag_interval_s`` each rater's reaction lag is estimated again from what was
+aligned (streams.labels.rater_lags, off the event loop); the chosen correction applies to
+the rater's tags and samples that arrive from then on, and goes to ``livetag.raters`` when it
+changed. After a restart the corrections published there are taken up again, so re-read tags
+land where they did.
 
 The join's state is in memory; a worker killed mid-scene loses none of it, in two parts:
 - what it took in is acknowledged to faust (and its offset committed) only once every
@@ -23,13 +31,15 @@ The join's state is in memory; a worker killed mid-scene loses none of it, in tw
   they are not emitted anew, and a late tag corrects them with the next revision, keeping
   every tag they showed.
 
-Undecodable records and tags too late to correct anything go to ``livetag.deadletter``
-with the reason (a late tag also stays on ``livetag.tags``).
+Undecodable records, tags and rating batches too late to correct anything, and model
+readings that are not one label window's go to ``livetag.deadletter`` with the reason (a late
+tag also stays on ``livetag.tags``). Model readings too late for their window are counted
+(``late_model_readings``), not dead-lettered: a model that fell behind is not bad input.
 
 Each agent is a small class that writes through one :class:`AlignerStep` (the aligner, its
-lock and the acks it allows): TagAgent, FeatureAgent (prosody, face), PresenceFollower,
-CounterPublisher, and RestoreOnAssignment for the above; add_aligner only wires them to
-the app.
+lock and the acks it allows): TagAgent, RatingAgent, FeatureAgent (prosody, face),
+ModelAgent, PresenceFollower, CounterPublisher, RaterLagPublisher, and RestoreOnAssignment
+for the above; add_aligner only wires them to the app.
 """
 
 from __future__ import annotations
@@ -51,7 +61,14 @@ from streams.kafka import clients, health, topics
 from streams.kafka.batches import BatchLane
 from streams.kafka.clients import decoded_events, event_headers, raw_topic
 from streams.kafka.sessions import SessionDirectory, is_over
-from streams.labels.aligner_core import AlignerConfig, LateTag, SessionAligner
+from streams.labels.aligner_core import (
+    AlignerConfig,
+    LateRatings,
+    RefusedReading,
+    SessionAligner,
+    Unplaced,
+)
+from streams.labels.rater_lags import ConsensusCache, LagEvidence, estimate_lags
 from streams.session_clock import now_us
 from streams.settings import Settings
 
@@ -68,8 +85,13 @@ RESTORE_TIMEOUT_S = 5.0  # half the processors' group session timeout
 COUNTERS_INTERVAL_S = 2.0  # the performers' counters go to livetag.health at most this often
 PRESENCE_POLL_S = 5.0  # the session record is looked at on each change and at least this often
 
+#: Most model readings aligned in one step (a few seconds of 4 performers' windows).
+MODEL_BATCH = 256
+
 DeadLetterSink = Callable[[Any, str, str], Awaitable[None]]
 Emit = Callable[[Any, records.AnyRecord], Awaitable[None]]
+#: Events to hold until their performer's windows up to an instant are out.
+Held = Sequence[tuple[str, int, Any]]
 
 
 def config_of(settings: Settings) -> AlignerConfig:
@@ -79,6 +101,7 @@ def config_of(settings: Settings) -> AlignerConfig:
         feature_wait_us=settings.label_feature_wait_ms * 1000,
         grace_us=round(settings.label_grace_s * 1e6),
         max_hold_us=settings.tag_max_hold_ms * 1000,
+        rating_wait_us=settings.label_rating_wait_ms * 1000,
     )
 
 
@@ -213,20 +236,23 @@ class AlignerStep:
             yield
 
     async def run(
-        self, call: Callable[[int], Sequence[Any]], held_until: Sequence[tuple[str, int, Any]] = ()
-    ) -> list[LateTag]:
+        self, call: Callable[[int], Sequence[Any]], held_until: Held | Callable[[], Held] = ()
+    ) -> list[Unplaced]:
         """``call(now_us)`` on the aligner, its windows produced, then the acks: the events
         of ``held_until`` (performer, instant whose windows must be out, event) are held
-        until then. Returns the tags that came too late to correct anything."""
+        until then; given as a function, it is asked after the call (where an input lands
+        can depend on the aligner's state then: a rater's lag correction). Returns what the
+        call could not use (late tags and ratings, refused readings)."""
         async with self.exclusive():
             out = call(now_us())
-            for performer_id, until_us, event in held_until:
+            held = held_until() if callable(held_until) else held_until
+            for performer_id, until_us, event in held:
                 self.held.hold(performer_id, until_us, event)
             for item in out:
                 if isinstance(item, records.LabelWindow):
                     await self._emit(self._labels_topic, item)
             self.held.release()
-        return [item for item in out if isinstance(item, LateTag)]
+        return [item for item in out if not isinstance(item, records.LabelWindow)]
 
     async def tick(self) -> None:
         """The windows that are ready by now, out (a window goes out once its features
@@ -260,11 +286,45 @@ class TagAgent:
         aligner = self._step.aligner
         late = await self._step.run(
             functools.partial(aligner.add_tag, tag),
-            [(tag.performer_id, aligner.settles_at_us(tag), event)],
+            lambda: [(tag.performer_id, aligner.settles_at_us(tag), event)],
         )
         for out in late:
             aligner.count_for(tag.performer_id, "late_tags")
             await self._dead_letter(event, topics.TAGS, out.reason)
+
+
+class RatingAgent:
+    """``livetag.ratings`` into the aligner: this session's continuous rating batches, each
+    acked once the windows of its samples have gone out."""
+
+    def __init__(self, session_id: str, step: AlignerStep, dead_letter: DeadLetterSink) -> None:
+        self._key_prefix = f"{session_id}/".encode()
+        self._step = step
+        self._dead_letter = dead_letter
+
+    async def run(self, stream: faust.StreamT) -> None:
+        async for event in cast(Any, stream).noack().events():
+            await self.take(event)
+
+    async def take(self, event: Any) -> None:
+        if not (event.key or b"").startswith(self._key_prefix):
+            event.ack()  # another session's ratings
+            return
+        try:
+            batch = records.decode(records.RatingBatch, event.value, event_headers(event.headers))
+        except records.RecordError as exc:
+            await self._dead_letter(event, topics.RATINGS, str(exc))
+            event.ack()
+            return
+        aligner = self._step.aligner
+        late = await self._step.run(
+            functools.partial(aligner.add_ratings, batch),
+            lambda: [(batch.performer_id, aligner.rating_settles_at_us(batch), event)],
+        )
+        for out in late:
+            if isinstance(out, LateRatings):
+                aligner.count_for(batch.performer_id, "late_ratings")
+                await self._dead_letter(event, topics.RATINGS, out.reason)
 
 
 class FeatureAgent(Generic[Carrier, Feature]):
@@ -318,6 +378,66 @@ class FeatureAgent(Generic[Carrier, Feature]):
         await self._step.run(
             call, [(frames[-1].performer_id, frames[-1].ts_us, event) for event, frames in batch]
         )
+
+
+class ModelAgent:
+    """The session's model topic into the aligner: each model reading folded into its label
+    window (which never waits for it: a reading after the window went out revises it).
+
+    Readings come one per window and model (10 a second per performer and model): each
+    batch that gathered while the previous one was aligned goes through one aligner step,
+    so a window that took several readings at once is revised once."""
+
+    def __init__(
+        self,
+        topic_name: str,
+        step: AlignerStep,
+        dead_letter: DeadLetterSink,
+        on_failure: Callable[[BaseException], None] | None,
+    ) -> None:
+        self.topic_name = topic_name
+        self._step = step
+        self._dead_letter = dead_letter
+        self._on_failure = on_failure
+
+    async def run(self, stream: faust.StreamT) -> None:
+        lane: BatchLane[tuple[Any, records.ModelReading]] = BatchLane(
+            "align-model", self.align_batch, limit=MODEL_BATCH, on_failure=self._on_failure
+        )
+        try:
+            async for event, reading in decoded_events(
+                stream, records.ModelReading, self.topic_name, self._dead_letter
+            ):
+                await lane.put((event, reading))
+        finally:
+            await lane.close()
+
+    async def align_batch(self, batch: list[tuple[Any, records.ModelReading]]) -> None:
+        aligner = self._step.aligner
+        refused: dict[int, RefusedReading] = {}
+
+        def call(now_us: int) -> list[Any]:
+            out = aligner.add_model_readings([reading for _, reading in batch], now_us)
+            refused.update(
+                (id(item.reading), item) for item in out if isinstance(item, RefusedReading)
+            )
+            return out
+
+        def held() -> Held:
+            # Until its window is out (it was revised at once if it had gone out); a
+            # refused one is not held: it may name any instant at all.
+            return [
+                (reading.performer_id, reading.ts_us, event)
+                for event, reading in batch
+                if id(reading) not in refused
+            ]
+
+        await self._step.run(call, held)
+        for event, reading in batch:
+            out = refused.get(id(reading))
+            if out is not None:
+                await self._dead_letter(event, self.topic_name, out.reason)
+                event.ack()
 
 
 class PresenceFollower:
@@ -416,6 +536,104 @@ class CounterPublisher:
                 self._published[performer_id] = counts
 
 
+async def read_rater_lags(settings: Settings, session_id: str) -> dict[str, records.RaterLag]:
+    """The newest ``rater_lag`` record of each of the session's raters on livetag.raters."""
+    consumer = clients.make_consumer(settings)
+    await consumer.start()
+    partition = TopicPartition(topics.RATERS, 0)
+    prefix = f"{session_id}/".encode()
+    newest: dict[str, records.RaterLag] = {}
+    try:
+        consumer.assign([partition])
+        await consumer.seek_to_beginning(partition)
+        end = (await consumer.end_offsets([partition]))[partition]
+        while await consumer.position(partition) < end:
+            batches = await consumer.getmany(partition, timeout_ms=1000)
+            if not batches:
+                break
+            for message in batches.get(partition, []):
+                if not (message.key or b"").startswith(prefix):
+                    continue
+                try:
+                    record = records.decode(records.RaterLag, message.value, message.headers)
+                except records.RecordError as exc:
+                    log.warning("skipping an undecodable rater lag record: %s", exc)
+                    continue
+                if record.session_id == session_id:
+                    newest[record.rater_id] = record  # compacted: the newest per key counts
+    finally:
+        await consumer.stop()
+    return newest
+
+
+class RaterLagPublisher:
+    """Each rater's reaction lag, estimated again every ``rater_lag_interval_s``: the chosen
+    correction applies to the rater's tags and samples from then on (what was placed before
+    stays where it is), and goes to ``livetag.raters`` when the record changed."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session_id: str,
+        step: AlignerStep,
+        evidence: LagEvidence,
+        emit: Emit,
+        raters_topic: Any,
+    ) -> None:
+        self._settings = settings
+        self._session_id = session_id
+        self._step = step
+        self._evidence = evidence
+        self._emit = emit
+        self._raters_topic = raters_topic
+        # What was published per rater, its ts_us aside.
+        self._published: dict[str, records.RaterLag] = {}
+        self._cache: ConsensusCache = {}
+        self.failures = 0
+
+    def seed(self, found: dict[str, records.RaterLag]) -> int:
+        """Take up the corrections published before (a restart): re-read tags and samples
+        land where they did. A rater this instance corrects already keeps its own."""
+        aligner = self._step.aligner
+        taken = 0
+        for rater_id, record in found.items():
+            if rater_id in self._published:
+                continue
+            self._published[rater_id] = record.model_copy(update={"ts_us": 0})
+            aligner.set_lag(rater_id, record.applied)
+            taken += 1
+        return taken
+
+    async def estimate(self) -> None:
+        settings = self._settings
+        async with self._step.exclusive():
+            evidence = self._evidence.snapshot()
+        started = now_us()
+        try:
+            # Cross-correlations over minutes of traces: tens of milliseconds of numpy.
+            found = await asyncio.to_thread(
+                estimate_lags,
+                evidence,
+                self._session_id,
+                started,
+                auto=settings.rater_lag_auto,
+                min_confidence=settings.rater_lag_min_confidence,
+                cache=self._cache,
+            )
+        except Exception:  # the corrections in force stay; the next round tries again
+            self.failures += 1
+            log.exception("aligner: could not estimate the raters' reaction lags")
+            return
+        async with self._step.exclusive():
+            for record in found:
+                self._step.aligner.set_lag(record.rater_id, record.applied)
+                unstamped = record.model_copy(update={"ts_us": 0})
+                if self._published.get(record.rater_id) == unstamped:
+                    continue
+                await self._emit(self._raters_topic, record)
+                self._published[record.rater_id] = unstamped
+
+
 class RestoreOnAssignment:
     """When partitions are assigned: what this instance must carry on from, read back (the
     windows emitted for them, the counters published), what it must no longer align,
@@ -427,12 +645,21 @@ class RestoreOnAssignment:
         session: records.SessionRecord,
         step: AlignerStep,
         counters: CounterPublisher,
+        lags: RaterLagPublisher | None = None,
     ) -> None:
         self._settings = settings
         self._session_id = session.session_id
-        self._session_topics = {session.topics.prosody, session.topics.face, topics.TAGS}
+        self._session_topics = {
+            session.topics.prosody,
+            session.topics.face,
+            topics.TAGS,
+            topics.RATINGS,
+        }
+        if session.topics.model is not None:
+            self._session_topics.add(session.topics.model)
         self._step = step
         self._counters = counters
+        self._lags = lags
 
     async def restore(self, sender: Any, assigned: set[Any], **_: Any) -> None:
         # faust may resume fetching before this returns: the agents wait on `restored`, so
@@ -447,10 +674,15 @@ class RestoreOnAssignment:
         try:
             # The group's heartbeats wait for this handler: bounded well inside its session.
             async with asyncio.timeout(RESTORE_TIMEOUT_S):
-                windows = await read_label_windows(
-                    self._settings, self._session_id, partitions, since_ms=self._since_ms()
+                windows, lags = await asyncio.gather(
+                    read_label_windows(
+                        self._settings, self._session_id, partitions, since_ms=self._since_ms()
+                    ),
+                    self._read_lags(),
                 )
                 seeded = await self._counters.seed(partitions)
+            if self._lags is not None:
+                self._lags.seed(lags)
             count = aligner.restore(windows, now_us())
         except Exception:  # without it the aligner still runs, as before a restart
             # ...but its counters would start again from 0: not published until a
@@ -470,6 +702,16 @@ class RestoreOnAssignment:
             sorted(partitions),
             time.monotonic() - started,
         )
+
+    async def _read_lags(self) -> dict[str, records.RaterLag]:
+        """The corrections published for the session's raters (none without estimates)."""
+        if self._lags is None:
+            return {}
+        try:
+            return await read_rater_lags(self._settings, self._session_id)
+        except Exception:  # the raters start from their calibration again, as at start
+            log.exception("could not read back the raters' lag corrections")
+            return {}
 
     def _forget_moved(self, partitions: set[int]) -> None:
         # Performers whose partitions went to another worker: it carries on from what this
@@ -499,9 +741,12 @@ def add_aligner(
 ) -> SessionAligner:
     """Define the aligner agents of ``session`` on its processor ``app``."""
     session_id = session.session_id
-    aligner = SessionAligner(session_id, config_of(settings))
+    estimating = settings.rater_lag_interval_s > 0
+    evidence = LagEvidence(round(settings.rater_lag_history_s * 1e6)) if estimating else None
+    aligner = SessionAligner(session_id, config_of(settings), evidence)
     step = AlignerStep(aligner, emit, raw_topic(app, topics.LABELS))
     tags = TagAgent(session_id, step, dead_letter)
+    ratings = RatingAgent(session_id, step, dead_letter)
     prosody = FeatureAgent(
         "prosody",
         session.topics.prosody,
@@ -524,14 +769,25 @@ def add_aligner(
     )
     presence = PresenceFollower(settings, session_id, aligner)
     counters = CounterPublisher(settings, session_id, step, emit, raw_topic(app, topics.HEALTH))
-    restore = RestoreOnAssignment(settings, session, step, counters)
+    lags = None
+    if evidence is not None:
+        raters_topic = raw_topic(app, topics.RATERS)
+        lags = RaterLagPublisher(settings, session_id, step, evidence, emit, raters_topic)
+    restore = RestoreOnAssignment(settings, session, step, counters, lags)
 
     # Bound methods: faust would name them all by their method's name, so each gets a name.
     app.agent(raw_topic(app, topics.TAGS), name=f"align-tags-{session_id}")(tags.run)
+    app.agent(raw_topic(app, topics.RATINGS), name=f"align-ratings-{session_id}")(ratings.run)
+    if session.topics.model is not None:  # sessions from before the model lane have none
+        model = ModelAgent(session.topics.model, step, dead_letter, on_failure)
+        app.agent(raw_topic(app, model.topic_name), name=f"align-model-{session_id}")(model.run)
     app.agent(raw_topic(app, prosody.topic_name), name=f"align-prosody-{session_id}")(prosody.run)
     app.agent(raw_topic(app, face.topic_name), name=f"align-face-{session_id}")(face.run)
     app.on_partitions_assigned.connect(restore.restore)
     app.task(presence.run)
     app.timer(interval=TICK_S, name=f"align-tick-{session_id}")(step.tick)
     app.timer(interval=COUNTERS_INTERVAL_S, name=f"align-counters-{session_id}")(counters.publish)
+    if lags is not None:
+        interval = settings.rater_lag_interval_s
+        app.timer(interval=interval, name=f"align-lags-{session_id}")(lags.estimate)
     return aligner

@@ -6,6 +6,13 @@ whose intervals overlap it, and goes out as one :class:`~streams.records.LabelWi
 A tag's interval is what :mod:`streams.labels.tag_rules` says it covers, the rule the export
 and the dashboard follow too.
 
+Beside the tags, a window holds what else rated the performer in it: each rater's
+continuous rating (the samples whose instant falls in the window, summarised by
+:mod:`streams.labels.rating_traces`) and each model rater's reading (one per window and
+model, never part of the consensus). A rater's tags and samples are placed where their
+reaction-lag correction puts them (:meth:`SessionAligner.set_lag`): the correction in
+force when they arrive, recorded in the window next to them.
+
 Why sans-I/O: the hard parts (waiting for lagging streams, pairing holds, correcting
 windows already sent when a tag arrives late) are pure bookkeeping on event times, and
 they are far easier to test when the caller hands in ``now_us`` than when they hide behind
@@ -22,8 +29,16 @@ import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
+from streams.labels.rater_lags import LagEvidence
+from streams.labels.rating_traces import (
+    RatedSample,
+    TraceKey,
+    WindowTrace,
+    samples_of,
+    summarise,
+)
 from streams.labels.tag_rules import (
     TagInterval,
     TagSet,
@@ -39,8 +54,13 @@ from streams.records import (
     HeadPose,
     Intensity,
     LabelWindow,
+    LagCorrection,
+    ModelEstimate,
+    ModelReading,
     ProsodyFrame,
     RaterLabels,
+    RaterTrace,
+    RatingBatch,
     Role,
     StreamGap,
     TagEvent,
@@ -69,6 +89,10 @@ class AlignerConfig:
     # At most this many windows go out in one step (a performer back after an hour's
     # outage has 36 000 windows to fill); the rest go out in the next steps.
     max_windows_per_step: int = 2_000
+    # A window waits at most this long past its end for the continuous raters of its
+    # performer to rate past it (their samples come lag-corrected and in batches); a
+    # rater who sent nothing for this long is not waited for.
+    rating_wait_us: int = 1_000_000
 
     def __post_init__(self) -> None:
         if self.window_us <= 0:
@@ -81,6 +105,7 @@ class AlignerConfig:
                 self.ended_wait_us,
                 self.grace_us,
                 self.top_blendshapes,
+                self.rating_wait_us,
             )
             < 0
         ):
@@ -95,6 +120,27 @@ class LateTag:
 
     tag: TagEvent
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LateRatings:
+    """A rating batch none of whose samples could be placed (every window they fall in
+    left the grace, or lies before the performer's first): the wiring dead-letters it."""
+
+    batch: RatingBatch
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedReading:
+    """A model reading that is not one label window's: the wiring dead-letters it."""
+
+    reading: ModelReading
+    reason: str
+
+
+#: What an aligner call returns besides label windows: input it could not use, with why.
+Unplaced = LateTag | LateRatings | RefusedReading
 
 
 _T = TypeVar("_T")
@@ -179,6 +225,18 @@ class _SentWindow:
     # late frames are summarised together with these.
     partial_hops: dict[int, _Hop] = field(default_factory=dict)
     partial_sights: dict[int, _Sight | None] = field(default_factory=dict)
+    # Continuous ratings: the samples of each rater's trace; read back after a restart,
+    # the trace as the window showed it (its samples are not known any more).
+    traces: dict[TraceKey, WindowTrace | RaterTrace] = field(default_factory=dict)
+    models: dict[str, ModelEstimate] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _RatingStream:
+    """One rater's continuous rating of a performer, as far as it has come."""
+
+    newest_us: int  # the newest sample's (lag-corrected) instant
+    arrived_us: int  # now_us when it last delivered
 
 
 @dataclass(slots=True)
@@ -216,10 +274,22 @@ class _PerformerTrack:
     # in the aligner's TagSet; this says the performer still waits on something.
     pending_offsets: dict[str, set[str]] = field(default_factory=dict)
     sent: dict[int, _SentWindow] = field(default_factory=dict)  # in window order (mostly)
+    # Continuous ratings: each trace's progress (windows wait for it, see _stream_states),
+    # the newest instant rated (windows go out up to it, as up to the last tag), and the
+    # samples and model readings of windows that have not gone out yet.
+    ratings: dict[TraceKey, _RatingStream] = field(default_factory=dict)
+    rated_until: int | None = None
+    pending_traces: dict[int, dict[TraceKey, WindowTrace]] = field(default_factory=dict)
+    pending_models: dict[int, dict[str, ModelEstimate]] = field(default_factory=dict)
 
 
 # Per-performer counters that are events, not made of the windows (see _tally).
-_PERFORMER_EVENTS = ("late_features_lost", "duplicate_features")
+_PERFORMER_EVENTS = (
+    "late_features_lost",
+    "duplicate_features",
+    "late_rating_samples",
+    "late_model_readings",
+)
 
 _COUNTERS = (
     "windows_emitted",
@@ -240,15 +310,39 @@ _COUNTERS = (
     "ignored_offsets",
     "foreign_records",
     "restored_windows",
+    "rating_batches",
+    "rating_samples",
+    "duplicate_rating_batches",
+    "duplicate_rating_samples",
+    "late_rating_samples",
+    "rating_revisions",
+    "model_readings",
+    "duplicate_model_readings",
+    "late_model_readings",
+    "refused_model_readings",
+    "model_revisions",
 )
 
 
 class SessionAligner:
-    """Aligns one session; every method takes the session clock's ``now_us``."""
+    """Aligns one session; every method takes the session clock's ``now_us``.
 
-    def __init__(self, session_id: str, config: AlignerConfig) -> None:
+    ``evidence``, if given, is told of every record taken in (the features, tags and
+    ratings a rater's reaction lag is estimated from: streams.labels.rater_lags)."""
+
+    def __init__(
+        self, session_id: str, config: AlignerConfig, evidence: LagEvidence | None = None
+    ) -> None:
         self.session_id = session_id
         self._config = config
+        self._evidence = evidence
+        # Rating batches seen (batch_id -> performer, forget_at_us), for dedupe.
+        self._batches: dict[str, tuple[str, int]] = {}
+        self._batch_queue: list[tuple[int, str]] = []
+        # The reaction-lag correction in force per rater (none: the tag service's).
+        self._lags: dict[str, LagCorrection] = {}
+        # The correction each tag was placed with, when it had one (for the windows).
+        self._tag_lags: dict[str, LagCorrection] = {}
         self._tracks: dict[str, _PerformerTrack] = {}
         self._tags: dict[str, _TagMemo] = {}
         # The tags themselves: what a point or hold covers is decided there (tag_rules),
@@ -274,6 +368,8 @@ class SessionAligner:
         self._forget_expired(now_us)
         track = self._track(frame.performer_id, now_us)
         self._delivered(track, "prosody", frame.ts_us, now_us)
+        if self._evidence is not None:
+            self._evidence.note_hop(frame)
         hop: _Hop = (frame.f0_hz if frame.voiced else None, frame.voiced, frame.loudness_db)
         self._buffer(track, "prosody", track.hops, frame.ts_us, hop)
         return self._emit_ready(now_us)
@@ -285,6 +381,8 @@ class SessionAligner:
         self._forget_expired(now_us)
         track = self._track(frame.performer_id, now_us)
         self._delivered(track, "face", frame.ts_us, now_us)
+        if self._evidence is not None:
+            self._evidence.note_face(frame)
         if frame.face_present is None:
             # Skipped on purpose (the processors were behind): the stream has moved past
             # this instant, and the window had video, but there is nothing to summarise.
@@ -330,6 +428,11 @@ class SessionAligner:
             self._counts["duplicate_tags"] += 1
             return []
         self._counts["tags"] += 1
+        if self._evidence is not None:
+            self._evidence.note_tag(tag)
+        tag, lag = self._placed(tag)
+        if lag is not None:
+            self._tag_lags[tag.tag_id] = lag
         track = self._track(tag.performer_id, now_us)
         self._remember(tag, now_us)
         if tag.action == "offset":
@@ -364,6 +467,160 @@ class SessionAligner:
         self._refresh_due(track)
         out.extend(self._emit_ready(now_us))
         return out
+
+    def add_ratings(self, batch: RatingBatch, now_us: int) -> list[LabelWindow | LateRatings]:
+        """A rater's batch of continuous samples: each sample goes to the window its
+        lag-corrected instant falls in; windows already sent take it as a revision."""
+        if batch.session_id != self.session_id:
+            self._counts["foreign_records"] += 1
+            return []
+        self._forget_expired(now_us)
+        if batch.batch_id in self._batches:
+            self._counts["duplicate_rating_batches"] += 1
+            return []
+        self._remember_batch(batch, now_us)
+        self._counts["rating_batches"] += 1
+        self._counts["rating_samples"] += len(batch.samples)
+        if self._evidence is not None:
+            self._evidence.note_ratings(batch)
+        track = self._track(batch.performer_id, now_us)
+        lag = self.rating_correction(batch)
+        key: TraceKey = (batch.rater_id, batch.mode, batch.label)
+        samples = samples_of(batch, 0 if lag is None else lag.lag_us)
+        newest = max(sample.ts_us for sample in samples)
+        stream = track.ratings.get(key)
+        if stream is None:
+            stream = track.ratings[key] = _RatingStream(newest, now_us)
+        stream.newest_us = max(stream.newest_us, newest)
+        stream.arrived_us = now_us
+        track.rated_until = max(track.rated_until or 0, newest)
+        width = self._config.window_us
+        oldest = self._oldest_correctable(now_us)
+        revised: set[int] = set()
+        placed = late = 0
+        for sample in samples:
+            window = sample.ts_us // width
+            if window >= self._note_start(track, sample.ts_us):
+                pending = track.pending_traces.setdefault(window, {})
+                trace = pending.get(key)
+                if trace is None:
+                    trace = pending[key] = WindowTrace(batch.rater_role, {}, lag)
+                placed += self._add_sample(track, trace, sample, lag)
+                continue
+            sent = track.sent.get(window) if window >= oldest else None
+            held = None if sent is None else sent.traces.get(key)
+            if window < track.restored_through and (sent is None or isinstance(held, RaterTrace)):
+                # Read again after a restart: the window went out from an earlier
+                # instance with this trace (its samples are not known here).
+                self._count(track, "duplicate_rating_samples")
+                continue
+            if sent is None or isinstance(held, RaterTrace):
+                late += 1
+                continue
+            if held is None:
+                held = sent.traces[key] = WindowTrace(batch.rater_role, {}, lag)
+            if self._add_sample(track, held, sample, lag):
+                placed += 1
+                revised.add(window)
+        out: list[LabelWindow | LateRatings] = []
+        for window in sorted(revised):
+            out.append(self._revision(track, window, "rating_revisions"))
+        self._count(track, "late_rating_samples", late)
+        if late and not placed:
+            reason = (
+                f"every sample of the rating batch falls in windows that ended more than "
+                f"{self._config.grace_us} us before now, or before the performer's first window"
+            )
+            out.append(LateRatings(batch=batch, reason=reason))
+        self._refresh_due(track)
+        out.extend(self._emit_ready(now_us))
+        return out
+
+    def add_model_readings(
+        self, readings: Iterable[ModelReading], now_us: int
+    ) -> list[LabelWindow | RefusedReading]:
+        """Model raters' readings, each of one label window: folded into that window (a
+        window already sent is revised once per call, whatever number of readings)."""
+        self._forget_expired(now_us)
+        width = self._config.window_us
+        oldest = self._oldest_correctable(now_us)
+        out: list[LabelWindow | RefusedReading] = []
+        revised: dict[str, set[int]] = {}
+        for reading in readings:
+            if reading.session_id != self.session_id:
+                self._counts["foreign_records"] += 1
+                continue
+            if reading.window_us != width or reading.ts_us % width:
+                self._counts["refused_model_readings"] += 1
+                reason = (
+                    f"a model reading covers one label window: ts_us a multiple of, and "
+                    f"window_us equal to, {width} us (got ts_us {reading.ts_us}, "
+                    f"window_us {reading.window_us})"
+                )
+                out.append(RefusedReading(reading=reading, reason=reason))
+                continue
+            self._counts["model_readings"] += 1
+            track = self._track(reading.performer_id, now_us)
+            estimate = ModelEstimate(
+                model=reading.model,
+                probabilities=reading.probabilities,
+                top_label=reading.top_label,
+                valence=reading.valence,
+                arousal=reading.arousal,
+                frames_read=reading.frames_read,
+            )
+            window = reading.ts_us // width
+            if track.next_window is None or window >= track.next_window:
+                models = track.pending_models.setdefault(window, {})
+            else:
+                sent = track.sent.get(window) if window >= oldest else None
+                if sent is None:
+                    # Its window left the grace (or lies before the performer's first):
+                    # the model fell that far behind.
+                    self._count(track, "late_model_readings")
+                    continue
+                models = sent.models
+            if models.get(reading.model) == estimate:
+                self._counts["duplicate_model_readings"] += 1
+                continue
+            models[reading.model] = estimate
+            if track.next_window is not None and window < track.next_window:
+                revised.setdefault(track.performer_id, set()).add(window)
+        for performer_id, windows in revised.items():
+            track = self._tracks[performer_id]
+            for window in sorted(windows):
+                out.append(self._revision(track, window, "model_revisions"))
+        out.extend(self._emit_ready(now_us))
+        return out
+
+    def set_lag(self, rater_id: str, correction: LagCorrection | None) -> None:
+        """The reaction-lag correction for the rater's tags and samples from now on (None,
+        or method none: tags stay where the tag service put them, samples take the lag
+        their batch was calibrated with). What was placed before stays where it is."""
+        if correction is None or correction.method == "none":
+            self._lags.pop(rater_id, None)
+        else:
+            self._lags[rater_id] = correction
+
+    def lag_of(self, rater_id: str) -> LagCorrection | None:
+        """The correction set for the rater (None: the default)."""
+        return self._lags.get(rater_id)
+
+    def rating_correction(self, batch: RatingBatch) -> LagCorrection | None:
+        """The correction the batch's samples are placed with: the rater's, else the lag
+        the rater calibrated (the tag service takes it off tags, never off samples)."""
+        correction = self._lags.get(batch.rater_id)
+        if correction is not None:
+            return correction
+        if batch.reaction_lag_us:
+            return LagCorrection(method="calibration", lag_us=batch.reaction_lag_us)
+        return None
+
+    def rating_settles_at_us(self, batch: RatingBatch) -> int:
+        """The last instant whose label window the batch can still change."""
+        correction = self.rating_correction(batch)
+        lag = 0 if correction is None else correction.lag_us
+        return max(0, max(sample.ts_us for sample in batch.samples) - lag)
 
     def tick(self, now_us: int) -> list[LabelWindow]:
         """Windows that are ready, and revisions of windows a late stream completed (looked
@@ -404,10 +661,13 @@ class SessionAligner:
             if earliest is None or window.revision < earliest.revision:
                 openings[identity] = window
         spans: dict[str, tuple[str, int, int, str, Role, str, Intensity]] = {}
+        lags: dict[str, LagCorrection] = {}
         for (performer_id, ts_us), window in newest.items():
             index = ts_us // width
             for rater in window.raters:
                 for active in rater.labels:
+                    if rater.lag is not None:
+                        lags[active.tag_id] = rater.lag
                     span = spans.get(active.tag_id)
                     first, last = (index, index) if span is None else (span[1], span[2])
                     spans[active.tag_id] = (
@@ -422,6 +682,8 @@ class SessionAligner:
         for tag_id, (performer_id, first, last, rater_id, role, label, intensity) in spans.items():
             if tag_id in self._tags:
                 continue
+            if tag_id in lags:
+                self._tag_lags[tag_id] = lags[tag_id]
             track = self._track(performer_id, now_us)
             start, end = first * width, (last + 1) * width
             mark = _Mark(tag_id, rater_id, role, label, intensity, start, end)
@@ -447,6 +709,8 @@ class SessionAligner:
                     first_missing=dict(opening.missing),
                     first_without_media=_without_media(opening.missing, opening.features),
                     first_frames=_frames(opening.features),
+                    traces={_key_of(trace): trace for trace in window.ratings},
+                    models={estimate.model: estimate for estimate in window.models},
                 )
                 if index >= oldest:
                     track.sent[index] = restored
@@ -463,7 +727,13 @@ class SessionAligner:
             if track.next_window is None or track.next_window <= index:
                 # What this instance buffered for those windows is dropped: the re-read
                 # records bring it again, as late features of the restored windows.
-                for buffered in (track.hops, track.sights):
+                pending: tuple[dict[int, Any], ...] = (
+                    track.hops,
+                    track.sights,
+                    track.pending_traces,
+                    track.pending_models,
+                )
+                for buffered in pending:
                     for stale in [w for w in buffered if w <= index]:
                         del buffered[stale]
                 track.revisable.clear()
@@ -498,7 +768,14 @@ class SessionAligner:
             return True
         if track.next_window is None:
             # No window yet: only an undo or offset came (nothing of them to emit).
-            kept = (track.marks, track.pending_offsets, track.hops, track.sights)
+            kept = (
+                track.marks,
+                track.pending_offsets,
+                track.hops,
+                track.sights,
+                track.pending_traces,
+                track.pending_models,
+            )
             return not any(kept)
         window = ts_us // self._config.window_us
         # Late frames that wait to complete a window that went out are not passed yet.
@@ -508,7 +785,9 @@ class SessionAligner:
 
     def settles_at_us(self, tag: TagEvent) -> int:
         """The last instant whose label window this tag can still change (its input may
-        be acknowledged once that window has passed)."""
+        be acknowledged once that window has passed): where the rater's lag correction
+        in force now puts it."""
+        tag, _ = self._placed(tag)
         if tag.action == "point":
             return point_interval(tag.ts_us, tag.span_us or 0, self._config.max_hold_us)[1]
         # An onset may stay open for max_hold, and is re-read with its offset (or the undo
@@ -521,11 +800,16 @@ class SessionAligner:
         their own."""
         self._tracks.pop(performer_id, None)
         self._carried.pop(performer_id, None)
-        # Their tags too: re-read by the new owner, they must not count as duplicates if
-        # the partition comes back here.
+        # Their tags and rating batches too: re-read by the new owner, they must not count
+        # as duplicates if the partition comes back here.
         for tag_id in [t for t, memo in self._tags.items() if memo.performer_id == performer_id]:
             del self._tags[tag_id]
             self._tag_set.forget(tag_id)
+            self._tag_lags.pop(tag_id, None)
+        for batch_id in [b for b, (p, _) in self._batches.items() if p == performer_id]:
+            del self._batches[batch_id]
+        if self._evidence is not None:
+            self._evidence.forget_performer(performer_id)
 
     def held_performers(self) -> set[str]:
         """The performers this instance keeps anything of."""
@@ -596,6 +880,10 @@ class SessionAligner:
         counts["buffered_windows"] = sum(len(t.hops) + len(t.sights) for t in tracks)
         counts["revisable_windows"] = sum(len(t.revisable) for t in tracks)
         counts["kept_windows"] = sum(len(t.sent) for t in tracks)
+        counts["remembered_batches"] = len(self._batches)
+        counts["pending_rating_windows"] = sum(len(t.pending_traces) for t in tracks)
+        counts["pending_model_windows"] = sum(len(t.pending_models) for t in tracks)
+        counts["rating_streams"] = sum(len(t.ratings) for t in tracks)
         return counts
 
     # ------------------------------------------------------------------ features
@@ -652,6 +940,61 @@ class SessionAligner:
         else:
             frames[ts_us] = item
         self._refresh_due(track)
+
+    # ------------------------------------------------------------------ ratings and lags
+
+    def _add_sample(
+        self,
+        track: _PerformerTrack,
+        trace: WindowTrace,
+        sample: RatedSample,
+        lag: LagCorrection | None,
+    ) -> int:
+        """Put a sample in a window's trace; 1 if it was new there."""
+        if sample.raw_ts_us in trace.samples:  # sent again under another batch_id
+            self._count(track, "duplicate_rating_samples")
+            return 0
+        trace.samples[sample.raw_ts_us] = sample
+        trace.lag = lag
+        return 1
+
+    def _revision(self, track: _PerformerTrack, window: int, counter: str) -> LabelWindow:
+        """The next revision of a window already sent."""
+        sent = track.sent[window]
+        sent.revision += 1
+        self._count(track, counter)
+        return self._record(track, window, sent, correction=True)
+
+    def _remember_batch(self, batch: RatingBatch, now_us: int) -> None:
+        config = self._config
+        # Past this instant no window its samples fall in is within grace any more (a
+        # sample is only ever moved earlier); kept at least grace_us after arrival too.
+        newest = max(sample.ts_us for sample in batch.samples)
+        forget_at = max(newest + config.grace_us + config.window_us, now_us + config.grace_us)
+        self._batches[batch.batch_id] = (batch.performer_id, forget_at)
+        heapq.heappush(self._batch_queue, (forget_at, batch.batch_id))
+
+    def _placed(self, tag: TagEvent) -> tuple[TagEvent, LagCorrection | None]:
+        """The tag where the rater's correction puts it, and the correction (None: where
+        the tag service put it). Its raw press is ts_us plus the lag the service took off."""
+        lag = self._lags.get(tag.rater_id)
+        if lag is None or tag.action == "undo":
+            return tag, None
+        raw = tag.ts_us + tag.timing.reaction_lag_us
+        return tag.model_copy(update={"ts_us": max(0, raw - lag.lag_us)}), lag
+
+    def _drop_unplaced(self, track: _PerformerTrack) -> None:
+        """Samples and readings kept for windows that will never go out (before the
+        performer's first window): counted, and dropped."""
+        first = track.next_window
+        if first is None:
+            return
+        for window in [w for w in track.pending_traces if w < first]:
+            traces = track.pending_traces.pop(window)
+            late = sum(len(trace.samples) for trace in traces.values())
+            self._count(track, "late_rating_samples", late)
+        for window in [w for w in track.pending_models if w < first]:
+            self._count(track, "late_model_readings", len(track.pending_models.pop(window)))
 
     # ------------------------------------------------------------------ tags
 
@@ -845,6 +1188,12 @@ class SessionAligner:
         return out
 
     def _forget_expired(self, now_us: int) -> None:
+        batches = self._batch_queue
+        while batches and batches[0][0] < now_us:
+            forget_batch_at, batch_id = heapq.heappop(batches)
+            remembered = self._batches.get(batch_id)
+            if remembered is not None and remembered[1] == forget_batch_at:
+                del self._batches[batch_id]
         queue = self._forget_queue
         while queue and queue[0][0] < now_us:
             forget_at, tag_id = heapq.heappop(queue)
@@ -853,6 +1202,7 @@ class SessionAligner:
                 continue  # replaced by a later memo for the same id
             del self._tags[tag_id]
             self._tag_set.forget(tag_id)
+            self._tag_lags.pop(tag_id, None)
             track = self._tracks.get(memo.performer_id)
             if track is None:
                 continue
@@ -913,6 +1263,12 @@ class SessionAligner:
                 given_up[stream] = "late"  # stopped delivering: not waited for
             else:
                 ready_end = min(ready_end, newest)  # still delivers: waited for
+        # Continuous raters who still rate the performer are waited for, briefly: their
+        # samples of a window come lag-corrected and a batch later than its end.
+        rating_ready = now_us - config.rating_wait_us
+        for rating in track.ratings.values():
+            if now_us - rating.arrived_us < config.rating_wait_us:
+                ready_end = min(ready_end, max(rating.newest_us, rating_ready))
         return ready_end, given_up
 
     def _advance(self, track: _PerformerTrack, now_us: int, out: list[LabelWindow]) -> None:
@@ -937,14 +1293,24 @@ class SessionAligner:
             window += 1
             track.passed_any = True
         track.next_window = window
+        if track.pending_traces or track.pending_models:
+            self._drop_unplaced(track)
+        if track.ratings:
+            # Raters who stopped rating the performer long ago: nothing of theirs is kept.
+            stale = now_us - config.grace_us
+            for key in [k for k, rating in track.ratings.items() if rating.arrived_us < stale]:
+                del track.ratings[key]
         self._prune_sent(track, now_us)
         self._refresh_due(track)
 
     def _labelled_end(self, track: _PerformerTrack) -> int:
-        """The window after the last one a tag of the performer labels."""
-        if not track.marks:
+        """The window after the last one a tag or a continuous rating of the performer
+        labels."""
+        last = max((self._effective_end(mark) for mark in track.marks.values()), default=0)
+        if track.rated_until is not None:
+            last = max(last, track.rated_until + 1)
+        if last == 0:
             return 0
-        last = max(self._effective_end(mark) for mark in track.marks.values())
         return (last - 1) // self._config.window_us + 1
 
     def _close(
@@ -978,6 +1344,8 @@ class SessionAligner:
             first_missing=dict(missing),
             first_without_media=_without_media(missing, features),
             first_frames=_frames(features),
+            traces=dict(track.pending_traces.pop(window, {})),
+            models=track.pending_models.pop(window, {}),
         )
         # What a stream that is missing had of the window: its late frames join these.
         if "prosody" in missing:
@@ -1068,14 +1436,22 @@ class SessionAligner:
         raters = []
         for rater_id, group in itertools.groupby(sent.labels, key=lambda active: active[0]):
             actives = list(group)
+            # One correction per rater in force at a time: the newest placed tag's.
+            lags = [self._tag_lags[a[2]] for a in actives if a[2] in self._tag_lags]
             raters.append(
                 RaterLabels(
                     rater_id=rater_id,
                     rater_role=actives[0][3],
                     labels=[ActiveLabel(label=a[4], intensity=a[5], tag_id=a[2]) for a in actives],
+                    lag=lags[-1] if lags else None,
                 )
             )
         consensus, agreement = _consensus(sent.labels)
+        start = window * self._config.window_us
+        ratings = [
+            _rater_trace(key, trace, start, self._config.window_us)
+            for key, trace in sorted(sent.traces.items(), key=lambda item: _trace_order(item[0]))
+        ]
         return LabelWindow(
             ts_us=window * self._config.window_us,
             session_id=self.session_id,
@@ -1089,7 +1465,40 @@ class SessionAligner:
             revision=sent.revision,
             final_after_us=(window + 1) * self._config.window_us + self._config.grace_us,
             missing=dict(sent.missing),
+            ratings=[trace for trace in ratings if trace is not None],
+            models=[sent.models[model] for model in sorted(sent.models)],
         )
+
+
+def _key_of(trace: RaterTrace) -> TraceKey:
+    return trace.rater_id, trace.mode, trace.label
+
+
+def _trace_order(key: TraceKey) -> tuple[str, str, str]:
+    rater_id, mode, label = key
+    return rater_id, mode, label or ""
+
+
+def _rater_trace(
+    key: TraceKey, trace: WindowTrace | RaterTrace, start_us: int, window_us: int
+) -> RaterTrace | None:
+    """What a window shows of one rater's trace (None: no sample of it is left)."""
+    if isinstance(trace, RaterTrace):
+        return trace
+    summary = summarise(trace.samples.values(), key[1], start_us, window_us)
+    if not summary.samples:
+        return None
+    return RaterTrace(
+        rater_id=key[0],
+        rater_role=trace.rater_role,
+        mode=key[1],
+        label=key[2],
+        mean=summary.mean,
+        last=summary.last,
+        coverage=summary.coverage,
+        samples=summary.samples,
+        lag=trace.lag,
+    )
 
 
 def _changed_span(
@@ -1204,6 +1613,11 @@ def _tally(sent: _SentWindow) -> dict[str, int]:
         "prosody_hops": features.prosody_hops,
         "face_frames": features.face_frames,
         "face_frames_skipped": features.face_frames_skipped,
+        "rating_samples": sum(
+            trace.samples if isinstance(trace, RaterTrace) else len(trace.samples)
+            for trace in sent.traces.values()
+        ),
+        "model_windows": int(bool(sent.models)),
     }
     # Per stream and reason (e.g. face_no_media_windows: a video outage, in windows).
     for stream, gap in sent.first_missing.items():

@@ -282,3 +282,154 @@ async def test_200_tags_through_a_dropped_connection_are_each_in_the_labels_once
             await topics.delete_session_topics(admin, sid)
     # The consumer's view (newest revision of each window): every tag, in one window, once.
     assert labelled() == Counter(dict.fromkeys(sent, 1))
+
+
+def rating_batch(
+    session_id: str, batch_id: str, rater: str, times: list[int], valence: float
+) -> records.RatingBatch:
+    return records.RatingBatch.model_validate(
+        {
+            "ts_us": times[0],
+            "session_id": session_id,
+            "performer_id": "alice",
+            "batch_id": batch_id,
+            "rater_id": rater,
+            "rater_role": "observer",
+            "mode": "valence_arousal",
+            "rate_hz": 20,
+            "samples": [
+                {"ts_us": ts, "client_ts_us": ts, "valence": valence, "arousal": -valence}
+                for ts in times
+            ],
+            "clock_offset_us": 0,
+            "clock_uncertainty_us": 500,
+            "received_ts_us": times[-1],
+        }
+    )
+
+
+def model_reading(session_id: str, ts_us: int, model: str) -> records.ModelReading:
+    return records.ModelReading(
+        ts_us=ts_us,
+        session_id=session_id,
+        performer_id="alice",
+        window_us=W,
+        model=model,
+        frames_read=2,
+        class_probabilities={"happy": 0.6, "neutral": 0.4},
+        probabilities={"amusement": 0.6},
+        top_label="amusement",
+        valence=0.4,
+        arousal=0.1,
+    )
+
+
+async def test_ratings_and_model_readings_reach_the_label_windows_and_lags_are_published(
+    settings: Settings,
+) -> None:
+    own = settings.model_copy(update={"rater_lag_interval_s": 1.0})
+    async with clients.admin_client(own) as admin:
+        await topics.ensure_shared_topics(admin, own)
+    session = await create_session(
+        own, prompt="perception", performer_names=["alice"], vocabulary=load_vocabulary(None)
+    )
+    sid = session.session_id
+    assert session.topics.model is not None
+    t0 = (time.time_ns() // 1000 // W) * W + 20_000_000  # as in the test above
+    stop = asyncio.Event()
+    worker = asyncio.create_task(ProcessorWorker(own, only_sessions={sid}).run(stop))
+    producer = clients.make_producer(own)
+    labels_consumer = clients.make_consumer(own, topics.LABELS, auto_offset_reset="earliest")
+    raters_consumer = clients.make_consumer(own, topics.RATERS, auto_offset_reset="earliest")
+    latest: dict[int, records.LabelWindow] = {}
+    lags: list[records.RaterLag] = []
+    await asyncio.gather(producer.start(), labels_consumer.start(), raters_consumer.start())
+
+    async def collect(condition: Any, timeout_s: float) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not condition():
+                for consumer in (labels_consumer, raters_consumer):
+                    batches = await consumer.getmany(timeout_ms=100)
+                    for batch in batches.values():
+                        for message in batch:
+                            if not (message.key or b"").startswith(f"{sid}/".encode()):
+                                continue
+                            if consumer is raters_consumer:
+                                lags.append(
+                                    records.decode(records.RaterLag, message.value, message.headers)
+                                )
+                                continue
+                            window = records.decode(
+                                records.LabelWindow, message.value, message.headers
+                            )
+                            known = latest.get(window.ts_us)
+                            if known is None or window.revision > known.revision:
+                                latest[window.ts_us] = window
+
+    try:
+        # olga rates valence 0.5 over the first half second, 0.25 over the second, at 20 Hz.
+        first_half = [t0 + k * 50_000 for k in range(10)]
+        second_half = [t0 + 500_000 + k * 50_000 for k in range(10)]
+        await send(
+            producer, topics.RATINGS, rating_batch(sid, "batch-olga-1", "olga", first_half, 0.5)
+        )
+        await send(
+            producer, topics.RATINGS, rating_batch(sid, "batch-olga-2", "olga", second_half, 0.25)
+        )
+        # A tagger who calibrated 200 ms: the aligner publishes the lag it applies to them.
+        calibrated = tag(
+            sid, "point-amuse-1", "obs", t0 + 250_000, "point", label="amusement", span_us=100_000
+        )
+        calibrated = calibrated.model_copy(
+            update={"timing": calibrated.timing.model_copy(update={"reaction_lag_us": 200_000})}
+        )
+        await send(producer, topics.TAGS, calibrated)
+        for k in range(10):
+            await send(producer, session.topics.model, model_reading(sid, t0 + k * W, "fer"))
+        hops = prosody_hops(sid, t0, 101)
+        for start in range(0, len(hops), 10):
+            await send(
+                producer, session.topics.prosody, records.ProsodyHops.of(hops[start : start + 10])
+            )
+        for frame in face_frames(sid, t0, 21):
+            await send(producer, session.topics.face, frame)
+        await producer.flush()
+        await collect(lambda: {t0 + k * W for k in range(10)} <= set(latest), 90)
+        await collect(lambda: any(lag.rater_id == "obs" for lag in lags), 30)
+        # After the windows went out: another rater's samples of window 3 and another
+        # model's reading of window 6 revise them.
+        late = rating_batch(sid, "batch-pete-1", "pete", [t0 + 320_000, t0 + 370_000], -0.5)
+        await send(producer, topics.RATINGS, late)
+        await send(producer, session.topics.model, model_reading(sid, t0 + 6 * W, "other"))
+        await producer.flush()
+        await collect(
+            lambda: len(latest[t0 + 3 * W].ratings) == 2 and len(latest[t0 + 6 * W].models) == 2,
+            30,
+        )
+    finally:
+        stop.set()
+        await worker
+        await asyncio.gather(producer.stop(), labels_consumer.stop(), raters_consumer.stop())
+        async with clients.admin_client(own) as admin:
+            await topics.delete_session_topics(admin, sid)
+
+    for k in range(10):
+        window = latest[t0 + k * W]
+        olga = next(trace for trace in window.ratings if trace.rater_id == "olga")
+        expected = 0.5 if k < 5 else 0.25
+        assert olga.mean == {"valence": expected, "arousal": -expected}, k
+        assert (olga.samples, olga.coverage, olga.lag) == (2, 1.0, None), k
+        assert window.models[0].model == "fer"
+        assert window.models[0].probabilities == {"amusement": 0.6}
+    revised = latest[t0 + 3 * W]
+    assert revised.correction
+    assert revised.revision >= 1
+    pete = next(trace for trace in revised.ratings if trace.rater_id == "pete")
+    assert pete.mean == {"valence": -0.5, "arousal": 0.5}
+    assert [m.model for m in latest[t0 + 6 * W].models] == ["fer", "other"]
+    # The tag stands where the tag service put it (the estimate came after it) and the
+    # published lag is the calibration the aligner applies from then on.
+    assert {a.tag_id for r in latest[t0 + 2 * W].raters for a in r.labels} == {"point-amuse-1"}
+    obs = next(lag for lag in lags if lag.rater_id == "obs")
+    assert obs.applied == records.LagCorrection(method="calibration", lag_us=200_000)
+    assert obs.session_id == sid

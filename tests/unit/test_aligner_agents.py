@@ -1,5 +1,6 @@
 """The aligner's agents without a broker: the step's emits and acks, tags, feature batches,
-presence, counters and the read-back on assignment (streams.labels.aligner)."""
+presence, counters, the read-back on assignment, rating batches, model readings and the
+raters' lag corrections (streams.labels.aligner)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ from streams.labels.aligner import (
     CounterPublisher,
     FeatureAgent,
     HeldEvents,
+    ModelAgent,
     PresenceFollower,
+    RaterLagPublisher,
+    RatingAgent,
     RestoreOnAssignment,
     TagAgent,
     presence_of,
 )
 from streams.labels.aligner_core import AlignerConfig, LateTag, SessionAligner
+from streams.labels.rater_lags import LagEvidence
 from streams.settings import Settings
 from tests.tag_cases import tag
 
@@ -456,3 +461,228 @@ async def test_a_failed_read_back_holds_the_counters_back_but_not_the_agents(
     assert not counters.seeded.is_set()
     await counters.publish()
     assert journal == []
+
+
+# ---------------------------------------------------------------- ratings
+
+
+RATERS = "raters-topic"
+
+
+def rating_batch(batch_id: str, times: list[int], session_id: str = SID) -> records.RatingBatch:
+    return records.RatingBatch.model_validate(
+        {
+            "ts_us": times[0],
+            "session_id": session_id,
+            "performer_id": "alice",
+            "batch_id": batch_id,
+            "rater_id": "olga",
+            "rater_role": "observer",
+            "mode": "intensity",
+            "label": "amusement",
+            "rate_hz": 20,
+            "samples": [{"ts_us": ts, "client_ts_us": ts, "intensity": 0.5} for ts in times],
+            "clock_offset_us": 0,
+            "clock_uncertainty_us": 500,
+            "received_ts_us": times[-1],
+        }
+    )
+
+
+def record_event(journal: Journal, name: str, record: records.AnyRecord) -> FakeEvent:
+    encoded = records.encode(record)
+    event = FakeEvent(journal, name, key=encoded.key, value=encoded.value)
+    event.headers = encoded.headers
+    return event
+
+
+def emitted(journal: Journal, kind: type[Any]) -> list[Any]:
+    return [entry[2] for entry in journal if entry[0] == "emit" and isinstance(entry[2], kind)]
+
+
+async def test_a_rating_batch_is_acked_once_the_windows_of_its_samples_are_out(
+    clock: Clock,
+) -> None:
+    journal: Journal = []
+    emit, dead_letter = recorder(journal)
+    step = AlignerStep(SessionAligner(SID, PROSODY_ONLY), emit, LABELS)
+    await step.run(feeding(step.aligner, hops(T0, T0 + 3 * W)))
+    agent = RatingAgent(SID, step, dead_letter)
+    rated = record_event(journal, "batch", rating_batch("batch-0001", [T0 + 50_000, T0 + 150_000]))
+    await agent.take(rated)
+    clock.now_us = T0 + W + TAG_WAIT
+    await step.tick()
+    assert not rated.acked, "its second sample's window has not gone out"
+    clock.now_us = T0 + 2 * W + PROSODY_ONLY.rating_wait_us
+    await step.tick()
+    assert rated.acked
+    traces = [w.ratings[0].samples for w in emitted(journal, records.LabelWindow) if w.ratings]
+    assert traces == [1, 1]
+
+
+async def test_ratings_of_other_sessions_bad_ones_and_late_ones(clock: Clock) -> None:
+    journal: Journal = []
+    emit, dead_letter = recorder(journal)
+    aligner = SessionAligner(SID, replace(PROSODY_ONLY, grace_us=1_000_000))
+    step = AlignerStep(aligner, emit, LABELS)
+    agent = RatingAgent(SID, step, dead_letter)
+    await agent.take(FakeEvent(journal, "other", key=b"s-10/alice", value=b"not read"))
+    await agent.take(FakeEvent(journal, "garbage", value=b'{"ts_us": 1}'))
+    assert journal[0] == ("ack", "other")
+    assert journal[1][:3] == ("dead_letter", "garbage", topics.RATINGS)
+    assert "rating_batch" in journal[1][3]
+    assert journal[2] == ("ack", "garbage")
+    await step.run(feeding(aligner, hops(T0, T0 + 5 * W)))
+    clock.now_us = T0 + 10 * W
+    await step.tick()
+    clock.now_us = T0 + 5_000_000
+    late = record_event(journal, "late", rating_batch("batch-0002", [T0 + 50_000]))
+    await agent.take(late)
+    [letter] = [entry for entry in journal if entry[0] == "dead_letter" and entry[1] == "late"]
+    assert letter[2] == topics.RATINGS
+    assert "before now" in letter[3]
+    assert late.acked
+    counts, _, _ = aligner.performer_counters()["alice"]
+    assert counts["late_ratings"] == 1
+    assert counts["late_rating_samples"] == 1
+
+
+# ---------------------------------------------------------------- model readings
+
+
+def model_reading(ts_us: int, window_us: int = W) -> records.ModelReading:
+    return records.ModelReading(
+        ts_us=ts_us,
+        session_id=SID,
+        performer_id="alice",
+        window_us=window_us,
+        model="fer",
+        frames_read=1,
+        probabilities={"amusement": 0.7},
+        top_label="amusement",
+    )
+
+
+async def test_model_readings_revise_their_windows_and_odd_ones_are_dead_lettered(
+    clock: Clock,
+) -> None:
+    journal: Journal = []
+    emit, dead_letter = recorder(journal)
+    step = AlignerStep(SessionAligner(SID, PROSODY_ONLY), emit, LABELS)
+    await step.run(feeding(step.aligner, hops(T0, T0 + 3 * W)))
+    clock.now_us = T0 + 2 * W + TAG_WAIT
+    await step.tick()
+    agent = ModelAgent("model-topic", step, dead_letter, on_failure=None)
+    good = FakeEvent(journal, "good")
+    odd = FakeEvent(journal, "odd")
+    await agent.align_batch([(good, model_reading(T0 + W)), (odd, model_reading(T0, 3 * W))])
+    [revised] = [w for w in emitted(journal, records.LabelWindow) if w.revision]
+    assert revised.ts_us == T0 + W
+    assert [m.model for m in revised.models] == ["fer"]
+    assert good.acked, "its window went out again with it"
+    [letter] = [entry for entry in journal if entry[0] == "dead_letter"]
+    assert letter[1:3] == ("odd", "model-topic")
+    assert "one label window" in letter[3]
+    assert odd.acked
+
+
+# ---------------------------------------------------------------- reaction lags
+
+
+def lag_record(rater: str, lag_us: int, ts_us: int = T0) -> records.RaterLag:
+    correction = records.LagCorrection(method="calibration", lag_us=lag_us)
+    return records.RaterLag(
+        ts_us=ts_us,
+        session_id=SID,
+        rater_id=rater,
+        rater_role="observer",
+        applied=correction,
+        estimates=[correction],
+    )
+
+
+async def test_estimated_lags_apply_to_the_rater_and_go_out_when_they_change(
+    clock: Clock,
+) -> None:
+    journal: Journal = []
+    emit, _ = recorder(journal)
+    evidence = LagEvidence(60_000_000)
+    aligner = SessionAligner(SID, PROSODY_ONLY, evidence)
+    step = AlignerStep(aligner, emit, LABELS)
+    publisher = RaterLagPublisher(Settings(), SID, step, evidence, emit, RATERS)
+    pressed = tag("tap-0001", "point", T0, span_us=1, rater="olga")
+    calibrated = pressed.model_copy(
+        update={"timing": pressed.timing.model_copy(update={"reaction_lag_us": 250_000})}
+    )
+    await step.run(lambda now: aligner.add_tag(calibrated, now))
+    await publisher.estimate()
+    await publisher.estimate()
+    [published] = emitted(journal, records.RaterLag)
+    assert [entry[1] for entry in journal if entry[0] == "emit"] == [RATERS]
+    assert published.rater_id == "olga"
+    assert published.applied.method == "calibration"
+    assert published.applied.lag_us == 250_000
+    assert aligner.lag_of("olga") == published.applied
+    # She calibrates again: a new correction, published once.
+    later = tag("tap-0002", "point", T0 + W, span_us=1, rater="olga")
+    recalibrated = later.model_copy(
+        update={"timing": later.timing.model_copy(update={"reaction_lag_us": 400_000})}
+    )
+    await step.run(lambda now: aligner.add_tag(recalibrated, now))
+    await publisher.estimate()
+    assert [r.applied.lag_us for r in emitted(journal, records.RaterLag)] == [250_000, 400_000]
+
+
+async def test_a_failed_estimate_keeps_the_corrections_in_force(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: Any, **__: Any) -> list[records.RaterLag]:
+        raise FloatingPointError("numpy gave up")
+
+    monkeypatch.setattr(aligner_module, "estimate_lags", broken)
+    journal: Journal = []
+    emit, _ = recorder(journal)
+    evidence = LagEvidence(60_000_000)
+    aligner = SessionAligner(SID, PROSODY_ONLY, evidence)
+    step = AlignerStep(aligner, emit, LABELS)
+    publisher = RaterLagPublisher(Settings(), SID, step, evidence, emit, RATERS)
+    publisher.seed({"olga": lag_record("olga", 300_000)})
+    await publisher.estimate()
+    assert publisher.failures == 1
+    assert journal == []
+    assert aligner.lag_of("olga") == records.LagCorrection(method="calibration", lag_us=300_000)
+
+
+async def test_assignment_takes_up_the_published_lags_before_anything_is_aligned(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def read_label_windows(*_: Any, **__: Any) -> list[records.LabelWindow]:
+        return []
+
+    async def read_counters(*_: Any, **__: Any) -> dict[Any, Any]:
+        return {}
+
+    async def read_rater_lags(settings: Settings, session_id: str) -> dict[str, Any]:
+        return {"olga": lag_record("olga", 300_000), "pete": lag_record("pete", 500_000)}
+
+    monkeypatch.setattr(aligner_module, "read_label_windows", read_label_windows)
+    monkeypatch.setattr(aligner_module, "read_rater_lags", read_rater_lags)
+    monkeypatch.setattr(health, "read_counters", read_counters)
+    journal: Journal = []
+    emit, _ = recorder(journal)
+    evidence = LagEvidence(60_000_000)
+    aligner = SessionAligner(SID, PROSODY_ONLY, evidence)
+    step = AlignerStep(aligner, emit, LABELS)
+    publisher = RaterLagPublisher(Settings(), SID, step, evidence, emit, RATERS)
+    # pete's lag this instance estimated itself stays.
+    own = records.LagCorrection(method="onsets", lag_us=450_000, confidence=0.9)
+    publisher.seed({"pete": lag_record("pete", 0).model_copy(update={"applied": own})})
+    counters = CounterPublisher(Settings(), SID, step, emit, HEALTH)
+    restore = RestoreOnAssignment(Settings(), session(), step, counters, publisher)
+    await restore.restore(None, {TopicPartition(topics.RATINGS, 0)})
+    assert aligner.lag_of("olga") == records.LagCorrection(method="calibration", lag_us=300_000)
+    assert aligner.lag_of("pete") == own
+    assert step.restored.is_set()
+    # Taken up, not news: not published again.
+    await publisher.estimate()
+    assert emitted(journal, records.RaterLag) == []

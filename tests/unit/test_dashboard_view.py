@@ -12,7 +12,7 @@ from dashboard.view import ClientCursor, SessionView, agreement_alpha
 from streams import records
 from streams.kafka import topics
 from taggers.vocabulary import DEFAULT_VOCABULARY
-from tests import tag_cases
+from tests import gap_windows, tag_cases
 
 T0 = 1_790_000_000_000_000
 SESSION = records.SessionRecord(
@@ -260,3 +260,190 @@ def test_skipped_face_frames_are_counted_and_the_analysed_rate_shown() -> None:
     update = view.update_for(ClientCursor(), T0 + 3_000_000)
     assert update is not None
     assert update["performers"]["ana"]["face"]["ts_us"] == T0 + 28 * 66_667  # analysed one
+
+
+# ---------------------------------------------------------------- ratings, lags, model lane
+
+
+def rating_batch(
+    batch_id: str, rater: str, start_us: int, valences: list[float]
+) -> records.RatingBatch:
+    """A valence/arousal batch of one rater, its samples 10 ms apart."""
+    return records.RatingBatch(
+        ts_us=start_us,
+        session_id="s-1",
+        performer_id="ana",
+        batch_id=batch_id,
+        rater_id=rater,
+        rater_role="observer",
+        mode="valence_arousal",
+        rate_hz=60,
+        samples=[
+            records.RatingSample(
+                ts_us=start_us + n * 10_000, client_ts_us=n * 10_000, valence=v, arousal=-0.5
+            )
+            for n, v in enumerate(valences)
+        ],
+        clock_offset_us=0,
+        clock_uncertainty_us=500,
+        received_ts_us=start_us + 200_000,
+    )
+
+
+def test_ratings_go_out_as_50_ms_means_per_rater_once_per_batch() -> None:
+    view = SessionView(SESSION)
+    view.add_rating(rating_batch("batch-0001", "r1", T0, [0.1] * 5 + [0.5] * 5))
+    view.add_rating(rating_batch("batch-0001", "r1", T0, [0.1] * 10))  # re-delivered
+    view.add_rating(rating_batch("batch-0002", "r2", T0, [-0.2, -0.4]))
+    first, late = ClientCursor(), ClientCursor()
+    update = view.update_for(first, T0)
+    assert update is not None
+    assert update["performers"]["ana"]["ratings"] == [
+        {
+            "rater_id": "r1",
+            "rater_role": "observer",
+            "mode": "valence_arousal",
+            "label": None,
+            "points": [[T0, 0.1, -0.5], [T0 + 50_000, 0.5, -0.5]],
+        },
+        {
+            "rater_id": "r2",
+            "rater_role": "observer",
+            "mode": "valence_arousal",
+            "label": None,
+            "points": [[T0, -0.3, -0.5]],
+        },
+    ]
+    assert view.rating_batches_repeated == 1
+    assert view.update_for(first, T0) is None
+    view.add_rating(rating_batch("batch-0003", "r1", T0 + 100_000, [0.9]))
+    [news] = view.update_for(first, T0)["performers"]["ana"]["ratings"]  # type: ignore[index]
+    assert (news["rater_id"], news["points"]) == ("r1", [[T0 + 100_000, 0.9, -0.5]])
+    # A client that comes later gets everything still in the chart's span.
+    every = view.update_for(late, T0)["performers"]["ana"]["ratings"]  # type: ignore[index]
+    assert sum(len(group["points"]) for group in every) == 4
+    # Points older than the chart's span go.
+    view.add_rating(rating_batch("batch-0004", "r1", T0 + 60_000_000, [0.0]))
+    fresh = view.update_for(ClientCursor(), T0)["performers"]["ana"]["ratings"]  # type: ignore[index]
+    assert [group["points"] for group in fresh] == [[[T0 + 60_000_000, 0.0, -0.5]]]
+
+
+def lag(rater: str, ts_us: int, lag_us: int, **applied: Any) -> records.RaterLag:
+    correction = records.LagCorrection(
+        method="consensus", lag_us=lag_us, spread_us=82_400, confidence=0.814, **applied
+    )
+    return records.RaterLag(
+        ts_us=ts_us,
+        session_id="s-1",
+        rater_id=rater,
+        rater_role="observer",
+        applied=correction,
+        estimates=[
+            correction,
+            records.LagCorrection(method="calibration", lag_us=310_600, confidence=0.5),
+        ],
+        evidence={"consensus": 2400, "calibration": 8},
+    )
+
+
+def test_the_lag_table_keeps_each_raters_newest_estimate() -> None:
+    view = SessionView(SESSION)
+    cursor = ClientCursor()
+    view.add_rater_lag(lag("r2", T0, 500_000))
+    view.add_rater_lag(lag("r1", T0, 420_400, relative=True))
+    view.add_rater_lag(lag("r1", T0 + 5_000_000, 450_000))
+    view.add_rater_lag(lag("r1", T0, 420_400, relative=True))  # an older one re-delivered
+    view.add_rater_lag(lag("r1", T0, 1).model_copy(update={"session_id": "s-2"}))
+    update = view.update_for(cursor, T0)
+    assert update is not None
+    table = update["raters"]
+    assert [row["rater_id"] for row in table] == ["r1", "r2"]
+    assert table[0] == {
+        "rater_id": "r1",
+        "rater_role": "observer",
+        "ts_us": T0 + 5_000_000,
+        "applied": {
+            "method": "consensus",
+            "lag_ms": 450,
+            "spread_ms": 82,
+            "confidence": 0.81,
+            "relative": False,
+            "evidence": 2400,
+        },
+        "estimates": [
+            {
+                "method": "consensus",
+                "lag_ms": 450,
+                "spread_ms": 82,
+                "confidence": 0.81,
+                "relative": False,
+                "evidence": 2400,
+            },
+            {
+                "method": "calibration",
+                "lag_ms": 311,
+                "spread_ms": 0,
+                "confidence": 0.5,
+                "relative": False,
+                "evidence": 8,
+            },
+        ],
+    }
+    assert view.update_for(cursor, T0) is None  # sent once
+    view.add_rater_lag(lag("r2", T0 + 1, 480_000, relative=True))
+    table = view.update_for(cursor, T0)["raters"]  # type: ignore[index]
+    assert (table[1]["applied"]["lag_ms"], table[1]["applied"]["relative"]) == (480, True)
+
+
+def test_the_model_lane_flags_where_the_humans_agreed_and_the_model_did_not() -> None:
+    view = SessionView(SESSION)
+    cursor = ClientCursor()
+    both = {"a": "laughter", "b": "laughter"}
+    view.add_label(gap_windows.window("s-1", "ana", T0, both, "laughter"))
+    view.add_label(gap_windows.window("s-1", "ana", T0 + 100_000, both, "anger"))
+    view.add_label(gap_windows.window("s-1", "ana", T0 + 200_000, {"a": "anger"}, "anger"))
+    view.add_label(gap_windows.window("s-1", "ana", T0 + 300_000, {}, with_model=False))
+    update = view.update_for(cursor, T0)
+    assert update is not None
+    model = gap_windows.MODEL
+    assert update["models"] == [
+        ["ana", T0, 100_000, model, "laughter", 0.62, False],
+        ["ana", T0 + 100_000, 100_000, model, "anger", 0.62, True],
+        ["ana", T0 + 200_000, 100_000, model, "anger", 0.62, False],  # one rater: no agreement
+    ]
+    # A revision without the model's reading takes it off the lane.
+    view.add_label(gap_windows.window("s-1", "ana", T0, both, with_model=False, revision=1))
+    assert view.update_for(cursor, T0)["models"] == [  # type: ignore[index]
+        ["ana", T0, 100_000, model, None, None, False]
+    ]
+
+
+def test_the_gap_summary_goes_out_when_it_changes() -> None:
+    view = SessionView(SESSION)
+    cursor = ClientCursor()
+    both = {"a": "laughter", "b": "laughter"}
+    view.add_label(gap_windows.window("s-1", "ana", T0, both, "anger"))
+    view.compute_gap()
+    gap = view.update_for(cursor, T0)["gap"]  # type: ignore[index]
+    assert list(gap["agreed"]) == [entry.label for entry in DEFAULT_VOCABULARY]
+    assert gap["agreed"]["laughter"] == 1
+    assert gap["models"][gap_windows.MODEL]["labels"]["laughter"]["missed"] == 1
+    view.compute_gap()
+    assert view.update_for(cursor, T0) is None  # nothing changed: nothing sent
+    # A window that changes no count (nobody agreed) is no new gap.
+    view.add_label(gap_windows.window("s-1", "ana", T0 + 100_000, {"a": "anger"}, "anger"))
+    view.compute_gap()
+    assert "gap" not in (view.update_for(cursor, T0) or {})
+
+
+def test_cursors_at_the_same_place_have_the_same_key_and_move_independently() -> None:
+    view = SessionView(SESSION)
+    view.add_rating(rating_batch("batch-0001", "r1", T0, [0.1]))
+    first, second = ClientCursor(), ClientCursor()
+    assert view.update_for(first, T0) is not None
+    assert first.key() != second.key()
+    second.take(first)
+    assert second.key() == first.key()
+    view.add_rating(rating_batch("batch-0002", "r1", T0 + 100_000, [0.2]))
+    assert view.update_for(second, T0) is not None
+    assert first.ratings != second.ratings  # the copy did not share its dicts
