@@ -1,10 +1,13 @@
-"""Getting acknowledged tags onto ``livetag.tags``, even while the broker is away.
+"""Getting acknowledged tags onto ``livetag.tags`` (and continuous rating batches onto
+``livetag.ratings``), even while the broker is away.
 
 A tag is acknowledged to its rater only once it is safe: produced to the broker (acks=all),
 or, when the broker does not answer within ``tag_produce_timeout_ms``, appended to a spool
 file and fsynced. A background task delivers spooled tags when the broker is back and
 deletes each spool file once every line in it is produced. Re-delivery can duplicate a tag
 on the topic (a produce that timed out may still land); consumers dedupe on ``tag_id``.
+Rating batches take the same path, in the same spool, one per line beside the tags (a
+line is a tag or a batch by its fields); consumers dedupe them on ``batch_id``.
 
 Each process spools into its own file under ``state_dir/tag-spool`` and holds an exclusive
 lock on it, so a restarted service (or another one on the same state folder) delivers what
@@ -32,6 +35,27 @@ from streams.runtime.private_files import open_private, private_dir
 log = logging.getLogger(__name__)
 
 SPOOL_FOLDER = "tag-spool"
+
+#: What the outbox delivers, and where each goes.
+Delivered = records.TagEvent | records.RatingBatch
+_TOPICS: dict[type[Delivered], str] = {
+    records.TagEvent: topics.TAGS,
+    records.RatingBatch: topics.RATINGS,
+}
+
+
+def _name(record: Delivered) -> str:
+    if isinstance(record, records.TagEvent):
+        return f"tag {record.tag_id}"
+    return f"rating batch {record.batch_id}"
+
+
+def _spooled(line: bytes) -> Delivered:
+    """The tag or rating batch of a spool line; ValueError if it is neither."""
+    try:
+        return records.TagEvent.model_validate_json(line)
+    except ValueError:
+        return records.RatingBatch.model_validate_json(line)
 
 
 class TagOutbox:
@@ -78,8 +102,9 @@ class TagOutbox:
             self._spool.close()  # the file stays: the next start delivers it
             self._spool = None
 
-    async def deliver(self, tag: records.TagEvent) -> bool:
-        """Make the tag safe. Returns True if it was held in the spool, not produced."""
+    async def deliver(self, tag: Delivered) -> bool:
+        """Make the tag (or rating batch) safe. Returns True if it was held in the spool,
+        not produced."""
         if self._draining:  # the drainer is taking stock: wait for its answer (ms)
             async with self._write_lock:
                 pass
@@ -87,7 +112,7 @@ class TagOutbox:
             try:
                 await asyncio.wait_for(self._produce(tag), self.produce_timeout_s)
             except Exception as exc:  # timeout, broker gone, anything: hold it instead
-                log.warning("broker did not take tag %s (%r): holding it", tag.tag_id, exc)
+                log.warning("broker did not take %s (%r): holding it", _name(tag), exc)
             else:
                 self.delivered += 1
                 return False
@@ -95,13 +120,13 @@ class TagOutbox:
         await self._hold(tag)
         return True
 
-    async def _produce(self, tag: records.TagEvent) -> None:
+    async def _produce(self, tag: Delivered) -> None:
         message = records.encode(tag)
         await self._producer.send_and_wait(
-            topics.TAGS, key=message.key, value=message.value, headers=message.headers
+            _TOPICS[type(tag)], key=message.key, value=message.value, headers=message.headers
         )
 
-    async def _hold(self, tag: records.TagEvent) -> None:
+    async def _hold(self, tag: Delivered) -> None:
         line = tag.model_dump_json().encode("utf-8") + b"\n"
         async with self._write_lock:
             if self._spool is None:
@@ -195,7 +220,7 @@ class TagOutbox:
                 if not line.strip():
                     continue
                 try:
-                    tag = records.TagEvent.model_validate_json(line)
+                    tag = _spooled(line)
                 except ValueError:
                     if number == len(lines):
                         # A torn last line (crash mid-write, never acked): nothing to deliver.
@@ -204,7 +229,12 @@ class TagOutbox:
                     # An acked tag this version cannot read: keep the file for a person.
                     aside = path.with_suffix(".unreadable")
                     await asyncio.to_thread(path.rename, aside)
-                    log.error("%s line %d is not a tag: file kept as %s", path, number, aside)
+                    log.error(
+                        "%s line %d is neither a tag nor a rating batch: file kept as %s",
+                        path,
+                        number,
+                        aside,
+                    )
                     return
                 await asyncio.wait_for(self._produce(tag), self.produce_timeout_s)
                 self.delivered += 1

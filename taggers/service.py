@@ -2,11 +2,12 @@
 
 Per connection: the hello admits the rater (join token), clock probes run for the whole
 connection (taggers.clock), and each tag is checked (taggers.protocol), converted, made
-safe on ``livetag.tags`` (taggers.outbox) and only then acknowledged. Tags are handled in
-their own tasks so a slow produce never delays the reading of the next clock reply (whose
-receive time is part of the clock estimate). Re-sent tags are answered from a per-session
-ledger, so a client that reconnects and re-sends what was unacknowledged stores nothing
-twice.
+safe on ``livetag.tags`` (taggers.outbox) and only then acknowledged. A continuous rater's
+``ratings`` batches go the same way to ``livetag.ratings``, with a rate budget of their
+own. Tags and batches are handled in their own tasks so a slow produce never delays the
+reading of the next clock reply (whose receive time is part of the clock estimate).
+Re-sent tags and batches are answered from per-session ledgers, so a client that
+reconnects and re-sends what was unacknowledged stores nothing twice.
 
 The service is mounted in the capture server's web app (same origin and tokens as the call
 page); observers' frame-on-screen lookups go through the ``frame_lookup`` it is given.
@@ -44,18 +45,25 @@ from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.outbox import TagOutbox
 from taggers.protocol import (
+    BatchLedger,
     FrameCapture,
     Hello,
     ProtocolError,
     RateLimiter,
+    RatingSampleIn,
+    RatingsMessage,
     ReactionLag,
+    StoredBatch,
     TagLedger,
     TagLimits,
     TagMessage,
     UndoMessage,
     ack,
+    check_ratings,
     check_tag,
     parse_client_message,
+    rating_batch,
+    ratings_ack,
     resolve_reaction_lag,
     tag_event,
     welcome,
@@ -111,6 +119,7 @@ def limits_of(settings: Settings) -> TagLimits:
         burst=settings.tag_burst,
         default_span_us=settings.tag_default_span_ms * 1000,
         max_reaction_lag_us=settings.max_reaction_lag_ms * 1000,
+        rating_rate_hz=settings.rating_rate_hz,
     )
 
 
@@ -156,11 +165,21 @@ class TagService:
             produce_timeout_s=settings.tag_produce_timeout_ms / 1000,
         )
         self._ledgers: dict[str, TagLedger] = {}
+        self._batch_ledgers: dict[str, BatchLedger] = {}
         self._in_flight: dict[tuple[str, str], asyncio.Future[records.TagEvent]] = {}
+        self._batches_in_flight: dict[tuple[str, str], asyncio.Future[StoredBatch]] = {}
         self._reaction_lags: dict[tuple[str, str], int] = {}
         self._clocks: OrderedDict[tuple[str, str, str], ClockSync] = OrderedDict()
         self._connections: set[TagConnection] = set()
-        self.stats = {"tags": 0, "duplicates": 0, "held": 0}
+        self.stats = {
+            "tags": 0,
+            "duplicates": 0,
+            "held": 0,
+            "rating_batches": 0,
+            "rating_samples": 0,
+            "rating_duplicates": 0,
+            "rating_held": 0,
+        }
         # Every refusal by its error code (served on the capture server's /metrics/refusals).
         self.refusals: Counter[str] = Counter()
 
@@ -252,6 +271,9 @@ class TagService:
     def ledger(self, session_id: str) -> TagLedger:
         return self._ledgers.setdefault(session_id, TagLedger())
 
+    def batch_ledger(self, session_id: str) -> BatchLedger:
+        return self._batch_ledgers.setdefault(session_id, BatchLedger())
+
     def connections_in(self, session_id: str) -> int:
         """Admitted tagging connections of a session."""
         return sum(
@@ -331,6 +353,38 @@ class TagService:
                 tag.tag_id,
             )
 
+    async def check_session_open_for_ratings(
+        self, batch: records.RatingBatch, received_us: int
+    ) -> None:
+        """Refuse (``session_ended``) a rating batch that a session which is over no longer
+        takes: as for tags, within ``label_grace_s`` of the end a batch is taken if it
+        began before the end (its first sample); the aligner keeps what falls in windows."""
+        session = await self.sessions(batch.session_id)
+        if session is None or session.state not in OVER_STATES:
+            return
+        batch_id = batch.batch_id
+        if session.state == "archived":
+            raise ProtocolError(
+                "session_ended",
+                "the session is archived: it takes no more ratings",
+                batch_id=batch_id,
+            )
+        ended_us = self._ended_us(session)
+        grace_s = self.settings.label_grace_s
+        if received_us > ended_us + round(grace_s * 1_000_000):
+            raise ProtocolError(
+                "session_ended",
+                f"the session ended {(received_us - ended_us) / 1e6:.0f} s ago: ratings are "
+                f"taken for {grace_s:g} s after the end",
+                batch_id=batch_id,
+            )
+        if batch.ts_us > ended_us + batch.clock_uncertainty_us:
+            raise ProtocolError(
+                "session_ended",
+                f"sampled {(batch.ts_us - ended_us) / 1000:.0f} ms after the session ended",
+                batch_id=batch_id,
+            )
+
     def _ended_us(self, session: records.SessionRecord) -> int:
         ended_us = self._ended_at(session.session_id) if self._ended_at is not None else None
         return session.ts_us if ended_us is None else ended_us
@@ -392,6 +446,41 @@ class TagService:
         self.stats["held"] += int(held)
         return tag, False, held
 
+    async def store_ratings(self, batch: records.RatingBatch) -> tuple[StoredBatch, bool, bool]:
+        """Make a rating batch safe once: (what is kept of it, duplicate, held)."""
+        ledger = self.batch_ledger(batch.session_id)
+        known = ledger.get(batch.batch_id)
+        if known is not None:
+            self.stats["rating_duplicates"] += 1
+            return known, True, False
+        key = (batch.session_id, batch.batch_id)
+        pending = self._batches_in_flight.get(key)
+        if pending is not None:  # re-sent while its first copy is in flight
+            first = await asyncio.shield(pending)
+            if first.rater_id != batch.rater_id:
+                raise ProtocolError(
+                    "forbidden", "that batch_id belongs to another rater", batch_id=batch.batch_id
+                )
+            self.stats["rating_duplicates"] += 1
+            return first, True, False
+        future: asyncio.Future[StoredBatch] = asyncio.get_running_loop().create_future()
+        self._batches_in_flight[key] = future
+        try:
+            held = await self.outbox.deliver(batch)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a re-send that was not waiting is no error
+            raise
+        finally:
+            del self._batches_in_flight[key]
+        stored = StoredBatch.of(batch)
+        ledger.remember(stored)
+        future.set_result(stored)
+        self.stats["rating_batches"] += 1
+        self.stats["rating_samples"] += stored.samples
+        self.stats["rating_held"] += int(held)
+        return stored, False, held
+
 
 class TagConnection:
     """One tagging client's websocket."""
@@ -401,19 +490,24 @@ class TagConnection:
         self.ws = ws
         self.ticket = ticket
         self.clock = new_clock_sync()  # replaced at hello by the client's own clock
-        self.limiter = RateLimiter(service.limits.rate_per_s, service.limits.burst)
+        limits = service.limits
+        self.limiter = RateLimiter(limits.rate_per_s, limits.burst)
+        # Ratings are budgeted apart from tags, in batches and in samples.
+        self.batch_limiter = RateLimiter(limits.rating_batches_per_s, limits.rating_batch_burst)
+        self.sample_limiter = RateLimiter(limits.rating_samples_per_s, limits.rating_sample_burst)
         self.claims: tokens.JoinToken | None = None
         self.session: records.SessionRecord | None = None
         self.reaction_lag_us = 0
         # As many in flight as the burst a reconnecting client may re-send at once.
         self._slots = asyncio.Semaphore(service.limits.burst)
+        self._rating_slots = asyncio.Semaphore(service.limits.rating_in_flight)
         self._unadmitted = 0
         self._admitting = False  # a hello is being checked (the session lookup waits)
         self._deadline_passed = False
         self._hello_refusal: ProtocolError | None = None  # why the latest hello was refused
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        #: When this client last said hello or sent a tag (the service's clock).
+        #: When this client last said hello or sent a tag or ratings (the service's clock).
         self.last_tag_us = service.clock()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -477,7 +571,10 @@ class TagConnection:
 
     async def _receive(self, raw: str | bytes, received_us: int) -> None:
         try:
-            message = parse_client_message(raw, self.service.limits.max_message_bytes)
+            limits = self.service.limits
+            message = parse_client_message(
+                raw, limits.max_message_bytes, max_ratings_bytes=limits.max_rating_message_bytes
+            )
         except ProtocolError as exc:
             # Bad messages count against the rate too: answering them is work.
             if self.limiter.allow(received_us):
@@ -492,6 +589,9 @@ class TagConnection:
                 await self._refuse(ProtocolError("hello_first", "send hello with your token"))
                 return
             await self._admit(message)
+            return
+        if isinstance(message, RatingsMessage):
+            await self._receive_ratings(message, received_us)
             return
         tag_id = getattr(message, "tag_id", None)
         if not self.limiter.allow(received_us):
@@ -523,6 +623,42 @@ class TagConnection:
             return
         await self._slots.acquire()
         task = asyncio.create_task(self._tag(message, received_us))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _receive_ratings(self, message: RatingsMessage, received_us: int) -> None:
+        assert self.claims is not None
+        assert self.session is not None
+        batch_id = message.batch_id
+        cost = len(message.samples)
+        # Both budgets must allow it before either is spent: a batch refused by one is
+        # re-sent whole and must not have paid the other.
+        if not (
+            self.batch_limiter.can_afford(received_us)
+            and self.sample_limiter.can_afford(received_us, min(cost, self.sample_limiter.burst))
+        ):
+            await self._refuse(
+                ProtocolError(
+                    "too_frequent", "too many rating samples: slow down", batch_id=batch_id
+                )
+            )
+            return
+        self.batch_limiter.allow(received_us)
+        self.sample_limiter.allow(received_us, min(cost, self.sample_limiter.burst))
+        try:
+            samples = check_ratings(message, self.session, self.claims.role, self.service.limits)
+        except ProtocolError as exc:
+            await self._refuse(exc)
+            return
+        if self._rating_slots.locked():
+            await self._refuse(
+                ProtocolError(
+                    "unavailable", "too many rating batches in flight: re-send", batch_id=batch_id
+                )
+            )
+            return
+        await self._rating_slots.acquire()
+        task = asyncio.create_task(self._rate(message, samples, received_us))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -633,6 +769,59 @@ class TagConnection:
             )
         finally:
             self._slots.release()
+
+    async def _rate(
+        self, message: RatingsMessage, samples: list[RatingSampleIn], received_us: int
+    ) -> None:
+        self.last_tag_us = received_us
+        batch_id = message.batch_id
+        try:
+            assert self.claims is not None
+            assert self.session is not None
+            session_id = self.session.session_id
+            rater_id = self.claims.participant_id
+            known = self.service.batch_ledger(session_id).get(batch_id)
+            if known is not None:  # a re-send: answered from the ledger, stored once
+                if known.rater_id != rater_id:
+                    raise ProtocolError(
+                        "forbidden", "that batch_id belongs to another rater", batch_id=batch_id
+                    )
+                self.service.stats["rating_duplicates"] += 1
+                await self.send(ratings_ack(known, duplicate=True, held=False))
+                return
+            captures = [
+                None
+                if sample.rtp_timestamp is None
+                else self.service.frame_capture(
+                    session_id, rater_id, message.performer_id, sample.rtp_timestamp
+                ).capture_ts_us
+                for sample in samples
+            ]
+            batch = rating_batch(
+                message,
+                samples,
+                session_id=session_id,
+                rater_id=rater_id,
+                role=self.claims.role,
+                estimate=self.clock.estimate,
+                reaction_lag_us=self.reaction_lag_us,
+                frame_captures=captures,
+                received_us=received_us,
+            )
+            await self.service.check_session_open_for_ratings(batch, received_us)
+            stored, duplicate, held = await self.service.store_ratings(batch)
+            await self.send(ratings_ack(stored, duplicate=duplicate, held=held))
+        except ProtocolError as exc:
+            await self._refuse(exc)
+        except Exception as exc:  # the spool itself failed: the client keeps and re-sends
+            log.exception("could not store rating batch %s", batch_id)
+            await self._refuse(
+                ProtocolError(
+                    "unavailable", f"ratings not stored ({exc}): re-send", batch_id=batch_id
+                )
+            )
+        finally:
+            self._rating_slots.release()
 
     async def _probe_clock(self) -> None:
         while not self.ws.closed:

@@ -39,8 +39,10 @@ DEFAULT_VOCABULARY: tuple[VocabularyEntry, ...] = (
 )
 
 
-#: Keys the tagging widget uses itself (compared lower-cased, as KeyboardEvent.key).
-RESERVED_KEYS = frozenset({*"0123456789", " ", "backspace", "enter", "escape", "tab"})
+#: Keys the tagging widget uses itself (compared lower-cased, as KeyboardEvent.key): the
+#: arrows and Home move a continuous rating, so they can never be a label's hotkey.
+RATING_KEYS = frozenset({"arrowup", "arrowdown", "arrowleft", "arrowright", "home"})
+RESERVED_KEYS = frozenset({*"0123456789", " ", "backspace", "enter", "escape", "tab", *RATING_KEYS})
 
 
 class VocabularyError(BadInputError, ValueError):
@@ -70,7 +72,8 @@ def load_vocabulary(path: Path | None) -> list[VocabularyEntry]:
         if entry.hotkey.lower() in RESERVED_KEYS:
             raise VocabularyError(
                 f"{path}: label #{index}: hotkey {entry.hotkey!r} is reserved by the tagging "
-                "widget (digits choose the performer, Backspace undoes, Space calibrates)"
+                "widget (digits choose the performer, Backspace undoes, Space calibrates, the "
+                "arrows and Home move a continuous rating)"
             )
     for attribute in ("label", "hotkey"):
         seen: dict[str, int] = {}

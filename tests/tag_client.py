@@ -1,9 +1,10 @@
 """A scripted tagging client for tests and benchmarks: the widget's protocol in Python.
 
 It speaks the tag protocol over a real websocket, answers clock probes with its own
-(possibly offset and drifting) clock, keeps every unacknowledged tag and re-sends them after
-a reconnect, like the browser widget does. ``uplink`` / ``downlink`` delay each message in
-one direction, in order (a jittery path, as TCP sees it), to simulate a remote rater.
+(possibly offset and drifting) clock, keeps every unacknowledged tag and rating batch and
+re-sends them after a reconnect, like the browser widget does. ``uplink`` / ``downlink``
+delay each message in one direction, in order (a jittery path, as TCP sees it), to
+simulate a remote rater.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from streams.kafka import clients, topics
 from streams.session_clock import now_us as wall_us  # the session clock, as tests name it
 from streams.settings import Settings
 from taggers import tokens
-from taggers.service import TagService
+from taggers.service import FrameLookup, TagService
 from taggers.vocabulary import DEFAULT_VOCABULARY
 
 Delay = Callable[[], float]  # seconds
@@ -68,6 +69,8 @@ class TagClient:
         self.written_us: dict[str, int] = {}  # when each tag was written to the socket
         self.errors: list[dict[str, Any]] = []
         self.unacked: dict[str, dict[str, Any]] = {}  # tag_id -> message, in send order
+        self.rating_acks: dict[str, dict[str, Any]] = {}  # batch_id -> its first ratings_ack
+        self.unacked_batches: dict[str, dict[str, Any]] = {}  # batch_id -> message
         self.replies: list[dict[str, Any]] = []  # other server messages (reaction_lag ...)
         self.probes_answered = 0
         self.clock_id = uuid.uuid4().hex  # one clock per client, across reconnects
@@ -100,6 +103,8 @@ class TagClient:
         if resend:
             for tag_id, message in list(self.unacked.items()):
                 await self.send_raw(json.dumps(message), tag_id)
+            for batch_id, message in list(self.unacked_batches.items()):
+                await self.send_raw(json.dumps(message), batch_id)
 
     async def drop(self) -> None:
         """Lose the connection abruptly: what was sent and not acked stays unacked."""
@@ -144,6 +149,49 @@ class TagClient:
         self.unacked[tag_id] = message
         await self.send_raw(json.dumps(message), tag_id)
         return tag_id
+
+    async def ratings(
+        self,
+        performer_id: str,
+        values: list[tuple[float, ...]],
+        *,
+        mode: str = "valence_arousal",
+        label: str | None = None,
+        rate_hz: int = 20,
+        start_us: int | None = None,
+        rtp_timestamps: list[int | None] | None = None,
+        batch_id: str | None = None,
+        **extra: Any,
+    ) -> str:
+        """Send a batch of continuous samples, one per value tuple, taken 1/rate_hz apart
+        from true wall time ``start_us`` (default: ending now), stamped with this client's
+        clock. Returns the batch_id."""
+        batch_id = batch_id or uuid.uuid4().hex
+        period_us = 1_000_000 // rate_hz
+        if start_us is None:
+            start_us = wall_us() - period_us * (len(values) - 1)
+        rtps = rtp_timestamps or [None] * len(values)
+        samples = [
+            [self.clock.at(start_us + index * period_us), *value, rtp]
+            for index, (value, rtp) in enumerate(zip(values, rtps, strict=True))
+        ]
+        message: dict[str, Any] = {
+            "type": "ratings",
+            "batch_id": batch_id,
+            "performer_id": performer_id,
+            "mode": mode,
+            "rate_hz": rate_hz,
+            "samples": samples,
+            **extra,
+        }
+        if label is not None:
+            message["label"] = label
+        self.unacked_batches[batch_id] = message
+        await self.send_raw(json.dumps(message), batch_id)
+        return batch_id
+
+    async def wait_rated(self, batch_ids: list[str], timeout_s: float = 10.0) -> None:
+        await self.wait_for(lambda: all(b in self.rating_acks for b in batch_ids), timeout_s)
 
     async def wait_for(self, condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         async with asyncio.timeout(timeout_s):
@@ -198,14 +246,24 @@ class TagClient:
             self.acks.setdefault(message["tag_id"], message)
             self.ack_times_us.setdefault(message["tag_id"], read_us)
             self.unacked.pop(message["tag_id"], None)
+        elif kind == "ratings_ack":
+            self.rating_acks.setdefault(message["batch_id"], message)
+            self.unacked_batches.pop(message["batch_id"], None)
         elif kind == "error":
             self.errors.append(message)
-            # As the widget does: a tag the service could not take yet is re-sent.
+            # As the widget does: a tag or batch the service could not take yet is re-sent.
             tag_id = message.get("tag_id")
-            if message["code"] in RETRY_CODES and tag_id in self.unacked:
-                resend = json.dumps(self.unacked[tag_id])
+            batch_id = message.get("batch_id")
+            kept = None
+            if message["code"] in RETRY_CODES:
+                if tag_id in self.unacked:
+                    kept = tag_id, json.dumps(self.unacked[tag_id])
+                elif batch_id in self.unacked_batches:
+                    kept = batch_id, json.dumps(self.unacked_batches[batch_id])
+            if kept is not None:
+                resend_id, resend = kept
                 asyncio.get_running_loop().call_later(
-                    0.5, lambda: asyncio.ensure_future(self.send_raw(resend, tag_id))
+                    0.5, lambda: asyncio.ensure_future(self.send_raw(resend, resend_id))
                 )
         else:
             self.replies.append(message)
@@ -276,16 +334,20 @@ class ServedTags:
 
 @asynccontextmanager
 async def serve_tags(
-    settings: Settings, session: records.SessionRecord
+    settings: Settings,
+    session: records.SessionRecord,
+    *,
+    frame_lookup: FrameLookup | None = None,
 ) -> AsyncIterator[ServedTags]:
-    """A tag service for ``session`` alone, on a free loopback port."""
+    """A tag service for ``session`` alone, on a free loopback port (``frame_lookup``: what
+    the capture server would say of a watcher's frame on screen)."""
 
     async def lookup(session_id: str) -> records.SessionRecord | None:
         return session if session_id == session.session_id else None
 
     async with clients.admin_client(settings) as admin:
         await topics.ensure_shared_topics(admin, settings)
-    service = TagService(settings, secret=SECRET, sessions=lookup)
+    service = TagService(settings, secret=SECRET, sessions=lookup, frame_lookup=frame_lookup)
     await service.start()
     app = web.Application()
     service.add_routes(app)

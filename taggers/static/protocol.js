@@ -3,9 +3,9 @@
 // taggers/protocol.py (which checks every field named here), kept apart so the wire
 // format lives in one place, readable beside the Python, with no DOM and no socket.
 //
-// Client -> server: hello, tag (point / onset / offset), undo, reaction_lag; clock_reply
-// is the clock's (clock.js). Server -> client: welcome, clock_probe, ack, error,
-// credential, reaction_lag.
+// Client -> server: hello, tag (point / onset / offset), undo, reaction_lag, ratings (a
+// batch of continuous rating samples); clock_reply is the clock's (clock.js). Server ->
+// client: welcome, clock_probe, ack, ratings_ack, error, credential, reaction_lag.
 
 // TagId in streams/records.py.
 const TAG_ID_RE = /^[A-Za-z0-9_-]{8,64}$/;
@@ -89,9 +89,23 @@ export function frameOnScreen(frame) {
   return Number.isInteger(rtp) && rtp >= 0 && rtp < 2 ** 32 ? { rtp_timestamp: rtp } : null;
 }
 
+// A batch of one continuous rater's samples of one performer: `samples` are
+// [client_ts_us, value..., rtp_timestamp or null], one value per dimension of the mode
+// (valence and arousal, or intensity). `label`: the emotion an intensity rates.
+export function ratings({ batchId, performerId, mode, label, rateHz, samples }) {
+  const message = { type: "ratings", batch_id: batchId, performer_id: performerId, mode, rate_hz: rateHz, samples };
+  if (mode === "intensity") message.label = label;
+  return message;
+}
+
 // A message kept from an earlier page load that may be sent again as it is.
 export function isResendable(message) {
   return Boolean(message) && isTagId(message.tag_id) && (message.type === "tag" || message.type === "undo");
+}
+
+// A rating batch kept from an earlier page load that may be sent again as it is.
+export function isResendableBatch(message) {
+  return Boolean(message) && message.type === "ratings" && isTagId(message.batch_id) && Array.isArray(message.samples) && message.samples.length > 0;
 }
 
 // A server message, or null for text that is not JSON.

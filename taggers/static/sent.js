@@ -1,15 +1,22 @@
 // What the widget has sent: the outbox of tags not yet acknowledged (kept in storage, so
 // they survive a reload and are re-sent; the service is idempotent on tag_id), the acks and
-// refusals that came back, and the recent history the widget lists. Apart from the
-// connection and the DOM so the rules of "sent, acked, failed, undone" are plain state.
+// refusals that came back, and the recent history the widget lists; and the same for the
+// batches of a continuous rating (SentRatings). Apart from the connection and the DOM so
+// the rules of "sent, acked, failed, undone" are plain state.
 //
 // `storage`: {get(name) -> string | null, set(name, string | null)}; a failing storage
 // leaves the outbox in memory only.
 
-import { isResendable } from "./protocol.js";
+import { isResendable, isResendableBatch } from "./protocol.js";
 
 // Recent tags kept for the list, undo and the test hooks.
 const HISTORY_KEEP = 200;
+// Unacknowledged rating batches kept: 10 minutes of a rater's trace in half-second
+// batches (about half a MB in storage at 20 Hz). Past that the oldest go, counted and
+// shown: a page offline that long keeps what is newest.
+const RATING_BATCHES_KEPT = 1200;
+// Acks of rating batches kept for the test hooks.
+const RATING_ACKS_KEEP = 500;
 
 export class SentTags {
   constructor(storage) {
@@ -124,5 +131,110 @@ export class SentTags {
       const old = this.history.shift();
       this.historyById.delete(old.tag_id);
     }
+  }
+}
+
+// What the widget has sent of its continuous ratings: the outbox of batches not yet
+// acknowledged (kept in storage like tags, re-sent after a reconnect or a reload; the
+// service is idempotent on batch_id), how many are on the wire now (at most `window`, so
+// a page back from a long outage re-sends its backlog at the pace of the acks rather than
+// all at once), and what came back.
+export class SentRatings {
+  constructor(storage, window) {
+    this.storage = storage;
+    this.window = window || 8;
+    this.outbox = new Map(); // batch_id -> message, in sampling order
+    this.inFlight = new Set(); // batch_ids sent on this connection, not answered yet
+    this.acked = []; // recent acks (ratings_ack), oldest first
+    this.ackedBatches = 0;
+    this.ackedSamples = 0;
+    this.lastAckedUs = null; // the newest acked sample's session time
+    this.failed = []; // {batch_id, code, message, samples}: refused for good
+    this.dropped = 0; // batches dropped unsent: the page held more than it keeps
+  }
+
+  restore() {
+    const raw = this.storage.get("ratings");
+    if (!raw) return;
+    let messages;
+    try {
+      messages = JSON.parse(raw);
+    } catch (error) {
+      return;
+    }
+    if (!Array.isArray(messages)) return;
+    for (const message of messages) if (isResendableBatch(message)) this.outbox.set(message.batch_id, message);
+  }
+
+  get size() {
+    return this.outbox.size;
+  }
+
+  unackedSamples() {
+    let count = 0;
+    for (const message of this.outbox.values()) count += message.samples.length;
+    return count;
+  }
+
+  add(message) {
+    this.outbox.set(message.batch_id, message);
+    while (this.outbox.size > RATING_BATCHES_KEPT) {
+      const oldest = this.outbox.keys().next().value;
+      this.outbox.delete(oldest);
+      this.inFlight.delete(oldest);
+      this.dropped += 1;
+    }
+    this._persist();
+  }
+
+  // The batches to send now: the oldest unsent ones, up to the window.
+  due() {
+    const out = [];
+    for (const [batchId, message] of this.outbox) {
+      if (this.inFlight.size + out.length >= this.window) break;
+      if (!this.inFlight.has(batchId)) out.push(message);
+    }
+    return out;
+  }
+
+  sending(batchId) {
+    this.inFlight.add(batchId);
+  }
+
+  // A new connection: nothing is on the wire any more.
+  reset() {
+    this.inFlight.clear();
+  }
+
+  ack(message) {
+    const batchId = message.batch_id;
+    if (typeof batchId !== "string") return;
+    this.inFlight.delete(batchId);
+    if (!this.outbox.delete(batchId)) return; // a second answer to a re-send
+    this._persist();
+    this.ackedBatches += 1;
+    if (Number.isInteger(message.samples)) this.ackedSamples += message.samples;
+    if (Number.isInteger(message.end_ts_us)) this.lastAckedUs = Math.max(this.lastAckedUs || 0, message.end_ts_us);
+    this.acked.push(message);
+    if (this.acked.length > RATING_ACKS_KEEP) this.acked.shift();
+  }
+
+  // Refused for a passing reason: the batch waits to go again.
+  retryLater(batchId) {
+    this.inFlight.delete(batchId);
+  }
+
+  // Refused for good.
+  fail(error) {
+    const batchId = error.batch_id;
+    this.inFlight.delete(batchId);
+    const pending = this.outbox.get(batchId);
+    if (this.outbox.delete(batchId)) this._persist();
+    this.failed.push({ batch_id: batchId, code: error.code, message: error.message, samples: pending ? pending.samples.length : 0 });
+    if (this.failed.length > HISTORY_KEEP) this.failed.shift();
+  }
+
+  _persist() {
+    this.storage.set("ratings", this.outbox.size ? JSON.stringify([...this.outbox.values()]) : null);
   }
 }

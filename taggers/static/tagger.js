@@ -8,7 +8,8 @@
 // part is a module of its own: protocol.js (the wire messages), clock.js (the page's clock
 // and its answers to clock probes), connection.js (the websocket and its reconnects),
 // keys.js (hotkeys, taps and holds), sent.js (outbox, acks, history), calibration.js (the
-// reaction-lag dialog), view.js (the DOM).
+// reaction-lag dialog), view.js (the DOM), rating.js (continuous rating: the pad, the
+// slider, sampling and batches) and rating_view.js (its DOM).
 //
 //  - The first message is {type:"hello", token}; nothing is tagged before the server's
 //    welcome and the first clock_probe answered on that connection. The token is the
@@ -20,6 +21,10 @@
 //    when watching a performer's video, the RTP timestamp of the frame on screen.
 //  - Every tag stays in a persisted outbox until acked, and is re-sent on reconnect (the
 //    server is idempotent on tag_id).
+//  - Observers and the director can also rate continuously (rateContinuously): samples of a
+//    valence/arousal pad or one label's intensity, at the welcome's rate, go in `ratings`
+//    batches with the same durability as tags (kept until acked, re-sent, idempotent on
+//    batch_id). Performers keep to hotkeys.
 //  - window.livetagTagger is the newest widget: tests, benchmarks and the dashboard (to
 //    pick the performer to tag) read it.
 
@@ -28,7 +33,9 @@ import { PageClock, skewUsFromQuery } from "./clock.js";
 import { TagConnection } from "./connection.js";
 import { Holds, readKeyDown } from "./keys.js";
 import * as protocol from "./protocol.js";
-import { SentTags } from "./sent.js";
+import { ContinuousRating, pointValues, readRatingKey } from "./rating.js";
+import { RatingView } from "./rating_view.js";
+import { SentRatings, SentTags } from "./sent.js";
 import { TaggerView, isTypingTarget } from "./view.js";
 
 // A tag refused for a passing reason goes again this much later.
@@ -86,6 +93,9 @@ export class LivetagTagger {
     this.storage = keyedStorage(this.storageKey);
     this.clock = new PageClock({ skewUs: skewUsFromQuery(location.search) });
     this.sent = new SentTags(this.storage);
+    this.sentRatings = new SentRatings(this.storage);
+    this.rating = null; // the ContinuousRating, once a welcome allows it
+    this.ratingLimits = null; // the welcome's `ratings`
 
     // Test hooks and state.
     this.errors = [];
@@ -110,6 +120,9 @@ export class LivetagTagger {
         this.synced = false;
         this.ready = false;
         this.connected = false;
+        this.sentRatings.reset();
+        // Access ended or the session is over: a trace would only pile up unsendable.
+        if (this.connection && this.connection.stopped && this.rating) this.rating.stop();
         this._render();
       },
       onChange: () => this._render(),
@@ -127,6 +140,7 @@ export class LivetagTagger {
     this.statusText = "";
 
     this.sent.restore();
+    this.sentRatings.restore();
     this.view = new TaggerView(opts.mount, {
       setLag: (ms) => this.setLagMs(ms),
       calibrate: () => this.calibrate(),
@@ -137,6 +151,18 @@ export class LivetagTagger {
       },
       selectTarget: (performerId) => this.selectTarget(performerId),
     });
+    this.ratingView = new RatingView(this.view.dom.root, this.view.dom.status, {
+      setMode: (mode, label) => (mode ? this.rateContinuously(mode, label) : this.stopRating()),
+      place: (fx, fy) => {
+        if (this.rating && this.rating.active) this.rating.place(pointValues(this.rating.mode, fx, fy));
+      },
+    });
+    this._onVisibility = () => {
+      // Hidden: the samples taken so far go out now, not when a throttled timer next runs.
+      if (this.rating && document.visibilityState === "hidden") this.rating.sampleNow(0);
+      this._renderRating();
+    };
+    document.addEventListener("visibilitychange", this._onVisibility);
     this._onKeyDown = this._onKeyDown.bind(this);
     this._onKeyUp = this._onKeyUp.bind(this);
     this._onBlur = this._onBlur.bind(this);
@@ -238,6 +264,11 @@ export class LivetagTagger {
         this.sent.ack(message);
         this._render();
         break;
+      case "ratings_ack":
+        this.sentRatings.ack(message);
+        this._pumpRatings();
+        this._renderRating();
+        break;
       case "error":
         this._onError(message);
         break;
@@ -265,6 +296,7 @@ export class LivetagTagger {
     this.ready = true;
     if (this.pendingLagMessage && this._sendRaw(this.pendingLagMessage)) this.pendingLagMessage = null;
     for (const message of this.outbox.values()) this._sendRaw(message);
+    this._pumpRatings();
     this._render();
   }
 
@@ -283,11 +315,16 @@ export class LivetagTagger {
       targetMode: this.targetMode,
       selfName: this.targetMode === "self" ? this._displayName(this.rater.rater_id) : null,
     });
+    this._setUpRating(message.ratings);
     this._render();
   }
 
   _onError(message) {
     this.errors.push(message);
+    if (typeof message.batch_id === "string" && message.batch_id) {
+      this._onRatingError(message);
+      return;
+    }
     const tagId = message.tag_id;
     if (typeof tagId === "string" && tagId) {
       if (protocol.isRetryable(message.code)) {
@@ -377,7 +414,116 @@ export class LivetagTagger {
     if (this.targetMode === "self") return;
     if (!(this.roster || []).some((p) => p.performer_id === performerId)) return;
     this.target = performerId;
+    if (this.rating) this.rating.setTarget(performerId);
     this._render();
+  }
+
+  // ---- continuous rating -------------------------------------------------------------
+
+  // The welcome says whether this rater may rate continuously, and at which rate.
+  _setUpRating(limits) {
+    const usable = Boolean(limits) && Number.isInteger(limits.rate_hz) && this.targetMode !== "self";
+    this.ratingLimits = usable ? limits : null;
+    if (usable && !this.rating) {
+      this.rating = new ContinuousRating({
+        rateHz: limits.rate_hz,
+        batchMs: limits.batch_ms,
+        maxSamples: limits.max_samples,
+        now: () => this.clock.press(performance.now()),
+        frameAt: (performerId, unixMs) => {
+          const frame = this._frameAt(performerId, unixMs);
+          return frame ? frame.rtp_timestamp : null;
+        },
+        pads: () => (typeof navigator.getGamepads === "function" ? navigator.getGamepads() : null),
+        paused: () => document.visibilityState === "hidden" || Boolean(this.calibration),
+        onBatch: (batch) => this._queueBatch(batch),
+        onChange: () => this._renderRating(),
+      });
+      if (Number.isInteger(limits.in_flight) && limits.in_flight > 0) this.sentRatings.window = Math.min(limits.in_flight, 8);
+    }
+    if (!usable && this.rating) this.rating.stop();
+    this.ratingView.showModes(usable, this.vocabulary || []);
+  }
+
+  // Public: rate the current target continuously, on the valence/arousal pad or the
+  // intensity of `label` (a label of the session). Sampling starts at the rater's first
+  // move of the point.
+  rateContinuously(mode, label) {
+    if (!this.rating) {
+      this._setStatus("continuous rating is for observers and the director, after the welcome");
+      return false;
+    }
+    if (!this._canTag()) return false;
+    let chosen = null;
+    if (mode === "intensity") {
+      chosen = this._entryFor(label) ? label : (this.vocabulary || [])[0]?.label;
+      if (!chosen) return false;
+    }
+    this.rating.start(mode, chosen, this.target);
+    this._render();
+    return true;
+  }
+
+  stopRating() {
+    if (this.rating) this.rating.stop();
+    this._render();
+  }
+
+  _queueBatch(batch) {
+    const message = protocol.ratings({ batchId: protocol.newTagId(), ...batch });
+    this.sentRatings.add(message);
+    this._pumpRatings();
+    this._renderRating();
+  }
+
+  // Send what the window allows: the oldest unacknowledged batches first.
+  _pumpRatings() {
+    if (!this.ready) return;
+    for (const message of this.sentRatings.due()) {
+      if (!this._sendRaw(message)) return;
+      this.sentRatings.sending(message.batch_id);
+    }
+  }
+
+  _onRatingError(message) {
+    const batchId = message.batch_id;
+    if (protocol.isRetryable(message.code)) {
+      this.sentRatings.retryLater(batchId);
+      setTimeout(() => this._pumpRatings(), RETRY_AFTER_MS);
+    } else {
+      this.sentRatings.fail(message);
+      this._setStatus(`continuous rating: ${message.code}: ${message.message}`);
+      // The session takes no more: the trace stops rather than pile up refusals.
+      if (message.code === "session_ended" && this.rating) this.rating.stop();
+      this._pumpRatings();
+    }
+    this._renderRating();
+  }
+
+  _onRatingKey(event) {
+    if (!this.rating || !this.rating.active || isTypingTarget(event.target)) return false;
+    const intent = readRatingKey(event, this.rating.mode);
+    if (!intent) return false;
+    event.preventDefault();
+    if (intent.kind === "centre") this.rating.centre();
+    else this.rating.nudge(intent.deltas);
+    return true;
+  }
+
+  _renderRating() {
+    if (!this.ratingView) return;
+    const rating = this.rating;
+    this.ratingView.render({
+      mode: rating ? rating.mode : null,
+      label: rating ? rating.label : null,
+      values: rating ? rating.values : { valence: 0, arousal: 0, intensity: 0 },
+      state: rating ? rating.state() : "off",
+      rateHz: this.ratingLimits ? this.ratingLimits.rate_hz : null,
+      unacked: this.sentRatings.size,
+      acked: this.sentRatings.ackedSamples,
+      dropped: this.sentRatings.dropped,
+      failed: this.sentRatings.failed.length,
+    });
   }
 
   // ---- keyboard ----------------------------------------------------------------------
@@ -387,6 +533,7 @@ export class LivetagTagger {
       this.calibration.onKey(event);
       return;
     }
+    if (this._onRatingKey(event)) return;
     const { prevent, intent } = readKeyDown(event, {
       typing: isTypingTarget(event.target),
       held: this.holds.has(event.code),
@@ -488,5 +635,6 @@ export class LivetagTagger {
       entryOf: (label) => this._entryFor(label),
       nameOf: (performerId) => this._displayName(performerId),
     });
+    this._renderRating();
   }
 }
