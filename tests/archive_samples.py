@@ -112,7 +112,10 @@ def sample_records(seconds: float = 2.0) -> dict[str, list[Any]]:
                     **common,
                 )
             )
+        out["ratings"] += rating_rows(performer, seconds)
         for k in range(int(seconds * 10)):
+            reading = model_reading(performer, T0 + k * 100_000, k)
+            out["model"].append(reading)
             out["labels"].append(
                 records.LabelWindow(
                     ts_us=T0 + k * 100_000,
@@ -120,10 +123,127 @@ def sample_records(seconds: float = 2.0) -> dict[str, list[Any]]:
                     features=records.WindowFeatures(loudness_mean_db=-25.5),
                     raters=[],
                     consensus=None,
+                    # The perception fields of every third window: a trace with its lag
+                    # correction, and the model's estimate.
+                    ratings=[] if k % 3 else [_trace(k)],
+                    models=[]
+                    if k % 3 or reading.top_label is None
+                    else [
+                        records.ModelEstimate(
+                            model=reading.model,
+                            probabilities=reading.probabilities,
+                            top_label=reading.top_label,
+                            valence=reading.valence,
+                            arousal=reading.arousal,
+                            frames_read=reading.frames_read,
+                        )
+                    ],
                     **common,
                 )
             )
+    for rater, lag_us in (("r1", 420_000), ("r3", 250_000)):
+        out["rater_lags"].append(
+            records.RaterLag(
+                ts_us=T0 + 1_900_000,
+                session_id=SID,
+                rater_id=rater,
+                rater_role="observer",
+                applied=records.LagCorrection(
+                    method="consensus", lag_us=lag_us, spread_us=60_000, confidence=0.75
+                ),
+                estimates=[
+                    records.LagCorrection(
+                        method="consensus", lag_us=lag_us, spread_us=60_000, confidence=0.75
+                    ),
+                    records.LagCorrection(method="calibration", lag_us=300_000, confidence=0.5),
+                ],
+                evidence={"consensus": 40, "calibration": 8},
+            )
+        )
     return out
+
+
+def rating_rows(performer: str, seconds: float) -> list[store.RatingSampleRow]:
+    """Continuous ratings of a performer: r1 on the valence/arousal pad, r3 the intensity
+    of laughter, both at 20 Hz in 1 s batches, as the archive keeps them (one row per
+    sample)."""
+    rows: list[store.RatingSampleRow] = []
+    for rater, mode in (("r1", "valence_arousal"), ("r3", "intensity")):
+        for second in range(int(seconds)):
+            batch_id = f"batch-{performer}-{rater}-{second:04d}"
+            for index in range(20):
+                step = second * 20 + index
+                values: dict[str, float | int] = (
+                    {"valence": round(0.05 * (step % 20) - 0.5, 4), "arousal": 0.25}
+                    if mode == "valence_arousal"
+                    else {"intensity": round(step / 40, 4)}
+                )
+                rows.append(
+                    store.RatingSampleRow(
+                        ts_us=T0 + step * 50_000,
+                        session_id=SID,
+                        performer_id=performer,
+                        rater_id=rater,
+                        rater_role="observer",
+                        mode=mode,
+                        label="laughter" if mode == "intensity" else None,
+                        basis="frame_on_screen",
+                        client_ts_us=T0 - 1_500 + step * 50_000,
+                        batch_id=batch_id,
+                        sample_index=index,
+                        rate_hz=20,
+                        clock_offset_us=1_500,
+                        clock_uncertainty_us=451,
+                        reaction_lag_us=300_000,
+                        received_ts_us=T0 + (second + 1) * 1_000_000 + 30_000,
+                        **values,
+                    )
+                )
+    return rows
+
+
+def model_reading(performer: str, ts_us: int, k: int) -> records.ModelReading:
+    """The model lane's reading of one 100 ms window (every fifth has no face)."""
+    if k % 5 == 0:
+        return records.ModelReading(
+            ts_us=ts_us,
+            session_id=SID,
+            performer_id=performer,
+            window_us=100_000,
+            model="fer-mini",
+            frames_read=0,
+            unread="no_face",
+        )
+    happy = round(0.5 + 0.02 * k, 4)
+    return records.ModelReading(
+        ts_us=ts_us,
+        session_id=SID,
+        performer_id=performer,
+        window_us=100_000,
+        model="fer-mini",
+        frames_read=2,
+        frames_thinned=k % 2,
+        class_probabilities={"happy": happy, "neutral": round(1 - happy, 4)},
+        probabilities={"laughter": happy},
+        top_label="laughter",
+        valence=0.5,
+        arousal=0.25,
+    )
+
+
+def _trace(k: int) -> records.RaterTrace:
+    return records.RaterTrace(
+        rater_id="r1",
+        rater_role="observer",
+        mode="valence_arousal",
+        mean={"valence": round(0.1 * (k % 10) - 0.5, 4), "arousal": 0.25},
+        last={"valence": round(0.1 * (k % 10) - 0.45, 4), "arousal": 0.25},
+        coverage=1.0,
+        samples=2,
+        lag=records.LagCorrection(
+            method="consensus", lag_us=420_000, spread_us=60_000, confidence=0.75
+        ),
+    )
 
 
 def write_sample_archive(folder: Path, *, duplicate: bool = True) -> dict[str, list[Any]]:
@@ -152,7 +272,9 @@ def write_sample_archive(folder: Path, *, duplicate: bool = True) -> dict[str, l
 
 def carried(kind: str, items: list[Any]) -> list[Any]:
     """The records that carry ``items`` on their topic: prosody hops ten to a record, per
-    performer, as the processors send them."""
+    performer, as the processors send them; rating samples in their batches."""
+    if kind == "ratings":
+        return [rating_batch(rows) for rows in _by_batch(items)]
     if kind != "prosody":
         return items
     out: list[Any] = []
@@ -160,6 +282,44 @@ def carried(kind: str, items: list[Any]) -> list[Any]:
         run = list(hops)
         out += [records.ProsodyHops.of(run[start : start + 10]) for start in range(0, len(run), 10)]
     return out
+
+
+def _by_batch(rows: list[store.RatingSampleRow]) -> list[list[store.RatingSampleRow]]:
+    batches: dict[str, list[store.RatingSampleRow]] = {}
+    for row in rows:
+        batches.setdefault(row.batch_id, []).append(row)
+    return [sorted(batch, key=lambda row: row.sample_index) for batch in batches.values()]
+
+
+def rating_batch(rows: list[store.RatingSampleRow]) -> records.RatingBatch:
+    """The batch the tag service put on livetag.ratings, from its archived rows."""
+    first = rows[0]
+    return records.RatingBatch(
+        ts_us=first.ts_us,
+        session_id=first.session_id,
+        performer_id=first.performer_id,
+        batch_id=first.batch_id,
+        rater_id=first.rater_id,
+        rater_role=first.rater_role,
+        mode=first.mode,
+        label=first.label,
+        rate_hz=first.rate_hz,
+        samples=[
+            records.RatingSample(
+                ts_us=row.ts_us,
+                client_ts_us=row.client_ts_us,
+                basis=row.basis,
+                valence=row.valence,
+                arousal=row.arousal,
+                intensity=row.intensity,
+            )
+            for row in rows
+        ],
+        clock_offset_us=first.clock_offset_us,
+        clock_uncertainty_us=first.clock_uncertainty_us,
+        reaction_lag_us=first.reaction_lag_us,
+        received_ts_us=first.received_ts_us,
+    )
 
 
 def _copy(message: store.RawMessage) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:

@@ -3,8 +3,9 @@
 :func:`export_session` writes one of five formats into an output folder:
 
 ``jsonl``
-    ``prosody.jsonl``, ``face.jsonl``, ``tags.jsonl``, ``labels.jsonl``: one record per
-    line, exactly ``record.model_dump_json()`` (the wire JSON). ``labels.jsonl`` holds
+    ``KIND.jsonl`` for every archived kind (``prosody``, ``face``, ``tags``, ``labels``,
+    ``ratings``, ``rater_lags``, ``model``: :data:`streams.archive.store.KINDS`): one record
+    per line, exactly ``record.model_dump_json()`` (the wire JSON). ``labels.jsonl`` holds
     every revision as archived; ``labels.latest.jsonl`` only the newest revision of each
     window (what a live consumer ends up with). Read back with :func:`read_jsonl`.
 ``parquet``
@@ -48,6 +49,11 @@
     (``README.md``). ``datasets.load_dataset("parquet", data_dir=OUT)`` and
     ``load_dataset(OUT)`` load it. :func:`streams.archive.export_hf.export_dataset` writes several
     sessions into one dataset.
+``gap``
+    The model gap report (:mod:`streams.archive.model_gap`): per take, ``model_gap/take-N``
+    as Parquet and CSV (the windows where the human raters agreed and a model did not),
+    ``take-N.summary`` (per model and emotion: agreement, Cohen's kappa) and ``take-N.png``
+    (with matplotlib, the ``report`` extra; skipped with a warning without it).
 
 The ``parquet`` export keeps the record types as they are (nested fields as JSON text):
 ``datasets.load_dataset("parquet", data_files={"tags": "*/tags.parquet", "labels":
@@ -72,7 +78,7 @@ from pydantic import ValidationError
 from pympi.Elan import Eaf
 
 from streams import records, strict_json
-from streams.archive import store
+from streams.archive import model_gap, store
 from streams.errors import BadInputError
 from streams.labels import tag_rules
 
@@ -85,8 +91,8 @@ __all__ = [
     "read_jsonl",
 ]
 
-Format = Literal["jsonl", "parquet", "csv", "eaf", "hf"]
-FORMATS: Final[tuple[str, ...]] = ("jsonl", "parquet", "csv", "eaf", "hf")
+Format = Literal["jsonl", "parquet", "csv", "eaf", "hf", "gap"]
+FORMATS: Final[tuple[str, ...]] = ("jsonl", "parquet", "csv", "eaf", "hf", "gap")
 CONSENSUS_TIER: Final = "consensus"
 _MKV_MIME: Final = "video/x-matroska"
 
@@ -128,6 +134,8 @@ def export_session(
             return _export_parquet(folder, out_dir, report)
         if fmt == "csv":
             return _export_csv(folder, out_dir, report)
+        if fmt == "gap":
+            return model_gap.export_gap(folder, out_dir, report)
         report("writing ELAN tiers", 0, 1)
         written = [_export_eaf(folder, out_dir, manifest)]
         report("writing ELAN tiers", 1, 1)

@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams import records
 from streams.archive import store
-from streams.features import face_model
+from streams.features import expression_model, face_model
 from streams.kafka import clients, group_members, topics
 from streams.kafka.sessions import SessionDirectory, archived, is_over, publish
 from streams.runtime.private_files import open_private, private_dir
@@ -44,17 +44,35 @@ log = logging.getLogger(__name__)
 milestones = logging.getLogger("livetag.session")
 
 SERVICE = "livetag-recorder"
+#: Kinds whose topic is shared by every session: only this session's keys are recorded.
+SHARED_KINDS = frozenset({"tags", "labels", "ratings", "rater_lags"})
+#: Kinds that, once the label grace has passed, no longer hold up the archive.
+UNAWAITED_KINDS = frozenset({"tags", "ratings", "rater_lags"})
 
 
 def software_versions() -> dict[str, str]:
-    """What made the archive's features: package versions and the face model's checksum."""
-    names = ("livetag", "aiokafka", "faust-streaming", "mediapipe", "av", "pyarrow", "aiortc")
+    """What made the archive's features: package versions, and the face model's and the
+    default model rater's checksums (readings of another rater carry its own name)."""
+    names = (
+        "livetag",
+        "aiokafka",
+        "faust-streaming",
+        "mediapipe",
+        "ai-edge-litert",
+        "av",
+        "pyarrow",
+        "aiortc",
+    )
     versions = {}
     for name in names:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
     versions["face_model"] = f"{face_model.SOURCE_PACKAGE}:{face_model.FILE_NAME}"
     versions["face_model_sha256"] = face_model.SHA256
+    versions["expression_model"] = (
+        f"{expression_model.SOURCE_PACKAGE}:{expression_model.FILE_NAME} ({expression_model.NAME})"
+    )
+    versions["expression_model_sha256"] = expression_model.SHA256
     return versions
 
 
@@ -81,6 +99,14 @@ class SessionRecorder:
             names.face: "face",
             topics.TAGS: "tags",
             topics.LABELS: "labels",
+            topics.RATINGS: "ratings",
+            topics.RATERS: "rater_lags",
+        }
+        if names.model is not None:  # sessions from before the model lane have none
+            self.kinds[names.model] = "model"
+        shared = {spec.name: spec.partitions for spec in topics.shared_topics(settings)}
+        self._partition_counts = {
+            topic: shared.get(topic, settings.partitions) for topic in self.kinds
         }
         self._consumer: AIOKafkaConsumer | None = None
         self._buffers: dict[TopicPartition, list[store.RawMessage]] = defaultdict(list)
@@ -121,11 +147,11 @@ class SessionRecorder:
                 member.note(group_members.consumer_member_id(consumer))
                 for partition, messages in batches.items():
                     kind = self.kinds[partition.topic]
-                    shared = kind in ("tags", "labels")
+                    shared = kind in SHARED_KINDS
                     for message in messages:
                         self._positions[partition] = message.offset + 1
                         if shared and not (message.key or b"").startswith(prefix):
-                            continue  # another session's tag or label
+                            continue  # another session's record on a shared topic
                         self._buffers[partition].append(
                             store.RawMessage(
                                 partition.partition,
@@ -135,9 +161,10 @@ class SessionRecorder:
                                 [(name, bytes(value)) for name, value in message.headers or ()],
                             )
                         )
-                        if not (kind == "tags" and self._past_grace()):
-                            # A tag past the grace changes no label (the aligner sets it
-                            # aside): recorded if it comes in time, never waited for.
+                        if not (kind in UNAWAITED_KINDS and self._past_grace()):
+                            # A tag or rating past the grace changes no label (the aligner
+                            # sets it aside), nor does a lag estimate of it: recorded if
+                            # it comes in time, never waited for.
                             self._last_message = time.monotonic()
                 now = time.monotonic()
                 if now - last_flush >= self.settings.archive_flush_s:
@@ -207,8 +234,8 @@ class SessionRecorder:
         assert self._consumer is not None
         partitions = [
             TopicPartition(topic, n)
-            for topic in self.kinds
-            for n in range(self.settings.partitions)
+            for topic, count in self._partition_counts.items()
+            for n in range(count)
         ]
         ends = await self._consumer.end_offsets(partitions)
         for partition in partitions:

@@ -7,6 +7,11 @@ Layout of ``data_dir/SESSION_ID/``::
                                         the archive is complete)
     prosody.parquet face.parquet        one row per record, deduplicated, sorted
     tags.parquet labels.parquet         (labels: every revision; the newest one counts)
+    ratings.parquet                     one row per continuous-rating sample (its batch's
+                                        fields repeated: rater, mode, label, clock...)
+    rater_lags.parquet                  each rater's newest reaction-lag estimate
+    model.parquet                       the model lane's readings, one row per window
+                                        and model
     media/PERFORMER.mkv                 MJPEG video + 16 kHz PCM audio, media time 0 = t0_us
     media/PERFORMER.video.parquet       per frame: its ts_us, seq, timing, rtp_timestamp
     media/PERFORMER.audio.parquet       per 20 ms chunk: its ts_us, seq, sample_count
@@ -38,12 +43,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
 import av
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import ValidationError
+from pydantic import Field, StrictInt, ValidationError
 
 from streams import records, strict_json
 from streams.errors import BadInputError
@@ -54,6 +59,7 @@ from streams.settings import Settings
 __all__ = [
     "KINDS",
     "MEDIA_KINDS",
+    "RatingSampleRow",
     "RawMessage",
     "build_archive",
     "decode_rows",
@@ -69,16 +75,73 @@ R = TypeVar("R", bound=records.Record)
 
 log = logging.getLogger(__name__)
 
-#: Archived record kinds and their record types.
+
+class RatingSampleRow(records.PerformerRecord):
+    """One sample of a continuous rating as the archive keeps it (``ratings.parquet``): the
+    sample's own fields beside its batch's, so one row is readable alone (rater, mode,
+    label, value) and the batches can be rebuilt (rows of a ``batch_id`` in
+    ``sample_index`` order). ``ts_us`` = the sample's, as rated: not lag-corrected
+    (``rater_lags.parquet`` and the label windows hold the corrections)."""
+
+    record_type: ClassVar[str] = "rating_sample"
+    rater_id: records.ParticipantId
+    rater_role: records.Role
+    mode: records.RatingMode
+    label: records.Label | None = None
+    valence: records.Bipolar | None = None
+    arousal: records.Bipolar | None = None
+    intensity: records.Unit | None = None
+    basis: Literal["key_press", "frame_on_screen"]
+    client_ts_us: StrictInt
+    batch_id: records.TagId
+    sample_index: Annotated[StrictInt, Field(ge=0, lt=records.MAX_RATING_SAMPLES)]
+    rate_hz: Annotated[StrictInt, Field(ge=1, le=60)]
+    clock_offset_us: StrictInt
+    clock_uncertainty_us: records.DurationUs
+    reaction_lag_us: records.DurationUs
+    received_ts_us: records.TimestampUs
+
+    @classmethod
+    def rows_of(cls, batch: records.RatingBatch) -> list[RatingSampleRow]:
+        return [
+            cls(
+                ts_us=sample.ts_us,
+                session_id=batch.session_id,
+                performer_id=batch.performer_id,
+                rater_id=batch.rater_id,
+                rater_role=batch.rater_role,
+                mode=batch.mode,
+                label=batch.label,
+                valence=sample.valence,
+                arousal=sample.arousal,
+                intensity=sample.intensity,
+                basis=sample.basis,
+                client_ts_us=sample.client_ts_us,
+                batch_id=batch.batch_id,
+                sample_index=index,
+                rate_hz=batch.rate_hz,
+                clock_offset_us=batch.clock_offset_us,
+                clock_uncertainty_us=batch.clock_uncertainty_us,
+                reaction_lag_us=batch.reaction_lag_us,
+                received_ts_us=batch.received_ts_us,
+            )
+            for index, sample in enumerate(batch.samples)
+        ]
+
+
+#: Archived record kinds and their record types (the file is ``KIND.parquet``).
 KINDS: Final[dict[str, type[records.Record]]] = {
     "prosody": records.ProsodyFrame,
     "face": records.FaceFrame,
     "tags": records.TagEvent,
     "labels": records.LabelWindow,
+    "ratings": RatingSampleRow,
+    "rater_lags": records.RaterLag,
+    "model": records.ModelReading,
 }
-#: What the topics of the kinds whose records are not stored one row per message carry:
-#: a prosody record holds a run of hops, archived one row per hop.
-CARRIERS: Final[dict[str, type[records.ProsodyHops]]] = {"prosody": records.ProsodyHops}
+#: Kinds of which only the newest record per identity is archived (a compacted topic:
+#: the newest record per key counts), newest by ``ts_us``, then by offset.
+NEWEST_ONLY: Final = frozenset({"rater_lags"})
 MEDIA_KINDS: Final = ("audio", "video")
 MANIFEST = "manifest.json"
 _VIDEO_TIME_BASE = Fraction(1, 1_000_000)
@@ -296,11 +359,12 @@ def manifest_session(folder: Path, manifest: dict[str, Any]) -> records.SessionR
 def decode_rows(
     kind: str, value: bytes | None, headers: records.Headers | None
 ) -> Sequence[records.Record]:
-    """The archive rows of one message of a kind's topic (a prosody record: one per hop);
-    raises :class:`records.RecordError`."""
-    carrier = CARRIERS.get(kind)
-    if carrier is not None:
-        return records.decode(carrier, value, headers).frames()
+    """The archive rows of one message of a kind's topic (a prosody record: one per hop;
+    a rating batch: one per sample); raises :class:`records.RecordError`."""
+    if kind == "prosody":
+        return records.decode(records.ProsodyHops, value, headers).frames()
+    if kind == "ratings":
+        return RatingSampleRow.rows_of(records.decode(records.RatingBatch, value, headers))
     return [records.decode(KINDS[kind], value, headers)]  # type: ignore[type-var]
 
 
@@ -309,8 +373,19 @@ def identity(record: records.Record) -> tuple[Any, ...]:
         return (record.tag_id,)
     if isinstance(record, records.LabelWindow):
         return (record.performer_id, record.ts_us, record.revision)
+    if isinstance(record, RatingSampleRow):
+        return (record.batch_id, record.sample_index)
+    if isinstance(record, records.RaterLag):
+        return (record.rater_id,)
+    if isinstance(record, records.ModelReading):
+        return (record.performer_id, record.ts_us, record.model)
     assert isinstance(record, records.PerformerRecord)
     return (record.performer_id, record.ts_us)
+
+
+def _rated(row: RatingSampleRow) -> tuple[Any, ...]:
+    """What a rating sample says (not when the server received its batch)."""
+    return (row.rater_id, row.mode, row.label, row.ts_us, row.valence, row.arousal, row.intensity)
 
 
 def latest_labels(windows: Iterable[records.LabelWindow]) -> list[records.LabelWindow]:
@@ -356,6 +431,7 @@ def build_archive(
     decoded: dict[str, list[Any]] = {}
     for kind, model in KINDS.items():
         unique: dict[tuple[Any, ...], records.Record] = {}
+        batches: dict[str, list[tuple[Any, ...]]] = {}  # batch_id -> what it rated
         for message in read_parts(folder, kind):
             try:
                 found = decode_rows(kind, message.value, message.headers)
@@ -363,10 +439,27 @@ def build_archive(
                 # Dead-lettered by whoever consumed it for work; the archive counts it.
                 counts["undecodable"] += 1
                 continue
-            for record in found:
-                if getattr(record, "session_id", None) != session_id:
+            found = [r for r in found if getattr(r, "session_id", None) == session_id]
+            if found and isinstance(found[0], RatingSampleRow):
+                # Idempotent by batch_id, as the tag service is: the first batch by an
+                # id counts whole (a re-sent one rates the same; one that does not must
+                # not mix its samples into it, and is counted).
+                rated = [_rated(row) for row in found if isinstance(row, RatingSampleRow)]
+                first = batches.setdefault(found[0].batch_id, rated)
+                if first is not rated:
+                    if first != rated:
+                        counts["rating_batches_conflicting"] = (
+                            counts.get("rating_batches_conflicting", 0) + 1
+                        )
                     continue
-                unique.setdefault(identity(record), record)
+            for record in found:
+                key = identity(record)
+                if kind in NEWEST_ONLY:
+                    # In offset order: a later record of the same instant wins.
+                    if key not in unique or record.ts_us >= unique[key].ts_us:
+                        unique[key] = record
+                else:
+                    unique.setdefault(key, record)
         rows = sorted(
             unique.values(), key=lambda r: (getattr(r, "performer_id", ""), r.ts_us, identity(r))
         )
@@ -374,7 +467,11 @@ def build_archive(
         table = record_table(model, rows)
         _write_durably(folder / f"{kind}.parquet", lambda t, table=table: pq.write_table(table, t))
         counts[kind] = len(rows)
-        _log_written(folder, session_id, f"{kind}.parquet", f"{len(rows)} records")
+        what = f"{len(rows)} records"
+        if kind == "ratings":
+            counts["rating_batches"] = len(batches)
+            what = f"{len(rows)} samples of {len(batches)} batches"
+        _log_written(folder, session_id, f"{kind}.parquet", what)
 
     media = _gather_media(folder, session_id, counts)
     starts = [chunk.header.ts_us for items in media.values() for chunk in items]
@@ -391,7 +488,7 @@ def build_archive(
         "t0_us": t0_us,
         "media_time": "media time 0 = t0_us; a frame at media time t was captured at t0_us + t",
         "performers": performers,
-        "raters": _raters(decoded["tags"]),
+        "raters": _raters(decoded["tags"], decoded["ratings"], decoded["rater_lags"]),
         "takes": [take.model_dump() for take in session.takes],
         "tag_max_hold_us": tag_max_hold_us,
         "software": software,
@@ -562,22 +659,41 @@ def read_media(folder: Path, performer_id: str) -> list[records.AudioChunk | rec
     return out
 
 
-def _raters(tags: Sequence[records.TagEvent]) -> list[dict[str, Any]]:
-    by_rater: dict[str, list[records.TagEvent]] = {}
-    for tag in tags:
-        by_rater.setdefault(tag.rater_id, []).append(tag)
+def _raters(
+    tags: Sequence[records.TagEvent],
+    ratings: Sequence[RatingSampleRow],
+    lags: Sequence[records.RaterLag],
+) -> list[dict[str, Any]]:
+    """Every rater who tagged or rated: their tags and rating samples, the reaction lags
+    their pages sent, the median clock offset (and rtt, which only tags carry), and the
+    lag correction the aligner applied last (null: none estimated)."""
+    by_rater: dict[str, list[records.TagEvent | RatingSampleRow]] = {}
+    everything: list[records.TagEvent | RatingSampleRow] = [*tags, *ratings]
+    for item in everything:
+        by_rater.setdefault(item.rater_id, []).append(item)
+    applied = {lag.rater_id: lag for lag in lags}
     raters = []
     for rater_id, own in sorted(by_rater.items()):
-        offsets = sorted(t.timing.clock_offset_us for t in own)
-        rtts = sorted(t.timing.rtt_us for t in own)
+        own_tags = [t for t in own if isinstance(t, records.TagEvent)]
+        own_samples = [r for r in own if isinstance(r, RatingSampleRow)]
+        offsets = sorted(
+            [t.timing.clock_offset_us for t in own_tags] + [r.clock_offset_us for r in own_samples]
+        )
+        rtts = sorted(t.timing.rtt_us for t in own_tags)
+        lag = applied.get(rater_id)
         raters.append(
             {
                 "rater_id": rater_id,
                 "role": own[0].rater_role,
-                "tags": len(own),
-                "reaction_lag_us": sorted({t.timing.reaction_lag_us for t in own}),
+                "tags": len(own_tags),
+                "rating_samples": len(own_samples),
+                "reaction_lag_us": sorted(
+                    {t.timing.reaction_lag_us for t in own_tags}
+                    | {r.reaction_lag_us for r in own_samples}
+                ),
                 "clock_offset_us_median": offsets[len(offsets) // 2],
-                "rtt_us_median": rtts[len(rtts) // 2],
+                "rtt_us_median": rtts[len(rtts) // 2] if rtts else None,
+                "lag_applied": None if lag is None else lag.applied.model_dump(mode="json"),
             }
         )
     return raters

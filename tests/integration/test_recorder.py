@@ -21,6 +21,7 @@ from streams.kafka import clients, topics
 from streams.kafka.sessions import create_session, publish
 from streams.settings import Settings, to_environment
 from taggers.vocabulary import load_vocabulary
+from tests import archive_samples
 from tests import media as test_media
 from tests.archive_samples import jpeg
 from tests.integration.test_processors import face_frames, speech_chunks
@@ -134,10 +135,19 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
     video = face_frames(media, sid, t0)
     recording = asyncio.create_task(RecorderWorker(own, only_sessions={sid}).run(stop))
     # Everything the session's topics carry, read independently of the recorder.
-    watched = [session.topics.prosody, session.topics.face, topics.TAGS, topics.LABELS]
-    consumer = clients.make_consumer(own, *watched, auto_offset_reset="earliest")
+    assert session.topics.model is not None
+    kind_of = {
+        session.topics.prosody: "prosody",
+        session.topics.face: "face",
+        topics.TAGS: "tags",
+        topics.LABELS: "labels",
+        topics.RATINGS: "ratings",
+        topics.RATERS: "rater_lags",
+        session.topics.model: "model",
+    }
+    assert sorted(kind_of.values()) == sorted(store.KINDS)
+    consumer = clients.make_consumer(own, *kind_of, auto_offset_reset="earliest")
     on_topics: dict[str, dict[tuple[Any, ...], Any]] = {k: {} for k in store.KINDS}
-    kind_of = dict(zip(watched, store.KINDS, strict=True))
 
     async def watch() -> None:
         while True:
@@ -148,7 +158,12 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
                     if not (message.key or b"").startswith(f"{sid}/".encode()):
                         continue
                     for record in store.decode_rows(kind, message.value, message.headers):
-                        on_topics[kind].setdefault(store.identity(record), record)
+                        known = on_topics[kind].get(store.identity(record))
+                        if kind in store.NEWEST_ONLY:
+                            if known is None or record.ts_us >= known.ts_us:
+                                on_topics[kind][store.identity(record)] = record
+                        else:
+                            on_topics[kind].setdefault(store.identity(record), record)
 
     await consumer.start()
     watching = asyncio.create_task(watch())
@@ -216,3 +231,76 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
     async with clients.admin_client(own) as admin:
         names = set(await admin.list_topics())
     assert session.topics.audio not in names
+
+
+async def test_ratings_lags_and_model_readings_are_archived_as_the_session_had_them(
+    settings: Settings, tmp_path: Path
+) -> None:
+    own = recorder_settings(settings, tmp_path)
+    session = await create_session(
+        own, prompt="perception", performer_names=["ana"], vocabulary=load_vocabulary(None)
+    )
+    sid = session.session_id
+    assert session.topics.model is not None
+    t0 = wall_us()
+    rows = [
+        row.model_copy(update={"session_id": sid})
+        for row in archive_samples.rating_rows("ana", 2.0)
+    ]
+    batches = archive_samples.carried("ratings", rows)
+    other_batch = batches[0].model_copy(
+        update={"session_id": "s-other", "batch_id": "batch-of-another-session"}
+    )
+    lags = [
+        records.RaterLag(
+            ts_us=t0 + n,
+            session_id=session_id,
+            rater_id="r1",
+            rater_role="observer",
+            applied=records.LagCorrection(method="consensus", lag_us=lag_us, confidence=0.5),
+        )
+        for n, (session_id, lag_us) in enumerate(
+            [(sid, 300_000), (sid, 410_000), ("s-other", 999_000)]
+        )
+    ]
+    readings = [
+        archive_samples.model_reading("ana", t0 + k * 100_000, k).model_copy(
+            update={"session_id": sid}
+        )
+        for k in range(20)
+    ]
+    stop = asyncio.Event()
+    recording = asyncio.create_task(RecorderWorker(own, only_sessions={sid}).run(stop))
+    producer = clients.make_producer(own)
+    await producer.start()
+    try:
+        sends: list[tuple[str, Any]] = [
+            *((topics.RATINGS, batch) for batch in [*batches, batches[1], other_batch]),
+            *((topics.RATERS, lag) for lag in lags),
+            *((session.topics.model, reading) for reading in readings),
+        ]
+        for topic, item in sends:
+            message = records.encode(item)
+            await producer.send(topic, message.value, key=message.key, headers=message.headers)
+        # Not records: counted by the archive, never fatal.
+        for topic in (topics.RATINGS, session.topics.model):
+            await producer.send(topic, b"{not a record", key=f"{sid}/ana".encode())
+        await producer.flush()
+        await end_session(own, session)
+        manifest = await wait_for_manifest(store.session_dir(own, sid), timeout_s=60)
+    finally:
+        stop.set()
+        await asyncio.gather(recording, return_exceptions=True)
+        await producer.stop()
+    folder = store.session_dir(own, sid)
+    archived = store.read_records(folder, "ratings")
+    assert sorted(row.model_dump_json() for row in archived) == sorted(
+        row.model_dump_json() for row in rows
+    )
+    assert manifest["counts"]["rating_batches"] == len(batches)
+    (newest,) = store.read_records(folder, "rater_lags")
+    assert (newest.rater_id, newest.applied.lag_us) == ("r1", 410_000)
+    assert store.read_records(folder, "model") == readings
+    assert manifest["counts"]["undecodable"] == 2
+    raters = {rater["rater_id"]: rater for rater in manifest["raters"]}
+    assert raters["r1"]["lag_applied"]["lag_us"] == 410_000

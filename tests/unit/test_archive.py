@@ -53,8 +53,15 @@ def test_manifest_has_raters_takes_and_checksums(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["session"]["session_id"] == SID
     assert [t["take_id"] for t in manifest["takes"]] == [1]
-    assert {r["rater_id"] for r in manifest["raters"]} == {"r1", "r2"}
-    assert manifest["raters"][0]["clock_offset_us_median"] == 1_500
+    raters = {r["rater_id"]: r for r in manifest["raters"]}
+    assert set(raters) == {"r1", "r2", "r3"}  # r3 only rated continuously
+    assert raters["r1"]["clock_offset_us_median"] == 1_500
+    assert (raters["r1"]["tags"], raters["r1"]["rating_samples"]) == (2, 80)
+    assert (raters["r3"]["tags"], raters["r3"]["rating_samples"]) == (0, 80)
+    assert raters["r1"]["reaction_lag_us"] == [0, 300_000]
+    assert raters["r3"]["rtt_us_median"] is None  # only tags carry a round trip
+    assert raters["r1"]["lag_applied"]["lag_us"] == 420_000
+    assert raters["r2"]["lag_applied"] is None
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest
     assert "media/ana.mkv" in manifest["files"]

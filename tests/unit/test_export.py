@@ -365,7 +365,7 @@ def test_not_an_archive_or_unknown_format(tmp_path: Path) -> None:
     assert manifest["t0_us"] == T0
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "eaf", "hf"])
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "eaf", "hf", "gap"])
 def test_an_export_reports_its_progress_up_to_every_file(tmp_path: Path, fmt: str) -> None:
     folder = tmp_path / SID
     write_sample_archive(folder)

@@ -362,10 +362,12 @@ def test_the_card_parses_and_names_vocabulary_and_raters(tmp_path: Path) -> None
     for entry in manifest["session"]["vocabulary"]:
         assert f"| `{entry['label']}` | {entry['description']} |" in body
     raters = {r["rater_id"]: r for r in manifest["raters"]}
-    assert set(raters) == {"ana", "dir1", "r1", "r2"}
+    assert set(raters) == {"ana", "dir1", "r1", "r2", "r3"}  # r3 only rated continuously
     assert f"| {SID} | ana | performer | self | {raters['ana']['tags']} | 0 | 2.5 | 1.2 |" in body
     assert f"| {SID} | dir1 | director | perceived | 1 |" in body
-    assert f"| {SID} | r1 | observer | perceived | 2 | 0 | 1.5 | 0.9 |" in body
+    # r1's pages sent no lag with their tags and 300 ms with their ratings.
+    assert f"| {SID} | r1 | observer | perceived | 2 | 0, 300 | 1.5 | 0.9 |" in body
+    assert f"| {SID} | r3 | observer | perceived | 0 | 300 | 1.5 | n/a |" in body
     assert "The dataset owner must set `license:`" in body
     assert "NOT FILLED IN" in body
     assert "Not recorded by this version: the *intended* lane" in body
