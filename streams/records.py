@@ -503,6 +503,9 @@ class RatingSample(_Model):
     )
     client_ts_us: StrictInt = Field(description="The sampling instant on the client's clock.")
     basis: Literal["key_press", "frame_on_screen"] = "key_press"
+    media_rtp_timestamp: Annotated[StrictInt, Field(ge=0, lt=2**32)] | None = Field(
+        default=None, description="RTP timestamp of the frame on the rater's screen, if known."
+    )
     valence: Bipolar | None = None
     arousal: Bipolar | None = None
     intensity: Unit | None = None
@@ -563,8 +566,8 @@ class LagCorrection(_Model):
     relative: StrictBool = Field(
         default=False,
         description=(
-            "The lag is relative to the other raters' mean lag (a consensus estimate with "
-            "no absolute anchor), not to the event."
+            "A consensus estimate with no absolute anchor: the lag is measured from the "
+            "group's fastest confident rater, not from the event."
         ),
     )
 
@@ -602,7 +605,14 @@ class ModelReading(PerformerRecord):
     model: ParticipantId = Field(description="The model rater's name.")
     frames_read: Annotated[StrictInt, Field(ge=0)]
     frames_thinned: Annotated[StrictInt, Field(ge=0)] = Field(
-        default=0, description="Frames with a face the model skipped to stay within budget."
+        default=0,
+        description=(
+            "Frames the model skipped to stay within budget: with a face, or skipped late "
+            "by the face analysis (face unknown)."
+        ),
+    )
+    frames_failed: Annotated[StrictInt, Field(ge=0)] = Field(
+        default=0, description="Frames with a face the model rater failed to read."
     )
     class_probabilities: dict[str, Unit] = Field(
         default={}, description="Mean probability per class of the model's own."

@@ -482,6 +482,15 @@ class Settings(BaseSettings):
     max_reaction_lag_ms: int = Field(
         default=1500, ge=0, description="Largest reaction lag a rater may set or calibrate."
     )
+    rating_rate_hz: int = Field(
+        default=20,
+        ge=10,
+        le=30,
+        description=(
+            "The rate a continuous rater's widget samples the pad or slider at (the welcome "
+            "tells it): 10-30 Hz, the range of continuous affect annotation tools."
+        ),
+    )
     label_window_ms: int = Field(
         default=100, gt=0, le=10_000, description="Hop and length of a label window."
     )
@@ -505,6 +514,44 @@ class Settings(BaseSettings):
         default=30.0,
         ge=0,
         description="A tag this late or less re-emits the windows it changes as corrections.",
+    )
+    label_rating_wait_ms: int = Field(
+        default=1000,
+        ge=0,
+        description=(
+            "How long past its end a label window waits at most for the continuous raters "
+            "of its performer (their samples come lag-corrected and in batches); samples "
+            "later than that revise it. A rater silent this long is not waited for."
+        ),
+    )
+    rater_lag_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description=(
+            "How often the aligner estimates each rater's reaction lag again (and publishes "
+            "it on livetag.raters); 0: never."
+        ),
+    )
+    rater_lag_history_s: float = Field(
+        default=120.0,
+        gt=0,
+        description=(
+            "The stretch of each performer's features, tags and ratings (event time) that "
+            "reaction lags are estimated over."
+        ),
+    )
+    rater_lag_auto: bool = Field(
+        default=True,
+        description=(
+            "Apply the estimated reaction lags to raters' tags and ratings; false: estimate "
+            "and publish them, apply only each rater's calibration."
+        ),
+    )
+    rater_lag_min_confidence: float = Field(
+        default=0.3,
+        ge=0,
+        le=1,
+        description="A lag estimate less confident than this is not applied.",
     )
 
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
@@ -544,6 +591,39 @@ class Settings(BaseSettings):
     face_model_path: Path | None = Field(
         default=None,
         description="face_landmarker.task to use instead of the one in the cache folder.",
+    )
+    model_rater: str = Field(
+        default="fer-mini-xception",
+        min_length=1,
+        description=(
+            "The model lane's rater (docs/model-lane.md): fer-mini-xception (built in), "
+            "none (no model lane), the name of a Python entry point in the group "
+            "livetag.model_raters, or an http:// or https:// URL that rates face crops."
+        ),
+    )
+    model_rater_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+        description=(
+            "The name the model rater's readings carry instead of its own (an HTTP "
+            "endpoint's is http-model)."
+        ),
+    )
+    model_rate_hz: float = Field(
+        default=10.0,
+        gt=0,
+        le=30,
+        description=(
+            "Face frames per second and performer the model reads at most, in slots on the "
+            "session clock (10: one per 100 ms label window); the frames between are thinned, "
+            "and so is a frame whose performer's face worker has another one waiting."
+        ),
+    )
+    model_http_timeout_ms: int = Field(
+        default=250,
+        gt=0,
+        le=10_000,
+        description="How long a face worker waits for an HTTP model rater's answer.",
     )
 
     @field_validator("kafka_bootstrap")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -98,6 +99,16 @@ class JpegDecoder:
         return np.ascontiguousarray(rgb)
 
 
+@dataclass(frozen=True)
+class AnalysedFrame:
+    """A frame's face record, its decoded RGB image, and the face's landmarks as float32
+    (x, y normalised to the image; None without a face)."""
+
+    record: records.FaceFrame
+    rgb: np.ndarray
+    landmarks: np.ndarray | None
+
+
 class FaceAnalyzer:
     """Landmarks, blendshapes and head pose for one performer's frames, in order."""
 
@@ -141,6 +152,11 @@ class FaceAnalyzer:
     def analyze(self, frame: records.VideoFrame) -> records.FaceFrame:
         """Analyse one frame; :class:`FaceAnalysisError` if it is not this stream's or
         does not decode (the analyzer stays usable)."""
+        return self.analyze_with_image(frame).record
+
+    def analyze_with_image(self, frame: records.VideoFrame) -> AnalysedFrame:
+        """:meth:`analyze`, with the decoded frame and the landmarks at full precision
+        kept for what reads the face after it (the model lane's crop)."""
         if self._landmarker is None:
             raise RuntimeError("FaceAnalyzer is closed")
         header = frame.header
@@ -160,14 +176,16 @@ class FaceAnalyzer:
             "video_seq": header.seq,
         }
         if not result.face_landmarks:
-            return records.FaceFrame(face_present=False, **common)
-        return records.FaceFrame(
+            return AnalysedFrame(records.FaceFrame(face_present=False, **common), rgb, None)
+        xyz = _xyz(result.face_landmarks[0])
+        record = records.FaceFrame(
             face_present=True,
-            landmarks=records.Landmarks.from_xyz(_xyz(result.face_landmarks[0])),
+            landmarks=records.Landmarks.from_xyz(xyz),
             blendshapes=_blendshapes(result.face_blendshapes[0]),
             head_pose=head_pose(np.asarray(result.facial_transformation_matrixes[0])),
             **common,
         )
+        return AnalysedFrame(record, rgb, xyz)
 
     def close(self) -> None:
         """Release the landmarker; safe to call twice."""

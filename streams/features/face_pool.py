@@ -16,6 +16,10 @@ over the slots when first seen. A slot whose process died (a crash in native cod
 replaced at once and its frames are tried again there; its performers' landmarkers start
 afresh. After five replacements within a minute the next death makes the pool give up
 (:class:`FacePoolStopped`) and the processors stop, so that their worker starts them again.
+
+The model lane's rater (streams.features.model_rater) runs in the same workers, right
+after the face analysis of the frames it is due to read: the decoded frame and the
+landmarks are at hand there, and only its small reading travels back with the face record.
 """
 
 from __future__ import annotations
@@ -28,15 +32,24 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streams import records
+from streams.features.model_rater import (
+    BoundRater,
+    FaceSample,
+    ModelOutcome,
+    RaterChoice,
+    Unread,
+)
 
 if TYPE_CHECKING:
     # Imported in the workers only: the processor itself never runs mediapipe.
-    from streams.features.face import FaceAnalyzer
+    from streams.features.face import AnalysedFrame, FaceAnalyzer
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +57,7 @@ log = logging.getLogger(__name__)
 _analyzers: dict[str, FaceAnalyzer] = {}
 _worker_model: Path | None = None
 _worker_session = ""
+_worker_rater: BoundRater | None = None
 
 _PR_SET_PDEATHSIG = 1
 # Replacements allowed within the window; at the next death the pool gives up.
@@ -52,9 +66,14 @@ RESTART_WINDOW_S = 60.0
 
 
 def _start_worker(
-    model_path: Path, session_id: str, performer_ids: list[str], parent_pid: int
+    model_path: Path,
+    session_id: str,
+    performer_ids: list[str],
+    parent_pid: int,
+    rater: RaterChoice | None = None,
+    vocabulary: Sequence[str] = (),
 ) -> None:
-    global _worker_model, _worker_session
+    global _worker_model, _worker_session, _worker_rater
     # A worker outlives nothing: if the processor is killed (SIGKILL gives it no chance
     # to shut its pool down), the kernel ends its workers too...
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -66,6 +85,9 @@ def _start_worker(
     # Landmarkers take 0.1-0.6 s to create: make them before the first frame.
     for performer_id in performer_ids:
         _analyzer(performer_id)
+    if rater is not None:
+        # A rater that cannot be made fails the frames it should read, not the worker.
+        _worker_rater = BoundRater.load(rater, vocabulary)
 
 
 def _analyzer(performer_id: str) -> FaceAnalyzer:
@@ -79,8 +101,38 @@ def _analyzer(performer_id: str) -> FaceAnalyzer:
     return analyzer
 
 
-def _analyse(frame: records.VideoFrame) -> records.KafkaMessage:
-    return records.encode(_analyzer(frame.header.performer_id).analyze(frame))
+@dataclass(frozen=True)
+class FaceResult:
+    """A frame's encoded face record, and what the model lane made of it (None: no lane)."""
+
+    message: records.KafkaMessage
+    model: ModelOutcome | None = None
+
+
+def _analyse(frame: records.VideoFrame, read_model: bool = False) -> FaceResult:
+    analysed = _analyzer(frame.header.performer_id).analyze_with_image(frame)
+    return FaceResult(records.encode(analysed.record), _model_outcome(analysed, read_model))
+
+
+def _model_outcome(analysed: AnalysedFrame, read_model: bool) -> ModelOutcome | None:
+    rater = _worker_rater
+    if rater is None:
+        return None
+    if analysed.landmarks is None:
+        return Unread("no_face", rater.name)
+    if not read_model:
+        return Unread("thinned", rater.name)
+    record = analysed.record
+    return rater.read(
+        FaceSample(
+            session_id=record.session_id,
+            performer_id=record.performer_id,
+            ts_us=record.ts_us,
+            rgb=analysed.rgb,
+            landmarks=analysed.landmarks,
+            blendshapes=record.blendshapes,
+        )
+    )
 
 
 def _ready() -> int:
@@ -92,15 +144,25 @@ class FacePoolStopped(RuntimeError):
 
 
 class FacePool:
-    """Face records of a session's frames, analysed in ``processes`` worker processes."""
+    """Face records of a session's frames, analysed in ``processes`` worker processes;
+    with a ``rater``, the model lane's readings too (bound to the session's ``vocabulary``)."""
 
     def __init__(
-        self, model_path: Path, session_id: str, performer_ids: list[str], processes: int
+        self,
+        model_path: Path,
+        session_id: str,
+        performer_ids: list[str],
+        processes: int,
+        *,
+        rater: RaterChoice | None = None,
+        vocabulary: Sequence[str] = (),
     ) -> None:
         if processes < 1:
             raise ValueError("face analysis needs at least one process")
         self._model_path = model_path
         self._session_id = session_id
+        self._rater = rater
+        self._vocabulary = tuple(vocabulary)
         # spawn: the processor already runs threads (faust, pools), which fork would copy
         # in whatever state they were in.
         self._context = multiprocessing.get_context("spawn")
@@ -126,7 +188,14 @@ class FacePool:
             max_workers=1,
             mp_context=self._context,
             initializer=_start_worker,
-            initargs=(self._model_path, self._session_id, self._performers_of(slot), os.getpid()),
+            initargs=(
+                self._model_path,
+                self._session_id,
+                self._performers_of(slot),
+                os.getpid(),
+                self._rater,
+                self._vocabulary,
+            ),
         )
 
     def _slot(self, performer_id: str) -> int:
@@ -142,9 +211,11 @@ class FacePool:
         """The process id of each slot's worker, in slot order (blocks: tests and tools)."""
         return [executor.submit(os.getpid).result() for executor in self._slots]
 
-    async def analyse(self, frame: records.VideoFrame) -> records.KafkaMessage:
-        """The encoded face record of ``frame``; :class:`FaceAnalysisError` if the frame
-        cannot be analysed (not a JPEG, another session's), ``BrokenExecutor`` if its worker
+    async def analyse(self, frame: records.VideoFrame, *, read_model: bool = False) -> FaceResult:
+        """The encoded face record of ``frame`` and, with a rater, the model's outcome
+        (``read_model``: the model is due to read it, if it has a face);
+        :class:`FaceAnalysisError` if the frame cannot be analysed (not a JPEG, another
+        session's), ``BrokenExecutor`` if its worker
         died twice while it was queued or running there (frames queued behind one that
         kills its worker share its fate), :class:`FacePoolStopped` once the pool is closed,
         gave up, or a worker could not start, any other error if analysis failed."""
@@ -169,7 +240,7 @@ class FacePool:
                 log.error("a face worker could not start: %r", starting.exception())
                 continue
             try:
-                future = executor.submit(_analyse, frame)
+                future = executor.submit(_analyse, frame, read_model)
             except BrokenExecutor:
                 # The executor saw its worker die before a frame of ours failed there:
                 # replace it and submit again (no attempt of this frame was lost).

@@ -15,6 +15,11 @@ Undecodable records go to ``livetag.deadletter`` with the reason.
 Each agent is a small class that writes through the session's :class:`SessionOutput`:
 ProsodyAgent (its ack bookkeeping in UnfinishedChunks) and FaceAgent (its skip rule in
 skip_face); build_app only wires them, and the aligner's (streams.labels.aligner), to the app.
+
+The model lane rides on the face agent: the model rater reads the faces in the face workers
+(at most ``model_rate_hz`` frames a second per performer, fewer when their worker is
+behind), and the agent gathers its frame readings into one record per performer per label
+window on the session's model topic (streams.features.model_windows, docs/model-lane.md).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ import faust
 from streams import records
 from streams.features import face_model
 from streams.features.face_errors import FaceAnalysisError
-from streams.features.face_pool import FacePool, FacePoolStopped
+from streams.features.face_pool import FacePool, FacePoolStopped, FaceResult
+from streams.features.model_rater import RaterChoice, Unread, choose_rater
+from streams.features.model_windows import MODEL_IDLE_FLUSH_S, ModelThinning, ModelWindows
 from streams.features.prosody import SAMPLE_RATE, ProsodyTracker
 from streams.kafka import group_members, topics
 from streams.kafka.batches import BatchLane
@@ -65,11 +72,14 @@ class SessionProcessors:
     def __init__(self, settings: Settings, session: records.SessionRecord) -> None:
         self.session = session
         self.trackers: dict[str, ProsodyTracker] = {}
+        self.rater = model_rater_of(settings, session)
         self.faces = FacePool(
             face_model.resolve(settings),
             session.session_id,
             [performer.performer_id for performer in session.roster],
             settings.face_processes,
+            rater=self.rater,
+            vocabulary=[entry.label for entry in session.vocabulary],
         )
         # The workers start now and make their landmarkers (0.3-0.6 s each) while the
         # processor starts and joins its group; frames wait for their worker's start.
@@ -116,6 +126,19 @@ class SessionProcessors:
         self.prosody_pool.shutdown(wait=False, cancel_futures=True)
 
 
+def model_rater_of(settings: Settings, session: records.SessionRecord) -> RaterChoice | None:
+    """The session's model rater (None: no model lane), checked before any frame."""
+    if session.topics.model is None:
+        if settings.model_rater != "none":
+            log.warning(
+                "session %s was created before the model lane: it has no model topic, and "
+                "its processors make no model readings",
+                session.session_id,
+            )
+        return None
+    return choose_rater(settings)
+
+
 def prosody_records(frames: list[records.ProsodyFrame]) -> list[records.KafkaMessage]:
     """Hops of one performer, in the order made, as encoded ProsodyHops records: a record
     holds a run of increasing ``ts_us`` (a stream whose time stepped back, a new timeline,
@@ -159,6 +182,7 @@ class SessionOutput:
         self.session = session
         self.prosody = raw_topic(app, session.topics.prosody)
         self.face = raw_topic(app, session.topics.face)
+        self.model = raw_topic(app, session.topics.model) if session.topics.model else None
         self._deadletter = raw_topic(app, topics.DEADLETTER)
 
     async def dead_letter(self, event: Any, source: str, reason: str) -> None:
@@ -332,7 +356,25 @@ class ProsodyAgent:
             self._output.stop_for_restart(exc)
 
 
-Analysis = asyncio.Future[records.KafkaMessage]
+Analysis = asyncio.Future[FaceResult]
+# A frame in its performer's lane: its event, its capture instant, its analysis.
+Waiting = tuple[Any, int, Analysis]
+
+
+class ModelLane:
+    """One face agent run's model lane: which frames the model reads, and its readings
+    gathered per performer per label window (the events held until their window is out)."""
+
+    def __init__(self, session_id: str, rater: RaterChoice, rate_hz: float, window_us: int):
+        self.thinning = ModelThinning(rate_hz)
+        self.windows: ModelWindows[Any] = ModelWindows(session_id, window_us, rater.fallback_name)
+
+    @classmethod
+    def of(cls, settings: Settings, session_id: str, rater: RaterChoice | None) -> ModelLane | None:
+        """A new run's model lane, with the settings' rate and label window (None: no rater)."""
+        if rater is None:
+            return None
+        return cls(session_id, rater, settings.model_rate_hz, settings.label_window_ms * 1000)
 
 
 def skip_face(analysing: int, read_lag_us: int, max_lag_us: int) -> bool:
@@ -362,15 +404,22 @@ class FaceAgent:
     order: with only one frame in flight per performer, a worker idled while the
     processor's busy event loop got round to sending the next one, and a backlog (after a
     restart) drained barely faster than real time. Events are acked when their face record
-    is out; faust commits an offset only when everything before it is acked, so a crash
-    never skips a frame.
+    is out (and with a model lane, the model reading of their label window); faust commits
+    an offset only when everything before it is acked, so a crash never skips a frame.
     """
 
-    def __init__(self, faces: FacePool, output: SessionOutput, max_lag_us: int) -> None:
+    def __init__(
+        self,
+        faces: FacePool,
+        output: SessionOutput,
+        max_lag_us: int,
+        model: ModelLane | None = None,
+    ) -> None:
         self._faces = faces
         self._output = output
         self._max_lag_us = max_lag_us
-        self._lanes: dict[str, tuple[asyncio.Queue[tuple[Any, Analysis]], asyncio.Task[None]]] = {}
+        self._model = model
+        self._lanes: dict[str, tuple[asyncio.Queue[Waiting], asyncio.Task[None]]] = {}
         self._analysing: dict[str, int] = {}  # per performer: frames sent to a worker, not done
 
     async def run(self, stream: faust.StreamT) -> None:
@@ -387,12 +436,13 @@ class FaceAgent:
         """Send the frame to its worker (or skip it) and queue it in its performer's lane."""
         performer_id = frame.header.performer_id
         if performer_id not in self._lanes:
-            queue: asyncio.Queue[tuple[Any, Analysis]] = asyncio.Queue(maxsize=LANE_FRAMES)
-            self._lanes[performer_id] = (queue, asyncio.create_task(self._lane(queue)))
+            queue: asyncio.Queue[Waiting] = asyncio.Queue(maxsize=LANE_FRAMES)
+            lane = asyncio.create_task(self._lane(performer_id, queue))
+            self._lanes[performer_id] = (queue, lane)
         analysis = self._analysis(event, frame)
         try:
             # A full lane holds the stream back: backpressure, not an unbounded queue.
-            await self._lanes[performer_id][0].put((event, analysis))
+            await self._lanes[performer_id][0].put((event, frame.header.ts_us, analysis))
         except BaseException:
             analysis.cancel()  # stopping while waiting: not queued, not awaited
             raise
@@ -404,10 +454,15 @@ class FaceAgent:
             # Recorded as skipped, in its place in the lane (every frame gets one record,
             # in order).
             skipped = asyncio.get_running_loop().create_future()
-            skipped.set_result(records.encode(skipped_face(frame, "late")))
+            # Skipped for the model too: it thins what the face analysis thins.
+            thinned = Unread("thinned") if self._model is not None else None
+            skipped.set_result(FaceResult(records.encode(skipped_face(frame, "late")), thinned))
             return skipped
+        read_model = self._model is not None and self._model.thinning.due(
+            performer_id, frame.header.ts_us, analysing
+        )
         # Submitted now, in read order: each worker runs its calls in order.
-        analysis = asyncio.create_task(self._faces.analyse(frame))
+        analysis = asyncio.create_task(self._faces.analyse(frame, read_model=read_model))
         self._analysing[performer_id] = analysing + 1
         analysis.add_done_callback(functools.partial(self._analysed, performer_id))
         return analysis
@@ -415,14 +470,29 @@ class FaceAgent:
     def _analysed(self, performer_id: str, _: Analysis) -> None:
         self._analysing[performer_id] -= 1
 
-    async def _lane(self, queue: asyncio.Queue[tuple[Any, Analysis]]) -> None:
+    async def _next(self, performer_id: str, queue: asyncio.Queue[Waiting]) -> Waiting:
+        """The lane's next frame; TimeoutError if the performer has a model window open
+        and no frame came for MODEL_IDLE_FLUSH_S (their frames stopped: it is due out)."""
+        if self._model is not None and self._model.windows.is_open(performer_id):
+            return await asyncio.wait_for(queue.get(), MODEL_IDLE_FLUSH_S)
+        return await queue.get()
+
+    async def _lane(self, performer_id: str, queue: asyncio.Queue[Waiting]) -> None:
         # A lane must outlive any one bad frame: if it died, its performer's queue would
         # fill and hold the whole agent back.
         while True:
-            event, analysis = await queue.get()
-            reason = ""
             try:
-                message = await analysis
+                event, ts_us, analysis = await self._next(performer_id, queue)
+            except TimeoutError:
+                assert self._model is not None
+                readings, done = self._model.windows.flush(performer_id)
+                if not await self._hand_over(readings, done):
+                    return
+                continue
+            reason = ""
+            result: FaceResult | None
+            try:
+                result = await analysis
             except FacePoolStopped as exc:
                 # Not acked: the next processor redoes this frame. Closed = stopping.
                 if not self._faces.closed:
@@ -433,19 +503,42 @@ class FaceAgent:
                 if not isinstance(exc, FaceAnalysisError):  # mediapipe, a dead worker
                     log.exception("face analysis failed")
                     reason = f"analysis failed: {exc}"
-                message = None
+                result = None
             try:
-                if message is None:
+                if result is None:
                     await self._output.dead_letter(event, self._output.session.topics.video, reason)
                 else:
-                    await self._output.send(self._output.face, message)
+                    await self._output.send(self._output.face, result.message)
             except Exception as exc:
                 # Not acked: the offset is not committed past it, and the restart redoes
                 # this frame (at-least-once).
                 log.exception("could not produce a face record or its dead letter")
                 self._output.stop_for_restart(exc)
                 return
+            if self._model is None:
+                event.ack()
+                continue
+            # A dead-lettered frame has no outcome: it only moves its window on.
+            outcome = result.model if result is not None else None
+            if not await self._hand_over(
+                *self._model.windows.add(performer_id, ts_us, outcome, event)
+            ):
+                return
+
+    async def _hand_over(self, readings: list[records.ModelReading], done: list[Any]) -> bool:
+        """Closed windows' readings out, then their frames' acks; False if a reading could
+        not be produced (the processors then stop: its frames, unacked, are redone)."""
+        try:
+            for reading in readings:
+                assert self._output.model is not None
+                await self._output.emit(self._output.model, reading)
+        except Exception as exc:
+            log.exception("could not produce a model reading")
+            self._output.stop_for_restart(exc)
+            return False
+        for event in done:
             event.ack()
+        return True
 
     async def stop(self) -> None:
         """Stop the lanes, leaving what they had not produced unacked (it is redone)."""
@@ -459,7 +552,7 @@ class FaceAgent:
         waiting = []
         for queue, _ in self._lanes.values():
             while not queue.empty():
-                waiting.append(queue.get_nowait()[1])
+                waiting.append(queue.get_nowait()[2])
         for dropped in waiting:
             dropped.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
@@ -517,7 +610,8 @@ def build_app(settings: Settings, session: records.SessionRecord) -> Any:
 
     @app.agent(raw_topic(app, session.topics.video))
     async def face(stream: faust.StreamT) -> None:
-        await FaceAgent(state.faces, output, settings.face_max_lag_ms * 1000).run(stream)
+        model = ModelLane.of(settings, session.session_id, state.rater)
+        await FaceAgent(state.faces, output, settings.face_max_lag_ms * 1000, model).run(stream)
 
     add_aligner(
         app,

@@ -413,6 +413,7 @@ RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
     records.RatingBatch: (
         Use(ALIGNER, ("streams/labels/aligner.py",), "each rater's trace in each window"),
         Use(RECORDER, ("streams/archive/recorder.py",), "archives them (ratings.parquet)"),
+        Use(DASHBOARD, ("dashboard/server.py",), "each rater's trace, live, on the timeline"),
         _TAIL,
     ),
     records.RaterLag: (

@@ -49,12 +49,16 @@ Goals (issue 23): lag_error_ms_p95 <= 60, agreement_gain >= 0.05.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,11 +68,12 @@ from streams import records
 from streams.features import face, face_model
 from streams.labels import reaction_lag
 from streams.labels.agreement import Trace, alpha_interval, corrected, icc, rating_matrix
-from streams.settings import Settings
+from streams.settings import Settings, load_settings
 from taggers.protocol import reaction_lag_from_samples
 from tests import media as test_media
 from tests.bench import face as bench_face
-from tests.bench.common import percentile
+from tests.bench.common import bench_broker, percentile
+from tests.bench.model_lane import measure_model_lane
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -293,6 +298,25 @@ def _mean(values: list[float | None]) -> float | None:
     return round(statistics.fmean(present), 4) if present else None
 
 
+def run_model_lane(seconds: float, performers: int) -> dict[str, Any]:
+    """The model lane's measures (tests.bench.model_lane) on a broker of their own."""
+    with (
+        tempfile.TemporaryDirectory(prefix="livetag-bench-") as state,
+        bench_broker(load_settings(), Path(state)) as broker,
+    ):
+        log_path = Path(state) / "processors.log"
+        try:
+            return asyncio.run(
+                measure_model_lane(
+                    broker.settings, performers=performers, seconds=seconds, log_path=log_path
+                )
+            )
+        except BaseException:
+            with contextlib.suppress(OSError):
+                sys.stderr.write(log_path.read_text()[-4000:])
+            raise
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench.perception", description=__doc__.split("\n\n")[0]
@@ -310,6 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         help="scene length, made of passes over the clip (default 300: a 5-minute take)",
     )
     parser.add_argument("--frames", type=int, default=None, help="clip frames to analyse")
+    parser.add_argument(
+        "--model-seconds",
+        type=float,
+        default=60.0,
+        help="measured span of the model lane beside the processors (default 60; 0: skip)",
+    )
+    parser.add_argument(
+        "--model-performers", type=int, default=2, help="performers fed to the model lane"
+    )
     args = parser.parse_args(argv)
     if args.raters < 2:
         parser.error("--raters must be at least 2")
@@ -385,10 +418,12 @@ def main(argv: list[str] | None = None) -> int:
         "estimate_ms_per_seed": round(
             1000 * statistics.fmean(seed["estimate_s"] for seed in seeds), 1
         ),
-        # The model lane's measures (model_window_coverage, model_latency_ms_p99) join this
-        # object once the lane runs on 2 performers beside the processors (issue 23).
         "details": rows,
     }
+    if args.model_seconds > 0:
+        model_lane = run_model_lane(args.model_seconds, args.model_performers)
+        print(json.dumps(model_lane))
+        result = {**model_lane, **result}
     print(json.dumps(result))
     return 0
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streams import records
-from streams.features import face_model, face_pool
+from streams.features import expression_model, face_model, face_pool, model_rater
 from streams.features.face_errors import FaceAnalysisError
 from streams.features.face_pool import FacePool, FacePoolStopped
 from streams.settings import Settings
@@ -36,8 +36,8 @@ def _frames(performer_id: str) -> list[records.VideoFrame]:
     return frames
 
 
-def _face(message: records.KafkaMessage) -> records.FaceFrame:
-    return records.decode(records.FaceFrame, message.value, message.headers)
+def _face(result: face_pool.FaceResult) -> records.FaceFrame:
+    return records.decode(records.FaceFrame, result.message.value, result.message.headers)
 
 
 @pytest.fixture
@@ -118,9 +118,50 @@ async def test_a_worker_that_cannot_start_fails_no_frame(tmp_path: Path) -> None
 
 
 def test_the_processor_process_does_not_import_mediapipe() -> None:
-    # Only its face workers run mediapipe; importing it costs a starting processor ~1 s.
-    probe = "import sys, streams.features.processors; print('mediapipe' in sys.modules)"
+    # Only its face workers run mediapipe and the model lane's network; importing them
+    # costs a starting processor ~1 s.
+    probe = (
+        "import sys, streams.features.processors; "
+        "print('mediapipe' in sys.modules, 'ai_edge_litert' in sys.modules)"
+    )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
-    assert done.stdout.strip() == "False"
+    assert done.stdout.strip() == "False False"
+
+
+async def test_the_model_reads_the_frames_it_is_due_to_beside_the_face_analysis() -> None:
+    settings = Settings()
+    choice = model_rater.RaterChoice("builtin", str(expression_model.resolve(settings)))
+    pool = FacePool(
+        face_model.resolve(settings),
+        SESSION,
+        ["alice"],
+        processes=1,
+        rater=choice,
+        vocabulary=["amusement", "sadness"],
+    )
+    try:
+        frames = _frames("alice")[:4]
+        results = [await pool.analyse(f, read_model=n % 2 == 0) for n, f in enumerate(frames)]
+    finally:
+        pool.close()
+    assert all(_face(result).face_present for result in results)
+    read = [result.model for result in results[::2]]
+    thinned = [result.model for result in results[1::2]]
+    assert all(isinstance(r, model_rater.FrameReading) for r in read), read
+    assert all(r.model == "fer-mini-xception" for r in read)  # type: ignore[union-attr]
+    assert thinned == [model_rater.Unread("thinned", "fer-mini-xception")] * 2
+
+
+async def test_a_rater_that_cannot_be_made_fails_its_frames_not_the_face_analysis() -> None:
+    choice = model_rater.RaterChoice("entry_point", "no-such-rater")
+    pool = FacePool(face_model.resolve(Settings()), SESSION, ["alice"], processes=1, rater=choice)
+    try:
+        result = await pool.analyse(_frames("alice")[0], read_model=True)
+    finally:
+        pool.close()
+    assert _face(result).face_present
+    assert isinstance(result.model, model_rater.Unread)
+    assert (result.model.reason, result.model.model) == ("failed", "no-such-rater")
+    assert "could not be made" in result.model.detail

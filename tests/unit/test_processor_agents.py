@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -13,8 +14,10 @@ import pytest
 
 from streams import records
 from streams.features import processors
+from streams.features.expression_model import ExpressionModelError
 from streams.features.face_errors import FaceAnalysisError
-from streams.features.face_pool import FacePoolStopped
+from streams.features.face_pool import FacePoolStopped, FaceResult
+from streams.features.model_rater import FrameReading, ModelOutcome, RaterChoice, Unread
 from streams.features.processors import (
     FACE_BUSY_FRAMES,
     PROSODY_IDLE_FLUSH_S,
@@ -26,6 +29,7 @@ from streams.features.processors import (
 )
 from streams.kafka import topics
 from streams.session_clock import now_us
+from streams.settings import Settings
 
 SID = "s-1"
 T0 = 1_764_115_200_000_000
@@ -128,6 +132,10 @@ def message(text: str) -> records.KafkaMessage:
     return records.KafkaMessage(key=b"s-1/alice", value=text.encode(), headers=[])
 
 
+def face_result(text: str) -> FaceResult:
+    return FaceResult(message(text))
+
+
 def dead_letters(journal: Journal) -> list[records.DeadLetter]:
     return [
         records.DeadLetter.model_validate_json(entry[2])
@@ -225,15 +233,18 @@ def test_frames_are_skipped_only_when_a_lag_budget_is_set_and_exceeded() -> None
 
 
 class FakeFaces:
-    """A face pool whose analyses the test finishes, one future per video seq."""
+    """A face pool whose analyses the test finishes, one future per video seq; it notes
+    which frames the model was due to read."""
 
     def __init__(self) -> None:
         self.closed = False
-        self.results: dict[int, asyncio.Future[records.KafkaMessage]] = {}
+        self.results: dict[int, asyncio.Future[FaceResult]] = {}
+        self.read_model: dict[int, bool] = {}
 
-    async def analyse(self, frame: records.VideoFrame) -> records.KafkaMessage:
+    async def analyse(self, frame: records.VideoFrame, *, read_model: bool = False) -> FaceResult:
         result = asyncio.get_running_loop().create_future()
         self.results[frame.header.seq] = result
+        self.read_model[frame.header.seq] = read_model
         return await result
 
 
@@ -252,12 +263,12 @@ async def test_face_records_go_out_in_capture_order_whatever_order_they_finish_i
         await agent.take(event, video_frame(n))
     await settle()
     assert sorted(faces.results) == [0, 1, 2, 3], "every frame goes to its worker at once"
-    faces.results[3].set_result(message("face 3"))
+    faces.results[3].set_result(face_result("face 3"))
     faces.results[2].set_exception(RuntimeError("worker died"))
     faces.results[1].set_exception(FaceAnalysisError("not a JPEG"))
     await settle()
     assert journal == [], "frame 0 holds the lane"
-    faces.results[0].set_result(message("face 0"))
+    faces.results[0].set_result(face_result("face 0"))
     await settle()
     await agent.stop()
 
@@ -295,8 +306,8 @@ async def test_a_busy_performers_frames_are_skipped_in_their_place() -> None:
     await settle()
     assert sorted(faces.results) == [*range(FACE_BUSY_FRAMES), FACE_BUSY_FRAMES + 1]
     for n in range(FACE_BUSY_FRAMES):
-        faces.results[n].set_result(message(f"face {n}"))
-    faces.results[FACE_BUSY_FRAMES + 1].set_result(message("bob's face"))
+        faces.results[n].set_result(face_result(f"face {n}"))
+    faces.results[FACE_BUSY_FRAMES + 1].set_result(face_result("bob's face"))
     await settle()
     await agent.stop()
 
@@ -347,3 +358,119 @@ def test_a_skipped_face_record_names_its_frame() -> None:
     skipped = processors.skipped_face(video_frame(7, "bob"), "late")
     assert (skipped.performer_id, skipped.video_seq, skipped.ts_us) == ("bob", 7, T0 + 7 * 66_667)
     assert skipped.face_present is None
+
+
+# ---------------------------------------------------------------- the model lane
+
+
+def model_lane(rate_hz: float = 10.0) -> processors.ModelLane:
+    return processors.ModelLane(SID, RaterChoice("builtin", "/nowhere"), rate_hz, 100_000)
+
+
+def fer_reading(happy: float) -> FrameReading:
+    return FrameReading("fer", {"happy": happy, "neutral": 1 - happy}, {"amusement": happy})
+
+
+def model_readings(journal: Journal) -> list[records.ModelReading]:
+    return [
+        records.ModelReading.model_validate_json(entry[2])
+        for entry in journal
+        if entry[0] == "send" and entry[1] == session().topics.model
+    ]
+
+
+async def test_the_model_is_not_due_while_the_face_worker_is_behind() -> None:
+    faces = FakeFaces()
+    agent = FaceAgent(cast(Any, faces), RecordingOutput([]), max_lag_us=0, model=model_lane())
+    # T0 is on the 100 ms grid: frames 0 and 1 share a slot, frame 2 starts the next one,
+    # but frames 0 and 1 are still in the worker when it comes.
+    for n in range(3):
+        await agent.take(FakeEvent([], f"f{n}"), video_frame(n))
+    await settle()
+    assert faces.read_model == {0: True, 1: False, 2: False}
+    await agent.stop()
+
+
+async def test_a_windows_model_reading_goes_out_before_its_frames_are_acked() -> None:
+    journal: Journal = []
+    faces = FakeFaces()
+    output = RecordingOutput(journal)
+    agent = FaceAgent(cast(Any, faces), output, max_lag_us=0, model=model_lane())
+    outcomes: list[ModelOutcome] = [fer_reading(0.8), Unread("thinned", "fer"), fer_reading(0.2)]
+    for n, outcome in enumerate(outcomes):
+        await agent.take(FakeEvent(journal, f"f{n}"), video_frame(n))
+        await settle()
+        faces.results[n].set_result(FaceResult(message(f"face {n}"), outcome))
+        await settle()
+    assert faces.read_model == {0: True, 1: False, 2: True}, "one frame per 100 ms slot"
+    await agent.stop()
+
+    model_topic = session().topics.model
+    face_topic = session().topics.face
+    assert [entry[:2] for entry in journal] == [
+        ("send", face_topic),
+        ("send", face_topic),
+        ("send", face_topic),
+        ("send", model_topic),  # frame 2 is in the next window: window 0 goes out
+        ("ack", "f0"),
+        ("ack", "f1"),
+    ], "frame 2 stays unacked: its window was still open when the agent stopped"
+    [window] = model_readings(journal)
+    assert (window.ts_us, window.window_us, window.model) == (T0, 100_000, "fer")
+    assert (window.frames_read, window.frames_thinned) == (1, 1)
+    assert window.probabilities == {"amusement": 0.8}
+
+
+async def test_a_performer_whose_frames_stop_gets_their_last_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(processors, "MODEL_IDLE_FLUSH_S", 0.05)
+    journal: Journal = []
+    faces = FakeFaces()
+    agent = FaceAgent(
+        cast(Any, faces), RecordingOutput(journal), max_lag_us=500_000, model=model_lane()
+    )
+    await agent.take(FakeEvent(journal, "f0"), video_frame(0))
+    await settle()
+    faces.results[0].set_result(FaceResult(message("face 0"), Unread("no_face", "fer")))
+    # Read long after it reached Kafka: skipped for the face analysis, thinned for the model.
+    stale = FakeEvent(journal, "f1", timestamp=(now_us() - 2_000_000) / 1e6)
+    await agent.take(stale, video_frame(1))
+    await asyncio.sleep(0.3)
+    await agent.stop()
+    [window] = model_readings(journal)
+    assert (window.frames_read, window.frames_thinned, window.unread) == (0, 1, "thinned")
+    assert [entry[1] for entry in journal if entry[0] == "ack"] == ["f0", "f1"]
+
+
+async def test_a_model_reading_that_cannot_be_produced_leaves_its_frames_unacked() -> None:
+    journal: Journal = []
+    faces = FakeFaces()
+    output = RecordingOutput(journal)
+
+    class Refusing(FakeTopic):
+        async def send(self, *, key: bytes, value: bytes, headers: Any) -> None:
+            raise RuntimeError("broker gone")
+
+    output.model = Refusing(journal, "model")
+    agent = FaceAgent(cast(Any, faces), output, max_lag_us=0, model=model_lane())
+    for n in (0, 2):  # two windows
+        await agent.take(FakeEvent(journal, f"f{n}"), video_frame(n))
+        await settle()
+        faces.results[n].set_result(FaceResult(message(f"face {n}"), fer_reading(0.5)))
+        await settle()
+    await agent.stop()
+    assert [entry for entry in journal if entry[0] == "ack"] == []
+    assert [str(exc) for exc in output.stops] == ["broker gone"]
+
+
+def test_a_session_from_before_the_model_lane_gets_no_model_rater(tmp_path: Path) -> None:
+    # No model file in this cache: the rater is never chosen, so nothing fails.
+    settings = Settings(cache_dir=tmp_path)
+    old = session().model_copy(
+        update={"topics": session().topics.model_copy(update={"model": None})}
+    )
+    assert processors.model_rater_of(settings, old) is None
+    assert processors.model_rater_of(Settings(model_rater="none"), session()) is None
+    with pytest.raises(ExpressionModelError, match="livetag models fetch"):
+        processors.model_rater_of(settings, session())
