@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar
 
@@ -625,6 +625,63 @@ class ModelReading(PerformerRecord):
     arousal: Bipolar | None = None
     unread: Literal["no_face", "thinned", "failed"] | None = Field(
         default=None, description="Why a window with frames has no reading (frames_read 0)."
+    )
+
+
+def model_top_label(probabilities: Mapping[str, float]) -> str | None:
+    """A model reading's top label: the most probable vocabulary label, unless the model's
+    classes outside the vocabulary are together at least as probable (a neutral face has
+    no top label)."""
+    if not probabilities:
+        return None
+    best = max(probabilities, key=lambda label: (probabilities[label], label))
+    outside = 1.0 - sum(probabilities.values())
+    return best if probabilities[best] > outside else None
+
+
+def merge_model_readings(first: ModelReading, second: ModelReading) -> ModelReading:
+    """Two readings of one model of one window (the window's frames read in two parts: a
+    pause, a restart) as one: probabilities and valence/arousal averaged weighted by the
+    frames each read, counts added. The aligner and the archive both fold readings so."""
+    if (first.key, first.ts_us, first.model) != (second.key, second.ts_us, second.model):
+        raise ValueError("only readings of one model of one window merge")
+    total = first.frames_read + second.frames_read
+
+    def mean(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+        return {
+            name: round(
+                (a.get(name, 0.0) * first.frames_read + b.get(name, 0.0) * second.frames_read)
+                / total,
+                4,
+            )
+            for name in sorted({*a, *b})
+        }
+
+    def scalar(a: float | None, b: float | None) -> float | None:
+        weighted = ((a, first.frames_read), (b, second.frames_read))
+        kept = [(v, n) for v, n in weighted if v is not None and n > 0]
+        if not kept:
+            return None
+        return round(sum(v * n for v, n in kept) / sum(n for _, n in kept), 4)
+
+    counts = {
+        "frames_read": total,
+        "frames_thinned": first.frames_thinned + second.frames_thinned,
+        "frames_failed": first.frames_failed + second.frames_failed,
+    }
+    if total == 0:
+        return first.model_copy(update=counts)
+    probabilities = mean(first.probabilities, second.probabilities)
+    return first.model_copy(
+        update={
+            **counts,
+            "class_probabilities": mean(first.class_probabilities, second.class_probabilities),
+            "probabilities": probabilities,
+            "top_label": model_top_label(probabilities),
+            "valence": scalar(first.valence, second.valence),
+            "arousal": scalar(first.arousal, second.arousal),
+            "unread": None,
+        }
     )
 
 

@@ -156,21 +156,11 @@ class ModelWindows(Generic[E]):
         return records.ModelReading(
             class_probabilities=classes,
             probabilities=labels,
-            top_label=top_label(labels),
+            top_label=records.model_top_label(labels),
             valence=_mean(window.valence),
             arousal=_mean(window.arousal),
             **common,
         )
-
-
-def top_label(labels: dict[str, float]) -> str | None:
-    """The most probable vocabulary label, unless the classes outside the vocabulary are
-    together at least as probable (a neutral face has no top label)."""
-    if not labels:
-        return None
-    best = max(labels, key=lambda label: (labels[label], label))
-    outside = 1.0 - sum(labels.values())
-    return best if labels[best] > outside else None
 
 
 def _unit(value: float) -> float:

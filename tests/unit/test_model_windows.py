@@ -12,7 +12,6 @@ from streams.features.model_windows import (
     ModelThinning,
     ModelWindows,
     model_due,
-    top_label,
 )
 
 T0 = 1_764_115_200_000_000  # a multiple of 100 ms: window 0 starts here
@@ -125,6 +124,41 @@ def test_a_clock_stepped_back_closes_the_window_and_reopens_the_earlier_one() ->
 
 
 def test_the_top_label_is_none_when_the_unmapped_classes_weigh_more() -> None:
-    assert top_label({"amusement": 0.45, "sadness": 0.2}) == "amusement"  # 0.35 unmapped
-    assert top_label({"amusement": 0.3, "sadness": 0.1}) is None  # a neutral face: 0.6
-    assert top_label({}) is None
+    # 0.35 unmapped:
+    assert records.model_top_label({"amusement": 0.45, "sadness": 0.2}) == "amusement"
+    # A neutral face, 0.6 unmapped:
+    assert records.model_top_label({"amusement": 0.3, "sadness": 0.1}) is None
+    assert records.model_top_label({}) is None
+
+
+def test_two_readings_of_one_window_merge_weighted_by_the_frames_read() -> None:
+    common = {"session_id": "s-1", "performer_id": "alice", "window_us": 100_000}
+    first = records.ModelReading(
+        ts_us=T0,
+        model="fer",
+        frames_read=3,
+        probabilities={"amusement": 0.8},
+        class_probabilities={"happy": 0.8, "neutral": 0.2},
+        top_label="amusement",
+        valence=0.6,
+        **common,
+    )
+    second = records.ModelReading(
+        ts_us=T0,
+        model="fer",
+        frames_read=1,
+        frames_thinned=2,
+        probabilities={"sadness": 0.4},
+        class_probabilities={"sad": 0.4, "neutral": 0.6},
+        valence=-0.2,
+        **common,
+    )
+    merged = records.merge_model_readings(first, second)
+    assert merged.frames_read == 4
+    assert merged.frames_thinned == 2
+    assert merged.probabilities == {"amusement": 0.6, "sadness": 0.1}
+    assert merged.class_probabilities == {"happy": 0.6, "neutral": 0.3, "sad": 0.1}
+    assert merged.top_label == "amusement"
+    assert merged.valence == pytest.approx(0.4)
+    with pytest.raises(ValueError, match="one window"):
+        records.merge_model_readings(first, first.model_copy(update={"ts_us": T0 + 100_000}))
