@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def _topic_for(record: records.AnyRecord, names: records.SessionTopics) -> str:
+    assert names.model is not None, "a new session has a model topic"
     by_type: dict[type[records.AnyRecord], str] = {
         records.SessionRecord: topics.SESSIONS,
         records.TagEvent: topics.TAGS,
@@ -28,6 +29,9 @@ def _topic_for(record: records.AnyRecord, names: records.SessionTopics) -> str:
         records.VideoFrame: names.video,
         records.ProsodyHops: names.prosody,
         records.FaceFrame: names.face,
+        records.RatingBatch: topics.RATINGS,
+        records.RaterLag: topics.RATERS,
+        records.ModelReading: names.model,
     }
     return by_type[type(record)]
 
