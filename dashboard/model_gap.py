@@ -13,36 +13,48 @@ scores 1.0, hence the two raters. It is not Krippendorff's alpha: two thirds (.6
 written .67) is borrowed from alpha's threshold for tentative conclusions (Krippendorff,
 K. (2004). *Content Analysis: An Introduction to Its Methodology*, 2nd ed., Sage, p. 241).
 
-In those windows each model rater's top label is compared with the consensus: per
-emotion, how many windows the model read (its estimate has a top label), how many it read
-as the humans did (the model's recall of the humans' label), how often it said the
-emotion where the humans agreed on another, and the latest moments it missed (runs of
-adjacent windows of one performer with the same agreed label, where the model read
+In those windows each model rater's answer is compared with the consensus: its top label,
+or ``(none)`` (:data:`~streams.archive.model_gap.NO_LABEL`) where it read the face and its
+classes outside the vocabulary (FER2013's neutral) outweighed its best label, which is a
+miss like any other label. Per emotion: how many windows the model read (frames read), how
+many it read as the humans did (the model's recall of the humans' label), how often it said
+the emotion where the humans agreed on another, and the latest moments it missed (runs of
+adjacent windows of one performer with the same agreed label, where the model answered
 something else). Over all emotions, the share of agreement and Cohen's kappa between the
 model and the consensus over the agreed windows it read (Cohen, J. (1960). A coefficient
 of agreement for nominal scales. *Educational and Psychological Measurement*, 20(1),
-37-46).
+37-46), from the counts (:func:`streams.archive.model_gap.cohen_kappa`).
 
 Windows are revised (late tags, late features, a late model reading): the newest revision
-of a window replaces what the older one counted. Counts are kept incrementally, so a
-window costs the same whatever the length of the session.
+of a window replaces what the older one counted. A window is kept only while it can still
+be revised, until its ``final_after_us`` (its end + ``label_grace_s`` where a window does
+not say): once a newer window of the same performer ends after that instant, the aligner
+has sent every revision of it (a performer's windows share one partition, and the aligner
+sends a window only after its end), and it is forgotten, leaving its counts and, for the
+missed-moments list, the runs it ends (a few per model, emotion and performer). Event time
+rather than this server's clock decides, so a dashboard that reads a session from its
+start, or whose clock is off, forgets nothing early. What the panel costs is bounded by
+the grace, not by the length of the session.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter
+import heapq
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from streams import records
 from streams.archive import model_gap as archived_gap
+from streams.settings import Settings
 
-__all__ = ["LATEST_MOMENTS", "ModelGap", "cohen_kappa", "humans_agreed", "model_missed"]
+__all__ = ["LATEST_MOMENTS", "ModelGap", "humans_agreed", "model_missed"]
 
 #: Missed moments kept per model and emotion for the page's list, newest first.
 LATEST_MOMENTS: Final = 8
+#: How long a window can be revised where it does not say (its ``final_after_us``).
+DEFAULT_GRACE_US: Final = round(Settings.model_fields["label_grace_s"].default * 1_000_000)
 
 
 def humans_agreed(window: records.LabelWindow) -> str | None:
@@ -51,25 +63,59 @@ def humans_agreed(window: records.LabelWindow) -> str | None:
 
 
 def model_missed(agreed: str | None, estimate: records.ModelEstimate) -> bool:
-    """A model's reading that differs from what the humans agreed on (no reading: no miss)."""
-    return agreed is not None and estimate.top_label is not None and estimate.top_label != agreed
-
-
-def cohen_kappa(confusion: Counter[tuple[str, str]]) -> float | None:
-    """Cohen's kappa of two raters from their (first's label, second's label) counts; None
-    when it is undefined (no units, or chance agreement of 1)."""
-    pairs = [pair for pair, count in confusion.items() for _ in range(count)]
-    kappa = archived_gap.cohen_kappa(pairs)
-    return None if kappa is None else round(kappa, 3)
+    """A model's reading that differs from what the humans agreed on (``(none)`` included;
+    a window it read no frame of: no miss)."""
+    answer = archived_gap.model_answer(estimate)
+    return agreed is not None and answer is not None and answer != agreed
 
 
 @dataclass(frozen=True, slots=True)
 class _Agreed:
-    """A window the humans agreed on: their label, and each model's top label there."""
+    """A window the humans agreed on: their label, and each model's answer there."""
 
     label: str
     window_us: int
-    tops: tuple[tuple[str, str | None], ...]  # (model, top label or None: no reading)
+    tops: tuple[tuple[str, str | None], ...]  # (model, answer or None: not read)
+
+    def answer(self, model: str) -> str | None:
+        for name, top in self.tops:
+            if name == model:
+                return top
+        return None
+
+
+@dataclass(slots=True)
+class _Run:
+    """Adjacent missed windows of one performer, one agreed label and one model."""
+
+    start_us: int
+    end_us: int
+    windows: int
+    said: Counter[str]  # the model's answers there
+
+    def extend(self, start_us: int, window_us: int, said: str) -> bool:
+        """Take the next window on if it starts where the run ends."""
+        if start_us != self.end_us:
+            return False
+        self.end_us = start_us + window_us
+        self.windows += 1
+        self.said[said] += 1
+        return True
+
+    def joined(self, after: _Run) -> _Run:
+        return _Run(
+            self.start_us, after.end_us, self.windows + after.windows, self.said + after.said
+        )
+
+    def moment(self, performer_id: str) -> dict[str, Any]:
+        return {
+            "performer_id": performer_id,
+            "start_us": self.start_us,
+            "end_us": self.end_us,
+            "windows": self.windows,
+            # What the model answered there most often (ties: the first by name).
+            "model_label": min(self.said, key=lambda top: (-self.said[top], top)),
+        }
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -79,19 +125,33 @@ def _share(part: int, whole: int) -> float | None:
 class ModelGap:
     """Human consensus against each model rater, over a session's label windows."""
 
-    def __init__(self, vocabulary: Iterable[str]) -> None:
+    def __init__(self, vocabulary: Iterable[str], *, grace_us: int = DEFAULT_GRACE_US) -> None:
         self._vocabulary = list(vocabulary)
-        self._windows: dict[tuple[str, int], _Agreed] = {}
+        self._grace_us = grace_us
+        # performer -> window start -> the agreed windows that can still be revised
+        self._live: dict[str, dict[int, _Agreed]] = {}
+        # performer -> heap of (final_after_us, window start) of its live windows (an entry
+        # whose window left ``_live`` meanwhile is skipped when it comes up)
+        self._due: dict[str, list[tuple[int, int]]] = {}
+        self._newest_end: dict[str, int] = {}  # performer -> the latest window end seen
         self._agreed: Counter[str] = Counter()
-        # model -> (consensus label, model's top label) -> windows
+        # model -> (consensus label, model's answer) -> windows
         self._confusion: dict[str, Counter[tuple[str, str]]] = {}
-        # (model, agreed label) -> performer -> window starts it missed, sorted
-        self._missed: dict[tuple[str, str], dict[str, list[int]]] = {}
+        # (model, performer) -> agreed label -> the newest runs of forgotten missed windows
+        self._settled: dict[tuple[str, str], dict[str, deque[_Run]]] = {}
+        #: Windows that came after a newer window of their performer had passed their
+        #: final_after_us (the aligner sends none such): not counted.
+        self.windows_after_final = 0
         self.version = 0
 
     @property
     def models(self) -> list[str]:
         return sorted(self._confusion)
+
+    @property
+    def windows_kept(self) -> int:
+        """Agreed windows held because they can still be revised."""
+        return sum(len(live) for live in self._live.values())
 
     def add(self, window: records.LabelWindow) -> None:
         """Count a label window (a revision replaces what its older revision counted)."""
@@ -99,37 +159,64 @@ class ModelGap:
             if estimate.model not in self._confusion:
                 self._confusion[estimate.model] = Counter()
                 self.version += 1
-        key = (window.performer_id, window.ts_us)
+        performer_id = window.performer_id
+        end_us = window.ts_us + window.window_us
+        final_us = window.final_after_us
+        if final_us is None:
+            final_us = end_us + self._grace_us
+        newest = self._newest_end.get(performer_id)
+        if newest is not None and final_us < newest:
+            self.windows_after_final += 1
+            return
+        if newest is None or end_us > newest:
+            self._newest_end[performer_id] = end_us
+        self._replace(window, final_us)
+        self._settle(performer_id)
+
+    def _replace(self, window: records.LabelWindow, final_us: int) -> None:
+        performer_id, ts_us = window.performer_id, window.ts_us
         label = humans_agreed(window)
         new = None
         if label is not None:
-            tops = tuple(sorted((e.model, e.top_label) for e in window.models))
+            tops = tuple(sorted((e.model, archived_gap.model_answer(e)) for e in window.models))
             new = _Agreed(label, window.window_us, tops)
-        old = self._windows.get(key)
+        live = self._live.setdefault(performer_id, {})
+        old = live.get(ts_us)
         if old == new:
             return
         if old is not None:
-            self._count(key, old, -1)
-            del self._windows[key]
+            self._count(old, -1)
+            del live[ts_us]
         if new is not None:
-            self._count(key, new, 1)
-            self._windows[key] = new
+            self._count(new, 1)
+            live[ts_us] = new
+            heapq.heappush(self._due.setdefault(performer_id, []), (final_us, ts_us))
         self.version += 1
 
-    def _count(self, key: tuple[str, int], agreed: _Agreed, sign: int) -> None:
-        performer_id, ts_us = key
+    def _count(self, agreed: _Agreed, sign: int) -> None:
         self._agreed[agreed.label] += sign
         for model, top in agreed.tops:
-            if top is None:
-                continue
-            self._confusion[model][(agreed.label, top)] += sign
-            if top == agreed.label:
-                continue
-            starts = self._missed.setdefault((model, agreed.label), {}).setdefault(performer_id, [])
-            if sign > 0:
-                bisect.insort(starts, ts_us)
-            else:
-                del starts[bisect.bisect_left(starts, ts_us)]
+            if top is not None:
+                self._confusion[model][(agreed.label, top)] += sign
+
+    def _settle(self, performer_id: str) -> None:
+        """Forget the performer's windows no revision can come for any more (see the
+        module), keeping what the missed-moments list needs of them."""
+        due = self._due.get(performer_id)
+        live = self._live.get(performer_id)
+        newest = self._newest_end[performer_id]
+        while due and live is not None and due[0][0] < newest:
+            _, ts_us = heapq.heappop(due)
+            agreed = live.pop(ts_us, None)
+            if agreed is None:
+                continue  # no longer agreed since, or forgotten already
+            for model, top in agreed.tops:
+                if top is None or top == agreed.label:
+                    continue
+                labels = self._settled.setdefault((model, performer_id), {})
+                runs = labels.setdefault(agreed.label, deque(maxlen=LATEST_MOMENTS))
+                if not runs or not runs[-1].extend(ts_us, agreed.window_us, top):
+                    runs.append(_Run(ts_us, ts_us + agreed.window_us, 1, Counter({top: 1})))
 
     # ---------------------------------------------------------------- the summary
 
@@ -137,6 +224,7 @@ class ModelGap:
         """What the page's gap panel shows: per emotion and model, the counts and the
         latest missed moments."""
         labels = self._vocabulary + sorted(set(self._agreed) - set(self._vocabulary))
+        moments = self._latest_moments()
         models: dict[str, Any] = {}
         for model, confusion in sorted(self._confusion.items()):
             confusion = +confusion  # without the pairs counted down to 0
@@ -146,62 +234,66 @@ class ModelGap:
             for label in labels:
                 label_read = sum(n for (human, _), n in confusion.items() if human == label)
                 label_agree = confusion[(label, label)]
-                said = sum(n for (human, top), n in confusion.items() if top == label)
+                said = sum(n for (_, top), n in confusion.items() if top == label)
                 per_label[label] = {
                     "read": label_read,
                     "agree": label_agree,
                     "share": _share(label_agree, label_read),
                     "missed": label_read - label_agree,
                     "said_elsewhere": said - label_agree,
-                    "latest": self._latest_moments(model, label),
+                    "latest": moments.get((model, label), []),
                 }
+            kappa = archived_gap.cohen_kappa(confusion)
             models[model] = {
                 "read": read,
                 "agree": agree,
                 "share": _share(agree, read),
-                "kappa": cohen_kappa(confusion),
+                "kappa": None if kappa is None else round(kappa, 3),
+                "said_none": sum(
+                    n for (_, top), n in confusion.items() if top == archived_gap.NO_LABEL
+                ),
                 "labels": per_label,
             }
         return {
             "threshold": archived_gap.AGREEMENT_MIN,
             "min_raters": archived_gap.MIN_RATERS,
+            "no_label": archived_gap.NO_LABEL,
             "agreed": {label: self._agreed[label] for label in labels},
             "models": models,
         }
 
-    def _latest_moments(self, model: str, label: str) -> list[dict[str, Any]]:
-        moments: list[dict[str, Any]] = []
-        for performer_id, starts in self._missed.get((model, label), {}).items():
-            moments.extend(self._runs(model, performer_id, starts))
-        moments.sort(key=lambda moment: (-moment["end_us"], moment["performer_id"]))
-        return moments[:LATEST_MOMENTS]
+    def _latest_moments(self) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """(model, agreed label) -> its newest missed moments, newest first."""
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        performers = set(self._live) | {performer for _, performer in self._settled}
+        for model in self._confusion:
+            for performer_id in sorted(performers):
+                settled = self._settled.get((model, performer_id), {})
+                live = self._live_runs(model, performer_id)
+                for label in settled.keys() | live.keys():
+                    runs = sorted(settled.get(label, ()), key=lambda run: run.start_us)
+                    recent = live.get(label, [])
+                    if runs and recent and runs[-1].end_us == recent[0].start_us:
+                        # A run that goes on past the windows forgotten.
+                        runs[-1] = runs[-1].joined(recent.pop(0))
+                    runs += recent
+                    moments = found.setdefault((model, label), [])
+                    moments += (run.moment(performer_id) for run in runs[-LATEST_MOMENTS:])
+        for moments in found.values():
+            moments.sort(key=lambda moment: (-moment["end_us"], moment["performer_id"]))
+            del moments[LATEST_MOMENTS:]
+        return found
 
-    def _runs(self, model: str, performer_id: str, starts: list[int]) -> list[dict[str, Any]]:
-        """The newest runs of adjacent missed windows of one performer, newest first."""
-        runs: list[dict[str, Any]] = []
-        index = len(starts) - 1
-        while index >= 0 and len(runs) < LATEST_MOMENTS:
-            end = starts[index] + self._windows[(performer_id, starts[index])].window_us
-            said: Counter[str] = Counter()
-            first = index
-            while first >= 0:
-                window = self._windows[(performer_id, starts[first])]
-                if first < index and starts[first] + window.window_us != starts[first + 1]:
-                    break
-                top = dict(window.tops)[model]
-                if top is not None:
-                    said[top] += 1
-                first -= 1
-            start = starts[first + 1]
-            runs.append(
-                {
-                    "performer_id": performer_id,
-                    "start_us": start,
-                    "end_us": end,
-                    "windows": index - first,
-                    # What the model read there most often (ties: the first by name).
-                    "model_label": min(said, key=lambda top: (-said[top], top)),
-                }
-            )
-            index = first
+    def _live_runs(self, model: str, performer_id: str) -> dict[str, list[_Run]]:
+        """Agreed label -> the runs of the performer's missed windows not forgotten yet."""
+        runs: dict[str, list[_Run]] = {}
+        live = self._live.get(performer_id, {})
+        for ts_us in sorted(live):
+            agreed = live[ts_us]
+            top = agreed.answer(model)
+            if top is None or top == agreed.label:
+                continue
+            mine = runs.setdefault(agreed.label, [])
+            if not mine or not mine[-1].extend(ts_us, agreed.window_us, top):
+                mine.append(_Run(ts_us, ts_us + agreed.window_us, 1, Counter({top: 1})))
         return runs

@@ -94,7 +94,11 @@ class SessionFeed:
         counters: CounterBoard | None = None,
     ) -> None:
         self.settings = settings
-        self.view = SessionView(session, max_hold_us=settings.tag_max_hold_ms * 1000)
+        self.view = SessionView(
+            session,
+            max_hold_us=settings.tag_max_hold_ms * 1000,
+            label_grace_us=round(settings.label_grace_s * 1_000_000),
+        )
         self._http = http
         self._counter_board = counters
         self._consumer = clients.make_consumer(

@@ -7,10 +7,13 @@ coalesced update later (the latest face frame, the prosody points still in the 3
 window, what each point tag or hold covers now): nothing queues per client, so a slow or
 dead dashboard costs nothing.
 
-Continuous ratings (``livetag.ratings``) go out as 50 ms points per rater, as rated (the
-reaction lag is not taken off: the rater lag table beside them says what it is); each
-model rater's top label per window goes out beside the consensus, flagged where the
-humans agreed and the model did not (:mod:`dashboard.model_gap`, which also keeps the
+Continuous ratings (``livetag.ratings``) go out as 50 ms points per rater, mode and rated
+emotion, as rated (the reaction lag is not taken off: the rater lag table beside them says
+what it is), while tags go out where the tag service placed them (the rater's calibrated
+lag already taken off): two time bases, which the page says beside the traces. Each model
+rater's answer per window (its top label, or ``(none)`` where it read the face and found
+no label of the vocabulary) goes out beside the consensus, flagged where the humans
+agreed and the model did not (:mod:`dashboard.model_gap`, which also keeps the
 per-emotion gap panel); each rater's newest lag estimate (``livetag.raters``) goes out as
 a row of the lag table.
 
@@ -33,6 +36,7 @@ import numpy as np
 
 from dashboard import model_gap
 from streams import records
+from streams.archive import model_gap as archived_gap
 from streams.labels import tag_rules
 
 __all__ = ["ClientCursor", "SessionView", "agreement_alpha", "lag_row"]
@@ -137,6 +141,7 @@ class SessionView:
         session: records.SessionRecord,
         *,
         max_hold_us: int = tag_rules.DEFAULT_MAX_HOLD_US,
+        label_grace_us: int = model_gap.DEFAULT_GRACE_US,
     ) -> None:
         self.session = session
         self.session_version = 1
@@ -152,10 +157,13 @@ class SessionView:
         # is the tail of the dict, each mark once however often it changed.
         self.marks: dict[str, tuple[int, dict[str, Any]]] = {}
         self.consensus: deque[tuple[int, list[Any]]] = deque()
-        # Model lanes: [performer_id, window ts_us, window_us, model, top_label or None,
-        # its probability or None, missed: the humans agreed and the model read otherwise]
+        # Model lanes: [performer_id, window ts_us, window_us, model, answer (top label,
+        # "(none)": read, no label) or None (not read), its probability or None, missed:
+        # the humans agreed and the model answered otherwise]
         self.models: deque[tuple[int, list[Any]]] = deque()
-        self.gap = model_gap.ModelGap(entry.label for entry in session.vocabulary)
+        self.gap = model_gap.ModelGap(
+            (entry.label for entry in session.vocabulary), grace_us=label_grace_us
+        )
         self.gap_summary: dict[str, Any] = {}
         self.gap_version = 0  # of gap_summary, as sent
         self._gap_counted = -1  # the ModelGap version gap_summary was made from
@@ -280,14 +288,13 @@ class SessionView:
         read = tuple(sorted(estimate.model for estimate in window.models))
         before = performer.models_shown.get(window.ts_us, ())
         for estimate in window.models:
-            top = estimate.top_label
             row = [
                 window.performer_id,
                 window.ts_us,
                 window.window_us,
                 estimate.model,
-                top,
-                None if top is None else _round(estimate.probabilities.get(top), 3),
+                archived_gap.model_answer(estimate),
+                _round(archived_gap.model_answer_probability(estimate), 3),
                 model_gap.model_missed(agreed, estimate),
             ]
             self.models.append((self._next(), row))

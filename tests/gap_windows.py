@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from streams import records
+from streams.archive.model_gap import NO_LABEL
 
 WINDOW_US = 100_000
 MODEL = "fer-mini-xception"
@@ -40,17 +41,21 @@ def window(
     valence: Mapping[str, float] | None = None,
 ) -> records.LabelWindow:
     """A window where each rater in ``held`` holds that label, the model read ``model_top``
-    (None: read nothing; ``with_model`` False: no model reading at all), and the raters in
-    ``valence`` rated that valence."""
+    (None: read nothing; ``"(none)"``: read a face whose classes outside the vocabulary
+    outweigh its labels, 0.7 against laughter's 0.3; ``with_model`` False: no model reading
+    at all), and the raters in ``valence`` rated that valence."""
     consensus, agreement = consensus_of(held)
     models = []
     if with_model:
         probabilities = {} if model_top is None else {model_top: 0.62}
+        top = model_top
+        if model_top == NO_LABEL:
+            probabilities, top = {"laughter": 0.3}, None
         models.append(
             records.ModelEstimate(
                 model=model,
                 probabilities=probabilities,
-                top_label=model_top,
+                top_label=top,
                 frames_read=0 if model_top is None else 2,
             )
         )

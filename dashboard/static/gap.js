@@ -1,7 +1,8 @@
 // The model gap in the side panel: one card per emotion of the vocabulary, where the human
 // raters agreed on it, how the model rater read those windows (share, misses, where it
 // said the emotion while the humans agreed on another), and the latest moments the humans
-// agreed and the model did not, each a button: it names the moment on the session clock
+// agreed and the model did not (a model that read the face and found no label of the
+// vocabulary, FER2013's neutral, answered "(none)": a miss too), each a button: it names the moment on the session clock
 // and in its take, scrolls to the performer's tile and outlines the moment on its timeline
 // while it is in view (the timeline shows the last 30 s: there is no replay to seek).
 // Every number is the server's (dashboard/model_gap.py); the page only lays it out.
@@ -46,8 +47,8 @@ function pick(moment, label) {
   panel.root.scrollIntoView({ block: "nearest", behavior: "smooth" });
 }
 
-// summary: {threshold, min_raters, agreed: {label: windows}, models: {model: {read,
-// agree, share, kappa, labels: {label: {read, agree, share, missed, said_elsewhere,
+// summary: {threshold, min_raters, no_label, agreed: {label: windows}, models: {model:
+// {read, agree, share, kappa, said_none, labels: {label: {read, agree, share, missed, said_elsewhere,
 // latest: [{performer_id, start_us, end_us, windows, model_label}]}}}}}
 export function setModelGap(summary) {
   if (!summary || typeof summary !== "object") return;
@@ -62,8 +63,11 @@ export function setModelGap(summary) {
   for (const [model, m] of models) {
     const line = el("p", "gap-model-line num");
     line.dataset.model = model;
-    line.textContent = `${model}: agrees in ${m.agree} of ${m.read} agreed windows it read (${pct(m.share)}), Cohen's κ ${fmt(m.kappa, 2)}`;
-    line.title = "Over every window the humans agreed on that the model read: the share where its top label is the consensus, and Cohen's kappa (1960) between the two";
+    const none = m.said_none ? ` · ${summary.no_label || "(none)"} in ${m.said_none}` : "";
+    line.textContent = `${model}: agrees in ${m.agree} of ${m.read} agreed windows it read (${pct(m.share)}), Cohen's κ ${fmt(m.kappa, 2)}${none}`;
+    line.title =
+      "Over every window the humans agreed on that the model read (frames read): the share where its top label is the consensus, and Cohen's kappa (1960) between the two. " +
+      "Where it read the face and no label of the vocabulary outweighed its other classes (FER2013's neutral), it answered (none): a miss, counted in the kappa.";
     overall.append(line);
   }
   const cards = $("gap-cards");
@@ -87,7 +91,7 @@ export function setModelGap(summary) {
       line.textContent = `${prefix}${v.agree ?? 0}/${v.read ?? 0} (${pct(v.share)}) · missed ${v.missed ?? 0} · said it elsewhere ${v.said_elsewhere ?? 0}`;
       line.title =
         `Of the ${v.read ?? 0} windows where the humans agreed on ${label} and the model read the face, ` +
-        `it read ${label} in ${v.agree ?? 0}; it missed ${v.missed ?? 0}; ${agreed - (v.read ?? 0)} agreed windows it did not read. ` +
+        `it read ${label} in ${v.agree ?? 0}; it missed ${v.missed ?? 0} (another label, or (none)); ${agreed - (v.read ?? 0)} agreed windows it did not read. ` +
         `It said ${label} in ${v.said_elsewhere ?? 0} windows where the humans agreed on another label.`;
       card.append(line);
       const latest = Array.isArray(v.latest) ? v.latest : [];

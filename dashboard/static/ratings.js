@@ -1,6 +1,10 @@
-// The continuous-ratings lane of each performer tile: every rater's trace over the last
+// The continuous-ratings lane of each performer tile: every rater's traces over the last
 // 30 s, one colour per rater, as rated (their reaction lag not taken off: the lag table
-// says what it is). A trace is 50 ms means the server made of the rater's samples. One
+// says what it is; the timeline's tags are where the tag service put them, lag taken off,
+// so the two are on different time bases and the lane says so). A trace is one rater's
+// rating in one mode (and, for the slider, of one emotion): a rater who moves from the
+// amusement slider to the anger slider starts a second trace, named in the legend. Its
+// points are 50 ms means the server made of the rater's samples. One
 // dimension at a time, chosen on the lane: valence or arousal (-1..1, from the 2-D pad)
 // or intensity (0..1, the 1-D slider of one emotion). Hidden until a rating arrives.
 // Separate from the timeline: a trace is a stream of values drawn as lines, not events.
@@ -22,8 +26,12 @@ const TITLES = {
 export function createRatingsChart(performerId, panelRef) {
   const ratingsWrap = el("div", "chart ratings-wrap");
   ratingsWrap.hidden = true;
-  ratingsWrap.title = "continuous ratings, one colour per rater, as rated (reaction lag not taken off), last 30 s";
+  ratingsWrap.title =
+    "continuous ratings, one colour per rater, as rated (reaction lag not taken off), last 30 s; " +
+    "the tags on the timeline below are placed with each rater's calibrated lag taken off, so a trace runs later than the same rater's tags by their lag";
   const ratings = makeCanvas("ratings", `continuous ratings of ${performerId}`);
+  // The time bases differ: say so on the lane, not only in its tooltip.
+  const basis = el("p", "ratings-basis dim", "as rated, lag not taken off (tags below: lag taken off)");
   const picker = el("div", "rating-dims");
   const buttons = {};
   for (const dim of DIMENSIONS) {
@@ -40,32 +48,41 @@ export function createRatingsChart(performerId, panelRef) {
     picker.append(button);
     buttons[dim] = button;
   }
-  ratingsWrap.append(ratings, picker);
+  ratingsWrap.append(ratings, picker, basis);
   return { ratingsWrap, ratings, ratingButtons: buttons };
 }
 
 export function newRatingsState() {
   return {
-    traces: new Map(), // rater_id -> {colour, role, label, points: [{t, valence, arousal, intensity}]}
+    // traceKey(rater_id, mode, label) -> {rater, mode, label, colour, role, points: [{t, valence, arousal, intensity}]}
+    traces: new Map(),
     ratingDim: null, // the dimension drawn; null until the first rating chooses one
     ratingDims: new Set(), // the dimensions any trace has had
   };
 }
 
 // ---- ratings from the server --------------------------------------------------------
+// One trace per rater, mode and rated emotion: the key names them (the test hooks count
+// points by it), e.g. "r1/valence_arousal" or "r1/intensity/anger".
+export function traceKey(rater, mode, label) {
+  return mode === "valence_arousal" || !label ? `${rater}/${mode}` : `${rater}/${mode}/${label}`;
+}
+
 // Groups are {rater_id, rater_role, mode, label, points}: points [ts_us, valence, arousal]
 // (mode valence_arousal) or [ts_us, intensity] (mode intensity), in time order.
 export function addRatings(panel, groups) {
   if (!Array.isArray(groups)) return;
   for (const group of groups) {
     if (!group || typeof group.rater_id !== "string" || !Array.isArray(group.points)) continue;
-    let trace = panel.traces.get(group.rater_id);
-    if (!trace) {
-      trace = { colour: raterColour(group.rater_id), role: group.rater_role, label: null, points: [] };
-      panel.traces.set(group.rater_id, trace);
-    }
     const pad = group.mode === "valence_arousal";
-    if (!pad) trace.label = group.label || null;
+    const mode = pad ? "valence_arousal" : "intensity";
+    const label = pad ? null : group.label || null;
+    const key = traceKey(group.rater_id, mode, label);
+    let trace = panel.traces.get(key);
+    if (!trace) {
+      trace = { rater: group.rater_id, mode, label, colour: raterColour(group.rater_id), role: group.rater_role, points: [] };
+      panel.traces.set(key, trace);
+    }
     for (const dim of pad ? ["valence", "arousal"] : ["intensity"]) panel.ratingDims.add(dim);
     for (const raw of group.points) {
       if (!Array.isArray(raw)) continue;
@@ -99,17 +116,18 @@ function showDimension(panel) {
 }
 
 export function pruneRatings(panel, cutoff) {
-  for (const trace of panel.traces.values()) {
+  for (const [key, trace] of panel.traces) {
     let n = 0;
     while (n < trace.points.length && trace.points[n].t < cutoff) n += 1;
     if (n) trace.points.splice(0, n);
+    if (!trace.points.length) panel.traces.delete(key); // a slider long left: its legend goes too
   }
   noteRatings(panel);
 }
 
 function noteRatings(panel) {
   const counts = {};
-  for (const [rater, trace] of panel.traces) counts[rater] = trace.points.length;
+  for (const [key, trace] of panel.traces) counts[key] = trace.points.length;
   panel.hook.ratings = counts;
 }
 
@@ -142,9 +160,10 @@ export function drawRatings(panel, now) {
   ctx.lineWidth = 1.4;
   ctx.lineJoin = "round";
   let legendX = 4;
+  const legend = [];
   ctx.font = "9px system-ui, sans-serif";
   ctx.textBaseline = "top";
-  for (const [rater, trace] of panel.traces) {
+  for (const trace of panel.traces.values()) {
     ctx.strokeStyle = trace.colour;
     ctx.beginPath();
     let prevT = -Infinity;
@@ -167,12 +186,14 @@ export function drawRatings(panel, now) {
     }
     ctx.stroke();
     if (drawn) {
-      const text = dim === "intensity" && trace.label ? `${rater} (${trace.label})` : rater;
+      const text = trace.label ? `${trace.rater} (${trace.label})` : trace.rater;
       ctx.fillStyle = trace.colour;
       ctx.fillText(text, legendX, 2);
       legendX += ctx.measureText(text).width + 8;
+      legend.push(text);
     }
   }
+  panel.hook.ratingLegend = legend;
   ctx.fillStyle = COLOURS.gridLabel;
   ctx.textBaseline = "bottom";
   ctx.fillText(dim, 4, h - 1);

@@ -14,9 +14,15 @@ conclusions): two of three raters agree, and the aligner's 0.6667 counts. One ra
 agrees with nobody, so a window only one rater tagged is left out.
 
 **The model.** A window's ``models`` holds each model rater's estimate; every model is
-reported on its own. A model *read* the window when its estimate has a top label; agreed
-windows it did not read (no face, thinned, failed, or no estimate at all) are counted as
-``windows_unread``, never as disagreements.
+reported on its own. A model *read* the window when its estimate has frames read
+(``frames_read`` > 0); agreed windows it did not read (no face, thinned, failed, or no
+estimate at all) are counted as ``windows_unread``, never as disagreements. What a model
+*answered* in a window it read is its top label, or ``NO_LABEL`` = ``(none)`` where it has
+none: its classes outside the vocabulary (FER2013's neutral) weigh at least as much as its
+best label (:func:`streams.records.model_top_label`). ``(none)`` is an answer like any
+other: where the humans agreed on a label it is a miss (the commonest way such a model is
+wrong: people saw embarrassment, it saw a neutral face), it has its own column in the
+confusion matrix and counts in kappa.
 
 **Takes.** A window belongs to the take whose span holds its start (``start_ts_us <=
 ts_us < end_ts_us``; a take not ended yet runs on). Windows outside every take form the
@@ -25,13 +31,16 @@ their time is read on ``media_*`` (seconds from the archive's ``t0_us``, the med
 
 **Tables** (per group: ``model_gap/take-N.{parquet,csv}`` and ``take-N.summary.*``):
 
-- the gap: one row per agreed window and model that read it but whose top label is not
-  the consensus; ``gap`` = 1 - the model's probability of the human label (1 when the
+- the gap: one row per agreed window and model that read it but answered other than the
+  consensus (``model_label``: its top label, or ``(none)``); ``model_probability`` is the
+  probability of that answer (for ``(none)``: the weight of the model's classes outside the
+  vocabulary); ``gap`` = 1 - the model's probability of the human label (1 when the
   model's classes do not map to that label: ``model_has_label`` is false then);
-- the summary: per model, per label of the vocabulary (and any other label seen), over
-  the agreed windows the model read: ``windows_agreed`` (humans agreed on the label),
-  ``model_agreed`` and ``model_agreement_rate`` (the model's top label was it too: the
-  model's recall of the human label), ``model_said`` (the model's top label was the label),
+- the summary: per model, per label of the vocabulary (then any other label seen, then
+  ``(none)`` when a model answered it), over the agreed windows the model read:
+  ``windows_agreed`` (humans agreed on the label), ``model_agreed`` and
+  ``model_agreement_rate`` (the model answered it too: the model's recall of the human
+  label), ``model_said`` (the model answered the label),
   ``kappa`` (Cohen's kappa of the label against the rest: humans' yes/no against the
   model's), ``gap_windows`` and ``mean_gap``; a row with label ``(all)`` holds the totals,
   the accuracy and Cohen's kappa over every label (Cohen, J. (1960). A coefficient of
@@ -40,7 +49,8 @@ their time is read on ``media_*`` (seconds from the archive's ``t0_us``, the med
   sides said one and the same thing throughout).
 
 **Plot** (``take-N.png``, with the optional ``report`` extra: matplotlib): per model, the
-confusion matrix human consensus x model top label over the agreed windows it read, and
+confusion matrix human consensus x model answer (``(none)`` its own column) over the
+agreed windows it read, and
 the take's timeline with each performer's agreed windows (grey where the model agreed,
 in the human label's colour where it did not, darker with a larger gap).
 """
@@ -50,12 +60,11 @@ from __future__ import annotations
 import csv
 import importlib
 import logging
-import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,6 +76,7 @@ __all__ = [
     "AGREEMENT_MIN",
     "ALL_LABELS",
     "MIN_RATERS",
+    "NO_LABEL",
     "NO_TAKE",
     "GapRow",
     "Group",
@@ -77,6 +87,8 @@ __all__ = [
     "export_gap",
     "gap_rows",
     "human_agreed",
+    "model_answer",
+    "model_answer_probability",
     "report",
     "summary_rows",
 ]
@@ -86,6 +98,9 @@ log = logging.getLogger(__name__)
 AGREEMENT_MIN: Final = 2 / 3
 MIN_RATERS: Final = 2
 ALL_LABELS: Final = "(all)"
+#: A model's answer in a window it read without a top label (a neutral face): not a valid
+#: label of any vocabulary, so it never stands for one.
+NO_LABEL: Final = "(none)"
 NO_TAKE: Final = "no-take"
 FOLDER: Final = "model_gap"
 #: Probabilities, rates and kappas are rounded so (the aligner rounds agreement so too).
@@ -217,10 +232,31 @@ def human_agreed(
     )
 
 
+def model_answer(estimate: records.ModelEstimate) -> str | None:
+    """What the model answered in the window: its top label, ``NO_LABEL`` where it read
+    frames and has none (a neutral face), None where it read no frame."""
+    if estimate.frames_read == 0:
+        return None
+    return estimate.top_label or NO_LABEL
+
+
+def model_answer_probability(estimate: records.ModelEstimate) -> float | None:
+    """The model's probability of its answer; for ``NO_LABEL``, the weight of its classes
+    outside the vocabulary, which outweighed its best label. None where it read nothing."""
+    answer = model_answer(estimate)
+    if answer is None:
+        return None
+    if answer == NO_LABEL:
+        outside = 1.0 - sum(float(p) for p in estimate.probabilities.values())
+        return round(min(1.0, max(0.0, outside)), DIGITS)
+    found = estimate.probabilities.get(answer)
+    return None if found is None else float(found)
+
+
 def _reading(window: records.LabelWindow, model: str) -> records.ModelEstimate | None:
-    """The model's estimate of the window if it read it (it has a top label)."""
+    """The model's estimate of the window if it read it (frames read)."""
     for estimate in window.models:
-        if estimate.model == model and estimate.top_label is not None:
+        if estimate.model == model and model_answer(estimate) is not None:
             return estimate
     return None
 
@@ -240,19 +276,34 @@ def agreed_readings(
     ]
 
 
-def cohen_kappa(pairs: Sequence[tuple[str, str]]) -> float | None:
-    """Cohen's kappa of two raters' nominal labels of the same items: (p_o - p_e) /
-    (1 - p_e). None without items, or where chance agreement p_e is 1 (undefined)."""
-    n = len(pairs)
+_Category = TypeVar("_Category", bound=Hashable)
+
+
+def cohen_kappa(confusion: Mapping[tuple[_Category, _Category], int]) -> float | None:
+    """Cohen's kappa of two raters' nominal labels of the same items, from how many items
+    each (first's label, second's label) pair has (counts of 0 or less count nothing):
+    (p_o - p_e) / (1 - p_e). None without items, or where chance agreement p_e is 1
+    (undefined). Straight from the counts: the cost is the number of distinct pairs,
+    whatever the number of items."""
+    n = 0
+    same = 0
+    first: Counter[_Category] = Counter()
+    second: Counter[_Category] = Counter()
+    for (a, b), count in confusion.items():
+        if count <= 0:
+            continue
+        n += count
+        first[a] += count
+        second[b] += count
+        if a == b:
+            same += count
     if n == 0:
         return None
-    observed = sum(1 for a, b in pairs if a == b) / n
-    first = Counter(a for a, _ in pairs)
-    second = Counter(b for _, b in pairs)
-    chance = sum(first[c] * second[c] for c in first.keys() | second.keys()) / (n * n)
-    if math.isclose(chance, 1.0):
+    # In whole numbers: chance agreement is exactly 1 or not.
+    chance = sum(first[c] * second[c] for c in first.keys() & second.keys())
+    if chance == n * n:
         return None
-    return (observed - chance) / (1.0 - chance)
+    return (same * n - chance) / (n * n - chance)
 
 
 def _round(value: float | None) -> float | None:
@@ -272,8 +323,9 @@ def gap_rows(
     agreement_min: float = AGREEMENT_MIN,
     min_raters: int = MIN_RATERS,
 ) -> list[GapRow]:
-    """The windows of a group where the humans agreed and a model that read them did not,
-    one row per window and model, by performer, time and model."""
+    """The windows of a group where the humans agreed and a model that read them answered
+    otherwise (another label, or ``NO_LABEL``), one row per window and model, by
+    performer, time and model."""
     rows = []
     for window in windows:
         if not human_agreed(window, agreement_min=agreement_min, min_raters=min_raters):
@@ -282,11 +334,11 @@ def gap_rows(
         assert human is not None
         assert agreement is not None
         for estimate in sorted(window.models, key=lambda e: e.model):
-            said = estimate.top_label
+            said = model_answer(estimate)
             if said is None or said == human:
                 continue
             of_human = estimate.probabilities.get(human)
-            top = estimate.probabilities.get(said)
+            top = model_answer_probability(estimate)
             end_us = window.ts_us + window.window_us
             rows.append(
                 GapRow(
@@ -308,7 +360,7 @@ def gap_rows(
                     raters=len(window.raters),
                     model=estimate.model,
                     model_label=said,
-                    model_probability=None if top is None else float(top),
+                    model_probability=top,
                     model_probability_of_human=float(of_human or 0.0),
                     model_has_label=of_human is not None,
                     gap=round(1.0 - float(of_human or 0.0), DIGITS),
@@ -330,58 +382,66 @@ def summary_rows(
     agreement_min: float = AGREEMENT_MIN,
     min_raters: int = MIN_RATERS,
 ) -> list[SummaryRow]:
-    """Per model: a row per label, then the ``(all)`` row, over the group's agreed windows."""
+    """Per model: a row per label, then the ``(all)`` row, over the group's agreed windows
+    (``labels`` may hold ``NO_LABEL``: a row of how often the model answered it)."""
     out = []
     for model in models:
-        pairs: list[tuple[str, str]] = []  # (human, model) of the windows it read
-        gaps: list[float] = []
+        confusion: Counter[tuple[str, str]] = Counter()  # (human, answer) of windows read
+        gaps: dict[str, list[float]] = {}  # human label -> the gaps of its windows read
+        every_gap: list[float] = []
         unread: Counter[str] = Counter()
         agreed = agreed_readings(windows, model, agreement_min=agreement_min, min_raters=min_raters)
         for window, estimate in agreed:
             human = window.consensus
             assert human is not None
-            if estimate is None:
+            answer = None if estimate is None else model_answer(estimate)
+            if estimate is None or answer is None:
                 unread[human] += 1
                 continue
-            assert estimate.top_label is not None
-            pairs.append((human, estimate.top_label))
-            gaps.append(1.0 - float(estimate.probabilities.get(human, 0.0)))
+            confusion[(human, answer)] += 1
+            missing = 1.0 - float(estimate.probabilities.get(human, 0.0))
+            gaps.setdefault(human, []).append(missing)
+            every_gap.append(missing)
         for label in labels:
-            mine = [(h, m) for h, m in pairs if h == label]
-            gap = [g for (h, _), g in zip(pairs, gaps, strict=True) if h == label]
-            matched = sum(1 for _, m in mine if m == label)
-            binary = [(str(h == label), str(m == label)) for h, m in pairs]
+            agreed_on = sum(n for (h, _), n in confusion.items() if h == label)
+            said = sum(n for (_, m), n in confusion.items() if m == label)
+            matched = confusion[(label, label)]
+            label_gaps = gaps.get(label, [])
+            binary: Counter[tuple[bool, bool]] = Counter()
+            for (h, m), n in confusion.items():
+                binary[(h == label, m == label)] += n
             out.append(
                 SummaryRow(
                     session_id=session_id,
                     take_id=group.take_id,
                     model=model,
                     label=label,
-                    windows_agreed=len(mine),
+                    windows_agreed=agreed_on,
                     windows_unread=unread[label],
                     model_agreed=matched,
-                    model_agreement_rate=_round(matched / len(mine)) if mine else None,
-                    model_said=sum(1 for _, m in pairs if m == label),
+                    model_agreement_rate=_round(matched / agreed_on) if agreed_on else None,
+                    model_said=said,
                     kappa=_round(cohen_kappa(binary)),
-                    gap_windows=len(mine) - matched,
-                    mean_gap=_round(sum(gap) / len(gap)) if gap else None,
+                    gap_windows=agreed_on - matched,
+                    mean_gap=_round(sum(label_gaps) / len(label_gaps)) if label_gaps else None,
                 )
             )
-        matched = sum(1 for h, m in pairs if h == m)
+        read = sum(confusion.values())
+        matched = sum(n for (h, m), n in confusion.items() if h == m)
         out.append(
             SummaryRow(
                 session_id=session_id,
                 take_id=group.take_id,
                 model=model,
                 label=ALL_LABELS,
-                windows_agreed=len(pairs),
+                windows_agreed=read,
                 windows_unread=sum(unread.values()),
                 model_agreed=matched,
-                model_agreement_rate=_round(matched / len(pairs)) if pairs else None,
-                model_said=len(pairs),
-                kappa=_round(cohen_kappa(pairs)),
-                gap_windows=len(pairs) - matched,
-                mean_gap=_round(sum(gaps) / len(gaps)) if gaps else None,
+                model_agreement_rate=_round(matched / read) if read else None,
+                model_said=read,
+                kappa=_round(cohen_kappa(confusion)),
+                gap_windows=read - matched,
+                mean_gap=_round(sum(every_gap) / len(every_gap)) if every_gap else None,
             )
         )
     return out
@@ -423,8 +483,11 @@ def report(
     models = sorted({estimate.model for window in latest for estimate in window.models})
     vocabulary = [entry.label for entry in session.vocabulary]
     seen = {w.consensus for w in latest if w.consensus is not None}
-    seen |= {e.top_label for w in latest for e in w.models if e.top_label is not None}
+    answers = {model_answer(e) for w in latest for e in w.models}
+    seen |= {answer for answer in answers if answer is not None and answer != NO_LABEL}
     labels = [*vocabulary, *sorted(seen - set(vocabulary))]
+    if NO_LABEL in answers:
+        labels.append(NO_LABEL)
     out = []
     for group in all_groups:
         mine = members[group]

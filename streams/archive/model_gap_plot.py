@@ -1,10 +1,11 @@
 """The model gap of a take as a picture (needs matplotlib: the optional ``report`` extra).
 
 Per model, side by side: the confusion matrix of the human consensus (rows) against the
-model's top label (columns) over the agreed windows the model read, and the take's
-timeline, one lane per performer, with every agreed window the model read: grey where it
-agreed, in the human label's vocabulary colour where it did not (more opaque with a larger
-gap). Drawn on a bare :class:`matplotlib.figure.Figure` (no pyplot, no GUI backend).
+model's answer (columns: its top label, and ``(none)`` last where it read a face without
+one) over the agreed windows the model read, and the take's timeline, one lane per
+performer, with every agreed window the model read: grey where it agreed, in the human
+label's vocabulary colour where it did not (more opaque with a larger gap). Drawn on a bare
+:class:`matplotlib.figure.Figure` (no pyplot, no GUI backend).
 """
 
 from __future__ import annotations
@@ -73,12 +74,15 @@ def _confusion(
     order = {entry.label: n for n, entry in enumerate(session.vocabulary)}
 
     def ordered(labels: set[str]) -> list[str]:
-        return sorted(labels, key=lambda label: (order.get(label, len(order)), label))
+        return sorted(
+            labels,
+            key=lambda label: (label == model_gap.NO_LABEL, order.get(label, len(order)), label),
+        )
 
-    pairs = [(w.consensus or "", e.top_label or "") for w, e in readings]
+    pairs = [(w.consensus or "", model_gap.model_answer(e) or "") for w, e in readings]
     humans = ordered({h for h, _ in pairs})
     said = ordered({m for _, m in pairs})
-    axes.set_xlabel("model top label")
+    axes.set_xlabel("model answer ((none): read, no top label)")
     axes.set_ylabel("human consensus")
     if not pairs:
         axes.text(0.5, 0.5, "no agreed window read", ha="center", va="center")
@@ -125,7 +129,7 @@ def _timeline(
         width = window.window_us / 1e6
         lane = lanes[window.performer_id]
         human = window.consensus or ""
-        if estimate.top_label == human:
+        if model_gap.model_answer(estimate) == human:
             axes.broken_barh([(start, width)], (lane - 0.12, 0.24), color=_AGREED_COLOUR)
             continue
         gap = 1.0 - float(estimate.probabilities.get(human, 0.0))

@@ -388,6 +388,29 @@ def _rated(row: RatingSampleRow) -> tuple[Any, ...]:
     return (row.rater_id, row.mode, row.label, row.ts_us, row.valence, row.arousal, row.intensity)
 
 
+def _fold_reading(
+    unique: dict[tuple[Any, ...], records.Record],
+    folded: list[records.ModelReading],
+    key: tuple[Any, ...],
+    reading: records.ModelReading,
+    counts: dict[str, int],
+) -> None:
+    """A model's reading of a window, into the one the archive keeps of it: a second one
+    (the window's frames read in two parts: a pause, a restart) folds in as the aligner
+    folds it (``records.merge_model_readings``); one of those again (``folded``: every
+    reading folded in so far) is a re-delivery and counts once."""
+    if reading in folded:
+        return
+    folded.append(reading)
+    known = unique.get(key)
+    if known is None:
+        unique[key] = reading
+        return
+    assert isinstance(known, records.ModelReading)
+    unique[key] = records.merge_model_readings(known, reading)
+    counts["model_readings_merged"] = counts.get("model_readings_merged", 0) + 1
+
+
 def latest_labels(windows: Iterable[records.LabelWindow]) -> list[records.LabelWindow]:
     """The newest revision of each window (what a live consumer ends up with)."""
     newest: dict[tuple[str, int], records.LabelWindow] = {}
@@ -432,6 +455,7 @@ def build_archive(
     for kind, model in KINDS.items():
         unique: dict[tuple[Any, ...], records.Record] = {}
         batches: dict[str, list[tuple[Any, ...]]] = {}  # batch_id -> what it rated
+        readings: dict[tuple[Any, ...], list[records.ModelReading]] = {}  # folded in unique
         for message in read_parts(folder, kind):
             try:
                 found = decode_rows(kind, message.value, message.headers)
@@ -458,6 +482,8 @@ def build_archive(
                     # In offset order: a later record of the same instant wins.
                     if key not in unique or record.ts_us >= unique[key].ts_us:
                         unique[key] = record
+                elif isinstance(record, records.ModelReading):
+                    _fold_reading(unique, readings.setdefault(key, []), key, record, counts)
                 else:
                     unique.setdefault(key, record)
         rows = sorted(

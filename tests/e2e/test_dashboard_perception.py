@@ -40,6 +40,7 @@ SCRIPT: list[tuple[int, dict[str, str], str]] = [
     (5, {"r1": "anger"}, "anger"),  # one rater: the humans did not agree
     (5, BOTH_ANGRY, "anger"),
     (3, BOTH_ANGRY, "laughter"),  # agreed on anger, read as laughter
+    (2, BOTH_ANGRY, "(none)"),  # agreed on anger, the model saw a neutral face: missed too
 ]
 
 
@@ -91,6 +92,32 @@ def rating_batch(session_id: str, rater: str, start_us: int, offset: float) -> r
     )
 
 
+def intensity_batch(
+    session_id: str, rater: str, label: str, start_us: int, level: float
+) -> records.RatingBatch:
+    """One second of a 20 Hz intensity slider for one emotion."""
+    return records.RatingBatch(
+        ts_us=start_us,
+        session_id=session_id,
+        performer_id="alice",
+        batch_id=f"batch-{rater}-{label}-{start_us}",
+        rater_id=rater,
+        rater_role="observer",
+        mode="intensity",
+        label=label,
+        rate_hz=20,
+        samples=[
+            records.RatingSample(
+                ts_us=start_us + n * 50_000, client_ts_us=n * 50_000, intensity=level
+            )
+            for n in range(20)
+        ],
+        clock_offset_us=0,
+        clock_uncertainty_us=500,
+        received_ts_us=start_us + 1_100_000,
+    )
+
+
 async def produce(settings: Settings, sent: list[tuple[str, records.AnyRecord]]) -> None:
     producer = clients.make_producer(settings)
     await producer.start()
@@ -119,6 +146,7 @@ PAGE_STATE = """
     drawn: h.performers.alice.modelWindowsDrawn,
     ratings: h.performers.alice.ratings,
     ratingsShown: !document.querySelector("#perf-alice .ratings-wrap").hidden,
+    ratingsBasis: document.querySelector("#perf-alice .ratings-basis").textContent,
     lagRows: texts("#raters-table tbody tr.rater-row"),
     overall: texts("#gap-overall .gap-model-line"),
     laughter: card("laughter"),
@@ -155,6 +183,9 @@ async def test_lags_traces_the_model_lane_and_the_gap_reach_the_page(
         (topics.RATERS, lag_record("another-session", "r3", 100_000, relative=False)),
         (topics.RATINGS, rating_batch(sid, "r1", now - 4_000_000, -0.5)),
         (topics.RATINGS, rating_batch(sid, "r2", now - 4_000_000, 0.0)),
+        # r3 moves from the amusement slider to the anger slider: two traces, not one line.
+        (topics.RATINGS, intensity_batch(sid, "r3", "amusement", now - 5_000_000, 0.8)),
+        (topics.RATINGS, intensity_batch(sid, "r3", "anger", now - 3_900_000, 0.3)),
     ]
     async with open_page(
         dashboard_url(dashboard, director_token(capture_settings, sid)), video=None, audio=None
@@ -168,13 +199,22 @@ async def test_lags_traces_the_model_lane_and_the_gap_reach_the_page(
               const m = h.models.alice && h.models.alice[model];
               const g = h.gap && h.gap.models[model];
               const r = h.performers.alice.ratings;
-              return m && m.windows === 28 && g && g.read === 23 && h.raters
-                && h.raters.length === 2 && r.r1 >= 40 && r.r2 >= 40
+              return m && m.windows === 30 && g && g.read === 25 && h.raters
+                && h.raters.length === 2 && r["r1/valence_arousal"] >= 40
+                && r["r2/valence_arousal"] >= 40 && r["r3/intensity/anger"] >= 20
                 && h.performers.alice.ratingDraws > 2; }""",
             arg=MODEL,
             timeout=20_000,
         )
         state = await director.evaluate(PAGE_STATE)
+        # The slider traces, each named in the legend with the emotion it rates.
+        await director.click('#perf-alice .rating-dim[data-dim="intensity"]')
+        await director.wait_for_function(
+            """() => { const p = window.livetagDashboard.performers.alice;
+              return p.ratingDimension === "intensity" && (p.ratingLegend || []).length === 2; }""",
+            timeout=10_000,
+        )
+        legend = await director.evaluate("window.livetagDashboard.performers.alice.ratingLegend")
         # Every method's estimate opens under the rater's row.
         await director.click('#raters-table tr.rater-row[data-key="r2"]')
         estimates = await director.inner_text("#raters-table tr.rater-estimates")
@@ -194,20 +234,33 @@ async def test_lags_traces_the_model_lane_and_the_gap_reach_the_page(
     assert r2 == "r2610consensus± 950.82rel", r2
     assert "calibration: 570 ms ± 0, confidence 0.60, n=10" in estimates, estimates
     # The model lane: every window's reading, the humans-agreed misses marked.
-    assert state["models"] == {MODEL: {"windows": 28, "missed": 8}}
-    assert state["drawn"][MODEL] == 28
-    # The continuous traces: 40 samples at 20 Hz are 40 points of 50 ms per rater.
-    assert state["ratings"] == {"r1": 40, "r2": 40}
+    assert state["models"] == {MODEL: {"windows": 30, "missed": 10}}
+    assert state["drawn"][MODEL] == 30
+    # The continuous traces: 40 samples at 20 Hz are 40 points of 50 ms per rater; r3's
+    # two sliders are two traces of 20.
+    assert state["ratings"] == {
+        "r1/valence_arousal": 40,
+        "r2/valence_arousal": 40,
+        "r3/intensity/amusement": 20,
+        "r3/intensity/anger": 20,
+    }
     assert state["ratingsShown"]
+    assert sorted(legend) == ["r3 (amusement)", "r3 (anger)"]
+    # Traces and tags are on different time bases, and the lane says so.
+    assert "lag not taken off" in state["ratingsBasis"]
     # The gap, per emotion of the vocabulary, with the numbers the script makes: laughter
-    # agreed in 15 windows, the model read 10 of them so; anger in 8, 5 of them.
+    # agreed in 15 windows, the model read 10 of them so; anger in 10, 5 of them (two it
+    # read as a neutral face: "(none)", missed).
     assert state["cards"][:2] == ["laughter", "amusement"]
     assert "humans agreed: 15 windows" in state["laughter"]
     assert "model 10/15 (67%) · missed 5 · said it elsewhere 3" in state["laughter"]
-    assert "humans agreed: 8 windows" in state["anger"]
-    assert "model 5/8 (63%) · missed 3 · said it elsewhere 5" in state["anger"]
+    assert "humans agreed: 10 windows" in state["anger"]
+    assert "model 5/10 (50%) · missed 5 · said it elsewhere 5" in state["anger"]
+    # Kappa over (laughter, laughter) 10, (laughter, anger) 5, (anger, anger) 5,
+    # (anger, laughter) 3, (anger, (none)) 2: p_o = 15/25, p_e = (15*13 + 10*10) / 625,
+    # (375 - 295) / (625 - 295) = 0.24.
     assert state["overall"] == [
-        f"{MODEL}: agrees in 15 of 23 agreed windows it read (65%), Cohen's κ 0.28"
+        f"{MODEL}: agrees in 15 of 25 agreed windows it read (60%), Cohen's κ 0.24 · (none) in 2"
     ]
     [moment] = state["moments"]
     assert "0.5 s · read anger" in moment

@@ -180,13 +180,14 @@ class Expected:
     """What one take's (or no-take's) tables must say."""
 
     rows: list[dict[str, Any]]
-    read: list[tuple[str, str]]  # (human, model) of every agreed window the model read
-    unread: int  # agreed windows the model has no top label for
+    read: list[tuple[str, str]]  # (human, model's answer) of every agreed window it read
+    unread: int  # agreed windows the model read no frame of
 
 
 def expected(readings: list[records.ModelReading], t0_us: int) -> dict[str, Expected]:
     """Per take (or no-take): worked out from the scripted holds and the model's readings
-    alone."""
+    alone. A window the model read (frames_read > 0) without a top label (its neutral
+    class outweighed every label of the vocabulary) answered "(none)": a miss."""
     by_window = {(r.performer_id, r.ts_us): r for r in readings}
     out = {name: Expected([], [], 0) for name in ("take-1", "take-2", "no-take")}
     for (performer, start_us), reading in sorted(by_window.items()):
@@ -205,14 +206,19 @@ def expected(readings: list[records.ModelReading], t0_us: int) -> dict[str, Expe
             (t for t in TAKES if t.start_ts_us <= start_us < (t.end_ts_us or 1 << 62)), None
         )
         group = out["no-take" if take is None else f"take-{take.take_id}"]
-        if reading.top_label is None:
+        if reading.frames_read == 0:
             group.unread += 1
             continue
-        group.read.append((human, reading.top_label))
-        if reading.top_label == human:
+        answer = reading.top_label or "(none)"
+        group.read.append((human, answer))
+        if answer == human:
             continue
         end_us = start_us + WINDOW_US
         of_human = reading.probabilities.get(human)
+        if reading.top_label is None:  # what outweighed the labels: the classes outside
+            said = round(max(0.0, 1 - sum(reading.probabilities.values())), 4)
+        else:
+            said = reading.probabilities[reading.top_label]
         group.rows.append(
             {
                 "session_id": SID,
@@ -228,8 +234,8 @@ def expected(readings: list[records.ModelReading], t0_us: int) -> dict[str, Expe
                 "human_agreement": round(most / len(held), 4),
                 "raters": len(held),
                 "model": MODEL,
-                "model_label": reading.top_label,
-                "model_probability": reading.probabilities[reading.top_label],
+                "model_label": answer,
+                "model_probability": said,
                 "model_probability_of_human": of_human or 0.0,
                 "model_has_label": of_human is not None,
                 "gap": round(1 - (of_human or 0.0), 4),
@@ -297,13 +303,14 @@ def test_the_gap_table_of_the_real_model_on_the_test_media(tmp_path: Path) -> No
 
     wanted = expected(readings, manifest["t0_us"])
     # Not a vacuous check: there are gaps in both takes and before them, take 1 has agreed
-    # windows read as the humans did and agreed windows the model could not read (the
-    # smiling man's neutral start), and labels the model has no class for.
+    # windows read as the humans did and agreed windows the model read as no label at all
+    # (the smiling man's neutral start, where the observers agreed on amusement: gap rows
+    # of their own, not unread windows), and labels the model has no class for.
     assert len(wanted["take-1"].rows) >= 5
     assert wanted["take-2"].rows
     assert wanted["no-take"].rows
     assert any(h == m for h, m in wanted["take-1"].read)
-    assert wanted["take-1"].unread
+    assert any(row["model_label"] == "(none)" for row in wanted["take-1"].rows)
     assert not any(row["model_has_label"] for row in wanted["no-take"].rows)
     gap = tmp_path / "out" / "model_gap"
     for name, want in wanted.items():

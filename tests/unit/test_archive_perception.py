@@ -241,3 +241,48 @@ def test_the_new_kinds_export_as_files_of_their_own(tmp_path: Path) -> None:
         "mode",
         "label",
     ]
+
+
+def test_two_readings_of_one_window_are_folded_as_the_aligner_folds_them(
+    tmp_path: Path,
+) -> None:
+    """A model lane that paused (or restarted) mid-window sends two readings of it: the
+    archive keeps one, weighted by the frames each read, not the first alone."""
+    made = sample_records()
+    readings = made["model"]
+    first = readings[1]  # 2 frames, laughter 0.52
+    assert first.frames_read == 2
+    second = first.model_copy(
+        update={
+            "frames_read": 6,
+            "frames_thinned": 0,
+            "frames_failed": 1,
+            "class_probabilities": {"happy": 0.1, "neutral": 0.9},
+            "probabilities": {"laughter": 0.1},
+            "top_label": None,  # a neutral face outweighs it
+            "valence": -0.1,
+            "arousal": 0.05,
+        }
+    )
+    # The second reading, then a re-delivery of it: the re-delivered one counts once.
+    items = [*readings, second, second]
+    store.write_part(tmp_path, "model", 0, messages_of("model", items))
+    manifest = store.build_archive(tmp_path, session(), software={})
+    stored = store.read_records(tmp_path, "model")
+    assert len(stored) == len(readings)
+    assert manifest["counts"]["model_readings_merged"] == 1
+    [folded] = [r for r in stored if (r.performer_id, r.ts_us) == (first.performer_id, first.ts_us)]
+    assert isinstance(folded, records.ModelReading)
+    # By hand: (0.52 * 2 + 0.1 * 6) / 8 = 0.205; neutral (0.48 * 2 + 0.9 * 6) / 8 = 0.795.
+    assert folded.frames_read == 8
+    assert folded.frames_failed == 1
+    assert folded.frames_thinned == first.frames_thinned
+    assert folded.probabilities == {"laughter": 0.205}
+    assert folded.class_probabilities == {"happy": 0.205, "neutral": 0.795}
+    assert folded.top_label is None  # 0.205 against 0.795 outside the vocabulary
+    assert folded.valence == round((0.5 * 2 - 0.1 * 6) / 8, 4)
+    assert folded.arousal == round((0.25 * 2 + 0.05 * 6) / 8, 4)
+    assert folded == records.merge_model_readings(first, second)
+    # The windows of the other readings are as they were.
+    others = {(r.performer_id, r.ts_us): r for r in stored if r is not folded}
+    assert all(others[(r.performer_id, r.ts_us)] == r for r in readings if r is not first)

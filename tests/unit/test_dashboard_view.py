@@ -403,6 +403,10 @@ def test_the_model_lane_flags_where_the_humans_agreed_and_the_model_did_not() ->
     view.add_label(gap_windows.window("s-1", "ana", T0 + 100_000, both, "anger"))
     view.add_label(gap_windows.window("s-1", "ana", T0 + 200_000, {"a": "anger"}, "anger"))
     view.add_label(gap_windows.window("s-1", "ana", T0 + 300_000, {}, with_model=False))
+    # A neutral face where the humans agreed: read, no label of the vocabulary, a miss.
+    view.add_label(gap_windows.window("s-1", "ana", T0 + 400_000, both, "(none)"))
+    # No frame read: on the lane as nothing.
+    view.add_label(gap_windows.window("s-1", "ana", T0 + 500_000, both, None))
     update = view.update_for(cursor, T0)
     assert update is not None
     model = gap_windows.MODEL
@@ -410,6 +414,8 @@ def test_the_model_lane_flags_where_the_humans_agreed_and_the_model_did_not() ->
         ["ana", T0, 100_000, model, "laughter", 0.62, False],
         ["ana", T0 + 100_000, 100_000, model, "anger", 0.62, True],
         ["ana", T0 + 200_000, 100_000, model, "anger", 0.62, False],  # one rater: no agreement
+        ["ana", T0 + 400_000, 100_000, model, "(none)", 0.7, True],  # 1 - laughter's 0.3
+        ["ana", T0 + 500_000, 100_000, model, None, None, False],
     ]
     # A revision without the model's reading takes it off the lane.
     view.add_label(gap_windows.window("s-1", "ana", T0, both, with_model=False, revision=1))

@@ -7,6 +7,7 @@ import csv
 import logging
 import math
 import sys
+from collections import Counter
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,14 @@ def window(
     models: dict[str, dict[str, float]],
     *,
     unread: tuple[str, ...] = (),
+    neutral: dict[str, dict[str, float]] | None = None,
     revision: int = 0,
 ) -> records.LabelWindow:
     """A 100 ms window: each rater holding one label, consensus and agreement as the
     aligner makes them (the label most raters hold, none on a tie), the models' readings
-    (top label: the most probable one) and the models that saw no face."""
+    (top label: the most probable one), the models that read a face without a top label
+    (``neutral``: their classes outside the vocabulary outweigh these) and the models that
+    saw no face."""
     holders: dict[str, int] = {}
     for label in raters.values():
         holders[label] = holders.get(label, 0) + 1
@@ -70,6 +74,10 @@ def window(
                 frames_read=2,
             )
             for model, probabilities in models.items()
+        ]
+        + [
+            records.ModelEstimate(model=model, probabilities=probabilities, frames_read=3)
+            for model, probabilities in (neutral or {}).items()
         ]
         + [records.ModelEstimate(model=model, probabilities={}, frames_read=0) for model in unread],
     )
@@ -110,6 +118,15 @@ def scripted_windows() -> list[records.LabelWindow]:
         # Agreed on sadness, which fer's classes do not map to: a gap of 1.
         window(
             "ben", 500, {"r1": "sadness", "r2": "sadness"}, {"fer": {"laughter": 0.7, "fear": 0.3}}
+        ),
+        # Agreed on embarrassment; fer read the face and saw it neutral (0.7 outside the
+        # vocabulary): its answer is (none), a miss like any other; "other": unread.
+        window(
+            "ben",
+            600,
+            {"r1": "embarrassment", "r2": "embarrassment"},
+            {},
+            neutral={"fer": {"sadness": 0.2, "fear": 0.1}},
         ),
         # Between the takes: the no-take group.
         window("ana", 1500, {"r1": "surprise", "r2": "surprise"}, {"fer": {"laughter": 0.55}}),
@@ -187,6 +204,26 @@ def test_gap_rows_are_the_windows_humans_agreed_on_and_a_model_did_not() -> None
             model_has_label=False,
             gap=1.0,
         ),
+        expected_row(
+            take_id=1,
+            performer_id="ben",
+            start_ts_us=T0 + 600_000,
+            end_ts_us=T0 + 700_000,
+            take_start_s=0.6,
+            take_end_s=0.7,
+            media_start_s=0.85,
+            media_end_s=0.95,
+            human_label="embarrassment",
+            human_agreement=1.0,
+            raters=2,
+            model="fer",
+            model_label="(none)",
+            model_probability=0.7,  # what outweighed sadness: 1 - 0.2 - 0.1
+            model_probability_of_human=0.0,
+            model_has_label=False,
+            gap=1.0,
+            frames_read=3,
+        ),
     ]
     assert by_name["take-2"].rows == [
         expected_row(
@@ -238,12 +275,13 @@ def test_the_summary_per_emotion_by_hand() -> None:
     take1 = next(take for take in takes if take.group.take_id == 1)
     summary = {(row.model, row.label): row for row in take1.summary}
     vocabulary = [entry.label for entry in session().vocabulary]
-    # Every vocabulary label and the totals, for both models (fear and surprise are in it).
+    # Every vocabulary label, (none) (a model answered it) and the totals, for both models.
     assert [row.label for row in take1.summary if row.model == "fer"] == [
         *vocabulary,
+        "(none)",
         model_gap.ALL_LABELS,
     ]
-    assert [row.model for row in take1.summary] == ["fer"] * 11 + ["other"] * 11
+    assert [row.model for row in take1.summary] == ["fer"] * 12 + ["other"] * 12
 
     def numbers(model: str, label: str) -> tuple[Any, ...]:
         row = summary[(model, label)]
@@ -258,41 +296,67 @@ def test_the_summary_per_emotion_by_hand() -> None:
             row.mean_gap,
         )
 
-    # fer read three agreed windows of take 1: (laughter, surprise), (laughter, laughter),
-    # (sadness, laughter); the anger window it did not read.
-    # All: p_o = 1/3, p_e = (2*2)/9 (laughter) -> kappa = (3/9 - 4/9) / (5/9) = -0.2;
-    # gaps 0.7, 0.2, 1.0.
-    assert numbers("fer", model_gap.ALL_LABELS) == (3, 1, 1, 0.3333, 3, -0.2, 2, 0.6333)
-    # Laughter vs the rest: (T,F), (T,T), (F,T): p_o = 1/3, p_e = (2*2 + 1*1)/9 = 5/9
-    # -> kappa = (3/9 - 5/9) / (4/9) = -0.5.
-    assert numbers("fer", "laughter") == (2, 0, 1, 0.5, 2, -0.5, 1, 0.45)
-    # Sadness vs the rest: (F,F), (F,F), (T,F): p_o = 2/3, p_e = (2*3)/9 -> kappa 0.
+    # fer read four agreed windows of take 1: (laughter, surprise), (laughter, laughter),
+    # (sadness, laughter), (embarrassment, (none)); the anger window it did not read.
+    # All: p_o = 1/4, p_e = (2*2)/16 (laughter) -> kappa = (1/4 - 1/4) / (3/4) = 0;
+    # gaps 0.7, 0.2, 1.0, 1.0.
+    assert numbers("fer", model_gap.ALL_LABELS) == (4, 1, 1, 0.25, 4, 0.0, 3, 0.725)
+    # Laughter vs the rest: (T,F), (T,T), (F,T), (F,F): p_o = 1/2, p_e = (2*2 + 2*2)/16
+    # -> kappa 0.
+    assert numbers("fer", "laughter") == (2, 0, 1, 0.5, 2, 0.0, 1, 0.45)
+    # Sadness vs the rest: (F,F), (F,F), (T,F), (F,F): p_o = 3/4, p_e = (3*4)/16 -> 0.
     assert numbers("fer", "sadness") == (1, 0, 0, 0.0, 0, 0.0, 1, 1.0)
+    # The neutral face: a miss of embarrassment, and fer said (none) once.
+    assert numbers("fer", "embarrassment") == (1, 0, 0, 0.0, 0, 0.0, 1, 1.0)
+    assert numbers("fer", "(none)") == (0, 0, 0, None, 1, 0.0, 0, None)
     # Anger: no window fer read; everyone said "not anger": kappa undefined.
     assert numbers("fer", "anger") == (0, 1, 0, None, 0, None, 0, None)
     # "other" read one agreed window (laughter -> anger) and none of the rest: p_o = 0 and
     # p_e = 0 (no label in common) -> kappa 0, for anger against the rest too.
-    assert numbers("other", model_gap.ALL_LABELS) == (1, 3, 0, 0.0, 1, 0.0, 1, 0.8)
+    assert numbers("other", model_gap.ALL_LABELS) == (1, 4, 0, 0.0, 1, 0.0, 1, 0.8)
     assert numbers("other", "anger") == (0, 1, 0, None, 1, 0.0, 0, None)
+    assert numbers("other", "(none)") == (0, 0, 0, None, 0, None, 0, None)
 
 
 def test_cohen_kappa_of_a_textbook_table() -> None:
     # 50 items: both yes 20, A yes B no 5, A no B yes 10, both no 15: p_o = 0.7,
     # p_e = 0.5 * 0.6 + 0.5 * 0.4 = 0.5 -> kappa 0.4.
-    pairs = [("yes", "yes")] * 20 + [("yes", "no")] * 5 + [("no", "yes")] * 10
-    pairs += [("no", "no")] * 15
-    kappa = model_gap.cohen_kappa(pairs)
+    table = Counter({("yes", "yes"): 20, ("yes", "no"): 5, ("no", "yes"): 10, ("no", "no"): 15})
+    kappa = model_gap.cohen_kappa(table)
     assert kappa is not None
     assert math.isclose(kappa, 0.4)
-    assert model_gap.cohen_kappa([("a", "a"), ("b", "b")]) == 1.0
-    assert model_gap.cohen_kappa([]) is None
-    assert model_gap.cohen_kappa([("a", "a"), ("a", "a")]) is None  # chance agreement 1
+    # Straight from the counts: a thousand times the items, the same kappa, as fast.
+    kappa = model_gap.cohen_kappa(Counter({pair: n * 1000 for pair, n in table.items()}))
+    assert kappa is not None
+    assert math.isclose(kappa, 0.4)
+    assert model_gap.cohen_kappa(Counter({("a", "a"): 1, ("b", "b"): 1})) == 1.0
+    assert model_gap.cohen_kappa(Counter({("a", "b"): 3, ("b", "a"): 3})) == -1.0
+    assert model_gap.cohen_kappa(Counter()) is None
+    assert model_gap.cohen_kappa(Counter({("a", "a"): 2})) is None  # chance agreement 1
+    # Pairs counted down to nothing (a revision took them back) count nothing.
+    assert model_gap.cohen_kappa(Counter({("a", "a"): 2, ("a", "b"): 0, ("b", "a"): -1})) is None
+
+
+def test_read_is_frames_read_and_a_neutral_reading_answers_none() -> None:
+    read = records.ModelEstimate(model="fer", probabilities={"fear": 0.1}, frames_read=1)
+    assert model_gap.model_answer(read) == model_gap.NO_LABEL == "(none)"
+    assert model_gap.model_answer_probability(read) == 0.9
+    unread = records.ModelEstimate(model="fer", probabilities={}, frames_read=0)
+    assert model_gap.model_answer(unread) is None
+    assert model_gap.model_answer_probability(unread) is None
+    said = records.ModelEstimate(
+        model="fer", probabilities={"fear": 0.6}, top_label="fear", frames_read=2
+    )
+    assert (model_gap.model_answer(said), model_gap.model_answer_probability(said)) == (
+        "fear",
+        0.6,
+    )
 
 
 def test_a_session_without_takes_has_one_group_of_every_window() -> None:
     takes = model_gap.report(scripted_session([]), scripted_windows(), t0_us=T0)
     assert [take.group.name for take in takes] == ["no-take"]
-    assert len(takes[0].rows) == 5
+    assert len(takes[0].rows) == 6
     assert all(row.take_start_s is None for row in takes[0].rows)
 
 
