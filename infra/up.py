@@ -15,7 +15,7 @@ from pathlib import Path
 
 from infra.broker import EmbeddedBroker, die_with_parent
 from streams.errors import LivetagError
-from streams.features import face_model
+from streams.features import face_model, model_rater
 from streams.kafka import clients, topics
 from streams.runtime.private_files import private_dir, restrict_new_files
 from streams.runtime.service_logs import TERMINAL, ServiceOutput, configure_up_logging, log_path
@@ -350,6 +350,7 @@ async def run_services(
                     say(f"face model       {face_model.resolve(settings)}")
                 except face_model.FaceModelError as exc:
                     say(f"face model       MISSING: {exc}")
+                say(f"model lane       {model_lane_line(settings)}")
             if not stop.is_set():
                 if broker is not None:
                     supervise_broker(supervisor, broker, settings)
@@ -394,6 +395,19 @@ async def run_services(
                     say("stopped." if supervisor.failure is None else "stopped after a failure.")
     if supervisor.failure is not None:
         raise ServiceFailedError(f"livetag up stopped: {supervisor.failure}")
+
+
+def model_lane_line(settings: Settings) -> str:
+    """What the model lane will run, or why the processors will run without it (a
+    warning, not a refusal: the lane is optional)."""
+    try:
+        choice = model_rater.choose_rater(settings)
+    except model_rater.UNUSABLE as exc:
+        return f"OFF (the processors run without it): {exc}"
+    if choice is None:
+        return "off (model_rater is none)"
+    kind = {"builtin": "model file", "http": "endpoint", "entry_point": "entry point"}
+    return f"{choice.fallback_name} ({kind[choice.kind]} {choice.target})"
 
 
 def _livetag_command() -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from infra.broker import die_with_parent
 from streams import records
-from streams.features import face_model
+from streams.features import face_model, model_rater
 from streams.kafka import topics
 from streams.kafka.sessions import SessionDirectory
 from streams.settings import Settings, to_environment
@@ -46,6 +46,27 @@ def processor_command(session_id: str) -> list[str]:
     ]
 
 
+class ModelLaneCheck:
+    """Warns, once per session, when its model lane cannot run (its model file missing, a
+    setting that names no rater). Not a refusal, as for the face model: the lane is
+    optional, and the session's processors run without it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._warned: set[str] = set()
+
+    def check(self, session: records.SessionRecord) -> None:
+        if session.topics.model is None or session.session_id in self._warned:
+            return
+        try:
+            model_rater.choose_rater(self._settings)
+        except model_rater.UNUSABLE as exc:
+            self._warned.add(session.session_id)
+            log.warning(
+                "session %s is processed without the model lane: %s", session.session_id, exc
+            )
+
+
 @dataclass
 class _Child:
     process: asyncio.subprocess.Process
@@ -62,6 +83,7 @@ class ProcessorWorker:
         self.children: dict[str, _Child] = {}
         self._not_before: dict[str, float] = {}
         self._failures: dict[str, int] = {}
+        self._model_lane = ModelLaneCheck(settings)
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._directory.start()
@@ -110,6 +132,7 @@ class ProcessorWorker:
             self._not_before[session.session_id] = time.monotonic() + 60.0
             log.error("cannot process session %s: %s", session.session_id, exc)
             return
+        self._model_lane.check(session)
         try:
             process = await asyncio.create_subprocess_exec(
                 *processor_command(session.session_id),

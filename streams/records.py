@@ -582,7 +582,12 @@ class RaterLag(Record):
     rater_role: Role
     applied: LagCorrection = Field(description="The correction the aligner applies now.")
     estimates: list[LagCorrection] = Field(
-        default=[], description="Every method's estimate, the applied one among them."
+        default=[],
+        description=(
+            "Every method's estimate this round (the applied correction may be one kept "
+            "from an earlier round: a new one replaces it only when it ranks higher, "
+            "differs by more than 50 ms, or the kept one went unconfirmed for 3 rounds)."
+        ),
     )
     evidence: dict[LagMethod, Annotated[StrictInt, Field(ge=0)]] = Field(
         default={}, description="How many samples, presses or trials each estimate used."
@@ -714,6 +719,14 @@ class ActiveLabel(_Model):
     label: Label
     intensity: Intensity
     tag_id: TagId
+    lag: LagCorrection | None = Field(
+        default=None,
+        description=(
+            "Set only where the rater's labels in this window were placed under different "
+            "corrections (the rater's lag is then unset): the one this label's tag was "
+            "placed with; unset there: it stands where the tag service put it."
+        ),
+    )
 
 
 class RaterLabels(_Model):
@@ -723,8 +736,10 @@ class RaterLabels(_Model):
     lag: LagCorrection | None = Field(
         default=None,
         description=(
-            "The reaction-lag correction applied to this rater's tags here (their raw "
-            "times are lag_us later); none: the tags stand where the tag service put them."
+            "The reaction-lag correction applied to every one of this rater's tags here "
+            "(their raw times are lag_us later); none: the tags stand where the tag service "
+            "put them, unless their labels carry corrections of their own (labels[].lag: "
+            "they were placed under different ones)."
         ),
     )
 

@@ -4,7 +4,8 @@ rater named after it (docs/model-lane.md).
 A rater (:class:`ModelRater`) is an object with
 
 - ``name``: the rater's name on its readings (a participant id: ``fer-mini-xception``);
-- ``classes``: its own class names, in any order (empty: whatever its answers name);
+- ``classes``: its own class names, in any order (empty: whatever its answers name, up to
+  MAX_NAMED_CLASSES distinct names in a worker's life);
 - ``labels``: per class, the session-vocabulary labels it stands for, in preference order:
   the first one the session's vocabulary has is the class's label. A class without an
   entry, or none of whose labels the vocabulary has, maps to the vocabulary label of its
@@ -27,7 +28,9 @@ the built-in :class:`FerMiniXception`; ``none``; the name of an entry point in t
 ``http://`` / ``https://`` URL (:class:`HttpRater`). :func:`load_rater` makes it in each face
 worker process, and :class:`BoundRater` binds it to the session's vocabulary there; a
 rater that fails to load or to rate fails the frames it should have read (counted in the
-window's reading, logged), never the worker or its face analysis.
+window's reading, logged), never the worker or its face analysis. When the processor
+cannot choose the rater (:data:`UNUSABLE`: the model file missing, a setting that names no
+rater), it runs without the model lane.
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ HTTP_NAME: Final = "http-model"
 #: Rated probabilities may miss 1 by this much (rounding, float32); they are then rescaled.
 SUM_TOLERANCE: Final = 0.02
 MAX_CLASSES: Final = 64
+#: A rater that declares no classes (an HTTP endpoint) may name at most this many distinct
+#: ones: each is cached and carried in every reading's class_probabilities, and an endpoint
+#: that invents names (a counter, a timestamp) must not grow either without bound. An
+#: answer naming one more fails its frame.
+MAX_NAMED_CLASSES: Final = 32
 MAX_ANSWER_BYTES: Final = 64 * 1024
 #: An HTTP rater that failed this many frames in a row is not asked for HTTP_PAUSE_S: a
 #: dead endpoint would otherwise cost its timeout on every due frame of the face worker.
@@ -109,6 +117,12 @@ class ModelRaterError(BadInputError, ValueError):
 class RatingError(UnavailableError, RuntimeError):
     """A rater gave no usable rating of one frame (it failed, timed out, or answered what
     is no distribution); ``str()`` is the reason (counted, never fatal)."""
+
+
+#: Why :func:`choose_rater` refuses a setting: the processors then run without the model
+#: lane (their face features and labels go on), and ``livetag up`` and ``livetag worker``
+#: warn of it.
+UNUSABLE: Final = (ModelRaterError, expression_model.ExpressionModelError)
 
 
 # ---------------------------------------------------------------- what a rater sees and says
@@ -240,7 +254,9 @@ class HttpRater:
     answer is JSON: ``{"probabilities": {"happy": 0.7, ...}}``, optionally with
     ``"valence"`` and ``"arousal"`` in [-1, 1]. Its classes map to the vocabulary and the
     valence/arousal plane with the FER2013 tables where their names match (most expression
-    models use FER2013's or AffectNet's names), else by name.
+    models use FER2013's or AffectNet's names), else by name. It declares no classes: an
+    answer may leave out the classes it gives 0, and the endpoint may name at most
+    MAX_NAMED_CLASSES distinct ones (BoundRater).
 
     Runs in a face worker, so its calls are synchronous, each waiting at most
     ``timeout_s`` per socket operation; environment proxies are not used (faces stay on
@@ -488,6 +504,9 @@ class BoundRater:
         self._vocabulary = frozenset(vocabulary)
         self._load_failure = load_failure
         self._label_of: dict[str, str | None] = {}
+        # The class names a rater that declares none has named so far (MAX_NAMED_CLASSES).
+        self._named: set[str] = set()
+        self._warned_of_names = False
         #: Frames the rater failed (logged: the first, then every hundredth).
         self.failures = 0
 
@@ -544,6 +563,8 @@ class BoundRater:
         assert self.rater is not None
         rating = answer if isinstance(answer, Rating) else Rating(answer)
         classes = check_probabilities(rating.probabilities, self.rater.classes)
+        if not self.rater.classes:
+            self._take_names(classes)
         labels: dict[str, float] = {}
         for class_name, probability in classes.items():
             label = self.label_of(class_name)
@@ -558,6 +579,30 @@ class BoundRater:
             valence = proxy_valence if valence is None else valence
             arousal = proxy_arousal if arousal is None else arousal
         return FrameReading(self.name, classes, labels, valence, arousal)
+
+    def _take_names(self, classes: Mapping[str, float]) -> None:
+        """Take the class names of an answer of a rater that declares no classes, unless
+        they would make it name more than MAX_NAMED_CLASSES: then the frame fails (logged
+        when it first happens, with the names already taken)."""
+        new = sorted(classes.keys() - self._named)
+        if len(self._named) + len(new) <= MAX_NAMED_CLASSES:
+            self._named.update(new)
+            return
+        if not self._warned_of_names:
+            self._warned_of_names = True
+            log.warning(
+                "model rater %s named classes %s beyond the %d distinct ones a rater that "
+                "declares no classes may name (it named %s before): such answers fail "
+                "their frames (frames_failed)",
+                self.name,
+                new[:5],
+                MAX_NAMED_CLASSES,
+                sorted(self._named),
+            )
+        raise RatingError(
+            f"answer names new classes {new[:3]} beyond the {MAX_NAMED_CLASSES} distinct "
+            "ones a rater that declares no classes may name"
+        )
 
     def close(self) -> None:
         close = getattr(self.rater, "close", None)

@@ -20,6 +20,8 @@ The model lane rides on the face agent: the model rater reads the faces in the f
 (at most ``model_rate_hz`` frames a second per performer, fewer when their worker is
 behind), and the agent gathers its frame readings into one record per performer per label
 window on the session's model topic (streams.features.model_windows, docs/model-lane.md).
+The lane is optional: when its rater cannot be chosen (the model file missing, a setting
+that names no rater), the processors say so once and run without it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from streams import records
 from streams.features import face_model
 from streams.features.face_errors import FaceAnalysisError
 from streams.features.face_pool import FacePool, FacePoolStopped, FaceResult
-from streams.features.model_rater import RaterChoice, Unread, choose_rater
+from streams.features.model_rater import UNUSABLE, RaterChoice, Unread, choose_rater
 from streams.features.model_windows import MODEL_IDLE_FLUSH_S, ModelThinning, ModelWindows
 from streams.features.prosody import SAMPLE_RATE, ProsodyTracker
 from streams.kafka import group_members, topics
@@ -127,7 +129,12 @@ class SessionProcessors:
 
 
 def model_rater_of(settings: Settings, session: records.SessionRecord) -> RaterChoice | None:
-    """The session's model rater (None: no model lane), checked before any frame."""
+    """The session's model rater (None: no model lane), checked before any frame.
+
+    A rater that cannot be chosen costs the model lane only, never the face features or
+    the labels: an install upgraded without `livetag models fetch` keeps its labels. Its
+    windows then get no model reading (the aligner's ``model_windows`` stays behind
+    ``windows_emitted``), and why is said here, once per session's processor."""
     if session.topics.model is None:
         if settings.model_rater != "none":
             log.warning(
@@ -136,7 +143,16 @@ def model_rater_of(settings: Settings, session: records.SessionRecord) -> RaterC
                 session.session_id,
             )
         return None
-    return choose_rater(settings)
+    try:
+        return choose_rater(settings)
+    except UNUSABLE as exc:
+        log.error(
+            "session %s: the model lane is off, its label windows get no model readings "
+            "(face features and labels go on): %s",
+            session.session_id,
+            exc,
+        )
+        return None
 
 
 def prosody_records(frames: list[records.ProsodyFrame]) -> list[records.KafkaMessage]:

@@ -16,10 +16,13 @@ performers' presence: a performer who left has streams that ended, and their win
 instead of waiting for them.
 
 Every ``rater_lag_interval_s`` each rater's reaction lag is estimated again from what was
-aligned (streams.labels.rater_lags, off the event loop); the chosen correction applies to
-the rater's tags and samples that arrive from then on, and goes to ``livetag.raters`` when it
-changed. After a restart the corrections published there are taken up again, so re-read tags
-land where they did.
+aligned (streams.labels.rater_lags, off the event loop); the correction kept in force
+(rater_lags.AppliedLags: a round that would merely toggle it does not) applies to the
+rater's tags and samples that arrive from then on, and goes to ``livetag.raters`` when it
+changed materially, or as a heartbeat. After a restart the corrections published there are
+taken up again: tags and samples read again land under the newest published correction,
+which is where they landed before only if the correction had not changed since they were
+first placed (each label window records the correction that placed what it shows).
 
 The join's state is in memory; a worker killed mid-scene loses none of it, in two parts:
 - what it took in is acknowledged to faust (and its offset committed) only once every
@@ -37,9 +40,9 @@ tag also stays on ``livetag.tags``). Model readings too late for their window ar
 (``late_model_readings``), not dead-lettered: a model that fell behind is not bad input.
 
 Each agent is a small class that writes through one :class:`AlignerStep` (the aligner, its
-lock and the acks it allows): TagAgent, RatingAgent, FeatureAgent (prosody, face),
-ModelAgent, PresenceFollower, CounterPublisher, RaterLagPublisher, and RestoreOnAssignment
-for the above; add_aligner only wires them to the app.
+lock and the acks it allows): SharedTopicAgent (as TagAgent and RatingAgent), FeatureAgent
+(prosody, face), ModelAgent, PresenceFollower, CounterPublisher, RaterLagPublisher, and
+RestoreOnAssignment for the above; add_aligner only wires them to the app.
 """
 
 from __future__ import annotations
@@ -64,16 +67,24 @@ from streams.kafka.sessions import SessionDirectory, is_over
 from streams.labels.aligner_core import (
     AlignerConfig,
     LateRatings,
+    LateTag,
     RefusedReading,
     SessionAligner,
     Unplaced,
 )
-from streams.labels.rater_lags import ConsensusCache, LagEvidence, estimate_lags
+from streams.labels.rater_lags import (
+    AppliedLags,
+    ConsensusCache,
+    LagEvidence,
+    estimate_lags,
+    worth_publishing,
+)
 from streams.session_clock import now_us
 from streams.settings import Settings
 
 Feature = TypeVar("Feature", records.ProsodyFrame, records.FaceFrame)
 Carrier = TypeVar("Carrier", records.ProsodyHops, records.FaceFrame)
+Shared = TypeVar("Shared", records.TagEvent, records.RatingBatch)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +93,9 @@ FEATURE_BATCH = 256
 TICK_S = 0.02  # how often ready windows are looked for: small against the 100 ms windows
 RESTORE_MARGIN_S = 10.0  # read back a little more than can still be corrected
 RESTORE_TIMEOUT_S = 5.0  # half the processors' group session timeout
+# The raters' lags are read beside the windows on a clock of their own: a slow read of
+# livetag.raters must neither fail the windows' restore nor outlast it.
+LAGS_RESTORE_TIMEOUT_S = 4.0
 COUNTERS_INTERVAL_S = 2.0  # the performers' counters go to livetag.health at most this often
 PRESENCE_POLL_S = 5.0  # the session record is looked at on each change and at least this often
 
@@ -260,12 +274,33 @@ class AlignerStep:
         await self.run(self.aligner.tick)
 
 
-class TagAgent:
-    """``livetag.tags`` into the aligner: this session's tags, each acked once the windows
-    of its span have gone out."""
+class SharedTopicAgent(Generic[Shared]):
+    """A shared topic keyed ``session/performer`` (``livetag.tags``, ``livetag.ratings``)
+    into the aligner: this session's records, each acked once the windows it can still
+    change have gone out (``settles_at``: the last instant it can change, asked after the
+    aligner took it, since a rater's correction in force then places it); one the aligner
+    found too late for anything (``late``) is counted as ``late_counter`` and dead-lettered."""
 
-    def __init__(self, session_id: str, step: AlignerStep, dead_letter: DeadLetterSink) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        topic_name: str,
+        record_class: type[Shared],
+        *,
+        add: Callable[[Shared, int], Sequence[Any]],
+        settles_at: Callable[[Shared], int],
+        late: type[Unplaced],
+        late_counter: str,
+        step: AlignerStep,
+        dead_letter: DeadLetterSink,
+    ) -> None:
         self._key_prefix = f"{session_id}/".encode()
+        self.topic_name = topic_name
+        self._record_class: type[Shared] = record_class
+        self._add: Callable[[Shared, int], Sequence[Any]] = add
+        self._settles_at: Callable[[Shared], int] = settles_at
+        self._late = late
+        self._late_counter = late_counter
         self._step = step
         self._dead_letter = dead_letter
 
@@ -275,56 +310,60 @@ class TagAgent:
 
     async def take(self, event: Any) -> None:
         if not (event.key or b"").startswith(self._key_prefix):
-            event.ack()  # another session's tag
+            event.ack()  # another session's
             return
         try:
-            tag = records.decode(records.TagEvent, event.value, event_headers(event.headers))
+            record = records.decode(self._record_class, event.value, event_headers(event.headers))
         except records.RecordError as exc:
-            await self._dead_letter(event, topics.TAGS, str(exc))
+            await self._dead_letter(event, self.topic_name, str(exc))
             event.ack()
             return
-        aligner = self._step.aligner
-        late = await self._step.run(
-            functools.partial(aligner.add_tag, tag),
-            lambda: [(tag.performer_id, aligner.settles_at_us(tag), event)],
+        unplaced = await self._step.run(
+            functools.partial(self._add, record),
+            lambda: [(record.performer_id, self._settles_at(record), event)],
         )
-        for out in late:
-            aligner.count_for(tag.performer_id, "late_tags")
-            await self._dead_letter(event, topics.TAGS, out.reason)
+        for out in unplaced:
+            if isinstance(out, self._late):
+                self._step.aligner.count_for(record.performer_id, self._late_counter)
+                await self._dead_letter(event, self.topic_name, out.reason)
 
 
-class RatingAgent:
-    """``livetag.ratings`` into the aligner: this session's continuous rating batches, each
-    acked once the windows of its samples have gone out."""
+class TagAgent(SharedTopicAgent[records.TagEvent]):
+    """``livetag.tags`` into the aligner: each tag acked once the windows of its span have
+    gone out."""
 
     def __init__(self, session_id: str, step: AlignerStep, dead_letter: DeadLetterSink) -> None:
-        self._key_prefix = f"{session_id}/".encode()
-        self._step = step
-        self._dead_letter = dead_letter
-
-    async def run(self, stream: faust.StreamT) -> None:
-        async for event in cast(Any, stream).noack().events():
-            await self.take(event)
-
-    async def take(self, event: Any) -> None:
-        if not (event.key or b"").startswith(self._key_prefix):
-            event.ack()  # another session's ratings
-            return
-        try:
-            batch = records.decode(records.RatingBatch, event.value, event_headers(event.headers))
-        except records.RecordError as exc:
-            await self._dead_letter(event, topics.RATINGS, str(exc))
-            event.ack()
-            return
-        aligner = self._step.aligner
-        late = await self._step.run(
-            functools.partial(aligner.add_ratings, batch),
-            lambda: [(batch.performer_id, aligner.rating_settles_at_us(batch), event)],
+        aligner = step.aligner
+        super().__init__(
+            session_id,
+            topics.TAGS,
+            records.TagEvent,
+            add=aligner.add_tag,
+            settles_at=aligner.settles_at_us,
+            late=LateTag,
+            late_counter="late_tags",
+            step=step,
+            dead_letter=dead_letter,
         )
-        for out in late:
-            if isinstance(out, LateRatings):
-                aligner.count_for(batch.performer_id, "late_ratings")
-                await self._dead_letter(event, topics.RATINGS, out.reason)
+
+
+class RatingAgent(SharedTopicAgent[records.RatingBatch]):
+    """``livetag.ratings`` into the aligner: each continuous rating batch acked once the
+    windows of its samples have gone out."""
+
+    def __init__(self, session_id: str, step: AlignerStep, dead_letter: DeadLetterSink) -> None:
+        aligner = step.aligner
+        super().__init__(
+            session_id,
+            topics.RATINGS,
+            records.RatingBatch,
+            add=aligner.add_ratings,
+            settles_at=aligner.rating_settles_at_us,
+            late=LateRatings,
+            late_counter="late_ratings",
+            step=step,
+            dead_letter=dead_letter,
+        )
 
 
 class FeatureAgent(Generic[Carrier, Feature]):
@@ -536,8 +575,11 @@ class CounterPublisher:
                 self._published[performer_id] = counts
 
 
-async def read_rater_lags(settings: Settings, session_id: str) -> dict[str, records.RaterLag]:
-    """The newest ``rater_lag`` record of each of the session's raters on livetag.raters."""
+async def read_rater_lags(
+    settings: Settings, session_id: str, since_ms: int
+) -> dict[str, records.RaterLag]:
+    """The newest ``rater_lag`` record of each of the session's raters on livetag.raters,
+    read from ``since_ms`` (the session's creation: nothing of it is older)."""
     consumer = clients.make_consumer(settings)
     await consumer.start()
     partition = TopicPartition(topics.RATERS, 0)
@@ -545,7 +587,7 @@ async def read_rater_lags(settings: Settings, session_id: str) -> dict[str, reco
     newest: dict[str, records.RaterLag] = {}
     try:
         consumer.assign([partition])
-        await consumer.seek_to_beginning(partition)
+        consumer.seek(partition, await offset_at_time(consumer, partition, since_ms))
         end = (await consumer.end_offsets([partition]))[partition]
         while await consumer.position(partition) < end:
             batches = await consumer.getmany(partition, timeout_ms=1000)
@@ -567,9 +609,10 @@ async def read_rater_lags(settings: Settings, session_id: str) -> dict[str, reco
 
 
 class RaterLagPublisher:
-    """Each rater's reaction lag, estimated again every ``rater_lag_interval_s``: the chosen
-    correction applies to the rater's tags and samples from then on (what was placed before
-    stays where it is), and goes to ``livetag.raters`` when the record changed."""
+    """Each rater's reaction lag, estimated again every ``rater_lag_interval_s``: the
+    correction kept in force (rater_lags.AppliedLags) applies to the rater's tags and
+    samples from then on (what was placed before stays where it is), and goes to
+    ``livetag.raters`` when it changed materially, or as a heartbeat (worth_publishing)."""
 
     def __init__(
         self,
@@ -586,20 +629,23 @@ class RaterLagPublisher:
         self._evidence = evidence
         self._emit = emit
         self._raters_topic = raters_topic
-        # What was published per rater, its ts_us aside.
+        # The last record that went out per rater (or was read back).
         self._published: dict[str, records.RaterLag] = {}
+        self._applied = AppliedLags()
         self._cache: ConsensusCache = {}
-        self.failures = 0
+        self.failures = 0  # rounds that could not estimate
+        self.read_failures = 0  # read-backs of livetag.raters that failed or timed out
 
     def seed(self, found: dict[str, records.RaterLag]) -> int:
         """Take up the corrections published before (a restart): re-read tags and samples
-        land where they did. A rater this instance corrects already keeps its own."""
+        land under them. A rater this instance corrects already keeps its own."""
         aligner = self._step.aligner
         taken = 0
         for rater_id, record in found.items():
-            if rater_id in self._published:
+            if rater_id in self._applied:
                 continue
-            self._published[rater_id] = record.model_copy(update={"ts_us": 0})
+            self._published[rater_id] = record
+            self._applied.seed(rater_id, record.applied)
             aligner.set_lag(rater_id, record.applied)
             taken += 1
         return taken
@@ -610,7 +656,8 @@ class RaterLagPublisher:
             evidence = self._evidence.snapshot()
         started = now_us()
         try:
-            # Cross-correlations over minutes of traces: tens of milliseconds of numpy.
+            # Cross-correlations over minutes of traces: about 0.07 s of one core per
+            # performer's rated dimension that changed.
             found = await asyncio.to_thread(
                 estimate_lags,
                 evidence,
@@ -625,13 +672,15 @@ class RaterLagPublisher:
             log.exception("aligner: could not estimate the raters' reaction lags")
             return
         async with self._step.exclusive():
-            for record in found:
-                self._step.aligner.set_lag(record.rater_id, record.applied)
-                unstamped = record.model_copy(update={"ts_us": 0})
-                if self._published.get(record.rater_id) == unstamped:
+            for found_for in found:
+                rater_id = found_for.rater_id
+                applied = self._applied.update(rater_id, found_for.applied)
+                self._step.aligner.set_lag(rater_id, applied)
+                record = found_for.model_copy(update={"applied": applied})
+                if not worth_publishing(self._published.get(rater_id), record):
                     continue
                 await self._emit(self._raters_topic, record)
-                self._published[record.rater_id] = unstamped
+                self._published[rater_id] = record
 
 
 class RestoreOnAssignment:
@@ -649,6 +698,7 @@ class RestoreOnAssignment:
     ) -> None:
         self._settings = settings
         self._session_id = session.session_id
+        self._created_ts_us = session.created_ts_us
         self._session_topics = {
             session.topics.prosody,
             session.topics.face,
@@ -667,49 +717,63 @@ class RestoreOnAssignment:
         partitions = {tp.partition for tp in assigned if tp.topic in self._session_topics}
         if not partitions:
             return
-        aligner = self._step.aligner
         self._step.restored.clear()
         self._forget_moved(partitions)
         started = time.monotonic()
+        lags_read = asyncio.create_task(self._read_lags())
+        try:
+            restored = await self._restore_windows(partitions)
+            lags = await lags_read
+            if self._lags is not None:
+                self._lags.seed(lags)
+        finally:
+            lags_read.cancel()  # done by now, unless this handler itself was cancelled
+            self._step.restored.set()
+        if restored is not None:
+            count, seeded = restored
+            log.info(
+                "aligner: %d label windows, %d performers' counters and %d raters' lags of "
+                "partitions %s read back in %.2f s",
+                count,
+                seeded,
+                len(lags),
+                sorted(partitions),
+                time.monotonic() - started,
+            )
+
+    async def _restore_windows(self, partitions: set[int]) -> tuple[int, int] | None:
+        """The windows emitted and the counters published for the partitions, taken up:
+        how many of each (None: they could not be read)."""
         try:
             # The group's heartbeats wait for this handler: bounded well inside its session.
             async with asyncio.timeout(RESTORE_TIMEOUT_S):
-                windows, lags = await asyncio.gather(
-                    read_label_windows(
-                        self._settings, self._session_id, partitions, since_ms=self._since_ms()
-                    ),
-                    self._read_lags(),
+                windows = await read_label_windows(
+                    self._settings, self._session_id, partitions, since_ms=self._since_ms()
                 )
                 seeded = await self._counters.seed(partitions)
-            if self._lags is not None:
-                self._lags.seed(lags)
-            count = aligner.restore(windows, now_us())
+            count = self._step.aligner.restore(windows, now_us())
         except Exception:  # without it the aligner still runs, as before a restart
             # ...but its counters would start again from 0: not published until a
             # later assignment reads them back.
             self._counters.seeded.clear()
             log.exception("could not read back the emitted label windows")
-            return
-        else:
-            self._counters.seeded.set()
-        finally:
-            self._step.restored.set()
-        log.info(
-            "aligner: %d label windows and %d performers' counters of partitions %s read "
-            "back in %.2f s",
-            count,
-            seeded,
-            sorted(partitions),
-            time.monotonic() - started,
-        )
+            return None
+        self._counters.seeded.set()
+        return count, seeded
 
     async def _read_lags(self) -> dict[str, records.RaterLag]:
-        """The corrections published for the session's raters (none without estimates)."""
+        """The corrections published for the session's raters (none without estimates).
+        Never raises: the raters then start from their calibration again, as at start."""
         if self._lags is None:
             return {}
+        # With a margin: the records are stamped by the clock of the worker that produced
+        # them, the session's creation by the capture server's.
+        since_ms = self._created_ts_us // 1000 - round(RESTORE_MARGIN_S * 1000)
         try:
-            return await read_rater_lags(self._settings, self._session_id)
-        except Exception:  # the raters start from their calibration again, as at start
+            async with asyncio.timeout(LAGS_RESTORE_TIMEOUT_S):
+                return await read_rater_lags(self._settings, self._session_id, since_ms)
+        except Exception:  # its own timeout too (TimeoutError, not a cancellation)
+            self._lags.read_failures += 1
             log.exception("could not read back the raters' lag corrections")
             return {}
 

@@ -65,6 +65,7 @@ from streams.records import (
     StreamGap,
     TagEvent,
     WindowFeatures,
+    merge_model_readings,
 )
 
 
@@ -209,6 +210,31 @@ class _TagMemo:
 
 
 @dataclass(slots=True)
+class _ModelFold:
+    """One model's readings of one window folded into one (a window read in two parts: a
+    pause, a restart of the model lane), and the readings folded, so one delivered again
+    is told from a new part."""
+
+    reading: ModelReading
+    parts: list[ModelReading]
+
+    def estimate(self) -> ModelEstimate:
+        reading = self.reading
+        return ModelEstimate(
+            model=reading.model,
+            probabilities=reading.probabilities,
+            top_label=reading.top_label,
+            valence=reading.valence,
+            arousal=reading.arousal,
+            frames_read=reading.frames_read,
+        )
+
+
+def _shown(model: _ModelFold | ModelEstimate) -> ModelEstimate:
+    return model if isinstance(model, ModelEstimate) else model.estimate()
+
+
+@dataclass(slots=True)
 class _SentWindow:
     """A window already emitted, kept for grace_us so a late tag can correct it, and late
     features of a stream it went out without can complete it."""
@@ -226,9 +252,10 @@ class _SentWindow:
     partial_hops: dict[int, _Hop] = field(default_factory=dict)
     partial_sights: dict[int, _Sight | None] = field(default_factory=dict)
     # Continuous ratings: the samples of each rater's trace; read back after a restart,
-    # the trace as the window showed it (its samples are not known any more).
+    # the trace as the window showed it (its samples are not known any more). The same
+    # for the model readings.
     traces: dict[TraceKey, WindowTrace | RaterTrace] = field(default_factory=dict)
-    models: dict[str, ModelEstimate] = field(default_factory=dict)
+    models: dict[str, _ModelFold | ModelEstimate] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -280,7 +307,7 @@ class _PerformerTrack:
     ratings: dict[TraceKey, _RatingStream] = field(default_factory=dict)
     rated_until: int | None = None
     pending_traces: dict[int, dict[TraceKey, WindowTrace]] = field(default_factory=dict)
-    pending_models: dict[int, dict[str, ModelEstimate]] = field(default_factory=dict)
+    pending_models: dict[int, dict[str, _ModelFold]] = field(default_factory=dict)
 
 
 # Per-performer counters that are events, not made of the windows (see _tally).
@@ -540,7 +567,11 @@ class SessionAligner:
         self, readings: Iterable[ModelReading], now_us: int
     ) -> list[LabelWindow | RefusedReading]:
         """Model raters' readings, each of one label window: folded into that window (a
-        window already sent is revised once per call, whatever number of readings)."""
+        window already sent is revised once per call, whatever number of readings). A
+        second reading of one window by one model is merged with the first
+        (records.merge_model_readings); one the window already holds, or whose window was
+        read back after a restart showing this model (what its reading was made of is not
+        known here: this is one of its parts, read again), is a duplicate."""
         self._forget_expired(now_us)
         width = self._config.window_us
         oldest = self._oldest_correctable(now_us)
@@ -561,15 +592,8 @@ class SessionAligner:
                 continue
             self._counts["model_readings"] += 1
             track = self._track(reading.performer_id, now_us)
-            estimate = ModelEstimate(
-                model=reading.model,
-                probabilities=reading.probabilities,
-                top_label=reading.top_label,
-                valence=reading.valence,
-                arousal=reading.arousal,
-                frames_read=reading.frames_read,
-            )
             window = reading.ts_us // width
+            models: dict[str, _ModelFold] | dict[str, _ModelFold | ModelEstimate]
             if track.next_window is None or window >= track.next_window:
                 models = track.pending_models.setdefault(window, {})
             else:
@@ -580,10 +604,15 @@ class SessionAligner:
                     self._count(track, "late_model_readings")
                     continue
                 models = sent.models
-            if models.get(reading.model) == estimate:
+            held = models.get(reading.model)
+            if isinstance(held, ModelEstimate) or (held is not None and reading in held.parts):
                 self._counts["duplicate_model_readings"] += 1
                 continue
-            models[reading.model] = estimate
+            if held is None:
+                models[reading.model] = _ModelFold(reading, [reading])
+            else:
+                held.reading = merge_model_readings(held.reading, reading)
+                held.parts.append(reading)
             if track.next_window is not None and window < track.next_window:
                 revised.setdefault(track.performer_id, set()).add(window)
         for performer_id, windows in revised.items():
@@ -665,9 +694,12 @@ class SessionAligner:
         for (performer_id, ts_us), window in newest.items():
             index = ts_us // width
             for rater in window.raters:
+                # Corrections on the labels: they were placed under different ones.
+                own = any(active.lag is not None for active in rater.labels)
                 for active in rater.labels:
-                    if rater.lag is not None:
-                        lags[active.tag_id] = rater.lag
+                    lag = active.lag if own else rater.lag
+                    if lag is not None:
+                        lags[active.tag_id] = lag
                     span = spans.get(active.tag_id)
                     first, last = (index, index) if span is None else (span[1], span[2])
                     spans[active.tag_id] = (
@@ -994,7 +1026,8 @@ class SessionAligner:
             late = sum(len(trace.samples) for trace in traces.values())
             self._count(track, "late_rating_samples", late)
         for window in [w for w in track.pending_models if w < first]:
-            self._count(track, "late_model_readings", len(track.pending_models.pop(window)))
+            folds = track.pending_models.pop(window).values()
+            self._count(track, "late_model_readings", sum(len(fold.parts) for fold in folds))
 
     # ------------------------------------------------------------------ tags
 
@@ -1345,7 +1378,7 @@ class SessionAligner:
             first_without_media=_without_media(missing, features),
             first_frames=_frames(features),
             traces=dict(track.pending_traces.pop(window, {})),
-            models=track.pending_models.pop(window, {}),
+            models=dict(track.pending_models.pop(window, {})),
         )
         # What a stream that is missing had of the window: its late frames join these.
         if "prosody" in missing:
@@ -1436,14 +1469,20 @@ class SessionAligner:
         raters = []
         for rater_id, group in itertools.groupby(sent.labels, key=lambda active: active[0]):
             actives = list(group)
-            # One correction per rater in force at a time: the newest placed tag's.
-            lags = [self._tag_lags[a[2]] for a in actives if a[2] in self._tag_lags]
+            # Where the rater's correction changed between the placing of two of these
+            # tags, each label says its own (records.RaterLabels.lag).
+            placed = [self._tag_lags.get(a[2]) for a in actives]
+            uniform = all(lag == placed[0] for lag in placed)
+            labels = [
+                ActiveLabel(label=a[4], intensity=a[5], tag_id=a[2], lag=None if uniform else lag)
+                for a, lag in zip(actives, placed, strict=True)
+            ]
             raters.append(
                 RaterLabels(
                     rater_id=rater_id,
                     rater_role=actives[0][3],
-                    labels=[ActiveLabel(label=a[4], intensity=a[5], tag_id=a[2]) for a in actives],
-                    lag=lags[-1] if lags else None,
+                    labels=labels,
+                    lag=placed[0] if uniform else None,
                 )
             )
         consensus, agreement = _consensus(sent.labels)
@@ -1466,7 +1505,7 @@ class SessionAligner:
             final_after_us=(window + 1) * self._config.window_us + self._config.grace_us,
             missing=dict(sent.missing),
             ratings=[trace for trace in ratings if trace is not None],
-            models=[sent.models[model] for model in sorted(sent.models)],
+            models=[_shown(sent.models[model]) for model in sorted(sent.models)],
         )
 
 

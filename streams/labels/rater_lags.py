@@ -21,8 +21,15 @@ least one other rater, the most telling of those kept), the choice among them
 correction off, the record still carries every estimate, but what it applies is the
 calibration (or none).
 
+What a round chooses is not applied as it is: :class:`AppliedLags` keeps each rater's
+correction in force until the data say otherwise (an estimate as good moved by more than
+``MIN_SHIFT_US``, a better one came, or ``DROP_AFTER_ROUNDS`` rounds in a row found nothing
+as good), so a confidence that hovers around the bar does not move the rater's tags and
+samples back and forth from one round to the next. :func:`worth_publishing` says which
+records go to ``livetag.raters``: a material change, or a heartbeat.
+
 No clock and no socket here: the aligner's wiring (streams.labels.aligner) runs it on a
-timer and applies the chosen corrections (SessionAligner.set_lag).
+timer and applies the corrections kept (SessionAligner.set_lag).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from streams.labels.reaction_lag import (
 from streams.records import (
     RATING_DIMENSIONS,
     FaceFrame,
+    LagCorrection,
     ProsodyFrame,
     RaterLag,
     RatingBatch,
@@ -61,12 +69,18 @@ from streams.records import (
 )
 
 __all__ = [
+    "DROP_AFTER_ROUNDS",
+    "HEARTBEAT_US",
     "LAUGH_LABELS",
+    "MIN_SHIFT_US",
+    "PUBLISH_SHIFT_US",
     "SMILE_LABELS",
+    "AppliedLags",
     "ConsensusCache",
     "Evidence",
     "LagEvidence",
     "estimate_lags",
+    "worth_publishing",
 ]
 
 #: Labels whose presses are matched to smile onsets, and whose intensity the smile anchors.
@@ -254,9 +268,10 @@ def estimate_lags(
 ) -> list[RaterLag]:
     """Every rater's ``rater_lag`` record from the evidence (module doc), by rater id.
 
-    The consensus of a performer's dimension costs a few hundred milliseconds of FFTs per
-    two minutes of traces; with a ``cache`` (kept by the caller from one round to the
-    next) a dimension whose samples did not change since is not estimated again."""
+    The consensus of a performer's dimension costs about 0.07 s of one core in FFTs per
+    two minutes of three raters' traces (measured on a 2-core machine); with a ``cache``
+    (kept by the caller from one round to the next) a dimension whose samples did not
+    change since is not estimated again."""
     estimates: dict[str, list[LagEstimate]] = {rater: [] for rater in evidence.roles}
     for rater_id, lag_us in evidence.calibrated.items():
         if lag_us > 0 and rater_id in estimates:
@@ -359,3 +374,111 @@ def estimate_lags(
             )
         out.append(record)
     return out
+
+
+# ---------------------------------------------------------------- what is applied, and told
+
+#: A correction in force gives way to an estimate of the same standing only when that one
+#: lies further than this from it. Not the estimate's spread: that is the rater's jitter
+#: from one 10 s window to the next (100-300 ms), not the uncertainty of their median lag,
+#: and holding a correction that far from a confident estimate would misplace the rater by
+#: more than the 60 ms the estimates are good to. Rounds move a settled estimate by a few
+#: milliseconds; 50 ms is half a label window.
+MIN_SHIFT_US: Final = 50_000
+#: Rounds in a row with nothing as good as the correction in force before it is dropped
+#: for what they found (30 s at the default rater_lag_interval_s).
+DROP_AFTER_ROUNDS: Final = 3
+#: A rater_lag record goes out when its applied correction moved by more than this...
+PUBLISH_SHIFT_US: Final = 20_000
+#: ...or changed method, or this long after the last one went out (the estimates it
+#: carries, for the dashboard, and a sign the aligner still estimates).
+HEARTBEAT_US: Final = 60_000_000
+
+
+def _standing(correction: LagCorrection) -> int:
+    """Where the correction stands in :func:`~streams.labels.reaction_lag.choose`'s order:
+    a confident absolute measurement from the data, the calibration, a confident relative
+    consensus, none (choose hands out data estimates only when they are confident)."""
+    if correction.method in ("onsets", "consensus") and not correction.relative:
+        return 3
+    if correction.method == "calibration":
+        return 2
+    if correction.method == "consensus":
+        return 1
+    return 0
+
+
+@dataclass
+class _Kept:
+    correction: LagCorrection
+    misses: int = 0  # rounds in a row that found nothing as good
+
+
+class AppliedLags:
+    """Each rater's correction in force, kept against rounds that would toggle it.
+
+    A round's choice (a ``rater_lag`` record's ``applied``) replaces the correction in
+    force when it stands higher in choose's order, or stands as high and lies more than
+    ``min_shift_us`` from it; a choice that stands lower (the data estimate fell below the
+    confidence bar this round) replaces it only after ``drop_after`` such rounds in a row.
+    """
+
+    def __init__(
+        self, *, min_shift_us: int = MIN_SHIFT_US, drop_after: int = DROP_AFTER_ROUNDS
+    ) -> None:
+        if min_shift_us < 0 or drop_after < 1:
+            raise ValueError("min_shift_us must be >= 0 and drop_after >= 1")
+        self._min_shift_us = min_shift_us
+        self._drop_after = drop_after
+        self._kept: dict[str, _Kept] = {}
+
+    def __contains__(self, rater_id: object) -> bool:
+        return rater_id in self._kept
+
+    def get(self, rater_id: str) -> LagCorrection | None:
+        kept = self._kept.get(rater_id)
+        return None if kept is None else kept.correction
+
+    def seed(self, rater_id: str, correction: LagCorrection) -> None:
+        """The correction in force for a rater (published by an earlier instance)."""
+        self._kept[rater_id] = _Kept(correction)
+
+    def update(self, rater_id: str, chosen: LagCorrection) -> LagCorrection:
+        """The correction to apply after a round that chose ``chosen`` (class doc)."""
+        kept = self._kept.get(rater_id)
+        if kept is None:
+            self._kept[rater_id] = _Kept(chosen)
+            return chosen
+        current = kept.correction
+        if _standing(chosen) >= _standing(current):
+            kept.misses = 0
+            if (
+                _standing(chosen) > _standing(current)
+                or abs(chosen.lag_us - current.lag_us) > self._min_shift_us
+            ):
+                kept.correction = chosen
+            return kept.correction
+        kept.misses += 1
+        if kept.misses >= self._drop_after:
+            self._kept[rater_id] = _Kept(chosen)
+        return self._kept[rater_id].correction
+
+
+def worth_publishing(
+    previous: RaterLag | None,
+    record: RaterLag,
+    *,
+    shift_us: int = PUBLISH_SHIFT_US,
+    heartbeat_us: int = HEARTBEAT_US,
+) -> bool:
+    """Whether ``record`` goes to livetag.raters after ``previous`` (the rater's last one
+    there): its applied correction changed method or moved by more than ``shift_us``, or
+    ``heartbeat_us`` passed since (a confidence moving in its 4th decimal is no news)."""
+    if previous is None:
+        return True
+    before, now = previous.applied, record.applied
+    return (
+        (before.method, before.relative) != (now.method, now.relative)
+        or abs(before.lag_us - now.lag_us) > shift_us
+        or record.ts_us - previous.ts_us >= heartbeat_us
+    )

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
 from infra.worker import ProcessorWorker
 from streams import records
+from streams.features import expression_model, face_model
 from streams.kafka import clients, topics
 from streams.kafka.sessions import create_session
 from streams.settings import Settings
@@ -99,3 +101,68 @@ async def test_a_performers_video_gets_a_model_reading_per_label_window(
     amusement = sum(r.probabilities["amusement"] for r in read) / len(read)
     sadness = sum(r.probabilities["sadness"] for r in read) / len(read)
     assert amusement > sadness
+
+
+async def test_without_the_expression_model_face_features_and_labels_still_flow(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # An install upgraded without `livetag models fetch`: the face model is there, the
+    # expression model is not. The processors run without the model lane, not at all.
+    settings = settings.model_copy(
+        update={
+            "cache_dir": tmp_path,
+            "face_model_path": face_model.resolve(settings),
+            "face_max_lag_ms": 0,
+        }
+    )
+    with pytest.raises(expression_model.ExpressionModelError):
+        expression_model.resolve(settings)
+    media = test_media.prepare(test_media.default_dir())
+    session = await create_session(
+        settings,
+        prompt="no model file",
+        performer_names=["alice"],
+        vocabulary=load_vocabulary(None),
+    )
+    assert session.topics.model is not None
+    stop = asyncio.Event()
+    processors = ProcessorWorker(settings, only_sessions={session.session_id})
+    worker = asyncio.create_task(processors.run(stop))
+    producer = clients.make_producer(settings)
+    consumer = clients.make_consumer(
+        settings, session.topics.face, session.topics.model, topics.LABELS
+    )
+    await asyncio.gather(producer.start(), consumer.start())
+    faces: list[records.FaceFrame] = []
+    readings: list[records.ModelReading] = []
+    windows: list[records.LabelWindow] = []
+    try:
+        frames = face_frames(media, session.session_id, time.time_ns() // 1000)
+        for frame in frames:
+            await send(producer, session.topics.video, frame)
+        await producer.flush()
+        async with asyncio.timeout(180):
+            while len(faces) < len(frames) or not any(w.features.face_frames for w in windows):
+                for batch in (await consumer.getmany(timeout_ms=300)).values():
+                    for message in batch:
+                        record = records.decode(
+                            topics.record_type_of(message.topic), message.value, message.headers
+                        )
+                        if isinstance(record, records.FaceFrame):
+                            faces.append(record)
+                        elif isinstance(record, records.ModelReading):
+                            readings.append(record)
+                        elif (
+                            isinstance(record, records.LabelWindow)
+                            and record.session_id == session.session_id
+                        ):
+                            windows.append(record)
+        # The processor that made them is still running: the missing file stopped nothing.
+        assert processors.children[session.session_id].process.returncode is None
+    finally:
+        await shut_down(settings, session, stop, worker, producer, consumer)
+
+    assert [f.ts_us for f in faces] == [f.header.ts_us for f in frames]
+    assert sum(bool(f.face_present) for f in faces) >= 0.9 * len(frames)
+    assert readings == []
+    assert all(window.models == [] for window in windows)

@@ -60,7 +60,8 @@ async def test_session_topic_set_is_created_and_deleted(
     admin: AIOKafkaAdminClient, settings: Settings, session_id: str
 ) -> None:
     names = await topics.create_session_topics(admin, settings, session_id)
-    expected = {names.audio, names.video, names.prosody, names.face}
+    expected = {getattr(names, stream) for stream in topics.SESSION_STREAMS}
+    assert names.model in expected
     assert expected <= set(await topics.list_livetag_topics(admin))
     again = await topics.create_session_topics(admin, settings, session_id)
     assert again == names

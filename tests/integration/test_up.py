@@ -80,6 +80,11 @@ def _run_up_and_stop_on_ctrl_c(process: subprocess.Popen[str], port: int) -> Non
         assert any(line.startswith("dashboard") for line in lines), lines
         # No face model in this fresh cache: up says so instead of failing later.
         assert any("face model       MISSING" in line for line in lines), lines
+        # Nor the expression model: the processors will run without the model lane.
+        assert any(
+            line.startswith("model lane       OFF") and "livetag models fetch" in line
+            for line in lines
+        ), lines
         _assert_broker_shares_the_priority(process.pid)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)

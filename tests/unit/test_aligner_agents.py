@@ -29,7 +29,7 @@ from streams.labels.aligner import (
     presence_of,
 )
 from streams.labels.aligner_core import AlignerConfig, LateTag, SessionAligner
-from streams.labels.rater_lags import LagEvidence
+from streams.labels.rater_lags import HEARTBEAT_US, LagEvidence
 from streams.settings import Settings
 from tests.tag_cases import tag
 
@@ -662,7 +662,10 @@ async def test_assignment_takes_up_the_published_lags_before_anything_is_aligned
     async def read_counters(*_: Any, **__: Any) -> dict[Any, Any]:
         return {}
 
-    async def read_rater_lags(settings: Settings, session_id: str) -> dict[str, Any]:
+    since: list[int] = []
+
+    async def read_rater_lags(settings: Settings, session_id: str, since_ms: int) -> dict[str, Any]:
+        since.append(since_ms)
         return {"olga": lag_record("olga", 300_000), "pete": lag_record("pete", 500_000)}
 
     monkeypatch.setattr(aligner_module, "read_label_windows", read_label_windows)
@@ -680,9 +683,148 @@ async def test_assignment_takes_up_the_published_lags_before_anything_is_aligned
     counters = CounterPublisher(Settings(), SID, step, emit, HEALTH)
     restore = RestoreOnAssignment(Settings(), session(), step, counters, publisher)
     await restore.restore(None, {TopicPartition(topics.RATINGS, 0)})
+    # From the session's creation (a margin for the producers' clocks) on, not from 0.
+    assert since == [T0 // 1000 - round(aligner_module.RESTORE_MARGIN_S * 1000)]
     assert aligner.lag_of("olga") == records.LagCorrection(method="calibration", lag_us=300_000)
     assert aligner.lag_of("pete") == own
     assert step.restored.is_set()
     # Taken up, not news: not published again.
     await publisher.estimate()
     assert emitted(journal, records.RaterLag) == []
+
+
+def scripted_rounds(monkeypatch: pytest.MonkeyPatch, rounds: list[records.LagCorrection]) -> None:
+    """Each estimate round chooses the next of ``rounds`` for olga."""
+    script = iter(rounds)
+
+    def estimate_lags(_: Any, session_id: str, now_us: int, **__: Any) -> list[records.RaterLag]:
+        chosen = next(script)
+        record = lag_record("olga", chosen.lag_us, now_us)
+        return [record.model_copy(update={"applied": chosen, "estimates": [chosen]})]
+
+    monkeypatch.setattr(aligner_module, "estimate_lags", estimate_lags)
+
+
+async def test_rounds_that_would_toggle_a_correction_keep_it_and_publish_nothing(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consensus = records.LagCorrection(method="consensus", lag_us=600_000, confidence=0.41)
+    calibration = records.LagCorrection(method="calibration", lag_us=0)
+    scripted_rounds(
+        monkeypatch,
+        [
+            consensus,
+            calibration,  # its confidence fell to 0.39
+            consensus.model_copy(update={"confidence": 0.4123, "lag_us": 610_000}),
+            calibration,
+            calibration,
+            calibration,  # the third round in a row without it
+        ],
+    )
+    journal: Journal = []
+    emit, _ = recorder(journal)
+    evidence = LagEvidence(60_000_000)
+    aligner = SessionAligner(SID, PROSODY_ONLY, evidence)
+    step = AlignerStep(aligner, emit, LABELS)
+    publisher = RaterLagPublisher(Settings(), SID, step, evidence, emit, RATERS)
+    applied = []
+    for _ in range(5):
+        await publisher.estimate()
+        applied.append(aligner.lag_of("olga"))
+        clock.now_us += 10_000_000
+    assert applied == [consensus] * 5
+    [published] = emitted(journal, records.RaterLag)
+    assert published.applied == consensus
+    await publisher.estimate()
+    assert aligner.lag_of("olga") == calibration
+    assert [r.applied for r in emitted(journal, records.RaterLag)] == [consensus, calibration]
+
+
+async def test_an_unchanged_correction_is_published_again_as_a_heartbeat(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    consensus = records.LagCorrection(method="consensus", lag_us=600_000, confidence=0.6)
+    scripted_rounds(monkeypatch, [consensus] * 3)
+    journal: Journal = []
+    emit, _ = recorder(journal)
+    evidence = LagEvidence(60_000_000)
+    step = AlignerStep(SessionAligner(SID, PROSODY_ONLY, evidence), emit, LABELS)
+    publisher = RaterLagPublisher(Settings(), SID, step, evidence, emit, RATERS)
+    await publisher.estimate()
+    clock.now_us += HEARTBEAT_US - 1
+    await publisher.estimate()
+    clock.now_us += 1
+    await publisher.estimate()
+    assert [r.ts_us for r in emitted(journal, records.RaterLag)] == [T0, T0 + HEARTBEAT_US]
+
+
+def lag_restore(
+    monkeypatch: pytest.MonkeyPatch,
+    read_rater_lags: Callable[..., Any],
+    windows: list[records.LabelWindow] | Exception,
+) -> tuple[SessionAligner, AlignerStep, CounterPublisher, RaterLagPublisher, RestoreOnAssignment]:
+    async def read_label_windows(*_: Any, **__: Any) -> list[records.LabelWindow]:
+        if isinstance(windows, Exception):
+            raise windows
+        return windows
+
+    async def read_counters(*_: Any, **__: Any) -> dict[Any, Any]:
+        return {}
+
+    monkeypatch.setattr(aligner_module, "read_label_windows", read_label_windows)
+    monkeypatch.setattr(aligner_module, "read_rater_lags", read_rater_lags)
+    monkeypatch.setattr(health, "read_counters", read_counters)
+    emit, _ = recorder([])
+    evidence = LagEvidence(60_000_000)
+    aligner = SessionAligner(SID, PROSODY_ONLY, evidence)
+    step = AlignerStep(aligner, emit, LABELS)
+    publisher = RaterLagPublisher(Settings(), SID, step, evidence, emit, RATERS)
+    counters = CounterPublisher(Settings(), SID, step, emit, HEALTH)
+    restore = RestoreOnAssignment(Settings(), session(), step, counters, publisher)
+    return aligner, step, counters, publisher, restore
+
+
+def two_windows() -> list[records.LabelWindow]:
+    earlier = SessionAligner(SID, PROSODY_ONLY)
+    emitted = feeding(earlier, hops(T0, T0 + 2 * W + 10_000))(T0)
+    emitted += earlier.tick(T0 + 2 * W + TAG_WAIT)
+    assert len(emitted) == 2
+    return emitted
+
+
+@pytest.mark.parametrize("failure", ["timeout", "error"])
+async def test_a_failed_read_of_the_lags_leaves_the_windows_restored_and_is_counted(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    async def read_rater_lags(*_: Any) -> dict[str, Any]:
+        if failure == "error":
+            raise OSError("broker unreachable")
+        await asyncio.sleep(3600)
+        return {}
+
+    monkeypatch.setattr(aligner_module, "LAGS_RESTORE_TIMEOUT_S", 0.05)
+    aligner, step, counters, publisher, restore = lag_restore(
+        monkeypatch, read_rater_lags, two_windows()
+    )
+    await restore.restore(None, {TopicPartition(topics.RATINGS, 0)})
+    assert aligner.stats["restored_windows"] == 2
+    assert counters.seeded.is_set()
+    assert step.restored.is_set()
+    assert publisher.read_failures == 1
+    assert aligner.lag_of("olga") is None
+
+
+async def test_the_lags_are_taken_up_even_when_the_windows_could_not_be_read(
+    clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def read_rater_lags(*_: Any) -> dict[str, Any]:
+        return {"olga": lag_record("olga", 300_000)}
+
+    aligner, step, counters, publisher, restore = lag_restore(
+        monkeypatch, read_rater_lags, OSError("broker unreachable")
+    )
+    await restore.restore(None, {TopicPartition(topics.RATINGS, 0)})
+    assert not counters.seeded.is_set()
+    assert step.restored.is_set()
+    assert publisher.read_failures == 0
+    assert aligner.lag_of("olga") == records.LagCorrection(method="calibration", lag_us=300_000)

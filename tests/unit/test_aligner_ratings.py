@@ -319,6 +319,41 @@ def test_readings_after_the_window_went_out_revise_it_once_per_step() -> None:
     assert counts["model_windows"] == 2
 
 
+def test_a_second_reading_of_a_window_by_one_model_is_merged_with_the_first() -> None:
+    aligner = SessionAligner(SID, PROSODY_ONLY)
+    feed(aligner, T0, T0 + 4 * W, T0)
+    first = reading(T0)  # 2 frames, amusement 0.8
+    second = first.model_copy(
+        update={
+            "frames_read": 6,
+            "probabilities": {"amusement": 0.6},
+            "class_probabilities": {"happy": 0.6},
+            "valence": 0.1,
+        }
+    )
+    assert aligner.add_model_readings([first, second, first], T0) == []
+    assert aligner.stats["duplicate_model_readings"] == 1, "the first, delivered again"
+    sent = windows_of(aligner.tick(T0 + 3 * W + TAG_WAIT))
+    [estimate] = sent[0].models
+    merged = records.merge_model_readings(first, second)
+    assert (estimate.frames_read, estimate.probabilities, estimate.valence) == (
+        8,
+        {"amusement": 0.65},  # (0.8 x 2 + 0.6 x 6) / 8
+        0.2,
+    )
+    assert estimate.top_label == merged.top_label == "amusement"
+    # A window already sent: its second reading revises it with the two merged.
+    later = reading(T0 + W)
+    assert sorted(windows_of(aligner.add_model_readings([later], T0 + 4 * W))) == [1]
+    [revised] = windows_of(
+        aligner.add_model_readings([later.model_copy(update={"frames_read": 6})], T0 + 4 * W)
+    ).values()
+    assert revised.revision == 2
+    assert [m.frames_read for m in revised.models] == [8]
+    assert aligner.add_model_readings([later], T0 + 4 * W) == []
+    assert aligner.stats["duplicate_model_readings"] == 2
+
+
 def test_a_reading_too_late_is_counted_and_one_off_the_grid_refused() -> None:
     aligner = SessionAligner(SID, replace(PROSODY_ONLY, grace_us=1_000_000))
     feed(aligner, T0, T0 + 5 * W, T0)
@@ -373,6 +408,49 @@ def test_a_raters_lag_correction_moves_their_tags_from_then_on() -> None:
     [plain] = [window for window in later.values() if window.raters]
     assert plain.ts_us == T0 + 15 * W
     assert plain.raters[0].lag is None
+
+
+def test_a_raters_labels_placed_under_different_corrections_each_say_their_own() -> None:
+    consensus = records.LagCorrection(method="consensus", lag_us=500_000, confidence=0.8)
+    onsets = records.LagCorrection(method="onsets", lag_us=300_000, confidence=0.7)
+    aligner = SessionAligner(SID, PROSODY_ONLY)
+    emitted = feed(aligner, T0, T0 + 20 * W, T0)
+    aligner.set_lag("olga", consensus)
+    # Raw presses of three labels, each point centred on where it is placed: 100-700 ms
+    # (windows 1-6), 600-800 ms (6-7), 750-850 ms (7-8).
+    aligner.add_tag(
+        tag("tag-0001", "point", T0 + 900_000, span_us=600_000, rater="olga", label="joy"), T0
+    )
+    aligner.set_lag("olga", onsets)
+    aligner.add_tag(
+        tag("tag-0002", "point", T0 + 1_000_000, span_us=200_000, rater="olga", label="laughter"),
+        T0,
+    )
+    aligner.set_lag("olga", None)
+    aligner.add_tag(
+        tag("tag-0003", "point", T0 + 800_000, span_us=100_000, rater="olga", label="amusement"), T0
+    )
+    emitted += aligner.tick(T0 + 20 * W + TAG_WAIT)
+    out = windows_of(emitted)
+
+    def shown(window: records.LabelWindow) -> tuple[object, list[tuple[str, object]]]:
+        [rater] = window.raters
+        return rater.lag, [(label.tag_id, label.lag) for label in rater.labels]
+
+    assert shown(out[3]) == (consensus, [("tag-0001", None)])
+    assert shown(out[6]) == (None, [("tag-0001", consensus), ("tag-0002", onsets)])
+    assert shown(out[7]) == (None, [("tag-0002", onsets), ("tag-0003", None)])
+    assert shown(out[8]) == (None, [("tag-0003", None)])
+    # Read back after a restart, each tag keeps its own correction: a window revised for
+    # another rater's late tag shows olga's as before.
+    second = SessionAligner(SID, PROSODY_ONLY)
+    second.restore(emitted, T0 + 21 * W)
+    late = tag("tag-0004", "point", T0 + 600_000, span_us=600_000, rater="pete")
+    revised = windows_of(second.add_tag(late, T0 + 21 * W))
+    assert sorted(revised) == [3, 4, 5, 6, 7, 8]
+    for window, revision in revised.items():
+        [olga] = [rater for rater in revision.raters if rater.rater_id == "olga"]
+        assert olga == out[window].raters[0], window
 
 
 def test_a_raters_correction_replaces_their_calibration_on_samples() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -191,6 +192,60 @@ def test_a_failing_rater_fails_its_frame_with_the_reason_and_never_raises() -> N
     assert isinstance(bad, Unread)
     assert "sum to" in bad.detail
     assert bound.failures == 1
+
+
+class Inventive(Scripted):
+    """A rater that declares no classes (as an HTTP endpoint) and names a new one in each
+    answer, as an endpoint that put a counter or a timestamp into its class names would."""
+
+    classes: Sequence[str] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answers = 0
+
+    def rate(self, face: FaceSample) -> Any:
+        self.answers += 1
+        return {"neutral": 0.5, f"mood-{self.answers}": 0.5}
+
+
+def test_a_rater_without_classes_may_name_only_so_many_distinct_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bound = BoundRater(Inventive(), DEFAULT_LABELS, name="http-model")
+    limit = model_rater.MAX_NAMED_CLASSES
+    with caplog.at_level(logging.WARNING, logger=model_rater.__name__):
+        outcomes = [bound.read(sample()) for _ in range(limit + 5)]
+    # "neutral" and the first limit - 1 invented names are taken; every later answer fails.
+    read = [o for o in outcomes if isinstance(o, FrameReading)]
+    failed = [o for o in outcomes if isinstance(o, Unread)]
+    assert len(read) == limit - 1
+    assert len(failed) == 6
+    assert all(o.reason == "failed" and o.model == "http-model" for o in failed)
+    assert f"beyond the {limit} distinct" in failed[0].detail
+    assert "'mood-32'" in failed[0].detail
+    assert bound.failures == 6
+    # One line says what happened and names the classes taken, however often it happens
+    # (beside the failures' own line: the first, then every hundredth).
+    beyond = [r for r in caplog.records if "named classes" in r.getMessage()]
+    assert len(beyond) == 1
+    assert beyond[0].levelno == logging.WARNING
+    assert "'mood-1'" in beyond[0].getMessage()
+    # A class already named is still read, and the readings never carry the refused names.
+    assert all(len(r.class_probabilities) == 2 for r in read)
+    assert isinstance(bound.reading({"neutral": 0.2, "mood-3": 0.8}), FrameReading)
+    with pytest.raises(RatingError, match="beyond the"):
+        bound.reading({"neutral": 0.2, "mood-99": 0.8})
+
+
+def test_a_rater_with_its_own_classes_is_held_to_them_not_to_the_cap() -> None:
+    many = tuple(f"c{n}" for n in range(model_rater.MAX_NAMED_CLASSES + 8))
+    rater = Scripted()
+    rater.classes = many
+    rater.valence_arousal = {}
+    bound = BoundRater(rater, DEFAULT_LABELS, name="scripted")
+    for name in many:
+        assert isinstance(bound.reading({name: 1.0}), FrameReading)
 
 
 def test_a_rater_that_could_not_be_made_fails_every_frame_it_should_read() -> None:

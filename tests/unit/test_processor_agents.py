@@ -4,6 +4,7 @@ order (streams.features.processors)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +15,6 @@ import pytest
 
 from streams import records
 from streams.features import processors
-from streams.features.expression_model import ExpressionModelError
 from streams.features.face_errors import FaceAnalysisError
 from streams.features.face_pool import FacePoolStopped, FaceResult
 from streams.features.model_rater import FrameReading, ModelOutcome, RaterChoice, Unread
@@ -22,6 +22,7 @@ from streams.features.processors import (
     FACE_BUSY_FRAMES,
     PROSODY_IDLE_FLUSH_S,
     FaceAgent,
+    ModelLane,
     ProsodyAgent,
     SessionOutput,
     UnfinishedChunks,
@@ -464,13 +465,34 @@ async def test_a_model_reading_that_cannot_be_produced_leaves_its_frames_unacked
     assert [str(exc) for exc in output.stops] == ["broker gone"]
 
 
-def test_a_session_from_before_the_model_lane_gets_no_model_rater(tmp_path: Path) -> None:
-    # No model file in this cache: the rater is never chosen, so nothing fails.
+def test_a_session_from_before_the_model_lane_gets_no_model_rater(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No model file in this cache: the rater is never chosen, so nothing is said.
     settings = Settings(cache_dir=tmp_path)
     old = session().model_copy(
         update={"topics": session().topics.model_copy(update={"model": None})}
     )
-    assert processors.model_rater_of(settings, old) is None
-    assert processors.model_rater_of(Settings(model_rater="none"), session()) is None
-    with pytest.raises(ExpressionModelError, match="livetag models fetch"):
-        processors.model_rater_of(settings, session())
+    with caplog.at_level(logging.WARNING, logger=processors.__name__):
+        assert processors.model_rater_of(settings, old) is None
+        assert processors.model_rater_of(Settings(model_rater="none"), session()) is None
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    ("model_rater", "reason"),
+    [("fer-mini-xception", "livetag models fetch"), ("frowns", "is no model rater")],
+)
+def test_a_rater_that_cannot_be_chosen_costs_the_model_lane_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, model_rater: str, reason: str
+) -> None:
+    # An install upgraded without `livetag models fetch`: no expression model in the cache.
+    settings = Settings(cache_dir=tmp_path, model_rater=model_rater)
+    with caplog.at_level(logging.WARNING, logger=processors.__name__):
+        rater = processors.model_rater_of(settings, session())
+    assert rater is None
+    assert ModelLane.of(settings, "s-1", rater) is None
+    [said] = [r for r in caplog.records if r.name == processors.__name__]
+    assert said.levelno == logging.ERROR
+    assert "the model lane is off" in said.getMessage()
+    assert reason in said.getMessage()
