@@ -29,7 +29,7 @@ the aligner corrects a trace with the lag it estimates (``records.RatingBatch``)
 from __future__ import annotations
 
 import statistics
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -43,6 +43,8 @@ from taggers.clock import ClockEstimate, ClockReply
 
 __all__ = [
     "MIN_CALIBRATION_SAMPLES",
+    "PAGE_OUTBOX_BATCHES",
+    "RATER_BATCHES_REMEMBERED",
     "RATING_RATES_HZ",
     "BatchLedger",
     "ClientMessage",
@@ -211,6 +213,10 @@ def parse_client_message(
     try:
         document = strict_json.loads_object(raw, max_bytes=largest)
     except strict_json.JsonInputError as exc:
+        # Only a ratings batch may be larger than max_bytes: anything else that large is
+        # refused for its size, whether or not it parses.
+        if size > max_bytes:
+            raise ProtocolError("too_big", f"message is over {max_bytes} bytes") from None
         raise ProtocolError("malformed", exc.reason) from None
     if size > max_bytes and document.get("type") != "ratings":
         raise ProtocolError("too_big", f"message is over {max_bytes} bytes")
@@ -615,21 +621,51 @@ def ratings_ack(batch: StoredBatch, *, duplicate: bool, held: bool) -> dict[str,
     }
 
 
+#: Unacknowledged rating batches a page keeps to re-send (``RATING_BATCHES_KEPT`` in
+#: taggers/static/sent.js): ten minutes of a 20 Hz trace in half-second batches.
+PAGE_OUTBOX_BATCHES = 1200
+#: Batches a session's ledger remembers per rater: a page's whole outbox and a quarter more
+#: (a rater on a second device, a page that reloaded). About 0.5 MB a rater.
+RATER_BATCHES_REMEMBERED = PAGE_OUTBOX_BATCHES + PAGE_OUTBOX_BATCHES // 4
+
+
 @dataclass(slots=True)
 class BatchLedger:
-    """The rating batches a session's service has stored, by batch_id (re-sends are
-    answered from it). Bounded like :class:`TagLedger`; consumers dedupe on batch_id."""
+    """The rating batches a session's service has stored, by batch_id: a re-send is answered
+    from it instead of being stored again.
 
-    capacity: int = 200_000
+    A page re-sends only what its outbox holds (at most :data:`PAGE_OUTBOX_BATCHES`), and a
+    batch stored whose ack was lost is among the first it re-sends on the next connection,
+    so each rater's newest ``per_rater`` batches answer every re-send with room to spare;
+    a rater's older ones go first. ``capacity`` bounds the session whatever its number of
+    raters (the oldest of all go first). A batch re-sent after it was forgotten is stored
+    again, and still counted once downstream: the aligner skips a batch_id it has seen and,
+    after it forgets one, a sample already in its window; the archive keeps the first batch
+    of an id (streams/labels/aligner_core.py, streams/archive/store.py)."""
+
+    per_rater: int = RATER_BATCHES_REMEMBERED
+    capacity: int = 32 * RATER_BATCHES_REMEMBERED
     _batches: OrderedDict[str, StoredBatch] = field(default_factory=OrderedDict)
+    _by_rater: dict[str, deque[str]] = field(default_factory=dict)
 
     def get(self, batch_id: str) -> StoredBatch | None:
         return self._batches.get(batch_id)
 
     def remember(self, batch: StoredBatch) -> None:
+        if batch.batch_id in self._batches:
+            return
         self._batches[batch.batch_id] = batch
+        mine = self._by_rater.setdefault(batch.rater_id, deque())
+        mine.append(batch.batch_id)
+        if len(mine) > self.per_rater:
+            del self._batches[mine.popleft()]
         while len(self._batches) > self.capacity:
-            self._batches.popitem(last=False)
+            # The oldest of the session is also the oldest of its rater.
+            _, oldest = self._batches.popitem(last=False)
+            theirs = self._by_rater[oldest.rater_id]
+            theirs.popleft()
+            if not theirs:
+                del self._by_rater[oldest.rater_id]
 
     def __len__(self) -> int:
         return len(self._batches)

@@ -7,7 +7,8 @@ safe on ``livetag.tags`` (taggers.outbox) and only then acknowledged. A continuo
 own. Tags and batches are handled in their own tasks so a slow produce never delays the
 reading of the next clock reply (whose receive time is part of the clock estimate).
 Re-sent tags and batches are answered from per-session ledgers, so a client that
-reconnects and re-sends what was unacknowledged stores nothing twice.
+reconnects and re-sends what was unacknowledged stores nothing twice; what the service keeps
+of a session goes once the session takes no more tags and its clients are gone.
 
 The service is mounted in the capture server's web app (same origin and tokens as the call
 page); observers' frame-on-screen lookups go through the ``frame_lookup`` it is given.
@@ -20,7 +21,7 @@ import contextlib
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -45,6 +46,7 @@ from taggers import credentials, tokens
 from taggers.clock import ClockReply, ClockSync
 from taggers.outbox import TagOutbox
 from taggers.protocol import (
+    RATER_BATCHES_REMEMBERED,
     BatchLedger,
     FrameCapture,
     Hello,
@@ -123,6 +125,77 @@ def limits_of(settings: Settings) -> TagLimits:
     )
 
 
+class _Stored(Protocol):
+    """What a ledger keeps of a stored tag or batch: at least whose it is."""
+
+    @property
+    def rater_id(self) -> str: ...
+
+
+StoredT = TypeVar("StoredT", bound=_Stored)
+
+
+class _Ledger(Protocol[StoredT]):
+    def get(self, record_id: str, /) -> StoredT | None: ...
+
+    def remember(self, stored: StoredT, /) -> None: ...
+
+
+class StoredOnce(Generic[StoredT]):
+    """Records of one kind (tags, rating batches) made safe once by their client-made id,
+    per session: a ledger answers a re-send of what is stored, and a re-send that comes
+    while its first copy is still being stored waits for that one."""
+
+    def __init__(self, new_ledger: Callable[[], _Ledger[StoredT]]) -> None:
+        self._new_ledger = new_ledger
+        self._ledgers: dict[str, _Ledger[StoredT]] = {}
+        self._in_flight: dict[tuple[str, str], asyncio.Future[StoredT]] = {}
+
+    def known(self, session_id: str, record_id: str) -> StoredT | None:
+        ledger = self._ledgers.get(session_id)
+        return None if ledger is None else ledger.get(record_id)
+
+    async def store(
+        self,
+        session_id: str,
+        record_id: str,
+        deliver: Callable[[], Awaitable[tuple[StoredT, bool]]],
+    ) -> tuple[StoredT, bool, bool]:
+        """(what is kept of the record, duplicate, held): ``deliver`` makes the record safe
+        and says what to keep and whether it was held; it runs once per id while the id is
+        remembered, however often the record is re-sent."""
+        known = self.known(session_id, record_id)
+        if known is not None:
+            return known, True, False
+        key = (session_id, record_id)
+        pending = self._in_flight.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending), True, False
+        future: asyncio.Future[StoredT] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            stored, held = await deliver()
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: a re-send that was not waiting is no error
+            raise
+        finally:
+            del self._in_flight[key]
+        ledger = self._ledgers.get(session_id)
+        if ledger is None:
+            ledger = self._ledgers[session_id] = self._new_ledger()
+        ledger.remember(stored)
+        future.set_result(stored)
+        return stored, False, held
+
+    def sessions(self) -> set[str]:
+        """The sessions with a ledger."""
+        return set(self._ledgers)
+
+    def forget(self, session_id: str) -> None:
+        self._ledgers.pop(session_id, None)
+
+
 class TagService:
     """Start/stop around a web app that routes ``/ws/tag`` to :meth:`websocket`."""
 
@@ -164,10 +237,15 @@ class TagService:
             settings.state_dir,
             produce_timeout_s=settings.tag_produce_timeout_ms / 1000,
         )
-        self._ledgers: dict[str, TagLedger] = {}
-        self._batch_ledgers: dict[str, BatchLedger] = {}
-        self._in_flight: dict[tuple[str, str], asyncio.Future[records.TagEvent]] = {}
-        self._batches_in_flight: dict[tuple[str, str], asyncio.Future[StoredBatch]] = {}
+        self.stored_tags: StoredOnce[records.TagEvent] = StoredOnce(TagLedger)
+        # Each rater's newest batches (what a page may re-send), up to as many raters as
+        # a session has tagging clients at once; a session's ledgers go once it is over.
+        self.stored_batches: StoredOnce[StoredBatch] = StoredOnce(
+            lambda: BatchLedger(
+                per_rater=RATER_BATCHES_REMEMBERED,
+                capacity=RATER_BATCHES_REMEMBERED * settings.max_clients_per_session,
+            )
+        )
         self._reaction_lags: dict[tuple[str, str], int] = {}
         self._clocks: OrderedDict[tuple[str, str, str], ClockSync] = OrderedDict()
         self._connections: set[TagConnection] = set()
@@ -267,12 +345,6 @@ class TagService:
         return claims, session
 
     # ---------------------------------------------------------------- shared state
-
-    def ledger(self, session_id: str) -> TagLedger:
-        return self._ledgers.setdefault(session_id, TagLedger())
-
-    def batch_ledger(self, session_id: str) -> BatchLedger:
-        return self._batch_ledgers.setdefault(session_id, BatchLedger())
 
     def connections_in(self, session_id: str) -> int:
         """Admitted tagging connections of a session."""
@@ -389,20 +461,25 @@ class TagService:
         ended_us = self._ended_at(session.session_id) if self._ended_at is not None else None
         return session.ts_us if ended_us is None else ended_us
 
+    def _takes_no_more(self, session: records.SessionRecord, now_us: int) -> bool:
+        """Archived, or ended more than ``label_grace_s`` ago."""
+        if session.state not in OVER_STATES:
+            return False
+        grace_us = round(self.settings.label_grace_s * 1_000_000)
+        return session.state == "archived" or now_us > self._ended_us(session) + grace_us
+
     async def close_ended_sessions(self) -> None:
         """Close (4409 ``session_ended``) the tagging connections of sessions that take no
         more tags: archived, or ended more than ``label_grace_s`` ago. Until then a widget
-        stays connected to re-send what it holds; after, it would only be refused."""
+        stays connected to re-send what it holds; after, it would only be refused. Then
+        forget what is kept of such sessions (:meth:`forget_ended_sessions`)."""
         now_us = self.clock()
-        grace_us = round(self.settings.label_grace_s * 1_000_000)
         closing = []
         for connection in list(self._connections):
             if connection.session is None:
                 continue
             session = await self.sessions(connection.session.session_id)
-            if session is None or session.state not in OVER_STATES:
-                continue
-            if session.state != "archived" and now_us <= self._ended_us(session) + grace_us:
+            if session is None or not self._takes_no_more(session, now_us):
                 continue
             if now_us - connection.last_tag_us < _ENDED_QUIET_US:
                 continue  # re-sending what it holds: answered first, closed once quiet
@@ -414,72 +491,75 @@ class TagService:
         for failure in await asyncio.gather(*closing, return_exceptions=True):
             if isinstance(failure, Exception):
                 log.warning("closing a tagging connection of an ended session failed: %s", failure)
+        await self.forget_ended_sessions()
+
+    async def forget_ended_sessions(self) -> None:
+        """Drop the ledgers, reaction lags and client clocks of sessions that take no more
+        tags and have no tagging connection left (one still open is re-sending what it
+        holds, and is answered from the ledgers until it is closed). A session the service
+        can no longer look up is forgotten too: nobody can be admitted to it."""
+        now_us = self.clock()
+        kept = (
+            self.stored_tags.sessions()
+            | self.stored_batches.sessions()
+            | {session_id for session_id, _ in self._reaction_lags}
+            | {session_id for session_id, _, _ in self._clocks}
+        )
+        connected = {c.session.session_id for c in self._connections if c.session is not None}
+        candidates = sorted(kept - connected)
+        found = await asyncio.gather(*(self.sessions(session_id) for session_id in candidates))
+        over = {
+            session_id
+            for session_id, session in zip(candidates, found, strict=True)
+            if session is None or self._takes_no_more(session, now_us)
+        }
+        if not over:
+            return
+        for session_id in over:
+            self.stored_tags.forget(session_id)
+            self.stored_batches.forget(session_id)
+        for key in [key for key in self._reaction_lags if key[0] in over]:
+            del self._reaction_lags[key]
+        for clock_key in [key for key in self._clocks if key[0] in over]:
+            del self._clocks[clock_key]
+        log.info("forgot the tag ledgers of ended sessions %s", ", ".join(sorted(over)))
 
     async def store(self, tag: records.TagEvent) -> tuple[records.TagEvent, bool, bool]:
         """Make a tag safe once: (the stored tag, duplicate, held)."""
-        ledger = self.ledger(tag.session_id)
-        known = ledger.get(tag.tag_id)
-        if known is not None:
-            self.stats["duplicates"] += 1
-            return known, True, False
-        key = (tag.session_id, tag.tag_id)
-        pending = self._in_flight.get(key)
-        if pending is not None:  # the same tag re-sent while its first copy is in flight
-            first = await asyncio.shield(pending)
-            if first.rater_id != tag.rater_id:
+
+        async def deliver() -> tuple[records.TagEvent, bool]:
+            return tag, await self.outbox.deliver(tag)
+
+        stored, duplicate, held = await self.stored_tags.store(tag.session_id, tag.tag_id, deliver)
+        if duplicate:
+            if stored.rater_id != tag.rater_id:
                 raise ProtocolError("forbidden", "that tag_id belongs to another rater", tag.tag_id)
             self.stats["duplicates"] += 1
-            return first, True, False
-        future: asyncio.Future[records.TagEvent] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            held = await self.outbox.deliver(tag)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a re-send that was not waiting is no error
-            raise
-        finally:
-            del self._in_flight[key]
-        ledger.remember(tag)
-        future.set_result(tag)
-        self.stats["tags"] += 1
-        self.stats["held"] += int(held)
-        return tag, False, held
+        else:
+            self.stats["tags"] += 1
+            self.stats["held"] += int(held)
+        return stored, duplicate, held
 
     async def store_ratings(self, batch: records.RatingBatch) -> tuple[StoredBatch, bool, bool]:
         """Make a rating batch safe once: (what is kept of it, duplicate, held)."""
-        ledger = self.batch_ledger(batch.session_id)
-        known = ledger.get(batch.batch_id)
-        if known is not None:
-            self.stats["rating_duplicates"] += 1
-            return known, True, False
-        key = (batch.session_id, batch.batch_id)
-        pending = self._batches_in_flight.get(key)
-        if pending is not None:  # re-sent while its first copy is in flight
-            first = await asyncio.shield(pending)
-            if first.rater_id != batch.rater_id:
+
+        async def deliver() -> tuple[StoredBatch, bool]:
+            return StoredBatch.of(batch), await self.outbox.deliver(batch)
+
+        stored, duplicate, held = await self.stored_batches.store(
+            batch.session_id, batch.batch_id, deliver
+        )
+        if duplicate:
+            if stored.rater_id != batch.rater_id:
                 raise ProtocolError(
                     "forbidden", "that batch_id belongs to another rater", batch_id=batch.batch_id
                 )
             self.stats["rating_duplicates"] += 1
-            return first, True, False
-        future: asyncio.Future[StoredBatch] = asyncio.get_running_loop().create_future()
-        self._batches_in_flight[key] = future
-        try:
-            held = await self.outbox.deliver(batch)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: a re-send that was not waiting is no error
-            raise
-        finally:
-            del self._batches_in_flight[key]
-        stored = StoredBatch.of(batch)
-        ledger.remember(stored)
-        future.set_result(stored)
-        self.stats["rating_batches"] += 1
-        self.stats["rating_samples"] += stored.samples
-        self.stats["rating_held"] += int(held)
-        return stored, False, held
+        else:
+            self.stats["rating_batches"] += 1
+            self.stats["rating_samples"] += stored.samples
+            self.stats["rating_held"] += int(held)
+        return stored, duplicate, held
 
 
 class TagConnection:
@@ -725,8 +805,8 @@ class TagConnection:
             assert self.session is not None
             session_id = self.session.session_id
             rater_id = self.claims.participant_id
-            ledger = self.service.ledger(session_id)
-            known = ledger.get(message.tag_id)
+            stored_tags = self.service.stored_tags
+            known = stored_tags.known(session_id, message.tag_id)
             if known is not None:  # a re-send: answered from the ledger, stored once
                 if known.rater_id != rater_id:
                     raise ProtocolError(
@@ -736,7 +816,7 @@ class TagConnection:
                 await self.send(ack(known, duplicate=True, held=False))
                 return
             if isinstance(message, UndoMessage):
-                target = ledger.get(message.undoes_tag_id)
+                target = stored_tags.known(session_id, message.undoes_tag_id)
                 if target is not None and target.rater_id != rater_id:
                     raise ProtocolError(
                         "forbidden", "you can only undo your own tags", message.tag_id
@@ -780,7 +860,7 @@ class TagConnection:
             assert self.session is not None
             session_id = self.session.session_id
             rater_id = self.claims.participant_id
-            known = self.service.batch_ledger(session_id).get(batch_id)
+            known = self.service.stored_batches.known(session_id, batch_id)
             if known is not None:  # a re-send: answered from the ledger, stored once
                 if known.rater_id != rater_id:
                     raise ProtocolError(

@@ -2,10 +2,20 @@
 // they survive a reload and are re-sent; the service is idempotent on tag_id), the acks and
 // refusals that came back, and the recent history the widget lists; and the same for the
 // batches of a continuous rating (SentRatings). Apart from the connection and the DOM so
-// the rules of "sent, acked, failed, undone" are plain state.
+// the rules of "sent, acked, failed, undone" are plain state (the page's life, which the
+// rating outbox follows, comes in as `page`).
 //
 // `storage`: {get(name) -> string | null, set(name, string | null)}; a failing storage
 // leaves the outbox in memory only.
+//
+// Tags are written to storage at every change (a few a minute). The rating outbox is
+// written at most every RATINGS_WRITE_MS: it is up to half a MB, and writing it whole at
+// every batch and every ack would load the main thread that runs the sampling timer. Each
+// write is the whole outbox, so a batch is in storage within RATINGS_WRITE_MS of its
+// sampling, and at once when the page goes (pagehide: a reload, a closed tab, a
+// navigation) or is hidden (a hidden tab may be discarded with no pagehide). Only a tab
+// that crashes within that window loses its newest batch; an ack written late only means
+// a re-send, which the service answers from its ledger.
 
 import { isResendable, isResendableBatch } from "./protocol.js";
 
@@ -13,10 +23,42 @@ import { isResendable, isResendableBatch } from "./protocol.js";
 const HISTORY_KEEP = 200;
 // Unacknowledged rating batches kept: 10 minutes of a rater's trace in half-second
 // batches (about half a MB in storage at 20 Hz). Past that the oldest go, counted and
-// shown: a page offline that long keeps what is newest.
+// shown: a page offline that long keeps what is newest. The tag service remembers as many
+// of each rater's batches and a quarter more to answer re-sends (PAGE_OUTBOX_BATCHES in
+// taggers/protocol.py).
 const RATING_BATCHES_KEPT = 1200;
 // Acks of rating batches kept for the test hooks.
 const RATING_ACKS_KEEP = 500;
+// At most one write of the rating outbox to storage in this long.
+const RATINGS_WRITE_MS = 400;
+
+// The messages a previous load of this page left in `storage` under `key`: those that
+// pass `isValid` (anything else there, or nothing, is no outbox).
+export function loadOutbox(storage, key, isValid) {
+  const raw = storage.get(key);
+  if (!raw) return [];
+  let messages;
+  try {
+    messages = JSON.parse(raw);
+  } catch (error) {
+    return [];
+  }
+  return Array.isArray(messages) ? messages.filter(isValid) : [];
+}
+
+// The page's life as the rating outbox needs it: whether the page is hidden, and a call as
+// the page goes away or is hidden.
+export function browserPage() {
+  return {
+    hidden: () => document.visibilityState === "hidden",
+    onLeave(write) {
+      addEventListener("pagehide", write);
+      document.addEventListener("visibilitychange", () => {
+        if (document.visibilityState === "hidden") write();
+      });
+    },
+  };
+}
 
 export class SentTags {
   constructor(storage) {
@@ -32,17 +74,7 @@ export class SentTags {
 
   // The outbox a previous load of this page left unacknowledged.
   restore() {
-    const raw = this.storage.get("outbox");
-    if (!raw) return;
-    let messages;
-    try {
-      messages = JSON.parse(raw);
-    } catch (error) {
-      return;
-    }
-    if (!Array.isArray(messages)) return;
-    for (const message of messages) {
-      if (!isResendable(message)) continue;
+    for (const message of loadOutbox(this.storage, "outbox", isResendable)) {
       this.outbox.set(message.tag_id, message);
       this._remember(message, true);
     }
@@ -138,11 +170,15 @@ export class SentTags {
 // acknowledged (kept in storage like tags, re-sent after a reconnect or a reload; the
 // service is idempotent on batch_id), how many are on the wire now (at most `window`, so
 // a page back from a long outage re-sends its backlog at the pace of the acks rather than
-// all at once), and what came back.
+// all at once), and what came back. `page`: browserPage() or a stand-in with its shape.
 export class SentRatings {
-  constructor(storage, window) {
+  constructor(storage, window, page) {
     this.storage = storage;
     this.window = window || 8;
+    this.page = page || browserPage();
+    this.writeTimer = null; // the next write of the outbox to storage, when one is due
+    this.writes = 0; // writes to storage, for tests
+    this.page.onLeave(() => this.flush());
     this.outbox = new Map(); // batch_id -> message, in sampling order
     this.inFlight = new Set(); // batch_ids sent on this connection, not answered yet
     this.acked = []; // recent acks (ratings_ack), oldest first
@@ -154,16 +190,7 @@ export class SentRatings {
   }
 
   restore() {
-    const raw = this.storage.get("ratings");
-    if (!raw) return;
-    let messages;
-    try {
-      messages = JSON.parse(raw);
-    } catch (error) {
-      return;
-    }
-    if (!Array.isArray(messages)) return;
-    for (const message of messages) if (isResendableBatch(message)) this.outbox.set(message.batch_id, message);
+    for (const message of loadOutbox(this.storage, "ratings", isResendableBatch)) this.outbox.set(message.batch_id, message);
   }
 
   get size() {
@@ -185,6 +212,8 @@ export class SentRatings {
       this.dropped += 1;
     }
     this._persist();
+    // A hidden page may never run its timers again: what it sampled last is kept now.
+    if (this.page.hidden()) this.flush();
   }
 
   // The batches to send now: the oldest unsent ones, up to the window.
@@ -234,7 +263,17 @@ export class SentRatings {
     if (this.failed.length > HISTORY_KEEP) this.failed.shift();
   }
 
-  _persist() {
+  // Write the outbox to storage now, if it changed since the last write.
+  flush() {
+    if (this.writeTimer === null) return;
+    clearTimeout(this.writeTimer);
+    this.writeTimer = null;
+    this.writes += 1;
     this.storage.set("ratings", this.outbox.size ? JSON.stringify([...this.outbox.values()]) : null);
+  }
+
+  // The outbox changed: written with the other changes of the next RATINGS_WRITE_MS.
+  _persist() {
+    if (this.writeTimer === null) this.writeTimer = setTimeout(() => this.flush(), RATINGS_WRITE_MS);
   }
 }

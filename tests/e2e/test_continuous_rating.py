@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import statistics
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -17,12 +18,13 @@ from playwright.async_api import Page
 
 from capture.server import CaptureServer
 from streams import records
-from streams.kafka import clients, topics
+from streams.kafka import topics
 from streams.settings import Settings
 from tests import media as test_media
 from tests.e2e.conftest import LaunchPage, new_session
 from tests.e2e.test_capture import wait_for_remote_media
 from tests.e2e.test_tagging import last_press, tagger_ready, wait_acked
+from tests.topic_records import session_records
 
 pytestmark = pytest.mark.e2e
 
@@ -55,6 +57,47 @@ SET_HIDDEN = """
 """
 
 
+# In the page: the rating outbox of sent.js with a storage that counts its writes and a
+# scripted page life. Many changes in one turn of the event loop, then the write they share;
+# then what the page's going or hiding writes at once. Returns what the test checks.
+OUTBOX_WRITES = """
+async () => {
+  const { SentRatings } = await import("/tagger/sent.js");
+  const stored = new Map();
+  const storage = {
+    get: (name) => (stored.has(name) ? stored.get(name) : null),
+    set: (name, value) => (value === null ? stored.delete(name) : stored.set(name, value)),
+  };
+  let hidden = false;
+  let leave = null;
+  const page = { hidden: () => hidden, onLeave: (write) => { leave = write; } };
+  const sent = new SentRatings(storage, 8, page);
+  const batch = (n) => ({
+    type: "ratings", batch_id: `batch-${String(n).padStart(8, "0")}-test`, performer_id: "alice",
+    mode: "intensity", label: "surprise", rate_hz: 20, samples: [[1000 + n, 0.5, null]],
+  });
+  const held = () => (stored.has("ratings") ? JSON.parse(stored.get("ratings")).length : 0);
+  const seen = {};
+  for (let n = 0; n < 300; n += 1) sent.add(batch(n));
+  for (let n = 0; n < 290; n += 1) sent.ack({ batch_id: batch(n).batch_id, samples: 1 });
+  seen.writesAtOnce = sent.writes;
+  await new Promise((done) => setTimeout(done, 1000));
+  seen.writesLater = sent.writes;
+  seen.heldLater = held();
+  sent.add(batch(300));
+  leave(); // pagehide: written now, not in 400 ms
+  seen.heldAfterLeaving = held();
+  hidden = true;
+  sent.add(batch(301)); // a hidden page's batch: written at once
+  seen.heldWhileHidden = held();
+  const restored = new SentRatings(storage, 8, page);
+  restored.restore();
+  seen.restored = restored.size;
+  return seen;
+}
+"""
+
+
 def wall_us() -> int:
     return time.time_ns() // 1000
 
@@ -62,25 +105,14 @@ def wall_us() -> int:
 async def batches_of(
     settings: Settings, session_id: str, wanted: set[str]
 ) -> list[records.RatingBatch]:
-    consumer = clients.make_consumer(settings, topics.RATINGS, auto_offset_reset="earliest")
-    found: list[records.RatingBatch] = []
-    await consumer.start()
-    try:
-        async with asyncio.timeout(20):
-            quiet = 0
-            while not wanted <= {b.batch_id for b in found} or quiet < 3:
-                batches = await consumer.getmany(timeout_ms=200)
-                got = [
-                    records.decode(records.RatingBatch, m.value, m.headers)
-                    for batch in batches.values()
-                    for m in batch
-                    if (m.key or b"").startswith(f"{session_id}/".encode())
-                ]
-                found.extend(got)
-                quiet = 0 if got else quiet + 1
-    finally:
-        await consumer.stop()
-    return found
+    """This session's batches on livetag.ratings, once those ``wanted`` are there."""
+    return await session_records(
+        settings,
+        topics.RATINGS,
+        records.RatingBatch,
+        session_id,
+        enough=lambda found: wanted <= {b.batch_id for b in found},
+    )
 
 
 async def all_acked(page: Page, timeout_s: float = 15.0) -> list[dict[str, Any]]:
@@ -327,3 +359,62 @@ async def test_a_watcher_s_samples_land_on_the_frames_on_screen(
     frame_times = [s.ts_us for s in on_frames]
     assert frame_times == sorted(frame_times)
     assert [s.arousal for s in samples] == sorted(s.arousal or 0 for s in samples)
+
+
+async def test_the_rating_outbox_is_written_at_most_every_few_hundred_ms_and_when_the_page_goes(
+    capture_settings: Settings, capture_server: CaptureServer, open_page: LaunchPage
+) -> None:
+    _, links = await new_session(capture_settings, capture_server, ["alice"])
+    async with open_page(f"{links['director']}&watch=0", video=None, audio=None) as page:
+        await tagger_ready(page)
+        seen = await page.evaluate(OUTBOX_WRITES)
+    # 590 changes, one write, of the 10 batches still unacknowledged.
+    assert seen["writesAtOnce"] == 0
+    assert seen["writesLater"] == 1
+    assert seen["heldLater"] == 10
+    assert seen["heldAfterLeaving"] == 11
+    assert seen["heldWhileHidden"] == 12
+    assert seen["restored"] == 12
+
+
+async def test_batches_held_in_an_outage_survive_a_reload_and_are_stored_once(
+    capture_settings: Settings, capture_server: CaptureServer, open_page: LaunchPage
+) -> None:
+    session, links = await new_session(capture_settings, capture_server, ["alice"])
+    async with open_page(f"{links['director']}&watch=0", video=None, audio=None) as page:
+        await tagger_ready(page)
+        rater = await page.evaluate("window.livetagTagger.rater.rater_id")
+        await page.click("button[data-mode=valence_arousal]")
+        await page.keyboard.press("ArrowUp")  # the first move: sampling starts
+        await asyncio.sleep(0.6)
+        # The service unreachable: the trace piles up in the outbox.
+        await page.evaluate(
+            "window.livetagTagger.connection.url = 'ws://127.0.0.1:9/ws/tag';"
+            "window.livetagTagger.disconnectForTest()"
+        )
+        await asyncio.sleep(2.0)
+        for _ in range(3):
+            await page.keyboard.press("ArrowUp")
+            await asyncio.sleep(0.3)
+        # Reloaded at once, most likely before the last batches' write was due: the page
+        # writes them as it goes.
+        held: list[str] = await page.evaluate("[...window.livetagTagger.sentRatings.outbox.keys()]")
+        await page.reload()
+        await tagger_ready(page)
+        restored: list[str] = await page.evaluate(
+            "window.livetagTagger.sentRatings.acked.map((ack) => ack.batch_id)"
+            ".concat([...window.livetagTagger.sentRatings.outbox.keys()])"
+        )
+        assert set(held) <= set(restored)
+        acks = await all_acked(page)
+    assert len(held) >= 4
+    acked_ids = {ack["batch_id"] for ack in acks}
+    assert set(held) <= acked_ids
+    stored = [
+        b
+        for b in await batches_of(capture_settings, session.session_id, acked_ids)
+        if b.rater_id == rater
+    ]
+    counts = Counter(b.batch_id for b in stored)
+    assert set(held) <= set(counts)
+    assert max(counts.values()) == 1

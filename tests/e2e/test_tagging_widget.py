@@ -12,10 +12,11 @@ from playwright.async_api import Page
 
 from capture.server import CaptureServer
 from streams import records
-from streams.kafka import clients, topics
+from streams.kafka import topics
 from streams.settings import Settings
 from tests.e2e.conftest import LaunchPage, new_session
 from tests.e2e.test_tagging import last_press, tagger_ready, wait_acked
+from tests.topic_records import session_records
 
 pytestmark = pytest.mark.e2e
 
@@ -41,25 +42,14 @@ REACT_TO_CLIP_AFTER_400_MS = """
 
 
 async def tags_of(settings: Settings, session_id: str, wanted: set[str]) -> list[records.TagEvent]:
-    consumer = clients.make_consumer(settings, topics.TAGS, auto_offset_reset="earliest")
-    found: list[records.TagEvent] = []
-    await consumer.start()
-    try:
-        async with asyncio.timeout(20):
-            quiet = 0
-            while not wanted <= {t.tag_id for t in found} or quiet < 3:
-                batches = await consumer.getmany(timeout_ms=200)
-                got = [
-                    records.decode(records.TagEvent, m.value, m.headers)
-                    for batch in batches.values()
-                    for m in batch
-                    if (m.key or b"").startswith(f"{session_id}/".encode())
-                ]
-                found.extend(got)
-                quiet = 0 if got else quiet + 1
-    finally:
-        await consumer.stop()
-    return found
+    """This session's tags on livetag.tags, once those ``wanted`` are there."""
+    return await session_records(
+        settings,
+        topics.TAGS,
+        records.TagEvent,
+        session_id,
+        enough=lambda found: wanted <= {t.tag_id for t in found},
+    )
 
 
 async def presses(page: Page) -> list[dict[str, Any]]:

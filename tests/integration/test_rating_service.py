@@ -20,6 +20,7 @@ from streams.session_clock import now_us
 from streams.settings import Settings
 from tests.tag_client import ServedTags as Served
 from tests.tag_client import SimulatedClock, TagClient, serve_tags, session_record
+from tests.topic_records import session_records
 
 pytestmark = pytest.mark.integration
 
@@ -53,28 +54,14 @@ async def batches_on_topic(
 ) -> list[records.RatingBatch]:
     """This session's records on livetag.ratings, once at least ``expected`` are there (and
     a short wait for any extra copy)."""
-    consumer = clients.make_consumer(
-        settings, topics.RATINGS, group_id=None, auto_offset_reset="earliest"
+    return await session_records(
+        settings,
+        topics.RATINGS,
+        records.RatingBatch,
+        session_id,
+        enough=lambda found: len(found) >= expected,
+        timeout_s=timeout_s,
     )
-    found: list[records.RatingBatch] = []
-    await consumer.start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            quiet_rounds = 0
-            while len(found) < expected or quiet_rounds < 3:
-                batches = await consumer.getmany(timeout_ms=200)
-                got = 0
-                for batch in batches.values():
-                    for message in batch:
-                        if (message.key or b"").startswith(f"{session_id}/".encode()):
-                            found.append(
-                                records.decode(records.RatingBatch, message.value, message.headers)
-                            )
-                            got += 1
-                quiet_rounds = quiet_rounds + 1 if got == 0 else 0
-    finally:
-        await consumer.stop()
-    return found
 
 
 def trace(start: float, step: float, count: int) -> list[tuple[float, ...]]:
@@ -304,3 +291,71 @@ async def test_batches_are_held_while_the_broker_is_down_then_delivered(tmp_path
                 assert not list((own.state_dir / "tag-spool").glob("*.jsonl"))
     finally:
         broker.stop()
+
+
+async def no_connections(served: Served) -> None:
+    async with asyncio.timeout(10):
+        while served.service.connections_in(served.session.session_id):  # noqa: ASYNC110 (a count)
+            await asyncio.sleep(0.05)
+
+
+async def test_an_ended_session_s_ledgers_go_once_it_takes_no_more_and_its_raters_left(
+    settings: Settings, session_id: str, tmp_path: Path
+) -> None:
+    grace_s = 1.5
+    ended_at = now_us() - 600_000
+    session = session_record(session_id).model_copy(update={"state": "ended", "ts_us": ended_at})
+    tag_settings = settings.model_copy(
+        update={"state_dir": tmp_path / "state", "label_grace_s": grace_s}
+    )
+    async with serve_tags(tag_settings, session) as served:
+        service = served.service
+        async with served.client(participant="obs", role="observer") as client:
+            batch = await client.ratings("ana", trace(0, 0, 10), start_us=ended_at - 5 * PERIOD_US)
+            message = client.unacked_batches[batch]
+            await client.wait_rated([batch])
+            await asyncio.sleep((ended_at + grace_s * 1_000_000 - now_us()) / 1e6 + 0.1)
+            # Past the grace, a rater still connected may be re-sending what it holds: it is
+            # answered from the ledger until it is closed.
+            await service.forget_ended_sessions()
+            assert service.stored_batches.sessions() == {session_id}
+            client.rating_acks.clear()
+            client.unacked_batches[batch] = message
+            await client.send_raw(json.dumps(message), batch)
+            await client.wait_rated([batch])
+            assert client.rating_acks[batch]["duplicate"] is True
+        await no_connections(served)
+        await service.close_ended_sessions()
+        assert service.stored_batches.sessions() == set()
+        # The rater's clock sync went with the session.
+        assert service.clock_sync(session_id, "obs", client.clock_id).estimate is None
+        # A page back later with the batch still unacknowledged is told the session is
+        # over; nothing is stored twice.
+        late = served.client(participant="obs", role="observer")
+        late.unacked_batches[batch] = message
+        async with late:
+            await late.wait_for(lambda: any(e["code"] == "session_ended" for e in late.errors))
+        ended = [e["batch_id"] for e in late.errors if e["code"] == "session_ended"]
+        assert ended == [batch]
+        assert batch not in late.rating_acks
+    stored = await batches_on_topic(settings, session_id, expected=1)
+    assert [b.batch_id for b in stored] == [batch]
+
+
+async def test_a_live_session_keeps_its_ledgers_while_its_raters_are_away(
+    served: Served, settings: Settings
+) -> None:
+    async with served.client(participant="obs", role="observer") as client:
+        batch = await client.ratings("ana", trace(0, 0, 10))
+        message = client.unacked_batches[batch]
+        await client.wait_rated([batch])
+    await no_connections(served)
+    await served.service.close_ended_sessions()
+    assert served.service.stored_batches.sessions() == {served.session.session_id}
+    back = served.client(participant="obs", role="observer")
+    back.unacked_batches[batch] = message
+    async with back:
+        await back.wait_rated([batch])
+    assert back.rating_acks[batch]["duplicate"] is True
+    stored = await batches_on_topic(settings, served.session.session_id, expected=1)
+    assert [b.batch_id for b in stored] == [batch]

@@ -20,6 +20,7 @@ from streams.settings import Settings
 from taggers.vocabulary import DEFAULT_VOCABULARY
 from tests.tag_client import ServedTags as Served
 from tests.tag_client import SimulatedClock, serve_tags, session_record, token_for
+from tests.topic_records import session_records
 
 pytestmark = pytest.mark.integration
 
@@ -36,28 +37,14 @@ async def tags_on_topic(
 ) -> list[records.TagEvent]:
     """This session's records on livetag.tags, once at least ``expected`` are there (plus
     a short wait for any extra copy)."""
-    consumer = clients.make_consumer(
-        settings, topics.TAGS, group_id=None, auto_offset_reset="earliest"
+    return await session_records(
+        settings,
+        topics.TAGS,
+        records.TagEvent,
+        session_id,
+        enough=lambda found: len(found) >= expected,
+        timeout_s=timeout_s,
     )
-    found: list[records.TagEvent] = []
-    await consumer.start()
-    try:
-        async with asyncio.timeout(timeout_s):
-            quiet_rounds = 0
-            while len(found) < expected or quiet_rounds < 3:
-                batches = await consumer.getmany(timeout_ms=200)
-                got = 0
-                for batch in batches.values():
-                    for message in batch:
-                        if (message.key or b"").startswith(f"{session_id}/".encode()):
-                            found.append(
-                                records.decode(records.TagEvent, message.value, message.headers)
-                            )
-                            got += 1
-                quiet_rounds = quiet_rounds + 1 if got == 0 else 0
-    finally:
-        await consumer.stop()
-    return found
 
 
 async def raw_exchange(

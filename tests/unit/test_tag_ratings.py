@@ -1,9 +1,13 @@
 """Continuous ratings in the tag protocol's sans-I/O core: parsing, refusals, conversion to
-the session clock, the rating budget, the ledger, the welcome, and the spool's lines."""
+the session clock, the rating budget, the ledger and storing once by id, the welcome, and
+the spool's lines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,8 @@ from streams import records
 from taggers import outbox
 from taggers.clock import ClockEstimate
 from taggers.protocol import (
+    PAGE_OUTBOX_BATCHES,
+    RATER_BATCHES_REMEMBERED,
     BatchLedger,
     ProtocolError,
     RateLimiter,
@@ -26,6 +32,7 @@ from taggers.protocol import (
     ratings_ack,
     welcome,
 )
+from taggers.service import StoredOnce
 from tests.unit.test_tag_protocol import ESTIMATE, SESSION, T0
 
 LIMITS = TagLimits()
@@ -418,19 +425,24 @@ def test_a_rating_budget_counts_samples() -> None:
     assert not samples.allow(1_000_000, cost=1)
 
 
-def test_the_batch_ledger_answers_re_sends_and_forgets_oldest_first() -> None:
-    ledger = BatchLedger(capacity=2)
-    batches = [
-        StoredBatch(f"batch-000{n}", "obs", T0 + n, T0 + n + 450_000, 10, 0) for n in range(3)
-    ]
+def stored(n: int, rater: str = "obs") -> StoredBatch:
+    return StoredBatch(f"batch-{rater}-{n:04d}", rater, T0 + n, T0 + n + 450_000, 10, 0)
+
+
+def test_the_batch_ledger_answers_re_sends_and_forgets_each_rater_s_oldest_first() -> None:
+    ledger = BatchLedger(per_rater=2, capacity=10)
+    batches = [stored(n) for n in range(3)]
     for batch in batches:
         ledger.remember(batch)
-    assert len(ledger) == 2
-    assert ledger.get("batch-0000") is None
-    assert ledger.get("batch-0002") == batches[2]
+    ledger.remember(stored(0, "dir"))
+    assert len(ledger) == 3
+    assert ledger.get(batches[0].batch_id) is None
+    assert ledger.get(batches[2].batch_id) == batches[2]
+    # Another rater's batches do not push this rater's out.
+    assert ledger.get(stored(0, "dir").batch_id) == stored(0, "dir")
     assert ratings_ack(batches[2], duplicate=True, held=False) == {
         "type": "ratings_ack",
-        "batch_id": "batch-0002",
+        "batch_id": "batch-obs-0002",
         "ts_us": T0 + 2,
         "end_ts_us": T0 + 450_002,
         "samples": 10,
@@ -438,6 +450,89 @@ def test_the_batch_ledger_answers_re_sends_and_forgets_oldest_first() -> None:
         "duplicate": True,
         "held": False,
     }
+
+
+def test_the_batch_ledger_of_a_session_is_bounded_whatever_its_raters() -> None:
+    ledger = BatchLedger(per_rater=3, capacity=4)
+    for n in range(3):
+        ledger.remember(stored(n, "a"))
+    ledger.remember(stored(0, "b"))
+    ledger.remember(stored(1, "b"))  # over the session's capacity: the oldest of all goes
+    assert len(ledger) == 4
+    assert ledger.get(stored(0, "a").batch_id) is None
+    assert [ledger.get(stored(n, "a").batch_id) for n in (1, 2)] == [stored(1, "a"), stored(2, "a")]
+    for n in range(2, 6):  # b's own bound, and the session's, both hold after
+        ledger.remember(stored(n, "b"))
+    assert len(ledger) == 4
+    assert [n for n in range(6) if ledger.get(stored(n, "b").batch_id)] == [3, 4, 5]
+    assert ledger.get(stored(2, "a").batch_id) == stored(2, "a")
+
+
+def test_the_service_remembers_more_of_a_rater_than_a_page_can_re_send() -> None:
+    sent_js = (Path(__file__).parents[2] / "taggers" / "static" / "sent.js").read_text()
+    kept = re.search(r"const RATING_BATCHES_KEPT = (\d+);", sent_js)
+    assert kept is not None
+    assert int(kept.group(1)) == PAGE_OUTBOX_BATCHES
+    assert BatchLedger().per_rater == RATER_BATCHES_REMEMBERED > PAGE_OUTBOX_BATCHES
+
+
+async def test_a_record_is_stored_once_however_often_it_is_re_sent() -> None:
+    once: StoredOnce[StoredBatch] = StoredOnce(BatchLedger)
+    release = asyncio.Event()
+    deliveries = 0
+
+    async def deliver() -> tuple[StoredBatch, bool]:
+        nonlocal deliveries
+        deliveries += 1
+        await release.wait()
+        return stored(1), False
+
+    first = asyncio.create_task(once.store("s-1", "batch-obs-0001", deliver))
+    await asyncio.sleep(0)
+    again = asyncio.create_task(once.store("s-1", "batch-obs-0001", deliver))  # in flight
+    await asyncio.sleep(0)
+    release.set()
+    assert await first == (stored(1), False, False)
+    assert await again == (stored(1), True, False)
+    assert await once.store("s-1", "batch-obs-0001", deliver) == (stored(1), True, False)
+    assert deliveries == 1
+    assert once.known("s-1", "batch-obs-0001") == stored(1)
+    assert once.known("s-2", "batch-obs-0001") is None
+    assert once.sessions() == {"s-1"}
+
+
+async def test_a_record_that_failed_to_store_is_stored_by_its_re_send() -> None:
+    once: StoredOnce[StoredBatch] = StoredOnce(BatchLedger)
+    outcomes: list[Exception | None] = [OSError("spool full"), None]
+
+    async def deliver() -> tuple[StoredBatch, bool]:
+        failure = outcomes.pop(0)
+        if failure is not None:
+            raise failure
+        return stored(1), True
+
+    with pytest.raises(OSError, match="spool full"):
+        await once.store("s-1", "batch-obs-0001", deliver)
+    assert once.known("s-1", "batch-obs-0001") is None
+    assert await once.store("s-1", "batch-obs-0001", deliver) == (stored(1), False, True)
+
+
+async def test_a_forgotten_session_s_records_would_be_stored_again() -> None:
+    once: StoredOnce[StoredBatch] = StoredOnce(BatchLedger)
+    deliveries = 0
+
+    async def deliver() -> tuple[StoredBatch, bool]:
+        nonlocal deliveries
+        deliveries += 1
+        return stored(1), False
+
+    await once.store("s-1", "batch-obs-0001", deliver)
+    await once.store("s-2", "batch-obs-0001", deliver)
+    once.forget("s-1")
+    assert once.sessions() == {"s-2"}
+    assert once.known("s-1", "batch-obs-0001") is None
+    assert (await once.store("s-1", "batch-obs-0001", deliver))[1] is False
+    assert deliveries == 3
 
 
 def test_the_welcome_offers_continuous_rating_to_watchers_only() -> None:
