@@ -386,7 +386,7 @@ def estimate_lags(
 #: milliseconds; 50 ms is half a label window.
 MIN_SHIFT_US: Final = 50_000
 #: Rounds in a row with nothing as good as the correction in force before it is dropped
-#: for what they found (30 s at the default rater_lag_interval_s).
+#: for what they found (60 s at the default rater_lag_interval_s).
 DROP_AFTER_ROUNDS: Final = 3
 #: A rater_lag record goes out when its applied correction moved by more than this...
 PUBLISH_SHIFT_US: Final = 20_000

@@ -144,7 +144,8 @@ async def measure_model_lane(
         return span_start_us <= ts_us and ts_us + window_us <= span_end_us
 
     span_windows = [w for w in windows.values() if in_span(w.ts_us, w.window_us)]
-    with_model = [w for w in span_windows if w.models]
+    # A reading with no frame read (all thinned, or no face) says why, and reads nothing.
+    with_model = [w for w in span_windows if any(m.frames_read > 0 for m in w.models)]
     latencies_ms = [
         kafka_ms - (r.ts_us + r.window_us) / 1000
         for r, kafka_ms in readings
