@@ -20,21 +20,25 @@ default settings (the default model rater and its rate).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-from infra.worker import processor_command
 from streams import records
 from streams.kafka import clients, topics
 from streams.kafka.sessions import create_session
-from streams.settings import Settings, to_environment
+from streams.settings import Settings
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.common import percentile, tree_cpu_seconds
-from tests.bench.processors import Feeder, Run, load_audio, load_video
+from tests.bench.processors import (
+    Feeder,
+    Run,
+    load_audio,
+    load_video,
+    start_processor,
+    stop_processor,
+)
 
 # After the feed stops: the aligner closes the last windows when the features of their
 # successors are in, and a late model reading revises a window it finds sent.
@@ -81,13 +85,7 @@ async def measure_model_lane(
     )
     assert session.topics.model is not None
     run = Run(performers=names, t0_us=time.time_ns() // 1000)
-    with log_path.open("ab") as log:
-        processor = await asyncio.create_subprocess_exec(
-            *processor_command(session.session_id),
-            env={**os.environ, **to_environment(settings)},
-            stdout=log,
-            stderr=log,
-        )
+    processor = await start_processor(settings, session.session_id, log_path)
     producer = clients.make_producer(settings)
     audio_producer = clients.make_audio_producer(settings)
     consumer = clients.make_consumer(
@@ -129,14 +127,7 @@ async def measure_model_lane(
             task.cancel()
         await asyncio.gather(feeding, reading, return_exceptions=True)
         await asyncio.gather(producer.stop(), audio_producer.stop(), consumer.stop())
-        if processor.returncode is None:
-            processor.terminate()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(15):
-                    await processor.wait()
-            if processor.returncode is None:
-                processor.kill()
-                await processor.wait()
+        await stop_processor(processor)
         async with clients.admin_client(settings) as admin:
             await topics.delete_session_topics(admin, session.session_id)
 

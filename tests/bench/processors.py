@@ -304,6 +304,31 @@ def _finite(value: float) -> float | str | None:
     return value if math.isfinite(value) else "inf"
 
 
+async def start_processor(
+    settings: Settings, session_id: str, log_path: Path
+) -> asyncio.subprocess.Process:
+    """A session's processor process, started as ``livetag worker`` starts it."""
+    with log_path.open("ab") as log:
+        return await asyncio.create_subprocess_exec(
+            *processor_command(session_id),
+            env={**os.environ, **to_environment(settings)},
+            stdout=log,
+            stderr=log,
+        )
+
+
+async def stop_processor(processor: asyncio.subprocess.Process) -> None:
+    """Terminate it (kill it after 15 s)."""
+    if processor.returncode is None:
+        processor.terminate()
+        try:
+            async with asyncio.timeout(15):
+                await processor.wait()
+        except TimeoutError:
+            processor.kill()
+            await processor.wait()
+
+
 async def measure(
     settings: Settings,
     *,
@@ -322,13 +347,7 @@ async def measure(
         vocabulary=load_vocabulary(None),
     )
     run = Run(performers=performers, t0_us=time.time_ns() // 1000)
-    with log_path.open("ab") as log:
-        processor = await asyncio.create_subprocess_exec(
-            *processor_command(session.session_id),
-            env={**os.environ, **to_environment(settings)},
-            stdout=log,
-            stderr=log,
-        )
+    processor = await start_processor(settings, session.session_id, log_path)
     producer = clients.make_producer(settings)
     audio_producer = clients.make_audio_producer(settings)
     consumer = clients.make_consumer(settings, session.topics.face, session.topics.prosody)
@@ -386,14 +405,7 @@ async def measure(
             task.cancel()
         await asyncio.gather(feeding, collecting, return_exceptions=True)
         await asyncio.gather(producer.stop(), audio_producer.stop(), consumer.stop())
-        if processor.returncode is None:
-            processor.terminate()
-            try:
-                async with asyncio.timeout(15):
-                    await processor.wait()
-            except TimeoutError:
-                processor.kill()
-                await processor.wait()
+        await stop_processor(processor)
         async with clients.admin_client(settings) as admin:
             await topics.delete_session_topics(admin, session.session_id)
     return {"performers": count, "warmup_s": round(warmup_s, 1), **summarise(run), **cpu}
