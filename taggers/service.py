@@ -494,11 +494,12 @@ class TagService:
         await self.forget_ended_sessions()
 
     async def forget_ended_sessions(self) -> None:
-        """Drop the ledgers, reaction lags and client clocks of sessions that take no more
-        tags and have no tagging connection left (one still open is re-sending what it
-        holds, and is answered from the ledgers until it is closed). A session the service
-        can no longer look up is forgotten too: nobody can be admitted to it."""
-        now_us = self.clock()
+        """Drop the ledgers, reaction lags and client clocks of sessions that are archived
+        and have no tagging connection left (one still open is re-sending what it holds,
+        and is answered from the ledgers until it is closed). Not before the archive: until
+        then a page that comes back with a tag or batch whose ack it lost (stored in time)
+        is answered from the ledger, never told it failed. A session the service can no
+        longer look up is forgotten too: nobody can be admitted to it."""
         kept = (
             self.stored_tags.sessions()
             | self.stored_batches.sessions()
@@ -511,7 +512,7 @@ class TagService:
         over = {
             session_id
             for session_id, session in zip(candidates, found, strict=True)
-            if session is None or self._takes_no_more(session, now_us)
+            if session is None or session.state == "archived"
         }
         if not over:
             return

@@ -145,9 +145,14 @@ async def test_without_the_expression_model_face_features_and_labels_still_flow(
             while len(faces) < len(frames) or not any(w.features.face_frames for w in windows):
                 for batch in (await consumer.getmany(timeout_ms=300)).values():
                     for message in batch:
-                        record = records.decode(
-                            topics.record_type_of(message.topic), message.value, message.headers
-                        )
+                        try:
+                            record = records.decode(
+                                topics.record_type_of(message.topic),
+                                message.value,
+                                message.headers,
+                            )
+                        except records.RecordError:
+                            continue  # livetag.labels is shared: other tests' junk is on it
                         if isinstance(record, records.FaceFrame):
                             faces.append(record)
                         elif isinstance(record, records.ModelReading):

@@ -299,7 +299,7 @@ async def no_connections(served: Served) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_an_ended_session_s_ledgers_go_once_it_takes_no_more_and_its_raters_left(
+async def test_an_ended_session_s_ledgers_go_once_it_is_archived_and_its_raters_left(
     settings: Settings, session_id: str, tmp_path: Path
 ) -> None:
     grace_s = 1.5
@@ -325,6 +325,16 @@ async def test_an_ended_session_s_ledgers_go_once_it_takes_no_more_and_its_rater
             await client.wait_rated([batch])
             assert client.rating_acks[batch]["duplicate"] is True
         await no_connections(served)
+        # Ended and past the grace, but not archived yet: a page may still come back with
+        # a batch whose ack it lost, and is answered from the ledger.
+        await service.close_ended_sessions()
+        assert service.stored_batches.sessions() == {session_id}
+        archived = session.model_copy(update={"state": "archived"})
+
+        async def lookup(wanted: str) -> records.SessionRecord | None:
+            return archived if wanted == session_id else None
+
+        service.sessions = lookup
         await service.close_ended_sessions()
         assert service.stored_batches.sessions() == set()
         # The rater's clock sync went with the session.
