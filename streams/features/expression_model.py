@@ -29,11 +29,11 @@ and 0.65); the crying woman of the Wolfgang clip reads mostly as happy at every 
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any, Final
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -54,7 +54,6 @@ CROP_SIZE: Final = 64
 #: The crop's margin around the landmarks' box, as a share of the box's side, each edge.
 CROP_MARGIN: Final = 0.10
 # ITU-R BT.601 luma weights of R, G, B.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class ExpressionModelError(UnavailableError, RuntimeError):
@@ -83,18 +82,6 @@ def verify(path: Path) -> Path:
 def resolve(settings: Settings) -> Path:
     """The verified model file in the cache folder."""
     return verify(cached_path(settings))
-
-
-@functools.lru_cache(maxsize=512)
-def _area_weights(source: int, size: int) -> npt.NDArray[np.float32]:
-    """The (size, source) matrix that averages ``source`` pixels into ``size`` bins, each
-    source pixel weighted by how much of it falls in the bin (box filter, no aliasing)."""
-    edges = np.arange(size + 1, dtype=np.float64) * source / size
-    pixels = np.arange(source, dtype=np.float64)
-    low = np.maximum(edges[:-1, None], pixels[None, :])
-    high = np.minimum(edges[1:, None], pixels[None, :] + 1)
-    weights = np.clip(high - low, 0.0, None) * (size / source)
-    return weights.astype(np.float32)
 
 
 def face_crop(
@@ -126,13 +113,21 @@ def face_crop(
     col0, col1 = min(max(left, 0), width), min(max(left + side_px, 0), width)
     if row0 >= row1 or col0 >= col1:
         raise ValueError("the face's box lies outside the frame")
-    grey = rgb[row0:row1, col0:col1].astype(np.float32) @ _LUMA
+    # OpenCV (mediapipe's own dependency): in numpy the grey conversion and the area
+    # resize of a 250 px face took ~3 ms, twice the network, in the face workers' budget.
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb[row0:row1, col0:col1]), cv2.COLOR_RGB2GRAY)
     if (row0, row1, col0, col1) != (top, top + side_px, left, left + side_px):
-        pad = ((row0 - top, top + side_px - row1), (col0 - left, left + side_px - col1))
-        grey = np.pad(grey, pad, mode="edge")
-    weights = _area_weights(side_px, size)
-    resized = weights @ grey @ weights.T
-    return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+        grey = cv2.copyMakeBorder(
+            grey,
+            row0 - top,
+            top + side_px - row1,
+            col0 - left,
+            left + side_px - col1,
+            cv2.BORDER_REPLICATE,
+        )
+    # INTER_AREA: each output pixel the mean of the source pixels it covers (no aliasing).
+    resized = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 class ExpressionModel:
