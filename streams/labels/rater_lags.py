@@ -4,7 +4,7 @@ The aligner tells :class:`LagEvidence` of every record it aligns; it keeps, per 
 the last ``history_us`` of event time (bounded: a few minutes):
 
 - the prosody loudness of each hop and the smile (mediapipe's mouthSmileLeft/Right mean,
-  :func:`streams.labels.reaction_lag.smile_trace`) of each face frame: the feature traces
+  :func:`streams.labels.reaction_lag.smile_of`) of each face frame: the feature traces
   that define onsets (a laugh's loudness burst, a smile rising) and anchor continuous
   traces (loudness for arousal and for laughter's intensity, the smile for valence and
   for amusement's intensity: both rise when the rating does);
@@ -52,8 +52,8 @@ from streams.labels.reaction_lag import (
     onset_lag,
     presses_of,
     rater_lag,
+    smile_of,
     smile_onsets,
-    smile_trace,
 )
 from streams.records import (
     RATING_DIMENSIONS,
@@ -160,13 +160,13 @@ class LagEvidence:
         _prune(performer.loudness, self._horizon(performer))
 
     def note_face(self, frame: FaceFrame) -> None:
-        smile = smile_trace((frame,))
-        if not len(smile):
+        smile = smile_of(frame)
+        if smile is None:
             return
         performer = self._performer(frame.performer_id, frame.ts_us)
         if performer.smiles and frame.ts_us <= performer.smiles[-1][0]:
             return
-        performer.smiles.append((frame.ts_us, float(smile.values[0])))
+        performer.smiles.append((frame.ts_us, smile))
         _prune(performer.smiles, self._horizon(performer))
 
     def note_tag(self, tag: TagEvent) -> None:

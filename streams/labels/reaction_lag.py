@@ -682,19 +682,18 @@ def rising_onsets(
     return onsets
 
 
+def smile_of(frame: FaceFrame) -> float | None:
+    """The mean of mediapipe's mouthSmileLeft and mouthSmileRight; None without a face."""
+    shapes = frame.blendshapes
+    if not frame.face_present or "mouthSmileLeft" not in shapes or "mouthSmileRight" not in shapes:
+        return None
+    return float((shapes["mouthSmileLeft"] + shapes["mouthSmileRight"]) / 2)
+
+
 def smile_trace(frames: Iterable[FaceFrame]) -> Trace:
-    """The mean of mediapipe's mouthSmileLeft and mouthSmileRight over frames with a face."""
-    pairs = [
-        (
-            frame.ts_us,
-            (frame.blendshapes["mouthSmileLeft"] + frame.blendshapes["mouthSmileRight"]) / 2,
-        )
-        for frame in frames
-        if frame.face_present
-        and "mouthSmileLeft" in frame.blendshapes
-        and "mouthSmileRight" in frame.blendshapes
-    ]
-    return Trace.of([ts for ts, _ in pairs], [float(value) for _, value in pairs])
+    """The smile (:func:`smile_of`) over the frames with a face."""
+    pairs = [(frame.ts_us, smile) for frame in frames if (smile := smile_of(frame)) is not None]
+    return Trace.of([ts for ts, _ in pairs], [value for _, value in pairs])
 
 
 def loudness_trace(frames: Iterable[ProsodyFrame]) -> Trace:
