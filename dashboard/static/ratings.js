@@ -194,6 +194,8 @@ export function drawRatings(panel, now) {
     }
   }
   panel.hook.ratingLegend = legend;
+  // The legend is redrawn on the next frame after a dimension switch, not at the click.
+  panel.hook.ratingLegendDimension = dim;
   ctx.fillStyle = COLOURS.gridLabel;
   ctx.textBaseline = "bottom";
   ctx.fillText(dim, 4, h - 1);

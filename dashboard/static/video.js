@@ -72,6 +72,7 @@ function createPanel(performerId, displayName) {
     ratings: {}, // rater_id -> trace points held
     ratingDraws: 0,
     ratingDimension: null,
+    ratingLegendDimension: null, // the dimension ratingLegend was last drawn for
     modelWindowsDrawn: {}, // model -> its windows drawn on the timeline's last frame
     // age (ms) of what each lane draws, null when it draws nothing; see updateLaneAges
     ages: { video: null, mesh: null, prosody: null, tags: null },
