@@ -211,7 +211,8 @@ async def test_lags_traces_the_model_lane_and_the_gap_reach_the_page(
         await director.click('#perf-alice .rating-dim[data-dim="intensity"]')
         await director.wait_for_function(
             """() => { const p = window.livetagDashboard.performers.alice;
-              return p.ratingLegendDimension === "intensity" && (p.ratingLegend || []).length === 2; }""",
+              return p.ratingLegendDimension === "intensity"
+                && (p.ratingLegend || []).length === 2; }""",
             timeout=10_000,
         )
         legend = await director.evaluate("window.livetagDashboard.performers.alice.ratingLegend")
