@@ -27,13 +27,14 @@ import logging
 import socket
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from dashboard.metrics import CounterBoard
@@ -389,6 +390,9 @@ class DashboardServer:
         self._revocation_watcher: asyncio.Task[None] | None = None
         self._act_lock = asyncio.Lock()
         self._published: dict[str, records.SessionRecord] = {}
+        # The director's actions beyond takes, end and links, by message type: each module
+        # (cues, scenarios) registers its own handler; a reply is sent back to the page.
+        self.director_actions: dict[str, DirectorAction] = {}
         self.port = settings.dashboard_port
         self.counters = CounterBoard(settings)
         self._registry = CollectorRegistry(auto_describe=False)
@@ -397,6 +401,17 @@ class DashboardServer:
     @property
     def url(self) -> str:
         return f"{self.settings.web_scheme}://{self.settings.dashboard_host}:{self.port}"
+
+    @property
+    def producer(self) -> AIOKafkaProducer:
+        """The dashboard's one producer (started with the server)."""
+        return self._producer
+
+    def session(self, session_id: str) -> records.SessionRecord | None:
+        """The newest record of a session this server knows (followed or published)."""
+        known = [self._directory.get(session_id), self._published.get(session_id)]
+        newest = [record for record in known if record is not None]
+        return max(newest, key=lambda record: record.ts_us) if newest else None
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -611,7 +626,7 @@ class DashboardServer:
         self, session_id: str, role: str, name: str | None, page: str | None
     ) -> dict[str, Any]:
         """A new join link, asked for from a director's dashboard."""
-        session = self._directory.get(session_id) or self._published.get(session_id)
+        session = self.session(session_id)
         if session is None:
             raise ActionError("unknown_session", "the session record is not known yet")
         if role not in ("performer", "observer") or page not in (None, "call", "dashboard"):
@@ -684,9 +699,7 @@ class DashboardServer:
     async def _act(self, session_id: str, action: str) -> None:
         # Built on the newest copy known: the directory may not have seen what this server
         # published a moment ago (a take end right after a take start).
-        candidates = [self._directory.get(session_id), self._published.get(session_id)]
-        known = [record for record in candidates if record is not None]
-        current = max(known, key=lambda record: record.ts_us) if known else None
+        current = self.session(session_id)
         if current is None:
             raise ActionError("unknown_session", "the session record is not known yet")
         try:
@@ -705,6 +718,11 @@ class DashboardServer:
         feed = self._feeds.get(session_id)
         if feed is not None:
             feed.view.add_session(record)
+
+
+#: A director's action: the client that sent it and its message; the reply to send, if any.
+#: Raise :class:`ActionError` to refuse it with a code.
+DirectorAction = Callable[["DashboardClient", dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 class ActionError(RefusedError, ValueError):
@@ -787,10 +805,18 @@ class DashboardClient:
         try:
             message = parse_dashboard_message(raw)
             action = message["type"]
-            if action not in ("take_start", "take_end", "end_session", "invite"):
-                raise ActionError(
-                    "malformed", "expected take_start, take_end, end_session or invite"
+            extra = self.server.director_actions.get(action)
+            if action not in ("take_start", "take_end", "end_session", "invite") and not extra:
+                known = ", ".join(
+                    [
+                        "take_start",
+                        "take_end",
+                        "end_session",
+                        "invite",
+                        *self.server.director_actions,
+                    ]
                 )
+                raise ActionError("malformed", f"expected one of {known}")
             if self.claims.role != "director":
                 # An observer's dashboard is read-only, whatever its page sends.
                 self.server.refusals["forbidden"] += 1
@@ -799,6 +825,11 @@ class DashboardClient:
                     "an observer watches and tags: takes, the session's end and new links "
                     "are the director's",
                 )
+            if extra is not None:
+                reply = await extra(self, message)
+                if reply is not None:
+                    await self._send_message(reply)
+                return
             if action == "invite":
                 name, page = message.get("name"), message.get("page")
                 await self._send_message(

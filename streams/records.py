@@ -161,6 +161,73 @@ class SessionTopics(_Model):
     )
 
 
+#: Who besides the scene's performers sees a scenario's text: observers see the prompt
+#: (default), the prompt and every role's brief, or nothing of it.
+ObserverView = Literal["prompt", "prompt_and_roles", "nothing"]
+ScenarioId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")]
+DayId = SessionId
+
+
+class ArcStep(_Model):
+    """One step of a scenario's emotional arc: from ``at_s`` seconds into each take (until
+    the next step), the scene means to show ``label``."""
+
+    at_s: Annotated[Number, Field(ge=0, le=24 * 3600)]
+    label: Label
+    intensity: Intensity = "normal"
+
+
+class ScenarioRole(_Model):
+    """A part in a scenario: its performer sees the brief; ``targets`` are the emotions the
+    part means to show."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=80)]
+    brief: Annotated[str, StringConstraints(max_length=2000)] = ""
+    targets: list[Label] = []
+
+
+class Scenario(_Model):
+    """A scene's prompt, its parts, the emotions it targets and their arc."""
+
+    scenario_id: ScenarioId
+    title: Annotated[str, StringConstraints(min_length=1, max_length=120)]
+    prompt: Annotated[str, StringConstraints(max_length=4000)]
+    roles: Annotated[list[ScenarioRole], Field(min_length=1, max_length=16)]
+    targets: list[Label] = []
+    arc: list[ArcStep] = []
+    duration_s: Annotated[StrictInt, Field(gt=0, le=24 * 3600)] | None = None
+    observers_see: ObserverView = "prompt"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        _require_unique("role name", (role.name for role in self.roles))
+        times = [step.at_s for step in self.arc]
+        if times != sorted(times) or len(set(times)) != len(times):
+            raise ValueError("arc steps must be in strictly increasing at_s order")
+        return self
+
+    def labels(self) -> set[str]:
+        """Every emotion the scenario names (targets, role targets, arc)."""
+        named = set(self.targets) | {step.label for step in self.arc}
+        for role in self.roles:
+            named |= set(role.targets)
+        return named
+
+
+class ScenarioRecord(Record):
+    """A scenario of the library on ``livetag.scenarios``, keyed by scenario id; the newest
+    record per key is the scenario, ``deleted`` withdraws it. ts_us = when it was saved."""
+
+    record_type: ClassVar[str] = "scenario"
+    scenario: Scenario
+    saved_by: Annotated[str, StringConstraints(max_length=80)] = ""
+    deleted: StrictBool = False
+
+    @property
+    def key(self) -> bytes:
+        return self.scenario.scenario_id.encode()
+
+
 class SessionRecord(Record):
     """The state of one session; the latest record per key is the current state."""
 
@@ -174,6 +241,15 @@ class SessionRecord(Record):
     takes: list[Take] = []
     topics: SessionTopics
     presence: list[Presence] = []
+    scenario: Scenario | None = Field(
+        default=None, description="The scene's scenario; the prompt is its prompt."
+    )
+    roles: dict[ParticipantId, str] = Field(
+        default={}, description="Each performer's part (a role name of the scenario)."
+    )
+    day_id: DayId | None = Field(
+        default=None, description="The casting day this scene belongs to, if any."
+    )
 
     @property
     def key(self) -> bytes:
@@ -184,6 +260,18 @@ class SessionRecord(Record):
         _require_unique("roster performer_id", (p.performer_id for p in self.roster))
         _require_unique("vocabulary label", (v.label for v in self.vocabulary))
         _require_unique("vocabulary hotkey", (v.hotkey for v in self.vocabulary))
+        performers = {p.performer_id for p in self.roster}
+        for performer_id, role in self.roles.items():
+            if performer_id not in performers:
+                raise ValueError(f"roles: {performer_id!r} is not in the roster")
+            if self.scenario is None or role not in {r.name for r in self.scenario.roles}:
+                raise ValueError(f"roles: {role!r} is not a part of the scenario")
+        if self.scenario is not None:
+            unknown = self.scenario.labels() - {v.label for v in self.vocabulary}
+            if unknown:
+                raise ValueError(
+                    f"scenario: {', '.join(sorted(unknown))} not in the session's vocabulary"
+                )
         return self
 
 
@@ -478,6 +566,56 @@ class TagEvent(PerformerRecord):
         return self
 
 
+# ---------------------------------------------------------------- livetag.cues
+
+#: A director's cue: an ``emotion`` to show (label and intensity of the vocabulary), a
+#: short line of ``text``, or ``clear`` (the performer's cue is withdrawn).
+CueKind = Literal["emotion", "text", "clear"]
+MAX_CUE_TEXT: Final = 200
+
+
+class CueShown(_Model):
+    """When the performer's page showed the cue, as the page measured it."""
+
+    client_shown_ts_us: StrictInt = Field(description="Shown, on the page's own clock.")
+    clock_offset_us: StrictInt = Field(description="Session clock minus the page's clock.")
+    rtt_us: DurationUs
+
+
+class Cue(PerformerRecord):
+    """A director's cue to one performer (performer_id is who sees it); ts_us = when it was
+    sent, on the session clock. A cue to every performer is one record per performer, with
+    one ``cue_id`` each and a shared ``group_id``. A cue stands until the performer's next
+    cue replaces it or a ``clear`` withdraws it. Each cue is published twice, keyed
+    session/performer: when sent (``shown_ts_us`` unset), and once the page showed it (with
+    ``shown_ts_us`` and ``shown``). Idempotent by cue_id (the shown record supersedes)."""
+
+    record_type: ClassVar[str] = "cue"
+    cue_id: TagId
+    group_id: TagId | None = None
+    kind: CueKind
+    label: Label | None = None
+    intensity: Intensity = "normal"
+    text: Annotated[str, StringConstraints(max_length=MAX_CUE_TEXT)] = ""
+    sent_by: ParticipantId
+    shown_ts_us: TimestampUs | None = Field(
+        default=None, description="When the performer's page showed it, on the session clock."
+    )
+    shown: CueShown | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Cue:
+        if self.kind == "emotion" and self.label is None:
+            raise ValueError("an emotion cue names its label")
+        if self.kind != "emotion" and self.label is not None:
+            raise ValueError("only an emotion cue names a label")
+        if self.kind == "text" and not self.text.strip():
+            raise ValueError("a text cue has text")
+        if (self.shown_ts_us is None) != (self.shown is None):
+            raise ValueError("shown_ts_us and shown go together")
+        return self
+
+
 # ---------------------------------------------------------------- livetag.ratings
 
 #: Continuous rating modes: a 2-D valence/arousal pad, or a 1-D intensity slider for one
@@ -769,6 +907,33 @@ class ModelEstimate(_Model):
     frames_read: Annotated[StrictInt, Field(ge=0)] = 0
 
 
+class CueInForce(_Model):
+    """The director's cue the performer had on screen over the window."""
+
+    cue_id: TagId
+    kind: Literal["emotion", "text"]
+    label: Label | None = None
+    intensity: Intensity = "normal"
+    text: Annotated[str, StringConstraints(max_length=MAX_CUE_TEXT)] = ""
+    since_ts_us: TimestampUs = Field(
+        description="Shown on the page (sent, while the page has not said it showed it)."
+    )
+    shown: StrictBool = Field(description="The page has said it showed the cue.")
+
+
+class Intent(_Model):
+    """What the scene meant the performer to show over the window: the cue in force, the
+    scenario arc's step, the part's targets. ``label`` is the one intended emotion: the
+    emotion cue's, else the arc step's, else none."""
+
+    label: Label | None = None
+    intensity: Intensity = "normal"
+    source: Literal["cue", "arc"] | None = None
+    cue: CueInForce | None = None
+    arc_label: Label | None = None
+    targets: list[Label] = []
+
+
 #: The feature streams a label window summarises.
 FeatureStream = Literal["prosody", "face"]
 FEATURE_STREAMS: tuple[FeatureStream, ...] = ("prosody", "face")
@@ -817,6 +982,114 @@ class LabelWindow(PerformerRecord):
     models: list[ModelEstimate] = Field(
         default=[], description="Model raters' readings of the window (not in consensus)."
     )
+    intent: Intent | None = Field(
+        default=None,
+        description="What the scene meant the performer to show (cue, scenario arc); "
+        "unset: nothing was intended.",
+    )
+
+
+# ---------------------------------------------------------------- livetag.coverage
+
+#: What observers perceived in a window that no observer tagged (or agreed on nothing).
+NOTHING_PERCEIVED: Final = "(none)"
+
+
+class CoverageCell(_Model):
+    """Seconds of one emotion for one performer, each from the final revision of windows:
+    intended (the window's intent.label), self-tagged (the performer's own tags),
+    perceived (the observers' majority label), agreed (perceived by at least two observers
+    with consensus_agreement >= 2/3), hit (intended and perceived alike), disputed (observers
+    tagged it, but did not agree on the window)."""
+
+    intended_s: Annotated[Number, Field(ge=0)] = 0
+    self_tagged_s: Annotated[Number, Field(ge=0)] = 0
+    perceived_s: Annotated[Number, Field(ge=0)] = 0
+    agreed_s: Annotated[Number, Field(ge=0)] = 0
+    hit_s: Annotated[Number, Field(ge=0)] = 0
+    disputed_s: Annotated[Number, Field(ge=0)] = 0
+
+
+class Coverage(PerformerRecord):
+    """One performer's ledger so far in one session, per emotion, from the aligner's
+    windows; ts_us = the end of the newest window counted. Keyed session/performer on
+    ``livetag.coverage`` (compacted: the newest record is the state)."""
+
+    record_type: ClassVar[str] = "coverage"
+    window_us: Annotated[StrictInt, Field(gt=0)]
+    windows: Annotated[StrictInt, Field(ge=0)]
+    cells: dict[Label, CoverageCell] = {}
+    confusion: dict[Label, dict[str, Annotated[StrictInt, Field(ge=0)]]] = Field(
+        default={},
+        description=(
+            "Windows by intended emotion, then by what observers perceived (a label, or "
+            "'(none)'): only windows with an intended emotion."
+        ),
+    )
+
+
+# ---------------------------------------------------------------- livetag.casting / lobby
+
+
+class DeviceCheck(_Model):
+    """A performer's camera and microphone check in the lobby."""
+
+    camera: StrictBool
+    microphone: StrictBool
+    face_found: StrictBool
+    audio_level_db: Number | None = None
+    checked_ts_us: TimestampUs
+
+
+class LobbyPresence(Record):
+    """A performer of a casting day in the lobby (waiting) or not; keyed day/performer on
+    ``livetag.lobby`` (compacted). ts_us = when this changed."""
+
+    record_type: ClassVar[str] = "lobby_presence"
+    day_id: DayId
+    performer_id: ParticipantId
+    waiting: StrictBool
+    since_ts_us: TimestampUs
+    check: DeviceCheck | None = None
+
+    @property
+    def key(self) -> bytes:
+        return f"{self.day_id}/{self.performer_id}".encode()
+
+
+class SceneRef(_Model):
+    """A scene of the day: a session with its performers and scenario."""
+
+    session_id: SessionId
+    performers: Annotated[list[ParticipantId], Field(min_length=1)]
+    scenario_id: ScenarioId | None = None
+    roles: dict[ParticipantId, str] = {}
+    started_ts_us: TimestampUs
+    ended_ts_us: TimestampUs | None = None
+
+
+class CastingDay(Record):
+    """A casting day: its performers (one link each for the whole day), its vocabulary and
+    the scenes played so far. Keyed by day id on ``livetag.casting`` (compacted)."""
+
+    record_type: ClassVar[str] = "casting_day"
+    day_id: DayId
+    created_ts_us: TimestampUs
+    title: Annotated[str, StringConstraints(max_length=200)] = ""
+    roster: Annotated[list[Performer], Field(min_length=1)]
+    vocabulary: list[VocabularyEntry]
+    scenes: list[SceneRef] = []
+    state: Literal["open", "closed"] = "open"
+
+    @property
+    def key(self) -> bytes:
+        return self.day_id.encode()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CastingDay:
+        _require_unique("roster performer_id", (p.performer_id for p in self.roster))
+        _require_unique("scene session_id", (scene.session_id for scene in self.scenes))
+        return self
 
 
 # ---------------------------------------------------------------- livetag.deadletter
@@ -948,6 +1221,11 @@ JsonRecord = (
     | RatingBatch
     | RaterLag
     | ModelReading
+    | ScenarioRecord
+    | Cue
+    | Coverage
+    | LobbyPresence
+    | CastingDay
 )
 AnyRecord = JsonRecord | AudioChunk | VideoFrame
 R = TypeVar("R", bound=AnyRecord)
@@ -964,6 +1242,11 @@ JSON_RECORD_TYPES: tuple[type[Record], ...] = (
     RatingBatch,
     RaterLag,
     ModelReading,
+    ScenarioRecord,
+    Cue,
+    Coverage,
+    LobbyPresence,
+    CastingDay,
 )
 MEDIA_RECORD_TYPES: tuple[type[AudioChunk] | type[VideoFrame], ...] = (AudioChunk, VideoFrame)
 MEDIA_HEADER_TYPES: dict[str, type[MediaHeader]] = {

@@ -634,6 +634,32 @@ class Settings(BaseSettings):
         le=10_000,
         description="How long a face worker waits for an HTTP model rater's answer.",
     )
+    scenario_dir: Path | None = Field(
+        default=None,
+        description=(
+            "A folder of scenario files (*.toml, *.yaml) loaded into the scenario library "
+            "(livetag.scenarios) when livetag up starts; `livetag scenarios load` does it "
+            "by hand."
+        ),
+    )
+    cue_rate_per_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=100,
+        description="Cues a director may send per second (a burst of as many is allowed).",
+    )
+    coverage_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="How often the aligner publishes each performer's ledger (coverage).",
+    )
+    lobby_face_check_interval_ms: int = Field(
+        default=1000,
+        ge=200,
+        le=10_000,
+        description="How often a lobby page sends a camera snapshot for the face check.",
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -28,6 +28,25 @@ def jpeg_frame(width: int = 64, height: int = 36) -> bytes:
     return out.getvalue()
 
 
+SCENARIO = records.Scenario(
+    scenario_id="late-friend",
+    title="The late friend",
+    prompt="Two old friends meet at a funeral; one of them is late.",
+    roles=[
+        records.ScenarioRole(
+            name="the friend", brief="You are late and cannot say why.", targets=["hesitation"]
+        ),
+        records.ScenarioRole(name="the widower", brief="You waited.", targets=["laughter"]),
+    ],
+    targets=["laughter", "hesitation"],
+    arc=[
+        records.ArcStep(at_s=0, label="hesitation"),
+        records.ArcStep(at_s=60, label="laughter", intensity="strong"),
+    ],
+    duration_s=180,
+)
+
+
 def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[records.AnyRecord]:
     """Every record type, one each, in the order of records.JSON_RECORD_TYPES + media."""
     common = {"session_id": session_id, "performer_id": performer_id}
@@ -49,6 +68,9 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             state="live",
             takes=[records.Take(take_id=1, start_ts_us=TS_US - 500_000)],
             topics=topics.session_topic_names(session_id),
+            scenario=SCENARIO,
+            roles={performer_id: "the friend", "bob": "the widower"},
+            day_id="day-1",
         ),
         records.ProsodyHops(
             ts_us=TS_US,
@@ -154,6 +176,21 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
                     frames_read=2,
                 )
             ],
+            intent=records.Intent(
+                label="laughter",
+                intensity="strong",
+                source="cue",
+                cue=records.CueInForce(
+                    cue_id="cue_0123456789",
+                    kind="emotion",
+                    label="laughter",
+                    intensity="strong",
+                    since_ts_us=TS_US - 2_000_000,
+                    shown=True,
+                ),
+                arc_label="hesitation",
+                targets=["hesitation", "laughter"],
+            ),
         ),
         records.DeadLetter.of(
             ts_us=TS_US,
@@ -228,6 +265,67 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             top_label="laughter",
             valence=0.56,
             arousal=0.3,
+        ),
+        records.ScenarioRecord(ts_us=TS_US, scenario=SCENARIO, saved_by="director"),
+        records.Cue(
+            ts_us=TS_US,
+            **common,
+            cue_id="cue_0123456789",
+            kind="emotion",
+            label="laughter",
+            intensity="strong",
+            sent_by="director",
+            shown_ts_us=TS_US + 80_000,
+            shown=records.CueShown(
+                client_shown_ts_us=TS_US + 1_080_000, clock_offset_us=-1_000_000, rtt_us=4_000
+            ),
+        ),
+        records.Coverage(
+            ts_us=TS_US,
+            **common,
+            window_us=100_000,
+            windows=600,
+            cells={
+                "laughter": records.CoverageCell(
+                    intended_s=20.0, self_tagged_s=12.5, perceived_s=15.0, agreed_s=9.0, hit_s=8.0
+                )
+            },
+            confusion={"laughter": {"laughter": 80, "(none)": 120}},
+        ),
+        records.LobbyPresence(
+            ts_us=TS_US,
+            day_id="day-1",
+            performer_id=performer_id,
+            waiting=True,
+            since_ts_us=TS_US - 60_000_000,
+            check=records.DeviceCheck(
+                camera=True,
+                microphone=True,
+                face_found=True,
+                audio_level_db=-31.5,
+                checked_ts_us=TS_US,
+            ),
+        ),
+        records.CastingDay(
+            ts_us=TS_US,
+            day_id="day-1",
+            created_ts_us=TS_US - 3_600_000_000,
+            title="Improv casting, Monday",
+            roster=[
+                records.Performer(performer_id=performer_id, display_name="Alice"),
+                records.Performer(performer_id="bob", display_name="Bob"),
+            ],
+            vocabulary=[records.VocabularyEntry(label="laughter", hotkey="l", colour="#f5b700")],
+            scenes=[
+                records.SceneRef(
+                    session_id=session_id,
+                    performers=[performer_id, "bob"],
+                    scenario_id="late-friend",
+                    roles={performer_id: "the friend", "bob": "the widower"},
+                    started_ts_us=TS_US - 600_000_000,
+                    ended_ts_us=TS_US - 60_000_000,
+                )
+            ],
         ),
         records.AudioChunk(
             records.AudioChunkHeader(

@@ -129,6 +129,19 @@ _KEYS: dict[type[Any], TopicKey] = {
         f"^{_SESSION}/{_PARTICIPANT}$",
         "session_id/rater_id (UTF-8): one rater's lag estimate; the newest record per key counts.",
     ),
+    records.ScenarioRecord: TopicKey(
+        "scenario_id",
+        f"^{_id_pattern(records.ScenarioId)}$",
+        "scenario_id (UTF-8): the newest record per key is the scenario.",
+    ),
+    records.CastingDay: TopicKey(
+        "day_id", f"^{_SESSION}$", "day_id (UTF-8): the newest record per key is the day."
+    ),
+    records.LobbyPresence: TopicKey(
+        "day_id/performer_id",
+        f"^{_SESSION}/{_PARTICIPANT}$",
+        "day_id/performer_id (UTF-8): the newest record per key says whether they wait.",
+    ),
 }
 
 
@@ -305,6 +318,28 @@ SENDERS: dict[type[Any], tuple[Use, ...]] = {
             "the model rater's reading of each label window",
         ),
     ),
+    records.Cue: (
+        Use(DASHBOARD, ("dashboard/server.py", "dashboard/cues.py"), "the director's cues, sent"),
+        Use(CAPTURE, ("capture/server.py", "capture/cues.py"), "each cue again, once shown"),
+    ),
+    records.Coverage: (
+        Use(ALIGNER, ("streams/labels/aligner.py",), "each performer's ledger, every few seconds"),
+    ),
+    records.ScenarioRecord: (
+        Use(
+            SESSION_COMMANDS,
+            ("infra/cli.py", "streams/kafka/scenarios.py"),
+            "`scenarios load` publishes a folder of scenario files",
+        ),
+        Use(DASHBOARD, ("dashboard/server.py",), "the director's scenario editor"),
+    ),
+    records.CastingDay: (
+        Use(SESSION_COMMANDS, ("infra/cli.py", "streams/kafka/casting.py"), "`day create`"),
+        Use(DASHBOARD, ("dashboard/casting.py",), "the director's matching: each scene played"),
+    ),
+    records.LobbyPresence: (
+        Use(CAPTURE, ("capture/lobby.py",), "who waits in the lobby, with their device check"),
+    ),
 }
 
 _TAIL = Use(TAIL, ("infra/tail.py",), "prints the records as JSON lines")
@@ -424,6 +459,36 @@ RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
     records.ModelReading: (
         Use(ALIGNER, ("streams/labels/aligner.py",), "the model lane of each window"),
         Use(RECORDER, ("streams/archive/recorder.py",), "archives them (model.parquet)"),
+        _TAIL,
+    ),
+    records.Cue: (
+        Use(
+            CAPTURE,
+            ("capture/server.py", "capture/cues.py"),
+            "shows each cue on its performer's page",
+        ),
+        Use(ALIGNER, ("streams/labels/aligner.py",), "the intent of each window"),
+        Use(RECORDER, ("streams/archive/recorder.py",), "archives them (cues.parquet)"),
+        Use(DASHBOARD, ("dashboard/server.py",), "the intent lane and each cue's state"),
+        _TAIL,
+    ),
+    records.Coverage: (
+        Use(DASHBOARD, ("dashboard/server.py",), "the coverage matrix and the next cue"),
+        Use(DASHBOARD, ("dashboard/casting.py",), "the matcher's coverage across the day"),
+        _TAIL,
+    ),
+    records.ScenarioRecord: (
+        Use(DASHBOARD, ("dashboard/server.py", "streams/kafka/scenarios.py"), "the library"),
+        Use(SESSION_COMMANDS, ("infra/cli.py",), "`session create --scenario`"),
+        _TAIL,
+    ),
+    records.CastingDay: (
+        Use(DASHBOARD, ("dashboard/casting.py",), "the day's roster and scenes"),
+        Use(CAPTURE, ("capture/lobby.py",), "who may wait, and which scene each goes to"),
+        _TAIL,
+    ),
+    records.LobbyPresence: (
+        Use(DASHBOARD, ("dashboard/casting.py",), "who waits, checked or not"),
         _TAIL,
     ),
 }

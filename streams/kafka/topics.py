@@ -30,6 +30,11 @@ HEALTH = "livetag.health"
 REVOCATIONS = "livetag.revocations"
 RATINGS = "livetag.ratings"
 RATERS = "livetag.raters"
+CUES = "livetag.cues"
+COVERAGE = "livetag.coverage"
+SCENARIOS = "livetag.scenarios"
+CASTING = "livetag.casting"
+LOBBY = "livetag.lobby"
 
 SessionStream = Literal["audio", "video", "prosody", "face", "model"]
 SESSION_STREAMS: tuple[SessionStream, ...] = ("audio", "video", "prosody", "face", "model")
@@ -118,6 +123,42 @@ def shared_topics(settings: Settings) -> list[TopicSpec]:
             {"cleanup.policy": "compact"},
             "each rater's reaction lag as the aligner estimates it, keyed session/rater",
         ),
+        TopicSpec(
+            CUES,
+            records.Cue,
+            keyed,
+            {"cleanup.policy": "delete", "retention.ms": "-1"},
+            "the director's cues keyed session/performer (who sees it): sent, then shown",
+        ),
+        TopicSpec(
+            COVERAGE,
+            records.Coverage,
+            # Small and read whole: the newest ledger per performer counts.
+            1,
+            {"cleanup.policy": "compact"},
+            "each performer's ledger so far per emotion, keyed session/performer",
+        ),
+        TopicSpec(
+            SCENARIOS,
+            records.ScenarioRecord,
+            1,
+            {"cleanup.policy": "compact"},
+            "the scenario library keyed by scenario id; the latest per key is the scenario",
+        ),
+        TopicSpec(
+            CASTING,
+            records.CastingDay,
+            1,
+            {"cleanup.policy": "compact"},
+            "casting days keyed by day id: roster, vocabulary, the scenes played",
+        ),
+        TopicSpec(
+            LOBBY,
+            records.LobbyPresence,
+            1,
+            {"cleanup.policy": "compact"},
+            "who of a casting day waits in the lobby, with their device check, keyed day/performer",
+        ),
     ]
 
 
@@ -196,6 +237,11 @@ def record_type_of(topic: str) -> type[records.AnyRecord]:
         REVOCATIONS: records.TokenRevocation,
         RATINGS: records.RatingBatch,
         RATERS: records.RaterLag,
+        CUES: records.Cue,
+        COVERAGE: records.Coverage,
+        SCENARIOS: records.ScenarioRecord,
+        CASTING: records.CastingDay,
+        LOBBY: records.LobbyPresence,
     }
     if topic in shared:
         return shared[topic]
@@ -208,8 +254,8 @@ def record_type_of(topic: str) -> type[records.AnyRecord]:
 
 def resolve_topic(name: str, session_id: str | None = None) -> str:
     """Accept a full topic name, or a short one: sessions, tags, labels, deadletter,
-    health, revocations, ratings, raters, or audio/video/prosody/face/model together
-    with a session id."""
+    health, revocations, ratings, raters, cues, coverage, scenarios, casting, lobby, or
+    audio/video/prosody/face/model together with a session id."""
     short_shared = {
         "sessions": SESSIONS,
         "tags": TAGS,
@@ -219,6 +265,11 @@ def resolve_topic(name: str, session_id: str | None = None) -> str:
         "revocations": REVOCATIONS,
         "ratings": RATINGS,
         "raters": RATERS,
+        "cues": CUES,
+        "coverage": COVERAGE,
+        "scenarios": SCENARIOS,
+        "casting": CASTING,
+        "lobby": LOBBY,
     }
     if name in short_shared:
         return short_shared[name]
