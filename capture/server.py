@@ -8,6 +8,7 @@ HTTP routes
   GET /metrics/clients?session=SID   every page's clock offset and rtt (call and tags)
   GET /metrics/refusals  what was refused (bad tokens, exceeded limits, bad messages), by code
   GET /metrics/loop      the event loop's lag (?since=UNIX_MS: only newer samples)
+  GET /lobby, /ws/lobby  a casting day's lobby, where performers wait (capture.lobby)
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from aiohttp import WSMsgType, web
 
 from capture import signaling
 from capture.call import CallError, SceneCall
+from capture.cues import CueFollower, CueShownError, page_cue
 from capture.fork import ForkStats, make_fork_audio_producer
 from capture.ice import restrict_host_addresses
+from capture.lobby import LobbyService
 from capture.loop_lag import LoopLagMonitor
 from capture.timing import Stamp
 from streams import records
@@ -52,6 +55,7 @@ from streams.runtime.connection_gate import (
 )
 from streams.runtime.metrics_access import MetricsGuard
 from streams.runtime.redaction import AccessLogger, access_log
+from streams.scenarios import performer_view
 from streams.session_clock import now_us
 from streams.settings import (
     PlaintextNetworkError,
@@ -69,6 +73,9 @@ log = logging.getLogger(__name__)
 milestones = logging.getLogger("livetag.session")
 
 COUNTERS_INTERVAL_S = 2.0  # fork counters go to livetag.health at most this often
+CUE_SEND_TIMEOUT_S = 1.0  # a page that takes a cue slower than this is not waited for
+#: Cue acknowledgements a page may send before its clock is synced (held until it is).
+MAX_UNSYNCED_CUES_SHOWN = 16
 
 PAGES = Path(str(resources.files("capture") / "static"))
 TAGGER_FILES = Path(str(resources.files("taggers") / "static"))
@@ -168,6 +175,25 @@ class CaptureServer:
         self._revocations = RevocationList(settings)
         self.access = credentials.Access(settings, secret, self._revocations)
         self._revocation_watcher: asyncio.Task[None] | None = None
+        # The director's cues, followed from livetag.cues and shown on performers' pages.
+        self.cues = CueFollower(
+            settings,
+            producer=self._producer,
+            deliver=self.deliver_cue,
+            open_sessions=self._directory.sessions,
+        )
+        # The casting days' lobby: performers wait there between scenes.
+        self.lobby = LobbyService(
+            settings,
+            access=self.access,
+            producer=self._producer,
+            sessions=self._directory,
+            session_record=self._session,
+            gate=self.gate,
+            refusals=self.refusals,
+            metrics_guard=self._metrics_guard,
+            thread_setup=lambda: _at_services_priority(settings.services_nice),
+        )
         self.tags = TagService(
             settings,
             secret=secret,
@@ -195,7 +221,10 @@ class CaptureServer:
             await self._directory.start()
             # Read whole before anyone is admitted: a revoked link never gets in.
             await self._revocations.start()
+            # The cues that stand, before a page is admitted that should show one.
+            await self.cues.start()
             await self.tags.start()
+            await self.lobby.start()
         except BaseException:
             await self._stop_clients()
             raise
@@ -220,6 +249,7 @@ class CaptureServer:
         )
         app.on_response_prepare.append(_allow_any_origin_on_static_files)
         self.tags.add_routes(app)
+        self.lobby.add_routes(app)
         self._ender = background.start(self._end_calls_of_ended_sessions, "capture-ender")
         self._counter_publisher = background.start(self._publish_counters, "capture-counters")
         self._gate_sweeper = background.start(lambda: keep_swept(self.gate), "capture-gate")
@@ -347,7 +377,9 @@ class CaptureServer:
         """Stop the Kafka clients, each even if another fails (each is safe to stop when
         it never started, or twice)."""
         for stop in (
+            self.lobby.stop,
             self.tags.stop,
+            self.cues.stop,
             self._revocations.stop,
             self._directory.stop,
             self._producer.stop,
@@ -395,6 +427,7 @@ class CaptureServer:
                 "background_restarts": dict(background.RESTARTS),
                 "presence_updates_lost": dict(self.presence_updates_lost),
                 "session_directory": self._directory.counters(),
+                "cues": self.cues.metrics(),
             }
         )
 
@@ -485,6 +518,9 @@ class CaptureServer:
                     # Told and closed first (the page stops), then its media let go.
                     await connection.end_access("session_ended", message)
                     await connection.close()
+            self.cues.board.forget_sessions(
+                session.session_id for session in self._directory.sessions() if is_over(session)
+            )
             await self.tags.close_ended_sessions()
 
     # ------------------------------------------------------------------ tagging
@@ -529,6 +565,22 @@ class CaptureServer:
             )
             self.calls[session_id] = call
         return call
+
+    async def deliver_cue(self, cue: records.Cue) -> None:
+        """Show a new cue on its performer's page(s) in its session (a performer may have
+        a page open on two devices). A page that takes too long is left behind: it gets
+        the cue in force when it rejoins."""
+        message = page_cue(cue)
+        for connection in list(self._connections.get(cue.session_id, ())):
+            if not connection.shows_cues_of(cue.performer_id):
+                continue
+            try:
+                async with asyncio.timeout(CUE_SEND_TIMEOUT_S):
+                    await connection.send(message)
+            except TimeoutError:
+                self.cues.counts["pushes_timed_out"] += 1
+                continue
+            self.cues.counts["pushed"] += 1
 
     async def broadcast_live(self, session_id: str) -> None:
         call = self.calls.get(session_id)
@@ -631,6 +683,17 @@ class CallConnection:
         self._joined = False
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        # A performer page's "cue shown" that came before its first clock reply: put on
+        # the session clock once there is an estimate (with when it was received).
+        self._unsynced_shown: list[tuple[signaling.CueShown, int]] = []
+
+    def shows_cues_of(self, performer_id: str) -> bool:
+        """Whether this page is ``performer_id``'s own (cues are for their eyes only)."""
+        return (
+            not self._closed
+            and self.claims.role == "performer"
+            and self.claims.participant_id == performer_id
+        )
 
     def frame_on_screen(self, performer_id: str, rtp_timestamp: int) -> Stamp | None:
         """Capture stamp of the frame of ``performer_id`` this page showed with this RTP
@@ -661,8 +724,22 @@ class CallConnection:
                 # analysis size on the server).
                 "capture": {"width": 640, "height": 360, "fps": settings.effective_capture_fps},
                 "live": self.call.live_performers(),
+                # The casting day the scene is part of (the page leads back to its lobby).
+                "day_id": session.day_id,
+                # What this page shows of the scenario: the prompt, and a performer's own
+                # part (never the others' briefs).
+                "scenario_view": performer_view(
+                    session, self.claims.participant_id, self.claims.role
+                ),
             }
         )
+        if self.claims.role == "performer":
+            # The cue in force, if any: a page that joins or rejoins shows it at once.
+            standing = self.server.cues.board.current(
+                session.session_id, self.claims.participant_id
+            )
+            if standing is not None:
+                await self.send(page_cue(standing))
         self._tasks.append(asyncio.create_task(self._probe_clock(), name="clock-probes"))
         self._tasks.append(
             asyncio.create_task(
@@ -693,7 +770,15 @@ class CallConnection:
             return
         try:
             if isinstance(message, ClockReply):
-                self.clock.on_reply(message, received_us=now_us())
+                estimate = self.clock.on_reply(message, received_us=now_us())
+                if estimate is not None and self._unsynced_shown:
+                    held, self._unsynced_shown = self._unsynced_shown, []
+                    for shown, received_us in held:
+                        await self._cue_shown(shown, received_us)
+            elif isinstance(message, signaling.CueShown):
+                if self.claims.role != "performer":
+                    raise CallError("forbidden", "only a performer's page shows cues")
+                await self._cue_shown(message, now_us())
             elif isinstance(message, signaling.Publish):
                 if self.claims.role != "performer":
                     raise CallError("forbidden", "only performers publish media")
@@ -729,6 +814,30 @@ class CallConnection:
         except CallError as exc:
             self.server.refusals[exc.code] += 1
             await self.send(signaling.error(exc.code, exc.message))
+
+    async def _cue_shown(self, message: signaling.CueShown, received_us: int) -> None:
+        """The page showed a cue: its shown record, on the session clock (once per cue)."""
+        estimate = self.clock.estimate
+        if estimate is None:
+            if len(self._unsynced_shown) < MAX_UNSYNCED_CUES_SHOWN:
+                self._unsynced_shown.append((message, received_us))
+                return
+            code, reason = "not_synced", "answer a clock probe first: this cue_shown is lost"
+        else:
+            try:
+                self.server.cues.shown(
+                    session_id=self.call.session.session_id,
+                    performer_id=self.claims.participant_id,
+                    cue_id=message.cue_id,
+                    client_shown_us=message.client_shown_ts_us,
+                    estimate=estimate,
+                    received_us=received_us,
+                )
+                return
+            except CueShownError as exc:
+                code, reason = exc.code, exc.message
+        self.server.refusals[code] += 1
+        await self.send(signaling.error(code, reason))
 
     async def end_access(self, code: str, message: str) -> None:
         """The link was revoked or ran out, or the session is over: say why, then close

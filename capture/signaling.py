@@ -5,8 +5,13 @@ page -> server
   {"type": "subscribe", "performer_id": P, "sdp": OFFER, "request_id": N}
                                                           receive performer P (recvonly)
   {"type": "clock_reply", ...}                           see taggers.clock
+  {"type": "cue_shown", "cue_id": C, "client_shown_ts_us": T}
+                                  a performer's page showed cue C at T on its own clock
 server -> page
-  {"type": "welcome", ...}    session prompt, roster, vocabulary, who you are
+  {"type": "welcome", ...}    session prompt, roster, vocabulary, who you are, the day,
+                              the performer's view of the scenario
+  {"type": "cue", "cue": {"cue_id", "kind", "label", "intensity", "text", "ts_us"}}
+                              the director's cue to this performer (kind "clear": none)
   {"type": "publish_answer", "sdp": ANSWER}
   {"type": "subscribe_answer", "performer_id": P, "sdp": ANSWER, "request_id": N}
   {"type": "performers", "live": [P, ...]}  performers whose media the server has now
@@ -18,11 +23,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from streams import strict_json
 from streams.errors import BadInputError
-from streams.records import ParticipantId
+from streams.records import ParticipantId, TagId
 from taggers.clock import ClockReply
 
 MAX_SDP_CHARS = 32_000
@@ -63,11 +76,21 @@ class Subscribe(_Message):
     request_id: Annotated[int, Field(ge=0, le=2**53)] = 0
 
 
-PageMessage = Annotated[Publish | Subscribe | ClockReply, Field(discriminator="type")]
-_page_message: TypeAdapter[Publish | Subscribe | ClockReply] = TypeAdapter(PageMessage)
+class CueShown(_Message):
+    """The page painted a cue: when, on the page's own clock (the clock its clock
+    replies read), so the server can put it on the session clock."""
+
+    type: Literal["cue_shown"]
+    cue_id: TagId
+    client_shown_ts_us: Annotated[StrictInt, Field(ge=0, le=2**53)]
 
 
-def parse_page_message(raw: str | bytes, *, max_bytes: int) -> Publish | Subscribe | ClockReply:
+AnyPageMessage = Publish | Subscribe | ClockReply | CueShown
+PageMessage = Annotated[AnyPageMessage, Field(discriminator="type")]
+_page_message: TypeAdapter[AnyPageMessage] = TypeAdapter(PageMessage)
+
+
+def parse_page_message(raw: str | bytes, *, max_bytes: int) -> AnyPageMessage:
     """Validate one message from a page; raises :class:`SignalingError` with the reason."""
     # In UTF-8 bytes, as the limit says: a text's length in characters may be 4x less.
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "surrogatepass"))

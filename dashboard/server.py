@@ -7,10 +7,13 @@ HTTP routes
   GET /metrics                      the pipeline's counters per session and performer, in
                                     the Prometheus text format (from livetag.health)
   GET /metrics/clients              connected clients and what the server keeps per client
+  GET /casting?token=T              a casting day's casting page (dashboard.casting)
 
 One :class:`SessionFeed` per session with a dashboard open consumes the session's prosody
 and face topics, ``livetag.tags``, ``livetag.labels``, ``livetag.ratings`` (continuous
-ratings) and ``livetag.raters`` (each rater's reaction lag) into a :class:`SessionView`, polls
+ratings), ``livetag.raters`` (each rater's reaction lag), ``livetag.cues`` (the director's
+cues, sent and shown) and ``livetag.coverage`` (each performer's ledger) into a
+:class:`SessionView`, polls
 pipeline health, and ticks ``dashboard_update_hz`` times a second. On each tick every
 client of the session that has finished its previous send gets what is new since its own
 cursor; clients at the same cursor share one encoded message. A client that reads slowly
@@ -27,7 +30,7 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,8 @@ class SessionFeed:
             topics.LABELS,
             topics.RATINGS,
             topics.RATERS,
+            topics.CUES,
+            topics.COVERAGE,
         )
         for topic in followed:
             numbers = self._consumer.partitions_for_topic(topic)
@@ -143,14 +148,16 @@ class SessionFeed:
             partitions[topic] = [TopicPartition(topic, n) for n in sorted(numbers)]
         self._consumer.assign([tp for tps in partitions.values() for tp in tps])
         # Features: from now (the charts show the last 30 s). Continuous ratings: the
-        # last 30 s their lane shows. Tags, labels and rater lags: the whole session, so
-        # the timeline, the agreement, the model gap and the lag table start complete.
+        # last 30 s their lane shows. Tags, labels, rater lags, cues and coverage: the whole
+        # session, so the timeline, the agreement, the model gap, the lag table, each
+        # performer's cue in force and the coverage start complete.
         await self._consumer.seek_to_end(
             *partitions[session.topics.prosody], *partitions[session.topics.face]
         )
         await self._seek_to_time(partitions[topics.RATINGS], now_us() - CHART_WINDOW_US)
+        whole_session = (topics.TAGS, topics.LABELS, topics.RATERS, topics.CUES, topics.COVERAGE)
         await self._seek_to_time(
-            partitions[topics.TAGS] + partitions[topics.LABELS] + partitions[topics.RATERS],
+            [tp for topic in whole_session for tp in partitions[topic]],
             self.view.session.created_ts_us,
         )
         self._tasks = [
@@ -199,6 +206,7 @@ class SessionFeed:
             if now - last_agreement >= AGREEMENT_INTERVAL_S:
                 self.view.compute_agreement(now_us())
                 self.view.compute_gap()
+                self.view.compute_coverage()
                 last_agreement = now
             async with self._ticked:
                 self.tick += 1
@@ -214,6 +222,8 @@ class SessionFeed:
             topics.LABELS: records.LabelWindow,
             topics.RATINGS: records.RatingBatch,
             topics.RATERS: records.RaterLag,
+            topics.CUES: records.Cue,
+            topics.COVERAGE: records.Coverage,
         }
         while True:
             batches = await self._consumer.getmany(timeout_ms=100)
@@ -247,6 +257,12 @@ class SessionFeed:
             self.view.add_rating(record)
         elif isinstance(record, records.RaterLag):
             self.view.add_rater_lag(record)
+        elif isinstance(record, records.Cue):
+            # Like a tag, a cue's state is shown at once: the director watches it land.
+            if self.view.add_cue(record):
+                self._tag_arrived.set()
+        elif isinstance(record, records.Coverage):
+            self.view.add_coverage(record)
 
     async def _poll_health(self) -> None:
         while True:
@@ -393,6 +409,20 @@ class DashboardServer:
         # The director's actions beyond takes, end and links, by message type: each module
         # (cues, scenarios) registers its own handler; a reply is sent back to the page.
         self.director_actions: dict[str, DirectorAction] = {}
+        # The byte cap of an action's messages where it is larger than the usual one
+        # (the scenario editor sends whole scenarios).
+        self.message_limits: dict[str, int] = {}
+        # Imported here: dashboard.cues builds on this module.
+        from dashboard import cues
+
+        self.cues = cues.register(self)
+        from dashboard import scenarios
+
+        self.scenarios = scenarios.register(self)
+        from dashboard import casting
+
+        # The casting page of a casting day (/casting): who waits, matching, scenes.
+        self.casting = casting.register(self)
         self.port = settings.dashboard_port
         self.counters = CounterBoard(settings)
         self._registry = CollectorRegistry(auto_describe=False)
@@ -420,6 +450,8 @@ class DashboardServer:
             await topics.ensure_shared_topics(admin, self.settings)
         await self._producer.start()
         await self._directory.start()
+        await self.scenarios.start()
+        await self.casting.start()
         # Read whole before anyone is admitted: a revoked link never gets in.
         await self.access.start()
         self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._capture_trust))
@@ -439,6 +471,7 @@ class DashboardServer:
                 web.static("/dashboard/static", PAGES),
             ]
         )
+        self.casting.add_routes(app)
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=access_log(), access_log_class=AccessLogger
         )
@@ -487,6 +520,8 @@ class DashboardServer:
             await self._http.close()
             self._http = None
         await self.access.stop()
+        await self.casting.stop()
+        await self.scenarios.stop()
         await self._directory.stop()
         await self._producer.stop()
 
@@ -569,6 +604,7 @@ class DashboardServer:
                 "refusals": dict(self.refusals),
                 "background_restarts": dict(background.RESTARTS),
                 "session_directory": self._directory.counters(),
+                "cues": self.cues.metrics(),
                 "feeds": {
                     session_id: {
                         "clients": feed.clients,
@@ -736,16 +772,39 @@ class ActionError(RefusedError, ValueError):
 MAX_DASHBOARD_MESSAGE_BYTES = 4096
 
 
-def parse_dashboard_message(raw: str | bytes) -> dict[str, Any]:
-    """A dashboard's message: a JSON object with a string ``type``; otherwise
-    :class:`ActionError` ``malformed`` with the reason."""
+def parse_dashboard_message(
+    raw: str | bytes, limits: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """A dashboard's message: a JSON object with a string ``type``, at most
+    MAX_DASHBOARD_MESSAGE_BYTES, or for a type in ``limits`` at most that many bytes;
+    otherwise :class:`ActionError` ``malformed`` with the reason."""
+    largest = max([MAX_DASHBOARD_MESSAGE_BYTES, *(limits or {}).values()])
     try:
-        message = strict_json.loads_object(raw, max_bytes=MAX_DASHBOARD_MESSAGE_BYTES)
+        message = strict_json.loads_object(raw, max_bytes=largest)
     except strict_json.JsonInputError as exc:
         raise ActionError("malformed", exc.reason) from None
     if not isinstance(message.get("type"), str):
         raise ActionError("malformed", "a message needs a type")
+    limit = (limits or {}).get(message["type"], MAX_DASHBOARD_MESSAGE_BYTES)
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    if size > limit:
+        raise ActionError("malformed", f"{size} bytes, more than the {limit} accepted")
     return message
+
+
+#: A page's own id for a request (a number or a short string), echoed in its answer.
+MAX_REQUEST_ID_CHARS = 64
+
+
+def echoed_request_id(message: dict[str, Any]) -> int | str | None:
+    """The request's ``request_id`` to echo with its answer or refusal (None: it has
+    none, or none that can be echoed: a page's id is a number or a short string)."""
+    request_id = message.get("request_id")
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        return None
+    if isinstance(request_id, str) and len(request_id) > MAX_REQUEST_ID_CHARS:
+        return None
+    return request_id
 
 
 class DashboardClient:
@@ -802,8 +861,10 @@ class DashboardClient:
                 break
 
     async def _handle(self, raw: str) -> None:
+        request_id: int | str | None = None
         try:
-            message = parse_dashboard_message(raw)
+            message = parse_dashboard_message(raw, self.server.message_limits)
+            request_id = echoed_request_id(message)
             action = message["type"]
             extra = self.server.director_actions.get(action)
             if action not in ("take_start", "take_end", "end_session", "invite") and not extra:
@@ -845,13 +906,18 @@ class DashboardClient:
         except ActionError as exc:
             if exc.code == "malformed":
                 self.server.refusals["malformed"] += 1
-            await self._send_error(exc.code, exc.message)
+            await self._send_error(exc.code, exc.message, request_id)
         except Exception as exc:  # the broker refused: say so, keep the dashboard
             log.warning("dashboard action failed: %s", exc)
-            await self._send_error("unavailable", f"could not record it: {exc}")
+            await self._send_error("unavailable", f"could not record it: {exc}", request_id)
 
-    async def _send_error(self, code: str, message: str) -> None:
-        await self._send(json.dumps({"type": "error", "code": code, "message": message}))
+    async def _send_error(
+        self, code: str, message: str, request_id: int | str | None = None
+    ) -> None:
+        error: dict[str, Any] = {"type": "error", "code": code, "message": message}
+        if request_id is not None:
+            error["request_id"] = request_id  # the page knows which of its requests failed
+        await self._send(json.dumps(error))
 
     async def _send_message(self, message: dict[str, Any]) -> None:
         await self._send(json.dumps(message))

@@ -17,6 +17,12 @@ agreed and the model did not (:mod:`dashboard.model_gap`, which also keeps the
 per-emotion gap panel); each rater's newest lag estimate (``livetag.raters``) goes out as
 a row of the lag table.
 
+The director's side (:mod:`dashboard.directing`): each performer's cues (``livetag.cues``)
+with their state (sent, or shown and after how many ms) and the cue in force; per label
+window the ledger lanes: what was intended (the window's ``intent``) and what the
+observers perceived (agreed or disputed); and from each performer's newest
+``livetag.coverage`` record the coverage matrix, hit rate and confusion, and the next cue.
+
 Tags go out as what they cover (:mod:`streams.labels.tag_rules`, the rule the label windows and
 the export follow), one entry per point or hold, sent again whenever that changes (an
 offset ends a hold, an undo removes it: ``removed: true``). The page only draws them.
@@ -34,7 +40,7 @@ from typing import Any, TypeVar
 import krippendorff
 import numpy as np
 
-from dashboard import model_gap
+from dashboard import directing, model_gap
 from streams import records
 from streams.archive import model_gap as archived_gap
 from streams.labels import tag_rules
@@ -96,6 +102,9 @@ class _Performer:
     # Recent windows' model lanes shown: window start -> the models read there, so a
     # revision without a model's reading takes that reading off the page.
     models_shown: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    # Recent windows' ledger lanes shown: window start -> (intent, perceived) as sent, so
+    # a revision is sent only when it changes them (and one that empties them, too).
+    ledger_shown: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -106,7 +115,10 @@ class ClientCursor:
     face: dict[str, int] = field(default_factory=dict)
     ratings: dict[str, int] = field(default_factory=dict)
     tags: int = 0  # the seq of the newest change to a point or hold it was sent
-    consensus: int = 0
+    ledger: int = 0
+    cues: int = 0  # the seq of the newest change to a cue it was sent
+    cues_current: int = 0
+    coverage: int = 0
     models: int = 0
     agreement: int = 0
     gap: int = 0
@@ -156,7 +168,16 @@ class SessionView:
         # is told of it. Kept in the order of those changes, so what is new for a client
         # is the tail of the dict, each mark once however often it changed.
         self.marks: dict[str, tuple[int, dict[str, Any]]] = {}
-        self.consensus: deque[tuple[int, list[Any]]] = deque()
+        # The ledger lanes per window: [performer_id, window ts_us, window_us, intent,
+        # perceived] (dashboard.directing.ledger_row), a revision's row replacing its own.
+        self.ledger: deque[tuple[int, list[Any]]] = deque()
+        self.cues = directing.CueBoard(session.session_id, self._next, CHART_WINDOW_US)
+        self.coverages: dict[str, records.Coverage] = {}
+        # Breaks a tie between perceived labels, as the aligner's coverage does.
+        self._vocabulary_rank = _rank(session)
+        self.coverage: dict[str, Any] = {}
+        self.coverage_version = 0  # of coverage, as sent
+        self._coverage_changed = False
         # Model lanes: [performer_id, window ts_us, window_us, model, answer (top label,
         # "(none)": read, no label) or None (not read), its probability or None, missed:
         # the humans agreed and the model answered otherwise]
@@ -191,8 +212,12 @@ class SessionView:
     def add_session(self, record: records.SessionRecord) -> None:
         if record.session_id != self.session.session_id or record.ts_us < self.session.ts_us:
             return
+        laid_out_before = directing.coverage_basis(self.session)
         self.session = record
         self.session_version += 1
+        self._vocabulary_rank = _rank(record)
+        if directing.coverage_basis(record) != laid_out_before:
+            self._coverage_changed = True  # e.g. the next cue follows the scene's targets
 
     def add_prosody(self, frame: records.ProsodyFrame, received_us: int) -> None:
         performer = self._performer(frame.performer_id)
@@ -268,20 +293,31 @@ class SessionView:
         if labels or window.ts_us in performer.windows:
             performer.windows[window.ts_us] = labels
             performer.windows_version += 1
-        if labels or window.consensus is not None:
-            point = [
-                window.performer_id,
-                window.ts_us,
-                window.window_us,
-                window.consensus,
-                window.consensus_agreement,
-            ]
-            self.consensus.append((self._next(), point))
-        horizon = window.ts_us - CONSENSUS_KEEP_US
-        while self.consensus and self.consensus[0][1][1] < horizon:
-            self.consensus.popleft()
+        self._add_ledger(window, performer)
         self._add_models(window, performer)
         self.gap.add(window)
+
+    def _add_ledger(self, window: records.LabelWindow, performer: _Performer) -> None:
+        """The window's intent and perceived lanes, sent when they show something or a
+        revision changed what they showed."""
+        cells = directing.ledger_row(window, self._vocabulary_rank)
+        before = performer.ledger_shown.get(window.ts_us)
+        if cells != (before or (None, None)):
+            row = [window.performer_id, window.ts_us, window.window_us, *cells]
+            self.ledger.append((self._next(), row))
+            if cells == (None, None):
+                performer.ledger_shown.pop(window.ts_us, None)
+            else:
+                performer.ledger_shown[window.ts_us] = cells
+        horizon = window.ts_us - CONSENSUS_KEEP_US
+        while self.ledger and self.ledger[0][1][1] < horizon:
+            self.ledger.popleft()
+        # Kept in the order windows first came, which is their order in time.
+        while performer.ledger_shown:
+            oldest = next(iter(performer.ledger_shown))
+            if oldest >= horizon:
+                break
+            del performer.ledger_shown[oldest]
 
     def _add_models(self, window: records.LabelWindow, performer: _Performer) -> None:
         agreed = model_gap.humans_agreed(window)
@@ -353,6 +389,34 @@ class SessionView:
             return
         self.rater_lags[lag.rater_id] = lag
         self.raters_version += 1
+
+    def add_cue(self, cue: records.Cue) -> bool:
+        """A cue sent, or shown on the performer's page; whether the page is told anew."""
+        if cue.session_id != self.session.session_id:
+            return False
+        self._performer(cue.performer_id)
+        return self.cues.add(cue)
+
+    def add_coverage(self, coverage: records.Coverage) -> None:
+        """A performer's ledger so far: the newest (by ts_us) per performer counts."""
+        if coverage.session_id != self.session.session_id:
+            return
+        known = self.coverages.get(coverage.performer_id)
+        if known is not None and (known.ts_us > coverage.ts_us or known == coverage):
+            return
+        self.coverages[coverage.performer_id] = coverage
+        self._coverage_changed = True
+
+    def compute_coverage(self) -> None:
+        """The coverage panel, hit rate, confusion and next cue, remade when a performer's
+        ledger changed (or the session's scenario, which sets the targets)."""
+        if not self._coverage_changed:
+            return
+        self._coverage_changed = False
+        summary = directing.coverage_summary(self.coverages, self.session)
+        if summary != self.coverage:
+            self.coverage = summary
+            self.coverage_version += 1
 
     def rater_table(self) -> list[dict[str, Any]]:
         """The rater lag table, one row per rater by id."""
@@ -445,10 +509,20 @@ class SessionView:
             if marks:
                 update["tags"] = marks
             cursor.tags = newest_mark
-        consensus = [point for _, point in _since(self.consensus, cursor.consensus)]
-        if consensus:
-            update["consensus"] = consensus
-            cursor.consensus = self.consensus[-1][0]
+        ledger = [row for _, row in _since(self.ledger, cursor.ledger)]
+        if ledger:
+            update["ledger"] = ledger
+            cursor.ledger = self.ledger[-1][0]
+        newest_cue = self.cues.newest_seq
+        if newest_cue > cursor.cues:
+            update["cues"] = self.cues.since(cursor.cues)
+            cursor.cues = newest_cue
+        if cursor.cues_current < self.cues.current_version:
+            update["cues_current"] = self.cues.current()
+            cursor.cues_current = self.cues.current_version
+        if cursor.coverage < self.coverage_version:
+            update["coverage"] = self.coverage
+            cursor.coverage = self.coverage_version
         models = [row for _, row in _since(self.models, cursor.models)]
         if models:
             update["models"] = models
@@ -487,6 +561,10 @@ class SessionView:
             news.append(shown)
         news.reverse()
         return news
+
+
+def _rank(session: records.SessionRecord) -> dict[str, int]:
+    return {entry.label: k for k, entry in enumerate(session.vocabulary)}
 
 
 def _since(entries: deque[_Seq], seq: int) -> list[_Seq]:

@@ -485,7 +485,12 @@ def session() -> None:
 
 
 @session.command(name="create")
-@click.option("--prompt", required=True, help="The scene prompt performers see.")
+@click.option(
+    "--prompt",
+    default=None,
+    help="The scene prompt performers see (required without --scenario; with it, the "
+    "scenario's prompt unless this is given too, which then wins).",
+)
 @click.option(
     "--performers", required=True, help="Comma-separated performer names, e.g. alice,bob."
 )
@@ -497,19 +502,39 @@ def session() -> None:
     help="TOML file with [[label]] entries (default: the built-in emotion set).",
 )
 @click.option("--id", "session_id", default=None, help="Session id (default: generated).")
+@click.option(
+    "--scenario",
+    "scenario_ref",
+    metavar="ID_OR_FILE",
+    default=None,
+    help="The scene's scenario: an id of the library (livetag scenarios list) or a "
+    "scenario file (.toml, .yaml); its emotions must be in the session's vocabulary.",
+)
+@click.option(
+    "--role",
+    "role_args",
+    metavar="PERFORMER=ROLE",
+    multiple=True,
+    help="With --scenario: who plays which part (repeatable); the other performers take "
+    "the parts left in roster order.",
+)
 @bootstrap_option
 @click.pass_context
 def session_create(
     ctx: click.Context,
-    prompt: str,
+    prompt: str | None,
     performers: str,
     vocabulary_file: Path | None,
     session_id: str | None,
+    scenario_ref: str | None,
+    role_args: tuple[str, ...],
     bootstrap: str | None,
 ) -> None:
     """Create a session: its topics, its record on livetag.sessions, and one join link per
-    performer plus one for the director."""
-    from streams.kafka.sessions import create_session
+    performer plus one for the director. Prints `session SID`, with --scenario a
+    `part PERFORMER ROLE` line per performer, then the links."""
+    from streams.kafka.sessions import create_session, performer_from_name
+    from streams.scenarios import RoleAssignmentError, assign_roles
     from taggers.tokens import join_links, load_secret
     from taggers.vocabulary import VocabularyError, load_vocabulary
 
@@ -517,8 +542,32 @@ def session_create(
     names = [name for name in (part.strip() for part in performers.split(",")) if name]
     if not names:
         raise click.BadParameter("name at least one performer", param_hint="--performers")
+    if scenario_ref is None and prompt is None:
+        raise click.UsageError("give --prompt, or --scenario (whose prompt is the scene's)")
+    if scenario_ref is None and role_args:
+        raise click.UsageError("--role goes with --scenario")
     try:
         vocabulary = load_vocabulary(vocabulary_file)
+        scenario = None
+        roles: dict[str, str] = {}
+        if scenario_ref is not None:
+            scenario = _scenario_for_session(settings, scenario_ref, vocabulary)
+            explicit = {}
+            for given in role_args:
+                name, equals, role = given.partition("=")
+                if not equals or not name.strip() or not role.strip():
+                    raise click.BadParameter(
+                        f"{given!r}: expected PERFORMER=ROLE", param_hint="--role"
+                    )
+                explicit[performer_from_name(name).performer_id] = role.strip()
+            roster = [performer_from_name(name).performer_id for name in names]
+            try:
+                roles = assign_roles(scenario, roster, explicit)
+            except RoleAssignmentError as exc:
+                raise click.BadParameter(str(exc), param_hint="--role") from None
+        if prompt is None:
+            assert scenario is not None  # one of the two is required (above)
+            prompt = scenario.prompt
         record = _run_kafka(
             create_session(
                 settings,
@@ -526,13 +575,50 @@ def session_create(
                 performer_names=names,
                 vocabulary=vocabulary,
                 session_id=session_id,
+                scenario=scenario,
+                roles=roles,
             ),
             settings,
         )
     except (VocabularyError, ValueError) as exc:
         raise command_failure(exc) from None
     click.echo(f"session {record.session_id}")
+    for performer_id, role in record.roles.items():
+        click.echo(f"part\t{performer_id}\t{role}")
     _echo_links(join_links(settings, record, load_secret(settings)))
+
+
+def _scenario_for_session(
+    settings: Settings, reference: str, vocabulary: list[records.VocabularyEntry]
+) -> records.Scenario:
+    """``--scenario``: a scenario file (a path that exists, or one with a scenario
+    file's suffix), else an id of the library; checked against the session's vocabulary."""
+    from streams.kafka.scenarios import read_library
+    from streams.scenarios import SCENARIO_SUFFIXES, load_scenario, validate_labels
+
+    labels = [entry.label for entry in vocabulary]
+    path = Path(reference)
+    if path.suffix.lower() in SCENARIO_SUFFIXES or path.is_file():
+        return load_scenario(path, vocabulary_labels=labels)
+
+    async def from_library() -> records.Scenario | None:
+        library = await read_library(settings)
+        try:
+            found = library.get(reference)
+            if found is None:
+                known = ", ".join(s.scenario_id for s in library.all()) or "none yet"
+                raise CommandFailed(
+                    f"--scenario: no scenario {reference!r} in the library (known: {known}; "
+                    "livetag scenarios load DIR adds some)",
+                    EXIT_BAD_INPUT,
+                )
+            return found
+        finally:
+            await library.stop()
+
+    scenario: records.Scenario = _run_kafka(from_library(), settings)
+    validate_labels(scenario, labels, path=f"scenario {scenario.scenario_id}")
+    return scenario
 
 
 def _echo_links(links: list[Any]) -> None:
@@ -705,6 +791,344 @@ def session_take(ctx: click.Context, what: str, session_id: str, bootstrap: str 
     click.echo(f"take\t{session_id}\t{take.take_id}\t{what}ed\t{stamp}")
 
 
+@main.group(name="scenarios")
+def scenarios_group() -> None:
+    """Check scenario files and keep the scenario library (livetag.scenarios)."""
+
+
+scenario_vocabulary_option = click.option(
+    "--vocabulary",
+    "vocabulary_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The emotions scenarios may name: a TOML file with [[label]] entries (default: "
+    "the built-in emotion set).",
+)
+
+
+def _read_scenario_paths(
+    paths: tuple[Path, ...], vocabulary_file: Path | None
+) -> tuple[list[tuple[Path, records.Scenario]], list[Any]]:
+    """Every scenario in ``paths`` (files, and the scenario files of folders), and the
+    errors of the bad ones (ScenarioError); a second scenario of an id is an error."""
+    from streams.scenarios import ScenarioError, load_library, load_scenario
+    from taggers.vocabulary import VocabularyError, load_vocabulary
+
+    try:
+        labels = [entry.label for entry in load_vocabulary(vocabulary_file)]
+    except VocabularyError as exc:
+        raise command_failure(exc) from None
+    found: list[tuple[Path, records.Scenario]] = []
+    errors: list[ScenarioError] = []
+    for path in paths:
+        if path.is_dir():
+            library = load_library(path, vocabulary_labels=labels)
+            found += list(library.scenarios.values())
+            errors += library.errors
+            if not library.scenarios and not library.errors:
+                errors.append(ScenarioError(path, None, "no scenario files (*.toml, *.yaml)"))
+            continue
+        try:
+            found.append((path, load_scenario(path, vocabulary_labels=labels)))
+        except ScenarioError as exc:
+            errors.append(exc)
+    first_of: dict[str, Path] = {}
+    unique: list[tuple[Path, records.Scenario]] = []
+    for path, scenario in found:
+        if scenario.scenario_id in first_of:
+            errors.append(
+                ScenarioError(
+                    path,
+                    None,
+                    f"scenario_id: {scenario.scenario_id!r} is also the id of "
+                    f"{first_of[scenario.scenario_id]}",
+                )
+            )
+            continue
+        first_of[scenario.scenario_id] = path
+        unique.append((path, scenario))
+    return unique, errors
+
+
+def _fail_on_scenario_errors(errors: list[Any], fine: int) -> None:
+    """Each error as a ``FILE:LINE: reason`` line on stderr, then exit 2 if there was one."""
+    for error in errors:
+        click.echo(str(error), err=True)
+    if errors:
+        raise CommandFailed(
+            f"{len(errors)} scenario file(s) with errors (above); {fine} fine", EXIT_BAD_INPUT
+        )
+
+
+@scenarios_group.command(name="check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@scenario_vocabulary_option
+def scenarios_check(paths: tuple[Path, ...], vocabulary_file: Path | None) -> None:
+    """Check scenario files (TOML or YAML; a folder: its scenario files) without
+    publishing them: prints `ok ID FILE` for each good one, and `FILE:LINE: reason` on
+    stderr for each bad one (then exits 2)."""
+    found, errors = _read_scenario_paths(paths, vocabulary_file)
+    for path, scenario in found:
+        click.echo(f"ok\t{scenario.scenario_id}\t{path}")
+    _fail_on_scenario_errors(errors, len(found))
+
+
+@scenarios_group.command(name="load")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@scenario_vocabulary_option
+@bootstrap_option
+@click.pass_context
+def scenarios_load(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    vocabulary_file: Path | None,
+    bootstrap: str | None,
+) -> None:
+    """Check scenario files (or folders of them), then, if every one is fine, publish them
+    all into the library (a scenario of the same id is replaced); prints `ID FILE` for
+    each. One bad file publishes nothing (exit 2, as check)."""
+    from streams.kafka.scenarios import publish_all
+
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    found, errors = _read_scenario_paths(paths, vocabulary_file)
+    _fail_on_scenario_errors(errors, len(found))  # all or nothing
+    _run_kafka(publish_all(settings, [(p.name, s) for p, s in found]), settings)
+    for path, scenario in found:
+        click.echo(f"{scenario.scenario_id}\t{path}")
+
+
+@scenarios_group.command(name="list")
+@bootstrap_option
+@click.pass_context
+def scenarios_list(ctx: click.Context, bootstrap: str | None) -> None:
+    """The library's scenarios, one per line: `ID PARTS DURATION_S TITLE` (DURATION_S -
+    when the scenario suggests none)."""
+    from streams.kafka.scenarios import read_library
+
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+
+    async def listing() -> list[records.Scenario]:
+        library = await read_library(settings)
+        try:
+            return library.all()
+        finally:
+            await library.stop()
+
+    for scenario in _run_kafka(listing(), settings):
+        duration = "-" if scenario.duration_s is None else str(scenario.duration_s)
+        click.echo(f"{scenario.scenario_id}\t{len(scenario.roles)}\t{duration}\t{scenario.title}")
+
+
+@scenarios_group.command(name="delete")
+@click.argument("scenario_id")
+@bootstrap_option
+@click.pass_context
+def scenarios_delete(ctx: click.Context, scenario_id: str, bootstrap: str | None) -> None:
+    """Withdraw a scenario from the library (sessions that played it keep their copy);
+    prints `deleted ID`. livetag up does not bring it back from scenario_dir."""
+    from streams.kafka.scenarios import delete_scenario, read_library
+
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+
+    async def delete() -> None:
+        library = await read_library(settings)
+        try:
+            scenario = library.get(scenario_id)
+        finally:
+            await library.stop()
+        if scenario is None:
+            raise CommandFailed(f"no scenario {scenario_id!r} in the library", EXIT_BAD_INPUT)
+        producer = clients.make_producer(settings)
+        await producer.start()
+        try:
+            await delete_scenario(producer, scenario, "livetag scenarios delete")
+        finally:
+            await producer.stop()
+
+    _run_kafka(delete(), settings)
+    click.echo(f"deleted\t{scenario_id}")
+
+
+@main.group()
+def day() -> None:
+    """Run a casting day: one lobby link per performer for the whole day, and the
+    director's casting page, where scenes are matched and started."""
+
+
+@day.command(name="create")
+@click.option("--title", required=True, help="What the day is, e.g. 'Improv casting, Monday'.")
+@click.option(
+    "--performer",
+    "performers",
+    multiple=True,
+    required=True,
+    help="A performer of the day (repeatable): their name, e.g. --performer 'Ana Ruiz'.",
+)
+@click.option(
+    "--vocabulary",
+    "vocabulary_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML file with [[label]] entries for every scene of the day (default: the "
+    "built-in emotion set).",
+)
+@click.option("--id", "day_id", default=None, help="Day id (default: generated, day-DATE-xxxxxx).")
+@bootstrap_option
+@click.pass_context
+def day_create(
+    ctx: click.Context,
+    title: str,
+    performers: tuple[str, ...],
+    vocabulary_file: Path | None,
+    day_id: str | None,
+    bootstrap: str | None,
+) -> None:
+    """Create a casting day on livetag.casting and print `day DAY_ID`, then one lobby link
+    per performer and the director's casting-page link (valid token_ttl_s), each as
+    `role participant page token_id url`."""
+    from streams.kafka.casting import CastingError, create_day
+    from taggers.tokens import day_links, load_secret
+    from taggers.vocabulary import VocabularyError, load_vocabulary
+
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    names = [name.strip() for name in performers if name.strip()]
+    if not names:
+        raise click.BadParameter("name at least one performer", param_hint="--performer")
+    try:
+        vocabulary = load_vocabulary(vocabulary_file)
+        record = _run_kafka(
+            create_day(
+                settings, title=title, performer_names=names, vocabulary=vocabulary, day_id=day_id
+            ),
+            settings,
+        )
+    except ValidationError as exc:
+        raise CommandFailed(f"bad casting day: {exc.errors()[0]['msg']}", EXIT_BAD_INPUT) from None
+    except (VocabularyError, CastingError, ValueError) as exc:
+        raise command_failure(exc) from None
+    click.echo(f"day {record.day_id}")
+    _echo_links(day_links(settings, record, load_secret(settings)))
+
+
+async def _day_record(settings: Settings, day_id: str) -> records.CastingDay:
+    from streams.kafka.casting import read_day
+
+    record = await read_day(settings, day_id)
+    if record is None:
+        raise CommandFailed(f"no casting day {day_id!r} on livetag.casting", EXIT_BAD_INPUT)
+    return record
+
+
+@day.command(name="link")
+@click.argument("day_id")
+@click.option("--performer", default=None, help="A fresh lobby link for this performer.")
+@click.option("--director", is_flag=True, help="A fresh casting-page link for the director.")
+@bootstrap_option
+@click.pass_context
+def day_link(
+    ctx: click.Context, day_id: str, performer: str | None, director: bool, bootstrap: str | None
+) -> None:
+    """Print a new link (its own token id) to a casting day: a performer's lobby link, or
+    the director's casting-page link."""
+    from taggers.tokens import InviteError, day_invite, load_secret
+
+    if (performer is None) == (not director):
+        raise click.UsageError("give exactly one of --performer NAME and --director")
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+    try:
+        record = _run_kafka(_day_record(settings, day_id), settings)
+        link = day_invite(
+            settings,
+            record,
+            load_secret(settings),
+            role="director" if director else "performer",
+            name=performer,
+        )
+    except (InviteError, ValueError) as exc:
+        raise command_failure(exc) from None
+    _echo_links([link])
+
+
+@day.command(name="revoke")
+@click.argument("day_id")
+@click.option("--token-id", default=None, help="Withdraw this one link (the token id printed).")
+@click.option(
+    "--performer",
+    default=None,
+    help="Withdraw every day link of this performer issued until now (a fresh one works).",
+)
+@click.option("--reason", default="", help="Said to the pages that are closed.")
+@bootstrap_option
+@click.pass_context
+def day_revoke(
+    ctx: click.Context,
+    day_id: str,
+    token_id: str | None,
+    performer: str | None,
+    reason: str,
+    bootstrap: str | None,
+) -> None:
+    """Withdraw a day link, or all of a performer's: the lobby and the casting page refuse
+    them from now on and close their open pages within seconds."""
+    from streams.kafka import revocations
+    from taggers.tokens import participant_id_of
+
+    if (token_id is None) == (performer is None):
+        raise click.UsageError("give exactly one of --token-id and --performer")
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+
+    async def revoke() -> records.TokenRevocation:
+        await _day_record(settings, day_id)  # a typo is told, not recorded
+        participant_id = None if performer is None else participant_id_of(performer)
+        try:
+            # A day's id stands where a session's would: revocations work per day alike.
+            revocation = revocations.revocation(
+                day_id, token_id=token_id, participant_id=participant_id, reason=reason
+            )
+        except ValidationError as exc:
+            raise CommandFailed(
+                f"cannot revoke: {exc.errors()[0]['msg']}", EXIT_BAD_INPUT
+            ) from None
+        producer = clients.make_producer(settings)
+        await producer.start()
+        try:
+            await revocations.publish(producer, revocation)
+        finally:
+            await producer.stop()
+        return revocation
+
+    try:
+        done = _run_kafka(revoke(), settings)
+    except ValueError as exc:
+        raise command_failure(exc) from None
+    target = f"token {done.token_id}" if done.token_id else f"participant {done.participant_id}"
+    click.echo(f"revoked\t{day_id}\t{target}")
+
+
+@day.command(name="close")
+@click.argument("day_id")
+@bootstrap_option
+@click.pass_context
+def day_close(ctx: click.Context, day_id: str, bootstrap: str | None) -> None:
+    """Close a casting day: its lobby and casting pages close, its links are refused and
+    no scene starts (running scenes go on until they end)."""
+    from streams.kafka.casting import closed, update_day
+    from streams.session_clock import now_us
+
+    settings = _with_bootstrap(_settings(ctx), bootstrap)
+
+    async def close() -> records.CastingDay:
+        record = closed(await _day_record(settings, day_id), stamp_us=now_us())
+        await update_day(settings, record)
+        return record
+
+    try:
+        done = _run_kafka(close(), settings)
+    except ValueError as exc:
+        raise command_failure(exc) from None
+    click.echo(f"closed\t{done.day_id}\t{done.ts_us}")
+
+
 @main.command()
 @click.pass_context
 def capture(ctx: click.Context) -> None:
@@ -763,12 +1187,13 @@ def worker(ctx: click.Context, sessions: tuple[str, ...]) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "parquet", "csv", "eaf", "hf", "gap"]),
+    type=click.Choice(["jsonl", "parquet", "csv", "eaf", "hf", "gap", "ledger"]),
     required=True,
     help=(
         "jsonl / parquet / csv: one file per kind; eaf: ELAN tiers per rater and performer; "
         "hf: a Hugging Face dataset folder (one row per label window, dataset card); "
-        "gap: the model gap per take (model_gap/take-N: Parquet, CSV, PNG plot)."
+        "gap: the model gap per take (model_gap/take-N: Parquet, CSV, PNG plot); "
+        "ledger: intended vs perceived per take (ledger/take-N: Parquet, CSV, PNG, report)."
     ),
 )
 @click.option(

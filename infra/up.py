@@ -351,6 +351,8 @@ async def run_services(
                 except face_model.FaceModelError as exc:
                     say(f"face model       MISSING: {exc}")
                 say(f"model lane       {model_lane_line(settings)}")
+                if settings.scenario_dir is not None:
+                    say(f"scenarios        {await _load_scenarios(settings)}")
             if not stop.is_set():
                 if broker is not None:
                     supervise_broker(supervisor, broker, settings)
@@ -395,6 +397,20 @@ async def run_services(
                     say("stopped." if supervisor.failure is None else "stopped after a failure.")
     if supervisor.failure is not None:
         raise ServiceFailedError(f"livetag up stopped: {supervisor.failure}")
+
+
+async def _load_scenarios(settings: Settings) -> str:
+    """scenario_dir into the library; a bad file is logged and skipped, never fatal."""
+    from streams.kafka.scenarios import load_folder
+    from taggers.vocabulary import DEFAULT_VOCABULARY
+
+    assert settings.scenario_dir is not None
+    labels = [entry.label for entry in DEFAULT_VOCABULARY]
+    try:
+        return await load_folder(settings, settings.scenario_dir, vocabulary_labels=labels)
+    except Exception as exc:  # the library is a convenience: livetag runs without it
+        log.error("the scenarios of %s were not loaded: %s", settings.scenario_dir, exc)
+        return f"NOT loaded from {settings.scenario_dir}: {exc}"
 
 
 def model_lane_line(settings: Settings) -> str:

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar
 
 from aiohttp import hdrs, web
 
@@ -55,6 +55,10 @@ _MAX_BODY_BYTES = 8 * 1024  # a token and a little JSON around it
 Kind = Literal["session", "link", "any"]
 #: A server's admission of a request: the token's claims and session, or the refusal.
 Admitted: TypeAlias = tuple[tokens.JoinToken, records.SessionRecord] | web.Response
+#: What an admission admits to: a session (its record), or a casting day (the lobby's and
+#: the casting page's); the gate counts its connections by the token's id.
+_Place = TypeVar("_Place")
+_Place_co = TypeVar("_Place_co", covariant=True)
 #: Headers of a page whose address carries a join link until the page takes it out.
 PAGE_HEADERS = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 #: Headers of the credential exchange and the refusal probe: readable by the dashboard's
@@ -128,22 +132,29 @@ class Access:
         if revocation is not None:
             raise tokens.TokenError(revoked_message(revocation), code="revoked")
 
-    def verified(self, token: str | None, kind: Kind) -> tokens.JoinToken:
-        """The claims of a token of ``kind`` whose link is not revoked."""
+    def verified(
+        self, token: str | None, kind: Kind, scope: tokens.Scope = "session"
+    ) -> tokens.JoinToken:
+        """The claims of a token of ``kind`` and ``scope`` whose link is not revoked."""
         if kind == "session":
-            return self.admit(token)
+            return self.admit(token, scope=scope)
         claims = (
             tokens.verify_link(self.secret, token)
             if kind == "link"
             else tokens.verify(self.secret, token)
         )
+        tokens.require_scope(claims, scope)
         self.check(claims)
         return claims
 
-    def admit(self, token: str | None, *, now_s: float | None = None) -> tokens.JoinToken:
-        """The claims of a credential that may be admitted (signature, expiry, kind and
-        revocation checked)."""
+    def admit(
+        self, token: str | None, *, now_s: float | None = None, scope: tokens.Scope = "session"
+    ) -> tokens.JoinToken:
+        """The claims of a credential that may be admitted (signature, expiry, kind, scope
+        and revocation checked): a session's pages take session tokens only, the lobby
+        and the casting page a casting day's."""
         claims = tokens.verify_credential(self.secret, token, now_s=now_s)
+        tokens.require_scope(claims, scope)
         self.check(claims)
         return claims
 
@@ -322,12 +333,13 @@ async def token_in_body(request: web.Request) -> str | None:
 # ---------------------------------------------------------------- endpoints both servers serve
 
 
-class Admit(Protocol):
-    """A server's admission check (its roles and session rules differ)."""
+class Admit(Protocol[_Place_co]):
+    """A server's admission check (its roles and session rules differ): the claims and
+    what they admit to (a session's record, a casting day's), or the refusal."""
 
     async def __call__(
         self, request: web.Request, *, counted: bool = True, token: str | None = ..., kind: Kind
-    ) -> Admitted: ...
+    ) -> tuple[tokens.JoinToken, _Place_co] | web.Response: ...
 
 
 class Refuse(Protocol):
@@ -353,11 +365,15 @@ def gated_refusal(refuse: Refuse, refusal: Refusal, *, counted: bool) -> web.Res
 
 @contextlib.asynccontextmanager
 async def admitted_websocket(
-    request: web.Request, gate: ConnectionGate, admit: Admit, refuse: Refuse, page_kind: str
-) -> AsyncIterator[tuple[Ticket, tokens.JoinToken, records.SessionRecord] | web.Response]:
+    request: web.Request,
+    gate: ConnectionGate,
+    admit: Admit[_Place],
+    refuse: Refuse,
+    page_kind: str,
+) -> AsyncIterator[tuple[Ticket, tokens.JoinToken, _Place] | web.Response]:
     """A websocket request's place in the gate, its credential checked and its session's
-    room taken: (ticket, claims, session), or the refusal to answer with. The place is given
-    back when the block ends."""
+    (or casting day's) room taken: (ticket, claims, session), or the refusal to answer
+    with. The place is given back when the block ends."""
     # Taken before the first await: concurrent handshakes cannot all pass the caps.
     entered = gate.enter(request.remote, asyncio.get_running_loop().time())
     if isinstance(entered, Refusal):
@@ -369,7 +385,8 @@ async def admitted_websocket(
             yield admitted
             return
         claims, session = admitted
-        full = entered.join(page_kind, session.session_id)
+        # The token's id is the session's (or the day's) it was admitted to.
+        full = entered.join(page_kind, claims.session_id)
         if full is not None:
             yield gated_refusal(refuse, full, counted=True)
             return
@@ -379,7 +396,7 @@ async def admitted_websocket(
 
 
 async def exchange_endpoint(
-    request: web.Request, access: Access, admit: Admit, refuse: Refuse
+    request: web.Request, access: Access, admit: Admit[object], refuse: Refuse
 ) -> web.Response:
     """``POST /api/credential`` with ``{"token": LINK}``: the page's session credential."""
     try:
@@ -398,7 +415,11 @@ async def exchange_endpoint(
 
 
 async def probe_endpoint(
-    request: web.Request, admit: Admit, refuse: Refuse, gate: ConnectionGate, page_kind: str
+    request: web.Request,
+    admit: Admit[object],
+    refuse: Refuse,
+    gate: ConnectionGate,
+    page_kind: str,
 ) -> web.Response:
     """``/api/token``: why a link or a credential would be refused (a page cannot read a
     refused websocket handshake). Pages POST ``{"token": ...}``: a URL's query would put it
@@ -415,9 +436,9 @@ async def probe_endpoint(
         if isinstance(admitted, web.Response):
             response = admitted
         else:
-            claims, session = admitted
+            claims, _place = admitted
             refusal = gate.refusal(request.remote) or gate.session_refusal(
-                page_kind, session.session_id
+                page_kind, claims.session_id
             )
             response = (
                 gated_refusal(refuse, refusal, counted=False)

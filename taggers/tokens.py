@@ -14,6 +14,13 @@ director, the rater id their tags carry. Two kinds:
 Every link has its own token id (``jti``); the credentials made from it carry the same id
 and the link's issue time, so a revocation of the link or of its participant
 (streams.kafka.revocations) withdraws them all.
+
+A token's **scope** says what its id names: a session (``scope: "session"``, the default,
+what a token without the claim is), or a casting day (``scope: "day"``: ``session_id`` then
+holds the day id). A day's links open the lobby (performers) and the casting page (the
+director) for the whole day; session pages refuse them, and the lobby and the casting page
+refuse session tokens (``wrong_scope``). Revocations work per day as per session: a
+revocation names the day id where it would name a session id.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +42,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from streams.errors import BadInputError
 from streams.kafka.revocations import Holder
 from streams.kafka.sessions import is_over, performer_from_name
-from streams.records import ParticipantId, Role, SessionId, SessionRecord, TokenId
+from streams.records import (
+    CastingDay,
+    ParticipantId,
+    Performer,
+    Role,
+    SessionId,
+    SessionRecord,
+    TokenId,
+)
 from streams.settings import Settings
 
 _ALGORITHM = "HS256"
@@ -45,7 +61,9 @@ DIRECTOR = "director"  # the rater id of the session's own director link
 _PARTICIPANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # records.ParticipantId
 
 TokenKind = Literal["link", "session"]
-Page = Literal["call", "dashboard"]
+#: What a token's id names: a session, or a casting day (its lobby and casting page).
+Scope = Literal["session", "day"]
+Page = Literal["call", "dashboard", "lobby", "casting"]
 
 
 class TokenError(BadInputError, ValueError):
@@ -70,6 +88,8 @@ class JoinToken(BaseModel):
     # The link's: a credential carries its link's issue time and expiry.
     issued_at_us: int
     link_expires_at_s: int
+    # What session_id names: a session, or a casting day.
+    scope: Scope = "session"
 
     @property
     def holder(self) -> Holder:
@@ -122,10 +142,11 @@ def issue(
     token_id: str | None = None,
     issued_at_us: int | None = None,
     link_expires_at_s: int | None = None,
+    scope: Scope = "session",
 ) -> str:
     """A signed token. By default a new link (its own token id, issued now); a credential
     names the link it was made from (``token_id``, ``issued_at_us``, ``link_expires_at_s``,
-    see :func:`issue_credential`)."""
+    see :func:`issue_credential`). ``scope="day"``: ``session_id`` is a casting day's id."""
     now = time.time() if now_s is None else now_s
     expires = int(now) + ttl_s
     if link_expires_at_s is not None:
@@ -139,6 +160,7 @@ def issue(
         kind=kind,
         issued_at_us=int(now * 1_000_000) if issued_at_us is None else issued_at_us,
         link_expires_at_s=expires if link_expires_at_s is None else link_expires_at_s,
+        scope=scope,
     )
     return encode(secret, claims, now_s=now)
 
@@ -172,6 +194,7 @@ def encode(secret: bytes, claims: JoinToken, *, now_s: float) -> str:
         # still tell the old link from the new one.
         "liat_us": claims.issued_at_us,
         "lexp": claims.link_expires_at_s,
+        "scope": claims.scope,
     }
     return jwt.encode(payload, secret, algorithm=_ALGORITHM)
 
@@ -216,6 +239,8 @@ def verify(secret: bytes, token: str | None, *, now_s: float | None = None) -> J
             kind=payload["kind"],
             issued_at_us=payload["liat_us"],
             link_expires_at_s=payload["lexp"],
+            # Tokens made before days existed name a session.
+            scope=payload.get("scope", "session"),
         )
     except ValidationError as exc:
         raise TokenError(f"malformed token claims: {exc.errors()[0]['msg']}") from None
@@ -244,6 +269,26 @@ def verify_credential(secret: bytes, token: str | None, *, now_s: float | None =
             "(POST /api/credential) and uses that"
         )
     return claims
+
+
+def require_scope(claims: JoinToken, scope: Scope) -> JoinToken:
+    """``claims`` when they are of ``scope``; else :class:`TokenError` ``wrong_scope``
+    saying which page the token opens."""
+    if claims.scope == scope:
+        return claims
+    if claims.scope == "day":
+        where = (
+            "the lobby" if claims.role == "performer" else "the casting page"
+        ) + f" of casting day {claims.session_id}"
+        raise TokenError(
+            f"this is a casting day's link: it opens {where}, not a session's page",
+            code="wrong_scope",
+        )
+    raise TokenError(
+        f"this is a link to session {claims.session_id}: the lobby and the casting page "
+        "take the casting day's links",
+        code="wrong_scope",
+    )
 
 
 # ---------------------------------------------------------------- links
@@ -285,20 +330,9 @@ def participant_for(session: SessionRecord, role: Role, name: str | None) -> str
     roster = {performer.performer_id for performer in session.roster}
     slug = None if name is None else participant_id_of(name)
     if role == "performer":
-        by_name = {
-            performer_from_name(performer.display_name).performer_id: performer.performer_id
-            for performer in session.roster
-            if any(c.isalnum() for c in performer.display_name)
-        }
-        performer = slug if slug in roster else by_name.get(slug or "")
-        if performer is None:
-            names = ", ".join(sorted(roster))
-            raise InviteError(f"{name!r} is not a performer of this session (roster: {names})")
-        return performer
+        return performer_of(session.roster, name, "this session")
     if role == "director":
-        if slug is None or slug == DIRECTOR:
-            return DIRECTOR
-        return f"{DIRECTOR}-{slug}"[:32].rstrip("-_")
+        return director_id(slug)
     if slug is None:
         raise InviteError("an observer's link needs --name: their rater id is made from it")
     if slug in roster:
@@ -310,10 +344,38 @@ def participant_for(session: SessionRecord, role: Role, name: str | None) -> str
     return slug
 
 
+def performer_of(roster: Sequence[Performer], name: str | None, where: str) -> str:
+    """The performer id of the roster's performer ``name`` (an id, or a display name);
+    :class:`InviteError` naming ``where`` and the roster when there is none."""
+    slug = None if name is None else participant_id_of(name)
+    ids = {performer.performer_id for performer in roster}
+    by_name = {
+        performer_from_name(performer.display_name).performer_id: performer.performer_id
+        for performer in roster
+        if any(c.isalnum() for c in performer.display_name)
+    }
+    performer = slug if slug in ids else by_name.get(slug or "")
+    if performer is None:
+        names = ", ".join(sorted(ids))
+        raise InviteError(f"{name!r} is not a performer of {where} (roster: {names})")
+    return performer
+
+
+def director_id(slug: str | None) -> str:
+    """A director's participant id: ``director``, or ``director-NAME`` for a further one."""
+    if slug is None or slug == DIRECTOR:
+        return DIRECTOR
+    return f"{DIRECTOR}-{slug}"[:32].rstrip("-_")
+
+
 def _link_url(settings: Settings, page: Page, role: Role, token: str) -> str:
     query = urlencode({"token": token})
     if page == "dashboard":
         return f"{settings.dashboard_base_url}/dashboard?{query}"
+    if page == "casting":
+        return f"{settings.dashboard_base_url}/casting?{query}"
+    if page == "lobby":
+        return f"{settings.capture_base_url}/lobby?{query}"
     path = "join" if role == "performer" else "direct"
     return f"{settings.capture_base_url}/{path}?{query}"
 
@@ -378,4 +440,57 @@ def join_links(settings: Settings, session: SessionRecord, secret: bytes) -> lis
         )
     )
     links.append(director)
+    return links
+
+
+# ---------------------------------------------------------------- a casting day's links
+
+
+def day_invite(
+    settings: Settings,
+    day: CastingDay,
+    secret: bytes,
+    *,
+    role: Literal["performer", "director"],
+    name: str | None = None,
+    now_s: float | None = None,
+) -> JoinLink:
+    """A new link to a casting day (scope ``day``, valid ``token_ttl_s``): a performer's
+    opens the lobby, where they wait between scenes; the director's opens the casting
+    page. Each has its own token id, revocable like a session's links."""
+    if day.state == "closed":
+        raise InviteError(f"casting day {day.day_id} is closed: no new links")
+    if role == "performer":
+        participant = performer_of(day.roster, name, f"casting day {day.day_id}")
+    else:
+        participant = director_id(None if name is None else participant_id_of(name))
+    page: Page = "lobby" if role == "performer" else "casting"
+    now = time.time() if now_s is None else now_s
+    token = issue(
+        secret,
+        session_id=day.day_id,
+        role=role,
+        participant_id=participant,
+        ttl_s=settings.token_ttl_s,
+        now_s=now,
+        scope="day",
+    )
+    claims = verify(secret, token, now_s=now)
+    return JoinLink(
+        role,
+        participant,
+        _link_url(settings, page, role, token),
+        page,
+        claims.token_id,
+        claims.expires_at_s,
+    )
+
+
+def day_links(settings: Settings, day: CastingDay, secret: bytes) -> list[JoinLink]:
+    """A lobby link per performer of the day, then the director's casting-page link."""
+    links = [
+        day_invite(settings, day, secret, role="performer", name=performer.performer_id)
+        for performer in day.roster
+    ]
+    links.append(day_invite(settings, day, secret, role="director"))
     return links

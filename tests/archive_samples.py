@@ -113,6 +113,7 @@ def sample_records(seconds: float = 2.0) -> dict[str, list[Any]]:
                 )
             )
         out["ratings"] += rating_rows(performer, seconds)
+        out["cues"] += cues(performer)
         for k in range(int(seconds * 10)):
             reading = model_reading(performer, T0 + k * 100_000, k)
             out["model"].append(reading)
@@ -161,6 +162,43 @@ def sample_records(seconds: float = 2.0) -> dict[str, list[Any]]:
             )
         )
     return out
+
+
+def cues(performer: str) -> list[records.Cue]:
+    """The director's cues to a performer as the archive keeps them (the record the page
+    showed, else the one sent): laughter to everyone at 300 ms, shown 80 ms later; a line
+    of text at 1.2 s, shown; a clear at 1.8 s the page never said it showed."""
+    common = {"session_id": SID, "performer_id": performer, "sent_by": "dora"}
+
+    def shown(at_us: int) -> dict[str, Any]:
+        return {
+            "shown_ts_us": at_us,
+            "shown": records.CueShown(
+                client_shown_ts_us=at_us - 1_500, clock_offset_us=1_500, rtt_us=4_000
+            ),
+        }
+
+    return [
+        records.Cue(
+            ts_us=T0 + 300_000,
+            cue_id=f"cue-{performer}-laughter",
+            group_id="group-laughter",
+            kind="emotion",
+            label="laughter",
+            intensity="strong",
+            **common,
+            **shown(T0 + 380_000),
+        ),
+        records.Cue(
+            ts_us=T0 + 1_200_000,
+            cue_id=f"cue-{performer}-text",
+            kind="text",
+            text="slower, let it land",
+            **common,
+            **shown(T0 + 1_250_000),
+        ),
+        records.Cue(ts_us=T0 + 1_800_000, cue_id=f"cue-{performer}-clear", kind="clear", **common),
+    ]
 
 
 def rating_rows(performer: str, seconds: float) -> list[store.RatingSampleRow]:
@@ -272,9 +310,14 @@ def write_sample_archive(folder: Path, *, duplicate: bool = True) -> dict[str, l
 
 def carried(kind: str, items: list[Any]) -> list[Any]:
     """The records that carry ``items`` on their topic: prosody hops ten to a record, per
-    performer, as the processors send them; rating samples in their batches."""
+    performer, as the processors send them; rating samples in their batches; cues sent,
+    then shown."""
     if kind == "ratings":
         return [rating_batch(rows) for rows in _by_batch(items)]
+    if kind == "cues":
+        # Each cue as sent, then again once the page showed it.
+        sent = [cue.model_copy(update={"shown_ts_us": None, "shown": None}) for cue in items]
+        return [*sent, *(cue for cue in items if cue.shown_ts_us is not None)]
     if kind != "prosody":
         return items
     out: list[Any] = []

@@ -5,10 +5,27 @@ here by their markers, so a moved example is still run, and a lost one fails."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Set to 1 to have the end-to-end tests write their pictures for the documentation into
+#: docs/images/ (they go to test-artifacts/ otherwise). Not LIVETAG_*: the settings refuse
+#: names of theirs they do not know.
+DOCS_IMAGES_ENV = "WRITE_DOCS_IMAGES"
+
+
+def picture_path(name: str) -> Path:
+    """Where an end-to-end test saves its picture ``name`` (e.g. ``dashboard-directing.png``):
+    docs/images/ when ``WRITE_DOCS_IMAGES=1``, else test-artifacts/. The directory exists."""
+    folder = (
+        ROOT / "docs" / "images"
+        if os.environ.get(DOCS_IMAGES_ENV) == "1"
+        else Path("test-artifacts")
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
 
 
 def documentation_files() -> list[Path]:

@@ -1,5 +1,6 @@
 // livetag call page: publish my camera + mic (performers), watch the other performers,
-// answer clock-sync probes, and rejoin by myself after a blip or a server restart.
+// answer clock-sync probes, show the director's cues (and say when each was on screen),
+// and rejoin by myself after a blip or a server restart.
 //
 // An ES module (no build step), loaded by call.html and, from another origin, by the
 // director dashboard, which sets window.LIVETAG_CAPTURE_BASE and window.LIVETAG_CREDENTIALS
@@ -131,6 +132,130 @@ function watchConnection(pc, isCurrent, onLost) {
 }
 window.livetag = state; // tests and the tagging widget read this
 
+// ---- the director's cues ----------------------------------------------------------------
+// A cue stays on screen until the next one replaces it or a "clear" takes it away. Once
+// it is painted the page tells the server when, on the clock its clock replies read (the
+// server puts it on the session clock). The elements exist on the performer's page only:
+// the director's dashboard loads this module too, and gets no cues.
+const cueEls = {
+  box: document.getElementById("cue"),
+  label: document.getElementById("cue-label"),
+  intensity: document.getElementById("cue-intensity"),
+  text: document.getElementById("cue-text"),
+};
+const SHOWN_IDS_KEPT = 500;
+const call = {
+  cue: null, // the cue on screen: {cue_id, kind, label, intensity, text, ts_us}, or null
+  cuesShown: 0, // cues (clears included) this page painted, each counted once
+  shownIds: new Set(),
+  unsent: [], // "shown" messages the connection was down for: sent after the next welcome
+  paintMs: [], // per recent cue: ms from its message to its "shown" (render and paint)
+};
+window.livetagCall = call; // tests read this
+
+function labelColour(label) {
+  const entry = (state.vocabulary || []).find((item) => item.label === label);
+  return entry ? entry.colour : "#7cc4ff";
+}
+
+function renderCue(cue) {
+  if (!cueEls.box) return;
+  const shown = cue.kind === "clear" ? null : cue;
+  cueEls.box.hidden = shown === null;
+  if (!shown) return;
+  cueEls.box.dataset.kind = shown.kind;
+  cueEls.box.style.setProperty("--cue-colour", shown.kind === "emotion" ? labelColour(shown.label) : "#e8e8ea");
+  cueEls.label.textContent = shown.kind === "emotion" ? shown.label : "";
+  cueEls.intensity.hidden = !(shown.kind === "emotion" && shown.intensity === "strong");
+  cueEls.text.textContent = shown.kind === "text" ? shown.text : "";
+  // Restart the arrival highlight for each new cue.
+  cueEls.box.classList.remove("is-new");
+  void cueEls.box.offsetWidth;
+  cueEls.box.classList.add("is-new");
+}
+
+function onCue(cue) {
+  const receivedUs = clientNowUs();
+  call.cue = cue.kind === "clear" ? null : cue;
+  renderCue(cue);
+  // The frame with the cue is painted after this animation frame's callbacks: a task
+  // queued from one runs once it is (the same clock as the clock replies).
+  requestAnimationFrame(() =>
+    setTimeout(() => {
+      const message = { type: "cue_shown", cue_id: cue.cue_id, client_shown_ts_us: clientNowUs() };
+      call.paintMs.push((message.client_shown_ts_us - receivedUs) / 1000);
+      if (call.paintMs.length > SHOWN_IDS_KEPT) call.paintMs.shift();
+      if (!call.shownIds.has(cue.cue_id)) {
+        call.shownIds.add(cue.cue_id);
+        call.cuesShown += 1;
+        if (call.shownIds.size > SHOWN_IDS_KEPT) call.shownIds.delete(call.shownIds.values().next().value);
+      }
+      if (!send(message)) call.unsent.push(message);
+    }, 0),
+  );
+}
+
+function sendUnsentShown() {
+  const unsent = call.unsent.splice(0);
+  for (const message of unsent) if (!send(message)) call.unsent.push(message);
+}
+
+// ---- the scene's text and the way back to the lobby --------------------------------------
+// scenario_view: {prompt, scenario: {title, role: {name, brief}, ...} | null}, the part of
+// the scene's scenario this page may see (streams.scenarios.performer_view).
+function showScene(message) {
+  const view = message.scenario_view || { prompt: message.prompt, scenario: null };
+  const scenario = view.scenario || null;
+  const prompt = document.getElementById("prompt");
+  if (prompt) prompt.textContent = view.prompt;
+  const title = document.querySelector("#scene h2");
+  if (title && prompt) title.textContent = scenario && scenario.title ? scenario.title : "Scene";
+  const roleBox = document.getElementById("role");
+  const part = scenario && scenario.role ? scenario.role : null;
+  if (roleBox) {
+    roleBox.hidden = !part;
+    if (part) {
+      document.getElementById("role-name").textContent = part.name || "";
+      document.getElementById("role-brief").textContent = part.brief || "";
+    }
+  }
+}
+
+function sessionOver() {
+  const lobby = document.getElementById("lobby");
+  if (lobby && state.dayId) lobby.hidden = false;
+}
+
+// ---- connection quality: the media path's round trip, the partner's frame rate ------------
+const qualityEl = document.getElementById("quality");
+const QUALITY_EVERY_MS = 2000;
+
+async function measureQuality() {
+  if (!qualityEl) return;
+  let rttMs = null;
+  const fps = [];
+  const pcs = [state.publishPc, ...[...state.subscriptions.values()].map((s) => s.pc)].filter(Boolean);
+  for (const pc of pcs) {
+    if (pc.connectionState !== "connected") continue;
+    const report = await pc.getStats();
+    report.forEach((stat) => {
+      if (stat.type === "candidate-pair" && stat.nominated && typeof stat.currentRoundTripTime === "number") {
+        rttMs = Math.max(rttMs || 0, stat.currentRoundTripTime * 1000);
+      }
+      if (stat.type === "inbound-rtp" && stat.kind === "video" && typeof stat.framesPerSecond === "number") {
+        fps.push(stat.framesPerSecond);
+      }
+    });
+  }
+  const parts = [];
+  if (rttMs !== null) parts.push(`${Math.round(rttMs)} ms`);
+  if (fps.length) parts.push(`${Math.round(Math.min(...fps))} fps`);
+  qualityEl.textContent = parts.join(" · ");
+}
+if (qualityEl) {
+  setInterval(() => measureQuality().catch(() => {}), QUALITY_EVERY_MS);
+}
+
 function setStatus(kind, text) {
   statusEl.dataset.state = kind;
   statusEl.textContent = text;
@@ -141,7 +266,9 @@ function clientNowUs() {
 }
 
 function send(message) {
-  if (state.ws && state.ws.readyState === WebSocket.OPEN) state.ws.send(JSON.stringify(message));
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
+  state.ws.send(JSON.stringify(message));
+  return true;
 }
 
 function newPeerConnection() {
@@ -343,8 +470,10 @@ async function onMessage(event) {
       state.me = message.you.participant_id;
       state.sessionId = message.session_id;
       state.vocabulary = message.vocabulary;
+      state.dayId = message.day_id || null;
       for (const performer of message.roster) state.roster.set(performer.performer_id, performer.display_name);
-      document.getElementById("prompt").textContent = message.prompt;
+      showScene(message);
+      sendUnsentShown();
       document.getElementById("who").textContent = `${state.roster.get(state.me) || state.me} (${state.role})`;
       // The backoff starts over once the page is really back: for a performer, when its
       // media connects (a page whose media keeps failing must not retry ever faster).
@@ -368,6 +497,9 @@ async function onMessage(event) {
     case "performers":
       onLive(message.live);
       break;
+    case "cue":
+      if (message.cue) onCue(message.cue);
+      break;
     case "publish_lost":
       // The server lost this page's media connection (e.g. ICE consent expired): join
       // again now rather than after the browser's own checks time out.
@@ -380,6 +512,7 @@ async function onMessage(event) {
     case "error":
       state.errors.push(message);
       console.warn("livetag:", message.code, message.message);
+      if (message.code === "session_ended") sessionOver();
       if (message.code === "performer_taken") {
         // Not this page's media: say why, and ask again (the other page may close).
         setStatus("error", message.message);
@@ -433,6 +566,7 @@ async function connect() {
     if (LivetagCredentials.isFinalClose(event.code)) {
       // The director revoked this link, or it ran out: rejoining cannot help.
       setStatus("error", LivetagCredentials.closeMessage(event.reason));
+      if (event.reason && event.reason.startsWith("session_ended")) sessionOver();
       return;
     }
     // A refused handshake looks like any lost connection: ask why (the credential in a
@@ -443,6 +577,7 @@ async function connect() {
       if (ws !== state.ws) return; // a newer connection took over meanwhile
       if (!why.ok && why.final) {
         setStatus("error", why.message);
+        if (why.code === "session_ended") sessionOver();
         return;
       }
       if (why.status === 429 || why.status === 503) {

@@ -1,6 +1,7 @@
 // livetag director dashboard: live video with face mesh, prosody charts, continuous
-// ratings, tag timelines with the model lane, rater agreement, the model gap, the raters'
-// reaction lags and pipeline health, fed by /ws/dashboard on this origin. Video and
+// ratings, tag timelines with the ledger's lanes and the model lane, rater agreement, the
+// model gap, the raters' reaction lags, the director's cues, coverage and hit rate, and
+// pipeline health, fed by /ws/dashboard on this origin. Video and
 // tagging come from the capture server: its call page module (call.js, which brings the
 // tagging widget) is imported from hello.capture_url once the first hello names it.
 //
@@ -12,20 +13,39 @@
 //   mesh.js       face mesh, blendshape bars and head pose, at the face stream's latency
 //   lanes.js      pitch and loudness charts, time grid and takes, each lane's age
 //   ratings.js    continuous ratings: each rater's trace
-//   timeline.js   rater lanes of tags and holds, the consensus lane, the model lanes
-//   agreement.js  the alpha badge, the consensus windows
+//   timeline.js   the ledger's lanes: intent, self-tags, observers' tags, perceived, models
+//   ledger.js     each window's intent and perception, as the timeline draws them
+//   agreement.js  the alpha badge
 //   gap.js        the model gap per emotion, its latest missed moments
 //   raters.js     each rater's reaction lag
+//   cues.js       the director's cues: the controls, each performer's cue and its state
+//   coverage.js   coverage matrix, hit rate and confusion, the next cue
 //   health.js     the health tables, this page's connection state
 //   session.js    session header, presence, takes, end of session, join links
+//   scenarios.js  the director's scenario editor (the library on livetag.scenarios)
 
 import { LivetagCredentials } from "/dashboard/credentials.js";
-import { addConsensus, pruneConsensus, setAgreement } from "./agreement.js";
+import { setAgreement } from "./agreement.js";
+import { setCoverage, setCoverageControls } from "./coverage.js";
+import {
+  addCues,
+  failPendingCues,
+  mountCueAll,
+  onCueError,
+  onCueSent,
+  pruneCues,
+  setCueControls,
+  setCueVocabulary,
+  setCurrentCues,
+  tickCues,
+} from "./cues.js";
 import { setModelGap } from "./gap.js";
 import { setConn, setHealth } from "./health.js";
 import { addProsody, drawLoudness, drawPitch, pruneProsody, updateLaneAges } from "./lanes.js";
+import { addLedgerRows, pruneLedger } from "./ledger.js";
 import { drawMesh, setFace, setMeshEdges } from "./mesh.js";
 import { setRaterLags } from "./raters.js";
+import { mountScenarios } from "./scenarios.js";
 import { addRatings, drawRatings, pruneRatings } from "./ratings.js";
 import {
   applyControls,
@@ -82,12 +102,17 @@ function onHello(message) {
   const session = message.session || {};
   showSessionHeader(session);
   setVocabulary(session.vocabulary);
+  setCueVocabulary(session.vocabulary);
+  mountCueAll();
   applyRoster(session.roster || []);
   setSession({ state: session.state, takes: session.takes || [], presence: session.presence || [] });
   const you = message.you || {};
   hooks.you = { rater_id: you.rater_id, role: you.role, controls: !!you.controls };
   applyControls(!!you.controls);
+  setCueControls(!!you.controls);
+  setCoverageControls(!!you.controls);
   if (you.controls) renderLinks(session.roster || []);
+  if (you.controls) mountScenarios(document.getElementById("scenarios"));
   startCapture(message.capture_url);
 }
 
@@ -105,7 +130,10 @@ function onUpdate(message) {
   }
   if (Array.isArray(message.tags)) for (const tag of message.tags) addTag(tag);
   if (Array.isArray(message.tags)) noteTagTimes(message.tags);
-  if (message.consensus) addConsensus(message.consensus);
+  if (message.ledger) addLedgerRows(message.ledger);
+  if (message.cues) addCues(message.cues);
+  if (message.cues_current) setCurrentCues(message.cues_current);
+  if (message.coverage) setCoverage(message.coverage);
   if (message.models) addModelRows(message.models);
   if (message.agreement) setAgreement(message.agreement);
   if (message.gap) setModelGap(message.gap);
@@ -136,9 +164,13 @@ function onMessage(event) {
     case "invite":
       onInvite(message);
       break;
+    case "cue_sent":
+      onCueSent(message);
+      break;
     case "error":
       pushError(message);
-      settleRefusedAction();
+      // A refused cue is answered to its sender; anything else was a take or a link.
+      if (!onCueError(message)) settleRefusedAction();
       break;
     default:
       break;
@@ -185,6 +217,7 @@ async function connect() {
   ws.addEventListener("close", async (event) => {
     if (ws !== dash.ws) return;
     hooks.connected = false;
+    failPendingCues();
     renderTakeControls();
     if (LivetagCredentials.isFinalClose(event.code)) {
       // The director revoked this link, or it ran out: reconnecting cannot help.
@@ -231,10 +264,11 @@ function frame() {
     for (const panel of dash.panels.values()) {
       pruneProsody(panel, cutoff);
       pruneTags(panel, cutoff);
-      pruneConsensus(panel, cutoff);
+      pruneLedger(panel, cutoff);
       pruneModels(panel, cutoff);
       pruneRatings(panel, cutoff);
     }
+    pruneCues(cutoff);
   }
   // Charts scroll at CHART_FPS, not at the display's rate: a 30 s window moves about a
   // pixel per 50 ms, and redrawing every chart at 60 Hz cost the director's browser
@@ -255,6 +289,7 @@ function frame() {
     drawTimeline(panel, now);
   }
   tickTakeControls(now, perfNow);
+  tickCues(perfNow);
 }
 
 connect();

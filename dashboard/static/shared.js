@@ -2,8 +2,8 @@
 // (window.livetagDashboard), the state more than one part reads (the colours of labels
 // and raters among it), this page's estimate of the session clock, the performer tiles by
 // id, and small DOM and canvas helpers. Separate so that the parts (video, mesh, lanes,
-// ratings, timeline, agreement, gap, raters, health, session) import this one module
-// instead of each other.
+// ratings, timeline, ledger, agreement, gap, raters, cues, coverage, health, session)
+// import this one module instead of each other.
 
 export const COLOURS = {
   grid: "rgba(255,255,255,0.08)",
@@ -61,7 +61,7 @@ export const hooks = {
   updates: 0,
   performers: {},
   timeline: {},
-  consensus: {},
+  ledger: {}, // performer_id -> {intent, perceived, agreed, disputed}: the windows held
   models: {}, // performer_id -> {model: {windows, missed}} on its model lanes
   agreement: null,
   gap: null, // the model gap summary as the server sent it
@@ -71,6 +71,16 @@ export const hooks = {
   errors: [],
   you: null, // {rater_id, role, controls}: who this dashboard is
   invites: [], // links the director asked for: {role, participant_id, token_id}
+  cue: null, // cue({to, kind, label, intensity, text}) -> Promise of the server's answer (cues.js)
+  cuesRequested: 0,
+  cueReplies: [], // the latest answers to cues sent from this page
+  cues: {}, // performer_id -> {current, newest, kept, state, text}: what the tile shows
+  coverage: null, // the coverage summary as the server sent it
+  coverageCells: {}, // performer_id -> label -> the matrix cell's text
+  suggestion: null, // the next cue as the server suggested it
+  hitScope: null, // the scope the hit-rate table shows: "(session)" or a performer
+  hitRows: [], // the hit-rate table's rows as shown: [label, intended s, hit, seen instead]
+  confusion: {}, // intended -> perceived -> windows, as the confusion matrix shows them
   meshDrawn: {}, // performer_id -> {atUnixMs, faceTsUs} of the last mesh drawn
 };
 window.livetagDashboard = hooks;

@@ -1,13 +1,17 @@
-// The tag timeline of each performer tile: one lane per rater (the performer's own
-// self-tags hatched, on top), each point tag or hold drawn over what the server says it
-// covers, in its label's colour, under them the aligner's consensus windows, and under
-// those one lane per model rater: its top label per window, marked red underneath where
-// the server says the humans agreed and the model read otherwise.
+// The tag timeline of each performer tile, the four lanes of the ledger from top to
+// bottom: what was intended (the cue in force or the scenario arc's step, ledger.js; a
+// text cue as a mark with its line), what the performer self-tagged (their own tags,
+// hatched), what the observers perceived (one lane per observer, each point tag or hold
+// drawn over what the server says it covers, in its label's colour, then the observers'
+// perception per window: solid where they agreed, faded and hatched where they disputed),
+// and what was measured: one lane per model rater, its top label per window, marked
+// underneath where the server says the humans agreed and the model read otherwise.
 // Separate because tags are events the server decides, not a stream: a later message
 // about the same tag (or window) replaces or removes it, and the page never works out
-// coverage, consensus or a miss itself.
+// coverage, perception or a miss itself.
 
 import { drawTakes, drawTimeGrid } from "./lanes.js";
+import { intentRuns } from "./ledger.js";
 import {
   COLOURS,
   beginCanvas,
@@ -22,6 +26,9 @@ import {
 
 const LANE_H = 14;
 const AXIS_H = 14;
+const TEXT_MARK_W = 150; // the most of a text cue's line drawn on the intent lane
+// Rows above the observers' lanes: intent, self.
+const TOP_LANES = 2;
 
 export function setVocabulary(entries) {
   setLabelColours(entries);
@@ -43,7 +50,8 @@ export function createTimelineChart(performerId) {
 export function newTagState() {
   return {
     items: new Map(), // tag_id (point or onset) -> item, as the server decided it
-    lanes: [], // {key, label, self}
+    lanes: [], // the observers' lanes: {key, label, self: false, role}
+    selfLane: { key: "\u0000self", label: "self", self: true, role: "performer", y: LANE_H },
     laneCount: "", // "rater lanes/model lanes" the canvas was last sized for
     models: new Map(), // model -> Map(window ts_us -> row), the rows as the server sent them
     highlight: null, // {start, end, untilPerf}: a moment the gap panel (gap.js) points at
@@ -52,12 +60,11 @@ export function newTagState() {
 }
 
 function laneFor(panel, tag) {
-  const self = tag.rater_role === "performer" && tag.rater_id === panel.id;
-  const key = self ? "\u0000self" : String(tag.rater_id);
+  if (tag.rater_role === "performer" && tag.rater_id === panel.id) return panel.selfLane;
+  const key = String(tag.rater_id);
   for (let i = 0; i < panel.lanes.length; i += 1) if (panel.lanes[i].key === key) return panel.lanes[i];
-  const lane = { key, label: self ? "self" : String(tag.rater_id), self, role: tag.rater_role };
-  if (self) panel.lanes.unshift(lane);
-  else panel.lanes.push(lane);
+  const lane = { key, label: key, self: false, role: tag.rater_role };
+  panel.lanes.push(lane);
   setLaneHeight(panel);
   return lane;
 }
@@ -66,8 +73,8 @@ export function setLaneHeight(panel) {
   const n = `${panel.lanes.length}/${panel.models.size}`;
   if (n === panel.laneCount) return;
   panel.laneCount = n;
-  // rater lanes + consensus lane + model lanes + time axis
-  const lanes = Math.max(panel.lanes.length, 1) + 1 + panel.models.size;
+  // intent + self + observers' lanes + perceived + model lanes + time axis
+  const lanes = TOP_LANES + Math.max(panel.lanes.length, 1) + 1 + panel.models.size;
   panel.timeline.style.height = `${lanes * LANE_H + AXIS_H + 3}px`;
 }
 
@@ -115,7 +122,7 @@ export function pruneTags(panel, cutoff) {
   for (const [id, item] of panel.items) {
     if (item.end < cutoff) panel.items.delete(id);
   }
-  // drop lanes nobody draws in any more
+  // drop the observers' lanes nobody draws in any more (intent and self always stay)
   if (panel.lanes.length) {
     const used = new Set();
     for (const item of panel.items.values()) used.add(item.lane);
@@ -173,12 +180,25 @@ function noteModels(panel) {
 let selfHatch = null;
 function hatchPattern(ctx) {
   if (selfHatch) return selfHatch;
+  selfHatch = makeHatch(ctx, "rgba(255,255,255,0.13)");
+  return selfHatch;
+}
+
+// Over a disputed window of the perceived lane: darker stripes across its colour.
+let disputeHatch = null;
+function disputePattern(ctx) {
+  if (disputeHatch) return disputeHatch;
+  disputeHatch = makeHatch(ctx, "rgba(15,17,21,0.75)", 2);
+  return disputeHatch;
+}
+
+function makeHatch(ctx, stroke, width = 1) {
   const tile = document.createElement("canvas");
   tile.width = 8;
   tile.height = 8;
   const t = tile.getContext("2d");
-  t.strokeStyle = "rgba(255,255,255,0.13)";
-  t.lineWidth = 1;
+  t.strokeStyle = stroke;
+  t.lineWidth = width;
   t.beginPath();
   t.moveTo(0, 8);
   t.lineTo(8, 0);
@@ -187,8 +207,85 @@ function hatchPattern(ctx) {
   t.moveTo(6, 10);
   t.lineTo(10, 6);
   t.stroke();
-  selfHatch = ctx.createPattern(tile, "repeat");
-  return selfHatch;
+  return ctx.createPattern(tile, "repeat");
+}
+
+function laneName(ctx, text, y, colour) {
+  const tw = ctx.measureText(text).width;
+  ctx.fillStyle = "rgba(15,17,21,0.75)";
+  ctx.fillRect(0, y + 1, tw + 8, LANE_H - 2);
+  ctx.fillStyle = colour;
+  ctx.fillText(text, 4, y + LANE_H / 2);
+}
+
+// The intent lane: each run of one intent in its emotion's colour (a cue's solid, the
+// arc's fainter; strong taller), a text cue as a white mark at its start with its line.
+function drawIntent(ctx, panel, w, now, t0, scaleX, counts) {
+  const y = 0;
+  for (const run of intentRuns(panel)) {
+    if (run.end < t0 || run.start > now) continue;
+    const x0 = Math.max(0, (run.start - t0) * scaleX);
+    const x1 = Math.min(w, (run.end - t0) * scaleX);
+    if (run.label) {
+      const bh = run.strong ? LANE_H - 2 : Math.round(LANE_H * 0.6);
+      ctx.globalAlpha = run.source === "cue" ? 0.95 : 0.45;
+      ctx.fillStyle = colourOf(run.label);
+      ctx.fillRect(x0, y + (LANE_H - bh) / 2, Math.max(1, x1 - x0), bh);
+      counts.intent += 1;
+    }
+    if (run.kind === "text") {
+      ctx.globalAlpha = 0.8;
+      ctx.fillStyle = "#ffffff";
+      ctx.fillRect(x0, y + LANE_H - 2, Math.max(1, x1 - x0), 1);
+    }
+  }
+  ctx.globalAlpha = 1;
+  // The marks after the runs, so a line is never painted over by the next run.
+  ctx.font = "10px system-ui, sans-serif";
+  ctx.textBaseline = "middle";
+  const marked = new Set(); // a cue's line once, however many runs it spans
+  for (const run of intentRuns(panel)) {
+    if (run.kind !== "text" || !run.text || run.end < t0 || run.start > now) continue;
+    const at = run.since === null ? run.start : run.since;
+    const key = `${at}/${run.text}`;
+    if (marked.has(key)) continue;
+    marked.add(key);
+    // A cue that began before the lane's left edge keeps its line at that edge.
+    const x = (Math.max(at, t0) - t0) * scaleX;
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(x, y, 2, LANE_H);
+    const text = run.text.length > 40 ? `${run.text.slice(0, 39)}…` : run.text;
+    const tw = Math.min(TEXT_MARK_W, ctx.measureText(text).width);
+    const tx = Math.min(x + 4, w - tw - 2);
+    ctx.fillStyle = "rgba(15,17,21,0.8)";
+    ctx.fillRect(tx - 2, y + 1, tw + 4, LANE_H - 2);
+    ctx.fillStyle = "#ffffff";
+    ctx.fillText(text, tx, y + LANE_H / 2, TEXT_MARK_W);
+    counts.textMarks += 1;
+  }
+}
+
+// The perceived lane: per window the label most observers held, solid where they
+// agreed, faded and hatched where they disputed, half-faded where one observer alone
+// tagged (neither).
+function drawPerceived(ctx, panel, w, y, now, t0, scaleX, counts) {
+  for (const item of panel.perceived.values()) {
+    if (item.end < t0 || item.start > now) continue;
+    const x0 = Math.round(Math.max(0, (item.start - t0) * scaleX));
+    const x1 = Math.round(Math.min(w, (item.end - t0) * scaleX));
+    const bw = Math.max(1, x1 - x0);
+    ctx.globalAlpha = item.agreed ? 1 : item.disputed ? 0.4 : 0.6;
+    ctx.fillStyle = colourOf(item.label);
+    ctx.fillRect(x0, y + 1, bw, LANE_H - 2);
+    if (item.disputed) {
+      ctx.globalAlpha = 1;
+      ctx.fillStyle = disputePattern(ctx);
+      ctx.fillRect(x0, y + 1, bw, LANE_H - 2);
+      counts.disputed += 1;
+    } else if (item.agreed) counts.agreed += 1;
+    counts.perceived += 1;
+  }
+  ctx.globalAlpha = 1;
 }
 
 export function drawTimeline(panel, now) {
@@ -203,26 +300,31 @@ export function drawTimeline(panel, now) {
   const scaleX = w / dash.windowUs;
   const lanes = panel.lanes;
   const nLanes = lanes.length;
-  const consensusY = Math.max(nLanes, 1) * LANE_H + 2;
-  const modelsY = consensusY + LANE_H;
+  const selfLane = panel.selfLane;
+  const observersY = TOP_LANES * LANE_H;
+  const perceivedY = observersY + Math.max(nLanes, 1) * LANE_H + 2;
+  const modelsY = perceivedY + LANE_H;
   const axisY = modelsY + panel.models.size * LANE_H + 1;
+  const counts = { intent: 0, textMarks: 0, self: 0, observers: 0, perceived: 0, agreed: 0, disputed: 0, measured: 0 };
 
   // lane backgrounds
+  ctx.fillStyle = "rgba(255,255,255,0.05)";
+  ctx.fillRect(0, 0, w, LANE_H);
+  ctx.fillStyle = COLOURS.laneAlt;
+  ctx.fillRect(0, selfLane.y, w, LANE_H);
+  ctx.fillStyle = hatchPattern(ctx);
+  ctx.fillRect(0, selfLane.y, w, LANE_H);
+  ctx.strokeStyle = "rgba(245,183,0,0.55)";
+  ctx.lineWidth = 1;
+  ctx.strokeRect(0.5, selfLane.y + 0.5, w - 1, LANE_H - 1);
   for (let i = 0; i < nLanes; i += 1) {
     const lane = lanes[i];
-    lane.y = i * LANE_H;
+    lane.y = observersY + i * LANE_H;
     ctx.fillStyle = i % 2 ? COLOURS.laneAlt : COLOURS.lane;
     ctx.fillRect(0, lane.y, w, LANE_H);
-    if (lane.self) {
-      ctx.fillStyle = hatchPattern(ctx);
-      ctx.fillRect(0, lane.y, w, LANE_H);
-      ctx.strokeStyle = "rgba(245,183,0,0.55)";
-      ctx.lineWidth = 1;
-      ctx.strokeRect(0.5, lane.y + 0.5, w - 1, LANE_H - 1);
-    }
   }
   ctx.fillStyle = "rgba(255,255,255,0.05)";
-  ctx.fillRect(0, consensusY, w, LANE_H);
+  ctx.fillRect(0, perceivedY, w, LANE_H);
   for (let j = 0; j < panel.models.size; j += 1) {
     ctx.fillStyle = j % 2 ? COLOURS.lane : COLOURS.laneAlt;
     ctx.fillRect(0, modelsY + j * LANE_H, w, LANE_H);
@@ -230,23 +332,10 @@ export function drawTimeline(panel, now) {
   drawTimeGrid(ctx, w, axisY, now, t0, scaleX);
   drawTakes(ctx, axisY, now, t0, scaleX);
 
-  // consensus windows (agreement.js keeps them): colour of the label, alpha by agreement
-  for (const row of panel.consensus.values()) {
-    const label = row[3];
-    if (!label) continue;
-    const start = Number(row[1]);
-    const end = start + (Number(row[2]) || 0);
-    if (end < t0 || start > now) continue;
-    const agreement = row[4];
-    ctx.globalAlpha = typeof agreement === "number" ? 0.15 + 0.85 * Math.max(0, Math.min(1, agreement)) : 0.5;
-    ctx.fillStyle = colourOf(label);
-    const x0 = Math.round(Math.max(0, (start - t0) * scaleX));
-    const x1 = Math.round(Math.min(w, (end - t0) * scaleX));
-    ctx.fillRect(x0, consensusY + 1, Math.max(1, x1 - x0), LANE_H - 2);
-  }
-  ctx.globalAlpha = 1;
+  drawIntent(ctx, panel, w, now, t0, scaleX, counts);
+  drawPerceived(ctx, panel, w, perceivedY, now, t0, scaleX, counts);
 
-  // model lanes: the top label's colour, alpha by its probability; red beneath a miss
+  // model lanes: the top label's colour, alpha by its probability; marked beneath a miss
   const modelsDrawn = panel.hook.modelWindowsDrawn;
   let j = 0;
   for (const [model, lane] of panel.models) {
@@ -270,11 +359,12 @@ export function drawTimeline(panel, now) {
       drawnHere += 1;
     }
     modelsDrawn[model] = drawnHere;
+    counts.measured += drawnHere;
     j += 1;
   }
   ctx.globalAlpha = 1;
 
-  // rater tags
+  // the self-tags and the observers' tags
   for (const item of panel.items.values()) {
     // An open hold is drawn up to now: it still grows, at most to where it ends.
     const end = item.open ? Math.min(now, item.end) : item.end;
@@ -303,6 +393,8 @@ export function drawTimeline(panel, now) {
     }
     drawn.push(item.id);
     if (item.offsetId) drawn.push(item.offsetId);
+    if (lane.self) counts.self += 1;
+    else counts.observers += 1;
   }
   ctx.globalAlpha = 1;
 
@@ -316,40 +408,22 @@ export function drawTimeline(panel, now) {
     ctx.strokeRect(x0 - 1, 0.75, Math.max(2, x1 - x0) + 2, axisY - 1.5);
   }
 
-  // now line, lane labels, time axis
+  // now line, lane names, time axis
   ctx.fillStyle = COLOURS.now;
   ctx.fillRect(w - 1, 0, 1, axisY);
   ctx.font = "10px system-ui, sans-serif";
   ctx.textBaseline = "middle";
-  for (let i = 0; i < nLanes; i += 1) {
-    const lane = lanes[i];
-    const text = lane.label;
-    const tw = ctx.measureText(text).width;
-    ctx.fillStyle = "rgba(15,17,21,0.75)";
-    ctx.fillRect(0, lane.y + 1, tw + 8, LANE_H - 2);
-    ctx.fillStyle = lane.self ? "#f5b700" : COLOURS.laneText;
-    ctx.fillText(text, 4, lane.y + LANE_H / 2);
-  }
+  laneName(ctx, "intent", 0, COLOURS.laneText);
+  laneName(ctx, "self", selfLane.y, "#f5b700");
+  for (let i = 0; i < nLanes; i += 1) laneName(ctx, lanes[i].label, lanes[i].y, COLOURS.laneText);
   if (nLanes === 0) {
     ctx.fillStyle = COLOURS.gridLabel;
-    ctx.fillText("no tags in the last minute", 4, LANE_H / 2 - 1);
+    ctx.fillText("no observer tags in the last minute", 4, observersY + LANE_H / 2 - 1);
   }
-  {
-    const tw = 62;
-    ctx.fillStyle = "rgba(15,17,21,0.75)";
-    ctx.fillRect(0, consensusY + 1, tw, LANE_H - 2);
-    ctx.fillStyle = COLOURS.laneText;
-    ctx.fillText("consensus", 4, consensusY + LANE_H / 2);
-  }
+  laneName(ctx, "perceived", perceivedY, COLOURS.laneText);
   j = 0;
   for (const model of panel.models.keys()) {
-    const y = modelsY + j * LANE_H;
-    const text = `model ${model}`;
-    const tw = ctx.measureText(text).width;
-    ctx.fillStyle = "rgba(15,17,21,0.75)";
-    ctx.fillRect(0, y + 1, tw + 8, LANE_H - 2);
-    ctx.fillStyle = COLOURS.laneText;
-    ctx.fillText(text, 4, y + LANE_H / 2);
+    laneName(ctx, `model ${model}`, modelsY + j * LANE_H, COLOURS.laneText);
     j += 1;
   }
   ctx.fillStyle = COLOURS.gridLabel;
@@ -362,4 +436,5 @@ export function drawTimeline(panel, now) {
     const tw = ctx.measureText(text).width;
     ctx.fillText(text, Math.min(w - tw, Math.max(0, x - tw / 2)), axisY + 2);
   }
+  panel.hook.lanes = counts;
 }

@@ -1,14 +1,16 @@
 // The performer tiles and the video in them. Each tile is put together here from the
-// parts the other modules draw (mesh, lanes, ratings, timeline, agreement badge, presence
-// dot);
+// parts the other modules draw (mesh, lanes, ratings, timeline, ledger lanes, agreement
+// badge, presence dot, cue row);
 // the video itself comes from the capture server's call page script (call.js), loaded
 // into this page, whose <figure data-performer> elements are moved into the tiles as
 // they appear. Separate because the video is not drawn by the dashboard at all: this
 // module embeds another page's script and watches its elements, and estimates the age
 // of the frame on screen from the frames' RTP timestamps.
 
-import { createAlphaBadge, newConsensusState } from "./agreement.js";
+import { createAlphaBadge } from "./agreement.js";
+import { createCueRow } from "./cues.js";
 import { attachLaneAges, createProsodyCharts, newProsodyRing } from "./lanes.js";
+import { newLedgerState } from "./ledger.js";
 import { createFaceParts, newFaceState } from "./mesh.js";
 import { createRatingsChart, newRatingsState } from "./ratings.js";
 import { createPresenceDot } from "./session.js";
@@ -49,6 +51,7 @@ function createPanel(performerId, displayName) {
   sound.type = "button";
   sound.title = "mute / unmute this performer";
   head.append(presence, name, pid, alpha, target, sound);
+  const cueRow = createCueRow(performerId);
 
   const slot = el("div", "video-slot");
   const waiting = el("div", "video-waiting", "waiting for video…");
@@ -59,7 +62,7 @@ function createPanel(performerId, displayName) {
   // The lane's buttons act on the panel, which is made below: they are only clicked later.
   const { ratingsWrap, ratings, ratingButtons } = createRatingsChart(performerId, () => panel);
 
-  root.append(head, slot, face.side, pitchWrap, loudWrap, ratingsWrap, timelineWrap);
+  root.append(head, cueRow.root, slot, face.side, pitchWrap, loudWrap, ratingsWrap, timelineWrap);
 
   // The tile as the tests see it (window.livetagDashboard.performers[id]).
   const hook = {
@@ -74,6 +77,9 @@ function createPanel(performerId, displayName) {
     ratingDimension: null,
     ratingLegendDimension: null, // the dimension ratingLegend was last drawn for
     modelWindowsDrawn: {}, // model -> its windows drawn on the timeline's last frame
+    // what the timeline's last frame drew per ledger lane: intent runs and text marks,
+    // self-tags, observers' tags, perceived windows (agreed, disputed), model windows
+    lanes: null,
     // age (ms) of what each lane draws, null when it draws nothing; see updateLaneAges
     ages: { video: null, mesh: null, prosody: null, tags: null },
     meshDelayMs: null, // the face stream's latency the mesh is drawn at
@@ -83,7 +89,6 @@ function createPanel(performerId, displayName) {
   hooks.performers[performerId] = hook;
   const drawnIds = [];
   hooks.timeline[performerId] = drawnIds;
-  hooks.consensus[performerId] = 0;
 
   const panel = {
     id: performerId,
@@ -99,6 +104,7 @@ function createPanel(performerId, displayName) {
     pitch,
     loud,
     timeline,
+    cueRow,
     ratingsWrap,
     ratings,
     ratingButtons,
@@ -119,7 +125,7 @@ function createPanel(performerId, displayName) {
     ...newProsodyRing(),
     ...newFaceState(),
     ...newTagState(),
-    ...newConsensusState(),
+    ...newLedgerState(),
     ...newRatingsState(),
   };
   root._panel = panel;

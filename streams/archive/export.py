@@ -1,13 +1,14 @@
 """Export an archived session (:mod:`streams.archive.store`) for analysis tools.
 
-:func:`export_session` writes one of five formats into an output folder:
+:func:`export_session` writes one of seven formats into an output folder:
 
 ``jsonl``
     ``KIND.jsonl`` for every archived kind (``prosody``, ``face``, ``tags``, ``labels``,
-    ``ratings``, ``rater_lags``, ``model``: :data:`streams.archive.store.KINDS`): one record
-    per line, exactly ``record.model_dump_json()`` (the wire JSON). ``labels.jsonl`` holds
-    every revision as archived; ``labels.latest.jsonl`` only the newest revision of each
-    window (what a live consumer ends up with). Read back with :func:`read_jsonl`.
+    ``ratings``, ``rater_lags``, ``model``, ``cues``: :data:`streams.archive.store.KINDS`):
+    one record per line, exactly ``record.model_dump_json()`` (the wire JSON).
+    ``labels.jsonl`` holds every revision as archived; ``labels.latest.jsonl`` only the
+    newest revision of each window (what a live consumer ends up with). Read back with
+    :func:`read_jsonl`.
 ``parquet``
     The archive's own typed Parquet files, copied, plus ``labels.latest.parquet``.
 ``csv``
@@ -54,6 +55,12 @@
     as Parquet and CSV (the windows where the human raters agreed and a model did not),
     ``take-N.summary`` (per model and emotion: agreement, Cohen's kappa) and ``take-N.png``
     (with matplotlib, the ``report`` extra; skipped with a warning without it).
+``ledger``
+    The intent -> perception ledger (:mod:`streams.archive.ledger_report`): per take,
+    ``ledger/take-N`` as Parquet and CSV (a row per performer per label window: intended,
+    self-tagged, perceived, measured), ``take-N.summary`` (per performer and emotion: the
+    seconds of each, the hit rate), ``take-N.png`` (confusion matrix and the four lanes;
+    with matplotlib) and ``take-N.md`` (a short report to read after the scene).
 
 The ``parquet`` export keeps the record types as they are (nested fields as JSON text):
 ``datasets.load_dataset("parquet", data_files={"tags": "*/tags.parquet", "labels":
@@ -78,7 +85,7 @@ from pydantic import ValidationError
 from pympi.Elan import Eaf
 
 from streams import records, strict_json
-from streams.archive import model_gap, store
+from streams.archive import ledger_report, model_gap, store
 from streams.errors import BadInputError
 from streams.labels import tag_rules
 
@@ -91,8 +98,8 @@ __all__ = [
     "read_jsonl",
 ]
 
-Format = Literal["jsonl", "parquet", "csv", "eaf", "hf", "gap"]
-FORMATS: Final[tuple[str, ...]] = ("jsonl", "parquet", "csv", "eaf", "hf", "gap")
+Format = Literal["jsonl", "parquet", "csv", "eaf", "hf", "gap", "ledger"]
+FORMATS: Final[tuple[str, ...]] = ("jsonl", "parquet", "csv", "eaf", "hf", "gap", "ledger")
 CONSENSUS_TIER: Final = "consensus"
 _MKV_MIME: Final = "video/x-matroska"
 
@@ -136,6 +143,8 @@ def export_session(
             return _export_csv(folder, out_dir, report)
         if fmt == "gap":
             return model_gap.export_gap(folder, out_dir, report)
+        if fmt == "ledger":
+            return ledger_report.export_ledger(folder, out_dir, report)
         report("writing ELAN tiers", 0, 1)
         written = [_export_eaf(folder, out_dir, manifest)]
         report("writing ELAN tiers", 1, 1)
@@ -238,6 +247,13 @@ def _is_text(annotation: Any) -> bool:
     return annotation is str
 
 
+def _nullable(model: type[records.Record], name: str) -> bool:
+    annotation = model.model_fields[name].annotation
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return type(None) in typing.get_args(annotation)
+
+
 def _csv_columns(model: type[records.Record]) -> list[tuple[str, bool]]:
     """(field name, is text) in declaration order."""
     return [(name, _is_text(field.annotation)) for name, field in model.model_fields.items()]
@@ -301,7 +317,9 @@ def _csv_record(
     row: dict[str, Any] = {}
     for (name, text), cell in zip(columns, cells, strict=True):
         if cell == "":
-            row[name] = None
+            # An empty cell is None, but where a text field cannot be None: empty text
+            # (a cue's text).
+            row[name] = "" if text and not _nullable(model, name) else None
         elif text:
             row[name] = cell
         else:

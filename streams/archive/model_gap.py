@@ -71,6 +71,7 @@ import pyarrow.parquet as pq
 
 from streams import records
 from streams.archive import store
+from streams.labels import ledger
 
 __all__ = [
     "AGREEMENT_MIN",
@@ -83,20 +84,24 @@ __all__ = [
     "SummaryRow",
     "TakeReport",
     "agreed_readings",
+    "by_group",
     "cohen_kappa",
     "export_gap",
     "gap_rows",
     "human_agreed",
     "model_answer",
     "model_answer_probability",
+    "optional_plotter",
     "report",
     "summary_rows",
+    "write_table",
 ]
 
 log = logging.getLogger(__name__)
 
-AGREEMENT_MIN: Final = 2 / 3
-MIN_RATERS: Final = 2
+# One rule of human agreement for the model gap and the ledger (streams.labels.ledger).
+AGREEMENT_MIN: Final = ledger.AGREEMENT_MIN
+MIN_RATERS: Final = ledger.MIN_RATERS
 ALL_LABELS: Final = "(all)"
 #: A model's answer in a window it read without a top label (a neutral face): not a valid
 #: label of any vocabulary, so it never stands for one.
@@ -223,13 +228,9 @@ def human_agreed(
     agreement_min: float = AGREEMENT_MIN,
     min_raters: int = MIN_RATERS,
 ) -> bool:
-    """Whether the window's human raters agreed on its consensus label."""
-    return (
-        window.consensus is not None
-        and window.consensus_agreement is not None
-        and window.consensus_agreement >= agreement_min
-        and len(window.raters) >= min_raters
-    )
+    """Whether the window's human raters agreed on its consensus label
+    (:func:`streams.labels.ledger.humans_agreed`, the ledger's rule too)."""
+    return ledger.humans_agreed(window, agreement_min=agreement_min, min_raters=min_raters)
 
 
 def model_answer(estimate: records.ModelEstimate) -> str | None:
@@ -464,6 +465,21 @@ def _group_of(takes: Sequence[Group], ts_us: int) -> Group | None:
     return holding[-1] if holding else None
 
 
+def by_group(
+    session: records.SessionRecord, latest: Iterable[records.LabelWindow]
+) -> dict[Group, list[records.LabelWindow]]:
+    """The windows of each take (every take, even without windows), then those outside
+    takes (only when there are some), in the order given."""
+    all_groups = groups_of(session)
+    takes, outside = all_groups[:-1], all_groups[-1]
+    members: dict[Group, list[records.LabelWindow]] = {group: [] for group in all_groups}
+    for window in latest:
+        members[_group_of(takes, window.ts_us) or outside].append(window)
+    if not members[outside]:
+        del members[outside]
+    return members
+
+
 def report(
     session: records.SessionRecord,
     windows: Iterable[records.LabelWindow],
@@ -475,11 +491,7 @@ def report(
     """The gap of every take (each one, even without windows) and of the windows outside
     takes (only when there are some), from the newest revision of each window."""
     latest = store.latest_labels(windows)
-    all_groups = groups_of(session)
-    takes, outside = all_groups[:-1], all_groups[-1]
-    members: dict[Group, list[records.LabelWindow]] = {group: [] for group in all_groups}
-    for window in latest:
-        members[_group_of(takes, window.ts_us) or outside].append(window)
+    members = by_group(session, latest)
     models = sorted({estimate.model for window in latest for estimate in window.models})
     vocabulary = [entry.label for entry in session.vocabulary]
     seen = {w.consensus for w in latest if w.consensus is not None}
@@ -489,10 +501,7 @@ def report(
     if NO_LABEL in answers:
         labels.append(NO_LABEL)
     out = []
-    for group in all_groups:
-        mine = members[group]
-        if group is outside and not mine:
-            continue
+    for group, mine in members.items():
         out.append(
             TakeReport(
                 group=group,
@@ -522,7 +531,8 @@ def report(
 # ---------------------------------------------------------------- files
 
 
-def _write_table(rows: Sequence[Any], schema: pa.Schema, parquet: Path, text: Path) -> None:
+def write_table(rows: Sequence[Any], schema: pa.Schema, parquet: Path, text: Path) -> None:
+    """Dataclass rows as a Parquet table and the same as CSV (empty cells for nulls)."""
     dumped = [asdict(row) for row in rows]
     table = pa.Table.from_pylist(dumped, schema=schema)
     pq.write_table(table, parquet)
@@ -563,7 +573,7 @@ def export_gap(folder: Path, out_dir: Path, progress: Progress) -> list[Path]:
         )
     target = out_dir / FOLDER
     target.mkdir(parents=True, exist_ok=True)
-    plotter = _plotter()
+    plotter = optional_plotter("streams.archive.model_gap_plot", "model gap plots")
     written: list[Path] = []
     for done, take in enumerate(takes):
         progress("writing the model gap", done, len(takes))
@@ -573,7 +583,7 @@ def export_gap(folder: Path, out_dir: Path, progress: Progress) -> list[Path]:
             (take.summary, SUMMARY_SCHEMA, f"{name}.summary"),
         ):
             parquet, text = target / f"{stem}.parquet", target / f"{stem}.csv"
-            _write_table(rows, schema, parquet, text)
+            write_table(rows, schema, parquet, text)
             written += [parquet, text]
         if plotter is not None:
             picture = target / f"{name}.png"
@@ -583,16 +593,18 @@ def export_gap(folder: Path, out_dir: Path, progress: Progress) -> list[Path]:
     return written
 
 
-def _plotter() -> Callable[[records.SessionRecord, TakeReport, int, Path], None] | None:
+def optional_plotter(module: str, what: str, function: str = "plot_take") -> Any | None:
+    """A plotting function of a module that needs matplotlib (the ``report`` extra), or
+    None with a warning saying ``what`` is skipped when matplotlib is not installed."""
     try:
-        plotting = importlib.import_module("streams.archive.model_gap_plot")
+        plotting = importlib.import_module(module)
     except ImportError as exc:
         if exc.name is None or not exc.name.startswith("matplotlib"):
             raise
         log.warning(
-            "model gap plots skipped: matplotlib is not installed "
-            "(pip install 'livetag[report]'); the tables are written"
+            "%s skipped: matplotlib is not installed (pip install 'livetag[report]'); "
+            "the tables are written",
+            what,
         )
         return None
-    plot: Callable[[records.SessionRecord, TakeReport, int, Path], None] = plotting.plot_take
-    return plot
+    return getattr(plotting, function)

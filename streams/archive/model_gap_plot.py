@@ -14,10 +14,11 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from streams import records
 from streams.archive import model_gap
+from streams.archive.plotting import draw_confusion
 
 _AGREED_COLOUR = "#c8c8c8"
 _OTHER_COLOUR = "#7f7f7f"
@@ -82,34 +83,18 @@ def _confusion(
     pairs = [(w.consensus or "", model_gap.model_answer(e) or "") for w, e in readings]
     humans = ordered({h for h, _ in pairs})
     said = ordered({m for _, m in pairs})
-    axes.set_xlabel("model answer ((none): read, no top label)")
-    axes.set_ylabel("human consensus")
-    if not pairs:
-        axes.text(0.5, 0.5, "no agreed window read", ha="center", va="center")
-        axes.set_xticks([])
-        axes.set_yticks([])
-        return
     counts = [[0] * len(said) for _ in humans]
     for human, model in pairs:
         counts[humans.index(human)][said.index(model)] += 1
-    top = max(max(row) for row in counts)
-    axes.imshow(counts, cmap="Blues", vmin=0, vmax=top, aspect="auto")
-    axes.set_xticks(range(len(said)), said, rotation=45, ha="right")
-    axes.set_yticks(range(len(humans)), humans)
-    for i, row in enumerate(counts):
-        for j, count in enumerate(row):
-            axes.text(
-                j,
-                i,
-                str(count),
-                ha="center",
-                va="center",
-                color="white" if count > top / 2 else "black",
-            )
-            if humans[i] == said[j]:  # where the model agreed
-                axes.add_patch(
-                    Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#2ca02c", lw=2)
-                )
+    draw_confusion(
+        axes,
+        humans,
+        said,
+        counts,
+        xlabel="model answer ((none): read, no top label)",
+        ylabel="human consensus",
+        empty="no agreed window read",
+    )
 
 
 def _timeline(

@@ -27,14 +27,16 @@ import os
 import time
 from collections import defaultdict
 from importlib import metadata
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from streams import records
 from streams.archive import store
 from streams.features import expression_model, face_model
 from streams.kafka import clients, group_members, topics
 from streams.kafka.sessions import SessionDirectory, archived, is_over, publish
+from streams.labels.aligner import offset_at_time
 from streams.runtime.private_files import open_private, private_dir
 from streams.session_clock import now_us
 from streams.settings import Settings
@@ -45,9 +47,14 @@ milestones = logging.getLogger("livetag.session")
 
 SERVICE = "livetag-recorder"
 #: Kinds whose topic is shared by every session: only this session's keys are recorded.
-SHARED_KINDS = frozenset({"tags", "labels", "ratings", "rater_lags"})
+SHARED_KINDS = frozenset({"tags", "labels", "ratings", "rater_lags", "cues"})
 #: Kinds that, once the label grace has passed, no longer hold up the archive.
-UNAWAITED_KINDS = frozenset({"tags", "ratings", "rater_lags"})
+UNAWAITED_KINDS = frozenset({"tags", "ratings", "rater_lags", "cues"})
+#: Shared kinds read from the session's start by record timestamp (a partition the group
+#: has no committed offset of), not from offset 0 through every earlier session's records.
+SEEK_BY_TIME_KINDS = frozenset({"cues"})
+#: Record timestamps are the producing machine's clock: read from this much earlier.
+SEEK_MARGIN_S = 10.0
 
 
 def software_versions() -> dict[str, str]:
@@ -76,6 +83,19 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+class _Assigned(ConsumerRebalanceListener):
+    """Notes the partitions assigned to the recorder (no I/O in the rebalance itself)."""
+
+    def __init__(self, note: set[TopicPartition]) -> None:
+        self._note = note
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self._note.difference_update(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._note.update(assigned)
+
+
 class SessionRecorder:
     """Records one session until its archive is built."""
 
@@ -101,6 +121,7 @@ class SessionRecorder:
             topics.LABELS: "labels",
             topics.RATINGS: "ratings",
             topics.RATERS: "rater_lags",
+            topics.CUES: "cues",
         }
         if names.model is not None:  # sessions from before the model lane have none
             self.kinds[names.model] = "model"
@@ -116,6 +137,9 @@ class SessionRecorder:
         self.archived = False
         self._ended_at: float | None = None
         self._stop: asyncio.Event | None = None
+        self._since_ms = session.created_ts_us // 1000 - round(SEEK_MARGIN_S * 1000)
+        # Partitions of SEEK_BY_TIME_KINDS assigned and not positioned yet.
+        self._to_position: set[TopicPartition] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
@@ -125,12 +149,12 @@ class SessionRecorder:
         private_dir(self.folder)
         consumer = clients.make_consumer(
             self.settings,
-            *self.kinds,
             group_id=topics.recorder_group(self.session_id),
             auto_offset_reset="earliest",
             max_poll_records=2000,
             fetch_max_wait_ms=self.settings.archive_fetch_wait_ms,
         )
+        consumer.subscribe(list(self.kinds), listener=_Assigned(self._to_position))
         self._consumer = consumer
         # A recorder killed before us is not waited for (its session timeout).
         await group_members.evict_dead_members(
@@ -145,7 +169,10 @@ class SessionRecorder:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=500)
                 member.note(group_members.consumer_member_id(consumer))
+                unpositioned = await self._position()
                 for partition, messages in batches.items():
+                    if partition in unpositioned:
+                        continue  # fetched from 0 before it was positioned: read again
                     kind = self.kinds[partition.topic]
                     shared = kind in SHARED_KINDS
                     for message in messages:
@@ -189,6 +216,26 @@ class SessionRecorder:
                 member.forget()
         # The consumer is gone before the topics are: nothing of ours touches them now.
         await self._release(built)
+
+    async def _position(self) -> set[TopicPartition]:
+        """Start the newly assigned partitions of SEEK_BY_TIME_KINDS that the group has no
+        committed offset of at the session's start (by record timestamp); the partitions
+        moved by this call (what was fetched of them before is read again)."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        positioned: set[TopicPartition] = set()
+        while self._to_position:
+            partition = self._to_position.pop()
+            if self.kinds.get(partition.topic) not in SEEK_BY_TIME_KINDS:
+                continue
+            if await consumer.committed(partition) is not None:
+                continue  # carried on from where the group got to
+            offset = await offset_at_time(consumer, partition, self._since_ms)
+            consumer.seek(partition, offset)
+            positioned.add(partition)
+            # Nothing before it is this session's: that far, the partition is recorded.
+            self._positions[partition] = offset
+        return positioned
 
     async def _flush(self) -> None:
         """Write each partition's buffered messages as a part, then commit past them."""

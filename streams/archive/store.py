@@ -12,6 +12,8 @@ Layout of ``data_dir/SESSION_ID/``::
     rater_lags.parquet                  each rater's newest reaction-lag estimate
     model.parquet                       the model lane's readings, one row per window
                                         and model
+    cues.parquet                        the director's cues, one row per cue (the record
+                                        the performer's page showed, else the one sent)
     media/PERFORMER.mkv                 MJPEG video + 16 kHz PCM audio, media time 0 = t0_us
     media/PERFORMER.video.parquet       per frame: its ts_us, seq, timing, rtp_timestamp
     media/PERFORMER.audio.parquet       per 20 ms chunk: its ts_us, seq, sample_count
@@ -138,6 +140,7 @@ KINDS: Final[dict[str, type[records.Record]]] = {
     "ratings": RatingSampleRow,
     "rater_lags": records.RaterLag,
     "model": records.ModelReading,
+    "cues": records.Cue,
 }
 #: Kinds of which only the newest record per identity is archived (a compacted topic:
 #: the newest record per key counts), newest by ``ts_us``, then by offset.
@@ -379,6 +382,8 @@ def identity(record: records.Record) -> tuple[Any, ...]:
         return (record.rater_id,)
     if isinstance(record, records.ModelReading):
         return (record.performer_id, record.ts_us, record.model)
+    if isinstance(record, records.Cue):
+        return (record.cue_id,)
     assert isinstance(record, records.PerformerRecord)
     return (record.performer_id, record.ts_us)
 
@@ -484,6 +489,15 @@ def build_archive(
                         unique[key] = record
                 elif isinstance(record, records.ModelReading):
                     _fold_reading(unique, readings.setdefault(key, []), key, record, counts)
+                elif isinstance(record, records.Cue):
+                    # Published twice: sent, then shown; the shown one supersedes.
+                    known = unique.get(key)
+                    if known is None or (
+                        isinstance(known, records.Cue)
+                        and known.shown_ts_us is None
+                        and record.shown_ts_us is not None
+                    ):
+                        unique[key] = record
                 else:
                     unique.setdefault(key, record)
         rows = sorted(

@@ -234,6 +234,11 @@ SENDERS: dict[type[Any], tuple[Use, ...]] = {
         Use(CAPTURE, ("capture/server.py",), "presence on every join and leave, live once joined"),
         Use(DASHBOARD, ("dashboard/server.py",), "the director's buttons: takes, end"),
         Use(
+            DASHBOARD,
+            ("dashboard/casting.py", "streams/kafka/sessions.py"),
+            "a scene started from a casting day's casting page",
+        ),
+        Use(
             RECORDER,
             ("streams/archive/recorder.py",),
             "archived, once the session's archive is built",
@@ -331,7 +336,11 @@ SENDERS: dict[type[Any], tuple[Use, ...]] = {
             ("infra/cli.py", "streams/kafka/scenarios.py"),
             "`scenarios load` publishes a folder of scenario files",
         ),
-        Use(DASHBOARD, ("dashboard/server.py",), "the director's scenario editor"),
+        Use(
+            DASHBOARD,
+            ("dashboard/server.py", "dashboard/scenarios.py"),
+            "the director's scenario editor",
+        ),
     ),
     records.CastingDay: (
         Use(SESSION_COMMANDS, ("infra/cli.py", "streams/kafka/casting.py"), "`day create`"),
@@ -478,7 +487,11 @@ RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
         _TAIL,
     ),
     records.ScenarioRecord: (
-        Use(DASHBOARD, ("dashboard/server.py", "streams/kafka/scenarios.py"), "the library"),
+        Use(
+            DASHBOARD,
+            ("dashboard/scenarios.py", "streams/kafka/scenarios.py"),
+            "the library the editor and the casting page show",
+        ),
         Use(SESSION_COMMANDS, ("infra/cli.py",), "`session create --scenario`"),
         _TAIL,
     ),
@@ -489,6 +502,7 @@ RECEIVERS: dict[type[Any], tuple[Use, ...]] = {
     ),
     records.LobbyPresence: (
         Use(DASHBOARD, ("dashboard/casting.py",), "who waits, checked or not"),
+        Use(CAPTURE, ("capture/lobby.py",), "after a restart: who waited, and since when"),
         _TAIL,
     ),
 }

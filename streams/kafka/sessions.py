@@ -4,21 +4,19 @@ Join links (signed tokens) are made in taggers.tokens."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CorruptRecordException, KafkaError
+from aiokafka import AIOKafkaProducer
 
 from streams import records
 from streams.errors import RefusedError
 from streams.kafka import clients, topics
-from streams.runtime import background
+from streams.kafka.follower import DEAD_LETTERS_IN_FLIGHT, CompactedFollower
 from streams.session_clock import now_us
 from streams.settings import Settings
 
@@ -29,9 +27,7 @@ log = logging.getLogger(__name__)
 OVER_STATES = ("ended", "archived")
 #: A session's states in the only order it goes through them.
 STATE_ORDER = {"created": 0, "live": 1, "ended": 2, "archived": 3}
-#: Dead letters of session records on their way to the broker at most: a flood of bad
-#: records while the broker is slow or away costs a bounded number of tasks and messages.
-DEAD_LETTERS_IN_FLIGHT = 100
+__all__ = ["DEAD_LETTERS_IN_FLIGHT", "SessionDirectory"]  # the cap lives with the follower
 
 
 def new_session_id() -> str:
@@ -53,8 +49,13 @@ async def create_session(
     performer_names: Sequence[str],
     vocabulary: Sequence[records.VocabularyEntry],
     session_id: str | None = None,
+    scenario: records.Scenario | None = None,
+    roles: Mapping[str, str] | None = None,
+    day_id: str | None = None,
 ) -> records.SessionRecord:
-    """Create the session's topic set, then publish its record on livetag.sessions."""
+    """Create the session's topic set, then publish its record on livetag.sessions.
+    ``scenario`` and ``roles`` (performer id -> the scenario's role name; see
+    streams.scenarios.assign_roles) are the scene's; ``day_id`` its casting day."""
     created = now_us()
     session_id = topics.check_session_id(session_id or new_session_id())
     record = records.SessionRecord(
@@ -66,6 +67,9 @@ async def create_session(
         vocabulary=list(vocabulary),
         state="created",
         topics=topics.session_topic_names(session_id),
+        scenario=scenario,
+        roles=dict(roles or {}),
+        day_id=day_id,
     )
     producer = clients.make_producer(settings)
     await producer.start()
@@ -239,15 +243,13 @@ async def read_session(
         await directory.stop()
 
 
-class SessionDirectory:
+class SessionDirectory(CompactedFollower[records.SessionRecord]):
     """The latest record of every session, followed live from livetag.sessions.
 
     Every service learns from it what sessions there are, so nothing a record holds may
-    stop it: a record that does not decode is skipped, counted (``undecodable``), logged,
-    and, when the owner gives a producer, dead-lettered under the owner's ``service``
-    name (only records that arrive while it follows: the ones read again at start were
-    there for the previous run to reject; at most DEAD_LETTERS_IN_FLIGHT on their way at
-    once, the rest counted in ``dead_letters_dropped``)."""
+    stop it (streams.kafka.follower: undecodable records are skipped, counted and, when
+    the owner gives a producer, dead-lettered under the owner's ``service`` name). A
+    session's state only moves forward, whatever order its versions are read in."""
 
     def __init__(
         self,
@@ -256,38 +258,17 @@ class SessionDirectory:
         dead_letters: AIOKafkaProducer | None = None,
         service: str = "sessions",
     ) -> None:
-        self._settings = settings
-        self._sessions: dict[str, records.SessionRecord] = {}
+        super().__init__(
+            settings,
+            topics.SESSIONS,
+            records.SessionRecord,
+            dead_letters=dead_letters,
+            service=service,
+        )
         self._ended_us: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
-        self._changed = asyncio.Condition()
-        self._consumer = clients.make_consumer(settings)
-        self._dead_letters = dead_letters
-        self._service = service
-        self._letters: set[asyncio.Task[None]] = set()
-        #: Records on livetag.sessions that did not decode, since start.
-        self.undecodable = 0
-        #: Dead letters that could not be produced (the broker refused or was away).
-        self.dead_letters_failed = 0
-        #: Dead letters never sent, as DEAD_LETTERS_IN_FLIGHT were already on their way
-        #: (their records are still skipped and counted in ``undecodable``).
-        self.dead_letters_dropped = 0
-        #: Times reading the topic failed (the directory retried each time).
-        self.read_errors = 0
 
-    def get(self, session_id: str) -> records.SessionRecord | None:
-        return self._sessions.get(session_id)
-
-    def counters(self) -> dict[str, int]:
-        """What this directory skipped or could not do since it started, for a service's
-        metrics: bad records, their dead letters not sent, failed reads."""
-        return {
-            "undecodable": self.undecodable,
-            "dead_letters_failed": self.dead_letters_failed,
-            "dead_letters_dropped": self.dead_letters_dropped,
-            "read_errors": self.read_errors,
-        }
+    def key_of(self, record: records.SessionRecord) -> str:
+        return record.session_id
 
     def ended_at_us(self, session_id: str) -> int | None:
         """When the session ended (``ts_us`` of its first version that is ended or
@@ -296,203 +277,24 @@ class SessionDirectory:
         return self._ended_us.get(session_id)
 
     def sessions(self) -> list[records.SessionRecord]:
-        return list(self._sessions.values())
+        return self.values()
 
-    async def changed(self, timeout_s: float) -> None:
-        """Return when a session record arrives, or after ``timeout_s``."""
-        try:
-            async with asyncio.timeout(timeout_s), self._changed:
-                await self._changed.wait()
-        except TimeoutError:
-            return
-
-    async def changed_or_stopped(self, stop: asyncio.Event, timeout_s: float) -> None:
-        """Return when a session record arrives, ``stop`` is set, or after ``timeout_s``."""
-        stopped = asyncio.ensure_future(stop.wait())
-        changed = asyncio.ensure_future(self.changed(timeout_s))
-        await asyncio.wait([stopped, changed], return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        changed.cancel()
-
-    async def start(self) -> None:
-        if self._task is not None:
-            return
-        partition = TopicPartition(topics.SESSIONS, 0)
-        try:
-            await self._consumer.start()
-            self._consumer.assign([partition])
-            await self._consumer.seek_to_beginning(partition)
-            first = await self._consumer.position(partition)
-            end = (await self._consumer.end_offsets([partition]))[partition]
-        except BaseException:
-            # No broker, or none that answers: the caller hears why, and no client is left
-            # open behind it.
-            await self._consumer.stop()
-            raise
-        self._task = asyncio.create_task(
-            self._follow(partition, first, end), name="session-directory"
-        )
-        ready = asyncio.ensure_future(self._ready.wait())
-        try:
-            # Should following ever end, say so here rather than wait for ever.
-            await asyncio.wait([ready, self._task], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
-        if self._task.done():
-            task, self._task = self._task, None
-            await self._consumer.stop()
-            task.result()
-            raise RuntimeError("the session directory stopped following livetag.sessions")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            await background.cancel(task)
-            if self._letters:
-                # A moment for the dead letters on their way; the owner's producer stops next.
-                await asyncio.wait(self._letters, timeout=2.0)
-                for letter in self._letters:
-                    letter.cancel()
-        # Also a directory never started: its consumer was made with it.
-        await self._consumer.stop()
-
-    async def wait_for(self, session_id: str, timeout_s: float) -> records.SessionRecord | None:
-        """The session's record, waiting a little for one that was just created."""
-        async with asyncio.timeout(timeout_s), self._changed:
-            await self._changed.wait_for(lambda: session_id in self._sessions)
-        return self._sessions.get(session_id)
-
-    async def _follow(self, partition: TopicPartition, first: int, caught_up_at: int) -> None:
-        next_offset = first  # after the last record taken (or skipped)
-        # One record per read, from a read that failed on until the end of the topic.
-        careful = False
-        failing_since: float | None = None
-        while True:
-            if next_offset >= caught_up_at:
-                self._ready.set()
-            try:
-                batches = await self._consumer.getmany(
-                    partition, timeout_ms=500, max_records=1 if careful else None
-                )
-            except Exception as exc:
-                self.read_errors += 1
-                if isinstance(exc, KafkaError) and not isinstance(exc, CorruptRecordException):
-                    # The broker's trouble, not the data's: log the first failure of a run
-                    # of them, and keep trying (an outage passes).
-                    if failing_since is None:
-                        failing_since = time.monotonic()
-                        log.error("reading livetag.sessions failed, retrying: %r", exc)
-                    await asyncio.sleep(1.0)
-                elif not careful:
-                    # A record the client cannot parse (aiokafka raises on a header name
-                    # that is not UTF-8, and drops what it read before it in the same
-                    # fetch): read again from the last record taken, one at a time.
-                    careful = True
-                    self._consumer.seek(partition, next_offset)
-                else:
-                    # Even alone it cannot be read: skip it (at worst the rest of its
-                    # batch too, which came from the same producer request).
-                    reason = f"session: the Kafka client cannot read it: {exc!r}"
-                    self._reject(
-                        reason,
-                        offset=next_offset,
-                        key=None,
-                        value=b"",
-                        live=next_offset >= caught_up_at,
-                    )
-                    next_offset += 1
-                    self._consumer.seek(partition, next_offset)
-                continue
-            if failing_since is not None:
-                log.info(
-                    "reading livetag.sessions again after %.0f s",
-                    time.monotonic() - failing_since,
-                )
-                failing_since = None
-            messages = batches.get(partition, [])
-            careful = careful and bool(messages)
-            for message in messages:
-                self._take(message, live=message.offset >= caught_up_at)
-                next_offset = message.offset + 1
-            async with self._changed:
-                self._changed.notify_all()
-
-    def _take(self, message: ConsumerRecord[bytes, bytes], *, live: bool) -> None:
-        """Take in one message of livetag.sessions, or reject it (never raises)."""
-        try:
-            record = records.decode(records.SessionRecord, message.value, message.headers)
-        except Exception as exc:
-            if not isinstance(exc, records.RecordError):
-                # A decoder bug: it costs this record, never the directory all depend on.
-                log.exception("session record at offset %s broke the decoder", message.offset)
-            reason = str(exc) if isinstance(exc, records.RecordError) else f"session: {exc!r}"
-            self._reject(
-                reason, offset=message.offset, key=message.key, value=message.value, live=live
-            )
-            return
-        current = self._sessions.get(record.session_id)
+    def merge(
+        self, current: records.SessionRecord | None, record: records.SessionRecord
+    ) -> records.SessionRecord | None:
+        merged = None
         if current is None or current.ts_us <= record.ts_us:
             if current is not None and STATE_ORDER[current.state] > STATE_ORDER[record.state]:
                 # A join or leave written by a service that had not yet read the end: its
                 # presence is news, its state is not (a session never comes back).
                 record = record.model_copy(update={"state": current.state})
-            self._sessions[record.session_id] = record
+            merged = record
         elif STATE_ORDER[record.state] > STATE_ORDER[current.state]:
             # An end stamped before a presence update already taken still ends it.
-            self._sessions[record.session_id] = current.model_copy(update={"state": record.state})
+            merged = current.model_copy(update={"state": record.state})
         if record.state in OVER_STATES:
             # The oldest version that is over says when the session ended (later versions,
             # leaves and the archive mark, are stamped later).
             ended = self._ended_us.get(record.session_id, record.ts_us)
             self._ended_us[record.session_id] = min(ended, record.ts_us)
-
-    def _reject(
-        self, reason: str, *, offset: int, key: bytes | None, value: bytes | None, live: bool
-    ) -> None:
-        self.undecodable += 1
-        log.warning("skipping undecodable session record at offset %s: %s", offset, reason)
-        producer = self._dead_letters
-        if producer is None or not live:
-            return
-        if len(self._letters) >= DEAD_LETTERS_IN_FLIGHT:
-            self.dead_letters_dropped += 1
-            if self.dead_letters_dropped % 100 == 1:
-                log.warning(
-                    "%d dead letters of session records are still on their way to %s: "
-                    "the one for offset %s is not sent (%d not sent so far)",
-                    len(self._letters),
-                    topics.DEADLETTER,
-                    offset,
-                    self.dead_letters_dropped,
-                )
-            return
-        letter = records.DeadLetter.of(
-            ts_us=now_us(),
-            source_topic=topics.SESSIONS,
-            service=self._service,
-            reason=reason,
-            payload=value or b"",
-            key=key,
-            partition=0,
-            offset=offset,
-        )
-        # Sent aside: waiting for the broker here would hold up every session change.
-        sending = asyncio.create_task(self._send_dead_letter(producer, letter))
-        self._letters.add(sending)
-        sending.add_done_callback(self._letters.discard)
-
-    async def _send_dead_letter(
-        self, producer: AIOKafkaProducer, letter: records.DeadLetter
-    ) -> None:
-        message = records.encode(letter)
-        try:
-            await producer.send_and_wait(
-                topics.DEADLETTER, message.value, key=message.key, headers=message.headers
-            )
-        except Exception as exc:
-            self.dead_letters_failed += 1
-            log.warning(
-                "could not dead-letter the session record at offset %s: %s",
-                letter.source_offset,
-                exc,
-            )
+        return merged

@@ -39,10 +39,18 @@ readings that are not one label window's go to ``livetag.deadletter`` with the r
 tag also stays on ``livetag.tags``). Model readings too late for their window are counted
 (``late_model_readings``), not dead-lettered: a model that fell behind is not bad input.
 
+The ledger (streams.labels.ledger): ``livetag.cues`` (shared, co-partitioned like the
+tags) gives each window its ``intent`` with the session record's scenario and takes, never
+holding a window back; a cue that comes after its windows went out revises them within the
+grace. Every window produced goes into each performer's coverage, published on
+``livetag.coverage`` every ``coverage_interval_s`` when it changed, and rebuilt from
+``livetag.labels`` when partitions are assigned (CoveragePublisher).
+
 Each agent is a small class that writes through one :class:`AlignerStep` (the aligner, its
-lock and the acks it allows): SharedTopicAgent (as TagAgent and RatingAgent), FeatureAgent
-(prosody, face), ModelAgent, PresenceFollower, CounterPublisher, RaterLagPublisher, and
-RestoreOnAssignment for the above; add_aligner only wires them to the app.
+lock and the acks it allows): SharedTopicAgent (as TagAgent, RatingAgent and CueAgent),
+FeatureAgent (prosody, face), ModelAgent, PresenceFollower (presence and the scene's plan),
+CounterPublisher, CoveragePublisher, RaterLagPublisher, and RestoreOnAssignment for the
+above; add_aligner only wires them to the app.
 """
 
 from __future__ import annotations
@@ -66,12 +74,14 @@ from streams.kafka.clients import decoded_events, event_headers, raw_topic
 from streams.kafka.sessions import SessionDirectory, is_over
 from streams.labels.aligner_core import (
     AlignerConfig,
+    LateCue,
     LateRatings,
     LateTag,
     RefusedReading,
     SessionAligner,
     Unplaced,
 )
+from streams.labels.ledger import CoverageBook
 from streams.labels.rater_lags import (
     AppliedLags,
     ConsensusCache,
@@ -84,7 +94,7 @@ from streams.settings import Settings
 
 Feature = TypeVar("Feature", records.ProsodyFrame, records.FaceFrame)
 Carrier = TypeVar("Carrier", records.ProsodyHops, records.FaceFrame)
-Shared = TypeVar("Shared", records.TagEvent, records.RatingBatch)
+Shared = TypeVar("Shared", records.TagEvent, records.RatingBatch, records.Cue)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +108,7 @@ RESTORE_TIMEOUT_S = 5.0  # half the processors' group session timeout
 LAGS_RESTORE_TIMEOUT_S = 4.0
 COUNTERS_INTERVAL_S = 2.0  # the performers' counters go to livetag.health at most this often
 PRESENCE_POLL_S = 5.0  # the session record is looked at on each change and at least this often
+COVERAGE_RETRY_S = 5.0  # a rebuild of the coverage that failed is tried again after this
 
 #: Most model readings aligned in one step (a few seconds of 4 performers' windows).
 MODEL_BATCH = 256
@@ -176,16 +187,16 @@ async def offset_at_time(consumer: AIOKafkaConsumer, partition: TopicPartition, 
     return low
 
 
-async def read_label_windows(
+async def label_records(
     settings: Settings, session_id: str, partitions: Iterable[int], since_ms: int
-) -> list[records.LabelWindow]:
-    """The session's label windows on these partitions of livetag.labels since then."""
+) -> AsyncIterator[list[Any]]:
+    """The session's records on these partitions of livetag.labels from ``since_ms`` until
+    the partitions' ends as they were when asked, a fetched batch at a time (undecoded)."""
     wanted = [TopicPartition(topics.LABELS, number) for number in sorted(set(partitions))]
     if not wanted:
-        return []
+        return
     consumer = clients.make_consumer(settings)
     await consumer.start()
-    windows: list[records.LabelWindow] = []
     prefix = f"{session_id}/".encode()
     try:
         consumer.assign(wanted)
@@ -194,18 +205,29 @@ async def read_label_windows(
             consumer.seek(partition, await offset_at_time(consumer, partition, since_ms))
         while [p for p in wanted if await consumer.position(p) < ends[p]]:
             batches = await consumer.getmany(timeout_ms=1000)
-            for batch in batches.values():
-                for message in batch:
-                    if not (message.key or b"").startswith(prefix):
-                        continue
-                    try:
-                        windows.append(
-                            records.decode(records.LabelWindow, message.value, message.headers)
-                        )
-                    except records.RecordError as exc:
-                        log.warning("skipping an undecodable label record: %s", exc)
+            mine = [
+                message
+                for batch in batches.values()
+                for message in batch
+                if (message.key or b"").startswith(prefix)
+            ]
+            if mine:
+                yield mine
     finally:
         await consumer.stop()
+
+
+async def read_label_windows(
+    settings: Settings, session_id: str, partitions: Iterable[int], since_ms: int
+) -> list[records.LabelWindow]:
+    """The session's label windows on these partitions of livetag.labels since then."""
+    windows: list[records.LabelWindow] = []
+    async for batch in label_records(settings, session_id, partitions, since_ms):
+        for message in batch:
+            try:
+                windows.append(records.decode(records.LabelWindow, message.value, message.headers))
+            except records.RecordError as exc:
+                log.warning("skipping an undecodable label record: %s", exc)
     return windows
 
 
@@ -240,6 +262,8 @@ class AlignerStep:
         # aligned then.
         self.restored = asyncio.Event()
         self.restored.set()
+        # Told of every window (revision) produced: the performers' coverage is kept so.
+        self.on_window: Callable[[records.LabelWindow], None] | None = None
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
@@ -265,6 +289,8 @@ class AlignerStep:
             for item in out:
                 if isinstance(item, records.LabelWindow):
                     await self._emit(self._labels_topic, item)
+                    if self.on_window is not None:
+                        self.on_window(item)
             self.held.release()
         return [item for item in out if not isinstance(item, records.LabelWindow)]
 
@@ -361,6 +387,27 @@ class RatingAgent(SharedTopicAgent[records.RatingBatch]):
             settles_at=aligner.rating_settles_at_us,
             late=LateRatings,
             late_counter="late_ratings",
+            step=step,
+            dead_letter=dead_letter,
+        )
+
+
+class CueAgent(SharedTopicAgent[records.Cue]):
+    """``livetag.cues`` into the aligner: the intent of the performer's windows. Each cue
+    record is acked once a window under it has gone out (the cue in force is known again
+    from the windows after a restart); one that could only change windows past the grace
+    is counted (late_cues) and dead-lettered."""
+
+    def __init__(self, session_id: str, step: AlignerStep, dead_letter: DeadLetterSink) -> None:
+        aligner = step.aligner
+        super().__init__(
+            session_id,
+            topics.CUES,
+            records.Cue,
+            add=aligner.add_cue,
+            settles_at=aligner.cue_settles_at_us,
+            late=LateCue,
+            late_counter="late_cues",
             step=step,
             dead_letter=dead_letter,
         )
@@ -480,16 +527,24 @@ class ModelAgent:
 
 
 class PresenceFollower:
-    """The session's record followed for its performers' presence.
+    """The session's record followed for its performers' presence, and for the scene's
+    plan (takes, scenario) when ``on_session`` is given.
 
     Joins and leaves are on the session's record: a performer who left has streams that
     ended, so their windows are not held waiting for them.
     """
 
-    def __init__(self, settings: Settings, session_id: str, aligner: SessionAligner) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session_id: str,
+        aligner: SessionAligner,
+        on_session: Callable[[records.SessionRecord], Awaitable[None]] | None = None,
+    ) -> None:
         self._settings = settings
         self._session_id = session_id
         self._aligner = aligner
+        self._on_session = on_session
         self._known: dict[str, tuple[bool, int]] = {}
 
     def note(self, session: records.SessionRecord) -> None:
@@ -508,6 +563,8 @@ class PresenceFollower:
                     current = directory.get(self._session_id)
                     if current is not None:
                         self.note(current)
+                        if self._on_session is not None:
+                            await self._on_session(current)
                     await directory.changed(PRESENCE_POLL_S)
             except asyncio.CancelledError:
                 raise
@@ -573,6 +630,132 @@ class CounterPublisher:
                 )
                 await self._emit(self._health_topic, record)
                 self._published[performer_id] = counts
+
+
+class CoveragePublisher:
+    """Each performer's ledger (records.Coverage) on ``livetag.coverage``: kept in a
+    CoverageBook from every window revision the aligner produces, and published for the
+    performers whose coverage changed, every ``coverage_interval_s``.
+
+    After a restart, or when partitions move here, it is rebuilt rather than read back
+    (a published Coverage cannot tell which windows it counted in which revision): the
+    windows of the partitions newly assigned are read again from ``livetag.labels`` since
+    the session's start, in the background (decoded and counted off the event loop), and
+    merged under what this instance counted meanwhile (its revisions are the newer ones).
+    Until a partition is rebuilt its performers' coverage is not published, so a restart
+    never publishes a ledger that starts again from nothing, and no window's contribution
+    is forgotten (settled) while a rebuild could still bring an older revision of it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: records.SessionRecord,
+        step: AlignerStep,
+        emit: Emit,
+        coverage_topic: Any,
+    ) -> None:
+        self._settings = settings
+        self._session_id = session.session_id
+        # With a margin: the windows are stamped by the clock of the worker producing them.
+        self._since_ms = session.created_ts_us // 1000 - round(RESTORE_MARGIN_S * 1000)
+        self._vocabulary = [entry.label for entry in session.vocabulary]
+        self.book = CoverageBook(session.session_id, self._vocabulary)
+        self._step = step
+        self._emit = emit
+        self._topic = coverage_topic
+        step.on_window = self._note
+        self._assigned: set[int] | None = None  # None: no assignment yet, nothing to rebuild
+        self._complete: set[int] = set()  # partitions whose whole history the book holds
+        self._rebuild: asyncio.Task[None] | None = None
+        self.rebuilt_windows = 0
+        self.rebuild_failures = 0
+        self.undecodable = 0
+
+    def _note(self, window: records.LabelWindow) -> None:
+        self.book.add(window)
+
+    def _partition(self, performer_id: str) -> int:
+        return health.performer_partition(self._settings, self._session_id, performer_id)
+
+    def _ready(self, performer_id: str) -> bool:
+        return self._assigned is None or self._partition(performer_id) in self._complete
+
+    @property
+    def rebuilding(self) -> bool:
+        return self._assigned is not None and not self._assigned <= self._complete
+
+    def assign(self, partitions: set[int]) -> None:
+        """The session's partitions now assigned here: the performers of the others are
+        forgotten, the new ones' coverage rebuilt."""
+        for performer_id in self.book.performers():
+            if self._partition(performer_id) not in partitions:
+                self.book.forget(performer_id)
+        self._complete &= partitions
+        self._assigned = set(partitions)
+        if self._rebuild is not None:
+            self._rebuild.cancel()
+            self._rebuild = None
+        missing = partitions - self._complete
+        if missing:
+            self._rebuild = asyncio.create_task(self.rebuild(missing))
+
+    async def rebuild(self, partitions: set[int]) -> None:
+        """Count the windows of these partitions from the session's start (tried again
+        until it succeeds)."""
+        while True:
+            older = CoverageBook(self._session_id, self._vocabulary)
+            counted = 0
+            try:
+                async for batch in label_records(
+                    self._settings, self._session_id, partitions, self._since_ms
+                ):
+                    counted += await asyncio.to_thread(self._count, older, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.rebuild_failures += 1
+                log.exception("aligner: could not rebuild the coverage; trying again")
+                await asyncio.sleep(COVERAGE_RETRY_S)
+                continue
+            async with self._step.exclusive():
+                self.book.merge_older(older)
+                self._complete |= partitions
+            self.rebuilt_windows += counted
+            log.info(
+                "aligner: coverage of partitions %s rebuilt from %d label windows",
+                sorted(partitions),
+                counted,
+            )
+            return
+
+    def _count(self, book: CoverageBook, batch: Sequence[Any]) -> int:
+        counted = 0
+        for message in batch:
+            try:
+                window = records.decode(records.LabelWindow, message.value, message.headers)
+            except records.RecordError:
+                self.undecodable += 1
+                continue
+            book.add(window)
+            counted += 1
+        return counted
+
+    async def publish(self) -> None:
+        async with self._step.exclusive():
+            for performer_id in sorted(self.book.changed()):
+                if not self._ready(performer_id):
+                    self.book.mark_changed(performer_id)
+                    continue
+                await self._emit(self._topic, self.book.coverage(performer_id))
+            if not self.rebuilding:
+                self.book.settle(now_us())
+
+    async def stop(self, sender: Any = None, **_: Any) -> None:
+        """Cancel a rebuild under way (connected to the app's shutdown)."""
+        if self._rebuild is not None:
+            self._rebuild.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rebuild
 
 
 async def read_rater_lags(
@@ -695,6 +878,7 @@ class RestoreOnAssignment:
         step: AlignerStep,
         counters: CounterPublisher,
         lags: RaterLagPublisher | None = None,
+        coverage: CoveragePublisher | None = None,
     ) -> None:
         self._settings = settings
         self._session_id = session.session_id
@@ -704,12 +888,14 @@ class RestoreOnAssignment:
             session.topics.face,
             topics.TAGS,
             topics.RATINGS,
+            topics.CUES,
         }
         if session.topics.model is not None:
             self._session_topics.add(session.topics.model)
         self._step = step
         self._counters = counters
         self._lags = lags
+        self._coverage = coverage
 
     async def restore(self, sender: Any, assigned: set[Any], **_: Any) -> None:
         # faust may resume fetching before this returns: the agents wait on `restored`, so
@@ -719,6 +905,8 @@ class RestoreOnAssignment:
             return
         self._step.restored.clear()
         self._forget_moved(partitions)
+        if self._coverage is not None:
+            self._coverage.assign(partitions)
         started = time.monotonic()
         lags_read = asyncio.create_task(self._read_lags())
         try:
@@ -808,9 +996,11 @@ def add_aligner(
     estimating = settings.rater_lag_interval_s > 0
     evidence = LagEvidence(round(settings.rater_lag_history_s * 1e6)) if estimating else None
     aligner = SessionAligner(session_id, config_of(settings), evidence)
+    aligner.set_session(session, now_us())  # the scene's plan, before any window
     step = AlignerStep(aligner, emit, raw_topic(app, topics.LABELS))
     tags = TagAgent(session_id, step, dead_letter)
     ratings = RatingAgent(session_id, step, dead_letter)
+    cues = CueAgent(session_id, step, dead_letter)
     prosody = FeatureAgent(
         "prosody",
         session.topics.prosody,
@@ -831,26 +1021,36 @@ def add_aligner(
         dead_letter=dead_letter,
         on_failure=on_failure,
     )
-    presence = PresenceFollower(settings, session_id, aligner)
+
+    async def plan(current: records.SessionRecord) -> None:
+        await step.run(functools.partial(aligner.set_session, current))
+
+    presence = PresenceFollower(settings, session_id, aligner, on_session=plan)
     counters = CounterPublisher(settings, session_id, step, emit, raw_topic(app, topics.HEALTH))
+    coverage = CoveragePublisher(settings, session, step, emit, raw_topic(app, topics.COVERAGE))
     lags = None
     if evidence is not None:
         raters_topic = raw_topic(app, topics.RATERS)
         lags = RaterLagPublisher(settings, session_id, step, evidence, emit, raters_topic)
-    restore = RestoreOnAssignment(settings, session, step, counters, lags)
+    restore = RestoreOnAssignment(settings, session, step, counters, lags, coverage)
 
     # Bound methods: faust would name them all by their method's name, so each gets a name.
     app.agent(raw_topic(app, topics.TAGS), name=f"align-tags-{session_id}")(tags.run)
     app.agent(raw_topic(app, topics.RATINGS), name=f"align-ratings-{session_id}")(ratings.run)
+    app.agent(raw_topic(app, topics.CUES), name=f"align-cues-{session_id}")(cues.run)
     if session.topics.model is not None:  # sessions from before the model lane have none
         model = ModelAgent(session.topics.model, step, dead_letter, on_failure)
         app.agent(raw_topic(app, model.topic_name), name=f"align-model-{session_id}")(model.run)
     app.agent(raw_topic(app, prosody.topic_name), name=f"align-prosody-{session_id}")(prosody.run)
     app.agent(raw_topic(app, face.topic_name), name=f"align-face-{session_id}")(face.run)
     app.on_partitions_assigned.connect(restore.restore)
+    app.on_before_shutdown.connect(coverage.stop)
     app.task(presence.run)
     app.timer(interval=TICK_S, name=f"align-tick-{session_id}")(step.tick)
     app.timer(interval=COUNTERS_INTERVAL_S, name=f"align-counters-{session_id}")(counters.publish)
+    app.timer(interval=settings.coverage_interval_s, name=f"align-coverage-{session_id}")(
+        coverage.publish
+    )
     if lags is not None:
         interval = settings.rater_lag_interval_s
         app.timer(interval=interval, name=f"align-lags-{session_id}")(lags.estimate)

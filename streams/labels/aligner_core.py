@@ -31,6 +31,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
+from streams.labels.ledger import (
+    EMPTY_PLAN,
+    CueTimeline,
+    IntentMemo,
+    Plan,
+    cue_start_us,
+    plan_of,
+    windows_under,
+)
 from streams.labels.rater_lags import LagEvidence
 from streams.labels.rating_traces import (
     RatedSample,
@@ -49,10 +58,12 @@ from streams.labels.tag_rules import (
 from streams.records import (
     FEATURE_STREAMS,
     ActiveLabel,
+    Cue,
     FaceFrame,
     FeatureStream,
     HeadPose,
     Intensity,
+    Intent,
     LabelWindow,
     LagCorrection,
     ModelEstimate,
@@ -62,6 +73,7 @@ from streams.records import (
     RaterTrace,
     RatingBatch,
     Role,
+    SessionRecord,
     StreamGap,
     TagEvent,
     WindowFeatures,
@@ -140,8 +152,16 @@ class RefusedReading:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class LateCue:
+    """A cue that changes only windows that left the grace: the wiring dead-letters it."""
+
+    cue: Cue
+    reason: str
+
+
 #: What an aligner call returns besides label windows: input it could not use, with why.
-Unplaced = LateTag | LateRatings | RefusedReading
+Unplaced = LateTag | LateRatings | RefusedReading | LateCue
 
 
 _T = TypeVar("_T")
@@ -256,6 +276,8 @@ class _SentWindow:
     # for the model readings.
     traces: dict[TraceKey, WindowTrace | RaterTrace] = field(default_factory=dict)
     models: dict[str, _ModelFold | ModelEstimate] = field(default_factory=dict)
+    # What the scene meant the performer to show over it (streams.labels.ledger).
+    intent: Intent | None = None
 
 
 @dataclass(slots=True)
@@ -348,6 +370,11 @@ _COUNTERS = (
     "late_model_readings",
     "refused_model_readings",
     "model_revisions",
+    "cues",
+    "duplicate_cues",
+    "late_cues",
+    "intent_revisions",
+    "restored_cues",
 )
 
 
@@ -382,6 +409,11 @@ class SessionAligner:
         self._carried: dict[str, dict[str, int]] = {}
         # The session-clock instant each performer who is out of the call left it.
         self._left_since: dict[str, int] = {}
+        # The ledger's intent: each performer's cues and plan (takes, scenario arc,
+        # targets), kept apart from the tracks like presence.
+        self._cues: dict[str, CueTimeline] = {}
+        self._plans: dict[str, Plan] = {}
+        self._intents: dict[str, IntentMemo] = {}
         # Windows the current step (one now_us) may still emit: see _advance.
         self._step_now_us: int | None = None
         self._step_budget = config.max_windows_per_step
@@ -622,6 +654,71 @@ class SessionAligner:
         out.extend(self._emit_ready(now_us))
         return out
 
+    def add_cue(self, cue: Cue, now_us: int) -> list[LabelWindow | LateCue]:
+        """A director's cue (sent, or shown by the performer's page): windows already sent
+        that it puts under another cue are revised (streams.labels.ledger decides the cue
+        in force); windows to come take it as they go out, never waiting for cues."""
+        if cue.session_id != self.session_id:
+            self._counts["foreign_records"] += 1
+            return []
+        self._forget_expired(now_us)
+        timeline = self._cues.get(cue.performer_id)
+        if timeline is None:
+            timeline = self._cues[cue.performer_id] = CueTimeline()
+        changed = timeline.add(cue)
+        if changed is None:
+            self._counts["duplicate_cues"] += 1
+            return []
+        self._counts["cues"] += 1
+        self.count_for(cue.performer_id, "cues")
+        out: list[LabelWindow | LateCue] = []
+        track = self._tracks.get(cue.performer_id)
+        if track is None or track.next_window is None:
+            return out
+        width = self._config.window_us
+        low, high = changed
+        first = windows_under(low, low + width, width).start
+        stop = math.inf if high is None else windows_under(low, high, width).stop
+        oldest = self._oldest_correctable(now_us)
+        if first < stop <= oldest:
+            self._counts["late_cues"] += 1
+            reason = (
+                f"{cue.kind} cue only changes windows that ended more than "
+                f"{self._config.grace_us} us before now"
+            )
+            out.append(LateCue(cue=cue, reason=reason))
+            return out
+        revised: list[LabelWindow] = []
+        self._reintend(track, max(first, oldest), stop, revised)
+        out.extend(revised)
+        out.extend(self._emit_ready(now_us))
+        return out
+
+    def cue_settles_at_us(self, cue: Cue) -> int:
+        """The instant whose label window must have gone out before the cue is
+        acknowledged: the first window under it (a cue in force is known again from the
+        windows it stands over after a restart, see restore)."""
+        return cue_start_us(cue) + self._config.window_us
+
+    def set_session(self, session: SessionRecord, now_us: int) -> list[LabelWindow]:
+        """The scene's plan for each performer by its session record (takes, scenario arc,
+        the part's targets): windows within the grace whose intent it changes are
+        revised (a take that ended takes its arc off the windows after its end)."""
+        if session.session_id != self.session_id:
+            self._counts["foreign_records"] += 1
+            return []
+        out: list[LabelWindow] = []
+        performers = {p.performer_id for p in session.roster} | set(self._plans)
+        for performer_id in sorted(performers):
+            plan = plan_of(session, performer_id)
+            if self._plans.get(performer_id, EMPTY_PLAN) == plan:
+                continue
+            self._plans[performer_id] = plan
+            track = self._tracks.get(performer_id)
+            if track is not None and track.next_window is not None:
+                self._reintend(track, self._oldest_correctable(now_us), math.inf, out)
+        return out
+
     def set_lag(self, rater_id: str, correction: LagCorrection | None) -> None:
         """The reaction-lag correction for the rater's tags and samples from now on (None,
         or method none: tags stay where the tag service put them, samples take the lag
@@ -726,6 +823,7 @@ class SessionAligner:
             )
             self._tags[tag_id] = _TagMemo(performer_id, rater_id, "restored", None, forget_at)
             heapq.heappush(self._forget_queue, (forget_at, tag_id))
+        self._restore_cues(window for _, window in sorted(newest.items()))
         oldest = self._oldest_correctable(now_us)
         for (performer_id, ts_us), window in sorted(newest.items(), key=lambda item: item[0][1]):
             index = ts_us // width
@@ -743,6 +841,7 @@ class SessionAligner:
                     first_frames=_frames(opening.features),
                     traces={_key_of(trace): trace for trace in window.ratings},
                     models={estimate.model: estimate for estimate in window.models},
+                    intent=window.intent,
                 )
                 if index >= oldest:
                     track.sent[index] = restored
@@ -797,7 +896,8 @@ class SessionAligner:
         True when nothing is kept for the performer at all."""
         track = self._tracks.get(performer_id)
         if track is None:
-            return True
+            # A cue is acknowledged once a window under it went out (see add_cue).
+            return performer_id not in self._cues
         if track.next_window is None:
             # No window yet: only an undo or offset came (nothing of them to emit).
             kept = (
@@ -808,7 +908,8 @@ class SessionAligner:
                 track.pending_traces,
                 track.pending_models,
             )
-            return not any(kept)
+            # A cue is acknowledged once a window under it went out (see add_cue).
+            return not any(kept) and performer_id not in self._cues
         window = ts_us // self._config.window_us
         # Late frames that wait to complete a window that went out are not passed yet.
         return (
@@ -832,6 +933,8 @@ class SessionAligner:
         their own."""
         self._tracks.pop(performer_id, None)
         self._carried.pop(performer_id, None)
+        self._cues.pop(performer_id, None)
+        self._intents.pop(performer_id, None)
         # Their tags and rating batches too: re-read by the new owner, they must not count
         # as duplicates if the partition comes back here.
         for tag_id in [t for t, memo in self._tags.items() if memo.performer_id == performer_id]:
@@ -916,6 +1019,7 @@ class SessionAligner:
         counts["pending_rating_windows"] = sum(len(t.pending_traces) for t in tracks)
         counts["pending_model_windows"] = sum(len(t.pending_models) for t in tracks)
         counts["rating_streams"] = sum(len(t.ratings) for t in tracks)
+        counts["kept_cues"] = sum(len(timeline) for timeline in self._cues.values())
         return counts
 
     # ------------------------------------------------------------------ features
@@ -989,6 +1093,59 @@ class SessionAligner:
         trace.samples[sample.raw_ts_us] = sample
         trace.lag = lag
         return 1
+
+    # ------------------------------------------------------------------ intent
+
+    def _intent_of(self, performer_id: str, window: int) -> Intent | None:
+        """The intent of a window going out (cheap when nothing is intended)."""
+        timeline = self._cues.get(performer_id)
+        plan = self._plans.get(performer_id, EMPTY_PLAN)
+        if timeline is None and not plan.arc and not plan.targets:
+            return None
+        memo = self._intents.get(performer_id)
+        if memo is None:
+            memo = self._intents[performer_id] = IntentMemo()
+        return memo.of(window * self._config.window_us, self._config.window_us, timeline, plan)
+
+    def _reintend(
+        self, track: _PerformerTrack, first: int, stop: float, out: list[LabelWindow]
+    ) -> None:
+        """Revise the windows sent in ``[first, stop)`` whose intent changed."""
+        timeline = self._cues.get(track.performer_id)
+        plan = self._plans.get(track.performer_id, EMPTY_PLAN)
+        width = self._config.window_us
+        memo = IntentMemo()
+        for window, sent in track.sent.items():
+            if window < first or window >= stop:
+                continue
+            intent = memo.of(window * width, width, timeline, plan)
+            if intent == sent.intent:
+                continue
+            sent.intent = intent
+            sent.revision += 1
+            self._count(track, "intent_revisions")
+            out.append(self._record(track, window, sent, correction=True))
+
+    def _restore_cues(self, windows: Iterable[LabelWindow]) -> None:
+        """The cues in force over restored windows, known again (their records were
+        acknowledged once a window under them went out); where the windows stop showing
+        a cue, a clear stands between them."""
+        width = self._config.window_us
+        shown: str | None = None
+        performer: str | None = None
+        for window in windows:  # by performer, then time
+            if window.performer_id != performer:
+                performer, shown = window.performer_id, None
+            cue = None if window.intent is None else window.intent.cue
+            timeline = self._cues.get(window.performer_id)
+            if cue is not None and cue.cue_id != shown:
+                if timeline is None:
+                    timeline = self._cues[window.performer_id] = CueTimeline()
+                if timeline.add_in_force(cue) is not None:
+                    self._counts["restored_cues"] += 1
+            elif cue is None and shown is not None and timeline is not None:
+                timeline.add_clear(window.ts_us + width // 2)
+            shown = None if cue is None else cue.cue_id
 
     def _revision(self, track: _PerformerTrack, window: int, counter: str) -> LabelWindow:
         """The next revision of a window already sent."""
@@ -1198,6 +1355,7 @@ class SessionAligner:
                     gaps,
                     first_missing=dict(gaps),
                     first_without_media=True,
+                    intent=self._intent_of(track.performer_id, window),
                 )
                 created = True
                 self._count(track, "windows_emitted")
@@ -1334,6 +1492,10 @@ class SessionAligner:
             for key in [k for k, rating in track.ratings.items() if rating.arrived_us < stale]:
                 del track.ratings[key]
         self._prune_sent(track, now_us)
+        timeline = self._cues.get(track.performer_id)
+        if timeline is not None and len(timeline) > 1:
+            # The cues replaced before the oldest window that can still be revised.
+            timeline.prune(self._oldest_correctable(now_us) * config.window_us)
         self._refresh_due(track)
 
     def _labelled_end(self, track: _PerformerTrack) -> int:
@@ -1379,6 +1541,7 @@ class SessionAligner:
             first_frames=_frames(features),
             traces=dict(track.pending_traces.pop(window, {})),
             models=dict(track.pending_models.pop(window, {})),
+            intent=self._intent_of(track.performer_id, window),
         )
         # What a stream that is missing had of the window: its late frames join these.
         if "prosody" in missing:
@@ -1506,6 +1669,7 @@ class SessionAligner:
             missing=dict(sent.missing),
             ratings=[trace for trace in ratings if trace is not None],
             models=[_shown(sent.models[model]) for model in sorted(sent.models)],
+            intent=sent.intent,
         )
 
 

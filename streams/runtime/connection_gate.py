@@ -46,7 +46,12 @@ REFUSAL_STATUS: Final[dict[str, int]] = {
     "revoked": 403,  # the link or its participant was revoked (taggers.credentials)
     "not_in_roster": 403,
     "not_director": 403,
+    "wrong_scope": 403,  # a casting day's link on a session's page, or the reverse
+    "not_in_day": 403,  # a performer not on the casting day's roster
+    "not_performer": 403,  # a director's day link at the lobby
     "unknown_session": 404,
+    "unknown_day": 404,  # no such casting day on livetag.casting
+    "day_closed": 409,
     "hello_timeout": 408,  # no valid hello within ws_hello_timeout_s
     "session_ended": 409,
     "link_expired": 410,  # the join link ran out while connected (taggers.credentials)

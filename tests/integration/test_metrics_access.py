@@ -29,7 +29,13 @@ from tests.tag_client import SECRET, token_for, wall_us
 pytestmark = pytest.mark.integration
 
 TOKEN = "metrics-token-for-the-tests"
-CAPTURE_ROUTES = ("/metrics", "/metrics/clients", "/metrics/refusals", "/metrics/loop")
+CAPTURE_ROUTES = (
+    "/metrics",
+    "/metrics/clients",
+    "/metrics/refusals",
+    "/metrics/loop",
+    "/metrics/lobby",
+)
 DASHBOARD_ROUTES = ("/metrics", "/metrics/clients")
 
 

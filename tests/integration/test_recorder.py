@@ -144,6 +144,7 @@ async def test_a_session_through_the_pipeline_is_archived_exactly_once(
         topics.RATINGS: "ratings",
         topics.RATERS: "rater_lags",
         session.topics.model: "model",
+        topics.CUES: "cues",
     }
     assert sorted(kind_of.values()) == sorted(store.KINDS)
     consumer = clients.make_consumer(own, *kind_of, auto_offset_reset="earliest")
