@@ -8,8 +8,13 @@ published back as the same cue with ``shown_ts_us``.
   page's own clock converted with the connection's clock estimate, once per ``cue_id``.
 - :class:`CueFollower` reads the topic (from the creation of the oldest session still
   open, read whole before pages are admitted, then followed with the short fetch wait),
-  dead-letters what does not decode, hands each new cue to ``deliver`` and publishes the
-  shown records from one writer task (a bounded queue: a page never waits on the broker).
+  dead-letters what does not decode, hands each new cue to ``deliver`` (which never
+  waits) and publishes the shown records from one writer task (a bounded queue: a page
+  never waits on the broker; a failed send is retried a few times, then the cue may be
+  shown again).
+- :class:`CueSlot` is one performer page's newest cue not sent yet, sent by the page's
+  own task: a page slow to take it holds up no other page, and a newer cue replaces it
+  (only the newest stands; the replaced one is counted ``superseded``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ MAX_LOOKBACK_US = 12 * 3600 * 1_000_000
 READ_WHOLE_TIMEOUT_S = 30.0
 RETRY_S = 2.0
 WRITER_QUEUE = 1_000
+#: A record the broker did not take is sent again this many times in all, waiting
+#: PUBLISH_BACKOFF_S, then twice that...: a broker blip costs no shown record.
+PUBLISH_ATTEMPTS = 3
+PUBLISH_BACKOFF_S = 0.5
 DELAYS_KEPT = 1_000
 
 Message: TypeAlias = ConsumerRecord[bytes, bytes]
@@ -84,7 +93,8 @@ class CueBoard:
 
     def __init__(self, max_cues: int = MAX_CUES_KEPT) -> None:
         self._newest: dict[tuple[str, str], records.Cue] = {}
-        # cue_id -> (the sent record, whether a shown record exists), oldest first.
+        # cue_id -> (the sent record, whether a shown record exists or is on its way),
+        # oldest first.
         self._cues: OrderedDict[str, tuple[records.Cue, bool]] = OrderedDict()
         self._max_cues = max_cues
         #: Sent records read again (the topic is at-least-once), shown records of cues
@@ -168,11 +178,57 @@ class CueBoard:
             }
         )
 
+    def unmark_shown(self, cue_id: str) -> None:
+        """The shown record of ``cue_id`` did not reach the broker: the page's next
+        ``cue_shown`` (at its next paint of it, after a rejoin) makes it again."""
+        known = self._cues.get(cue_id)
+        if known is not None:
+            self._cues[cue_id] = (known[0], False)
+
     def __len__(self) -> int:
         return len(self._cues)
 
 
-Deliver = Callable[[records.Cue], Awaitable[None]]
+#: Hands a new cue to the pages that show it; never waits (each page has its CueSlot).
+Deliver = Callable[[records.Cue], None]
+#: Sends one message to a page: whether it went out (False: the connection is closed).
+PageSend = Callable[[dict[str, Any]], Awaitable[bool]]
+
+
+class CueSlot:
+    """One performer page's newest cue not sent yet, and the task that sends it."""
+
+    def __init__(self, send: PageSend, follower: CueFollower) -> None:
+        self._send = send
+        self._follower = follower
+        self._waiting: records.Cue | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def waiting(self) -> records.Cue | None:
+        return self._waiting
+
+    def offer(self, cue: records.Cue) -> None:
+        """Hold ``cue`` for the page (never waits); a cue still waiting is replaced."""
+        if self._waiting is not None and self._waiting.cue_id != cue.cue_id:
+            # Never on screen, and never needed: a newer cue stands.
+            self._follower.counts["superseded"] += 1
+        self._waiting = cue
+        self._ready.set()
+
+    async def run(self) -> None:
+        """Send each cue held, newest only, until cancelled or the page is gone."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            cue, self._waiting = self._waiting, None
+            if cue is None:
+                continue
+            if not await self._send(page_cue(cue)):
+                # The page is gone: it gets the cue in force when it rejoins.
+                self._follower.counts["push_to_closed_page"] += 1
+                return
+            self._follower.pushed(cue)
 
 
 class CueFollower:
@@ -301,12 +357,15 @@ class CueFollower:
                     continue
                 self._read_delays.append(now_us() - news.ts_us)
                 try:
-                    await self._deliver(news)
+                    self._deliver(news)
                 except Exception:  # one page's trouble must not stop the cues of all
                     self.counts["deliver_failed"] += 1
                     log.exception("cue %s not delivered", news.cue_id)
-                    continue
-                self._pushed_delays.append(now_us() - news.ts_us)
+
+    def pushed(self, cue: records.Cue) -> None:
+        """``cue`` went out to one of its pages."""
+        self.counts["pushed"] += 1
+        self._pushed_delays.append(now_us() - cue.ts_us)
 
     def _dead_letter(self, partition: TopicPartition, message: Message, reason: str) -> None:
         self.counts["undecodable"] += 1
@@ -352,15 +411,18 @@ class CueFollower:
         if record is None:
             self.counts["shown_repeated"] += 1
             return None
-        self._queue(record, lost="shown_lost_queue_full")
+        if not self._queue(record, lost="shown_lost_queue_full"):
+            self.board.unmark_shown(record.cue_id)
         return record
 
-    def _queue(self, record: records.Cue | records.DeadLetter, *, lost: str) -> None:
+    def _queue(self, record: records.Cue | records.DeadLetter, *, lost: str) -> bool:
         try:
             self._outbox.put_nowait(record)
         except asyncio.QueueFull:
             self.counts[lost] += 1
             log.warning("%s not published: the cue writer is behind", record.record_type)
+            return False
+        return True
 
     async def _write(self) -> None:
         while True:
@@ -372,18 +434,29 @@ class CueFollower:
 
     async def _send(self, record: records.Cue | records.DeadLetter) -> None:
         topic = topics.DEADLETTER if isinstance(record, records.DeadLetter) else topics.CUES
+        kind = "dead_letters" if topic == topics.DEADLETTER else "shown"
         wire = records.encode(record)
-        try:
-            await self._producer.send_and_wait(
-                topic, wire.value, key=wire.key, headers=wire.headers
-            )
-        except Exception as exc:
-            kind = "dead_letters" if topic == topics.DEADLETTER else "shown"
-            self.counts[f"{kind}_publish_failed"] += 1
-            log.warning("could not publish a %s record: %r", record.record_type, exc)
+        for attempt in range(PUBLISH_ATTEMPTS):
+            if attempt:
+                self.counts[f"{kind}_publish_retries"] += 1
+                await asyncio.sleep(PUBLISH_BACKOFF_S * 2 ** (attempt - 1))
+            try:
+                await self._producer.send_and_wait(
+                    topic, wire.value, key=wire.key, headers=wire.headers
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not publish a %s record: %r", record.record_type, exc)
+                continue
+            if isinstance(record, records.Cue):
+                self.counts["shown_published"] += 1
             return
-        if topic == topics.CUES:
-            self.counts["shown_published"] += 1
+        self.counts[f"{kind}_publish_failed"] += 1
+        if isinstance(record, records.Cue):
+            # Not on the broker: a later cue_shown of it (the page shows the cue in
+            # force again when it rejoins) makes it again, not "shown_repeated".
+            self.board.unmark_shown(record.cue_id)
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:

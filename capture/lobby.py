@@ -166,12 +166,16 @@ class FaceFinder:
         return vision.FaceLandmarker.create_from_options(options), face.JpegDecoder()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Close the model in its own thread, after the checks already queued (at most one
+        per performer), then let the thread go: the pool refuses work once shut down."""
+        with contextlib.suppress(RuntimeError):  # closed before
+            self._pool.submit(self._close_model)
+        self._pool.shutdown(wait=False)
+
+    def _close_model(self) -> None:
         landmarker, self._landmarker = self._landmarker, None
         if landmarker is not None:
-            # Closed in its own thread once the checks still running are done.
-            with contextlib.suppress(RuntimeError):
-                self._pool.submit(landmarker.close)
+            landmarker.close()
 
 
 @dataclass
@@ -363,30 +367,20 @@ class LobbyService:
         kind: credentials.Kind = "session",
     ) -> tuple[tokens.JoinToken, records.CastingDay] | web.Response:
         """A performer's day token admitted to their day's lobby, or the refusal."""
-        try:
-            if token is None and kind == "session":
-                token = credentials.presented_token(request)
-            claims = self.access.verified(token, kind, scope="day")
-        except tokens.TokenError as exc:
-            return credentials.token_refusal(self._refuse, exc, counted=counted)
-        if claims.role != "performer":
-            message = "the lobby is for performers: the director's day link opens the casting page"
-            return self._refuse(403, "not_performer", message, counted=counted)
-        day = self.days.get(claims.session_id)
-        if day is None:
-            with contextlib.suppress(TimeoutError):
-                day = await self.days.wait_for(claims.session_id, timeout_s=2.0)
-        if day is None:
-            message = f"no casting day {claims.session_id!r}"
-            return self._refuse(404, "unknown_day", message, counted=counted)
-        if claims.participant_id not in {p.performer_id for p in day.roster}:
-            return self._refuse(
-                403, "not_in_day", "you are not on this day's roster", counted=counted
-            )
-        if day.state == "closed":
-            message = f"casting day {day.day_id} is closed"
-            return self._refuse(409, "day_closed", message, counted=counted)
-        return claims, day
+        return await credentials.admitted_to_day(
+            self.access,
+            request,
+            self._refuse,
+            counted=counted,
+            token=token,
+            kind=kind,
+            role="performer",
+            wrong_role=(
+                "the lobby is for performers: the director's day link opens the casting page"
+            ),
+            find_day=self.days.get,
+            wait_for_day=self.days.wait_for,
+        )
 
     async def _credential(self, request: web.Request) -> web.Response:
         return await credentials.exchange_endpoint(request, self.access, self._admit, self._refuse)
@@ -575,7 +569,24 @@ class LobbyService:
             for performer in list(self.performers.values()):
                 if performer.pages:
                     await self.call_into_scene(performer)
+            self.prune_scene_urls()
             await self._close_pages_of_closed_days()
+
+    def prune_scene_urls(self) -> int:
+        """Forget the links of scenes no longer running (ended on their day, or their
+        session over): a day of scenes must not grow this server's memory. How many."""
+        running = {
+            scene.session_id
+            for day in self.days.values()
+            for scene in casting.running_scenes(day)
+            if not (
+                (session := self._sessions.get(scene.session_id)) is not None and is_over(session)
+            )
+        }
+        stale = [key for key in self._scene_urls if key[0] not in running]
+        for key in stale:
+            del self._scene_urls[key]
+        return len(stale)
 
     async def call_into_scene(self, performer: Performer) -> bool:
         """Send the performer's pages to their running scene, if they have one."""

@@ -8,6 +8,7 @@ HTTP routes
   GET /metrics/clients?session=SID   every page's clock offset and rtt (call and tags)
   GET /metrics/refusals  what was refused (bad tokens, exceeded limits, bad messages), by code
   GET /metrics/loop      the event loop's lag (?since=UNIX_MS: only newer samples)
+  GET /metrics/cues      the director's cues here: read, pushed, superseded, shown, lost
   GET /lobby, /ws/lobby  a casting day's lobby, where performers wait (capture.lobby)
 """
 
@@ -27,7 +28,7 @@ from aiohttp import WSMsgType, web
 
 from capture import signaling
 from capture.call import CallError, SceneCall
-from capture.cues import CueFollower, CueShownError, page_cue
+from capture.cues import CueFollower, CueShownError, CueSlot
 from capture.fork import ForkStats, make_fork_audio_producer
 from capture.ice import restrict_host_addresses
 from capture.lobby import LobbyService
@@ -73,7 +74,6 @@ log = logging.getLogger(__name__)
 milestones = logging.getLogger("livetag.session")
 
 COUNTERS_INTERVAL_S = 2.0  # fork counters go to livetag.health at most this often
-CUE_SEND_TIMEOUT_S = 1.0  # a page that takes a cue slower than this is not waited for
 #: Cue acknowledgements a page may send before its clock is synced (held until it is).
 MAX_UNSYNCED_CUES_SHOWN = 16
 
@@ -243,6 +243,7 @@ class CaptureServer:
                 web.get("/metrics/clients", self._metrics_guard.wrap(self._client_metrics)),
                 web.get("/metrics/refusals", self._metrics_guard.wrap(self._refusal_metrics)),
                 web.get("/metrics/loop", self._metrics_guard.wrap(self._loop_metrics)),
+                web.get("/metrics/cues", self._metrics_guard.wrap(self._cue_metrics)),
                 web.static("/static", PAGES),
                 web.static("/tagger", TAGGER_FILES),
             ]
@@ -427,9 +428,11 @@ class CaptureServer:
                 "background_restarts": dict(background.RESTARTS),
                 "presence_updates_lost": dict(self.presence_updates_lost),
                 "session_directory": self._directory.counters(),
-                "cues": self.cues.metrics(),
             }
         )
+
+    async def _cue_metrics(self, request: web.Request) -> web.Response:
+        return web.json_response(self.cues.metrics())
 
     async def _refusal_metrics(self, request: web.Request) -> web.Response:
         return web.json_response({"call": dict(self.refusals), "tag": dict(self.tags.refusals)})
@@ -451,12 +454,11 @@ class CaptureServer:
         the refusals of a page asking why it was refused are counted once, not twice).
         ``token``: the one to check (default: the credential the request carries);
         ``kind``: what it must be (a credential, except for the exchange of a link)."""
-        try:
-            if token is None and kind == "session":
-                token = credentials.presented_token(request)
-            claims = self.access.verified(token, kind)
-        except tokens.TokenError as exc:
-            return credentials.token_refusal(self._refuse, exc, counted=counted)
+        claims = credentials.verified_token(
+            self.access, request, self._refuse, counted=counted, token=token, kind=kind
+        )
+        if isinstance(claims, web.Response):
+            return claims
         session = await self._session(claims.session_id)
         if session is None:
             message = f"no session {claims.session_id!r}"
@@ -566,21 +568,13 @@ class CaptureServer:
             self.calls[session_id] = call
         return call
 
-    async def deliver_cue(self, cue: records.Cue) -> None:
-        """Show a new cue on its performer's page(s) in its session (a performer may have
-        a page open on two devices). A page that takes too long is left behind: it gets
-        the cue in force when it rejoins."""
-        message = page_cue(cue)
+    def deliver_cue(self, cue: records.Cue) -> None:
+        """Hand a new cue to its performer's page(s) in its session (a performer may have
+        a page open on two devices); each page's own task sends it, so a page slow to
+        take it holds up no other page and no later cue."""
         for connection in list(self._connections.get(cue.session_id, ())):
-            if not connection.shows_cues_of(cue.performer_id):
-                continue
-            try:
-                async with asyncio.timeout(CUE_SEND_TIMEOUT_S):
-                    await connection.send(message)
-            except TimeoutError:
-                self.cues.counts["pushes_timed_out"] += 1
-                continue
-            self.cues.counts["pushed"] += 1
+            if connection.shows_cues_of(cue.performer_id):
+                connection.cue_slot.offer(cue)
 
     async def broadcast_live(self, session_id: str) -> None:
         call = self.calls.get(session_id)
@@ -686,6 +680,8 @@ class CallConnection:
         # A performer page's "cue shown" that came before its first clock reply: put on
         # the session clock once there is an estimate (with when it was received).
         self._unsynced_shown: list[tuple[signaling.CueShown, int]] = []
+        # The newest cue this performer page has yet to get (sent by its own task).
+        self.cue_slot = CueSlot(self._send_if_open, server.cues)
 
     def shows_cues_of(self, performer_id: str) -> bool:
         """Whether this page is ``performer_id``'s own (cues are for their eyes only)."""
@@ -709,6 +705,13 @@ class CallConnection:
     async def send(self, message: dict[str, Any]) -> None:
         await send_json(self.ws, message)
 
+    async def _send_if_open(self, message: dict[str, Any]) -> bool:
+        """Send; whether it went out (not to a connection closed before or during it)."""
+        if self.ws.closed:
+            return False
+        await send_json(self.ws, message)
+        return not self.ws.closed
+
     async def run(self) -> None:
         session = self.call.session
         settings = self.server.settings
@@ -716,7 +719,10 @@ class CallConnection:
             {
                 "type": "welcome",
                 "session_id": session.session_id,
-                "prompt": session.prompt,
+                # An observer's page shows no prompt when the scenario shows them nothing.
+                "prompt": performer_view(session, self.claims.participant_id, self.claims.role)[
+                    "prompt"
+                ],
                 "roster": [p.model_dump() for p in session.roster],
                 "vocabulary": [v.model_dump() for v in session.vocabulary],
                 "you": {"participant_id": self.claims.participant_id, "role": self.claims.role},
@@ -734,12 +740,14 @@ class CallConnection:
             }
         )
         if self.claims.role == "performer":
-            # The cue in force, if any: a page that joins or rejoins shows it at once.
+            # The cue in force, if any: a page that joins or rejoins shows it at once
+            # (unless a newer one came since this connection was listed: that one waits).
             standing = self.server.cues.board.current(
                 session.session_id, self.claims.participant_id
             )
-            if standing is not None:
-                await self.send(page_cue(standing))
+            if standing is not None and self.cue_slot.waiting is None:
+                self.cue_slot.offer(standing)
+            self._tasks.append(asyncio.create_task(self.cue_slot.run(), name="cue-sender"))
         self._tasks.append(asyncio.create_task(self._probe_clock(), name="clock-probes"))
         self._tasks.append(
             asyncio.create_task(

@@ -15,10 +15,14 @@ starts a scene, or asks for proposals (dashboard.matching) and approves one. A s
 session (its record carries the day id, the scenario and the roles) and a new SceneRef of
 the day, which the lobby (capture.lobby) follows to send the performers to the call page.
 When the scene's session is over, its SceneRef gets ``ended_ts_us`` and the performers,
-back in the lobby, wait again.
+back in the lobby, wait again. Take 1 of a scene starts by itself once every performer of
+the scene has joined its call (the session record's presence), through the dashboard's
+own take action (:meth:`DashboardServer.act`), so the scenario's arc runs from it; unless
+the director started the scene with ``auto_take`` false, or started a take first.
 
 Messages from the page: ``propose`` {size?, scenario_id?}, ``start_scene`` {performers,
-scenario_id?, roles?, prompt?}, ``scene_link`` {session_id}, ``end_scene`` {session_id}.
+scenario_id?, roles?, prompt?, auto_take? (default true)}, ``scene_link`` {session_id},
+``end_scene`` {session_id}.
 Refusals are ``{"type": "error", "code", "message"}`` with the codes of :data:`CODES`.
 """
 
@@ -41,7 +45,7 @@ from dashboard import matching
 from streams import records, strict_json
 from streams.errors import RefusedError
 from streams.kafka import casting, topics
-from streams.kafka.sessions import is_over, new_session_id, open_session
+from streams.kafka.sessions import apply_action, is_over, new_session_id, open_session, publish
 from streams.labels.ledger import day_gaps
 from streams.runtime import background
 from streams.runtime.connection_gate import (
@@ -83,7 +87,7 @@ CODES = (
 )
 
 
-class CastingError(RefusedError, ValueError):
+class CastingActionError(RefusedError, ValueError):
     """A director's casting action refused; ``code`` is one of :data:`CODES`."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -92,17 +96,16 @@ class CastingError(RefusedError, ValueError):
         super().__init__(message)
 
 
-def _ended_us(session: records.SessionRecord) -> int:
-    """When an over session ended: its last take's end (the end closes the running take at
-    the same instant), else the version's stamp."""
-    if session.takes and session.takes[-1].end_ts_us is not None:
-        return session.takes[-1].end_ts_us
-    return session.ts_us
+def _ended_us(session: records.SessionRecord, ended_at_us: int | None) -> int:
+    """When an over session ended: the first over version's stamp the session directory
+    saw (``ended_at_us``; a take that ended long before says nothing of it), else this
+    version's (later, never earlier)."""
+    return session.ts_us if ended_at_us is None else ended_at_us
 
 
 def _strings(value: Any, what: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise CastingError("malformed", f"{what} must be a list of ids")
+        raise CastingActionError("malformed", f"{what} must be a list of ids")
     return list(value)
 
 
@@ -131,7 +134,10 @@ class CastingDesk:
         self._day_lock = asyncio.Lock()
         self._poke = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        #: Scenes started and ended from here, refusals by code: never reset.
+        # The scenes whose take 1 starts once all their performers have joined: session id
+        # -> performers (kept by this server only: after its restart the director starts it).
+        self._auto_takes: dict[str, frozenset[str]] = {}
+        #: Scenes started and ended from here, takes started, refusals by code: never reset.
         self.counters: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- life
@@ -142,6 +148,7 @@ class CastingDesk:
         await self.coverage.start()
         self._tasks = [
             background.start(self._end_scenes, "casting-scene-ends"),
+            background.start(self._start_takes, "casting-take-starts"),
             background.start(self._push, "casting-push"),
             background.start(
                 lambda: self.server.access.close_revoked(lambda: list(self.clients)),
@@ -310,7 +317,8 @@ class CastingDesk:
                 for scene in casting.running_scenes(day):
                     session = self.server.session(scene.session_id)
                     if session is not None and is_over(session):
-                        ended[scene.session_id] = _ended_us(session)
+                        ended_at = self.server.ended_at_us(scene.session_id)
+                        ended[scene.session_id] = _ended_us(session, ended_at)
                 if not ended:
                     continue
                 try:
@@ -326,6 +334,61 @@ class CastingDesk:
                             self.counters["scenes_ended"] += len(ended)
                 except Exception as exc:  # the broker away: the next round tries again
                     log.warning("casting: ending the scenes of %s failed: %s", day_id, exc)
+
+    async def _start_takes(self) -> None:
+        """Take 1 of each scene waiting for it, once all its performers are in the call."""
+        while True:
+            await asyncio.sleep(0.5)
+            for session_id, performers in list(self._auto_takes.items()):
+                await self.start_take_when_all_in(session_id, performers)
+
+    async def start_take_when_all_in(self, session_id: str, performers: frozenset[str]) -> None:
+        """Start take 1 of the scene if every performer has joined (the dashboard's take
+        action); forget the scene once it has a take or is over."""
+        from dashboard.server import ActionError
+
+        session = self.server.session(session_id)
+        if session is None:
+            return  # not read back yet
+        if is_over(session) or session.takes:
+            self._auto_takes.pop(session_id, None)  # over, or the director was first
+            return
+        connected = {
+            p.participant_id for p in session.presence if p.role == "performer" and p.connected
+        }
+        if not performers <= connected:
+            return
+        try:
+            await self.server.act(session_id, "take_start")
+        except ActionError as exc:
+            if exc.code in ("take_open", "session_ended", "too_many_takes"):
+                self._auto_takes.pop(session_id, None)
+            self.counters[f"auto_take_refused_{exc.code}"] += 1
+            log.warning("casting: take 1 of %s not started: %s", session_id, exc.message)
+            return
+        except Exception as exc:  # the broker away: the next round tries again
+            self.counters["auto_take_failures"] += 1
+            log.warning("casting: starting take 1 of %s failed: %s", session_id, exc)
+            return
+        self._auto_takes.pop(session_id, None)
+        self.counters["takes_started"] += 1
+        log.info("casting: take 1 of %s started, every performer joined", session_id)
+
+    async def _abandon(self, record: records.SessionRecord) -> None:
+        """End a scene's session that no SceneRef names (its day could not be published):
+        no one would ever end it, and its performers would wait in the lobby meanwhile."""
+        self.counters["scenes_abandoned"] += 1
+        try:
+            ended = apply_action(
+                record,
+                "end_session",
+                stamp_us=now_us(),
+                max_takes=self.settings.max_takes_per_session,
+            )
+            await publish(self.server.producer, ended)
+        except Exception:
+            self.counters["abandoned_not_ended"] += 1
+            log.exception("casting: session %s of no scene could not be ended", record.session_id)
 
     async def _publish(self, day: records.CastingDay) -> None:
         await casting.publish_day(self.server.producer, day)
@@ -344,7 +407,9 @@ class CastingDesk:
             scenarios = [chosen]
             size = size or len(chosen.roles)
         if size is not None and not 1 <= size <= MAX_SCENE_PERFORMERS:
-            raise CastingError("malformed", f"a group is 1 to {MAX_SCENE_PERFORMERS} performers")
+            raise CastingActionError(
+                "malformed", f"a group is 1 to {MAX_SCENE_PERFORMERS} performers"
+            )
         return matching.propose(
             self.waiting(day),
             scenes=day.scenes,
@@ -357,18 +422,20 @@ class CastingDesk:
     def _open_day(self, day_id: str) -> records.CastingDay:
         day = self.day(day_id)
         if day is None:
-            raise CastingError("day_closed", f"no casting day {day_id!r}")
+            raise CastingActionError("day_closed", f"no casting day {day_id!r}")
         if day.state == "closed":
-            raise CastingError("day_closed", f"casting day {day_id} is closed")
+            raise CastingActionError("day_closed", f"casting day {day_id} is closed")
         return day
 
     def _scenario(self, day: records.CastingDay, scenario_id: str) -> records.Scenario:
         scenario = self.server.scenarios.library.get(scenario_id)
         if scenario is None:
-            raise CastingError("unknown_scenario", f"no scenario {scenario_id!r} in the library")
+            raise CastingActionError(
+                "unknown_scenario", f"no scenario {scenario_id!r} in the library"
+            )
         unknown = scenario.labels() - {entry.label for entry in day.vocabulary}
         if unknown:
-            raise CastingError(
+            raise CastingActionError(
                 "unknown_label",
                 f"scenario {scenario_id!r} names {', '.join(sorted(unknown))}: not in the day's "
                 "vocabulary",
@@ -383,33 +450,37 @@ class CastingDesk:
         scenario_id: str | None = None,
         roles: dict[str, str] | None = None,
         prompt: str | None = None,
+        auto_take: bool = True,
     ) -> records.SessionRecord:
         """A new scene: its session (topics and record: the day's vocabulary, the
-        scenario, the roles, the day id), then its SceneRef on the day."""
+        scenario, the roles, the day id), then its SceneRef on the day; ``auto_take``:
+        take 1 starts once every performer has joined."""
         async with self._day_lock:
             day = self._open_day(day_id)
             if not performers or len(performers) > MAX_SCENE_PERFORMERS:
-                raise CastingError(
+                raise CastingActionError(
                     "malformed", f"a scene has 1 to {MAX_SCENE_PERFORMERS} performers"
                 )
             if len(set(performers)) != len(performers):
-                raise CastingError("malformed", "a performer is named twice")
+                raise CastingActionError("malformed", "a performer is named twice")
             roster = {performer.performer_id: performer for performer in day.roster}
             strangers = [p for p in performers if p not in roster]
             if strangers:
-                raise CastingError(
+                raise CastingActionError(
                     "unknown_performer",
                     f"{', '.join(strangers)}: not on the roster of casting day {day_id}",
                 )
             waiting = {w.performer_id for w in self.waiting(day)}
             absent = [p for p in performers if p not in waiting]
             if absent:
-                raise CastingError("not_waiting", f"{', '.join(absent)}: not waiting in the lobby")
+                raise CastingActionError(
+                    "not_waiting", f"{', '.join(absent)}: not waiting in the lobby"
+                )
             scenario = None if scenario_id is None else self._scenario(day, scenario_id)
             parts: dict[str, str] = {}
             if scenario is not None:
                 if len(scenario.roles) < len(performers):
-                    raise CastingError(
+                    raise CastingActionError(
                         "too_few_roles",
                         f"scenario {scenario.scenario_id!r} has {len(scenario.roles)} roles "
                         f"for {len(performers)} performers",
@@ -417,9 +488,9 @@ class CastingDesk:
                 try:
                     parts = assign_roles(scenario, performers, roles or {})
                 except RoleAssignmentError as exc:
-                    raise CastingError("bad_roles", str(exc)) from None
+                    raise CastingActionError("bad_roles", str(exc)) from None
             elif roles:
-                raise CastingError("bad_roles", "roles are parts of a scenario: choose one")
+                raise CastingActionError("bad_roles", "roles are parts of a scenario: choose one")
             text = (prompt or "").strip() or (scenario.prompt if scenario else DEFAULT_PROMPT)
             created = now_us()
             session_id = new_session_id()
@@ -438,7 +509,7 @@ class CastingDesk:
                     day_id=day.day_id,
                 )
             except ValueError as exc:  # pydantic's: a prompt too long, say
-                raise CastingError("malformed", f"the scene cannot be made: {exc}") from None
+                raise CastingActionError("malformed", f"the scene cannot be made: {exc}") from None
             scene = records.SceneRef(
                 session_id=record.session_id,
                 performers=list(performers),
@@ -449,15 +520,23 @@ class CastingDesk:
             try:
                 updated = casting.with_scene(day, scene, stamp_us=now_us())
             except casting.CastingError as exc:
-                raise CastingError(exc.code, exc.message) from None
+                raise CastingActionError(exc.code, exc.message) from None
             try:
                 # The session first: the lobby sends performers to it once the day names it.
                 await open_session(self.settings, record, self.server.producer)
-                await self._publish(updated)
             except Exception as exc:
-                raise CastingError(
+                raise CastingActionError(
                     "unavailable", f"the scene could not be recorded: {exc}"
                 ) from None
+            try:
+                await self._publish(updated)
+            except Exception as exc:
+                await self._abandon(record)
+                raise CastingActionError(
+                    "unavailable", f"the scene could not be put on the day: {exc}"
+                ) from None
+            if auto_take:
+                self._auto_takes[record.session_id] = frozenset(performers)
         self.counters["scenes_started"] += 1
         log.info(
             "casting day %s: scene %s started with %s",
@@ -474,26 +553,26 @@ class CastingDesk:
         ``session``: its record, when it is not read back yet (a scene just started)."""
         day = self.day(day_id)
         if day is None or session_id not in {scene.session_id for scene in day.scenes}:
-            raise CastingError("unknown_scene", f"no scene {session_id!r} on this day")
+            raise CastingActionError("unknown_scene", f"no scene {session_id!r} on this day")
         session = self.server.session(session_id) or session
         if session is None:
-            raise CastingError("unknown_scene", f"session {session_id} is not known yet")
+            raise CastingActionError("unknown_scene", f"session {session_id} is not known yet")
         try:
             link = tokens.invite(self.settings, session, self.server.access.secret, role="director")
         except tokens.InviteError as exc:
-            raise CastingError("unknown_scene", str(exc)) from None
+            raise CastingActionError("unknown_scene", str(exc)) from None
         return f"/dashboard?{urlsplit(link.url).query}"
 
     async def end_scene(self, day_id: str, session_id: str) -> None:
         day = self.day(day_id)
         if day is None or session_id not in {scene.session_id for scene in day.scenes}:
-            raise CastingError("unknown_scene", f"no scene {session_id!r} on this day")
+            raise CastingActionError("unknown_scene", f"no scene {session_id!r} on this day")
         from dashboard.server import ActionError
 
         try:
             await self.server.act(session_id, "end_session")
         except ActionError as exc:
-            raise CastingError(
+            raise CastingActionError(
                 "unknown_scene" if exc.code == "unknown_session" else "unavailable", exc.message
             ) from None
 
@@ -516,28 +595,18 @@ class CastingDesk:
         kind: credentials.Kind = "session",
     ) -> tuple[tokens.JoinToken, records.CastingDay] | web.Response:
         """The director's day token admitted to the casting page, or the refusal."""
-        try:
-            if token is None and kind == "session":
-                token = credentials.presented_token(request)
-            claims = self.server.access.verified(token, kind, scope="day")
-        except tokens.TokenError as exc:
-            return credentials.token_refusal(self._refuse, exc, counted=counted)
-        if claims.role != "director":
-            message = "the casting page is the director's: a performer's day link opens the lobby"
-            return self._refuse(403, "not_director", message, counted=counted)
-        day = self.day(claims.session_id)
-        if day is None:
-            with contextlib.suppress(TimeoutError):
-                day = await self.days.wait_for(claims.session_id, timeout_s=2.0)
-        if day is None:
-            return self._refuse(
-                404, "unknown_day", f"no casting day {claims.session_id!r}", counted=counted
-            )
-        if day.state == "closed":
-            return self._refuse(
-                409, "day_closed", f"casting day {day.day_id} is closed", counted=counted
-            )
-        return claims, day
+        return await credentials.admitted_to_day(
+            self.server.access,
+            request,
+            self._refuse,
+            counted=counted,
+            token=token,
+            kind=kind,
+            role="director",
+            wrong_role="the casting page is the director's: a performer's day link opens the lobby",
+            find_day=self.day,
+            wait_for_day=self.days.wait_for,
+        )
 
     async def _credential(self, request: web.Request) -> web.Response:
         return await credentials.exchange_endpoint(
@@ -622,10 +691,10 @@ class CastingClient:
             try:
                 message = strict_json.loads_object(raw, max_bytes=MAX_MESSAGE_BYTES)
             except strict_json.JsonInputError as exc:
-                raise CastingError("malformed", exc.reason) from None
+                raise CastingActionError("malformed", exc.reason) from None
             request_id = message.get("request_id")
             reply = await self._act(message)
-        except CastingError as exc:
+        except CastingActionError as exc:
             desk.counters[f"refused_{exc.code}"] += 1
             desk.server.refusals[exc.code] += 1
             await self._error(exc.code, exc.message, request_id)
@@ -645,9 +714,9 @@ class CastingClient:
             size = message.get("size")
             scenario_id = message.get("scenario_id")
             if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
-                raise CastingError("malformed", "size must be a whole number")
+                raise CastingActionError("malformed", "size must be a whole number")
             if scenario_id is not None and not isinstance(scenario_id, str):
-                raise CastingError("malformed", "scenario_id must be text")
+                raise CastingActionError("malformed", "scenario_id must be text")
             proposals = desk.propose(self.day_id, size=size, scenario_id=scenario_id)
             return {"type": "proposals", "proposals": [p.describe() for p in proposals]}
         if kind == "start_scene":
@@ -656,15 +725,23 @@ class CastingClient:
             roles = message.get("roles") or {}
             prompt = message.get("prompt")
             if scenario_id is not None and not isinstance(scenario_id, str):
-                raise CastingError("malformed", "scenario_id must be text")
+                raise CastingActionError("malformed", "scenario_id must be text")
             if not isinstance(roles, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in roles.items()
             ):
-                raise CastingError("malformed", "roles must map performer ids to role names")
+                raise CastingActionError("malformed", "roles must map performer ids to role names")
             if prompt is not None and not isinstance(prompt, str):
-                raise CastingError("malformed", "prompt must be text")
+                raise CastingActionError("malformed", "prompt must be text")
+            auto_take = message.get("auto_take", True)
+            if not isinstance(auto_take, bool):
+                raise CastingActionError("malformed", "auto_take must be true or false")
             record = await desk.start_scene(
-                self.day_id, performers, scenario_id=scenario_id, roles=roles, prompt=prompt
+                self.day_id,
+                performers,
+                scenario_id=scenario_id,
+                roles=roles,
+                prompt=prompt,
+                auto_take=auto_take,
             )
             return {
                 "type": "scene_started",
@@ -677,7 +754,7 @@ class CastingClient:
         if kind == "scene_link":
             session_id = message.get("session_id")
             if not isinstance(session_id, str):
-                raise CastingError("malformed", "session_id must be text")
+                raise CastingActionError("malformed", "session_id must be text")
             return {
                 "type": "scene_link",
                 "session_id": session_id,
@@ -686,10 +763,10 @@ class CastingClient:
         if kind == "end_scene":
             session_id = message.get("session_id")
             if not isinstance(session_id, str):
-                raise CastingError("malformed", "session_id must be text")
+                raise CastingActionError("malformed", "session_id must be text")
             await desk.end_scene(self.day_id, session_id)
             return {"type": "scene_ending", "session_id": session_id}
-        raise CastingError(
+        raise CastingActionError(
             "malformed", "expected one of propose, start_scene, scene_link, end_scene"
         )
 

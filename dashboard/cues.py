@@ -12,6 +12,10 @@ on its performer's page and publishes it again once shown (capture/cues.py).
 The reply is ``{"type": "cue_sent", "cue_ids": {performer: cue_id}, "group_id": G,
 "ts_us": T}`` once the broker has every record; a refusal is the dashboard's usual
 ``{"type": "error", "code": C, "message": M}``, counted in the server's refusals by code.
+A cue to everyone whose records the broker took only in part is ``cue_sent`` with
+``"partial": true`` and ``"failed": [performers]`` (``cue_ids`` names the ones it has):
+sending it again to those performers alone duplicates nothing. None taken: the error
+``unavailable``, naming the performers.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import math
 import secrets
 import statistics
-from collections import deque
+from collections import Counter, deque
 from typing import Any, get_args
 
 from dashboard.server import ActionError, DashboardClient, DashboardServer, echoed_request_id
@@ -33,6 +37,8 @@ from taggers.protocol import RateLimiter
 #: How long a cue may wait for the broker before the director hears it was not sent.
 PUBLISH_TIMEOUT_S = 5.0
 PUBLISH_DELAYS_KEPT = 1_000
+#: How often the rate budgets of ended sessions and idle directors are dropped.
+PRUNE_EVERY_US = 60 * 1_000_000
 TO_ALL = "all"
 _KINDS: tuple[str, ...] = get_args(records.CueKind)
 _INTENSITIES: tuple[str, ...] = get_args(records.Intensity)
@@ -129,10 +135,17 @@ class CueDesk:
         rate = server.settings.cue_rate_per_s
         self._rate = rate
         self._burst = max(1, math.ceil(rate))  # a second's worth at once
-        # Per (session, director): one director's burst never spends another's budget.
-        self._budgets: dict[tuple[str, str], RateLimiter] = {}
+        # Per (session, director): one director's burst never spends another's budget;
+        # with when it was last used. A budget unused for as long as it takes to fill up
+        # is the same as a new one: dropped, like those of sessions that are over.
+        self._budgets: dict[tuple[str, str], tuple[RateLimiter, int]] = {}
+        self._refill_us = int(self._burst / rate * 1_000_000) if rate > 0 else 0
+        self._pruned_us = 0
         #: Cue records published since start (one per performer a cue was for).
         self.published = 0
+        #: Cues the broker took in part (``partial``), and records it did not take
+        #: (``records_failed``); never reset.
+        self.counts: Counter[str] = Counter()
         # How long the broker took to have each recent cue's records, from its stamp (µs).
         self._publish_delays: deque[int] = deque(maxlen=PUBLISH_DELAYS_KEPT)
 
@@ -145,17 +158,17 @@ class CueDesk:
                 raise CueRefused("unknown_session", "the session record is not known yet")
             stamp = now_us()
             cues = build_cues(message, session, sent_by=director, ts_us=stamp)
-            budget = self._budgets.get((session_id, director))
-            if budget is None:
-                budget = self._budgets[(session_id, director)] = RateLimiter(
-                    self._rate, self._burst
-                )
+            self._prune(stamp)
+            budget = self._budget(session_id, director, stamp)
             if not budget.allow(stamp):
                 raise CueRefused(
                     "rate_limited",
                     f"at most {self._rate:g} cues a second: this one was not sent",
                 )
-            await self._publish(cues)
+            sent, failed = await self._publish(cues)
+            if not sent:
+                why = "; ".join(f"{who}: {reason}" for who, reason in failed.items())
+                raise CueRefused("unavailable", f"the cue was not recorded ({why})")
             self._publish_delays.append(now_us() - stamp)
         except CueRefused as exc:
             # The dashboard counts its malformed messages itself.
@@ -166,10 +179,14 @@ class CueDesk:
             "type": "cue_sent",
             "to": message["to"],
             "kind": cues[0].kind,
-            "cue_ids": {cue.performer_id: cue.cue_id for cue in cues},
+            "cue_ids": {cue.performer_id: cue.cue_id for cue in sent},
             "group_id": cues[0].group_id,
             "ts_us": stamp,
         }
+        if failed:
+            self.counts["partial"] += 1
+            reply["partial"] = True
+            reply["failed"] = list(failed)
         request_id = echoed_request_id(message)
         if request_id is not None:
             reply["request_id"] = request_id
@@ -180,28 +197,66 @@ class CueDesk:
         (ms from the stamp: the median and the longest of the last 1000)."""
         delays = [delay / 1000 for delay in self._publish_delays]
         return {
+            **self.counts,
+            "budgets": len(self._budgets),
             "published": self.published,
             "publish_ms_median": round(statistics.median(delays), 2) if delays else None,
             "publish_ms_max": round(max(delays), 2) if delays else None,
         }
 
-    async def _publish(self, cues: list[records.Cue]) -> None:
+    def _budget(self, session_id: str, director: str, stamp: int) -> RateLimiter:
+        key = (session_id, director)
+        kept = self._budgets.get(key)
+        budget = kept[0] if kept is not None else RateLimiter(self._rate, self._burst)
+        self._budgets[key] = (budget, stamp)
+        return budget
+
+    def _prune(self, stamp: int) -> None:
+        """Drop the budgets of sessions that are over and of directors idle long enough
+        for theirs to be full again (now and then: the scan is over every budget)."""
+        if stamp - self._pruned_us < PRUNE_EVERY_US:
+            return
+        self._pruned_us = stamp
+        for key, (_, used_us) in list(self._budgets.items()):
+            session = self.server.session(key[0])
+            if session is None or is_over(session) or stamp - used_us > self._refill_us:
+                del self._budgets[key]
+
+    async def _publish(self, cues: list[records.Cue]) -> tuple[list[records.Cue], dict[str, str]]:
+        """The cues the broker has within PUBLISH_TIMEOUT_S, and why not for each of the
+        other performers. Every send is awaited: a cue to everyone is never half-sent
+        unknown to the director."""
         producer = self.server.producer
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                # Every record handed to the producer first: one batch, one wait.
-                sending = []
-                for cue in cues:
-                    wire = records.encode(cue)
-                    sending.append(
-                        await producer.send(
-                            topics.CUES, wire.value, key=wire.key, headers=wire.headers
-                        )
-                    )
-                await asyncio.gather(*sending)
-        except Exception as exc:
-            raise CueRefused("unavailable", f"the cue was not recorded: {exc!r}") from None
-        self.published += len(cues)
+        deadline = asyncio.get_running_loop().time() + PUBLISH_TIMEOUT_S
+
+        async def one(cue: records.Cue) -> None:
+            wire = records.encode(cue)
+            async with asyncio.timeout_at(deadline):
+                delivery = await producer.send(
+                    topics.CUES, wire.value, key=wire.key, headers=wire.headers
+                )
+                # Shielded: a delivery not confirmed in time may still land; the
+                # producer keeps it (the director is told it is not confirmed).
+                await asyncio.shield(delivery)
+
+        # Every record handed to the producer at once: one batch, one wait.
+        outcomes = await asyncio.gather(*(one(cue) for cue in cues), return_exceptions=True)
+        sent: list[records.Cue] = []
+        failed: dict[str, str] = {}
+        for cue, outcome in zip(cues, outcomes, strict=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                why = (
+                    "not confirmed in time" if isinstance(outcome, TimeoutError) else repr(outcome)
+                )
+                failed[cue.performer_id] = why
+            else:
+                sent.append(cue)
+        self.published += len(sent)
+        if failed:
+            self.counts["records_failed"] += len(failed)
+        return sent, failed
 
 
 def register(server: DashboardServer) -> CueDesk:

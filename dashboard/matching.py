@@ -17,8 +17,10 @@ The rules, in order:
    scenario with k roles makes a group of k (a group is never proposed bigger than
    there are performers waiting). Of the scenarios that fit the group (at least as many
    roles as performers), the one whose target emotions the group has shown least (agreed
-   seconds across the day, :func:`need`) is proposed; among equals the one its members
-   played least, then by id. Roles go to whoever lacks their targets most.
+   seconds across the day, :func:`need`, averaged over its targets and the group: a
+   scenario of many targets is not favoured for their number) is proposed; among equals
+   the one its members played least, then by id. Roles go to whoever lacks their targets
+   most.
 
 Deterministic: the same inputs give the same proposals.
 """
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streams import records
+from streams.kafka.casting import partner_counts
 
 DEFAULT_GROUP_SIZE = 2
 #: Agreed seconds at which an emotion counts as half covered for a performer: need falls
@@ -55,7 +58,7 @@ class Proposal:
     roles: dict[str, str]
     reasons: list[str]
     repeats: int = 0  # pairs in the group that played together before
-    need: float = 0.0  # how much of what the group lacks the scenario targets
+    need: float = 0.0  # the group's mean need (0-1) of the scenario's targets
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -77,15 +80,10 @@ class DayHistory:
 
     @classmethod
     def of(cls, scenes: Sequence[records.SceneRef]) -> DayHistory:
-        history = cls()
+        history = cls(partners=partner_counts(scenes))
         for scene in scenes:
-            people = sorted(set(scene.performers))
-            for i, first in enumerate(people):
-                for second in people[i + 1 :]:
-                    pair = frozenset((first, second))
-                    history.partners[pair] = history.partners.get(pair, 0) + 1
             if scene.scenario_id is not None:
-                for performer in people:
+                for performer in set(scene.performers):
                     played = history.scenarios_played.setdefault(performer, {})
                     played[scene.scenario_id] = played.get(scene.scenario_id, 0) + 1
         return history
@@ -215,7 +213,12 @@ def _choose_scenario(
         return None, {}, 0.0, f"{why}: the director gives a prompt"
 
     def score(scenario: records.Scenario) -> float:
-        return sum(_lack(agreed, p, label) for p in members for label in _targets(scenario))
+        # A mean, not a sum: two targets nobody has shown outweigh five half-shown ones.
+        targets = _targets(scenario)
+        if not targets:
+            return 0.0
+        total = sum(_lack(agreed, p, label) for p in members for label in targets)
+        return total / (len(targets) * len(members))
 
     best = min(
         fitting,

@@ -16,7 +16,10 @@ cues, sent and shown) and ``livetag.coverage`` (each performer's ledger) into a
 :class:`SessionView`, polls
 pipeline health, and ticks ``dashboard_update_hz`` times a second. On each tick every
 client of the session that has finished its previous send gets what is new since its own
-cursor; clients at the same cursor share one encoded message. A client that reads slowly
+cursor; clients at the same cursor share one encoded message. The cursor carries the
+client's role: the director is sent everything, an observer nothing of what was intended
+(no cues, no intent lane, no coverage; :mod:`dashboard.view`), so a tick encodes at most
+one update per role and cursor. A client that reads slowly
 skips ticks and gets coalesced updates; one that reads nothing for
 ``dashboard_send_timeout_s`` is disconnected. Nothing is queued per client.
 """
@@ -443,6 +446,11 @@ class DashboardServer:
         newest = [record for record in known if record is not None]
         return max(newest, key=lambda record: record.ts_us) if newest else None
 
+    def ended_at_us(self, session_id: str) -> int | None:
+        """When a session ended, by the followed livetag.sessions (None: not over, or its
+        end not read back yet)."""
+        return self._directory.ended_at_us(session_id)
+
     async def start(self) -> None:
         if self._runner is not None:
             return
@@ -605,6 +613,18 @@ class DashboardServer:
                 "background_restarts": dict(background.RESTARTS),
                 "session_directory": self._directory.counters(),
                 "cues": self.cues.metrics(),
+                # The casting page's scenes and refusals, and what its followers skipped.
+                "casting": {
+                    "counters": dict(self.casting.counters),
+                    "days": self.casting.days.counters(),
+                    "lobby": self.casting.lobby.counters(),
+                    "coverage": self.casting.coverage.counters(),
+                },
+                "scenarios": {
+                    "saved": self.scenarios.saved,
+                    "deleted": self.scenarios.deleted,
+                    "library": self.scenarios.library.counters(),
+                },
                 "feeds": {
                     session_id: {
                         "clients": feed.clients,
@@ -645,7 +665,7 @@ class DashboardServer:
         # so every link has a token id someone chose to issue.
         director = claims.role == "director"
         return {
-            **feed.view.hello(),
+            **feed.view.hello(claims.role, claims.participant_id),
             "capture_url": self.settings.capture_base_url,
             "window_s": 30,
             "mesh_edges": self._mesh_edges or [],
@@ -823,7 +843,8 @@ class DashboardClient:
         self.ws = ws
         self.transport = transport
         self.claims = claims
-        self.cursor = ClientCursor()
+        # The role rides in the cursor: an observer is never sent what was intended.
+        self.cursor = ClientCursor(role=claims.role)
         self.sent_updates = 0
         self.sent_bytes = 0
         self.skipped_ticks = 0

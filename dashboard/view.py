@@ -23,6 +23,15 @@ window the ledger lanes: what was intended (the window's ``intent``) and what th
 observers perceived (agreed or disputed); and from each performer's newest
 ``livetag.coverage`` record the coverage matrix, hit rate and confusion, and the next cue.
 
+What a client is sent depends on its role (:attr:`ClientCursor.role`): the director gets
+everything; an observer gets nothing that says what was intended, since knowing it
+biases what they perceive, which is what the ledger measures: no cues, no intent lane
+(their ledger rows carry the perceived cell only, sent when it changes), no coverage
+(its intended seconds, hit rate and next cue give the intent away), and a hello whose
+session shows the scenario only as far as its ``observers_see`` allows
+(:func:`observer_session`). The role is part of the cursor's key, so a tick's update is
+built and encoded once per role and cursor, not once per client.
+
 Tags go out as what they cover (:mod:`streams.labels.tag_rules`, the rule the label windows and
 the export follow), one entry per point or hold, sent again whenever that changes (an
 offset ends a hold, an undo removes it: ``removed: true``). The page only draws them.
@@ -44,8 +53,19 @@ from dashboard import directing, model_gap
 from streams import records
 from streams.archive import model_gap as archived_gap
 from streams.labels import tag_rules
+from streams.scenarios import performer_view
 
-__all__ = ["ClientCursor", "SessionView", "agreement_alpha", "lag_row"]
+__all__ = [
+    "DIRECTOR",
+    "ClientCursor",
+    "SessionView",
+    "agreement_alpha",
+    "lag_row",
+    "observer_session",
+]
+
+#: The one role whose dashboard is told what was intended (cues, intent, coverage).
+DIRECTOR = "director"
 
 PROSODY_STEP_US = 50_000  # one chart point per 50 ms: 20 per second per performer
 CHART_WINDOW_US = 35_000_000  # a little over the 30 s the charts show
@@ -109,8 +129,10 @@ class _Performer:
 
 @dataclass(slots=True)
 class ClientCursor:
-    """How far one dashboard client has been sent each stream."""
+    """How far one dashboard client has been sent each stream, and who it is: a
+    ``role`` other than the director's is sent nothing of what was intended."""
 
+    role: str = DIRECTOR
     prosody: dict[str, int] = field(default_factory=dict)
     face: dict[str, int] = field(default_factory=dict)
     ratings: dict[str, int] = field(default_factory=dict)
@@ -171,6 +193,9 @@ class SessionView:
         # The ledger lanes per window: [performer_id, window ts_us, window_us, intent,
         # perceived] (dashboard.directing.ledger_row), a revision's row replacing its own.
         self.ledger: deque[tuple[int, list[Any]]] = deque()
+        # The observers' rows of it: the perceived cell alone (the intent cell None), sent
+        # when what was perceived changed, so not even a row's timing tells of an intent.
+        self.perceived: deque[tuple[int, list[Any]]] = deque()
         self.cues = directing.CueBoard(session.session_id, self._next, CHART_WINDOW_US)
         self.coverages: dict[str, records.Coverage] = {}
         # Breaks a tie between perceived labels, as the aligner's coverage does.
@@ -301,17 +326,21 @@ class SessionView:
         """The window's intent and perceived lanes, sent when they show something or a
         revision changed what they showed."""
         cells = directing.ledger_row(window, self._vocabulary_rank)
-        before = performer.ledger_shown.get(window.ts_us)
-        if cells != (before or (None, None)):
+        before = performer.ledger_shown.get(window.ts_us) or (None, None)
+        if cells != before:
             row = [window.performer_id, window.ts_us, window.window_us, *cells]
-            self.ledger.append((self._next(), row))
+            seq = self._next()
+            self.ledger.append((seq, row))
+            if cells[1] != before[1]:
+                self.perceived.append((seq, [*row[:3], None, cells[1]]))
             if cells == (None, None):
                 performer.ledger_shown.pop(window.ts_us, None)
             else:
                 performer.ledger_shown[window.ts_us] = cells
         horizon = window.ts_us - CONSENSUS_KEEP_US
-        while self.ledger and self.ledger[0][1][1] < horizon:
-            self.ledger.popleft()
+        for rows in (self.ledger, self.perceived):
+            while rows and rows[0][1][1] < horizon:
+                rows.popleft()
         # Kept in the order windows first came, which is their order in time.
         while performer.ledger_shown:
             oldest = next(iter(performer.ledger_shown))
@@ -478,11 +507,17 @@ class SessionView:
 
     # ---------------------------------------------------------------- updates out
 
-    def hello(self) -> dict[str, Any]:
-        return {"type": "hello", "session": self.session.model_dump(mode="json")}
+    def hello(self, role: str = DIRECTOR, participant_id: str = "") -> dict[str, Any]:
+        """The session as a client of this role is first told of it: the whole record for
+        the director, :func:`observer_session` for anyone else."""
+        if role == DIRECTOR:
+            return {"type": "hello", "session": self.session.model_dump(mode="json")}
+        return {"type": "hello", "session": observer_session(self.session, participant_id)}
 
     def update_for(self, cursor: ClientCursor, now_us: int) -> dict[str, Any] | None:
-        """What is new for this client since its cursor (and advance it); None if nothing."""
+        """What is new for this client since its cursor (and advance it); None if nothing.
+        Only the director's cursor is sent cues, the intent lane and coverage."""
+        director = cursor.role == DIRECTOR
         update: dict[str, Any] = {}
         performers: dict[str, Any] = {}
         for performer_id, performer in self.performers.items():
@@ -509,20 +544,22 @@ class SessionView:
             if marks:
                 update["tags"] = marks
             cursor.tags = newest_mark
-        ledger = [row for _, row in _since(self.ledger, cursor.ledger)]
+        rows = self.ledger if director else self.perceived
+        ledger = [row for _, row in _since(rows, cursor.ledger)]
         if ledger:
             update["ledger"] = ledger
-            cursor.ledger = self.ledger[-1][0]
-        newest_cue = self.cues.newest_seq
-        if newest_cue > cursor.cues:
-            update["cues"] = self.cues.since(cursor.cues)
-            cursor.cues = newest_cue
-        if cursor.cues_current < self.cues.current_version:
-            update["cues_current"] = self.cues.current()
-            cursor.cues_current = self.cues.current_version
-        if cursor.coverage < self.coverage_version:
-            update["coverage"] = self.coverage
-            cursor.coverage = self.coverage_version
+            cursor.ledger = rows[-1][0]
+        if director:
+            newest_cue = self.cues.newest_seq
+            if newest_cue > cursor.cues:
+                update["cues"] = self.cues.since(cursor.cues)
+                cursor.cues = newest_cue
+            if cursor.cues_current < self.cues.current_version:
+                update["cues_current"] = self.cues.current()
+                cursor.cues_current = self.cues.current_version
+            if cursor.coverage < self.coverage_version:
+                update["coverage"] = self.coverage
+                cursor.coverage = self.coverage_version
         models = [row for _, row in _since(self.models, cursor.models)]
         if models:
             update["models"] = models
@@ -561,6 +598,24 @@ class SessionView:
             news.append(shown)
         news.reverse()
         return news
+
+
+def observer_session(session: records.SessionRecord, participant_id: str) -> dict[str, Any]:
+    """The session record as an observer's dashboard is told of it: the prompt and the
+    scenario as :func:`streams.scenarios.performer_view` shows an observer (the prompt;
+    every part's brief too when ``observers_see`` is ``prompt_and_roles``; nothing, not
+    even the prompt, when it is ``nothing``), with no part's targets, no arc and no
+    scenario targets; who plays which part only where the parts are shown."""
+    shown = session.model_dump(mode="json")
+    view = performer_view(session, participant_id, "observer")
+    scenario = view["scenario"]
+    for part in [] if scenario is None else scenario.get("roles", []):
+        part.pop("targets", None)  # a part's targets are what it is meant to show
+    shown["prompt"] = view["prompt"]
+    shown["scenario"] = scenario
+    if scenario is None or "roles" not in scenario:
+        shown["roles"] = {}
+    return shown
 
 
 def _rank(session: records.SessionRecord) -> dict[str, int]:

@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -711,19 +712,41 @@ def session_revoke(
 ) -> None:
     """Withdraw a link, or all of a participant's: refused from now on by every service,
     and their open pages closed within seconds."""
-    from streams.kafka import revocations
-    from taggers.tokens import participant_id_of
-
     if (token_id is None) == (participant is None):
         raise click.UsageError("give exactly one of --token-id and --participant")
     settings = _with_bootstrap(_settings(ctx), bootstrap)
+    _revoke(
+        settings,
+        session_id,
+        lambda: _session_record(settings, session_id),
+        token_id=token_id,
+        participant=participant,
+        reason=reason,
+    )
+
+
+def _revoke(
+    settings: Settings,
+    scope_id: str,
+    known: Callable[[], Awaitable[object]],
+    *,
+    token_id: str | None,
+    participant: str | None,
+    reason: str,
+) -> None:
+    """Publish the revocation of one link (``token_id``) or of all a participant's links
+    of a session or a casting day (``scope_id``: a day's id stands where a session's
+    would, revocations work per day alike), and say so. ``known`` reads the session or
+    day first: a typo is told, not recorded."""
+    from streams.kafka import revocations
+    from taggers.tokens import participant_id_of
 
     async def revoke() -> records.TokenRevocation:
-        await _session_record(settings, session_id)  # a typo is told, not recorded
+        await known()
         participant_id = None if participant is None else participant_id_of(participant)
         try:
             revocation = revocations.revocation(
-                session_id, token_id=token_id, participant_id=participant_id, reason=reason
+                scope_id, token_id=token_id, participant_id=participant_id, reason=reason
             )
         except ValidationError as exc:
             raise CommandFailed(
@@ -744,7 +767,7 @@ def session_revoke(
     except ValueError as exc:
         raise command_failure(exc) from None
     target = f"token {done.token_id}" if done.token_id else f"participant {done.participant_id}"
-    click.echo(f"revoked\t{session_id}\t{target}")
+    click.echo(f"revoked\t{scope_id}\t{target}")
 
 
 def _act_on_session(settings: Settings, session_id: str, action: str) -> records.SessionRecord:
@@ -1070,39 +1093,17 @@ def day_revoke(
 ) -> None:
     """Withdraw a day link, or all of a performer's: the lobby and the casting page refuse
     them from now on and close their open pages within seconds."""
-    from streams.kafka import revocations
-    from taggers.tokens import participant_id_of
-
     if (token_id is None) == (performer is None):
         raise click.UsageError("give exactly one of --token-id and --performer")
     settings = _with_bootstrap(_settings(ctx), bootstrap)
-
-    async def revoke() -> records.TokenRevocation:
-        await _day_record(settings, day_id)  # a typo is told, not recorded
-        participant_id = None if performer is None else participant_id_of(performer)
-        try:
-            # A day's id stands where a session's would: revocations work per day alike.
-            revocation = revocations.revocation(
-                day_id, token_id=token_id, participant_id=participant_id, reason=reason
-            )
-        except ValidationError as exc:
-            raise CommandFailed(
-                f"cannot revoke: {exc.errors()[0]['msg']}", EXIT_BAD_INPUT
-            ) from None
-        producer = clients.make_producer(settings)
-        await producer.start()
-        try:
-            await revocations.publish(producer, revocation)
-        finally:
-            await producer.stop()
-        return revocation
-
-    try:
-        done = _run_kafka(revoke(), settings)
-    except ValueError as exc:
-        raise command_failure(exc) from None
-    target = f"token {done.token_id}" if done.token_id else f"participant {done.participant_id}"
-    click.echo(f"revoked\t{day_id}\t{target}")
+    _revoke(
+        settings,
+        day_id,
+        lambda: _day_record(settings, day_id),
+        token_id=token_id,
+        participant=performer,
+        reason=reason,
+    )
 
 
 @day.command(name="close")

@@ -611,7 +611,12 @@ def performer_view(session: SessionRecord, participant_id: str, role: Role) -> d
         if scenario.observers_see == "nothing":
             return {"prompt": "", "scenario": None}
         if scenario.observers_see == "prompt_and_roles":
-            view["roles"] = [part_view(part) for part in scenario.roles]
+            # Briefs, not targets: an observer who knows the emotion a part aims at no
+            # longer reports what they perceive.
+            view["roles"] = [
+                {k: v for k, v in part_view(part).items() if k != "targets"}
+                for part in scenario.roles
+            ]
         return {"prompt": session.prompt, "scenario": view}
     view.update(
         roles=[part_view(part) for part in scenario.roles],

@@ -355,6 +355,72 @@ def token_refusal(refuse: Refuse, error: tokens.TokenError, *, counted: bool) ->
     )
 
 
+def verified_token(
+    access: Access,
+    request: web.Request,
+    refuse: Refuse,
+    *,
+    counted: bool,
+    token: str | None,
+    kind: Kind,
+    scope: tokens.Scope = "session",
+) -> tokens.JoinToken | web.Response:
+    """The first step of every admission: the token (``token``, else the credential the
+    request carries) verified as ``kind`` of ``scope`` and not revoked, or the refusal."""
+    try:
+        if token is None and kind == "session":
+            token = presented_token(request)
+        return access.verified(token, kind, scope=scope)
+    except tokens.TokenError as exc:
+        return token_refusal(refuse, exc, counted=counted)
+
+
+#: Finds a casting day by id (None: not known).
+FindDay: TypeAlias = Callable[[str], records.CastingDay | None]
+#: Waits a little for a casting day just published (TimeoutError when none comes).
+WaitForDay: TypeAlias = Callable[..., Awaitable[records.CastingDay | None]]
+#: How long an admission waits for a day its follower has not read yet.
+DAY_WAIT_S = 2.0
+
+
+async def admitted_to_day(
+    access: Access,
+    request: web.Request,
+    refuse: Refuse,
+    *,
+    counted: bool,
+    token: str | None,
+    kind: Kind,
+    role: Literal["performer", "director"],
+    wrong_role: str,
+    find_day: FindDay,
+    wait_for_day: WaitForDay,
+) -> tuple[tokens.JoinToken, records.CastingDay] | web.Response:
+    """A day link's admission (the lobby's: ``role`` performer; the casting page's:
+    director): its token verified (scope ``day``), its role (else ``not_ROLE`` 403 with
+    ``wrong_role``), its day known (``unknown_day`` 404, after waiting a little for one
+    just published), a performer on its roster (``not_in_day`` 403), and the day open
+    (``day_closed`` 409); the claims and the day, or the refusal."""
+    claims = verified_token(
+        access, request, refuse, counted=counted, token=token, kind=kind, scope="day"
+    )
+    if isinstance(claims, web.Response):
+        return claims
+    if claims.role != role:
+        return refuse(403, f"not_{role}", wrong_role, counted=counted)
+    day = find_day(claims.session_id)
+    if day is None:
+        with contextlib.suppress(TimeoutError):
+            day = await wait_for_day(claims.session_id, timeout_s=DAY_WAIT_S)
+    if day is None:
+        return refuse(404, "unknown_day", f"no casting day {claims.session_id!r}", counted=counted)
+    if role == "performer" and claims.participant_id not in {p.performer_id for p in day.roster}:
+        return refuse(403, "not_in_day", "you are not on this day's roster", counted=counted)
+    if day.state == "closed":
+        return refuse(409, "day_closed", f"casting day {day.day_id} is closed", counted=counted)
+    return claims, day
+
+
 def gated_refusal(refuse: Refuse, refusal: Refusal, *, counted: bool) -> web.Response:
     """The HTTP answer to a connection the gate refuses."""
     response = refuse(refusal.status, refusal.code, refusal.message, counted=counted)

@@ -8,7 +8,7 @@
 // own address, the capture server, wherever the page that loads it comes from (the capture
 // server lets any origin load its static files).
 
-import { LivetagCredentials } from "/tagger/credentials.js";
+import { Backoff, LivetagCredentials } from "/tagger/credentials.js";
 
 const params = new URLSearchParams(location.search);
 // The capture server this page talks to: its own origin, or the one the director
@@ -72,7 +72,6 @@ const state = {
   publishPc: null,
   subscriptions: new Map(), // performer_id -> {pc, generation, tile}
   roster: new Map(),
-  retryMs: 500,
   connects: 0,
   lastRequestId: 0,
   errors: [],
@@ -90,20 +89,8 @@ const state = {
 const DISCONNECTED_GRACE_MS = 2000;
 // The server probes the clock every 2 s: 5 s of silence means it is gone or unreachable.
 const SERVER_SILENCE_MS = 5000;
-const RETRY_MAX_MS = 2000;
-// A refused page (its session, its address or the server full) tries again after 10-20 s,
-// not every 2 s: hundreds of refused pages must not hammer the server.
-const REFUSED_RETRY_MS = 10000;
-
-// A refusal after the upgrade is a close code 4400-4599 with the reason
-// (streams.runtime.connection_gate).
-function isRefusal(code) {
-  return code >= 4400 && code < 4600;
-}
-
-function backOffRefused() {
-  state.retryMs = Math.max(state.retryMs, REFUSED_RETRY_MS * (1 + Math.random()));
-}
+// Rejoining waits 0.5 s, doubling to 2 s; 10-20 s after a refusal (credentials.js).
+const backoff = new Backoff({ startMs: 500, maxMs: 2000 });
 
 function outageBegins(key, reason) {
   if (state.outages.some((outage) => outage.key === key && outage.upUnixMs === null)) return;
@@ -146,6 +133,10 @@ const cueEls = {
 const SHOWN_IDS_KEPT = 500;
 const call = {
   cue: null, // the cue on screen: {cue_id, kind, label, intensity, text, ts_us}, or null
+  // The newest cue's ts_us (clears included): at a join the server sends the cue in force
+  // while a newer one may already be on its way, so cues can arrive out of order.
+  lastTsUs: null,
+  cuesOutOfOrder: 0, // older cues that arrived after a newer one: not shown, not acked
   cuesShown: 0, // cues (clears included) this page painted, each counted once
   shownIds: new Set(),
   unsent: [], // "shown" messages the connection was down for: sent after the next welcome
@@ -176,6 +167,12 @@ function renderCue(cue) {
 
 function onCue(cue) {
   const receivedUs = clientNowUs();
+  if (call.lastTsUs !== null && cue.ts_us < call.lastTsUs) {
+    // The newer cue stands: this one was never on screen, so it is not said shown.
+    call.cuesOutOfOrder += 1;
+    return;
+  }
+  call.lastTsUs = cue.ts_us;
   call.cue = cue.kind === "clear" ? null : cue;
   renderCue(cue);
   // The frame with the cue is painted after this animation frame's callbacks: a task
@@ -221,9 +218,19 @@ function showScene(message) {
   }
 }
 
+// A performer of a casting day goes back to the lobby by themselves after this long
+// (the link stays, for those who do not want to wait).
+const LOBBY_RETURN_MS = 5000;
+let lobbyTimer = null;
+
 function sessionOver() {
   const lobby = document.getElementById("lobby");
-  if (lobby && state.dayId) lobby.hidden = false;
+  if (!lobby || !state.dayId) return;
+  lobby.hidden = false;
+  if (lobbyTimer === null) {
+    const href = lobby.querySelector("a").getAttribute("href");
+    lobbyTimer = setTimeout(() => location.assign(href), LOBBY_RETURN_MS);
+  }
 }
 
 // ---- connection quality: the media path's round trip, the partner's frame rate ------------
@@ -322,7 +329,7 @@ async function publish(capture) {
     if (pc.connectionState === "connected") {
       setStatus("live", "live");
       outageEnds("call");
-      state.retryMs = 500;
+      backoff.reset();
     }
   });
   watchConnection(pc, () => pc === state.publishPc, (why) => reconnectSoon(`media connection ${why}`));
@@ -477,7 +484,7 @@ async function onMessage(event) {
       document.getElementById("who").textContent = `${state.roster.get(state.me) || state.me} (${state.role})`;
       // The backoff starts over once the page is really back: for a performer, when its
       // media connects (a page whose media keeps failing must not retry ever faster).
-      if (message.you.role !== "performer") state.retryMs = 500;
+      if (message.you.role !== "performer") backoff.reset();
       startTagger();
       state.capture = message.capture;
       if (state.role === "performer") await publish(message.capture);
@@ -527,7 +534,7 @@ async function onMessage(event) {
 }
 
 let reconnectTimer = null;
-function reconnectSoon(reason) {
+function reconnectSoon(reason, slow) {
   if (reconnectTimer) return;
   outageBegins("call", reason);
   setStatus("reconnecting", `reconnecting (${reason})…`);
@@ -538,8 +545,7 @@ function reconnectSoon(reason) {
   reconnectTimer = setTimeout(() => {
     reconnectTimer = null;
     connect();
-  }, state.retryMs);
-  state.retryMs = Math.min(state.retryMs * 2, RETRY_MAX_MS);
+  }, backoff.next(slow));
 }
 
 async function connect() {
@@ -563,40 +569,16 @@ async function connect() {
   });
   ws.addEventListener("close", async (event) => {
     if (ws !== state.ws) return;
-    if (LivetagCredentials.isFinalClose(event.code)) {
-      // The director revoked this link, or it ran out: rejoining cannot help.
-      setStatus("error", LivetagCredentials.closeMessage(event.reason));
-      if (event.reason && event.reason.startsWith("session_ended")) sessionOver();
+    // Revoked, ran out, the session over: rejoining cannot help. Refused for now (the
+    // session, this address or the server full): later. Else: soon (credentials.js).
+    const verdict = await credentials.closed(event, `${captureBase.origin}/api/token`);
+    if (ws !== state.ws) return; // a newer connection took over meanwhile
+    if (!verdict.retry) {
+      setStatus("error", verdict.message);
+      if (verdict.code === "session_ended") sessionOver();
       return;
     }
-    // A refused handshake looks like any lost connection: ask why (the credential in a
-    // POST body, out of the console), and stop retrying when the link itself is bad
-    // (revoked, expired, unknown session). An expired credential is exchanged again.
-    try {
-      const why = await credentials.why(`${captureBase.origin}/api/token`);
-      if (ws !== state.ws) return; // a newer connection took over meanwhile
-      if (!why.ok && why.final) {
-        setStatus("error", why.message);
-        if (why.code === "session_ended") sessionOver();
-        return;
-      }
-      if (why.status === 429 || why.status === 503) {
-        // The session, this address or the server is full: say so, and try again later
-        // (a place may free up).
-        backOffRefused();
-        reconnectSoon(why.message);
-        return;
-      }
-    } catch (error) {
-      // The server is away: keep retrying below.
-    }
-    if (ws !== state.ws) return;
-    if (isRefusal(event.code)) {
-      backOffRefused();
-      reconnectSoon(event.reason || `refused (${event.code})`);
-      return;
-    }
-    reconnectSoon("connection lost");
+    reconnectSoon(verdict.message, verdict.slow);
   });
 }
 

@@ -8,7 +8,7 @@
 // server sends {type: "scene", url}: the page goes to that scene's call page.
 // Server side: capture/lobby.py.
 
-import { LivetagCredentials } from "/tagger/credentials.js";
+import { Backoff, LivetagCredentials } from "/tagger/credentials.js";
 
 const credentials = new LivetagCredentials({
   exchangeUrl: `${location.origin}/api/lobby-credential`,
@@ -46,7 +46,6 @@ const state = {
   scene: null,
   errors: [],
   ws: null,
-  retryMs: 500,
 };
 window.livetagLobby = state; // tests read this
 
@@ -185,7 +184,7 @@ function onMessage(event) {
     case "welcome": {
       state.welcome = message;
       state.connected = true;
-      state.retryMs = 500;
+      backoff.reset();
       el("day-title").textContent = message.title || message.day_id;
       el("hello").textContent = `Hello ${message.you.display_name}.`;
       setStatus("waiting", "waiting");
@@ -224,16 +223,16 @@ function onMessage(event) {
 }
 
 let reconnectTimer = null;
+const backoff = new Backoff({ startMs: 500, maxMs: RETRY_MAX_MS });
 
-function reconnectSoon(reason) {
+function reconnectSoon(reason, slow) {
   state.connected = false;
   setStatus("reconnecting", `reconnecting (${reason})`);
   clearTimeout(reconnectTimer);
   reconnectTimer = setTimeout(() => {
     reconnectTimer = null;
     connect();
-  }, state.retryMs);
-  state.retryMs = Math.min(RETRY_MAX_MS, state.retryMs * 2);
+  }, backoff.next(slow));
 }
 
 async function connect() {
@@ -252,20 +251,11 @@ async function connect() {
     if (ws !== state.ws) return;
     state.connected = false;
     if (state.scene) return; // on the way to the scene
-    if (LivetagCredentials.isFinalClose(event.code)) {
-      setStatus("error", LivetagCredentials.closeMessage(event.reason));
-      return;
-    }
-    try {
-      const why = await credentials.why(`${location.origin}/api/lobby-token`);
-      if (!why.ok && why.final) {
-        setStatus("error", why.message);
-        return;
-      }
-    } catch (error) {
-      // The server is away: retry below.
-    }
-    reconnectSoon(event.reason || "connection lost");
+    // Rejoining cannot help (revoked, ran out), later (refused for now), or soon.
+    const verdict = await credentials.closed(event, `${location.origin}/api/lobby-token`);
+    if (ws !== state.ws) return;
+    if (!verdict.retry) setStatus("error", verdict.message);
+    else reconnectSoon(verdict.message, verdict.slow);
   });
 }
 

@@ -5,7 +5,7 @@
 // Actions go over /ws/casting with a request_id; each answers with its reply or an error
 // ({type: "error", code, message}). Test hook: window.livetagCasting.
 
-import { LivetagCredentials } from "/dashboard/credentials.js";
+import { Backoff, LivetagCredentials } from "/dashboard/credentials.js";
 
 const credentials = new LivetagCredentials({
   exchangeUrl: `${location.origin}/api/casting-credential`,
@@ -27,7 +27,6 @@ const state = {
   lastError: null,
   errors: [],
   ws: null,
-  retryMs: 500,
   get waiting() {
     return state.day ? state.day.performers.filter((p) => p.status === "waiting").map((p) => p.performer_id) : [];
   },
@@ -93,8 +92,12 @@ state.endScene = (sessionId) => act({ type: "end_scene", session_id: sessionId }
 state.sceneLink = (sessionId) => act({ type: "scene_link", session_id: sessionId });
 
 async function startAndOpen(scene) {
-  const reply = await state.startScene(scene);
+  // Take 1 starts by itself once every performer of the scene has joined, unless unticked.
+  const reply = await state.startScene({ ...scene, auto_take: el("auto-take").checked });
   if (reply.type === "scene_started") {
+    // The scene's director link, minted with it: its row links to it.
+    if (reply.dashboard_url) dashboardUrls.set(reply.session_id, reply.dashboard_url);
+    if (state.day) renderScenes();
     selected.clear();
     state.proposals = [];
     renderProposals();
@@ -239,6 +242,9 @@ function renderProposals() {
   });
 }
 
+// session_id -> the director dashboard link minted when this page started the scene.
+const dashboardUrls = new Map();
+
 function renderScenes() {
   const list = el("scenes");
   list.replaceChildren();
@@ -251,12 +257,21 @@ function renderScenes() {
     item.append(text("div", `${scene.performers.join(" + ")}${what}`));
     item.append(text("div", `${scene.session_id} · ${when} · ${running ? scene.state || "starting" : "ended"}`, "dim"));
     const buttons = text("div", null, "buttons");
-    const open = text("button", "Open dashboard");
-    open.type = "button";
-    open.addEventListener("click", async () => {
-      const reply = await state.sceneLink(scene.session_id);
-      if (reply.type === "scene_link") window.open(reply.url, "_blank", "noopener");
-    });
+    // The link minted when this page started the scene; else (started elsewhere, or
+    // before a reload) one asked for at the click.
+    const minted = dashboardUrls.get(scene.session_id);
+    const open = minted ? text("a", "open dashboard", "dashboard-link") : text("button", "Open dashboard");
+    if (minted) {
+      open.href = minted;
+      open.target = "_blank";
+      open.rel = "noopener noreferrer";
+    } else {
+      open.type = "button";
+      open.addEventListener("click", async () => {
+        const reply = await state.sceneLink(scene.session_id);
+        if (reply.type === "scene_link") window.open(reply.url, "_blank", "noopener");
+      });
+    }
     buttons.append(open);
     if (running) {
       const end = text("button", "End scene", "danger");
@@ -317,7 +332,7 @@ function onMessage(event) {
   switch (message.type) {
     case "welcome":
       state.connected = true;
-      state.retryMs = 500;
+      backoff.reset();
       el("conn").dataset.state = "live";
       el("conn").textContent = "live";
       break;
@@ -338,14 +353,14 @@ function onMessage(event) {
 }
 
 let reconnectTimer = null;
+const backoff = new Backoff({ startMs: 500, maxMs: RETRY_MAX_MS });
 
-function reconnectSoon(reason) {
+function reconnectSoon(reason, slow) {
   state.connected = false;
   el("conn").dataset.state = "reconnecting";
   el("conn").textContent = `reconnecting (${reason})`;
   clearTimeout(reconnectTimer);
-  reconnectTimer = setTimeout(connect, state.retryMs);
-  state.retryMs = Math.min(RETRY_MAX_MS, state.retryMs * 2);
+  reconnectTimer = setTimeout(connect, backoff.next(slow));
 }
 
 async function connect() {
@@ -365,22 +380,13 @@ async function connect() {
     state.connected = false;
     for (const resolve of pending.values()) resolve({ type: "error", code: "unavailable", message: "connection lost" });
     pending.clear();
-    if (LivetagCredentials.isFinalClose(event.code)) {
+    // Rejoining cannot help (revoked, ran out), later (refused for now), or soon.
+    const verdict = await credentials.closed(event, `${location.origin}/api/casting-token`);
+    if (ws !== state.ws) return;
+    if (!verdict.retry) {
       el("conn").dataset.state = "error";
-      el("conn").textContent = LivetagCredentials.closeMessage(event.reason);
-      return;
-    }
-    try {
-      const why = await credentials.why(`${location.origin}/api/casting-token`);
-      if (!why.ok && why.final) {
-        el("conn").dataset.state = "error";
-        el("conn").textContent = why.message;
-        return;
-      }
-    } catch (error) {
-      // The server is away: retry below.
-    }
-    reconnectSoon(event.reason || "connection lost");
+      el("conn").textContent = verdict.message;
+    } else reconnectSoon(verdict.message, verdict.slow);
   });
 }
 

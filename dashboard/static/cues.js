@@ -2,7 +2,8 @@
 // performer's page showed it (and how many ms after it was sent); for the director, the
 // controls to send one (an emotion of the vocabulary in its colour, normal or strong, or
 // a short line of text; "clear" withdraws it), per performer and for everyone at once
-// (the side panel). An observer's dashboard shows the cues' states only.
+// (the side panel). An observer's dashboard shows no cue at all (the server sends it
+// none): knowing what was intended would bias what the observer perceives.
 // window.livetagDashboard.cue({to, kind, label, intensity, text}) sends one and resolves
 // with the server's answer ({type: "cue_sent", cue_ids, group_id, ts_us} or {type:
 // "error", code, message}). Separate because it is the one part of the page that steers
@@ -79,7 +80,11 @@ export function setCueVocabulary(entries) {
 
 export function setCueControls(isDirector) {
   controls = !!isDirector;
-  for (const panel of dash.panels.values()) if (panel.cueRow) panel.cueRow.parts.root.hidden = !controls;
+  for (const panel of dash.panels.values()) {
+    if (!panel.cueRow) continue;
+    panel.cueRow.root.hidden = !controls; // an observer's tile has no cue row at all
+    panel.cueRow.parts.root.hidden = !controls;
+  }
   if (allControl.parts) allControl.parts.root.hidden = !controls;
   const side = $("cue-all");
   if (side) side.hidden = !controls;
@@ -172,6 +177,7 @@ function dispatch(parts, request) {
 // A performer tile's cue row: the cue in force and its state, and the controls.
 export function createCueRow(performerId) {
   const root = el("div", "perf-cue");
+  root.hidden = !controls; // the director's only
   const now = el("p", "cue-now num");
   now.dataset.state = "none";
   now.textContent = "no cue";

@@ -66,6 +66,7 @@ import {
   pruneModels,
   pruneTags,
   setVocabulary,
+  showIntentLane,
 } from "./timeline.js";
 import { applyRoster, checkFigure, startCapture } from "./video.js";
 
@@ -111,6 +112,10 @@ function onHello(message) {
   applyControls(!!you.controls);
   setCueControls(!!you.controls);
   setCoverageControls(!!you.controls);
+  // What was intended (cues, the intent lane, coverage) is the director's: an observer's
+  // server sends none of it, and their page has no place for it.
+  showIntentLane(!!you.controls);
+  document.getElementById("directing").hidden = !you.controls;
   if (you.controls) renderLinks(session.roster || []);
   if (you.controls) mountScenarios(document.getElementById("scenarios"));
   startCapture(message.capture_url);
@@ -169,8 +174,11 @@ function onMessage(event) {
       break;
     case "error":
       pushError(message);
-      // A refused cue is answered to its sender; anything else was a take or a link.
-      if (!onCueError(message)) settleRefusedAction();
+      // An error naming a request belongs to that request's owner: a cue here, the
+      // scenario editor ("scenario-N") on its own listener. Only an error naming none
+      // answers a take, the session's end or a link.
+      if (message.request_id !== undefined && message.request_id !== null) onCueError(message);
+      else settleRefusedAction();
       break;
     default:
       break;

@@ -1,11 +1,14 @@
 // The tag timeline of each performer tile, the four lanes of the ledger from top to
 // bottom: what was intended (the cue in force or the scenario arc's step, ledger.js; a
-// text cue as a mark with its line), what the performer self-tagged (their own tags,
-// hatched), what the observers perceived (one lane per observer, each point tag or hold
-// drawn over what the server says it covers, in its label's colour, then the observers'
-// perception per window: solid where they agreed, faded and hatched where they disputed),
-// and what was measured: one lane per model rater, its top label per window, marked
-// underneath where the server says the humans agreed and the model read otherwise.
+// text cue as a mark with its line; on the director's page only: an observer is never
+// told what was intended), what the performer self-tagged (their own tags, hatched),
+// then their scene partners' tags on them ("partner: bob", hatched too: a performer's
+// tags never count as perceived), what the observers perceived (one lane per observer or
+// director, each point tag or hold drawn over what the server says it covers, in its
+// label's colour, then the observers' perception per window: solid where they agreed,
+// faded and hatched where they disputed), and what was measured: one lane per model
+// rater, its top label per window, marked underneath where the server says the humans
+// agreed and the model read otherwise.
 // Separate because tags are events the server decides, not a stream: a later message
 // about the same tag (or window) replaces or removes it, and the page never works out
 // coverage, perception or a miss itself.
@@ -27,8 +30,8 @@ import {
 const LANE_H = 14;
 const AXIS_H = 14;
 const TEXT_MARK_W = 150; // the most of a text cue's line drawn on the intent lane
-// Rows above the observers' lanes: intent, self.
-const TOP_LANES = 2;
+// The intent lane is drawn on the director's page only (showIntentLane).
+let intentShown = false;
 
 export function setVocabulary(entries) {
   setLabelColours(entries);
@@ -38,6 +41,12 @@ export function setVocabulary(entries) {
 }
 
 const colourOf = labelColour;
+
+// The director's page draws the intent lane; an observer's has none (and no intent).
+export function showIntentLane(shown) {
+  intentShown = !!shown;
+  for (const panel of dash.panels.values()) setLaneHeight(panel);
+}
 
 // ---- a tile's timeline --------------------------------------------------------------
 export function createTimelineChart(performerId) {
@@ -50,9 +59,9 @@ export function createTimelineChart(performerId) {
 export function newTagState() {
   return {
     items: new Map(), // tag_id (point or onset) -> item, as the server decided it
-    lanes: [], // the observers' lanes: {key, label, self: false, role}
-    selfLane: { key: "\u0000self", label: "self", self: true, role: "performer", y: LANE_H },
-    laneCount: "", // "rater lanes/model lanes" the canvas was last sized for
+    lanes: [], // the raters' lanes: {key, label, self: false, partner, role}
+    selfLane: { key: "\u0000self", label: "self", self: true, partner: false, role: "performer", y: LANE_H },
+    laneCount: "", // "intent/partner lanes/observer lanes/model lanes" the canvas was sized for
     models: new Map(), // model -> Map(window ts_us -> row), the rows as the server sent them
     highlight: null, // {start, end, untilPerf}: a moment the gap panel (gap.js) points at
     newestTagTs: null, // for the tags lane's age (lanes.js)
@@ -63,18 +72,23 @@ function laneFor(panel, tag) {
   if (tag.rater_role === "performer" && tag.rater_id === panel.id) return panel.selfLane;
   const key = String(tag.rater_id);
   for (let i = 0; i < panel.lanes.length; i += 1) if (panel.lanes[i].key === key) return panel.lanes[i];
-  const lane = { key, label: key, self: false, role: tag.rater_role };
+  // Another performer of the scene tagging this one: drawn, never counted as perceived
+  // (streams.labels.ledger: only observers and the director are), and named so.
+  const partner = tag.rater_role === "performer";
+  const lane = { key, label: partner ? `partner: ${key}` : key, self: false, partner, role: tag.rater_role };
   panel.lanes.push(lane);
   setLaneHeight(panel);
   return lane;
 }
 
 export function setLaneHeight(panel) {
-  const n = `${panel.lanes.length}/${panel.models.size}`;
+  const partners = panel.lanes.filter((lane) => lane.partner).length;
+  const observers = panel.lanes.length - partners;
+  const n = `${intentShown}/${partners}/${observers}/${panel.models.size}`;
   if (n === panel.laneCount) return;
   panel.laneCount = n;
-  // intent + self + observers' lanes + perceived + model lanes + time axis
-  const lanes = TOP_LANES + Math.max(panel.lanes.length, 1) + 1 + panel.models.size;
+  // (intent) + self + partners' lanes + observers' lanes + perceived + model lanes + axis
+  const lanes = (intentShown ? 1 : 0) + 1 + partners + Math.max(observers, 1) + 1 + panel.models.size;
   panel.timeline.style.height = `${lanes * LANE_H + AXIS_H + 3}px`;
 }
 
@@ -122,7 +136,7 @@ export function pruneTags(panel, cutoff) {
   for (const [id, item] of panel.items) {
     if (item.end < cutoff) panel.items.delete(id);
   }
-  // drop the observers' lanes nobody draws in any more (intent and self always stay)
+  // drop the raters' lanes nobody draws in any more (intent and self always stay)
   if (panel.lanes.length) {
     const used = new Set();
     for (const item of panel.items.values()) used.add(item.lane);
@@ -298,18 +312,25 @@ export function drawTimeline(panel, now) {
   const ctx = beginCanvas(canvas);
   const t0 = now - dash.windowUs;
   const scaleX = w / dash.windowUs;
-  const lanes = panel.lanes;
+  // The performer's side first (self, then partners), then the observers who count.
+  const partners = panel.lanes.filter((lane) => lane.partner);
+  const observers = panel.lanes.filter((lane) => !lane.partner);
+  const lanes = [...partners, ...observers];
   const nLanes = lanes.length;
   const selfLane = panel.selfLane;
-  const observersY = TOP_LANES * LANE_H;
-  const perceivedY = observersY + Math.max(nLanes, 1) * LANE_H + 2;
+  selfLane.y = intentShown ? LANE_H : 0;
+  const partnersY = selfLane.y + LANE_H;
+  const observersY = partnersY + partners.length * LANE_H;
+  const perceivedY = observersY + Math.max(observers.length, 1) * LANE_H + 2;
   const modelsY = perceivedY + LANE_H;
   const axisY = modelsY + panel.models.size * LANE_H + 1;
-  const counts = { intent: 0, textMarks: 0, self: 0, observers: 0, perceived: 0, agreed: 0, disputed: 0, measured: 0 };
+  const counts = { intent: 0, textMarks: 0, self: 0, partners: 0, observers: 0, perceived: 0, agreed: 0, disputed: 0, measured: 0 };
 
   // lane backgrounds
-  ctx.fillStyle = "rgba(255,255,255,0.05)";
-  ctx.fillRect(0, 0, w, LANE_H);
+  if (intentShown) {
+    ctx.fillStyle = "rgba(255,255,255,0.05)";
+    ctx.fillRect(0, 0, w, LANE_H);
+  }
   ctx.fillStyle = COLOURS.laneAlt;
   ctx.fillRect(0, selfLane.y, w, LANE_H);
   ctx.fillStyle = hatchPattern(ctx);
@@ -317,8 +338,16 @@ export function drawTimeline(panel, now) {
   ctx.strokeStyle = "rgba(245,183,0,0.55)";
   ctx.lineWidth = 1;
   ctx.strokeRect(0.5, selfLane.y + 0.5, w - 1, LANE_H - 1);
-  for (let i = 0; i < nLanes; i += 1) {
-    const lane = lanes[i];
+  for (let i = 0; i < partners.length; i += 1) {
+    const lane = partners[i];
+    lane.y = partnersY + i * LANE_H;
+    ctx.fillStyle = COLOURS.lane;
+    ctx.fillRect(0, lane.y, w, LANE_H);
+    ctx.fillStyle = hatchPattern(ctx); // a performer's tags, like self: not perceived
+    ctx.fillRect(0, lane.y, w, LANE_H);
+  }
+  for (let i = 0; i < observers.length; i += 1) {
+    const lane = observers[i];
     lane.y = observersY + i * LANE_H;
     ctx.fillStyle = i % 2 ? COLOURS.laneAlt : COLOURS.lane;
     ctx.fillRect(0, lane.y, w, LANE_H);
@@ -332,7 +361,7 @@ export function drawTimeline(panel, now) {
   drawTimeGrid(ctx, w, axisY, now, t0, scaleX);
   drawTakes(ctx, axisY, now, t0, scaleX);
 
-  drawIntent(ctx, panel, w, now, t0, scaleX, counts);
+  if (intentShown) drawIntent(ctx, panel, w, now, t0, scaleX, counts);
   drawPerceived(ctx, panel, w, perceivedY, now, t0, scaleX, counts);
 
   // model lanes: the top label's colour, alpha by its probability; marked beneath a miss
@@ -394,6 +423,7 @@ export function drawTimeline(panel, now) {
     drawn.push(item.id);
     if (item.offsetId) drawn.push(item.offsetId);
     if (lane.self) counts.self += 1;
+    else if (lane.partner) counts.partners += 1;
     else counts.observers += 1;
   }
   ctx.globalAlpha = 1;
@@ -413,10 +443,10 @@ export function drawTimeline(panel, now) {
   ctx.fillRect(w - 1, 0, 1, axisY);
   ctx.font = "10px system-ui, sans-serif";
   ctx.textBaseline = "middle";
-  laneName(ctx, "intent", 0, COLOURS.laneText);
+  if (intentShown) laneName(ctx, "intent", 0, COLOURS.laneText);
   laneName(ctx, "self", selfLane.y, "#f5b700");
-  for (let i = 0; i < nLanes; i += 1) laneName(ctx, lanes[i].label, lanes[i].y, COLOURS.laneText);
-  if (nLanes === 0) {
+  for (let i = 0; i < nLanes; i += 1) laneName(ctx, lanes[i].label, lanes[i].y, lanes[i].partner ? "#f5b700" : COLOURS.laneText);
+  if (observers.length === 0) {
     ctx.fillStyle = COLOURS.gridLabel;
     ctx.fillText("no observer tags in the last minute", 4, observersY + LANE_H / 2 - 1);
   }

@@ -77,8 +77,9 @@ function createPanel(performerId, displayName) {
     ratingDimension: null,
     ratingLegendDimension: null, // the dimension ratingLegend was last drawn for
     modelWindowsDrawn: {}, // model -> its windows drawn on the timeline's last frame
-    // what the timeline's last frame drew per ledger lane: intent runs and text marks,
-    // self-tags, observers' tags, perceived windows (agreed, disputed), model windows
+    // what the timeline's last frame drew per ledger lane: intent runs and text marks (the
+    // director's page only), self-tags, partners' tags, observers' tags, perceived windows
+    // (agreed, disputed), model windows
     lanes: null,
     // age (ms) of what each lane draws, null when it draws nothing; see updateLaneAges
     ages: { video: null, mesh: null, prosody: null, tags: null },

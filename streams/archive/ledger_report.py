@@ -6,8 +6,8 @@ Everything comes from the newest revision of each label window (the one a live c
 ends up with), by the rules of :mod:`streams.labels.ledger`: the intent is the window's
 ``intent`` as the aligner placed it (the cue in force at the window's midpoint, else the
 scenario arc's step), *perceived* is the observers' majority label (directors and
-observers; never a performer's tags), *agreed* the model gap's rule of human agreement
-among at least two observers. Takes group the windows as in the model gap
+observers; never a performer's tags), *agreed* at least two observers tagging with at least 2/3
+of them holding the perceived label. Takes group the windows as in the model gap
 (:func:`streams.archive.model_gap.by_group`: a window belongs to the take holding its start;
 the windows outside every take form ``no-take``, written only when there are some).
 

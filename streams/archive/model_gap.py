@@ -99,7 +99,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# One rule of human agreement for the model gap and the ledger (streams.labels.ledger).
+# The thresholds of human agreement, shared with the ledger (streams.labels.ledger).
 AGREEMENT_MIN: Final = ledger.AGREEMENT_MIN
 MIN_RATERS: Final = ledger.MIN_RATERS
 ALL_LABELS: Final = "(all)"
@@ -228,9 +228,14 @@ def human_agreed(
     agreement_min: float = AGREEMENT_MIN,
     min_raters: int = MIN_RATERS,
 ) -> bool:
-    """Whether the window's human raters agreed on its consensus label
-    (:func:`streams.labels.ledger.humans_agreed`, the ledger's rule too)."""
-    return ledger.humans_agreed(window, agreement_min=agreement_min, min_raters=min_raters)
+    """Whether the window's human raters agreed on its consensus label (every rater counts:
+    the ledger's observers' agreement is :func:`streams.labels.ledger.perceived`'s)."""
+    return (
+        window.consensus is not None
+        and window.consensus_agreement is not None
+        and window.consensus_agreement >= agreement_min
+        and len(window.raters) >= min_raters
+    )
 
 
 def model_answer(estimate: records.ModelEstimate) -> str | None:

@@ -60,7 +60,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar, cast
 
@@ -109,6 +109,9 @@ LAGS_RESTORE_TIMEOUT_S = 4.0
 COUNTERS_INTERVAL_S = 2.0  # the performers' counters go to livetag.health at most this often
 PRESENCE_POLL_S = 5.0  # the session record is looked at on each change and at least this often
 COVERAGE_RETRY_S = 5.0  # a rebuild of the coverage that failed is tried again after this
+# A rebuilt coverage goes into the live one this many windows at a time, the event loop
+# free between them (an hour of two performers' windows is 70k).
+COVERAGE_MERGE_CHUNK = 2_000
 
 #: Most model readings aligned in one step (a few seconds of 4 performers' windows).
 MODEL_BATCH = 256
@@ -596,6 +599,14 @@ class CounterPublisher:
         # Set once the counters of the assigned partitions were read back (or none was due).
         self.seeded = asyncio.Event()
         self.seeded.set()
+        # Events counted beside the aligner (the coverage's rebuild), per performer: taken
+        # into its counters once a read-back is over, so the seeding never refuses them.
+        self._pending: dict[str, Counter[str]] = {}
+
+    def count(self, performer_id: str, name: str, n: int = 1) -> None:
+        """Count an event about the performer, published with the aligner's counters."""
+        if n:
+            self._pending.setdefault(performer_id, Counter())[name] += n
 
     async def seed(self, partitions: set[int]) -> int:
         """Carry on from the counts earlier instances published for the performers on
@@ -615,6 +626,11 @@ class CounterPublisher:
         if not self.seeded.is_set():
             return
         async with self._step.exclusive():
+            if self._step.restored.is_set():
+                for performer_id, pending in self._pending.items():
+                    for name, n in pending.items():
+                        self._step.aligner.count_for(performer_id, name, n)
+                self._pending.clear()
             performers = self._step.aligner.performer_counters()
             for performer_id, (counts, carried, through_us) in performers.items():
                 if self._published.get(performer_id) == counts:
@@ -644,7 +660,12 @@ class CoveragePublisher:
     merged under what this instance counted meanwhile (its revisions are the newer ones).
     Until a partition is rebuilt its performers' coverage is not published, so a restart
     never publishes a ledger that starts again from nothing, and no window's contribution
-    is forgotten (settled) while a rebuild could still bring an older revision of it."""
+    is forgotten (settled) while a rebuild could still bring an older revision of it.
+
+    The rebuild's counts go out with the aligner's counters (``counters``), per performer:
+    ``coverage_rebuilt_windows``, ``coverage_undecodable_windows`` and
+    ``coverage_rebuild_failures`` (each failed attempt, for every performer of the roster
+    on the partitions)."""
 
     def __init__(
         self,
@@ -653,9 +674,12 @@ class CoveragePublisher:
         step: AlignerStep,
         emit: Emit,
         coverage_topic: Any,
+        counters: CounterPublisher | None = None,
     ) -> None:
         self._settings = settings
         self._session_id = session.session_id
+        self._roster = [performer.performer_id for performer in session.roster]
+        self._counters = counters
         # With a margin: the windows are stamped by the clock of the worker producing them.
         self._since_ms = session.created_ts_us // 1000 - round(RESTORE_MARGIN_S * 1000)
         self._vocabulary = [entry.label for entry in session.vocabulary]
@@ -704,41 +728,78 @@ class CoveragePublisher:
         until it succeeds)."""
         while True:
             older = CoverageBook(self._session_id, self._vocabulary)
-            counted = 0
+            counted: Counter[str] = Counter()
+            undecodable: Counter[str] = Counter()
             try:
                 async for batch in label_records(
                     self._settings, self._session_id, partitions, self._since_ms
                 ):
-                    counted += await asyncio.to_thread(self._count, older, batch)
+                    added, lost = await asyncio.to_thread(self._count, older, batch)
+                    counted += added
+                    undecodable += lost
             except asyncio.CancelledError:
                 raise
             except Exception:
                 self.rebuild_failures += 1
+                for performer_id in self._roster:
+                    if self._partition(performer_id) in partitions:
+                        self._note_count(performer_id, "coverage_rebuild_failures")
                 log.exception("aligner: could not rebuild the coverage; trying again")
                 await asyncio.sleep(COVERAGE_RETRY_S)
                 continue
-            async with self._step.exclusive():
-                self.book.merge_older(older)
-                self._complete |= partitions
-            self.rebuilt_windows += counted
+            await self._merge(older, partitions)
+            total = sum(counted.values())
+            self.rebuilt_windows += total
+            for performer_id, n in counted.items():
+                self._note_count(performer_id, "coverage_rebuilt_windows", n)
+            for performer_id, n in undecodable.items():
+                self._note_count(performer_id, "coverage_undecodable_windows", n)
             log.info(
                 "aligner: coverage of partitions %s rebuilt from %d label windows",
                 sorted(partitions),
-                counted,
+                total,
             )
             return
 
-    def _count(self, book: CoverageBook, batch: Sequence[Any]) -> int:
-        counted = 0
+    async def _merge(self, older: CoverageBook, partitions: set[int]) -> None:
+        """Take the rebuilt book in under the live one, the event loop free between steps.
+        Cancelled midway (the partitions moved again), the next rebuild merges again: the
+        windows taken in already are skipped, and the settled part goes in with the
+        partitions' completion, in one step."""
+        settled = await asyncio.to_thread(older.settled_ledgers)
+        entries = older.open_entries()
+        for start in range(0, len(entries), COVERAGE_MERGE_CHUNK):
+            async with self._step.exclusive():
+                self.book.merge_open(entries[start : start + COVERAGE_MERGE_CHUNK])
+            await asyncio.sleep(0)
+        async with self._step.exclusive():
+            self.book.absorb_settled(settled)
+            self._complete |= partitions
+
+    def _note_count(self, performer_id: str, name: str, n: int = 1) -> None:
+        if self._counters is not None:
+            self._counters.count(performer_id, name, n)
+
+    def _count(self, book: CoverageBook, batch: Sequence[Any]) -> tuple[Counter[str], Counter[str]]:
+        """Count a batch into ``book`` (off the event loop): per performer, the windows
+        counted and those that could not be decoded (by their key)."""
+        counted: Counter[str] = Counter()
+        undecodable: Counter[str] = Counter()
+        prefix = f"{self._session_id}/"
         for message in batch:
             try:
                 window = records.decode(records.LabelWindow, message.value, message.headers)
-            except records.RecordError:
+            except records.RecordError as exc:
                 self.undecodable += 1
+                key = (message.key or b"").decode("utf-8", "replace")
+                log.warning("aligner: an undecodable label window (key %r): %s", key, exc)
+                performer_id = key.removeprefix(prefix)
+                if key.startswith(prefix) and performer_id and "/" not in performer_id:
+                    undecodable[performer_id] += 1
                 continue
             book.add(window)
-            counted += 1
-        return counted
+            counted[window.performer_id] += 1
+        return counted, undecodable
 
     async def publish(self) -> None:
         async with self._step.exclusive():
@@ -1027,7 +1088,8 @@ def add_aligner(
 
     presence = PresenceFollower(settings, session_id, aligner, on_session=plan)
     counters = CounterPublisher(settings, session_id, step, emit, raw_topic(app, topics.HEALTH))
-    coverage = CoveragePublisher(settings, session, step, emit, raw_topic(app, topics.COVERAGE))
+    coverage_topic = raw_topic(app, topics.COVERAGE)
+    coverage = CoveragePublisher(settings, session, step, emit, coverage_topic, counters)
     lags = None
     if evidence is not None:
         raters_topic = raw_topic(app, topics.RATERS)

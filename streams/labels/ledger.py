@@ -8,13 +8,12 @@ Pure rules, shared by the aligner (which fills ``LabelWindow.intent`` and publis
 (never a performer's tags, whether on themselves or a partner). The perceived label of a
 window is the label most observers hold in it (an observer counts once per label); a tie
 goes to the label that comes first in the session's vocabulary (labels outside it after,
-alphabetically; without a vocabulary: alphabetically). The observers *agreed* when the
-window's humans agreed by the rule the model gap uses (:func:`humans_agreed`: a consensus
-held by at least ``AGREEMENT_MIN`` = 2/3 of at least ``MIN_RATERS`` = 2 raters), the
-consensus is the perceived label, at least two observers tag, and at least 2/3 of the
-observers hold it (so a performer's own tag cannot make a split of observers look
-agreed). They *disputed* it when at least two observers tagged and did not agree; a
-window one observer alone tagged is neither.
+alphabetically; without a vocabulary: alphabetically). The observers *agreed* when at
+least ``MIN_RATERS`` = 2 observers tag and at least ``AGREEMENT_MIN`` = 2/3 of them hold
+the perceived label: decided among observers only, so a performer's own tag can neither
+make a split of observers look agreed nor spoil their agreement (the window's
+``consensus``, which counts every rater, plays no part). They *disputed* it when at least
+two observers tagged and did not agree; a window one observer alone tagged is neither.
 
 **Intent.** Everything about a window's intent is decided at its midpoint ``ts_us +
 window_us // 2``: a window is under a cue when the cue started at or before its midpoint
@@ -53,7 +52,6 @@ __all__ = [
     "day_gaps",
     "hit_rate",
     "hit_rate_where_perceived",
-    "humans_agreed",
     "intent_at",
     "midpoint_us",
     "perceived",
@@ -63,29 +61,14 @@ __all__ = [
     "windows_under",
 ]
 
-#: Krippendorff's lowest acceptable reliability (see streams.archive.model_gap).
+#: Krippendorff's lowest acceptable reliability (see streams.archive.model_gap, whose
+#: rule of human agreement counts every rater where the ledger's counts observers only).
 AGREEMENT_MIN: Final = 2 / 3
 MIN_RATERS: Final = 2
 OBSERVER_ROLES: Final = frozenset({"observer", "director"})
 
 
 # ---------------------------------------------------------------- perception
-
-
-def humans_agreed(
-    window: records.LabelWindow,
-    *,
-    agreement_min: float = AGREEMENT_MIN,
-    min_raters: int = MIN_RATERS,
-) -> bool:
-    """Whether the window's human raters agreed on its consensus label: a consensus held by
-    at least ``agreement_min`` of at least ``min_raters`` raters."""
-    return (
-        window.consensus is not None
-        and window.consensus_agreement is not None
-        and window.consensus_agreement >= agreement_min
-        and len(window.raters) >= min_raters
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +120,6 @@ def perceived(
     agreed = (
         observers >= MIN_RATERS
         and holders[label] >= AGREEMENT_MIN * observers - 1e-9  # 2 of 3 is 2/3 exactly
-        and window.consensus == label
-        and humans_agreed(window)
     )
     disputed = observers >= MIN_RATERS and not agreed
     return Perception(label, observers, agreed, disputed, tuple(ordered))
@@ -578,18 +559,45 @@ class CoverageBook:
     def merge_older(self, older: CoverageBook) -> None:
         """Take in what ``older`` counted (the windows of an earlier instance, read back)
         where this book has not counted the window itself: a window this book holds is a
-        newer revision of it."""
-        for (performer_id, ts_us), (part, revision, final) in older._open.items():
+        newer revision of it. In one go; the aligner does it in steps (see the three
+        below) so a session's hour of windows never holds its event loop."""
+        self.merge_open(older.open_entries())
+        self.absorb_settled(older.settled_ledgers())
+
+    def open_entries(self) -> list[tuple[tuple[str, int], tuple[_Contribution, int, int]]]:
+        """The windows this book still holds, for :meth:`merge_open` into another book."""
+        return list(self._open.items())
+
+    def settled_ledgers(self) -> dict[str, _Ledger]:
+        """Per performer, what this book counted of the windows it no longer holds (the
+        part :meth:`merge_open` cannot bring): reads this book only, so it can be made
+        off the event loop while nothing else touches this book."""
+        held: dict[str, list[_Contribution]] = {}
+        for (performer_id, _), (part, _, _) in self._open.items():
+            held.setdefault(performer_id, []).append(part)
+        out: dict[str, _Ledger] = {}
+        for performer_id, ledger in self._ledgers.items():
+            settled = ledger.without(held.get(performer_id, ()))
+            if settled.windows:
+                out[performer_id] = settled
+        return out
+
+    def merge_open(
+        self, entries: Iterable[tuple[tuple[str, int], tuple[_Contribution, int, int]]]
+    ) -> None:
+        """Count another book's open windows (:meth:`open_entries`) this book does not hold:
+        a window it holds is a newer revision. Taking the same entries again changes
+        nothing, so a merge cut short can be done again."""
+        for (performer_id, ts_us), (part, revision, final) in entries:
             if (performer_id, ts_us) not in self._open:
                 self._take(performer_id, ts_us, part.window_us, part, revision, final)
-        for performer_id, ledger in older._ledgers.items():
-            settled = ledger.without(
-                p for (who, _), (p, _, _) in older._open.items() if who == performer_id
-            )
-            if settled.windows:
-                mine = self._ledgers.setdefault(performer_id, _Ledger(window_us=ledger.window_us))
-                mine.absorb(settled)
-                self._changed.add(performer_id)
+
+    def absorb_settled(self, settled: Mapping[str, _Ledger]) -> None:
+        """Add what another book settled (:meth:`settled_ledgers`); once per merge."""
+        for performer_id, ledger in settled.items():
+            mine = self._ledgers.setdefault(performer_id, _Ledger(window_us=ledger.window_us))
+            mine.absorb(ledger)
+            self._changed.add(performer_id)
 
     def forget(self, performer_id: str) -> None:
         """Drop everything of a performer (counted elsewhere now)."""

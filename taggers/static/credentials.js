@@ -1,7 +1,8 @@
 // livetag page credentials: a join link's token is swapped for a short-lived session
 // credential on load, and taken out of the address bar and the tab's history.
 //
-// An ES module (no build step) exporting LivetagCredentials. The call page and the
+// An ES module (no build step) exporting LivetagCredentials (and Backoff, the reconnect
+// wait the pages share with its closed() verdict). The call page and the
 // dashboard each make one for the link they were opened with; the call page module,
 // loaded into the dashboard, uses the dashboard's (window.LIVETAG_CREDENTIALS). The
 // dashboard server serves this same file as /dashboard/credentials.js. Server side:
@@ -22,6 +23,34 @@ const CREDENTIAL_PROTOCOL = "livetag.credential.";
 // A credential this close to its end is not used for a new connection: the server
 // could see it expired by the time the handshake arrives.
 const FRESH_MARGIN_MS = 5000;
+// A refused connection (a close code 4400-4599 with the reason, streams.runtime.
+// connection_gate; or the probe's 429/503: the server, the session or this address is
+// full) tries again after 10-20 s, not at the usual pace: hundreds of refused pages must
+// not hammer the server.
+const REFUSED_RETRY_MS = 10000;
+
+// A page's wait before it opens its websocket again: doubling from startMs up to maxMs,
+// 10-20 s after a refusal; reset() once the page is really back.
+export class Backoff {
+  constructor(options) {
+    const opts = options || {};
+    this.startMs = opts.startMs || 500;
+    this.maxMs = opts.maxMs || 2000;
+    this.ms = this.startMs;
+  }
+
+  // The wait before the next try (slow: the last one was refused).
+  next(slow) {
+    if (slow) this.ms = Math.max(this.ms, REFUSED_RETRY_MS * (1 + Math.random()));
+    const wait = this.ms;
+    this.ms = Math.min(this.ms * 2, this.maxMs);
+    return wait;
+  }
+
+  reset() {
+    this.ms = this.startMs;
+  }
+}
 
 export class LivetagCredentials {
   // Close codes of a connection whose link was revoked / ran out (taggers/credentials.py).
@@ -129,6 +158,25 @@ export class LivetagCredentials {
       return { ...answer.refusal, final: false };
     }
     return answer.refusal;
+  }
+
+  // What to do after a page's websocket closed (event: its close event): {retry: false,
+  // code, message} when rejoining cannot help (revoked, ran out, the session over, the
+  // link refused), else {retry: true, slow, message} (slow: refused for now, see Backoff).
+  // A refused handshake tells a page nothing: probeUrl is asked why (the server away is
+  // a plain retry).
+  async closed(event, probeUrl) {
+    if (LivetagCredentials.isFinalClose(event.code)) {
+      const reason = String(event.reason || "");
+      return { retry: false, code: reason.split(":")[0] || null, message: LivetagCredentials.closeMessage(reason) };
+    }
+    const why = await this.why(probeUrl);
+    if (!why.ok && why.final) return { retry: false, code: why.code, message: why.message };
+    if (why.status === 429 || why.status === 503) return { retry: true, slow: true, message: why.message };
+    if (event.code >= 4400 && event.code < 4600) {
+      return { retry: true, slow: true, message: event.reason || `refused (${event.code})` };
+    }
+    return { retry: true, slow: false, message: event.reason || "connection lost" };
   }
 
   async _post(url, token) {

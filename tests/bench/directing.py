@@ -15,8 +15,15 @@ waits for the archive, so every label window is in its final revision.
 Measured (plain aiokafka readers on ``livetag.cues`` and ``livetag.labels``):
 - ``cue_shown_ms_p50`` / ``_p95`` / ``_max``: ``shown_ts_us - ts_us`` of every cue (sent,
   on the dashboard's session clock, to painted, the performer's page on its synced clock);
-- ``cues_sent``: cue records sent (one per performer a cue was for); ``cues_lost``: those
-  with no shown record on the topic within SHOWN_WITHIN_S of being sent;
+- ``cues_sent``: every cue record the director asked for (one per performer a cue was
+  for: the ids the dashboard acknowledged, and the performers of requests it refused,
+  took only in part or did not answer); ``cues_lost``: those never shown, broken down in
+  ``cues_lost_by`` as ``refused`` (no record made), ``never_on_topic`` (acknowledged,
+  never read on livetag.cues) and ``never_shown`` (on the topic, no shown record within
+  SHOWN_WITHIN_S of being sent);
+- ``cues_dead_lettered_late``: cue records the aligner dead-lettered as too late for the
+  windows they change (read on livetag.deadletter: the aligner's counters are not served),
+  next to the ledger figures it explains;
 - ``ledger_windows_with_intent``: final label windows whose ``intent.label`` is set;
   ``ledger_windows_expected``: the windows the shown emotion cues cover, computed here from
   the cue records by the ledger's rule (docs/directing.md): a window is under a cue when
@@ -50,6 +57,7 @@ from typing import Any
 import aiohttp
 from playwright.async_api import Page, async_playwright
 
+from capture.cues import SERVICE as CAPTURE_SERVICE
 from streams import records
 from streams.kafka import clients, topics
 from streams.kafka.sessions import SessionDirectory, create_session, publish
@@ -101,11 +109,17 @@ class CueLog:
     shown: dict[str, records.Cue] = field(default_factory=dict)
     shown_read_us: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    undecodable: int = 0
 
     def handle(self, message: Any, arrived_us: int) -> None:
         if not (message.key or b"").startswith(f"{self.session_id}/".encode()):
             return
-        cue = records.decode(records.Cue, message.value, message.headers)
+        try:
+            cue = records.decode(records.Cue, message.value, message.headers)
+        except records.RecordError:
+            # Counted (the capture server dead-letters it too); the reader goes on.
+            self.undecodable += 1
+            return
         book = self.sent if cue.shown_ts_us is None else self.shown
         if cue.cue_id in book:
             self.duplicates += 1
@@ -116,6 +130,35 @@ class CueLog:
 
     def unshown(self) -> set[str]:
         return set(self.sent) - set(self.shown)
+
+
+@dataclass
+class Requests:
+    """What the director asked for, by the dashboard's replies: the cue ids it
+    acknowledged, and the performers of the records it did not make."""
+
+    performers: list[str]
+    acknowledged: set[str] = field(default_factory=set)
+    refused: Counter[str] = field(default_factory=Counter)  # by reply code
+    replies: Counter[str] = field(default_factory=Counter)
+
+    def take(self, asked: dict[str, Any], reply: Any) -> None:
+        targets = self.performers if asked["to"] == "all" else [asked["to"]]
+        if not isinstance(reply, dict):
+            reply = {"type": "error", "code": "no_reply"}
+        self.replies[reply.get("code") or reply.get("type", "?")] += 1
+        if reply.get("type") == "cue_sent":
+            ids = reply.get("cue_ids") or {}
+            self.acknowledged.update(ids.values())
+            missing = [p for p in targets if p not in ids]
+            if missing:
+                self.refused["partial"] += len(missing)
+            return
+        self.refused[str(reply.get("code", "?"))] += len(targets)
+
+    def unsettled(self, cue_log: CueLog) -> bool:
+        """Whether some acknowledged cue is not on the topic, or not shown, yet."""
+        return any(cue_id not in cue_log.shown for cue_id in self.acknowledged)
 
 
 def next_cue(rng: random.Random, performers: list[str], labels: list[str]) -> dict[str, Any]:
@@ -195,13 +238,19 @@ async def run(
             labels = [entry.label for entry in session.vocabulary]
             cue_log = CueLog(sid)
             label_log = LabelLog(sid)
+            late_cues = LateCues(sid)
+
+            def labels_and_late_cues(message: Any, arrived_us: int) -> None:
+                label_log.handle(message, arrived_us)
+                late_cues.handle(message)
+
             readers = [
                 TopicReader(settings, [topics.CUES], CUE_FETCH_WAIT_MS, cue_log.handle),
                 TopicReader(
                     settings,
                     [topics.LABELS, topics.DEADLETTER, topics.TAGS],
                     LABEL_FETCH_WAIT_MS,
-                    label_log.handle,
+                    labels_and_late_cues,
                 ),
             ]
             for reader in readers:
@@ -260,20 +309,19 @@ async def run(
             print(f"directing: warm after {warm_up_s:.1f} s; cueing", file=sys.stderr)
 
             # ---- the cues, at a director's pace
-            replies: Counter[str] = Counter()
+            requests = Requests(performers)
             started_us = now_us()
             next_at = time.monotonic()
             for _ in range(cue_count):
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
                 next_at = time.monotonic() + rng.uniform(*pace_ms) / 1000
-                reply = await director.evaluate(
-                    "(c) => window.livetagDashboard.cue(c)", next_cue(rng, performers, labels)
-                )
-                replies[reply.get("code") or reply.get("type", "?")] += 1
+                asked = next_cue(rng, performers, labels)
+                reply = await director.evaluate("(c) => window.livetagDashboard.cue(c)", asked)
+                requests.take(asked, reply)
             last_sent = time.monotonic()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(SHOWN_WITHIN_S):
-                    while not cue_log.sent or cue_log.unshown():
+                    while requests.unsettled(cue_log):
                         up.check()
                         await asyncio.sleep(0.2)
             await asyncio.sleep(max(0.0, AFTER_LAST_CUE_S - (time.monotonic() - last_sent)))
@@ -302,8 +350,8 @@ async def run(
         cue_log,
         label_log,
         started_us=started_us,
-        requests=cue_count,
-        replies=replies,
+        requests=requests,
+        late_cues=late_cues.count,
         shown_on_pages=shown_on_pages,
         capture_counts=capture_counts,
         warm_up_s=warm_up_s,
@@ -312,15 +360,14 @@ async def run(
 
 
 async def capture_cue_counts(settings: Settings) -> dict[str, Any]:
-    """The capture server's cue counters (pushed, shown, refused...), from /metrics/loop."""
+    """The capture server's cue counters (pushed, shown, refused...), from /metrics/cues,
+    and its event loop's lag, from /metrics/loop."""
     with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"{settings.capture_base_url}/metrics/loop") as got,
-        ):
-            body = await got.json()
-            counts: dict[str, Any] = body.get("cues") or {}
-            counts["loop_lag_ms_p99"] = body.get("lag_ms_p99")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{settings.capture_base_url}/metrics/cues") as got:
+                counts: dict[str, Any] = await got.json()
+            async with http.get(f"{settings.capture_base_url}/metrics/loop") as got:
+                counts["loop_lag_ms_p99"] = (await got.json()).get("lag_ms_p99")
             return counts
     return {}
 
@@ -362,13 +409,34 @@ async def wait_state(
         await directory.changed(timeout_s=2.0)
 
 
+class LateCues:
+    """Cue records of the session the aligner dead-lettered (too late for their windows)."""
+
+    def __init__(self, session_id: str) -> None:
+        self._prefix = f"{session_id}/"
+        self.count = 0
+
+    def handle(self, message: Any) -> None:
+        if message.topic != topics.DEADLETTER:
+            return
+        with contextlib.suppress(records.RecordError):
+            letter = records.decode(records.DeadLetter, message.value, message.headers)
+            if (
+                letter.source_topic == topics.CUES
+                and (letter.source_key or "").startswith(self._prefix)
+                # The capture server dead-letters undecodable cues: not late ones.
+                and letter.service != CAPTURE_SERVICE
+            ):
+                self.count += 1
+
+
 def summarise(
     cue_log: CueLog,
     label_log: LabelLog,
     *,
     started_us: int,
-    requests: int,
-    replies: Counter[str],
+    requests: Requests,
+    late_cues: int,
     shown_on_pages: dict[str, Any],
     capture_counts: dict[str, Any],
     warm_up_s: float,
@@ -379,12 +447,20 @@ def summarise(
         for cue_id, sent in cue_log.sent.items()
         if cue_id in cue_log.shown
     ]
-    lost = [
+    never_shown = [
         cue_id
         for cue_id, sent in cue_log.sent.items()
-        if cue_log.shown_read_us.get(cue_id, sent.ts_us + 10**12)
+        if cue_id in requests.acknowledged
+        and cue_log.shown_read_us.get(cue_id, sent.ts_us + 10**12)
         > sent.ts_us + SHOWN_WITHIN_S * 1_000_000
     ]
+    never_on_topic = sorted(requests.acknowledged - set(cue_log.sent))
+    refused = sum(requests.refused.values())
+    lost_by = {
+        "refused": refused,
+        "never_on_topic": len(never_on_topic),
+        "never_shown": len(never_shown),
+    }
     cues = [cue_log.shown.get(cue_id, sent) for cue_id, sent in cue_log.sent.items()]
     cued = {cue.performer_id for cue in cues}
     windows = [w for w in label_log.windows.values() if w.performer_id in cued]
@@ -406,17 +482,20 @@ def summarise(
         "cue_shown_ms_p50": percentile(delays_ms, 0.50),
         "cue_shown_ms_p95": percentile(delays_ms, 0.95),
         "cue_shown_ms_max": round(max(delays_ms), 2) if delays_ms else None,
-        "cues_sent": len(cue_log.sent),
-        "cues_lost": len(lost),
+        "cues_sent": len(requests.acknowledged) + refused,
+        "cues_lost": sum(lost_by.values()),
+        "cues_lost_by": lost_by,
         "ledger_windows_with_intent": len(with_intent),
         "ledger_windows_expected": len(expected),
+        "cues_dead_lettered_late": late_cues,
         "ledger_windows_mismatched": len(mismatched),
-        "cue_requests": requests,
-        "cue_replies": dict(replies),
+        "cue_requests": sum(requests.replies.values()),
+        "cue_replies": dict(requests.replies),
+        "cues_refused_by": dict(requests.refused),
         "cue_kinds": dict(kinds),
         "label_windows": len(windows),
         "details": {
-            "lost_cue_ids": lost[:20],
+            "lost_cue_ids": (never_on_topic + never_shown)[:20],
             # (performer, window ts_us, intended label on the window, by the cues)
             "mismatched_windows": mismatched[:20],
             "shown_on_pages": {
@@ -429,6 +508,7 @@ def summarise(
             },
             "capture_cues": capture_counts,
             "duplicate_records": cue_log.duplicates,
+            "undecodable_records": cue_log.undecodable,
             "dead_letters": label_log.dead_letters[:10],
             "warm_up_s": round(warm_up_s, 1),
             "notes": notes,
@@ -468,6 +548,13 @@ def main() -> None:
     except asyncio.CancelledError:
         raise SystemExit("error: stopped by a signal") from None
     (results / "result.json").write_text(json.dumps(result, indent=2))
+    print(
+        f"directing: {result['cues_lost']} of {result['cues_sent']} cues lost "
+        f"{result['cues_lost_by']}; windows with intent {result['ledger_windows_with_intent']}"
+        f" of {result['ledger_windows_expected']} expected "
+        f"({result['cues_dead_lettered_late']} cues dead-lettered late by the aligner)",
+        file=sys.stderr,
+    )
     print(json.dumps(result))
 
 

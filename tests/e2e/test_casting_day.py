@@ -134,13 +134,20 @@ async def test_a_casting_day_lobby_matching_scene_and_back(
             " && s.ended_ts_us === null)",
             arg=session_id,
         )
+        # The scene's row links to the director dashboard minted with it, in a new tab.
+        link = director.locator(f"#scenes li[data-session='{session_id}'] a.dashboard-link")
+        await link.wait_for(timeout=10_000)
+        assert (await link.get_attribute("href") or "").startswith("/dashboard?token=")
+        assert await link.get_attribute("target") == "_blank"
 
         # The director ends the scene from the casting page.
         await director.click(f"#scenes li[data-session='{session_id}'] button.danger")
+        # One follows the link, the other goes back by itself a few seconds later.
+        await ana.wait_for_selector("#lobby:not([hidden]) a", timeout=20_000)
+        await ana.click("#lobby a")
+        await ben.wait_for_selector("#lobby:not([hidden]) a", timeout=20_000)
         for page in (ana, ben):
-            await page.wait_for_selector("#lobby:not([hidden]) a", timeout=20_000)
-            await page.click("#lobby a")
-            await page.wait_for_url("**/lobby", timeout=10_000)
+            await page.wait_for_url("**/lobby", timeout=15_000)
             await page.wait_for_function(
                 "window.livetagLobby && window.livetagLobby.connected", timeout=20_000
             )

@@ -11,12 +11,13 @@ page sends go through the real cue desk onto livetag.cues, where the test reads 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from playwright.async_api import Page
+from playwright.async_api import Page, WebSocket
 
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
@@ -49,6 +50,12 @@ ARTIFACTS = Path("test-artifacts")
 def performer_tag(session_id: str, performer: str, tag_id: str, ts_us: int) -> records.TagEvent:
     """A point tag a performer put on themselves."""
     event = tag(tag_id, "point", ts_us, rater=performer, performer=performer, span_us=1_000_000)
+    return event.model_copy(update={"session_id": session_id, "rater_role": "performer"})
+
+
+def partner_tag(session_id: str, tag_id: str, ts_us: int) -> records.TagEvent:
+    """bob, alice's scene partner, tagging her: drawn, never counted as perceived."""
+    event = tag(tag_id, "point", ts_us, rater="bob", performer="alice", span_us=1_000_000)
     return event.model_copy(update={"session_id": session_id, "rater_role": "performer"})
 
 
@@ -107,6 +114,7 @@ def script(sid: str, now: int) -> list[tuple[str, records.AnyRecord]]:
     sent += [
         (topics.TAGS, performer_tag(sid, "alice", "tag-self-alice-1", start + 500_000)),
         (topics.TAGS, observer_tag(sid, "r1", "tag-obs-r1-00001", start + 800_000)),
+        (topics.TAGS, partner_tag(sid, "tag-partner-bob1", start + 1_100_000)),
     ]
     coverage = {
         "alice": made.coverage(
@@ -166,7 +174,14 @@ READY = """() => { const h = window.livetagDashboard;
   return a && a.state === "shown" && a.current && a.current.cue_id === "cue-alice-0002"
     && b && b.state === "sent" && l && l.intent === 30 && l.agreed === 20 && l.disputed === 10
     && h.ledger.bob && h.ledger.bob.intent === 10 && h.coverage && h.coverage.suggestion
-    && p && p.self >= 1 && p.observers >= 1 && p.measured === 30 && p.perceived === 30; }"""
+    && p && p.self >= 1 && p.observers >= 1 && p.partners >= 1 && p.measured === 30
+    && p.perceived === 30; }"""
+
+# The observer's page has had the scene's perception; an intent would have come with it.
+OBSERVER_READY = """() => { const h = window.livetagDashboard;
+  const l = h.ledger.alice, p = h.performers.alice && h.performers.alice.lanes;
+  return l && l.perceived === 30 && l.agreed === 20 && p && p.perceived === 30
+    && p.observers >= 1 && p.partners >= 1; }"""
 
 
 async def read_cue(settings: Settings, cue_id: str, since_us: int) -> records.Cue:
@@ -198,14 +213,53 @@ async def read_cue(settings: Settings, cue_id: str, since_us: int) -> records.Cu
 
 async def observer_page_state(page: Page) -> dict[str, Any]:
     state: dict[str, Any] = await page.evaluate(
-        """() => ({
-          cue: window.livetagDashboard.cues.alice,
+        """() => { const h = window.livetagDashboard; return JSON.parse(JSON.stringify({
+          cues: h.cues,
+          coverage: h.coverage,
+          suggestion: h.suggestion,
+          ledger: h.ledger.alice,
+          lanes: h.performers.alice.lanes,
+          cueRow: document.querySelector("#perf-alice .perf-cue").checkVisibility(),
           tileControls: document.querySelector("#perf-alice .cue-emotion").checkVisibility(),
           allControls: document.querySelector("#cue-all .cue-emotion").checkVisibility(),
+          directing: document.getElementById("directing").checkVisibility(),
           sendShown: document.getElementById("next-cue-send").checkVisibility(),
-        })"""
+        })); }"""
     )
     return state
+
+
+def record_frames(page: Page) -> list[dict[str, Any]]:
+    """Every message the page's dashboard websockets opened from now on receive (not the
+    capture server's call and tag sockets)."""
+    frames: list[dict[str, Any]] = []
+
+    def on_frame(payload: str | bytes) -> None:
+        message = json.loads(payload)
+        if isinstance(message, dict):
+            frames.append(message)
+
+    def on_socket(ws: WebSocket) -> None:
+        if "/ws/dashboard" in ws.url:
+            ws.on("framereceived", on_frame)
+
+    page.on("websocket", on_socket)
+    return frames
+
+
+def intent_seen(frames: list[dict[str, Any]]) -> list[str]:
+    """What of these messages tells of an intent: cues, coverage, an intent cell."""
+    told = []
+    for message in frames:
+        if message.get("type") == "hello":
+            scenario = (message.get("session") or {}).get("scenario")
+            if scenario and ("arc" in scenario or "targets" in scenario):
+                told.append("the scenario's arc or targets")
+        if message.get("type") != "update":
+            continue
+        told += [key for key in ("cues", "cues_current", "coverage") if key in message]
+        told += [f"intent at {row[1]}" for row in message.get("ledger", []) if row[3] is not None]
+    return told
 
 
 async def test_cues_the_four_lanes_hit_rate_coverage_and_the_next_cue_reach_the_page(
@@ -230,6 +284,10 @@ async def test_cues_the_four_lanes_hit_rate_coverage_and_the_next_cue_reach_the_
         ) as director,
         open_page(dashboard_url(dashboard, observer), video=None, audio=None) as watcher,
     ):
+        # Everything the observer's page is sent, from a fresh connection (the page keeps
+        # its credential over a reload).
+        observer_frames = record_frames(watcher)
+        await watcher.reload()
         for page in (director, watcher):
             await page.wait_for_function(
                 "window.livetagDashboard && window.livetagDashboard.connected", timeout=20_000
@@ -237,9 +295,12 @@ async def test_cues_the_four_lanes_hit_rate_coverage_and_the_next_cue_reach_the_
         await produce(capture_settings, sent)
         await director.wait_for_function(READY, timeout=20_000)
         state = await director.evaluate(PAGE_STATE)
+        await watcher.wait_for_function(OBSERVER_READY, timeout=20_000)
+        # Two more updates (health comes every second): what the director had, the
+        # observer would have had by now.
+        updates = await watcher.evaluate("window.livetagDashboard.updates")
         await watcher.wait_for_function(
-            "() => (window.livetagDashboard.cues.alice || {}).state === 'shown'",
-            timeout=20_000,
+            "(n) => window.livetagDashboard.updates > n + 1", arg=updates, timeout=10_000
         )
         seen_by_observer = await observer_page_state(watcher)
         # alice's own hit rate and confusion.
@@ -302,17 +363,36 @@ async def test_cues_the_four_lanes_hit_rate_coverage_and_the_next_cue_reach_the_
     assert state["tileControls"]
     assert state["allControls"]
     assert state["sendShown"]
-    # The observer sees the same states, and no controls.
-    assert seen_by_observer["cue"]["text"] == alice["text"]
+    # The observer is told nothing of what was intended: no cue, no intent lane, no
+    # coverage or next cue, and the page has no place for them; what the observers
+    # perceived it has.
+    assert [m["type"] for m in observer_frames][:1] == ["hello"], observer_frames[:1]
+    assert sum(len(m.get("ledger", [])) for m in observer_frames) >= 30
+    assert intent_seen(observer_frames) == []
+    assert seen_by_observer["cues"] == {}
+    assert seen_by_observer["coverage"] is None
+    assert seen_by_observer["suggestion"] is None
+    assert seen_by_observer["ledger"] == {
+        "intent": 0,
+        "perceived": 30,
+        "agreed": 20,
+        "disputed": 10,
+    }
+    assert seen_by_observer["lanes"]["intent"] == 0
+    assert seen_by_observer["lanes"]["textMarks"] == 0
+    assert not seen_by_observer["cueRow"]
     assert not seen_by_observer["tileControls"]
     assert not seen_by_observer["allControls"]
+    assert not seen_by_observer["directing"]
     assert not seen_by_observer["sendShown"]
     assert refused["code"] == "forbidden", refused
     # The four lanes: intent (one run of the strong laughter cue; bob: his line as a
-    # mark), self-tagged, the observers' tags and what they perceived (20 windows agreed,
-    # 10 disputed), measured (the model lane).
+    # mark), self-tagged, bob's tag on his partner in a lane of its own, the observers'
+    # tags and what they perceived (20 windows agreed, 10 disputed), measured (the model
+    # lane).
     lanes = state["lanes"]["alice"]
     assert (lanes["intent"], lanes["self"], lanes["observers"]) == (1, 1, 1), lanes
+    assert lanes["partners"] == 1, lanes
     assert (lanes["perceived"], lanes["agreed"], lanes["disputed"]) == (30, 20, 10), lanes
     assert lanes["measured"] == 30
     assert state["lanes"]["bob"]["textMarks"] == 1

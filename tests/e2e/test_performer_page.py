@@ -252,3 +252,5 @@ async def test_the_performer_page_fits_a_phone_and_a_laptop_with_the_partner_lar
             await producer.stop()
         await alice.wait_for_selector("#lobby", state="visible", timeout=15_000)
         assert await alice.get_attribute("#lobby a", "href") == "/lobby"
+        # ...and goes there by itself a few seconds later.
+        await alice.wait_for_url("**/lobby", timeout=15_000)

@@ -1,6 +1,8 @@
 """A casting day on the real broker: `livetag day` on the command line, the lobby's presence
 on livetag.lobby, a scene started from the casting page (its session record and its
-SceneRef), its end, bad input, and a restart of both servers that loses nothing."""
+SceneRef, its take 1 started once every performer joined, its windows aligned and
+archived by a real worker and recorder), its end, bad input, a scene the day could not
+name, and a restart of both servers that loses nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -22,16 +25,21 @@ from pydantic import SecretStr
 from capture.lobby import LEAVE_GRACE_S
 from capture.server import CaptureServer
 from dashboard.server import DashboardServer
+from infra.worker import ProcessorWorker
 from streams import records
+from streams.archive import store
+from streams.archive.recorder import RecorderWorker
 from streams.kafka import casting, clients, revocations, topics
 from streams.kafka.scenarios import publish_scenario
-from streams.kafka.sessions import SessionDirectory
+from streams.kafka.sessions import SessionDirectory, is_over
 from streams.settings import Settings, to_environment
 from taggers import tokens
 from taggers.vocabulary import load_vocabulary
 from tests import media as test_media
 from tests.bench.face import jpeg_frames
 from tests.integration.test_access import as_browser, token_in
+from tests.integration.test_aligner import W, face_frames, prosody_hops, send
+from tests.integration.test_recorder import recorder_settings, wait_for_manifest
 from tests.samples import SCENARIO, jpeg_frame
 
 pytestmark = pytest.mark.integration
@@ -131,6 +139,18 @@ async def test_day_create_prints_lobby_links_and_day_link_issues_a_fresh_one(
     )
     assert duplicate.returncode == 2
     assert "roster performer_id" in duplicate.stderr
+
+    # Revoking a day's links: the same command rule as a session's (infra.cli._revoke).
+    revoked = await asyncio.to_thread(
+        _livetag, configured, "day", "revoke", day_id, "--performer", "Ana Ruiz"
+    )
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == f"revoked\t{day_id}\tparticipant ana-ruiz"
+    nowhere = await asyncio.to_thread(
+        _livetag, configured, "day", "revoke", "day-nope", "--performer", "ben"
+    )
+    assert nowhere.returncode == 2
+    assert "no casting day 'day-nope'" in nowhere.stderr
 
     closed = await asyncio.to_thread(_livetag, configured, "day", "close", day_id)
     assert closed.returncode == 0, closed.stderr
@@ -677,3 +697,220 @@ async def test_a_revoked_day_link_closes_its_lobby_page_and_is_refused(casting_d
                 day.ws(day.capture, "/ws/lobby"), protocols=as_browser(credential)
             )
         assert handshake.value.status == 403
+
+
+# ---------------------------------------------------------------- a scene like any other
+
+
+async def _join_call(http: aiohttp.ClientSession, day: Day, url: str) -> Any:
+    """A performer's call page joining its scene from the lobby's link (the presence the
+    casting page waits for)."""
+    status, body = await _credential(http, day.capture, "/api/credential", token_in(url))
+    assert status == 200, body
+    ws = await http.ws_connect(
+        day.ws(day.capture, "/ws/call"), protocols=as_browser(str(body["credential"]))
+    )
+    await _next(ws, "welcome")
+    return ws
+
+
+async def test_a_scene_from_the_casting_page_starts_its_take_when_all_are_in_and_is_aligned(
+    casting_day: Day, tmp_path: Path
+) -> None:
+    day = casting_day
+    day_id = day.day.day_id
+    own = recorder_settings(day.settings, tmp_path)
+    stop = asyncio.Event()
+    workers: list[asyncio.Task[None]] = []
+    directory = SessionDirectory(day.settings)
+    await directory.start()
+    labels = clients.make_consumer(own, topics.LABELS, auto_offset_reset="latest")
+    producer = clients.make_producer(own)
+    await asyncio.gather(labels.start(), producer.start())
+    pages: list[Any] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            ana = await http.ws_connect(
+                day.ws(day.capture, "/ws/lobby"),
+                protocols=as_browser(await _lobby_credential(http, day, "ana")),
+            )
+            ben = await http.ws_connect(
+                day.ws(day.capture, "/ws/lobby"),
+                protocols=as_browser(await _lobby_credential(http, day, "ben")),
+            )
+            director = await http.ws_connect(
+                day.ws(day.dashboard, "/ws/casting"),
+                protocols=as_browser(await _casting_credential(http, day)),
+            )
+            pages += [ana, ben, director]
+            await _wait_for_waiting(director, {"ana", "ben"})
+            started = await _reply(
+                director,
+                {
+                    "type": "start_scene",
+                    "performers": ["ana", "ben"],
+                    "scenario_id": "late-friend",
+                    "roles": {"ana": "the friend"},
+                },
+            )
+            assert started["type"] == "scene_started", started
+            sid = started["session_id"]
+            # The scene is processed like any other session: a worker and a recorder.
+            workers.append(asyncio.create_task(ProcessorWorker(own, only_sessions={sid}).run(stop)))
+            workers.append(asyncio.create_task(RecorderWorker(own, only_sessions={sid}).run(stop)))
+            calls = {
+                who: (await _next(page, "scene"))["url"]
+                for who, page in (("ana", ana), ("ben", ben))
+            }
+            assert day.capture.lobby._scene_urls.keys() >= {(sid, "ana"), (sid, "ben")}
+
+            # One performer in: no take yet.
+            pages.append(await _join_call(http, day, calls["ana"]))
+            await directory.wait_until(
+                lambda: (
+                    (
+                        (s := directory.get(sid)) is not None
+                        and any(p.participant_id == "ana" and p.connected for p in s.presence)
+                        and s
+                    )
+                    or None
+                ),
+                timeout_s=20,
+            )
+            await asyncio.sleep(1.5)  # the desk looks every 0.5 s
+            assert day.dashboard.session(sid).takes == []  # type: ignore[union-attr]
+            # Everyone in: take 1 starts by itself.
+            pages.append(await _join_call(http, day, calls["ben"]))
+            live = await directory.wait_until(
+                lambda: ((s := directory.get(sid)) is not None and s.takes and s) or None,
+                timeout_s=20,
+            )
+            [take] = live.takes
+            assert (take.take_id, take.end_ts_us, live.state) == (1, None, "live")
+            assert day.dashboard.casting.counters["takes_started"] == 1
+
+            # Features of ana inside the take, as the processors send them.
+            t0 = (time.time_ns() // 1000 // W) * W + 15_000_000
+            hops = [
+                h.model_copy(update={"performer_id": "ana"}) for h in prosody_hops(sid, t0, 101)
+            ]
+            for start in range(0, len(hops), 10):
+                await send(
+                    producer, live.topics.prosody, records.ProsodyHops.of(hops[start : start + 10])
+                )
+            for frame in face_frames(sid, t0, 21):
+                await send(
+                    producer, live.topics.face, frame.model_copy(update={"performer_id": "ana"})
+                )
+            await producer.flush()
+            windows: dict[int, records.LabelWindow] = {}
+            wanted = {t0 + k * W for k in range(10)}
+            async with asyncio.timeout(90):
+                while not wanted <= windows.keys():
+                    for batch in (await labels.getmany(timeout_ms=200)).values():
+                        for message in batch:
+                            if message.key == f"{sid}/ana".encode():
+                                window = records.decode(
+                                    records.LabelWindow, message.value, message.headers
+                                )
+                                windows[window.ts_us] = window
+            for ts_us in sorted(wanted):
+                window = windows[ts_us]
+                assert window.features.loudness_mean_db == -20.0
+                # The scenario's arc runs in the take the casting page started.
+                assert window.intent is not None
+                assert (window.intent.label, window.intent.source) == ("hesitation", "arc")
+                assert "hesitation" in window.intent.targets
+
+            # The take ends long before the scene: the scene's end is the session's.
+            await day.dashboard.act(sid, "take_end")
+            await asyncio.sleep(1.0)
+            # A fresh casting page: the first was not read while the windows were awaited.
+            director = await http.ws_connect(
+                day.ws(day.dashboard, "/ws/casting"),
+                protocols=as_browser(await _casting_credential(http, day)),
+            )
+            pages.append(director)
+            ended = await _reply(director, {"type": "end_scene", "session_id": sid})
+            assert ended["type"] == "scene_ending", ended
+            async with asyncio.timeout(20):
+                while True:
+                    current = await casting.read_day(day.settings, day_id)
+                    assert current is not None
+                    [scene] = [s for s in current.scenes if s.session_id == sid]
+                    if scene.ended_ts_us is not None:
+                        break
+                    await asyncio.sleep(0.3)
+            await directory.wait_until(
+                lambda: directory.get(sid) if directory.ended_at_us(sid) else None, timeout_s=10
+            )
+            over = directory.ended_at_us(sid)
+            assert over is not None
+            took = day.dashboard.session(sid).takes[0]  # type: ignore[union-attr]
+            assert took.end_ts_us is not None
+            assert scene.ended_ts_us == over > took.end_ts_us + 500_000
+            # The lobby forgets the scene's links once it is over.
+            async with asyncio.timeout(10):
+                while any(key[0] == sid for key in day.capture.lobby._scene_urls):  # noqa: ASYNC110 (server state)
+                    await asyncio.sleep(0.2)
+
+        manifest = await wait_for_manifest(store.session_dir(own, sid), timeout_s=60)
+        assert manifest["counts"]["labels"] >= 10
+        archived = {
+            w.ts_us: w
+            for w in store.read_records(store.session_dir(own, sid), "labels")
+            if w.performer_id == "ana"
+        }
+        assert wanted <= archived.keys()
+        assert all(archived[ts].intent is not None for ts in wanted)
+    finally:
+        stop.set()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for page in pages:
+            await page.close()
+        await asyncio.gather(labels.stop(), producer.stop(), directory.stop())
+
+
+async def test_a_scene_the_day_cannot_name_is_ended_not_left_open(
+    casting_day: Day, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day = casting_day
+    day_id = day.day.day_id
+
+    async def broker_refuses(*_: Any, **__: Any) -> None:
+        raise ConnectionError("livetag.casting is away")
+
+    async with aiohttp.ClientSession() as http:
+        ana = await http.ws_connect(
+            day.ws(day.capture, "/ws/lobby"),
+            protocols=as_browser(await _lobby_credential(http, day, "ana")),
+        )
+        director = await http.ws_connect(
+            day.ws(day.dashboard, "/ws/casting"),
+            protocols=as_browser(await _casting_credential(http, day)),
+        )
+        try:
+            await _wait_for_waiting(director, {"ana"})
+            # The session is opened; the day's new version is then refused.
+            monkeypatch.setattr(casting, "publish_day", broker_refuses)
+            reply = await _reply(director, {"type": "start_scene", "performers": ["ana"]})
+            assert (reply["type"], reply["code"]) == ("error", "unavailable")
+            assert "could not be put on the day" in reply["message"]
+        finally:
+            await ana.close()
+            await director.close()
+    assert day.dashboard.casting.counters["scenes_abandoned"] == 1
+    assert day.dashboard.casting.counters["abandoned_not_ended"] == 0
+    directory = SessionDirectory(day.settings)
+    await directory.start()
+    try:
+        orphan = await directory.wait_until(
+            lambda: next(
+                (s for s in directory.sessions() if s.day_id == day_id and is_over(s)), None
+            ),
+            timeout_s=10,
+        )
+    finally:
+        await directory.stop()
+    assert orphan.state == "ended"
+    assert [p.performer_id for p in orphan.roster] == ["ana"]

@@ -7,6 +7,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -35,6 +36,7 @@ CAPTURE_ROUTES = (
     "/metrics/refusals",
     "/metrics/loop",
     "/metrics/lobby",
+    "/metrics/cues",
 )
 DASHBOARD_ROUTES = ("/metrics", "/metrics/clients")
 
@@ -286,3 +288,48 @@ async def test_a_counter_too_large_for_a_scrape_does_not_fail_it(
                     break
                 await asyncio.sleep(0.3)
     assert f'performer="ana",session="{session_id}"' not in text
+
+
+async def test_the_dashboards_desks_and_followers_counters_are_on_its_client_metrics(
+    web_settings: Settings, dashboard: DashboardServer
+) -> None:
+    async def figures() -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(dashboard.url + "/metrics/clients") as answer,
+        ):
+            assert answer.status == 200, await answer.text()
+            body: dict[str, Any] = await answer.json()
+            return body
+
+    before = await figures()
+    casting = before["casting"]
+    assert casting["counters"] == dict(dashboard.casting.counters)
+    for follower in ("days", "lobby", "coverage"):
+        assert set(casting[follower]) == {
+            "undecodable",
+            "dead_letters_failed",
+            "dead_letters_dropped",
+            "read_errors",
+        }, follower
+    assert before["scenarios"] == {
+        "saved": dashboard.scenarios.saved,
+        "deleted": dashboard.scenarios.deleted,
+        "library": dashboard.scenarios.library.counters(),
+    }
+    # A record the lobby follower cannot read is counted where an operator can see it.
+    skipped = casting["lobby"]["undecodable"]
+    producer = clients.make_producer(web_settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.LOBBY, b"{not a presence", key=b"day-x/ana")
+    finally:
+        await producer.stop()
+    async with asyncio.timeout(20):
+        while True:
+            after = await figures()
+            lobby = after["casting"]["lobby"]
+            if lobby["undecodable"] > skipped:
+                break
+            await asyncio.sleep(0.3)
+    assert lobby["undecodable"] == dashboard.casting.lobby.undecodable

@@ -14,7 +14,7 @@ import pytest
 from streams import records
 from streams.kafka import health, topics
 from streams.labels import aligner as aligner_module
-from streams.labels.aligner import AlignerStep, CoveragePublisher, CueAgent
+from streams.labels.aligner import AlignerStep, CounterPublisher, CoveragePublisher, CueAgent
 from streams.labels.aligner_core import SessionAligner
 from streams.settings import Settings
 from tests.unit.test_aligner_agents import (
@@ -36,6 +36,7 @@ from tests.unit.test_aligner_agents import (
 from tests.unit.test_ledger import cue
 
 COVERAGE = "coverage-topic"
+HEALTH = "health-topic"
 
 
 @pytest.fixture
@@ -187,14 +188,26 @@ async def test_coverage_is_rebuilt_from_the_windows_before_it_goes_out_again(
     ) -> AsyncIterator[list[Any]]:
         reads.append((set(partitions), since_ms))
         await release.wait()
-        yield [records.encode(window) for window in earlier]
+        garbled = replace(records.encode(earlier[0]), value=b"{not a window")
+        yield [*(records.encode(window) for window in earlier), garbled]
 
     monkeypatch.setattr(aligner_module, "label_records", label_records)
+    # One window at a time: the merge gives the event loop back between windows.
+    monkeypatch.setattr(aligner_module, "COVERAGE_MERGE_CHUNK", 1)
     journal: Journal = []
     emit, _ = recorder(journal)
     aligner = SessionAligner(SID, PROSODY_ONLY)
     step = AlignerStep(aligner, emit, LABELS)
-    publisher = CoveragePublisher(settings, session(), step, emit, COVERAGE)
+    counters = CounterPublisher(settings, SID, step, emit, HEALTH)
+    publisher = CoveragePublisher(settings, session(), step, emit, COVERAGE, counters)
+    merged: list[int] = []
+    merge_open = publisher.book.merge_open
+
+    def merge_in_chunks(entries: Any) -> None:
+        merged.append(len(entries))
+        merge_open(entries)
+
+    monkeypatch.setattr(publisher.book, "merge_open", merge_in_chunks)
     publisher.assign({partition})
     # Meanwhile this instance revises window 1 again (the newer revision) and emits 2.
     newer = observed(base.model_copy(update={"ts_us": T0 + W, "revision": 2}), "laughter")
@@ -212,6 +225,15 @@ async def test_coverage_is_rebuilt_from_the_windows_before_it_goes_out_again(
     assert rebuilt.windows == 3
     assert rebuilt.cells["anger"].agreed_s == 0.1
     assert rebuilt.cells["laughter"].agreed_s == 0.2
+    # The two windows read back were taken in one by one (window 1 was kept: newer here).
+    assert merged == [1, 1]
+    # The rebuild's counts go out with the aligner's counters.
+    await counters.publish()
+    [health_record] = [e[2] for e in journal if e[0] == "emit" and e[1] == HEALTH]
+    assert health_record.performer_id == "alice"
+    assert health_record.counters["coverage_rebuilt_windows"] == 3
+    assert health_record.counters["coverage_undecodable_windows"] == 1
+    assert publisher.undecodable == 1
     await publisher.stop()
 
 
@@ -232,8 +254,17 @@ async def test_a_failed_rebuild_is_tried_again(
     journal: Journal = []
     emit, _ = recorder(journal)
     step = AlignerStep(SessionAligner(SID, PROSODY_ONLY), emit, LABELS)
-    publisher = CoveragePublisher(Settings(), session(), step, emit, COVERAGE)
-    publisher.assign({0})
+    counters = CounterPublisher(Settings(), SID, step, emit, HEALTH)
+    publisher = CoveragePublisher(Settings(), session(), step, emit, COVERAGE, counters)
+    partition = health.performer_partition(Settings(), SID, "alice")
+    publisher.assign({partition})
     await wait_rebuilt(publisher)
     assert len(attempts) == 2
     assert publisher.rebuild_failures == 1
+    await counters.publish()
+    failures = {
+        e[2].performer_id: e[2].counters.get("coverage_rebuild_failures")
+        for e in journal
+        if e[0] == "emit" and e[1] == HEALTH
+    }
+    assert failures == {"alice": 1}, "counted for the roster's performers on the partition"

@@ -4,6 +4,7 @@ cue in force per performer, a page's "shown" on the session clock, once per cue)
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,8 +13,10 @@ from typing import Any, cast
 import pytest
 from aiokafka import TopicPartition
 
+from capture import cues as capture_cues
 from capture import signaling
-from capture.cues import CueBoard, CueFollower, CueShownError, page_cue
+from capture.cues import CueBoard, CueFollower, CueShownError, CueSlot, page_cue
+from dashboard import cues as dashboard_cues
 from dashboard.cues import CueDesk, CueRefused, build_cues
 from dashboard.server import ActionError
 from streams import records
@@ -128,9 +131,11 @@ class FakeProducer:
 
     sent: list[tuple[str, bytes, bytes]] = field(default_factory=list)
     fail: bool = False
+    #: Keys whose records the broker refuses (after taking the others).
+    refuse_keys: set[bytes] = field(default_factory=set)
 
     async def send(self, topic: str, value: bytes, *, key: bytes, headers: Any) -> Any:
-        if self.fail:
+        if self.fail or key in self.refuse_keys:
             raise ConnectionError("broker away")
         self.sent.append((topic, key, value))
 
@@ -173,7 +178,12 @@ def desk(rate_per_s: float = 10.0, record: records.SessionRecord | None = None) 
     return CueDesk(cast(Any, FakeServer(settings, record or scene())))
 
 
-async def test_the_desk_publishes_each_cue_keyed_by_its_performer_and_answers_their_ids() -> None:
+async def test_the_desk_publishes_each_cue_keyed_by_its_performer_and_answers_their_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A clock that moves 3 ms a reading: stamped at one, published by the next.
+    clock = iter(range(T0, T0 + 10**9, 3_000))
+    monkeypatch.setattr(dashboard_cues, "now_us", lambda: next(clock))
     cues = desk()
     message = {"type": "cue", "to": "all", "kind": "emotion", "label": "sadness", "request_id": 7}
     reply = await cues.handle(cast(Any, FakeClient()), message)
@@ -192,8 +202,73 @@ async def test_the_desk_publishes_each_cue_keyed_by_its_performer_and_answers_th
     assert cues.published == 2
     figures = cues.metrics()
     assert figures["published"] == 2
-    assert figures["publish_ms_median"] is not None
-    assert figures["publish_ms_median"] >= 0
+    assert figures["publish_ms_median"] == figures["publish_ms_max"] == 3.0
+    assert "partial" not in reply
+    assert "partial" not in figures
+
+
+async def test_a_cue_to_all_half_taken_names_what_made_it_and_what_did_not() -> None:
+    cues = desk()
+    server = cast(FakeServer, cues.server)
+    server.producer.refuse_keys = {b"s-1/alice"}
+    reply = await cues.handle(
+        cast(Any, FakeClient()), {"type": "cue", "to": "all", "kind": "text", "text": "go"}
+    )
+    [(_, key, value)] = server.producer.sent
+    assert key == b"s-1/bob"
+    assert reply["type"] == "cue_sent"
+    assert reply["partial"] is True
+    assert reply["failed"] == ["alice"]
+    assert reply["cue_ids"] == {"bob": records.decode(records.Cue, value).cue_id}
+    assert cues.published == 1
+    assert cues.metrics()["partial"] == 1
+    assert cues.metrics()["records_failed"] == 1
+    # None taken: unavailable, naming who.
+    server.producer.refuse_keys = {b"s-1/alice", b"s-1/bob"}
+    with pytest.raises(ActionError) as refused:
+        await cues.handle(cast(Any, FakeClient()), {"type": "cue", "to": "all", "kind": "clear"})
+    assert refused.value.code == "unavailable"
+    assert "alice" in refused.value.message
+    assert "bob" in refused.value.message
+    assert cues.metrics()["records_failed"] == 3
+
+
+async def test_a_delivery_not_confirmed_in_time_is_reported_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dashboard_cues, "PUBLISH_TIMEOUT_S", 0.05)
+    cues = desk()
+    server = cast(FakeServer, cues.server)
+    never = asyncio.get_running_loop().create_future()
+
+    async def stuck(topic: str, value: bytes, *, key: bytes, headers: Any) -> Any:
+        return never
+
+    server.producer.send = stuck  # type: ignore[method-assign]
+    with pytest.raises(ActionError) as refused:
+        await cues.handle(cast(Any, FakeClient()), {"type": "cue", "to": "bob", "kind": "clear"})
+    assert "not confirmed in time" in refused.value.message
+    # The delivery itself is left to the producer (it may still land), not cancelled.
+    assert not never.cancelled()
+
+
+async def test_the_budgets_of_ended_sessions_and_idle_directors_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [T0]
+    monkeypatch.setattr(dashboard_cues, "now_us", lambda: now[0])
+    cues = desk(rate_per_s=2.0)  # a full budget after 1 s unused
+    message = {"type": "cue", "to": "bob", "kind": "clear"}
+    for director in ("d-1", "d-2"):
+        await cues.handle(cast(Any, FakeClient(claims=FakeClaims(director))), message)
+    assert cues.metrics()["budgets"] == 2
+    now[0] += dashboard_cues.PRUNE_EVERY_US
+    await cues.handle(cast(Any, FakeClient(claims=FakeClaims("d-1"))), message)
+    assert cues.metrics()["budgets"] == 1  # d-2 idle: dropped; d-1 used now
+    cast(FakeServer, cues.server).record = scene("ended")
+    now[0] += dashboard_cues.PRUNE_EVERY_US
+    cues._prune(now[0])
+    assert cues.metrics()["budgets"] == 0
 
 
 async def test_a_director_over_the_rate_budget_is_refused_and_counted() -> None:
@@ -423,17 +498,115 @@ class Read:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def follower(delivered: list[records.Cue]) -> CueFollower:
-    async def deliver(cue: records.Cue) -> None:
-        delivered.append(cue)
-
+def follower(delivered: list[records.Cue], producer: Any = None) -> CueFollower:
     open_ones = [scene(), scene("ended").model_copy(update={"created_ts_us": T0 - 10**9})]
     return CueFollower(
         Settings.model_construct(),
-        producer=cast(Any, None),
-        deliver=deliver,
+        producer=producer,
+        deliver=delivered.append,
         open_sessions=lambda: open_ones,
     )
+
+
+class FlakyBroker:
+    """A producer whose broker refuses the first ``failures`` sends."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[bytes] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, *, key: Any, headers: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        self.sent.append(value)
+
+
+async def shown_of(cues: CueFollower, cue_id: str) -> records.Cue | None:
+    return cues.shown(
+        session_id="s-1",
+        performer_id="bob",
+        cue_id=cue_id,
+        client_shown_us=T0 + 30_000 - 2_000_000,
+        estimate=ESTIMATE,
+        received_us=T0 + 31_000,
+    )
+
+
+async def test_a_shown_record_the_broker_refuses_is_retried_then_may_be_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(capture_cues, "PUBLISH_BACKOFF_S", 0.0)
+    broker = FlakyBroker(failures=2)
+    cues = follower([], producer=broker)
+    sent = cue("cue-aaaaaaaa", T0)
+    cues.board.take(sent)
+    record = await shown_of(cues, sent.cue_id)
+    assert record is not None
+    await cues._send(cues._outbox.get_nowait())
+    assert len(broker.sent) == 1  # the third try
+    assert cues.counts["shown_publish_retries"] == 2
+    assert cues.counts["shown_published"] == 1
+    # A broker away for every try: counted, and the page's next "shown" makes it again
+    # (not "shown_repeated").
+    other = cue("cue-bbbbbbbb", T0 + 1)
+    cues.board.take(other)
+    assert await shown_of(cues, other.cue_id) is not None
+    broker.failures = capture_cues.PUBLISH_ATTEMPTS
+    await cues._send(cues._outbox.get_nowait())
+    assert cues.counts["shown_publish_failed"] == 1
+    assert await shown_of(cues, other.cue_id) is not None
+    assert cues.counts["shown_repeated"] == 0
+    assert await shown_of(cues, other.cue_id) is None  # on its way now: once
+    assert cues.counts["shown_repeated"] == 1
+
+
+class SlowPage:
+    """A page's connection: each send takes until ``go`` is set; ``closed`` refuses."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self.go = asyncio.Event()
+        self.closed = False
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        await self.go.wait()
+        if self.closed:
+            return False
+        self.got.append(message["cue"]["cue_id"])
+        return True
+
+
+async def test_a_slow_page_holds_up_no_other_page_and_gets_only_the_newest_cue() -> None:
+    cues = follower([])
+    slow, quick = SlowPage(), SlowPage()
+    quick.go.set()
+    slots = {page: CueSlot(page.send, cues) for page in (slow, quick)}
+    tasks = [asyncio.create_task(slot.run()) for slot in slots.values()]
+    try:
+        for n, cue_id in enumerate(("cue-aaaaaaaa", "cue-bbbbbbbb", "cue-cccccccc")):
+            for slot in slots.values():
+                slot.offer(cue(cue_id, T0 + n))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert quick.got == ["cue-aaaaaaaa", "cue-bbbbbbbb", "cue-cccccccc"]
+        assert slow.got == []  # its first send still waits; the others did not
+        slow.go.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        # The first was on its way; of those after it only the newest is sent.
+        assert slow.got == ["cue-aaaaaaaa", "cue-cccccccc"]
+        assert cues.counts["superseded"] == 1
+        assert cues.counts["pushed"] == 5
+        # A page gone: nothing counted as pushed, and its task ends.
+        slow.closed = True
+        slots[slow].offer(cue("cue-dddddddd", T0 + 9))
+        await asyncio.wait_for(tasks[0], 1.0)
+        assert cues.counts["pushed"] == 5
+        assert cues.counts["push_to_closed_page"] == 1
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def test_the_follower_shows_news_dead_letters_garbage_and_queues_shown_records() -> None:

@@ -3,7 +3,10 @@ hit rate, confusion, coverage and the next cue (dashboard.directing, dashboard.v
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import pytest
 
 from dashboard import directing
 from dashboard.server import MAX_REQUEST_ID_CHARS, echoed_request_id
@@ -164,6 +167,69 @@ def test_each_window_sends_its_intent_and_what_the_observers_perceived() -> None
     update = view.update_for(cursor, T0)
     assert update is not None
     assert update["ledger"] == [["ana", T0 + 2 * WINDOW_US, WINDOW_US, None, None]]
+
+
+# ---------------------------------------------------------------- what observers see
+
+
+def test_an_observer_is_sent_what_was_perceived_never_what_was_intended() -> None:
+    staged = SESSION.model_copy(
+        update={"scenario": SCENARIO, "roles": {"ana": "the friend", "ben": "the widower"}}
+    )
+    view = SessionView(staged)
+    cued = made.intent("laughter", cue_id="cue-00000001", since_us=T0 - 500_000)
+    view.add_cue(made.cue(SID, "ana", "cue-00000001", T0 - 500_000))
+    view.add_label(made.window(SID, "ana", T0, BOTH_LAUGH, cued))
+    # Intended, perceived by nobody: the observers are not told the window exists.
+    view.add_label(made.window(SID, "ana", T0 + WINDOW_US, {}, made.intent("anger")))
+    for record in ana_and_ben():
+        view.add_coverage(record)
+    view.compute_coverage()
+    director, observer = ClientCursor(), ClientCursor(role="observer")
+    assert director.key() != observer.key()  # never one shared encoded update
+    told = view.update_for(director, T0)
+    assert told is not None
+    assert {"cues", "cues_current", "coverage"} <= set(told)
+    assert [row[3] is not None for row in told["ledger"]] == [True, True]
+    seen = view.update_for(observer, T0)
+    assert seen is not None
+    assert not {"cues", "cues_current", "coverage"} & set(seen)
+    assert seen["ledger"] == [["ana", T0, WINDOW_US, None, ["laughter", 2, True, False]]]
+    # A revision that changes only the intent is the director's news alone.
+    recued = made.intent("anger", cue_id="cue-00000002", since_us=T0)
+    view.add_cue(made.cue(SID, "ana", "cue-00000002", T0, label="anger"))
+    view.add_label(made.window(SID, "ana", T0, BOTH_LAUGH, recued, revision=1))
+    assert view.update_for(observer, T0) is None
+    told = view.update_for(director, T0)
+    assert told is not None
+    assert told["ledger"][0][3][0] == "anger"
+    assert "cues" in told
+    # The hello: the director's has the whole scenario; an observer's the prompt only.
+    assert view.hello("director")["session"]["scenario"]["arc"]
+    hello = view.hello("observer", "maria")["session"]
+    assert hello["prompt"] == staged.prompt
+    assert hello["scenario"]["title"] == SCENARIO.title
+    assert hello["roles"] == {}
+    for secret in ('"arc"', '"targets"', "You waited."):
+        assert secret not in json.dumps(hello), secret
+
+
+@pytest.mark.parametrize("observers_see", ["prompt_and_roles", "nothing"])
+def test_an_observers_hello_shows_the_scenario_as_far_as_it_allows(observers_see: str) -> None:
+    scenario = SCENARIO.model_copy(update={"observers_see": observers_see})
+    staged = SESSION.model_copy(
+        update={"scenario": scenario, "roles": {"ana": "the friend", "ben": "the widower"}}
+    )
+    hello = SessionView(staged).hello("observer", "maria")["session"]
+    text = json.dumps(hello)
+    assert '"arc"' not in text
+    assert '"targets"' not in text
+    if observers_see == "nothing":
+        assert (hello["prompt"], hello["scenario"], hello["roles"]) == ("", None, {})
+    else:
+        assert hello["prompt"] == staged.prompt
+        assert [part["brief"] for part in hello["scenario"]["roles"]][1] == "You waited."
+        assert hello["roles"] == {"ana": "the friend", "ben": "the widower"}
 
 
 # ---------------------------------------------------------------- coverage

@@ -137,10 +137,10 @@ def test_a_tie_goes_to_the_vocabulary_order_then_the_alphabet() -> None:
     assert ledger.perceived(outside, VOCABULARY).label == "awe"
 
 
-def test_agreement_follows_the_model_gaps_rule_among_observers() -> None:
+def test_agreement_is_decided_among_observers_only() -> None:
     two = window(held={"o1": ["laughter"], "o2": ["laughter"]})
     assert ledger.perceived(two).agreed
-    assert model_gap.human_agreed(two) == ledger.humans_agreed(two)
+    assert model_gap.human_agreed(two)
     three = window(held={"o1": ["laughter"], "o2": ["laughter"], "o3": ["anger"]})
     assert ledger.perceived(three).agreed  # 2/3 counts, as in the model gap
     split = window(held={"o1": ["laughter"], "o2": ["anger"]})
@@ -148,6 +148,17 @@ def test_agreement_follows_the_model_gaps_rule_among_observers() -> None:
     assert (seen.agreed, seen.disputed) == (False, True)
     lone = ledger.perceived(window(held={"o1": ["laughter"]}))
     assert (lone.label, lone.agreed, lone.disputed) == ("laughter", False, False)
+    # Two of three observers hold laughter; the performer's own anger ties the consensus
+    # over every rater (no consensus at all): the observers still agreed.
+    performer_too = window(
+        held={"o1": ["laughter"], "o2": ["laughter"], "o3": ["anger"], "alice": ["anger"]},
+        roles={"alice": "performer"},
+    )
+    assert performer_too.consensus is None
+    seen = ledger.perceived(performer_too, VOCABULARY)
+    assert (seen.label, seen.agreed, seen.disputed) == ("laughter", True, False)
+    # ...while the model gap's rule (every rater, by the consensus) is unchanged.
+    assert not model_gap.human_agreed(performer_too)
     # Observers split 1-1; the performer's own tag makes a 2/3 consensus of all raters,
     # which must not pass for the observers agreeing.
     swayed = window(

@@ -1,12 +1,23 @@
-"""The lobby's input checks and its rule for what is worth publishing (capture.lobby)."""
+"""The lobby's input checks, its rule for what is worth publishing, and the face finder's
+close (capture.lobby)."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 
 from capture import signaling
-from capture.lobby import LEVEL_EVERY_S, SnapshotError, _material, jpeg_size, parse_check
+from capture.lobby import (
+    LEVEL_EVERY_S,
+    FaceFinder,
+    SnapshotError,
+    _material,
+    jpeg_size,
+    parse_check,
+)
 from streams import records
+from streams.settings import Settings
 from tests.samples import jpeg_frame
 
 
@@ -72,3 +83,20 @@ def test_only_material_changes_are_published() -> None:
     assert not _material(old, _presence(level=-10.0), age_s=LEVEL_EVERY_S / 2)
     assert _material(old, _presence(level=-10.0), age_s=LEVEL_EVERY_S)
     assert _material(old, _presence(level=None), age_s=0)
+
+
+def test_closing_the_face_finder_closes_its_model_in_the_finder_s_thread() -> None:
+    closed_in: list[str] = []
+
+    class Landmarker:
+        def close(self) -> None:
+            closed_in.append(threading.current_thread().name)
+
+    finder = FaceFinder(Settings())
+    finder._landmarker = Landmarker()
+    finder.close()
+    finder._pool.shutdown(wait=True)  # the close queued before the shutdown still runs
+    assert len(closed_in) == 1
+    assert closed_in[0].startswith("lobby-face")
+    finder.close()  # twice: nothing more, nothing raised
+    assert len(closed_in) == 1

@@ -87,6 +87,23 @@ def test_the_scenario_the_group_lacks_most_is_chosen_and_roles_go_to_who_lacks_t
     assert proposal.need > 0
 
 
+def test_a_scenario_is_not_favoured_for_the_number_of_its_targets() -> None:
+    many = ["laughter", "amusement", "sadness", "anger", "pride", "relief"]
+    broad = _scenario("broad", 2, many)
+    narrow = _scenario("narrow", 2, ["hesitation", "embarrassment"])
+    # Both have shown each of the broad one's six targets for 10 s (half covered), and
+    # nobody has shown either of the narrow one's two: summed, broad would win (6 > 4).
+    agreed = {p: dict.fromkeys(many, 10.0) for p in ("ana", "ben")}
+    [proposal] = propose(
+        [Waiting("ana", NOW - 2), Waiting("ben", NOW - 1)],
+        scenarios=[broad, narrow],
+        agreed=agreed,
+        now_us=NOW,
+    )
+    assert proposal.scenario_id == "narrow"
+    assert proposal.need == 1.0
+
+
 def test_among_equally_needed_scenarios_the_least_played_one_wins() -> None:
     first = _scenario("a-first", 2, ["laughter"])
     second = _scenario("b-second", 2, ["laughter"])
