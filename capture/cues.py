@@ -12,9 +12,10 @@ published back as the same cue with ``shown_ts_us``.
   waits) and publishes the shown records from one writer task (a bounded queue: a page
   never waits on the broker; a failed send is retried a few times, then the cue may be
   shown again).
-- :class:`CueSlot` is one performer page's newest cue not sent yet, sent by the page's
-  own task: a page slow to take it holds up no other page, and a newer cue replaces it
-  (only the newest stands; the replaced one is counted ``superseded``).
+- :class:`CueQueue` is one performer page's cues not sent yet, sent in order by the
+  page's own task: a page slow to take them holds up no other page; every cue is sent
+  (so every cue has its shown record), unless a stuck page lets PAGE_QUEUE of them pile
+  up (the oldest is then dropped, counted ``superseded``).
 """
 
 from __future__ import annotations
@@ -189,46 +190,56 @@ class CueBoard:
         return len(self._cues)
 
 
-#: Hands a new cue to the pages that show it; never waits (each page has its CueSlot).
+#: Hands a new cue to the pages that show it; never waits (each page has its CueQueue).
 Deliver = Callable[[records.Cue], None]
 #: Sends one message to a page: whether it went out (False: the connection is closed).
 PageSend = Callable[[dict[str, Any]], Awaitable[bool]]
 
 
-class CueSlot:
-    """One performer page's newest cue not sent yet, and the task that sends it."""
+#: Cues a page may have waiting to be sent; past it the page is stuck, and the oldest
+#: waiting cue is dropped (counted ``superseded``: a newer one stands).
+PAGE_QUEUE = 32
+
+
+class CueQueue:
+    """One performer page's cues not sent yet, in the order they came, and the task that
+    sends them. Every cue is sent, even one a newer cue follows at once: the page paints
+    them in order (cues it gets in one frame are shown at one instant, the newest on
+    screen) and says so of each, so every cue the director sent has its shown record.
+    A page slow to take them holds up no other page."""
 
     def __init__(self, send: PageSend, follower: CueFollower) -> None:
         self._send = send
         self._follower = follower
-        self._waiting: records.Cue | None = None
+        self._waiting: deque[records.Cue] = deque()
         self._ready = asyncio.Event()
 
-    @property
-    def waiting(self) -> records.Cue | None:
-        return self._waiting
+    def __len__(self) -> int:
+        return len(self._waiting)
 
     def offer(self, cue: records.Cue) -> None:
-        """Hold ``cue`` for the page (never waits); a cue still waiting is replaced."""
-        if self._waiting is not None and self._waiting.cue_id != cue.cue_id:
-            # Never on screen, and never needed: a newer cue stands.
+        """Queue ``cue`` for the page (never waits; a cue already waiting is not queued
+        twice)."""
+        if any(waiting.cue_id == cue.cue_id for waiting in self._waiting):
+            return
+        if len(self._waiting) >= PAGE_QUEUE:
+            self._waiting.popleft()
             self._follower.counts["superseded"] += 1
-        self._waiting = cue
+        self._waiting.append(cue)
         self._ready.set()
 
     async def run(self) -> None:
-        """Send each cue held, newest only, until cancelled or the page is gone."""
+        """Send the queued cues in order, until cancelled or the page is gone."""
         while True:
             await self._ready.wait()
             self._ready.clear()
-            cue, self._waiting = self._waiting, None
-            if cue is None:
-                continue
-            if not await self._send(page_cue(cue)):
-                # The page is gone: it gets the cue in force when it rejoins.
-                self._follower.counts["push_to_closed_page"] += 1
-                return
-            self._follower.pushed(cue)
+            while self._waiting:
+                cue = self._waiting.popleft()
+                if not await self._send(page_cue(cue)):
+                    # The page is gone: it gets the cue in force when it rejoins.
+                    self._follower.counts["push_to_closed_page"] += 1
+                    return
+                self._follower.pushed(cue)
 
 
 class CueFollower:

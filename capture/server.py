@@ -28,7 +28,7 @@ from aiohttp import WSMsgType, web
 
 from capture import signaling
 from capture.call import CallError, SceneCall
-from capture.cues import CueFollower, CueShownError, CueSlot
+from capture.cues import CueFollower, CueQueue, CueShownError
 from capture.fork import ForkStats, make_fork_audio_producer
 from capture.ice import restrict_host_addresses
 from capture.lobby import LobbyService
@@ -574,7 +574,7 @@ class CaptureServer:
         take it holds up no other page and no later cue."""
         for connection in list(self._connections.get(cue.session_id, ())):
             if connection.shows_cues_of(cue.performer_id):
-                connection.cue_slot.offer(cue)
+                connection.cue_queue.offer(cue)
 
     async def broadcast_live(self, session_id: str) -> None:
         call = self.calls.get(session_id)
@@ -681,7 +681,7 @@ class CallConnection:
         # the session clock once there is an estimate (with when it was received).
         self._unsynced_shown: list[tuple[signaling.CueShown, int]] = []
         # The newest cue this performer page has yet to get (sent by its own task).
-        self.cue_slot = CueSlot(self._send_if_open, server.cues)
+        self.cue_queue = CueQueue(self._send_if_open, server.cues)
 
     def shows_cues_of(self, performer_id: str) -> bool:
         """Whether this page is ``performer_id``'s own (cues are for their eyes only)."""
@@ -745,9 +745,9 @@ class CallConnection:
             standing = self.server.cues.board.current(
                 session.session_id, self.claims.participant_id
             )
-            if standing is not None and self.cue_slot.waiting is None:
-                self.cue_slot.offer(standing)
-            self._tasks.append(asyncio.create_task(self.cue_slot.run(), name="cue-sender"))
+            if standing is not None and not len(self.cue_queue):
+                self.cue_queue.offer(standing)
+            self._tasks.append(asyncio.create_task(self.cue_queue.run(), name="cue-sender"))
         self._tasks.append(asyncio.create_task(self._probe_clock(), name="clock-probes"))
         self._tasks.append(
             asyncio.create_task(

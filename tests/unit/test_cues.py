@@ -15,7 +15,7 @@ from aiokafka import TopicPartition
 
 from capture import cues as capture_cues
 from capture import signaling
-from capture.cues import CueBoard, CueFollower, CueShownError, CueSlot, page_cue
+from capture.cues import PAGE_QUEUE, CueBoard, CueFollower, CueQueue, CueShownError, page_cue
 from dashboard import cues as dashboard_cues
 from dashboard.cues import CueDesk, CueRefused, build_cues
 from dashboard.server import ActionError
@@ -577,36 +577,47 @@ class SlowPage:
         return True
 
 
-async def test_a_slow_page_holds_up_no_other_page_and_gets_only_the_newest_cue() -> None:
+async def test_a_slow_page_holds_up_no_other_page_and_still_gets_every_cue_in_order() -> None:
     cues = follower([])
     slow, quick = SlowPage(), SlowPage()
     quick.go.set()
-    slots = {page: CueSlot(page.send, cues) for page in (slow, quick)}
-    tasks = [asyncio.create_task(slot.run()) for slot in slots.values()]
+    queues = {page: CueQueue(page.send, cues) for page in (slow, quick)}
+    tasks = [asyncio.create_task(queue.run()) for queue in queues.values()]
     try:
         for n, cue_id in enumerate(("cue-aaaaaaaa", "cue-bbbbbbbb", "cue-cccccccc")):
-            for slot in slots.values():
-                slot.offer(cue(cue_id, T0 + n))
+            for queue in queues.values():
+                queue.offer(cue(cue_id, T0 + n))
             await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert quick.got == ["cue-aaaaaaaa", "cue-bbbbbbbb", "cue-cccccccc"]
         assert slow.got == []  # its first send still waits; the others did not
+        queues[slow].offer(cue("cue-bbbbbbbb", T0 + 1))  # already waiting: not twice
         slow.go.set()
-        for _ in range(5):
+        for _ in range(10):
             await asyncio.sleep(0)
-        # The first was on its way; of those after it only the newest is sent.
-        assert slow.got == ["cue-aaaaaaaa", "cue-cccccccc"]
-        assert cues.counts["superseded"] == 1
-        assert cues.counts["pushed"] == 5
+        # Every cue, in order: each will have its shown record.
+        assert slow.got == ["cue-aaaaaaaa", "cue-bbbbbbbb", "cue-cccccccc"]
+        assert cues.counts["superseded"] == 0
+        assert cues.counts["pushed"] == 6
         # A page gone: nothing counted as pushed, and its task ends.
         slow.closed = True
-        slots[slow].offer(cue("cue-dddddddd", T0 + 9))
+        queues[slow].offer(cue("cue-dddddddd", T0 + 9))
         await asyncio.wait_for(tasks[0], 1.0)
-        assert cues.counts["pushed"] == 5
+        assert cues.counts["pushed"] == 6
         assert cues.counts["push_to_closed_page"] == 1
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def test_a_stuck_page_drops_its_oldest_waiting_cue_and_counts_it() -> None:
+    cues = follower([])
+    stuck = SlowPage()
+    queue = CueQueue(stuck.send, cues)
+    for n in range(PAGE_QUEUE + 2):
+        queue.offer(cue(f"cue-{n:08d}", T0 + n))
+    assert len(queue) == PAGE_QUEUE
+    assert cues.counts["superseded"] == 2
 
 
 async def test_the_follower_shows_news_dead_letters_garbage_and_queues_shown_records() -> None:
