@@ -70,7 +70,7 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             topics=topics.session_topic_names(session_id),
             scenario=SCENARIO,
             roles={performer_id: "the friend", "bob": "the widower"},
-            day_id="day-1",
+            day_id=f"day-{session_id}",
         ),
         records.ProsodyHops(
             ts_us=TS_US,
@@ -266,7 +266,13 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
             valence=0.56,
             arousal=0.3,
         ),
-        records.ScenarioRecord(ts_us=TS_US, scenario=SCENARIO, saved_by="director"),
+        records.ScenarioRecord(
+            ts_us=TS_US,
+            # Keyed by scenario id: named after the session, so a test that reads a shared
+            # topic finds its own record among other tests'.
+            scenario=SCENARIO.model_copy(update={"scenario_id": f"{session_id}-late-friend"}),
+            saved_by="director",
+        ),
         records.Cue(
             ts_us=TS_US,
             **common,
@@ -294,7 +300,7 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
         ),
         records.LobbyPresence(
             ts_us=TS_US,
-            day_id="day-1",
+            day_id=f"day-{session_id}",
             performer_id=performer_id,
             waiting=True,
             since_ts_us=TS_US - 60_000_000,
@@ -308,7 +314,7 @@ def all_records(session_id: str = "s-1", performer_id: str = "alice") -> list[re
         ),
         records.CastingDay(
             ts_us=TS_US,
-            day_id="day-1",
+            day_id=f"day-{session_id}",
             created_ts_us=TS_US - 3_600_000_000,
             title="Improv casting, Monday",
             roster=[

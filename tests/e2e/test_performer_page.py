@@ -239,6 +239,8 @@ async def test_the_performer_page_fits_a_phone_and_a_laptop_with_the_partner_lar
         await publish_cue(capture_settings, clear)
         await alice.wait_for_function("window.livetagCall.cue === null", timeout=10_000)
         assert await alice.is_hidden("#cue")
+        # Said shown a frame after it is painted: wait for it, the clear included.
+        await alice.wait_for_function("window.livetagCall.cuesShown >= 3", timeout=10_000)
         assert await alice.evaluate("window.livetagCall.cuesShown") == 3
 
         # The scene ends: the page of a casting day leads back to its lobby.

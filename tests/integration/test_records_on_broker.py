@@ -32,6 +32,11 @@ def _topic_for(record: records.AnyRecord, names: records.SessionTopics) -> str:
         records.RatingBatch: topics.RATINGS,
         records.RaterLag: topics.RATERS,
         records.ModelReading: names.model,
+        records.ScenarioRecord: topics.SCENARIOS,
+        records.Cue: topics.CUES,
+        records.Coverage: topics.COVERAGE,
+        records.LobbyPresence: topics.LOBBY,
+        records.CastingDay: topics.CASTING,
     }
     return by_type[type(record)]
 
