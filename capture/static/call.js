@@ -131,6 +131,7 @@ const cueEls = {
   text: document.getElementById("cue-text"),
 };
 const SHOWN_IDS_KEPT = 500;
+const CUE_RING_MS = 900;
 const call = {
   cue: null, // the cue on screen: {cue_id, kind, label, intensity, text, ts_us}, or null
   // The newest cue's ts_us (clears included): at a join the server sends the cue in force
@@ -141,6 +142,7 @@ const call = {
   shownIds: new Set(),
   unsent: [], // "shown" messages the connection was down for: sent after the next welcome
   paintMs: [], // per recent cue: ms from its message to its "shown" (render and paint)
+  ringTimer: undefined, // takes the arrival ring off the newest cue
 };
 window.livetagCall = call; // tests read this
 
@@ -159,10 +161,10 @@ function renderCue(cue) {
   cueEls.label.textContent = shown.kind === "emotion" ? shown.label : "";
   cueEls.intensity.hidden = !(shown.kind === "emotion" && shown.intensity === "strong");
   cueEls.text.textContent = shown.kind === "text" ? shown.text : "";
-  // Restart the arrival highlight for each new cue.
-  cueEls.box.classList.remove("is-new");
-  void cueEls.box.offsetWidth;
+  // The arrival ring: on with each new cue, off CUE_RING_MS after the newest one.
   cueEls.box.classList.add("is-new");
+  clearTimeout(call.ringTimer);
+  call.ringTimer = setTimeout(() => cueEls.box.classList.remove("is-new"), CUE_RING_MS);
 }
 
 function onCue(cue) {
