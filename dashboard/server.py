@@ -387,7 +387,9 @@ class DashboardServer:
         # The capture server's /metrics may be served with the deployment's own
         # (self-signed) certificate: trust it next to the system's CAs.
         self._capture_trust = client_ssl_context(settings)
-        self._producer = clients.make_producer(settings)
+        # A director waits on each of the dashboard's few records (a cue above all): none
+        # lingers for a batch.
+        self._producer = clients.make_producer(settings, linger_ms=0)
         self._directory = SessionDirectory(
             settings, dead_letters=self._producer, service="livetag-dashboard"
         )

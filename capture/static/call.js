@@ -141,7 +141,7 @@ const call = {
   cuesShown: 0, // cues (clears included) this page painted, each counted once
   shownIds: new Set(),
   unsent: [], // "shown" messages the connection was down for: sent after the next welcome
-  paintMs: [], // per recent cue: ms from its message to its "shown" (render and paint)
+  paints: [], // per recent cue: {cue_id, ms}, ms from its message to its "shown" (render and paint)
   ringTimer: undefined, // takes the arrival ring off the newest cue
 };
 window.livetagCall = call; // tests read this
@@ -182,8 +182,8 @@ function onCue(cue) {
   requestAnimationFrame(() =>
     setTimeout(() => {
       const message = { type: "cue_shown", cue_id: cue.cue_id, client_shown_ts_us: clientNowUs() };
-      call.paintMs.push((message.client_shown_ts_us - receivedUs) / 1000);
-      if (call.paintMs.length > SHOWN_IDS_KEPT) call.paintMs.shift();
+      call.paints.push({ cue_id: cue.cue_id, ms: (message.client_shown_ts_us - receivedUs) / 1000 });
+      if (call.paints.length > SHOWN_IDS_KEPT) call.paints.shift();
       if (!call.shownIds.has(cue.cue_id)) {
         call.shownIds.add(cue.cue_id);
         call.cuesShown += 1;

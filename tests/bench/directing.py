@@ -327,7 +327,7 @@ async def run(
             await asyncio.sleep(max(0.0, AFTER_LAST_CUE_S - (time.monotonic() - last_sent)))
             shown_on_pages = {
                 name: await page.evaluate(
-                    "({shown: window.livetagCall.cuesShown, paint_ms: window.livetagCall.paintMs})"
+                    "({shown: window.livetagCall.cuesShown, paints: window.livetagCall.paints})"
                 )
                 for name, page in pages.items()
             }
@@ -447,6 +447,7 @@ def summarise(
         for cue_id, sent in cue_log.sent.items()
         if cue_id in cue_log.shown
     ]
+    slowest = slowest_cues(cue_log, shown_on_pages, started_us)
     never_shown = [
         cue_id
         for cue_id, sent in cue_log.sent.items()
@@ -501,11 +502,12 @@ def summarise(
             "shown_on_pages": {
                 name: {
                     "shown": page["shown"],
-                    "paint_ms_p50": percentile(page["paint_ms"], 0.5),
-                    "paint_ms_p95": percentile(page["paint_ms"], 0.95),
+                    "paint_ms_p50": percentile([p["ms"] for p in page["paints"]], 0.5),
+                    "paint_ms_p95": percentile([p["ms"] for p in page["paints"]], 0.95),
                 }
                 for name, page in shown_on_pages.items()
             },
+            "slowest_cues": slowest,
             "capture_cues": capture_counts,
             "duplicate_records": cue_log.duplicates,
             "undecodable_records": cue_log.undecodable,
@@ -513,6 +515,41 @@ def summarise(
             "warm_up_s": round(warm_up_s, 1),
             "notes": notes,
         },
+    }
+
+
+def slowest_cues(
+    cue_log: CueLog, shown_on_pages: dict[str, Any], started_us: int
+) -> dict[str, Any]:
+    """Where the slowest twentieth of the cues lost their time: on the page (its message
+    to its paint, the page's own measure) or before it (the dashboard's publish, the
+    capture server's read and push, the websocket), and when in the run they were sent
+    (bursts of load show as clusters)."""
+    page_ms = {
+        paint["cue_id"]: paint["ms"] for page in shown_on_pages.values() for paint in page["paints"]
+    }
+    delays = sorted(
+        (
+            ((shown.shown_ts_us or 0) - sent.ts_us) / 1000,
+            cue_id,
+            (sent.ts_us - started_us) / 1e6,
+        )
+        for cue_id, sent in cue_log.sent.items()
+        if (shown := cue_log.shown.get(cue_id)) is not None
+    )
+    tail = delays[len(delays) - max(1, len(delays) // 20) :] if delays else []
+    on_page = [page_ms[cue_id] for _, cue_id, _ in tail if cue_id in page_ms]
+    before_page = [total - page_ms[cue_id] for total, cue_id, _ in tail if cue_id in page_ms]
+    return {
+        "count": len(tail),
+        "first_cue_unix_s": started_us / 1e6,
+        "on_page_ms_p50": percentile(on_page, 0.5),
+        "before_page_ms_p50": percentile(before_page, 0.5),
+        # (seconds after the first cue, ms sent to shown, ms of it on the page)
+        "cues": [
+            (round(at_s, 1), round(total, 1), round(page_ms.get(cue_id, -1.0), 1))
+            for total, cue_id, at_s in tail[-10:]
+        ],
     }
 
 
