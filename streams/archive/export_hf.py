@@ -15,8 +15,10 @@ The shard names follow the ``data/{split}-NNNNN-of-NNNNN*`` convention, which ``
 tries first, so nothing else in the folder (the media, whatever their names) is ever taken
 for data; the card's ``configs`` section lists the same files for ``load_dataset(OUT)``.
 
-The "intended" lane (the director's cues) is not recorded by this version of livetag, so
-there is no column for it.
+The four lanes of the ledger are columns: the intended lane (``intended_*``: the director's
+cue in force and the scenario's arc, from the window's ``intent``), the self lane
+(``self_labels``), the perceived lane (``perceived_labels``) and the measured one (the
+feature columns).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -73,6 +75,43 @@ _RATER = pa.struct(
     [("rater_id", pa.string()), ("rater_role", pa.string()), ("labels", pa.list_(_LABEL))]
 )
 _BLENDSHAPE = pa.struct([("name", pa.string()), ("score", pa.float64())])
+_DIMENSIONS: Final[tuple[records.RatingDimension, ...]] = get_args(records.RatingDimension)
+_RATING_TRACE = pa.struct(
+    [
+        ("rater_id", pa.string()),
+        ("rater_role", pa.string()),
+        ("mode", pa.string()),
+        ("label", pa.string()),
+        *((f"{dim}_mean", pa.float64()) for dim in _DIMENSIONS),
+        *((f"{dim}_last", pa.float64()) for dim in _DIMENSIONS),
+        ("coverage", pa.float64()),
+        ("samples", pa.int64()),
+        ("lag_us", pa.int64()),
+        ("lag_method", pa.string()),
+    ]
+)
+_PROBABILITY = pa.struct([("label", pa.string()), ("probability", pa.float64())])
+_MODEL_READING = pa.struct(
+    [
+        ("model", pa.string()),
+        ("top_label", pa.string()),
+        ("probabilities", pa.list_(_PROBABILITY)),
+        ("valence", pa.float64()),
+        ("arousal", pa.float64()),
+        ("frames_read", pa.int64()),
+    ]
+)
+_CUE = pa.struct(
+    [
+        ("cue_id", pa.string()),
+        ("kind", pa.string()),
+        ("label", pa.string()),
+        ("intensity", pa.string()),
+        ("text", pa.string()),
+        ("since_ts_us", pa.int64()),
+        ("shown", pa.bool_()),
+    ]
+)
 
 #: Every column: name, Arrow type, meaning (the card's column table is made from this).
 COLUMNS: Final[tuple[tuple[str, pa.DataType, str], ...]] = (
@@ -132,6 +171,39 @@ COLUMNS: Final[tuple[tuple[str, pa.DataType, str], ...]] = (
         "Video frames of the window the processors knowingly left unanalysed.",
     ),
     (
+        "intended_label",
+        pa.string(),
+        "Intended lane: the emotion the scene meant the performer to show over the window, "
+        "the director's emotion cue in force, else the scenario arc's step; null: none.",
+    ),
+    (
+        "intended_intensity",
+        pa.string(),
+        "Intensity of the intended label (normal|strong); null without one.",
+    ),
+    (
+        "intended_source",
+        pa.string(),
+        "Where the intended label comes from: cue or arc; null without one.",
+    ),
+    (
+        "intended_cue",
+        _CUE,
+        "The director's cue on the performer's page over the window (an emotion or a line "
+        "of text): cue_id, kind, label, intensity, text, since_ts_us (when the page showed "
+        "it, or when it was sent while the page had not said so), shown; null: no cue.",
+    ),
+    (
+        "intended_arc_label",
+        pa.string(),
+        "The scenario arc's emotion at the window; null: the scenario has no arc there.",
+    ),
+    (
+        "intended_targets",
+        pa.list_(pa.string()),
+        "The target emotions of the performer's part in the scenario; empty: none.",
+    ),
+    (
         "self_labels",
         pa.list_(_LABEL),
         "Portrayal / self lane: the performer's own tags active in the window (label, "
@@ -142,6 +214,22 @@ COLUMNS: Final[tuple[tuple[str, pa.DataType, str], ...]] = (
         pa.list_(_RATER),
         "Perceived lane: per observer or director who holds a tag in the window, their "
         "rater_id, rater_role and active tags.",
+    ),
+    (
+        "rating_traces",
+        pa.list_(_RATING_TRACE),
+        "Perceived lane, continuous: per rater who rated the performer over the window "
+        "(valence/arousal pad or one emotion's intensity slider), the mean and last value "
+        "of each rated dimension (-1 to 1; null: not rated in this mode), coverage (share "
+        "of the window's sample slots with a sample), samples, and the reaction-lag "
+        "correction applied (lag_us, lag_method; null: none).",
+    ),
+    (
+        "model_readings",
+        pa.list_(_MODEL_READING),
+        "Measured lane, a model's reading of the window: per model, its top label, its "
+        "probability per label, valence and arousal where it gives them, and the frames "
+        "it read.",
     ),
     (
         "consensus",
@@ -198,6 +286,7 @@ def _window_row(
             perceived.append(
                 {"rater_id": rater.rater_id, "rater_role": rater.rater_role, "labels": labels}
             )
+    intent = window.intent
     row: dict[str, Any] = {
         "session_id": window.session_id,
         "performer_id": window.performer_id,
@@ -223,8 +312,16 @@ def _window_row(
         "prosody_hops": features.prosody_hops,
         "face_frames": features.face_frames,
         "face_frames_skipped": features.face_frames_skipped,
+        "intended_label": None if intent is None else intent.label,
+        "intended_intensity": None if intent is None or intent.label is None else intent.intensity,
+        "intended_source": None if intent is None else intent.source,
+        "intended_cue": None if intent is None or intent.cue is None else intent.cue.model_dump(),
+        "intended_arc_label": None if intent is None else intent.arc_label,
+        "intended_targets": [] if intent is None else list(intent.targets),
         "self_labels": self_labels,
         "perceived_labels": perceived,
+        "rating_traces": [_rating_trace(trace) for trace in window.ratings],
+        "model_readings": [_model_reading(model) for model in window.models],
         "consensus": window.consensus,
         "consensus_agreement": window.consensus_agreement,
         "complete": not window.missing,
@@ -239,6 +336,38 @@ def _window_row(
         if arrow == pa.float64() and isinstance(row[name], int):
             row[name] = float(row[name])
     return row
+
+
+def _rating_trace(trace: records.RaterTrace) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "rater_id": trace.rater_id,
+        "rater_role": trace.rater_role,
+        "mode": trace.mode,
+        "label": trace.label,
+        "coverage": float(trace.coverage),
+        "samples": trace.samples,
+        "lag_us": None if trace.lag is None else trace.lag.lag_us,
+        "lag_method": None if trace.lag is None else trace.lag.method,
+    }
+    for dim in _DIMENSIONS:
+        for kind, values in (("mean", trace.mean), ("last", trace.last)):
+            value = values.get(dim)
+            row[f"{dim}_{kind}"] = None if value is None else float(value)
+    return row
+
+
+def _model_reading(model: records.ModelEstimate) -> dict[str, Any]:
+    return {
+        "model": model.model,
+        "top_label": model.top_label,
+        "probabilities": [
+            {"label": label, "probability": float(probability)}
+            for label, probability in model.probabilities.items()
+        ],
+        "valence": None if model.valence is None else float(model.valence),
+        "arousal": None if model.arousal is None else float(model.arousal),
+        "frames_read": model.frames_read,
+    }
 
 
 def _take_of(ts_us: int, takes: Sequence[records.Take]) -> int | None:

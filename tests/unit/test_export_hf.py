@@ -125,12 +125,73 @@ def _labelled(sid: str, shift: int) -> dict[str, list[Any]]:
             correction=True,
             final_after_us=T0 + shift + (k + 1) * 100_000 + 30_000_000,
             missing={"face": "late"},
+            intent=records.Intent(
+                label="laughter",
+                intensity="strong",
+                source="cue",
+                cue=records.CueInForce(
+                    cue_id="cue-ana-1",
+                    kind="emotion",
+                    label="laughter",
+                    intensity="strong",
+                    since_ts_us=T0 + shift + 250_000,
+                    shown=True,
+                ),
+                arc_label="amusement",
+                targets=["amusement", "laughter"],
+            ),
+            ratings=[
+                records.RaterTrace(
+                    rater_id="r1",
+                    rater_role="observer",
+                    mode="valence_arousal",
+                    mean={"valence": 0.5, "arousal": 0.25},
+                    last={"valence": 0.625, "arousal": 0.25},
+                    coverage=1.0,
+                    samples=2,
+                    lag=records.LagCorrection(method="calibration", lag_us=310_000),
+                ),
+                records.RaterTrace(
+                    rater_id="dir1",
+                    rater_role="director",
+                    mode="intensity",
+                    label="laughter",
+                    mean={"intensity": 0.75},
+                    last={"intensity": 1},  # an int: the field is float64 all the same
+                    coverage=0.5,
+                    samples=1,
+                ),
+            ],
+            models=[
+                records.ModelEstimate(
+                    model="model-face",
+                    probabilities={"laughter": 0.625, "amusement": 0.25},
+                    top_label="laughter",
+                    valence=0.5,
+                    frames_read=2,
+                )
+            ],
         )
         for k in (3, 4, 5)
     ]
-    # ben's window 2: revision 1 says anger, revision 2 fear; only revision 2 counts.
+    # ben's window 2: revision 1 says anger, revision 2 fear; only revision 2 counts. A
+    # line of text is on ben's page, so the arc's step is what is intended.
+    arc_under_text = records.Intent(
+        label="fear",
+        source="arc",
+        cue=records.CueInForce(
+            cue_id="cue-ben-1",
+            kind="text",
+            text="you hear a noise",
+            since_ts_us=T0 + shift + 150_000,
+            shown=False,
+        ),
+        arc_label="fear",
+    )
     labels.append(_window(sid, shift, "ben", 2, consensus="anger", revision=1))
-    labels.append(_window(sid, shift, "ben", 2, consensus="fear", revision=2))
+    labels.append(
+        _window(sid, shift, "ben", 2, consensus="fear", revision=2, intent=arc_under_text)
+    )
     # Before the media start and after the take: negative media time, no take.
     labels.append(_window(sid, shift, "ben", -1))
     labels.append(_window(sid, shift, "ana", 20))
@@ -293,6 +354,97 @@ def test_one_session_loads_with_a_row_per_newest_window(tmp_path: Path, load_dat
     plain = rows[("ben", T0 + 1_000_000)]
     assert (plain["self_labels"], plain["perceived_labels"], plain["consensus"]) == ([], [], None)
 
+    # Continuous ratings and the model's reading, typed.
+    assert tagged["rating_traces"] == [
+        {
+            "rater_id": "r1",
+            "rater_role": "observer",
+            "mode": "valence_arousal",
+            "label": None,
+            "valence_mean": 0.5,
+            "arousal_mean": 0.25,
+            "intensity_mean": None,
+            "valence_last": 0.625,
+            "arousal_last": 0.25,
+            "intensity_last": None,
+            "coverage": 1.0,
+            "samples": 2,
+            "lag_us": 310_000,
+            "lag_method": "calibration",
+        },
+        {
+            "rater_id": "dir1",
+            "rater_role": "director",
+            "mode": "intensity",
+            "label": "laughter",
+            "valence_mean": None,
+            "arousal_mean": None,
+            "intensity_mean": 0.75,
+            "valence_last": None,
+            "arousal_last": None,
+            "intensity_last": 1.0,
+            "coverage": 0.5,
+            "samples": 1,
+            "lag_us": None,
+            "lag_method": None,
+        },
+    ]
+    assert tagged["model_readings"] == [
+        {
+            "model": "model-face",
+            "top_label": "laughter",
+            "probabilities": [
+                {"label": "laughter", "probability": 0.625},
+                {"label": "amusement", "probability": 0.25},
+            ],
+            "valence": 0.5,
+            "arousal": None,
+            "frames_read": 2,
+        }
+    ]
+    assert (plain["rating_traces"], plain["model_readings"]) == ([], [])
+
+    # The intended lane: an emotion cue in force, a text cue over the arc, nothing.
+    assert (
+        tagged["intended_label"],
+        tagged["intended_intensity"],
+        tagged["intended_source"],
+        tagged["intended_arc_label"],
+        tagged["intended_targets"],
+    ) == ("laughter", "strong", "cue", "amusement", ["amusement", "laughter"])
+    assert tagged["intended_cue"] == {
+        "cue_id": "cue-ana-1",
+        "kind": "emotion",
+        "label": "laughter",
+        "intensity": "strong",
+        "text": "",
+        "since_ts_us": T0 + 250_000,
+        "shown": True,
+    }
+    under_text = rows[("ben", T0 + 200_000)]
+    assert (
+        under_text["intended_label"],
+        under_text["intended_intensity"],
+        under_text["intended_source"],
+    ) == ("fear", "normal", "arc")
+    assert under_text["intended_cue"] == {
+        "cue_id": "cue-ben-1",
+        "kind": "text",
+        "label": None,
+        "intensity": "normal",
+        "text": "you hear a noise",
+        "since_ts_us": T0 + 150_000,
+        "shown": False,
+    }
+    assert (
+        plain["intended_label"],
+        plain["intended_intensity"],
+        plain["intended_source"],
+        plain["intended_cue"],
+        plain["intended_arc_label"],
+        plain["intended_targets"],
+    ) == (None, None, None, None, None, [])
+
     # Takes: inside the take, before it, after it.
     assert tagged["take_id"] == 1
     before = rows[("ben", T0 - 100_000)]
@@ -336,7 +488,62 @@ def test_every_window_feature_has_its_columns() -> None:
     names = {name for name, _, _ in COLUMNS}
     assert {f"missing_{stream}" for stream in records.FEATURE_STREAMS} <= names
     assert {"head_yaw_deg", "head_pitch_deg", "head_roll_deg"} <= names
-    assert "intended_labels" not in names  # the cues lane does not exist yet
+    # ...and a field added to the window, the intent (the intended lane), a rating trace
+    # or a model's reading too.
+    assert set(records.LabelWindow.model_fields) == {
+        "schema_version",
+        "ts_us",
+        "session_id",
+        "performer_id",
+        "window_us",
+        "features",
+        "raters",
+        "consensus",
+        "consensus_agreement",
+        "correction",
+        "revision",
+        "final_after_us",
+        "missing",
+        "ratings",
+        "models",
+        "intent",
+    }
+    assert set(records.RaterTrace.model_fields) == {
+        "rater_id",
+        "rater_role",
+        "mode",
+        "label",
+        "mean",
+        "last",
+        "coverage",
+        "samples",
+        "lag",
+    }
+    assert set(records.ModelEstimate.model_fields) == {
+        "model",
+        "probabilities",
+        "top_label",
+        "valence",
+        "arousal",
+        "frames_read",
+    }
+    assert {"rating_traces", "model_readings"} <= names
+    assert set(records.Intent.model_fields) == {
+        "label",
+        "intensity",
+        "source",
+        "cue",
+        "arc_label",
+        "targets",
+    }
+    assert {
+        "intended_label",
+        "intended_intensity",
+        "intended_source",
+        "intended_cue",
+        "intended_arc_label",
+        "intended_targets",
+    } <= names
 
 
 def test_the_card_parses_and_names_vocabulary_and_raters(tmp_path: Path) -> None:
