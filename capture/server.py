@@ -680,7 +680,7 @@ class CallConnection:
         # A performer page's "cue shown" that came before its first clock reply: put on
         # the session clock once there is an estimate (with when it was received).
         self._unsynced_shown: list[tuple[signaling.CueShown, int]] = []
-        # The newest cue this performer page has yet to get (sent by its own task).
+        # The cues this performer page has yet to get, in order (sent by its own task).
         self.cue_queue = CueQueue(self._send_if_open, server.cues)
 
     def shows_cues_of(self, performer_id: str) -> bool:
@@ -715,14 +715,14 @@ class CallConnection:
     async def run(self) -> None:
         session = self.call.session
         settings = self.server.settings
+        # What this page shows of the scenario: the prompt (none to an observer the
+        # scenario shows nothing), and a performer's own part (never the others' briefs).
+        view = performer_view(session, self.claims.participant_id, self.claims.role)
         await self.send(
             {
                 "type": "welcome",
                 "session_id": session.session_id,
-                # An observer's page shows no prompt when the scenario shows them nothing.
-                "prompt": performer_view(session, self.claims.participant_id, self.claims.role)[
-                    "prompt"
-                ],
+                "prompt": view["prompt"],
                 "roster": [p.model_dump() for p in session.roster],
                 "vocabulary": [v.model_dump() for v in session.vocabulary],
                 "you": {"participant_id": self.claims.participant_id, "role": self.claims.role},
@@ -732,11 +732,7 @@ class CallConnection:
                 "live": self.call.live_performers(),
                 # The casting day the scene is part of (the page leads back to its lobby).
                 "day_id": session.day_id,
-                # What this page shows of the scenario: the prompt, and a performer's own
-                # part (never the others' briefs).
-                "scenario_view": performer_view(
-                    session, self.claims.participant_id, self.claims.role
-                ),
+                "scenario_view": view,
             }
         )
         if self.claims.role == "performer":
