@@ -269,6 +269,24 @@ async def _casting_credential(http: aiohttp.ClientSession, day: Day) -> str:
     return str(body["credential"])
 
 
+async def _lobby_page(
+    http: aiohttp.ClientSession, day: Day, name: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A performer's lobby page: their day link exchanged, the lobby's websocket open."""
+    return await http.ws_connect(
+        day.ws(day.capture, "/ws/lobby"),
+        protocols=as_browser(await _lobby_credential(http, day, name)),
+    )
+
+
+async def _casting_page(http: aiohttp.ClientSession, day: Day) -> aiohttp.ClientWebSocketResponse:
+    """The director's casting page: the day link exchanged, the casting websocket open."""
+    return await http.ws_connect(
+        day.ws(day.dashboard, "/ws/casting"),
+        protocols=as_browser(await _casting_credential(http, day)),
+    )
+
+
 async def _next(
     ws: aiohttp.ClientWebSocketResponse, kind: str, timeout_s: float = 20
 ) -> dict[str, Any]:
@@ -443,18 +461,9 @@ async def test_a_scene_started_on_the_casting_page_calls_the_performers_and_ends
     day = casting_day
     day_id = day.day.day_id
     async with aiohttp.ClientSession() as http:
-        ana = await http.ws_connect(
-            day.ws(day.capture, "/ws/lobby"),
-            protocols=as_browser(await _lobby_credential(http, day, "ana")),
-        )
-        ben = await http.ws_connect(
-            day.ws(day.capture, "/ws/lobby"),
-            protocols=as_browser(await _lobby_credential(http, day, "ben")),
-        )
-        director = await http.ws_connect(
-            day.ws(day.dashboard, "/ws/casting"),
-            protocols=as_browser(await _casting_credential(http, day)),
-        )
+        ana = await _lobby_page(http, day, "ana")
+        ben = await _lobby_page(http, day, "ben")
+        director = await _casting_page(http, day)
         try:
             await _next(ana, "welcome")
             await _next(ben, "welcome")
@@ -730,18 +739,9 @@ async def test_a_scene_from_the_casting_page_starts_its_take_when_all_are_in_and
     pages: list[Any] = []
     try:
         async with aiohttp.ClientSession() as http:
-            ana = await http.ws_connect(
-                day.ws(day.capture, "/ws/lobby"),
-                protocols=as_browser(await _lobby_credential(http, day, "ana")),
-            )
-            ben = await http.ws_connect(
-                day.ws(day.capture, "/ws/lobby"),
-                protocols=as_browser(await _lobby_credential(http, day, "ben")),
-            )
-            director = await http.ws_connect(
-                day.ws(day.dashboard, "/ws/casting"),
-                protocols=as_browser(await _casting_credential(http, day)),
-            )
+            ana = await _lobby_page(http, day, "ana")
+            ben = await _lobby_page(http, day, "ben")
+            director = await _casting_page(http, day)
             pages += [ana, ben, director]
             await _wait_for_waiting(director, {"ana", "ben"})
             started = await _reply(
@@ -826,10 +826,7 @@ async def test_a_scene_from_the_casting_page_starts_its_take_when_all_are_in_and
             await day.dashboard.act(sid, "take_end")
             await asyncio.sleep(1.0)
             # A fresh casting page: the first was not read while the windows were awaited.
-            director = await http.ws_connect(
-                day.ws(day.dashboard, "/ws/casting"),
-                protocols=as_browser(await _casting_credential(http, day)),
-            )
+            director = await _casting_page(http, day)
             pages.append(director)
             ended = await _reply(director, {"type": "end_scene", "session_id": sid})
             assert ended["type"] == "scene_ending", ended
@@ -881,14 +878,8 @@ async def test_a_scene_the_day_cannot_name_is_ended_not_left_open(
         raise ConnectionError("livetag.casting is away")
 
     async with aiohttp.ClientSession() as http:
-        ana = await http.ws_connect(
-            day.ws(day.capture, "/ws/lobby"),
-            protocols=as_browser(await _lobby_credential(http, day, "ana")),
-        )
-        director = await http.ws_connect(
-            day.ws(day.dashboard, "/ws/casting"),
-            protocols=as_browser(await _casting_credential(http, day)),
-        )
+        ana = await _lobby_page(http, day, "ana")
+        director = await _casting_page(http, day)
         try:
             await _wait_for_waiting(director, {"ana"})
             # The session is opened; the day's new version is then refused.
